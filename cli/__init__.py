@@ -1,0 +1,1 @@
+"""The `flux` command line: one Typer module per command group."""

@@ -1,0 +1,47 @@
+"""The `flux` command: wires the command groups together and prints FluxErrors as one clear line.
+
+Heavy imports stay inside the commands so `flux --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from cli import db, server
+
+
+class FluxTyper(typer.Typer):
+    """A Typer app whose FluxErrors end the command with `error FXnnn: message` and exit code 1."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from flux.errors import FluxError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except FluxError as error:
+            from cli._output import print_error
+
+            print_error(error)
+            sys.exit(1)
+
+
+app = FluxTyper(
+    name="flux",
+    help="Flux: a backend runtime that records everything it runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+server.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the version of Flux."""
+    from flux import __version__
+
+    typer.echo(__version__)

@@ -1,0 +1,42 @@
+"""`flux server` (production) and `flux dev` (local, with reload): one gunicorn master on port 4000."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ProjectDir = Annotated[Path, typer.Argument(help="The Flux project folder.", file_okay=False)]
+Port = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on [default: 4000].")]
+Host = Annotated[str | None, typer.Option("--host", help="Address to bind [default: 127.0.0.1].")]
+Workers = Annotated[int | None, typer.Option("--workers", "-w", help="Worker processes [default: 2].")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("server")(run_server)
+    app.command("dev")(run_dev)
+
+
+def run_server(
+    project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
+) -> None:
+    """Serve the project in production: DATABASE_URL, or the project's embedded Postgres."""
+    _serve(project, port=port, host=host, workers=workers, reload=False)
+
+
+def run_dev(
+    project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
+) -> None:
+    """Serve the project locally with reload; starts an embedded Postgres when DATABASE_URL is unset."""
+    _serve(project, port=port, host=host, workers=workers or 1, reload=True)
+
+
+def _serve(project: Path, *, reload: bool, **overrides: object) -> None:
+    from flux.config import load_settings
+    from flux.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
+    settings = load_settings(project, **overrides)
+    serve(settings, reload=reload)

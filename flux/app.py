@@ -1,0 +1,83 @@
+"""The Falcon application every gunicorn worker serves, and the gunicorn entry point `create_wsgi()`.
+
+Today it answers `/health` (the process is up) and `/ready` (Postgres answers and its migrations match this
+code); the gateway, runtime and management API mount here as they land.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from flux import migrate
+from flux.config import Settings, load_settings
+from flux.db import as_flux_error, create_pool
+from flux.errors import FluxError, InternalError, InvalidConfig
+
+
+class Health:
+    """Liveness: answers as long as the process can serve HTTP."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """Readiness: the database answers and has exactly the migrations this code ships."""
+
+    def __init__(self, pool: Any, expected: dict[tuple[str, str], str]) -> None:
+        self.pool = pool
+        self.expected = expected
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            with self.pool.connection(timeout=2) as conn:
+                applied = migrate.applied_checksums(conn)
+        except Exception as exc:
+            error = as_flux_error(exc)
+            resp.status = falcon.HTTP_503
+            resp.media = {"status": "unavailable", "database": error.message}
+            return
+        behind = sorted(f"{kind}:{version}" for (kind, version), checksum in self.expected.items()
+                        if applied.get((kind, version)) != checksum)
+        if behind:
+            resp.status = falcon.HTTP_503
+            resp.media = {"status": "unavailable", "migrations_pending": behind}
+            return
+        resp.media = {"status": "ready"}
+
+
+def _handle_flux_error(req: falcon.Request, resp: falcon.Response, error: FluxError, params: Any) -> None:
+    resp.status = falcon.code_to_http_status(error.http_status)
+    resp.media = error.to_dict(req.context.get("request_id"))
+
+
+def _handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
+    if isinstance(error, falcon.HTTPError):
+        raise error
+    _handle_flux_error(req, resp, InternalError("unexpected error; see the server log"), params)
+
+
+def create_app(settings: Settings, pool: Any) -> falcon.App:
+    """Build the WSGI app for one worker process around its own connection pool."""
+    app = falcon.App()
+    app.add_route("/health", Health())
+    expected = {(m.kind, m.version): m.checksum for m in migrate.all_migrations(settings.project_migrations)}
+    app.add_route("/ready", Ready(pool, expected))
+    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(FluxError, _handle_flux_error)
+    return app
+
+
+def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> falcon.App:
+    """Gunicorn entry point (`gunicorn 'flux.app:create_wsgi()'`): settings from the environment."""
+    settings = settings or load_settings()
+    dsn = dsn or settings.database_url
+    if not dsn:
+        raise InvalidConfig(
+            "DATABASE_URL is not set", hint="set DATABASE_URL, or start with `flux server` to use the embedded Postgres"
+        )
+    pool = create_pool(dsn)
+    pool.open(wait=False)
+    return create_app(settings, pool)

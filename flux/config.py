@@ -1,0 +1,108 @@
+"""Settings: one frozen object built from `flux.toml` (section `[server]`) and `FLUX_*` environment variables.
+
+The environment wins over the file, so an operator can override a project's file without editing it.
+`DATABASE_URL` (or `FLUX_DATABASE_URL`) selects an existing Postgres; without it Flux runs an embedded one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from flux.errors import InvalidConfig
+
+DEFAULT_PORT = 4000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Flux process needs to start; built once by `load_settings`."""
+
+    project_dir: Path = field(default_factory=Path.cwd)
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 2
+    migrations_dir: str = "migrations"
+    pg_bindir: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the embedded Postgres keeps its cluster."""
+        return self.project_dir / ".flux" / "pg"
+
+    @property
+    def project_migrations(self) -> Path:
+        return self.project_dir / self.migrations_dir
+
+
+_ENV_NAMES = {
+    "database_url": ("FLUX_DATABASE_URL", "DATABASE_URL"),
+    "host": ("FLUX_HOST",),
+    "port": ("FLUX_PORT",),
+    "workers": ("FLUX_WORKERS",),
+    "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
+    "pg_bindir": ("FLUX_PG_BINDIR",),
+}
+
+
+def load_settings(
+    project_dir: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Read `flux.toml` in the project folder, then the environment, then explicit overrides (CLI flags)."""
+    project = (project_dir or Path.cwd()).resolve()
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    values.update(_read_toml(project / "flux.toml"))
+    for name, env_names in _ENV_NAMES.items():
+        for env_name in env_names:
+            if environ.get(env_name):
+                values[name] = environ[env_name]
+                break
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return _build(project, values)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfig(f"{path} is not valid TOML: {exc}", hint="fix the file and start again") from exc
+    server = document.get("server", {})
+    if not isinstance(server, dict):
+        raise InvalidConfig(f"{path}: [server] must be a table", hint="write it as a [server] section")
+    return dict(server)
+
+
+def _build(project: Path, values: dict[str, Any]) -> Settings:
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidConfig(
+            f"unknown setting {unknown[0]!r}", hint=f"known settings: {', '.join(sorted(known - {'project_dir'}))}"
+        )
+    try:
+        port = int(values.get("port", DEFAULT_PORT))
+        workers = int(values.get("workers", 2))
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfig(f"port and workers must be integers: {exc}", hint="e.g. port = 4000") from exc
+    if not 0 < port < 65536:
+        raise InvalidConfig(f"port {port} is outside 1-65535", hint="pick a free port such as 4000")
+    if workers < 1:
+        raise InvalidConfig(f"workers must be at least 1, not {workers}", hint="e.g. workers = 2")
+    bindir = values.get("pg_bindir")
+    return Settings(
+        project_dir=project,
+        database_url=values.get("database_url") or None,
+        host=str(values.get("host", "127.0.0.1")),
+        port=port,
+        workers=workers,
+        migrations_dir=str(values.get("migrations_dir", "migrations")),
+        pg_bindir=Path(bindir) if bindir else None,
+    )

@@ -1,0 +1,128 @@
+"""Postgres access: connections and the pool, the per-request GUCs, and the one place psycopg errors become
+FluxErrors (an `FX…` SQLSTATE raised by PL/pgSQL maps to the class with that code)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from flux.errors import DatabaseUnreachable, DatabaseUnsupported, FluxError, InternalError, error_for_code
+
+MINIMUM_SERVER_VERSION = 140000
+CONNECT_TIMEOUT_S = 5
+
+
+def describe_dsn(dsn: str) -> str:
+    """The DSN as it is safe to print: host, port and database, never the password."""
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DATABASE_URL>"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open one connection; an unreachable server or an old one is a FluxError, not a traceback."""
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)
+    except psycopg.ProgrammingError as exc:
+        raise DatabaseUnreachable(
+            f"DATABASE_URL is not a valid connection string: {exc}",
+            hint="use the form postgresql://user:password@host:5432/dbname",
+        ) from exc
+    except psycopg.OperationalError as exc:
+        reason = _first_line(str(exc))
+        raise DatabaseUnreachable(
+            f"cannot connect to Postgres at {describe_dsn(dsn)}: {reason}",
+            hint="check DATABASE_URL and that the server is running, or unset it to use the embedded Postgres",
+        ) from exc
+    if conn.info.server_version < MINIMUM_SERVER_VERSION:
+        version = conn.info.server_version
+        conn.close()
+        raise DatabaseUnsupported(
+            f"Postgres {version // 10000} at {describe_dsn(dsn)} is too old",
+            hint="Flux needs PostgreSQL 14 or newer",
+        )
+    return conn
+
+
+def ensure_database(maintenance_dsn: str, name: str) -> None:
+    """Create database `name` on the server behind `maintenance_dsn` unless it exists."""
+    with connect(maintenance_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flux") -> ConnectionPool:
+    """A connection pool for one Flux process; it opens lazily, so a bad DSN fails at the first checkout."""
+    return ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=False,
+        kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn any psycopg error raised inside into the matching FluxError, keeping it as `__cause__`."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise from_postgres(exc) from exc
+
+
+def from_postgres(exc: psycopg.Error) -> FluxError:
+    """Map a psycopg error to a FluxError: FX SQLSTATEs by code, a lost server to FX801, the rest to FX900."""
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        return DatabaseUnreachable(
+            f"lost the connection to Postgres: {_first_line(str(exc))}",
+            hint="check that the server is running and reachable",
+        )
+    diag = exc.diag
+    message = diag.message_primary or _first_line(str(exc))
+    if exc.sqlstate and exc.sqlstate.startswith("FX"):
+        return error_for_code(exc.sqlstate, message, details=diag.message_detail, hint=diag.message_hint)
+    return error_for_code("FX900", message, details={"sqlstate": exc.sqlstate}, hint=diag.message_hint)
+
+
+def as_flux_error(exc: BaseException) -> FluxError:
+    """Any exception as a FluxError: itself, a mapped driver or pool error, else an FX900."""
+    if isinstance(exc, FluxError):
+        return exc
+    if isinstance(exc, psycopg.Error):
+        return from_postgres(exc)
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnreachable(
+            f"no database connection within the timeout: {exc}", hint="check that Postgres is up and reachable"
+        )
+    return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+def set_request_context(
+    conn: psycopg.Connection[Any], *, request_id: str, claims_json: str, tenant_id: str | None = None
+) -> None:
+    """Set the transaction-local GUCs that triggers and RLS helpers read (`flux.request_id`, `flux.claims`)."""
+    conn.execute(
+        "SELECT set_config('flux.request_id', %s, true), set_config('flux.claims', %s, true),"
+        " set_config('flux.tenant_id', %s, true)",
+        (request_id, claims_json, tenant_id or ""),
+    )
+
+
+_LIBPQ_PREFIX = re.compile(r"^connection to server .*? failed: ")
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return _LIBPQ_PREFIX.sub("", line)

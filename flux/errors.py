@@ -1,0 +1,148 @@
+"""Every error a user can cause: one root class, one stable FX code per cause.
+
+Codes are `FX` + 3 digits, grouped by hundreds (see docs/errors.md). A code is also a valid custom SQLSTATE,
+so PL/pgSQL raises `USING ERRCODE = 'FX501'` and `flux.db` maps it back to the same class here.
+Retired codes stay in `RETIRED` and are never reused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class FluxError(Exception):
+    """An error with a stable code, a one-line message that says what to do, and optional details."""
+
+    code: ClassVar[str] = "FX900"
+    http_status: ClassVar[int] = 500
+    title: ClassVar[str] = "internal error"
+
+    def __init__(
+        self, message: str, *, details: Any = None, hint: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.hint = hint
+        if code is not None:
+            self.code = code
+
+    def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
+        """The HTTP body of this error: `{code, message, details, hint, request_id}`."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "hint": self.hint,
+            "request_id": request_id,
+        }
+
+    def __str__(self) -> str:
+        text = f"{self.code}: {self.message}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+# -- FX5xx trace and replay -----------------------------------------------------------------------------
+
+
+class TableWithoutPrimaryKey(FluxError):
+    code = "FX501"
+    http_status = 400
+    title = "a tracked table needs a primary key"
+
+
+class InvalidRetention(FluxError):
+    code = "FX502"
+    http_status = 400
+    title = "retention period is not a positive duration"
+
+
+# -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
+
+
+class InvalidConfig(FluxError):
+    code = "FX800"
+    title = "configuration is invalid"
+
+
+class DatabaseUnreachable(FluxError):
+    code = "FX801"
+    http_status = 503
+    title = "Postgres cannot be reached"
+
+
+class DatabaseUnsupported(FluxError):
+    code = "FX802"
+    title = "Postgres is older than 14"
+
+
+class PortInUse(FluxError):
+    code = "FX803"
+    title = "the server's port is already taken"
+
+
+class DataDirectoryNotUsable(FluxError):
+    code = "FX804"
+    title = "the embedded Postgres data directory cannot be used"
+
+
+class EmbeddedPostgresFailed(FluxError):
+    code = "FX805"
+    title = "the embedded Postgres did not start"
+
+
+class PostgresBinariesMissing(FluxError):
+    code = "FX806"
+    title = "no Postgres server binaries were found"
+
+
+class MigrationFailed(FluxError):
+    code = "FX810"
+    title = "a migration failed and was rolled back"
+
+
+class MigrationEdited(FluxError):
+    code = "FX811"
+    title = "an applied migration file was edited"
+
+
+class DatabaseNewerThanCode(FluxError):
+    code = "FX812"
+    title = "the database has migrations this code does not know"
+
+
+class MigrationFileInvalid(FluxError):
+    code = "FX813"
+    title = "a migration file is misnamed, out of sequence or not valid SQL"
+
+
+# -- FX9xx internal -------------------------------------------------------------------------------------
+
+
+class InternalError(FluxError):
+    code = "FX900"
+    title = "internal error"
+
+
+def _all_error_classes() -> dict[str, type[FluxError]]:
+    found: dict[str, type[FluxError]] = {}
+    pending: list[type[FluxError]] = [FluxError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls is not FluxError:
+            found[cls.code] = cls
+    return dict(sorted(found.items()))
+
+
+ERRORS: dict[str, type[FluxError]] = _all_error_classes()
+"""Every live code and its class, in code order."""
+
+RETIRED: dict[str, str] = {}
+"""Codes no longer raised, with what they meant; kept so they are never reused."""
+
+
+def error_for_code(code: str, message: str, *, details: Any = None, hint: str | None = None) -> FluxError:
+    """Build the error for `code` (a SQLSTATE raised by PL/pgSQL); an unknown FX code stays an FX900."""
+    cls = ERRORS.get(code, InternalError)
+    return cls(message, details=details, hint=hint)

@@ -1,0 +1,252 @@
+"""The migration runner: applies Flux's `sql/` and a project's `migrations/`, each file once, in order.
+
+`sql/migrations/NNNN_name.sql` and a project's `migrations/NNNN_name.sql` run once each, in one transaction
+with their `flux.schema_migrations` row; `sql/functions/*.sql` (CREATE OR REPLACE) run again whenever their
+checksum changes. A session advisory lock serialises concurrent runners. The runner refuses an applied file
+that was edited and a database that has migrations this code does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pglast
+import psycopg
+
+from flux import db
+from flux.errors import (
+    DatabaseNewerThanCode,
+    MigrationEdited,
+    MigrationFailed,
+    MigrationFileInvalid,
+)
+
+Kind = Literal["flux", "function", "project"]
+State = Literal["applied", "pending", "changed", "unknown"]
+
+# Any constant works as long as every runner uses the same one; this is "flux.migrate" as a 64-bit number.
+_LOCK_KEY = int.from_bytes(hashlib.sha256(b"flux.migrate").digest()[:8], "big", signed=True)
+_MIGRATION_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+
+
+def sql_dir() -> Path:
+    """Flux's own SQL: `sql/` beside the package in a checkout, `flux/_sql` in an installed wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "sql"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "_sql"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One SQL file the runner applies."""
+
+    kind: Kind
+    version: str
+    name: str
+    path: Path
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        return self.path.name if self.kind != "project" else f"migrations/{self.path.name}"
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """Where one file stands against the database (`unknown`: applied, but no such file in this code)."""
+
+    kind: Kind
+    version: str
+    name: str
+    state: State
+    applied_at: datetime | None
+
+
+def load_versioned(folder: Path, kind: Kind) -> list[Migration]:
+    """Read `NNNN_name.sql` files: numbered 0001 upwards with no gap, each valid SQL."""
+    if not folder.is_dir():
+        return []
+    migrations = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationFileInvalid(
+                f"{path} is not named NNNN_snake_name.sql", hint="rename it, e.g. 0002_add_orders.sql"
+            )
+        migrations.append(_read(path, kind, match["version"], match["name"]))
+    for expected, migration in enumerate(migrations, start=1):
+        if int(migration.version) != expected:
+            raise MigrationFileInvalid(
+                f"{migration.path} should be numbered {expected:04d}: migrations are numbered without gaps",
+                hint=f"rename it to {expected:04d}_{migration.name}.sql",
+            )
+    return migrations
+
+
+def load_functions(folder: Path) -> list[Migration]:
+    """Read the repeatable `CREATE OR REPLACE` files, applied in file-name order."""
+    return [_read(path, "function", path.stem, path.stem) for path in sorted(folder.glob("*.sql"))]
+
+
+def _read(path: Path, kind: Kind, version: str, name: str) -> Migration:
+    sql = path.read_text()
+    try:
+        pglast.parse_sql(sql)
+    except pglast.parser.ParseError as exc:
+        message, position = (exc.args + (0,))[:2]
+        line = sql.count("\n", 0, max(int(position), 0)) + 1
+        raise MigrationFileInvalid(
+            f"{path} has a syntax error at line {line}: {message}", hint="fix the SQL and run again"
+        ) from exc
+    return Migration(kind=kind, version=version, name=name, path=path, sql=sql)
+
+
+def flux_migrations() -> list[Migration]:
+    """Flux's own schema, then its functions, in the order the runner applies them."""
+    root = sql_dir()
+    return load_versioned(root / "migrations", "flux") + load_functions(root / "functions")
+
+
+def all_migrations(project_migrations: Path | None = None) -> list[Migration]:
+    """Everything one migrate applies: Flux's schema and functions, then the project's own migrations."""
+    project = load_versioned(project_migrations, "project") if project_migrations else []
+    return flux_migrations() + project
+
+
+def migrate(dsn: str, *, project_migrations: Path | None = None) -> list[Migration]:
+    """Bring the database up to date; returns what was applied (empty when it already was)."""
+    migrations = all_migrations(project_migrations)
+    with db.connect(dsn, autocommit=True) as conn, _migration_lock(conn):
+        _bootstrap(conn)
+        applied_rows = _applied(conn)
+        _refuse_drift(migrations, applied_rows, project_migrations is not None)
+        pending = [m for m in migrations if _state(m, applied_rows) in ("pending", "changed")]
+        for migration in pending:
+            _apply(conn, migration)
+        with db.translate_errors():
+            conn.execute("SELECT flux.maintain()")
+    return pending
+
+
+def status(dsn: str, *, project_migrations: Path | None = None) -> list[MigrationStatus]:
+    """Every known file's state, then any applied migration this code does not have."""
+    migrations = all_migrations(project_migrations)
+    with db.connect(dsn, autocommit=True) as conn:
+        applied_rows = _applied(conn) if _has_bookkeeping(conn) else {}
+    rows = [
+        MigrationStatus(
+            m.kind, m.version, m.name, _state(m, applied_rows), applied_rows.get((m.kind, m.version), {}).get("at")
+        )
+        for m in migrations
+    ]
+    known = {(m.kind, m.version) for m in migrations}
+    for (kind, version), row in sorted(applied_rows.items()):
+        if (kind, version) not in known and (kind != "project" or project_migrations is not None):
+            if kind != "function":
+                rows.append(MigrationStatus(kind, version, row["name"], "unknown", row["at"]))
+    return rows
+
+
+def is_current(dsn: str, *, project_migrations: Path | None = None) -> bool:
+    """True when nothing is pending, changed or unknown."""
+    return all(row.state == "applied" for row in status(dsn, project_migrations=project_migrations))
+
+
+class _migration_lock:
+    """Hold the runner's session advisory lock for the duration of a `with` block."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.conn.closed:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def _bootstrap(conn: psycopg.Connection[Any]) -> None:
+    with db.translate_errors(), conn.transaction():
+        conn.execute((sql_dir() / "bootstrap.sql").read_text().encode())
+
+
+def _has_bookkeeping(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass('flux.schema_migrations') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def applied_checksums(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], str]:
+    """(kind, version) -> checksum of everything recorded as applied."""
+    return {key: row["checksum"] for key, row in _applied(conn).items()}
+
+
+def _applied(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    rows = conn.execute("SELECT kind, version, name, checksum, applied_at FROM flux.schema_migrations")
+    return {
+        (kind, version): {"name": name, "checksum": checksum, "at": applied_at}
+        for kind, version, name, checksum, applied_at in rows
+    }
+
+
+def _state(migration: Migration, applied: dict[tuple[str, str], dict[str, Any]]) -> State:
+    row = applied.get((migration.kind, migration.version))
+    if row is None:
+        return "pending"
+    return "applied" if row["checksum"] == migration.checksum else "changed"
+
+
+def _refuse_drift(
+    migrations: Sequence[Migration], applied: dict[tuple[str, str], dict[str, Any]], with_project: bool
+) -> None:
+    edited = [m for m in migrations if m.kind != "function" and _state(m, applied) == "changed"]
+    if edited:
+        raise MigrationEdited(
+            f"{edited[0].label} was edited after it was applied",
+            details={"files": [m.label for m in edited]},
+            hint="restore the file and put the change in a new migration",
+        )
+    known = {(m.kind, m.version) for m in migrations}
+    kinds: Iterable[str] = ("flux", "project") if with_project else ("flux",)
+    for kind in kinds:
+        unknown = sorted(v for (k, v) in applied if k == kind and (k, v) not in known)
+        if unknown:
+            row = applied[(kind, unknown[0])]
+            where = "this Flux" if kind == "flux" else "the project's migrations folder"
+            raise DatabaseNewerThanCode(
+                f"the database has migration {unknown[0]}_{row['name']} that {where} does not have",
+                details={"kind": kind, "versions": unknown},
+                hint="upgrade the code (or check out the branch that added it) before migrating",
+            )
+
+
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO flux.schema_migrations (kind, version, name, checksum) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (kind, version) DO UPDATE"
+                " SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, applied_at = now()",
+                (migration.kind, migration.version, migration.name, migration.checksum),
+            )
+    except psycopg.Error as exc:
+        diag = exc.diag
+        where = ""
+        if diag.statement_position:
+            line = migration.sql.count("\n", 0, int(diag.statement_position) - 1) + 1
+            where = f" at line {line}"
+        raise MigrationFailed(
+            f"{migration.label} failed{where}: {diag.message_primary or str(exc).strip()}",
+            details={"file": str(migration.path), "sqlstate": exc.sqlstate, "context": diag.context},
+            hint="it was rolled back and nothing after it ran; fix the file and migrate again",
+        ) from exc

@@ -1,0 +1,114 @@
+"""Hosting: `flux server` and `flux dev` run one gunicorn master whose workers each serve `flux.app`.
+
+Before forking, the master checks the port, brings up Postgres (the DATABASE_URL server, or the project's
+embedded one) and migrates. The embedded Postgres is stopped when the master exits: on Ctrl-C, SIGTERM,
+a failed boot, or any error.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from flux import migrate
+from flux.config import Settings
+from flux.errors import PortInUse
+from flux.postgres import EmbeddedPostgres
+
+log = logging.getLogger("flux.server")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse to start when the port is taken, before Postgres or any worker is started."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUse(
+                    f"port {port} on {host} is already in use",
+                    hint="stop the other process or pass another --port",
+                ) from exc
+            raise
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield the DSN to use: DATABASE_URL as is, or the embedded cluster, stopped on the way out."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir, settings.pg_bindir)
+    owner = os.getpid()
+    try:
+        log.info("starting the embedded Postgres in %s", settings.data_dir)
+        yield embedded.start()
+    finally:
+        # Forked gunicorn workers unwind through this frame too; only the process that started it stops it.
+        if os.getpid() == owner:
+            embedded.stop()
+
+
+@contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C while Postgres starts, so the `finally` blocks still run."""
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class FluxApplication(BaseApplication):  # type: ignore[misc]
+    """Gunicorn configured from Settings; each worker builds its own app and connection pool after fork."""
+
+    def __init__(self, settings: Settings, dsn: str, *, reload: bool) -> None:
+        self.settings = settings
+        self.dsn = dsn
+        self.reload = reload
+        super().__init__()
+
+    def load_config(self) -> None:
+        config = {
+            "bind": f"{self.settings.host}:{self.settings.port}",
+            "workers": self.settings.workers,
+            "reload": self.reload,
+            "graceful_timeout": 30,
+            "accesslog": "-" if self.reload else None,
+            "proc_name": "flux",
+        }
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
+            config["control_socket_disable"] = True
+        for key, value in config.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from flux.app import create_wsgi
+
+        return create_wsgi(self.settings, self.dsn)
+
+
+def serve(settings: Settings, *, reload: bool = False) -> None:
+    """Run Flux until Ctrl-C or SIGTERM; returns only after Postgres (if embedded) has stopped."""
+    check_port_free(settings.host, settings.port)
+    with terminate_on_sigterm(), database(settings) as dsn:
+        applied = migrate.migrate(dsn, project_migrations=settings.project_migrations)
+        for migration in applied:
+            log.info("applied %s", migration.label)
+        print(f"flux: serving on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        FluxApplication(settings, dsn, reload=reload).run()

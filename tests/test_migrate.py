@@ -1,0 +1,153 @@
+"""The migration runner against a real Postgres: order, idempotence, locking, drift and failure."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from flux import migrate
+from flux.errors import DatabaseNewerThanCode, MigrationEdited, MigrationFailed, MigrationFileInvalid
+
+
+def _write(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(body)
+    return path
+
+
+def _tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname <> 'pg_catalog'")
+        return {row[0] for row in rows if not row[0].startswith("information_schema")}
+
+
+def test_fresh_migrate_applies_every_file_once_then_is_a_no_op(empty_dsn: str) -> None:
+    applied = migrate.migrate(empty_dsn)
+    assert [m.label for m in applied] == [m.label for m in migrate.flux_migrations()]
+    assert {"flux.requests", "flux.spans", "flux.mutations", "flux.schema_migrations"} <= _tables(empty_dsn)
+
+    assert migrate.migrate(empty_dsn) == []
+    assert migrate.is_current(empty_dsn)
+
+
+def test_two_concurrent_migrates_both_succeed(empty_dsn: str) -> None:
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate.migrate(empty_dsn))
+        except Exception as exc:  # collected and asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert all(isinstance(result, list) for result in results), results
+    applied_counts = sorted(len(result) for result in results)  # type: ignore[arg-type]
+    assert applied_counts == [0, len(migrate.flux_migrations())]
+
+
+def test_an_edited_applied_migration_is_refused(empty_dsn: str, tmp_path: Path) -> None:
+    project = tmp_path / "migrations"
+    path = _write(project, "0001_orders.sql", "CREATE TABLE orders (id int PRIMARY KEY);\n")
+    migrate.migrate(empty_dsn, project_migrations=project)
+
+    path.write_text("CREATE TABLE orders (id bigint PRIMARY KEY);\n")
+    with pytest.raises(MigrationEdited, match="0001_orders.sql was edited") as caught:
+        migrate.migrate(empty_dsn, project_migrations=project)
+    assert caught.value.code == "FX811"
+    assert [row.state for row in migrate.status(empty_dsn, project_migrations=project)][-1] == "changed"
+
+
+def test_a_database_newer_than_the_code_is_refused(empty_dsn: str, tmp_path: Path) -> None:
+    project = tmp_path / "migrations"
+    _write(project, "0001_orders.sql", "CREATE TABLE orders (id int PRIMARY KEY);\n")
+    _write(project, "0002_items.sql", "CREATE TABLE items (id int PRIMARY KEY);\n")
+    migrate.migrate(empty_dsn, project_migrations=project)
+
+    (project / "0002_items.sql").unlink()
+    with pytest.raises(DatabaseNewerThanCode, match="0002_items") as caught:
+        migrate.migrate(empty_dsn, project_migrations=project)
+    assert caught.value.code == "FX812"
+
+
+def test_an_unknown_flux_migration_is_refused(empty_dsn: str) -> None:
+    migrate.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        conn.execute(
+            "INSERT INTO flux.schema_migrations (kind, version, name, checksum) VALUES ('flux', '9999', 'future', 'x')"
+        )
+    with pytest.raises(DatabaseNewerThanCode, match="9999_future"):
+        migrate.migrate(empty_dsn)
+
+
+def test_a_failing_migration_rolls_back_and_names_the_line(empty_dsn: str, tmp_path: Path) -> None:
+    project = tmp_path / "migrations"
+    _write(project, "0001_ok.sql", "CREATE TABLE ok_table (id int PRIMARY KEY);\n")
+    _write(
+        project,
+        "0002_broken.sql",
+        "CREATE TABLE half_done (id int PRIMARY KEY);\n\nINSERT INTO no_such_table VALUES (1);\n",
+    )
+    with pytest.raises(MigrationFailed, match=r"0002_broken.sql failed at line 3: relation") as caught:
+        migrate.migrate(empty_dsn, project_migrations=project)
+    assert caught.value.code == "FX810"
+
+    tables = _tables(empty_dsn)
+    assert "public.ok_table" in tables
+    assert "public.half_done" not in tables
+    states = {row.version: row.state for row in migrate.status(empty_dsn, project_migrations=project)}
+    assert (states["0001"], states["0002"]) == ("applied", "pending")
+
+
+def test_misnamed_gapped_or_unparseable_files_are_refused_before_anything_runs(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    project = tmp_path / "migrations"
+    _write(project, "0001_first.sql", "CREATE TABLE first (id int PRIMARY KEY);\n")
+    bad = _write(project, "0003_third.sql", "SELECT 1;\n")
+    with pytest.raises(MigrationFileInvalid, match="should be numbered 0002"):
+        migrate.migrate(empty_dsn, project_migrations=project)
+    bad.unlink()
+
+    _write(project, "2_second.sql", "SELECT 1;\n")
+    with pytest.raises(MigrationFileInvalid, match="NNNN_snake_name"):
+        migrate.migrate(empty_dsn, project_migrations=project)
+    (project / "2_second.sql").unlink()
+
+    _write(project, "0002_typo.sql", "SELECT 1;\nCREAT TABLE x (id int);\n")
+    with pytest.raises(MigrationFileInvalid, match="syntax error at line 2"):
+        migrate.migrate(empty_dsn, project_migrations=project)
+    assert "public.first" not in _tables(empty_dsn)
+
+
+def test_a_changed_function_file_is_reapplied(empty_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "sql"
+    shutil.copytree(migrate.sql_dir(), copy)
+    monkeypatch.setattr(migrate, "sql_dir", lambda: copy)
+    migrate.migrate(empty_dsn)
+
+    claims = copy / "functions" / "010_claims.sql"
+    claims.write_text(claims.read_text().replace("SELECT flux.claim('sub')", "SELECT 'changed'::text"))
+    applied = migrate.migrate(empty_dsn)
+
+    assert [m.label for m in applied] == ["010_claims.sql"]
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT flux.user_id()").fetchone() == ("changed",)
+
+
+def test_flux_migration_files_are_consecutive_with_a_purpose_line() -> None:
+    root = migrate.sql_dir()
+    files = sorted((root / "migrations").glob("*.sql")) + sorted((root / "functions").glob("*.sql"))
+    for path in files:
+        assert path.read_text().startswith("-- Purpose: "), path
+    versions = [m.version for m in migrate.load_versioned(root / "migrations", "flux")]
+    assert versions == [f"{n:04d}" for n in range(1, len(versions) + 1)]
