@@ -61,7 +61,9 @@ def parse_keep(text: str) -> str:
 
     match = _DURATION.match(text.strip())
     if match is None or int(match["amount"]) == 0:
-        raise InvalidRetention(f"--keep {text!r} is not a positive period", hint="use days or hours, e.g. 30d or 12h")
+        raise InvalidRetention(
+            f"--keep {text!r} is not a positive period", hint="use days or hours, e.g. 30d or 12h"
+        )
     unit = "days" if match["unit"] == "d" else "hours"
     return f"{int(match['amount'])} {unit}"
 
@@ -76,7 +78,9 @@ def retention(
 
     interval = parse_keep(keep)
     with _database(project) as (dsn, _), db.connect(dsn) as conn, db.translate_errors():
-        dropped = [row[0] for row in conn.execute("SELECT flux.drop_span_partitions(%s::interval)", (interval,))]
+        dropped = [
+            row[0] for row in conn.execute("SELECT flux.drop_span_partitions(%s::interval)", (interval,))
+        ]
         conn.commit()
     for name in dropped:
         typer.echo(f"dropped  flux.{name}")

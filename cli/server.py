@@ -23,20 +23,20 @@ def run_server(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
 ) -> None:
     """Serve the project in production: DATABASE_URL, or the project's embedded Postgres."""
-    _serve(project, port=port, host=host, workers=workers, reload=False)
+    _serve(project, port, host, workers, reload=False)
 
 
 def run_dev(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
 ) -> None:
     """Serve the project locally with reload; starts an embedded Postgres when DATABASE_URL is unset."""
-    _serve(project, port=port, host=host, workers=workers or 1, reload=True)
+    _serve(project, port, host, workers or 1, reload=True)
 
 
-def _serve(project: Path, *, reload: bool, **overrides: object) -> None:
+def _serve(project: Path, port: int | None, host: str | None, workers: int | None, *, reload: bool) -> None:
     from flux.config import load_settings
     from flux.server import serve
 
     logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
-    settings = load_settings(project, **overrides)
+    settings = load_settings(project, port=port, host=host, workers=workers)
     serve(settings, reload=reload)

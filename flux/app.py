@@ -15,6 +15,8 @@ from flux.config import Settings, load_settings
 from flux.db import as_flux_error, create_pool
 from flux.errors import FluxError, InternalError, InvalidConfig
 
+WsgiApp = falcon.App[falcon.Request, falcon.Response]
+
 
 class Health:
     """Liveness: answers as long as the process can serve HTTP."""
@@ -39,8 +41,11 @@ class Ready:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "database": error.message}
             return
-        behind = sorted(f"{kind}:{version}" for (kind, version), checksum in self.expected.items()
-                        if applied.get((kind, version)) != checksum)
+        behind = sorted(
+            f"{kind}:{version}"
+            for (kind, version), checksum in self.expected.items()
+            if applied.get((kind, version)) != checksum
+        )
         if behind:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "migrations_pending": behind}
@@ -59,24 +64,27 @@ def _handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Except
     _handle_flux_error(req, resp, InternalError("unexpected error; see the server log"), params)
 
 
-def create_app(settings: Settings, pool: Any) -> falcon.App:
+def create_app(settings: Settings, pool: Any) -> WsgiApp:
     """Build the WSGI app for one worker process around its own connection pool."""
     app = falcon.App()
     app.add_route("/health", Health())
-    expected = {(m.kind, m.version): m.checksum for m in migrate.all_migrations(settings.project_migrations)}
+    expected: dict[tuple[str, str], str] = {
+        (m.kind, m.version): m.checksum for m in migrate.all_migrations(settings.project_migrations)
+    }
     app.add_route("/ready", Ready(pool, expected))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
     return app
 
 
-def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> falcon.App:
+def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> WsgiApp:
     """Gunicorn entry point (`gunicorn 'flux.app:create_wsgi()'`): settings from the environment."""
     settings = settings or load_settings()
     dsn = dsn or settings.database_url
     if not dsn:
         raise InvalidConfig(
-            "DATABASE_URL is not set", hint="set DATABASE_URL, or start with `flux server` to use the embedded Postgres"
+            "DATABASE_URL is not set",
+            hint="set DATABASE_URL, or start with `flux server` to use the embedded Postgres",
         )
     pool = create_pool(dsn)
     pool.open(wait=False)

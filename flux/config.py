@@ -85,7 +85,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidConfig(
-            f"unknown setting {unknown[0]!r}", hint=f"known settings: {', '.join(sorted(known - {'project_dir'}))}"
+            f"unknown setting {unknown[0]!r}",
+            hint=f"known settings: {', '.join(sorted(known - {'project_dir'}))}",
         )
     try:
         port = int(values.get("port", DEFAULT_PORT))

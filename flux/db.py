@@ -42,7 +42,7 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
         reason = _first_line(str(exc))
         raise DatabaseUnreachable(
             f"cannot connect to Postgres at {describe_dsn(dsn)}: {reason}",
-            hint="check DATABASE_URL and that the server is running, or unset it to use the embedded Postgres",
+            hint="check DATABASE_URL and that the server runs, or unset it to use the embedded Postgres",
         ) from exc
     if conn.info.server_version < MINIMUM_SERVER_VERSION:
         version = conn.info.server_version
@@ -104,7 +104,8 @@ def as_flux_error(exc: BaseException) -> FluxError:
         return from_postgres(exc)
     if isinstance(exc, PoolTimeout):
         return DatabaseUnreachable(
-            f"no database connection within the timeout: {exc}", hint="check that Postgres is up and reachable"
+            f"no database connection within the timeout: {exc}",
+            hint="check that Postgres is up and reachable",
         )
     return InternalError(f"{type(exc).__name__}: {exc}")
 
@@ -112,7 +113,7 @@ def as_flux_error(exc: BaseException) -> FluxError:
 def set_request_context(
     conn: psycopg.Connection[Any], *, request_id: str, claims_json: str, tenant_id: str | None = None
 ) -> None:
-    """Set the transaction-local GUCs that triggers and RLS helpers read (`flux.request_id`, `flux.claims`)."""
+    """Set the transaction-local GUCs that triggers and RLS helpers read (request id, claims, tenant)."""
     conn.execute(
         "SELECT set_config('flux.request_id', %s, true), set_config('flux.claims', %s, true),"
         " set_config('flux.tenant_id', %s, true)",

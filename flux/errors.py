@@ -17,15 +17,11 @@ class FluxError(Exception):
     http_status: ClassVar[int] = 500
     title: ClassVar[str] = "internal error"
 
-    def __init__(
-        self, message: str, *, details: Any = None, hint: str | None = None, code: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, details: Any = None, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.hint = hint
-        if code is not None:
-            self.code = code
 
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
         """The HTTP body of this error: `{code, message, details, hint, request_id}`."""
@@ -42,13 +38,22 @@ class FluxError(Exception):
         return f"{text} ({self.hint})" if self.hint else text
 
 
+# -- FX0xx gateway and auth -----------------------------------------------------------------------------
+
+
+class InvalidTenantClaim(FluxError):
+    code = "FX010"
+    http_status = 401
+    title = "the tenant id of the caller is not a uuid"
+
+
 # -- FX5xx trace and replay -----------------------------------------------------------------------------
 
 
-class TableWithoutPrimaryKey(FluxError):
+class TableNotTrackable(FluxError):
     code = "FX501"
     http_status = 400
-    title = "a tracked table needs a primary key"
+    title = "only your own tables with a primary key can be tracked"
 
 
 class InvalidRetention(FluxError):

