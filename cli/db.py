@@ -47,7 +47,8 @@ def status(project: ProjectDir = Path(".")) -> None:
         rows = runner.status(dsn, project_migrations=project_migrations)
     for row in rows:
         when = row.applied_at.strftime("%Y-%m-%d %H:%M:%S") if row.applied_at else "-"
-        typer.echo(f"{row.state:<8} {row.kind:<8} {row.version:<24} {when}")
+        name = row.name if row.kind == "function" else f"{row.version}_{row.name}"
+        typer.echo(f"{row.state:<8} {row.kind:<8} {name:<28} {when}")
     if any(row.state != "applied" for row in rows):
         raise typer.Exit(1)
 

@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 ProjectDir = Annotated[Path, typer.Argument(help="The Flux project folder.", file_okay=False)]
-Port = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on [default: 4000].")]
-Host = Annotated[str | None, typer.Option("--host", help="Address to bind [default: 127.0.0.1].")]
-Workers = Annotated[int | None, typer.Option("--workers", "-w", help="Worker processes [default: 2].")]
+Port = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (default 4000).")]
+Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
+Workers = Annotated[
+    int | None, typer.Option("--workers", "-w", help="Worker processes (default 2; 1 for dev).")
+]
 
 
 def register(app: typer.Typer) -> None:

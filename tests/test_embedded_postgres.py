@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -31,15 +32,31 @@ def test_first_start_initialises_then_a_restart_reuses_the_cluster(project_dir: 
     assert processes_mentioning(str(data_dir)) == []
 
 
-def test_a_server_left_running_is_adopted_and_stopped(project_dir: Path) -> None:
+def test_a_server_left_running_by_a_killed_flux_is_adopted_and_stopped(project_dir: Path) -> None:
     data_dir = project_dir / ".flux" / "pg"
-    first = EmbeddedPostgres(data_dir)
-    first.start()  # never stopped: as if the previous flux was killed with -9
-    second = EmbeddedPostgres(data_dir)
-    with psycopg.connect(second.start()) as conn:
+    killed = "import os, sys; from pathlib import Path; from flux.postgres import EmbeddedPostgres; "
+    killed += "EmbeddedPostgres(Path(sys.argv[1])).start(); os.kill(os.getpid(), 9)"
+    subprocess.run([sys.executable, "-c", killed, str(data_dir)], check=False)
+    assert processes_mentioning(str(data_dir)) != []
+
+    adopting = EmbeddedPostgres(data_dir)
+    with psycopg.connect(adopting.start()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    second.stop()
-    assert not first.running()
+    adopting.stop()
+    assert not adopting.running()
+    assert processes_mentioning(str(data_dir)) == []
+
+
+def test_a_second_process_on_the_same_cluster_leaves_it_running_for_the_first(project_dir: Path) -> None:
+    data_dir = project_dir / ".flux" / "pg"
+    serving = EmbeddedPostgres(data_dir)  # flux dev
+    dsn = serving.start()
+    beside = EmbeddedPostgres(data_dir)  # flux db migrate, run while flux dev serves
+    assert beside.start() == dsn
+    beside.stop()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    serving.stop()
     assert processes_mentioning(str(data_dir)) == []
 
 

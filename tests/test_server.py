@@ -130,7 +130,7 @@ def test_the_status_command_lists_every_migration(
     result = run_flux(["db", "status"], {**flux_env, "DATABASE_URL": dsn}, project_dir)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["applied", "flux", "0001"]
+    assert lines[0].split()[:3] == ["applied", "flux", "0001_core"]
     assert all(line.startswith("applied") for line in lines)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints ratios against a floor measured side by side in the same run (see DESIGN.md)."""
