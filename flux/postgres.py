@@ -143,11 +143,11 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Fast shutdown (sessions are cut, committed data is safe) unless another process still uses it."""
-        if self._lock_fd is None:
+        if not self.data_dir.parent.is_dir():
             return
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock(fcntl.LOCK_EX)
+        except EmbeddedPostgresFailed:
             self._unlock()  # another Flux process holds its shared lock: leave the cluster to it
             return
         try:
@@ -188,8 +188,8 @@ class EmbeddedPostgres:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise EmbeddedPostgresFailed(
-                        f"another Flux process holds {self.data_dir} but its Postgres is not running",
-                        hint="stop the other flux process, then start again",
+                        f"another Flux process is using {self.data_dir}",
+                        hint="stop the other flux process, then try again",
                     ) from None
                 time.sleep(0.1)
 

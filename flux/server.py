@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from flux import migrate
 from flux.config import Settings
@@ -73,6 +74,19 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _GracefulArbiter(Arbiter):  # type: ignore[misc]
+    """Ctrl-C stops as gently as SIGTERM: workers finish their in-flight requests (up to graceful_timeout)."""
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+def _ignore_terminal_interrupt(worker: Any) -> None:
+    # Ctrl-C reaches every process of the terminal's group; a worker waits for the master's SIGTERM instead,
+    # so it is never cut off in the middle of a response.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FluxApplication(BaseApplication):  # type: ignore[misc]
     """Gunicorn configured from Settings; each worker builds its own app and connection pool after fork."""
 
@@ -87,7 +101,8 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
             "bind": f"{self.settings.host}:{self.settings.port}",
             "workers": self.settings.workers,
             "reload": self.reload,
-            "graceful_timeout": 30,
+            "graceful_timeout": 10 if self.reload else 30,
+            "post_worker_init": _ignore_terminal_interrupt,
             "accesslog": "-" if self.reload else None,
             "proc_name": "flux",
         }
@@ -96,6 +111,13 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         for key, value in config.items():
             if value is not None:
                 self.cfg.set(key, value)
+
+    def run(self) -> None:
+        try:
+            _GracefulArbiter(self).run()
+        except RuntimeError as exc:  # gunicorn's way of saying it could not boot
+            print(f"flux: gunicorn could not start: {exc}", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Any:
         from flux.app import create_wsgi
