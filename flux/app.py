@@ -14,6 +14,7 @@ from flux import migrate
 from flux.config import Settings, load_settings
 from flux.db import as_flux_error, create_pool
 from flux.errors import FluxError, InternalError, InvalidConfig
+from flux.maintenance import MaintenanceLoop
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
 
@@ -88,4 +89,5 @@ def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> Wsg
         )
     pool = create_pool(dsn)
     pool.open(wait=False)
+    MaintenanceLoop(pool).start()
     return create_app(settings, pool)

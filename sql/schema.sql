@@ -155,16 +155,18 @@ $$;
 CREATE FUNCTION flux.tenant_id() RETURNS uuid
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path TO ''
-    AS $$
+    AS $_$
 DECLARE
     raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
 BEGIN
+    IF raw IS NOT NULL
+       AND raw !~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$' THEN
+        RAISE EXCEPTION 'tenant id % is not a uuid', pg_catalog.quote_literal(raw)
+            USING ERRCODE = 'FX010', HINT = 'issue the token with a tenant_id claim that is a uuid';
+    END IF;
     RETURN raw::uuid;
-EXCEPTION WHEN invalid_text_representation THEN
-    RAISE EXCEPTION 'tenant id % is not a uuid', pg_catalog.quote_literal(raw)
-        USING ERRCODE = 'FX010', HINT = 'issue the token with a tenant_id claim that is a uuid';
 END
-$$;
+$_$;
 
 
 --
@@ -180,7 +182,15 @@ DECLARE
     new_row jsonb;
     key_source jsonb;
     changed_columns text[];
+    schema_name text := TG_TABLE_SCHEMA;
+    table_name text := TG_TABLE_NAME;
 BEGIN
+    IF TG_ARGV[0] = 'p' THEN
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
     IF TG_OP <> 'INSERT' THEN
         old_row := pg_catalog.to_jsonb(OLD);
     END IF;
@@ -205,10 +215,10 @@ BEGIN
         nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
         session_user,
         flux.tenant_id(),
-        TG_TABLE_SCHEMA,
-        TG_TABLE_NAME,
+        schema_name,
+        table_name,
         TG_OP,
-        (SELECT pg_catalog.jsonb_object_agg(k, key_source -> k) FROM pg_catalog.unnest(TG_ARGV) AS k),
+        (SELECT pg_catalog.jsonb_object_agg(k, key_source -> k) FROM pg_catalog.unnest(TG_ARGV[1:]) AS k),
         old_row,
         new_row,
         changed_columns
@@ -236,7 +246,7 @@ BEGIN
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV;
+          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1:];
     RETURN NULL;
 END
 $_$;
@@ -253,10 +263,12 @@ CREATE FUNCTION flux.track(target regclass) RETURNS void
 DECLARE
     kind "char";
     schema_name name;
+    is_partition boolean;
+    relation regclass;
     key_columns text[];
     key_arguments text;
 BEGIN
-    SELECT c.relkind, n.nspname INTO kind, schema_name
+    SELECT c.relkind, n.nspname, c.relispartition INTO kind, schema_name, is_partition
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = target;
@@ -266,7 +278,11 @@ BEGIN
     END IF;
     IF schema_name = 'flux' THEN
         RAISE EXCEPTION '% belongs to Flux itself', target
-            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux records its own tables already';
+            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux''s own tables are not tracked';
+    END IF;
+    IF is_partition THEN
+        RAISE EXCEPTION '% is a partition', target
+            USING ERRCODE = 'FX501', HINT = 'track its partitioned table: every partition is then tracked';
     END IF;
 
     SELECT pg_catalog.array_agg(a.attname::text ORDER BY key.position)
@@ -281,13 +297,20 @@ BEGIN
     END IF;
 
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
-      FROM pg_catalog.unnest(key_columns) AS k;
+      FROM pg_catalog.unnest(ARRAY[kind::text] || key_columns) AS k;
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
-    EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
-        'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', target, key_arguments);
+    -- Statement triggers are not cloned to partitions, so each existing partition gets its own; partitions
+    -- added later are covered once flux.track runs again.
+    FOR relation IN
+        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
+    LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
+            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', relation, key_arguments);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', relation);
+    END LOOP;
 END
 $$;
 
@@ -300,9 +323,16 @@ CREATE FUNCTION flux.untrack(target regclass) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
+DECLARE
+    relation regclass;
 BEGIN
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
-    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', target);
+    FOR relation IN
+        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', relation);
+        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', relation);
+    END LOOP;
 END
 $$;
 
@@ -408,6 +438,7 @@ CREATE VIEW flux.mutation_log AS
     r.function,
     r.code_sha,
     m.actor,
+    m.tenant_id,
     m.txid
    FROM (flux.mutations m
      LEFT JOIN flux.requests r ON ((r.id = m.request_id)));
@@ -554,7 +585,7 @@ CREATE VIEW flux.tracked_tables AS
    FROM ((pg_trigger t
      JOIN pg_class c ON ((c.oid = t.tgrelid)))
      JOIN pg_namespace n ON ((n.oid = c.relnamespace)))
-  WHERE ((t.tgname = 'flux_mutations'::name) AND (NOT t.tgisinternal));
+  WHERE ((t.tgname = 'flux_mutations'::name) AND (t.tgparentid = (0)::oid));
 
 
 --
@@ -667,6 +698,7 @@ ALTER INDEX flux.spans_pkey ATTACH PARTITION flux.spans_default_pkey;
 GRANT USAGE ON SCHEMA flux TO flux_anon;
 GRANT USAGE ON SCHEMA flux TO flux_user;
 GRANT USAGE ON SCHEMA flux TO flux_service;
+GRANT USAGE ON SCHEMA flux TO flux_recorder;
 
 
 --
@@ -706,12 +738,33 @@ GRANT ALL ON FUNCTION flux.tenant_id() TO flux_service;
 
 
 --
+-- Name: FUNCTION tg_mutations__record(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.tg_mutations__record() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION tg_mutations__record_truncate(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.tg_mutations__record_truncate() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION user_id(); Type: ACL; Schema: flux; Owner: -
 --
 
 GRANT ALL ON FUNCTION flux.user_id() TO flux_anon;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_user;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
+
+
+--
+-- Name: TABLE mutations; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
 
 
 --

@@ -56,3 +56,21 @@ def test_a_tenant_claim_that_is_not_a_uuid_is_an_fx010(conn: Conn) -> None:
         db.set_request_context(conn, request_id=str(uuid.uuid4()), claims_json='{"tenant_id": "acme"}')
         conn.execute("SELECT flux.tenant_id()")
     assert caught.value.code == "FX010"
+
+
+def test_an_rls_policy_on_the_tenant_works_in_a_parallel_query(conn: Conn) -> None:
+    tenant = str(uuid.uuid4())
+    conn.execute("CREATE TABLE invoices (id int PRIMARY KEY, tenant uuid NOT NULL)")
+    conn.execute("INSERT INTO invoices SELECT i, %s FROM generate_series(1, 1000) AS i", (tenant,))
+    conn.execute("ANALYZE invoices")
+    setting = "debug_parallel_query" if conn.info.server_version >= 160000 else "force_parallel_mode"
+    with conn.transaction():
+        conn.execute(f"SET LOCAL {setting} = on".encode())
+        db.set_request_context(conn, request_id=str(uuid.uuid4()), claims_json="{}", tenant_id=tenant)
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute("EXPLAIN SELECT count(*) FROM invoices WHERE tenant = flux.tenant_id()")
+        )
+        count = conn.execute("SELECT count(*) FROM invoices WHERE tenant = flux.tenant_id()").fetchone()
+    assert "Gather" in plan
+    assert count == (1000,)

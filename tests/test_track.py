@@ -125,3 +125,66 @@ def test_what_cannot_be_tracked_is_refused_with_fx501(
         conn.execute("SELECT flux.track(%s)", (target,))
     assert caught.value.code == "FX501"
     assert caught.value.hint
+
+
+def test_a_partitioned_table_is_recorded_under_its_own_name_and_its_partitions_are_refused(
+    conn: Conn,
+) -> None:
+    conn.execute("CREATE TABLE events (id int, year int, PRIMARY KEY (id, year)) PARTITION BY LIST (year)")
+    conn.execute("CREATE TABLE events_2026 PARTITION OF events FOR VALUES IN (2026)")
+    conn.execute("SELECT flux.track('events')")
+    conn.execute("INSERT INTO events VALUES (1, 2026)")
+
+    assert conn.execute("SELECT table_name, row_pk FROM flux.mutations").fetchall() == [
+        ("events", {"id": 1, "year": 2026})
+    ]
+    assert conn.execute("SELECT table_name FROM flux.tracked_tables").fetchall() == [("events",)]
+    with pytest.raises(TableNotTrackable, match="is a partition"), db.translate_errors():
+        conn.execute("SELECT flux.track('events_2026')")
+
+
+def test_a_table_owner_cannot_gain_rights_through_the_recording_trigger(conn: Conn) -> None:
+    """to_jsonb(NEW) runs user-defined casts: as flux_recorder, never as the superuser who migrated."""
+    mallory = f"mallory_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {mallory} NOLOGIN".encode())
+    try:
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {mallory}".encode())
+        conn.execute(f"SET ROLE {mallory}".encode())
+        conn.execute("CREATE TYPE mood AS ENUM ('happy')")
+        conn.execute(
+            f"""CREATE FUNCTION mood_json(mood) RETURNS json LANGUAGE plpgsql AS $$
+                BEGIN EXECUTE 'ALTER ROLE {mallory} SUPERUSER'; RETURN '"x"'::json; END $$""".encode()
+        )
+        conn.execute("CREATE CAST (mood AS json) WITH FUNCTION mood_json(mood)")
+        conn.execute("CREATE TABLE diary (id int PRIMARY KEY, feeling mood)")
+        conn.execute("RESET ROLE")
+        conn.execute("SELECT flux.track('diary')")
+        conn.execute(f"SET ROLE {mallory}".encode())
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO diary VALUES (1, 'happy')")
+        conn.execute("RESET ROLE")
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (mallory,)).fetchone() == (
+            False,
+        )
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP TABLE IF EXISTS diary")
+        conn.execute("DROP CAST IF EXISTS (mood AS json)")
+        conn.execute(f"DROP OWNED BY {mallory}".encode())
+        conn.execute(f"DROP ROLE {mallory}".encode())
+
+
+def test_truncating_one_partition_of_a_tracked_table_is_recorded(conn: Conn) -> None:
+    conn.execute("CREATE TABLE readings (id int, year int, PRIMARY KEY (id, year)) PARTITION BY LIST (year)")
+    conn.execute("CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES IN (2025)")
+    conn.execute(
+        "ALTER TABLE readings ENABLE ROW LEVEL SECURITY"
+    )  # no policy: hides every row but the owner's
+    conn.execute("SELECT flux.track('readings')")
+    conn.execute("INSERT INTO readings VALUES (1, 2025), (2, 2025)")
+    conn.execute("TRUNCATE readings_2025")
+
+    deletes = conn.execute(
+        "SELECT table_name, row_pk ->> 'id' FROM flux.mutations WHERE op = 'DELETE' ORDER BY 2"
+    )
+    assert deletes.fetchall() == [("readings_2025", "1"), ("readings_2025", "2")]

@@ -26,6 +26,8 @@ $$;
 
 -- The caller's tenant: the `flux.tenant_id` setting, else the `tenant_id` claim; an invalid uuid is an error,
 -- never a silent null, because a policy that compares with it must not quietly change meaning.
+-- No exception block: it would open a subtransaction, which a parallel query (an RLS policy on a big table)
+-- cannot do.
 CREATE OR REPLACE FUNCTION flux.tenant_id() RETURNS uuid
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = ''
@@ -33,10 +35,12 @@ AS $$
 DECLARE
     raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
 BEGIN
+    IF raw IS NOT NULL
+       AND raw !~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$' THEN
+        RAISE EXCEPTION 'tenant id % is not a uuid', pg_catalog.quote_literal(raw)
+            USING ERRCODE = 'FX010', HINT = 'issue the token with a tenant_id claim that is a uuid';
+    END IF;
     RETURN raw::uuid;
-EXCEPTION WHEN invalid_text_representation THEN
-    RAISE EXCEPTION 'tenant id % is not a uuid', pg_catalog.quote_literal(raw)
-        USING ERRCODE = 'FX010', HINT = 'issue the token with a tenant_id claim that is a uuid';
 END
 $$;
 

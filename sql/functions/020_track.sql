@@ -1,7 +1,10 @@
 -- Purpose: mutation tracking: flux.track(regclass) installs one trigger that records every row write.
 
--- Records one row write in flux.mutations. Arguments: the table's primary-key columns, in key order.
--- SECURITY DEFINER so a request role (flux_user) can record without any right on flux.mutations.
+-- Records one row write in flux.mutations. Arguments: the tracked table's relkind ('r', or 'p' when the write
+-- arrives through a partition and is recorded under the partitioned table's name), then its primary-key columns.
+-- SECURITY DEFINER, owned by flux_recorder (see the end of this file), so a request role can record without any
+-- right on flux.mutations, and code the trigger runs on a user's behalf (to_jsonb calls user-defined casts) has
+-- no right but inserting mutations.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__record() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
@@ -11,7 +14,15 @@ DECLARE
     new_row jsonb;
     key_source jsonb;
     changed_columns text[];
+    schema_name text := TG_TABLE_SCHEMA;
+    table_name text := TG_TABLE_NAME;
 BEGIN
+    IF TG_ARGV[0] = 'p' THEN
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
     IF TG_OP <> 'INSERT' THEN
         old_row := pg_catalog.to_jsonb(OLD);
     END IF;
@@ -36,10 +47,10 @@ BEGIN
         nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
         session_user,
         flux.tenant_id(),
-        TG_TABLE_SCHEMA,
-        TG_TABLE_NAME,
+        schema_name,
+        table_name,
         TG_OP,
-        (SELECT pg_catalog.jsonb_object_agg(k, key_source -> k) FROM pg_catalog.unnest(TG_ARGV) AS k),
+        (SELECT pg_catalog.jsonb_object_agg(k, key_source -> k) FROM pg_catalog.unnest(TG_ARGV[1:]) AS k),
         old_row,
         new_row,
         changed_columns
@@ -48,7 +59,8 @@ BEGIN
 END
 $$;
 
--- TRUNCATE fires no row triggers, so record every row it is about to remove as a DELETE.
+-- TRUNCATE fires no row triggers, so record every row it is about to remove as a DELETE (flux.track grants
+-- flux_recorder SELECT on the table for this).
 CREATE OR REPLACE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
@@ -63,7 +75,7 @@ BEGIN
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV;
+          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1:];
     RETURN NULL;
 END
 $$;
@@ -76,10 +88,12 @@ AS $$
 DECLARE
     kind "char";
     schema_name name;
+    is_partition boolean;
+    relation regclass;
     key_columns text[];
     key_arguments text;
 BEGIN
-    SELECT c.relkind, n.nspname INTO kind, schema_name
+    SELECT c.relkind, n.nspname, c.relispartition INTO kind, schema_name, is_partition
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = target;
@@ -89,7 +103,11 @@ BEGIN
     END IF;
     IF schema_name = 'flux' THEN
         RAISE EXCEPTION '% belongs to Flux itself', target
-            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux records its own tables already';
+            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux''s own tables are not tracked';
+    END IF;
+    IF is_partition THEN
+        RAISE EXCEPTION '% is a partition', target
+            USING ERRCODE = 'FX501', HINT = 'track its partitioned table: every partition is then tracked';
     END IF;
 
     SELECT pg_catalog.array_agg(a.attname::text ORDER BY key.position)
@@ -104,13 +122,20 @@ BEGIN
     END IF;
 
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
-      FROM pg_catalog.unnest(key_columns) AS k;
+      FROM pg_catalog.unnest(ARRAY[kind::text] || key_columns) AS k;
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
-    EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
-        'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', target, key_arguments);
+    -- Statement triggers are not cloned to partitions, so each existing partition gets its own; partitions
+    -- added later are covered once flux.track runs again.
+    FOR relation IN
+        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
+    LOOP
+        EXECUTE pg_catalog.format(
+            'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
+            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', relation, key_arguments);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', relation);
+    END LOOP;
 END
 $$;
 
@@ -119,8 +144,20 @@ CREATE OR REPLACE FUNCTION flux.untrack(target regclass) RETURNS void
     LANGUAGE plpgsql
     SET search_path = ''
 AS $$
+DECLARE
+    relation regclass;
 BEGIN
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
-    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', target);
+    FOR relation IN
+        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', relation);
+        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', relation);
+    END LOOP;
 END
 $$;
+
+-- The recording functions run as flux_recorder, and only a trigger installed by flux.track may call them.
+ALTER FUNCTION flux.tg_mutations__record() OWNER TO flux_recorder;
+ALTER FUNCTION flux.tg_mutations__record_truncate() OWNER TO flux_recorder;
+REVOKE EXECUTE ON FUNCTION flux.tg_mutations__record(), flux.tg_mutations__record_truncate() FROM PUBLIC;

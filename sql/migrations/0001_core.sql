@@ -1,11 +1,13 @@
 -- Purpose: the core execution record: roles, requests, spans (partitioned by day), mutations and their views.
 
 -- Roles are cluster-wide, so another database on the same server may have created them already.
+-- flux_anon, flux_user, flux_service: the roles a request runs as. flux_recorder: owns the mutation triggers,
+-- so they run with no right but recording (never as the superuser who migrated).
 DO $$
 DECLARE
     role_name text;
 BEGIN
-    FOREACH role_name IN ARRAY ARRAY['flux_anon', 'flux_user', 'flux_service'] LOOP
+    FOREACH role_name IN ARRAY ARRAY['flux_anon', 'flux_user', 'flux_service', 'flux_recorder'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
             BEGIN
                 EXECUTE format('CREATE ROLE %I NOLOGIN', role_name);
@@ -14,19 +16,23 @@ BEGIN
             END;
         END IF;
     END LOOP;
-    IF NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = 'flux_service') THEN
-        BEGIN
-            ALTER ROLE flux_service BYPASSRLS;
-        EXCEPTION WHEN insufficient_privilege THEN
-            RAISE WARNING 'flux_service cannot bypass row-level security: migrate once as a superuser to set it';
-        END;
-    END IF;
-    -- The connecting role switches to these with SET LOCAL ROLE, so it must be a member of each.
-    EXECUTE format('GRANT flux_anon, flux_user, flux_service TO %I', current_user);
+    -- flux_recorder reads a table's rows only to record a TRUNCATE, and must see all of them.
+    FOREACH role_name IN ARRAY ARRAY['flux_service', 'flux_recorder'] LOOP
+        IF NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            BEGIN
+                EXECUTE format('ALTER ROLE %I BYPASSRLS', role_name);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE WARNING '% cannot bypass row-level security: migrate once as a superuser to set it', role_name;
+            END;
+        END IF;
+    END LOOP;
+    -- The connecting role switches to the request roles with SET LOCAL ROLE and hands the triggers to
+    -- flux_recorder, so it must be a member of each.
+    EXECUTE format('GRANT flux_anon, flux_user, flux_service, flux_recorder TO %I', current_user);
 END
 $$;
 
-GRANT USAGE ON SCHEMA flux TO flux_anon, flux_user, flux_service;
+GRANT USAGE ON SCHEMA flux TO flux_anon, flux_user, flux_service, flux_recorder;
 
 CREATE TABLE flux.requests (
     id                 uuid        NOT NULL,
@@ -110,6 +116,8 @@ CREATE TABLE flux.mutations (
     CONSTRAINT mutations_op_check CHECK (op IN ('INSERT', 'UPDATE', 'DELETE'))
 );
 
+GRANT INSERT ON flux.mutations TO flux_recorder;
+
 CREATE INDEX mutations_row_idx ON flux.mutations (table_schema, table_name, row_pk, id);
 CREATE INDEX mutations_request_id_idx ON flux.mutations (request_id) WHERE request_id IS NOT NULL;
 
@@ -153,6 +161,7 @@ SELECT m.id,
        r.function,
        r.code_sha,
        m.actor,
+       m.tenant_id,
        m.txid
   FROM flux.mutations m
   LEFT JOIN flux.requests r ON r.id = m.request_id;
@@ -166,6 +175,6 @@ SELECT n.nspname AS table_schema,
   FROM pg_catalog.pg_trigger t
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE t.tgname = 'flux_mutations' AND NOT t.tgisinternal;
+ WHERE t.tgname = 'flux_mutations' AND t.tgparentid = 0;  -- not the clones on partitions
 
 COMMENT ON VIEW flux.tracked_tables IS 'Tables whose writes are recorded in flux.mutations (see flux.track).';
