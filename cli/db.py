@@ -75,14 +75,23 @@ def retention(
     project: ProjectDir = Path("."),
 ) -> None:
     """Drop the daily span partitions older than --keep (requests and mutations are kept)."""
-    from flux import db
+    from flux import migrate as runner
 
     interval = parse_keep(keep)
-    with _database(project) as (dsn, _), db.connect(dsn) as conn, db.translate_errors():
+    with _database(project) as (dsn, _):
+        runner.require_current(dsn)
+        dropped = _drop_span_partitions(dsn, interval)
+    for name in dropped:
+        typer.echo(f"dropped  flux.{name}")
+    typer.echo(f"{len(dropped)} partitions dropped")
+
+
+def _drop_span_partitions(dsn: str, interval: str) -> list[str]:
+    from flux import db
+
+    with db.connect(dsn) as conn, db.translate_errors():
         dropped = [
             row[0] for row in conn.execute("SELECT flux.drop_span_partitions(%s::interval)", (interval,))
         ]
         conn.commit()
-    for name in dropped:
-        typer.echo(f"dropped  flux.{name}")
-    typer.echo(f"{len(dropped)} partitions dropped")
+    return dropped

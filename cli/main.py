@@ -5,6 +5,7 @@ Heavy imports stay inside the commands so `flux --help` answers at once.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -25,6 +26,19 @@ class FluxTyper(typer.Typer):
             from cli._output import print_error
 
             print_error(error)
+            sys.exit(1)
+        except Exception as error:
+            if os.environ.get("FLUX_DEBUG"):
+                raise
+            from cli._output import print_error
+            from flux.errors import InternalError
+
+            print_error(
+                InternalError(
+                    f"unexpected {type(error).__name__}: {error}",
+                    hint="run again with FLUX_DEBUG=1 for the traceback",
+                )
+            )
             sys.exit(1)
 
 

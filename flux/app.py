@@ -6,6 +6,7 @@ code); the gateway, runtime and management API mount here as they land.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import falcon
@@ -17,6 +18,7 @@ from flux.errors import FluxError, InternalError, InvalidConfig
 from flux.maintenance import MaintenanceLoop
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
+log = logging.getLogger("flux.app")
 
 
 class Health:
@@ -39,8 +41,10 @@ class Ready:
                 applied = migrate.applied_checksums(conn)
         except Exception as exc:
             error = as_flux_error(exc)
+            if isinstance(error, InternalError):
+                log.exception("readiness check failed")
             resp.status = falcon.HTTP_503
-            resp.media = {"status": "unavailable", "database": error.message}
+            resp.media = {"status": "unavailable", "code": error.code, "database": _public_message(error)}
             return
         behind = sorted(
             f"{kind}:{version}"
@@ -59,10 +63,19 @@ def _handle_flux_error(req: falcon.Request, resp: falcon.Response, error: FluxEr
     resp.media = error.to_dict(req.context.get("request_id"))
 
 
+UNEXPECTED = "unexpected error; see the server log"
+
+
+def _public_message(error: FluxError) -> str:
+    """What a client may see: an FX900's text can hold internals, so it only points at the server log."""
+    return UNEXPECTED if isinstance(error, InternalError) else error.message
+
+
 def _handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
     if isinstance(error, falcon.HTTPError):
         raise error
-    _handle_flux_error(req, resp, InternalError("unexpected error; see the server log"), params)
+    log.exception("unexpected error in %s %s", req.method, req.path)
+    _handle_flux_error(req, resp, InternalError(UNEXPECTED), params)
 
 
 def create_app(settings: Settings, pool: Any) -> WsgiApp:

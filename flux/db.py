@@ -3,6 +3,8 @@ FluxErrors (an `FX…` SQLSTATE raised by PL/pgSQL maps to the class with that c
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,11 +36,11 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
         conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)
     except psycopg.ProgrammingError as exc:
         raise DatabaseUnreachable(
-            f"DATABASE_URL is not a valid connection string: {exc}",
+            "DATABASE_URL is not a valid connection string",
             hint="use the form postgresql://user:password@host:5432/dbname",
         ) from exc
     except psycopg.OperationalError as exc:
-        reason = _first_line(str(exc))
+        reason = _redact(_first_line(str(exc)), dsn)
         raise DatabaseUnreachable(
             f"cannot connect to Postgres at {describe_dsn(dsn)}: {reason}",
             hint="check DATABASE_URL and that the server runs, or unset it to use the embedded Postgres",
@@ -55,9 +57,12 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
 
 def ensure_database(maintenance_dsn: str, name: str) -> None:
     """Create database `name` on the server behind `maintenance_dsn` unless it exists."""
-    with connect(maintenance_dsn, autocommit=True) as conn:
+    with connect(maintenance_dsn, autocommit=True) as conn, translate_errors():
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                pass  # another process created it between the check and here
 
 
 def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flux") -> ConnectionPool:
@@ -118,6 +123,22 @@ def set_request_context(
         " set_config('flux.tenant_id', %s, true)",
         (request_id, claims_json, tenant_id or ""),
     )
+
+
+_URL_PASSWORD = re.compile(r"^[a-z]+://[^:/@]*:(?P<password>[^@]+)@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"\bpassword\s*=\s*(?P<password>'(?:[^'\\]|\\.)*'|\S+)")
+
+
+def _redact(text: str, dsn: str) -> str:
+    """`text` with the DSN's password (as written, or percent-decoded) replaced by ***."""
+    match = _URL_PASSWORD.match(dsn) or _KEYWORD_PASSWORD.search(dsn)
+    if match is None:
+        return text
+    secret = match["password"].strip("'")
+    for form in {secret, urllib.parse.unquote(secret)}:
+        if form:
+            text = text.replace(form, "***")
+    return text
 
 
 def _first_line(text: str) -> str:

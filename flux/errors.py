@@ -121,6 +121,12 @@ class MigrationFileInvalid(FluxError):
     title = "a migration file is misnamed, out of sequence or not valid SQL"
 
 
+class DatabaseNotMigrated(FluxError):
+    code = "FX814"
+    http_status = 503
+    title = "the database lacks Flux's migrations"
+
+
 # -- FX9xx internal -------------------------------------------------------------------------------------
 
 

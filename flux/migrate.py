@@ -22,6 +22,7 @@ import psycopg
 from flux import db
 from flux.errors import (
     DatabaseNewerThanCode,
+    DatabaseNotMigrated,
     MigrationEdited,
     MigrationFailed,
     MigrationFileInvalid,
@@ -100,14 +101,41 @@ def load_functions(folder: Path) -> list[Migration]:
 def _read(path: Path, kind: Kind, version: str, name: str) -> Migration:
     sql = path.read_text()
     try:
-        pglast.parse_sql(sql)
+        statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
         message, position = (*exc.args, 0)[:2]
-        line = sql.count("\n", 0, max(int(position), 0)) + 1
         raise MigrationFileInvalid(
-            f"{path} has a syntax error at line {line}: {message}", hint="fix the SQL and run again"
+            f"{path} has a syntax error at line {_line(sql, position)}: {message}",
+            hint="fix the SQL and run again",
         ) from exc
+    for raw in statements:
+        refusal = _outside_a_transaction(raw.stmt)
+        if refusal:
+            raise MigrationFileInvalid(
+                f"{path} line {_line(sql, raw.stmt_location)}: {refusal} cannot run inside a migration",
+                hint="each file runs in one transaction the runner commits; remove it, or run it by hand",
+            )
     return Migration(kind=kind, version=version, name=name, path=path, sql=sql)
+
+
+def _outside_a_transaction(statement: object) -> str | None:
+    """Name a statement that would commit part of a file, or that Postgres refuses inside a transaction."""
+    ast = pglast.ast
+    if isinstance(statement, ast.TransactionStmt):
+        return "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT)"
+    if isinstance(statement, ast.VacuumStmt | ast.CreatedbStmt | ast.DropdbStmt | ast.AlterSystemStmt):
+        return type(statement).__name__.removesuffix("Stmt").upper()
+    if isinstance(statement, ast.IndexStmt | ast.DropStmt) and statement.concurrent:
+        return "CONCURRENTLY"
+    if isinstance(statement, ast.ReindexStmt) and any(
+        option.defname == "concurrently" for option in statement.params or ()
+    ):
+        return "REINDEX CONCURRENTLY"
+    return None
+
+
+def _line(sql: str, position: object) -> int:
+    return sql.count("\n", 0, max(int(str(position or 0)), 0)) + 1
 
 
 def flux_migrations() -> list[Migration]:
@@ -163,6 +191,15 @@ def status(dsn: str, *, project_migrations: Path | None = None) -> list[Migratio
 def is_current(dsn: str, *, project_migrations: Path | None = None) -> bool:
     """True when nothing is pending, changed or unknown."""
     return all(row.state == "applied" for row in status(dsn, project_migrations=project_migrations))
+
+
+def require_current(dsn: str) -> None:
+    """Refuse to work on a database that lacks (or has other) Flux migrations than this code."""
+    if not is_current(dsn):
+        raise DatabaseNotMigrated(
+            f"the database at {db.describe_dsn(dsn)} is not migrated to this version of Flux",
+            hint="run `flux db migrate` first",
+        )
 
 
 class _migration_lock:

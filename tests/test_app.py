@@ -62,3 +62,20 @@ def test_the_maintenance_loop_recreates_missing_span_partitions(pool: Connection
                 time.sleep(0.05)
         finally:
             loop.stop()
+
+
+def test_an_unexpected_exception_is_fx900_for_the_client_and_logged_for_the_operator(
+    pool: ConnectionPool, project_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Boom:
+        def on_get(self, req: object, resp: object) -> None:
+            raise ValueError("internal detail")
+
+    app = create_app(load_settings(project_dir, env={}), pool)
+    app.add_route("/boom", Boom())
+    response = testing.TestClient(app).simulate_get("/boom")
+
+    assert response.status_code == 500
+    assert response.json["code"] == "FX900"
+    assert "internal detail" not in response.text
+    assert "internal detail" in caplog.text

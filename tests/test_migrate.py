@@ -156,3 +156,25 @@ def test_flux_migration_files_are_consecutive_with_a_purpose_line() -> None:
         assert path.read_text().startswith("-- Purpose: "), path
     versions = [m.version for m in migrate.load_versioned(root / "migrations", "flux")]
     assert versions == [f"{n:04d}" for n in range(1, len(versions) + 1)]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COMMIT;",
+        "BEGIN;",
+        "VACUUM orders;",
+        "CREATE INDEX CONCURRENTLY orders_x_idx ON orders (id);",
+        "REINDEX INDEX CONCURRENTLY orders_pkey;",
+    ],
+)
+def test_statements_that_would_break_the_files_transaction_are_refused(
+    empty_dsn: str, tmp_path: Path, statement: str
+) -> None:
+    project = tmp_path / "migrations"
+    _write(project, "0001_orders.sql", f"CREATE TABLE orders (id int PRIMARY KEY);\n{statement}\nSELECT 1;\n")
+    with pytest.raises(
+        MigrationFileInvalid, match=r"0001_orders\.sql line 2: .* cannot run inside a migration"
+    ):
+        migrate.migrate(empty_dsn, project_migrations=project)
+    assert "public.orders" not in _tables(empty_dsn)

@@ -53,15 +53,18 @@ def test_dev_serves_health_quickly_and_leaves_no_postgres_behind(
 
 
 def test_a_second_start_reuses_the_data_directory(project_dir: Path, flux_env: dict[str, str]) -> None:
+    outputs = []
     for _ in range(2):
         port = free_port()
         process = _start(["server", "--port", str(port)], flux_env, project_dir)
         try:
             wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
         finally:
-            output = _stop(process, signal.SIGTERM, group=False)
-        assert process.returncode == 0, output
-    assert output.count("applied") == 0  # the second start found everything migrated
+            outputs.append(_stop(process, signal.SIGTERM, group=False))
+        assert process.returncode == 0, outputs[-1]
+    assert "flux: applied 0001_core.sql" in outputs[0]
+    assert "flux: starting the embedded Postgres" in outputs[1]
+    assert "applied" not in outputs[1]  # the second start found the cluster initialised and migrated
 
 
 def test_a_taken_port_is_one_clear_line_and_starts_no_postgres(
@@ -86,6 +89,10 @@ def test_a_taken_port_is_one_clear_line_and_starts_no_postgres(
             "error FX801: cannot connect to Postgres at 127.0.0.1:1/flux",
         ),
         ("not a url at all", "error FX801: DATABASE_URL is not a valid connection string"),
+        (
+            "postgresql://u:pa%zzsecret@127.0.0.1/db",
+            "error FX801: DATABASE_URL is not a valid connection string",
+        ),
     ],
 )
 def test_a_bad_database_url_is_one_clear_line(
@@ -145,3 +152,33 @@ def test_migrate_twice_reports_the_second_as_a_no_op(
     started = time.monotonic()
     assert run_flux(["--help"], env, project_dir).returncode == 0
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("nosuch.invalid", "error FX800: cannot bind to host 'nosuch.invalid'"),
+        ("192.0.2.1", "error FX800: cannot listen"),
+    ],
+)
+def test_a_host_this_machine_cannot_bind_is_one_clear_line(
+    project_dir: Path, flux_env: dict[str, str], host: str, message: str
+) -> None:
+    result = run_flux(["server", "--host", host, "--port", str(free_port())], flux_env, project_dir)
+    assert result.returncode == 1
+    assert result.stderr.startswith(message), result.stderr
+    assert not (project_dir / ".flux").exists()
+
+
+def test_serving_on_ipv6_loopback(project_dir: Path, flux_env: dict[str, str], dsn: str) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port = free_port()
+    process = _start(
+        ["server", "--host", "::1", "--port", str(port)], {**flux_env, "DATABASE_URL": dsn}, project_dir
+    )
+    try:
+        wait_for_http(f"http://[::1]:{port}/health", timeout=20, process=process)
+    finally:
+        _stop(process, signal.SIGTERM, group=False)
+    assert process.returncode == 0

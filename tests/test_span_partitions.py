@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cli.db import parse_keep
 from flux import db
-from flux.errors import InvalidRetention
+from flux.errors import DatabaseNotMigrated, InvalidRetention
 
 Conn = psycopg.Connection[Any]
 
@@ -109,3 +109,15 @@ def test_the_retention_command_drops_old_partitions(dsn: str, monkeypatch: pytes
 
     assert result.exit_code == 0, result.output
     assert f"dropped  flux.spans_{old_day:%Y%m%d}" in result.output
+
+
+def test_retention_on_an_unmigrated_database_says_to_migrate(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.main import app
+
+    monkeypatch.setenv("DATABASE_URL", empty_dsn)
+    result = CliRunner().invoke(app, ["db", "retention", "--keep", "30d"])
+
+    assert isinstance(result.exception, DatabaseNotMigrated)
+    assert result.exception.hint == "run `flux db migrate` first"
