@@ -1,0 +1,48 @@
+"""The README's first command: `make dev` serves the quickstart, records writes, and Ctrl-C cleans up."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.fixtures.processes import free_port, processes_mentioning, wait_for_http
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    if subprocess.run(["make", "-q", "install"], cwd=REPO).returncode != 0:
+        pytest.skip("the venv is not installed by `make install`; `make test` installs it first")
+    quickstart = project_dir / "quickstart"
+    shutil.copytree(REPO / "examples" / "quickstart", quickstart)
+    port = free_port()
+    env = {**flux_env, "FLUX_PORT": str(port)}
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "dev", f"PROJECT={quickstart}"],
+        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        took = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=15, process=make)
+        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=5, process=make)
+        socket_dir = quickstart / ".flux" / "pg"
+        with psycopg.connect(f"host={socket_dir} user=postgres dbname=flux", autocommit=True) as conn:
+            conn.execute("INSERT INTO notes (body) VALUES ('hello')")
+            row = conn.execute("SELECT op, table_name, new ->> 'body' FROM flux.mutation_log").fetchone()
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal that typed `make dev`
+        output, _ = make.communicate(timeout=30)
+    assert took < 15, output
+    assert row == ("INSERT", "notes", "hello")
+    assert "flux: applied migrations/0001_notes.sql" in output
+    assert "Traceback" not in output
+    assert processes_mentioning(str(quickstart / ".flux" / "pg")) == []
