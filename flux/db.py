@@ -7,13 +7,25 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from flux.errors import DatabaseUnreachable, DatabaseUnsupported, FluxError, InternalError, error_for_code
+from flux.errors import (
+    ConstraintViolation,
+    DatabaseUnreachable,
+    DatabaseUnsupported,
+    FluxError,
+    InternalError,
+    InvalidValue,
+    PermissionDenied,
+    QueryTimedOut,
+    error_for_code,
+)
 
 MINIMUM_SERVER_VERSION = 140000
 CONNECT_TIMEOUT_S = 5
@@ -95,8 +107,18 @@ def from_postgres(exc: psycopg.Error) -> FluxError:
         )
     diag = exc.diag
     message = diag.message_primary or _first_line(str(exc))
-    if exc.sqlstate and exc.sqlstate.startswith("FX"):
-        return error_for_code(exc.sqlstate, message, details=diag.message_detail, hint=diag.message_hint)
+    state = exc.sqlstate or ""
+    if state.startswith("FX"):
+        return error_for_code(state, message, details=diag.message_detail, hint=diag.message_hint)
+    if state == "42501":
+        return PermissionDenied(message, hint="grant the role access, or check the row-level security policy")
+    if state == "57014":
+        return QueryTimedOut(message, hint="narrow the query or add an index")
+    if state.startswith("23"):
+        details = {"constraint": diag.constraint_name, "table": diag.table_name, "column": diag.column_name}
+        return ConstraintViolation(message, details=details, hint=diag.message_detail)
+    if state.startswith("22"):
+        return InvalidValue(message, hint="send a value of the column's type")
     return error_for_code("FX900", message, details={"sqlstate": exc.sqlstate}, hint=diag.message_hint)
 
 
@@ -112,6 +134,44 @@ def as_flux_error(exc: BaseException) -> FluxError:
             hint="check that Postgres is up and reachable",
         )
     return InternalError(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class JsonParam:
+    """A parameter to bind as jsonb (a JSON object, array or scalar meant for a json/jsonb column)."""
+
+    value: Any
+
+
+@contextmanager
+def request_transaction(
+    conn: psycopg.Connection[Any],
+    *,
+    role: str,
+    request_id: str,
+    claims: dict[str, Any] | None = None,
+    tenant_id: str | None = None,
+    statement_timeout_ms: int | None = None,
+) -> Iterator[psycopg.Connection[Any]]:
+    """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout."""
+    import json
+
+    with translate_errors(), conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(f"flux_{role}")))
+        set_request_context(
+            conn, request_id=request_id, claims_json=json.dumps(claims or {}), tenant_id=tenant_id
+        )
+        if statement_timeout_ms is not None:
+            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
+        yield conn
+
+
+def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; one row back."""
+    values = [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params]
+    with translate_errors():
+        cursor = psycopg.RawCursor(conn)
+        return cursor.execute(query.encode(), values).fetchone()
 
 
 def set_request_context(

@@ -47,6 +47,110 @@ class InvalidTenantClaim(FluxError):
     title = "the tenant id of the caller is not a uuid"
 
 
+# -- FX1xx the query language ----------------------------------------------------------------------------
+# A query with problems raises one InvalidQuery (FX100) whose details list every problem, each with its own
+# code below, a JSON pointer into the query, and a hint such as the nearest existing name.
+
+
+class InvalidQuery(FluxError):
+    code = "FX100"
+    http_status = 400
+    title = "the query is not valid; details list every problem"
+
+
+class UnknownTable(FluxError):
+    code = "FX101"
+    http_status = 400
+    title = "no such table or view"
+
+
+class UnknownColumn(FluxError):
+    code = "FX102"
+    http_status = 400
+    title = "no such column"
+
+
+class UnknownRelation(FluxError):
+    code = "FX103"
+    http_status = 400
+    title = "no foreign key joins these tables"
+
+
+class InvalidOperator(FluxError):
+    code = "FX104"
+    http_status = 400
+    title = "unknown filter operator, or a value of the wrong kind for it"
+
+
+class InvalidQueryShape(FluxError):
+    code = "FX105"
+    http_status = 400
+    title = "a key is unknown, missing or of the wrong JSON type"
+
+
+class QueryTooDeep(FluxError):
+    code = "FX110"
+    http_status = 400
+    title = "nested relations go deeper than allowed"
+
+
+class TooManyRows(FluxError):
+    code = "FX111"
+    http_status = 400
+    title = "the query would return more rows than allowed"
+
+
+class QueryTimedOut(FluxError):
+    code = "FX112"
+    http_status = 504
+    title = "the statement ran longer than the role's statement_timeout"
+
+
+class InvalidRawSql(FluxError):
+    code = "FX120"
+    http_status = 400
+    title = "raw SQL must be exactly one valid statement"
+
+
+class ConstraintViolation(FluxError):
+    code = "FX130"
+    http_status = 409
+    title = "a write broke a constraint (unique, foreign key, not null or check)"
+
+
+class InvalidValue(FluxError):
+    code = "FX131"
+    http_status = 400
+    title = "a value does not fit its column's type"
+
+
+# -- FX2xx policies -------------------------------------------------------------------------------------
+
+
+class ColumnNotReadable(FluxError):
+    code = "FX201"
+    http_status = 403
+    title = "a column policy forbids reading this column for the role"
+
+
+class ColumnNotWritable(FluxError):
+    code = "FX202"
+    http_status = 403
+    title = "a column policy forbids writing this column for the role"
+
+
+class RawSqlForbidden(FluxError):
+    code = "FX203"
+    http_status = 403
+    title = "raw SQL is for the service role only"
+
+
+class PermissionDenied(FluxError):
+    code = "FX204"
+    http_status = 403
+    title = "Postgres refused the role this access (a GRANT or a row-level security policy)"
+
+
 # -- FX5xx trace and replay -----------------------------------------------------------------------------
 
 

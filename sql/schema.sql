@@ -23,6 +23,312 @@ CREATE SCHEMA flux;
 
 
 --
+-- Name: apply_column_policies(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.apply_column_policies() RETURNS SETOF text
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    policy record;
+    target record;
+    relation oid;
+    relation_kind "char";
+    qualified_name text;
+    table_columns text[];
+    flux_role text;
+    database_role text;
+    role_oid oid;
+    privilege_name text;
+    denied text[];
+    allowed text[];
+    held_on_table boolean;
+    held_columns text[];
+    converted boolean;
+    changed_columns text[];
+    statement text;
+BEGIN
+    -- Two runs at once would both convert the same grants.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('flux.apply_column_policies'));
+
+    -- Every policy must name an existing table and column before any privilege changes.
+    FOR policy IN
+        SELECT p.id, p.table_schema, p.table_name, p.column_name FROM flux.column_policies p ORDER BY p.id
+    LOOP
+        SELECT c.oid, c.relkind INTO relation, relation_kind
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = policy.table_schema AND c.relname = policy.table_name;
+        qualified_name := pg_catalog.format('%I.%I', policy.table_schema, policy.table_name);
+        IF relation IS NULL OR relation_kind NOT IN ('r', 'p', 'v', 'm', 'f') THEN
+            RAISE EXCEPTION 'column policy % names table %, which does not exist', policy.id, qualified_name
+                USING ERRCODE = 'FX101',
+                      HINT = pg_catalog.format(
+                          'create the table, or delete the policy: DELETE FROM flux.column_policies WHERE id = %s',
+                          policy.id);
+        END IF;
+        IF NOT EXISTS (
+            SELECT FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = relation AND a.attname = policy.column_name AND a.attnum > 0 AND NOT a.attisdropped
+        ) THEN
+            RAISE EXCEPTION 'column policy % names column %.%, which does not exist',
+                    policy.id, qualified_name, pg_catalog.quote_ident(policy.column_name)
+                USING ERRCODE = 'FX102',
+                      HINT = pg_catalog.format(
+                          '%s has columns %s; fix column_name, or delete the policy: '
+                          'DELETE FROM flux.column_policies WHERE id = %s',
+                          qualified_name,
+                          (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                             FROM pg_catalog.pg_attribute a
+                            WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped),
+                          policy.id);
+        END IF;
+    END LOOP;
+
+    -- A dropped table took its grants with it.
+    DELETE FROM flux.column_policy_grants g
+     WHERE NOT EXISTS (
+         SELECT FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = g.table_schema AND c.relname = g.table_name
+     );
+
+    -- Tables with policies, and tables whose last policy went (their table-level grants are given back).
+    FOR target IN
+        SELECT p.table_schema, p.table_name FROM flux.column_policies p
+         UNION
+        SELECT g.table_schema, g.table_name FROM flux.column_policy_grants g
+         ORDER BY 1, 2
+    LOOP
+        relation := (
+            SELECT c.oid
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = target.table_schema AND c.relname = target.table_name
+        );
+        qualified_name := pg_catalog.format('%I.%I', target.table_schema, target.table_name);
+        table_columns := ARRAY(
+            SELECT a.attname::text
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum
+        );
+
+        FOREACH flux_role IN ARRAY ARRAY['anon', 'user', 'service'] LOOP
+            database_role := 'flux_' || flux_role;
+            role_oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = database_role);
+
+            FOREACH privilege_name IN ARRAY ARRAY['SELECT', 'INSERT', 'UPDATE'] LOOP
+                denied := ARRAY(
+                    SELECT p.column_name
+                      FROM flux.column_policies p
+                     WHERE p.table_schema = target.table_schema
+                       AND p.table_name = target.table_name
+                       AND p.role = flux_role
+                       AND CASE WHEN privilege_name = 'SELECT' THEN NOT p.readable OR p.mask IS NOT NULL
+                                ELSE NOT p.writable END
+                );
+                allowed := ARRAY(
+                    SELECT u.column_name
+                      FROM pg_catalog.unnest(table_columns) WITH ORDINALITY AS u(column_name, position)
+                     WHERE u.column_name <> ALL (denied)
+                     ORDER BY u.position
+                );
+                -- Only grants made to the role itself count (not PUBLIC's, not those of roles it belongs to).
+                held_on_table := EXISTS (
+                    SELECT FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) AS x
+                     WHERE c.oid = relation AND x.grantee = role_oid AND x.privilege_type = privilege_name
+                );
+                held_columns := ARRAY(
+                    SELECT a.attname::text
+                      FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped
+                       AND EXISTS (
+                           SELECT FROM pg_catalog.aclexplode(a.attacl) AS x
+                            WHERE x.grantee = role_oid AND x.privilege_type = privilege_name
+                       )
+                     ORDER BY a.attnum
+                );
+                converted := EXISTS (
+                    SELECT FROM flux.column_policy_grants g
+                     WHERE g.table_schema = target.table_schema AND g.table_name = target.table_name
+                       AND g.role = flux_role AND g.privilege = privilege_name
+                );
+
+                -- Apply always leaves a converted privilege on at least one column, so none at all means a
+                -- REVOKE on the whole table since the last run: the role no longer holds it, so forget it
+                -- instead of granting it again.
+                IF converted AND NOT held_on_table AND pg_catalog.cardinality(held_columns) = 0 THEN
+                    DELETE FROM flux.column_policy_grants g
+                     WHERE g.table_schema = target.table_schema AND g.table_name = target.table_name
+                       AND g.role = flux_role AND g.privilege = privilege_name;
+                    converted := false;
+                END IF;
+
+                IF pg_catalog.cardinality(denied) = 0 THEN
+                    -- No rule restricts this privilege any more: give the table-level grant back.
+                    IF converted THEN
+                        IF pg_catalog.cardinality(held_columns) > 0 THEN
+                            -- On a table, REVOKE also drops every column grant.
+                            statement := pg_catalog.format(
+                                'REVOKE %s ON %s FROM %I', privilege_name, qualified_name, database_role);
+                            EXECUTE statement;
+                            RETURN NEXT statement;
+                            held_on_table := false;
+                        END IF;
+                        IF NOT held_on_table THEN
+                            statement := pg_catalog.format(
+                                'GRANT %s ON %s TO %I', privilege_name, qualified_name, database_role);
+                            EXECUTE statement;
+                            RETURN NEXT statement;
+                        END IF;
+                        DELETE FROM flux.column_policy_grants g
+                         WHERE g.table_schema = target.table_schema AND g.table_name = target.table_name
+                           AND g.role = flux_role AND g.privilege = privilege_name;
+                    END IF;
+                    CONTINUE;
+                END IF;
+
+                IF held_on_table THEN
+                    statement := pg_catalog.format(
+                        'REVOKE %s ON %s FROM %I', privilege_name, qualified_name, database_role);
+                    EXECUTE statement;
+                    RETURN NEXT statement;
+                    -- A superuser revokes as the owner, so a grant made by another grantor survives.
+                    IF EXISTS (
+                        SELECT FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) AS x
+                         WHERE c.oid = relation AND x.grantee = role_oid AND x.privilege_type = privilege_name
+                    ) THEN
+                        RAISE EXCEPTION 'cannot take % on % away from %: another role granted it',
+                                privilege_name, qualified_name, database_role
+                            USING ERRCODE = 'insufficient_privilege',
+                                  HINT = 'revoke it as the role that granted it (see \dp), grant it again as '
+                                         'the table owner, and run flux.apply_column_policies() again';
+                    END IF;
+                    held_columns := '{}';
+                    converted := true;
+                END IF;
+
+                IF converted AND pg_catalog.cardinality(allowed) = 0 THEN
+                    -- Every column is denied: nothing stays granted, so a later REVOKE would leave no trace to
+                    -- tell it apart. Forget the conversion rather than risk giving back what a DBA revoked.
+                    DELETE FROM flux.column_policy_grants g
+                     WHERE g.table_schema = target.table_schema AND g.table_name = target.table_name
+                       AND g.role = flux_role AND g.privilege = privilege_name;
+                    converted := false;
+                    RAISE NOTICE '% keeps no column of % for %; deleting the policies will not give it back',
+                            database_role, privilege_name, qualified_name
+                        USING HINT = pg_catalog.format('GRANT %s ON %s TO %I again after deleting them',
+                                                       privilege_name, qualified_name, database_role);
+                END IF;
+
+                IF converted THEN
+                    changed_columns := ARRAY(
+                        SELECT c FROM pg_catalog.unnest(allowed) AS c WHERE c <> ALL (held_columns)
+                    );
+                    IF pg_catalog.cardinality(changed_columns) > 0 THEN
+                        statement := pg_catalog.format(
+                            'GRANT %s (%s) ON %s TO %I',
+                            privilege_name,
+                            (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
+                               FROM pg_catalog.unnest(changed_columns) AS c),
+                            qualified_name,
+                            database_role);
+                        EXECUTE statement;
+                        RETURN NEXT statement;
+                    END IF;
+                    INSERT INTO flux.column_policy_grants AS g
+                           (table_schema, table_name, role, privilege, granted_columns)
+                    VALUES (target.table_schema, target.table_name, flux_role, privilege_name, allowed)
+                        ON CONFLICT ON CONSTRAINT column_policy_grants_pkey DO UPDATE
+                       SET granted_columns = excluded.granted_columns
+                     WHERE g.granted_columns IS DISTINCT FROM excluded.granted_columns;
+                END IF;
+
+                -- Denied columns lose their column grants, whoever made them.
+                changed_columns := ARRAY(SELECT c FROM pg_catalog.unnest(held_columns) AS c WHERE c = ANY (denied));
+                IF pg_catalog.cardinality(changed_columns) > 0 THEN
+                    statement := pg_catalog.format(
+                        'REVOKE %s (%s) ON %s FROM %I',
+                        privilege_name,
+                        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
+                           FROM pg_catalog.unnest(changed_columns) AS c),
+                        qualified_name,
+                        database_role);
+                    EXECUTE statement;
+                    RETURN NEXT statement;
+                END IF;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+
+    -- Grants to PUBLIC, to a role the Flux role belongs to, or owning the table still let it through.
+    FOR policy IN
+        SELECT p.table_schema, p.table_name, p.column_name, 'flux_' || p.role AS database_role, v.privilege_name
+          FROM flux.column_policies p
+         CROSS JOIN LATERAL (
+             SELECT 'SELECT' WHERE NOT p.readable OR p.mask IS NOT NULL
+             UNION ALL SELECT 'INSERT' WHERE NOT p.writable
+             UNION ALL SELECT 'UPDATE' WHERE NOT p.writable
+         ) AS v(privilege_name)
+         ORDER BY p.id
+    LOOP
+        qualified_name := pg_catalog.format('%I.%I', policy.table_schema, policy.table_name);
+        IF pg_catalog.has_column_privilege(
+               policy.database_role::name, qualified_name::regclass, policy.column_name, policy.privilege_name) THEN
+            RAISE WARNING '% still has % on %.% despite its column policy',
+                    policy.database_role, policy.privilege_name, qualified_name,
+                    pg_catalog.quote_ident(policy.column_name)
+                USING HINT = 'it holds the privilege through PUBLIC, through a role it is a member of, or by '
+                             'owning the table; revoke that grant';
+        END IF;
+    END LOOP;
+END
+$$;
+
+
+--
+-- Name: FUNCTION apply_column_policies(); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.apply_column_policies() IS 'Turns flux.column_policies into column GRANTs for flux_anon, flux_user and flux_service; returns the statements it ran. Idempotent; run it after every migration or GRANT on a table with policies.';
+
+
+--
+-- Name: check_trackable(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.check_trackable(target regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+DECLARE
+    kind "char";
+    schema_name name;
+    is_partition boolean;
+BEGIN
+    SELECT c.relkind, n.nspname, c.relispartition INTO kind, schema_name, is_partition
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = target;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', target
+            USING ERRCODE = 'FX501', HINT = 'only tables can be tracked; track the table behind the view';
+    END IF;
+    IF schema_name = 'flux' THEN
+        RAISE EXCEPTION '% belongs to Flux itself', target
+            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux''s own tables are not tracked';
+    END IF;
+    IF is_partition THEN
+        RAISE EXCEPTION '% is a partition', target
+            USING ERRCODE = 'FX501', HINT = 'track (or untrack) its partitioned table: that covers every partition';
+    END IF;
+END
+$$;
+
+
+--
 -- Name: claim(text); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -170,6 +476,35 @@ $_$;
 
 
 --
+-- Name: tg_catalog__notify(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_catalog__notify() RETURNS event_trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('flux_catalog', TG_TAG);
+END
+$$;
+
+
+--
+-- Name: tg_column_policies__notify(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_column_policies__notify() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('flux_catalog', 'column_policies');
+    RETURN NULL;
+END
+$$;
+
+
+--
 -- Name: tg_mutations__record(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -236,7 +571,16 @@ CREATE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $_$
+DECLARE
+    schema_name text := TG_TABLE_SCHEMA;
+    table_name text := TG_TABLE_NAME;
 BEGIN
+    IF TG_ARGV[0] = 'p' THEN  -- a partition of a tracked partitioned table: record under the table's name
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
     EXECUTE pg_catalog.format(
         'INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, changed)
          SELECT $1, session_user, $2, $3, $4, ''DELETE'',
@@ -246,7 +590,7 @@ BEGIN
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1:];
+          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:];
     RETURN NULL;
 END
 $_$;
@@ -261,30 +605,11 @@ CREATE FUNCTION flux.track(target regclass) RETURNS void
     SET search_path TO ''
     AS $$
 DECLARE
-    kind "char";
-    schema_name name;
-    is_partition boolean;
-    relation regclass;
     key_columns text[];
     key_arguments text;
+    leaf regclass;
 BEGIN
-    SELECT c.relkind, n.nspname, c.relispartition INTO kind, schema_name, is_partition
-      FROM pg_catalog.pg_class c
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = target;
-    IF kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', target
-            USING ERRCODE = 'FX501', HINT = 'only tables can be tracked; track the table behind the view';
-    END IF;
-    IF schema_name = 'flux' THEN
-        RAISE EXCEPTION '% belongs to Flux itself', target
-            USING ERRCODE = 'FX501', HINT = 'track your own tables; Flux''s own tables are not tracked';
-    END IF;
-    IF is_partition THEN
-        RAISE EXCEPTION '% is a partition', target
-            USING ERRCODE = 'FX501', HINT = 'track its partitioned table: every partition is then tracked';
-    END IF;
-
+    PERFORM flux.check_trackable(target);
     SELECT pg_catalog.array_agg(a.attname::text ORDER BY key.position)
       INTO key_columns
       FROM pg_catalog.pg_constraint c
@@ -297,21 +622,36 @@ BEGIN
     END IF;
 
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
-      FROM pg_catalog.unnest(ARRAY[kind::text] || key_columns) AS k;
+      FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
+                             || key_columns) AS k;
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
-    -- Statement triggers are not cloned to partitions, so each existing partition gets its own; partitions
-    -- added later are covered once flux.track runs again.
-    FOR relation IN
-        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
-    LOOP
+    -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',
+                              (SELECT n.nspname FROM pg_catalog.pg_class c
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target));
+    FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
         EXECUTE pg_catalog.format(
             'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
-            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', relation, key_arguments);
-        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', relation);
+            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', leaf, key_arguments);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', leaf);
     END LOOP;
 END
+$$;
+
+
+--
+-- Name: tracked_leaves(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tracked_leaves(target regclass) RETURNS SETOF regclass
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT target WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0)
+    UNION ALL
+    SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.isleaf AND p.level > 0
 $$;
 
 
@@ -324,14 +664,13 @@ CREATE FUNCTION flux.untrack(target regclass) RETURNS void
     SET search_path TO ''
     AS $$
 DECLARE
-    relation regclass;
+    leaf regclass;
 BEGIN
+    PERFORM flux.check_trackable(target);
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
-    FOR relation IN
-        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
-    LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', relation);
-        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', relation);
+    FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', leaf);
+        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', leaf);
     END LOOP;
 END
 $$;
@@ -352,6 +691,75 @@ $$;
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
+
+--
+-- Name: column_policies; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.column_policies (
+    id bigint NOT NULL,
+    table_schema text DEFAULT 'public'::text NOT NULL,
+    table_name text NOT NULL,
+    column_name text NOT NULL,
+    role text NOT NULL,
+    readable boolean DEFAULT true NOT NULL,
+    writable boolean DEFAULT true NOT NULL,
+    mask text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT column_policies_role_check CHECK ((role = ANY (ARRAY['anon'::text, 'user'::text, 'service'::text])))
+);
+
+
+--
+-- Name: TABLE column_policies; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.column_policies IS 'Column rules per Flux role (anon, user, service): readable, writable, and a mask readers get instead of the value (a masked column is unreadable by raw SQL). Enforced by the query compiler and, as column GRANTs, by flux.apply_column_policies(). Policies only take privileges away, never grant them.';
+
+
+--
+-- Name: COLUMN column_policies.mask; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.column_policies.mask IS 'Null: no mask. Otherwise the text the compiler returns instead of the value; the role gets no SELECT on the column.';
+
+
+--
+-- Name: column_policies_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.column_policies ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.column_policies_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: column_policy_grants; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.column_policy_grants (
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    role text NOT NULL,
+    privilege text NOT NULL,
+    granted_columns text[] NOT NULL,
+    converted_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT column_policy_grants_privilege_check CHECK ((privilege = ANY (ARRAY['SELECT'::text, 'INSERT'::text, 'UPDATE'::text]))),
+    CONSTRAINT column_policy_grants_role_check CHECK ((role = ANY (ARRAY['anon'::text, 'user'::text, 'service'::text])))
+);
+
+
+--
+-- Name: TABLE column_policy_grants; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.column_policy_grants IS 'Table-level privileges of a Flux role that flux.apply_column_policies() turned into column grants (granted_columns: the columns it left granted). Bookkeeping of that function; do not edit by hand.';
+
 
 --
 -- Name: mutations; Type: TABLE; Schema: flux; Owner: -
@@ -603,6 +1011,30 @@ ALTER TABLE ONLY flux.spans ATTACH PARTITION flux.spans_default DEFAULT;
 
 
 --
+-- Name: column_policies column_policies_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.column_policies
+    ADD CONSTRAINT column_policies_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: column_policies column_policies_table_column_role_key; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.column_policies
+    ADD CONSTRAINT column_policies_table_column_role_key UNIQUE (table_schema, table_name, column_name, role);
+
+
+--
+-- Name: column_policy_grants column_policy_grants_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.column_policy_grants
+    ADD CONSTRAINT column_policy_grants_pkey PRIMARY KEY (table_schema, table_name, role, privilege);
+
+
+--
 -- Name: mutations mutations_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -692,6 +1124,13 @@ ALTER INDEX flux.spans_pkey ATTACH PARTITION flux.spans_default_pkey;
 
 
 --
+-- Name: column_policies column_policies_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER column_policies_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.column_policies FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_column_policies__notify();
+
+
+--
 -- Name: SCHEMA flux; Type: ACL; Schema: -; Owner: -
 --
 
@@ -699,6 +1138,13 @@ GRANT USAGE ON SCHEMA flux TO flux_anon;
 GRANT USAGE ON SCHEMA flux TO flux_user;
 GRANT USAGE ON SCHEMA flux TO flux_service;
 GRANT USAGE ON SCHEMA flux TO flux_recorder;
+
+
+--
+-- Name: FUNCTION apply_column_policies(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.apply_column_policies() FROM PUBLIC;
 
 
 --

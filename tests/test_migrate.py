@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import shutil
 import threading
+import uuid
+import warnings
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import conninfo
 
 from flux import migrate
 from flux.errors import DatabaseNewerThanCode, MigrationEdited, MigrationFailed, MigrationFileInvalid
+from tests.fixtures.postgres import PostgresServer
 
 
 def _write(folder: Path, name: str, body: str) -> Path:
@@ -178,3 +182,28 @@ def test_statements_that_would_break_the_files_transaction_are_refused(
     ):
         migrate.migrate(empty_dsn, project_migrations=project)
     assert "public.orders" not in _tables(empty_dsn)
+
+
+def test_a_role_that_is_not_superuser_can_migrate(pg_server: PostgresServer) -> None:
+    """A managed Postgres gives no superuser: CREATEROLE and owning the database must be enough."""
+    suffix = uuid.uuid4().hex[:8]
+    role, database = f"migrator_{suffix}", f"flux_owned_{suffix}"
+    with pg_server.admin() as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN CREATEROLE".encode())
+        admin.execute(f"CREATE DATABASE {database} OWNER {role}".encode())
+    try:
+        dsn = conninfo.make_conninfo(pg_server.dsn(database), user=role)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the BYPASSRLS warning arrives as a notice, not a Python warning
+            applied = migrate.migrate(dsn)
+        assert applied
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            conn.execute("SELECT flux.track('t')")
+            conn.execute("INSERT INTO t VALUES (1)")
+            assert conn.execute("SELECT count(*) FROM flux.mutations").fetchone() == (1,)
+    finally:
+        pg_server.drop_database(database)
+        with pg_server.admin() as admin:
+            admin.execute(f"DROP OWNED BY {role}".encode())
+            admin.execute(f"DROP ROLE {role}".encode())

@@ -187,4 +187,21 @@ def test_truncating_one_partition_of_a_tracked_table_is_recorded(conn: Conn) -> 
     deletes = conn.execute(
         "SELECT table_name, row_pk ->> 'id' FROM flux.mutations WHERE op = 'DELETE' ORDER BY 2"
     )
-    assert deletes.fetchall() == [("readings_2025", "1"), ("readings_2025", "2")]
+    assert deletes.fetchall() == [("readings", "1"), ("readings", "2")]  # under the tracked table's name
+
+    conn.execute("INSERT INTO readings VALUES (3, 2025)")
+    conn.execute("TRUNCATE readings")  # the whole partitioned table: each row recorded once
+    deletes = conn.execute("SELECT row_pk ->> 'id' FROM flux.mutations WHERE op = 'DELETE' ORDER BY 1")
+    assert deletes.fetchall() == [("1",), ("2",), ("3",)]
+    with pytest.raises(TableNotTrackable, match="is a partition"), db.translate_errors():
+        conn.execute("SELECT flux.untrack('readings_2025')")
+
+
+def test_truncate_is_recorded_for_a_table_outside_public(conn: Conn) -> None:
+    conn.execute("CREATE SCHEMA billing")
+    conn.execute("CREATE TABLE billing.invoices (id int PRIMARY KEY)")
+    conn.execute("SELECT flux.track('billing.invoices')")
+    conn.execute("INSERT INTO billing.invoices VALUES (1)")
+    conn.execute("TRUNCATE billing.invoices")
+    rows = conn.execute("SELECT table_schema, table_name, op FROM flux.mutations ORDER BY id").fetchall()
+    assert rows == [("billing", "invoices", "INSERT"), ("billing", "invoices", "DELETE")]

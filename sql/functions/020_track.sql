@@ -65,7 +65,16 @@ CREATE OR REPLACE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
 AS $$
+DECLARE
+    schema_name text := TG_TABLE_SCHEMA;
+    table_name text := TG_TABLE_NAME;
 BEGIN
+    IF TG_ARGV[0] = 'p' THEN  -- a partition of a tracked partitioned table: record under the table's name
+        SELECT n.nspname, c.relname INTO schema_name, table_name
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
     EXECUTE pg_catalog.format(
         'INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, changed)
          SELECT $1, session_user, $2, $3, $4, ''DELETE'',
@@ -75,23 +84,31 @@ BEGIN
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[1:];
+          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:];
     RETURN NULL;
 END
 $$;
 
--- Start recording every write to a table (again, with its current primary key, if already tracked).
-CREATE OR REPLACE FUNCTION flux.track(target regclass) RETURNS void
-    LANGUAGE plpgsql
+-- The tables that hold a tracked table's rows: itself, or the leaf partitions of a partitioned table. TRUNCATE
+-- triggers go on these (statement triggers are not inherited, and a TRUNCATE of the parent fires them all).
+CREATE OR REPLACE FUNCTION flux.tracked_leaves(target regclass) RETURNS SETOF regclass
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    SELECT target WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0)
+    UNION ALL
+    SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.isleaf AND p.level > 0
+$$;
+
+-- Refuses what flux.track and flux.untrack cannot work on: views, partitions, Flux's own tables.
+CREATE OR REPLACE FUNCTION flux.check_trackable(target regclass) RETURNS void
+    LANGUAGE plpgsql STABLE
     SET search_path = ''
 AS $$
 DECLARE
     kind "char";
     schema_name name;
     is_partition boolean;
-    relation regclass;
-    key_columns text[];
-    key_arguments text;
 BEGIN
     SELECT c.relkind, n.nspname, c.relispartition INTO kind, schema_name, is_partition
       FROM pg_catalog.pg_class c
@@ -107,9 +124,22 @@ BEGIN
     END IF;
     IF is_partition THEN
         RAISE EXCEPTION '% is a partition', target
-            USING ERRCODE = 'FX501', HINT = 'track its partitioned table: every partition is then tracked';
+            USING ERRCODE = 'FX501', HINT = 'track (or untrack) its partitioned table: that covers every partition';
     END IF;
+END
+$$;
 
+-- Start recording every write to a table (again, with its current primary key, if already tracked).
+CREATE OR REPLACE FUNCTION flux.track(target regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = ''
+AS $$
+DECLARE
+    key_columns text[];
+    key_arguments text;
+    leaf regclass;
+BEGIN
+    PERFORM flux.check_trackable(target);
     SELECT pg_catalog.array_agg(a.attname::text ORDER BY key.position)
       INTO key_columns
       FROM pg_catalog.pg_constraint c
@@ -122,19 +152,20 @@ BEGIN
     END IF;
 
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
-      FROM pg_catalog.unnest(ARRAY[kind::text] || key_columns) AS k;
+      FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
+                             || key_columns) AS k;
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
-    -- Statement triggers are not cloned to partitions, so each existing partition gets its own; partitions
-    -- added later are covered once flux.track runs again.
-    FOR relation IN
-        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
-    LOOP
+    -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',
+                              (SELECT n.nspname FROM pg_catalog.pg_class c
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target));
+    FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
         EXECUTE pg_catalog.format(
             'CREATE OR REPLACE TRIGGER flux_mutations_truncate BEFORE TRUNCATE ON %s '
-            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', relation, key_arguments);
-        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', relation);
+            'FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_mutations__record_truncate(%s)', leaf, key_arguments);
+        EXECUTE pg_catalog.format('GRANT SELECT ON %s TO flux_recorder', leaf);
     END LOOP;
 END
 $$;
@@ -145,19 +176,21 @@ CREATE OR REPLACE FUNCTION flux.untrack(target regclass) RETURNS void
     SET search_path = ''
 AS $$
 DECLARE
-    relation regclass;
+    leaf regclass;
 BEGIN
+    PERFORM flux.check_trackable(target);
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
-    FOR relation IN
-        SELECT target UNION ALL SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0
-    LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', relation);
-        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', relation);
+    FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', leaf);
+        EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', leaf);
     END LOOP;
 END
 $$;
 
--- The recording functions run as flux_recorder, and only a trigger installed by flux.track may call them.
+-- The recording functions run as flux_recorder, and only a trigger installed by flux.track may call them. A new
+-- owner needs CREATE on the schema at the moment of the change only, so the grant is taken back at once.
+GRANT CREATE ON SCHEMA flux TO flux_recorder;
 ALTER FUNCTION flux.tg_mutations__record() OWNER TO flux_recorder;
 ALTER FUNCTION flux.tg_mutations__record_truncate() OWNER TO flux_recorder;
+REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.tg_mutations__record(), flux.tg_mutations__record_truncate() FROM PUBLIC;

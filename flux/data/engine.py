@@ -1,0 +1,186 @@
+"""Run a JSON query on a connection already inside a request transaction: parse, plan, compile, execute.
+
+A select answers `{"rows": [...], "after": cursor or null}` (plus `"count"` when asked); a write answers
+`{"count": n}` plus `"rows"` when it asked for `returning`. With `"explain_policies": true` the answer also
+lists the column rules and the row-level security policies that applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from flux import db
+from flux.data.catalog import Catalog
+from flux.data.plan import (
+    Limits,
+    Planned,
+    Role,
+    SelectPlan,
+    encode_cursor,
+    plan_request,
+    row_children,
+    row_values,
+)
+from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
+from flux.data.sql import CURSOR_KEY, compile_plan
+from flux.errors import TooManyRows
+
+Json = Any
+
+
+def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = None) -> Planned:
+    """Validate and plan a query; every problem at once as one InvalidQuery (FX100)."""
+    problems = Problems()
+    request = parse_request(query, problems)
+    planned = plan_request(request, catalog, role, problems, limits or Limits()) if request else None
+    if isinstance(request, InsertRequest):
+        _check_children(request, catalog, role, problems, limits or Limits())
+    problems.raise_if_any()
+    assert planned is not None
+    return planned
+
+
+def run_query(
+    conn: Any, query: Json, catalog: Catalog, role: Role, limits: Limits | None = None
+) -> dict[str, Json]:
+    """Execute one JSON query in the caller's transaction (role and claims already set)."""
+    limits = limits or Limits()
+    planned = prepare(query, catalog, role, limits)
+    request = parse_request(query, Problems())
+    if isinstance(request, InsertRequest) and _has_children(request, catalog):
+        result = _insert_nested(conn, request, catalog, role, limits)
+    else:
+        result = (
+            _select(conn, planned, request, limits)
+            if isinstance(request, SelectRequest)
+            else _write(conn, planned)
+        )
+    if isinstance(query, dict) and query.get("explain_policies"):
+        result["policies"] = {"columns": planned.policies, "row_level": _row_policies(conn, planned)}
+    return result
+
+
+def _has_children(request: InsertRequest, catalog: Catalog) -> bool:
+    table = catalog.table(request.table)
+    return table is not None and any(row_children(table, row) for row in request.rows)
+
+
+def _write(conn: Any, planned: Planned) -> dict[str, Json]:
+    row = db.execute_raw(conn, compile_plan(planned.plan), planned.params)
+    assert row is not None
+    rows, count = row
+    return {"count": count} | ({"rows": rows} if rows is not None else {})
+
+
+def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits) -> dict[str, Json]:
+    row = db.execute_raw(conn, compile_plan(planned.plan), planned.params)
+    assert row is not None
+    rows, count = row
+    page_size = planned.page_size or limits.max_rows
+    more = len(rows) > page_size
+    if more and request.limit is None:
+        raise TooManyRows(
+            f"{request.table} has more than {limits.max_rows} matching rows",
+            hint=f'add a "limit" of at most {limits.max_rows} and page with "after"',
+        )
+    rows = rows[:page_size]
+    after = None
+    if more and rows and not request.aggregates:
+        after = encode_cursor([rows[-1][key] for key in rows[-1] if key.startswith(CURSOR_KEY)])
+    for item in rows:
+        for key in [k for k in item if k.startswith(CURSOR_KEY)]:
+            del item[key]
+    result: dict[str, Json] = {"rows": rows, "after": after}
+    if request.count == "exact":
+        result["count"] = count
+    elif request.count == "planned":
+        result["count"] = _planned_count(conn, planned)
+    return result
+
+
+def _planned_count(conn: Any, planned: Planned) -> int:
+    """The planner's row estimate for the query without its limit: cheap on huge tables, not exact."""
+    plan = planned.plan
+    assert isinstance(plan, SelectPlan)
+    unlimited = replace(plan, limit=None, offset=None, cursor_keys=())
+    explained = db.execute_raw(conn, "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited), planned.params)
+    assert explained is not None
+    node = explained[0][0]["Plan"]
+    while node.get("Node Type") == "Aggregate" and node.get("Plans"):  # the json_agg over the rows
+        node = node["Plans"][0]
+    return int(node["Plan Rows"])
+
+
+def _insert_nested(
+    conn: Any, request: InsertRequest, catalog: Catalog, role: Role, limits: Limits
+) -> dict[str, Json]:
+    """Insert each parent row, then its child rows carrying the parent's key, all in the caller's transaction.
+
+    Each parent is its own INSERT because the children need the key it was given (a serial id, say)."""
+    table = catalog.table(request.table)
+    assert table is not None
+    returned: list[Json] = []
+    for row in request.rows:
+        children = row_children(table, row)
+        relations = {name: table.relations[name] for name in children}
+        keys = {c for relation in relations.values() for c in relation.columns}
+        wanted = set(request.returning or ()) | keys
+        parent = {"insert": request.table, "values": [row_values(table, row)], "returning": sorted(wanted)}
+        result = _write(conn, prepare(parent, catalog, role, limits))
+        (inserted,) = result["rows"]
+        for name, child_rows in children.items():
+            relation = relations[name]
+            link = {
+                theirs: inserted[mine]
+                for mine, theirs in zip(relation.columns, relation.target_columns, strict=True)
+            }
+            linked = tuple(replace(child, values={**child.values, **link}) for child in child_rows)
+            child = InsertRequest(relation.target, linked, returning=request.returning)
+            inserted[name] = _insert_nested(conn, child, catalog, role, limits).get("rows")
+        returned.append(
+            {k: v for k, v in inserted.items() if k in (request.returning or ()) or k in children}
+        )
+    return {"count": len(request.rows)} | ({"rows": returned} if request.returning else {})
+
+
+def _check_children(
+    request: InsertRequest, catalog: Catalog, role: Role, problems: Problems, limits: Limits
+) -> None:
+    """Plan every nested child insert before anything runs, so all problems come back at once."""
+    table = catalog.table(request.table)
+    if table is None:
+        return
+    for row in request.rows:
+        for name, child_rows in row_children(table, row).items():
+            relation = table.relations[name]
+            if not relation.many:
+                continue  # the parent's planning reported it
+            link = dict.fromkeys(relation.target_columns, 0)
+            linked = tuple(replace(child, values={**child.values, **link}) for child in child_rows)
+            child = InsertRequest(relation.target, linked)
+            plan_request(child, catalog, role, problems, limits)
+            _check_children(child, catalog, role, problems, limits)
+
+
+def _row_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
+    """The row-level security policies on the query's table that apply to its role, as Postgres has them."""
+    table = planned.table
+    row = db.execute_raw(
+        conn,
+        "SELECT coalesce(json_agg(json_build_object('policy', policyname, 'command', cmd, 'using', qual,"
+        " 'with_check', with_check, 'permissive', permissive) ORDER BY policyname), '[]'::json),"
+        " (SELECT relrowsecurity FROM pg_class WHERE oid = format('%I.%I', $1::text, $2::text)::regclass)"
+        " FROM pg_policies WHERE schemaname = $1::text AND tablename = $2::text"
+        " AND (roles && ARRAY[$3::name, 'public'::name])",
+        [table.schema, table.name, f"flux_{planned.role}"],
+    )
+    assert row is not None
+    policies, enabled = row
+    if not enabled:
+        return [{"note": f"row-level security is off for {table.key}: every row is visible to granted roles"}]
+    if not policies:
+        return [
+            {"note": f"row-level security is on for {table.key} and no policy lets {planned.role} see rows"}
+        ]
+    return list(policies)

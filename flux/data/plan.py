@@ -1,0 +1,698 @@
+"""Resolve a parsed request against the catalog and the column policies of the caller's role.
+
+The result is a hashable plan whose values are `Param`s (their Python values are collected in order beside
+it), so `sql.py` can compile each plan shape once. Every name problem is added to the same `Problems` as the
+request's shape problems, and all are raised together.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flux.data.catalog import Catalog, Column, Relation, Table
+from flux.data.request import (
+    DeleteRequest,
+    Embed,
+    InsertRequest,
+    InsertRow,
+    OrderBy,
+    Problems,
+    Request,
+    SelectRequest,
+    UpdateRequest,
+)
+from flux.db import JsonParam
+from flux.errors import (
+    ColumnNotReadable,
+    ColumnNotWritable,
+    InvalidOperator,
+    InvalidQueryShape,
+    QueryTooDeep,
+    UnknownColumn,
+    UnknownRelation,
+    UnknownTable,
+)
+
+Role = Literal["anon", "user", "service"]
+COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+OPERATORS = (
+    *COMPARISONS,
+    "in",
+    "nin",
+    "like",
+    "ilike",
+    "is",
+    "contains",
+    "contained_by",
+    "overlaps",
+    "match",
+)
+_CONTAINERS = ("jsonb", "json", "tsvector")  # besides arrays and ranges
+_TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Guards against runaway queries; each breach is a clear FX11x error, never a silently cut answer."""
+
+    max_depth: int = 4
+    max_rows: int = 1000
+
+
+# -- the plan ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    index: int  # 1-based, as in $1
+    type: str  # the Postgres type it is cast to
+
+
+@dataclass(frozen=True)
+class Col:
+    alias: str
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Compare:
+    column: Col
+    op: str  # eq neq gt gte lt lte in nin like ilike contains contained_by overlaps match
+    value: Param
+
+
+@dataclass(frozen=True)
+class IsTest:
+    column: Col
+    test: Literal["null", "not null", "true", "false"]
+
+
+@dataclass(frozen=True)
+class Junction:
+    op: Literal["and", "or"]
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Negation:
+    item: Condition
+
+
+@dataclass(frozen=True)
+class Source:
+    """A table in FROM, and how it joins its parent (pairs of parent column, own column)."""
+
+    schema: str
+    name: str
+    alias: str
+    join: tuple[tuple[Col, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Exists:
+    source: Source
+    where: Condition | None
+
+
+Condition = Compare | IsTest | Junction | Negation | Exists
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    column: Col
+    desc: bool
+    nulls: str | None
+
+
+@dataclass(frozen=True)
+class Output:
+    """One key of each result row: a column, a masked value, an embedded relation or an aggregate."""
+
+    key: str
+    column: Col | None = None
+    mask: Param | None = None
+    embed: SelectPlan | None = None
+    many: bool = False
+    aggregate: str | None = None  # count sum avg min max; column None means count(*)
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    source: Source
+    outputs: tuple[Output, ...]
+    where: Condition | None = None
+    order: tuple[OrderItem, ...] = ()
+    limit: Param | None = None
+    offset: Param | None = None
+    group_by: tuple[Col, ...] = ()
+    count: str | None = None
+    cursor_keys: tuple[Col, ...] = ()  # hidden outputs __k0.. that build the `after` cursor of the next page
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    kind: Literal["insert", "update", "delete"]
+    source: Source
+    columns: tuple[str, ...] = ()  # insert: the column list; update: the SET columns
+    rows: tuple[tuple[Param | None, ...], ...] = ()  # insert: one tuple per row, None = DEFAULT
+    where: Condition | None = None
+    returning: tuple[Output, ...] = ()
+    conflict_columns: tuple[str, ...] = ()
+    conflict_action: str | None = None
+    conflict_update: tuple[str, ...] = ()
+
+
+Plan = SelectPlan | WritePlan
+
+
+@dataclass
+class Planned:
+    """A plan, its parameter values in order, and what a caller needs besides (cursor, policies applied)."""
+
+    plan: Plan
+    params: list[Any]
+    table: Table
+    role: Role
+    page_size: int | None = None
+    policies: list[str] = field(default_factory=list)
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+
+
+class Planner:
+    def __init__(self, catalog: Catalog, role: Role, problems: Problems, limits: Limits) -> None:
+        self.catalog = catalog
+        self.role = role
+        self.problems = problems
+        self.limits = limits
+        self.params: list[Any] = []
+        self.policies: list[str] = []
+        self._aliases = 0
+
+    # names
+
+    def table(self, name: str, pointer: str) -> Table | None:
+        table = self.catalog.table(name)
+        if table is None:
+            self.problems.add(
+                UnknownTable.code,
+                pointer,
+                f"no table or view named {name!r}",
+                _nearest(name, self.catalog.tables),
+            )
+        return table
+
+    def column(
+        self, table: Table, name: str, pointer: str, *, alias: str, purpose: str = "read"
+    ) -> Col | None:
+        column = table.columns.get(name)
+        if column is None:
+            self.problems.add(
+                UnknownColumn.code,
+                pointer,
+                f"{table.key} has no column {name!r}",
+                _nearest(name, table.columns),
+            )
+            return None
+        rule = table.rule(name, self.role)
+        if purpose == "read" and (not rule.readable or rule.mask is not None):
+            self.problems.add(
+                ColumnNotReadable.code, pointer, f"role {self.role} may not read {table.key}.{name}",
+                "leave the column out, or change flux.column_policies",
+            )  # fmt: skip
+            return None
+        if purpose == "write" and not rule.writable:
+            self.problems.add(
+                ColumnNotWritable.code, pointer, f"role {self.role} may not write {table.key}.{name}",
+                "leave the column out, or change flux.column_policies",
+            )  # fmt: skip
+            return None
+        return Col(alias, name, column.type)
+
+    def relation(self, table: Table, name: str, pointer: str) -> tuple[Relation, Table] | None:
+        relation = table.relations.get(name)
+        if relation is None:
+            if name in table.ambiguous_relations:
+                choices = [
+                    r
+                    for r, rel in table.relations.items()
+                    if rel.constraint in table.ambiguous_relations[name]
+                ]
+                self.problems.add(
+                    UnknownRelation.code, pointer, f"{name!r} is ambiguous from {table.key}",
+                    f"name the relation by its key column: {', '.join(sorted(choices))}",
+                )  # fmt: skip
+            else:
+                self.problems.add(
+                    UnknownRelation.code, pointer, f"no foreign key joins {table.key} and {name!r}",
+                    _nearest(name, table.relations) or "embed a table with a foreign key to or from this one",
+                )  # fmt: skip
+            return None
+        target = self.catalog.table(relation.target)
+        return (relation, target) if target else None
+
+    def param(self, value: Any, type_: str) -> Param:
+        self.params.append(value)
+        return Param(len(self.params), type_)
+
+    def value(self, table: Table, column: str, value: Any) -> Param:
+        """A value written to a column, cast to the column's type (without its modifier)."""
+        base = _base(table.columns[column].type)
+        return self.param(_json_value(value, base), base)
+
+    def alias(self) -> str:
+        self._aliases += 1
+        return f"t{self._aliases}"
+
+    # select
+
+    def select(self, request: SelectRequest) -> Planned | None:
+        table = self.table(request.table, "/select")
+        if table is None:
+            return None
+        source = Source(table.schema, table.name, self.alias())
+        outputs = self.outputs(table, source.alias, request.columns, "/columns", depth=1)
+        group_by = tuple(
+            col for i, name in enumerate(request.group_by)
+            if (col := self.column(table, name, f"/group_by/{i}", alias=source.alias))
+        )  # fmt: skip
+        for aggregate in request.aggregates:
+            column = None
+            if aggregate.column != "*":
+                column = self.column(table, aggregate.column, aggregate.pointer, alias=source.alias)
+                if column is None:
+                    continue
+            elif aggregate.function != "count":
+                message = f'{aggregate.function}("*") is not defined'
+                self.problems.add(InvalidOperator.code, aggregate.pointer, message, "name a column")
+                continue
+            outputs += (Output(aggregate.output, column=column, aggregate=aggregate.function),)
+        if request.aggregates:
+            plain = [o.key for o in outputs if o.aggregate is None and o.column and o.column not in group_by]
+            if plain or any(o.embed for o in outputs):
+                self.problems.shape("/columns", "with aggregates, columns must be group_by columns",
+                                    f"add {', '.join(plain)} to group_by")  # fmt: skip
+        where = self.where(table, source.alias, request.where, "/where")
+        order = self.order(table, source.alias, request.order)
+        cursor_keys: tuple[Col, ...] = ()
+        if not request.aggregates:
+            # A stable order (primary key last) makes pages and cursors well defined.
+            order += tuple(
+                OrderItem(Col(source.alias, k, table.columns[k].type), False, None)
+                for k in table.primary_key if k not in {item.column.name for item in order}
+            )  # fmt: skip
+            cursor_keys = tuple(item.column for item in order)
+        if request.after is not None:
+            where = self.keyset(request.after, order, where)
+        page_size = request.limit
+        limit_rows = self.limits.max_rows if page_size is None else min(page_size, self.limits.max_rows)
+        if page_size is not None and page_size > self.limits.max_rows:
+            from flux.errors import TooManyRows
+
+            self.problems.add(TooManyRows.code, "/limit", f"limit {page_size} is above the maximum of "
+                              f"{self.limits.max_rows} rows", "page through the rows with after")  # fmt: skip
+        plan = SelectPlan(
+            source=source,
+            outputs=outputs,
+            where=where,
+            order=order if not request.aggregates else self.order(table, source.alias, request.order),
+            limit=self.param(limit_rows + 1, "bigint"),  # one more, to know whether another page exists
+            offset=self.param(request.offset, "bigint") if request.offset else None,
+            group_by=group_by,
+            count=request.count,
+            cursor_keys=cursor_keys,
+        )
+        return Planned(plan, self.params, table, self.role, page_size=limit_rows, policies=self.policies)
+
+    def outputs(
+        self, table: Table, alias: str, columns: tuple[str | Embed, ...], pointer: str, depth: int
+    ) -> tuple[Output, ...]:
+        found: list[Output] = []
+        for i, item in enumerate(columns):
+            at = f"{pointer}/{i}"
+            if isinstance(item, Embed):
+                embedded = self.embed(table, alias, item, depth)
+                if embedded:
+                    found.append(embedded)
+            elif item == "*":
+                found.extend(self.star(table, alias))
+            elif (output := self.readable_output(table, alias, item, at)) is not None:
+                found.append(output)
+        return tuple(found)
+
+    def star(self, table: Table, alias: str) -> list[Output]:
+        found = []
+        for name, column in table.columns.items():
+            rule = table.rule(name, self.role)
+            if rule.mask is not None:
+                found.append(Output(name, mask=self.param(rule.mask, "text")))
+                self.policies.append(f"{table.key}.{name}: masked for {self.role}")
+            elif rule.readable:
+                found.append(Output(name, column=Col(alias, name, column.type)))
+            else:
+                self.policies.append(f"{table.key}.{name}: hidden from {self.role}")
+        return found
+
+    def readable_output(self, table: Table, alias: str, name: str, pointer: str) -> Output | None:
+        rule = table.rule(name, self.role)
+        if name in table.columns and rule.mask is not None and rule.readable:
+            self.policies.append(f"{table.key}.{name}: masked for {self.role}")
+            return Output(name, mask=self.param(rule.mask, "text"))
+        column = self.column(table, name, pointer, alias=alias)
+        return Output(name, column=column) if column else None
+
+    def embed(self, table: Table, alias: str, item: Embed, depth: int) -> Output | None:
+        if depth >= self.limits.max_depth:
+            message = f"relations nest deeper than {self.limits.max_depth}"
+            self.problems.add(
+                QueryTooDeep.code, item.pointer, message, "fetch the deeper level in a second query"
+            )
+            return None
+        found = self.relation(table, item.name, item.pointer)
+        if found is None:
+            return None
+        relation, target = found
+        source = Source(target.schema, target.name, self.alias(), self._join(alias, table, relation))
+        outputs = self.outputs(target, source.alias, item.columns, f"{item.pointer}/columns", depth + 1)
+        sub = SelectPlan(
+            source=source,
+            outputs=outputs,
+            where=self.where(target, source.alias, item.where, f"{item.pointer}/where"),
+            order=self.order(target, source.alias, item.order),
+            limit=self.param(item.limit, "bigint") if item.limit is not None else None,
+            offset=self.param(item.offset, "bigint") if item.offset else None,
+        )
+        return Output(item.name, embed=sub, many=relation.many)
+
+    def _join(self, parent_alias: str, parent: Table, relation: Relation) -> tuple[tuple[Col, str], ...]:
+        return tuple(
+            (Col(parent_alias, mine, parent.columns[mine].type), theirs)
+            for mine, theirs in zip(relation.columns, relation.target_columns, strict=True)
+        )
+
+    def order(self, table: Table, alias: str, order: tuple[OrderBy, ...]) -> tuple[OrderItem, ...]:
+        found = []
+        for item in order:
+            column = self.column(table, item.column, item.pointer, alias=alias)
+            if column:
+                found.append(OrderItem(column, item.desc, item.nulls))
+        return tuple(found)
+
+    def keyset(self, cursor: str, order: tuple[OrderItem, ...], where: Condition | None) -> Condition | None:
+        """Rows after the cursor's key, in the order's directions: (a > x) or (a = x and b > y) ..."""
+        values = decode_cursor(cursor)
+        if values is None or len(values) != len(order):
+            self.problems.shape(
+                "/after", "after is not a cursor this query returned", "pass the after of a page"
+            )
+            return where
+        branches: list[Condition] = []
+        for i, item in enumerate(order):
+            equal = [
+                Compare(o.column, "eq", self.param(values[j], _base(o.column.type)))
+                for j, o in enumerate(order[:i])
+            ]
+            op = "lt" if item.desc else "gt"
+            branches.append(
+                Junction(
+                    "and", (*equal, Compare(item.column, op, self.param(values[i], _base(item.column.type))))
+                )
+            )
+        keyset: Condition = Junction("or", tuple(branches))
+        return keyset if where is None else Junction("and", (where, keyset))
+
+    # where
+
+    def where(self, table: Table, alias: str, spec: Any, pointer: str) -> Condition | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            self.problems.shape(pointer, "where is an object", 'e.g. {"status": {"eq": "paid"}}')
+            return None
+        items: list[Condition] = []
+        for key, value in spec.items():
+            at = f"{pointer}/{key}"
+            if key in ("and", "or"):
+                if not isinstance(value, list) or not value:
+                    self.problems.shape(at, f"{key} takes a non-empty list of conditions")
+                    continue
+                parts = [self.where(table, alias, v, f"{at}/{i}") for i, v in enumerate(value)]
+                items.append(Junction(key, tuple(p for p in parts if p is not None)))
+            elif key == "not":
+                inner = self.where(table, alias, value, at)
+                if inner is not None:
+                    items.append(Negation(inner))
+            elif key in table.columns:
+                items.extend(self.column_filter(table, alias, key, value, at))
+            elif key in table.relations:
+                found = self.relation(table, key, at)
+                if found:
+                    relation, target = found
+                    source = Source(
+                        target.schema, target.name, self.alias(), self._join(alias, table, relation)
+                    )
+                    items.append(Exists(source, self.where(target, source.alias, value, at)))
+            else:
+                self.problems.add(
+                    UnknownColumn.code, at, f"{table.key} has no column or relation {key!r}",
+                    _nearest(key, [*table.columns, *table.relations, "and", "or", "not"]),
+                )  # fmt: skip
+        if not items:
+            return None
+        return items[0] if len(items) == 1 else Junction("and", tuple(items))
+
+    def column_filter(self, table: Table, alias: str, name: str, spec: Any, pointer: str) -> list[Condition]:
+        column = self.column(table, name, pointer, alias=alias)
+        if column is None:
+            return []
+        if not isinstance(spec, dict):
+            spec = {"is": None} if spec is None else {"eq": spec}  # shorthand: {"status": "paid"}
+        if not spec:
+            self.problems.add(
+                InvalidOperator.code, pointer, f"no operator for {name}", f"operators: {', '.join(OPERATORS)}"
+            )
+        found = []
+        for op, value in spec.items():
+            if op not in OPERATORS:
+                self.problems.add(InvalidOperator.code, f"{pointer}/{op}", f"unknown operator {op!r}",
+                                  _nearest(op, OPERATORS))  # fmt: skip
+            elif (condition := self.operator(column, op, value, f"{pointer}/{op}")) is not None:
+                found.append(condition)
+        return found
+
+    def operator(self, column: Col, op: str, value: Any, pointer: str) -> Condition | None:
+        base = _base(column.type)
+        is_array = base.endswith("[]")
+        if op == "is":
+            tests: dict[Any, Literal["null", "not null", "true", "false"]] = {
+                None: "null",
+                "null": "null",
+                "not_null": "not null",
+                True: "true",
+                False: "false",
+            }
+            if isinstance(value, (bool, type(None), str)) and value in tests:
+                return IsTest(column, tests[value])
+            return self._refuse(pointer, 'is takes null, true, false or "not_null"')
+        if value is None:
+            return self._refuse(pointer, f'{op} needs a value; to find missing values use {{"is": null}}')
+        if op in COMPARISONS:
+            return Compare(column, op, self.param(_json_value(value, base), base))
+        if op in ("in", "nin"):
+            if not isinstance(value, list) or is_array:
+                return self._refuse(pointer, f"{op} takes a list of values, on a column that is not an array")
+            return Compare(column, op, self.param([_json_value(v, base) for v in value], f"{base}[]"))
+        if op in ("like", "ilike"):
+            if not isinstance(value, str):
+                return self._refuse(pointer, f'{op} takes a pattern string such as "%smith%"')
+            return Compare(column, op, self.param(value, "text"))
+        if op == "match":
+            if not isinstance(value, str):
+                return self._refuse(pointer, 'match takes search words, e.g. "quick fox -slow"')
+            return Compare(column, op, self.param(value, "text"))
+        # contains, contained_by, overlaps: arrays, jsonb and ranges
+        if not (is_array or base in _CONTAINERS or base.endswith("range")):
+            return self._refuse(pointer, f"{op} works on array, jsonb and range columns, not {column.type}")
+        if op == "overlaps" and base in ("jsonb", "json"):
+            return self._refuse(pointer, "overlaps works on arrays and ranges")
+        if is_array and not isinstance(value, list):
+            return self._refuse(pointer, f"{op} on an array column takes a list")
+        return Compare(column, op, self.param(_json_value(value, base), base))
+
+    def _refuse(self, pointer: str, message: str) -> Condition | None:
+        """Record an operator problem; the condition is dropped (None) and planning goes on to the rest."""
+        self.problems.add(InvalidOperator.code, pointer, message, f"operators: {', '.join(OPERATORS)}")
+        return None
+
+    # writes
+
+    def insert(self, request: InsertRequest, parent_values: dict[str, Any] | None = None) -> Planned | None:
+        table = self.writable_table(request.table, "/insert")
+        if table is None:
+            return None
+        source = Source(table.schema, table.name, self.alias())
+        columns: list[str] = []
+        for row in request.rows:
+            for name in [*row_values(table, row), *(parent_values or {})]:
+                if name not in columns:
+                    columns.append(name)
+        for name in columns:
+            self.writable_column(table, name, _pointer_of(request.rows, name))
+        rows = []
+        for row in request.rows:
+            values = {**row_values(table, row), **(parent_values or {})}
+            rows.append(tuple(
+                self.value(table, name, values[name]) if name in values and name in table.columns else None
+                for name in columns
+            ))  # fmt: skip
+            for relation_name in row_children(table, row):
+                self.child_relation(table, relation_name, row)
+        conflict = request.on_conflict
+        if conflict:
+            for name in (*conflict.columns, *conflict.update):
+                self.writable_column(table, name, "/on_conflict")
+        returning = self.returning(table, source.alias, request.returning)
+        plan = WritePlan(
+            "insert", source, tuple(c for c in columns if c in table.columns), tuple(rows),
+            returning=returning,
+            conflict_columns=conflict.columns if conflict else (),
+            conflict_action=conflict.action if conflict else None,
+            conflict_update=conflict.update if conflict else (),
+        )  # fmt: skip
+        return Planned(plan, self.params, table, self.role, policies=self.policies)
+
+    def child_relation(self, table: Table, name: str, row: InsertRow) -> Relation | None:
+        found = self.relation(table, name, f"{row.pointer}/{name}")
+        if found is None:
+            return None
+        relation, _ = found
+        if not relation.many:
+            self.problems.shape(f"{row.pointer}/{name}", f"{name!r} is not a child table of {table.key}",
+                                "nest only tables whose foreign key points at this one")  # fmt: skip
+            return None
+        return relation
+
+    def update(self, request: UpdateRequest) -> Planned | None:
+        table = self.writable_table(request.table, "/update")
+        if table is None:
+            return None
+        source = Source(table.schema, table.name, self.alias())
+        names = [n for n in request.values if self.writable_column(table, n, f"/set/{n}")]
+        row = tuple(
+            self.param(
+                _json_value(request.values[n], _base(table.columns[n].type)), _base(table.columns[n].type)
+            )
+            for n in names
+        )
+        where = self.where(table, source.alias, request.where, "/where")
+        plan = WritePlan("update", source, tuple(names), (row,), where=where,
+                         returning=self.returning(table, source.alias, request.returning))  # fmt: skip
+        return Planned(plan, self.params, table, self.role, policies=self.policies)
+
+    def delete(self, request: DeleteRequest) -> Planned | None:
+        table = self.writable_table(request.table, "/delete")
+        if table is None:
+            return None
+        source = Source(table.schema, table.name, self.alias())
+        where = self.where(table, source.alias, request.where, "/where")
+        plan = WritePlan(
+            "delete", source, where=where, returning=self.returning(table, source.alias, request.returning)
+        )
+        return Planned(plan, self.params, table, self.role, policies=self.policies)
+
+    def writable_table(self, name: str, pointer: str) -> Table | None:
+        table = self.table(name, pointer)
+        if table is not None and not table.writable:
+            self.problems.shape(pointer, f"{table.key} is a {table.kind} and cannot be written")
+            return None
+        return table
+
+    def writable_column(self, table: Table, name: str, pointer: str) -> bool:
+        column: Column | None = table.columns.get(name)
+        if column is not None and column.generated:
+            self.problems.add(
+                InvalidQueryShape.code, pointer, f"{table.key}.{name} is generated and cannot be written"
+            )
+            return False
+        return self.column(table, name, pointer, alias="", purpose="write") is not None
+
+    def returning(self, table: Table, alias: str, names: tuple[str, ...] | None) -> tuple[Output, ...]:
+        if names is None:
+            return ()
+        return self.outputs(table, alias, names, "/returning", depth=1)
+
+
+def row_values(table: Table, row: InsertRow) -> dict[str, Any]:
+    """The row's column values: every key but those naming a relation (and not a column)."""
+    return {k: v for k, v in row.values.items() if k in table.columns or k not in table.relations}
+
+
+def row_children(table: Table, row: InsertRow) -> dict[str, tuple[InsertRow, ...]]:
+    """The row's nested child rows: keys that name a relation rather than a column."""
+    return {k: rows for k, rows in row.children.items() if k not in table.columns and k in table.relations}
+
+
+def plan_request(
+    request: Request, catalog: Catalog, role: Role, problems: Problems, limits: Limits
+) -> Planned | None:
+    planner = Planner(catalog, role, problems, limits)
+    if isinstance(request, SelectRequest):
+        return planner.select(request)
+    if isinstance(request, InsertRequest):
+        return planner.insert(request)
+    if isinstance(request, UpdateRequest):
+        return planner.update(request)
+    return planner.delete(request)
+
+
+# -- cursors and values -----------------------------------------------------------------------------------
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any] | None:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return values if isinstance(values, list) else None
+
+
+def _base(type_: str) -> str:
+    """The type without its modifier: numeric(10,2) -> numeric, character varying(20) -> character varying."""
+    if "(" not in type_:
+        return type_
+    head, _, rest = type_.partition("(")
+    tail = rest.partition(")")[2]
+    return (head + tail).strip()
+
+
+def _json_value(value: Any, base: str) -> Any:
+    """JSON objects and arrays bound to json/jsonb stay JSON; text is sent as text for every other type."""
+    if base in ("json", "jsonb"):
+        return JsonParam(value)
+    return value
+
+
+def _nearest(name: str, choices: Any) -> str | None:
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"one of: {', '.join(sorted(names)[:12])}" if names else None
+
+
+def _pointer_of(rows: tuple[InsertRow, ...], name: str) -> str:
+    for row in rows:
+        if name in row.values:
+            return f"{row.pointer}/{name}"
+    return "/values"

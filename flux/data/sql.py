@@ -1,0 +1,260 @@
+"""Compile a plan to one SQL statement, built as a sqlglot tree: identifiers come only from the catalog and
+every value is a `$n` parameter cast to its column's type. Compiled SQL is cached per plan shape.
+
+A select returns one row: `(rows json, count)`; each row is a JSON object whose keys are the outputs, with
+hidden `__k0…` keys for the next page's cursor. A write returns `(returned rows json, affected count)`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from sqlglot import exp
+
+from flux.data.plan import (
+    COMPARISONS,
+    Col,
+    Compare,
+    Condition,
+    Exists,
+    IsTest,
+    Junction,
+    Negation,
+    Output,
+    Param,
+    Plan,
+    SelectPlan,
+    Source,
+    WritePlan,
+)
+
+DIALECT = "postgres"
+CURSOR_KEY = "__k"
+_EMPTY_ARRAY = exp.cast(exp.Literal.string("[]"), "json")
+
+
+@lru_cache(maxsize=4096)
+def compile_plan(plan: Plan) -> str:
+    """The SQL text of a plan (cached: equal plans differ only in their parameter values)."""
+    tree = _select_statement(plan) if isinstance(plan, SelectPlan) else _write_statement(plan)
+    return tree.sql(dialect=DIALECT, identify=True)
+
+
+# -- select -----------------------------------------------------------------------------------------------
+
+
+def _select_statement(plan: SelectPlan) -> exp.Expr:
+    rows = _select(plan, hidden_keys=True).subquery("r")
+    rows_json = exp.func("coalesce", exp.func("json_agg", exp.column("r")), _EMPTY_ARRAY)
+    count: exp.Expr = exp.null()
+    if plan.count == "exact":
+        counted = exp.select(exp.Count(this=exp.Star())).from_(_table(plan.source))
+        if plan.where is not None:
+            counted = counted.where(_condition(plan.where))
+        count = exp.Subquery(this=counted)
+    return exp.select(rows_json, count).from_(rows)
+
+
+def _select(plan: SelectPlan, *, hidden_keys: bool = False) -> exp.Select:
+    columns = [_output(output) for output in plan.outputs]
+    if hidden_keys:
+        columns += [exp.alias_(_column(col), f"{CURSOR_KEY}{i}") for i, col in enumerate(plan.cursor_keys)]
+    if not columns:
+        columns = [exp.alias_(exp.null(), "__empty")]
+    query = exp.select(*columns).from_(_table(plan.source))
+    conditions = [_join_condition(plan.source)] if plan.source.join else []
+    if plan.where is not None:
+        conditions.append(_condition(plan.where))
+    if conditions:
+        query = query.where(exp.and_(*conditions) if len(conditions) > 1 else conditions[0])
+    if plan.group_by:
+        query = query.group_by(*(_column(col) for col in plan.group_by))
+    if plan.order:
+        query = query.order_by(
+            *(
+                exp.Ordered(
+                    this=_column(item.column),
+                    desc=item.desc,
+                    nulls_first=(item.nulls == "first") if item.nulls else item.desc,
+                )
+                for item in plan.order
+            )
+        )
+    if plan.limit is not None:
+        query = query.limit(_param(plan.limit))
+    if plan.offset is not None:
+        query = query.offset(_param(plan.offset))
+    return query
+
+
+def _output(output: Output) -> exp.Expr:
+    if output.mask is not None:
+        return exp.alias_(_param(output.mask), output.key, quoted=True)
+    if output.aggregate is not None:
+        argument: exp.Expr = exp.Star() if output.column is None else _column(output.column)
+        function = (
+            exp.Count(this=argument) if output.aggregate == "count" else exp.func(output.aggregate, argument)
+        )
+        return exp.alias_(function, output.key, quoted=True)
+    if output.embed is not None:
+        inner = _select(output.embed).subquery("e")
+        if output.many:
+            value = exp.func("coalesce", exp.func("json_agg", exp.column("e")), _EMPTY_ARRAY)
+        else:
+            value = exp.func("row_to_json", exp.column("e"))
+        return exp.alias_(exp.Subquery(this=exp.select(value).from_(inner)), output.key, quoted=True)
+    assert output.column is not None
+    return exp.alias_(_column(output.column), output.key, quoted=True)
+
+
+def _join_condition(source: Source) -> exp.Expr:
+    pairs = [
+        exp.EQ(this=_column(parent), expression=exp.column(own, table=source.alias))
+        for parent, own in source.join
+    ]
+    return exp.and_(*pairs) if len(pairs) > 1 else pairs[0]
+
+
+# -- conditions -------------------------------------------------------------------------------------------
+
+
+def _condition(condition: Condition) -> exp.Expr:
+    if isinstance(condition, Compare):
+        return _compare(condition)
+    if isinstance(condition, IsTest):
+        column = _column(condition.column)
+        test: exp.Expr = {
+            "null": exp.null(),
+            "not null": exp.null(),
+            "true": exp.true(),
+            "false": exp.false(),
+        }[condition.test]
+        check = exp.Is(this=column, expression=test)
+        return exp.Not(this=check) if condition.test == "not null" else check
+    if isinstance(condition, Junction):
+        parts = [exp.paren(_condition(item)) for item in condition.items]
+        if not parts:
+            return exp.true() if condition.op == "and" else exp.false()
+        return exp.and_(*parts) if condition.op == "and" else exp.or_(*parts)
+    if isinstance(condition, Negation):
+        return exp.Not(this=exp.paren(_condition(condition.item)))
+    assert isinstance(condition, Exists)
+    inner = exp.select(exp.Literal.number(1)).from_(_table(condition.source))
+    conditions = [_join_condition(condition.source)]
+    if condition.where is not None:
+        conditions.append(_condition(condition.where))
+    return exp.Exists(this=inner.where(exp.and_(*conditions) if len(conditions) > 1 else conditions[0]))
+
+
+def _compare(compare: Compare) -> exp.Expr:
+    column, value = _column(compare.column), _param(compare.value)
+    op = compare.op
+    if op in COMPARISONS:
+        classes: dict[str, type[exp.Binary]] = {
+            "eq": exp.EQ, "neq": exp.NEQ, "gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE,
+        }  # fmt: skip
+        return classes[op](this=column, expression=value)
+    if op in ("in", "nin"):
+        member = exp.EQ(this=column, expression=exp.Any(this=exp.paren(value)))
+        return member if op == "in" else exp.Not(this=exp.paren(member))
+    if op in ("like", "ilike"):
+        text = (
+            column
+            if compare.column.type in ("text", "character varying", "citext")
+            else exp.cast(column, "text")
+        )
+        return (exp.Like if op == "like" else exp.ILike)(this=text, expression=value)
+    if op == "match":
+        document = column if compare.column.type == "tsvector" else exp.func("to_tsvector", column)
+        return exp.MatchAgainst(this=document, expressions=[exp.func("websearch_to_tsquery", value)])
+    if op == "contains":
+        return exp.ArrayContainsAll(this=column, expression=value)
+    if op == "contained_by":
+        return exp.ArrayContainedBy(this=column, expression=value)
+    return exp.ArrayOverlaps(this=column, expression=value)
+
+
+# -- writes -----------------------------------------------------------------------------------------------
+
+
+def _write_statement(plan: WritePlan) -> exp.Expr:
+    table = _table(plan.source)
+    returning = [_output(output) for output in plan.returning] or [exp.alias_(exp.Literal.number(1), "__one")]
+    statement: exp.Expr
+    if plan.kind == "insert":
+        values = exp.Values(
+            expressions=[
+                exp.Tuple(expressions=[_param(p) if p is not None else exp.var("DEFAULT") for p in row])
+                for row in plan.rows
+            ]
+        )
+        conflict = None
+        if plan.conflict_action is not None:
+            conflict = exp.OnConflict(
+                conflict_keys=[exp.to_identifier(c, quoted=True) for c in plan.conflict_columns] or None,
+                action=exp.var("DO NOTHING") if plan.conflict_action == "nothing" else exp.var("DO UPDATE"),
+                expressions=[
+                    exp.EQ(
+                        this=exp.column(c, quoted=True),
+                        expression=exp.column(c, table="excluded", quoted=True),
+                    )
+                    for c in plan.conflict_update
+                ]
+                if plan.conflict_action == "update"
+                else None,
+            )
+        statement = exp.Insert(
+            this=exp.Schema(
+                this=table, expressions=[exp.to_identifier(c, quoted=True) for c in plan.columns]
+            ),
+            expression=values,
+            conflict=conflict,
+            returning=exp.Returning(expressions=returning),
+        )
+    elif plan.kind == "update":
+        (row,) = plan.rows
+        assignments = [
+            exp.EQ(this=exp.column(name, quoted=True), expression=_param(param))
+            for name, param in zip(plan.columns, row, strict=True)
+            if param is not None
+        ]
+        statement = exp.Update(
+            this=table, expressions=assignments, returning=exp.Returning(expressions=returning)
+        )
+        if plan.where is not None:
+            statement.set("where", exp.Where(this=_condition(plan.where)))
+    else:
+        statement = exp.Delete(this=table, returning=exp.Returning(expressions=returning))
+        if plan.where is not None:
+            statement.set("where", exp.Where(this=_condition(plan.where)))
+    rows_json = (
+        exp.func("coalesce", exp.func("json_agg", exp.column("w")), _EMPTY_ARRAY)
+        if plan.returning
+        else exp.null()
+    )
+    return exp.select(rows_json, exp.Count(this=exp.Star())).from_("w").with_("w", as_=statement)
+
+
+# -- leaves -----------------------------------------------------------------------------------------------
+
+
+def _table(source: Source) -> exp.Table:
+    return exp.Table(
+        this=exp.to_identifier(source.name, quoted=True),
+        db=exp.to_identifier(source.schema, quoted=True),
+        alias=exp.TableAlias(this=exp.to_identifier(source.alias)),
+    )
+
+
+def _column(col: Col) -> exp.Column:
+    return exp.column(col.name, table=col.alias or None, quoted=True)
+
+
+def _param(param: Param) -> exp.Expr:
+    placeholder = exp.Parameter(this=exp.Literal.number(param.index))
+    return exp.Cast(this=placeholder, to=_data_type(param.type))
+
+
+@lru_cache(maxsize=1024)
+def _data_type(type_: str) -> exp.DataType:
+    return exp.DataType.build(type_, dialect=DIALECT, udt=True)
