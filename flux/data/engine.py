@@ -136,7 +136,8 @@ def _insert_nested(
                 for mine, theirs in zip(relation.columns, relation.target_columns, strict=True)
             }
             linked = tuple(replace(child, values={**child.values, **link}) for child in child_rows)
-            child = InsertRequest(relation.target, linked, returning=request.returning)
+            target = catalog.table(relation.target)
+            child = InsertRequest(relation.target, linked, returning=target.primary_key if target else None)
             inserted[name] = _insert_nested(conn, child, catalog, role, limits).get("rows")
         returned.append(
             {k: v for k, v in inserted.items() if k in (request.returning or ()) or k in children}
