@@ -16,7 +16,7 @@ ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project fo
 
 
 @contextmanager
-def _database(project: Path) -> Iterator[tuple[str, Path]]:
+def database_for(project: Path) -> Iterator[tuple[str, Path]]:
     """DATABASE_URL, or the project's embedded Postgres for the length of the command."""
     from flux.config import load_settings
     from flux.server import database
@@ -31,7 +31,7 @@ def migrate(project: ProjectDir = Path(".")) -> None:
     """Apply Flux's migrations and the project's own; a no-op when the database is current."""
     from flux import migrate as runner
 
-    with _database(project) as (dsn, project_migrations):
+    with database_for(project) as (dsn, project_migrations):
         applied = runner.migrate(dsn, project_migrations=project_migrations)
     for migration in applied:
         typer.echo(f"applied  {migration.kind:<8} {migration.label}")
@@ -43,7 +43,7 @@ def status(project: ProjectDir = Path(".")) -> None:
     """List every migration with its state: applied, pending, changed (edited) or unknown (newer)."""
     from flux import migrate as runner
 
-    with _database(project) as (dsn, project_migrations):
+    with database_for(project) as (dsn, project_migrations):
         rows = runner.status(dsn, project_migrations=project_migrations)
     for row in rows:
         when = row.applied_at.strftime("%Y-%m-%d %H:%M:%S") if row.applied_at else "-"
@@ -78,7 +78,7 @@ def retention(
     from flux import migrate as runner
 
     interval = parse_keep(keep)
-    with _database(project) as (dsn, _):
+    with database_for(project) as (dsn, _):
         runner.require_current(dsn)
         dropped = _drop_span_partitions(dsn, interval)
     for name in dropped:

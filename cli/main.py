@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import db, server
+from cli import db, explain, server
 
 
 class FluxTyper(typer.Typer):
@@ -51,6 +51,7 @@ app = FluxTyper(
 )
 app.add_typer(db.app, name="db")
 server.register(app)
+explain.register(app)
 
 
 @app.command()

@@ -174,6 +174,19 @@ def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) ->
         return cursor.execute(query.encode(), values).fetchone()
 
 
+def execute_statement(
+    conn: psycopg.Connection[Any], query: str, params: list[Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """Run one user-written statement with `$n` parameters: its rows (as dicts) and the rows it affected."""
+    from psycopg.rows import dict_row
+
+    with translate_errors():
+        cursor = psycopg.RawCursor(conn, row_factory=dict_row)
+        cursor.execute(query.encode(), [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params])
+        rows = cursor.fetchall() if cursor.description else []
+        return rows, max(cursor.rowcount, 0)
+
+
 def set_request_context(
     conn: psycopg.Connection[Any], *, request_id: str, claims_json: str, tenant_id: str | None = None
 ) -> None:

@@ -1,5 +1,8 @@
 """The migration runner: applies Flux's `sql/` and a project's `migrations/`, each file once, in order.
 
+After the files it keeps span partitions ahead (`flux.maintain()`), tracks every table a project's migrations
+created (`flux.track_all()`, unless commented `@flux:untracked`) and applies the column policies as GRANTs.
+
 `sql/migrations/NNNN_name.sql` and a project's `migrations/NNNN_name.sql` run once each, in one transaction
 with their `flux.schema_migrations` row; `sql/functions/*.sql` (CREATE OR REPLACE) run again whenever their
 checksum changes. A session advisory lock serialises concurrent runners. The runner refuses an applied file
@@ -162,6 +165,9 @@ def migrate(dsn: str, *, project_migrations: Path | None = None) -> list[Migrati
             _apply(conn, migration)
         with db.translate_errors():
             conn.execute("SELECT flux.maintain()")
+            if project_migrations is not None and project_migrations.is_dir():
+                conn.execute("SELECT flux.track_all()")  # the project's tables record their writes
+            conn.execute("SELECT flux.apply_column_policies()")
     return pending
 
 

@@ -642,6 +642,39 @@ $$;
 
 
 --
+-- Name: track_all(text[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.track_all(schemas text[] DEFAULT ARRAY['public'::text]) RETURNS SETOF regclass
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    candidate regclass;
+BEGIN
+    FOR candidate IN
+        SELECT c.oid::regclass
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(schemas) AND n.nspname <> 'flux'
+           AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE '%@flux:untracked%'
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'flux_mutations')
+         ORDER BY n.nspname, c.relname
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conrelid = candidate AND k.contype = 'p') THEN
+            RAISE WARNING 'table % has no primary key, so its writes are not recorded', candidate
+                USING HINT = 'add a primary key, or opt out: COMMENT ON TABLE ... IS ''@flux:untracked''';
+            CONTINUE;
+        END IF;
+        PERFORM flux.track(candidate);
+        RETURN NEXT candidate;
+    END LOOP;
+END
+$$;
+
+
+--
 -- Name: tracked_leaves(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 

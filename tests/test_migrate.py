@@ -207,3 +207,22 @@ def test_a_role_that_is_not_superuser_can_migrate(pg_server: PostgresServer) -> 
         with pg_server.admin() as admin:
             admin.execute(f"DROP OWNED BY {role}".encode())
             admin.execute(f"DROP ROLE {role}".encode())
+
+
+def test_a_projects_tables_are_tracked_unless_they_opt_out(empty_dsn: str, tmp_path: Path) -> None:
+    project = tmp_path / "migrations"
+    _write(
+        project,
+        "0001_tables.sql",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text);\n"
+        "CREATE TABLE scratch (id int PRIMARY KEY);\n"
+        "COMMENT ON TABLE scratch IS 'cache only @flux:untracked';\n"
+        "CREATE TABLE logs (line text);\n",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        migrate.migrate(empty_dsn, project_migrations=project)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT table_name FROM flux.tracked_tables").fetchall() == [("notes",)]
+        conn.execute("INSERT INTO notes VALUES (1, 'hi')")
+        assert conn.execute("SELECT op FROM flux.mutations").fetchall() == [("INSERT",)]

@@ -6,7 +6,7 @@ with db.request_transaction(conn, role="user", request_id=..., claims=...):
 """
 
 from flux.data.catalog import Catalog, CatalogCache, load_catalog
-from flux.data.engine import prepare, run_query
+from flux.data.engine import prepare, run_query, run_sql
 from flux.data.plan import Limits
 
-__all__ = ["Catalog", "CatalogCache", "Limits", "load_catalog", "prepare", "run_query"]
+__all__ = ["Catalog", "CatalogCache", "Limits", "load_catalog", "prepare", "run_query", "run_sql"]

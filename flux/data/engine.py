@@ -2,13 +2,17 @@
 
 A select answers `{"rows": [...], "after": cursor or null}` (plus `"count"` when asked); a write answers
 `{"count": n}` plus `"rows"` when it asked for `returning`. With `"explain_policies": true` the answer also
-lists the column rules and the row-level security policies that applied.
+lists the column rules and the row-level security policies that applied. Raw SQL (`run_sql`) is for the
+service role only.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from flux import db
 from flux.data.catalog import Catalog
@@ -22,6 +26,7 @@ from flux.data.plan import (
     row_children,
     row_values,
 )
+from flux.data.raw import inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
 from flux.data.sql import CURSOR_KEY, compile_plan
 from flux.errors import TooManyRows
@@ -57,7 +62,7 @@ def run_query(
             else _write(conn, planned)
         )
     if isinstance(query, dict) and query.get("explain_policies"):
-        result["policies"] = {"columns": planned.policies, "row_level": _row_policies(conn, planned)}
+        result["policies"] = {"columns": planned.policies, "row_level": row_level_policies(conn, planned)}
     return result
 
 
@@ -164,7 +169,7 @@ def _check_children(
             _check_children(child, catalog, role, problems, limits)
 
 
-def _row_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
+def row_level_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
     """The row-level security policies on the query's table that apply to its role, as Postgres has them."""
     table = planned.table
     row = db.execute_raw(
@@ -185,3 +190,32 @@ def _row_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
             {"note": f"row-level security is on for {table.key} and no policy lets {planned.role} see rows"}
         ]
     return list(policies)
+
+
+def run_sql(conn: Any, sql: str, params: list[Json], role: Role) -> dict[str, Json]:
+    """Raw SQL for the service role: one statement, `$1`… parameters, run in the caller's transaction."""
+    require_service_role(role)
+    statement = inspect_raw_sql(sql)
+    rows, count = db.execute_statement(conn, statement.sql, params)
+    return {"rows": [_jsonable(row) for row in rows], "count": count, "kind": statement.kind}
+
+
+def _jsonable(value: Json) -> Json:
+    """Driver values as JSON would carry them: numbers, ISO dates, text."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return (
+            int(value)
+            if value == value.to_integral_value() and value.as_tuple().exponent == 0
+            else float(value)
+        )
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (UUID, timedelta)):
+        return str(value)
+    return value

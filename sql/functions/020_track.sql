@@ -194,3 +194,35 @@ ALTER FUNCTION flux.tg_mutations__record() OWNER TO flux_recorder;
 ALTER FUNCTION flux.tg_mutations__record_truncate() OWNER TO flux_recorder;
 REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.tg_mutations__record(), flux.tg_mutations__record_truncate() FROM PUBLIC;
+
+-- Track every table of the given schemas that is not tracked yet: the migration runner calls it after a
+-- project's migrations, so each table a project creates records its writes. A table opts out with a comment
+-- that contains @flux:untracked; a table without a primary key is skipped with a warning. Returns the
+-- tables it started tracking.
+CREATE OR REPLACE FUNCTION flux.track_all(schemas text[] DEFAULT ARRAY['public']) RETURNS SETOF regclass
+    LANGUAGE plpgsql
+    SET search_path = ''
+AS $$
+DECLARE
+    candidate regclass;
+BEGIN
+    FOR candidate IN
+        SELECT c.oid::regclass
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY(schemas) AND n.nspname <> 'flux'
+           AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE '%@flux:untracked%'
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'flux_mutations')
+         ORDER BY n.nspname, c.relname
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conrelid = candidate AND k.contype = 'p') THEN
+            RAISE WARNING 'table % has no primary key, so its writes are not recorded', candidate
+                USING HINT = 'add a primary key, or opt out: COMMENT ON TABLE ... IS ''@flux:untracked''';
+            CONTINUE;
+        END IF;
+        PERFORM flux.track(candidate);
+        RETURN NEXT candidate;
+    END LOOP;
+END
+$$;
