@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import track_overhead
+from bench import data_engine, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -17,6 +17,7 @@ def main() -> None:
     if dsn:
         migrate.migrate(dsn)
         track_overhead.run(dsn)
+        data_engine.run(dsn)
         return
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     folder.chmod(0o755)
@@ -24,6 +25,7 @@ def main() -> None:
         with EmbeddedPostgres(folder / "pg") as embedded_dsn:
             migrate.migrate(embedded_dsn)
             track_overhead.run(embedded_dsn)
+            data_engine.run(embedded_dsn)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
