@@ -156,13 +156,17 @@ def request_transaction(
     """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout."""
     import json
 
+    if role not in ("anon", "user", "service"):
+        raise ValueError(f"not a Flux role: {role!r}")
+    timeout = "" if statement_timeout_ms is None else str(statement_timeout_ms)
     with translate_errors(), conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(f"flux_{role}")))
-        set_request_context(
-            conn, request_id=request_id, claims_json=json.dumps(claims or {}), tenant_id=tenant_id
+        # One round trip for all of it; set_config('role', ..., true) is SET LOCAL ROLE.
+        conn.execute(
+            "SELECT set_config('role', %s, true), set_config('flux.request_id', %s, true),"
+            " set_config('flux.claims', %s, true), set_config('flux.tenant_id', %s, true),"
+            " CASE WHEN %s <> '' THEN set_config('statement_timeout', %s, true) END",
+            (f"flux_{role}", request_id, json.dumps(claims or {}), tenant_id or "", timeout, timeout),
         )
-        if statement_timeout_ms is not None:
-            conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(statement_timeout_ms),))
         yield conn
 
 

@@ -79,6 +79,7 @@ _NO_RULE = ColumnRule()
 @dataclass(frozen=True)
 class Catalog:
     tables: dict[str, Table]
+    plans: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # see data/shape.py
 
     def table(self, name: str) -> Table | None:
         return self.tables.get(name)

@@ -28,21 +28,41 @@ from flux.data.plan import (
 )
 from flux.data.raw import inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
+from flux.data.shape import MAX_PLANS, shape_key
 from flux.data.sql import CURSOR_KEY, compile_plan
 from flux.errors import TooManyRows
 
 Json = Any
 
 
+_DEFAULT_LIMITS = Limits()
+
+
 def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = None) -> Planned:
-    """Validate and plan a query; every problem at once as one InvalidQuery (FX100)."""
+    """Validate and plan a query; every problem at once as one InvalidQuery (FX100).
+
+    A query of a shape planned before reuses that plan and only binds its own values (see data/shape.py)."""
+    limits = limits or _DEFAULT_LIMITS
+    key = shape_key(query)
+    cached: Planned | None = catalog.plans.get((role, limits, key)) if key is not None else None
+    if cached is not None:
+        try:
+            params = [source.extract(query) for source in cached.sources]
+        except (KeyError, IndexError, TypeError, ValueError):
+            pass  # not the shape it seemed: plan it in full below
+        else:
+            return replace(cached, params=params)
     problems = Problems()
     request = parse_request(query, problems)
-    planned = plan_request(request, catalog, role, problems, limits or Limits()) if request else None
+    planned = plan_request(request, catalog, role, problems, limits) if request else None
     if isinstance(request, InsertRequest):
-        _check_children(request, catalog, role, problems, limits or Limits())
+        _check_children(request, catalog, role, problems, limits)
     problems.raise_if_any()
     assert planned is not None
+    if key is not None:
+        if len(catalog.plans) >= MAX_PLANS:
+            catalog.plans.clear()
+        catalog.plans[(role, limits, key)] = planned
     return planned
 
 
@@ -50,18 +70,16 @@ def run_query(
     conn: Any, query: Json, catalog: Catalog, role: Role, limits: Limits | None = None
 ) -> dict[str, Json]:
     """Execute one JSON query in the caller's transaction (role and claims already set)."""
-    limits = limits or Limits()
+    limits = limits or _DEFAULT_LIMITS
     planned = prepare(query, catalog, role, limits)
-    request = parse_request(query, Problems())
+    request = planned.request
     if isinstance(request, InsertRequest) and _has_children(request, catalog):
-        result = _insert_nested(conn, request, catalog, role, limits)
+        result = _insert_nested(conn, request, catalog, role, limits)  # never cached: its own values
+    elif isinstance(request, SelectRequest):
+        result = _select(conn, planned, request, limits)
     else:
-        result = (
-            _select(conn, planned, request, limits)
-            if isinstance(request, SelectRequest)
-            else _write(conn, planned)
-        )
-    if isinstance(query, dict) and query.get("explain_policies"):
+        result = _write(conn, planned)
+    if planned.request.explain_policies:
         result["policies"] = {"columns": planned.policies, "row_level": row_level_policies(conn, planned)}
     return result
 
@@ -91,11 +109,15 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
         )
     rows = rows[:page_size]
     after = None
-    if more and rows and not request.aggregates:
-        after = encode_cursor([rows[-1][key] for key in rows[-1] if key.startswith(CURSOR_KEY)])
-    for item in rows:
-        for key in [k for k in item if k.startswith(CURSOR_KEY)]:
-            del item[key]
+    plan = planned.plan
+    assert isinstance(plan, SelectPlan)
+    if more and rows and plan.cursor_fields:
+        after = encode_cursor([rows[-1][field] for field in plan.cursor_fields])
+    if plan.cursor_keys:  # hidden order columns: only there for the cursor
+        hidden = [f"{CURSOR_KEY}{i}" for i in range(len(plan.cursor_keys))]
+        for item in rows:
+            for key in hidden:
+                del item[key]
     result: dict[str, Json] = {"rows": rows, "after": after}
     if request.count == "exact":
         result["count"] = count

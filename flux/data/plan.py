@@ -24,6 +24,7 @@ from flux.data.request import (
     Request,
     SelectRequest,
     UpdateRequest,
+    escape_pointer,
 )
 from flux.db import JsonParam
 from flux.errors import (
@@ -151,7 +152,8 @@ class SelectPlan:
     offset: Param | None = None
     group_by: tuple[Col, ...] = ()
     count: str | None = None
-    cursor_keys: tuple[Col, ...] = ()  # hidden outputs __k0.. that build the `after` cursor of the next page
+    cursor_keys: tuple[Col, ...] = ()  # order columns not among the outputs: hidden outputs __k0, __k1, ...
+    cursor_fields: tuple[str, ...] = ()  # the row keys whose values make the `after` cursor of the next page
 
 
 @dataclass(frozen=True)
@@ -170,16 +172,50 @@ class WritePlan:
 Plan = SelectPlan | WritePlan
 
 
+@dataclass(frozen=True)
+class ValueSource:
+    """Where a parameter's value comes from, so a cached plan can be bound to another query of its shape:
+    a JSON path into the query and how to turn the value found there into the parameter, or a constant."""
+
+    path: tuple[str, ...] = ()
+    transform: Literal["value", "json", "list", "list_json", "const"] = "const"
+    constant: Any = None
+
+    def extract(self, query: Any) -> Any:
+        if self.transform == "const":
+            return self.constant
+        node = query
+        for token in self.path:
+            if isinstance(node, list):
+                node = node[int(token)]
+            elif token in node:
+                node = node[token]
+            elif token != "0":  # a single insert row written as an object is row 0
+                raise KeyError(token)
+        if self.transform == "json":
+            return JsonParam(node)
+        if self.transform == "list_json":
+            return [JsonParam(v) for v in node]
+        if self.transform == "list":
+            return list(node)
+        return node
+
+
 @dataclass
 class Planned:
-    """A plan, its parameter values in order, and what a caller needs besides (cursor, policies applied)."""
+    """A plan, its parameter values in order, and what a caller needs besides (cursor, policies applied).
+
+    `request` is the parsed request the plan was made from: for a plan taken from the cache it has the
+    query's shape (kind, limit, count, aggregates) but another query's values."""
 
     plan: Plan
     params: list[Any]
     table: Table
     role: Role
+    request: Request
     page_size: int | None = None
     policies: list[str] = field(default_factory=list)
+    sources: list[ValueSource] = field(default_factory=list)
 
 
 # -- planning ---------------------------------------------------------------------------------------------
@@ -192,6 +228,7 @@ class Planner:
         self.problems = problems
         self.limits = limits
         self.params: list[Any] = []
+        self.sources: list[ValueSource] = []
         self.policies: list[str] = []
         self._aliases = 0
 
@@ -257,14 +294,20 @@ class Planner:
         target = self.catalog.table(relation.target)
         return (relation, target) if target else None
 
-    def param(self, value: Any, type_: str) -> Param:
+    def param(self, value: Any, type_: str, source: ValueSource | None = None) -> Param:
+        """Bind a value; `source` says where a cached plan finds it in the next query (else: constant)."""
         self.params.append(value)
+        self.sources.append(source or ValueSource(constant=value))
         return Param(len(self.params), type_)
 
-    def value(self, table: Table, column: str, value: Any) -> Param:
+    def value(self, table: Table, column: str, value: Any, pointer: str) -> Param:
         """A value written to a column, cast to the column's type (without its modifier)."""
         base = _base(table.columns[column].type)
-        return self.param(_json_value(value, base), base)
+        source = ValueSource(_tokens(pointer), "json" if base in ("json", "jsonb") else "value")
+        return self.param(_json_value(value, base), base, source)
+
+    def planned(self, plan: Plan, table: Table, request: Request, page_size: int | None = None) -> Planned:
+        return Planned(plan, self.params, table, self.role, request, page_size, self.policies, self.sources)
 
     def alias(self) -> str:
         self._aliases += 1
@@ -301,13 +344,19 @@ class Planner:
         where = self.where(table, source.alias, request.where, "/where")
         order = self.order(table, source.alias, request.order)
         cursor_keys: tuple[Col, ...] = ()
+        cursor_fields: tuple[str, ...] = ()
         if not request.aggregates:
             # A stable order (primary key last) makes pages and cursors well defined.
             order += tuple(
                 OrderItem(Col(source.alias, k, table.columns[k].type), False, None)
                 for k in table.primary_key if k not in {item.column.name for item in order}
             )  # fmt: skip
-            cursor_keys = tuple(item.column for item in order)
+            shown = {o.column: o.key for o in outputs if o.column is not None and o.aggregate is None}
+            hidden = [item.column for item in order if item.column not in shown]
+            cursor_keys = tuple(hidden)
+            cursor_fields = tuple(
+                shown.get(item.column) or f"__k{hidden.index(item.column)}" for item in order
+            )  # fmt: skip
         if request.after is not None:
             where = self.keyset(request.after, order, where)
         page_size = request.limit
@@ -323,12 +372,15 @@ class Planner:
             where=where,
             order=order if not request.aggregates else self.order(table, source.alias, request.order),
             limit=self.param(limit_rows + 1, "bigint"),  # one more, to know whether another page exists
-            offset=self.param(request.offset, "bigint") if request.offset else None,
+            offset=self.param(request.offset, "bigint", ValueSource(("offset",), "value"))
+            if request.offset
+            else None,
             group_by=group_by,
             count=request.count,
             cursor_keys=cursor_keys,
+            cursor_fields=cursor_fields,
         )
-        return Planned(plan, self.params, table, self.role, page_size=limit_rows, policies=self.policies)
+        return self.planned(plan, table, request, page_size=limit_rows)
 
     def outputs(
         self, table: Table, alias: str, columns: tuple[str | Embed, ...], pointer: str, depth: int
@@ -437,7 +489,7 @@ class Planner:
             return None
         items: list[Condition] = []
         for key, value in spec.items():
-            at = f"{pointer}/{key}"
+            at = f"{pointer}/{escape_pointer(key)}"
             if key in ("and", "or"):
                 if not isinstance(value, list) or not value:
                     self.problems.shape(at, f"{key} takes a non-empty list of conditions")
@@ -471,7 +523,8 @@ class Planner:
         column = self.column(table, name, pointer, alias=alias)
         if column is None:
             return []
-        if not isinstance(spec, dict):
+        shorthand = not isinstance(spec, dict)
+        if shorthand:
             spec = {"is": None} if spec is None else {"eq": spec}  # shorthand: {"status": "paid"}
         if not spec:
             self.problems.add(
@@ -482,13 +535,20 @@ class Planner:
             if op not in OPERATORS:
                 self.problems.add(InvalidOperator.code, f"{pointer}/{op}", f"unknown operator {op!r}",
                                   _nearest(op, OPERATORS))  # fmt: skip
-            elif (condition := self.operator(column, op, value, f"{pointer}/{op}")) is not None:
-                found.append(condition)
+            else:
+                at = f"{pointer}/{escape_pointer(op)}"
+                condition = self.operator(column, op, value, at, pointer if shorthand else at)
+                if condition is not None:
+                    found.append(condition)
         return found
 
-    def operator(self, column: Col, op: str, value: Any, pointer: str) -> Condition | None:
+    def operator(
+        self, column: Col, op: str, value: Any, pointer: str, value_pointer: str
+    ) -> Condition | None:
         base = _base(column.type)
         is_array = base.endswith("[]")
+        is_json = base in ("json", "jsonb")
+        path = _tokens(value_pointer)
         if op == "is":
             tests: dict[Any, Literal["null", "not null", "true", "false"]] = {
                 None: "null",
@@ -503,19 +563,21 @@ class Planner:
         if value is None:
             return self._refuse(pointer, f'{op} needs a value; to find missing values use {{"is": null}}')
         if op in COMPARISONS:
-            return Compare(column, op, self.param(_json_value(value, base), base))
+            source = ValueSource(path, "json" if is_json else "value")
+            return Compare(column, op, self.param(_json_value(value, base), base, source))
         if op in ("in", "nin"):
             if not isinstance(value, list) or is_array:
                 return self._refuse(pointer, f"{op} takes a list of values, on a column that is not an array")
-            return Compare(column, op, self.param([_json_value(v, base) for v in value], f"{base}[]"))
+            source = ValueSource(path, "list_json" if is_json else "list")
+            return Compare(column, op, self.param([_json_value(v, base) for v in value], f"{base}[]", source))
         if op in ("like", "ilike"):
             if not isinstance(value, str):
                 return self._refuse(pointer, f'{op} takes a pattern string such as "%smith%"')
-            return Compare(column, op, self.param(value, "text"))
+            return Compare(column, op, self.param(value, "text", ValueSource(path, "value")))
         if op == "match":
             if not isinstance(value, str):
                 return self._refuse(pointer, 'match takes search words, e.g. "quick fox -slow"')
-            return Compare(column, op, self.param(value, "text"))
+            return Compare(column, op, self.param(value, "text", ValueSource(path, "value")))
         # contains, contained_by, overlaps: arrays, jsonb and ranges
         if not (is_array or base in _CONTAINERS or base.endswith("range")):
             return self._refuse(pointer, f"{op} works on array, jsonb and range columns, not {column.type}")
@@ -523,7 +585,8 @@ class Planner:
             return self._refuse(pointer, "overlaps works on arrays and ranges")
         if is_array and not isinstance(value, list):
             return self._refuse(pointer, f"{op} on an array column takes a list")
-        return Compare(column, op, self.param(_json_value(value, base), base))
+        source = ValueSource(path, "json" if is_json else "value")
+        return Compare(column, op, self.param(_json_value(value, base), base, source))
 
     def _refuse(self, pointer: str, message: str) -> Condition | None:
         """Record an operator problem; the condition is dropped (None) and planning goes on to the rest."""
@@ -532,23 +595,24 @@ class Planner:
 
     # writes
 
-    def insert(self, request: InsertRequest, parent_values: dict[str, Any] | None = None) -> Planned | None:
+    def insert(self, request: InsertRequest) -> Planned | None:
         table = self.writable_table(request.table, "/insert")
         if table is None:
             return None
         source = Source(table.schema, table.name, self.alias())
         columns: list[str] = []
         for row in request.rows:
-            for name in [*row_values(table, row), *(parent_values or {})]:
+            for name in row_values(table, row):
                 if name not in columns:
                     columns.append(name)
         for name in columns:
             self.writable_column(table, name, _pointer_of(request.rows, name))
         rows = []
         for row in request.rows:
-            values = {**row_values(table, row), **(parent_values or {})}
+            values = row_values(table, row)
             rows.append(tuple(
-                self.value(table, name, values[name]) if name in values and name in table.columns else None
+                self.value(table, name, values[name], f"{row.pointer}/{escape_pointer(name)}")
+                if name in values and name in table.columns else None
                 for name in columns
             ))  # fmt: skip
             for relation_name in row_children(table, row):
@@ -565,7 +629,7 @@ class Planner:
             conflict_action=conflict.action if conflict else None,
             conflict_update=conflict.update if conflict else (),
         )  # fmt: skip
-        return Planned(plan, self.params, table, self.role, policies=self.policies)
+        return self.planned(plan, table, request)
 
     def child_relation(self, table: Table, name: str, row: InsertRow) -> Relation | None:
         found = self.relation(table, name, f"{row.pointer}/{name}")
@@ -584,16 +648,11 @@ class Planner:
             return None
         source = Source(table.schema, table.name, self.alias())
         names = [n for n in request.values if self.writable_column(table, n, f"/set/{n}")]
-        row = tuple(
-            self.param(
-                _json_value(request.values[n], _base(table.columns[n].type)), _base(table.columns[n].type)
-            )
-            for n in names
-        )
+        row = tuple(self.value(table, n, request.values[n], f"/set/{escape_pointer(n)}") for n in names)
         where = self.where(table, source.alias, request.where, "/where")
         plan = WritePlan("update", source, tuple(names), (row,), where=where,
                          returning=self.returning(table, source.alias, request.returning))  # fmt: skip
-        return Planned(plan, self.params, table, self.role, policies=self.policies)
+        return self.planned(plan, table, request)
 
     def delete(self, request: DeleteRequest) -> Planned | None:
         table = self.writable_table(request.table, "/delete")
@@ -604,7 +663,7 @@ class Planner:
         plan = WritePlan(
             "delete", source, where=where, returning=self.returning(table, source.alias, request.returning)
         )
-        return Planned(plan, self.params, table, self.role, policies=self.policies)
+        return self.planned(plan, table, request)
 
     def writable_table(self, name: str, pointer: str) -> Table | None:
         table = self.table(name, pointer)
@@ -689,6 +748,11 @@ def _nearest(name: str, choices: Any) -> str | None:
     if close:
         return f"did you mean {close[0]!r}?"
     return f"one of: {', '.join(sorted(names)[:12])}" if names else None
+
+
+def _tokens(pointer: str) -> tuple[str, ...]:
+    """A JSON pointer's reference tokens, unescaped (RFC 6901)."""
+    return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:])
 
 
 def _pointer_of(rows: tuple[InsertRow, ...], name: str) -> str:

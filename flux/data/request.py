@@ -168,7 +168,7 @@ def parse_request(query: Json, problems: Problems) -> Request | None:
     for key in query:
         if key not in _KEYS[operation]:
             problems.shape(
-                f"/{_escape(key)}", f"unknown key {key!r} in {operation}", _one_of(_KEYS[operation])
+                f"/{escape_pointer(key)}", f"unknown key {key!r} in {operation}", _one_of(_KEYS[operation])
             )
     table = query[operation]
     if not isinstance(table, str) or not table:
@@ -240,7 +240,9 @@ def _columns(value: Json, pointer: str, problems: Problems) -> tuple[str | Embed
         if isinstance(item, str) and item:
             items.append(item)
         elif isinstance(item, dict) and item:
-            items.extend(_embed(name, spec, f"{at}/{_escape(name)}", problems) for name, spec in item.items())
+            items.extend(
+                _embed(name, spec, f"{at}/{escape_pointer(name)}", problems) for name, spec in item.items()
+            )
         else:
             problems.shape(at, "a column is a name or a {relation: columns} object")
     return tuple(items)
@@ -257,7 +259,7 @@ def _embed(name: str, spec: Json, pointer: str, problems: Problems) -> Embed:
     for key in spec:
         if key not in _EMBED_KEYS:
             problems.shape(
-                f"{pointer}/{_escape(key)}", f"unknown key {key!r} in a relation", _one_of(_EMBED_KEYS)
+                f"{pointer}/{escape_pointer(key)}", f"unknown key {key!r} in a relation", _one_of(_EMBED_KEYS)
             )
     return Embed(
         name,
@@ -289,7 +291,7 @@ def _order(value: Json, pointer: str, problems: Problems) -> tuple[OrderBy, ...]
         for key in item:
             if key not in ("col", "desc", "nulls"):
                 problems.shape(
-                    f"{at}/{_escape(key)}", f"unknown key {key!r} in order", "use col, desc, nulls"
+                    f"{at}/{escape_pointer(key)}", f"unknown key {key!r} in order", "use col, desc, nulls"
                 )
         nulls = item.get("nulls")
         if nulls not in (None, "first", "last"):
@@ -309,7 +311,7 @@ def _aggregates(value: Json, problems: Problems) -> tuple[Aggregate, ...]:
         return ()
     found = []
     for function, columns in value.items():
-        at = f"/aggregate/{_escape(function)}"
+        at = f"/aggregate/{escape_pointer(function)}"
         if function not in AGGREGATES:
             problems.shape(at, f"unknown aggregate {function!r}", _one_of(AGGREGATES))
             continue
@@ -356,7 +358,7 @@ def _row(row: Json, pointer: str, problems: Problems) -> list[InsertRow]:
             items = [value]
         else:
             continue
-        at = f"{pointer}/{_escape(key)}"
+        at = f"{pointer}/{escape_pointer(key)}"
         children[key] = tuple(r for i, item in enumerate(items) for r in _row(item, f"{at}/{i}", problems))
     return [InsertRow(pointer, dict(row), children)]
 
@@ -408,7 +410,7 @@ def _boolean(spec: dict[str, Json], key: str, pointer: str, problems: Problems) 
     return value
 
 
-def _escape(key: object) -> str:
+def escape_pointer(key: object) -> str:
     """A JSON pointer reference token (RFC 6901)."""
     return str(key).replace("~", "~0").replace("/", "~1")
 

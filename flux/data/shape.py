@@ -1,0 +1,110 @@
+"""The plan cache: a query's shape is the query with its values replaced by their JSON types, so queries that
+differ only in values share one plan, and each new query just binds its values (see plan.ValueSource).
+
+Values are what the planner binds as parameters: operands of filter operators (but `is`), insert and update
+values, and `offset`. Everything else (names, operators, `is`, `limit`, nesting) is part of the shape, and
+queries whose planning reads a value's content (a cursor in `after`; object or list values in inserts, which
+may be child rows) are not cached at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flux.data.plan import OPERATORS
+
+MAX_PLANS = 4096
+_SEPARATORS = (",", ":")
+
+
+def shape_key(query: Any) -> str | None:
+    """A string equal for queries of the same shape, or None when the query must be planned every time."""
+    if not isinstance(query, dict) or "after" in query:
+        return None
+    shape: dict[str, Any] = {}
+    for key, value in query.items():
+        if key == "where":
+            shape[key] = _where(value)
+        elif key == "columns":
+            shape[key] = _columns(value)
+        elif key == "values":
+            rows = value if isinstance(value, list) else [value]
+            if not all(isinstance(row, dict) for row in rows):
+                return None
+            if any(isinstance(v, (dict, list)) for row in rows for v in row.values()):
+                return None
+            shape[key] = (
+                [{k: _type(v) for k, v in row.items()} for row in rows]
+                if isinstance(value, list)
+                else {k: _type(v) for k, v in value.items()}
+            )
+        elif key == "set" and isinstance(value, dict):
+            shape[key] = {k: _type(v) for k, v in value.items()}
+        elif key == "offset":
+            shape[key] = "0" if not value else _type(value)
+        else:
+            shape[key] = value
+    try:
+        return json.dumps(shape, separators=_SEPARATORS)
+    except (TypeError, ValueError):
+        return None
+
+
+def _where(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    shaped: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("and", "or") and isinstance(value, list):
+            shaped[key] = [_where(item) for item in value]
+        elif key == "not":
+            shaped[key] = _where(value)
+        elif isinstance(value, dict):
+            # Operators of a column, or the where of a relation: operands become types, the rest recurses.
+            shaped[key] = {
+                op: (operand if op == "is" else _type(operand))
+                if op in OPERATORS
+                else _where({op: operand})[op]
+                for op, operand in value.items()
+            }
+        else:
+            shaped[key] = _type(value)  # shorthand `{"column": value}`; null stays null (it means `is null`)
+    return shaped
+
+
+def _columns(items: Any) -> Any:
+    if not isinstance(items, list):
+        return items
+    shaped: list[Any] = []
+    for item in items:
+        if isinstance(item, dict):
+            shaped.append({name: _embed(spec) for name, spec in item.items()})
+        else:
+            shaped.append(item)
+    return shaped
+
+
+def _embed(spec: Any) -> Any:
+    if isinstance(spec, list):
+        return _columns(spec)
+    if isinstance(spec, dict):
+        return {
+            k: _where(v) if k == "where" else _columns(v) if k == "columns" else v for k, v in spec.items()
+        }
+    return spec
+
+
+def _type(value: Any) -> Any:
+    """What the planner may look at in a value: its JSON type, and for containers the types inside."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return "<number>"
+    if isinstance(value, str):
+        return "<string>"
+    if isinstance(value, list):
+        return ["<list>", sorted({json.dumps(_type(v)) for v in value})]
+    if isinstance(value, dict):
+        return {"<object>": {k: _type(v) for k, v in value.items()}}
+    return repr(type(value))
