@@ -24,27 +24,54 @@ def _same_as_uncached(query: Any, catalog: Catalog) -> None:
 
 
 VARIANTS = [
-    [{"select": "orders", "where": {"status": {"eq": "paid"}}}, {"select": "orders", "where": {"status": {"eq": "open"}}}],
-    [{"select": "orders", "where": {"id": {"in": [1, 2]}}}, {"select": "orders", "where": {"id": {"in": [3]}}}],
+    [
+        {"select": "orders", "where": {"status": {"eq": "paid"}}},
+        {"select": "orders", "where": {"status": {"eq": "open"}}},
+    ],
+    [
+        {"select": "orders", "where": {"id": {"in": [1, 2]}}},
+        {"select": "orders", "where": {"id": {"in": [3]}}},
+    ],
     [{"select": "orders", "where": {"referrer_id": None}}, {"select": "orders", "where": {"referrer_id": 2}}],
-    [{"select": "orders", "where": {"referrer_id": {"is": None}}}, {"select": "orders", "where": {"referrer_id": {"is": "not_null"}}}],
+    [
+        {"select": "orders", "where": {"referrer_id": {"is": None}}},
+        {"select": "orders", "where": {"referrer_id": {"is": "not_null"}}},
+    ],
     [{"select": "orders", "offset": 0}, {"select": "orders", "offset": 2}, {"select": "orders", "offset": 3}],
     [{"select": "orders", "limit": 1}, {"select": "orders", "limit": 2}],
-    [{"select": "customers", "where": {"profile": {"contains": {"plan": "pro"}}}},
-     {"select": "customers", "where": {"profile": {"contains": {"plan": "free"}}}},
-     {"select": "customers", "where": {"profile": {"contains": {"seats": 5}}}}],
-    [{"select": "customers", "columns": ["id", {"orders_by_customer_id": {"columns": ["id"], "where": {"total": {"gt": 1}}}}]},
-     {"select": "customers", "columns": ["id", {"orders_by_customer_id": {"columns": ["id"], "where": {"total": {"gt": 5}}}}]}],
-    [{"select": "customers", "where": {"orders_by_customer_id": {"status": {"eq": "open"}}}},
-     {"select": "customers", "where": {"orders_by_customer_id": {"status": {"eq": "paid"}}}}],
-    [{"insert": "products", "values": {"sku": "a", "title": "A", "price": 1}},
-     {"insert": "products", "values": {"sku": "b", "title": "B", "price": 2.5}},
-     {"insert": "products", "values": [{"sku": "c", "title": "C", "price": 3}]}],
-    [{"update": "orders", "set": {"status": "x"}, "where": {"id": {"eq": 1}}},
-     {"update": "orders", "set": {"status": "y"}, "where": {"id": {"eq": 2}}}],
-    [{"select": "orders", "where": {"or": [{"id": {"eq": 1}}, {"total": {"lt": 2}}]}},
-     {"select": "orders", "where": {"or": [{"id": {"eq": 3}}, {"total": {"lt": 9}}]}}],
-]  # fmt: skip
+    [
+        {"select": "customers", "where": {"profile": {"contains": {"plan": "pro"}}}},
+        {"select": "customers", "where": {"profile": {"contains": {"plan": "free"}}}},
+        {"select": "customers", "where": {"profile": {"contains": {"seats": 5}}}},
+    ],
+    [
+        {
+            "select": "customers",
+            "columns": ["id", {"orders_by_customer_id": {"columns": ["id"], "where": {"total": {"gt": 1}}}}],
+        },
+        {
+            "select": "customers",
+            "columns": ["id", {"orders_by_customer_id": {"columns": ["id"], "where": {"total": {"gt": 5}}}}],
+        },
+    ],
+    [
+        {"select": "customers", "where": {"orders_by_customer_id": {"status": {"eq": "open"}}}},
+        {"select": "customers", "where": {"orders_by_customer_id": {"status": {"eq": "paid"}}}},
+    ],
+    [
+        {"insert": "products", "values": {"sku": "a", "title": "A", "price": 1}},
+        {"insert": "products", "values": {"sku": "b", "title": "B", "price": 2.5}},
+        {"insert": "products", "values": [{"sku": "c", "title": "C", "price": 3}]},
+    ],
+    [
+        {"update": "orders", "set": {"status": "x"}, "where": {"id": {"eq": 1}}},
+        {"update": "orders", "set": {"status": "y"}, "where": {"id": {"eq": 2}}},
+    ],
+    [
+        {"select": "orders", "where": {"or": [{"id": {"eq": 1}}, {"total": {"lt": 2}}]}},
+        {"select": "orders", "where": {"or": [{"id": {"eq": 3}}, {"total": {"lt": 9}}]}},
+    ],
+]
 
 
 @pytest.mark.parametrize("queries", VARIANTS)
