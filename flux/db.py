@@ -172,10 +172,20 @@ def request_transaction(
 
 def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; one row back."""
-    values = [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params]
     with translate_errors():
         cursor = psycopg.RawCursor(conn)
-        return cursor.execute(query.encode(), values).fetchone()
+        return cursor.execute(query.encode(), _bind(params)).fetchone()
+
+
+def _bind(params: list[Any]) -> list[Any]:
+    return [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params]
+
+
+def execute_rows(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; every row back."""
+    with translate_errors():
+        cursor = psycopg.RawCursor(conn)
+        return cursor.execute(query.encode(), _bind(params)).fetchall()
 
 
 def execute_statement(
@@ -186,7 +196,7 @@ def execute_statement(
 
     with translate_errors():
         cursor = psycopg.RawCursor(conn, row_factory=dict_row)
-        cursor.execute(query.encode(), [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params])
+        cursor.execute(query.encode(), _bind(params))
         rows = cursor.fetchall() if cursor.description else []
         return rows, max(cursor.rowcount, 0)
 

@@ -8,6 +8,7 @@ service role only.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -51,7 +52,9 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
         except (KeyError, IndexError, TypeError, ValueError):
             pass  # not the shape it seemed: plan it in full below
         else:
-            return replace(cached, params=params)
+            hit = copy.copy(cached)
+            hit.params = params
+            return hit
     problems = Problems()
     request = parse_request(query, problems)
     planned = plan_request(request, catalog, role, problems, limits) if request else None
@@ -59,6 +62,7 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
         _check_children(request, catalog, role, problems, limits)
     problems.raise_if_any()
     assert planned is not None
+    planned.sql = compile_plan(planned.plan)
     if key is not None:
         if len(catalog.plans) >= MAX_PLANS:
             catalog.plans.clear()
@@ -90,16 +94,20 @@ def _has_children(request: InsertRequest, catalog: Catalog) -> bool:
 
 
 def _write(conn: Any, planned: Planned) -> dict[str, Json]:
-    row = db.execute_raw(conn, compile_plan(planned.plan), planned.params)
+    row = db.execute_raw(conn, planned.sql, planned.params)
     assert row is not None
     rows, count = row
     return {"count": count} | ({"rows": rows} if rows is not None else {})
 
 
 def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits) -> dict[str, Json]:
-    row = db.execute_raw(conn, compile_plan(planned.plan), planned.params)
-    assert row is not None
-    rows, count = row
+    count = None
+    if request.count is None:
+        rows = [row[0] for row in db.execute_rows(conn, planned.sql, planned.params)]
+    else:
+        found = db.execute_raw(conn, planned.sql, planned.params)
+        assert found is not None
+        rows, count = found
     page_size = planned.page_size or limits.max_rows
     more = len(rows) > page_size
     if more and request.limit is None:

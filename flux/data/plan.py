@@ -216,6 +216,7 @@ class Planned:
     page_size: int | None = None
     policies: list[str] = field(default_factory=list)
     sources: list[ValueSource] = field(default_factory=list)
+    sql: str = ""  # the compiled statement, filled by engine.prepare
 
 
 # -- planning ---------------------------------------------------------------------------------------------
@@ -366,11 +367,21 @@ class Planner:
 
             self.problems.add(TooManyRows.code, "/limit", f"limit {page_size} is above the maximum of "
                               f"{self.limits.max_rows} rows", "page through the rows with after")  # fmt: skip
+        if _pins_primary_key(where, source.alias, table.primary_key) and not (
+            request.aggregates
+            or request.order
+            or request.limit is not None
+            or request.offset
+            or request.after
+        ):
+            # At most one row: no order, no page, no cursor (the cheapest statement for a lookup by key).
+            plan = SelectPlan(source=source, outputs=outputs, where=where, count=request.count)
+            return self.planned(plan, table, request, page_size=limit_rows)
         plan = SelectPlan(
             source=source,
             outputs=outputs,
             where=where,
-            order=order if not request.aggregates else self.order(table, source.alias, request.order),
+            order=order,
             limit=self.param(limit_rows + 1, "bigint"),  # one more, to know whether another page exists
             offset=self.param(request.offset, "bigint", ValueSource(("offset",), "value"))
             if request.offset
@@ -685,6 +696,15 @@ class Planner:
         if names is None:
             return ()
         return self.outputs(table, alias, names, "/returning", depth=1)
+
+
+def _pins_primary_key(where: Condition | None, alias: str, key: tuple[str, ...]) -> bool:
+    """True when the where ANDs an `eq` on every primary-key column, so it matches one row at most."""
+    items = where.items if isinstance(where, Junction) and where.op == "and" else (where,)
+    pinned = {
+        c.column.name for c in items if isinstance(c, Compare) and c.op == "eq" and c.column.alias == alias
+    }
+    return bool(key) and pinned.issuperset(key)
 
 
 def row_values(table: Table, row: InsertRow) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Compile a plan to one SQL statement, built as a sqlglot tree: identifiers come only from the catalog and
 every value is a `$n` parameter cast to its column's type. Compiled SQL is cached per plan shape.
 
-A select returns one row: `(rows json, count)`; each row is a JSON object whose keys are the outputs, with
-hidden `__k0…` keys for the next page's cursor. A write returns `(returned rows json, affected count)`.
+A select returns one JSON object per row, keyed by its outputs (and hidden `__k0…` keys for the order columns
+the next page's cursor needs); with a count, one row `(rows json array, count)`. A write returns one row
+`(returned rows json, affected count)`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def compile_plan(plan: Plan) -> str:
 
 def _select_statement(plan: SelectPlan) -> exp.Expr:
     rows = _select(plan, hidden_keys=True).subquery("r")
+    if plan.count is None:  # one JSON object per row: cheaper than aggregating them
+        return exp.select(exp.func("row_to_json", exp.column("r"))).from_(rows)
     rows_json = exp.func("coalesce", exp.func("json_agg", exp.column("r")), _EMPTY_ARRAY)
     count: exp.Expr = exp.null()
     if plan.count == "exact":
