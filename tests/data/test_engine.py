@@ -240,3 +240,16 @@ def test_every_refusal_is_a_flux_error_with_a_4xx_status(shop: Catalog, as_role:
         with pytest.raises(FluxError) as failed, as_role("user") as session:
             run_query(session, query, shop, "user")
         assert 400 <= failed.value.http_status < 500
+
+
+def test_a_write_through_the_engine_records_its_request_id(conn: Conn, shop: Catalog) -> None:
+    from flux import db
+
+    conn.execute("SELECT flux.track('orders')")
+    request_id = "6f1c2a4e-8d1b-4f7a-9c3e-2b5d7e9f0a11"
+    with db.request_transaction(conn, role="user", request_id=request_id, claims={"sub": "ada"}):
+        query = {"update": "orders", "set": {"status": "paid"}, "where": {"id": {"eq": 2}}}
+        run_query(conn, query, shop, "user")
+    row = conn.execute("SELECT request_id::text, op, row_pk, changed, actor FROM flux.mutations").fetchone()
+    assert row is not None
+    assert row[:4] == (request_id, "UPDATE", {"id": 2}, ["status"])
