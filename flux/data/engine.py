@@ -139,7 +139,9 @@ def _planned_count(conn: Any, planned: Planned) -> int:
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
     unlimited = replace(plan, limit=None, offset=None, cursor_keys=())
-    explained = db.execute_raw(conn, "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited), planned.params)
+    # The limit and offset parameters come last; the estimate goes without them.
+    params = planned.params[: plan.limit.index - 1] if plan.limit else planned.params
+    explained = db.execute_raw(conn, "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited), params)
     assert explained is not None
     node = explained[0][0]["Plan"]
     while node.get("Node Type") == "Aggregate" and node.get("Plans"):  # the json_agg over the rows

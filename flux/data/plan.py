@@ -32,6 +32,7 @@ from flux.errors import (
     ColumnNotWritable,
     InvalidOperator,
     InvalidQueryShape,
+    InvalidValue,
     QueryTooDeep,
     UnknownColumn,
     UnknownRelation,
@@ -175,14 +176,15 @@ Plan = SelectPlan | WritePlan
 @dataclass(frozen=True)
 class ValueSource:
     """Where a parameter's value comes from, so a cached plan can be bound to another query of its shape:
-    a JSON path into the query and how to turn the value found there into the parameter, or a constant."""
+    a JSON path into the query and the column type its value is bound for, or a constant."""
 
     path: tuple[str, ...] = ()
-    transform: Literal["value", "json", "list", "list_json", "const"] = "const"
+    base: str = ""  # the column's type, for `bindable`
     constant: Any = None
+    is_constant: bool = True
 
     def extract(self, query: Any) -> Any:
-        if self.transform == "const":
+        if self.is_constant:
             return self.constant
         node = query
         for token in self.path:
@@ -192,13 +194,10 @@ class ValueSource:
                 node = node[token]
             elif token != "0":  # a single insert row written as an object is row 0
                 raise KeyError(token)
-        if self.transform == "json":
-            return JsonParam(node)
-        if self.transform == "list_json":
-            return [JsonParam(v) for v in node]
-        if self.transform == "list":
-            return list(node)
-        return node
+        try:
+            return bindable(node, self.base)
+        except ValueError as exc:
+            raise InvalidValue(f"{exc} at /{'/'.join(map(escape_pointer, self.path))}") from None
 
 
 @dataclass
@@ -301,11 +300,18 @@ class Planner:
         self.sources.append(source or ValueSource(constant=value))
         return Param(len(self.params), type_)
 
-    def value(self, table: Table, column: str, value: Any, pointer: str) -> Param:
+    def value(self, table: Table, column: str, value: Any, pointer: str) -> Param | None:
         """A value written to a column, cast to the column's type (without its modifier)."""
-        base = _base(table.columns[column].type)
-        source = ValueSource(_tokens(pointer), "json" if base in ("json", "jsonb") else "value")
-        return self.param(_json_value(value, base), base, source)
+        return self.bound(value, _base(table.columns[column].type), pointer, pointer)
+
+    def bound(self, value: Any, base: str, pointer: str, value_pointer: str) -> Param | None:
+        """Bind a JSON value for a column of type `base` (see `bindable`); a misfit is a problem."""
+        try:
+            converted = bindable(value, base)
+        except ValueError as exc:
+            self.problems.add(InvalidOperator.code, pointer, str(exc), "send a value of the column's type")
+            return None
+        return self.param(converted, base, ValueSource(_tokens(value_pointer), base, is_constant=False))
 
     def planned(self, plan: Plan, table: Table, request: Request, page_size: int | None = None) -> Planned:
         return Planned(plan, self.params, table, self.role, request, page_size, self.policies, self.sources)
@@ -383,9 +389,7 @@ class Planner:
             where=where,
             order=order,
             limit=self.param(limit_rows + 1, "bigint"),  # one more, to know whether another page exists
-            offset=self.param(request.offset, "bigint", ValueSource(("offset",), "value"))
-            if request.offset
-            else None,
+            offset=self.bound(request.offset, "bigint", "/offset", "/offset") if request.offset else None,
             group_by=group_by,
             count=request.count,
             cursor_keys=cursor_keys,
@@ -468,7 +472,8 @@ class Planner:
         return tuple(found)
 
     def keyset(self, cursor: str, order: tuple[OrderItem, ...], where: Condition | None) -> Condition | None:
-        """Rows after the cursor's key, in the order's directions: (a > x) or (a = x and b > y) ..."""
+        """Rows after the cursor's key in the order, nulls where the order puts them: (a after x) or (a = x
+        and b after y) ..., so no row is skipped or repeated from one page to the next."""
         values = decode_cursor(cursor)
         if values is None or len(values) != len(order):
             self.problems.shape(
@@ -477,18 +482,31 @@ class Planner:
             return where
         branches: list[Condition] = []
         for i, item in enumerate(order):
-            equal = [
-                Compare(o.column, "eq", self.param(values[j], _base(o.column.type)))
-                for j, o in enumerate(order[:i])
+            parts = [self._same(o, values[j]) for j, o in enumerate(order[:i])] + [
+                self._after(item, values[i])
             ]
-            op = "lt" if item.desc else "gt"
-            branches.append(
-                Junction(
-                    "and", (*equal, Compare(item.column, op, self.param(values[i], _base(item.column.type))))
-                )
-            )
+            found = [part for part in parts if part is not None]
+            if len(found) != len(parts):
+                return where  # a value that cannot fit: its problem is recorded
+            branches.append(Junction("and", tuple(found)))
         keyset: Condition = Junction("or", tuple(branches))
         return keyset if where is None else Junction("and", (where, keyset))
+
+    def _same(self, item: OrderItem, value: Any) -> Condition | None:
+        if value is None:
+            return IsTest(item.column, "null")
+        param = self.bound(value, _base(item.column.type), "/after", "/after")
+        return Compare(item.column, "eq", param) if param else None
+
+    def _after(self, item: OrderItem, value: Any) -> Condition | None:
+        nulls_first = (item.nulls == "first") if item.nulls else item.desc  # Postgres's default placement
+        if value is None:  # in the block of nulls: what follows is the non-null rows only if nulls come first
+            return IsTest(item.column, "not null") if nulls_first else Junction("or", ())
+        param = self.bound(value, _base(item.column.type), "/after", "/after")
+        if param is None:
+            return None
+        beyond = Compare(item.column, "lt" if item.desc else "gt", param)
+        return beyond if nulls_first else Junction("or", (beyond, IsTest(item.column, "null")))
 
     # where
 
@@ -558,8 +576,6 @@ class Planner:
     ) -> Condition | None:
         base = _base(column.type)
         is_array = base.endswith("[]")
-        is_json = base in ("json", "jsonb")
-        path = _tokens(value_pointer)
         if op == "is":
             tests: dict[Any, Literal["null", "not null", "true", "false"]] = {
                 None: "null",
@@ -573,31 +589,30 @@ class Planner:
             return self._refuse(pointer, 'is takes null, true, false or "not_null"')
         if value is None:
             return self._refuse(pointer, f'{op} needs a value; to find missing values use {{"is": null}}')
+        param: Param | None
         if op in COMPARISONS:
-            source = ValueSource(path, "json" if is_json else "value")
-            return Compare(column, op, self.param(_json_value(value, base), base, source))
-        if op in ("in", "nin"):
+            param = self.bound(value, base, pointer, value_pointer)
+        elif op in ("in", "nin"):
             if not isinstance(value, list) or is_array:
                 return self._refuse(pointer, f"{op} takes a list of values, on a column that is not an array")
-            source = ValueSource(path, "list_json" if is_json else "list")
-            return Compare(column, op, self.param([_json_value(v, base) for v in value], f"{base}[]", source))
-        if op in ("like", "ilike"):
+            param = self.bound(value, f"{base}[]", pointer, value_pointer)
+        elif op in ("like", "ilike", "match"):
             if not isinstance(value, str):
-                return self._refuse(pointer, f'{op} takes a pattern string such as "%smith%"')
-            return Compare(column, op, self.param(value, "text", ValueSource(path, "value")))
-        if op == "match":
-            if not isinstance(value, str):
-                return self._refuse(pointer, 'match takes search words, e.g. "quick fox -slow"')
-            return Compare(column, op, self.param(value, "text", ValueSource(path, "value")))
-        # contains, contained_by, overlaps: arrays, jsonb and ranges
-        if not (is_array or base in _CONTAINERS or base.endswith("range")):
-            return self._refuse(pointer, f"{op} works on array, jsonb and range columns, not {column.type}")
-        if op == "overlaps" and base in ("jsonb", "json"):
-            return self._refuse(pointer, "overlaps works on arrays and ranges")
-        if is_array and not isinstance(value, list):
-            return self._refuse(pointer, f"{op} on an array column takes a list")
-        source = ValueSource(path, "json" if is_json else "value")
-        return Compare(column, op, self.param(_json_value(value, base), base, source))
+                return self._refuse(pointer, f'{op} takes text, such as "%smith%" or "quick fox -slow"')
+            if op == "match" and base not in (*_TEXT_TYPES, "tsvector"):
+                return self._refuse(pointer, f"match searches text columns, not {column.type}")
+            param = self.bound(value, "text", pointer, value_pointer)
+        else:  # contains, contained_by, overlaps: arrays, jsonb and ranges
+            if not (is_array or base in _CONTAINERS or base.endswith("range")):
+                return self._refuse(
+                    pointer, f"{op} works on array, jsonb and range columns, not {column.type}"
+                )
+            if op == "overlaps" and base in ("jsonb", "json"):
+                return self._refuse(pointer, "overlaps works on arrays and ranges")
+            if is_array and not isinstance(value, list):
+                return self._refuse(pointer, f"{op} on an array column takes a list")
+            param = self.bound(value, base, pointer, value_pointer)
+        return Compare(column, op, param) if param is not None else None
 
     def _refuse(self, pointer: str, message: str) -> Condition | None:
         """Record an operator problem; the condition is dropped (None) and planning goes on to the rest."""
@@ -755,11 +770,54 @@ def _base(type_: str) -> str:
     return (head + tail).strip()
 
 
-def _json_value(value: Any, base: str) -> Any:
-    """JSON objects and arrays bound to json/jsonb stay JSON; text is sent as text for every other type."""
+def bindable(value: Any, base: str) -> Any:
+    """A JSON value as the parameter for a column of type `base`: JSON for json/jsonb; for an array a list of
+    texts; else text, which Postgres's cast parses (so 1.5 for an integer is refused, never rounded, and a
+    parameter keeps one type whatever the JSON type). Raises ValueError for a value that cannot fit."""
     if base in ("json", "jsonb"):
+        _check_json_text(value)
         return JsonParam(value)
-    return value
+    if base in ("json[]", "jsonb[]"):
+        _check_json_text(value)
+        return [json.dumps(v) for v in value]
+    if base.endswith("[]"):
+        if not isinstance(value, list):
+            raise ValueError(f"a {base} value is a list")
+        return [None if v is None else _text(v, base[:-2]) for v in value]
+    return _text(value, base)
+
+
+def _text(value: Any, base: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        _check_text(value)
+        return value
+    kind = "an object" if isinstance(value, dict) else "a list"
+    raise ValueError(f"{kind} cannot be a {base} value")
+
+
+def _check_text(value: str) -> None:
+    if "\x00" in value:
+        raise ValueError("text cannot contain the NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
+
+
+def _check_json_text(value: Any) -> None:
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(str(key))
+            _check_json_text(item)
 
 
 def _nearest(name: str, choices: Any) -> str | None:
