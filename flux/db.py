@@ -21,6 +21,7 @@ from flux.errors import (
     DatabaseUnsupported,
     FluxError,
     InternalError,
+    InvalidQueryShape,
     InvalidValue,
     PermissionDenied,
     QueryTimedOut,
@@ -117,8 +118,16 @@ def from_postgres(exc: psycopg.Error) -> FluxError:
     if state.startswith("23"):
         details = {"constraint": diag.constraint_name, "table": diag.table_name, "column": diag.column_name}
         return ConstraintViolation(message, details=details, hint=diag.message_detail)
-    if state.startswith("22"):
+    if state.startswith("22") or state in (
+        "42804",
+        "42846",
+        "42883",
+    ):  # bad value, type mismatch, no operator
         return InvalidValue(message, hint="send a value of the column's type")
+    if state == "42P10":
+        return InvalidQueryShape(
+            message, hint="name the columns of a primary key or unique index in on_conflict"
+        )
     return error_for_code("FX900", message, details={"sqlstate": exc.sqlstate}, hint=diag.message_hint)
 
 

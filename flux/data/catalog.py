@@ -213,6 +213,7 @@ class CatalogCache:
         self._catalog: Catalog | None = None
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def get(self, conn: Any) -> Catalog:
         catalog = self._catalog
@@ -234,14 +235,22 @@ class CatalogCache:
             )
             self._listener.start()
 
+    def close(self) -> None:
+        """Stop listening (within a second)."""
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+
     def _listen(self, dsn: str) -> None:
-        while True:
+        while not self._closed.is_set():
             try:
                 with db.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.invalidate()  # anything may have changed while we were not listening
-                    for _ in conn.notifies():
-                        self.invalidate()
+                    while not self._closed.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.invalidate()
             except Exception as exc:  # reconnect after a lost connection; never let the thread die
-                log.warning("catalog listener lost its connection: %s", db.as_flux_error(exc))
-                threading.Event().wait(1.0)
+                if not self._closed.is_set():
+                    log.warning("catalog listener lost its connection: %s", db.as_flux_error(exc))
+                    self._closed.wait(1.0)

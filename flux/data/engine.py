@@ -108,7 +108,7 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
         found = db.execute_raw(conn, planned.sql, planned.params)
         assert found is not None
         rows, count = found
-    page_size = planned.page_size or limits.max_rows
+    page_size = planned.page_size if planned.page_size is not None else limits.max_rows
     more = len(rows) > page_size
     if more and request.limit is None:
         raise TooManyRows(

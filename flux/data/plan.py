@@ -54,6 +54,8 @@ OPERATORS = (
     "match",
 )
 _CONTAINERS = ("jsonb", "json", "tsvector")  # besides arrays and ranges
+MAX_WHERE_DEPTH = 16
+_NUMERIC_TYPES = ("smallint", "integer", "bigint", "numeric", "real", "double precision", "money", "interval")
 _TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
 
 
@@ -338,6 +340,12 @@ class Planner:
                 column = self.column(table, aggregate.column, aggregate.pointer, alias=source.alias)
                 if column is None:
                     continue
+                problem = _aggregate_misfit(aggregate.function, _base(column.type))
+                if problem:
+                    self.problems.add(
+                        InvalidOperator.code, aggregate.pointer, problem, "aggregate another column"
+                    )
+                    continue
             elif aggregate.function != "count":
                 message = f'{aggregate.function}("*") is not defined'
                 self.problems.add(InvalidOperator.code, aggregate.pointer, message, "name a column")
@@ -510,8 +518,12 @@ class Planner:
 
     # where
 
-    def where(self, table: Table, alias: str, spec: Any, pointer: str) -> Condition | None:
+    def where(self, table: Table, alias: str, spec: Any, pointer: str, depth: int = 0) -> Condition | None:
         if spec is None:
+            return None
+        if depth > MAX_WHERE_DEPTH:
+            self.problems.add(QueryTooDeep.code, pointer, f"conditions nest deeper than {MAX_WHERE_DEPTH}",
+                              "flatten the and/or/not nesting")  # fmt: skip
             return None
         if not isinstance(spec, dict):
             self.problems.shape(pointer, "where is an object", 'e.g. {"status": {"eq": "paid"}}')
@@ -523,10 +535,10 @@ class Planner:
                 if not isinstance(value, list) or not value:
                     self.problems.shape(at, f"{key} takes a non-empty list of conditions")
                     continue
-                parts = [self.where(table, alias, v, f"{at}/{i}") for i, v in enumerate(value)]
+                parts = [self.where(table, alias, v, f"{at}/{i}", depth + 1) for i, v in enumerate(value)]
                 items.append(Junction(key, tuple(p for p in parts if p is not None)))
             elif key == "not":
-                inner = self.where(table, alias, value, at)
+                inner = self.where(table, alias, value, at, depth + 1)
                 if inner is not None:
                     items.append(Negation(inner))
             elif key in table.columns:
@@ -538,7 +550,7 @@ class Planner:
                     source = Source(
                         target.schema, target.name, self.alias(), self._join(alias, table, relation)
                     )
-                    items.append(Exists(source, self.where(target, source.alias, value, at)))
+                    items.append(Exists(source, self.where(target, source.alias, value, at, depth + 1)))
             else:
                 self.problems.add(
                     UnknownColumn.code, at, f"{table.key} has no column or relation {key!r}",
@@ -673,7 +685,7 @@ class Planner:
         if table is None:
             return None
         source = Source(table.schema, table.name, self.alias())
-        names = [n for n in request.values if self.writable_column(table, n, f"/set/{n}")]
+        names = [n for n in request.values if self.writable_column(table, n, f"/set/{escape_pointer(n)}")]
         row = tuple(self.value(table, n, request.values[n], f"/set/{escape_pointer(n)}") for n in names)
         where = self.where(table, source.alias, request.where, "/where")
         plan = WritePlan("update", source, tuple(names), (row,), where=where,
@@ -711,6 +723,15 @@ class Planner:
         if names is None:
             return ()
         return self.outputs(table, alias, names, "/returning", depth=1)
+
+
+def _aggregate_misfit(function: str, base: str) -> str | None:
+    """Why `function` cannot aggregate a column of type `base`, or None when it can."""
+    if function in ("sum", "avg") and base not in _NUMERIC_TYPES:
+        return f"{function} adds numbers, and this column is {base}"
+    if function in ("min", "max") and base in ("json", "jsonb", "boolean", "point"):
+        return f"{function} needs values that sort, and {base} values do not"
+    return None
 
 
 def _pins_primary_key(where: Condition | None, alias: str, key: tuple[str, ...]) -> bool:
@@ -836,5 +857,5 @@ def _tokens(pointer: str) -> tuple[str, ...]:
 def _pointer_of(rows: tuple[InsertRow, ...], name: str) -> str:
     for row in rows:
         if name in row.values:
-            return f"{row.pointer}/{name}"
+            return f"{row.pointer}/{escape_pointer(name)}"
     return "/values"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flux.errors import InvalidQuery, InvalidQueryShape
+from flux.errors import InvalidQuery, InvalidQueryShape, QueryTooDeep
 
 Json = Any
 
@@ -228,7 +228,13 @@ def _parse_select(query: dict[str, Json], table: str, explain: bool, problems: P
     )
 
 
-def _columns(value: Json, pointer: str, problems: Problems) -> tuple[str | Embed, ...]:
+MAX_NESTING = 16  # far past any limit the planner allows; keeps hostile input from exhausting the stack
+
+
+def _columns(value: Json, pointer: str, problems: Problems, depth: int = 0) -> tuple[str | Embed, ...]:
+    if depth > MAX_NESTING:
+        problems.add(QueryTooDeep.code, pointer, f"relations nest deeper than {MAX_NESTING}")
+        return ()
     if not isinstance(value, list):
         problems.shape(
             pointer, "columns is a list of names and relation objects", 'e.g. ["id", {"orders": ["id"]}]'
@@ -241,16 +247,17 @@ def _columns(value: Json, pointer: str, problems: Problems) -> tuple[str | Embed
             items.append(item)
         elif isinstance(item, dict) and item:
             items.extend(
-                _embed(name, spec, f"{at}/{escape_pointer(name)}", problems) for name, spec in item.items()
+                _embed(name, spec, f"{at}/{escape_pointer(name)}", problems, depth)
+                for name, spec in item.items()
             )
         else:
             problems.shape(at, "a column is a name or a {relation: columns} object")
     return tuple(items)
 
 
-def _embed(name: str, spec: Json, pointer: str, problems: Problems) -> Embed:
+def _embed(name: str, spec: Json, pointer: str, problems: Problems, depth: int) -> Embed:
     if isinstance(spec, list):
-        return Embed(name, pointer, _columns(spec, pointer, problems))
+        return Embed(name, pointer, _columns(spec, pointer, problems, depth + 1))
     if not isinstance(spec, dict):
         problems.shape(
             pointer, f"relation {name!r} takes a list of columns or an object", 'e.g. {"orders": ["id"]}'
@@ -264,7 +271,7 @@ def _embed(name: str, spec: Json, pointer: str, problems: Problems) -> Embed:
     return Embed(
         name,
         pointer,
-        _columns(spec.get("columns", ["*"]), f"{pointer}/columns", problems),
+        _columns(spec.get("columns", ["*"]), f"{pointer}/columns", problems, depth + 1),
         where=spec.get("where"),
         order=_order(spec.get("order"), f"{pointer}/order", problems),
         limit=_count(spec, "limit", pointer, problems),
@@ -275,11 +282,10 @@ def _embed(name: str, spec: Json, pointer: str, problems: Problems) -> Embed:
 def _order(value: Json, pointer: str, problems: Problems) -> tuple[OrderBy, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list):
-        value = [value]
+    single = not isinstance(value, list)
     found = []
-    for i, item in enumerate(value):
-        at = f"{pointer}/{i}"
+    for i, item in enumerate([value] if single else value):
+        at = pointer if single else f"{pointer}/{i}"
         if isinstance(item, str):
             found.append(OrderBy(item, at))
             continue

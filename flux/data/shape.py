@@ -22,6 +22,13 @@ def shape_key(query: Any) -> str | None:
     """A string equal for queries of the same shape, or None when the query must be planned every time."""
     if not isinstance(query, dict) or "after" in query:
         return None
+    try:
+        return _shape(query)
+    except RecursionError:  # nesting no real query has; the planner refuses it
+        return None
+
+
+def _shape(query: dict[str, Any]) -> str | None:
     shape: dict[str, Any] = {}
     for key, value in query.items():
         if key == "where":
@@ -47,7 +54,7 @@ def shape_key(query: Any) -> str | None:
             shape[key] = value
     try:
         return json.dumps(shape, separators=_SEPARATORS)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
 
 

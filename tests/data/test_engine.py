@@ -199,9 +199,12 @@ def test_the_catalog_reloads_when_ddl_runs(conn: Conn, dsn: str, shop: Catalog) 
     time.sleep(0.3)  # the listener connects
     conn.execute("ALTER TABLE customers ADD COLUMN nickname text")
     deadline = time.monotonic() + 5
-    while "nickname" not in cache.get(conn).tables["customers"].columns:
-        assert time.monotonic() < deadline, "the catalog was not reloaded after ALTER TABLE"
-        time.sleep(0.05)
+    try:
+        while "nickname" not in cache.get(conn).tables["customers"].columns:
+            assert time.monotonic() < deadline, "the catalog was not reloaded after ALTER TABLE"
+            time.sleep(0.05)
+    finally:
+        cache.close()
 
 
 def test_queries_run_concurrently_on_one_catalog(dsn: str, shop: Catalog) -> None:
