@@ -168,6 +168,8 @@ class EmbeddedPostgres:
             if self.running():
                 stop = ("stop", "-D", str(self.data_dir), "-m", "fast", "-w")
                 self._run("pg_ctl", *stop, failure="Postgres did not stop")
+            if self.socket_dir != self.data_dir:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)  # the private /tmp folder of a long path
         finally:
             self._unlock()
 

@@ -135,3 +135,14 @@ def test_a_planted_socket_folder_is_refused(project_dir: Path) -> None:
     finally:
         embedded.socket_dir.unlink()
         embedded.stop()
+
+
+def test_the_short_socket_folder_is_removed_on_stop(project_dir: Path) -> None:
+    deep = project_dir / ("w" * 100)
+    deep.mkdir()
+    deep.chmod(0o755)
+    embedded = EmbeddedPostgres(deep / ".flux" / "pg")
+    embedded.start()
+    assert embedded.socket_dir.is_dir()
+    embedded.stop()
+    assert not embedded.socket_dir.exists()
