@@ -205,3 +205,17 @@ def test_truncate_is_recorded_for_a_table_outside_public(conn: Conn) -> None:
     conn.execute("TRUNCATE billing.invoices")
     rows = conn.execute("SELECT table_schema, table_name, op FROM flux.mutations ORDER BY id").fetchall()
     assert rows == [("billing", "invoices", "INSERT"), ("billing", "invoices", "DELETE")]
+
+
+def test_track_all_covers_partitions_added_later(conn: Conn) -> None:
+    conn.execute("CREATE TABLE events (id int, year int, PRIMARY KEY (id, year)) PARTITION BY LIST (year)")
+    conn.execute("CREATE TABLE events_2026 PARTITION OF events FOR VALUES IN (2026)")
+    assert conn.execute("SELECT flux.track_all()").fetchall() == [("events",)]
+    conn.execute("CREATE TABLE events_2027 PARTITION OF events FOR VALUES IN (2027)")
+    assert conn.execute("SELECT flux.track_all()").fetchall() == []  # nothing new; the partition is covered
+    conn.execute("INSERT INTO events VALUES (1, 2027)")
+    conn.execute("TRUNCATE events_2027")
+    assert conn.execute("SELECT op, table_name FROM flux.mutations ORDER BY id").fetchall() == [
+        ("INSERT", "events"),
+        ("DELETE", "events"),
+    ]

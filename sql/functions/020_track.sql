@@ -197,7 +197,8 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__record(), flux.tg_mutations__recor
 
 -- Track every table of the given schemas that is not tracked yet: the migration runner calls it after a
 -- project's migrations, so each table a project creates records its writes. A table opts out with a comment
--- that contains @flux:untracked; a table without a primary key is skipped with a warning. Returns the
+-- that contains @flux:untracked; a table without a primary key is skipped with a warning. A tracked
+-- partitioned table is tracked again, so partitions added since get their TRUNCATE trigger. Returns the
 -- tables it started tracking.
 CREATE OR REPLACE FUNCTION flux.track_all(schemas text[] DEFAULT ARRAY['public']) RETURNS SETOF regclass
     LANGUAGE plpgsql
@@ -213,9 +214,15 @@ BEGIN
          WHERE n.nspname = ANY(schemas) AND n.nspname <> 'flux'
            AND c.relkind IN ('r', 'p') AND NOT c.relispartition
            AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE '%@flux:untracked%'
-           AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'flux_mutations')
          ORDER BY n.nspname, c.relname
     LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = candidate AND t.tgname = 'flux_mutations')
+        THEN
+            IF (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = candidate) = 'p' THEN
+                PERFORM flux.track(candidate);  -- covers partitions added since
+            END IF;
+            CONTINUE;
+        END IF;
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.conrelid = candidate AND k.contype = 'p') THEN
             RAISE WARNING 'table % has no primary key, so its writes are not recorded', candidate
                 USING HINT = 'add a primary key, or opt out: COMMENT ON TABLE ... IS ''@flux:untracked''';
