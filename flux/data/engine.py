@@ -31,7 +31,7 @@ from flux.data.raw import inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
 from flux.data.shape import MAX_PLANS, shape_key
 from flux.data.sql import CURSOR_KEY, compile_plan
-from flux.errors import TooManyRows
+from flux.errors import RawSqlForbidden, TooManyRows
 
 Json = Any
 
@@ -229,6 +229,12 @@ def run_sql(conn: Any, sql: str, params: list[Json], role: Role) -> dict[str, Js
     require_service_role(role)
     statement = inspect_raw_sql(sql)
     rows, count = db.execute_statement(conn, statement.sql, params)
+    # Defence in depth: a function the statement called must not have left the request's role.
+    (current,) = db.execute_rows(conn, "SELECT current_user::text", [])[0]
+    if current != f"flux_{role}":
+        raise RawSqlForbidden(
+            f"the statement changed the role to {current}", hint="raw SQL runs as the request's role, always"
+        )
     return {"rows": [_jsonable(row) for row in rows], "count": count, "kind": statement.kind}
 
 

@@ -210,6 +210,11 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
             f"raw SQL may not control the transaction ({command}); the request commits or rolls back itself",
             details={"statement": command},
         )
+    if node_type == "DoStmt":
+        raise InvalidRawSql(
+            "raw SQL may not run a DO block (its body could change the role); send plain statements",
+            details={"statement": "DO"},
+        )
     if node_type == "CopyStmt" and ("filename" in fields or fields.get("is_program")):
         raise InvalidRawSql(
             "raw SQL may not COPY to or from a server file or program; select or insert the rows instead",
@@ -241,8 +246,11 @@ def _refuse_set_config(call: Fields) -> None:
     funcname, args = call.get("funcname", []), call.get("args", [])
     if funcname and _sval(funcname[-1]) == "set_config" and args:
         setting = args[0].get("A_Const", {}).get("sval", {}).get("sval")
-        if isinstance(setting, str):
-            _refuse_setting(setting.lower())
+        if not isinstance(setting, str):  # a computed name ('ro' || 'le') could be anything, the role included
+            raise InvalidRawSql(
+                "raw SQL may call set_config only with a literal setting name", details={"function": "set_config"}
+            )
+        _refuse_setting(setting.lower())
 
 
 def _kind(node_type: str, fields: Fields) -> Kind:

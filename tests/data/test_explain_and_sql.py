@@ -58,3 +58,26 @@ def test_raw_sql_is_refused_for_other_roles_and_for_two_statements(shop: Catalog
         run_sql(session, "SELECT 1", [], "user")
     with pytest.raises(InvalidRawSql), as_role("service") as session:
         run_sql(session, "SELECT 1; DROP TABLE customers", [], "service")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config('ro' || 'le', 'none', true)",
+        "DO $$ BEGIN PERFORM set_config('role', 'none', true); END $$",
+    ],
+)
+def test_raw_sql_cannot_leave_the_service_role(shop: Catalog, as_role: Any, sql: str) -> None:
+    with pytest.raises(InvalidRawSql), as_role("service") as session:
+        run_sql(session, sql, [], "service")
+
+
+def test_a_function_that_switches_role_is_caught_after_the_statement(
+    conn: psycopg.Connection[Any], shop: Catalog, as_role: Any
+) -> None:
+    conn.execute(
+        "CREATE FUNCTION sneaky() RETURNS int LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM set_config('role', 'none', true); RETURN 1; END $$"
+    )
+    with pytest.raises(RawSqlForbidden), as_role("service") as session:
+        run_sql(session, "SELECT sneaky()", [], "service")

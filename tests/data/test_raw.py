@@ -152,7 +152,6 @@ CLASSIFIED = [
     ("COPY orders TO STDOUT", "other", "sql:copy(orders)", ("orders",)),
     ("COPY orders FROM STDIN", "other", "sql:copy(orders)", ("orders",)),
     ("CALL settle(1)", "other", "sql:call", ()),
-    ("DO $$ BEGIN PERFORM 1; END $$", "other", "sql:do", ()),
     ("LISTEN orders", "other", "sql:listen", ()),
     ("NOTIFY orders, 'paid'", "other", "sql:notify", ()),
     ("LOCK TABLE orders IN SHARE MODE", "other", "sql:lock(orders)", ("orders",)),
