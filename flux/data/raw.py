@@ -246,9 +246,10 @@ def _refuse_set_config(call: Fields) -> None:
     funcname, args = call.get("funcname", []), call.get("args", [])
     if funcname and _sval(funcname[-1]) == "set_config" and args:
         setting = args[0].get("A_Const", {}).get("sval", {}).get("sval")
-        if not isinstance(setting, str):  # a computed name ('ro' || 'le') could be anything, the role included
+        if not isinstance(setting, str):  # a computed name ('ro' || 'le') could be the role
             raise InvalidRawSql(
-                "raw SQL may call set_config only with a literal setting name", details={"function": "set_config"}
+                "raw SQL may call set_config only with a literal setting name",
+                details={"function": "set_config"},
             )
         _refuse_setting(setting.lower())
 
