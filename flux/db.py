@@ -116,8 +116,9 @@ def from_postgres(exc: psycopg.Error) -> FluxError:
     if state == "57014":
         return QueryTimedOut(message, hint="narrow the query or add an index")
     if state.startswith("23"):
+        # Postgres's DETAIL ("Failing row contains (...)") can show columns the role may not read: left out.
         details = {"constraint": diag.constraint_name, "table": diag.table_name, "column": diag.column_name}
-        return ConstraintViolation(message, details=details, hint=diag.message_detail)
+        return ConstraintViolation(message, details=details, hint="change the values, or use on_conflict")
     if state.startswith("22") or state in (
         "42804",
         "42846",

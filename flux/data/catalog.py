@@ -211,6 +211,7 @@ class CatalogCache:
     def __init__(self, schemas: Iterable[str] = EXPOSED_SCHEMAS) -> None:
         self.schemas = tuple(schemas)
         self._catalog: Catalog | None = None
+        self._generation = 0
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
@@ -221,10 +222,14 @@ class CatalogCache:
             with self._lock:
                 catalog = self._catalog
                 if catalog is None:
-                    catalog = self._catalog = load_catalog(conn, self.schemas)
+                    generation = self._generation
+                    catalog = load_catalog(conn, self.schemas)
+                    if generation == self._generation:  # else DDL ran while loading: serve it, keep nothing
+                        self._catalog = catalog
         return catalog
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._catalog = None
 
     def listen(self, dsn: str) -> None:

@@ -30,8 +30,8 @@ from flux.data.plan import (
 from flux.data.raw import inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
 from flux.data.shape import MAX_PLANS, shape_key
-from flux.data.sql import CURSOR_KEY, compile_plan
-from flux.errors import RawSqlForbidden, TooManyRows
+from flux.data.sql import compile_plan
+from flux.errors import ColumnNotReadable, RawSqlForbidden, TooManyRows
 
 Json = Any
 
@@ -121,12 +121,11 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
     assert isinstance(plan, SelectPlan)
     if more and rows and plan.cursor_fields:
         after = encode_cursor([rows[-1][field] for field in plan.cursor_fields])
-    if plan.cursor_keys:  # hidden order columns: only there for the cursor
-        hidden = [f"{CURSOR_KEY}{i}" for i in range(len(plan.cursor_keys))]
+    if plan.cursor_names:  # hidden order columns: only there for the cursor
         for item in rows:
-            for key in hidden:
+            for key in plan.cursor_names:
                 del item[key]
-    result: dict[str, Json] = {"rows": rows, "after": after}
+    result: dict[str, Json] = {"rows": rows, "after": after, "more": more}
     if request.count == "exact":
         result["count"] = count
     elif request.count == "planned":
@@ -138,7 +137,7 @@ def _planned_count(conn: Any, planned: Planned) -> int:
     """The planner's row estimate for the query without its limit: cheap on huge tables, not exact."""
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
-    unlimited = replace(plan, limit=None, offset=None, cursor_keys=())
+    unlimited = replace(plan, limit=None, offset=None, cursor_keys=(), cursor_names=())
     # The limit and offset parameters come last; the estimate goes without them.
     params = planned.params[: plan.limit.index - 1] if plan.limit else planned.params
     explained = db.execute_raw(conn, "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited), params)
@@ -154,17 +153,30 @@ def _insert_nested(
 ) -> dict[str, Json]:
     """Insert each parent row, then its child rows carrying the parent's key, all in the caller's transaction.
 
-    Each parent is its own INSERT because the children need the key it was given (a serial id, say)."""
+    Each parent is its own INSERT because the children need the key it was given (a serial id, say). A parent
+    that `on_conflict` skipped (do nothing) inserts no children."""
     table = catalog.table(request.table)
     assert table is not None
+    asked = list(request.returning or ())
+    conflict = request.on_conflict
     returned: list[Json] = []
+    count = 0
     for row in request.rows:
         children = row_children(table, row)
         relations = {name: table.relations[name] for name in children}
-        keys = {c for relation in relations.values() for c in relation.columns}
-        wanted = set(request.returning or ()) | keys
-        parent = {"insert": request.table, "values": [row_values(table, row)], "returning": sorted(wanted)}
+        keys = sorted({c for relation in relations.values() for c in relation.columns} - set(asked))
+        parent: dict[str, Json] = {
+            "insert": request.table,
+            "values": [row_values(table, row)],
+            "returning": asked + keys,
+        }
+        if conflict is not None:
+            parent["on_conflict"] = {"columns": list(conflict.columns), "do": conflict.action,
+                                     "update": list(conflict.update)}  # fmt: skip
         result = _write(conn, prepare(parent, catalog, role, limits))
+        count += result["count"]
+        if not result["rows"]:
+            continue
         (inserted,) = result["rows"]
         for name, child_rows in children.items():
             relation = relations[name]
@@ -176,10 +188,10 @@ def _insert_nested(
             target = catalog.table(relation.target)
             child = InsertRequest(relation.target, linked, returning=target.primary_key if target else None)
             inserted[name] = _insert_nested(conn, child, catalog, role, limits).get("rows")
-        returned.append(
-            {k: v for k, v in inserted.items() if k in (request.returning or ()) or k in children}
-        )
-    return {"count": len(request.rows)} | ({"rows": returned} if request.returning else {})
+        for key in keys:
+            del inserted[key]
+        returned.append(inserted)
+    return {"count": count} | ({"rows": returned} if request.returning else {})
 
 
 def _check_children(
@@ -194,6 +206,15 @@ def _check_children(
             relation = table.relations[name]
             if not relation.many:
                 continue  # the parent's planning reported it
+            for (
+                column
+            ) in relation.columns:  # the children get the parent's key: the role must read it plainly
+                rule = table.rule(column, role)
+                if not rule.readable or rule.mask is not None:
+                    message = f"role {role} may not read {table.key}.{column}, the key its {name} rows need"
+                    problems.add(
+                        ColumnNotReadable.code, f"/values/{name}", message, "insert the rows one by one"
+                    )
             link = dict.fromkeys(relation.target_columns, 0)
             linked = tuple(replace(child, values={**child.values, **link}) for child in child_rows)
             child = InsertRequest(relation.target, linked)

@@ -157,6 +157,8 @@ class SelectPlan:
     count: str | None = None
     cursor_keys: tuple[Col, ...] = ()  # order columns not among the outputs: hidden outputs __k0, __k1, ...
     cursor_fields: tuple[str, ...] = ()  # the row keys whose values make the `after` cursor of the next page
+    cursor_names: tuple[str, ...] = ()  # the keys of the hidden outputs, chosen not to collide with real ones
+    count_where: Condition | None = None  # the where without the cursor's keyset: what "count" counts
 
 
 @dataclass(frozen=True)
@@ -360,20 +362,37 @@ class Planner:
         order = self.order(table, source.alias, request.order)
         cursor_keys: tuple[Col, ...] = ()
         cursor_fields: tuple[str, ...] = ()
-        if not request.aggregates:
+        cursor_names: tuple[str, ...] = ()
+        count_where = where
+        key = table.primary_key
+        if request.aggregates:
+            grouped = set(group_by)
+            for item in order:
+                if item.column not in grouped:
+                    self.problems.shape(
+                        "/order", f"with aggregates, order by group_by columns, not {item.column.name}"
+                    )
+        elif key and all(
+            table.rule(k, self.role).readable and table.rule(k, self.role).mask is None for k in key
+        ):
             # A stable order (primary key last) makes pages and cursors well defined.
             order += tuple(
                 OrderItem(Col(source.alias, k, table.columns[k].type), False, None)
-                for k in table.primary_key if k not in {item.column.name for item in order}
+                for k in key if k not in {item.column.name for item in order}
             )  # fmt: skip
             shown = {o.column: o.key for o in outputs if o.column is not None and o.aggregate is None}
             hidden = [item.column for item in order if item.column not in shown]
             cursor_keys = tuple(hidden)
+            cursor_names = _hidden_names(len(hidden), {o.key for o in outputs})
             cursor_fields = tuple(
-                shown.get(item.column) or f"__k{hidden.index(item.column)}" for item in order
-            )  # fmt: skip
+                shown.get(item.column) or cursor_names[hidden.index(item.column)] for item in order
+            )
         if request.after is not None:
-            where = self.keyset(request.after, order, where)
+            if cursor_fields:
+                where = self.keyset(request.after, order, where)
+            else:
+                message = f"{table.key} has no primary key {self.role} may read, so no cursor"
+                self.problems.shape("/after", message, "page with offset instead")
         page_size = request.limit
         limit_rows = self.limits.max_rows if page_size is None else min(page_size, self.limits.max_rows)
         if page_size is not None and page_size > self.limits.max_rows:
@@ -402,6 +421,8 @@ class Planner:
             count=request.count,
             cursor_keys=cursor_keys,
             cursor_fields=cursor_fields,
+            cursor_names=cursor_names,
+            count_where=count_where,
         )
         return self.planned(plan, table, request, page_size=limit_rows)
 
@@ -453,6 +474,8 @@ class Planner:
         if found is None:
             return None
         relation, target = found
+        if not self.join_readable(table, relation, target, item.pointer):
+            return None
         source = Source(target.schema, target.name, self.alias(), self._join(alias, table, relation))
         outputs = self.outputs(target, source.alias, item.columns, f"{item.pointer}/columns", depth + 1)
         sub = SelectPlan(
@@ -464,6 +487,15 @@ class Planner:
             offset=self.param(item.offset, "bigint") if item.offset else None,
         )
         return Output(item.name, embed=sub, many=relation.many)
+
+    def join_readable(self, table: Table, relation: Relation, target: Table, pointer: str) -> bool:
+        """A join reads the key columns on both sides: the role must be allowed to read them all."""
+        readable = [
+            self.column(side, name, pointer, alias="") is not None
+            for side, names in ((table, relation.columns), (target, relation.target_columns))
+            for name in names
+        ]
+        return all(readable)
 
     def _join(self, parent_alias: str, parent: Table, relation: Relation) -> tuple[tuple[Col, str], ...]:
         return tuple(
@@ -545,7 +577,7 @@ class Planner:
                 items.extend(self.column_filter(table, alias, key, value, at))
             elif key in table.relations:
                 found = self.relation(table, key, at)
-                if found:
+                if found and self.join_readable(table, found[0], found[1], at):
                     relation, target = found
                     source = Source(
                         target.schema, target.name, self.alias(), self._join(alias, table, relation)
@@ -725,6 +757,16 @@ class Planner:
         return self.outputs(table, alias, names, "/returning", depth=1)
 
 
+def _hidden_names(count: int, taken: set[str]) -> tuple[str, ...]:
+    names = []
+    for i in range(count):
+        name = f"__k{i}"
+        while name in taken:
+            name = "_" + name
+        names.append(name)
+    return tuple(names)
+
+
 def _aggregate_misfit(function: str, base: str) -> str | None:
     """Why `function` cannot aggregate a column of type `base`, or None when it can."""
     if function in ("sum", "avg") and base not in _NUMERIC_TYPES:
@@ -777,24 +819,31 @@ def decode_cursor(cursor: str) -> list[Any] | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return values if isinstance(values, list) else None
 
 
+# Types whose bare name means a length of 1 in a cast: named so the cast keeps the value whole.
+_UNBOUNDED = {"character": "bpchar", "bit": "varbit", "bit varying": "varbit"}
+
+
 def _base(type_: str) -> str:
-    """The type without its modifier: numeric(10,2) -> numeric, character varying(20) -> character varying."""
-    if "(" not in type_:
-        return type_
+    """The type without its modifier, as a cast target that never truncates: numeric(10,2) -> numeric,
+    character varying(20) -> character varying, character(3) -> bpchar, bit(3) -> varbit."""
     head, _, rest = type_.partition("(")
-    tail = rest.partition(")")[2]
-    return (head + tail).strip()
+    base = (head + rest.partition(")")[2]).strip() if rest else type_
+    array = base.endswith("[]")
+    element = base.removesuffix("[]")
+    return _UNBOUNDED.get(element, element) + ("[]" if array else "")
 
 
 def bindable(value: Any, base: str) -> Any:
     """A JSON value as the parameter for a column of type `base`: JSON for json/jsonb; for an array a list of
     texts; else text, which Postgres's cast parses (so 1.5 for an integer is refused, never rounded, and a
     parameter keeps one type whatever the JSON type). Raises ValueError for a value that cannot fit."""
+    if value is None:
+        return None  # SQL NULL, for every type (a JSON null in a jsonb column too)
     if base in ("json", "jsonb"):
         _check_json_text(value)
         return JsonParam(value)
@@ -829,16 +878,18 @@ def _check_text(value: str) -> None:
         raise ValueError("text is not valid Unicode (a lone surrogate)") from None
 
 
-def _check_json_text(value: Any) -> None:
+def _check_json_text(value: Any, depth: int = 0) -> None:
+    if depth > 100:
+        raise ValueError("the JSON value nests deeper than 100 levels")
     if isinstance(value, str):
         _check_text(value)
     elif isinstance(value, list):
         for item in value:
-            _check_json_text(item)
+            _check_json_text(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(str(key))
-            _check_json_text(item)
+            _check_json_text(item, depth + 1)
 
 
 def _nearest(name: str, choices: Any) -> str | None:

@@ -49,7 +49,8 @@ def _shape(query: dict[str, Any]) -> str | None:
         elif key == "set" and isinstance(value, dict):
             shape[key] = {k: _type(v) for k, v in value.items()}
         elif key == "offset":
-            shape[key] = "0" if not value else _type(value)
+            is_count = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            shape[key] = "<count>" if is_count else value  # anything else is planned (and refused) as itself
         else:
             shape[key] = value
     try:

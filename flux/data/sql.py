@@ -30,7 +30,6 @@ from flux.data.plan import (
 )
 
 DIALECT = "postgres"
-CURSOR_KEY = "__k"
 _EMPTY_ARRAY = exp.cast(exp.Literal.string("[]"), "json")
 
 
@@ -47,13 +46,13 @@ def compile_plan(plan: Plan) -> str:
 def _select_statement(plan: SelectPlan) -> exp.Expr:
     rows = _select(plan, hidden_keys=True).subquery("r")
     if plan.count is None:  # one JSON object per row: cheaper than aggregating them
-        return exp.select(exp.func("row_to_json", exp.column("r"))).from_(rows)
-    rows_json = exp.func("coalesce", exp.func("json_agg", exp.column("r")), _EMPTY_ARRAY)
+        return exp.select(exp.func("row_to_json", _whole_row("r"))).from_(rows)
+    rows_json = exp.func("coalesce", exp.func("json_agg", _whole_row("r")), _EMPTY_ARRAY)
     count: exp.Expr = exp.null()
     if plan.count == "exact":
         counted = exp.select(exp.Count(this=exp.Star())).from_(_table(plan.source))
-        if plan.where is not None:
-            counted = counted.where(_condition(plan.where))
+        if plan.count_where is not None:
+            counted = counted.where(_condition(plan.count_where))
         count = exp.Subquery(this=counted)
     return exp.select(rows_json, count).from_(rows)
 
@@ -61,7 +60,10 @@ def _select_statement(plan: SelectPlan) -> exp.Expr:
 def _select(plan: SelectPlan, *, hidden_keys: bool = False) -> exp.Select:
     columns = [_output(output) for output in plan.outputs]
     if hidden_keys:
-        columns += [exp.alias_(_column(col), f"{CURSOR_KEY}{i}") for i, col in enumerate(plan.cursor_keys)]
+        columns += [
+            exp.alias_(_column(col), name, quoted=True)
+            for col, name in zip(plan.cursor_keys, plan.cursor_names, strict=True)
+        ]
     if not columns:
         columns = [exp.alias_(exp.null(), "__empty")]
     query = exp.select(*columns).from_(_table(plan.source))
@@ -102,9 +104,9 @@ def _output(output: Output) -> exp.Expr:
     if output.embed is not None:
         inner = _select(output.embed).subquery("e")
         if output.many:
-            value = exp.func("coalesce", exp.func("json_agg", exp.column("e")), _EMPTY_ARRAY)
+            value = exp.func("coalesce", exp.func("json_agg", _whole_row("e")), _EMPTY_ARRAY)
         else:
-            value = exp.func("row_to_json", exp.column("e"))
+            value = exp.func("row_to_json", _whole_row("e"))
         return exp.alias_(exp.Subquery(this=exp.select(value).from_(inner)), output.key, quoted=True)
     assert output.column is not None
     return exp.alias_(_column(output.column), output.key, quoted=True)
@@ -231,7 +233,7 @@ def _write_statement(plan: WritePlan) -> exp.Expr:
         if plan.where is not None:
             statement.set("where", exp.Where(this=_condition(plan.where)))
     rows_json = (
-        exp.func("coalesce", exp.func("json_agg", exp.column("w")), _EMPTY_ARRAY)
+        exp.func("coalesce", exp.func("json_agg", _whole_row("w")), _EMPTY_ARRAY)
         if plan.returning
         else exp.null()
     )
@@ -247,6 +249,11 @@ def _table(source: Source) -> exp.Table:
         db=exp.to_identifier(source.schema, quoted=True),
         alias=exp.TableAlias(this=exp.to_identifier(source.alias)),
     )
+
+
+def _whole_row(alias: str) -> exp.Column:
+    """`"r".*`: the subquery's row, never a column that happens to share the subquery's name."""
+    return exp.Column(this=exp.Star(), table=exp.to_identifier(alias, quoted=True))
 
 
 def _column(col: Col) -> exp.Column:
