@@ -43,9 +43,21 @@ def compile_plan(plan: Plan) -> str:
 # -- select -----------------------------------------------------------------------------------------------
 
 
+_MAX_OBJECT_KEYS = 50  # json_build_object takes at most 100 arguments
+
+
 def _select_statement(plan: SelectPlan) -> exp.Expr:
-    rows = _select(plan, hidden_keys=True).subquery("r")
-    if plan.count is None:  # one JSON object per row: cheaper than aggregating them
+    query = _select(plan, hidden_keys=True)
+    if plan.count is None and len(query.expressions) <= _MAX_OBJECT_KEYS:
+        # One JSON object per row, built in the select list: no subquery, no row type to serialise.
+        pairs: list[exp.Expr] = []
+        for item in query.expressions:
+            value = exp.Subquery(this=item.this) if isinstance(item, exp.Subquery) else item.this
+            pairs += [exp.Literal.string(item.alias), value]
+        query.set("expressions", [exp.func("json_build_object", *pairs)])
+        return query
+    rows = query.subquery("r")
+    if plan.count is None:
         return exp.select(exp.func("row_to_json", _whole_row("r"))).from_(rows)
     rows_json = exp.func("coalesce", exp.func("json_agg", _whole_row("r")), _EMPTY_ARRAY)
     count: exp.Expr = exp.null()
