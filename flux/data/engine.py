@@ -19,6 +19,7 @@ from flux import db
 from flux.data.catalog import Catalog
 from flux.data.plan import (
     Limits,
+    Output,
     Planned,
     Role,
     SelectPlan,
@@ -116,6 +117,9 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
             hint=f'add a "limit" of at most {limits.max_rows} and page with "after"',
         )
     rows = rows[:page_size]
+    plan_outputs = planned.plan.outputs if isinstance(planned.plan, SelectPlan) else ()
+    if any(output.embed is not None for output in plan_outputs):
+        _check_embedded(rows, plan_outputs, limits.max_rows)
     after = None
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
@@ -131,6 +135,22 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
     elif request.count == "planned":
         result["count"] = _planned_count(conn, planned)
     return result
+
+
+def _check_embedded(rows: list[Json], outputs: tuple[Output, ...], max_rows: int) -> None:
+    """Refuse an embedded list that reached its cap (max_rows + 1 rows fetched): never a cut list."""
+    for output in outputs:
+        if output.embed is None:
+            continue
+        for row in rows:
+            value = row.get(output.key)
+            children = value if output.many else [value]
+            if output.many and value is not None and len(value) > max_rows:
+                raise TooManyRows(
+                    f"{output.key} has more than {max_rows} related rows",
+                    hint=f'give the relation a "limit" of at most {max_rows}, or query it on its own',
+                )
+            _check_embedded([c for c in children or () if c], output.embed.outputs, max_rows)
 
 
 def _planned_count(conn: Any, planned: Planned) -> int:

@@ -34,6 +34,7 @@ from flux.errors import (
     InvalidQueryShape,
     InvalidValue,
     QueryTooDeep,
+    TooManyRows,
     UnknownColumn,
     UnknownRelation,
     UnknownTable,
@@ -396,8 +397,6 @@ class Planner:
         page_size = request.limit
         limit_rows = self.limits.max_rows if page_size is None else min(page_size, self.limits.max_rows)
         if page_size is not None and page_size > self.limits.max_rows:
-            from flux.errors import TooManyRows
-
             self.problems.add(TooManyRows.code, "/limit", f"limit {page_size} is above the maximum of "
                               f"{self.limits.max_rows} rows", "page through the rows with after")  # fmt: skip
         if _pins_primary_key(where, source.alias, table.primary_key) and not (
@@ -483,10 +482,22 @@ class Planner:
             outputs=outputs,
             where=self.where(target, source.alias, item.where, f"{item.pointer}/where"),
             order=self.order(target, source.alias, item.order),
-            limit=self.param(item.limit, "bigint") if item.limit is not None else None,
+            limit=self.embed_limit(item, relation.many),
             offset=self.param(item.offset, "bigint") if item.offset else None,
         )
         return Output(item.name, embed=sub, many=relation.many)
+
+    def embed_limit(self, item: Embed, many: bool) -> Param | None:
+        """A list of related rows is capped like a page: past max_rows it is an error, never a silent cut
+        (without a limit one more row is fetched, and the engine refuses a list that reaches it)."""
+        if not many:
+            return None
+        if item.limit is None:
+            return self.param(self.limits.max_rows + 1, "bigint")
+        if item.limit > self.limits.max_rows:
+            message = f"limit {item.limit} is above the maximum of {self.limits.max_rows} rows"
+            self.problems.add(TooManyRows.code, f"{item.pointer}/limit", message, "query them on their own")
+        return self.param(item.limit, "bigint")
 
     def join_readable(self, table: Table, relation: Relation, target: Table, pointer: str) -> bool:
         """A join reads the key columns on both sides: the role must be allowed to read them all."""

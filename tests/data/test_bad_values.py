@@ -249,3 +249,17 @@ def test_nested_insert_keeps_on_conflict_and_star(shop: Catalog, as_role: Any) -
     assert (
         zed["email"] == "zed@example.com" and zed["name"] is None and len(zed["orders_by_customer_id"]) == 1
     )
+
+
+def test_embedded_lists_are_capped_by_max_rows_too(shop: Catalog, as_role: Any) -> None:
+    from flux.data import Limits
+
+    query = {"select": "customers", "columns": ["id", {"orders_by_customer_id": ["id"]}], "where": {"id": 1}}
+    with pytest.raises(FluxError) as refused, as_role("user") as conn:
+        run_query(conn, query, shop, "user", Limits(max_rows=1))
+    assert refused.value.code == "FX111"
+    with as_role("user") as conn:
+        assert (
+            len(run_query(conn, query, shop, "user", Limits(max_rows=2))["rows"][0]["orders_by_customer_id"])
+            == 2
+        )
