@@ -39,7 +39,10 @@ def explain(
         pass
 
     try:
-        with db.request_transaction(conn, role=role, request_id=str(uuid.uuid4()), claims=claims):
+        timeout = (limits or Limits()).timeout_for(role)
+        with db.request_transaction(
+            conn, role=role, request_id=str(uuid.uuid4()), claims=claims, statement_timeout_ms=timeout
+        ):
             rows, _ = db.execute_statement(conn, "EXPLAIN " + sql, planned.params)
             lines = [row["QUERY PLAN"] for row in rows]
             row_level = row_level_policies(conn, planned)

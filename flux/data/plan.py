@@ -62,10 +62,21 @@ _TEXT_TYPES = ("text", "character varying", "character", "citext", "name")
 
 @dataclass(frozen=True)
 class Limits:
-    """Guards against runaway queries; each breach is a clear FX11x error, never a silently cut answer."""
+    """Guards against runaway queries; each breach is a clear FX11x error, never a silently cut answer.
+
+    `statement_timeouts_ms` is per role; whoever opens the request's transaction applies it
+    (`db.request_transaction(statement_timeout_ms=limits.timeout_for(role))`), and a breach is FX112."""
 
     max_depth: int = 4
     max_rows: int = 1000
+    statement_timeouts_ms: tuple[tuple[str, int], ...] = (
+        ("anon", 5_000),
+        ("user", 15_000),
+        ("service", 60_000),
+    )
+
+    def timeout_for(self, role: str) -> int | None:
+        return dict(self.statement_timeouts_ms).get(role)
 
 
 # -- the plan ---------------------------------------------------------------------------------------------

@@ -256,3 +256,16 @@ def test_a_write_through_the_engine_records_its_request_id(conn: Conn, shop: Cat
     row = conn.execute("SELECT request_id::text, op, row_pk, changed, actor FROM flux.mutations").fetchone()
     assert row is not None
     assert row[:4] == (request_id, "UPDATE", {"id": 2}, ["status"])
+
+
+def test_each_role_has_its_own_statement_timeout(conn: Conn, shop: Catalog) -> None:
+    from flux import db
+
+    limits = Limits(statement_timeouts_ms=(("anon", 100), ("user", 250)))
+    for role, expected in (("anon", "100ms"), ("user", "250ms")):
+        with db.request_transaction(
+            conn, role=role, request_id="00000000-0000-4000-8000-000000000001",
+            statement_timeout_ms=limits.timeout_for(role),
+        ):  # fmt: skip
+            assert conn.execute("SHOW statement_timeout").fetchone() == (expected,)
+    assert Limits().timeout_for("service") == 60_000
