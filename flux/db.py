@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,11 +181,24 @@ def request_transaction(
         yield conn
 
 
+_RAW_CURSORS: weakref.WeakKeyDictionary[psycopg.Connection[Any], psycopg.RawCursor[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
+    """One `$n`-placeholder cursor per connection, reused (making one costs more than a short query's parse).
+    Safe because a Flux connection serves one request, in one thread, at a time."""
+    cursor = _RAW_CURSORS.get(conn)
+    if cursor is None or cursor.closed:
+        cursor = _RAW_CURSORS[conn] = psycopg.RawCursor(conn)
+    return cursor
+
+
 def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; one row back."""
     with translate_errors():
-        cursor = psycopg.RawCursor(conn)
-        return cursor.execute(query.encode(), _bind(params)).fetchone()
+        return _raw_cursor(conn).execute(query.encode(), _bind(params)).fetchone()
 
 
 def _bind(params: list[Any]) -> list[Any]:
@@ -194,8 +208,7 @@ def _bind(params: list[Any]) -> list[Any]:
 def execute_rows(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; every row back."""
     with translate_errors():
-        cursor = psycopg.RawCursor(conn)
-        return cursor.execute(query.encode(), _bind(params)).fetchall()
+        return _raw_cursor(conn).execute(query.encode(), _bind(params)).fetchall()
 
 
 def execute_statement(
