@@ -163,21 +163,19 @@ def request_transaction(
     claims: dict[str, Any] | None = None,
     tenant_id: str | None = None,
     statement_timeout_ms: int | None = None,
+    force_rollback: bool = False,
 ) -> Iterator[psycopg.Connection[Any]]:
-    """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout."""
+    """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout.
+    `force_rollback` undoes everything at the end (explain, tests)."""
     import json
 
     if role not in ("anon", "user", "service"):
         raise ValueError(f"not a Flux role: {role!r}")
-    timeout = "" if statement_timeout_ms is None else str(statement_timeout_ms)
-    with translate_errors(), conn.transaction():
-        # One round trip for all of it; set_config('role', ..., true) is SET LOCAL ROLE.
-        conn.execute(
-            "SELECT set_config('role', %s, true), set_config('flux.request_id', %s, true),"
-            " set_config('flux.claims', %s, true), set_config('flux.tenant_id', %s, true),"
-            " CASE WHEN %s <> '' THEN set_config('statement_timeout', %s, true) END",
-            (f"flux_{role}", request_id, json.dumps(claims or {}), tenant_id or "", timeout, timeout),
-        )
+    with translate_errors(), conn.transaction(force_rollback=force_rollback):
+        set_request_context(
+            conn, request_id=request_id, claims_json=json.dumps(claims or {}), tenant_id=tenant_id,
+            role=role, statement_timeout_ms=statement_timeout_ms,
+        )  # fmt: skip
         yield conn
 
 
@@ -225,13 +223,25 @@ def execute_statement(
 
 
 def set_request_context(
-    conn: psycopg.Connection[Any], *, request_id: str, claims_json: str, tenant_id: str | None = None
+    conn: psycopg.Connection[Any],
+    *,
+    request_id: str,
+    claims_json: str,
+    tenant_id: str | None = None,
+    role: str | None = None,
+    statement_timeout_ms: int | None = None,
 ) -> None:
-    """Set the transaction-local GUCs that triggers and RLS helpers read (request id, claims, tenant)."""
+    """Set, in one round trip, the transaction-local settings that triggers and RLS helpers read (request id,
+    claims, tenant) and, when given, the Flux role (set_config('role', ..., true) is SET LOCAL ROLE) and the
+    statement timeout."""
+    timeout = "" if statement_timeout_ms is None else str(statement_timeout_ms)
+    database_role = "" if role is None else f"flux_{role}"
     conn.execute(
         "SELECT set_config('flux.request_id', %s, true), set_config('flux.claims', %s, true),"
-        " set_config('flux.tenant_id', %s, true)",
-        (request_id, claims_json, tenant_id or ""),
+        " set_config('flux.tenant_id', %s, true),"
+        " CASE WHEN %s <> '' THEN set_config('role', %s, true) END,"
+        " CASE WHEN %s <> '' THEN set_config('statement_timeout', %s, true) END",
+        (request_id, claims_json, tenant_id or "", database_role, database_role, timeout, timeout),
     )
 
 

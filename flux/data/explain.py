@@ -10,7 +10,6 @@ from flux import db
 from flux.data.catalog import Catalog
 from flux.data.engine import prepare, row_level_policies
 from flux.data.plan import Limits, Role
-from flux.data.sql import compile_plan
 from flux.db import JsonParam
 
 
@@ -30,23 +29,13 @@ def explain(
 ) -> Explanation:  # fmt: skip
     """Compile the query, then ask Postgres for its plan as `role` with `claims` (rolled back)."""
     planned = prepare(query, catalog, role, limits)
-    sql = compile_plan(planned.plan)
     params = [p.value if isinstance(p, JsonParam) else p for p in planned.params]
-    lines: list[str] = []
-    row_level: list[dict[str, Any]] = []
-
-    class _Rollback(Exception):
-        pass
-
-    try:
-        timeout = (limits or Limits()).timeout_for(role)
-        with db.request_transaction(
-            conn, role=role, request_id=str(uuid.uuid4()), claims=claims, statement_timeout_ms=timeout
-        ):
-            rows, _ = db.execute_statement(conn, "EXPLAIN " + sql, planned.params)
-            lines = [row["QUERY PLAN"] for row in rows]
-            row_level = row_level_policies(conn, planned)
-            raise _Rollback
-    except _Rollback:
-        pass
-    return Explanation(sql, params, role, planned.policies, row_level, lines)
+    timeout = (limits or Limits()).timeout_for(role)
+    with db.request_transaction(
+        conn, role=role, request_id=str(uuid.uuid4()), claims=claims, statement_timeout_ms=timeout,
+        force_rollback=True,
+    ):  # fmt: skip
+        rows, _ = db.execute_statement(conn, "EXPLAIN " + planned.sql, planned.params)
+        row_level = row_level_policies(conn, planned)
+    lines = [row["QUERY PLAN"] for row in rows]
+    return Explanation(planned.sql, params, role, planned.policies, row_level, lines)

@@ -724,12 +724,13 @@ class Planner:
         return self.planned(plan, table, request)
 
     def child_relation(self, table: Table, name: str, row: InsertRow) -> Relation | None:
-        found = self.relation(table, name, f"{row.pointer}/{name}")
+        pointer = f"{row.pointer}/{escape_pointer(name)}"
+        found = self.relation(table, name, pointer)
         if found is None:
             return None
         relation, _ = found
         if not relation.many:
-            self.problems.shape(f"{row.pointer}/{name}", f"{name!r} is not a child table of {table.key}",
+            self.problems.shape(pointer, f"{name!r} is not a child table of {table.key}",
                                 "nest only tables whose foreign key points at this one")  # fmt: skip
             return None
         return relation

@@ -1,5 +1,5 @@
 """Compile a plan to one SQL statement, built as a sqlglot tree: identifiers come only from the catalog and
-every value is a `$n` parameter cast to its column's type. Compiled SQL is cached per plan shape.
+every value is a `$n` parameter cast to its column's type. The engine keeps each shape's SQL on its plan.
 
 A select returns one JSON object per row, keyed by its outputs (and hidden `__k0…` keys for the order columns
 the next page's cursor needs); with a count, one row `(rows json array, count)`. A write returns one row
@@ -33,9 +33,8 @@ DIALECT = "postgres"
 _EMPTY_ARRAY = exp.cast(exp.Literal.string("[]"), "json")
 
 
-@lru_cache(maxsize=4096)
 def compile_plan(plan: Plan) -> str:
-    """The SQL text of a plan (cached: equal plans differ only in their parameter values)."""
+    """The SQL text of a plan."""
     tree = _select_statement(plan) if isinstance(plan, SelectPlan) else _write_statement(plan)
     return tree.sql(dialect=DIALECT, identify=True)
 
