@@ -64,6 +64,9 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
     problems.raise_if_any()
     assert planned is not None
     planned.sql = compile_plan(planned.plan)
+    if isinstance(planned.plan, SelectPlan) and planned.plan.count == "planned":
+        unlimited = replace(planned.plan, limit=None, offset=None, cursor_keys=(), cursor_names=())
+        planned.count_sql = "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited)
     if key is not None:
         if len(catalog.plans) >= MAX_PLANS:
             catalog.plans.clear()
@@ -157,10 +160,9 @@ def _planned_count(conn: Any, planned: Planned) -> int:
     """The planner's row estimate for the query without its limit: cheap on huge tables, not exact."""
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
-    unlimited = replace(plan, limit=None, offset=None, cursor_keys=(), cursor_names=())
     # The limit and offset parameters come last; the estimate goes without them.
     params = planned.params[: plan.limit.index - 1] if plan.limit else planned.params
-    explained = db.execute_raw(conn, "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited), params)
+    explained = db.execute_raw(conn, planned.count_sql, params)
     assert explained is not None
     node = explained[0][0]["Plan"]
     while node.get("Node Type") == "Aggregate" and node.get("Plans"):  # the json_agg over the rows

@@ -232,6 +232,7 @@ class Planned:
     policies: list[str] = field(default_factory=list)
     sources: list[ValueSource] = field(default_factory=list)
     sql: str = ""  # the compiled statement, filled by engine.prepare
+    count_sql: str = ""  # for "count": "planned", the EXPLAIN of the statement without its page
 
 
 # -- planning ---------------------------------------------------------------------------------------------
