@@ -16,6 +16,7 @@ from psycopg import conninfo, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from flux import jsontext
 from flux.errors import (
     ConstraintViolation,
     DatabaseUnreachable,
@@ -167,13 +168,11 @@ def request_transaction(
 ) -> Iterator[psycopg.Connection[Any]]:
     """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout.
     `force_rollback` undoes everything at the end (explain, tests)."""
-    import json
-
     if role not in ("anon", "user", "service"):
         raise ValueError(f"not a Flux role: {role!r}")
     with translate_errors(), conn.transaction(force_rollback=force_rollback):
         set_request_context(
-            conn, request_id=request_id, claims_json=json.dumps(claims or {}), tenant_id=tenant_id,
+            conn, request_id=request_id, claims_json=jsontext.dumps_text(claims or {}), tenant_id=tenant_id,
             role=role, statement_timeout_ms=statement_timeout_ms,
         )  # fmt: skip
         yield conn
@@ -190,6 +189,7 @@ def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
     cursor = _RAW_CURSORS.get(conn)
     if cursor is None or cursor.closed:
         cursor = _RAW_CURSORS[conn] = psycopg.RawCursor(conn)
+        jsontext.adapt(cursor)
     return cursor
 
 
@@ -217,6 +217,7 @@ def execute_statement(
 
     with translate_errors():
         cursor = psycopg.RawCursor(conn, row_factory=dict_row)
+        jsontext.adapt(cursor)
         cursor.execute(query.encode(), _bind(params))
         rows = cursor.fetchall() if cursor.description else []
         return rows, max(cursor.rowcount, 0)

@@ -8,10 +8,8 @@ service role only.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -53,9 +51,7 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
         except (KeyError, IndexError, TypeError, ValueError):
             pass  # not the shape it seemed: plan it in full below
         else:
-            hit = copy.copy(cached)
-            hit.params = params
-            return hit
+            return cached.bound(params)
     problems = Problems()
     request = parse_request(query, problems)
     planned = plan_request(request, catalog, role, problems, limits) if request else None
@@ -282,17 +278,11 @@ def run_sql(conn: Any, sql: str, params: list[Json], role: Role) -> dict[str, Js
 
 
 def _jsonable(value: Json) -> Json:
-    """Driver values as JSON would carry them: numbers, ISO dates, text."""
+    """Driver values as JSON would carry them: numbers (a numeric stays an exact Decimal), ISO dates, text."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):
-        return (
-            int(value)
-            if value == value.to_integral_value() and value.as_tuple().exponent == 0
-            else float(value)
-        )
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, (bytes, memoryview)):

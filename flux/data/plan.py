@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import difflib
-import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
+from flux import jsontext
 from flux.data.catalog import Catalog, Column, Relation, Table
 from flux.data.request import (
     DeleteRequest,
@@ -233,6 +234,13 @@ class Planned:
     sources: list[ValueSource] = field(default_factory=list)
     sql: str = ""  # the compiled statement, filled by engine.prepare
     count_sql: str = ""  # for "count": "planned", the EXPLAIN of the statement without its page
+
+    def bound(self, params: list[Any]) -> Planned:
+        """This plan with another query's values (of the same shape) as its parameters."""
+        return Planned(
+            self.plan, params, self.table, self.role, self.request, self.page_size, self.policies,
+            self.sources, self.sql, self.count_sql,
+        )  # fmt: skip
 
 
 # -- planning ---------------------------------------------------------------------------------------------
@@ -836,13 +844,13 @@ def plan_request(
 
 
 def encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(jsontext.dumps(values)).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> list[Any] | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        values = jsontext.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return values if isinstance(values, list) else None
@@ -873,7 +881,7 @@ def bindable(value: Any, base: str) -> Any:
         return JsonParam(value)
     if base in ("json[]", "jsonb[]"):
         _check_json_text(value)
-        return [json.dumps(v) for v in value]
+        return [jsontext.dumps_text(v) for v in value]
     if base.endswith("[]"):
         if not isinstance(value, list):
             raise ValueError(f"a {base} value is a list")
@@ -886,6 +894,10 @@ def _text(value: Any, base: str) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, Decimal):  # a number read with every digit (flux.jsontext)
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a {base} value")
+        return str(value)
     if isinstance(value, str):
         _check_text(value)
         return value

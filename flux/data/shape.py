@@ -9,13 +9,12 @@ may be child rows) are not cached at all.
 
 from __future__ import annotations
 
-import json
+from decimal import Decimal
 from typing import Any
 
 from flux.data.plan import OPERATORS
 
 MAX_PLANS = 4096
-_SEPARATORS = (",", ":")
 
 
 def shape_key(query: Any) -> str | None:
@@ -53,10 +52,7 @@ def _shape(query: dict[str, Any]) -> str | None:
             shape[key] = "<count>" if is_count else value  # anything else is planned (and refused) as itself
         else:
             shape[key] = value
-    try:
-        return json.dumps(shape, separators=_SEPARATORS)
-    except (TypeError, ValueError, RecursionError):
-        return None
+    return repr(shape)  # JSON types only (parsed JSON), so equal reprs mean equal shapes
 
 
 def _where(node: Any) -> Any:
@@ -107,12 +103,12 @@ def _type(value: Any) -> Any:
     """What the planner may look at in a value: its JSON type, and for containers the types inside."""
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, Decimal)):
         return "<number>"
     if isinstance(value, str):
         return "<string>"
     if isinstance(value, list):
-        return ["<list>", sorted({json.dumps(_type(v)) for v in value})]
+        return ["<list>", sorted({repr(_type(v)) for v in value})]
     if isinstance(value, dict):
         return {"<object>": {k: _type(v) for k, v in value.items()}}
     return repr(type(value))

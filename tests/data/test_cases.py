@@ -7,6 +7,7 @@ cases; review the diff before committing it.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,10 @@ def test_case(path: Path, index: int, case: dict[str, Any], shop: Catalog, as_ro
 
 
 def _plain(value: Any) -> Any:
-    """Results as YAML keeps them (tuples are lists, floats stay floats)."""
+    """Results as YAML keeps them: tuples are lists, and exact numbers are written as YAML floats (their
+    precision is tested in test_numbers.py)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

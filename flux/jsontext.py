@@ -1,0 +1,43 @@
+"""JSON as Flux reads and writes it: a number keeps every digit it was written with.
+
+Postgres's numeric is exact, and a JSON number has no precision limit, but Python's float has 17 significant
+digits: `loads` reads numbers with a fraction or an exponent as `Decimal`, and `dumps` writes a `Decimal` back
+as the same JSON number, so a numeric(30,10) column crosses Flux unchanged (what a function's language then
+makes of the number is up to it). `adapt` sets both on a psycopg connection or cursor, for json and jsonb.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from psycopg.abc import AdaptContext
+from psycopg.types.json import set_json_dumps, set_json_loads
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON; numbers with a fraction or an exponent become exact `Decimal`s."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; a `Decimal` is written as the number it is, digit for digit."""
+    return orjson.dumps(value, default=_exact_number)
+
+
+def dumps_text(value: Any) -> str:
+    return dumps(value).decode()
+
+
+def _exact_number(value: Any) -> orjson.Fragment:
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value))  # str() of a finite Decimal is valid JSON number syntax
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
+
+
+def adapt(context: AdaptContext) -> None:
+    """Read and write json/jsonb on `context` (a connection or cursor) with `loads` and `dumps`."""
+    set_json_loads(loads, context)
+    set_json_dumps(dumps, context)
