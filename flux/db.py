@@ -199,6 +199,12 @@ def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) ->
         return _raw_cursor(conn).execute(query.encode(), _bind(params)).fetchone()
 
 
+def execute_command(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> int:
+    """Run SQL with `$n` placeholders that returns no rows; the number of rows it affected."""
+    with translate_errors():
+        return _raw_cursor(conn).execute(query.encode(), _bind(params)).rowcount
+
+
 def _bind(params: list[Any]) -> list[Any]:
     return [Jsonb(v.value) if isinstance(v, JsonParam) else v for v in params]
 
@@ -221,6 +227,21 @@ def execute_statement(
         cursor.execute(query.encode(), _bind(params))
         rows = cursor.fetchall() if cursor.description else []
         return rows, max(cursor.rowcount, 0)
+
+
+def transaction_failed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a statement failed in the connection's transaction (Postgres then refuses to go on with it)."""
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+
+
+def leave_request_role(conn: psycopg.Connection[Any], *, durable: bool) -> None:
+    """Back from the request's role to the connecting role, to write the request's record; a request that
+    changed no data commits without waiting for its WAL flush (its record is all it writes)."""
+    conn.execute(
+        "SELECT set_config('role', 'none', true),"
+        " CASE WHEN NOT %s THEN set_config('synchronous_commit', 'off', true) END",
+        (durable,),
+    )
 
 
 def set_request_context(

@@ -151,6 +151,84 @@ class PermissionDenied(FluxError):
     title = "Postgres refused the role this access (a GRANT or a row-level security policy)"
 
 
+# -- FX3xx the runtime: functions and their host calls --------------------------------------------------
+# A host call that fails answers the function with the error (it may catch it); what the function does not
+# catch fails the request with FX300 and the error in its span.
+
+
+class FunctionFailed(FluxError):
+    code = "FX300"
+    title = "the function threw an error"
+
+
+class FunctionTimedOut(FluxError):
+    code = "FX301"
+    http_status = 504
+    title = "the function ran past its time or CPU limit"
+
+
+class FunctionOutOfMemory(FluxError):
+    code = "FX302"
+    title = "the function went past its memory limit"
+
+
+class InvalidFunctionResponse(FluxError):
+    code = "FX303"
+    http_status = 502
+    title = "the function's response is not valid"
+
+
+class UnknownHostCall(FluxError):
+    code = "FX304"
+    title = "the function called a host operation that does not exist"
+
+
+class InvalidHostCall(FluxError):
+    code = "FX305"
+    title = "the function passed bad arguments to a host call"
+
+
+class FunctionCrashed(FluxError):
+    code = "FX306"
+    http_status = 502
+    title = "the function's worker crashed"
+
+
+class InvalidFunctionCode(FluxError):
+    code = "FX307"
+    title = "the function's code cannot be loaded (not built, or not the Flux ABI)"
+
+
+class SecretNotFound(FluxError):
+    code = "FX308"
+    title = "the function asked for a secret that is not set"
+
+
+class TransactionAborted(FluxError):
+    code = "FX309"
+    title = "an earlier database call of the request failed, so its transaction is rolled back"
+
+
+class FetchRefused(FluxError):
+    code = "FX310"
+    title = "the function's fetch was refused (a private address, or not http/https)"
+
+
+class FetchFailed(FluxError):
+    code = "FX311"
+    http_status = 502
+    title = "the function's fetch failed or timed out"
+
+
+# -- FX4xx the queue --------------------------------------------------------------------------------------
+
+
+class InvalidJob(FluxError):
+    code = "FX401"
+    http_status = 400
+    title = "the job cannot be enqueued (bad function name, queue, attempts or payload)"
+
+
 # -- FX5xx trace and replay -----------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from flux.data.plan import (
     row_children,
     row_values,
 )
-from flux.data.raw import inspect_raw_sql, require_service_role
+from flux.data.raw import RawStatement, inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
 from flux.data.shape import MAX_PLANS, shape_key
 from flux.data.sql import compile_plan
@@ -265,8 +265,12 @@ def row_level_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
 
 def run_sql(conn: Any, sql: str, params: list[Json], role: Role) -> dict[str, Json]:
     """Raw SQL for the service role: one statement, `$1`… parameters, run in the caller's transaction."""
+    return run_statement(conn, inspect_raw_sql(sql), params, role)
+
+
+def run_statement(conn: Any, statement: RawStatement, params: list[Json], role: Role) -> dict[str, Json]:
+    """`run_sql` for a statement already checked by `inspect_raw_sql` (the host names its span from it)."""
     require_service_role(role)
-    statement = inspect_raw_sql(sql)
     rows, count = db.execute_statement(conn, statement.sql, params)
     # Defence in depth: a function the statement called must not have left the request's role.
     (current,) = db.execute_rows(conn, "SELECT current_user::text", [])[0]

@@ -4,6 +4,7 @@ classifies it as read, write, DDL or other, lists the tables it names and gives 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -109,6 +110,7 @@ def require_service_role(role: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)  # a function sends the same statements request after request
 def inspect_raw_sql(sql: str) -> RawStatement:
     """Check that `sql` is one statement the request may run, and classify it.
 

@@ -1,0 +1,36 @@
+"""The runtime: runs a function's code (Wasm on Wasmtime, TypeScript/JavaScript on Deno) for one request, with
+the host API (host.py) as its only way out, and records the run (invoke.py).
+
+runtime = Runtime(cache_dir)
+outcome = invoke(conn, runtime, function, {"method": "GET", "path": "/", "body": None}, catalog=catalog)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flux.runtime.deno import DenoPool
+from flux.runtime.host import Host
+from flux.runtime.invoke import Caller, Executor, Function, Outcome, invoke
+from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasm import WasmRuntime
+
+__all__ = ["Caller", "Function", "FunctionLimits", "Outcome", "Runtime", "invoke"]
+
+
+class Runtime(Executor):
+    """Every executor of one process, chosen by the function's runtime."""
+
+    def __init__(self, cache_dir: Path, deno_workers: int = 2) -> None:
+        self.wasm = WasmRuntime(cache_dir / "wasm")
+        self.deno = DenoPool(deno_workers, cache_dir / "deno")
+
+    def execute(self, function: Function, request: Any, host: Host) -> Any:
+        if function.runtime == "wasm":
+            return self.wasm.run(self.wasm.load(function.code), request, host, function.limits)
+        lang = "ts" if function.runtime == "typescript" else "js"
+        return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
+
+    def close(self) -> None:
+        self.deno.close()

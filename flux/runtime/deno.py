@@ -1,0 +1,227 @@
+"""Runs TypeScript and JavaScript functions on Deno: a pool of long-lived Deno processes with no permissions
+(no network, files or env: the host API is the only way out), each running one call at a time in a fresh
+context (deno_worker.js). Host calls travel as JSON lines over the process's pipes.
+
+A call that runs past its wall-clock limit, or a process that dies (its V8 heap cap reached, say), costs that
+process: it is killed and replaced, and the call fails with FX301, FX302 or FX306; the next call is fine.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from flux import jsontext
+from flux.errors import (
+    FluxError,
+    FunctionCrashed,
+    FunctionFailed,
+    FunctionOutOfMemory,
+    FunctionTimedOut,
+    InvalidFunctionCode,
+    InvalidFunctionResponse,
+)
+from flux.runtime.host import Host
+from flux.runtime.limits import FunctionLimits
+
+WORKER_SCRIPT = Path(__file__).with_name("deno_worker.js")
+START_TIMEOUT_S = 10.0
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_USER_ERRORS = {"SyntaxError": InvalidFunctionCode}
+
+
+def deno_binary() -> str:
+    """The Deno of the `deno` PyPI package (a dependency), else one on PATH."""
+    try:
+        import deno  # type: ignore[import-untyped]
+
+        return str(deno.find_deno_bin())
+    except (ImportError, FileNotFoundError):
+        return "deno"
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    memory_mb: int
+    shas: set[str] = field(default_factory=set)  # code the process has already been sent
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    pending: bytes = b""
+
+    def __post_init__(self) -> None:
+        assert self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        self.selector.register(self.process.stdout, selectors.EVENT_READ)
+
+    def send(self, message: Any) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(jsontext.dumps(message) + b"\n")
+        stdin.flush()
+
+    def receive(self, deadline: float) -> Any:
+        """The next message, or None when the deadline passed; raises EOFError when the process died."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        while b"\n" not in self.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.selector.select(remaining):
+                return None
+            chunk = _read_available(stdout)
+            if chunk is None:
+                continue
+            if not chunk:
+                raise EOFError
+            self.pending += chunk
+            if len(self.pending) > MAX_LINE_BYTES:
+                raise InvalidFunctionResponse(f"the function sent a message over {MAX_LINE_BYTES} bytes")
+        line, _, self.pending = self.pending.partition(b"\n")
+        return jsontext.loads(line)
+
+    def stop(self) -> str:
+        """Kill the process; what it wrote to stderr (why it died, if it did)."""
+        self.process.kill()
+        try:
+            _, stderr = self.process.communicate(timeout=5)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            stderr = b""
+        self.selector.close()
+        return (stderr or b"").decode(errors="replace")
+
+
+def _read_available(stream: IO[bytes]) -> bytes | None:
+    """What the pipe holds (b"" at its end), or None when a wake-up found nothing."""
+    try:
+        return os.read(stream.fileno(), 1 << 16)
+    except BlockingIOError:
+        return None
+
+
+class DenoPool:
+    """Up to `size` Deno processes, started on demand and reused; `run` is safe from several threads."""
+
+    def __init__(self, size: int = 2, cache_dir: Path | None = None) -> None:
+        self.size = size
+        self.cache_dir = cache_dir
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def run(self, code: bytes, sha: str, lang: str, request: Any, host: Host, limits: FunctionLimits) -> Any:
+        """Call the function's default export with `request`; its JSON result, or a FluxError."""
+        worker = self._checkout(limits.memory_mb)
+        started = host.call("now", None)
+        seed = host.call("random", {"bytes": 32})
+        message: dict[str, Any] = {
+            "type": "run", "sha": sha, "lang": lang, "request": request, "now": started, "seed": seed,
+        }  # fmt: skip
+        if sha not in worker.shas:
+            message["code"] = code.decode()
+        deadline = time.monotonic() + limits.timeout_ms / 1000
+        try:
+            worker.send(message)
+            worker.shas.add(sha)
+            result = self._serve(worker, host, deadline, limits)
+        except FluxError:
+            raise
+        except (OSError, EOFError, ValueError) as exc:
+            self._discard(worker)
+            raise FunctionCrashed(f"the Deno worker failed: {exc}") from None
+        self._idle.put(worker)
+        return result
+
+    def _serve(self, worker: _Worker, host: Host, deadline: float, limits: FunctionLimits) -> Any:
+        while True:
+            try:
+                message = worker.receive(deadline)
+            except EOFError:
+                reason = self._discard(worker)
+                if "heap out of memory" in reason or "Allocation failed" in reason:
+                    raise FunctionOutOfMemory(
+                        f"the function went past its {limits.memory_mb} MB heap", hint="raise `memory_mb`"
+                    ) from None
+                raise FunctionCrashed(f"the Deno worker died: {_last_line(reason)}") from None
+            if message is None:
+                self._discard(worker)
+                raise FunctionTimedOut(
+                    f"the function ran past {limits.timeout_ms} ms", hint="raise `timeout_ms`"
+                )
+            kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "call":
+                answer = host.answer(message.get("op"), message.get("args"))
+                # The function's clock moves to the end of the call; the span keeps the value for replay.
+                now = host.now(None)
+                span = host.recorder.spans[-1]
+                span.attributes = {**(span.attributes or {}), "clock_ms": now}
+                worker.send({"type": "reply", "id": message.get("id"), "answer": answer, "now": now})
+            elif kind == "done":
+                if message.get("ok"):
+                    return message.get("value")
+                raise _thrown(message.get("error") or {})
+            else:
+                self._discard(worker)
+                raise FunctionCrashed(f"the Deno worker sent an unknown message {str(message)[:200]}")
+
+    def _checkout(self, memory_mb: int) -> _Worker:
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if worker.memory_mb == memory_mb and worker.process.poll() is None:
+                return worker
+            self._discard(worker)
+        with self._lock:
+            self._started += 1
+        return self._start(memory_mb)
+
+    def _start(self, memory_mb: int) -> _Worker:
+        env = {"PATH": os.environ.get("PATH", ""), "DENO_NO_UPDATE_CHECK": "1", "NO_COLOR": "1"}
+        if self.cache_dir is not None:
+            env["DENO_DIR"] = str(self.cache_dir)
+        process = subprocess.Popen(
+            [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
+             f"--v8-flags=--max-old-space-size={memory_mb}", str(WORKER_SCRIPT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        worker = _Worker(process, memory_mb)
+        try:
+            ready = worker.receive(time.monotonic() + START_TIMEOUT_S)
+        except EOFError:
+            ready = None
+        if not isinstance(ready, dict) or ready.get("type") != "ready":
+            reason = worker.stop()
+            raise FunctionCrashed(f"Deno did not start: {_last_line(reason)}")
+        return worker
+
+    def _discard(self, worker: _Worker) -> str:
+        with self._lock:
+            self._started -= 1
+        return worker.stop()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().stop()
+            except queue.Empty:
+                return
+
+
+def _thrown(error: dict[str, Any]) -> FluxError:
+    """What the function threw, as the request's error: the message for the client, the stack for the span."""
+    name, message = str(error.get("name", "Error")), str(error.get("message", ""))
+    details = {"name": name, "stack": error.get("stack", ""), "code": error.get("code")}
+    kind = _USER_ERRORS.get(name, FunctionFailed)
+    return kind(f"{name}: {message}" if name not in message else message, details=details)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,232 @@
+"""The host API every executor shares: the operations a function may call (`db.query`, `db.sql`, `queue.push`,
+`fetch`, `secrets.get`, `log`, `now`, `random`), each run in the request's transaction and recorded as a span
+with its full input and output.
+
+A failed call answers the function with `{code, message}` (`Host.answer`); a database error also aborts the
+request's transaction, so later database calls fail with FX309 and the request ends failed, its writes undone.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flux import db
+from flux.data import Catalog, Limits
+from flux.data.engine import run_query, run_statement
+from flux.data.raw import inspect_raw_sql
+from flux.errors import (
+    FluxError,
+    InvalidHostCall,
+    SecretNotFound,
+    TransactionAborted,
+    UnknownHostCall,
+)
+from flux.runtime.fetch import FetchPolicy, fetch
+from flux.trace.recorder import Recorder, error_record
+
+Json = Any
+
+MAX_RANDOM_BYTES = 65_536
+LOG_LEVELS = ("debug", "info", "warn", "error")
+_QUERY_KINDS = ("select", "insert", "update", "delete")
+
+
+@dataclass
+class Host:
+    """One request's host: its connection (inside the request transaction), catalog, role and record."""
+
+    conn: Any
+    catalog: Catalog
+    role: str
+    recorder: Recorder
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    limits: Limits = field(default_factory=Limits)
+    clock_ns: Callable[[], int] = time.time_ns
+    wrote: bool = False  # whether the request changed data (its record then commits synchronously)
+    aborted: FluxError | None = None  # the database error that ended the request's transaction
+
+    def answer(self, op: Any, args: Any) -> dict[str, Json]:
+        """`call` as the function gets it: `{"ok": true, "value": ...}` or `{"ok": false, "error": ...}`."""
+        try:
+            return {"ok": True, "value": self.call(op, args)}
+        except FluxError as exc:
+            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+
+    def call(self, op: Any, args: Any) -> Json:
+        """Run one host operation as a span; a FluxError is recorded on the span and raised."""
+        handler = _OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            error = UnknownHostCall(f"no host operation {op!r}", hint=f"use one of {', '.join(_OPS)}")
+            self.recorder.event(
+                "runtime", f"call:{str(op)[:64]}", input=args, ok=False, error=error_record(error)
+            )
+            raise error
+        module, name = _span_of(op, args)
+        span = self.recorder.start(module, name, input=args)
+        try:
+            value = handler(self, args)
+        except FluxError as exc:
+            self.recorder.finish(span, error=exc)
+            raise
+        except Exception as exc:  # a bug in Flux, still recorded on the span and returned as FX900
+            self.recorder.finish(span, error=exc)
+            raise db.as_flux_error(exc) from exc
+        self.recorder.finish(span, output=_output_of(op, args, value))
+        return value
+
+    # -- operations -----------------------------------------------------------------------------------------
+
+    def db_query(self, args: Json) -> Json:
+        self._check_transaction()
+        if not isinstance(args, dict):
+            raise InvalidHostCall("db.query takes one JSON query object")
+        with self._transaction_guard():
+            result = run_query(self.conn, args, self.catalog, self.role, self.limits)  # type: ignore[arg-type]
+        if "select" not in args:
+            self.wrote = True
+        return result
+
+    def db_sql(self, args: Json) -> Json:
+        self._check_transaction()
+        if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
+            raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
+        params = args.get("params", [])
+        if not isinstance(params, list):
+            raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
+        statement = inspect_raw_sql(args["sql"])
+        with self._transaction_guard():
+            result = run_statement(self.conn, statement, params, self.role)  # type: ignore[arg-type]
+        if statement.kind != "read":
+            self.wrote = True
+        return result
+
+    def queue_push(self, args: Json) -> Json:
+        self._check_transaction()
+        if not isinstance(args, dict) or not isinstance(args.get("function"), str):
+            raise InvalidHostCall(
+                "queue.push takes {function, payload?, delay_ms?, run_at?, priority?, queue?, "
+                "idempotency_key?, max_attempts?}"
+            )
+        delay_ms = args.get("delay_ms")
+        if delay_ms is not None and (
+            not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0
+        ):
+            raise InvalidHostCall("queue.push delay_ms is a whole number of milliseconds, 0 or more")
+        for key, kind in (("run_at", str), ("priority", int), ("queue", str), ("idempotency_key", str),
+                          ("max_attempts", int)):  # fmt: skip
+            if args.get(key) is not None and not isinstance(args[key], kind):
+                raise InvalidHostCall(f"queue.push {key} is a {kind.__name__}")
+        with self._transaction_guard():
+            row = db.execute_raw(
+                self.conn,
+                "SELECT flux.enqueue($1, $2::jsonb,"
+                " coalesce($3::timestamptz, now() + make_interval(secs => coalesce($4::bigint, 0) / 1000.0)),"
+                " coalesce($5::int, 0), coalesce($6::text, 'default'), $7, coalesce($8::int, 5))",
+                [args["function"], db.JsonParam(args.get("payload")), args.get("run_at"), delay_ms,
+                 args.get("priority"), args.get("queue"), args.get("idempotency_key"),
+                 args.get("max_attempts")],
+            )  # fmt: skip
+        assert row is not None
+        self.wrote = True
+        job = row[0]
+        return {k: job[k] for k in ("id", "queue", "function", "status", "run_at", "idempotency_key")}
+
+    def fetch(self, args: Json) -> Json:
+        return fetch(args, self.fetch_policy)
+
+    def secrets_get(self, args: Json) -> Json:
+        name = args.get("name") if isinstance(args, dict) else None
+        if not isinstance(name, str):
+            raise InvalidHostCall("secrets.get takes {name: string}")
+        value = self.secrets.get(name)
+        if value is None:
+            raise SecretNotFound(f"no secret named {name!r}", hint=f"set it: flux secrets set {name}")
+        self.recorder.redact(name, value)
+        return value
+
+    def log(self, args: Json) -> Json:
+        if not isinstance(args, dict) or not isinstance(args.get("message"), str):
+            raise InvalidHostCall("log takes {message: string, level?: debug|info|warn|error, fields?}")
+        if args.get("level", "info") not in LOG_LEVELS:
+            raise InvalidHostCall(f"log level is one of {', '.join(LOG_LEVELS)}")
+        return None
+
+    def now(self, args: Json) -> Json:
+        """Milliseconds since the Unix epoch (with a fraction down to the microsecond)."""
+        return round(self.clock_ns() / 1_000_000, 3)
+
+    def random(self, args: Json) -> Json:
+        """`{bytes: n}` random bytes, base64; recorded, so a replay gets the same ones."""
+        count = args.get("bytes", 32) if isinstance(args, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_RANDOM_BYTES:
+            raise InvalidHostCall(f"random takes {{bytes: n}} with n from 1 to {MAX_RANDOM_BYTES}")
+        return base64.b64encode(os.urandom(count)).decode()
+
+    # -- the request's transaction --------------------------------------------------------------------------
+
+    def _check_transaction(self) -> None:
+        if self.aborted is not None:
+            raise TransactionAborted(
+                f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
+                " rolled back",
+                hint="let the error end the request; its writes are undone",
+            )
+
+    @contextmanager
+    def _transaction_guard(self) -> Iterator[None]:
+        """Remember a database error that aborted the transaction: later statements would fail anyway."""
+        try:
+            yield
+        except FluxError as exc:
+            if db.transaction_failed(self.conn):
+                self.aborted = exc
+            raise
+
+
+_OPS: dict[str, Callable[[Host, Json], Json]] = {
+    "db.query": Host.db_query,
+    "db.sql": Host.db_sql,
+    "queue.push": Host.queue_push,
+    "fetch": Host.fetch,
+    "secrets.get": Host.secrets_get,
+    "log": Host.log,
+    "now": Host.now,
+    "random": Host.random,
+}
+
+
+def _span_of(op: str, args: Json) -> tuple[str, str]:
+    """The span's module and name: `db:select(orders)`, `sql:update(orders)`, `fetch:GET example.com`, ..."""
+    fields = args if isinstance(args, dict) else {}
+    if op == "db.query":
+        kind = next((k for k in _QUERY_KINDS if k in fields), "query")
+        return "data", f"db:{kind}({str(fields.get(kind, '?'))[:64]})"
+    if op == "db.sql":
+        try:
+            return "data", inspect_raw_sql(str(fields.get("sql", ""))).span_name
+        except FluxError:
+            return "data", "sql"
+    if op == "queue.push":
+        return "queue", f"queue:push({str(fields.get('function', '?'))[:64]})"
+    if op == "fetch":
+        host = str(fields.get("url", "")).split("/")[2:3]
+        return "fetch", f"fetch:{str(fields.get('method', 'GET')).upper()[:8]} {(host or ['?'])[0][:64]}"
+    if op == "secrets.get":
+        return "secrets", f"secrets:get({str(fields.get('name', '?'))[:64]})"
+    if op == "log":
+        return "log", f"log:{str(fields.get('level', 'info'))[:8]}"
+    return "clock", f"clock:{op}"
+
+
+def _output_of(op: str, args: Json, value: Json) -> Json:
+    """What the span keeps of a call's result: everything, but a secret's value."""
+    if op == "secrets.get":
+        return f"[secret:{args['name']}]"
+    return value

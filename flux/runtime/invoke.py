@@ -1,0 +1,123 @@
+"""One run of a function as one request: its transaction, its host, its record.
+
+The function's database work, its queue pushes, the request row and every span commit together. When the run
+fails, the user's writes roll back and the request, its spans and its error are written in a second, short
+transaction: nothing is lost. A request that wrote nothing commits its record without waiting for the flush
+to disk (`synchronous_commit = off`): recording a read must not make it a durable write.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flux import db
+from flux.data import Catalog, Limits
+from flux.errors import FluxError
+from flux.runtime.fetch import FetchPolicy
+from flux.runtime.host import Host
+from flux.runtime.limits import FunctionLimits
+from flux.runtime.response import Response, to_response
+from flux.trace.recorder import Recorder
+
+Json = Any
+RuntimeKind = Literal["wasm", "typescript", "javascript"]
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function's code: a Wasm module, or one TypeScript or JavaScript module for Deno."""
+
+    name: str
+    runtime: RuntimeKind
+    code: bytes
+    sha256: str
+    limits: FunctionLimits = field(default_factory=FunctionLimits)
+
+
+class Executor:
+    """What runs a function's code; `flux.runtime.Runtime` picks one per function."""
+
+    def execute(self, function: Function, request: Json, host: Host) -> Json:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who the request runs as: the database role, the claims and the tenant."""
+
+    role: str = "anon"
+    claims: Mapping[str, Json] = field(default_factory=dict)
+    tenant_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    request_id: str
+    response: Response
+    error: FluxError | None = None
+
+
+def invoke(
+    conn: Any,
+    executor: Executor,
+    function: Function,
+    request: Json,
+    *,
+    catalog: Catalog,
+    caller: Caller = Caller(),
+    secrets: Mapping[str, str] | None = None,
+    fetch_policy: FetchPolicy | None = None,
+    limits: Limits | None = None,
+    kind: str = "http",
+    request_id: str | None = None,
+    parent_request_id: str | None = None,
+) -> Outcome:
+    """Run `function` with `request` as input, in one transaction on `conn`, and record it."""
+    request_id = request_id or str(uuid.uuid4())
+    limits = limits or Limits()
+    recorder = Recorder(request_id, caller.tenant_id)
+    started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
+    fields = request if isinstance(request, dict) else {}
+    row: dict[str, Json] = {
+        "kind": kind, "method": fields.get("method"), "path": fields.get("path"), "function": function.name,
+        "code_sha": function.sha256, "started_us": started_us, "input": request,
+        "parent_request_id": parent_request_id,
+    }  # fmt: skip
+    span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
+    try:
+        with db.request_transaction(
+            conn, role=caller.role, request_id=request_id, claims=dict(caller.claims),
+            tenant_id=caller.tenant_id, statement_timeout_ms=limits.timeout_for(caller.role),
+        ):  # fmt: skip
+            host = Host(
+                conn, catalog, caller.role, recorder, secrets or {}, fetch_policy or FetchPolicy(), limits
+            )
+            response = to_response(executor.execute(function, request, host))
+            if host.aborted is not None:  # the function caught a database error: its transaction is lost
+                raise host.aborted
+            recorder.finish(span, output=response.to_json())
+            row |= {"ok": True, "status": response.status, "output": response.to_json()}
+            row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
+            db.leave_request_role(conn, durable=host.wrote)
+            recorder.write(conn, row)
+        return Outcome(request_id, response)
+    except FluxError as exc:
+        error = exc
+    except Exception as exc:  # a bug in Flux: still recorded, answered as FX900
+        error = db.as_flux_error(exc)
+    if span.duration_us is None:
+        recorder.finish(span, error=error)
+    row |= {"ok": False, "status": error.http_status, "error": recorder.scrub(_error_body(error))}
+    row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
+    with db.translate_errors(), conn.transaction():
+        recorder.write(conn, row)
+    body = {k: v for k, v in error.to_dict(request_id).items() if k != "details" and v is not None}
+    return Outcome(request_id, Response(status=error.http_status, body=body), error)
+
+
+def _error_body(error: FluxError) -> dict[str, Json]:
+    return {k: v for k, v in error.to_dict().items() if k != "request_id" and v is not None}

@@ -1,0 +1,309 @@
+"""Runs WebAssembly core modules that follow the Flux ABI (docs/functions.md), each call in a fresh instance.
+
+A module exports `memory`, `flux_alloc(len) -> ptr` and `flux_handle(ptr, len) -> i64` (the result's pointer
+<< 32 | its length; JSON in, JSON out) and may import `flux.call(ptr, len) -> i64` (one host call, JSON
+`{"op", "args"}` in, `{"ok", "value" | "error"}` out) and `flux.log(ptr, len)`. WASI is there for languages
+whose runtime needs it: stdout and stderr become log spans, and its clock and random source are the host's
+recorded `now` and `random`. Compiled code is cached on disk by the sha256 of the Wasm; CPU is bounded by
+fuel, time by an epoch deadline, memory by a cap (a grow past it fails).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import Config, Engine, FuncType, Linker, Module, Store, Trap, TrapCode, ValType, WasiConfig
+
+from flux import jsontext
+from flux.errors import (
+    FluxError,
+    FunctionCrashed,
+    FunctionFailed,
+    FunctionOutOfMemory,
+    FunctionTimedOut,
+    InvalidFunctionCode,
+    InvalidFunctionResponse,
+)
+from flux.runtime.host import Host
+from flux.runtime.limits import FunctionLimits
+
+EPOCH_TICK_S = 0.005
+PAGE = 65_536
+_REQUIRED_EXPORTS = ("memory", "flux_alloc", "flux_handle")
+_ERRNO_SUCCESS, _ERRNO_INVAL = 0, 28
+
+
+@dataclass
+class _Run:
+    """The request a thread is running, for the host functions (which the linker shares across requests)."""
+
+    host: Host
+    store: Store
+    memory: wasmtime.Memory | None = None
+    output: dict[str, bytearray] = field(
+        default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
+    )
+
+
+_current = threading.local()
+
+
+def _run() -> _Run:
+    run: _Run | None = getattr(_current, "run", None)
+    if run is None:
+        raise RuntimeError("a Flux host function was called outside a request")
+    return run
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    sha256: str
+    pre: wasmtime.InstancePre
+
+
+class WasmRuntime:
+    """One engine, linker and compiled-code cache per process; `run` is safe from several threads."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        config = Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        self.engine = Engine(config)
+        self.cache_dir = cache_dir
+        self.linker = _make_linker(self.engine)
+        self._loaded: dict[str, LoadedModule] = {}
+        self._lock = threading.Lock()
+        self._ticker = threading.Thread(target=self._tick, name="flux-wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(EPOCH_TICK_S)
+            self.engine.increment_epoch()
+
+    def load(self, wasm: bytes) -> LoadedModule:
+        """The module for this code, compiled once per process and once per machine (a serialized cache)."""
+        sha = hashlib.sha256(wasm).hexdigest()
+        loaded = self._loaded.get(sha)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if sha not in self._loaded:
+                module = self._compile(sha, wasm)
+                exports = {export.name for export in module.exports}
+                missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
+                if missing:
+                    raise InvalidFunctionCode(
+                        f"the Wasm module does not export {', '.join(missing)}",
+                        hint="export memory, flux_alloc and flux_handle (see docs/functions.md)",
+                    )
+                try:
+                    pre = self.linker.instantiate_pre(module)
+                except wasmtime.WasmtimeError as exc:
+                    raise InvalidFunctionCode(
+                        f"the Wasm module imports what Flux does not give: {exc}"
+                    ) from None
+                self._loaded[sha] = LoadedModule(sha, pre)
+            return self._loaded[sha]
+
+    def _compile(self, sha: str, wasm: bytes) -> Module:
+        cached = self.cache_dir / f"{sha}.cwasm"
+        if cached.exists():
+            try:
+                return Module.deserialize_file(self.engine, str(cached))
+            except wasmtime.WasmtimeError:
+                cached.unlink(missing_ok=True)  # another wasmtime version wrote it: compile again
+        try:
+            module = Module(self.engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the function is not valid WebAssembly: {_first_line(exc)}") from None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(module.serialize())
+        partial.replace(cached)
+        return module
+
+    def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
+        """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
+        store = Store(self.engine)
+        store.set_fuel(limits.fuel)
+        store.set_epoch_deadline(max(1, int(limits.timeout_ms / 1000 / EPOCH_TICK_S)))
+        store.set_limits(memory_size=limits.memory_bytes)
+        run = _Run(host, store)
+        wasi = WasiConfig()
+        wasi.stdout_custom = lambda data: _capture(run, "stdout", data)
+        wasi.stderr_custom = lambda data: _capture(run, "stderr", data)
+        store.set_wasi(wasi)
+        _current.run = run
+        try:
+            instance = loaded.pre.instantiate(store)
+            exports = instance.exports(store)
+            memory = exports["memory"]
+            assert isinstance(memory, wasmtime.Memory)
+            run.memory = memory
+            initialize = exports.get("_initialize")  # a WASI reactor's constructors (C, Rust with std)
+            if isinstance(initialize, wasmtime.Func):
+                initialize(store)
+            payload = jsontext.dumps(request)
+            pointer = _alloc(exports, store, len(payload))
+            memory.write(store, payload, pointer)
+            handle = exports["flux_handle"]
+            assert isinstance(handle, wasmtime.Func)
+            packed = handle(store, pointer, len(payload))
+            if not isinstance(packed, int):
+                raise InvalidFunctionResponse("flux_handle must return an i64: pointer << 32 | length")
+            result = _read(memory, store, packed)
+        except Trap as trap:
+            raise _trap_error(trap, run, limits) from None
+        except wasmtime.WasmtimeError as exc:
+            raise FunctionCrashed(f"the Wasm function failed: {_first_line(exc)}") from None
+        finally:
+            _flush_output(run)
+            _current.run = None
+        try:
+            return jsontext.loads(result)
+        except ValueError as exc:
+            raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+
+def _alloc(exports: Any, store: Any, size: int) -> int:
+    alloc = exports["flux_alloc"]
+    assert isinstance(alloc, wasmtime.Func)
+    pointer = alloc(store, size)
+    if not isinstance(pointer, int) or (pointer <= 0 and size > 0):
+        raise FunctionFailed(f"flux_alloc({size}) returned {pointer!r}, not a pointer")
+    return pointer
+
+
+def _read(memory: wasmtime.Memory, store: Any, packed: int) -> bytes:
+    packed &= 0xFFFF_FFFF_FFFF_FFFF
+    pointer, length = packed >> 32, packed & 0xFFFF_FFFF
+    if pointer + length > memory.data_len(store):
+        raise InvalidFunctionResponse(f"the function's result ({pointer}, {length}) is outside its memory")
+    return bytes(memory.read(store, pointer, pointer + length))
+
+
+def _trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
+    code = trap.trap_code
+    if code == TrapCode.OUT_OF_FUEL:
+        return FunctionTimedOut(f"the function used all its CPU fuel ({limits.fuel})", hint="raise `fuel`")
+    if code == TrapCode.INTERRUPT:
+        return FunctionTimedOut(f"the function ran past {limits.timeout_ms} ms", hint="raise `timeout_ms`")
+    if _memory_full(run, limits):
+        return FunctionOutOfMemory(
+            f"the function trapped with its memory at the {limits.memory_mb} MB limit",
+            hint="raise `memory_mb`",
+        )
+    return FunctionFailed(f"the function trapped: {_first_line(trap)}")
+
+
+def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
+    """Whether a trap came with the memory at its cap. Wasmtime does not say that a grow failed (the module
+    sees -1 and traps its own way), so a trap within 1/8 of the cap (1 MiB at least) is out of memory."""
+    margin = max(16 * PAGE, limits.memory_bytes // 8)
+    return run.memory is not None and run.memory.data_len(run.store) + margin > limits.memory_bytes
+
+
+def _capture(run: _Run, stream: str, data: bytes) -> None:
+    buffer = run.output[stream]
+    buffer.extend(data)
+    while b"\n" in buffer:
+        line, _, rest = bytes(buffer).partition(b"\n")
+        buffer[:] = rest
+        _log_line(run, stream, line)
+
+
+def _flush_output(run: _Run) -> None:
+    for stream, buffer in run.output.items():
+        if buffer:
+            _log_line(run, stream, bytes(buffer))
+            buffer.clear()
+
+
+def _log_line(run: _Run, stream: str, line: bytes) -> None:
+    level = "info" if stream == "stdout" else "error"
+    run.host.call("log", {"level": level, "message": line.decode(errors="replace"), "stream": stream})
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or ["unknown error"])[0]
+
+
+# -- host functions ---------------------------------------------------------------------------------------
+
+
+def _make_linker(engine: Engine) -> Linker:
+    linker = Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    i32, i64 = ValType.i32(), ValType.i64()
+    linker.define_func("flux", "call", FuncType([i32, i32], [i64]), _flux_call, access_caller=True)
+    linker.define_func("flux", "log", FuncType([i32, i32], []), _flux_log, access_caller=True)
+    wasi = "wasi_snapshot_preview1"
+    linker.define_func(
+        wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
+    )
+    linker.define_func(wasi, "random_get", FuncType([i32, i32], [i32]), _random_get, access_caller=True)
+    return linker
+
+
+def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
+    memory = caller.get("memory")
+    if not isinstance(memory, wasmtime.Memory):
+        raise FunctionCrashed("the module has no exported memory")
+    return memory
+
+
+def _flux_call(caller: wasmtime.Caller, pointer: int, length: int) -> int:
+    run = _run()
+    memory = _memory(caller)
+    try:
+        message = jsontext.loads(bytes(memory.read(caller, pointer, pointer + length)))
+    except ValueError as exc:
+        answer: dict[str, Any] = {
+            "ok": False,
+            "error": {"code": "FX305", "message": f"the call is not JSON: {exc}"},
+        }
+    else:
+        op = message.get("op") if isinstance(message, dict) else None
+        args = message.get("args") if isinstance(message, dict) else None
+        answer = run.host.answer(op, args)
+    reply = jsontext.dumps(answer)
+    alloc = caller.get("flux_alloc")
+    assert isinstance(alloc, wasmtime.Func)
+    target = int(alloc(caller, len(reply)))
+    memory.write(caller, reply, target)
+    return (target << 32) | len(reply)
+
+
+def _flux_log(caller: wasmtime.Caller, pointer: int, length: int) -> None:
+    message = _memory(caller).read(caller, pointer, pointer + length).decode(errors="replace")
+    _run().host.answer("log", {"level": "info", "message": message})
+
+
+def _clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
+    """WASI's clocks read the host's recorded `now` (realtime and monotonic alike)."""
+    del precision
+    if clock_id not in (0, 1, 2, 3):
+        return _ERRNO_INVAL
+    milliseconds = _run().host.call("now", None)
+    _memory(caller).write(caller, int(milliseconds * 1_000_000).to_bytes(8, "little"), out)
+    return _ERRNO_SUCCESS
+
+
+def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:
+    """WASI's random bytes come from the host's recorded `random`."""
+    data = b""
+    while len(data) < length:
+        chunk = min(length - len(data), 65_536)
+        data += base64.b64decode(_run().host.call("random", {"bytes": chunk}))
+    _memory(caller).write(caller, data, pointer)
+    return _ERRNO_SUCCESS

@@ -1,0 +1,1 @@
+"""Traces: the record of each request (spans and the request row), and later the tools that read it."""

@@ -1,0 +1,170 @@
+"""The record of one request: its spans, buffered in memory in execution order, then written with the request
+row in one statement at the end of the request's transaction (never a round trip per span).
+
+Secret values a function read are replaced by `[secret:<name>]` everywhere in the record before it is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flux import db, jsontext
+from flux.errors import FluxError
+
+Json = Any
+
+# One statement for the request row and every span: both come as one JSON parameter each.
+_WRITE_RECORD = """
+WITH request AS (
+    INSERT INTO flux.requests (id, tenant_id, kind, method, path, function, code_sha, status, ok, started_at,
+                               duration_us, input, output, error, trace_id, parent_request_id, replay_of)
+    SELECT r.id, r.tenant_id, r.kind, r.method, r.path, r.function, r.code_sha, r.status, r.ok,
+           'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.duration_us, r.input, r.output,
+           r.error, r.trace_id, r.parent_request_id, r.replay_of
+      FROM jsonb_to_record($1::jsonb) AS r(
+               id uuid, tenant_id uuid, kind text, method text, path text, function text, code_sha text,
+               status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
+               error jsonb, trace_id text, parent_request_id uuid, replay_of uuid)
+    RETURNING id
+)
+INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
+                        duration_us, ok, attributes, input, output, error)
+SELECT (SELECT id FROM request), s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
+       'epoch'::timestamptz + s.started_us * interval '1 microsecond', s.duration_us, s.ok, s.attributes,
+       s.input, s.output, s.error
+  FROM jsonb_to_recordset($2::jsonb) AS s(seq int, span_id text, parent_seq int, tenant_id uuid, module text,
+                                          name text, started_us bigint, duration_us bigint, ok boolean,
+                                          attributes jsonb, input jsonb, output jsonb, error jsonb)
+"""
+
+
+@dataclass
+class Span:
+    """One step of a request. `output` and `error` are set while the step runs."""
+
+    seq: int
+    span_id: str
+    parent_seq: int | None
+    module: str
+    name: str
+    started_us: int
+    input: Json = None
+    output: Json = None
+    error: Json = None
+    attributes: Json = None
+    duration_us: int | None = None
+    ok: bool = True
+    clock_ns: int = 0  # the monotonic clock at the start, for the duration
+
+
+def error_record(exc: BaseException) -> dict[str, Json]:
+    """An error as a record keeps it: the FX code and message (with details), or the exception's type."""
+    if isinstance(exc, FluxError):
+        return {k: v for k, v in exc.to_dict().items() if k != "request_id" and v is not None}
+    return {"code": "FX900", "message": f"{type(exc).__name__}: {exc}"}
+
+
+@dataclass
+class Recorder:
+    """Collects one request's spans; `write` stores them with the request row."""
+
+    request_id: str
+    tenant_id: str | None = None
+    spans: list[Span] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # value -> name, for redaction
+    _open: list[int] = field(default_factory=list)  # seqs of the spans running now, innermost last
+
+    def start(self, module: str, name: str, input: Json = None, attributes: Json = None) -> Span:
+        """Open a span as a child of the innermost open span; close it with `finish`."""
+        span = Span(
+            seq=len(self.spans),
+            span_id=os.urandom(8).hex(),
+            parent_seq=self._open[-1] if self._open else None,
+            module=module,
+            name=name,
+            started_us=time.time_ns() // 1000,
+            input=input,
+            attributes=attributes,
+            clock_ns=time.perf_counter_ns(),
+        )
+        self.spans.append(span)
+        self._open.append(span.seq)
+        return span
+
+    def finish(self, span: Span, *, output: Json = None, error: BaseException | Json | None = None) -> None:
+        span.duration_us = (time.perf_counter_ns() - span.clock_ns) // 1000
+        if error is not None:
+            span.ok = False
+            span.error = error_record(error) if isinstance(error, BaseException) else error
+        else:
+            span.output = output
+        if self._open and self._open[-1] == span.seq:
+            self._open.pop()
+        elif span.seq in self._open:
+            self._open.remove(span.seq)
+
+    @contextmanager
+    def span(self, module: str, name: str, input: Json = None) -> Iterator[Span]:
+        """`with recorder.span(...) as span: span.output = ...`; an exception is recorded, then re-raised."""
+        opened = self.start(module, name, input)
+        try:
+            yield opened
+        except BaseException as exc:
+            self.finish(opened, error=exc)
+            raise
+        self.finish(opened, output=opened.output)
+
+    def event(self, module: str, name: str, *, input: Json = None, output: Json = None, ok: bool = True,
+              error: Json = None, attributes: Json = None) -> Span:  # fmt: skip
+        """A span that took no time of its own (a log line, a clock reading)."""
+        span = self.start(module, name, input, attributes)
+        self.finish(span, output=output, error=None if ok else (error or {}))
+        return span
+
+    def redact(self, name: str, value: str) -> None:
+        """Never write `value`: it is the secret `name`."""
+        if value:
+            self.secrets[value] = name
+
+    def scrub(self, value: Json) -> Json:
+        """`value` with every secret read in this request replaced by `[secret:<name>]`."""
+        if not self.secrets:
+            return value
+        return _scrub(value, self.secrets)
+
+    def write(self, conn: Any, request: dict[str, Json]) -> None:
+        """Insert the request row (`request`: the columns of flux.requests, with `started_us`) and every span,
+        in one statement, in the caller's transaction. Runs as the connecting role, not the request's."""
+        spans = [
+            {
+                "seq": s.seq, "span_id": s.span_id, "parent_seq": s.parent_seq, "tenant_id": self.tenant_id,
+                "module": s.module, "name": s.name, "started_us": s.started_us, "ok": s.ok,
+                "duration_us": s.duration_us, "attributes": s.attributes,
+                "input": s.input, "output": s.output, "error": s.error,
+            }
+            for s in self.spans
+        ]  # fmt: skip
+        row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
+        db.execute_command(
+            conn,
+            _WRITE_RECORD,
+            [jsontext.dumps_text(self.scrub(row)), jsontext.dumps_text(self.scrub(spans))],
+        )
+
+
+def _scrub(value: Json, secrets: dict[str, str]) -> Json:
+    if isinstance(value, str):
+        for secret, name in secrets.items():
+            if secret in value:
+                value = value.replace(secret, f"[secret:{name}]")
+        return value
+    if isinstance(value, dict):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    return value
