@@ -12,7 +12,6 @@ import os
 import queue
 import selectors
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ class _Worker:
     shas: set[str] = field(default_factory=set)  # code the process has already been sent
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     pending: bytes = b""
+    alive: bool = True
 
     def __post_init__(self) -> None:
         assert self.process.stdout is not None
@@ -88,12 +88,17 @@ class _Worker:
     def stop(self) -> str:
         """Kill the process; what it wrote to stderr (why it died, if it did)."""
         self.process.kill()
-        try:
-            _, stderr = self.process.communicate(timeout=5)
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            stderr = b""
+        self.process.wait()
         self.selector.close()
-        return (stderr or b"").decode(errors="replace")
+        stderr = self.process.stderr
+        reason = stderr.read().decode(errors="replace") if stderr is not None else ""
+        for pipe in (self.process.stdin, self.process.stdout, stderr):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass  # a pipe to a dead process may fail to flush
+        return reason
 
 
 def _read_available(stream: IO[bytes]) -> bytes | None:
@@ -105,14 +110,13 @@ def _read_available(stream: IO[bytes]) -> bytes | None:
 
 
 class DenoPool:
-    """Up to `size` Deno processes, started on demand and reused; `run` is safe from several threads."""
+    """Deno processes started on demand, one per concurrent call, of which `size` are kept warm between calls;
+    `run` is safe from several threads."""
 
     def __init__(self, size: int = 2, cache_dir: Path | None = None) -> None:
         self.size = size
         self.cache_dir = cache_dir
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
-        self._started = 0
-        self._lock = threading.Lock()
 
     def run(self, code: bytes, sha: str, lang: str, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function's default export with `request`; its JSON result, or a FluxError."""
@@ -128,14 +132,15 @@ class DenoPool:
         try:
             worker.send(message)
             worker.shas.add(sha)
-            result = self._serve(worker, host, deadline, limits)
-        except FluxError:
-            raise
+            return self._serve(worker, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
             self._discard(worker)
             raise FunctionCrashed(f"the Deno worker failed: {exc}") from None
-        self._idle.put(worker)
-        return result
+        finally:
+            if worker.alive and self._idle.qsize() < self.size:  # the call ended: the worker serves on
+                self._idle.put(worker)
+            elif worker.alive:
+                self._discard(worker)
 
     def _serve(self, worker: _Worker, host: Host, deadline: float, limits: FunctionLimits) -> Any:
         while True:
@@ -143,7 +148,7 @@ class DenoPool:
                 message = worker.receive(deadline)
             except EOFError:
                 reason = self._discard(worker)
-                if "heap out of memory" in reason or "Allocation failed" in reason:
+                if any(sign in reason for sign in ("out of memory", "heap limit", "Allocation failed")):
                     raise FunctionOutOfMemory(
                         f"the function went past its {limits.memory_mb} MB heap", hint="raise `memory_mb`"
                     ) from None
@@ -178,8 +183,6 @@ class DenoPool:
             if worker.memory_mb == memory_mb and worker.process.poll() is None:
                 return worker
             self._discard(worker)
-        with self._lock:
-            self._started += 1
         return self._start(memory_mb)
 
     def _start(self, memory_mb: int) -> _Worker:
@@ -202,8 +205,7 @@ class DenoPool:
         return worker
 
     def _discard(self, worker: _Worker) -> str:
-        with self._lock:
-            self._started -= 1
+        worker.alive = False
         return worker.stop()
 
     def close(self) -> None:

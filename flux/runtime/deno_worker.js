@@ -80,10 +80,6 @@ function newContext() {
 }
 
 async function run(message) {
-  if (message.code !== undefined) {
-    sources.set(message.sha, message.lang === "ts" ? stripTypeScriptTypes(message.code) : message.code);
-  }
-  const source = sources.get(message.sha);
   const context = spareContext ?? newContext();
   spareContext = null;
   let clock = message.now;
@@ -136,6 +132,10 @@ async function run(message) {
     now: () => clock,
   });
   try {
+    if (message.code !== undefined) {
+      sources.set(message.sha, message.lang === "ts" ? stripTypeScriptTypes(message.code) : message.code);
+    }
+    const source = sources.get(message.sha);
     const module = new vm.SourceTextModule(source, { context, identifier: `functions/${message.sha}` });
     await module.link((specifier) => {
       throw new Error(`import of ${specifier}: a function is one module; bundle its imports first`);
@@ -208,7 +208,7 @@ send({ type: "ready" });
 for (;;) {
   const message = await readMessage();
   if (message.type === "run") {
-    run(message).finally(() => {
+    run(message).catch((error) => send({ type: "done", ok: false, error: describe(error) })).finally(() => {
       spareContext ??= newContext();
     });
   } else if (message.type === "reply") {

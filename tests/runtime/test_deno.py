@@ -1,0 +1,96 @@
+"""TypeScript and JavaScript on Deno through the executor API: host calls, isolation, determinism, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.fixtures.runtime import example, function
+
+Conn = psycopg.Connection[Any]
+
+
+def ts(name: str, source: str, **limits: int) -> Any:
+    return function(name, "typescript", source, **limits)
+
+
+def test_the_typescript_example_writes_pushes_logs_and_is_recorded(conn: Conn, call: Any) -> None:
+    fn = ts("ts_notes", example("polyglot/functions/ts_notes/index.ts"))
+    outcome = call(fn, {"method": "POST", "path": "/notes", "body": {"text": "hello"}})
+    assert outcome.error is None, outcome.error
+    assert outcome.response.status == 201 and outcome.response.headers == {"x-note": "1"}
+    assert outcome.response.body["note"] == {"id": 1, "body": "hello"}
+    names = conn.execute(
+        "SELECT name FROM flux.spans WHERE request_id = %s ORDER BY seq", (outcome.request_id,)
+    ).fetchall()
+    assert [n[0] for n in names] == [
+        "function:ts_notes",
+        "clock:now",
+        "clock:random",
+        "db:insert(notes)",
+        "log:info",
+        "queue:push(ts_notes)",
+    ]
+    assert conn.execute("SELECT request_id::text FROM flux.mutations").fetchall() == [(outcome.request_id,)]
+    assert conn.execute("SELECT parent_request_id::text FROM flux.jobs").fetchall() == [(outcome.request_id,)]
+    seed = conn.execute(
+        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'clock:random'", (outcome.request_id,)
+    ).fetchone()
+    assert seed is not None and isinstance(seed[0], str)  # what a replay feeds back
+
+
+def test_each_request_gets_fresh_globals(call: Any) -> None:
+    fn = ts(
+        "counter",
+        "let calls = 0; export default async function () {"
+        " calls++; (globalThis as any).seen = ((globalThis as any).seen ?? 0) + 1;"
+        " return {calls, seen: (globalThis as any).seen}; }",
+    )
+    bodies = [call(fn).response.body for _ in range(3)]
+    assert bodies == [{"calls": 1, "seen": 1}] * 3
+
+
+def test_time_and_randomness_come_from_the_host(conn: Conn, call: Any) -> None:
+    fn = ts(
+        "clock",
+        "export default async function () { const a = Date.now(); const b = new Date().getTime();"
+        " return {a, b, r: Math.random(), u: crypto.randomUUID(), p: performance.now()}; }",
+    )
+    outcome = call(fn)
+    body = outcome.response.body
+    started = conn.execute(
+        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'clock:now'", (outcome.request_id,)
+    ).fetchone()
+    assert started is not None and body["a"] == body["b"] == int(started[0])  # the recorded clock
+    assert 0 <= body["r"] < 1 and len(body["u"]) == 36 and body["u"][14] == "4" and body["p"] == 0
+
+
+def test_a_thrown_error_is_fx300_with_its_stack_in_the_span_not_the_response(conn: Conn, call: Any) -> None:
+    outcome = call(ts("thrower", "export default async function () { throw new Error('no such order'); }"))
+    assert outcome.error is not None and outcome.error.code == "FX300"
+    assert outcome.response.status == 500
+    assert "no such order" in outcome.response.body["message"] and "stack" not in str(outcome.response.body)
+    error = conn.execute(
+        "SELECT error FROM flux.spans WHERE request_id = %s AND seq = 0", (outcome.request_id,)
+    ).fetchone()
+    assert error is not None and "no such order" in error[0]["message"]
+    assert "at " in error[0]["details"]["stack"]
+
+
+def test_limits_and_bad_code_fail_clearly_and_the_next_request_is_unaffected(call: Any) -> None:
+    ok = ts("ok", "export default async function () { return {fine: true}; }")
+    cases = [
+        (ts("loop", "export default async function () { for (;;) {} }", timeout_ms=500), "FX301"),
+        (ts("hog", "export default async function () { const a = [];"
+                   " for (;;) a.push(new Array(1e6).fill(1)); }", memory_mb=64), "FX302"),
+        (ts("bad_status", "export default async function () { return {status: 99}; }"), "FX303"),
+        (ts("syntax", "export default async function ( {"), "FX307"),
+        (ts("no_default", "export const x = 1;"), "FX300"),
+        (ts("bad_args", "export default async function (req, ctx) { return await ctx.db.query('select'); }"),
+         "FX300"),
+    ]  # fmt: skip
+    for fn, code in cases:
+        outcome = call(fn)
+        assert outcome.error is not None and outcome.error.code == code, (fn.name, outcome.error)
+        assert call(ok).response.body == {"fine": True}
