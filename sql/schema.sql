@@ -423,6 +423,55 @@ $_$;
 
 
 --
+-- Name: enqueue(text, jsonb, timestamp with time zone, integer, text, text, integer); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.enqueue(function_name text, payload jsonb DEFAULT 'null'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, queue_name text DEFAULT 'default'::text, idempotency_key text DEFAULT NULL::text, max_attempts integer DEFAULT 5) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $_$
+#variable_conflict use_column
+DECLARE
+    tenant uuid := flux.tenant_id();
+    parent uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
+    job flux.jobs;
+BEGIN
+    IF function_name IS NULL OR function_name !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
+        RAISE EXCEPTION 'job function % is not a function name', pg_catalog.quote_nullable(function_name)
+            USING ERRCODE = 'FX401', HINT = 'name the function as in functions/<name>';
+    END IF;
+    IF queue_name IS NULL OR queue_name !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
+        RAISE EXCEPTION 'queue % is not a queue name', pg_catalog.quote_nullable(queue_name)
+            USING ERRCODE = 'FX401', HINT = 'use lower-case letters, digits, _ and -';
+    END IF;
+    IF max_attempts IS NULL OR max_attempts NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION 'max_attempts % is out of range', max_attempts
+            USING ERRCODE = 'FX401', HINT = 'give a number of attempts from 1 to 100';
+    END IF;
+    IF pg_catalog.octet_length(payload::text) > 1048576 THEN
+        RAISE EXCEPTION 'the job payload is larger than 1 MiB'
+            USING ERRCODE = 'FX401', HINT = 'store large data in a table and push its key';
+    END IF;
+    INSERT INTO flux.jobs AS j (tenant_id, queue, function, payload, priority, run_at, max_attempts,
+                                idempotency_key, parent_request_id)
+    VALUES (tenant, queue_name, function_name, coalesce(payload, 'null'), coalesce(priority, 0),
+            coalesce(run_at, pg_catalog.now()), max_attempts, idempotency_key, parent)
+    ON CONFLICT (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), queue, idempotency_key)
+        WHERE idempotency_key IS NOT NULL
+        DO NOTHING
+    RETURNING * INTO job;
+    IF job.id IS NULL THEN
+        SELECT * INTO job FROM flux.jobs AS j
+         WHERE coalesce(j.tenant_id, '00000000-0000-0000-0000-000000000000'::uuid)
+               = coalesce(tenant, '00000000-0000-0000-0000-000000000000'::uuid)
+           AND j.queue = queue_name AND j.idempotency_key = enqueue.idempotency_key;
+    END IF;
+    RETURN pg_catalog.to_jsonb(job);
+END
+$_$;
+
+
+--
 -- Name: maintain(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -801,6 +850,55 @@ COMMENT ON TABLE flux.column_policy_grants IS 'Table-level privileges of a Flux 
 
 
 --
+-- Name: jobs; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.jobs (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: TABLE jobs; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.jobs IS 'Durable jobs: pushed by functions (in their request''s transaction), run by queue workers.';
+
+
+--
+-- Name: jobs_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: mutations; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1074,6 +1172,14 @@ ALTER TABLE ONLY flux.column_policy_grants
 
 
 --
+-- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: mutations mutations_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -1111,6 +1217,27 @@ ALTER TABLE ONLY flux.spans
 
 ALTER TABLE ONLY flux.spans_default
     ADD CONSTRAINT spans_default_pkey PRIMARY KEY (request_id, seq, started_at);
+
+
+--
+-- Name: jobs_due_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX jobs_due_idx ON flux.jobs USING btree (queue, priority DESC, run_at, id) WHERE (status = 'queued'::text);
+
+
+--
+-- Name: jobs_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE UNIQUE INDEX jobs_idempotency_key_idx ON flux.jobs USING btree (COALESCE(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: jobs_parent_request_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX jobs_parent_request_idx ON flux.jobs USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
 
 
 --
@@ -1205,6 +1332,16 @@ GRANT ALL ON FUNCTION flux.claims() TO flux_service;
 
 
 --
+-- Name: FUNCTION enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_anon;
+GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_user;
+GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_service;
+
+
+--
 -- Name: FUNCTION role(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -1243,6 +1380,13 @@ REVOKE ALL ON FUNCTION flux.tg_mutations__record_truncate() FROM PUBLIC;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_anon;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_user;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
+
+
+--
+-- Name: TABLE jobs; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE flux.jobs TO flux_recorder;
 
 
 --

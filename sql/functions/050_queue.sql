@@ -55,7 +55,10 @@ BEGIN
 END
 $$;
 
+-- A new owner needs CREATE on the schema, only for the moment of the change.
+GRANT CREATE ON SCHEMA flux TO flux_recorder;
 ALTER FUNCTION flux.enqueue(text, jsonb, timestamptz, integer, text, text, integer) OWNER TO flux_recorder;
+REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.enqueue(text, jsonb, timestamptz, integer, text, text, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION flux.enqueue(text, jsonb, timestamptz, integer, text, text, integer)
     TO flux_anon, flux_user, flux_service;
