@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import db, explain, server
+from cli import build, db, explain, server
 
 
 class FluxTyper(typer.Typer):
@@ -52,6 +52,7 @@ app = FluxTyper(
 app.add_typer(db.app, name="db")
 server.register(app)
 explain.register(app)
+build.register(app)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from flux import jsontext
 from flux.errors import (
+    ERRORS,
     FluxError,
     FunctionCrashed,
     FunctionFailed,
@@ -26,6 +27,7 @@ from flux.errors import (
     FunctionTimedOut,
     InvalidFunctionCode,
     InvalidFunctionResponse,
+    error_for_code,
 )
 from flux.runtime.host import Host
 from flux.runtime.limits import FunctionLimits
@@ -219,7 +221,10 @@ class DenoPool:
 def _thrown(error: dict[str, Any]) -> FluxError:
     """What the function threw, as the request's error: the message for the client, the stack for the span."""
     name, message = str(error.get("name", "Error")), str(error.get("message", ""))
-    details = {"name": name, "stack": error.get("stack", ""), "code": error.get("code")}
+    code = error.get("code")
+    details = {"name": name, "stack": error.get("stack", ""), "code": code}
+    if name == "FluxError" and isinstance(code, str) and code in ERRORS:  # a host call's error, not caught
+        return error_for_code(code, message, details=details)
     kind = _USER_ERRORS.get(name, FunctionFailed)
     return kind(f"{name}: {message}" if name not in message else message, details=details)
 

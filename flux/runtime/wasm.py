@@ -174,6 +174,14 @@ class WasmRuntime:
             raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
 
 
+def compile_wat(text: str) -> bytes:
+    """WebAssembly text to binary; ValueError with the parser's message when it is not valid."""
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        raise ValueError(str(exc).strip()) from None
+
+
 def _alloc(exports: Any, store: Any, size: int) -> int:
     alloc = exports["flux_alloc"]
     assert isinstance(alloc, wasmtime.Func)

@@ -88,7 +88,7 @@ def test_limits_and_bad_code_fail_clearly_and_the_next_request_is_unaffected(cal
         (ts("syntax", "export default async function ( {"), "FX307"),
         (ts("no_default", "export const x = 1;"), "FX300"),
         (ts("bad_args", "export default async function (req, ctx) { return await ctx.db.query('select'); }"),
-         "FX300"),
+         "FX305"),
     ]  # fmt: skip
     for fn, code in cases:
         outcome = call(fn)

@@ -1,0 +1,121 @@
+"""Builds a function folder (`functions/<name>/`) into the code an executor runs, by its source file:
+
+- `index.ts` / `index.js`: TypeScript or JavaScript for Deno, run as written (types are stripped at load);
+- `index.ts` beside a `package.json` that names `assemblyscript`: AssemblyScript, compiled by its `asc`;
+- `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
+- `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library).
+
+A build that fails is FX307 with the compiler's own message (file and line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from flux.errors import InvalidFunctionCode
+from flux.runtime.invoke import Function
+from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasm import compile_wat
+
+BUILD_TIMEOUT_S = 300
+_RUSTC = "/usr/bin/rustc"  # Debian's: the rustup toolchain usually on PATH has no wasm32 target
+_SOURCES = (("index.js", "javascript"), ("index.wat", "wat"), ("index.c", "c"), ("lib.rs", "rust"))
+_C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
+_RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
+
+
+def source_of(folder: Path) -> tuple[str, Path]:
+    """The function's language and its source file."""
+    if (folder / "index.ts").exists():
+        package = folder / "package.json"
+        if package.exists() and "assemblyscript" in json.loads(package.read_text()).get(
+            "devDependencies", {}
+        ):
+            return "assemblyscript", folder / "index.ts"
+        return "typescript", folder / "index.ts"
+    for name, language in _SOURCES:
+        if (folder / name).exists():
+            return language, folder / name
+    raise InvalidFunctionCode(
+        f"{folder} has no function source",
+        hint="add index.ts, index.js, index.wat, index.c or lib.rs (see docs/functions.md)",
+    )
+
+
+def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = None) -> Function:
+    """Build `folder` into `out_dir/<name>.wasm` (Wasm) or read its source (Deno); the Function to run."""
+    folder, out_dir = folder.resolve(), out_dir.resolve()
+    language, source = source_of(folder)
+    limits = limits or FunctionLimits()
+    if language in ("typescript", "javascript"):
+        code = source.read_bytes()
+        return Function(folder.name, language, code, hashlib.sha256(code).hexdigest(), limits)  # type: ignore[arg-type]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / f"{folder.name}.wasm"
+    if language == "wat":
+        try:
+            output.write_bytes(compile_wat(source.read_text()))
+        except ValueError as exc:
+            raise InvalidFunctionCode(f"{source}: {exc}") from None
+    else:
+        _run(_command(language, source, output), folder)
+    code = output.read_bytes()
+    return Function(folder.name, "wasm", code, hashlib.sha256(code).hexdigest(), limits)
+
+
+def _command(language: str, source: Path, output: Path) -> list[str]:
+    if language == "c":
+        clang = shutil.which("clang-14") or shutil.which("clang")
+        if clang is None:
+            raise InvalidFunctionCode("no clang to build C", hint=f"apt-get install {_C_PACKAGES}")
+        return [clang, "--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-nostartfiles", "-Wl,--no-entry",
+                "-o", str(output), str(source)]  # fmt: skip
+    if language == "rust":
+        if not Path(_RUSTC).exists():
+            raise InvalidFunctionCode(
+                "no Debian rustc to build Rust", hint=f"apt-get install {_RUST_PACKAGES}"
+            )
+        return [_RUSTC, "--target", "wasm32-unknown-unknown", "--crate-type", "cdylib", "-O",
+                "-C", "strip=symbols", "-o", str(output), str(source)]  # fmt: skip
+    asc = source.parent / "node_modules" / ".bin" / "asc"
+    if not asc.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise InvalidFunctionCode("no npm to install AssemblyScript", hint="install node and npm")
+        _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], source.parent)
+    return [
+        str(asc),
+        source.name,
+        "--outFile",
+        str(output),
+        "--runtime",
+        "stub",
+        "--optimize",
+        "--use",
+        "abort=",
+    ]
+
+
+def _run(command: list[str], folder: Path) -> None:
+    try:
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InvalidFunctionCode(f"building {folder.name} took over {BUILD_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip()
+        raise InvalidFunctionCode(
+            f"building {folder.name} failed: {_first_error(output)}", details={"output": output[-4000:]}
+        )
+
+
+def _first_error(output: str) -> str:
+    """The compiler's first error line (it names the file and line), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower():
+            return line
+    return lines[-1] if lines else "no output"
