@@ -27,7 +27,9 @@ def build(
     if not folder.is_dir():
         raise InvalidFunctionCode(f"no function folder {folder}", hint="functions live in functions/<name>/")
     built = build_function(folder, project / ".flux" / "build")
-    where = project / ".flux" / "build" / f"{function}.wasm" if built.runtime == "wasm" else folder
+    where = (
+        project / ".flux" / "build" / f"{function}.wasm" if built.runtime in ("wasm", "component") else folder
+    )
     typer.echo(
         f"built {function}: {built.runtime}, {len(built.code)} bytes, sha256 {built.sha256[:12]} ({where})"
     )

@@ -1,4 +1,5 @@
-"""The runtime: runs a function's code (Wasm on Wasmtime, TypeScript/JavaScript on Deno) for one request, with
+"""The runtime: runs a function's code (Wasm modules and components on Wasmtime, TypeScript and JavaScript on
+Deno) for one request, with
 the host API (host.py) as its only way out, and records the run (invoke.py).
 
 runtime = Runtime(cache_dir)
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flux.runtime.component import ComponentRuntime
 from flux.runtime.deno import DenoPool
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, Outcome, invoke
@@ -24,11 +26,14 @@ class Runtime(Executor):
 
     def __init__(self, cache_dir: Path, deno_workers: int = 2) -> None:
         self.wasm = WasmRuntime(cache_dir / "wasm")
+        self.components = ComponentRuntime(self.wasm)
         self.deno = DenoPool(deno_workers, cache_dir / "deno")
 
     def execute(self, function: Function, request: Any, host: Host) -> Any:
         if function.runtime == "wasm":
             return self.wasm.run(self.wasm.load(function.code), request, host, function.limits)
+        if function.runtime == "component":
+            return self.components.run(self.components.load(function.code), request, host, function.limits)
         lang = "ts" if function.runtime == "typescript" else "js"
         return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
 

@@ -3,7 +3,8 @@
 - `index.ts` / `index.js`: TypeScript or JavaScript for Deno, run as written (types are stripped at load);
 - `index.ts` beside a `package.json` that names `assemblyscript`: AssemblyScript, compiled by its `asc`;
 - `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
-- `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library).
+- `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
+- `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`.
 
 A build that fails is FX307 with the compiler's own message (file and line).
 """
@@ -14,16 +15,24 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from flux.errors import InvalidFunctionCode
-from flux.runtime.invoke import Function
+from flux.runtime.component import wit_dir
+from flux.runtime.invoke import Function, RuntimeKind
 from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
 _RUSTC = "/usr/bin/rustc"  # Debian's: the rustup toolchain usually on PATH has no wasm32 target
-_SOURCES = (("index.js", "javascript"), ("index.wat", "wat"), ("index.c", "c"), ("lib.rs", "rust"))
+_SOURCES = (
+    ("index.js", "javascript"),
+    ("index.wat", "wat"),
+    ("index.c", "c"),
+    ("lib.rs", "rust"),
+    ("app.py", "python"),
+)
 _C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
 _RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
 
@@ -42,7 +51,7 @@ def source_of(folder: Path) -> tuple[str, Path]:
             return language, folder / name
     raise InvalidFunctionCode(
         f"{folder} has no function source",
-        hint="add index.ts, index.js, index.wat, index.c or lib.rs (see docs/functions.md)",
+        hint="add index.ts, index.js, index.wat, index.c, lib.rs or app.py (see docs/functions.md)",
     )
 
 
@@ -64,10 +73,20 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
     else:
         _run(_command(language, source, output), folder)
     code = output.read_bytes()
-    return Function(folder.name, "wasm", code, hashlib.sha256(code).hexdigest(), limits)
+    runtime: RuntimeKind = "component" if language == "python" else "wasm"
+    return Function(folder.name, runtime, code, hashlib.sha256(code).hexdigest(), limits)
 
 
 def _command(language: str, source: Path, output: Path) -> list[str]:
+    if language == "python":
+        beside = Path(sys.executable).with_name("componentize-py")  # a dependency: in Flux's own environment
+        tool = str(beside) if beside.exists() else shutil.which("componentize-py")
+        if tool is None:
+            raise InvalidFunctionCode(
+                "no componentize-py to build Python", hint="pip install componentize-py"
+            )
+        world = ["-d", str(wit_dir()), "-w", "function"]
+        return [tool, *world, "componentize", source.stem, "-o", str(output)]
     if language == "c":
         clang = shutil.which("clang-14") or shutil.which("clang")
         if clang is None:

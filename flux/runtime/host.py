@@ -190,6 +190,11 @@ class Host:
             raise
 
 
+def not_json(exc: ValueError) -> dict[str, Json]:
+    """The answer to a host call whose text is not JSON (from a Wasm function)."""
+    return {"ok": False, "error": {"code": InvalidHostCall.code, "message": f"the call is not JSON: {exc}"}}
+
+
 _OPS: dict[str, Callable[[Host, Json], Json]] = {
     "db.query": Host.db_query,
     "db.sql": Host.db_sql,

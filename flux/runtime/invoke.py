@@ -24,12 +24,12 @@ from flux.runtime.response import Response, to_response
 from flux.trace.recorder import Recorder
 
 Json = Any
-RuntimeKind = Literal["wasm", "typescript", "javascript"]
+RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
 
 
 @dataclass(frozen=True)
 class Function:
-    """A function's code: a Wasm module, or one TypeScript or JavaScript module for Deno."""
+    """A function's code: a Wasm core module or component, or one TypeScript or JavaScript module for Deno."""
 
     name: str
     runtime: RuntimeKind

@@ -15,6 +15,8 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from flux.errors import (
     InvalidFunctionCode,
     InvalidFunctionResponse,
 )
-from flux.runtime.host import Host
+from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
 
 EPOCH_TICK_S = 0.005
@@ -56,11 +58,37 @@ class _Run:
 _current = threading.local()
 
 
-def _run() -> _Run:
+def active_run() -> _Run:
+    """The request this thread is running (host functions are shared by every request of the linker)."""
     run: _Run | None = getattr(_current, "run", None)
     if run is None:
         raise RuntimeError("a Flux host function was called outside a request")
     return run
+
+
+def limited_store(engine: Engine, limits: FunctionLimits) -> Store:
+    """A store for one call: its fuel, its deadline (in epoch ticks) and its memory cap."""
+    store = Store(engine)
+    store.set_fuel(limits.fuel)
+    store.set_epoch_deadline(max(1, int(limits.timeout_ms / 1000 / EPOCH_TICK_S)))
+    store.set_limits(memory_size=limits.memory_bytes)
+    return store
+
+
+@contextmanager
+def running(host: Host, store: Store) -> Iterator[_Run]:
+    """Make `host` this thread's active run while Wasm runs, with WASI's stdout and stderr as its log lines
+    (the last, unterminated one is logged at the end)."""
+    run = _current.run = _Run(host, store)
+    wasi = WasiConfig()
+    wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)
+    wasi.stderr_custom = lambda data: capture_output(run, "stderr", data)
+    store.set_wasi(wasi)
+    try:
+        yield run
+    finally:
+        _flush_output(run)
+        _current.run = None
 
 
 @dataclass(frozen=True)
@@ -133,16 +161,15 @@ class WasmRuntime:
 
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
-        store = Store(self.engine)
-        store.set_fuel(limits.fuel)
-        store.set_epoch_deadline(max(1, int(limits.timeout_ms / 1000 / EPOCH_TICK_S)))
-        store.set_limits(memory_size=limits.memory_bytes)
-        run = _Run(host, store)
-        wasi = WasiConfig()
-        wasi.stdout_custom = lambda data: _capture(run, "stdout", data)
-        wasi.stderr_custom = lambda data: _capture(run, "stderr", data)
-        store.set_wasi(wasi)
-        _current.run = run
+        with running(host, limited_store(self.engine, limits)) as run:
+            result = self._call(loaded, request, run, limits)
+        try:
+            return jsontext.loads(result)
+        except ValueError as exc:
+            raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+    def _call(self, loaded: LoadedModule, request: Any, run: _Run, limits: FunctionLimits) -> bytes:
+        store = run.store
         try:
             instance = loaded.pre.instantiate(store)
             exports = instance.exports(store)
@@ -160,18 +187,11 @@ class WasmRuntime:
             packed = handle(store, pointer, len(payload))
             if not isinstance(packed, int):
                 raise InvalidFunctionResponse("flux_handle must return an i64: pointer << 32 | length")
-            result = _read(memory, store, packed)
+            return _read(memory, store, packed)
         except Trap as trap:
-            raise _trap_error(trap, run, limits) from None
+            raise trap_error(trap, run, limits) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {_first_line(exc)}") from None
-        finally:
-            _flush_output(run)
-            _current.run = None
-        try:
-            return jsontext.loads(result)
-        except ValueError as exc:
-            raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
 
 
 def compile_wat(text: str) -> bytes:
@@ -199,7 +219,7 @@ def _read(memory: wasmtime.Memory, store: Any, packed: int) -> bytes:
     return bytes(memory.read(store, pointer, pointer + length))
 
 
-def _trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
+def trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
     code = trap.trap_code
     if code == TrapCode.OUT_OF_FUEL:
         return FunctionTimedOut(f"the function used all its CPU fuel ({limits.fuel})", hint="raise `fuel`")
@@ -220,7 +240,7 @@ def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
     return run.memory is not None and run.memory.data_len(run.store) + margin > limits.memory_bytes
 
 
-def _capture(run: _Run, stream: str, data: bytes) -> None:
+def capture_output(run: _Run, stream: str, data: bytes) -> None:
     buffer = run.output[stream]
     buffer.extend(data)
     while b"\n" in buffer:
@@ -271,15 +291,12 @@ def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
 
 
 def _flux_call(caller: wasmtime.Caller, pointer: int, length: int) -> int:
-    run = _run()
+    run = active_run()
     memory = _memory(caller)
     try:
         message = jsontext.loads(bytes(memory.read(caller, pointer, pointer + length)))
     except ValueError as exc:
-        answer: dict[str, Any] = {
-            "ok": False,
-            "error": {"code": "FX305", "message": f"the call is not JSON: {exc}"},
-        }
+        answer = not_json(exc)
     else:
         op = message.get("op") if isinstance(message, dict) else None
         args = message.get("args") if isinstance(message, dict) else None
@@ -294,7 +311,7 @@ def _flux_call(caller: wasmtime.Caller, pointer: int, length: int) -> int:
 
 def _flux_log(caller: wasmtime.Caller, pointer: int, length: int) -> None:
     message = _memory(caller).read(caller, pointer, pointer + length).decode(errors="replace")
-    _run().host.answer("log", {"level": "info", "message": message})
+    active_run().host.answer("log", {"level": "info", "message": message})
 
 
 def _clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
@@ -302,7 +319,7 @@ def _clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out:
     del precision
     if clock_id not in (0, 1, 2, 3):
         return _ERRNO_INVAL
-    milliseconds = _run().host.call("now", None)
+    milliseconds = active_run().host.call("now", None)
     _memory(caller).write(caller, int(milliseconds * 1_000_000).to_bytes(8, "little"), out)
     return _ERRNO_SUCCESS
 
@@ -312,6 +329,6 @@ def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:
     data = b""
     while len(data) < length:
         chunk = min(length - len(data), 65_536)
-        data += base64.b64decode(_run().host.call("random", {"bytes": chunk}))
+        data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
     _memory(caller).write(caller, data, pointer)
     return _ERRNO_SUCCESS

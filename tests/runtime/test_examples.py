@@ -35,7 +35,7 @@ def _require_toolchain(name: str) -> None:
         pytest.skip(f"the toolchain for {name} is not installed (.ci/run installs it)")
 
 
-@pytest.mark.parametrize("name", ["ts_notes", "wat_notes", "c_notes", "rust_notes", "as_notes"])
+@pytest.mark.parametrize("name", ["ts_notes", "wat_notes", "c_notes", "rust_notes", "as_notes", "py_notes"])
 def test_an_example_builds_runs_and_is_recorded(
     name: str, conn: Conn, call: Any, local_server: str, tmp_path: Path
 ) -> None:
@@ -73,3 +73,18 @@ def test_flux_build_prints_what_it_built(tmp_path: Path) -> None:
     (tmp_path / "functions" / "c_notes" / "index.c").write_text("int broken( {")
     failed = run_flux(["build", "c_notes"], env, tmp_path)
     assert failed.returncode == 1 and "error FX307" in failed.stderr and "index.c:1" in failed.stderr
+
+
+def test_a_python_exception_fails_the_request_with_its_traceback_in_the_record(
+    conn: Conn, call: Any, tmp_path: Path
+) -> None:
+    fn = build_function(PROJECT / "functions" / "py_notes", tmp_path)
+    outcome = call(fn, {"method": "POST", "path": "/notes", "body": {"text": ""}})  # the CHECK refuses ''
+    assert outcome.error is not None and outcome.error.code == "FX300", outcome.error
+    logged = conn.execute(
+        "SELECT string_agg(input->>'message', '\n' ORDER BY seq) FROM flux.spans"
+        " WHERE request_id = %s AND module = 'log'",
+        (outcome.request_id,),
+    ).fetchone()
+    assert logged is not None and "FX130" in logged[0] and "Traceback" in logged[0]
+    assert conn.execute("SELECT count(*) FROM flux.jobs").fetchone() == (0,)

@@ -1,0 +1,197 @@
+"""Runs WebAssembly components that implement the `function` world of `wit/flux.wit` (Python functions built
+by componentize-py, or any language with a component toolchain), each call in a fresh instance.
+
+The world exports `handle(request: string) -> string` (JSON both ways) and imports `host.call(op, args)` and
+`host.log(message)`, the same operations as the core-module ABI. WASI 0.2 is linked for the language's
+runtime: stdout and stderr become log spans, and its wall clock and random source are the host's recorded
+`now` and `random` (the monotonic clock is WASI's own). Limits are the core modules' (fuel, deadline, memory).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import Trap
+from wasmtime import component as wasm_component
+
+from flux import jsontext
+from flux.errors import (
+    FluxError,
+    FunctionCrashed,
+    FunctionFailed,
+    FunctionTimedOut,
+    InvalidFunctionCode,
+    InvalidFunctionResponse,
+)
+from flux.runtime.host import Host, not_json
+from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasm import WasmRuntime, active_run, limited_store, running, trap_error
+
+HOST_INTERFACE = "flux:function/host@0.1.0"
+
+
+def wit_dir() -> Path:
+    """The WIT of Flux's world: `wit/` beside the package in a checkout, `flux/_wit` in an installed wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "wit"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "_wit"
+
+
+@dataclass(frozen=True)
+class LoadedComponent:
+    sha256: str
+    component: wasm_component.Component
+    linker: wasm_component.Linker
+
+
+class ComponentRuntime:
+    """Components on the engine (and epoch clock) of a WasmRuntime; `run` is safe from several threads."""
+
+    def __init__(self, wasm: WasmRuntime) -> None:
+        self.engine = wasm.engine
+        self.cache_dir = wasm.cache_dir
+        self._loaded: dict[str, LoadedComponent] = {}
+        self._lock = threading.Lock()
+
+    def load(self, code: bytes) -> LoadedComponent:
+        sha = hashlib.sha256(code).hexdigest()
+        loaded = self._loaded.get(sha)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if sha not in self._loaded:
+                component = self._compile(sha, code)
+                self._loaded[sha] = LoadedComponent(sha, component, self._linker(component))
+            return self._loaded[sha]
+
+    def _compile(self, sha: str, code: bytes) -> wasm_component.Component:
+        cached = self.cache_dir / f"{sha}.component.cwasm"
+        if cached.exists():
+            try:
+                return wasm_component.Component.deserialize_file(self.engine, str(cached))
+            except wasmtime.WasmtimeError:
+                cached.unlink(missing_ok=True)
+        try:
+            component = wasm_component.Component(self.engine, code)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the function is not a valid component: {_first_line(exc)}") from None
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(component.serialize())
+        partial.replace(cached)
+        return component
+
+    def _linker(self, component: wasm_component.Component) -> wasm_component.Linker:
+        """WASI 0.2, with its wall clock and random source replaced (in the versions the component imports)
+        by the host's recorded ones, and Flux's host interface."""
+        linker = wasm_component.Linker(self.engine)
+        linker.add_wasip2()
+        linker.allow_shadowing = True
+        imports = component.type.imports(self.engine)
+        if HOST_INTERFACE not in imports:
+            raise InvalidFunctionCode(
+                f"the component does not import {HOST_INTERFACE}",
+                hint="build it for the world in wit/flux.wit",
+            )
+        with linker.root() as root:
+            with root.add_instance(HOST_INTERFACE) as host:
+                host.add_func("call", _host_call)
+                host.add_func("log", _host_log)
+            for name in imports:
+                if name.startswith("wasi:clocks/wall-clock@"):
+                    with root.add_instance(name) as clock:
+                        clock.add_func("now", _wall_clock_now)
+                        clock.add_func("resolution", _wall_clock_resolution)
+                elif name.startswith("wasi:random/random@"):
+                    with root.add_instance(name) as random:
+                        random.add_func("get-random-bytes", _random_bytes)
+                        random.add_func("get-random-u64", _random_u64)
+        return linker
+
+    def run(self, loaded: LoadedComponent, request: Any, host: Host, limits: FunctionLimits) -> Any:
+        """Call `handle` with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
+        with running(host, limited_store(self.engine, limits)) as run:
+            store = run.store
+            try:
+                instance = loaded.linker.instantiate(store, loaded.component)
+                handle = instance.get_func(store, "handle")
+                if handle is None:
+                    raise InvalidFunctionCode("the component does not export handle", hint="see wit/flux.wit")
+                result = handle(store, jsontext.dumps_text(request))
+                handle.post_return(store)
+            except Trap as trap:
+                raise trap_error(trap, run, limits) from None
+            except wasmtime.WasmtimeError as exc:
+                raise _component_error(exc, limits) from None
+        if not isinstance(result, str):
+            raise InvalidFunctionResponse("handle must return a string of JSON")
+        try:
+            return jsontext.loads(result)
+        except ValueError as exc:
+            raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+
+def _component_error(exc: wasmtime.WasmtimeError, limits: FunctionLimits) -> FluxError:
+    """A component's trap comes as an error whose text names the cause (the core API gives a trap code)."""
+    text = str(exc)
+    if "all fuel consumed" in text:
+        return FunctionTimedOut(f"the function used all its CPU fuel ({limits.fuel})", hint="raise `fuel`")
+    if "interrupt" in text:
+        return FunctionTimedOut(f"the function ran past {limits.timeout_ms} ms", hint="raise `timeout_ms`")
+    if "wasm backtrace" in text or "wasm trap" in text:
+        cause = [line.strip() for line in text.splitlines() if line.strip().startswith("wasm trap")]
+        return FunctionFailed(f"the function trapped: {cause[0] if cause else _first_line(exc)}")
+    return FunctionCrashed(f"the component failed: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or ["unknown error"])[0]
+
+
+# -- host functions (the linker is shared; the request is the thread's active run) -------------------------
+
+
+def _host_call(store: Any, op: str, args: str) -> str:
+    host = active_run().host
+    try:
+        answer = host.answer(op, jsontext.loads(args))
+    except ValueError as exc:
+        answer = not_json(exc)
+    return jsontext.dumps_text(answer)
+
+
+def _host_log(store: Any, message: str) -> None:
+    active_run().host.answer("log", {"level": "info", "message": message})
+
+
+def _datetime(milliseconds: float) -> wasm_component.Record:
+    nanoseconds = int(milliseconds * 1_000_000)
+    record = wasm_component.Record()
+    record.seconds, record.nanoseconds = divmod(nanoseconds, 1_000_000_000)  # type: ignore[attr-defined]
+    return record
+
+
+def _wall_clock_now(store: Any) -> wasm_component.Record:
+    return _datetime(active_run().host.call("now", None))
+
+
+def _wall_clock_resolution(store: Any) -> wasm_component.Record:
+    return _datetime(0.001)  # the host's clock counts microseconds
+
+
+def _random_bytes(store: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = min(count - len(data), 65_536)
+        data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
+    return data
+
+
+def _random_u64(store: Any) -> int:
+    return int.from_bytes(_random_bytes(store, 8), "little")
