@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from flux.errors import (
 )
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.wasm import WasmRuntime, active_run, limited_store, running, trap_error
+from flux.runtime.wasm import WasmRuntime, active_run, compile_cached, limited_store, running, trap_error
 
 HOST_INTERFACE = "flux:function/host@0.1.0"
 
@@ -71,21 +70,19 @@ class ComponentRuntime:
             return self._loaded[sha]
 
     def _compile(self, sha: str, code: bytes) -> wasm_component.Component:
-        cached = self.cache_dir / f"{sha}.component.cwasm"
-        if cached.exists():
+        def compile_component() -> wasm_component.Component:
             try:
-                return wasm_component.Component.deserialize_file(self.engine, str(cached))
-            except wasmtime.WasmtimeError:
-                cached.unlink(missing_ok=True)
-        try:
-            component = wasm_component.Component(self.engine, code)
-        except wasmtime.WasmtimeError as exc:
-            raise InvalidFunctionCode(f"the function is not a valid component: {_first_line(exc)}") from None
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(component.serialize())
-        partial.replace(cached)
-        return component
+                return wasm_component.Component(self.engine, code)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidFunctionCode(
+                    f"the function is not a valid component: {_first_line(exc)}"
+                ) from None
+
+        return compile_cached(
+            self.cache_dir / f"{sha}.component.cwasm",
+            lambda path: wasm_component.Component.deserialize_file(self.engine, path),
+            compile_component,
+        )
 
     def _linker(self, component: wasm_component.Component) -> wasm_component.Linker:
         """WASI 0.2, with its wall clock and random source replaced (in the versions the component imports)

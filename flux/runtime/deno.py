@@ -48,7 +48,7 @@ def deno_binary() -> str:
         return "deno"
 
 
-@dataclass
+@dataclass(eq=False)  # a process: compared by identity
 class _Worker:
     process: subprocess.Popen[bytes]
     memory_mb: int
@@ -119,10 +119,12 @@ class DenoPool:
         self.size = size
         self.cache_dir = cache_dir
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self.busy: set[_Worker] = set()  # the workers running a call now
 
     def run(self, code: bytes, sha: str, lang: str, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function's default export with `request`; its JSON result, or a FluxError."""
         worker = self._checkout(limits.memory_mb)
+        self.busy.add(worker)
         started = host.call("now", None)
         seed = host.call("random", {"bytes": 32})
         message: dict[str, Any] = {
@@ -139,6 +141,7 @@ class DenoPool:
             self._discard(worker)
             raise FunctionCrashed(f"the Deno worker failed: {exc}") from None
         finally:
+            self.busy.discard(worker)
             if worker.alive and self._idle.qsize() < self.size:  # the call ended: the worker serves on
                 self._idle.put(worker)
             elif worker.alive:

@@ -15,14 +15,15 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import wasmtime
 from wasmtime import Config, Engine, FuncType, Linker, Module, Store, Trap, TrapCode, ValType, WasiConfig
+from wasmtime import component as wasm_component
 
 from flux import jsontext
 from flux.errors import (
@@ -36,6 +37,8 @@ from flux.errors import (
 )
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
+
+Compiled = TypeVar("Compiled", Module, "wasm_component.Component")
 
 EPOCH_TICK_S = 0.005
 PAGE = 65_536
@@ -143,21 +146,19 @@ class WasmRuntime:
             return self._loaded[sha]
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
-        cached = self.cache_dir / f"{sha}.cwasm"
-        if cached.exists():
+        def compile_module() -> Module:
             try:
-                return Module.deserialize_file(self.engine, str(cached))
-            except wasmtime.WasmtimeError:
-                cached.unlink(missing_ok=True)  # another wasmtime version wrote it: compile again
-        try:
-            module = Module(self.engine, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise InvalidFunctionCode(f"the function is not valid WebAssembly: {_first_line(exc)}") from None
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(module.serialize())
-        partial.replace(cached)
-        return module
+                return Module(self.engine, wasm)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidFunctionCode(
+                    f"the function is not valid WebAssembly: {_first_line(exc)}"
+                ) from None
+
+        return compile_cached(
+            self.cache_dir / f"{sha}.cwasm",
+            lambda path: Module.deserialize_file(self.engine, path),
+            compile_module,
+        )
 
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
@@ -192,6 +193,22 @@ class WasmRuntime:
             raise trap_error(trap, run, limits) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {_first_line(exc)}") from None
+
+
+def compile_cached(path: Path, load: Callable[[str], Compiled], compile: Callable[[], Compiled]) -> Compiled:
+    """Compiled code from its file in the cache, else compiled now and written there (atomically, since
+    several processes share the cache). A file another wasmtime wrote fails to load: it is compiled again."""
+    if path.exists():
+        try:
+            return load(str(path))
+        except wasmtime.WasmtimeError:
+            path.unlink(missing_ok=True)
+    compiled = compile()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(compiled.serialize())
+    partial.replace(path)
+    return compiled
 
 
 def compile_wat(text: str) -> bytes:

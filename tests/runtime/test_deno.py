@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 
+from flux.runtime import Runtime
 from tests.fixtures.runtime import example, function
 
 Conn = psycopg.Connection[Any]
@@ -94,3 +95,20 @@ def test_limits_and_bad_code_fail_clearly_and_the_next_request_is_unaffected(cal
         outcome = call(fn)
         assert outcome.error is not None and outcome.error.code == code, (fn.name, outcome.error)
         assert call(ok).response.body == {"fine": True}
+
+
+def test_a_worker_killed_mid_call_is_fx306_and_replaced(call: Any, runtime: Runtime) -> None:
+    import threading
+
+    def kill_busy_workers() -> None:
+        for worker in list(runtime.deno.busy):
+            worker.process.kill()
+
+    timer = threading.Timer(1.0, kill_busy_workers)
+    timer.start()
+    try:
+        outcome = call(ts("victim", "export default async function () { for (;;) {} }", timeout_ms=20_000))
+    finally:
+        timer.cancel()
+    assert outcome.error is not None and outcome.error.code == "FX306", outcome.error
+    assert call(ts("after", "export default async () => ({fine: true})")).response.body == {"fine": True}

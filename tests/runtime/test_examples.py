@@ -35,7 +35,10 @@ def _require_toolchain(name: str) -> None:
         pytest.skip(f"the toolchain for {name} is not installed (.ci/run installs it)")
 
 
-@pytest.mark.parametrize("name", ["ts_notes", "wat_notes", "c_notes", "rust_notes", "as_notes", "py_notes"])
+EXAMPLES = ["ts_notes", "js_notes", "wat_notes", "c_notes", "rust_notes", "as_notes", "py_notes"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_an_example_builds_runs_and_is_recorded(
     name: str, conn: Conn, call: Any, local_server: str, tmp_path: Path
 ) -> None:

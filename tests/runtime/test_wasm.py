@@ -155,3 +155,14 @@ def test_wasi_output_becomes_log_spans_and_wasi_clock_and_random_are_recorded(co
 
 def _wat_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def test_compiled_code_is_cached_on_disk_by_its_sha256(tmp_path: Any) -> None:
+    from flux.runtime.wasm import WasmRuntime, compile_wat
+
+    code = compile_wat(example("polyglot/functions/wat_notes/index.wat"))
+    first = WasmRuntime(tmp_path).load(code)
+    assert (tmp_path / f"{first.sha256}.cwasm").exists()
+    (tmp_path / f"{first.sha256}.cwasm").write_bytes(b"not a compiled module")  # a stale or foreign cache
+    again = WasmRuntime(tmp_path).load(code)  # a new process: reads the cache, or compiles again
+    assert again.sha256 == first.sha256 and (tmp_path / f"{first.sha256}.cwasm").stat().st_size > 100
