@@ -35,7 +35,7 @@ from flux.runtime.limits import FunctionLimits
 WORKER_SCRIPT = Path(__file__).with_name("deno_worker.js")
 START_TIMEOUT_S = 10.0
 MAX_LINE_BYTES = 64 * 1024 * 1024
-_USER_ERRORS = {"SyntaxError": InvalidFunctionCode}
+_USER_ERRORS = {"SyntaxError": InvalidFunctionCode, "InvalidResponse": InvalidFunctionResponse}
 
 
 def deno_binary() -> str:

@@ -147,7 +147,14 @@ async function run(message) {
     const handler = module.namespace.default;
     if (typeof handler !== "function") throw new TypeError("the module has no default export function");
     const value = await handler(PARSE_SCRIPT.runInContext(context)(JSON.stringify(message.request)), ctx);
-    send({ type: "done", ok: true, value: value === undefined ? null : JSON.parse(JSON.stringify(value)) });
+    let text;
+    try {
+      text = JSON.stringify(value === undefined ? null : value);
+    } catch (error) {
+      send({ type: "done", ok: false, error: { ...describe(error), name: "InvalidResponse" } });
+      return;
+    }
+    send({ type: "done", ok: true, value: JSON.parse(text) });
   } catch (error) {
     send({ type: "done", ok: false, error: describe(error) });
   }

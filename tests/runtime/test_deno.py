@@ -86,6 +86,7 @@ def test_limits_and_bad_code_fail_clearly_and_the_next_request_is_unaffected(cal
         (ts("hog", "export default async function () { const a = [];"
                    " for (;;) a.push(new Array(1e6).fill(1)); }", memory_mb=64), "FX302"),
         (ts("bad_status", "export default async function () { return {status: 99}; }"), "FX303"),
+        (ts("not_json", "export default async function () { return {n: 10n}; }"), "FX303"),
         (ts("syntax", "export default async function ( {"), "FX307"),
         (ts("no_default", "export const x = 1;"), "FX300"),
         (ts("bad_args", "export default async function (req, ctx) { return await ctx.db.query('select'); }"),
