@@ -234,6 +234,17 @@ def transaction_failed(conn: psycopg.Connection[Any]) -> bool:
     return conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
 
 
+REQUEST_ROLE = "flux_authenticator"
+
+
+def request_dsn(dsn: str) -> str:
+    """The DSN request connections use: the same server and database, logged in as flux_authenticator, which
+    can only become a request role and write the request's record (sql/migrations/0005_authenticator.sql).
+    The server must let it in without a password (trust or peer on the local socket, as the embedded
+    Postgres does), or the DSN must carry its password."""
+    return conninfo.make_conninfo(dsn, user=REQUEST_ROLE)
+
+
 def leave_request_role(conn: psycopg.Connection[Any], *, durable: bool) -> None:
     """Back from the request's role to the connecting role, to write the request's record; a request that
     changed no data commits without waiting for its WAL flush (its record is all it writes)."""

@@ -1304,6 +1304,7 @@ GRANT USAGE ON SCHEMA flux TO flux_anon;
 GRANT USAGE ON SCHEMA flux TO flux_user;
 GRANT USAGE ON SCHEMA flux TO flux_service;
 GRANT USAGE ON SCHEMA flux TO flux_recorder;
+GRANT USAGE ON SCHEMA flux TO flux_authenticator;
 
 
 --
@@ -1383,6 +1384,13 @@ GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
 
 
 --
+-- Name: TABLE column_policies; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.column_policies TO flux_authenticator;
+
+
+--
 -- Name: TABLE jobs; Type: ACL; Schema: flux; Owner: -
 --
 
@@ -1394,6 +1402,27 @@ GRANT SELECT,INSERT ON TABLE flux.jobs TO flux_recorder;
 --
 
 GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
+
+
+--
+-- Name: TABLE requests; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT INSERT ON TABLE flux.requests TO flux_authenticator;
+
+
+--
+-- Name: TABLE spans; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT INSERT ON TABLE flux.spans TO flux_authenticator;
+
+
+--
+-- Name: TABLE schema_migrations; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.schema_migrations TO flux_authenticator;
 
 
 --

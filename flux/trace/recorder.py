@@ -18,7 +18,8 @@ from flux.errors import FluxError
 
 Json = Any
 
-# One statement for the request row and every span: both come as one JSON parameter each.
+# One statement for the request row and every span: both come as one JSON parameter each. No RETURNING: the
+# role that writes records (flux_authenticator) may insert them but not read them back.
 _WRITE_RECORD = """
 WITH request AS (
     INSERT INTO flux.requests (id, tenant_id, kind, method, path, function, code_sha, status, ok, started_at,
@@ -30,11 +31,10 @@ WITH request AS (
                id uuid, tenant_id uuid, kind text, method text, path text, function text, code_sha text,
                status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
                error jsonb, trace_id text, parent_request_id uuid, replay_of uuid)
-    RETURNING id
 )
 INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
                         duration_us, ok, attributes, input, output, error)
-SELECT (SELECT id FROM request), s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
+SELECT ($1::jsonb ->> 'id')::uuid, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
        'epoch'::timestamptz + s.started_us * interval '1 microsecond', s.duration_us, s.ok, s.attributes,
        s.input, s.output, s.error
   FROM jsonb_to_recordset($2::jsonb) AS s(seq int, span_id text, parent_seq int, tenant_id uuid, module text,
