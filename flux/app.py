@@ -11,11 +11,18 @@ from typing import Any
 
 import falcon
 
-from flux import migrate
+from flux import db, migrate
 from flux.config import Settings, load_settings
+from flux.data import CatalogCache
 from flux.db import as_flux_error, create_pool
 from flux.errors import FluxError, InternalError, InvalidConfig
+from flux.gateway.auth import Authenticator
+from flux.gateway.handler import Gateway
+from flux.gateway.ratelimit import RateLimiter
+from flux.gateway.routes import RouteCache
 from flux.maintenance import MaintenanceLoop
+from flux.runtime import Runtime
+from flux.runtime.functions import ProjectFunctions
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
 log = logging.getLogger("flux.app")
@@ -78,8 +85,9 @@ def _handle_unexpected(req: falcon.Request, resp: falcon.Response, error: Except
     _handle_flux_error(req, resp, InternalError(UNEXPECTED), params)
 
 
-def create_app(settings: Settings, pool: Any) -> WsgiApp:
-    """Build the WSGI app for one worker process around its own connection pool."""
+def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) -> WsgiApp:
+    """Build the WSGI app for one worker process around its own connection pool; with a `gateway`, every
+    other path goes to the project's routes (and /db/query)."""
     app = falcon.App()
     app.add_route("/health", Health())
     expected: dict[tuple[str, str], str] = {
@@ -88,7 +96,31 @@ def create_app(settings: Settings, pool: Any) -> WsgiApp:
     app.add_route("/ready", Ready(pool, expected))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
+    if gateway is not None:
+        app.add_sink(gateway, prefix="/")
     return app
+
+
+def create_gateway(settings: Settings, dsn: str) -> Gateway:
+    """One worker's gateway: request connections as flux_authenticator, and caches that follow NOTIFY."""
+    request_dsn = db.request_dsn(dsn)
+    # A sync gunicorn worker serves one request at a time; a few spare connections cover the listeners.
+    pool = create_pool(request_dsn, max_size=4, name="flux-requests", autocommit=True)
+    pool.open(wait=False)
+    gateway = Gateway(
+        pool=pool,
+        executor=Runtime(settings.project_dir / ".flux" / "cache"),
+        functions=ProjectFunctions(settings.project_dir),
+        auth=Authenticator(settings),
+        routes=RouteCache(),
+        catalogs=CatalogCache(),
+        limiter=RateLimiter(),
+    )
+    for cache in (gateway.routes, gateway.catalogs):
+        cache.listen(request_dsn)
+    gateway.auth.listen(request_dsn)
+    gateway.limiter.listener.start(request_dsn)
+    return gateway
 
 
 def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> WsgiApp:
@@ -100,7 +132,7 @@ def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> Wsg
             "DATABASE_URL is not set",
             hint="set DATABASE_URL, or start with `flux server` to use the embedded Postgres",
         )
-    pool = create_pool(dsn)
+    pool = create_pool(dsn, max_size=2)
     pool.open(wait=False)
     MaintenanceLoop(pool).start()
-    return create_app(settings, pool)
+    return create_app(settings, pool, create_gateway(settings, dsn))

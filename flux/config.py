@@ -29,6 +29,13 @@ class Settings:
     workers: int = 2
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None
+    # [auth]: JWT verification (HS256 with a shared secret, or RS256/ES256 keys from a JWKS URL)
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (synced at start)
+    routes: tuple[dict[str, Any], ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -47,6 +54,16 @@ _ENV_NAMES = {
     "workers": ("FLUX_WORKERS",),
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
+    "jwt_secret": ("FLUX_JWT_SECRET",),
+    "jwks_url": ("FLUX_JWKS_URL",),
+    "jwt_audience": ("FLUX_JWT_AUDIENCE",),
+    "jwt_issuer": ("FLUX_JWT_ISSUER",),
+}
+_AUTH_KEYS = {
+    "secret": "jwt_secret",
+    "jwks_url": "jwks_url",
+    "audience": "jwt_audience",
+    "issuer": "jwt_issuer",
 }
 
 
@@ -74,10 +91,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         document = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InvalidConfig(f"{path} is not valid TOML: {exc}", hint="fix the file and start again") from exc
-    server = document.get("server", {})
-    if not isinstance(server, dict):
-        raise InvalidConfig(f"{path}: [server] must be a table", hint="write it as a [server] section")
-    return dict(server)
+    server, auth = document.get("server", {}), document.get("auth", {})
+    if not isinstance(server, dict) or not isinstance(auth, dict):
+        raise InvalidConfig(f"{path}: [server] and [auth] must be tables", hint="write them as sections")
+    unknown = sorted(set(auth) - set(_AUTH_KEYS))
+    if unknown:
+        raise InvalidConfig(
+            f"{path}: unknown [auth] setting {unknown[0]!r}", hint=f"known: {', '.join(_AUTH_KEYS)}"
+        )
+    routes = document.get("routes", [])
+    if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
+        raise InvalidConfig(f"{path}: routes must be [[routes]] tables", hint="see docs/cli.md")
+    return {**server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes)}
 
 
 def _build(project: Path, values: dict[str, Any]) -> Settings:
@@ -106,4 +131,6 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         workers=workers,
         migrations_dir=str(values.get("migrations_dir", "migrations")),
         pg_bindir=Path(bindir) if bindir else None,
+        **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
+        routes=tuple(values.get("routes", ())),
     )

@@ -80,15 +80,19 @@ def ensure_database(maintenance_dsn: str, name: str) -> None:
                 pass  # another process created it between the check and here
 
 
-def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flux") -> ConnectionPool:
-    """A connection pool for one Flux process; it opens lazily, so a bad DSN fails at the first checkout."""
+def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, name: str = "flux", autocommit: bool = False
+) -> ConnectionPool:
+    """A connection pool for one Flux process; it opens lazily, so a bad DSN fails at the first checkout.
+    Request pools are `autocommit`: the gateway's own statements commit at once, and each request opens
+    its transaction itself."""
     return ConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": autocommit},
     )
 
 

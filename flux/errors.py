@@ -41,10 +41,70 @@ class FluxError(Exception):
 # -- FX0xx gateway and auth -----------------------------------------------------------------------------
 
 
+class MalformedBody(FluxError):
+    code = "FX001"
+    http_status = 400
+    title = "the request body is not valid JSON"
+
+
+class UnsupportedMediaType(FluxError):
+    code = "FX002"
+    http_status = 415
+    title = "the request body is not application/json"
+
+
+class PayloadTooLarge(FluxError):
+    code = "FX003"
+    http_status = 413
+    title = "the request body is larger than the route allows"
+
+
+class RouteNotFound(FluxError):
+    code = "FX004"
+    http_status = 404
+    title = "no route matches the path"
+
+
+class MethodNotAllowed(FluxError):
+    code = "FX005"
+    http_status = 405
+    title = "the path has routes, but not for this method"
+
+
 class InvalidTenantClaim(FluxError):
     code = "FX010"
     http_status = 401
     title = "the tenant id of the caller is not a uuid"
+
+
+class MissingCredentials(FluxError):
+    code = "FX011"
+    http_status = 401
+    title = "the route needs an API key or a token, and the request has none"
+
+
+class InvalidApiKey(FluxError):
+    code = "FX012"
+    http_status = 401
+    title = "the API key is unknown or revoked"
+
+
+class InvalidToken(FluxError):
+    code = "FX013"
+    http_status = 401
+    title = "the token is invalid: signature, expiry, not-before, audience or issuer"
+
+
+class CorsOriginRefused(FluxError):
+    code = "FX014"
+    http_status = 403
+    title = "the route does not allow requests from this origin"
+
+
+class RateLimited(FluxError):
+    code = "FX020"
+    http_status = 429
+    title = "too many requests: the tenant's or the route's rate limit is reached"
 
 
 # -- FX1xx the query language ----------------------------------------------------------------------------

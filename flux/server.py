@@ -20,9 +20,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from flux import migrate
+from flux import db, migrate
 from flux.config import Settings
 from flux.errors import InvalidConfig, PortInUse
+from flux.gateway.routes import sync_routes
 from flux.postgres import EmbeddedPostgres
 
 log = logging.getLogger("flux.server")
@@ -146,6 +147,8 @@ def serve(settings: Settings, *, reload: bool = False) -> None:
         applied = migrate.migrate(dsn, project_migrations=settings.project_migrations)
         for migration in applied:
             log.info("applied %s", migration.label)
+        with db.connect(dsn) as conn:
+            sync_routes(conn, settings.routes)
         print(
             f"flux: serving on http://{bind_address(settings.host, settings.port)}",
             file=sys.stderr,

@@ -504,6 +504,29 @@ $$;
 
 
 --
+-- Name: take_token(text, double precision, double precision); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.take_token(bucket_key text, capacity double precision, refill_per_s double precision, OUT allowed boolean, OUT remaining double precision, OUT retry_after_s double precision) RETURNS record
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    INSERT INTO flux.rate_buckets AS b (bucket, tokens, allowed, updated_at)
+    VALUES (bucket_key, capacity - 1, true, pg_catalog.statement_timestamp())
+    ON CONFLICT (bucket) DO UPDATE SET
+        allowed = LEAST(capacity, b.tokens + EXTRACT(EPOCH FROM pg_catalog.statement_timestamp() - b.updated_at)
+                                             * refill_per_s) >= 1,
+        tokens = LEAST(capacity, b.tokens + EXTRACT(EPOCH FROM pg_catalog.statement_timestamp() - b.updated_at)
+                                            * refill_per_s)
+                 - CASE WHEN LEAST(capacity, b.tokens + EXTRACT(EPOCH FROM pg_catalog.statement_timestamp()
+                                                                 - b.updated_at) * refill_per_s) >= 1
+                        THEN 1 ELSE 0 END,
+        updated_at = pg_catalog.statement_timestamp()
+    RETURNING b.allowed, b.tokens, CASE WHEN b.allowed THEN 0 ELSE (1 - b.tokens) / refill_per_s END
+$$;
+
+
+--
 -- Name: tenant_id(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -548,6 +571,21 @@ CREATE FUNCTION flux.tg_column_policies__notify() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('flux_catalog', 'column_policies');
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: tg_gateway__notify(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_gateway__notify() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify(TG_ARGV[0], TG_TABLE_NAME);
     RETURN NULL;
 END
 $$;
@@ -781,6 +819,46 @@ SET default_tablespace = '';
 SET default_table_access_method = heap;
 
 --
+-- Name: api_keys; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.api_keys (
+    id bigint NOT NULL,
+    prefix text NOT NULL,
+    key_hash bytea NOT NULL,
+    name text,
+    tenant_id uuid,
+    role text DEFAULT 'user'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_keys_hash_check CHECK ((octet_length(key_hash) = 32)),
+    CONSTRAINT api_keys_role_check CHECK ((role = ANY (ARRAY['anon'::text, 'user'::text, 'service'::text])))
+);
+
+
+--
+-- Name: TABLE api_keys; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.api_keys IS 'API keys: the sha256 of each key and its prefix, never the key itself.';
+
+
+--
+-- Name: api_keys_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.api_keys_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: column_policies; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1011,6 +1089,18 @@ ALTER TABLE flux.mutations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
+-- Name: rate_buckets; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE UNLOGGED TABLE flux.rate_buckets (
+    bucket text NOT NULL,
+    tokens double precision NOT NULL,
+    allowed boolean NOT NULL,
+    updated_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: spans; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1075,6 +1165,50 @@ COMMENT ON VIEW flux.request_log IS 'Requests for people: durations in ms, the e
 
 
 --
+-- Name: routes; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.routes (
+    id bigint NOT NULL,
+    method text NOT NULL,
+    path text NOT NULL,
+    function text NOT NULL,
+    auth text DEFAULT 'any'::text NOT NULL,
+    rate_per_s double precision,
+    burst integer,
+    cors_origins text[] DEFAULT '{}'::text[] NOT NULL,
+    max_body_bytes integer DEFAULT 1048576 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT routes_auth_check CHECK ((auth = ANY (ARRAY['none'::text, 'key'::text, 'jwt'::text, 'any'::text]))),
+    CONSTRAINT routes_max_body_bytes_check CHECK ((max_body_bytes > 0)),
+    CONSTRAINT routes_method_check CHECK ((method = ANY (ARRAY['GET'::text, 'POST'::text, 'PUT'::text, 'PATCH'::text, 'DELETE'::text, 'HEAD'::text, 'OPTIONS'::text]))),
+    CONSTRAINT routes_path_check CHECK ((path ~ '^/'::text)),
+    CONSTRAINT routes_rate_check CHECK ((((rate_per_s IS NULL) = (burst IS NULL)) AND (COALESCE(rate_per_s, (1)::double precision) > (0)::double precision) AND (COALESCE(burst, 1) >= 1)))
+);
+
+
+--
+-- Name: TABLE routes; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.routes IS 'HTTP routes to functions; every Flux process reloads them on NOTIFY flux_routes.';
+
+
+--
+-- Name: routes_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.routes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.routes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: schema_migrations; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1120,6 +1254,20 @@ CREATE TABLE flux.spans_default (
 
 
 --
+-- Name: tenants; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.tenants (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    rate_per_s double precision,
+    burst integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tenants_rate_check CHECK ((((rate_per_s IS NULL) = (burst IS NULL)) AND (COALESCE(rate_per_s, (1)::double precision) > (0)::double precision) AND (COALESCE(burst, 1) >= 1)))
+);
+
+
+--
 -- Name: tracked_tables; Type: VIEW; Schema: flux; Owner: -
 --
 
@@ -1145,6 +1293,22 @@ COMMENT ON VIEW flux.tracked_tables IS 'Tables whose writes are recorded in flux
 --
 
 ALTER TABLE ONLY flux.spans ATTACH PARTITION flux.spans_default DEFAULT;
+
+
+--
+-- Name: api_keys api_keys_key_hash_key; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.api_keys
+    ADD CONSTRAINT api_keys_key_hash_key UNIQUE (key_hash);
+
+
+--
+-- Name: api_keys api_keys_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
 
 
 --
@@ -1188,11 +1352,35 @@ ALTER TABLE ONLY flux.mutations
 
 
 --
+-- Name: rate_buckets rate_buckets_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.rate_buckets
+    ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (bucket);
+
+
+--
 -- Name: requests requests_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
 ALTER TABLE ONLY flux.requests
     ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: routes routes_method_path_key; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.routes
+    ADD CONSTRAINT routes_method_path_key UNIQUE (method, path);
+
+
+--
+-- Name: routes routes_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.routes
+    ADD CONSTRAINT routes_pkey PRIMARY KEY (id);
 
 
 --
@@ -1217,6 +1405,22 @@ ALTER TABLE ONLY flux.spans
 
 ALTER TABLE ONLY flux.spans_default
     ADD CONSTRAINT spans_default_pkey PRIMARY KEY (request_id, seq, started_at);
+
+
+--
+-- Name: tenants tenants_name_key; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.tenants
+    ADD CONSTRAINT tenants_name_key UNIQUE (name);
+
+
+--
+-- Name: tenants tenants_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.tenants
+    ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
 
 
 --
@@ -1290,10 +1494,39 @@ ALTER INDEX flux.spans_pkey ATTACH PARTITION flux.spans_default_pkey;
 
 
 --
+-- Name: api_keys api_keys_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER api_keys_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.api_keys FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_callers');
+
+
+--
 -- Name: column_policies column_policies_notify; Type: TRIGGER; Schema: flux; Owner: -
 --
 
 CREATE TRIGGER column_policies_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.column_policies FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_column_policies__notify();
+
+
+--
+-- Name: routes routes_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER routes_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.routes FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_routes');
+
+
+--
+-- Name: tenants tenants_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER tenants_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.tenants FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_callers');
+
+
+--
+-- Name: api_keys api_keys_tenant_id_fkey; Type: FK CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.api_keys
+    ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES flux.tenants(id) ON DELETE CASCADE;
 
 
 --
@@ -1352,6 +1585,14 @@ GRANT ALL ON FUNCTION flux.role() TO flux_service;
 
 
 --
+-- Name: FUNCTION take_token(bucket_key text, capacity double precision, refill_per_s double precision, OUT allowed boolean, OUT remaining double precision, OUT retry_after_s double precision); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.take_token(bucket_key text, capacity double precision, refill_per_s double precision, OUT allowed boolean, OUT remaining double precision, OUT retry_after_s double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.take_token(bucket_key text, capacity double precision, refill_per_s double precision, OUT allowed boolean, OUT remaining double precision, OUT retry_after_s double precision) TO flux_authenticator;
+
+
+--
 -- Name: FUNCTION tenant_id(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -1384,6 +1625,13 @@ GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
 
 
 --
+-- Name: TABLE api_keys; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.api_keys TO flux_authenticator;
+
+
+--
 -- Name: TABLE column_policies; Type: ACL; Schema: flux; Owner: -
 --
 
@@ -1412,6 +1660,13 @@ GRANT INSERT ON TABLE flux.requests TO flux_authenticator;
 
 
 --
+-- Name: TABLE rate_buckets; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE flux.rate_buckets TO flux_authenticator;
+
+
+--
 -- Name: TABLE spans; Type: ACL; Schema: flux; Owner: -
 --
 
@@ -1419,10 +1674,24 @@ GRANT INSERT ON TABLE flux.spans TO flux_authenticator;
 
 
 --
+-- Name: TABLE routes; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.routes TO flux_authenticator;
+
+
+--
 -- Name: TABLE schema_migrations; Type: ACL; Schema: flux; Owner: -
 --
 
 GRANT SELECT ON TABLE flux.schema_migrations TO flux_authenticator;
+
+
+--
+-- Name: TABLE tenants; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.tenants TO flux_authenticator;
 
 
 --

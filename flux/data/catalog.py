@@ -7,12 +7,12 @@ anywhere (an event trigger notifies channel `flux_catalog`), so a new column is 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flux import db
+from flux.listen import NotifiedCache
 
 log = logging.getLogger("flux.data.catalog")
 
@@ -205,57 +205,9 @@ def _name_relations(relations: list[Relation]) -> tuple[dict[str, Relation], dic
     return named, ambiguous
 
 
-class CatalogCache:
+class CatalogCache(NotifiedCache[Catalog]):
     """One process's catalog: loaded on first use, dropped when `flux_catalog` is notified or on demand."""
 
     def __init__(self, schemas: Iterable[str] = EXPOSED_SCHEMAS) -> None:
         self.schemas = tuple(schemas)
-        self._catalog: Catalog | None = None
-        self._generation = 0
-        self._lock = threading.Lock()
-        self._listener: threading.Thread | None = None
-        self._closed = threading.Event()
-
-    def get(self, conn: Any) -> Catalog:
-        catalog = self._catalog
-        if catalog is None:
-            with self._lock:
-                catalog = self._catalog
-                if catalog is None:
-                    generation = self._generation
-                    catalog = load_catalog(conn, self.schemas)
-                    if generation == self._generation:  # else DDL ran while loading: serve it, keep nothing
-                        self._catalog = catalog
-        return catalog
-
-    def invalidate(self) -> None:
-        self._generation += 1
-        self._catalog = None
-
-    def listen(self, dsn: str) -> None:
-        """Invalidate on each notification of `flux_catalog`, from a daemon thread with its own connection."""
-        if self._listener is None:
-            self._listener = threading.Thread(
-                target=self._listen, args=(dsn,), name="flux-catalog", daemon=True
-            )
-            self._listener.start()
-
-    def close(self) -> None:
-        """Stop listening (within a second)."""
-        self._closed.set()
-        if self._listener is not None:
-            self._listener.join(timeout=5)
-
-    def _listen(self, dsn: str) -> None:
-        while not self._closed.is_set():
-            try:
-                with db.connect(dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self.invalidate()  # anything may have changed while we were not listening
-                    while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self.invalidate()
-            except Exception as exc:  # reconnect after a lost connection; never let the thread die
-                if not self._closed.is_set():
-                    log.warning("catalog listener lost its connection: %s", db.as_flux_error(exc))
-                    self._closed.wait(1.0)
+        super().__init__(NOTIFY_CHANNEL, lambda conn: load_catalog(conn, self.schemas))

@@ -49,6 +49,7 @@ class Host:
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
     limits: Limits = field(default_factory=Limits)
     clock_ns: Callable[[], int] = time.time_ns
+    traceparent: str | None = None  # sent on each fetch, so the callee continues the request's trace
     wrote: bool = False  # whether the request changed data (its record then commits synchronously)
     aborted: FluxError | None = None  # the database error that ended the request's transaction
 
@@ -139,6 +140,11 @@ class Host:
         return {k: job[k] for k in ("id", "queue", "function", "status", "run_at", "idempotency_key")}
 
     def fetch(self, args: Json) -> Json:
+        if self.traceparent and isinstance(args, dict):
+            given = args.get("headers")
+            headers: dict[str, Any] = given if isinstance(given, dict) else {}
+            if not any(str(name).lower() == "traceparent" for name in headers):
+                args = {**args, "headers": {**headers, "traceparent": self.traceparent}}
         return fetch(args, self.fetch_policy)
 
     def secrets_get(self, args: Json) -> Json:

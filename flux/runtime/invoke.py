@@ -75,17 +75,23 @@ def invoke(
     kind: str = "http",
     request_id: str | None = None,
     parent_request_id: str | None = None,
+    recorder: Recorder | None = None,
+    record: Mapping[str, Json] | None = None,
+    traceparent: str | None = None,
 ) -> Outcome:
-    """Run `function` with `request` as input, in one transaction on `conn`, and record it."""
-    request_id = request_id or str(uuid.uuid4())
+    """Run `function` with `request` as input, in one transaction on `conn`, and record it.
+
+    The gateway passes its `recorder` (already holding its span), extra request-row columns in `record`
+    (route_id, trace_id) and the `traceparent` that outbound fetches carry."""
+    request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
-    recorder = Recorder(request_id, caller.tenant_id)
+    recorder = recorder or Recorder(request_id, caller.tenant_id)
     started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
     fields = request if isinstance(request, dict) else {}
     row: dict[str, Json] = {
         "kind": kind, "method": fields.get("method"), "path": fields.get("path"), "function": function.name,
         "code_sha": function.sha256, "started_us": started_us, "input": request,
-        "parent_request_id": parent_request_id,
+        "parent_request_id": parent_request_id, **(record or {}),
     }  # fmt: skip
     span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
     try:
@@ -93,8 +99,9 @@ def invoke(
             conn, role=caller.role, request_id=request_id, claims=dict(caller.claims),
             tenant_id=caller.tenant_id, statement_timeout_ms=limits.timeout_for(caller.role),
         ):  # fmt: skip
+            policy = fetch_policy or FetchPolicy()
             host = Host(
-                conn, catalog, caller.role, recorder, secrets or {}, fetch_policy or FetchPolicy(), limits
+                conn, catalog, caller.role, recorder, secrets or {}, policy, limits, traceparent=traceparent
             )
             response = to_response(executor.execute(function, request, host))
             if host.aborted is not None:  # the function caught a database error: its transaction is lost

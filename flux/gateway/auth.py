@@ -1,0 +1,171 @@
+"""Who is calling: an API key (`flux_…`, found by its sha256) or a JWT (HS256 with the shared secret, or
+RS256/ES256 with keys from a JWKS URL, fetched again when a token names a key id not seen yet). The answer is
+the request's Caller: its database role, its claims (for RLS and `req.user`) and its tenant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from flux import db
+from flux.config import Settings
+from flux.errors import InvalidApiKey, InvalidConfig, InvalidToken, MissingCredentials
+from flux.gateway.routes import Route
+from flux.listen import Listener
+from flux.runtime.invoke import Caller
+
+KEY_PREFIX = "flux_"
+PREFIX_LENGTH = 12  # what a key is shown as: `flux_` and 7 more characters
+NOTIFY_CHANNEL = "flux_callers"
+ROLES = ("anon", "user", "service")
+_ASYMMETRIC = ["RS256", "ES256"]
+ANONYMOUS = Caller(role="anon")
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: str  # shown once, never stored
+    prefix: str
+    key_hash: bytes
+
+
+def new_api_key() -> NewKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(24)
+    return NewKey(key, key[:PREFIX_LENGTH], hash_key(key))
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class _KeyRow:
+    role: str
+    tenant_id: str | None
+    claims: dict[str, Any]
+    prefix: str
+
+
+class _Keys:
+    """API keys by hash, loaded one by one as they are used and dropped when keys or tenants change."""
+
+    def __init__(self) -> None:
+        self._found: dict[bytes, _KeyRow | None] = {}
+        self.listener = Listener(NOTIFY_CHANNEL, self.clear)
+
+    def clear(self) -> None:
+        self._found = {}
+
+    def find(self, conn: Any, key_hash: bytes) -> _KeyRow | None:
+        if key_hash in self._found:
+            return self._found[key_hash]
+        row = db.execute_raw(
+            conn,
+            "SELECT role, tenant_id::text, claims, prefix FROM flux.api_keys"
+            " WHERE key_hash = $1 AND revoked_at IS NULL",
+            [key_hash],
+        )
+        found = _KeyRow(*row) if row is not None else None
+        self._found[key_hash] = found
+        return found
+
+
+class Authenticator:
+    """Checks credentials against the route's auth mode: none, key, jwt or any (a key or a JWT)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.secret = settings.jwt_secret
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.jwks = (
+            jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300) if settings.jwks_url else None
+        )
+        self.keys = _Keys()
+
+    def listen(self, dsn: str) -> None:
+        self.keys.listener.start(dsn)
+
+    def close(self) -> None:
+        self.keys.listener.close()
+
+    def authenticate(self, conn: Any, route: Route, headers: dict[str, str]) -> Caller:
+        if route.auth == "none":
+            return ANONYMOUS
+        credential = _credential(headers)
+        if credential is None:
+            raise MissingCredentials(
+                f"{route.method} {route.path} needs {'an API key' if route.auth == 'key' else 'credentials'}",
+                hint="send `authorization: Bearer <API key or token>`",
+            )
+        if credential.startswith(KEY_PREFIX):
+            if route.auth == "jwt":
+                raise InvalidToken(
+                    "this route takes a JWT, not an API key", hint="send a token from your issuer"
+                )
+            return self._key(conn, credential)
+        if route.auth == "key":
+            raise InvalidApiKey("this route takes an API key", hint="send a key made with `flux keys create`")
+        return self._token(credential)
+
+    def _key(self, conn: Any, key: str) -> Caller:
+        row = self.keys.find(conn, hash_key(key))
+        if row is None:
+            raise InvalidApiKey(
+                f"API key {key[:PREFIX_LENGTH]}… is unknown or revoked", hint="use a live key"
+            )
+        claims = {"sub": f"key:{row.prefix}", **row.claims}
+        if row.tenant_id:
+            claims["tenant_id"] = row.tenant_id
+        return Caller(role=row.role, claims=claims, tenant_id=row.tenant_id)
+
+    def _token(self, token: str) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") == "HS256":
+                if not self.secret:
+                    raise InvalidToken("HS256 tokens are not accepted here", hint="configure [auth] secret")
+                key: Any = self.secret
+                algorithms = ["HS256"]
+            else:
+                if self.jwks is None:
+                    raise InvalidToken(
+                        f"{header.get('alg')} tokens are not accepted here", hint="configure jwks_url"
+                    )
+                key = self.jwks.get_signing_key_from_jwt(token).key
+                algorithms = _ASYMMETRIC
+            claims = jwt.decode(
+                token, key, algorithms=algorithms, audience=self.audience, issuer=self.issuer,
+                options={"verify_aud": self.audience is not None},
+            )  # fmt: skip
+        except jwt.PyJWKClientError as exc:
+            raise InvalidToken(f"the token's signing key cannot be found: {exc}") from None
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(f"the token is not valid: {exc}", hint="get a fresh token") from None
+        role = str(claims["role"]) if claims.get("role") in ROLES else "user"
+        tenant = claims.get("tenant_id")
+        if tenant is not None:
+            try:
+                tenant = str(uuid.UUID(str(tenant)))
+            except ValueError:
+                raise InvalidToken("the token's tenant_id is not a uuid") from None
+        return Caller(role=role, claims=claims, tenant_id=tenant)
+
+
+def _credential(headers: dict[str, str]) -> str | None:
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return headers.get("x-api-key") or None
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse at start-up what would refuse every token later."""
+    if settings.jwt_secret is not None and len(settings.jwt_secret) < 32:
+        raise InvalidConfig("[auth] secret is shorter than 32 characters", hint="use a long random secret")

@@ -1,0 +1,195 @@
+"""The gateway's Falcon sink: every request that is not /health or /ready comes here, gets its request id,
+passes route, CORS, body, auth and rate-limit checks (each decision kept in the `gateway` span), and runs its
+function as one recorded transaction. A request refused before its function runs is recorded too.
+
+`POST /db/query` is built in: the body is a JSON query, run under the caller's role like any `ctx.db.query`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+
+from flux import jsontext
+from flux.data import CatalogCache
+from flux.errors import (
+    FluxError,
+    MalformedBody,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from flux.gateway import cors, ratelimit
+from flux.gateway.auth import Authenticator
+from flux.gateway.ids import continue_trace, new_request_id
+from flux.gateway.routes import Route, RouteCache
+from flux.runtime.functions import ProjectFunctions
+from flux.runtime.host import Host
+from flux.runtime.invoke import Executor, Function, invoke
+from flux.trace.recorder import Recorder
+
+Json = Any
+_HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
+DB_QUERY = Route(id=0, method="POST", path="/db/query", function="db.query", auth="any")
+_DB_QUERY_FUNCTION = Function("db.query", "wasm", b"", "builtin")
+
+
+@dataclass
+class Gateway:
+    pool: Any  # request connections (flux_authenticator, autocommit)
+    executor: Executor
+    functions: ProjectFunctions
+    auth: Authenticator
+    routes: RouteCache
+    catalogs: CatalogCache
+    limiter: ratelimit.RateLimiter
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        request_id = new_request_id()
+        trace = continue_trace(req.get_header("traceparent"))
+        resp.set_header("x-request-id", request_id)
+        headers = {name.lower(): value for name, value in req.headers.items()}
+        recorder = Recorder(request_id)
+        started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
+        span = recorder.start("gateway", f"{req.method} {req.path}", input={
+            "method": req.method, "path": req.path, "query": req.query_string, "client": req.remote_addr,
+            "origin": headers.get("origin"),
+        })  # fmt: skip
+        decisions: dict[str, Json] = {}
+        record: dict[str, Json] = {"trace_id": trace.trace_id, "method": req.method, "path": req.path}
+        with self.pool.connection() as conn:
+            try:
+                if _is_preflight(req, headers):
+                    routes = self.routes.get(conn).routes_for(
+                        req.path, headers["access-control-request-method"]
+                    )
+                    resp.set_headers(
+                        cors.preflight(
+                            routes, headers["origin"], headers.get("access-control-request-headers")
+                        )
+                    )
+                    resp.status = falcon.HTTP_204
+                    recorder.finish(span, output={"preflight": True})
+                    self._record(conn, recorder, record | {"ok": True, "status": 204}, started_us, clock)
+                    return
+                route, params = self._route(conn, req)
+                record["route_id"] = route.id or None
+                decisions["route"] = {"id": route.id, "path": route.path, "function": route.function}
+                resp.set_headers(cors.response_headers(route, headers.get("origin")))
+                body = _body(req, route)
+                caller = self.auth.authenticate(conn, route, headers)
+                recorder.tenant_id = caller.tenant_id
+                decisions["caller"] = {"role": caller.role, "tenant_id": caller.tenant_id}
+                limits = self.limiter.limits(conn, route, caller, req.remote_addr or "")
+                decision = ratelimit.take(conn, limits)
+                if decision is not None:
+                    decisions["rate_limit"] = decision.headers()
+                    resp.set_headers(decision.headers())
+                function = _DB_QUERY_FUNCTION if route is DB_QUERY else self.functions.get(route.function)
+            except FluxError as refused:
+                self._refuse(conn, req, resp, refused, recorder, span, decisions, record, started_us, clock)
+                return
+            recorder.finish(span, output=decisions)
+            request = {
+                "method": req.method, "path": req.path, "params": params, "query": dict(req.params),
+                "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
+                "body": body, "user": dict(caller.claims) if caller.role != "anon" else None,
+            }  # fmt: skip
+            outcome = invoke(
+                conn, _WithBuiltins(self.executor), function, request, catalog=self.catalogs.get(conn),
+                caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
+            )  # fmt: skip
+        _respond(resp, outcome.response.status, outcome.response.headers, outcome.response.body)
+
+    def _route(self, conn: Any, req: falcon.Request) -> tuple[Route, dict[str, str]]:
+        if req.path == DB_QUERY.path:
+            if req.method != "POST":
+                message = f"{req.method} is not routed for {req.path}"
+                raise MethodNotAllowed(message, details={"allow": ["POST"]}, hint="use POST")
+            return DB_QUERY, {}
+        return self.routes.get(conn).match(req.method, req.path)
+
+    def _refuse(
+        self, conn: Any, req: falcon.Request, resp: falcon.Response, refused: FluxError, recorder: Recorder,
+        span: Any, decisions: dict[str, Json], record: dict[str, Json], started_us: int, clock: int,
+    ) -> None:  # fmt: skip
+        """Answer a request refused before its function ran, and record it with the gateway span's reason."""
+        if span.duration_us is None:
+            recorder.finish(span, error=refused)
+        record |= {"ok": False, "status": refused.http_status, "error": _error_record(refused)}
+        self._record(conn, recorder, record, started_us, clock)
+        if isinstance(refused, RateLimited):
+            resp.set_headers(refused.details["headers"])
+        if isinstance(refused, MethodNotAllowed):
+            resp.set_header("allow", ", ".join(refused.details["allow"]))
+        body = {
+            k: v for k, v in refused.to_dict(recorder.request_id).items() if k != "details" and v is not None
+        }
+        _respond(resp, refused.http_status, {}, body)
+
+    @staticmethod
+    def _record(conn: Any, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
+        record |= {
+            "kind": "http",
+            "started_us": started_us,
+            "duration_us": (time.perf_counter_ns() - clock) // 1000,
+        }
+        with conn.transaction():
+            recorder.write(conn, record)
+
+
+class _WithBuiltins(Executor):
+    """The runtime, plus the built-in `db.query` endpoint: its body is one host call, recorded like any."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    def execute(self, function: Function, request: Json, host: Host) -> Json:
+        if function is _DB_QUERY_FUNCTION:
+            return host.call("db.query", request["body"])
+        return self.executor.execute(function, request, host)
+
+
+def _is_preflight(req: falcon.Request, headers: dict[str, str]) -> bool:
+    return req.method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
+
+
+def _body(req: falcon.Request, route: Route) -> Json:
+    """The request's JSON body (None when empty), within the route's size limit."""
+    limit = route.max_body_bytes
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(
+            f"the body is {req.content_length} bytes; this route takes {limit}", hint="send less"
+        )
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the body is over {limit} bytes", hint="send less")
+    if not raw:
+        return None
+    media = (req.content_type or "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
+                                   hint="send content-type: application/json")  # fmt: skip
+    try:
+        return jsontext.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
+
+
+def _respond(resp: falcon.Response, status: int, headers: dict[str, str], body: Json) -> None:
+    resp.status = falcon.code_to_http_status(status)
+    resp.set_headers(headers)
+    media = next((value for name, value in headers.items() if name.lower() == "content-type"), "")
+    if isinstance(body, str) and media and "json" not in media:
+        resp.text = body  # the function chose its own content type
+    elif body is not None or status != 204:
+        resp.data = jsontext.dumps(body)
+        resp.content_type = falcon.MEDIA_JSON
+
+
+def _error_record(error: FluxError) -> dict[str, Json]:
+    return {k: v for k, v in error.to_dict().items() if k != "request_id" and v is not None}

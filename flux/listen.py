@@ -1,0 +1,87 @@
+"""Cache invalidation across processes: a daemon thread LISTENs on a channel and calls back on each NOTIFY
+(and after each reconnection, since anything may have changed while it was not listening)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from flux import db
+
+log = logging.getLogger("flux.listen")
+Value = TypeVar("Value")
+POLL_S = 0.25  # how often the listener looks up from waiting, to notice close()
+
+
+class Listener:
+    def __init__(self, channel: str, on_notify: Callable[[], None]) -> None:
+        self.channel = channel
+        self.on_notify = on_notify
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def start(self, dsn: str) -> None:
+        """Listen from a daemon thread with its own connection (once; later calls do nothing)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, args=(dsn,), name=f"flux-{self.channel}", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop listening (within a quarter of a second)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self, dsn: str) -> None:
+        while not self._closed.is_set():
+            try:
+                with db.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self.channel}")
+                    self.on_notify()
+                    while not self._closed.is_set():
+                        for _ in conn.notifies(timeout=POLL_S):
+                            self.on_notify()
+            except Exception as exc:  # reconnect after a lost connection; never let the thread die
+                if not self._closed.is_set():
+                    log.warning("listener on %s lost its connection: %s", self.channel, db.as_flux_error(exc))
+                    self._closed.wait(1.0)
+
+
+class NotifiedCache(Generic[Value]):
+    """A value loaded on first use from a connection and dropped on each NOTIFY of `channel` (or by
+    `invalidate`). A load that a notification overtook is served once but not kept."""
+
+    def __init__(self, channel: str, load: Callable[[Any], Value]) -> None:
+        self._load = load
+        self._value: Value | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._listener = Listener(channel, self.invalidate)
+
+    def get(self, conn: Any) -> Value:
+        value = self._value
+        if value is None:
+            with self._lock:
+                value = self._value
+                if value is None:
+                    generation = self._generation
+                    value = self._load(conn)
+                    if generation == self._generation:
+                        self._value = value
+        return value
+
+    def invalidate(self) -> None:
+        self._generation += 1
+        self._value = None
+
+    def listen(self, dsn: str) -> None:
+        """Invalidate on each notification, from a daemon thread with its own connection."""
+        self._listener.start(dsn)
+
+    def close(self) -> None:
+        """Stop listening (within a quarter of a second)."""
+        self._listener.close()

@@ -1,0 +1,219 @@
+"""The gateway through Falcon's test client, against a real Postgres and real Deno: request ids, routes, auth
+(API keys, JWT), rate limits, CORS, bad input, /db/query, and the record each request leaves."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import jwt
+import psycopg
+import pytest
+
+from flux import db
+from flux.app import create_app, create_gateway
+from flux.config import Settings
+from flux.gateway.auth import new_api_key
+from flux.gateway.routes import sync_routes
+from tests.fixtures.runtime import NOTES_SQL
+
+Conn = psycopg.Connection[Any]
+SECRET = "s" * 40
+TENANT = "7d3c8a4e-0000-4000-8000-000000000001"
+ROUTES = (
+    {"method": "GET", "path": "/hello/{name}", "function": "hello", "auth": "none",
+     "cors": ["https://app.example"]},
+    {"method": "POST", "path": "/notes", "function": "add_note", "auth": "any", "max_body_bytes": 200},
+    {"method": "GET", "path": "/limited", "function": "hello", "auth": "none",
+     "rate_per_s": 0.01, "burst": 2},
+    {"method": "GET", "path": "/keys-only", "function": "hello", "auth": "key"},
+)  # fmt: skip
+FUNCTIONS = {
+    "hello": "export default async (req) => ({hello: req.params.name ?? 'you', user: req.user})",
+    "add_note": "export default async (req, ctx) => ({status: 201, body: (await ctx.db.query("
+    "{insert: 'notes', values: {body: req.body.text}, returning: ['id', 'body']})).rows[0]})",
+}
+
+
+@pytest.fixture
+def client(conn: Conn, dsn: str, tmp_path: Path) -> Iterator[falcon.testing.TestClient]:
+    conn.execute(NOTES_SQL.encode())
+    conn.execute("INSERT INTO flux.tenants (id, name) VALUES (%s, 'acme')", (TENANT,))
+    conn.commit()
+    sync_routes(conn, ROUTES)
+    for name, source in FUNCTIONS.items():
+        (tmp_path / "functions" / name).mkdir(parents=True)
+        (tmp_path / "functions" / name / "index.ts").write_text(source)
+    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET)
+    gateway = create_gateway(settings, dsn)
+    admin = db.create_pool(dsn, max_size=2)
+    admin.open()
+    try:
+        yield falcon.testing.TestClient(create_app(settings, admin, gateway))
+    finally:
+        gateway.executor.close()  # type: ignore[attr-defined]
+        for cache in (gateway.routes, gateway.catalogs):
+            cache.close()
+        gateway.auth.close()
+        gateway.limiter.listener.close()
+        gateway.pool.close()
+        admin.close()
+
+
+def _key(conn: Conn, role: str = "user", tenant: str | None = TENANT) -> str:
+    made = new_api_key()
+    conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role, tenant_id) VALUES (%s, %s, %s, %s)",
+                 (made.prefix, made.key_hash, role, tenant))  # fmt: skip
+    conn.commit()
+    return made.key
+
+
+def _record(conn: Conn, request_id: str) -> tuple[Any, list[tuple[Any, ...]]]:
+    conn.commit()
+    request = conn.execute(
+        "SELECT status, ok, error->>'code', route_id IS NOT NULL, trace_id, tenant_id::text"
+        " FROM flux.requests WHERE id = %s", (request_id,)
+    ).fetchone()  # fmt: skip
+    spans = conn.execute(
+        "SELECT module, name, ok, error->>'code' FROM flux.spans WHERE request_id = %s ORDER BY seq",
+        (request_id,),
+    ).fetchall()
+    return request, spans
+
+
+def test_a_request_gets_an_id_runs_its_function_and_is_recorded_as_one(conn: Conn, client: Any) -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    result = client.simulate_get("/hello/ada", headers={"traceparent": parent})
+    assert result.status_code == 200 and result.json == {"hello": "ada", "user": None}
+    request_id = result.headers["x-request-id"]
+    assert str(uuid.UUID(request_id, version=4)) == request_id
+    request, spans = _record(conn, request_id)
+    assert request == (200, True, None, True, "0af7651916cd43dd8448eb211c80319c", None)
+    assert [s[:2] for s in spans][:2] == [("gateway", "GET /hello/ada"), ("runtime", "function:hello")]
+
+
+def test_api_keys_run_as_their_role_and_tenant_and_revocation_is_live(conn: Conn, client: Any) -> None:
+    key = _key(conn)
+    created = client.simulate_post("/notes", json={"text": "hi"}, headers={"authorization": f"Bearer {key}"})
+    assert created.status_code == 201 and created.json == {"id": 1, "body": "hi"}
+    request, spans = _record(conn, created.headers["x-request-id"])
+    assert request[:2] == (201, True) and request[5] == TENANT
+    assert ("data", "db:insert(notes)", True, None) in spans
+    assert conn.execute("SELECT request_id::text FROM flux.mutations").fetchall() == [
+        (created.headers["x-request-id"],)
+    ]
+    conn.execute("UPDATE flux.api_keys SET revoked_at = now()")
+    conn.commit()
+    deadline = time.monotonic() + 3
+    while (refused := client.simulate_get("/keys-only", headers={"x-api-key": key})).status_code == 200:
+        assert time.monotonic() < deadline, "a revoked key still worked after 3 s"
+        time.sleep(0.1)
+    assert refused.status_code == 401 and refused.json["code"] == "FX012"
+
+
+def test_jwts_are_checked_and_their_claims_reach_the_function(client: Any) -> None:
+    def token(**claims: Any) -> str:
+        return jwt.encode({"sub": "bob", "exp": int(time.time()) + 60, **claims}, SECRET, algorithm="HS256")
+
+    ok = client.simulate_post(
+        "/notes", json={"text": "from bob"}, headers={"authorization": f"Bearer {token()}"}
+    )
+    assert ok.status_code == 201
+    expired = token(exp=int(time.time()) - 10)
+    forged = jwt.encode({"sub": "eve"}, "x" * 40, algorithm="HS256")
+    for bad in (expired, forged, "not.a.token"):
+        refused = client.simulate_post(
+            "/notes", json={"text": "x"}, headers={"authorization": f"Bearer {bad}"}
+        )
+        assert refused.status_code == 401 and refused.json["code"] == "FX013", refused.json
+    assert client.simulate_post("/notes", json={"text": "x"}).json["code"] == "FX011"
+    key_route = client.simulate_get("/keys-only", headers={"authorization": f"Bearer {token()}"})
+    assert (
+        key_route.status_code == 401 and key_route.json["code"] == "FX012"
+    )  # this route takes API keys only
+
+
+def test_the_rate_limit_answers_429_with_retry_after_and_is_recorded(conn: Conn, client: Any) -> None:
+    statuses = [client.simulate_get("/limited") for _ in range(3)]
+    assert [s.status_code for s in statuses] == [200, 200, 429]
+    refused = statuses[2]
+    assert refused.json["code"] == "FX020" and int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "2" and refused.headers["ratelimit-remaining"] == "0"
+    request, spans = _record(conn, refused.headers["x-request-id"])
+    assert request[:3] == (429, False, "FX020") and spans == [("gateway", "GET /limited", False, "FX020")]
+
+
+def test_cors_preflights_are_answered_by_the_gateway(client: Any) -> None:
+    asked = {"origin": "https://app.example", "access-control-request-method": "GET"}
+    allowed = client.simulate_options("/hello/x", headers=asked)
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "GET" in allowed.headers["access-control-allow-methods"]
+    refused = client.simulate_options("/hello/x", headers={**asked, "origin": "https://evil.example"})
+    assert refused.status_code == 403 and refused.json["code"] == "FX014"
+    actual = client.simulate_get("/hello/x", headers={"origin": "https://app.example"})
+    assert actual.headers["access-control-allow-origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        (
+            "POST",
+            "/notes",
+            {"body": "{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "FX001",
+        ),
+        ("POST", "/notes", {"body": "text=1", "headers": {"content-type": "text/plain"}}, 415, "FX002"),
+        ("POST", "/notes", {"json": {"text": "x" * 500}}, 413, "FX003"),
+        ("GET", "/nowhere", {}, 404, "FX004"),
+        ("DELETE", "/hello/ada", {}, 405, "FX005"),
+        ("POST", "/notes", {"json": {}, "headers": {"authorization": "Bearer flux_nope"}}, 401, "FX012"),
+    ],
+)
+def test_bad_requests_get_their_status_code_and_request_id_and_are_recorded(
+    conn: Conn, client: Any, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    kwargs.setdefault("headers", {})
+    if path == "/notes" and code not in ("FX012",):
+        kwargs["headers"]["authorization"] = f"Bearer {_key(conn)}"
+    result = client.simulate_request(method, path, **kwargs)
+    assert result.status_code == status and result.json["code"] == code, result.json
+    assert result.json["request_id"] == result.headers["x-request-id"]
+    if code == "FX005":
+        assert result.headers["allow"] == "GET"
+    request, spans = _record(conn, result.headers["x-request-id"])
+    assert request[:3] == (status, False, code) and spans[0][0] == "gateway" and spans[0][3] == code
+
+
+def test_db_query_runs_under_the_callers_role_and_is_recorded(conn: Conn, client: Any) -> None:
+    key = _key(conn)
+    headers = {"authorization": f"Bearer {key}"}
+    inserted = client.simulate_post("/db/query", json={"insert": "notes", "values": {"body": "via http"},
+                                                       "returning": ["id"]}, headers=headers)  # fmt: skip
+    assert inserted.status_code == 200 and inserted.json == {"count": 1, "rows": [{"id": 1}]}
+    selected = client.simulate_post(
+        "/db/query", json={"select": "notes", "columns": ["body"]}, headers=headers
+    )
+    assert selected.json["rows"] == [{"body": "via http"}]
+    bad = client.simulate_post("/db/query", json={"select": "nope"}, headers=headers)
+    assert bad.status_code == 400 and bad.json["code"] == "FX100"
+    _, spans = _record(conn, inserted.headers["x-request-id"])
+    assert [s[1] for s in spans] == ["POST /db/query", "function:db.query", "db:insert(notes)"]
+
+
+def test_a_route_added_in_the_database_is_live_without_a_restart(conn: Conn, client: Any) -> None:
+    assert client.simulate_get("/hi").status_code == 404
+    conn.execute(
+        "INSERT INTO flux.routes (method, path, function, auth) VALUES ('GET', '/hi', 'hello', 'none')"
+    )
+    conn.commit()
+    deadline = time.monotonic() + 1.5
+    while client.simulate_get("/hi").status_code != 200:
+        assert time.monotonic() < deadline, "the new route was not live within 1.5 s"
+        time.sleep(0.05)
