@@ -36,16 +36,22 @@ class Health:
 
 
 class Ready:
-    """Readiness: the database answers and has exactly the migrations this code ships."""
+    """Readiness: the database answers, has exactly the migrations this code ships, and (with a gateway)
+    the route table loads."""
 
-    def __init__(self, pool: Any, expected: dict[tuple[str, str], str]) -> None:
+    def __init__(
+        self, pool: Any, expected: dict[tuple[str, str], str], routes: RouteCache | None = None
+    ) -> None:
         self.pool = pool
         self.expected = expected
+        self.routes = routes
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             with self.pool.connection(timeout=2) as conn:
                 applied = migrate.applied_checksums(conn)
+                if self.routes is not None and not self._behind(applied):
+                    self.routes.get(conn)
         except Exception as exc:
             error = as_flux_error(exc)
             if isinstance(error, InternalError):
@@ -53,16 +59,19 @@ class Ready:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "code": error.code, "database": _public_message(error)}
             return
-        behind = sorted(
-            f"{kind}:{version}"
-            for (kind, version), checksum in self.expected.items()
-            if applied.get((kind, version)) != checksum
-        )
+        behind = self._behind(applied)
         if behind:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "migrations_pending": behind}
             return
         resp.media = {"status": "ready"}
+
+    def _behind(self, applied: dict[tuple[str, str], str]) -> list[str]:
+        return sorted(
+            f"{kind}:{version}"
+            for (kind, version), checksum in self.expected.items()
+            if applied.get((kind, version)) != checksum
+        )
 
 
 def _handle_flux_error(req: falcon.Request, resp: falcon.Response, error: FluxError, params: Any) -> None:
@@ -93,7 +102,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     expected: dict[tuple[str, str], str] = {
         (m.kind, m.version): m.checksum for m in migrate.all_migrations(settings.project_migrations)
     }
-    app.add_route("/ready", Ready(pool, expected))
+    app.add_route("/ready", Ready(pool, expected, gateway.routes if gateway else None))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
     if gateway is not None:

@@ -207,6 +207,11 @@ def test_db_query_runs_under_the_callers_role_and_is_recorded(conn: Conn, client
     assert [s[1] for s in spans] == ["POST /db/query", "function:db.query", "db:insert(notes)"]
 
 
+def test_health_and_ready_are_not_routes(client: Any) -> None:
+    assert client.simulate_get("/health").json == {"status": "ok"}
+    assert client.simulate_get("/ready").json == {"status": "ready"}  # migrations current, routes loaded
+
+
 def test_a_route_added_in_the_database_is_live_without_a_restart(conn: Conn, client: Any) -> None:
     assert client.simulate_get("/hi").status_code == 404
     conn.execute(
