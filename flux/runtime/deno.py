@@ -12,6 +12,7 @@ import os
 import queue
 import selectors
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,7 @@ class DenoPool:
             [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
              f"--v8-flags=--max-old-space-size={memory_mb}", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
         worker = _Worker(process, memory_mb)
         try:
@@ -219,6 +221,16 @@ class DenoPool:
                 self._idle.get_nowait().stop()
             except queue.Empty:
                 return
+
+
+def _die_with_parent() -> None:
+    """In the child, before Deno starts: be killed when the Flux worker dies (even by kill -9), so a function
+    stuck in a loop never outlives the process that ran it. (Linux sends it when the spawning thread ends:
+    gunicorn's sync workers run requests on their main thread.)"""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _thrown(error: dict[str, Any]) -> FluxError:

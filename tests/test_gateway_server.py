@@ -1,0 +1,188 @@
+"""The gateway in the real server: `flux server` under gunicorn with two workers, a project with routes and
+functions, each auth mode, a rate limit shared by the workers, the record read back, and a worker killed
+mid-request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+import pytest
+
+from flux.gateway.auth import new_api_key
+from tests.fixtures.processes import FLUX, free_port, wait_for_http
+
+SECRET = "e2e-secret-" + "x" * 30
+FLUX_TOML = f"""
+[server]
+workers = 2
+
+[auth]
+secret = "{SECRET}"
+
+[[routes]]
+method = "GET"
+path = "/hello/{{name}}"
+function = "hello"
+auth = "none"
+
+[[routes]]
+method = "POST"
+path = "/notes"
+function = "add_note"
+
+[[routes]]
+method = "GET"
+path = "/limited"
+function = "hello"
+auth = "none"
+rate_per_s = 0.01
+burst = 3
+
+[[routes]]
+method = "POST"
+path = "/stuck"
+function = "stuck"
+"""
+FUNCTIONS = {
+    "hello": "export default async (req) => ({hello: req.params.name ?? 'you'})",
+    "add_note": "export default async (req, ctx) => ({status: 201, body: (await ctx.db.query("
+    "{insert: 'notes', values: {body: req.body.text}, returning: ['id']})).rows[0]})",
+    "stuck": "export default async (req, ctx) => {"
+    " await ctx.db.query({insert: 'notes', values: {body: 'lost'}});"
+    " for (;;) {} }",
+}
+
+
+@pytest.fixture
+def server(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    (project_dir / "flux.toml").write_text(FLUX_TOML)
+    (project_dir / "migrations").mkdir()
+    (project_dir / "migrations" / "0001_notes.sql").write_text(
+        "CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL);\n"
+        "GRANT SELECT, INSERT ON notes TO flux_user;\nGRANT USAGE ON SEQUENCE notes_id_seq TO flux_user;\n"
+    )
+    for name, source in FUNCTIONS.items():
+        (project_dir / "functions" / name).mkdir(parents=True)
+        (project_dir / "functions" / name / "index.ts").write_text(source)
+    port = free_port()
+    process = subprocess.Popen(
+        [*FLUX, "server", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+def _call(
+    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"content-type": "application/json"} if data else {}), **(headers or {}),
+    })  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers.items()), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers.items()), json.loads(error.read() or b"null")
+
+
+def test_each_auth_mode_end_to_end_with_its_record(server: tuple[str, Any], dsn: str) -> None:
+    base, _ = server
+    made = new_api_key()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role) VALUES (%s, %s, 'user')",
+                     (made.prefix, made.key_hash))  # fmt: skip
+    token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    anonymous = _call(f"{base}/hello/ada")
+    with_key = _call(f"{base}/notes", "POST", {"text": "by key"}, {"authorization": f"Bearer {made.key}"})
+    with_jwt = _call(f"{base}/notes", "POST", {"text": "by jwt"}, {"authorization": f"Bearer {token}"})
+    without = _call(f"{base}/notes", "POST", {"text": "nobody"})
+    assert [r[0] for r in (anonymous, with_key, with_jwt, without)] == [200, 201, 201, 401]
+    with psycopg.connect(dsn) as conn:
+        request_id = with_jwt[1]["x-request-id"]
+        row = conn.execute("SELECT status, ok, input->'user'->>'sub' FROM flux.requests WHERE id = %s",
+                           (request_id,)).fetchone()  # fmt: skip
+        assert row == (201, True, "ada")
+        spans = [s[0] for s in conn.execute(
+            "SELECT module FROM flux.spans WHERE request_id = %s ORDER BY seq", (request_id,)
+        ).fetchall()]  # fmt: skip
+        assert spans[:2] == ["gateway", "runtime"] and "data" in spans
+        mutations = conn.execute("SELECT new->>'body' FROM flux.mutations WHERE request_id = %s",
+                                 (request_id,)).fetchall()  # fmt: skip
+        assert mutations == [("by jwt",)]
+        refused = conn.execute("SELECT status, error->>'code' FROM flux.requests WHERE id = %s",
+                               (without[1]["x-request-id"],)).fetchone()  # fmt: skip
+        assert refused == (401, "FX011")
+
+
+def test_the_rate_limit_holds_across_both_workers(server: tuple[str, Any]) -> None:
+    base, _ = server
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(lambda _: _call(f"{base}/limited")[0], range(10)))
+    assert statuses == [200] * 3 + [429] * 7
+
+
+def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
+    server: tuple[str, Any], dsn: str
+) -> None:
+    base, process = server
+    made = new_api_key()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role) VALUES (%s, %s, 'user')",
+                     (made.prefix, made.key_hash))  # fmt: skip
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(_try(f"{base}/stuck", made.key)))
+    caller.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while not conn.execute(  # the function has inserted (uncommitted) and is spinning
+            "SELECT 1 FROM pg_stat_activity"
+            " WHERE query LIKE '%INSERT INTO \"public\".\"notes\"%' AND state <> 'active'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the stuck function never wrote"
+            time.sleep(0.1)
+        for worker in _children(process.pid):
+            os.kill(worker, signal.SIGKILL)
+        caller.join(timeout=30)
+        time.sleep(1)
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM flux.requests WHERE path = '/stuck' AND ok").fetchone() == (
+            0,
+        )
+    wait_for_http(f"{base}/ready", timeout=30)  # the master started new workers
+    assert _call(f"{base}/hello/again")[0] == 200
+
+
+def _try(url: str, key: str) -> Any:
+    try:
+        return _call(url, "POST", {}, {"authorization": f"Bearer {key}"})
+    except (urllib.error.URLError, ConnectionError) as exc:
+        return exc
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
