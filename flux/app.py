@@ -22,6 +22,7 @@ from flux.gateway.ratelimit import RateLimiter
 from flux.gateway.routes import RouteCache
 from flux.maintenance import MaintenanceLoop
 from flux.runtime import Runtime
+from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import ProjectFunctions
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
@@ -124,6 +125,7 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
         routes=RouteCache(),
         catalogs=CatalogCache(),
         limiter=RateLimiter(),
+        fetch_policy=FetchPolicy(allow=settings.fetch_allow),
     )
     for cache in (gateway.routes, gateway.catalogs):
         cache.listen(request_dsn)

@@ -34,6 +34,8 @@ class Settings:
     jwks_url: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
+    # hosts (names, addresses or networks) functions may fetch from although they are private
+    fetch_allow: tuple[str, ...] = ()
     # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (synced at start)
     routes: tuple[dict[str, Any], ...] = ()
 
@@ -54,6 +56,7 @@ _ENV_NAMES = {
     "workers": ("FLUX_WORKERS",),
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
+    "fetch_allow": ("FLUX_FETCH_ALLOW",),
     "jwt_secret": ("FLUX_JWT_SECRET",),
     "jwks_url": ("FLUX_JWKS_URL",),
     "jwt_audience": ("FLUX_JWT_AUDIENCE",),
@@ -133,4 +136,13 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         pg_bindir=Path(bindir) if bindir else None,
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
         routes=tuple(values.get("routes", ())),
+        fetch_allow=_host_list(values.get("fetch_allow", ())),
     )
+
+
+def _host_list(value: Any) -> tuple[str, ...]:
+    """`fetch_allow` as a list in flux.toml, or comma-separated in FLUX_FETCH_ALLOW."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise InvalidConfig("fetch_allow must be a list of hosts", hint='e.g. fetch_allow = ["10.0.0.0/8"]')
+    return tuple(item.strip() for item in items if item.strip())

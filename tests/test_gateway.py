@@ -31,16 +31,18 @@ ROUTES = (
     {"method": "GET", "path": "/limited", "function": "hello", "auth": "none",
      "rate_per_s": 0.01, "burst": 2},
     {"method": "GET", "path": "/keys-only", "function": "hello", "auth": "key"},
+    {"method": "POST", "path": "/relay", "function": "relay", "auth": "none"},
 )  # fmt: skip
 FUNCTIONS = {
     "hello": "export default async (req) => ({hello: req.params.name ?? 'you', user: req.user})",
+    "relay": "export default async (req, ctx) => JSON.parse((await ctx.fetch(req.body.url)).body)",
     "add_note": "export default async (req, ctx) => ({status: 201, body: (await ctx.db.query("
     "{insert: 'notes', values: {body: req.body.text}, returning: ['id', 'body']})).rows[0]})",
 }
 
 
 @pytest.fixture
-def client(conn: Conn, dsn: str, tmp_path: Path) -> Iterator[falcon.testing.TestClient]:
+def client(conn: Conn, dsn: str, tmp_path: Path, local_server: str) -> Iterator[falcon.testing.TestClient]:
     conn.execute(NOTES_SQL.encode())
     conn.execute("INSERT INTO flux.tenants (id, name) VALUES (%s, 'acme')", (TENANT,))
     conn.commit()
@@ -48,7 +50,7 @@ def client(conn: Conn, dsn: str, tmp_path: Path) -> Iterator[falcon.testing.Test
     for name, source in FUNCTIONS.items():
         (tmp_path / "functions" / name).mkdir(parents=True)
         (tmp_path / "functions" / name / "index.ts").write_text(source)
-    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET)
+    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, fetch_allow=("127.0.0.1",))
     gateway = create_gateway(settings, dsn)
     admin = db.create_pool(dsn, max_size=2)
     admin.open()
@@ -83,6 +85,16 @@ def _record(conn: Conn, request_id: str) -> tuple[Any, list[tuple[Any, ...]]]:
         (request_id,),
     ).fetchall()
     return request, spans
+
+
+def test_fetch_carries_the_requests_trace_to_the_callee(conn: Conn, client: Any, local_server: str) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    relayed = client.simulate_post(
+        "/relay", json={"url": f"{local_server}/x"}, headers={"traceparent": parent}
+    )
+    assert relayed.status_code == 200, relayed.json
+    sent = relayed.json["traceparent"]
+    assert sent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and "00f067aa0ba902b7" not in sent
 
 
 def test_a_request_gets_an_id_runs_its_function_and_is_recorded_as_one(conn: Conn, client: Any) -> None:
@@ -210,6 +222,20 @@ def test_db_query_runs_under_the_callers_role_and_is_recorded(conn: Conn, client
 def test_health_and_ready_are_not_routes(client: Any) -> None:
     assert client.simulate_get("/health").json == {"status": "ok"}
     assert client.simulate_get("/ready").json == {"status": "ready"}  # migrations current, routes loaded
+
+
+def test_db_explain_shows_the_sql_and_plan_without_running_it(conn: Conn, client: Any) -> None:
+    headers = {"authorization": f"Bearer {_key(conn)}"}
+    query = {"insert": "notes", "values": {"body": "never"}}
+    explained = client.simulate_post("/db/explain", json=query, headers=headers)
+    assert explained.status_code == 200, explained.json
+    assert explained.json["sql"].startswith("WITH") or "INSERT" in explained.json["sql"]
+    assert explained.json["role"] == "user" and any(
+        "Insert on notes" in line for line in explained.json["plan"]
+    )
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+    _, spans = _record(conn, explained.headers["x-request-id"])
+    assert [s[1] for s in spans] == ["POST /db/explain", "function:db.explain", "db:explain"]
 
 
 def test_a_route_added_in_the_database_is_live_without_a_restart(conn: Conn, client: Any) -> None:

@@ -2,19 +2,21 @@
 passes route, CORS, body, auth and rate-limit checks (each decision kept in the `gateway` span), and runs its
 function as one recorded transaction. A request refused before its function runs is recorded too.
 
-`POST /db/query` is built in: the body is a JSON query, run under the caller's role like any `ctx.db.query`.
+`POST /db/query` and `POST /db/explain` are built in: the body is a JSON query, run (or explained) under the
+caller's role and claims like any `ctx.db.query`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import falcon
 
 from flux import jsontext
 from flux.data import CatalogCache
+from flux.data.explain import explain
 from flux.errors import (
     FluxError,
     MalformedBody,
@@ -27,6 +29,7 @@ from flux.gateway import cors, ratelimit
 from flux.gateway.auth import Authenticator
 from flux.gateway.ids import continue_trace, new_request_id
 from flux.gateway.routes import Route, RouteCache
+from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import ProjectFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Executor, Function, invoke
@@ -35,10 +38,14 @@ from flux.trace.recorder import Recorder
 Json = Any
 _HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
 DB_QUERY = Route(id=0, method="POST", path="/db/query", function="db.query", auth="any")
-_DB_QUERY_FUNCTION = Function("db.query", "wasm", b"", "builtin")
+DB_EXPLAIN = Route(id=0, method="POST", path="/db/explain", function="db.explain", auth="any")
+_BUILTIN_ROUTES = {route.path: route for route in (DB_QUERY, DB_EXPLAIN)}
+_BUILTINS = {
+    route.function: Function(route.function, "wasm", b"", "builtin") for route in _BUILTIN_ROUTES.values()
+}
 
 
-@dataclass
+@dataclasses.dataclass
 class Gateway:
     pool: Any  # request connections (flux_authenticator, autocommit)
     executor: Executor
@@ -47,6 +54,7 @@ class Gateway:
     routes: RouteCache
     catalogs: CatalogCache
     limiter: ratelimit.RateLimiter
+    fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         request_id = new_request_id()
@@ -89,7 +97,10 @@ class Gateway:
                 if decision is not None:
                     decisions["rate_limit"] = decision.headers()
                     resp.set_headers(decision.headers())
-                function = _DB_QUERY_FUNCTION if route is DB_QUERY else self.functions.get(route.function)
+                function = (
+                    _BUILTINS.get(route.function) if route.id == 0 else self.functions.get(route.function)
+                )
+                assert function is not None
             except FluxError as refused:
                 self._refuse(conn, req, resp, refused, recorder, span, decisions, record, started_us, clock)
                 return
@@ -102,15 +113,17 @@ class Gateway:
             outcome = invoke(
                 conn, _WithBuiltins(self.executor), function, request, catalog=self.catalogs.get(conn),
                 caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
+                fetch_policy=self.fetch_policy,
             )  # fmt: skip
         _respond(resp, outcome.response.status, outcome.response.headers, outcome.response.body)
 
     def _route(self, conn: Any, req: falcon.Request) -> tuple[Route, dict[str, str]]:
-        if req.path == DB_QUERY.path:
+        builtin = _BUILTIN_ROUTES.get(req.path)
+        if builtin is not None:
             if req.method != "POST":
                 message = f"{req.method} is not routed for {req.path}"
                 raise MethodNotAllowed(message, details={"allow": ["POST"]}, hint="use POST")
-            return DB_QUERY, {}
+            return builtin, {}
         return self.routes.get(conn).match(req.method, req.path)
 
     def _refuse(
@@ -143,14 +156,21 @@ class Gateway:
 
 
 class _WithBuiltins(Executor):
-    """The runtime, plus the built-in `db.query` endpoint: its body is one host call, recorded like any."""
+    """The runtime, plus the built-in endpoints: `db.query` is one host call, recorded like any; `db.explain`
+    is recorded as a `db:explain` span."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
     def execute(self, function: Function, request: Json, host: Host) -> Json:
-        if function is _DB_QUERY_FUNCTION:
+        if function is _BUILTINS["db.query"]:
             return host.call("db.query", request["body"])
+        if function is _BUILTINS["db.explain"]:
+            with host.recorder.span("data", "db:explain", input=request["body"]) as span:
+                explained = explain(host.conn, request["body"], host.catalog, host.role,  # type: ignore[arg-type]
+                                    claims=request["user"], limits=host.limits)  # fmt: skip
+                span.output = dataclasses.asdict(explained)
+            return span.output
         return self.executor.execute(function, request, host)
 
 
