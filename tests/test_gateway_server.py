@@ -55,9 +55,16 @@ burst = 3
 method = "POST"
 path = "/stuck"
 function = "stuck"
+
+[[routes]]
+method = "POST"
+path = "/relay"
+function = "relay"
+auth = "none"
 """
 FUNCTIONS = {
     "hello": "export default async (req) => ({hello: req.params.name ?? 'you'})",
+    "relay": "export default async (req, ctx) => JSON.parse((await ctx.fetch(req.body.url)).body)",
     "add_note": "export default async (req, ctx) => ({status: 201, body: (await ctx.db.query("
     "{insert: 'notes', values: {body: req.body.text}, returning: ['id']})).rows[0]})",
     "stuck": "export default async (req, ctx) => {"
@@ -68,7 +75,7 @@ FUNCTIONS = {
 
 @pytest.fixture
 def server(
-    dsn: str, project_dir: Path, flux_env: dict[str, str]
+    dsn: str, project_dir: Path, flux_env: dict[str, str], local_server: str
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     (project_dir / "flux.toml").write_text(FLUX_TOML)
     (project_dir / "migrations").mkdir()
@@ -81,7 +88,8 @@ def server(
         (project_dir / "functions" / name / "index.ts").write_text(source)
     port = free_port()
     process = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
+        [*FLUX, "server", "--port", str(port)], cwd=project_dir,
+        env={**flux_env, "DATABASE_URL": dsn, "FLUX_FETCH_ALLOW": "127.0.0.1"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -175,6 +183,20 @@ def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
         )
     wait_for_http(f"{base}/ready", timeout=30)  # the master started new workers
     assert _call(f"{base}/hello/again")[0] == 200
+
+
+def test_sigterm_lets_an_in_flight_request_finish(server: tuple[str, Any], local_server: str) -> None:
+    base, process = server
+    answers: list[Any] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(_call(f"{base}/relay", "POST", {"url": f"{local_server}/sleep/1.5"}))
+    )
+    caller.start()
+    time.sleep(0.5)  # the request is in its function, waiting on its fetch
+    process.send_signal(signal.SIGTERM)
+    caller.join(timeout=30)
+    assert answers and answers[0][0] == 200 and answers[0][2]["pong"] == "/sleep/1.5"
+    assert process.wait(timeout=30) == 0
 
 
 def _try(url: str, key: str) -> Any:
