@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import data_engine, runtime, track_overhead
+from bench import data_engine, gateway, runtime, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -19,6 +19,7 @@ def main() -> None:
         track_overhead.run(dsn)
         data_engine.run(dsn)
         runtime.run(dsn)
+        gateway.run(dsn)
         return
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     folder.chmod(0o755)
@@ -28,6 +29,7 @@ def main() -> None:
             track_overhead.run(embedded_dsn)
             data_engine.run(embedded_dsn)
             runtime.run(embedded_dsn)
+            gateway.run(embedded_dsn)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -27,6 +27,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     workers: int = 2
+    worker_class: str = "sync"  # or "gthread", with `threads` per worker (docs/performance.md compares them)
+    threads: int = 1
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None
     # [auth]: JWT verification (HS256 with a shared secret, or RS256/ES256 keys from a JWKS URL)
@@ -54,6 +56,8 @@ _ENV_NAMES = {
     "host": ("FLUX_HOST",),
     "port": ("FLUX_PORT",),
     "workers": ("FLUX_WORKERS",),
+    "worker_class": ("FLUX_WORKER_CLASS",),
+    "threads": ("FLUX_THREADS",),
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
@@ -119,12 +123,20 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
     try:
         port = int(values.get("port", DEFAULT_PORT))
         workers = int(values.get("workers", 2))
+        threads = int(values.get("threads", 1))
     except (TypeError, ValueError) as exc:
         raise InvalidConfig(f"port and workers must be integers: {exc}", hint="e.g. port = 4000") from exc
     if not 0 < port < 65536:
         raise InvalidConfig(f"port {port} is outside 1-65535", hint="pick a free port such as 4000")
-    if workers < 1:
-        raise InvalidConfig(f"workers must be at least 1, not {workers}", hint="e.g. workers = 2")
+    if workers < 1 or not 1 <= threads <= 64:
+        raise InvalidConfig(
+            f"workers ({workers}) and threads ({threads}) must be 1 or more", hint="e.g. workers = 2"
+        )
+    worker_class = str(values.get("worker_class", "sync"))
+    if worker_class not in ("sync", "gthread"):
+        raise InvalidConfig(
+            f"worker_class {worker_class!r} is not sync or gthread", hint="use sync (the default)"
+        )
     bindir = values.get("pg_bindir")
     return Settings(
         project_dir=project,
@@ -132,6 +144,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         host=str(values.get("host", "127.0.0.1")),
         port=port,
         workers=workers,
+        worker_class=worker_class,
+        threads=threads,
         migrations_dir=str(values.get("migrations_dir", "migrations")),
         pg_bindir=Path(bindir) if bindir else None,
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},

@@ -115,6 +115,8 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         config = {
             "bind": bind_address(self.settings.host, self.settings.port),
             "workers": self.settings.workers,
+            "worker_class": self.settings.worker_class,
+            "threads": self.settings.threads,
             "reload": self.reload,
             "graceful_timeout": 10 if self.reload else 30,
             "post_worker_init": _ignore_terminal_interrupt,

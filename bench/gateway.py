@@ -1,0 +1,158 @@
+"""The gateway under load (wrk against the real gunicorn servers, side by side in one run): a no-op function
+through Flux (gateway, recording, runtime) against a bare Falcon endpoint, and `POST /db/query` against a
+hand-written Falcon + psycopg endpoint running the same select, for each worker class."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+from flux.gateway.auth import new_api_key
+
+DURATION_S = 8
+CONNECTIONS = 4
+FLUX_TOML = """
+[[routes]]
+method = "GET"
+path = "/noop"
+function = "noop"
+auth = "none"
+
+[[routes]]
+method = "GET"
+path = "/noop-ts"
+function = "noop_ts"
+auth = "none"
+"""
+NOOP_WAT = """(module (memory (export "memory") 1) (data (i32.const 16) "{}")
+  (func (export "flux_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "flux_handle") (param i32 i32) (result i64) (i64.const 68719476738)))"""  # (16 << 32) | 2
+SETUP_SQL = """
+DROP TABLE IF EXISTS bench_accounts;
+CREATE TABLE bench_accounts (id int PRIMARY KEY, email text NOT NULL, name text);
+INSERT INTO bench_accounts
+    SELECT i, 'user' || i || '@example.com', 'User ' || i FROM generate_series(1, 1000) i;
+GRANT SELECT ON bench_accounts TO flux_user;
+ANALYZE bench_accounts;
+"""
+LUA_QUERY = """wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["authorization"] = "Bearer %s"
+wrk.body = '{"select": "bench_accounts", "columns": ["id", "email", "name"], "where": {"id": {"eq": 42}}}'
+"""
+
+
+def run(dsn: str) -> None:
+    if shutil.which("wrk") is None:
+        print("gateway: skipped (wrk is not installed: apt-get install wrk)")
+        return
+    folder = Path(tempfile.mkdtemp(prefix="flux-bench-gateway-"))
+    try:
+        key = _setup(dsn, folder)
+        for worker_class, threads in (("sync", 1), ("gthread", 4)):
+            _compare(dsn, folder, key, worker_class, threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _setup(dsn: str, folder: Path) -> str:
+    (folder / "flux.toml").write_text(FLUX_TOML)
+    (folder / "functions" / "noop").mkdir(parents=True)
+    (folder / "functions" / "noop" / "index.wat").write_text(NOOP_WAT)
+    (folder / "functions" / "noop_ts").mkdir(parents=True)
+    (folder / "functions" / "noop_ts" / "index.ts").write_text("export default async () => ({})")
+    made = new_api_key()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SETUP_SQL.encode())
+        conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role) VALUES (%s, %s, 'user')",
+                     (made.prefix, made.key_hash))  # fmt: skip
+    (folder / "query.lua").write_text(LUA_QUERY % made.key)
+    return made.key
+
+
+def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) -> None:
+    env = {**os.environ, "DATABASE_URL": dsn, "FLUX_WORKERS": "2", "FLUX_WORKER_CLASS": worker_class,
+           "FLUX_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    flux_port, floor_port = _free_port(), _free_port()
+    flux = subprocess.Popen([sys.executable, "-m", "cli", "server", "--port", str(flux_port)], cwd=folder,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, "--threads", str(threads),
+         "-b", f"127.0.0.1:{floor_port}", "bench.floor_app:create()"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{flux_port}/ready")
+        _wait(f"http://127.0.0.1:{floor_port}/noop")
+        flux_base, floor_base = f"http://127.0.0.1:{flux_port}", f"http://127.0.0.1:{floor_port}"
+        for url in (f"{flux_base}/noop", f"{flux_base}/noop-ts", f"{floor_base}/noop"):
+            _wrk(url, duration_s=2)  # warm up: compiled code, Deno workers, caches, prepared statements
+        _wrk(f"{flux_base}/db/query", folder / "query.lua", duration_s=2)
+        _wrk(f"{floor_base}/db/query", folder / "query.lua", duration_s=2)
+        noop, noop_ts, bare = (
+            _wrk(f"{flux_base}/noop"),
+            _wrk(f"{flux_base}/noop-ts"),
+            _wrk(f"{floor_base}/noop"),
+        )
+        query, by_hand = (
+            _wrk(f"{flux_base}/db/query", folder / "query.lua"),
+            _wrk(f"{floor_base}/db/query", folder / "query.lua"),
+        )
+    finally:
+        for process in (flux, floor):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    label = f"{worker_class}, 2 workers" + (f" x {threads} threads" if threads > 1 else "")
+    print(f"gateway: wrk -c{CONNECTIONS} -d{DURATION_S}s against gunicorn ({label})")
+    print(f"  no-op Wasm function  p50 {noop[0]:6.2f} ms  {noop[1]:7.0f} req/s")
+    print(f"  bare Falcon          p50 {bare[0]:6.2f} ms  {bare[1]:7.0f} req/s")
+    overhead = noop[0] - bare[0]
+    print(f"    gateway + recording + runtime: {overhead:5.2f} ms p50 over bare Falcon   (target <= 0.5 ms)")
+    print(f"  no-op TypeScript     p50 {noop_ts[0]:6.2f} ms  {noop_ts[1]:7.0f} req/s")
+    print(f"  POST /db/query       p50 {query[0]:6.2f} ms  {query[1]:7.0f} req/s")
+    print(f"  by hand (psycopg)    p50 {by_hand[0]:6.2f} ms  {by_hand[1]:7.0f} req/s")
+    print(f"    {query[1] / by_hand[1]:.2f}x the hand-written endpoint's req/s   (target >= 0.7x)")
+
+
+def _wrk(url: str, script: Path | None = None, duration_s: int = DURATION_S) -> tuple[float, float]:
+    """p50 latency (ms) and requests per second."""
+    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency", url]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", output)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    assert p50 and rate and not non_2xx, output
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50[2]]
+    return float(p50[1]) * scale, float(rate[1])
+
+
+def _wait(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
