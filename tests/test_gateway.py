@@ -27,6 +27,7 @@ TENANT = "7d3c8a4e-0000-4000-8000-000000000001"
 ROUTES = (
     {"method": "GET", "path": "/hello/{name}", "function": "hello", "auth": "none",
      "cors": ["https://app.example"]},
+    {"method": "GET", "path": "/public", "function": "hello", "auth": "none", "cors": ["*"]},
     {"method": "POST", "path": "/notes", "function": "add_note", "auth": "any", "max_body_bytes": 200},
     {"method": "GET", "path": "/limited", "function": "hello", "auth": "none",
      "rate_per_s": 0.01, "burst": 2},
@@ -41,16 +42,50 @@ FUNCTIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def jwks() -> Iterator[tuple[str, Any]]:
+    """A JWKS endpoint on 127.0.0.1 publishing one RSA key (kid "k1"); yields its URL and the private key."""
+    import http.server
+    import json
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    document = json.dumps({"keys": [{**public, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", private
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
-def client(conn: Conn, dsn: str, tmp_path: Path, local_server: str) -> Iterator[falcon.testing.TestClient]:
+def client(
+    conn: Conn, dsn: str, tmp_path: Path, local_server: str, jwks: tuple[str, Any]
+) -> Iterator[falcon.testing.TestClient]:
     conn.execute(NOTES_SQL.encode())
-    conn.execute("INSERT INTO flux.tenants (id, name) VALUES (%s, 'acme')", (TENANT,))
+    conn.execute(
+        "INSERT INTO flux.tenants (id, name, rate_per_s, burst) VALUES (%s, 'acme', 0.01, 4)", (TENANT,)
+    )
     conn.commit()
     sync_routes(conn, ROUTES)
     for name, source in FUNCTIONS.items():
         (tmp_path / "functions" / name).mkdir(parents=True)
         (tmp_path / "functions" / name / "index.ts").write_text(source)
-    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, fetch_allow=("127.0.0.1",))
+    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, jwks_url=jwks[0], fetch_allow=("127.0.0.1",))
     gateway = create_gateway(settings, dsn)
     admin = db.create_pool(dsn, max_size=2)
     admin.open()
@@ -118,10 +153,14 @@ def test_api_keys_run_as_their_role_and_tenant_and_revocation_is_live(conn: Conn
     assert conn.execute("SELECT request_id::text FROM flux.mutations").fetchall() == [
         (created.headers["x-request-id"],)
     ]
+    untenanted = _key(conn, tenant=None)  # no tenant bucket: polling below cannot run into the rate limit
+    assert client.simulate_get("/keys-only", headers={"x-api-key": untenanted}).status_code == 200
     conn.execute("UPDATE flux.api_keys SET revoked_at = now()")
     conn.commit()
     deadline = time.monotonic() + 3
-    while (refused := client.simulate_get("/keys-only", headers={"x-api-key": key})).status_code == 200:
+    while (
+        refused := client.simulate_get("/keys-only", headers={"x-api-key": untenanted})
+    ).status_code == 200:
         assert time.monotonic() < deadline, "a revoked key still worked after 3 s"
         time.sleep(0.1)
     assert refused.status_code == 401 and refused.json["code"] == "FX012"
@@ -149,6 +188,29 @@ def test_jwts_are_checked_and_their_claims_reach_the_function(client: Any) -> No
     )  # this route takes API keys only
 
 
+def test_rs256_tokens_are_checked_against_the_jwks(client: Any, jwks: tuple[str, Any]) -> None:
+    _, private = jwks
+    claims = {"sub": "carol", "exp": int(time.time()) + 60}
+    good = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k1"})
+    unknown_kid = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k2"})
+    ok = client.simulate_post("/notes", json={"text": "rs256"}, headers={"authorization": f"Bearer {good}"})
+    assert ok.status_code == 201, ok.json
+    refused = client.simulate_post(
+        "/notes", json={"text": "x"}, headers={"authorization": f"Bearer {unknown_kid}"}
+    )
+    assert refused.status_code == 401 and refused.json["code"] == "FX013"
+
+
+def test_a_tenants_bucket_spans_its_routes(conn: Conn, client: Any) -> None:
+    key = _key(conn)  # a key of the tenant, whose bucket holds 4
+    headers = {"authorization": f"Bearer {key}"}
+    statuses = [
+        client.simulate_post("/notes", json={"text": "t"}, headers=headers).status_code for _ in range(3)
+    ]
+    statuses += [client.simulate_get("/keys-only", headers=headers).status_code for _ in range(2)]
+    assert statuses == [201, 201, 201, 200, 429]
+
+
 def test_the_rate_limit_answers_429_with_retry_after_and_is_recorded(conn: Conn, client: Any) -> None:
     statuses = [client.simulate_get("/limited") for _ in range(3)]
     assert [s.status_code for s in statuses] == [200, 200, 429]
@@ -169,6 +231,11 @@ def test_cors_preflights_are_answered_by_the_gateway(client: Any) -> None:
     assert refused.status_code == 403 and refused.json["code"] == "FX014"
     actual = client.simulate_get("/hello/x", headers={"origin": "https://app.example"})
     assert actual.headers["access-control-allow-origin"] == "https://app.example"
+    anyone = client.simulate_options("/public", headers={**asked, "origin": "https://anyone.example"})
+    assert (
+        anyone.status_code == 204
+        and anyone.headers["access-control-allow-origin"] == "https://anyone.example"
+    )
 
 
 @pytest.mark.parametrize(
