@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +87,20 @@ def client(
         (tmp_path / "functions" / name).mkdir(parents=True)
         (tmp_path / "functions" / name / "index.ts").write_text(source)
     settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, jwks_url=jwks[0], fetch_allow=("127.0.0.1",))
+    with _app(settings, dsn) as app:
+        yield falcon.testing.TestClient(app)
+
+
+@contextmanager
+def _app(settings: Settings, dsn: str) -> Iterator[Any]:
+    """The worker's app with its gateway, and everything it started closed afterwards."""
     gateway = create_gateway(settings, dsn)
     admin = db.create_pool(dsn, max_size=2)
     admin.open()
     try:
-        yield falcon.testing.TestClient(create_app(settings, admin, gateway))
+        yield create_app(settings, admin, gateway)
     finally:
-        gateway.executor.close()  # type: ignore[attr-defined]
-        for cache in (gateway.routes, gateway.catalogs):
-            cache.close()
-        gateway.auth.close()
-        gateway.limiter.listener.close()
-        gateway.pool.close()
+        gateway.close()
         admin.close()
 
 
@@ -315,3 +318,11 @@ def test_a_route_added_in_the_database_is_live_without_a_restart(conn: Conn, cli
     while client.simulate_get("/hi").status_code != 200:
         assert time.monotonic() < deadline, "the new route was not live within 1.5 s"
         time.sleep(0.05)
+
+
+def test_ready_reports_pending_migrations_before_loading_routes(dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_later.sql").write_text("CREATE TABLE later (id int PRIMARY KEY);\n")
+    with _app(Settings(project_dir=tmp_path), dsn) as app:
+        ready = falcon.testing.TestClient(app).simulate_get("/ready")
+    assert ready.status_code == 503 and ready.json["migrations_pending"] == ["project:0001"]

@@ -117,6 +117,17 @@ class Gateway:
             )  # fmt: skip
         _respond(resp, outcome.response.status, outcome.response.headers, outcome.response.body)
 
+    def close(self) -> None:
+        """Stop the listeners, the runtime's workers and the pool (a worker exiting needs none of this)."""
+        for cache in (self.routes, self.catalogs):
+            cache.close()
+        self.auth.close()
+        self.limiter.listener.close()
+        close_executor = getattr(self.executor, "close", None)
+        if close_executor is not None:
+            close_executor()
+        self.pool.close()
+
     def _route(self, conn: Any, req: falcon.Request) -> tuple[Route, dict[str, str]]:
         builtin = _BUILTIN_ROUTES.get(req.path)
         if builtin is not None:
