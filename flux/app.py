@@ -16,6 +16,7 @@ from flux.config import Settings, load_settings
 from flux.data import CatalogCache
 from flux.db import as_flux_error, create_pool
 from flux.errors import FluxError, InternalError, InvalidConfig
+from flux.gateway import openapi
 from flux.gateway.auth import Authenticator
 from flux.gateway.handler import Gateway
 from flux.gateway.ratelimit import RateLimiter
@@ -34,6 +35,13 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
+
+
+class OpenApi:
+    """The OpenAPI document of `/db/query` and `/db/explain`."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = openapi.document()
 
 
 class Ready:
@@ -107,6 +115,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
     if gateway is not None:
+        app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")
     return app
 

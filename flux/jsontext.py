@@ -23,8 +23,40 @@ def loads(text: str | bytes) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON; a `Decimal` is written as the number it is, digit for digit."""
-    return orjson.dumps(value, default=_exact_number)
+    """Compact UTF-8 JSON; a `Decimal` is written as the number it is, digit for digit. Integers past 64 bits
+    and strings with lone surrogates (both valid in JSON, refused by orjson) are written exactly too."""
+    try:
+        return orjson.dumps(value, default=_exact_number)
+    except TypeError:
+        return orjson.dumps(_portable(value), default=_exact_number)
+
+
+def _portable(value: Any) -> Any:
+    """`value` with what orjson refuses turned into ready-made JSON fragments."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return orjson.Fragment(str(value))
+    if isinstance(value, str) and not _is_utf8(value):
+        return orjson.Fragment(json.dumps(value))  # escapes each lone surrogate as \udXXX
+    if isinstance(value, dict):
+        return {_valid_text(str(k)): _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _valid_text(text: str) -> str:
+    """A key with lone surrogates, each replaced by U+FFFD (JSON keys cannot be fragments)."""
+    return text if _is_utf8(text) else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def dumps_text(value: Any) -> str:

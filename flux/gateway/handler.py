@@ -57,7 +57,7 @@ class Gateway:
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        request_id = new_request_id()
+        request_id = req.context["request_id"] = new_request_id()  # for any error handler too
         trace = continue_trace(req.get_header("traceparent"))
         resp.set_header("x-request-id", request_id)
         headers = {name.lower(): value for name, value in req.headers.items()}

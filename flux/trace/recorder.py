@@ -153,10 +153,28 @@ class Recorder:
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
         db.execute_command(
-            conn,
-            _WRITE_RECORD,
-            [jsontext.dumps_text(self.scrub(row)), jsontext.dumps_text(self.scrub(spans))],
+            conn, _WRITE_RECORD, [_jsonb_text(self.scrub(row)), _jsonb_text(self.scrub(spans))]
         )
+
+
+def _jsonb_text(value: Json) -> str:
+    """JSON that jsonb accepts: a request may carry text jsonb cannot hold (U+0000, lone surrogates), and its
+    record must be written all the same, so such text is kept as visible escapes."""
+    text = jsontext.dumps(value)
+    return jsontext.dumps_text(_storable(value)) if b"\\u0000" in text or b"\\ud" in text else text.decode()
+
+
+def _storable(value: Json) -> Json:
+    if isinstance(value, str):
+        text = value.replace("\x00", "\\u0000")
+        return (
+            text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if not text.isascii() else text
+        )
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _scrub(value: Json, secrets: dict[str, str]) -> Json:

@@ -61,3 +61,8 @@ def test_jsontext_refuses_what_json_cannot_carry() -> None:
         jsontext.dumps(Decimal("NaN"))
     assert jsontext.loads("[1, 2.50, 1e3]") == [1, Decimal("2.50"), Decimal("1e3")]
     assert jsontext.dumps([Decimal("2.50"), Decimal("1E+3")]) == b"[2.50,1E+3]"
+
+
+def test_jsontext_writes_what_json_allows_and_orjson_refuses() -> None:
+    assert jsontext.dumps([2**70, -(2**64)]) == b"[1180591620717411303424,-18446744073709551616]"
+    assert jsontext.dumps("a\ud800b") == b'"a\\ud800b"'  # a lone surrogate, escaped as JSON allows
