@@ -11,6 +11,9 @@ import typer
 ProjectDir = Annotated[Path, typer.Argument(help="The Flux project folder.", file_okay=False)]
 Port = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen on (default 4000).")]
 Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
+Bind = Annotated[
+    str | None, typer.Option("--bind", "-b", help="HOST:PORT to listen on, instead of --host and --port.")
+]
 Workers = Annotated[
     int | None, typer.Option("--workers", "-w", help="Worker processes (default 2; 1 for dev).")
 ]
@@ -22,23 +25,29 @@ def register(app: typer.Typer) -> None:
 
 
 def run_server(
-    project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
-) -> None:
+    project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
+    workers: Workers = None,
+) -> None:  # fmt: skip
     """Serve the project in production: DATABASE_URL, or the project's embedded Postgres."""
-    _serve(project, port, host, workers, reload=False)
+    _serve(project, port, host, bind, workers, reload=False)
 
 
 def run_dev(
-    project: ProjectDir = Path("."), port: Port = None, host: Host = None, workers: Workers = None
-) -> None:
+    project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
+    workers: Workers = None,
+) -> None:  # fmt: skip
     """Serve the project locally with reload; starts an embedded Postgres when DATABASE_URL is unset."""
-    _serve(project, port, host, workers or 1, reload=True)
+    _serve(project, port, host, bind, workers or 1, reload=True)
 
 
-def _serve(project: Path, port: int | None, host: str | None, workers: int | None, *, reload: bool) -> None:
-    from flux.config import load_settings
+def _serve(
+    project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool
+) -> None:
+    from flux.config import load_settings, split_bind
     from flux.server import serve
 
     logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
+    if bind is not None:
+        host, port = split_bind(bind)
     settings = load_settings(project, port=port, host=host, workers=workers)
     serve(settings, reload=reload)

@@ -160,3 +160,11 @@ def _host_list(value: Any) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
         raise InvalidConfig("fetch_allow must be a list of hosts", hint='e.g. fetch_allow = ["10.0.0.0/8"]')
     return tuple(item.strip() for item in items if item.strip())
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """`--bind HOST:PORT` (`[::1]:4000` for IPv6) as a host and a port."""
+    host, separator, port = bind.rpartition(":")
+    if not separator or not port.isdigit() or not host:
+        raise InvalidConfig(f"--bind {bind!r} is not HOST:PORT", hint="e.g. --bind 0.0.0.0:4000")
+    return host.strip("[]"), int(port)

@@ -174,9 +174,7 @@ def test_serving_on_ipv6_loopback(project_dir: Path, flux_env: dict[str, str], d
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     port = free_port()
-    process = _start(
-        ["server", "--host", "::1", "--port", str(port)], {**flux_env, "DATABASE_URL": dsn}, project_dir
-    )
+    process = _start(["server", "--bind", f"[::1]:{port}"], {**flux_env, "DATABASE_URL": dsn}, project_dir)
     try:
         wait_for_http(f"http://[::1]:{port}/health", timeout=20, process=process)
     finally:

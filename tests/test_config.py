@@ -1,0 +1,42 @@
+"""Settings from flux.toml and the environment: what the gateway and the server read, and what they refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flux.config import load_settings, split_bind
+from flux.errors import InvalidConfig
+
+
+def test_auth_routes_and_fetch_allow_are_read(tmp_path: Path) -> None:
+    (tmp_path / "flux.toml").write_text(
+        '[server]\nworkers = 3\nworker_class = "gthread"\nthreads = 4\n'
+        '[auth]\nsecret = "s"\naudience = "app"\n'
+        '[[routes]]\nmethod = "GET"\npath = "/a"\nfunction = "f"\n'
+    )
+    settings = load_settings(tmp_path, env={"FLUX_FETCH_ALLOW": "10.0.0.0/8, internal.example"})
+    assert (settings.workers, settings.worker_class, settings.threads) == (3, "gthread", 4)
+    assert (settings.jwt_secret, settings.jwt_audience, settings.jwks_url) == ("s", "app", None)
+    assert settings.routes == ({"method": "GET", "path": "/a", "function": "f"},)
+    assert settings.fetch_allow == ("10.0.0.0/8", "internal.example")
+
+
+@pytest.mark.parametrize(
+    "toml",
+    ['[auth]\nsecrte = "x"\n', '[server]\nworker_class = "gevent"\n', '[server]\nthreads = 0\n',
+     "routes = 3\n", '[server]\nfetch_allow = 1\n'],
+)  # fmt: skip
+def test_a_bad_setting_is_one_clear_error(tmp_path: Path, toml: str) -> None:
+    (tmp_path / "flux.toml").write_text(toml)
+    with pytest.raises(InvalidConfig):
+        load_settings(tmp_path, env={})
+
+
+def test_bind_is_host_and_port() -> None:
+    assert split_bind("0.0.0.0:4000") == ("0.0.0.0", 4000)
+    assert split_bind("[::1]:4001") == ("::1", 4001)
+    for bad in ("4000", "host:", ":4000", "host:port"):
+        with pytest.raises(InvalidConfig):
+            split_bind(bad)
