@@ -31,9 +31,13 @@ class Runtime(Executor):
 
     def execute(self, function: Function, request: Any, host: Host) -> Any:
         if function.runtime == "wasm":
-            return self.wasm.run(self.wasm.load(function.code), request, host, function.limits)
+            return self.wasm.run(
+                self.wasm.load(function.code, function.sha256), request, host, function.limits
+            )
         if function.runtime == "component":
-            return self.components.run(self.components.load(function.code), request, host, function.limits)
+            return self.components.run(
+                self.components.load(function.code, function.sha256), request, host, function.limits
+            )
         lang = "ts" if function.runtime == "typescript" else "js"
         return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
 

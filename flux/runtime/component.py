@@ -10,8 +10,6 @@ runtime: stdout and stderr become log spans, and its wall clock and random sourc
 from __future__ import annotations
 
 import base64
-import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,16 @@ from flux.errors import (
 )
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.wasm import WasmRuntime, active_run, compile_cached, limited_store, running, trap_error
+from flux.runtime.wasm import (
+    CompiledOnce,
+    WasmRuntime,
+    active_run,
+    compile_cached,
+    first_line,
+    limited_store,
+    running,
+    trap_error,
+)
 
 HOST_INTERFACE = "flux:function/host@0.1.0"
 
@@ -55,19 +62,14 @@ class ComponentRuntime:
     def __init__(self, wasm: WasmRuntime) -> None:
         self.engine = wasm.engine
         self.cache_dir = wasm.cache_dir
-        self._loaded: dict[str, LoadedComponent] = {}
-        self._lock = threading.Lock()
+        self._loaded = CompiledOnce(self._prepare)
 
-    def load(self, code: bytes) -> LoadedComponent:
-        sha = hashlib.sha256(code).hexdigest()
-        loaded = self._loaded.get(sha)
-        if loaded is not None:
-            return loaded
-        with self._lock:
-            if sha not in self._loaded:
-                component = self._compile(sha, code)
-                self._loaded[sha] = LoadedComponent(sha, component, self._linker(component))
-            return self._loaded[sha]
+    def load(self, code: bytes, sha: str | None = None) -> LoadedComponent:
+        return self._loaded.get(code, sha)
+
+    def _prepare(self, sha: str, code: bytes) -> LoadedComponent:
+        component = self._compile(sha, code)
+        return LoadedComponent(sha, component, self._linker(component))
 
     def _compile(self, sha: str, code: bytes) -> wasm_component.Component:
         def compile_component() -> wasm_component.Component:
@@ -75,7 +77,7 @@ class ComponentRuntime:
                 return wasm_component.Component(self.engine, code)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidFunctionCode(
-                    f"the function is not a valid component: {_first_line(exc)}"
+                    f"the function is not a valid component: {first_line(exc)}"
                 ) from None
 
         return compile_cached(
@@ -143,12 +145,8 @@ def _component_error(exc: wasmtime.WasmtimeError, limits: FunctionLimits) -> Flu
         return FunctionTimedOut(f"the function ran past {limits.timeout_ms} ms", hint="raise `timeout_ms`")
     if "wasm backtrace" in text or "wasm trap" in text:
         cause = [line.strip() for line in text.splitlines() if line.strip().startswith("wasm trap")]
-        return FunctionFailed(f"the function trapped: {cause[0] if cause else _first_line(exc)}")
-    return FunctionCrashed(f"the component failed: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or ["unknown error"])[0]
+        return FunctionFailed(f"the function trapped: {cause[0] if cause else first_line(exc)}")
+    return FunctionCrashed(f"the component failed: {first_line(exc)}")
 
 
 # -- host functions (the linker is shared; the request is the thread's active run) -------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import wasmtime
 from wasmtime import Config, Engine, FuncType, Linker, Module, Store, Trap, TrapCode, ValType, WasiConfig
@@ -39,6 +39,7 @@ from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
 
 Compiled = TypeVar("Compiled", Module, "wasm_component.Component")
+Loaded = TypeVar("Loaded")
 
 EPOCH_TICK_S = 0.005
 PAGE = 65_536
@@ -110,8 +111,7 @@ class WasmRuntime:
         self.engine = Engine(config)
         self.cache_dir = cache_dir
         self.linker = _make_linker(self.engine)
-        self._loaded: dict[str, LoadedModule] = {}
-        self._lock = threading.Lock()
+        self._loaded = CompiledOnce(self._prepare)
         self._ticker = threading.Thread(target=self._tick, name="flux-wasm-epoch", daemon=True)
         self._ticker.start()
 
@@ -120,30 +120,24 @@ class WasmRuntime:
             time.sleep(EPOCH_TICK_S)
             self.engine.increment_epoch()
 
-    def load(self, wasm: bytes) -> LoadedModule:
+    def load(self, wasm: bytes, sha: str | None = None) -> LoadedModule:
         """The module for this code, compiled once per process and once per machine (a serialized cache)."""
-        sha = hashlib.sha256(wasm).hexdigest()
-        loaded = self._loaded.get(sha)
-        if loaded is not None:
-            return loaded
-        with self._lock:
-            if sha not in self._loaded:
-                module = self._compile(sha, wasm)
-                exports = {export.name for export in module.exports}
-                missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
-                if missing:
-                    raise InvalidFunctionCode(
-                        f"the Wasm module does not export {', '.join(missing)}",
-                        hint="export memory, flux_alloc and flux_handle (see docs/functions.md)",
-                    )
-                try:
-                    pre = self.linker.instantiate_pre(module)
-                except wasmtime.WasmtimeError as exc:
-                    raise InvalidFunctionCode(
-                        f"the Wasm module imports what Flux does not give: {exc}"
-                    ) from None
-                self._loaded[sha] = LoadedModule(sha, pre)
-            return self._loaded[sha]
+        return self._loaded.get(wasm, sha)
+
+    def _prepare(self, sha: str, wasm: bytes) -> LoadedModule:
+        module = self._compile(sha, wasm)
+        exports = {export.name for export in module.exports}
+        missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
+        if missing:
+            raise InvalidFunctionCode(
+                f"the Wasm module does not export {', '.join(missing)}",
+                hint="export memory, flux_alloc and flux_handle (see docs/functions.md)",
+            )
+        try:
+            pre = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the Wasm module imports what Flux does not give: {exc}") from None
+        return LoadedModule(sha, pre)
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
         def compile_module() -> Module:
@@ -151,7 +145,7 @@ class WasmRuntime:
                 return Module(self.engine, wasm)
             except wasmtime.WasmtimeError as exc:
                 raise InvalidFunctionCode(
-                    f"the function is not valid WebAssembly: {_first_line(exc)}"
+                    f"the function is not valid WebAssembly: {first_line(exc)}"
                 ) from None
 
         return compile_cached(
@@ -192,7 +186,29 @@ class WasmRuntime:
         except Trap as trap:
             raise trap_error(trap, run, limits) from None
         except wasmtime.WasmtimeError as exc:
-            raise FunctionCrashed(f"the Wasm function failed: {_first_line(exc)}") from None
+            raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
+
+
+class CompiledOnce(Generic[Loaded]):
+    """Code prepared once per process, keyed by the sha256 of its bytes; concurrent first calls wait for one
+    `prepare(sha, code)`."""
+
+    def __init__(self, prepare: Callable[[str, bytes], Loaded]) -> None:
+        self._prepare = prepare
+        self._loaded: dict[str, Loaded] = {}
+        self._lock = threading.Lock()
+
+    def get(self, code: bytes, sha: str | None = None) -> Loaded:
+        """`sha` is the code's sha256 when the caller knows it already (hashing a large module on every
+        request would cost more than running it)."""
+        sha = sha or hashlib.sha256(code).hexdigest()
+        loaded = self._loaded.get(sha)
+        if loaded is not None:
+            return loaded
+        with self._lock:
+            if sha not in self._loaded:
+                self._loaded[sha] = self._prepare(sha, code)
+            return self._loaded[sha]
 
 
 def compile_cached(path: Path, load: Callable[[str], Compiled], compile: Callable[[], Compiled]) -> Compiled:
@@ -247,7 +263,7 @@ def trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
             f"the function trapped with its memory at the {limits.memory_mb} MB limit",
             hint="raise `memory_mb`",
         )
-    return FunctionFailed(f"the function trapped: {_first_line(trap)}")
+    return FunctionFailed(f"the function trapped: {first_line(trap)}")
 
 
 def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
@@ -278,7 +294,7 @@ def _log_line(run: _Run, stream: str, line: bytes) -> None:
     run.host.call("log", {"level": level, "message": line.decode(errors="replace"), "stream": stream})
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or ["unknown error"])[0]
 
 
