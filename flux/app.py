@@ -136,10 +136,7 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
         limiter=RateLimiter(),
         fetch_policy=FetchPolicy(allow=settings.fetch_allow),
     )
-    for cache in (gateway.routes, gateway.catalogs):
-        cache.listen(request_dsn)
-    gateway.auth.listen(request_dsn)
-    gateway.limiter.listener.start(request_dsn)
+    gateway.listen(request_dsn)
     return gateway
 
 

@@ -40,7 +40,7 @@ def _portable(value: Any) -> Any:
     if isinstance(value, str) and not _is_utf8(value):
         return orjson.Fragment(json.dumps(value))  # escapes each lone surrogate as \udXXX
     if isinstance(value, dict):
-        return {_valid_text(str(k)): _portable(v) for k, v in value.items()}
+        return {valid_text(str(k)): _portable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_portable(v) for v in value]
     return value
@@ -54,8 +54,9 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _valid_text(text: str) -> str:
-    """A key with lone surrogates, each replaced by U+FFFD (JSON keys cannot be fragments)."""
+def valid_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD (for a JSON key, which cannot be a fragment, or for
+    storage that refuses them)."""
     return text if _is_utf8(text) else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 

@@ -11,14 +11,15 @@ from typing import Any, Generic, TypeVar
 from flux import db
 
 log = logging.getLogger("flux.listen")
+Key = TypeVar("Key")
 Value = TypeVar("Value")
 POLL_S = 0.25  # how often the listener looks up from waiting, to notice close()
 
 
 class Listener:
-    def __init__(self, channel: str, on_notify: Callable[[], None]) -> None:
+    def __init__(self, channel: str, *on_notify: Callable[[], None]) -> None:
         self.channel = channel
-        self.on_notify = on_notify
+        self.callbacks = on_notify
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
 
@@ -36,15 +37,19 @@ class Listener:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _notified(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
     def _run(self, dsn: str) -> None:
         while not self._closed.is_set():
             try:
                 with db.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {self.channel}")
-                    self.on_notify()
+                    self._notified()
                     while not self._closed.is_set():
                         for _ in conn.notifies(timeout=POLL_S):
-                            self.on_notify()
+                            self._notified()
             except Exception as exc:  # reconnect after a lost connection; never let the thread die
                 if not self._closed.is_set():
                     log.warning("listener on %s lost its connection: %s", self.channel, db.as_flux_error(exc))
@@ -85,3 +90,21 @@ class NotifiedCache(Generic[Value]):
     def close(self) -> None:
         """Stop listening (within a quarter of a second)."""
         self._listener.close()
+
+
+class KeyedCache(Generic[Key, Value]):
+    """Values loaded one key at a time (`load(conn, key)`) and all dropped by `clear`, which a Listener calls.
+    A load that a `clear` overtook lands in the dropped dictionary, so it is never kept."""
+
+    def __init__(self, load: Callable[[Any, Key], Value]) -> None:
+        self._load = load
+        self._values: dict[Key, Value] = {}
+
+    def get(self, conn: Any, key: Key) -> Value:
+        values = self._values
+        if key not in values:
+            values[key] = self._load(conn, key)
+        return values[key]
+
+    def clear(self) -> None:
+        self._values = {}

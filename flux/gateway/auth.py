@@ -17,7 +17,7 @@ from flux import db
 from flux.config import Settings
 from flux.errors import InvalidApiKey, InvalidConfig, InvalidToken, MissingCredentials
 from flux.gateway.routes import Route
-from flux.listen import Listener
+from flux.listen import KeyedCache
 from flux.runtime.invoke import Caller
 
 KEY_PREFIX = "flux_"
@@ -52,28 +52,14 @@ class _KeyRow:
     prefix: str
 
 
-class _Keys:
-    """API keys by hash, loaded one by one as they are used and dropped when keys or tenants change."""
-
-    def __init__(self) -> None:
-        self._found: dict[bytes, _KeyRow | None] = {}
-        self.listener = Listener(NOTIFY_CHANNEL, self.clear)
-
-    def clear(self) -> None:
-        self._found = {}
-
-    def find(self, conn: Any, key_hash: bytes) -> _KeyRow | None:
-        if key_hash in self._found:
-            return self._found[key_hash]
-        row = db.execute_raw(
-            conn,
-            "SELECT role, tenant_id::text, claims, prefix FROM flux.api_keys"
-            " WHERE key_hash = $1 AND revoked_at IS NULL",
-            [key_hash],
-        )
-        found = _KeyRow(*row) if row is not None else None
-        self._found[key_hash] = found
-        return found
+def _find_key(conn: Any, key_hash: bytes) -> _KeyRow | None:
+    row = db.execute_raw(
+        conn,
+        "SELECT role, tenant_id::text, claims, prefix FROM flux.api_keys"
+        " WHERE key_hash = $1 AND revoked_at IS NULL",
+        [key_hash],
+    )
+    return _KeyRow(*row) if row is not None else None
 
 
 class Authenticator:
@@ -86,13 +72,8 @@ class Authenticator:
         self.jwks = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300) if settings.jwks_url else None
         )
-        self.keys = _Keys()
-
-    def listen(self, dsn: str) -> None:
-        self.keys.listener.start(dsn)
-
-    def close(self) -> None:
-        self.keys.listener.close()
+        # API keys by hash, loaded as they are used; dropped when keys or tenants change (`flux_callers`)
+        self.keys: KeyedCache[bytes, _KeyRow | None] = KeyedCache(_find_key)
 
     def authenticate(self, conn: Any, route: Route, headers: dict[str, str]) -> Caller:
         if route.auth == "none":
@@ -114,7 +95,7 @@ class Authenticator:
         return self._token(credential)
 
     def _key(self, conn: Any, key: str) -> Caller:
-        row = self.keys.find(conn, hash_key(key))
+        row = self.keys.get(conn, hash_key(key))
         if row is None:
             raise InvalidApiKey(
                 f"API key {key[:PREFIX_LENGTH]}… is unknown or revoked", hint="use a live key"

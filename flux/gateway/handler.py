@@ -26,14 +26,17 @@ from flux.errors import (
     UnsupportedMediaType,
 )
 from flux.gateway import cors, ratelimit
+from flux.gateway.auth import NOTIFY_CHANNEL as CALLERS_CHANNEL
 from flux.gateway.auth import Authenticator
 from flux.gateway.ids import continue_trace, new_request_id
 from flux.gateway.routes import Route, RouteCache
+from flux.listen import Listener
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import ProjectFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Executor, Function, invoke
-from flux.trace.recorder import Recorder
+from flux.runtime.response import Response, error_response
+from flux.trace.recorder import Recorder, error_record
 
 Json = Any
 _HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
@@ -55,6 +58,17 @@ class Gateway:
     catalogs: CatalogCache
     limiter: ratelimit.RateLimiter
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
+
+    def __post_init__(self) -> None:
+        self._executor = _WithBuiltins(self.executor)
+        # One connection listens for changes to keys and tenants, and drops both caches.
+        self._callers = Listener(CALLERS_CHANNEL, self.auth.keys.clear, self.limiter.tenants.clear)
+
+    def listen(self, dsn: str) -> None:
+        """Follow changes to routes, the catalog, keys and tenants made by any process (NOTIFY)."""
+        self.routes.listen(dsn)
+        self.catalogs.listen(dsn)
+        self._callers.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         request_id = req.context["request_id"] = new_request_id()  # for any error handler too
@@ -97,12 +111,9 @@ class Gateway:
                 if decision is not None:
                     decisions["rate_limit"] = decision.headers()
                     resp.set_headers(decision.headers())
-                function = (
-                    _BUILTINS.get(route.function) if route.id == 0 else self.functions.get(route.function)
-                )
-                assert function is not None
+                function = _BUILTINS[route.function] if route.id == 0 else self.functions.get(route.function)
             except FluxError as refused:
-                self._refuse(conn, req, resp, refused, recorder, span, decisions, record, started_us, clock)
+                self._refuse(conn, req, resp, refused, recorder, span, record, started_us, clock)
                 return
             recorder.finish(span, output=decisions)
             request = {
@@ -111,18 +122,17 @@ class Gateway:
                 "body": body, "user": dict(caller.claims) if caller.role != "anon" else None,
             }  # fmt: skip
             outcome = invoke(
-                conn, _WithBuiltins(self.executor), function, request, catalog=self.catalogs.get(conn),
+                conn, self._executor, function, request, catalog=self.catalogs.get(conn),
                 caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
                 fetch_policy=self.fetch_policy,
             )  # fmt: skip
-        _respond(resp, outcome.response.status, outcome.response.headers, outcome.response.body)
+        _respond(resp, outcome.response)
 
     def close(self) -> None:
         """Stop the listeners, the runtime's workers and the pool (a worker exiting needs none of this)."""
-        for cache in (self.routes, self.catalogs):
-            cache.close()
-        self.auth.close()
-        self.limiter.listener.close()
+        self.routes.close()
+        self.catalogs.close()
+        self._callers.close()
         close_executor = getattr(self.executor, "close", None)
         if close_executor is not None:
             close_executor()
@@ -139,21 +149,18 @@ class Gateway:
 
     def _refuse(
         self, conn: Any, req: falcon.Request, resp: falcon.Response, refused: FluxError, recorder: Recorder,
-        span: Any, decisions: dict[str, Json], record: dict[str, Json], started_us: int, clock: int,
+        span: Any, record: dict[str, Json], started_us: int, clock: int,
     ) -> None:  # fmt: skip
         """Answer a request refused before its function ran, and record it with the gateway span's reason."""
         if span.duration_us is None:
             recorder.finish(span, error=refused)
-        record |= {"ok": False, "status": refused.http_status, "error": _error_record(refused)}
+        record |= {"ok": False, "status": refused.http_status, "error": error_record(refused)}
         self._record(conn, recorder, record, started_us, clock)
         if isinstance(refused, RateLimited):
             resp.set_headers(refused.details["headers"])
         if isinstance(refused, MethodNotAllowed):
             resp.set_header("allow", ", ".join(refused.details["allow"]))
-        body = {
-            k: v for k, v in refused.to_dict(recorder.request_id).items() if k != "details" and v is not None
-        }
-        _respond(resp, refused.http_status, {}, body)
+        _respond(resp, error_response(refused, recorder.request_id))
 
     @staticmethod
     def _record(conn: Any, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
@@ -211,16 +218,12 @@ def _body(req: falcon.Request, route: Route) -> Json:
         raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
 
 
-def _respond(resp: falcon.Response, status: int, headers: dict[str, str], body: Json) -> None:
-    resp.status = falcon.code_to_http_status(status)
-    resp.set_headers(headers)
-    media = next((value for name, value in headers.items() if name.lower() == "content-type"), "")
-    if isinstance(body, str) and media and "json" not in media:
-        resp.text = body  # the function chose its own content type
-    elif body is not None or status != 204:
-        resp.data = jsontext.dumps(body)
+def _respond(resp: falcon.Response, response: Response) -> None:
+    resp.status = falcon.code_to_http_status(response.status)
+    resp.set_headers(response.headers)
+    media = next((value for name, value in response.headers.items() if name.lower() == "content-type"), "")
+    if isinstance(response.body, str) and media and "json" not in media:
+        resp.text = response.body  # the function chose its own content type
+    elif response.body is not None or response.status != 204:
+        resp.data = jsontext.dumps(response.body)
         resp.content_type = falcon.MEDIA_JSON
-
-
-def _error_record(error: FluxError) -> dict[str, Json]:
-    return {k: v for k, v in error.to_dict().items() if k != "request_id" and v is not None}

@@ -10,9 +10,8 @@ from typing import Any
 
 from flux import db
 from flux.errors import RateLimited
-from flux.gateway.auth import NOTIFY_CHANNEL
 from flux.gateway.routes import Route
-from flux.listen import Listener
+from flux.listen import KeyedCache
 from flux.runtime.invoke import Caller
 
 
@@ -47,30 +46,25 @@ class RateLimiter:
     """The buckets a request draws from; tenants' limits are cached until `flux_callers` is notified."""
 
     def __init__(self) -> None:
-        self._tenants: dict[str, Limit | None] = {}
-        self.listener = Listener(NOTIFY_CHANNEL, self.clear)
-
-    def clear(self) -> None:
-        self._tenants = {}
+        self.tenants: KeyedCache[str, Limit | None] = KeyedCache(_tenant_limit)
 
     def limits(self, conn: Any, route: Route, caller: Caller, client: str) -> list[Limit]:
         limits = []
         if caller.tenant_id:
-            if caller.tenant_id not in self._tenants:
-                row = db.execute_raw(
-                    conn, "SELECT rate_per_s, burst FROM flux.tenants WHERE id = $1::uuid", [caller.tenant_id]
-                )
-                found = row is not None and row[0] is not None
-                self._tenants[caller.tenant_id] = (
-                    Limit(f"tenant:{caller.tenant_id}", row[1], row[0]) if found and row else None
-                )
-            tenant_limit = self._tenants[caller.tenant_id]
+            tenant_limit = self.tenants.get(conn, caller.tenant_id)
             if tenant_limit is not None:
                 limits.append(tenant_limit)
         if route.rate_per_s is not None and route.burst is not None:
             who = caller.tenant_id or f"client:{client}"
             limits.append(Limit(f"route:{route.id}:{who}", route.burst, route.rate_per_s))
         return limits
+
+
+def _tenant_limit(conn: Any, tenant_id: str) -> Limit | None:
+    row = db.execute_raw(conn, "SELECT rate_per_s, burst FROM flux.tenants WHERE id = $1::uuid", [tenant_id])
+    if row is None or row[0] is None:
+        return None
+    return Limit(f"tenant:{tenant_id}", row[1], row[0])
 
 
 def take(conn: Any, limits: list[Limit]) -> Decision | None:

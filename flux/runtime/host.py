@@ -85,54 +85,38 @@ class Host:
     # -- operations -----------------------------------------------------------------------------------------
 
     def db_query(self, args: Json) -> Json:
-        self._check_transaction()
-        if not isinstance(args, dict):
-            raise InvalidHostCall("db.query takes one JSON query object")
-        with self._transaction_guard():
+        with self._database_work():
+            if not isinstance(args, dict):
+                raise InvalidHostCall("db.query takes one JSON query object")
             result = run_query(self.conn, args, self.catalog, self.role, self.limits)  # type: ignore[arg-type]
         if "select" not in args:
             self.wrote = True
         return result
 
     def db_sql(self, args: Json) -> Json:
-        self._check_transaction()
-        if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
-            raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
-        params = args.get("params", [])
-        if not isinstance(params, list):
-            raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
-        statement = inspect_raw_sql(args["sql"])
-        with self._transaction_guard():
+        with self._database_work():
+            if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
+                raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
+            params = args.get("params", [])
+            if not isinstance(params, list):
+                raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
+            statement = inspect_raw_sql(args["sql"])
             result = run_statement(self.conn, statement, params, self.role)  # type: ignore[arg-type]
         if statement.kind != "read":
             self.wrote = True
         return result
 
     def queue_push(self, args: Json) -> Json:
-        self._check_transaction()
-        if not isinstance(args, dict) or not isinstance(args.get("function"), str):
-            raise InvalidHostCall(
-                "queue.push takes {function, payload?, delay_ms?, run_at?, priority?, queue?, "
-                "idempotency_key?, max_attempts?}"
-            )
-        delay_ms = args.get("delay_ms")
-        if delay_ms is not None and (
-            not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0
-        ):
-            raise InvalidHostCall("queue.push delay_ms is a whole number of milliseconds, 0 or more")
-        for key, kind in (("run_at", str), ("priority", int), ("queue", str), ("idempotency_key", str),
-                          ("max_attempts", int)):  # fmt: skip
-            if args.get(key) is not None and not isinstance(args[key], kind):
-                raise InvalidHostCall(f"queue.push {key} is a {kind.__name__}")
-        with self._transaction_guard():
+        with self._database_work():
+            _check_push(args)
             row = db.execute_raw(
                 self.conn,
                 "SELECT flux.enqueue($1, $2::jsonb,"
                 " coalesce($3::timestamptz, now() + make_interval(secs => coalesce($4::bigint, 0) / 1000.0)),"
                 " coalesce($5::int, 0), coalesce($6::text, 'default'), $7, coalesce($8::int, 5))",
-                [args["function"], db.JsonParam(args.get("payload")), args.get("run_at"), delay_ms,
-                 args.get("priority"), args.get("queue"), args.get("idempotency_key"),
-                 args.get("max_attempts")],
+                [args["function"], db.JsonParam(args.get("payload")),
+                 *(args.get(key) for key in ("run_at", "delay_ms", "priority", "queue", "idempotency_key",
+                                             "max_attempts"))],
             )  # fmt: skip
         assert row is not None
         self.wrote = True
@@ -177,23 +161,37 @@ class Host:
 
     # -- the request's transaction --------------------------------------------------------------------------
 
-    def _check_transaction(self) -> None:
+    @contextmanager
+    def _database_work(self) -> Iterator[None]:
+        """Work in the request's transaction: refused once a database error aborted it (Postgres would refuse
+        every later statement), and such an error is remembered."""
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
                 " rolled back",
                 hint="let the error end the request; its writes are undone",
             )
-
-    @contextmanager
-    def _transaction_guard(self) -> Iterator[None]:
-        """Remember a database error that aborted the transaction: later statements would fail anyway."""
         try:
             yield
         except FluxError as exc:
             if db.transaction_failed(self.conn):
                 self.aborted = exc
             raise
+
+
+def _check_push(args: Json) -> None:
+    if not isinstance(args, dict) or not isinstance(args.get("function"), str):
+        raise InvalidHostCall(
+            "queue.push takes {function, payload?, delay_ms?, run_at?, priority?, queue?, "
+            "idempotency_key?, max_attempts?}"
+        )
+    delay_ms = args.get("delay_ms")
+    if delay_ms is not None and (not isinstance(delay_ms, int) or isinstance(delay_ms, bool) or delay_ms < 0):
+        raise InvalidHostCall("queue.push delay_ms is a whole number of milliseconds, 0 or more")
+    for key, kind in (("run_at", str), ("priority", int), ("queue", str), ("idempotency_key", str),
+                      ("max_attempts", int)):  # fmt: skip
+        if args.get(key) is not None and not isinstance(args[key], kind):
+            raise InvalidHostCall(f"queue.push {key} is a {kind.__name__}")
 
 
 def not_json(exc: ValueError) -> dict[str, Json]:

@@ -20,8 +20,8 @@ from flux.errors import FluxError
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.host import Host
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.response import Response, to_response
-from flux.trace.recorder import Recorder
+from flux.runtime.response import Response, error_response, to_response
+from flux.trace.recorder import Recorder, error_record
 
 Json = Any
 RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
@@ -29,7 +29,8 @@ RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
 
 @dataclass(frozen=True)
 class Function:
-    """A function's code: a Wasm core module or component, or one TypeScript or JavaScript module for Deno."""
+    """A function's code: a Wasm core module or component, or one TypeScript or JavaScript module for Deno.
+    `sha256` is the code's (compiled code is cached under it)."""
 
     name: str
     runtime: RuntimeKind
@@ -106,8 +107,9 @@ def invoke(
             response = to_response(executor.execute(function, request, host))
             if host.aborted is not None:  # the function caught a database error: its transaction is lost
                 raise host.aborted
-            recorder.finish(span, output=response.to_json())
-            row |= {"ok": True, "status": response.status, "output": response.to_json()}
+            output = response.to_json()
+            recorder.finish(span, output=output)
+            row |= {"ok": True, "status": response.status, "output": output}
             row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
             db.leave_request_role(conn, durable=host.wrote)
             recorder.write(conn, row)
@@ -118,13 +120,8 @@ def invoke(
         error = db.as_flux_error(exc)
     if span.duration_us is None:
         recorder.finish(span, error=error)
-    row |= {"ok": False, "status": error.http_status, "error": recorder.scrub(_error_body(error))}
+    row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
     row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
     with db.translate_errors(), conn.transaction():
         recorder.write(conn, row)
-    body = {k: v for k, v in error.to_dict(request_id).items() if k != "details" and v is not None}
-    return Outcome(request_id, Response(status=error.http_status, body=body), error)
-
-
-def _error_body(error: FluxError) -> dict[str, Json]:
-    return {k: v for k, v in error.to_dict().items() if k != "request_id" and v is not None}
+    return Outcome(request_id, error_response(error, request_id), error)

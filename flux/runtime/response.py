@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flux.errors import InvalidFunctionResponse
+from flux.errors import FluxError, InvalidFunctionResponse
 
 _RESPONSE_KEYS = {"status", "headers", "body"}
 
@@ -35,3 +35,10 @@ def to_response(value: Any) -> Response:
     ):
         raise InvalidFunctionResponse("the function returned headers that are not an object of strings")
     return Response(status=status, headers=headers, body=value.get("body"))
+
+
+def error_response(error: FluxError, request_id: str) -> Response:
+    """What a client is told of a failed request: code, message, hint and request id, but not the details,
+    which can hold a stack or internals and stay in the request's record."""
+    body = {k: v for k, v in error.to_dict(request_id).items() if k != "details" and v is not None}
+    return Response(status=error.http_status, body=body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,26 +165,25 @@ def _jsonb_text(value: Json) -> str:
 
 
 def _storable(value: Json) -> Json:
-    if isinstance(value, str):
-        text = value.replace("\x00", "\\u0000")
-        return (
-            text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if not text.isascii() else text
-        )
-    if isinstance(value, dict):
-        return {_storable(str(k)): _storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    return value
+    return _map_text(value, lambda text: jsontext.valid_text(text.replace("\x00", "\\u0000")))
 
 
 def _scrub(value: Json, secrets: dict[str, str]) -> Json:
-    if isinstance(value, str):
+    def scrub(text: str) -> str:
         for secret, name in secrets.items():
-            if secret in value:
-                value = value.replace(secret, f"[secret:{name}]")
-        return value
+            if secret in text:
+                text = text.replace(secret, f"[secret:{name}]")
+        return text
+
+    return _map_text(value, scrub)
+
+
+def _map_text(value: Json, change: Callable[[str], str]) -> Json:
+    """`value` with `change` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return change(value)
     if isinstance(value, dict):
-        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+        return {change(str(k)): _map_text(v, change) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v, secrets) for v in value]
+        return [_map_text(v, change) for v in value]
     return value
