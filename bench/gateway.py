@@ -99,11 +99,11 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
             _wrk(url, duration_s=2)  # warm up: compiled code, Deno workers, caches, prepared statements
         _wrk(f"{flux_base}/db/query", folder / "query.lua", duration_s=2)
         _wrk(f"{floor_base}/db/query", folder / "query.lua", duration_s=2)
-        noop, noop_ts, bare = (
-            _wrk(f"{flux_base}/noop"),
-            _wrk(f"{flux_base}/noop-ts"),
-            _wrk(f"{floor_base}/noop"),
-        )
+        pages = {"noop": f"{flux_base}/noop", "bare": f"{floor_base}/noop", "noop_ts": f"{flux_base}/noop-ts"}
+        # One connection: the latency a request adds, with no request queued behind another.
+        alone = {name: _wrk(url, connections=1) for name, url in pages.items()}
+        # Four connections on two workers: throughput, with requests queued behind each other.
+        loaded = {name: _wrk(url) for name, url in pages.items()}
         query, by_hand = (
             _wrk(f"{flux_base}/db/query", folder / "query.lua"),
             _wrk(f"{floor_base}/db/query", folder / "query.lua"),
@@ -113,20 +113,29 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
     label = f"{worker_class}, 2 workers" + (f" x {threads} threads" if threads > 1 else "")
-    print(f"gateway: wrk -c{CONNECTIONS} -d{DURATION_S}s against gunicorn ({label})")
-    print(f"  no-op Wasm function  p50 {noop[0]:6.2f} ms  {noop[1]:7.0f} req/s")
-    print(f"  bare Falcon          p50 {bare[0]:6.2f} ms  {bare[1]:7.0f} req/s")
-    overhead = noop[0] - bare[0]
-    print(f"    gateway + recording + runtime: {overhead:5.2f} ms p50 over bare Falcon   (target <= 0.5 ms)")
-    print(f"  no-op TypeScript     p50 {noop_ts[0]:6.2f} ms  {noop_ts[1]:7.0f} req/s")
-    print(f"  POST /db/query       p50 {query[0]:6.2f} ms  {query[1]:7.0f} req/s")
-    print(f"  by hand (psycopg)    p50 {by_hand[0]:6.2f} ms  {by_hand[1]:7.0f} req/s")
-    print(f"    {query[1] / by_hand[1]:.2f}x the hand-written endpoint's req/s   (target >= 0.7x)")
+    print(f"gateway: wrk -d{DURATION_S}s against gunicorn ({label})")
+    for connections, figures in ((1, alone), (CONNECTIONS, loaded)):
+        for label, name in (
+            ("no-op Wasm function", "noop"),
+            ("bare Falcon", "bare"),
+            ("no-op TypeScript", "noop_ts"),
+        ):
+            p50, rate = figures[name]
+            print(f"  -c{connections}  {label:20s} p50 {p50:6.2f} ms  {rate:7.0f} req/s")
+        overhead = figures["noop"][0] - figures["bare"][0]
+        print(
+            f"    gateway + recording + runtime: {overhead:5.2f} ms p50 over bare Falcon (target <= 0.5 ms)"
+        )
+    print(f"  -c{CONNECTIONS}  POST /db/query       p50 {query[0]:6.2f} ms  {query[1]:7.0f} req/s")
+    print(f"  -c{CONNECTIONS}  by hand (psycopg)    p50 {by_hand[0]:6.2f} ms  {by_hand[1]:7.0f} req/s")
+    print(f"    {query[1] / by_hand[1]:.2f}x the hand-written endpoint's req/s (target >= 0.7x)")
 
 
-def _wrk(url: str, script: Path | None = None, duration_s: int = DURATION_S) -> tuple[float, float]:
+def _wrk(
+    url: str, script: Path | None = None, duration_s: int = DURATION_S, connections: int = CONNECTIONS
+) -> tuple[float, float]:
     """p50 latency (ms) and requests per second."""
-    command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{duration_s}s", "--latency", url]
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
     if script is not None:
         command[1:1] = ["-s", str(script)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

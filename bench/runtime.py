@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from flux import db
 from flux.data import load_catalog
 from flux.runtime import Function, FunctionLimits, Runtime
 from flux.runtime.build import build_function
@@ -65,7 +66,9 @@ def run(dsn: str) -> None:
         catalog = load_catalog(conn)
         runtime = Runtime(Path(cache))
         try:
-            host = Host(conn, catalog, "user", Recorder(str(uuid.uuid4())))
+            request_id = str(uuid.uuid4())
+            host = Host(db.RequestTransaction(conn, role="user", request_id=request_id), catalog, "user",
+                        Recorder(request_id))  # fmt: skip
             _wasm(runtime, host)
             _component(runtime, host, Path(cache))
             _deno(runtime, host)

@@ -25,6 +25,7 @@ from flux.maintenance import MaintenanceLoop
 from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import ProjectFunctions
+from flux.trace.writer import RecordWriter
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
 log = logging.getLogger("flux.app")
@@ -134,6 +135,7 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
         routes=RouteCache(),
         catalogs=CatalogCache(),
         limiter=RateLimiter(),
+        records=RecordWriter(pool),
         fetch_policy=FetchPolicy(allow=settings.fetch_allow),
     )
     gateway.listen(request_dsn)

@@ -249,16 +249,6 @@ def request_dsn(dsn: str) -> str:
     return conninfo.make_conninfo(dsn, user=REQUEST_ROLE)
 
 
-def leave_request_role(conn: psycopg.Connection[Any], *, durable: bool) -> None:
-    """Back from the request's role to the connecting role, to write the request's record; a request that
-    changed no data commits without waiting for its WAL flush (its record is all it writes)."""
-    conn.execute(
-        "SELECT set_config('role', 'none', true),"
-        " CASE WHEN NOT %s THEN set_config('synchronous_commit', 'off', true) END",
-        (durable,),
-    )
-
-
 def set_request_context(
     conn: psycopg.Connection[Any],
     *,
@@ -280,6 +270,95 @@ def set_request_context(
         " CASE WHEN %s <> '' THEN set_config('statement_timeout', %s, true) END",
         (request_id, claims_json, tenant_id or "", database_role, database_role, timeout, timeout),
     )
+
+
+class RequestTransaction:
+    """One request's transaction on an autocommit connection, in as few round trips as it can be.
+
+    It begins with the request's first database call (`begin`): BEGIN and the request's settings go as one
+    query. It ends with the request's record (`commit`): back to the connecting role, the record and COMMIT go
+    as one query. A request that never touched the database costs one round trip, its record, committed on
+    its own. Statements sent together use the simple protocol, so their values are inlined as literals
+    escaped by libpq."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        role: str,
+        request_id: str,
+        claims: dict[str, Any] | None = None,
+        tenant_id: str | None = None,
+        statement_timeout_ms: int | None = None,
+    ) -> None:
+        if role not in ("anon", "user", "service"):
+            raise ValueError(f"not a Flux role: {role!r}")
+        self.conn = conn
+        self.begun = False
+        self._settings = {
+            "flux.request_id": request_id,
+            "flux.claims": jsontext.dumps_text(claims or {}),
+            "flux.tenant_id": tenant_id or "",
+            "role": f"flux_{role}",
+        }
+        if statement_timeout_ms is not None:
+            self._settings["statement_timeout"] = str(statement_timeout_ms)
+
+    def begin(self) -> None:
+        """Open the transaction as the request's role, with its settings (once; later calls do nothing)."""
+        if not self.begun:
+            self._send(b"BEGIN; " + _set_local(self.conn, self._settings))
+            self.begun = True
+
+    def commit(self, record: bytes, *, durable: bool) -> None:
+        """Run `record` (a statement with its values inlined) as the connecting role and commit it with the
+        request's work. A request that changed no data does not wait for the commit's flush to disk."""
+        if not self.begun:
+            write_alone(self.conn, record, durable=durable)
+            return
+        settings = {"role": "none"} if durable else {"role": "none", "synchronous_commit": "off"}
+        self._send(_set_local(self.conn, settings) + b"; " + record + b"; COMMIT")
+        self.begun = False
+
+    def end(self) -> None:
+        """Commit the request's work, if it began any, without a record (written elsewhere)."""
+        if self.begun:
+            self._send(b"COMMIT")
+            self.begun = False
+
+    def rollback(self) -> None:
+        """Undo the request's work, if it began any."""
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with translate_errors():
+                self.conn.execute(b"ROLLBACK", prepare=False)
+        self.begun = False
+
+    def _send(self, statements: bytes) -> None:
+        with translate_errors():
+            self.conn.execute(statements, prepare=False)
+
+
+def write_alone(conn: psycopg.Connection[Any], statement: bytes, *, durable: bool = True) -> None:
+    """Run `statement` (values inlined) in a transaction of its own, waiting for the flush to disk only when
+    `durable`."""
+    prefix = b"" if durable else _set_local(conn, {"synchronous_commit": "off"}) + b"; "
+    with translate_errors():
+        conn.execute(
+            prefix + statement, prepare=False
+        )  # two statements in one query: one implicit transaction
+
+
+def literal(conn: psycopg.Connection[Any], value: str) -> bytes:
+    """`value` as an SQL string literal, escaped by libpq for this connection."""
+    return bytes(psycopg.pq.Escaping(conn.pgconn).escape_literal(value.encode()))
+
+
+def _set_local(conn: psycopg.Connection[Any], settings: dict[str, str]) -> bytes:
+    calls = (
+        f"set_config('{name}', ".encode() + literal(conn, value) + b", true)"
+        for name, value in settings.items()
+    )
+    return b"SELECT " + b", ".join(calls)
 
 
 _URL_PASSWORD = re.compile(r"^[a-z]+://[^:/@]*:(?P<password>[^@]+)@", re.IGNORECASE)

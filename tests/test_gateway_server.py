@@ -142,9 +142,9 @@ def test_each_auth_mode_end_to_end_with_its_record(server: tuple[str, Any], dsn:
         mutations = conn.execute("SELECT new->>'body' FROM flux.mutations WHERE request_id = %s",
                                  (request_id,)).fetchall()  # fmt: skip
         assert mutations == [("by jwt",)]
-        refused = conn.execute("SELECT status, error->>'code' FROM flux.requests WHERE id = %s",
-                               (without[1]["x-request-id"],)).fetchone()  # fmt: skip
-        assert refused == (401, "FX011")
+        refused = _written(conn, "SELECT status, error->>'code' FROM flux.requests WHERE id = %s",
+                           without[1]["x-request-id"])  # fmt: skip
+        assert refused == (401, "FX011")  # its record is written off the request path, soon after the answer
 
 
 def test_the_rate_limit_holds_across_both_workers(server: tuple[str, Any]) -> None:
@@ -185,7 +185,18 @@ def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
     assert _call(f"{base}/hello/again")[0] == 200
 
 
-def test_sigterm_lets_an_in_flight_request_finish(server: tuple[str, Any], local_server: str) -> None:
+def _written(conn: Any, query: str, request_id: str, timeout_s: float = 5.0) -> Any:
+    """The row `query` finds for `request_id`, once the record is written (within `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while (row := conn.execute(query, (request_id,)).fetchone()) is None:
+        assert time.monotonic() < deadline, f"request {request_id} was not recorded"
+        time.sleep(0.02)
+    return row
+
+
+def test_sigterm_lets_an_in_flight_request_finish(
+    server: tuple[str, Any], local_server: str, dsn: str
+) -> None:
     base, process = server
     answers: list[Any] = []
     caller = threading.Thread(
@@ -197,6 +208,11 @@ def test_sigterm_lets_an_in_flight_request_finish(server: tuple[str, Any], local
     caller.join(timeout=30)
     assert answers and answers[0][0] == 200 and answers[0][2]["pong"] == "/sleep/1.5"
     assert process.wait(timeout=30) == 0
+    with psycopg.connect(dsn) as conn:  # the worker wrote the request's queued record before it exited
+        row = conn.execute(
+            "SELECT status, ok FROM flux.requests WHERE id = %s", (answers[0][1]["x-request-id"],)
+        )
+        assert row.fetchone() == (200, True)
 
 
 def _try(url: str, key: str) -> Any:

@@ -37,6 +37,7 @@ from flux.runtime.host import Host
 from flux.runtime.invoke import Executor, Function, invoke
 from flux.runtime.response import Response, error_response
 from flux.trace.recorder import Recorder, error_record
+from flux.trace.writer import RecordWriter
 
 Json = Any
 _HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
@@ -57,6 +58,7 @@ class Gateway:
     routes: RouteCache
     catalogs: CatalogCache
     limiter: ratelimit.RateLimiter
+    records: RecordWriter  # writes the records of requests that changed no data, off the request path
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
     def __post_init__(self) -> None:
@@ -96,7 +98,7 @@ class Gateway:
                     )
                     resp.status = falcon.HTTP_204
                     recorder.finish(span, output={"preflight": True})
-                    self._record(conn, recorder, record | {"ok": True, "status": 204}, started_us, clock)
+                    self._record(recorder, record | {"ok": True, "status": 204}, started_us, clock)
                     return
                 route, params = self._route(conn, req)
                 record["route_id"] = route.id or None
@@ -113,7 +115,7 @@ class Gateway:
                     resp.set_headers(decision.headers())
                 function = _BUILTINS[route.function] if route.id == 0 else self.functions.get(route.function)
             except FluxError as refused:
-                self._refuse(conn, req, resp, refused, recorder, span, record, started_us, clock)
+                self._refuse(req, resp, refused, recorder, span, record, started_us, clock)
                 return
             recorder.finish(span, output=decisions)
             request = {
@@ -124,12 +126,14 @@ class Gateway:
             outcome = invoke(
                 conn, self._executor, function, request, catalog=self.catalogs.get(conn),
                 caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
-                fetch_policy=self.fetch_policy,
+                fetch_policy=self.fetch_policy, records=self.records,
             )  # fmt: skip
         _respond(resp, outcome.response)
 
     def close(self) -> None:
-        """Stop the listeners, the runtime's workers and the pool (a worker exiting needs none of this)."""
+        """Write the records still queued; stop the listeners, the runtime's workers and the pool (a worker
+        exiting needs none of this: its queued records are written at exit)."""
+        self.records.close()
         self.routes.close()
         self.catalogs.close()
         self._callers.close()
@@ -148,29 +152,28 @@ class Gateway:
         return self.routes.get(conn).match(req.method, req.path)
 
     def _refuse(
-        self, conn: Any, req: falcon.Request, resp: falcon.Response, refused: FluxError, recorder: Recorder,
+        self, req: falcon.Request, resp: falcon.Response, refused: FluxError, recorder: Recorder,
         span: Any, record: dict[str, Json], started_us: int, clock: int,
     ) -> None:  # fmt: skip
         """Answer a request refused before its function ran, and record it with the gateway span's reason."""
         if span.duration_us is None:
             recorder.finish(span, error=refused)
         record |= {"ok": False, "status": refused.http_status, "error": error_record(refused)}
-        self._record(conn, recorder, record, started_us, clock)
+        self._record(recorder, record, started_us, clock)
         if isinstance(refused, RateLimited):
             resp.set_headers(refused.details["headers"])
         if isinstance(refused, MethodNotAllowed):
             resp.set_header("allow", ", ".join(refused.details["allow"]))
         _respond(resp, error_response(refused, recorder.request_id))
 
-    @staticmethod
-    def _record(conn: Any, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
+    def _record(self, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
+        """Record a request the gateway answered alone (it changed no data: written off the request path)."""
         record |= {
             "kind": "http",
             "started_us": started_us,
             "duration_us": (time.perf_counter_ns() - clock) // 1000,
         }
-        with conn.transaction():
-            recorder.write(conn, record)
+        self.records.submit(recorder.record(record))
 
 
 class _WithBuiltins(Executor):

@@ -39,9 +39,9 @@ _QUERY_KINDS = ("select", "insert", "update", "delete")
 
 @dataclass
 class Host:
-    """One request's host: its connection (inside the request transaction), catalog, role and record."""
+    """One request's host: its transaction (begun by the first database call), catalog, role and record."""
 
-    conn: Any
+    transaction: db.RequestTransaction
     catalog: Catalog
     role: str
     recorder: Recorder
@@ -85,7 +85,7 @@ class Host:
     # -- operations -----------------------------------------------------------------------------------------
 
     def db_query(self, args: Json) -> Json:
-        with self._database_work():
+        with self.database_work():
             if not isinstance(args, dict):
                 raise InvalidHostCall("db.query takes one JSON query object")
             result = run_query(self.conn, args, self.catalog, self.role, self.limits)  # type: ignore[arg-type]
@@ -94,7 +94,7 @@ class Host:
         return result
 
     def db_sql(self, args: Json) -> Json:
-        with self._database_work():
+        with self.database_work():
             if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
                 raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
             params = args.get("params", [])
@@ -107,7 +107,7 @@ class Host:
         return result
 
     def queue_push(self, args: Json) -> Json:
-        with self._database_work():
+        with self.database_work():
             _check_push(args)
             row = db.execute_raw(
                 self.conn,
@@ -161,10 +161,14 @@ class Host:
 
     # -- the request's transaction --------------------------------------------------------------------------
 
+    @property
+    def conn(self) -> Any:
+        return self.transaction.conn
+
     @contextmanager
-    def _database_work(self) -> Iterator[None]:
-        """Work in the request's transaction: refused once a database error aborted it (Postgres would refuse
-        every later statement), and such an error is remembered."""
+    def database_work(self) -> Iterator[None]:
+        """Work in the request's transaction, begun here if it is the first: refused once a database error
+        aborted it (Postgres would refuse every later statement), and such an error is remembered."""
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
@@ -172,6 +176,7 @@ class Host:
                 hint="let the error end the request; its writes are undone",
             )
         try:
+            self.transaction.begin()
             yield
         except FluxError as exc:
             if db.transaction_failed(self.conn):

@@ -3,7 +3,9 @@
 The function's database work, its queue pushes, the request row and every span commit together. When the run
 fails, the user's writes roll back and the request, its spans and its error are written in a second, short
 transaction: nothing is lost. A request that wrote nothing commits its record without waiting for the flush
-to disk (`synchronous_commit = off`): recording a read must not make it a durable write.
+to disk (`synchronous_commit = off`): recording a read must not make it a durable write. The transaction
+begins with the function's first database call (`db.RequestTransaction`), so a function that never calls the
+database costs one round trip.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flux.runtime.host import Host
 from flux.runtime.limits import FunctionLimits
 from flux.runtime.response import Response, error_response, to_response
 from flux.trace.recorder import Recorder, error_record
+from flux.trace.writer import RecordWriter
 
 Json = Any
 RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
@@ -79,11 +82,13 @@ def invoke(
     recorder: Recorder | None = None,
     record: Mapping[str, Json] | None = None,
     traceparent: str | None = None,
+    records: RecordWriter | None = None,
 ) -> Outcome:
     """Run `function` with `request` as input, in one transaction on `conn`, and record it.
 
     The gateway passes its `recorder` (already holding its span), extra request-row columns in `record`
-    (route_id, trace_id) and the `traceparent` that outbound fetches carry."""
+    (route_id, trace_id) and the `traceparent` that outbound fetches carry. With `records`, the record of a
+    run that changed no data is written off the request path."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
@@ -95,33 +100,43 @@ def invoke(
         "parent_request_id": parent_request_id, **(record or {}),
     }  # fmt: skip
     span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
+    transaction = db.RequestTransaction(
+        conn, role=caller.role, request_id=request_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,
+        statement_timeout_ms=limits.timeout_for(caller.role),
+    )  # fmt: skip
     try:
-        with db.request_transaction(
-            conn, role=caller.role, request_id=request_id, claims=dict(caller.claims),
-            tenant_id=caller.tenant_id, statement_timeout_ms=limits.timeout_for(caller.role),
-        ):  # fmt: skip
-            policy = fetch_policy or FetchPolicy()
-            host = Host(
-                conn, catalog, caller.role, recorder, secrets or {}, policy, limits, traceparent=traceparent
-            )
-            response = to_response(executor.execute(function, request, host))
-            if host.aborted is not None:  # the function caught a database error: its transaction is lost
-                raise host.aborted
-            output = response.to_json()
-            recorder.finish(span, output=output)
-            row |= {"ok": True, "status": response.status, "output": output}
-            row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-            db.leave_request_role(conn, durable=host.wrote)
-            recorder.write(conn, row)
+        policy = fetch_policy or FetchPolicy()
+        host = Host(
+            transaction,
+            catalog,
+            caller.role,
+            recorder,
+            secrets or {},
+            policy,
+            limits,
+            traceparent=traceparent,
+        )
+        response = to_response(executor.execute(function, request, host))
+        if host.aborted is not None:  # the function caught a database error: its transaction is lost
+            raise host.aborted
+        output = response.to_json()
+        recorder.finish(span, output=output)
+        row |= {"ok": True, "status": response.status, "output": output}
+        row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
+        if records is not None and not host.wrote:
+            transaction.end()
+            records.submit(recorder.record(row))
+        else:
+            transaction.commit(recorder.statement(conn, row), durable=host.wrote)
         return Outcome(request_id, response)
     except FluxError as exc:
         error = exc
     except Exception as exc:  # a bug in Flux: still recorded, answered as FX900
         error = db.as_flux_error(exc)
+    transaction.rollback()
     if span.duration_us is None:
         recorder.finish(span, error=error)
     row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
     row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-    with db.translate_errors(), conn.transaction():
-        recorder.write(conn, row)
+    recorder.write(conn, row)
     return Outcome(request_id, error_response(error, request_id), error)

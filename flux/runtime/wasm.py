@@ -11,6 +11,7 @@ fuel, time by an epoch deadline, memory by a cap (a grow past it fails).
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import os
 import threading
@@ -23,7 +24,9 @@ from typing import Any, Generic, TypeVar
 
 import wasmtime
 from wasmtime import Config, Engine, FuncType, Linker, Module, Store, Trap, TrapCode, ValType, WasiConfig
+from wasmtime import _ffi as wasm_ffi  # the unchecked call path (see `_call`)
 from wasmtime import component as wasm_component
+from wasmtime._func import enter_wasm as wasm_enter
 
 from flux import jsontext
 from flux.errors import (
@@ -99,6 +102,7 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
 class LoadedModule:
     sha256: str
     pre: wasmtime.InstancePre
+    reactor: bool = False  # exports `_initialize` (a WASI reactor's constructors: C, Rust with std)
 
 
 class WasmRuntime:
@@ -126,18 +130,24 @@ class WasmRuntime:
 
     def _prepare(self, sha: str, wasm: bytes) -> LoadedModule:
         module = self._compile(sha, wasm)
-        exports = {export.name for export in module.exports}
+        exports = {export.name: export.type for export in module.exports}
         missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
         if missing:
             raise InvalidFunctionCode(
                 f"the Wasm module does not export {', '.join(missing)}",
                 hint="export memory, flux_alloc and flux_handle (see docs/functions.md)",
             )
+        for name, (params, results) in _ABI_TYPES.items():
+            if name in exports and not _has_type(exports[name], params, results):
+                raise InvalidFunctionCode(
+                    f"the Wasm module's {name} is {exports[name]}, not {_type_text(params, results)}",
+                    hint="see the Flux ABI in docs/functions.md",
+                )
         try:
             pre = self.linker.instantiate_pre(module)
         except wasmtime.WasmtimeError as exc:
             raise InvalidFunctionCode(f"the Wasm module imports what Flux does not give: {exc}") from None
-        return LoadedModule(sha, pre)
+        return LoadedModule(sha, pre, reactor="_initialize" in exports)
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
         def compile_module() -> Module:
@@ -167,26 +177,71 @@ class WasmRuntime:
         store = run.store
         try:
             instance = loaded.pre.instantiate(store)
-            exports = instance.exports(store)
-            memory = exports["memory"]
-            assert isinstance(memory, wasmtime.Memory)
+            memory = wasmtime.Memory._from_raw(_export(store, instance, b"memory").of.memory)
             run.memory = memory
-            initialize = exports.get("_initialize")  # a WASI reactor's constructors (C, Rust with std)
-            if isinstance(initialize, wasmtime.Func):
-                initialize(store)
+            if loaded.reactor:
+                _call(store, _export(store, instance, b"_initialize"))
             payload = jsontext.dumps(request)
-            pointer = _alloc(exports, store, len(payload))
+            pointer = _call(store, _export(store, instance, b"flux_alloc"), len(payload)) & 0xFFFF_FFFF
+            if pointer == 0 and payload:
+                raise FunctionFailed(f"flux_alloc({len(payload)}) returned 0, not a pointer")
             memory.write(store, payload, pointer)
-            handle = exports["flux_handle"]
-            assert isinstance(handle, wasmtime.Func)
-            packed = handle(store, pointer, len(payload))
-            if not isinstance(packed, int):
-                raise InvalidFunctionResponse("flux_handle must return an i64: pointer << 32 | length")
+            packed = _call(store, _export(store, instance, b"flux_handle"), pointer, len(payload))
             return _read(memory, store, packed)
         except Trap as trap:
             raise trap_error(trap, run, limits) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
+
+
+# -- calls into an instance ------------------------------------------------------------------------------
+# wasmtime-py's Func.__call__ reads the function's type back from wasmtime and converts each value on every
+# call (about 40 us a call, a third of a no-op request). The ABI's exports are type-checked once, at load, so
+# calls go through wasmtime's unchecked entry point with raw values instead.
+
+_ABI_TYPES = {  # name: (params, results)
+    "flux_alloc": (("i32",), ("i32",)),
+    "flux_handle": (("i32", "i32"), ("i64",)),
+    "_initialize": ((), ()),
+}
+
+
+def _has_type(extern: Any, params: tuple[str, ...], results: tuple[str, ...]) -> bool:
+    return (
+        isinstance(extern, FuncType)
+        and tuple(str(t) for t in extern.params) == params
+        and tuple(str(t) for t in extern.results) == results
+    )
+
+
+def _type_text(params: tuple[str, ...], results: tuple[str, ...]) -> str:
+    return f"func ({', '.join(params)}) -> ({', '.join(results)})"
+
+
+def _export(store: Store, instance: wasmtime.Instance, name: bytes) -> Any:
+    """The instance's export `name` (a wasmtime_extern_t); the module was checked to have it."""
+    item = wasm_ffi.wasmtime_extern_t()
+    found = wasm_ffi.wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance._instance), name, len(name), ctypes.byref(item)
+    )
+    assert found, name
+    return item
+
+
+def _call(store: Store, export: Any, *args: int) -> int:
+    """Call an exported function whose type `_ABI_TYPES` checked (i32 arguments, one i32 or i64 result or
+    none); its result as a signed 64-bit integer (0 without one). Traps and host errors raise as with
+    Func.__call__."""
+    values = (wasm_ffi.wasmtime_val_raw_t * max(len(args), 1))()
+    for index, arg in enumerate(args):
+        values[index].i32 = arg
+    with wasm_enter(store) as trap:
+        error = wasm_ffi.wasmtime_func_call_unchecked(
+            store._context(), ctypes.byref(export.of.func), values, len(values), trap
+        )
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)
+    return int(values[0].i64)
 
 
 class CompiledOnce(Generic[Loaded]):
@@ -233,15 +288,6 @@ def compile_wat(text: str) -> bytes:
         return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
         raise ValueError(str(exc).strip()) from None
-
-
-def _alloc(exports: Any, store: Any, size: int) -> int:
-    alloc = exports["flux_alloc"]
-    assert isinstance(alloc, wasmtime.Func)
-    pointer = alloc(store, size)
-    if not isinstance(pointer, int) or (pointer <= 0 and size > 0):
-        raise FunctionFailed(f"flux_alloc({size}) returned {pointer!r}, not a pointer")
-    return pointer
 
 
 def _read(memory: wasmtime.Memory, store: Any, packed: int) -> bytes:

@@ -18,9 +18,10 @@ from flux.errors import FluxError
 
 Json = Any
 
-# One statement for the request row and every span: both come as one JSON parameter each. No RETURNING: the
-# role that writes records (flux_authenticator) may insert them but not read them back.
-_WRITE_RECORD = """
+# One statement for request rows and all their spans: each set comes as one JSON array literal (the statement
+# is sent with others in one query, so it has no parameters). No RETURNING: the role that writes records
+# (flux_authenticator) may insert them but not read them back.
+_WRITE_RECORDS = b"""
 WITH request AS (
     INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, code_sha, status, ok,
                                started_at, duration_us, input, output, error, trace_id, parent_request_id,
@@ -28,7 +29,7 @@ WITH request AS (
     SELECT r.id, r.tenant_id, r.kind, r.method, r.path, r.route_id, r.function, r.code_sha, r.status, r.ok,
            'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.duration_us, r.input, r.output,
            r.error, r.trace_id, r.parent_request_id, r.replay_of
-      FROM jsonb_to_record($1::jsonb) AS r(
+      FROM jsonb_to_recordset(%(requests)b::jsonb) AS r(
                id uuid, tenant_id uuid, kind text, method text, path text, route_id bigint, function text,
                code_sha text,
                status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
@@ -36,13 +37,34 @@ WITH request AS (
 )
 INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
                         duration_us, ok, attributes, input, output, error)
-SELECT ($1::jsonb ->> 'id')::uuid, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
+SELECT s.request_id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
        'epoch'::timestamptz + s.started_us * interval '1 microsecond', s.duration_us, s.ok, s.attributes,
        s.input, s.output, s.error
-  FROM jsonb_to_recordset($2::jsonb) AS s(seq int, span_id text, parent_seq int, tenant_id uuid, module text,
-                                          name text, started_us bigint, duration_us bigint, ok boolean,
-                                          attributes jsonb, input jsonb, output jsonb, error jsonb)
+  FROM jsonb_to_recordset(%(spans)b::jsonb)
+       AS s(request_id uuid, seq int, span_id text, parent_seq int, tenant_id uuid, module text, name text,
+            started_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb,
+            error jsonb)
 """
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request's record, ready to write: its row (the columns of flux.requests) and its spans, with every
+    secret it read already replaced."""
+
+    request: dict[str, Json]
+    spans: list[dict[str, Json]]
+
+
+def records_statement(conn: Any, records: list[Record]) -> bytes:
+    """The one statement that inserts every request row and span of `records`, values inlined. It runs as
+    the connecting role, not the request's."""
+    requests = [record.request for record in records]
+    spans = [span for record in records for span in record.spans]
+    return _WRITE_RECORDS % {
+        b"requests": db.literal(conn, _jsonb_text(requests)),
+        b"spans": db.literal(conn, _jsonb_text(spans)),
+    }
 
 
 @dataclass
@@ -139,22 +161,28 @@ class Recorder:
             return value
         return _scrub(value, self.secrets)
 
-    def write(self, conn: Any, request: dict[str, Json]) -> None:
-        """Insert the request row (`request`: the columns of flux.requests, with `started_us`) and every span,
-        in one statement, in the caller's transaction. Runs as the connecting role, not the request's."""
+    def record(self, request: dict[str, Json]) -> Record:
+        """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
         spans = [
             {
-                "seq": s.seq, "span_id": s.span_id, "parent_seq": s.parent_seq, "tenant_id": self.tenant_id,
-                "module": s.module, "name": s.name, "started_us": s.started_us, "ok": s.ok,
-                "duration_us": s.duration_us, "attributes": s.attributes,
+                "request_id": self.request_id, "seq": s.seq, "span_id": s.span_id, "parent_seq": s.parent_seq,
+                "tenant_id": self.tenant_id, "module": s.module, "name": s.name, "started_us": s.started_us,
+                "ok": s.ok, "duration_us": s.duration_us, "attributes": s.attributes,
                 "input": s.input, "output": s.output, "error": s.error,
             }
             for s in self.spans
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
-        db.execute_command(
-            conn, _WRITE_RECORD, [_jsonb_text(self.scrub(row)), _jsonb_text(self.scrub(spans))]
-        )
+        return Record(self.scrub(row), self.scrub(spans))
+
+    def statement(self, conn: Any, request: dict[str, Json]) -> bytes:
+        """The statement that writes this request's record (see `records_statement`)."""
+        return records_statement(conn, [self.record(request)])
+
+    def write(self, conn: Any, request: dict[str, Json], *, durable: bool = True) -> None:
+        """Write the record now, in a transaction of its own (for a request whose own transaction failed or
+        never began)."""
+        db.write_alone(conn, self.statement(conn, request), durable=durable)
 
 
 def _jsonb_text(value: Json) -> str:

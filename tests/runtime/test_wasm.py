@@ -102,11 +102,19 @@ def test_limits_each_fail_clearly_and_the_next_request_is_unaffected(call: Any) 
         (wat("bad_json", bad_json), "FX303"),
         (wat("outside", outside), "FX303"),
         (function("no_exports", "wat", "(module)"), "FX307"),
+        (
+            wat("handle_i32", '(func (export "flux_handle") (param i32 i32) (result i32) (i32.const 0))'),
+            "FX307",
+        ),
         (function("not_wasm", "wasm", b"\x00asm\x01\x00\x00\x00garbage"), "FX307"),
     ]
     for fn, code in cases:
         outcome = call(fn)
         assert outcome.error is not None and outcome.error.code == code, (fn.name, outcome.error)
+        if fn.name == "handle_i32":  # the ABI's types are checked when the module loads
+            assert (
+                "flux_handle is " in outcome.error.message and "(i32, i32) -> (i64)" in outcome.error.message
+            )
         assert call(wat("ok", ok)).response.body == {"fine": True}
 
 

@@ -1,0 +1,116 @@
+"""The records of requests that changed no data (reads, no-ops, requests the gateway refused), written off the
+request path: a thread of the worker writes whatever has queued up as one statement, without waiting for the
+flush to disk.
+
+DESIGN.md allows it: recording a read must not turn it into a flushed write, and a crash may lose the last
+moments of read traces (here, those still queued in a worker killed with -9), never user data nor the record
+of a write. A request that changed data, or failed, still commits its record itself, in its own transaction.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from typing import Any
+
+from flux import db
+from flux.errors import DatabaseUnreachable, FluxError
+from flux.trace.recorder import Record, records_statement
+
+log = logging.getLogger("flux.trace")
+
+MAX_QUEUED = 20_000  # past this (Postgres down for a while), the oldest records are dropped, with a log line
+MAX_BATCH = 500
+RETRY_S = 1.0
+
+
+class RecordWriter:
+    """Queues records and writes them in batches from one thread; `flush` waits for those queued so far."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool  # connections as flux_authenticator, autocommit
+        self._queue: list[Record] = []
+        self._queued = 0  # records ever queued, and ever done with (written, or given up on)
+        self._done = 0
+        self._dropped = 0
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="flux-record-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # a worker that exits gracefully writes what it still holds
+
+    def submit(self, record: Record) -> None:
+        with self._changed:
+            if self._closing:
+                raise RuntimeError("the record writer is closed")
+            self._queue.append(record)
+            self._queued += 1
+            if len(self._queue) > MAX_QUEUED:
+                del self._queue[0]
+                self._done += 1
+                self._dropped += 1
+            self._changed.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every record queued before this call is written; False on timeout."""
+        with self._changed:
+            target = self._queued
+            return self._changed.wait_for(lambda: self._done >= target, timeout=timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._changed:
+            if self._closing:
+                return
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(timeout_s)
+        atexit.unregister(self.close)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                log.warning("dropped the records of %d requests: Postgres was unreachable too long", dropped)
+            while not self._write(batch) and not self._closing:
+                time.sleep(RETRY_S)  # Postgres is unreachable: keep the batch and try again
+            with self._changed:
+                self._done += len(batch)
+                self._changed.notify_all()
+
+    def _write(self, batch: list[Record]) -> bool:
+        """Write `batch` in one statement, or record by record when that fails (one bad record must not lose
+        the others); False when Postgres cannot be reached."""
+        try:
+            with self.pool.connection() as conn:
+                try:
+                    db.write_alone(conn, records_statement(conn, batch), durable=False)
+                except FluxError as exc:
+                    if isinstance(exc, DatabaseUnreachable) or len(batch) == 1:
+                        raise
+                    for record in batch:
+                        self._write_one(conn, record)
+        except Exception as exc:
+            error = db.as_flux_error(exc)
+            if isinstance(error, DatabaseUnreachable):
+                log.warning("cannot write request records yet: %s", error.message)
+                return False
+            log.error("could not write the records of %d requests: %s", len(batch), error)
+        return True
+
+    @staticmethod
+    def _write_one(conn: Any, record: Record) -> None:
+        try:
+            db.write_alone(conn, records_statement(conn, [record]), durable=False)
+        except FluxError as exc:
+            if isinstance(exc, DatabaseUnreachable):
+                raise
+            log.error("could not write the record of request %s: %s", record.request.get("id"), exc)

@@ -1,0 +1,87 @@
+"""The request's transaction: begun by the function's first database call, ended in the same round trip as its
+record; a function that never calls the database costs one round trip; a failure at COMMIT is recorded."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from typing import Any
+
+import psycopg
+
+from flux.runtime import Outcome
+from tests.fixtures.runtime import function
+
+Conn = psycopg.Connection[Any]
+NOOP_WAT = """(module (memory (export "memory") 1) (data (i32.const 16) "{}")
+  (func (export "flux_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "flux_handle") (param i32 i32) (result i64) (i64.const 68719476738)))"""
+
+
+def round_trips(conn: Conn, run: Any) -> tuple[Outcome, list[str]]:
+    """What `run()` returned, and libpq's trace of what it sent and got, one text per round trip (each ends
+    with the server's ReadyForQuery)."""
+    with tempfile.TemporaryFile("w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            outcome = run()
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        return outcome, re.split(r"^B\t\d+\tReadyForQuery.*\n", trace.read(), flags=re.MULTILINE)[:-1]
+
+
+def test_a_function_that_never_calls_the_database_costs_one_round_trip(conn: Conn, call: Any) -> None:
+    noop = function("noop", "wat", NOOP_WAT)
+    call(noop)  # compiled and cached first
+    outcome, sent = round_trips(conn, lambda: call(noop))
+    assert outcome.error is None
+    assert len(sent) == 1, sent
+    assert conn.execute(
+        "SELECT ok, function FROM flux.requests WHERE id = %s", (outcome.request_id,)
+    ).fetchone() == (
+        True,
+        "noop",
+    )
+
+
+def test_a_database_call_begins_the_transaction_and_the_record_ends_it(conn: Conn, call: Any) -> None:
+    reader = function(
+        "reader", "typescript",
+        "export default async function (req, ctx) { return await ctx.db.query({select: 'notes'}); }",
+    )  # fmt: skip
+    call(reader)
+    outcome, sent = round_trips(conn, lambda: call(reader))
+    assert outcome.error is None
+    assert len(sent) == 3, sent  # BEGIN with the settings; the select; the record with COMMIT
+    assert sent[0].startswith("F\t") and 'Query\t "BEGIN; SELECT set_config(' in sent[0]
+    assert (
+        "COMMIT" not in sent[0] + sent[1] and "INSERT INTO flux.spans" in sent[2] and '; COMMIT"' in sent[2]
+    )
+    spans = conn.execute(
+        "SELECT name FROM flux.spans WHERE request_id = %s AND module <> 'clock' ORDER BY seq",
+        (outcome.request_id,),
+    ).fetchall()
+    assert spans == [("function:reader",), ("db:select(notes)",)]
+
+
+def test_a_write_refused_at_commit_fails_the_request_and_is_recorded(conn: Conn, call: Any) -> None:
+    conn.execute(
+        "ALTER TABLE notes ADD CONSTRAINT one_body UNIQUE (body) DEFERRABLE INITIALLY DEFERRED;"
+        "INSERT INTO notes (body) VALUES ('taken')"
+    )
+    writer = function(
+        "writer", "typescript",
+        "export default async function (req, ctx) {"
+        " await ctx.db.query({insert: 'notes', values: {body: 'new'}});"
+        " await ctx.db.query({insert: 'notes', values: {body: 'taken'}}); return {ok: true}; }",
+    )  # fmt: skip
+    outcome = call(writer)  # both inserts pass; the unique check runs at COMMIT
+    assert outcome.error is not None and outcome.response.status == 409, outcome.response
+    assert conn.execute("SELECT body FROM notes ORDER BY id").fetchall() == [("taken",)]
+    record = conn.execute(
+        "SELECT ok, status, error->>'code' FROM flux.requests WHERE id = %s", (outcome.request_id,)
+    ).fetchone()
+    assert record == (False, 409, outcome.error.code)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
