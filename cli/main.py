@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, server
+from cli import build, db, explain, manage, server
 
 
 class FluxTyper(typer.Typer):
@@ -53,6 +53,7 @@ app.add_typer(db.app, name="db")
 server.register(app)
 explain.register(app)
 build.register(app)
+manage.register(app)
 
 
 @app.command()

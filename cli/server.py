@@ -14,6 +14,9 @@ Host = Annotated[str | None, typer.Option("--host", help="Address to bind (defau
 Bind = Annotated[
     str | None, typer.Option("--bind", "-b", help="HOST:PORT to listen on, instead of --host and --port.")
 ]
+NoDeploy = Annotated[
+    bool, typer.Option("--no-deploy", help="Serve the active version as it is; do not deploy the folder.")
+]
 Workers = Annotated[
     int | None, typer.Option("--workers", "-w", help="Worker processes (default 2; 1 for dev).")
 ]
@@ -27,22 +30,26 @@ def register(app: typer.Typer) -> None:
 def run_server(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None,
+    no_deploy: NoDeploy = False,
 ) -> None:  # fmt: skip
-    """Serve the project in production: DATABASE_URL, or the project's embedded Postgres."""
-    _serve(project, port, host, bind, workers, reload=False)
+    """Deploy the project folder (unless it is the active version already) and serve it in production:
+    DATABASE_URL, or the project's embedded Postgres."""
+    _serve(project, port, host, bind, workers, reload=False, deploy_project=not no_deploy)
 
 
 def run_dev(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None,
 ) -> None:  # fmt: skip
-    """Serve the project locally with reload; starts an embedded Postgres when DATABASE_URL is unset."""
+    """Serve the project locally: deploy it again on every save, and print each request; starts an embedded
+    Postgres when DATABASE_URL is unset."""
     _serve(project, port, host, bind, workers or 1, reload=True)
 
 
 def _serve(
-    project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool
-) -> None:
+    project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool,
+    deploy_project: bool = True,
+) -> None:  # fmt: skip
     from flux.config import load_settings, split_bind
     from flux.server import serve
 
@@ -50,4 +57,4 @@ def _serve(
     if bind is not None:
         host, port = split_bind(bind)
     settings = load_settings(project, port=port, host=host, workers=workers)
-    serve(settings, reload=reload)
+    serve(settings, reload=reload, deploy_project=deploy_project)

@@ -24,7 +24,8 @@ from flux.gateway.routes import RouteCache
 from flux.maintenance import MaintenanceLoop
 from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
-from flux.runtime.functions import ProjectFunctions
+from flux.runtime.functions import DeployedFunctions
+from flux.secrets import SecretCache
 from flux.trace.writer import RecordWriter
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
@@ -130,12 +131,13 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
     gateway = Gateway(
         pool=pool,
         executor=Runtime(settings.project_dir / ".flux" / "cache"),
-        functions=ProjectFunctions(settings.project_dir),
+        functions=DeployedFunctions(),
         auth=Authenticator(settings),
         routes=RouteCache(),
         catalogs=CatalogCache(),
         limiter=RateLimiter(),
         records=RecordWriter(pool),
+        secrets=SecretCache(settings.project_dir),
         fetch_policy=FetchPolicy(allow=settings.fetch_allow),
     )
     gateway.listen(request_dsn)

@@ -38,8 +38,12 @@ class Settings:
     jwt_issuer: str | None = None
     # hosts (names, addresses or networks) functions may fetch from although they are private
     fetch_allow: tuple[str, ...] = ()
-    # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (synced at start)
+    # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (deployed at start)
     routes: tuple[dict[str, Any], ...] = ()
+    # the project's name (`name` at the top of flux.toml; the folder's name without it)
+    name: str = ""
+    # [functions.<name>]: timeout_ms, memory_mb, fuel for one function
+    function_limits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -109,7 +113,21 @@ def _read_toml(path: Path) -> dict[str, Any]:
     routes = document.get("routes", [])
     if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
         raise InvalidConfig(f"{path}: routes must be [[routes]] tables", hint="see docs/cli.md")
-    return {**server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes)}
+    functions = document.get("functions", {})
+    if not isinstance(functions, dict) or not all(isinstance(limits, dict) for limits in functions.values()):
+        raise InvalidConfig(f"{path}: [functions.<name>] must be tables", hint="e.g. [functions.hello]")
+    unknown_sections = sorted(set(document) - {"server", "auth", "routes", "functions", "name"})
+    if unknown_sections:
+        raise InvalidConfig(
+            f"{path}: unknown section {unknown_sections[0]!r}",
+            hint="flux.toml has name, [server], [auth], [[routes]] and [functions.<name>]",
+        )
+    values = {**server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes)}
+    if functions:
+        values["function_limits"] = functions
+    if "name" in document:
+        values["name"] = str(document["name"])
+    return values
 
 
 def _build(project: Path, values: dict[str, Any]) -> Settings:
@@ -151,6 +169,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
         routes=tuple(values.get("routes", ())),
         fetch_allow=_host_list(values.get("fetch_allow", ())),
+        name=str(values.get("name") or project.name),
+        function_limits=dict(values.get("function_limits", {})),
     )
 
 

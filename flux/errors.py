@@ -304,6 +304,39 @@ class InvalidRetention(FluxError):
     title = "retention period is not a positive duration"
 
 
+# -- FX6xx projects, deployments, secrets and the management API ------------------------------------------
+
+
+class InvalidProject(FluxError):
+    code = "FX601"
+    http_status = 400
+    title = "the project cannot be deployed (a route, a function, a limit or a migration is wrong)"
+
+
+class DeploymentNotFound(FluxError):
+    code = "FX602"
+    http_status = 404
+    title = "no deployment with that version"
+
+
+class InvalidSecretName(FluxError):
+    code = "FX603"
+    http_status = 400
+    title = "a secret's name is an identifier: letters, digits and _, not starting with a digit"
+
+
+class SecretKeyInvalid(FluxError):
+    code = "FX604"
+    http_status = 500
+    title = "the secret key is missing, malformed, or not the key the secrets were stored with"
+
+
+class NotFound(FluxError):
+    code = "FX605"
+    http_status = 404
+    title = "no such secret, tenant or key"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 

@@ -165,10 +165,32 @@ def migrate(dsn: str, *, project_migrations: Path | None = None) -> list[Migrati
             _apply(conn, migration)
         with db.translate_errors():
             conn.execute("SELECT flux.maintain()")
-            if project_migrations is not None and project_migrations.is_dir():
-                conn.execute("SELECT flux.track_all()")  # the project's tables record their writes
-            conn.execute("SELECT flux.apply_column_policies()")
+            _after_project(conn, project_migrations is not None and project_migrations.is_dir())
     return pending
+
+
+def migrate_project_in(conn: psycopg.Connection[Any], project_migrations: Path) -> list[Migration]:
+    """Apply the project's pending migrations inside the caller's transaction (a deploy: if anything after
+    fails, they roll back with it). Flux's own migrations must be current already."""
+    migrations = all_migrations(project_migrations)
+    with db.translate_errors():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+    applied_rows = _applied(conn)
+    _refuse_drift(migrations, applied_rows, True)
+    pending = [m for m in migrations if _state(m, applied_rows) in ("pending", "changed")]
+    if any(m.kind != "project" for m in pending):
+        raise DatabaseNotMigrated("Flux's own migrations are not applied", hint="run `flux db migrate` first")
+    for migration in pending:
+        _apply(conn, migration)
+    with db.translate_errors():
+        _after_project(conn, project_migrations.is_dir())
+    return pending
+
+
+def _after_project(conn: psycopg.Connection[Any], has_project: bool) -> None:
+    if has_project:
+        conn.execute("SELECT flux.track_all()")  # the project's tables record their writes
+    conn.execute("SELECT flux.apply_column_policies()")
 
 
 def status(dsn: str, *, project_migrations: Path | None = None) -> list[MigrationStatus]:

@@ -20,10 +20,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from flux import db, migrate
+from flux import migrate
 from flux.config import Settings
+from flux.deploy import deploy
+from flux.devloop import ACCESS_FORMAT, ProjectWatcher
 from flux.errors import InvalidConfig, PortInUse
-from flux.gateway.routes import sync_routes
 from flux.postgres import EmbeddedPostgres
 
 log = logging.getLogger("flux.server")
@@ -121,6 +122,8 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 10 if self.reload else 30,
             "post_worker_init": _ignore_terminal_interrupt,
             "accesslog": "-" if self.reload else None,
+            "access_log_format": ACCESS_FORMAT if self.reload else None,
+            "logger_class": "flux.devloop.DevAccessLog" if self.reload else None,
             "proc_name": "flux",
         }
         if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
@@ -142,18 +145,30 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         return create_wsgi(self.settings, self.dsn)
 
 
-def serve(settings: Settings, *, reload: bool = False) -> None:
-    """Run Flux until Ctrl-C or SIGTERM; returns only after Postgres (if embedded) has stopped."""
+def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = True) -> None:
+    """Run Flux until Ctrl-C or SIGTERM; returns only after Postgres (if embedded) has stopped. The project
+    folder is deployed first (a no-op when it is the active version), unless `deploy_project` is False: then
+    the active version is served as it is."""
     check_port_free(settings.host, settings.port)
     with terminate_on_sigterm(), database(settings) as dsn:
-        applied = migrate.migrate(dsn, project_migrations=settings.project_migrations)
+        applied = migrate.migrate(dsn)  # Flux's own; the project's go with its deploy, in one transaction
         for migration in applied:
             log.info("applied %s", migration.label)
-        with db.connect(dsn) as conn:
-            sync_routes(conn, settings.routes)
+        if deploy_project:
+            deployment = deploy(dsn, settings)
+            for migration in deployment.migrations:
+                log.info("applied %s", migration.label)
+            log.info("%s version %d", "deployed" if deployment.created else "serving", deployment.id)
+        watcher = ProjectWatcher(dsn, settings.project_dir) if reload else None
+        if watcher is not None:
+            watcher.start()  # in the master only: gunicorn's workers fork without this thread
         print(
             f"flux: serving on http://{bind_address(settings.host, settings.port)}",
             file=sys.stderr,
             flush=True,
         )
-        FluxApplication(settings, dsn, reload=reload).run()
+        try:
+            FluxApplication(settings, dsn, reload=reload).run()
+        finally:
+            if watcher is not None:
+                watcher.stop()

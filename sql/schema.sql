@@ -819,6 +819,36 @@ SET default_tablespace = '';
 SET default_table_access_method = heap;
 
 --
+-- Name: admin_keys; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.admin_keys (
+    id bigint NOT NULL,
+    prefix text NOT NULL,
+    key_hash bytea NOT NULL,
+    name text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT admin_keys_hash_check CHECK ((octet_length(key_hash) = 32))
+);
+
+
+--
+-- Name: admin_keys_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.admin_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.admin_keys_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: api_keys; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -856,6 +886,27 @@ ALTER TABLE flux.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: artifacts; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.artifacts (
+    sha256 text NOT NULL,
+    runtime text NOT NULL,
+    code bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT artifacts_runtime_check CHECK ((runtime = ANY (ARRAY['wasm'::text, 'component'::text, 'typescript'::text, 'javascript'::text]))),
+    CONSTRAINT artifacts_sha256_check CHECK ((sha256 ~ '^[0-9a-f]{64}$'::text))
+);
+
+
+--
+-- Name: TABLE artifacts; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.artifacts IS 'Built function code by sha256 (Wasm, components, TypeScript/JavaScript source).';
 
 
 --
@@ -925,6 +976,58 @@ CREATE TABLE flux.column_policy_grants (
 --
 
 COMMENT ON TABLE flux.column_policy_grants IS 'Table-level privileges of a Flux role that flux.apply_column_policies() turned into column grants (granted_columns: the columns it left granted). Bookkeeping of that function; do not edit by hand.';
+
+
+--
+-- Name: deployment_functions; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.deployment_functions (
+    deployment_id bigint NOT NULL,
+    name text NOT NULL,
+    runtime text NOT NULL,
+    sha256 text NOT NULL,
+    language text NOT NULL,
+    limits jsonb DEFAULT '{}'::jsonb NOT NULL
+);
+
+
+--
+-- Name: deployments; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.deployments (
+    id bigint NOT NULL,
+    project text NOT NULL,
+    content_sha text NOT NULL,
+    git_commit text,
+    routes jsonb DEFAULT '[]'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by text DEFAULT SESSION_USER NOT NULL,
+    active boolean DEFAULT false NOT NULL,
+    activated_at timestamp with time zone
+);
+
+
+--
+-- Name: TABLE deployments; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.deployments IS 'One version of the project: its functions, routes and limits; one is active.';
+
+
+--
+-- Name: deployments_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.deployments ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.deployments_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 
 --
@@ -1230,6 +1333,26 @@ COMMENT ON TABLE flux.schema_migrations IS 'Applied migrations: kind flux = sql/
 
 
 --
+-- Name: secrets; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.secrets (
+    name text NOT NULL,
+    nonce bytea NOT NULL,
+    ciphertext bytea NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT secrets_name_check CHECK ((name ~ '^[A-Za-z_][A-Za-z0-9_]{0,127}$'::text))
+);
+
+
+--
+-- Name: TABLE secrets; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.secrets IS 'Secrets, AES-GCM encrypted outside Postgres; values never appear in clear.';
+
+
+--
 -- Name: spans_default; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1296,6 +1419,22 @@ ALTER TABLE ONLY flux.spans ATTACH PARTITION flux.spans_default DEFAULT;
 
 
 --
+-- Name: admin_keys admin_keys_key_hash_key; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.admin_keys
+    ADD CONSTRAINT admin_keys_key_hash_key UNIQUE (key_hash);
+
+
+--
+-- Name: admin_keys admin_keys_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.admin_keys
+    ADD CONSTRAINT admin_keys_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: api_keys api_keys_key_hash_key; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -1309,6 +1448,14 @@ ALTER TABLE ONLY flux.api_keys
 
 ALTER TABLE ONLY flux.api_keys
     ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: artifacts artifacts_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.artifacts
+    ADD CONSTRAINT artifacts_pkey PRIMARY KEY (sha256);
 
 
 --
@@ -1333,6 +1480,22 @@ ALTER TABLE ONLY flux.column_policies
 
 ALTER TABLE ONLY flux.column_policy_grants
     ADD CONSTRAINT column_policy_grants_pkey PRIMARY KEY (table_schema, table_name, role, privilege);
+
+
+--
+-- Name: deployment_functions deployment_functions_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.deployment_functions
+    ADD CONSTRAINT deployment_functions_pkey PRIMARY KEY (deployment_id, name);
+
+
+--
+-- Name: deployments deployments_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.deployments
+    ADD CONSTRAINT deployments_pkey PRIMARY KEY (id);
 
 
 --
@@ -1392,6 +1555,14 @@ ALTER TABLE ONLY flux.schema_migrations
 
 
 --
+-- Name: secrets secrets_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.secrets
+    ADD CONSTRAINT secrets_pkey PRIMARY KEY (name);
+
+
+--
 -- Name: spans spans_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -1421,6 +1592,20 @@ ALTER TABLE ONLY flux.tenants
 
 ALTER TABLE ONLY flux.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: deployment_functions_sha256_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX deployment_functions_sha256_idx ON flux.deployment_functions USING btree (sha256);
+
+
+--
+-- Name: deployments_one_active_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE UNIQUE INDEX deployments_one_active_idx ON flux.deployments USING btree (active) WHERE active;
 
 
 --
@@ -1508,10 +1693,24 @@ CREATE TRIGGER column_policies_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCA
 
 
 --
+-- Name: deployments deployments_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER deployments_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.deployments FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_deployments');
+
+
+--
 -- Name: routes routes_notify; Type: TRIGGER; Schema: flux; Owner: -
 --
 
 CREATE TRIGGER routes_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.routes FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_routes');
+
+
+--
+-- Name: secrets secrets_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER secrets_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.secrets FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_secrets');
 
 
 --
@@ -1527,6 +1726,22 @@ CREATE TRIGGER tenants_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON fl
 
 ALTER TABLE ONLY flux.api_keys
     ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES flux.tenants(id) ON DELETE CASCADE;
+
+
+--
+-- Name: deployment_functions deployment_functions_deployment_id_fkey; Type: FK CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.deployment_functions
+    ADD CONSTRAINT deployment_functions_deployment_id_fkey FOREIGN KEY (deployment_id) REFERENCES flux.deployments(id) ON DELETE CASCADE;
+
+
+--
+-- Name: deployment_functions deployment_functions_sha256_fkey; Type: FK CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.deployment_functions
+    ADD CONSTRAINT deployment_functions_sha256_fkey FOREIGN KEY (sha256) REFERENCES flux.artifacts(sha256);
 
 
 --
@@ -1632,10 +1847,31 @@ GRANT SELECT ON TABLE flux.api_keys TO flux_authenticator;
 
 
 --
+-- Name: TABLE artifacts; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.artifacts TO flux_authenticator;
+
+
+--
 -- Name: TABLE column_policies; Type: ACL; Schema: flux; Owner: -
 --
 
 GRANT SELECT ON TABLE flux.column_policies TO flux_authenticator;
+
+
+--
+-- Name: TABLE deployment_functions; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.deployment_functions TO flux_authenticator;
+
+
+--
+-- Name: TABLE deployments; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.deployments TO flux_authenticator;
 
 
 --
@@ -1685,6 +1921,13 @@ GRANT SELECT ON TABLE flux.routes TO flux_authenticator;
 --
 
 GRANT SELECT ON TABLE flux.schema_migrations TO flux_authenticator;
+
+
+--
+-- Name: TABLE secrets; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.secrets TO flux_authenticator;
 
 
 --

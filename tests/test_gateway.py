@@ -6,23 +6,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import falcon.testing
 import hypothesis
 import jwt
 import psycopg
 import pytest
 import schemathesis
 
-from flux import db
-from flux.app import create_app, create_gateway
 from flux.config import Settings
+from flux.deploy import deploy
 from flux.gateway.auth import new_api_key
-from flux.gateway.handler import Gateway
-from flux.gateway.routes import sync_routes
+from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.runtime import NOTES_SQL
 
 Conn = psycopg.Connection[Any]
@@ -79,46 +75,20 @@ def jwks() -> Iterator[tuple[str, Any]]:
 @pytest.fixture
 def client(
     conn: Conn, dsn: str, tmp_path: Path, local_server: str, jwks: tuple[str, Any]
-) -> Iterator[_Client]:
+) -> Iterator[GatewayClient]:
     conn.execute(NOTES_SQL.encode())
     conn.execute(
         "INSERT INTO flux.tenants (id, name, rate_per_s, burst) VALUES (%s, 'acme', 0.01, 4)", (TENANT,)
     )
     conn.commit()
-    sync_routes(conn, ROUTES)
     for name, source in FUNCTIONS.items():
         (tmp_path / "functions" / name).mkdir(parents=True)
         (tmp_path / "functions" / name / "index.ts").write_text(source)
-    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, jwks_url=jwks[0], fetch_allow=("127.0.0.1",))
-    with _app(settings, dsn) as client:
+    settings = Settings(project_dir=tmp_path, jwt_secret=SECRET, jwks_url=jwks[0], fetch_allow=("127.0.0.1",),
+                        routes=ROUTES)  # fmt: skip
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
         yield client
-
-
-class _Client(falcon.testing.TestClient):
-    """Falcon's test client for the worker's app, returning once the request's record is written (the records
-    of requests that changed no data are written off the request path)."""
-
-    def __init__(self, app: Any, gateway: Gateway) -> None:
-        super().__init__(app)
-        self.gateway = gateway
-
-    def simulate_request(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().simulate_request(*args, **kwargs)
-        assert self.gateway.records.flush()
-        return result
-
-
-@contextmanager
-def _app(settings: Settings, dsn: str) -> Iterator[_Client]:
-    """A test client for the worker's app with its gateway, and everything it started closed afterwards."""
-    gateway = create_gateway(settings, dsn)
-    admin = db.create_pool(dsn, max_size=2)
-    admin.open()
-    try:
-        yield _Client(create_app(settings, admin, gateway), gateway)
-    finally:
-        gateway.close()
-        admin.close()
 
 
 def _key(conn: Conn, role: str = "user", tenant: str | None = TENANT) -> str:
@@ -351,7 +321,7 @@ def test_a_route_added_in_the_database_is_live_without_a_restart(conn: Conn, cli
 def test_ready_reports_pending_migrations_before_loading_routes(dsn: str, tmp_path: Path) -> None:
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_later.sql").write_text("CREATE TABLE later (id int PRIMARY KEY);\n")
-    with _app(Settings(project_dir=tmp_path), dsn) as client:
+    with gateway_client(Settings(project_dir=tmp_path), dsn) as client:
         ready = client.simulate_get("/ready")
     assert ready.status_code == 503 and ready.json["migrations_pending"] == ["project:0001"]
 

@@ -32,10 +32,11 @@ from flux.gateway.ids import continue_trace, new_request_id
 from flux.gateway.routes import Route, RouteCache
 from flux.listen import Listener
 from flux.runtime.fetch import FetchPolicy
-from flux.runtime.functions import ProjectFunctions
+from flux.runtime.functions import DeployedFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Executor, Function, invoke
 from flux.runtime.response import Response, error_response
+from flux.secrets import SecretCache
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 
@@ -53,12 +54,13 @@ _BUILTINS = {
 class Gateway:
     pool: Any  # request connections (flux_authenticator, autocommit)
     executor: Executor
-    functions: ProjectFunctions
+    functions: DeployedFunctions
     auth: Authenticator
     routes: RouteCache
     catalogs: CatalogCache
     limiter: ratelimit.RateLimiter
     records: RecordWriter  # writes the records of requests that changed no data, off the request path
+    secrets: SecretCache
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
     def __post_init__(self) -> None:
@@ -67,13 +69,15 @@ class Gateway:
         self._callers = Listener(CALLERS_CHANNEL, self.auth.keys.clear, self.limiter.tenants.clear)
 
     def listen(self, dsn: str) -> None:
-        """Follow changes to routes, the catalog, keys and tenants made by any process (NOTIFY)."""
+        """Follow changes to routes, the catalog, deployments, secrets, keys and tenants (NOTIFY)."""
         self.routes.listen(dsn)
         self.catalogs.listen(dsn)
+        self.functions.listen(dsn)
+        self.secrets.listen(dsn)
         self._callers.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        request_id = req.context["request_id"] = new_request_id()  # for any error handler too
+        request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
         trace = continue_trace(req.get_header("traceparent"))
         resp.set_header("x-request-id", request_id)
         headers = {name.lower(): value for name, value in req.headers.items()}
@@ -102,6 +106,7 @@ class Gateway:
                     return
                 route, params = self._route(conn, req)
                 record["route_id"] = route.id or None
+                req.env["flux.function"] = route.function  # for `flux dev`'s request lines
                 decisions["route"] = {"id": route.id, "path": route.path, "function": route.function}
                 resp.set_headers(cors.response_headers(route, headers.get("origin")))
                 body = _body(req, route)
@@ -113,7 +118,9 @@ class Gateway:
                 if decision is not None:
                     decisions["rate_limit"] = decision.headers()
                     resp.set_headers(decision.headers())
-                function = _BUILTINS[route.function] if route.id == 0 else self.functions.get(route.function)
+                function = (
+                    _BUILTINS[route.function] if route.id == 0 else self.functions.get(conn, route.function)
+                )
             except FluxError as refused:
                 self._refuse(req, resp, refused, recorder, span, record, started_us, clock)
                 return
@@ -126,7 +133,7 @@ class Gateway:
             outcome = invoke(
                 conn, self._executor, function, request, catalog=self.catalogs.get(conn),
                 caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
-                fetch_policy=self.fetch_policy, records=self.records,
+                fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
             )  # fmt: skip
         _respond(resp, outcome.response)
 
@@ -136,6 +143,8 @@ class Gateway:
         self.records.close()
         self.routes.close()
         self.catalogs.close()
+        self.functions.close()
+        self.secrets.close()
         self._callers.close()
         close_executor = getattr(self.executor, "close", None)
         if close_executor is not None:

@@ -56,7 +56,8 @@ def source_of(folder: Path) -> tuple[str, Path]:
 
 
 def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = None) -> Function:
-    """Build `folder` into `out_dir/<name>.wasm` (Wasm) or read its source (Deno); the Function to run."""
+    """Build `folder` into `out_dir/<name>.wasm` (Wasm) or read its source (Deno); the Function to run. A
+    folder whose sources did not change since its last build is not built again."""
     folder, out_dir = folder.resolve(), out_dir.resolve()
     language, source = source_of(folder)
     limits = limits or FunctionLimits()
@@ -65,16 +66,30 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
         return Function(folder.name, language, code, hashlib.sha256(code).hexdigest(), limits)  # type: ignore[arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{folder.name}.wasm"
-    if language == "wat":
-        try:
-            output.write_bytes(compile_wat(source.read_text()))
-        except ValueError as exc:
-            raise InvalidFunctionCode(f"{source}: {exc}") from None
-    else:
-        _run(_command(language, source, output), folder)
+    stamp, sources = out_dir / f"{folder.name}.sources", sources_sha256(folder)
+    if not (output.exists() and stamp.exists() and stamp.read_text() == sources):  # else: built already
+        if language == "wat":
+            try:
+                output.write_bytes(compile_wat(source.read_text()))
+            except ValueError as exc:
+                raise InvalidFunctionCode(f"{source}: {exc}") from None
+        else:
+            _run(_command(language, source, output), folder)
+        stamp.write_text(sources)
     code = output.read_bytes()
     runtime: RuntimeKind = "component" if language == "python" else "wasm"
     return Function(folder.name, runtime, code, hashlib.sha256(code).hexdigest(), limits)
+
+
+def sources_sha256(folder: Path) -> str:
+    """One hash of every source file in the function's folder (names and contents), to skip a rebuild."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not {"node_modules", "__pycache__", "build"} & set(
+            path.relative_to(folder).parts
+        ):
+            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def _command(language: str, source: Path, output: Path) -> list[str]:

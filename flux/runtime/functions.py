@@ -1,45 +1,83 @@
-"""The functions of a project folder (`functions/<name>/`), built on first use and again when a source file
-changes (looked for at most once a second per function); what the gateway runs until deployments (which store
-built code in Postgres) take over."""
+"""The functions a worker runs: those of the active deployment, read from Postgres (each sha256's code once
+per process) and read again when `flux_deployments` is notified (a deploy or a rollback is live within a
+second, in every worker)."""
 
 from __future__ import annotations
 
 import threading
-import time
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from flux import db
 from flux.errors import InvalidFunctionCode
-from flux.runtime.build import build_function
+from flux.listen import NotifiedCache
 from flux.runtime.invoke import Function
+from flux.runtime.limits import FunctionLimits
 
-RECHECK_S = 1.0
+NOTIFY_CHANNEL = "flux_deployments"
 
 
-class ProjectFunctions:
-    def __init__(self, project_dir: Path) -> None:
-        self.root = project_dir / "functions"
-        self.build_dir = project_dir / ".flux" / "build"
-        self._built: dict[str, tuple[float, Function]] = {}
-        self._checked: dict[str, float] = {}  # when each function's sources were last looked at
+@dataclass(frozen=True)
+class _Entry:
+    runtime: str
+    sha256: str
+    limits: FunctionLimits
+
+
+@dataclass(frozen=True)
+class ActiveDeployment:
+    id: int | None  # None before the first deploy
+    functions: Mapping[str, _Entry]
+
+
+def load_active(conn: Any) -> ActiveDeployment:
+    rows = db.execute_rows(
+        conn,
+        "SELECT d.id, f.name, f.runtime, f.sha256, f.limits FROM flux.deployments d"
+        " JOIN flux.deployment_functions f ON f.deployment_id = d.id WHERE d.active",
+        [],
+    )
+    if not rows:
+        row = db.execute_raw(conn, "SELECT id FROM flux.deployments WHERE active", [])
+        return ActiveDeployment(row[0] if row else None, {})
+    entries = {name: _Entry(runtime, sha, FunctionLimits(**limits)) for _, name, runtime, sha, limits in rows}
+    return ActiveDeployment(rows[0][0], entries)
+
+
+class DeployedFunctions:
+    """`get(conn, name)`: the active deployment's function `name`, ready to run."""
+
+    def __init__(self) -> None:
+        self.active: NotifiedCache[ActiveDeployment] = NotifiedCache(NOTIFY_CHANNEL, load_active)
+        self._code: dict[str, bytes] = {}  # sha256 -> code, kept across deployments (a rollback is instant)
+        self._functions: dict[tuple[int | None, str], Function] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Function:
-        built = self._built.get(name)
-        if built is not None and time.monotonic() - self._checked.get(name, 0.0) < RECHECK_S:
-            return built[1]
-        folder = self.root / name
-        if not name.replace("_", "").replace("-", "").isalnum() or not folder.is_dir():
-            raise InvalidFunctionCode(f"no function {name!r} in {self.root}", hint="add functions/<name>/")
-        stamp = max((path.stat().st_mtime for path in folder.rglob("*") if _is_source(path)), default=0.0)
-        self._checked[name] = time.monotonic()
-        if built is not None and built[0] == stamp:
-            return built[1]
+    def get(self, conn: Any, name: str) -> Function:
+        active = self.active.get(conn)
+        function = self._functions.get((active.id, name))
+        if function is not None:
+            return function
+        entry = active.functions.get(name)
+        if entry is None:
+            where = f"deployment {active.id}" if active.id is not None else "any deployment (none is active)"
+            raise InvalidFunctionCode(
+                f"there is no function {name!r} in {where}", hint="deploy it: flux deploy"
+            )
+        code = self._code.get(entry.sha256)
+        if code is None:
+            row = db.execute_raw(conn, "SELECT code FROM flux.artifacts WHERE sha256 = $1", [entry.sha256])
+            assert row is not None, entry.sha256  # deployment_functions references it
+            code = self._code[entry.sha256] = bytes(row[0])
+        function = Function(name, entry.runtime, code, entry.sha256, entry.limits, active.id)  # type: ignore[arg-type]
         with self._lock:
-            built = self._built.get(name)
-            if built is None or built[0] != stamp:
-                built = self._built[name] = (stamp, build_function(folder, self.build_dir))
-            return built[1]
+            self._functions = {k: v for k, v in self._functions.items() if k[0] == active.id}
+            self._functions[(active.id, name)] = function
+        return function
 
+    def listen(self, dsn: str) -> None:
+        self.active.listen(dsn)
 
-def _is_source(path: Path) -> bool:
-    return path.is_file() and "node_modules" not in path.parts and "__pycache__" not in path.parts
+    def close(self) -> None:
+        self.active.close()

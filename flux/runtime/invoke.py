@@ -33,13 +33,14 @@ RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
 @dataclass(frozen=True)
 class Function:
     """A function's code: a Wasm core module or component, or one TypeScript or JavaScript module for Deno.
-    `sha256` is the code's (compiled code is cached under it)."""
+    `sha256` is the code's (compiled code is cached under it); `deployment_id` the deployment it came from."""
 
     name: str
     runtime: RuntimeKind
     code: bytes
     sha256: str
     limits: FunctionLimits = field(default_factory=FunctionLimits)
+    deployment_id: int | None = None
 
 
 class Executor:
@@ -96,8 +97,8 @@ def invoke(
     fields = request if isinstance(request, dict) else {}
     row: dict[str, Json] = {
         "kind": kind, "method": fields.get("method"), "path": fields.get("path"), "function": function.name,
-        "code_sha": function.sha256, "started_us": started_us, "input": request,
-        "parent_request_id": parent_request_id, **(record or {}),
+        "code_sha": function.sha256, "deployment_id": function.deployment_id, "started_us": started_us,
+        "input": request, "parent_request_id": parent_request_id, **(record or {}),
     }  # fmt: skip
     span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
     transaction = db.RequestTransaction(

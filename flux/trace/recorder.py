@@ -23,15 +23,16 @@ Json = Any
 # (flux_authenticator) may insert them but not read them back.
 _WRITE_RECORDS = b"""
 WITH request AS (
-    INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, code_sha, status, ok,
-                               started_at, duration_us, input, output, error, trace_id, parent_request_id,
-                               replay_of)
-    SELECT r.id, r.tenant_id, r.kind, r.method, r.path, r.route_id, r.function, r.code_sha, r.status, r.ok,
+    INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
+                               status, ok, started_at, duration_us, input, output, error, trace_id,
+                               parent_request_id, replay_of)
+    SELECT r.id, r.tenant_id, r.kind, r.method, r.path, r.route_id, r.function, r.deployment_id, r.code_sha,
+           r.status, r.ok,
            'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.duration_us, r.input, r.output,
            r.error, r.trace_id, r.parent_request_id, r.replay_of
       FROM jsonb_to_recordset(%(requests)b::jsonb) AS r(
                id uuid, tenant_id uuid, kind text, method text, path text, route_id bigint, function text,
-               code_sha text,
+               deployment_id bigint, code_sha text,
                status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
                error jsonb, trace_id text, parent_request_id uuid, replay_of uuid)
 )

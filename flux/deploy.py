@@ -1,0 +1,202 @@
+"""Deploys: a project folder becomes one version in Postgres, and one version is active.
+
+`deploy` builds every function (a function whose sources did not change is not built again), checks routes
+and limits against them, and then, in one transaction: stores the built code by sha256, applies the project's
+migrations, syncs the routes, records the version with its functions and git commit, and activates it. A
+failure anywhere changes nothing. Deploying what is already active makes no new version.
+
+`rollback` activates an earlier version: its code (stored by sha256, so exactly the old bytes) and its routes.
+Migrations only go forward; a rollback does not undo them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from flux import db, migrate
+from flux.config import Settings
+from flux.errors import DeploymentNotFound, InvalidConfig, InvalidProject
+from flux.gateway.routes import sync_routes
+from flux.runtime.build import build_function, source_of
+from flux.runtime.invoke import Function
+from flux.runtime.limits import FunctionLimits
+
+_LIMIT_KEYS = {"timeout_ms", "memory_mb", "fuel"}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    content_sha: str
+    created: bool  # False when this very content was already the active version
+    migrations: tuple[migrate.Migration, ...] = ()  # the project's migrations this deploy applied
+
+
+def deploy(dsn: str, settings: Settings, *, git_commit: str | None = None) -> Deployment:
+    """Build and deploy the project in `settings.project_dir`, and make it the active version."""
+    functions = build_project(settings)
+    _check_routes(settings.routes, functions)
+    routes = [dict(route) for route in settings.routes]
+    project_migrations = settings.project_migrations
+    checksums = [m.checksum for m in migrate.all_migrations(project_migrations) if m.kind == "project"]
+    content_sha = _content_sha(functions, routes, checksums)
+    migrate.migrate(dsn)  # Flux's own schema first: it is not part of the project's version
+    with db.connect(dsn) as conn, conn.transaction():
+        active = conn.execute(
+            "SELECT id, content_sha FROM flux.deployments WHERE active FOR UPDATE"
+        ).fetchone()
+        if active is not None and active[1] == content_sha:
+            return Deployment(active[0], content_sha, created=False)
+        applied = migrate.migrate_project_in(conn, project_migrations)
+        sync_routes(conn, settings.routes)
+        with db.translate_errors():
+            deployment_id = _store(conn, settings.name, content_sha, git_commit or _git_commit(settings),
+                                   routes, functions)  # fmt: skip
+            _activate(conn, deployment_id)
+    return Deployment(deployment_id, content_sha, created=True, migrations=tuple(applied))
+
+
+def rollback(dsn: str, version: int) -> None:
+    """Make deployment `version` the active one again, with its routes."""
+    with db.connect(dsn) as conn, conn.transaction():
+        row = conn.execute("SELECT routes FROM flux.deployments WHERE id = %s", (version,)).fetchone()
+        if row is None:
+            raise DeploymentNotFound(
+                f"there is no version {version}", hint="`flux deployments ls` lists them"
+            )
+        sync_routes(conn, tuple(row[0]))
+        with db.translate_errors():
+            _activate(conn, version)
+
+
+def list_deployments(conn: Any) -> list[dict[str, Any]]:
+    """Every version, newest first, with its functions' code shas."""
+    rows = conn.execute(
+        "SELECT d.id, d.active, d.created_at, d.created_by, d.git_commit,"
+        " coalesce(jsonb_object_agg(f.name, f.sha256) FILTER (WHERE f.name IS NOT NULL), '{}')"
+        " FROM flux.deployments d LEFT JOIN flux.deployment_functions f ON f.deployment_id = d.id"
+        " GROUP BY d.id ORDER BY d.id DESC"
+    ).fetchall()
+    keys = ("version", "active", "created_at", "created_by", "git_commit", "functions")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def build_project(settings: Settings) -> dict[str, tuple[Function, str]]:
+    """Every function of the project, built: name -> (the Function, its source language)."""
+    root = settings.project_dir / "functions"
+    folders = (
+        sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if root.is_dir()
+        else []
+    )
+    unknown = sorted(set(settings.function_limits) - {folder.name for folder in folders})
+    if unknown:
+        raise InvalidProject(
+            f"flux.toml [functions.{unknown[0]}]: there is no functions/{unknown[0]}/",
+            hint="add the function, or remove its section",
+        )
+    built = {}
+    for folder in folders:
+        limits = _limits(folder.name, settings.function_limits.get(folder.name, {}))
+        function = build_function(folder, settings.project_dir / ".flux" / "build", limits)
+        built[folder.name] = (function, _language(folder, function))
+    return built
+
+
+def _limits(name: str, given: Mapping[str, Any]) -> FunctionLimits:
+    unknown = sorted(set(given) - _LIMIT_KEYS)
+    if unknown:
+        raise InvalidProject(
+            f"flux.toml [functions.{name}]: unknown limit {unknown[0]!r}",
+            hint=f"limits: {', '.join(sorted(_LIMIT_KEYS))}",
+        )
+    try:
+        return FunctionLimits(**given)
+    except InvalidConfig as exc:
+        raise InvalidProject(
+            f"flux.toml [functions.{name}]: {exc.message}", hint="use a positive whole number"
+        ) from None
+
+
+def _language(folder: Path, function: Function) -> str:
+    return source_of(folder)[0] if function.runtime in ("wasm", "component") else function.runtime
+
+
+def _check_routes(routes: tuple[dict[str, Any], ...], functions: Mapping[str, Any]) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for number, route in enumerate(routes, 1):
+        method, path = str(route.get("method", "?")).upper(), str(route.get("path", "?"))
+        where = f"flux.toml route {number} ({method} {path})"
+        if (method, path) in seen:
+            raise InvalidProject(f"{where} repeats route {seen[(method, path)]}", hint="keep one of them")
+        seen[(method, path)] = number
+        name = route.get("function")
+        if name not in functions:
+            raise InvalidProject(
+                f"{where}: there is no function {name!r} in functions/",
+                hint=f"add functions/{name}/ or fix the name",
+            )
+
+
+def _content_sha(functions: Mapping[str, tuple[Function, str]], routes: list[dict[str, Any]],
+                 migrations: list[str]) -> str:  # fmt: skip
+    content = {
+        "functions": {
+            name: [f.sha256, f.runtime, vars(f.limits)] for name, (f, _) in sorted(functions.items())
+        },
+        "routes": routes,
+        "migrations": migrations,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _store(conn: psycopg.Connection[Any], project: str, content_sha: str, git_commit: str | None,
+           routes: list[dict[str, Any]], functions: Mapping[str, tuple[Function, str]]) -> int:  # fmt: skip
+    for function, _ in functions.values():
+        conn.execute(
+            "INSERT INTO flux.artifacts (sha256, runtime, code) VALUES (%s, %s, %s)"
+            " ON CONFLICT (sha256) DO NOTHING",
+            (function.sha256, function.runtime, function.code),
+        )
+    row = conn.execute(
+        "INSERT INTO flux.deployments (project, content_sha, git_commit, routes)"
+        " VALUES (%s, %s, %s, %s::jsonb) RETURNING id",
+        (project, content_sha, git_commit, json.dumps(routes)),
+    ).fetchone()
+    assert row is not None
+    for name, (function, language) in functions.items():
+        conn.execute(
+            "INSERT INTO flux.deployment_functions (deployment_id, name, runtime, sha256, language, limits)"
+            " VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+            (row[0], name, function.runtime, function.sha256, language, json.dumps(vars(function.limits))),
+        )
+    return int(row[0])
+
+
+def _activate(conn: psycopg.Connection[Any], deployment_id: int) -> None:
+    conn.execute("UPDATE flux.deployments SET active = false WHERE active AND id <> %s", (deployment_id,))
+    conn.execute(
+        "UPDATE flux.deployments SET active = true, activated_at = now() WHERE id = %s", (deployment_id,)
+    )
+
+
+def _git_commit(settings: Settings) -> str | None:
+    """The project's git commit (with `-dirty` when files changed since), or None outside a repository."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.project_dir, capture_output=True,
+                              text=True, timeout=10)  # fmt: skip
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=settings.project_dir,
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

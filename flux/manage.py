@@ -1,0 +1,101 @@
+"""Tenants and API keys: what `flux tenants` and `flux keys` (and the management API) do, on one connection.
+
+A key's full text is returned once, by `create_key`; Flux stores its sha256 and shows its prefix after that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flux import db
+from flux.errors import InvalidConfig, NotFound
+from flux.gateway.auth import new_api_key
+
+ROLES = ("anon", "user", "service")
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: int
+    key: str  # shown once
+    prefix: str
+    role: str
+    tenant: str | None
+
+
+def create_tenant(conn: Any, name: str, rate_per_s: float | None = None, burst: int | None = None) -> str:
+    """A new tenant's id; `rate_per_s` and `burst` set its token bucket (both or neither)."""
+    if (rate_per_s is None) != (burst is None):
+        raise InvalidConfig("a tenant's rate limit needs both --rate-per-s and --burst", hint="give both")
+    with db.translate_errors():
+        row = conn.execute(
+            "INSERT INTO flux.tenants (name, rate_per_s, burst) VALUES (%s, %s, %s) RETURNING id::text",
+            (name, rate_per_s, burst),
+        ).fetchone()
+    return str(row[0])
+
+
+def list_tenants(conn: Any) -> list[dict[str, Any]]:
+    with db.translate_errors():
+        rows = conn.execute(
+            "SELECT t.id::text, t.name, t.rate_per_s, t.burst, t.created_at,"
+            " (SELECT count(*) FROM flux.api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL)"
+            " FROM flux.tenants t ORDER BY t.name"
+        ).fetchall()
+    keys = ("id", "name", "rate_per_s", "burst", "created_at", "keys")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def create_key(
+    conn: Any, role: str = "user", tenant: str | None = None, name: str | None = None
+) -> CreatedKey:
+    """A new API key running requests as `role` for `tenant` (a tenant's name or id)."""
+    if role not in ROLES:
+        raise InvalidConfig(f"role {role!r} is not one of {', '.join(ROLES)}", hint="use --role user")
+    tenant_id = _tenant_id(conn, tenant) if tenant else None
+    made = new_api_key()
+    with db.translate_errors():
+        row = conn.execute(
+            "INSERT INTO flux.api_keys (prefix, key_hash, name, tenant_id, role) VALUES (%s, %s, %s, %s, %s)"
+            " RETURNING id",
+            (made.prefix, made.key_hash, name, tenant_id, role),
+        ).fetchone()
+    return CreatedKey(int(row[0]), made.key, made.prefix, role, tenant)
+
+
+def list_keys(conn: Any) -> list[dict[str, Any]]:
+    with db.translate_errors():
+        rows = conn.execute(
+            "SELECT k.id, k.prefix, k.name, k.role, t.name, k.created_at, k.revoked_at FROM flux.api_keys k"
+            " LEFT JOIN flux.tenants t ON t.id = k.tenant_id ORDER BY k.id"
+        ).fetchall()
+    keys = ("id", "prefix", "name", "role", "tenant", "created_at", "revoked_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def revoke_key(conn: Any, key: str) -> int:
+    """Revoke the key with this id or prefix (every process drops it from its cache at once); its id."""
+    column = "id" if key.isdigit() else "prefix"
+    with db.translate_errors():
+        rows = conn.execute(
+            f"SELECT id FROM flux.api_keys WHERE revoked_at IS NULL AND {column} = %s",
+            (int(key) if column == "id" else key,),
+        ).fetchall()
+        if len(rows) != 1:
+            what = "no live key" if not rows else "more than one key"
+            raise NotFound(f"{what} with id or prefix {key!r}", hint="`flux keys ls` lists them")
+        conn.execute("UPDATE flux.api_keys SET revoked_at = now() WHERE id = %s", (rows[0][0],))
+    return int(rows[0][0])
+
+
+def _tenant_id(conn: Any, tenant: str) -> str:
+    with db.translate_errors():
+        row = conn.execute(
+            "SELECT id::text FROM flux.tenants WHERE name = %s OR id::text = %s", (tenant, tenant)
+        ).fetchone()
+    if row is None:
+        raise NotFound(
+            f"no tenant {tenant!r}", hint="`flux tenants ls` lists them; `flux tenants create` makes one"
+        )
+    return str(row[0])
