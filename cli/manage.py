@@ -56,8 +56,8 @@ def deploy(
     """Build every function, apply the project's migrations, sync routes, and activate it all as one
     version."""
     from cli.db import database_for
+    from flux.api.deploy import deploy as run_deploy
     from flux.config import load_settings
-    from flux.deploy import deploy as run_deploy
 
     settings = load_settings(project)
     with database_for(project) as (dsn, _):
@@ -72,7 +72,7 @@ def rollback(version: Annotated[int, typer.Argument(help="The version to make ac
              project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Make an earlier version active again: its code, exactly, and its routes (migrations stay)."""
     from cli.db import database_for
-    from flux.deploy import rollback as run_rollback
+    from flux.api.deploy import rollback as run_rollback
 
     with database_for(project) as (dsn, _):
         run_rollback(dsn, version)
@@ -82,7 +82,7 @@ def rollback(version: Annotated[int, typer.Argument(help="The version to make ac
 @deployments_app.command("ls")
 def deployments_ls(project: ProjectDir = Path(".")) -> None:
     """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
-    from flux.deploy import list_deployments
+    from flux.api.deploy import list_deployments
 
     with _connection(project) as conn:
         rows = list_deployments(conn)
@@ -105,7 +105,7 @@ def secrets_set(
     project: ProjectDir = Path("."),
 ) -> None:
     """Store a secret (encrypted); functions see the new value at their next request."""
-    from flux.secrets import check_name, load_key, set_secret
+    from flux.api.secrets import check_name, load_key, set_secret
 
     check_name(name)
     if value is None:
@@ -119,7 +119,7 @@ def secrets_set(
 @secrets_app.command("ls")
 def secrets_ls(project: ProjectDir = Path(".")) -> None:
     """Secret names and when each was set (never values)."""
-    from flux.secrets import list_secrets
+    from flux.api.secrets import list_secrets
 
     with _connection(project) as conn:
         for name, updated_at in list_secrets(conn):
@@ -130,7 +130,7 @@ def secrets_ls(project: ProjectDir = Path(".")) -> None:
 def secrets_rm(name: Annotated[str, typer.Argument(help="The secret to remove.")],
                project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Remove a secret; functions that read it then get FX308."""
-    from flux.secrets import remove_secret
+    from flux.api.secrets import remove_secret
 
     with _connection(project) as conn:
         remove_secret(conn, name)
@@ -148,7 +148,7 @@ def tenants_create(
     project: ProjectDir = Path("."),
 ) -> None:
     """Create a tenant, optionally with a rate limit."""
-    from flux.manage import create_tenant
+    from flux.api.keys import create_tenant
 
     with _connection(project) as conn:
         tenant_id = create_tenant(conn, name, rate_per_s, burst)
@@ -158,7 +158,7 @@ def tenants_create(
 @tenants_app.command("ls")
 def tenants_ls(project: ProjectDir = Path(".")) -> None:
     """Every tenant with its rate limit and number of live keys."""
-    from flux.manage import list_tenants
+    from flux.api.keys import list_tenants
 
     with _connection(project) as conn:
         for row in list_tenants(conn):
@@ -171,11 +171,19 @@ def keys_create(
     role: Annotated[str, typer.Option(help="anon, user or service.")] = "user",
     tenant: Annotated[str | None, typer.Option(help="The tenant (name or id) the key acts for.")] = None,
     name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="A key for the management API (/flux/api/).")
+    ] = False,
+    expires_in: Annotated[str | None, typer.Option(help="An admin key's lifetime, e.g. 30d or 12h.")] = None,
     project: ProjectDir = Path("."),
 ) -> None:
-    """Create an API key and print it: this is the only time its full text is shown."""
-    from flux.manage import create_key
+    """Create an API key (or, with --admin, a management API key) and print it: this is the only time its
+    full text is shown."""
+    from flux.api.keys import create_key
 
+    if admin:
+        _create_admin_key(project, name, expires_in)
+        return
     with _connection(project) as conn:
         created = create_key(conn, role, tenant, name)
     typer.echo(created.key)
@@ -184,10 +192,33 @@ def keys_create(
                " it is not shown again", err=True)  # fmt: skip
 
 
+def _create_admin_key(project: Path, name: str | None, expires_in: str | None) -> None:
+    import re
+    from datetime import timedelta
+
+    from flux.api.admin import create_admin_key
+    from flux.errors import InvalidConfig
+
+    lifetime = None
+    if expires_in is not None:
+        match = re.fullmatch(r"(\d+)([dh])", expires_in.strip())
+        if match is None or int(match[1]) == 0:
+            raise InvalidConfig(
+                f"--expires-in {expires_in!r} is not a positive period", hint="e.g. 30d or 12h"
+            )
+        lifetime = timedelta(days=int(match[1])) if match[2] == "d" else timedelta(hours=int(match[1]))
+    with _connection(project) as conn:
+        created = create_admin_key(conn, name, lifetime)
+    typer.echo(created.key)
+    until = f", until {_when(created.expires_at)}" if created.expires_at else ""
+    typer.echo(f"admin key {created.id} ({created.prefix}…){until}; store it now, it is not shown again",
+               err=True)  # fmt: skip
+
+
 @keys_app.command("ls")
 def keys_ls(project: ProjectDir = Path(".")) -> None:
     """Every key by id and prefix, with its role, tenant and state."""
-    from flux.manage import list_keys
+    from flux.api.keys import list_keys
 
     with _connection(project) as conn:
         for row in list_keys(conn):
@@ -201,7 +232,7 @@ def keys_ls(project: ProjectDir = Path(".")) -> None:
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.")],
                 project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Revoke a key; every server refuses it from its next request."""
-    from flux.manage import revoke_key
+    from flux.api.keys import revoke_key
 
     with _connection(project) as conn:
         key_id = revoke_key(conn, key)

@@ -12,6 +12,8 @@ from typing import Any
 import falcon
 
 from flux import db, migrate
+from flux.api import resources as api
+from flux.api.secrets import SecretCache
 from flux.config import Settings, load_settings
 from flux.data import CatalogCache
 from flux.db import as_flux_error, create_pool
@@ -25,7 +27,6 @@ from flux.maintenance import MaintenanceLoop
 from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
-from flux.secrets import SecretCache
 from flux.trace.writer import RecordWriter
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
@@ -116,6 +117,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_route("/ready", Ready(pool, expected, gateway.routes if gateway else None))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
+    api.register(app, pool, settings.project_dir)
     if gateway is not None:
         app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")

@@ -14,8 +14,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from flux.api.deploy import deploy
 from flux.config import load_settings
-from flux.deploy import deploy
 from flux.errors import FluxError
 
 log = logging.getLogger("flux.dev")

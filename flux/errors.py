@@ -337,6 +337,18 @@ class NotFound(FluxError):
     title = "no such secret, tenant or key"
 
 
+class InvalidRequest(FluxError):
+    code = "FX607"
+    http_status = 400
+    title = "a management call's parameter or field is wrong: unknown, of the wrong type, or out of range"
+
+
+class AdminKeyRefused(FluxError):
+    code = "FX606"
+    http_status = 401
+    title = "the management API needs a live admin key"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 

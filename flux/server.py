@@ -21,8 +21,8 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from flux import migrate
+from flux.api.deploy import deploy
 from flux.config import Settings
-from flux.deploy import deploy
 from flux.devloop import ACCESS_FORMAT, ProjectWatcher
 from flux.errors import InvalidConfig, PortInUse
 from flux.postgres import EmbeddedPostgres

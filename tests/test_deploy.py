@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from flux.api.deploy import deploy, list_deployments, rollback
 from flux.config import load_settings
-from flux.deploy import deploy, list_deployments, rollback
 from flux.errors import DeploymentNotFound, FluxError, InvalidFunctionCode, InvalidProject, MigrationFailed
 from tests.fixtures.gateway import GatewayClient, gateway_client
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import schemathesis
 
+from flux.api.deploy import deploy
 from flux.config import Settings
-from flux.deploy import deploy
 from flux.gateway.auth import new_api_key
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.runtime import NOTES_SQL

@@ -15,6 +15,7 @@ from typing import Any
 import falcon
 
 from flux import jsontext
+from flux.api.secrets import SecretCache
 from flux.data import CatalogCache
 from flux.data.explain import explain
 from flux.errors import (
@@ -36,7 +37,6 @@ from flux.runtime.functions import DeployedFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Executor, Function, invoke
 from flux.runtime.response import Response, error_response
-from flux.secrets import SecretCache
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux import db
-from flux.errors import InvalidConfig, NotFound
+from flux.errors import InvalidRequest, NotFound
 from flux.gateway.auth import new_api_key
 
 ROLES = ("anon", "user", "service")
@@ -27,7 +27,7 @@ class CreatedKey:
 def create_tenant(conn: Any, name: str, rate_per_s: float | None = None, burst: int | None = None) -> str:
     """A new tenant's id; `rate_per_s` and `burst` set its token bucket (both or neither)."""
     if (rate_per_s is None) != (burst is None):
-        raise InvalidConfig("a tenant's rate limit needs both --rate-per-s and --burst", hint="give both")
+        raise InvalidRequest("a tenant's rate limit needs both --rate-per-s and --burst", hint="give both")
     with db.translate_errors():
         row = conn.execute(
             "INSERT INTO flux.tenants (name, rate_per_s, burst) VALUES (%s, %s, %s) RETURNING id::text",
@@ -36,12 +36,14 @@ def create_tenant(conn: Any, name: str, rate_per_s: float | None = None, burst: 
     return str(row[0])
 
 
-def list_tenants(conn: Any) -> list[dict[str, Any]]:
+def list_tenants(conn: Any, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+    """Tenants by name (`limit` of them, named after `after`), with their number of live keys."""
     with db.translate_errors():
         rows = conn.execute(
             "SELECT t.id::text, t.name, t.rate_per_s, t.burst, t.created_at,"
             " (SELECT count(*) FROM flux.api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL)"
-            " FROM flux.tenants t ORDER BY t.name"
+            " FROM flux.tenants t WHERE %s::text IS NULL OR t.name > %s ORDER BY t.name LIMIT %s",
+            (after, after, limit),
         ).fetchall()
     keys = ("id", "name", "rate_per_s", "burst", "created_at", "keys")
     return [dict(zip(keys, row, strict=True)) for row in rows]
@@ -52,7 +54,7 @@ def create_key(
 ) -> CreatedKey:
     """A new API key running requests as `role` for `tenant` (a tenant's name or id)."""
     if role not in ROLES:
-        raise InvalidConfig(f"role {role!r} is not one of {', '.join(ROLES)}", hint="use --role user")
+        raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}", hint="use --role user")
     tenant_id = _tenant_id(conn, tenant) if tenant else None
     made = new_api_key()
     with db.translate_errors():
@@ -64,11 +66,14 @@ def create_key(
     return CreatedKey(int(row[0]), made.key, made.prefix, role, tenant)
 
 
-def list_keys(conn: Any) -> list[dict[str, Any]]:
+def list_keys(conn: Any, limit: int | None = None, after: int | None = None) -> list[dict[str, Any]]:
+    """Keys by id (`limit` of them, after id `after`), never their text."""
     with db.translate_errors():
         rows = conn.execute(
             "SELECT k.id, k.prefix, k.name, k.role, t.name, k.created_at, k.revoked_at FROM flux.api_keys k"
-            " LEFT JOIN flux.tenants t ON t.id = k.tenant_id ORDER BY k.id"
+            " LEFT JOIN flux.tenants t ON t.id = k.tenant_id WHERE %s::bigint IS NULL OR k.id > %s"
+            " ORDER BY k.id LIMIT %s",
+            (after, after, limit),
         ).fetchall()
     keys = ("id", "prefix", "name", "role", "tenant", "created_at", "revoked_at")
     return [dict(zip(keys, row, strict=True)) for row in rows]

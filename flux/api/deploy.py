@@ -66,7 +66,13 @@ def deploy(dsn: str, settings: Settings, *, git_commit: str | None = None) -> De
 
 def rollback(dsn: str, version: int) -> None:
     """Make deployment `version` the active one again, with its routes."""
-    with db.connect(dsn) as conn, conn.transaction():
+    with db.connect(dsn) as conn:
+        rollback_in(conn, version)
+
+
+def rollback_in(conn: psycopg.Connection[Any], version: int) -> None:
+    """`rollback` on a connection of the caller's, in one transaction."""
+    with conn.transaction():
         row = conn.execute("SELECT routes FROM flux.deployments WHERE id = %s", (version,)).fetchone()
         if row is None:
             raise DeploymentNotFound(
@@ -77,13 +83,14 @@ def rollback(dsn: str, version: int) -> None:
             _activate(conn, version)
 
 
-def list_deployments(conn: Any) -> list[dict[str, Any]]:
-    """Every version, newest first, with its functions' code shas."""
+def list_deployments(conn: Any, limit: int | None = None, before: int | None = None) -> list[dict[str, Any]]:
+    """Versions, newest first (`limit` of them, older than `before`), with their functions' code shas."""
     rows = conn.execute(
         "SELECT d.id, d.active, d.created_at, d.created_by, d.git_commit,"
         " coalesce(jsonb_object_agg(f.name, f.sha256) FILTER (WHERE f.name IS NOT NULL), '{}')"
         " FROM flux.deployments d LEFT JOIN flux.deployment_functions f ON f.deployment_id = d.id"
-        " GROUP BY d.id ORDER BY d.id DESC"
+        " WHERE %s::bigint IS NULL OR d.id < %s GROUP BY d.id ORDER BY d.id DESC LIMIT %s",
+        (before, before, limit),
     ).fetchall()
     keys = ("version", "active", "created_at", "created_by", "git_commit", "functions")
     return [dict(zip(keys, row, strict=True)) for row in rows]

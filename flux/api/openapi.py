@@ -1,0 +1,131 @@
+"""The OpenAPI document of the management API (`GET /flux/api/openapi.json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flux import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {
+        "code": {"type": "string", "pattern": "^FX[0-9]{3}$"},
+        "message": {"type": "string"},
+        "hint": {"type": "string", "nullable": True},
+        "details": {"nullable": True},
+        "request_id": {"type": "string", "nullable": True},
+    },
+}
+_TEXT = {"type": "string"}
+_WHEN = {"type": "string", "format": "date-time"}
+_MAYBE_WHEN = {"type": "string", "format": "date-time", "nullable": True}
+_MAYBE_TEXT = {"type": "string", "nullable": True}
+_MAYBE_NUMBER = {"type": "number", "nullable": True}
+_MAYBE_INT = {"type": "integer", "nullable": True}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties if required is None else required),
+            "properties": properties}  # fmt: skip
+
+
+def _page(item: dict[str, Any], cursor: dict[str, Any]) -> dict[str, Any]:
+    return _object({"items": {"type": "array", "items": item}, "next": {**cursor, "nullable": True}})
+
+
+_FUNCTION = _object({"name": _TEXT, "runtime": _TEXT, "language": _TEXT, "sha256": _TEXT,
+                     "limits": {"type": "object"}, "version": {"type": "integer"}})  # fmt: skip
+_ROUTE = _object({
+    "id": {"type": "integer"}, "method": _TEXT, "path": _TEXT, "function": _TEXT, "auth": _TEXT,
+    "rate_per_s": _MAYBE_NUMBER, "burst": _MAYBE_INT, "cors": {"type": "array", "items": _TEXT},
+    "max_body_bytes": {"type": "integer"},
+})  # fmt: skip
+_DEPLOYMENT = _object({
+    "version": {"type": "integer"}, "active": {"type": "boolean"}, "created_at": _WHEN, "created_by": _TEXT,
+    "git_commit": _MAYBE_TEXT, "functions": {"type": "object", "additionalProperties": _TEXT},
+})  # fmt: skip
+_TENANT = _object({"id": _TEXT, "name": _TEXT, "rate_per_s": _MAYBE_NUMBER, "burst": _MAYBE_INT,
+                   "created_at": _WHEN, "keys": {"type": "integer"}})  # fmt: skip
+_KEY = _object({"id": {"type": "integer"}, "prefix": _TEXT, "name": _MAYBE_TEXT, "role": _TEXT,
+                "tenant": _MAYBE_TEXT, "created_at": _WHEN, "revoked_at": _MAYBE_WHEN})  # fmt: skip
+_SECRET = _object({"name": _TEXT, "updated_at": _WHEN})
+_RATE = {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+_NEW_TENANT = _object(
+    {"name": _TEXT, "rate_per_s": _RATE, "burst": {"type": "integer", "minimum": 1}}, ("name",)
+)
+_NEW_KEY = _object({"role": {"type": "string", "enum": ["anon", "user", "service"]}, "tenant": _TEXT,
+                    "name": _TEXT}, ())  # fmt: skip
+_CREATED_KEY = _object({"id": {"type": "integer"}, "key": _TEXT, "prefix": _TEXT, "role": _TEXT,
+                        "tenant": _MAYBE_TEXT})  # fmt: skip
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
+
+
+def _param(name: str, kind: str = "string", where: str = "query") -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "schema": {"type": kind}}
+
+
+def _call(
+    summary: str,
+    answer: dict[str, Any] | None,
+    status: str = "200",
+    *,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    done: dict[str, Any] = {"description": summary}
+    if answer is not None:
+        done["content"] = {"application/json": {"schema": answer}}
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"admin": []}],
+        "parameters": params or [],
+        "responses": {
+            status: done,
+            "default": {"description": "refused: the FX code says why (docs/errors.md)",
+                        "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }  # fmt: skip
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return operation
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Flux management API", "version": __version__},
+        "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer",
+                                                     "description": "an admin key, flux_admin_…"}}},
+        "paths": {
+            "/flux/api/functions": {"get": _call("The active version's functions", _page(_FUNCTION, _TEXT))},
+            "/flux/api/routes": {"get": _call("The routes", _page(_ROUTE, _TEXT))},
+            "/flux/api/deployments": {"get": _call(
+                "Deployed versions, newest first", _page(_DEPLOYMENT, {"type": "integer"}),
+                params=[_LIMIT, _param("before", "integer")])},
+            "/flux/api/deployments/{version}/activate": {"post": _call(
+                "Make a version active again (rollback)",
+                _object({"version": {"type": "integer"}, "active": {"type": "boolean"}}),
+                params=[_param("version", "integer", "path")])},
+            "/flux/api/tenants": {
+                "get": _call("Tenants by name", _page(_TENANT, _TEXT), params=[_LIMIT, _param("after")]),
+                "post": _call("Create a tenant", _object({"id": _TEXT, "name": _TEXT}), "201",
+                              body=_NEW_TENANT),
+            },
+            "/flux/api/keys": {
+                "get": _call("API keys by id", _page(_KEY, {"type": "integer"}),
+                             params=[_LIMIT, _param("after", "integer")]),
+                "post": _call("Create an API key (its text is in this answer only)", _CREATED_KEY, "201",
+                              body=_NEW_KEY),
+            },
+            "/flux/api/keys/{key}": {"delete": _call(
+                "Revoke an API key (by id or prefix)", _object({"revoked": {"type": "integer"}}),
+                params=[_param("key", "string", "path")])},
+            "/flux/api/secrets": {"get": _call("Secret names (never values)", _page(_SECRET, _TEXT))},
+            "/flux/api/secrets/{name}": {
+                "put": _call("Set a secret", None, "204", body=_object({"value": _TEXT}),
+                             params=[_param("name", "string", "path")]),
+                "delete": _call("Remove a secret", None, "204", params=[_param("name", "string", "path")]),
+            },
+        },
+    }  # fmt: skip

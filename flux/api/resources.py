@@ -1,0 +1,222 @@
+"""The management API's JSON endpoints under `/flux/api/`, for the CLI and a dashboard. Every call needs an
+admin key (`authorization: Bearer flux_admin_…`) and runs on the worker's admin connections; errors answer
+`{code, message, hint}` like the rest of Flux. Lists take `limit` (1-500, default 100) and a cursor
+(`after`, or `before` for versions) and answer `{items, next}`.
+
+The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from flux import jsontext
+from flux.api import deploy, keys, secrets
+from flux.api.admin import check_admin_key
+from flux.api.openapi import document
+from flux.errors import InvalidRequest, MalformedBody, UnsupportedMediaType
+
+Json = Any
+MAX_LIMIT = 500
+MAX_BODY_BYTES = 65_536
+
+
+def register(app: falcon.App, pool: Any, project_dir: Path) -> None:  # type: ignore[type-arg]
+    """Mount the management API on `app`, using `pool` (the worker's admin connections)."""
+    api = _Api(pool, project_dir)
+    app.add_route("/flux/api/openapi.json", _OpenApi())
+    for path, suffix in (
+        ("/flux/api/functions", "functions"), ("/flux/api/routes", "routes"),
+        ("/flux/api/deployments", "deployments"),
+        ("/flux/api/deployments/{version:int}/activate", "activate"),
+        ("/flux/api/tenants", "tenants"), ("/flux/api/keys", "keys"), ("/flux/api/keys/{key}", "key"),
+        ("/flux/api/secrets", "secrets"), ("/flux/api/secrets/{name}", "secret"),
+    ):  # fmt: skip
+        app.add_route(path, api, suffix=suffix)
+
+
+class _OpenApi:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _answer(resp, document())
+
+
+class _Api:
+    def __init__(self, pool: Any, project_dir: Path) -> None:
+        self.pool = pool
+        self.project_dir = project_dir
+
+    def _conn(self, req: falcon.Request) -> Any:
+        """An admin connection, once the caller's admin key is checked (use it in a `with`)."""
+        return _Checked(self.pool, req.get_header("authorization"))
+
+    # -- functions and routes ---------------------------------------------------------------------------
+
+    def on_get_functions(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._conn(req) as conn:
+            rows = conn.execute(
+                "SELECT f.name, f.runtime, f.language, f.sha256, f.limits, d.id"
+                " FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id"
+                " WHERE d.active ORDER BY f.name"
+            ).fetchall()
+        names = ("name", "runtime", "language", "sha256", "limits", "version")
+        _answer(resp, {"items": [dict(zip(names, row, strict=True)) for row in rows], "next": None})
+
+    def on_get_routes(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._conn(req) as conn:
+            rows = conn.execute(
+                "SELECT id, method, path, function, auth, rate_per_s, burst, cors_origins, max_body_bytes"
+                " FROM flux.routes ORDER BY id"
+            ).fetchall()
+        names = ("id", "method", "path", "function", "auth", "rate_per_s", "burst", "cors", "max_body_bytes")
+        _answer(resp, {"items": [dict(zip(names, row, strict=True)) for row in rows], "next": None})
+
+    # -- deployments ------------------------------------------------------------------------------------
+
+    def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit, before = _limit(req), _int_param(req, "before")
+        with self._conn(req) as conn:
+            items = deploy.list_deployments(conn, limit + 1, before)
+        _page(resp, items, limit, "version")
+
+    def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
+        with self._conn(req) as conn:
+            deploy.rollback_in(conn, version)
+        _answer(resp, {"version": version, "active": True})
+
+    # -- tenants and keys -------------------------------------------------------------------------------
+
+    def on_get_tenants(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = _limit(req)
+        with self._conn(req) as conn:
+            items = keys.list_tenants(conn, limit + 1, req.get_param("after"))
+        _page(resp, items, limit, "name")
+
+    def on_post_tenants(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _body(req, {"name": str, "rate_per_s": (int, Decimal), "burst": int}, required=("name",))
+        rate = float(body["rate_per_s"]) if "rate_per_s" in body else None
+        with self._conn(req) as conn:
+            tenant_id = keys.create_tenant(conn, body["name"], rate, body.get("burst"))
+        _answer(resp, {"id": tenant_id, "name": body["name"]}, falcon.HTTP_201)
+
+    def on_get_keys(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = _limit(req)
+        with self._conn(req) as conn:
+            items = keys.list_keys(conn, limit + 1, _int_param(req, "after"))
+        _page(resp, items, limit, "id")
+
+    def on_post_keys(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _body(req, {"role": str, "tenant": str, "name": str})
+        with self._conn(req) as conn:
+            created = keys.create_key(conn, body.get("role", "user"), body.get("tenant"), body.get("name"))
+        _answer(resp, {"id": created.id, "key": created.key, "prefix": created.prefix, "role": created.role,
+                       "tenant": created.tenant}, falcon.HTTP_201)  # fmt: skip
+
+    def on_delete_key(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, {"revoked": keys.revoke_key(conn, key)})
+
+    # -- secrets ----------------------------------------------------------------------------------------
+
+    def on_get_secrets(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._conn(req) as conn:
+            rows = secrets.list_secrets(conn)
+        _answer(resp, {"items": [{"name": name, "updated_at": at} for name, at in rows], "next": None})
+
+    def on_put_secret(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        body = _body(req, {"value": str}, required=("value",))
+        secrets.check_name(name)
+        with self._conn(req) as conn:
+            secrets.set_secret(conn, secrets.load_key(self.project_dir), name, body["value"])
+        resp.status = falcon.HTTP_204
+
+    def on_delete_secret(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        with self._conn(req) as conn:
+            secrets.remove_secret(conn, name)
+        resp.status = falcon.HTTP_204
+
+
+class _Checked:
+    """`with _Checked(pool, authorization) as conn:` an autocommit admin connection, after the key check."""
+
+    def __init__(self, pool: Any, authorization: str | None) -> None:
+        self._checkout = pool.connection()
+        self._authorization = authorization
+
+    def __enter__(self) -> Any:
+        conn = self._checkout.__enter__()
+        try:
+            conn.autocommit = True
+            check_admin_key(conn, self._authorization)
+        except BaseException as exc:
+            self._checkout.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self._checkout.__exit__(*exc_info)
+
+
+def _answer(resp: falcon.Response, value: Json, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.data = jsontext.dumps(value)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def _page(resp: falcon.Response, items: list[dict[str, Json]], limit: int, cursor: str) -> None:
+    """One page of `items` (fetched with one extra, to know whether there is a next page)."""
+    more = len(items) > limit
+    items = items[:limit]
+    _answer(resp, {"items": items, "next": items[-1][cursor] if more else None})
+
+
+def _limit(req: falcon.Request) -> int:
+    limit = _int_param(req, "limit")
+    if limit is None:
+        return 100
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(
+            f"limit {limit} is outside 1-{MAX_LIMIT}", hint="ask for fewer, and follow `next`"
+        )
+    return limit
+
+
+def _int_param(req: falcon.Request, name: str) -> int | None:
+    text = req.get_param(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise InvalidRequest(f"{name} {text!r} is not a whole number", hint=f"e.g. {name}=10")
+    return value
+
+
+def _body(req: falcon.Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Json]:
+    """The JSON object in the body, with only `fields` (each of its type) and every `required` one."""
+    media = (req.content_type or "").split(";")[0].strip().lower()
+    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if raw and media != "application/json":
+        raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
+                                   hint="send content-type: application/json")  # fmt: skip
+    try:
+        body = jsontext.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object", hint=f"fields: {', '.join(fields)}")
+    for name, value in body.items():
+        kind = fields.get(name)
+        if kind is None:
+            raise InvalidRequest(f"unknown field {name!r}", hint=f"fields: {', '.join(fields)}")
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise InvalidRequest(f"field {name!r} has the wrong type", hint=f"fields: {', '.join(fields)}")
+    missing = [name for name in required if body.get(name) is None]
+    if missing:
+        raise InvalidRequest(f"field {missing[0]!r} is required", hint=f"fields: {', '.join(fields)}")
+    return {name: value for name, value in body.items() if value is not None}
