@@ -170,15 +170,15 @@ def request_transaction(
     statement_timeout_ms: int | None = None,
     force_rollback: bool = False,
 ) -> Iterator[psycopg.Connection[Any]]:
-    """One request's transaction: the Flux role (anon, user, service), claims, request id and a timeout.
-    `force_rollback` undoes everything at the end (explain, tests)."""
-    if role not in ("anon", "user", "service"):
-        raise ValueError(f"not a Flux role: {role!r}")
+    """One request's transaction, begun at once (for explain, benches and tests; a request begins its own
+    lazily with `RequestTransaction`): the Flux role (anon, user, service), claims, request id and a timeout.
+    `force_rollback` undoes everything at the end."""
+    settings = RequestTransaction(
+        conn, role=role, request_id=request_id, claims=claims, tenant_id=tenant_id,
+        statement_timeout_ms=statement_timeout_ms,
+    )  # fmt: skip
     with translate_errors(), conn.transaction(force_rollback=force_rollback):
-        set_request_context(
-            conn, request_id=request_id, claims_json=jsontext.dumps_text(claims or {}), tenant_id=tenant_id,
-            role=role, statement_timeout_ms=statement_timeout_ms,
-        )  # fmt: skip
+        settings.apply()
         yield conn
 
 
@@ -309,6 +309,10 @@ class RequestTransaction:
         if not self.begun:
             self._send(b"BEGIN; " + _set_local(self.conn, self._settings))
             self.begun = True
+
+    def apply(self) -> None:
+        """Take on the request's role and settings in a transaction the caller opened."""
+        self._send(_set_local(self.conn, self._settings))
 
     def commit(self, record: bytes, *, durable: bool) -> None:
         """Run `record` (a statement with its values inlined) as the connecting role and commit it with the
