@@ -113,6 +113,7 @@ def _state(conn: Conn) -> tuple[Any, ...]:
         ),
         ("duplicate_route", InvalidProject, "flux.toml route 2 (GET /greet) repeats route 1"),
         ("bad_wat", InvalidFunctionCode, "index.wat"),
+        ("bad_ts", InvalidFunctionCode, "greet/index.ts:1:44: Expression expected"),
         ("unknown_limit", InvalidProject, "[functions.greet]: unknown limit 'cpu'"),
     ],
 )
@@ -139,6 +140,10 @@ def test_a_failed_deploy_changes_nothing(
         (project / "functions" / "broken").mkdir()
         (project / "functions" / "broken" / "index.wat").write_text(
             "(module (func $f (result i32) (i32.nope)))"
+        )
+    elif change == "bad_ts":
+        (project / "functions" / "greet" / "index.ts").write_text(
+            "export default async (req, ctx) => ({v: 1 +})"
         )
     else:
         toml.write_text(FLUX_TOML + "cpu = 2\n")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from flux.errors import InvalidFunctionCode
 from flux.runtime.component import wit_dir
+from flux.runtime.deno import deno_binary
 from flux.runtime.invoke import Function, RuntimeKind
 from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
@@ -56,18 +59,22 @@ def source_of(folder: Path) -> tuple[str, Path]:
 
 
 def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = None) -> Function:
-    """Build `folder` into `out_dir/<name>.wasm` (Wasm) or read its source (Deno); the Function to run. A
-    folder whose sources did not change since its last build is not built again."""
+    """Build `folder` into `out_dir/<name>.wasm` (Wasm), or check that its source parses (Deno); the Function
+    to run. A folder whose sources did not change since its last build is not built (or checked) again."""
     folder, out_dir = folder.resolve(), out_dir.resolve()
     language, source = source_of(folder)
     limits = limits or FunctionLimits()
-    if language in ("typescript", "javascript"):
-        code = source.read_bytes()
-        return Function(folder.name, language, code, hashlib.sha256(code).hexdigest(), limits)  # type: ignore[arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{folder.name}.wasm"
     stamp, sources = out_dir / f"{folder.name}.sources", sources_sha256(folder)
-    if not (output.exists() and stamp.exists() and stamp.read_text() == sources):  # else: built already
+    built = stamp.exists() and stamp.read_text() == sources
+    if language in ("typescript", "javascript"):
+        if not built:
+            check_syntax(source)
+            stamp.write_text(sources)
+        code = source.read_bytes()
+        return Function(folder.name, language, code, hashlib.sha256(code).hexdigest(), limits)  # type: ignore[arg-type]
+    if not (built and output.exists()):
         if language == "wat":
             try:
                 output.write_bytes(compile_wat(source.read_text()))
@@ -79,6 +86,23 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
     code = output.read_bytes()
     runtime: RuntimeKind = "component" if language == "python" else "wasm"
     return Function(folder.name, runtime, code, hashlib.sha256(code).hexdigest(), limits)
+
+
+def check_syntax(source: Path) -> None:
+    """A TypeScript or JavaScript source that does not parse is FX307 naming its file, line and column (Deno's
+    own parser, through `deno fmt --check`; a file that parses but is not formatted is fine)."""
+    env = {"PATH": os.environ.get("PATH", ""), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"}
+    try:
+        command = [deno_binary(), "fmt", "--check", "--no-config", str(source)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        raise InvalidFunctionCode(f"checking {source} took over {BUILD_TIMEOUT_S} s") from None
+    output = done.stdout + done.stderr
+    error = re.search(r"SyntaxError: (.+)", output)
+    if error is not None:
+        where = re.search(r"at file://\S+?:(\d+):(\d+)\s*$", output, re.MULTILINE)
+        location = f"{source}:{where[1]}:{where[2]}" if where else str(source)
+        raise InvalidFunctionCode(f"{location}: {error[1].strip()}", hint="fix the syntax and deploy again")
 
 
 def sources_sha256(folder: Path) -> str:
