@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, manage, server
+from cli import build, db, explain, init, manage, server
 
 
 class FluxTyper(typer.Typer):
@@ -54,6 +54,7 @@ server.register(app)
 explain.register(app)
 build.register(app)
 manage.register(app)
+init.register(app)
 
 
 @app.command()
