@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from cli.backends import backend, database_connection
 
 ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
@@ -24,23 +24,13 @@ deployments_app = typer.Typer(help="Deployed versions of the project.", no_args_
 
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
+    app.command("invoke")(invoke)
+    app.command("login")(login)
     app.command("rollback")(rollback)
     app.add_typer(deployments_app, name="deployments")
     app.add_typer(secrets_app, name="secrets")
     app.add_typer(tenants_app, name="tenants")
     app.add_typer(keys_app, name="keys")
-
-
-@contextmanager
-def _connection(project: Path) -> Iterator[Any]:
-    """An autocommit connection to DATABASE_URL or the project's embedded Postgres, migrated."""
-    from cli.db import database_for
-    from flux import db, migrate
-
-    with database_for(project) as (dsn, _):
-        migrate.migrate(dsn)
-        with db.connect(dsn, autocommit=True) as conn:
-            yield conn
 
 
 def _when(value: Any) -> str:
@@ -71,26 +61,67 @@ def deploy(
 def rollback(version: Annotated[int, typer.Argument(help="The version to make active again.")],
              project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Make an earlier version active again: its code, exactly, and its routes (migrations stay)."""
-    from cli.db import database_for
-    from flux.api.deploy import rollback as run_rollback
-
-    with database_for(project) as (dsn, _):
-        run_rollback(dsn, version)
+    with backend(project) as manager:
+        manager.rollback(version)
     typer.echo(f"version {version} is active")
 
 
 @deployments_app.command("ls")
 def deployments_ls(project: ProjectDir = Path(".")) -> None:
     """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
-    from flux.api.deploy import list_deployments
-
-    with _connection(project) as conn:
-        rows = list_deployments(conn)
+    with backend(project) as manager:
+        rows = manager.list_deployments()
     for row in rows:
         marker = "*" if row["active"] else " "
         functions = " ".join(f"{name}={sha[:12]}" for name, sha in sorted(row["functions"].items()))
         commit = (row["git_commit"] or "-")[:18]
         typer.echo(f"{marker} {row['version']:>4}  {_when(row['created_at'])}  {commit:<18}  {functions}")
+
+
+# -- the server's management API -------------------------------------------------------------------------
+
+
+def invoke(
+    function: Annotated[str, typer.Argument(help="The function of the active version to call.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Its request body, as JSON.")] = "null",
+    role: Annotated[str, typer.Option(help="The role it runs as: anon, user or service.")] = "service",
+) -> None:
+    """Call a function through the server (FLUX_URL, default http://127.0.0.1:4000) and print its answer; the
+    status and request id go to standard error (`flux trace <id>` shows the run)."""
+    import json
+
+    from cli.remote import remote
+    from flux.errors import InvalidRequest
+
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise InvalidRequest(f"--data is not JSON: {exc}", hint="""e.g. --data '{"text": "hi"}'""") from None
+    api = remote(required=True)
+    assert api is not None
+    answer = api.call("POST", f"/flux/api/functions/{function}/invoke", {"data": body, "role": role})
+    output = answer["body"]
+    typer.echo(output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False))
+    typer.echo(f"status {answer['status']}  request {answer['request_id']}", err=True)
+    if answer["status"] >= 400:
+        raise typer.Exit(1)
+
+
+def login(
+    url: Annotated[str | None, typer.Option(help="The server (default FLUX_URL, else local).")] = None,
+) -> None:
+    """Store an admin key for a server, so the CLI can use its management API (with FLUX_URL set to it)."""
+    import os
+
+    from cli.remote import DEFAULT_URL, Remote, store_key
+
+    url = (url or os.environ.get("FLUX_URL") or DEFAULT_URL).rstrip("/")
+    key = os.environ.get("FLUX_ADMIN_KEY") or typer.prompt(
+        "admin key (flux keys create --admin)", hide_input=True
+    )
+    Remote(url, key.strip()).call("GET", "/flux/api/functions")  # refused here if the key is not live
+    path = store_key(url, key.strip())
+    typer.echo(f"logged in to {url}; the key is in {path}")
 
 
 # -- secrets -------------------------------------------------------------------------------------------------
@@ -105,35 +136,30 @@ def secrets_set(
     project: ProjectDir = Path("."),
 ) -> None:
     """Store a secret (encrypted); functions see the new value at their next request."""
-    from flux.api.secrets import check_name, load_key, set_secret
+    from flux.api.secrets import check_name
 
     check_name(name)
     if value is None:
         value = sys.stdin.read().rstrip("\n")
-    key = load_key(project.resolve())
-    with _connection(project) as conn:
-        set_secret(conn, key, name, value)
+    with backend(project) as manager:
+        manager.set_secret(name, value)
     typer.echo(f"set {name}")
 
 
 @secrets_app.command("ls")
 def secrets_ls(project: ProjectDir = Path(".")) -> None:
     """Secret names and when each was set (never values)."""
-    from flux.api.secrets import list_secrets
-
-    with _connection(project) as conn:
-        for name, updated_at in list_secrets(conn):
-            typer.echo(f"{name:<32} {_when(updated_at)}")
+    with backend(project) as manager:
+        for row in manager.list_secrets():
+            typer.echo(f"{row['name']:<32} {_when(row['updated_at'])}")
 
 
 @secrets_app.command("rm")
 def secrets_rm(name: Annotated[str, typer.Argument(help="The secret to remove.")],
                project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Remove a secret; functions that read it then get FX308."""
-    from flux.api.secrets import remove_secret
-
-    with _connection(project) as conn:
-        remove_secret(conn, name)
+    with backend(project) as manager:
+        manager.remove_secret(name)
     typer.echo(f"removed {name}")
 
 
@@ -148,20 +174,16 @@ def tenants_create(
     project: ProjectDir = Path("."),
 ) -> None:
     """Create a tenant, optionally with a rate limit."""
-    from flux.api.keys import create_tenant
-
-    with _connection(project) as conn:
-        tenant_id = create_tenant(conn, name, rate_per_s, burst)
+    with backend(project) as manager:
+        tenant_id = manager.create_tenant(name, rate_per_s, burst)
     typer.echo(f"tenant {name} {tenant_id}")
 
 
 @tenants_app.command("ls")
 def tenants_ls(project: ProjectDir = Path(".")) -> None:
     """Every tenant with its rate limit and number of live keys."""
-    from flux.api.keys import list_tenants
-
-    with _connection(project) as conn:
-        for row in list_tenants(conn):
+    with backend(project) as manager:
+        for row in manager.list_tenants():
             limit = f"{row['rate_per_s']:g}/s burst {row['burst']}" if row["rate_per_s"] else "no limit"
             typer.echo(f"{row['name']:<20} {row['id']}  {limit:<22} {row['keys']} keys")
 
@@ -179,16 +201,14 @@ def keys_create(
 ) -> None:
     """Create an API key (or, with --admin, a management API key) and print it: this is the only time its
     full text is shown."""
-    from flux.api.keys import create_key
-
     if admin:
         _create_admin_key(project, name, expires_in)
         return
-    with _connection(project) as conn:
-        created = create_key(conn, role, tenant, name)
-    typer.echo(created.key)
-    tenant = f" tenant {created.tenant}" if created.tenant else ""
-    typer.echo(f"key {created.id} ({created.prefix}…) role {created.role}{tenant}; store it now,"
+    with backend(project) as manager:
+        created = manager.create_key(role, tenant, name)
+    typer.echo(created["key"])
+    tenant = f" tenant {created['tenant']}" if created["tenant"] else ""
+    typer.echo(f"key {created['id']} ({created['prefix']}…) role {created['role']}{tenant}; store it now,"
                " it is not shown again", err=True)  # fmt: skip
 
 
@@ -207,7 +227,7 @@ def _create_admin_key(project: Path, name: str | None, expires_in: str | None) -
                 f"--expires-in {expires_in!r} is not a positive period", hint="e.g. 30d or 12h"
             )
         lifetime = timedelta(days=int(match[1])) if match[2] == "d" else timedelta(hours=int(match[1]))
-    with _connection(project) as conn:
+    with database_connection(project) as conn:  # admin keys are made on the database only
         created = create_admin_key(conn, name, lifetime)
     typer.echo(created.key)
     until = f", until {_when(created.expires_at)}" if created.expires_at else ""
@@ -218,10 +238,8 @@ def _create_admin_key(project: Path, name: str | None, expires_in: str | None) -
 @keys_app.command("ls")
 def keys_ls(project: ProjectDir = Path(".")) -> None:
     """Every key by id and prefix, with its role, tenant and state."""
-    from flux.api.keys import list_keys
-
-    with _connection(project) as conn:
-        for row in list_keys(conn):
+    with backend(project) as manager:
+        for row in manager.list_keys():
             state = f"revoked {_when(row['revoked_at'])}" if row["revoked_at"] else "live"
             typer.echo(
                 f"{row['id']:>4}  {row['prefix']}…  {row['role']:<8} {row['tenant'] or '-':<16} {state}"
@@ -232,8 +250,6 @@ def keys_ls(project: ProjectDir = Path(".")) -> None:
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.")],
                 project: ProjectDir = Path(".")) -> None:  # fmt: skip
     """Revoke a key; every server refuses it from its next request."""
-    from flux.api.keys import revoke_key
-
-    with _connection(project) as conn:
-        key_id = revoke_key(conn, key)
+    with backend(project) as manager:
+        key_id = manager.revoke_key(key)
     typer.echo(f"revoked key {key_id}")

@@ -117,7 +117,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_route("/ready", Ready(pool, expected, gateway.routes if gateway else None))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
-    api.register(app, pool, settings.project_dir)
+    api.register(app, pool, settings.project_dir, gateway)
     if gateway is not None:
         app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")

@@ -343,6 +343,12 @@ class InvalidRequest(FluxError):
     title = "a management call's parameter or field is wrong: unknown, of the wrong type, or out of range"
 
 
+class ServerUnreachable(FluxError):
+    code = "FX608"
+    http_status = 502
+    title = "the Flux server at FLUX_URL does not answer"
+
+
 class AdminKeyRefused(FluxError):
     code = "FX606"
     http_status = 401

@@ -54,10 +54,12 @@ _RATE = {"type": "number", "minimum": 0, "exclusiveMinimum": True}
 _NEW_TENANT = _object(
     {"name": _TEXT, "rate_per_s": _RATE, "burst": {"type": "integer", "minimum": 1}}, ("name",)
 )
-_NEW_KEY = _object({"role": {"type": "string", "enum": ["anon", "user", "service"]}, "tenant": _TEXT,
-                    "name": _TEXT}, ())  # fmt: skip
+_ROLE = {"type": "string", "enum": ["anon", "user", "service"]}
+_NEW_KEY = _object({"role": _ROLE, "tenant": _TEXT, "name": _TEXT}, ())
 _CREATED_KEY = _object({"id": {"type": "integer"}, "key": _TEXT, "prefix": _TEXT, "role": _TEXT,
                         "tenant": _MAYBE_TEXT})  # fmt: skip
+_INVOKED = _object({"request_id": _TEXT, "status": {"type": "integer"}, "headers": {"type": "object"},
+                    "body": {"nullable": True}})  # fmt: skip
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
 
 
@@ -99,6 +101,10 @@ def document() -> dict[str, Any]:
                                                      "description": "an admin key, flux_admin_…"}}},
         "paths": {
             "/flux/api/functions": {"get": _call("The active version's functions", _page(_FUNCTION, _TEXT))},
+            "/flux/api/functions/{name}/invoke": {"post": _call(
+                "Run a function of the active version (recorded like any request)", _INVOKED,
+                body=_object({"data": {}, "role": _ROLE}, ()),
+                params=[_param("name", "string", "path")])},
             "/flux/api/routes": {"get": _call("The routes", _page(_ROUTE, _TEXT))},
             "/flux/api/deployments": {"get": _call(
                 "Deployed versions, newest first", _page(_DEPLOYMENT, {"type": "integer"}),

@@ -25,12 +25,14 @@ MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
 
 
-def register(app: falcon.App, pool: Any, project_dir: Path) -> None:  # type: ignore[type-arg]
-    """Mount the management API on `app`, using `pool` (the worker's admin connections)."""
-    api = _Api(pool, project_dir)
+def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
+    """Mount the management API on `app`, using `pool` (the worker's admin connections) and, to invoke
+    functions, the worker's `gateway`."""
+    api = _Api(pool, project_dir, gateway)
     app.add_route("/flux/api/openapi.json", _OpenApi())
     for path, suffix in (
-        ("/flux/api/functions", "functions"), ("/flux/api/routes", "routes"),
+        ("/flux/api/functions", "functions"), ("/flux/api/functions/{name}/invoke", "invoke"),
+        ("/flux/api/routes", "routes"),
         ("/flux/api/deployments", "deployments"),
         ("/flux/api/deployments/{version:int}/activate", "activate"),
         ("/flux/api/tenants", "tenants"), ("/flux/api/keys", "keys"), ("/flux/api/keys/{key}", "key"),
@@ -45,11 +47,12 @@ class _OpenApi:
 
 
 class _Api:
-    def __init__(self, pool: Any, project_dir: Path) -> None:
+    def __init__(self, pool: Any, project_dir: Path, gateway: Any) -> None:
         self.pool = pool
         self.project_dir = project_dir
+        self.gateway = gateway
 
-    def _conn(self, req: falcon.Request) -> Any:
+    def _conn(self, req: falcon.Request) -> _Checked:
         """An admin connection, once the caller's admin key is checked (use it in a `with`)."""
         return _Checked(self.pool, req.get_header("authorization"))
 
@@ -64,6 +67,21 @@ class _Api:
             ).fetchall()
         names = ("name", "runtime", "language", "sha256", "limits", "version")
         _answer(resp, {"items": [dict(zip(names, row, strict=True)) for row in rows], "next": None})
+
+    def on_post_invoke(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        body = _body(req, {"data": object, "role": str})
+        role = body.get("role", "service")
+        if role not in keys.ROLES:
+            raise InvalidRequest(f"role {role!r} is not one of {', '.join(keys.ROLES)}", hint="e.g. service")
+        checked = self._conn(req)
+        with checked:
+            pass  # the admin key is checked; the function runs on a request connection of its own
+        if self.gateway is None:
+            raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
+        outcome = self.gateway.invoke_function(name, body.get("data"), role, checked.admin_key_id)
+        answer = outcome.response
+        _answer(resp, {"request_id": outcome.request_id, "status": answer.status, "headers": answer.headers,
+                       "body": answer.body})  # fmt: skip
 
     def on_get_routes(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._conn(req) as conn:
@@ -145,12 +163,13 @@ class _Checked:
     def __init__(self, pool: Any, authorization: str | None) -> None:
         self._checkout = pool.connection()
         self._authorization = authorization
+        self.admin_key_id = 0
 
     def __enter__(self) -> Any:
         conn = self._checkout.__enter__()
         try:
             conn.autocommit = True
-            check_admin_key(conn, self._authorization)
+            self.admin_key_id = check_admin_key(conn, self._authorization)
         except BaseException as exc:
             self._checkout.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -214,7 +233,11 @@ def _body(req: falcon.Request, fields: dict[str, Any], required: tuple[str, ...]
         kind = fields.get(name)
         if kind is None:
             raise InvalidRequest(f"unknown field {name!r}", hint=f"fields: {', '.join(fields)}")
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        if (
+            kind is not object
+            and value is not None
+            and (not isinstance(value, kind) or isinstance(value, bool))
+        ):
             raise InvalidRequest(f"field {name!r} has the wrong type", hint=f"fields: {', '.join(fields)}")
     missing = [name for name in required if body.get(name) is None]
     if missing:

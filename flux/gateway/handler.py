@@ -22,6 +22,7 @@ from flux.errors import (
     FluxError,
     MalformedBody,
     MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     RateLimited,
     UnsupportedMediaType,
@@ -35,7 +36,7 @@ from flux.listen import Listener
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.host import Host
-from flux.runtime.invoke import Executor, Function, invoke
+from flux.runtime.invoke import Caller, Executor, Function, invoke
 from flux.runtime.response import Response, error_response
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
@@ -136,6 +137,25 @@ class Gateway:
                 fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
             )  # fmt: skip
         _respond(resp, outcome.response)
+
+    def invoke_function(self, name: str, data: Json, role: str, admin_key_id: int) -> Any:
+        """Run function `name` of the active version with `data` as its body, as `role`, for the management
+        API (`flux invoke`); recorded like any request, its gateway span naming the admin key."""
+        recorder = Recorder(new_request_id())
+        path = f"/flux/api/functions/{name}/invoke"
+        span = recorder.start("gateway", f"POST {path}", input={"function": name, "role": role})
+        recorder.finish(span, output={"caller": {"admin_key": admin_key_id, "role": role}})
+        request = {"method": "POST", "path": path, "params": {}, "query": {}, "headers": {}, "body": data,
+                   "user": None}  # fmt: skip
+        with self.pool.connection() as conn:
+            if name not in self.functions.active.get(conn).functions:
+                raise NotFound(f"no function {name!r} in the active version", hint="`flux deployments ls`")
+            function = self.functions.get(conn, name)
+            return invoke(
+                conn, self._executor, function, request, catalog=self.catalogs.get(conn),
+                caller=Caller(role=role), recorder=recorder, record={"method": "POST", "path": path},
+                fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
+            )  # fmt: skip
 
     def close(self) -> None:
         """Write the records still queued; stop the listeners, the runtime's workers and the pool (a worker

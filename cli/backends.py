@@ -1,0 +1,165 @@
+"""What `flux secrets|tenants|keys|deployments|rollback` work on: the database (DATABASE_URL, or the
+project's embedded Postgres) or, when FLUX_URL is set, a Flux server's management API. Both answer the same
+shapes, so each command is written once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+Row = dict[str, Any]
+
+
+class Backend(Protocol):
+    def list_deployments(self) -> list[Row]: ...
+    def rollback(self, version: int) -> None: ...
+    def set_secret(self, name: str, value: str) -> None: ...
+    def list_secrets(self) -> list[Row]: ...
+    def remove_secret(self, name: str) -> None: ...
+    def create_tenant(self, name: str, rate_per_s: float | None, burst: int | None) -> str: ...
+    def list_tenants(self) -> list[Row]: ...
+    def create_key(self, role: str, tenant: str | None, name: str | None) -> Row: ...
+    def list_keys(self) -> list[Row]: ...
+    def revoke_key(self, key: str) -> int: ...
+
+
+@contextmanager
+def backend(project: Path) -> Iterator[Backend]:
+    """The management API when FLUX_URL is set, else the database."""
+    from cli.remote import remote
+
+    api = remote()
+    if api is not None:
+        yield ViaApi(api)
+        return
+    with database_connection(project) as conn:
+        yield ViaDatabase(conn, project)
+
+
+@contextmanager
+def database_connection(project: Path) -> Iterator[Any]:
+    """An autocommit connection to DATABASE_URL or the project's embedded Postgres, migrated."""
+    from cli.db import database_for
+    from flux import db, migrate
+
+    with database_for(project) as (dsn, _):
+        migrate.migrate(dsn)
+        with db.connect(dsn, autocommit=True) as conn:
+            yield conn
+
+
+class ViaDatabase:
+    def __init__(self, conn: Any, project: Path) -> None:
+        self.conn = conn
+        self.project = project
+
+    def list_deployments(self) -> list[Row]:
+        from flux.api.deploy import list_deployments
+
+        return list_deployments(self.conn)
+
+    def rollback(self, version: int) -> None:
+        from flux.api.deploy import rollback_in
+
+        rollback_in(self.conn, version)
+
+    def set_secret(self, name: str, value: str) -> None:
+        from flux.api.secrets import load_key, set_secret
+
+        set_secret(self.conn, load_key(self.project.resolve()), name, value)
+
+    def list_secrets(self) -> list[Row]:
+        from flux.api.secrets import list_secrets
+
+        return [{"name": name, "updated_at": at} for name, at in list_secrets(self.conn)]
+
+    def remove_secret(self, name: str) -> None:
+        from flux.api.secrets import remove_secret
+
+        remove_secret(self.conn, name)
+
+    def create_tenant(self, name: str, rate_per_s: float | None, burst: int | None) -> str:
+        from flux.api.keys import create_tenant
+
+        return create_tenant(self.conn, name, rate_per_s, burst)
+
+    def list_tenants(self) -> list[Row]:
+        from flux.api.keys import list_tenants
+
+        return list_tenants(self.conn)
+
+    def create_key(self, role: str, tenant: str | None, name: str | None) -> Row:
+        from flux.api.keys import create_key
+
+        created = create_key(self.conn, role, tenant, name)
+        return {"id": created.id, "key": created.key, "prefix": created.prefix, "role": created.role,
+                "tenant": created.tenant}  # fmt: skip
+
+    def list_keys(self) -> list[Row]:
+        from flux.api.keys import list_keys
+
+        return list_keys(self.conn)
+
+    def revoke_key(self, key: str) -> int:
+        from flux.api.keys import revoke_key
+
+        return revoke_key(self.conn, key)
+
+
+class ViaApi:
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def _all(self, path: str, cursor: str = "after") -> list[Row]:
+        """Every item of a paginated list, with its times as datetimes."""
+        items: list[Row] = []
+        page = self.api.call("GET", path, params={"limit": 500})
+        while True:
+            items += [_times(item) for item in page["items"]]
+            if page["next"] is None:
+                return items
+            page = self.api.call("GET", path, params={"limit": 500, cursor: page["next"]})
+
+    def list_deployments(self) -> list[Row]:
+        return self._all("/flux/api/deployments", cursor="before")
+
+    def rollback(self, version: int) -> None:
+        self.api.call("POST", f"/flux/api/deployments/{version}/activate")
+
+    def set_secret(self, name: str, value: str) -> None:
+        self.api.call("PUT", f"/flux/api/secrets/{name}", {"value": value})
+
+    def list_secrets(self) -> list[Row]:
+        return self._all("/flux/api/secrets")
+
+    def remove_secret(self, name: str) -> None:
+        self.api.call("DELETE", f"/flux/api/secrets/{name}")
+
+    def create_tenant(self, name: str, rate_per_s: float | None, burst: int | None) -> str:
+        body = {"name": name, "rate_per_s": rate_per_s, "burst": burst}
+        return str(
+            self.api.call("POST", "/flux/api/tenants", {k: v for k, v in body.items() if v is not None})["id"]
+        )
+
+    def list_tenants(self) -> list[Row]:
+        return self._all("/flux/api/tenants")
+
+    def create_key(self, role: str, tenant: str | None, name: str | None) -> Row:
+        body = {"role": role, "tenant": tenant, "name": name}
+        return dict(self.api.call("POST", "/flux/api/keys", {k: v for k, v in body.items() if v is not None}))
+
+    def list_keys(self) -> list[Row]:
+        return self._all("/flux/api/keys")
+
+    def revoke_key(self, key: str) -> int:
+        return int(self.api.call("DELETE", f"/flux/api/keys/{key}")["revoked"])
+
+
+def _times(item: Row) -> Row:
+    return {
+        k: datetime.fromisoformat(v) if k.endswith("_at") and isinstance(v, str) else v
+        for k, v in item.items()
+    }
