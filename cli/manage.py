@@ -44,18 +44,32 @@ def deploy(
     project: Annotated[Path, typer.Argument(help="The Flux project folder.", file_okay=False)] = Path("."),
 ) -> None:
     """Build every function, apply the project's migrations, sync routes, and activate it all as one
-    version."""
+    version: on the database, or (with FLUX_URL set) uploaded to that server."""
     from cli.db import database_for
+    from cli.remote import remote
+    from flux.api.deploy import bundle_project, bundle_to_json
     from flux.api.deploy import deploy as run_deploy
     from flux.config import load_settings
 
     settings = load_settings(project)
-    with database_for(project) as (dsn, _):
-        deployment = run_deploy(dsn, settings)
-    if deployment.created:
-        typer.echo(f"deployed version {deployment.id}")
+    api = remote()
+    if api is not None:  # built here, uploaded to the server's management API
+        bundle = bundle_project(settings)
+        shas = sorted({function.sha256 for function, _ in bundle.functions.values()})
+        missing = set(api.call("POST", "/flux/api/artifacts/missing", {"sha256": shas})["missing"])
+        answer = api.call("POST", "/flux/api/deployments", bundle_to_json(bundle, missing))
+        version, created, migrations = answer["version"], answer["created"], answer["migrations"]
     else:
-        typer.echo(f"version {deployment.id} is already active with this code; nothing to deploy")
+        with database_for(project) as (dsn, _):
+            deployment = run_deploy(dsn, settings)
+        version, created = deployment.id, deployment.created
+        migrations = [m.label for m in deployment.migrations]
+    for label in migrations:
+        typer.echo(f"applied {label}")
+    if created:
+        typer.echo(f"deployed version {version}")
+    else:
+        typer.echo(f"version {version} is already active with this code; nothing to deploy")
 
 
 def rollback(version: Annotated[int, typer.Argument(help="The version to make active again.")],

@@ -79,14 +79,19 @@ def load_versioned(folder: Path, kind: Kind) -> list[Migration]:
     """Read `NNNN_name.sql` files: numbered 0001 upwards with no gap, each valid SQL."""
     if not folder.is_dir():
         return []
+    return versioned({path: path.read_text() for path in folder.glob("*.sql")}, kind)
+
+
+def versioned(files: dict[Path, str], kind: Kind) -> list[Migration]:
+    """`NNNN_name.sql` files given by path and text (read from a folder, or uploaded with a deploy)."""
     migrations = []
-    for path in sorted(folder.glob("*.sql")):
+    for path, sql in sorted(files.items()):
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
             raise MigrationFileInvalid(
                 f"{path} is not named NNNN_snake_name.sql", hint="rename it, e.g. 0002_add_orders.sql"
             )
-        migrations.append(_read(path, kind, match["version"], match["name"]))
+        migrations.append(_parse(path, kind, match["version"], match["name"], sql))
     for expected, migration in enumerate(migrations, start=1):
         if int(migration.version) != expected:
             raise MigrationFileInvalid(
@@ -98,11 +103,13 @@ def load_versioned(folder: Path, kind: Kind) -> list[Migration]:
 
 def load_functions(folder: Path) -> list[Migration]:
     """Read the repeatable `CREATE OR REPLACE` files, applied in file-name order."""
-    return [_read(path, "function", path.stem, path.stem) for path in sorted(folder.glob("*.sql"))]
+    return [
+        _parse(path, "function", path.stem, path.stem, path.read_text())
+        for path in sorted(folder.glob("*.sql"))
+    ]
 
 
-def _read(path: Path, kind: Kind, version: str, name: str) -> Migration:
-    sql = path.read_text()
+def _parse(path: Path, kind: Kind, version: str, name: str, sql: str) -> Migration:
     try:
         statements = pglast.parse_sql(sql)
     except pglast.parser.ParseError as exc:
@@ -169,10 +176,10 @@ def migrate(dsn: str, *, project_migrations: Path | None = None) -> list[Migrati
     return pending
 
 
-def migrate_project_in(conn: psycopg.Connection[Any], project_migrations: Path) -> list[Migration]:
+def migrate_project_in(conn: psycopg.Connection[Any], project: list[Migration]) -> list[Migration]:
     """Apply the project's pending migrations inside the caller's transaction (a deploy: if anything after
     fails, they roll back with it). Flux's own migrations must be current already."""
-    migrations = all_migrations(project_migrations)
+    migrations = flux_migrations() + project
     with db.translate_errors():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
     applied_rows = _applied(conn)
@@ -183,7 +190,7 @@ def migrate_project_in(conn: psycopg.Connection[Any], project_migrations: Path) 
     for migration in pending:
         _apply(conn, migration)
     with db.translate_errors():
-        _after_project(conn, project_migrations.is_dir())
+        _after_project(conn, bool(project))
     return pending
 
 

@@ -4,6 +4,8 @@ which schemathesis holds it to."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -144,3 +146,21 @@ def test_the_management_api_holds_to_its_openapi_document(
 
         check()
     assert not failures, "\n".join(failures[:5])
+
+
+def test_an_uploaded_bundle_is_checked(client: GatewayClient, admin: dict[str, str]) -> None:
+    code = "export default async () => 1"
+    sha = hashlib.sha256(code.encode()).hexdigest()
+    function = {"name": "one", "runtime": "typescript", "sha256": sha}
+    route = {"method": "GET", "path": "/one", "function": "one", "auth": "none"}
+    cases = [
+        ({"functions": [function]}, 400, "FX601"),  # no code, and the server has none with that sha
+        ({"functions": [{**function, "code": "bm90IGl0"}]}, 400, "FX607"),  # code that is not that sha
+        ({"functions": [{**function, "code": base64.b64encode(code.encode()).decode()}],
+          "routes": [{**route, "colour": "red"}]}, 400, "FX601"),  # a route key flux.toml does not know
+    ]  # fmt: skip
+    for body, status, error in cases:
+        answer = client.simulate_post("/flux/api/deployments", json=body, headers=admin)
+        assert (answer.status_code, answer.json["code"]) == (status, error), answer.json
+    missing = client.simulate_post("/flux/api/artifacts/missing", json={"sha256": [sha]}, headers=admin)
+    assert missing.json == {"missing": [sha]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,18 @@ def test_login_invoke_and_manage_through_the_server(
         assert flux("tenants", "create", "acme").returncode == 0
         assert "acme" in flux("tenants", "ls").stdout
         assert "token" in flux("secrets", "ls").stdout
+        (project_dir / "functions" / "echo" / "index.ts").write_text(ECHO.replace("echo:", "echoed:"))
+        (project_dir / "migrations").mkdir()
+        (project_dir / "migrations" / "0001_things.sql").write_text(
+            "CREATE TABLE things (id int PRIMARY KEY);\n"
+        )
+        uploaded = flux("deploy")  # built here, uploaded: the server has none of this code yet
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert uploaded.stdout == "applied migrations/0001_things.sql\ndeployed version 2\n"
+        assert "already active" in flux("deploy").stdout
+        deadline = time.monotonic() + 2
+        while "echoed" not in (again := flux("invoke", "echo", "--data", "2")).stdout:
+            assert time.monotonic() < deadline, again.stdout
         missing = flux("invoke", "nope")
         assert missing.returncode == 1 and "error FX605" in missing.stderr
         bad = flux("invoke", "echo", "--data", "{nope")

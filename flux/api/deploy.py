@@ -11,6 +11,7 @@ Migrations only go forward; a rollback does not undo them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -23,13 +24,14 @@ import psycopg
 
 from flux import db, migrate
 from flux.config import Settings
-from flux.errors import DeploymentNotFound, InvalidConfig, InvalidProject
+from flux.errors import DeploymentNotFound, InvalidConfig, InvalidProject, InvalidRequest
 from flux.gateway.routes import sync_routes
 from flux.runtime.build import build_function, source_of
 from flux.runtime.invoke import Function
 from flux.runtime.limits import FunctionLimits
 
 _LIMIT_KEYS = {"timeout_ms", "memory_mb", "fuel"}
+_RUNTIMES = ("wasm", "component", "typescript", "javascript")
 
 
 @dataclass(frozen=True)
@@ -40,28 +42,145 @@ class Deployment:
     migrations: tuple[migrate.Migration, ...] = ()  # the project's migrations this deploy applied
 
 
+@dataclass(frozen=True)
+class Bundle:
+    """One version, built: what `deploy_bundle` stores and activates (here, or on a server it was uploaded
+    to through the management API)."""
+
+    project: str
+    git_commit: str | None
+    routes: tuple[dict[str, Any], ...]
+    functions: Mapping[str, tuple[Function, str]]  # name -> (built function, source language)
+    migrations: tuple[migrate.Migration, ...]  # the project's, in order
+
+    @property
+    def content_sha(self) -> str:
+        content = {
+            "functions": {
+                name: [f.sha256, f.runtime, vars(f.limits)] for name, (f, _) in sorted(self.functions.items())
+            },
+            "routes": list(self.routes),
+            "migrations": [m.checksum for m in self.migrations],
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def deploy(dsn: str, settings: Settings, *, git_commit: str | None = None) -> Deployment:
     """Build and deploy the project in `settings.project_dir`, and make it the active version."""
+    bundle = bundle_project(settings, git_commit=git_commit)
+    migrate.migrate(dsn)  # Flux's own schema first: it is not part of the project's version
+    with db.connect(dsn) as conn:
+        return deploy_bundle(conn, bundle)
+
+
+def bundle_project(settings: Settings, *, git_commit: str | None = None) -> Bundle:
+    """Build every function of the project and check its routes and limits."""
     functions = build_project(settings)
     _check_routes(settings.routes, functions)
-    routes = [dict(route) for route in settings.routes]
-    project_migrations = settings.project_migrations
-    checksums = [m.checksum for m in migrate.all_migrations(project_migrations) if m.kind == "project"]
-    content_sha = _content_sha(functions, routes, checksums)
-    migrate.migrate(dsn)  # Flux's own schema first: it is not part of the project's version
-    with db.connect(dsn) as conn, conn.transaction():
+    migrations = migrate.load_versioned(settings.project_migrations, "project")
+    return Bundle(settings.name, git_commit or _git_commit(settings), tuple(dict(r) for r in settings.routes),
+                  functions, tuple(migrations))  # fmt: skip
+
+
+def deploy_bundle(conn: psycopg.Connection[Any], bundle: Bundle) -> Deployment:
+    """Store and activate `bundle` in one transaction on `conn` (nothing changes if any step fails)."""
+    _check_routes(bundle.routes, bundle.functions)
+    content_sha = bundle.content_sha
+    with conn.transaction():
         active = conn.execute(
             "SELECT id, content_sha FROM flux.deployments WHERE active FOR UPDATE"
         ).fetchone()
         if active is not None and active[1] == content_sha:
             return Deployment(active[0], content_sha, created=False)
-        applied = migrate.migrate_project_in(conn, project_migrations)
-        sync_routes(conn, settings.routes)
+        applied = migrate.migrate_project_in(conn, list(bundle.migrations))
+        try:
+            sync_routes(conn, bundle.routes)
+        except InvalidConfig as exc:  # the project's mistake, wherever the routes came from
+            raise InvalidProject(exc.message, hint=exc.hint) from None
         with db.translate_errors():
-            deployment_id = _store(conn, settings.name, content_sha, git_commit or _git_commit(settings),
-                                   routes, functions)  # fmt: skip
+            deployment_id = _store(conn, bundle.project, content_sha, bundle.git_commit, list(bundle.routes),
+                                   bundle.functions)  # fmt: skip
             _activate(conn, deployment_id)
     return Deployment(deployment_id, content_sha, created=True, migrations=tuple(applied))
+
+
+def bundle_to_json(bundle: Bundle, with_code: set[str]) -> dict[str, Any]:
+    """`bundle` as the management API takes it: the code (base64) of the functions whose sha256 is in
+    `with_code` (the server has the others already)."""
+    return {
+        "project": bundle.project,
+        "git_commit": bundle.git_commit,
+        "routes": list(bundle.routes),
+        "functions": [
+            {"name": name, "runtime": f.runtime, "language": language, "sha256": f.sha256,
+             "limits": vars(f.limits), "code": _base64(f.code) if f.sha256 in with_code else None}
+            for name, (f, language) in sorted(bundle.functions.items())
+        ],
+        "migrations": [{"file": m.path.name, "sql": m.sql} for m in bundle.migrations],
+    }  # fmt: skip
+
+
+def bundle_from_json(conn: psycopg.Connection[Any], body: Mapping[str, Any]) -> Bundle:
+    """A bundle uploaded through the management API; code it left out must be stored already."""
+    functions: dict[str, tuple[Function, str]] = {}
+    for item in _list_of_objects(body, "functions"):
+        name, runtime, sha = item.get("name"), item.get("runtime"), item.get("sha256")
+        if not isinstance(name, str) or runtime not in _RUNTIMES or not isinstance(sha, str):
+            raise InvalidRequest("each function needs a name, a runtime and a sha256", hint="see flux deploy")
+        code = _uploaded_code(conn, name, sha, item.get("code"))
+        limits = item.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise InvalidRequest(f"function {name}: limits is an object", hint="timeout_ms, memory_mb, fuel")
+        language = str(item.get("language") or runtime)
+        functions[name] = (Function(name, runtime, code, sha, _limits(name, limits)), language)
+    files = {}
+    for item in _list_of_objects(body, "migrations"):
+        if (
+            not isinstance(item.get("file"), str)
+            or not isinstance(item.get("sql"), str)
+            or "/" in item["file"]
+        ):
+            raise InvalidRequest("each migration needs a file name and its sql", hint="e.g. 0001_notes.sql")
+        files[Path("migrations") / item["file"]] = item["sql"]
+    routes = _list_of_objects(body, "routes")
+    git_commit = body.get("git_commit")
+    return Bundle(str(body.get("project") or "project"), git_commit if isinstance(git_commit, str) else None,
+                  tuple(routes), functions, tuple(migrate.versioned(files, "project")))  # fmt: skip
+
+
+def _base64(code: bytes) -> str:
+    return base64.b64encode(code).decode()
+
+
+def missing_artifacts(conn: Any, shas: list[str]) -> list[str]:
+    """Which of these sha256s Flux does not have the code of."""
+    with db.translate_errors():
+        rows = conn.execute("SELECT sha256 FROM flux.artifacts WHERE sha256 = ANY(%s)", (shas,)).fetchall()
+    have = {row[0] for row in rows}
+    return [sha for sha in shas if sha not in have]
+
+
+def _uploaded_code(conn: Any, name: str, sha: str, code: Any) -> bytes:
+    if code is None:
+        row = conn.execute("SELECT code FROM flux.artifacts WHERE sha256 = %s", (sha,)).fetchone()
+        if row is None:
+            raise InvalidProject(f"function {name}: no code with sha256 {sha[:12]}", hint="upload its code")
+        return bytes(row[0])
+    try:
+        data = base64.b64decode(code, validate=True) if isinstance(code, str) else None
+    except ValueError:
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != sha:
+        raise InvalidRequest(f"function {name}: its code is not base64 of bytes with sha256 {sha[:12]}",
+                             hint="send the built code, base64")  # fmt: skip
+    return data
+
+
+def _list_of_objects(body: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    items = body.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise InvalidRequest(f"{key} is a list of objects", hint="see flux deploy")
+    return items
 
 
 def rollback(dsn: str, version: int) -> None:
@@ -151,18 +270,6 @@ def _check_routes(routes: tuple[dict[str, Any], ...], functions: Mapping[str, An
                 f"{where}: there is no function {name!r} in functions/",
                 hint=f"add functions/{name}/ or fix the name",
             )
-
-
-def _content_sha(functions: Mapping[str, tuple[Function, str]], routes: list[dict[str, Any]],
-                 migrations: list[str]) -> str:  # fmt: skip
-    content = {
-        "functions": {
-            name: [f.sha256, f.runtime, vars(f.limits)] for name, (f, _) in sorted(functions.items())
-        },
-        "routes": routes,
-        "migrations": migrations,
-    }
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _store(conn: psycopg.Connection[Any], project: str, content_sha: str, git_commit: str | None,

@@ -60,6 +60,20 @@ _CREATED_KEY = _object({"id": {"type": "integer"}, "key": _TEXT, "prefix": _TEXT
                         "tenant": _MAYBE_TEXT})  # fmt: skip
 _INVOKED = _object({"request_id": _TEXT, "status": {"type": "integer"}, "headers": {"type": "object"},
                     "body": {"nullable": True}})  # fmt: skip
+_RUNTIME = {"type": "string", "enum": ["wasm", "component", "typescript", "javascript"]}
+_SHAS = {"type": "array", "items": _TEXT}
+_BUNDLE = _object({
+    "project": _TEXT, "git_commit": _MAYBE_TEXT,
+    "routes": {"type": "array", "items": {"type": "object"}},
+    "functions": {"type": "array", "items": _object({
+        "name": _TEXT, "runtime": _RUNTIME,
+        "language": _TEXT, "sha256": _TEXT, "limits": {"type": "object"},
+        "code": {"type": "string", "format": "byte", "nullable": True},
+    }, ("name", "runtime", "sha256"))},
+    "migrations": {"type": "array", "items": _object({"file": _TEXT, "sql": _TEXT})},
+}, ("functions",))  # fmt: skip
+_DEPLOYED = _object({"version": {"type": "integer"}, "created": {"type": "boolean"},
+                     "migrations": {"type": "array", "items": _TEXT}})  # fmt: skip
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
 
 
@@ -74,7 +88,9 @@ def _call(
     *,
     body: dict[str, Any] | None = None,
     params: list[dict[str, Any]] | None = None,
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """One operation answering `answer` with `status` (and the `also` statuses), or an FX error."""
     done: dict[str, Any] = {"description": summary}
     if answer is not None:
         done["content"] = {"application/json": {"schema": answer}}
@@ -83,7 +99,7 @@ def _call(
         "security": [{"admin": []}],
         "parameters": params or [],
         "responses": {
-            status: done,
+            **{code: done for code in (status, *also)},
             "default": {"description": "refused: the FX code says why (docs/errors.md)",
                         "content": {"application/json": {"schema": _ERROR}}},
         },
@@ -106,9 +122,15 @@ def document() -> dict[str, Any]:
                 body=_object({"data": {}, "role": _ROLE}, ()),
                 params=[_param("name", "string", "path")])},
             "/flux/api/routes": {"get": _call("The routes", _page(_ROUTE, _TEXT))},
-            "/flux/api/deployments": {"get": _call(
-                "Deployed versions, newest first", _page(_DEPLOYMENT, {"type": "integer"}),
-                params=[_LIMIT, _param("before", "integer")])},
+            "/flux/api/deployments": {
+                "get": _call("Deployed versions, newest first", _page(_DEPLOYMENT, {"type": "integer"}),
+                             params=[_LIMIT, _param("before", "integer")]),
+                "post": _call("Deploy a built project, as `flux deploy` uploads it (200: active already)",
+                              _DEPLOYED, "201", body=_BUNDLE, also=("200",)),
+            },
+            "/flux/api/artifacts/missing": {"post": _call(
+                "Which of these code sha256s the server lacks", _object({"missing": _SHAS}),
+                body=_object({"sha256": _SHAS}))},
             "/flux/api/deployments/{version}/activate": {"post": _call(
                 "Make a version active again (rollback)",
                 _object({"version": {"type": "integer"}, "active": {"type": "boolean"}}),

@@ -18,11 +18,12 @@ from flux import jsontext
 from flux.api import deploy, keys, secrets
 from flux.api.admin import check_admin_key
 from flux.api.openapi import document
-from flux.errors import InvalidRequest, MalformedBody, UnsupportedMediaType
+from flux.errors import InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 
 Json = Any
 MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
+MAX_DEPLOY_BYTES = 512 * 1024 * 1024  # built code, base64 (a Python component is about 25 MB)
 
 
 def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
@@ -33,7 +34,7 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     for path, suffix in (
         ("/flux/api/functions", "functions"), ("/flux/api/functions/{name}/invoke", "invoke"),
         ("/flux/api/routes", "routes"),
-        ("/flux/api/deployments", "deployments"),
+        ("/flux/api/deployments", "deployments"), ("/flux/api/artifacts/missing", "missing"),
         ("/flux/api/deployments/{version:int}/activate", "activate"),
         ("/flux/api/tenants", "tenants"), ("/flux/api/keys", "keys"), ("/flux/api/keys/{key}", "key"),
         ("/flux/api/secrets", "secrets"), ("/flux/api/secrets/{name}", "secret"),
@@ -99,6 +100,24 @@ class _Api:
         with self._conn(req) as conn:
             items = deploy.list_deployments(conn, limit + 1, before)
         _page(resp, items, limit, "version")
+
+    def on_post_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Deploy a bundle `flux deploy` built and uploaded (code only for artifacts the server lacks)."""
+        fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list}
+        body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
+        with self._conn(req) as conn:
+            deployment = deploy.deploy_bundle(conn, deploy.bundle_from_json(conn, body))
+        status = falcon.HTTP_201 if deployment.created else falcon.HTTP_200
+        _answer(resp, {"version": deployment.id, "created": deployment.created,
+                       "migrations": [m.label for m in deployment.migrations]}, status)  # fmt: skip
+
+    def on_post_missing(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _body(req, {"sha256": list}, required=("sha256",))
+        shas = body["sha256"]
+        if not all(isinstance(sha, str) for sha in shas) or len(shas) > 10_000:
+            raise InvalidRequest("sha256 is a list of strings", hint="the sha256 of each built function")
+        with self._conn(req) as conn:
+            _answer(resp, {"missing": deploy.missing_artifacts(conn, shas)})
 
     def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
         with self._conn(req) as conn:
@@ -216,10 +235,17 @@ def _int_param(req: falcon.Request, name: str) -> int | None:
     return value
 
 
-def _body(req: falcon.Request, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Json]:
+def _body(
+    req: falcon.Request,
+    fields: dict[str, Any],
+    required: tuple[str, ...] = (),
+    max_bytes: int = MAX_BODY_BYTES,
+) -> dict[str, Json]:
     """The JSON object in the body, with only `fields` (each of its type) and every `required` one."""
     media = (req.content_type or "").split(";")[0].strip().lower()
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes", hint="send less")
     if raw and media != "application/json":
         raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
                                    hint="send content-type: application/json")  # fmt: skip
