@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, init, manage, server
+from cli import build, db, explain, init, manage, server, trace
 
 
 class FluxTyper(typer.Typer):
@@ -50,6 +50,7 @@ app = FluxTyper(
     pretty_exceptions_enable=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(trace.app, name="trace")
 server.register(app)
 explain.register(app)
 build.register(app)

@@ -114,6 +114,8 @@ def from_postgres(exc: psycopg.Error) -> FluxError:
         )
     diag = exc.diag
     message = diag.message_primary or _first_line(str(exc))
+    if isinstance(exc, psycopg.DataError) and exc.sqlstate is None:  # refused before it reached the server
+        return InvalidValue(message, hint="send text without NUL characters, in values the column takes")
     state = exc.sqlstate or ""
     if state.startswith("FX"):
         return error_for_code(state, message, details=diag.message_detail, hint=diag.message_hint)

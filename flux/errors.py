@@ -355,6 +355,12 @@ class AdminKeyRefused(FluxError):
     title = "the management API needs a live admin key"
 
 
+class RequestNotFound(FluxError):
+    code = "FX503"
+    http_status = 404
+    title = "no request has that id (or id prefix), or more than one has"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 
@@ -396,21 +402,25 @@ class PostgresBinariesMissing(FluxError):
 
 class MigrationFailed(FluxError):
     code = "FX810"
+    http_status = 400  # a project's migration, uploaded with a deploy (the management API)
     title = "a migration failed and was rolled back"
 
 
 class MigrationEdited(FluxError):
     code = "FX811"
+    http_status = 409  # a project's migration, uploaded with a deploy (the management API)
     title = "an applied migration file was edited"
 
 
 class DatabaseNewerThanCode(FluxError):
     code = "FX812"
+    http_status = 409  # a project's migration, uploaded with a deploy (the management API)
     title = "the database has migrations this code does not know"
 
 
 class MigrationFileInvalid(FluxError):
     code = "FX813"
+    http_status = 400  # a project's migration, uploaded with a deploy (the management API)
     title = "a migration file is misnamed, out of sequence or not valid SQL"
 
 

@@ -684,6 +684,38 @@ $_$;
 
 
 --
+-- Name: trace(uuid); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_seq integer, depth integer, module text, name text, started_at timestamp with time zone, offset_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb, error jsonb)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    WITH RECURSIVE spans AS (
+        SELECT s.* FROM flux.spans s WHERE s.request_id = trace.request_id
+    ), tree AS (
+        SELECT s.seq, 0 AS depth FROM spans s WHERE s.parent_seq IS NULL
+        UNION ALL
+        SELECT s.seq, t.depth + 1 FROM spans s JOIN tree t ON s.parent_seq = t.seq
+    )
+    SELECT s.seq, s.parent_seq, t.depth, s.module, s.name, s.started_at,
+           (EXTRACT(EPOCH FROM s.started_at - r.started_at) * 1000000)::bigint, s.duration_us, s.ok,
+           s.attributes, s.input, s.output, s.error
+      FROM spans s
+      JOIN tree t ON t.seq = s.seq
+      LEFT JOIN flux.requests r ON r.id = trace.request_id
+     ORDER BY s.seq
+$$;
+
+
+--
+-- Name: FUNCTION trace(request_id uuid); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.trace(request_id uuid) IS 'A request''s spans in execution order, with their depth in the tree.';
+
+
+--
 -- Name: track(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 

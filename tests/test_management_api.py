@@ -164,3 +164,14 @@ def test_an_uploaded_bundle_is_checked(client: GatewayClient, admin: dict[str, s
         assert (answer.status_code, answer.json["code"]) == (status, error), answer.json
     missing = client.simulate_post("/flux/api/artifacts/missing", json={"sha256": [sha]}, headers=admin)
     assert missing.json == {"missing": [sha]}
+
+
+def test_text_postgres_cannot_hold_is_refused(client: GatewayClient, admin: dict[str, str]) -> None:
+    nul = client.simulate_post("/flux/api/tenants", json={"name": "a\x00b"}, headers=admin)
+    assert nul.status_code == 400 and nul.json["code"] == "FX131", nul.json
+    surrogate = client.simulate_post(
+        "/flux/api/tenants",
+        body=b'{"name": "\\ud800"}',
+        headers={**admin, "content-type": "application/json"},
+    )
+    assert surrogate.status_code == 400 and surrogate.json["code"] == "FX001"

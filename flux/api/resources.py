@@ -8,6 +8,7 @@ The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py)
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,15 @@ def _int_param(req: falcon.Request, name: str) -> int | None:
     return value
 
 
+def _is_text(value: Json) -> bool:
+    """Whether every string in `value` is Unicode text (JSON may escape lone surrogates, which are not)."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _body(
     req: falcon.Request,
     fields: dict[str, Any],
@@ -253,6 +263,10 @@ def _body(
         body = jsontext.loads(raw) if raw else {}
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
+    if not _is_text(body):
+        raise MalformedBody(
+            "the body holds text that is not Unicode (a lone surrogate)", hint="send UTF-8 text"
+        )
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", hint=f"fields: {', '.join(fields)}")
     for name, value in body.items():

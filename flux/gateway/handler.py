@@ -135,6 +135,7 @@ class Gateway:
                 conn, self._executor, function, request, catalog=self.catalogs.get(conn),
                 caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
                 fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
+                started=(started_us, clock),
             )  # fmt: skip
         _respond(resp, outcome.response)
 

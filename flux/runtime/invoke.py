@@ -84,16 +84,18 @@ def invoke(
     record: Mapping[str, Json] | None = None,
     traceparent: str | None = None,
     records: RecordWriter | None = None,
+    started: tuple[int, int] | None = None,
 ) -> Outcome:
     """Run `function` with `request` as input, in one transaction on `conn`, and record it.
 
     The gateway passes its `recorder` (already holding its span), extra request-row columns in `record`
-    (route_id, trace_id) and the `traceparent` that outbound fetches carry. With `records`, the record of a
-    run that changed no data is written off the request path."""
+    (route_id, trace_id), the `traceparent` that outbound fetches carry, and when the request `started`
+    (wall clock in µs, monotonic clock in ns). With `records`, the record of a run that changed no data is
+    written off the request path."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
-    started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
+    started_us, clock = started or (time.time_ns() // 1000, time.perf_counter_ns())
     fields = request if isinstance(request, dict) else {}
     row: dict[str, Json] = {
         "kind": kind, "method": fields.get("method"), "path": fields.get("path"), "function": function.name,

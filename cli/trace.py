@@ -1,0 +1,156 @@
+"""`flux trace <id>`: a request's span tree with latency bars, its mutations and jobs; `flux trace ls`: recent
+requests. Colours only on a terminal; `--json` prints the whole record, `--full` every input and output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+BAR_WIDTH = 24
+
+
+class _TraceGroup(TyperGroup):
+    """`flux trace <id>` is `flux trace show <id>`: anything that is not a subcommand is an id."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args.insert(0, "show")
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=_TraceGroup, help="Requests as they were recorded: `flux trace <id>`, `flux trace ls`.",
+                  no_args_is_help=True)  # fmt: skip
+ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
+
+
+@app.command("show")
+def show(
+    request_id: Annotated[str, typer.Argument(help="The request id, or a prefix only it has.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The whole record as JSON.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Print every span's input and output.")] = False,
+    project: ProjectDir = Path("."),
+) -> None:
+    """A request's span tree in execution order: latency bars, ok or error, and what it changed."""
+    from cli.backends import database_connection
+    from flux.trace.tree import load_trace, resolve_request_id
+
+    with database_connection(project) as conn:
+        trace = load_trace(conn, resolve_request_id(conn, request_id))
+    if as_json:
+        from flux import jsontext
+
+        record = {
+            "request": trace.request,
+            "spans": trace.spans,
+            "mutations": trace.mutations,
+            "jobs": trace.jobs,
+        }
+        typer.echo(jsontext.dumps_text(record))
+        return
+    typer.echo("\n".join(render(trace, full=full, color=sys.stdout.isatty())))
+
+
+@app.command("ls")
+def ls(
+    route: Annotated[str | None, typer.Option(help="Only this path.")] = None,
+    function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+    since: Annotated[str | None, typer.Option(help="Only this recent, e.g. 15m, 2h, 1d.")] = None,
+    slow: Annotated[
+        float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    project: ProjectDir = Path("."),
+) -> None:
+    """Recent requests, newest first: when, id, method and path, status, duration, function."""
+    from cli.backends import database_connection
+    from flux.trace.tree import list_requests
+
+    with database_connection(project) as conn:
+        rows = list_requests(conn, route=route, function=function, status=status, errors=errors,
+                             since=_period(since), slow_ms=slow, limit=limit)  # fmt: skip
+    for row in rows:
+        what = f"{row['method'] or row['kind']} {row['path'] or ''}".strip()
+        failed = f" {row['error_code']}" if row["error_code"] else ""
+        typer.echo(f"{row['started_at']:%Y-%m-%d %H:%M:%S}  {row['id']}  {row['status'] or '-':>3}{failed:<7}"
+                   f" {_ms(row['duration_us']):>9}  {what}  fn={row['function'] or '-'}")  # fmt: skip
+
+
+def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
+    """The trace as lines of text."""
+    paint = _painter(color)
+    request = trace.request
+    total = max(request["duration_us"] or 1, 1)
+    what = f"{request['method'] or request['kind']} {request['path'] or ''}".strip()
+    status = paint(str(request["status"]), "green" if request["ok"] else "red")
+    version = f"  version {request['deployment_id']}" if request["deployment_id"] else ""
+    code = f" (code {request['code_sha'][:12]})" if request["code_sha"] else ""
+    lines = [
+        f"request {request['id']}  {what}  {status}  {_ms(request['duration_us'])}"
+        f"  fn={request['function'] or '-'}{version}{code}",
+        f"{request['started_at']:%Y-%m-%d %H:%M:%S %Z}",
+    ]
+    if request["error"]:
+        lines.append(paint(f"error {request['error'].get('code')}: {request['error'].get('message')}", "red"))
+    lines.append("")
+    width = max((len(_label(span)) for span in trace.spans), default=0)
+    for span in trace.spans:
+        start = min(BAR_WIDTH - 1, int((span["offset_us"] or 0) * BAR_WIDTH / total))
+        length = max(1, round((span["duration_us"] or 0) * BAR_WIDTH / total))
+        bar = " " * start + "█" * min(length, BAR_WIDTH - start)
+        state = "ok" if span["ok"] else paint((span["error"] or {}).get("code", "error"), "red")
+        bar = paint(bar.ljust(BAR_WIDTH), "blue")
+        lines.append(f"{_label(span):<{width}}  {_ms(span['duration_us']):>9}  {bar}  {state}")
+        if full or not span["ok"]:
+            indent = "  " * (span["depth"] + 2)
+            for key in ("input", "output", "error") if full else ("error",):
+                if span[key] is not None:
+                    lines.append(f"{indent}{key}: {json.dumps(span[key], ensure_ascii=False, default=str)}")
+    if trace.mutations:
+        lines += ["", "mutations"]
+        for m in trace.mutations:
+            pk = json.dumps(m["row_pk"], default=str)
+            changes = ", ".join(f"{c}: {_value((m['old'] or {}).get(c))} → {_value((m['new'] or {}).get(c))}"
+                                for c in (m["changed"] or []))  # fmt: skip
+            lines.append(f"  {m['op']:<6} {m['table_name']} {pk}  {changes}".rstrip())
+    if trace.jobs:
+        lines += ["", "jobs"]
+        lines += [f"  job {j['id']}  {j['function']}  {j['status']} (queue {j['queue']})" for j in trace.jobs]
+    return lines
+
+
+def _label(span: Any) -> str:
+    return f"{'  ' * span['depth']}{span['name']}"
+
+
+def _ms(duration_us: int | None) -> str:
+    return "-" if duration_us is None else f"{duration_us / 1000:.2f} ms"
+
+
+def _value(value: Any) -> str:
+    return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _period(text: str | None) -> Any:
+    from datetime import timedelta
+
+    from flux.errors import InvalidRequest
+
+    if text is None:
+        return None
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    amount, unit = text[:-1], text[-1:]
+    if unit not in units or not amount.isdigit():
+        raise InvalidRequest(f"--since {text!r} is not a period", hint="e.g. 15m, 2h or 1d")
+    return timedelta(**{units[unit]: int(amount)})
+
+
+def _painter(color: bool) -> Any:
+    codes = {"red": "31", "green": "32", "blue": "34"}
+    return (lambda text, name: f"\033[{codes[name]}m{text}\033[0m") if color else (lambda text, name: text)

@@ -1,0 +1,106 @@
+"""Reading a request's record back: the request row, its span tree (`flux.trace()`), the mutations it made
+and the jobs it enqueued; request ids by unique prefix; recent requests with filters (`flux trace ls`)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from flux import db
+from flux.errors import InvalidRequest, RequestNotFound
+
+Row = dict[str, Any]
+_HEX = re.compile(r"^[0-9a-f-]{1,36}$")
+
+
+@dataclass(frozen=True)
+class Trace:
+    request: Row
+    spans: list[Row]  # in execution order, each with its `depth`
+    mutations: list[Row] = field(default_factory=list)
+    jobs: list[Row] = field(default_factory=list)
+
+
+def resolve_request_id(conn: Any, given: str) -> str:
+    """The request id `given` names: the whole id, or a prefix only one request has (FX503 otherwise)."""
+    text = given.strip().lower()
+    if not _HEX.match(text):
+        raise RequestNotFound(
+            f"{given!r} is not a request id", hint="copy it from x-request-id or flux trace ls"
+        )
+    digits = text.replace("-", "")
+    low = str(uuid.UUID(digits.ljust(32, "0")))
+    high = str(uuid.UUID(digits.ljust(32, "f")))
+    with db.translate_errors():
+        rows = conn.execute(
+            "SELECT id::text FROM flux.requests WHERE id BETWEEN %s::uuid AND %s::uuid ORDER BY id LIMIT 6",
+            (low, high),
+        ).fetchall()
+    if not rows:
+        raise RequestNotFound(
+            f"no request has an id starting {given}", hint="flux trace ls lists recent ones"
+        )
+    if len(rows) > 1:
+        shown = ", ".join(row[0][:13] for row in rows[:5])
+        count = len(rows) if len(rows) < 6 else "many"
+        raise RequestNotFound(f"{count} requests start with {given}: {shown}", hint="give more of the id")
+    return str(rows[0][0])
+
+
+def load_trace(conn: Any, request_id: str) -> Trace:
+    """The whole record of one request."""
+    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        request = cursor.execute(
+            "SELECT r.*, d.git_commit FROM flux.requests r"
+            " LEFT JOIN flux.deployments d ON d.id = r.deployment_id WHERE r.id = %s",
+            (request_id,),
+        ).fetchone()
+        if request is None:
+            raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
+        spans = cursor.execute("SELECT * FROM flux.trace(%s)", (request_id,)).fetchall()
+        mutations = cursor.execute(
+            "SELECT id, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
+            " WHERE request_id = %s ORDER BY id",
+            (request_id,),
+        ).fetchall()
+        jobs = cursor.execute(
+            "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s"
+            " ORDER BY id",
+            (request_id,),
+        ).fetchall()
+    return Trace(
+        dict(request), [dict(s) for s in spans], [dict(m) for m in mutations], [dict(j) for j in jobs]
+    )
+
+
+def list_requests(
+    conn: Any, *, route: str | None = None, function: str | None = None, status: int | None = None,
+    errors: bool = False, since: timedelta | None = None, slow_ms: float | None = None, limit: int = 20,
+) -> list[Row]:  # fmt: skip
+    """Recent requests, newest first, with the filters given."""
+    if not 1 <= limit <= 10_000:
+        raise InvalidRequest(f"--limit {limit} is outside 1-10000", hint="e.g. --limit 50")
+    where, params = ["true"], []
+    for clause, value in (
+        ("r.path = %s", route), ("r.function = %s", function), ("r.status = %s", status),
+        ("r.started_at >= now() - %s", since), ("r.duration_us >= %s * 1000", slow_ms),
+    ):  # fmt: skip
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if errors:
+        where.append("NOT r.ok")
+    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            "SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.ok,"
+            " r.duration_us, r.error->>'code' AS error_code FROM flux.requests r WHERE "
+            + " AND ".join(where)
+            + " ORDER BY r.started_at DESC LIMIT %s",
+            [*params, limit],
+        ).fetchall()
+    return [dict(row) for row in rows]

@@ -1,0 +1,29 @@
+-- Purpose: reading a request's record in psql: its span tree in execution order.
+
+-- Every span of `request_id`, in execution order, with its depth in the tree and when it started relative to
+-- the request (`offset_us`).
+--   SELECT depth, name, duration_us, ok FROM flux.trace('3f2a9c1e-...');
+CREATE OR REPLACE FUNCTION flux.trace(request_id uuid)
+    RETURNS TABLE (seq integer, parent_seq integer, depth integer, module text, name text,
+                   started_at timestamptz, offset_us bigint, duration_us bigint, ok boolean,
+                   attributes jsonb, input jsonb, output jsonb, error jsonb)
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    WITH RECURSIVE spans AS (
+        SELECT s.* FROM flux.spans s WHERE s.request_id = trace.request_id
+    ), tree AS (
+        SELECT s.seq, 0 AS depth FROM spans s WHERE s.parent_seq IS NULL
+        UNION ALL
+        SELECT s.seq, t.depth + 1 FROM spans s JOIN tree t ON s.parent_seq = t.seq
+    )
+    SELECT s.seq, s.parent_seq, t.depth, s.module, s.name, s.started_at,
+           (EXTRACT(EPOCH FROM s.started_at - r.started_at) * 1000000)::bigint, s.duration_us, s.ok,
+           s.attributes, s.input, s.output, s.error
+      FROM spans s
+      JOIN tree t ON t.seq = s.seq
+      LEFT JOIN flux.requests r ON r.id = trace.request_id
+     ORDER BY s.seq
+$$;
+
+COMMENT ON FUNCTION flux.trace(uuid) IS 'A request''s spans in execution order, with their depth in the tree.';

@@ -1,0 +1,110 @@
+"""`flux trace <id>` and `flux trace ls` on requests recorded by real functions: a write with a job, a
+failure, and a request the gateway refused; `flux.trace()` in SQL."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from flux.api.deploy import deploy
+from flux.config import load_settings
+from flux.errors import RequestNotFound
+from tests.fixtures.gateway import gateway_client
+
+Conn = psycopg.Connection[Any]
+FLUX_TOML = """
+[[routes]]
+method = "POST"
+path = "/notes"
+function = "add_note"
+auth = "none"
+"""
+ADD_NOTE = """export default async (req, ctx) => {
+  if (!req.body?.text) throw new Error("no text");
+  const note = await ctx.db.query({insert: "notes", values: {body: req.body.text}, returning: ["id"]});
+  await ctx.queue.push("notify", {note: note.rows[0].id});
+  console.log("added", note.rows[0].id);
+  return {status: 201, body: note.rows[0]};
+}"""
+SPAN_LINE = re.compile(r"^( *)(\S.*?) {2,}[\d.]+ ms ")
+NOTES = "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);\n" \
+        "GRANT SELECT, INSERT ON notes TO flux_anon;\n"  # fmt: skip
+
+
+@pytest.fixture
+def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
+    """Three requests through the gateway: a write (with a job), a failure, a refusal; their ids."""
+    (tmp_path / "flux.toml").write_text(FLUX_TOML)
+    (tmp_path / "functions" / "add_note").mkdir(parents=True)
+    (tmp_path / "functions" / "add_note" / "index.ts").write_text(ADD_NOTE)
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_notes.sql").write_text(NOTES)
+    settings = load_settings(tmp_path, env={})
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
+        ids = {
+            "ok": client.simulate_post("/notes", json={"text": "hello"}),
+            "failed": client.simulate_post("/notes", json={}),
+            "refused": client.simulate_get("/nowhere"),
+        }
+    return {name: result.headers["x-request-id"] for name, result in ids.items()}
+
+
+def flux(dsn: str, *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env={"DATABASE_URL": dsn}, catch_exceptions=True)
+
+
+def test_trace_shows_the_tree_the_mutations_and_the_jobs(dsn: str, recorded: dict[str, str]) -> None:
+    shown = flux(dsn, "trace", recorded["ok"][:8])  # a unique prefix is enough
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert (
+        lines[0].startswith(f"request {recorded['ok']}  POST /notes  201  ")
+        and "fn=add_note  version 1" in lines[0]
+    )
+    spans = [
+        match.groups() for line in lines[1:] if (match := SPAN_LINE.match(line)) and "clock:" not in line
+    ]
+    assert spans[:3] == [("", "POST /notes"), ("", "function:add_note"), ("  ", "db:insert(notes)")], (
+        shown.output
+    )
+    assert ("  ", "queue:push(notify)") in spans and ("  ", "log:info") in spans
+    assert '  INSERT notes {"id": 1}  body: ∅ → "hello", id: ∅ → 1' in lines
+    assert any(line.startswith("  job ") and "notify  queued" in line for line in lines)
+    record = json.loads(flux(dsn, "trace", recorded["ok"], "--json").output)
+    insert = next(span for span in record["spans"] if span["name"] == "db:insert(notes)")
+    assert record["request"]["status"] == 201 and insert["output"]["rows"] == [{"id": 1}]
+    assert any(s["name"] == "log:info" and s["input"]["message"] == "added 1" for s in record["spans"])
+
+
+def test_a_failed_and_a_refused_request_show_why(dsn: str, recorded: dict[str, str]) -> None:
+    failed = flux(dsn, "trace", recorded["failed"]).output
+    assert " 500 " in failed.splitlines()[0] and "no text" in failed
+    refused = flux(dsn, "trace", recorded["refused"]).output
+    assert "GET /nowhere  404" in refused.splitlines()[0] and "error FX004" in refused
+    listed = flux(dsn, "trace", "ls", "--errors").output.splitlines()
+    assert {line.split()[2] for line in listed} == {recorded["failed"], recorded["refused"]}
+    assert len(flux(dsn, "trace", "ls", "--status", "201").output.splitlines()) == 1
+
+
+def test_unknown_and_ambiguous_ids_are_refused_clearly(
+    dsn: str, recorded: dict[str, str], conn: Conn
+) -> None:
+    assert isinstance(flux(dsn, "trace", "00000000-dead").exception, RequestNotFound)
+    assert isinstance(flux(dsn, "trace", "not an id").exception, RequestNotFound)
+    for last in ("1", "2"):
+        conn.execute(
+            "INSERT INTO flux.requests (id, ok) VALUES (%s, true)",
+            (f"abcdef00-0000-4000-8000-00000000000{last}",),
+        )
+    ambiguous = flux(dsn, "trace", "abcdef00").exception
+    assert isinstance(ambiguous, RequestNotFound) and "2 requests start with abcdef00" in ambiguous.message
+    rows = conn.execute("SELECT depth, name FROM flux.trace(%s) WHERE module <> 'clock'", (recorded["ok"],))
+    assert rows.fetchall()[:3] == [(0, "POST /notes"), (0, "function:add_note"), (1, "db:insert(notes)")]
