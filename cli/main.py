@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, init, manage, server, trace
+from cli import build, db, explain, init, manage, server, state, trace
 
 
 class FluxTyper(typer.Typer):
@@ -51,6 +51,7 @@ app = FluxTyper(
 )
 app.add_typer(db.app, name="db")
 app.add_typer(trace.app, name="trace")
+app.add_typer(state.app, name="state")
 server.register(app)
 explain.register(app)
 build.register(app)

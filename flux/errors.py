@@ -361,6 +361,12 @@ class RequestNotFound(FluxError):
     title = "no request has that id (or id prefix), or more than one has"
 
 
+class TableNotTracked(FluxError):
+    code = "FX504"
+    http_status = 404
+    title = "the table does not exist, or Flux does not record its changes"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 

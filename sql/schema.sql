@@ -504,6 +504,55 @@ $$;
 
 
 --
+-- Name: row_blame(regclass, jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.row_blame(table_ref regclass, pk jsonb) RETURNS TABLE(column_name text, value jsonb, mutation_id bigint, at timestamp with time zone, op text, request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT DISTINCT ON (col) col, h.new -> col, h.mutation_id, h.at, h.op, h.request_id, h.function,
+           h.code_sha, h.deployment_id, h.actor
+      FROM flux.row_history(table_ref, pk) h
+     CROSS JOIN LATERAL pg_catalog.unnest(h.changed) AS col
+     ORDER BY col, h.mutation_id DESC
+$$;
+
+
+--
+-- Name: FUNCTION row_blame(table_ref regclass, pk jsonb); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.row_blame(table_ref regclass, pk jsonb) IS 'For each column of one row, the change that last set it.';
+
+
+--
+-- Name: row_history(regclass, jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.row_history(table_ref regclass, pk jsonb) RETURNS TABLE(mutation_id bigint, at timestamp with time zone, op text, changed text[], old jsonb, new jsonb, request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
+           m.actor
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname AND m.row_pk = pk
+      LEFT JOIN flux.requests r ON r.id = m.request_id
+     WHERE c.oid = table_ref
+     ORDER BY m.id
+$$;
+
+
+--
+-- Name: FUNCTION row_history(table_ref regclass, pk jsonb); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.row_history(table_ref regclass, pk jsonb) IS 'Every version of one row, oldest first, with who made it.';
+
+
+--
 -- Name: take_token(text, double precision, double precision); Type: FUNCTION; Schema: flux; Owner: -
 --
 

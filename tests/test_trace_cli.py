@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from flux.api.deploy import deploy
 from flux.config import load_settings
-from flux.errors import RequestNotFound
+from flux.errors import RequestNotFound, TableNotTracked
 from tests.fixtures.gateway import gateway_client
 
 Conn = psycopg.Connection[Any]
@@ -108,3 +108,23 @@ def test_unknown_and_ambiguous_ids_are_refused_clearly(
     assert isinstance(ambiguous, RequestNotFound) and "2 requests start with abcdef00" in ambiguous.message
     rows = conn.execute("SELECT depth, name FROM flux.trace(%s) WHERE module <> 'clock'", (recorded["ok"],))
     assert rows.fetchall()[:3] == [(0, "POST /notes"), (0, "function:add_note"), (1, "db:insert(notes)")]
+
+
+def test_state_history_and_blame_of_a_row(dsn: str, recorded: dict[str, str], conn: Conn) -> None:
+    conn.execute("UPDATE notes SET body = 'edited in psql' WHERE id = 1")
+    versions = flux(dsn, "state", "history", "notes", "1").output.splitlines()
+    assert " INSERT  request " + recorded["ok"] + "  fn=add_note  version 1  code " in versions[0]
+    assert versions[1] == '    body: ∅ → "hello", id: ∅ → 1'
+    assert versions[2].endswith("UPDATE  outside Flux (database user postgres)")
+    assert versions[3] == '    body: "hello" → "edited in psql"'
+    blamed = {
+        line.split()[0]: line
+        for line in flux(dsn, "state", "blame", "notes", '{"id": 1}').output.splitlines()
+    }
+    assert '"edited in psql"' in blamed["body"] and "outside Flux" in blamed["body"]
+    assert recorded["ok"] in blamed["id"] and " INSERT " in blamed["id"]
+    rows = conn.execute("SELECT op, function, actor FROM flux.row_history('notes', '{\"id\": 1}')").fetchall()
+    assert rows == [("INSERT", "add_note", "flux_authenticator"), ("UPDATE", None, "postgres")]
+    for args in (("nowhere", "1"), ("notes", '{"nope": 1}')):
+        assert isinstance(flux(dsn, "state", "history", *args).exception, TableNotTracked), args
+    assert flux(dsn, "state", "history", "notes", "2").output == "no recorded change to notes 2\n"

@@ -1,0 +1,66 @@
+"""`flux state history TABLE KEY` and `flux state blame TABLE KEY`: one row's versions, and who last set each
+of its columns (a request, its function and code, or the database user for writes made outside Flux)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="Rows as their changes were recorded: history and blame.", no_args_is_help=True)
+Table = Annotated[str, typer.Argument(help="The tracked table, e.g. notes or shop.orders.")]
+Key = Annotated[str, typer.Argument(help="The row's primary key: its value, or JSON such as '{\"id\": 1}'.")]
+ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
+
+
+@app.command("history")
+def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
+    """Every version of one row, oldest first: the operation, each changed column old → new, and who."""
+    from cli.backends import database_connection
+    from flux.trace import state
+
+    with database_connection(project) as conn:
+        versions = state.history(conn, table, key)
+    if not versions:
+        typer.echo(f"no recorded change to {table} {key}")
+    for version in versions:
+        typer.echo(f"{version['at']:%Y-%m-%d %H:%M:%S}  {version['op']:<6}  {_who(version)}")
+        old, new = version["old"] or {}, version["new"] or {}
+        changes = ", ".join(
+            f"{c}: {_value(old.get(c))} → {_value(new.get(c))}" for c in version["changed"] or []
+        )
+        if changes:
+            typer.echo(f"    {changes}")
+
+
+@app.command("blame")
+def blame(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
+    """For each column of one row, the change that last set it, and who made it."""
+    from cli.backends import database_connection
+    from flux.trace import state
+
+    with database_connection(project) as conn:
+        columns = state.blame(conn, table, key)
+    if not columns:
+        typer.echo(f"no recorded change to {table} {key}")
+    width = max((len(c["column_name"]) for c in columns), default=0)
+    values = {c["column_name"]: _value(c["value"]) for c in columns}
+    value_width = min(30, max((len(v) for v in values.values()), default=0))
+    for column in columns:
+        value = values[column["column_name"]]
+        typer.echo(f"{column['column_name']:<{width}}  {value:<{value_width}}  {column['op']:<6}"
+                   f"  {column['at']:%Y-%m-%d %H:%M:%S}  {_who(column)}")  # fmt: skip
+
+
+def _who(change: dict[str, Any]) -> str:
+    if change["request_id"] is None:
+        return f"outside Flux (database user {change['actor']})"
+    code = f"  code {change['code_sha'][:12]}" if change["code_sha"] else ""
+    version = f"  version {change['deployment_id']}" if change["deployment_id"] else ""
+    return f"request {change['request_id']}  fn={change['function'] or '-'}{version}{code}"
+
+
+def _value(value: Any) -> str:
+    return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,66 @@
+"""A row's story from `flux.mutations`: every version (`history`), and who last set each column (`blame`).
+The table must be tracked; its key is given as JSON (`{"id": 1}`) or, for a one-column primary key, as the
+value alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from flux import db
+from flux.errors import TableNotTracked
+
+Row = dict[str, Any]
+
+
+def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
+    """The tracked table (as `schema.name`) and the primary key `key` names, as flux.mutations stores it."""
+    with db.translate_errors():
+        found = conn.execute(
+            "SELECT t.table_ref::text,"
+            " array_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))"
+            " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref",
+            (table,),
+        ).fetchone()
+    if found is None:
+        raise TableNotTracked(
+            f"{table} is not a tracked table", hint="SELECT * FROM flux.tracked_tables lists them"
+        )
+    table_ref, columns = found
+    try:
+        given = json.loads(key)
+    except ValueError:
+        given = key  # a text key, written bare
+    if not isinstance(given, dict):
+        if len(columns) != 1:
+            example = json.dumps(dict.fromkeys(columns, 1))
+            raise TableNotTracked(f"{table}'s primary key has {len(columns)} columns",
+                                  hint=f"give the key as JSON, e.g. '{example}'")  # fmt: skip
+        given = {columns[0]: given}
+    if sorted(given) != sorted(columns):
+        raise TableNotTracked(f"{table}'s primary key is ({', '.join(columns)})", hint="give those columns")
+    return table_ref, given
+
+
+def history(conn: Any, table: str, key: str) -> list[Row]:
+    """Every version of the row, oldest first."""
+    table_ref, pk = row_key(conn, table, key)
+    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            "SELECT * FROM flux.row_history(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
+        )
+        return [dict(row) for row in rows.fetchall()]
+
+
+def blame(conn: Any, table: str, key: str) -> list[Row]:
+    """For each column of the row, the change that last set it."""
+    table_ref, pk = row_key(conn, table, key)
+    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            "SELECT * FROM flux.row_blame(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
+        )
+        return [dict(row) for row in rows.fetchall()]

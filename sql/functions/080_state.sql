@@ -1,0 +1,39 @@
+-- Purpose: the history of one row, and who last set each of its columns, from flux.mutations (one index scan
+-- on mutations_row_idx each).
+
+-- Every version of one row, oldest first: the operation, the changed columns with old and new values, and
+-- the request, function and code that made it (or, for writes made outside Flux, the database user).
+--   SELECT at, op, changed, request_id, function FROM flux.row_history('notes', '{"id": 1}');
+CREATE OR REPLACE FUNCTION flux.row_history(table_ref regclass, pk jsonb)
+    RETURNS TABLE (mutation_id bigint, at timestamptz, op text, changed text[], old jsonb, new jsonb,
+                   request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
+           m.actor
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname AND m.row_pk = pk
+      LEFT JOIN flux.requests r ON r.id = m.request_id
+     WHERE c.oid = table_ref
+     ORDER BY m.id
+$$;
+
+-- For each column of one row, the change that last set it: its value then, and who made the change.
+--   SELECT column_name, value, op, function FROM flux.row_blame('notes', '{"id": 1}');
+CREATE OR REPLACE FUNCTION flux.row_blame(table_ref regclass, pk jsonb)
+    RETURNS TABLE (column_name text, value jsonb, mutation_id bigint, at timestamptz, op text,
+                   request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    SELECT DISTINCT ON (col) col, h.new -> col, h.mutation_id, h.at, h.op, h.request_id, h.function,
+           h.code_sha, h.deployment_id, h.actor
+      FROM flux.row_history(table_ref, pk) h
+     CROSS JOIN LATERAL pg_catalog.unnest(h.changed) AS col
+     ORDER BY col, h.mutation_id DESC
+$$;
+
+COMMENT ON FUNCTION flux.row_history(regclass, jsonb) IS 'Every version of one row, oldest first, with who made it.';
+COMMENT ON FUNCTION flux.row_blame(regclass, jsonb) IS 'For each column of one row, the change that last set it.';
