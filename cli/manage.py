@@ -47,6 +47,7 @@ def deploy(
     version: on the database, or (with FLUX_URL set) uploaded to that server."""
     from cli.db import database_for
     from cli.remote import remote
+    from flux import migrate
     from flux.api.deploy import bundle_project, bundle_to_json
     from flux.api.deploy import deploy as run_deploy
     from flux.config import load_settings
@@ -61,6 +62,7 @@ def deploy(
         version, created, migrations = answer["version"], answer["created"], answer["migrations"]
     else:
         with database_for(project) as (dsn, _):
+            migrate.migrate(dsn)  # Flux's own schema; the project's migrations go with the deploy
             deployment = run_deploy(dsn, settings)
         version, created = deployment.id, deployment.created
         migrations = [m.label for m in deployment.migrations]

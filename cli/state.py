@@ -3,11 +3,12 @@ of its columns (a request, its function and code, or the database user for write
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from cli.trace import changes, value
 
 app = typer.Typer(help="Rows as their changes were recorded: history and blame.", no_args_is_help=True)
 Table = Annotated[str, typer.Argument(help="The tracked table, e.g. notes or shop.orders.")]
@@ -27,12 +28,9 @@ def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
         typer.echo(f"no recorded change to {table} {key}")
     for version in versions:
         typer.echo(f"{version['at']:%Y-%m-%d %H:%M:%S}  {version['op']:<6}  {_who(version)}")
-        old, new = version["old"] or {}, version["new"] or {}
-        changes = ", ".join(
-            f"{c}: {_value(old.get(c))} → {_value(new.get(c))}" for c in version["changed"] or []
-        )
-        if changes:
-            typer.echo(f"    {changes}")
+        changed = changes(version)
+        if changed:
+            typer.echo(f"    {changed}")
 
 
 @app.command("blame")
@@ -46,11 +44,11 @@ def blame(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
     if not columns:
         typer.echo(f"no recorded change to {table} {key}")
     width = max((len(c["column_name"]) for c in columns), default=0)
-    values = {c["column_name"]: _value(c["value"]) for c in columns}
+    values = {c["column_name"]: value(c["value"]) for c in columns}
     value_width = min(30, max((len(v) for v in values.values()), default=0))
     for column in columns:
-        value = values[column["column_name"]]
-        typer.echo(f"{column['column_name']:<{width}}  {value:<{value_width}}  {column['op']:<6}"
+        shown = values[column["column_name"]]
+        typer.echo(f"{column['column_name']:<{width}}  {shown:<{value_width}}  {column['op']:<6}"
                    f"  {column['at']:%Y-%m-%d %H:%M:%S}  {_who(column)}")  # fmt: skip
 
 
@@ -60,7 +58,3 @@ def _who(change: dict[str, Any]) -> str:
     code = f"  code {change['code_sha'][:12]}" if change["code_sha"] else ""
     version = f"  version {change['deployment_id']}" if change["deployment_id"] else ""
     return f"request {change['request_id']}  fn={change['function'] or '-'}{version}{code}"
-
-
-def _value(value: Any) -> str:
-    return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)

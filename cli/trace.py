@@ -116,9 +116,7 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
         lines += ["", "mutations"]
         for m in trace.mutations:
             pk = json.dumps(m["row_pk"], default=str)
-            changes = ", ".join(f"{c}: {_value((m['old'] or {}).get(c))} → {_value((m['new'] or {}).get(c))}"
-                                for c in (m["changed"] or []))  # fmt: skip
-            lines.append(f"  {m['op']:<6} {m['table_name']} {pk}  {changes}".rstrip())
+            lines.append(f"  {m['op']:<6} {m['table_name']} {pk}  {changes(m)}".rstrip())
     if trace.jobs:
         lines += ["", "jobs"]
         lines += [f"  job {j['id']}  {j['function']}  {j['status']} (queue {j['queue']})" for j in trace.jobs]
@@ -133,7 +131,13 @@ def _ms(duration_us: int | None) -> str:
     return "-" if duration_us is None else f"{duration_us / 1000:.2f} ms"
 
 
-def _value(value: Any) -> str:
+def changes(mutation: Any) -> str:
+    """A mutation's changed columns as `column: old → new, ...` (`∅` for no value)."""
+    old, new = mutation["old"] or {}, mutation["new"] or {}
+    return ", ".join(f"{c}: {value(old.get(c))} → {value(new.get(c))}" for c in mutation["changed"] or [])
+
+
+def value(value: Any) -> str:
     return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -225,14 +226,18 @@ def execute_statement(
     conn: psycopg.Connection[Any], query: str, params: list[Any]
 ) -> tuple[list[dict[str, Any]], int]:
     """Run one user-written statement with `$n` parameters: its rows (as dicts) and the rows it affected."""
-    from psycopg.rows import dict_row
-
     with translate_errors():
         cursor = psycopg.RawCursor(conn, row_factory=dict_row)
         jsontext.adapt(cursor)
         cursor.execute(query.encode(), _bind(params))
         rows = cursor.fetchall() if cursor.description else []
         return rows, max(cursor.rowcount, 0)
+
+
+def fetch_dicts(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> list[dict[str, Any]]:
+    """Run `query` (with `%s` placeholders) and answer its rows as dicts, keyed by the column names."""
+    with translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(query, params).fetchall()
 
 
 def transaction_failed(conn: psycopg.Connection[Any]) -> bool:

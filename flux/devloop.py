@@ -17,11 +17,12 @@ from gunicorn.glogging import Logger
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import FluxError
+from flux.runtime.build import NOT_SOURCES
 
 log = logging.getLogger("flux.dev")
 POLL_S = 0.2
 ACCESS_FORMAT = "%(m)s %(U)s %(s)s %(M)sms fn=%(fn)s  req=%(rid)s"
-_IGNORED = {"node_modules", "__pycache__", ".flux"}
+_IGNORED = NOT_SOURCES | {".flux"}  # what a build writes must not look like a save
 
 
 class ProjectWatcher:

@@ -66,17 +66,17 @@ class Bundle:
 
 
 def deploy(dsn: str, settings: Settings, *, git_commit: str | None = None) -> Deployment:
-    """Build and deploy the project in `settings.project_dir`, and make it the active version."""
+    """Build and deploy the project in `settings.project_dir`, and make it the active version. Flux's own
+    migrations must be applied already (`flux.migrate.migrate`): they are not part of the project's
+    version."""
     bundle = bundle_project(settings, git_commit=git_commit)
-    migrate.migrate(dsn)  # Flux's own schema first: it is not part of the project's version
     with db.connect(dsn) as conn:
         return deploy_bundle(conn, bundle)
 
 
 def bundle_project(settings: Settings, *, git_commit: str | None = None) -> Bundle:
-    """Build every function of the project and check its routes and limits."""
+    """Build every function of the project, with its limits (`deploy_bundle` checks the routes)."""
     functions = build_project(settings)
-    _check_routes(settings.routes, functions)
     migrations = migrate.load_versioned(settings.project_migrations, "project")
     return Bundle(settings.name, git_commit or _git_commit(settings), tuple(dict(r) for r in settings.routes),
                   functions, tuple(migrations))  # fmt: skip
@@ -204,15 +204,14 @@ def rollback_in(conn: psycopg.Connection[Any], version: int) -> None:
 
 def list_deployments(conn: Any, limit: int | None = None, before: int | None = None) -> list[dict[str, Any]]:
     """Versions, newest first (`limit` of them, older than `before`), with their functions' code shas."""
-    rows = conn.execute(
-        "SELECT d.id, d.active, d.created_at, d.created_by, d.git_commit,"
-        " coalesce(jsonb_object_agg(f.name, f.sha256) FILTER (WHERE f.name IS NOT NULL), '{}')"
+    return db.fetch_dicts(
+        conn,
+        "SELECT d.id AS version, d.active, d.created_at, d.created_by, d.git_commit,"
+        " coalesce(jsonb_object_agg(f.name, f.sha256) FILTER (WHERE f.name IS NOT NULL), '{}') AS functions"
         " FROM flux.deployments d LEFT JOIN flux.deployment_functions f ON f.deployment_id = d.id"
         " WHERE %s::bigint IS NULL OR d.id < %s GROUP BY d.id ORDER BY d.id DESC LIMIT %s",
         (before, before, limit),
-    ).fetchall()
-    keys = ("version", "active", "created_at", "created_by", "git_commit", "functions")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    )
 
 
 def build_project(settings: Settings) -> dict[str, tuple[Function, str]]:

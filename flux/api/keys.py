@@ -38,15 +38,13 @@ def create_tenant(conn: Any, name: str, rate_per_s: float | None = None, burst: 
 
 def list_tenants(conn: Any, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
     """Tenants by name (`limit` of them, named after `after`), with their number of live keys."""
-    with db.translate_errors():
-        rows = conn.execute(
-            "SELECT t.id::text, t.name, t.rate_per_s, t.burst, t.created_at,"
-            " (SELECT count(*) FROM flux.api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL)"
-            " FROM flux.tenants t WHERE %s::text IS NULL OR t.name > %s ORDER BY t.name LIMIT %s",
-            (after, after, limit),
-        ).fetchall()
-    keys = ("id", "name", "rate_per_s", "burst", "created_at", "keys")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    return db.fetch_dicts(
+        conn,
+        "SELECT t.id::text AS id, t.name, t.rate_per_s, t.burst, t.created_at,"
+        " (SELECT count(*) FROM flux.api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS keys"
+        " FROM flux.tenants t WHERE %s::text IS NULL OR t.name > %s ORDER BY t.name LIMIT %s",
+        (after, after, limit),
+    )
 
 
 def create_key(
@@ -68,15 +66,13 @@ def create_key(
 
 def list_keys(conn: Any, limit: int | None = None, after: int | None = None) -> list[dict[str, Any]]:
     """Keys by id (`limit` of them, after id `after`), never their text."""
-    with db.translate_errors():
-        rows = conn.execute(
-            "SELECT k.id, k.prefix, k.name, k.role, t.name, k.created_at, k.revoked_at FROM flux.api_keys k"
-            " LEFT JOIN flux.tenants t ON t.id = k.tenant_id WHERE %s::bigint IS NULL OR k.id > %s"
-            " ORDER BY k.id LIMIT %s",
-            (after, after, limit),
-        ).fetchall()
-    keys = ("id", "prefix", "name", "role", "tenant", "created_at", "revoked_at")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    return db.fetch_dicts(
+        conn,
+        "SELECT k.id, k.prefix, k.name, k.role, t.name AS tenant, k.created_at, k.revoked_at"
+        " FROM flux.api_keys k LEFT JOIN flux.tenants t ON t.id = k.tenant_id"
+        " WHERE %s::bigint IS NULL OR k.id > %s ORDER BY k.id LIMIT %s",
+        (after, after, limit),
+    )
 
 
 def revoke_key(conn: Any, key: str) -> int:

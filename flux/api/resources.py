@@ -15,7 +15,7 @@ from typing import Any
 
 import falcon
 
-from flux import jsontext
+from flux import db, jsontext
 from flux.api import deploy, keys, secrets
 from flux.api.admin import check_admin_key
 from flux.api.openapi import document
@@ -62,13 +62,13 @@ class _Api:
 
     def on_get_functions(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._conn(req) as conn:
-            rows = conn.execute(
-                "SELECT f.name, f.runtime, f.language, f.sha256, f.limits, d.id"
+            items = db.fetch_dicts(
+                conn,
+                "SELECT f.name, f.runtime, f.language, f.sha256, f.limits, d.id AS version"
                 " FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id"
-                " WHERE d.active ORDER BY f.name"
-            ).fetchall()
-        names = ("name", "runtime", "language", "sha256", "limits", "version")
-        _answer(resp, {"items": [dict(zip(names, row, strict=True)) for row in rows], "next": None})
+                " WHERE d.active ORDER BY f.name",
+            )
+        _answer(resp, {"items": items, "next": None})
 
     def on_post_invoke(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         body = _body(req, {"data": object, "role": str})
@@ -87,12 +87,12 @@ class _Api:
 
     def on_get_routes(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._conn(req) as conn:
-            rows = conn.execute(
-                "SELECT id, method, path, function, auth, rate_per_s, burst, cors_origins, max_body_bytes"
-                " FROM flux.routes ORDER BY id"
-            ).fetchall()
-        names = ("id", "method", "path", "function", "auth", "rate_per_s", "burst", "cors", "max_body_bytes")
-        _answer(resp, {"items": [dict(zip(names, row, strict=True)) for row in rows], "next": None})
+            items = db.fetch_dicts(
+                conn,
+                "SELECT id, method, path, function, auth, rate_per_s, burst, cors_origins AS cors,"
+                " max_body_bytes FROM flux.routes ORDER BY id",
+            )
+        _answer(resp, {"items": items, "next": None})
 
     # -- deployments ------------------------------------------------------------------------------------
 

@@ -131,12 +131,8 @@ class Gateway:
                 "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
                 "body": body, "user": dict(caller.claims) if caller.role != "anon" else None,
             }  # fmt: skip
-            outcome = invoke(
-                conn, self._executor, function, request, catalog=self.catalogs.get(conn),
-                caller=caller, recorder=recorder, record=record, traceparent=trace.traceparent(),
-                fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
-                started=(started_us, clock),
-            )  # fmt: skip
+            outcome = self._run(conn, function, request, caller=caller, recorder=recorder, record=record,
+                                traceparent=trace.traceparent(), started=(started_us, clock))  # fmt: skip
         _respond(resp, outcome.response)
 
     def invoke_function(self, name: str, data: Json, role: str, admin_key_id: int) -> Any:
@@ -151,12 +147,15 @@ class Gateway:
         with self.pool.connection() as conn:
             if name not in self.functions.active.get(conn).functions:
                 raise NotFound(f"no function {name!r} in the active version", hint="`flux deployments ls`")
-            function = self.functions.get(conn, name)
-            return invoke(
-                conn, self._executor, function, request, catalog=self.catalogs.get(conn),
-                caller=Caller(role=role), recorder=recorder, record={"method": "POST", "path": path},
-                fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
-            )  # fmt: skip
+            return self._run(conn, self.functions.get(conn, name), request, caller=Caller(role=role),
+                             recorder=recorder, record={"method": "POST", "path": path})  # fmt: skip
+
+    def _run(self, conn: Any, function: Function, request: Json, **options: Any) -> Any:
+        """One recorded run on this worker's runtime, catalog, secrets and record writer."""
+        return invoke(
+            conn, self._executor, function, request, catalog=self.catalogs.get(conn),
+            fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn), **options,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Write the records still queued; stop the listeners, the runtime's workers and the pool (a worker

@@ -28,6 +28,11 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
+NOT_SOURCES = {
+    "node_modules",
+    "__pycache__",
+    "build",
+}  # folders in a function's folder that are not its source
 _RUSTC = "/usr/bin/rustc"  # Debian's: the rustup toolchain usually on PATH has no wasm32 target
 _SOURCES = (
     ("index.js", "javascript"),
@@ -109,9 +114,7 @@ def sources_sha256(folder: Path) -> str:
     """One hash of every source file in the function's folder (names and contents), to skip a rebuild."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and not {"node_modules", "__pycache__", "build"} & set(
-            path.relative_to(folder).parts
-        ):
+        if path.is_file() and not NOT_SOURCES & set(path.relative_to(folder).parts):
             digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

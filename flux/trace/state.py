@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from flux import db
 from flux.errors import TableNotTracked
 
@@ -48,19 +46,17 @@ def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
 
 def history(conn: Any, table: str, key: str) -> list[Row]:
     """Every version of the row, oldest first."""
-    table_ref, pk = row_key(conn, table, key)
-    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(
-            "SELECT * FROM flux.row_history(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
-        )
-        return [dict(row) for row in rows.fetchall()]
+    return _rows_of(conn, "flux.row_history", table, key)
 
 
 def blame(conn: Any, table: str, key: str) -> list[Row]:
     """For each column of the row, the change that last set it."""
+    return _rows_of(conn, "flux.row_blame", table, key)
+
+
+def _rows_of(conn: Any, function: str, table: str, key: str) -> list[Row]:
+    """The rows `function(table, key)` returns, once the table and key are resolved."""
     table_ref, pk = row_key(conn, table, key)
-    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(
-            "SELECT * FROM flux.row_blame(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
-        )
-        return [dict(row) for row in rows.fetchall()]
+    return db.fetch_dicts(
+        conn, f"SELECT * FROM {function}(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
+    )

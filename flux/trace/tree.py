@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from flux import db
 from flux.errors import InvalidRequest, RequestNotFound
 
@@ -54,27 +52,29 @@ def resolve_request_id(conn: Any, given: str) -> str:
 
 def load_trace(conn: Any, request_id: str) -> Trace:
     """The whole record of one request."""
-    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        request = cursor.execute(
-            "SELECT r.*, d.git_commit FROM flux.requests r"
-            " LEFT JOIN flux.deployments d ON d.id = r.deployment_id WHERE r.id = %s",
-            (request_id,),
-        ).fetchone()
-        if request is None:
-            raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
-        spans = cursor.execute("SELECT * FROM flux.trace(%s)", (request_id,)).fetchall()
-        mutations = cursor.execute(
+    found = db.fetch_dicts(
+        conn,
+        "SELECT r.*, d.git_commit FROM flux.requests r"
+        " LEFT JOIN flux.deployments d ON d.id = r.deployment_id WHERE r.id = %s",
+        (request_id,),
+    )
+    if not found:
+        raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
+    return Trace(
+        found[0],
+        db.fetch_dicts(conn, "SELECT * FROM flux.trace(%s)", (request_id,)),
+        db.fetch_dicts(
+            conn,
             "SELECT id, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
             " WHERE request_id = %s ORDER BY id",
             (request_id,),
-        ).fetchall()
-        jobs = cursor.execute(
+        ),
+        db.fetch_dicts(
+            conn,
             "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s"
             " ORDER BY id",
             (request_id,),
-        ).fetchall()
-    return Trace(
-        dict(request), [dict(s) for s in spans], [dict(m) for m in mutations], [dict(j) for j in jobs]
+        ),
     )
 
 
@@ -95,12 +95,11 @@ def list_requests(
             params.append(value)
     if errors:
         where.append("NOT r.ok")
-    with db.translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(
-            "SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.ok,"
-            " r.duration_us, r.error->>'code' AS error_code FROM flux.requests r WHERE "
-            + " AND ".join(where)
-            + " ORDER BY r.started_at DESC LIMIT %s",
-            [*params, limit],
-        ).fetchall()
-    return [dict(row) for row in rows]
+    return db.fetch_dicts(
+        conn,
+        "SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.ok,"
+        " r.duration_us, r.error->>'code' AS error_code FROM flux.requests r WHERE "
+        + " AND ".join(where)
+        + " ORDER BY r.started_at DESC LIMIT %s",
+        [*params, limit],
+    )
