@@ -76,3 +76,24 @@ def test_close_writes_what_is_still_queued(pool: Any, conn: psycopg.Connection[A
     assert len(_written(conn, records)) == 50
     with pytest.raises(RuntimeError):
         writer.submit(_record())
+
+
+def test_records_queued_close_together_share_one_statement(
+    pool: Any, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements: list[bytes] = []
+    write_alone = db.write_alone
+    monkeypatch.setattr(db, "write_alone", lambda c, s, **kw: (statements.append(s), write_alone(c, s, **kw)))
+    writer = RecordWriter(pool)
+    records = [_record() for _ in range(10)]
+    try:
+        for record in records:  # one every millisecond, well within the writer's linger
+            writer.submit(record)
+            time.sleep(0.001)
+        deadline = time.monotonic() + 5
+        while len(_written(conn, records)) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)  # no flush(): it would cut the linger short
+    finally:
+        writer.close()
+    assert len(_written(conn, records)) == 10
+    assert len(statements) <= 2
