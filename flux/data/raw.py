@@ -126,7 +126,8 @@ def inspect_raw_sql(sql: str) -> RawStatement:
 
     Refused with InvalidRawSql: a syntax error, no statement or more than one, transaction control
     (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION: the request owns its transaction), anything that changes the
-    role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE, a literal `set_config('role', ...)`), and COPY
+    role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE or ALL, a literal `set_config('role', ...)`), any of
+    Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), and COPY
     to or from a server file or program. The kind is what the statement says; a function it calls may still
     write, so the role's grants remain the fence.
     """
@@ -226,11 +227,18 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
     for inner_type, inner in _nodes(fields):
         if inner_type == "FuncCall":
             _refuse_set_config(inner)
+        elif inner.get("kind") == "VAR_RESET_ALL":
+            _refuse_setting("role")  # RESET ALL drops the request's role with every other setting
         elif str(inner.get("kind", "")).startswith("VAR_"):
             _refuse_setting(str(inner.get("name", "")).lower())
 
 
 def _refuse_setting(name: str) -> None:
+    if name.startswith("flux."):
+        raise InvalidRawSql(
+            f"raw SQL may not change {name}; Flux sets the request's id, claims and tenant itself",
+            details={"setting": name},
+        )
     if name in _ROLE_SETTINGS:
         raise InvalidRawSql(
             f"raw SQL may not change the role ({name}); it runs as the request's role",

@@ -148,7 +148,7 @@ CLASSIFIED = [
     # other
     ("SET search_path = shop, public", "other", "sql:set", ()),
     ("SET LOCAL statement_timeout = '1s'", "other", "sql:set", ()),
-    ("RESET ALL", "other", "sql:reset", ()),
+    ("RESET search_path", "other", "sql:reset", ()),
     ("COPY orders TO STDOUT", "other", "sql:copy(orders)", ("orders",)),
     ("COPY orders FROM STDIN", "other", "sql:copy(orders)", ("orders",)),
     ("CALL settle(1)", "other", "sql:call", ()),
@@ -232,6 +232,7 @@ def test_transaction_control_is_refused_because_the_request_owns_the_transaction
         "RESET ROLE",
         "SET SESSION AUTHORIZATION postgres",
         "RESET SESSION AUTHORIZATION",
+        "RESET ALL",
         "SELECT set_config('role', 'postgres', true)",
         "select pg_catalog.set_config('Session_Authorization', 'postgres', false) from orders",
         "ALTER ROLE flux_service SET role = postgres",
@@ -242,6 +243,23 @@ def test_changing_the_role_is_refused(sql: str) -> None:
     with pytest.raises(InvalidRawSql, match="may not change the role") as caught:
         inspect_raw_sql(sql)
     assert caught.value.details["setting"] in {"role", "session_authorization"}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config('flux.claims', '{\"sub\": \"someone-else\"}', true)",
+        "SET LOCAL flux.request_id = '00000000-0000-0000-0000-000000000000'",
+        "SET flux.tenant_id TO DEFAULT",
+        "RESET flux.span_seq",
+    ],
+)
+def test_changing_fluxs_request_settings_is_refused(sql: str) -> None:
+    """Row-level security reads flux.claims, and the mutation log flux.request_id: a function must not forge
+    either."""
+    with pytest.raises(InvalidRawSql, match=r"may not change flux\.") as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details["setting"].startswith("flux.")
 
 
 @pytest.mark.parametrize(
