@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, init, manage, server, state, trace
+from cli import build, db, explain, init, manage, server, state, trace, why
 
 
 class FluxTyper(typer.Typer):
@@ -57,6 +57,7 @@ explain.register(app)
 build.register(app)
 manage.register(app)
 init.register(app)
+why.register(app)
 
 
 @app.command()

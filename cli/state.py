@@ -27,7 +27,7 @@ def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
     if not versions:
         typer.echo(f"no recorded change to {table} {key}")
     for version in versions:
-        typer.echo(f"{version['at']:%Y-%m-%d %H:%M:%S}  {version['op']:<6}  {_who(version)}")
+        typer.echo(f"{version['at']:%Y-%m-%d %H:%M:%S}  {version['op']:<6}  {who(version)}")
         changed = changes(version)
         if changed:
             typer.echo(f"    {changed}")
@@ -49,10 +49,10 @@ def blame(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
     for column in columns:
         shown = values[column["column_name"]]
         typer.echo(f"{column['column_name']:<{width}}  {shown:<{value_width}}  {column['op']:<6}"
-                   f"  {column['at']:%Y-%m-%d %H:%M:%S}  {_who(column)}")  # fmt: skip
+                   f"  {column['at']:%Y-%m-%d %H:%M:%S}  {who(column)}")  # fmt: skip
 
 
-def _who(change: dict[str, Any]) -> str:
+def who(change: dict[str, Any]) -> str:
     if change["request_id"] is None:
         return f"outside Flux (database user {change['actor']})"
     code = f"  code {change['code_sha'][:12]}" if change["code_sha"] else ""

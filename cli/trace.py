@@ -23,7 +23,8 @@ class _TraceGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(cls=_TraceGroup, help="Requests as they were recorded: `flux trace <id>`, `flux trace ls`.",
+app = typer.Typer(cls=_TraceGroup, help="Requests as they were recorded: `flux trace <id>`, `flux trace ls`,"
+                  " `flux trace diff <a> <b>`.",
                   no_args_is_help=True)  # fmt: skip
 ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
@@ -55,6 +56,38 @@ def show(
     typer.echo("\n".join(render(trace, full=full, color=sys.stdout.isatty())))
 
 
+@app.command("diff")
+def diff(
+    first: Annotated[str, typer.Argument(help="One request id (or a prefix only it has).")],
+    second: Annotated[str, typer.Argument(help="The request to compare with it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The differences as JSON.")] = False,
+    project: ProjectDir = Path("."),
+) -> None:
+    """How the second request differs from the first: spans added, missing or changed, latency per span,
+    outputs, and mutations (same rows, other values)."""
+    from cli.backends import database_connection
+    from flux.trace.diff import diff_traces
+    from flux.trace.tree import load_trace, resolve_request_id
+
+    with database_connection(project) as conn:
+        a, b = (load_trace(conn, resolve_request_id(conn, given)) for given in (first, second))
+    differences = diff_traces(a, b)
+    if as_json:
+        import dataclasses
+
+        from flux import jsontext
+
+        shown = {
+            "a": a.request["id"], "b": b.request["id"], "same": differences.same,
+            "request": [dataclasses.asdict(c) for c in differences.request],
+            "spans": [dataclasses.asdict(d) | {"delta_us": d.delta_us} for d in differences.spans],
+            "mutations": [dataclasses.asdict(m) for m in differences.mutations],
+        }  # fmt: skip
+        typer.echo(jsontext.dumps_text(shown))
+        return
+    typer.echo("\n".join(render_diff(differences, color=sys.stdout.isatty())))
+
+
 @app.command("ls")
 def ls(
     route: Annotated[str | None, typer.Option(help="Only this path.")] = None,
@@ -84,22 +117,22 @@ def ls(
 
 def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
     """The trace as lines of text."""
-    paint = _painter(color)
+    paint = painter(color)
     request = trace.request
     total = max(request["duration_us"] or 1, 1)
-    what = f"{request['method'] or request['kind']} {request['path'] or ''}".strip()
-    status = paint(str(request["status"]), "green" if request["ok"] else "red")
-    version = f"  version {request['deployment_id']}" if request["deployment_id"] else ""
-    code = f" (code {request['code_sha'][:12]})" if request["code_sha"] else ""
     lines = [
-        f"request {request['id']}  {what}  {status}  {_ms(request['duration_us'])}"
-        f"  fn={request['function'] or '-'}{version}{code}",
+        f"request {headline(request, paint)}",
         f"{request['started_at']:%Y-%m-%d %H:%M:%S %Z}",
     ]
     if request["error"]:
         lines.append(paint(f"error {request['error'].get('code')}: {request['error'].get('message')}", "red"))
     lines.append("")
     width = max((len(_label(span)) for span in trace.spans), default=0)
+    seqs = {span["seq"] for span in trace.spans}
+    caused: dict[int, list[Any]] = {}
+    for m in trace.mutations:
+        if m["span_seq"] in seqs:
+            caused.setdefault(m["span_seq"], []).append(m)
     for span in trace.spans:
         start = min(BAR_WIDTH - 1, int((span["offset_us"] or 0) * BAR_WIDTH / total))
         length = max(1, round((span["duration_us"] or 0) * BAR_WIDTH / total))
@@ -112,19 +145,81 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
             for key in ("input", "output", "error") if full else ("error",):
                 if span[key] is not None:
                     lines.append(f"{indent}{key}: {json.dumps(span[key], ensure_ascii=False, default=str)}")
-    if trace.mutations:
-        lines += ["", "mutations"]
-        for m in trace.mutations:
-            pk = json.dumps(m["row_pk"], default=str)
-            lines.append(f"  {m['op']:<6} {m['table_name']} {pk}  {changes(m)}".rstrip())
+        indent = "  " * (span["depth"] + 2)
+        lines += [f"{indent}{_mutation(m)}" for m in caused.get(span["seq"], [])]
+    unlinked = [m for m in trace.mutations if m["span_seq"] not in seqs]
+    if unlinked:
+        lines += ["", "mutations" if len(unlinked) == len(trace.mutations) else "other mutations"]
+        lines += [f"  {_mutation(m)}" for m in unlinked]
     if trace.jobs:
         lines += ["", "jobs"]
         lines += [f"  job {j['id']}  {j['function']}  {j['status']} (queue {j['queue']})" for j in trace.jobs]
     return lines
 
 
+_MARKS = {"same": (" ", None), "changed": ("~", "yellow"), "missing": ("-", "red"), "added": ("+", "green")}
+
+
+def render_diff(differences: Any, *, color: bool = False) -> list[str]:
+    """`flux trace diff` as lines of text: `~` changed, `-` only in a, `+` only in b."""
+    paint = painter(color)
+    lines = [f"a {headline(differences.a.request, paint)}", f"b {headline(differences.b.request, paint)}"]
+    if differences.same:
+        return [*lines, "", "same spans, outputs and mutations"]
+    lines += [f"  {_change(change)}" for change in differences.request]
+    width = max((len(_label(d)) for d in differences.spans), default=0)
+    lines += ["", f"  {'spans':<{width}}  {'a':>9}  {'b':>9}  {'b - a':>9}"]
+    for d in differences.spans:
+        mark, colour = _MARKS[d.status]
+        durations = [_ms(side["duration_us"]) if side else "-" for side in (d.a, d.b)]
+        delta = "" if d.delta_us is None else f"{d.delta_us / 1000:+.2f} ms"
+        line = f"{mark} {_label(d):<{width}}  {durations[0]:>9}  {durations[1]:>9}  {delta:>9}"
+        lines.append(paint(line, colour) if colour else line)
+        lines += _changes(d.changes, "  " * (d.depth + 2))
+    if differences.mutations:
+        lines += ["", "mutations"]
+    for m in differences.mutations:
+        mark, colour = _MARKS[m.status]
+        row = m.b or m.a
+        where = "" if m.status in ("same", "changed") else f"  (only in {'b' if m.a is None else 'a'})"
+        line = f"{mark} {m.op:<6} {m.table} {json.dumps(row['row_pk'], default=str)}{where}"
+        lines.append(paint(line, colour) if colour else line)
+        lines += _changes(m.changes, "    ")
+    return lines
+
+
+def _changes(changes: list[Any], indent: str) -> list[str]:
+    from flux.trace.diff import MAX_CHANGES
+
+    shown = [f"{indent}{_change(change)}" for change in changes[:MAX_CHANGES]]
+    if len(changes) > MAX_CHANGES:
+        shown.append(f"{indent}... and {len(changes) - MAX_CHANGES} more")
+    return shown
+
+
+def _change(change: Any) -> str:
+    return f"{change.path}: {value(change.a)} → {value(change.b)}"
+
+
+def headline(request: Any, paint: Any) -> str:
+    what = f"{request['method'] or request['kind']} {request['path'] or ''}".strip()
+    status = paint(str(request["status"]), "green" if request["ok"] else "red")
+    version = f"  version {request['deployment_id']}" if request["deployment_id"] else ""
+    code = f" (code {request['code_sha'][:12]})" if request["code_sha"] else ""
+    return (
+        f"{request['id']}  {what}  {status}  {_ms(request['duration_us'])}"
+        f"  fn={request['function'] or '-'}{version}{code}"
+    )
+
+
+def _mutation(m: Any) -> str:
+    pk = json.dumps(m["row_pk"], default=str)
+    return f"{m['op']:<6} {m['table_name']} {pk}  {changes(m)}".rstrip()
+
+
 def _label(span: Any) -> str:
-    return f"{'  ' * span['depth']}{span['name']}"
+    depth, name = (span.depth, span.name) if hasattr(span, "depth") else (span["depth"], span["name"])
+    return f"{'  ' * depth}{name}"
 
 
 def _ms(duration_us: int | None) -> str:
@@ -155,6 +250,6 @@ def _period(text: str | None) -> Any:
     return timedelta(**{units[unit]: int(amount)})
 
 
-def _painter(color: bool) -> Any:
-    codes = {"red": "31", "green": "32", "blue": "34"}
+def painter(color: bool) -> Any:
+    codes = {"red": "31", "green": "32", "yellow": "33", "blue": "34"}
     return (lambda text, name: f"\033[{codes[name]}m{text}\033[0m") if color else (lambda text, name: text)

@@ -200,16 +200,43 @@ def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
     return cursor
 
 
+_SENT_WITH_NEXT: weakref.WeakKeyDictionary[psycopg.Connection[Any], list[bytes]] = weakref.WeakKeyDictionary()
+
+
+def send_with_next(conn: psycopg.Connection[Any], statement: bytes) -> None:
+    """Run `statement` (no parameters) just before the next statement run on `conn` through this module's
+    `execute_*` functions, in the same round trip: a request's BEGIN and settings ride on its first query."""
+    _SENT_WITH_NEXT.setdefault(conn, []).append(statement)
+
+
+def take_unsent(conn: psycopg.Connection[Any]) -> list[bytes]:
+    """The statements `send_with_next` queued on `conn` that no statement has carried yet (now forgotten)."""
+    return _SENT_WITH_NEXT.pop(conn, [])
+
+
+def _execute(cursor: Any, query: bytes, params: list[Any]) -> Any:
+    """`cursor.execute`, preceded by the statements queued for it, all in one pipeline (one round trip)."""
+    waiting = _SENT_WITH_NEXT.pop(cursor.connection, None)
+    if not waiting:
+        return cursor.execute(query, params)
+    conn = cursor.connection
+    with conn.pipeline():
+        for statement in waiting:
+            conn.execute(statement, prepare=False)
+        cursor.execute(query, params)
+    return cursor
+
+
 def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; one row back."""
     with translate_errors():
-        return _raw_cursor(conn).execute(query.encode(), _bind(params)).fetchone()
+        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).fetchone()  # type: ignore[no-any-return]
 
 
 def execute_command(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> int:
     """Run SQL with `$n` placeholders that returns no rows; the number of rows it affected."""
     with translate_errors():
-        return _raw_cursor(conn).execute(query.encode(), _bind(params)).rowcount
+        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).rowcount  # type: ignore[no-any-return]
 
 
 def _bind(params: list[Any]) -> list[Any]:
@@ -219,7 +246,7 @@ def _bind(params: list[Any]) -> list[Any]:
 def execute_rows(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; every row back."""
     with translate_errors():
-        return _raw_cursor(conn).execute(query.encode(), _bind(params)).fetchall()
+        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).fetchall()  # type: ignore[no-any-return]
 
 
 def execute_statement(
@@ -229,7 +256,7 @@ def execute_statement(
     with translate_errors():
         cursor = psycopg.RawCursor(conn, row_factory=dict_row)
         jsontext.adapt(cursor)
-        cursor.execute(query.encode(), _bind(params))
+        _execute(cursor, query.encode(), _bind(params))
         rows = cursor.fetchall() if cursor.description else []
         return rows, max(cursor.rowcount, 0)
 
@@ -282,11 +309,11 @@ def set_request_context(
 class RequestTransaction:
     """One request's transaction on an autocommit connection, in as few round trips as it can be.
 
-    It begins with the request's first database call (`begin`): BEGIN and the request's settings go as one
-    query. It ends with the request's record (`commit`): back to the connecting role, the record and COMMIT go
-    as one query. A request that never touched the database costs one round trip, its record, committed on
-    its own. Statements sent together use the simple protocol, so their values are inlined as literals
-    escaped by libpq."""
+    It begins with the request's first database call (`begin`): BEGIN and the request's settings go in one
+    pipeline with that call's statement, one round trip for the three. It ends with the request's record
+    (`commit`): back to the connecting role, the record and COMMIT go as one query. A request that never
+    touched the database costs one round trip, its record, committed on its own. Settings are sent as literals
+    escaped by libpq (some travel in a simple-protocol query with other statements)."""
 
     def __init__(
         self,
@@ -312,10 +339,16 @@ class RequestTransaction:
             self._settings["statement_timeout"] = str(statement_timeout_ms)
 
     def begin(self) -> None:
-        """Open the transaction as the request's role, with its settings (once; later calls do nothing)."""
+        """Open the transaction as the request's role, with its settings (once; later calls do nothing). Both
+        go with the request's first statement, in its round trip."""
         if not self.begun:
-            self._send(b"BEGIN; " + _set_local(self.conn, self._settings))
+            send_with_next(self.conn, _BEGIN)
+            send_with_next(self.conn, _set_local(self.conn, self._settings))
             self.begun = True
+
+    def mark(self, name: str, value: str) -> None:
+        """Set the transaction-local setting `name` for the statements that follow (with the next one)."""
+        send_with_next(self.conn, _set_local(self.conn, {name: value}))
 
     def apply(self) -> None:
         """Take on the request's role and settings in a transaction the caller opened."""
@@ -324,7 +357,7 @@ class RequestTransaction:
     def commit(self, record: bytes, *, durable: bool) -> None:
         """Run `record` (a statement with its values inlined) as the connecting role and commit it with the
         request's work. A request that changed no data does not wait for the commit's flush to disk."""
-        if not self.begun:
+        if not self._open():
             write_alone(self.conn, record, durable=durable)
             return
         settings = {"role": "none"} if durable else {"role": "none", "synchronous_commit": "off"}
@@ -333,20 +366,32 @@ class RequestTransaction:
 
     def end(self) -> None:
         """Commit the request's work, if it began any, without a record (written elsewhere)."""
-        if self.begun:
+        if self._open():
             self._send(b"COMMIT")
             self.begun = False
 
     def rollback(self) -> None:
         """Undo the request's work, if it began any."""
+        take_unsent(self.conn)
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with translate_errors():
                 self.conn.execute(b"ROLLBACK", prepare=False)
         self.begun = False
 
+    def _open(self) -> bool:
+        """Whether the transaction is open in Postgres (a BEGIN that no statement carried never reached it).
+        Settings still waiting for a statement are dropped."""
+        unsent = take_unsent(self.conn)
+        if unsent[:1] == [_BEGIN]:
+            self.begun = False
+        return self.begun
+
     def _send(self, statements: bytes) -> None:
         with translate_errors():
             self.conn.execute(statements, prepare=False)
+
+
+_BEGIN = b"BEGIN"
 
 
 def write_alone(conn: psycopg.Connection[Any], statement: bytes, *, durable: bool = True) -> None:

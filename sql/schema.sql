@@ -681,9 +681,11 @@ BEGIN
           FROM pg_catalog.jsonb_object_keys(key_source) AS k;
     END IF;
 
-    INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, new, changed)
+    INSERT INTO flux.mutations (request_id, span_seq, actor, tenant_id, table_schema, table_name, op, row_pk, old,
+                                new, changed)
     VALUES (
         nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
+        nullif(pg_catalog.current_setting('flux.span_seq', true), '')::integer,
         session_user,
         flux.tenant_id(),
         schema_name,
@@ -718,15 +720,17 @@ BEGIN
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
     EXECUTE pg_catalog.format(
-        'INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, changed)
-         SELECT $1, session_user, $2, $3, $4, ''DELETE'',
+        'INSERT INTO flux.mutations (request_id, span_seq, actor, tenant_id, table_schema, table_name, op, row_pk,
+                                     old, changed)
+         SELECT $1, $6, session_user, $2, $3, $4, ''DELETE'',
                 (SELECT pg_catalog.jsonb_object_agg(k, r.data -> k) FROM pg_catalog.unnest($5) AS k),
                 r.data,
                 (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(r.data) AS k)
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:];
+          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:],
+          nullif(pg_catalog.current_setting('flux.span_seq', true), '')::integer;
     RETURN NULL;
 END
 $_$;
@@ -1178,6 +1182,7 @@ CREATE TABLE flux.mutations (
     changed text[],
     txid bigint DEFAULT txid_current() NOT NULL,
     at timestamp with time zone DEFAULT now() NOT NULL,
+    span_seq integer,
     CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
 );
 
@@ -1187,6 +1192,13 @@ CREATE TABLE flux.mutations (
 --
 
 COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
+
+
+--
+-- Name: COLUMN mutations.span_seq; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.mutations.span_seq IS 'The seq of the span (in flux.spans, with request_id) whose database call made this change; NULL for writes made outside a request, or by a statement Flux did not expect to write (a function called by a select).';
 
 
 --

@@ -25,7 +25,18 @@ method = "POST"
 path = "/notes"
 function = "add_note"
 auth = "none"
+
+[[routes]]
+method = "GET"
+path = "/notes/{id}"
+function = "get_note"
+auth = "none"
 """
+GET_NOTE = """export default async (req, ctx) => {
+  const found = await ctx.db.query({select: "notes", where: {id: {eq: Number(req.params.id)}}});
+  if (found.rows.length === 0) throw new Error("no such note");
+  return found.rows[0];
+}"""
 ADD_NOTE = """export default async (req, ctx) => {
   if (!req.body?.text) throw new Error("no text");
   const note = await ctx.db.query({insert: "notes", values: {body: req.body.text}, returning: ["id"]});
@@ -40,10 +51,12 @@ NOTES = "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bo
 
 @pytest.fixture
 def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
-    """Three requests through the gateway: a write (with a job), a failure, a refusal; their ids."""
+    """Requests through the gateway: two writes (each with a job), a failure, a refusal, a read; their ids."""
     (tmp_path / "flux.toml").write_text(FLUX_TOML)
     (tmp_path / "functions" / "add_note").mkdir(parents=True)
     (tmp_path / "functions" / "add_note" / "index.ts").write_text(ADD_NOTE)
+    (tmp_path / "functions" / "get_note").mkdir(parents=True)
+    (tmp_path / "functions" / "get_note" / "index.ts").write_text(GET_NOTE)
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_notes.sql").write_text(NOTES)
     settings = load_settings(tmp_path, env={})
@@ -51,8 +64,10 @@ def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
     with gateway_client(settings, dsn) as client:
         ids = {
             "ok": client.simulate_post("/notes", json={"text": "hello"}),
+            "again": client.simulate_post("/notes", json={"text": "world"}),
             "failed": client.simulate_post("/notes", json={}),
             "refused": client.simulate_get("/nowhere"),
+            "read": client.simulate_get("/notes/1"),
         }
     return {name: result.headers["x-request-id"] for name, result in ids.items()}
 
@@ -76,7 +91,11 @@ def test_trace_shows_the_tree_the_mutations_and_the_jobs(dsn: str, recorded: dic
         shown.output
     )
     assert ("  ", "queue:push(notify)") in spans and ("  ", "log:info") in spans
-    assert '  INSERT notes {"id": 1}  body: ∅ → "hello", id: ∅ → 1' in lines
+    insert_line = next(i for i, line in enumerate(lines) if line.startswith("  db:insert(notes)"))
+    assert (
+        lines[insert_line + 1] == '      INSERT notes {"id": 1}  body: ∅ → "hello", id: ∅ → 1'
+    )  # under its span
+    assert "mutations" not in lines  # every change is shown under the call that made it
     assert any(line.startswith("  job ") and "notify  queued" in line for line in lines)
     record = json.loads(flux(dsn, "trace", recorded["ok"], "--json").output)
     insert = next(span for span in record["spans"] if span["name"] == "db:insert(notes)")
@@ -91,7 +110,7 @@ def test_a_failed_and_a_refused_request_show_why(dsn: str, recorded: dict[str, s
     assert "GET /nowhere  404" in refused.splitlines()[0] and "error FX004" in refused
     listed = flux(dsn, "trace", "ls", "--errors").output.splitlines()
     assert {line.split()[2] for line in listed} == {recorded["failed"], recorded["refused"]}
-    assert len(flux(dsn, "trace", "ls", "--status", "201").output.splitlines()) == 1
+    assert len(flux(dsn, "trace", "ls", "--status", "201").output.splitlines()) == 2
 
 
 def test_unknown_and_ambiguous_ids_are_refused_clearly(
@@ -127,4 +146,52 @@ def test_state_history_and_blame_of_a_row(dsn: str, recorded: dict[str, str], co
     assert rows == [("INSERT", "add_note", "flux_authenticator"), ("UPDATE", None, "postgres")]
     for args in (("nowhere", "1"), ("notes", '{"nope": 1}')):
         assert isinstance(flux(dsn, "state", "history", *args).exception, TableNotTracked), args
-    assert flux(dsn, "state", "history", "notes", "2").output == "no recorded change to notes 2\n"
+    assert flux(dsn, "state", "history", "notes", "9").output == "no recorded change to notes 9\n"
+
+
+def test_diff_of_two_calls_of_one_route_shows_other_values(dsn: str, recorded: dict[str, str]) -> None:
+    shown = flux(dsn, "trace", "diff", recorded["ok"], recorded["again"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith(f"a {recorded['ok']}  POST /notes  201") and lines[1].startswith("b ")
+    spans = [line for line in lines if re.match(r"^[ ~+-] ", line) and " ms " in line]
+    assert not any(line.startswith(("+", "-")) for line in spans), shown.output  # the same calls, in order
+    insert = next(i for i, line in enumerate(lines) if line.startswith("~   db:insert(notes)"))
+    assert '      input.values.body: "hello" → "world"' in lines[insert + 1 : insert + 4]
+    assert "      output.rows[0].id: 1 → 2" in lines[insert + 1 : insert + 4]
+    at = lines.index("mutations")
+    assert lines[at + 1] == '~ INSERT public.notes {"id": 2}'
+    assert '    new.body: "hello" → "world"' in lines[at + 2 :] and "    key.id: 1 → 2" in lines[at + 2 :]
+    same = flux(dsn, "trace", "diff", recorded["ok"], recorded["ok"][:8]).output
+    assert same.splitlines()[-1] == "same spans, outputs and mutations"
+
+
+def test_diff_of_a_success_and_a_failure_shows_what_went_missing(dsn: str, recorded: dict[str, str]) -> None:
+    shown = flux(dsn, "trace", "diff", recorded["ok"], recorded["failed"], "--json")
+    assert shown.exit_code == 0, shown.output
+    differences = json.loads(shown.output)
+    assert {"path": "status", "a": 201, "b": 500} in differences["request"]
+    status = {d["name"].strip(): d["status"] for d in differences["spans"]}
+    assert status["db:insert(notes)"] == status["queue:push(notify)"] == "missing"
+    assert status["POST /notes"] in ("same", "changed") and status["function:add_note"] == "changed"
+    assert [(m["status"], m["op"]) for m in differences["mutations"]] == [("missing", "INSERT")]
+
+
+def test_why_shows_the_failure_the_reads_and_who_changed_the_rows_before(
+    dsn: str, recorded: dict[str, str]
+) -> None:
+    failed = flux(dsn, "why", recorded["failed"]).output.splitlines()
+    assert failed[2] == "failed in function:add_note" and '"path": "/notes"' in failed[3], failed
+    assert failed[4] == "  error: FX300: Error: no text" and failed[5].startswith(
+        "    at default (functions/"
+    )
+    read = flux(dsn, "why", recorded["read"]).output.splitlines()
+    assert "it did not fail" in read and "it read" in read
+    assert any(line.startswith("  db:select(notes)  1 row  input: ") for line in read), read
+    assert '    {"id": 1, "body": "hello"}' in read
+    at = read.index("before it")
+    assert read[at + 1].startswith('  public.notes {"id": 1} (read): INSERT of body, id at ')
+    assert read[at + 2].startswith(f"    by request {recorded['ok']}  fn=add_note  version 1  code ")
+    written = flux(dsn, "why", recorded["again"]).output.splitlines()
+    assert '  INSERT notes {"id": 2}  body: ∅ → "world", id: ∅ → 2' in written
+    assert '  public.notes {"id": 2} (written): no change recorded before' in written

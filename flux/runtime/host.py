@@ -52,6 +52,7 @@ class Host:
     traceparent: str | None = None  # sent on each fetch, so the callee continues the request's trace
     wrote: bool = False  # whether the request changed data (its record then commits synchronously)
     aborted: FluxError | None = None  # the database error that ended the request's transaction
+    marked_span: int | None = None  # the span flux.span_seq names in the transaction (see database_work)
 
     def answer(self, op: Any, args: Any) -> dict[str, Json]:
         """`call` as the function gets it: `{"ok": true, "value": ...}` or `{"ok": false, "error": ...}`."""
@@ -85,29 +86,29 @@ class Host:
     # -- operations -----------------------------------------------------------------------------------------
 
     def db_query(self, args: Json) -> Json:
-        with self.database_work():
-            if not isinstance(args, dict):
-                raise InvalidHostCall("db.query takes one JSON query object")
+        if not isinstance(args, dict):
+            raise InvalidHostCall("db.query takes one JSON query object")
+        writes = "select" not in args
+        with self.database_work(writes=writes):
             result = run_query(self.conn, args, self.catalog, self.role, self.limits)  # type: ignore[arg-type]
-        if "select" not in args:
-            self.wrote = True
+        self.wrote |= writes
         return result
 
     def db_sql(self, args: Json) -> Json:
-        with self.database_work():
-            if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
-                raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
-            params = args.get("params", [])
-            if not isinstance(params, list):
-                raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
-            statement = inspect_raw_sql(args["sql"])
+        if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
+            raise InvalidHostCall("db.sql takes {sql: string, params?: [values]}")
+        params = args.get("params", [])
+        if not isinstance(params, list):
+            raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
+        statement = inspect_raw_sql(args["sql"])
+        writes = statement.kind != "read"
+        with self.database_work(writes=writes):
             result = run_statement(self.conn, statement, params, self.role)  # type: ignore[arg-type]
-        if statement.kind != "read":
-            self.wrote = True
+        self.wrote |= writes
         return result
 
     def queue_push(self, args: Json) -> Json:
-        with self.database_work():
+        with self.database_work(writes=True):
             _check_push(args)
             row = db.execute_raw(
                 self.conn,
@@ -166,9 +167,10 @@ class Host:
         return self.transaction.conn
 
     @contextmanager
-    def database_work(self) -> Iterator[None]:
+    def database_work(self, *, writes: bool = False) -> Iterator[None]:
         """Work in the request's transaction, begun here if it is the first: refused once a database error
-        aborted it (Postgres would refuse every later statement), and such an error is remembered."""
+        aborted it (Postgres would refuse every later statement), and such an error is remembered. Work that
+        `writes` names its span in `flux.span_seq`, so the mutations it makes are linked to the span."""
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
@@ -177,6 +179,10 @@ class Host:
             )
         try:
             self.transaction.begin()
+            span_seq = self.recorder.current if writes else None
+            if span_seq != self.marked_span:  # a read after a write clears it
+                self.transaction.mark("flux.span_seq", "" if span_seq is None else str(span_seq))
+                self.marked_span = span_seq
             yield
         except FluxError as exc:
             if db.transaction_failed(self.conn):

@@ -121,6 +121,11 @@ class Recorder:
         self._open.append(span.seq)
         return span
 
+    @property
+    def current(self) -> int | None:
+        """The seq of the innermost span running now."""
+        return self._open[-1] if self._open else None
+
     def finish(self, span: Span, *, output: Json = None, error: BaseException | Json | None = None) -> None:
         span.duration_us = (time.perf_counter_ns() - span.clock_ns) // 1000
         if error is not None:

@@ -65,8 +65,8 @@ def load_trace(conn: Any, request_id: str) -> Trace:
         db.fetch_dicts(conn, "SELECT * FROM flux.trace(%s)", (request_id,)),
         db.fetch_dicts(
             conn,
-            "SELECT id, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
-            " WHERE request_id = %s ORDER BY id",
+            "SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed, at"
+            " FROM flux.mutations WHERE request_id = %s ORDER BY id",
             (request_id,),
         ),
         db.fetch_dicts(

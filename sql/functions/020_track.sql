@@ -42,9 +42,11 @@ BEGIN
           FROM pg_catalog.jsonb_object_keys(key_source) AS k;
     END IF;
 
-    INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, new, changed)
+    INSERT INTO flux.mutations (request_id, span_seq, actor, tenant_id, table_schema, table_name, op, row_pk, old,
+                                new, changed)
     VALUES (
         nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
+        nullif(pg_catalog.current_setting('flux.span_seq', true), '')::integer,
         session_user,
         flux.tenant_id(),
         schema_name,
@@ -76,15 +78,17 @@ BEGIN
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
     EXECUTE pg_catalog.format(
-        'INSERT INTO flux.mutations (request_id, actor, tenant_id, table_schema, table_name, op, row_pk, old, changed)
-         SELECT $1, session_user, $2, $3, $4, ''DELETE'',
+        'INSERT INTO flux.mutations (request_id, span_seq, actor, tenant_id, table_schema, table_name, op, row_pk,
+                                     old, changed)
+         SELECT $1, $6, session_user, $2, $3, $4, ''DELETE'',
                 (SELECT pg_catalog.jsonb_object_agg(k, r.data -> k) FROM pg_catalog.unnest($5) AS k),
                 r.data,
                 (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(r.data) AS k)
            FROM (SELECT pg_catalog.to_jsonb(t) AS data FROM %s AS t) AS r',
         TG_RELID::regclass)
     USING nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid,
-          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:];
+          flux.tenant_id(), schema_name, table_name, TG_ARGV[1:],
+          nullif(pg_catalog.current_setting('flux.span_seq', true), '')::integer;
     RETURN NULL;
 END
 $$;

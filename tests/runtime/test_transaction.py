@@ -1,5 +1,6 @@
-"""The request's transaction: begun by the function's first database call, ended in the same round trip as its
-record; a function that never calls the database costs one round trip; a failure at COMMIT is recorded."""
+"""The request's transaction: begun in the round trip of the function's first database call, ended in the same
+round trip as its record; a function that never calls the database costs one round trip; a failure at
+COMMIT is recorded; each mutation names the span whose call made it."""
 
 from __future__ import annotations
 
@@ -54,11 +55,10 @@ def test_a_database_call_begins_the_transaction_and_the_record_ends_it(conn: Con
     call(reader)
     outcome, sent = round_trips(conn, lambda: call(reader))
     assert outcome.error is None
-    assert len(sent) == 3, sent  # BEGIN with the settings; the select; the record with COMMIT
-    assert sent[0].startswith("F\t") and 'Query\t "BEGIN; SELECT set_config(' in sent[0]
-    assert (
-        "COMMIT" not in sent[0] + sent[1] and "INSERT INTO flux.spans" in sent[2] and '; COMMIT"' in sent[2]
-    )
+    assert len(sent) == 2, sent  # BEGIN, the settings and the select in one pipeline; the record with COMMIT
+    begin, settings, select = (sent[0].index(text) for text in ('"BEGIN"', "set_config('role'", "notes"))
+    assert begin < settings < select and sent[0].count("\tSync") == 1 and "COMMIT" not in sent[0]
+    assert "INSERT INTO flux.spans" in sent[1] and '; COMMIT"' in sent[1]
     spans = conn.execute(
         "SELECT name FROM flux.spans WHERE request_id = %s AND module <> 'clock' ORDER BY seq",
         (outcome.request_id,),
@@ -85,3 +85,26 @@ def test_a_write_refused_at_commit_fails_the_request_and_is_recorded(conn: Conn,
     ).fetchone()
     assert record == (False, 409, outcome.error.code)
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_each_mutation_names_the_database_call_that_made_it(conn: Conn, call: Any) -> None:
+    editor = function(
+        "editor", "typescript",
+        "export default async function (req, ctx) {"
+        " await ctx.db.query({insert: 'notes', values: [{body: 'a'}, {body: 'b'}]});"
+        " await ctx.db.query({select: 'notes'});"
+        " await ctx.db.sql(\"UPDATE notes SET body = body || '!' WHERE body = 'a'\");"
+        " await ctx.db.query({select: 'notes', where: {body: {eq: 'b'}}});"
+        " await ctx.db.query({delete: 'notes', where: {body: {eq: 'b'}}}); return {}; }",
+    )  # fmt: skip
+    outcome = call(editor, role="service")
+    assert outcome.error is None, outcome.error
+    made = conn.execute(
+        "SELECT s.name, m.op FROM flux.mutations m JOIN flux.spans s"
+        " ON s.request_id = m.request_id AND s.seq = m.span_seq WHERE m.request_id = %s ORDER BY m.id",
+        (outcome.request_id,),
+    ).fetchall()
+    assert made == [("db:insert(notes)", "INSERT"), ("db:insert(notes)", "INSERT"),
+                    ("sql:update(notes)", "UPDATE"), ("db:delete(notes)", "DELETE")]  # fmt: skip
+    conn.execute("UPDATE notes SET body = 'by hand'")  # outside a request: no span
+    assert conn.execute("SELECT span_seq FROM flux.mutations ORDER BY id DESC LIMIT 1").fetchone() == (None,)

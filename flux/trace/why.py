@@ -1,0 +1,110 @@
+"""`flux why <id>`: what a request needs explaining with. The span that failed (the innermost failed one) with
+its input and error; the data its database calls read; the rows it changed; and, for each row it read or
+changed, the change made before it and the request, function and code version that made it (from
+`flux.mutations`, one index scan on mutations_row_idx per row).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from flux import db
+from flux.trace.tree import Trace
+
+Row = dict[str, Any]
+MAX_ROWS_PER_READ = 20  # rows of one read whose earlier changes are looked up
+_NO_ID_LIMIT = 2**63 - 1
+
+_PRIMARY_KEYS = """
+SELECT n.nspname, c.relname,
+       array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+  FROM flux.tracked_tables t
+  JOIN pg_class c ON c.oid = t.table_ref
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+ WHERE c.oid = to_regclass(%s)
+ GROUP BY n.nspname, c.relname
+"""
+_CHANGE_BEFORE = """
+SELECT m.id AS mutation_id, m.at, m.op, m.changed, m.request_id::text, r.function, r.code_sha,
+       r.deployment_id, m.actor
+  FROM flux.mutations m
+  LEFT JOIN flux.requests r ON r.id = m.request_id
+ WHERE m.table_schema = %s AND m.table_name = %s AND m.row_pk = %s::jsonb
+   AND m.id < %s AND m.at <= %s AND m.request_id IS DISTINCT FROM %s::uuid
+ ORDER BY m.id DESC
+ LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class EarlierChange:
+    """The change to one row made before the request: by which request, function and code."""
+
+    table: str
+    pk: dict[str, Any]
+    read_or_written: str  # "read" or "written"
+    change: Row | None  # None: no change recorded before (the row predates tracking, or came with a seed)
+
+
+@dataclass(frozen=True)
+class Why:
+    trace: Trace
+    failed: Row | None  # the innermost span that failed
+    reads: list[Row] = field(default_factory=list)  # the database calls that read, in order
+    earlier: list[EarlierChange] = field(default_factory=list)
+
+
+def explain_request(conn: Any, trace: Trace) -> Why:
+    """Why `trace` went as it did."""
+    failed_seqs = {span["seq"] for span in trace.spans if not span["ok"]}
+    parents_of_failures = {span["parent_seq"] for span in trace.spans if not span["ok"]}
+    failed = next((s for s in trace.spans if s["seq"] in failed_seqs - parents_of_failures), None)
+    reads = [s for s in trace.spans if s["module"] == "data" and _is_read(s["name"]) and s["ok"]]
+    ended = trace.request["started_at"] + timedelta(microseconds=trace.request["duration_us"] or 0)
+    earlier: list[EarlierChange] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(schema: str, table: str, pk: dict[str, Any], how: str, below: int, until: Any) -> None:
+        key = (f"{schema}.{table}", json.dumps(pk, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            found = db.fetch_dicts(
+                conn, _CHANGE_BEFORE, (schema, table, key[1], below, until, trace.request["id"])
+            )
+            earlier.append(EarlierChange(key[0], pk, how, found[0] if found else None))
+
+    for span in reads:  # the change each row had when the request read it
+        keys = _primary_key(conn, _table_of(span["name"]))
+        if keys is None:
+            continue
+        schema, name, columns = keys
+        for row in (span["output"] or {}).get("rows", [])[:MAX_ROWS_PER_READ]:
+            if isinstance(row, dict) and all(c in row for c in columns):
+                add(schema, name, {c: row[c] for c in columns}, "read", _NO_ID_LIMIT, ended)
+    for m in trace.mutations:  # the change before the request's own
+        add(m["table_schema"], m["table_name"], m["row_pk"], "written", m["id"], "infinity")
+    return Why(trace, failed, reads, earlier)
+
+
+def _is_read(name: str) -> bool:
+    return name.startswith(("db:select(", "sql:select("))
+
+
+def _table_of(name: str) -> str:
+    return name[name.find("(") + 1 : -1] if name.endswith(")") else ""
+
+
+def _primary_key(conn: Any, table: str) -> tuple[str, str, list[str]] | None:
+    """A tracked table's schema, name and primary-key columns (None for a table that is not tracked)."""
+    if not table:
+        return None
+    found = db.fetch_dicts(conn, _PRIMARY_KEYS, (table,))
+    if not found:
+        return None
+    row = list(found[0].values())
+    return row[0], row[1], list(row[2])
