@@ -58,6 +58,7 @@ build.register(app)
 manage.register(app)
 init.register(app)
 why.register(app)
+app.command("tail")(trace.tail)
 
 
 @app.command()

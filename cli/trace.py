@@ -109,10 +109,40 @@ def ls(
         rows = list_requests(conn, route=route, function=function, status=status, errors=errors,
                              since=_period(since), slow_ms=slow, limit=limit)  # fmt: skip
     for row in rows:
-        what = f"{row['method'] or row['kind']} {row['path'] or ''}".strip()
-        failed = f" {row['error_code']}" if row["error_code"] else ""
-        typer.echo(f"{row['started_at']:%Y-%m-%d %H:%M:%S}  {row['id']}  {row['status'] or '-':>3}{failed:<7}"
-                   f" {_ms(row['duration_us']):>9}  {what}  fn={row['function'] or '-'}")  # fmt: skip
+        typer.echo(_request_line(row))
+
+
+def tail(
+    route: Annotated[str | None, typer.Option(help="Only this path.")] = None,
+    function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
+    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+    slow: Annotated[
+        float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
+    ] = None,
+    project: ProjectDir = Path("."),
+) -> None:
+    """New requests as they are recorded (LISTEN/NOTIFY, not polling), one line each, until Ctrl-C."""
+    from cli.backends import database_connection
+    from flux.trace.tree import follow_requests
+
+    with database_connection(project) as conn:
+        typer.echo("following new requests (Ctrl-C stops)", err=True)
+        try:
+            for row in follow_requests(conn, route=route, function=function, status=status, errors=errors,
+                                       slow_ms=slow):  # fmt: skip
+                typer.echo(_request_line(row))
+        except KeyboardInterrupt:
+            pass
+
+
+def _request_line(row: Any) -> str:
+    what = f"{row['method'] or row['kind']} {row['path'] or ''}".strip()
+    failed = f" {row['error_code']}" if row["error_code"] else ""
+    return (
+        f"{row['started_at']:%Y-%m-%d %H:%M:%S}  {row['id']}  {row['status'] or '-':>3}{failed:<7}"
+        f" {_ms(row['duration_us']):>9}  {what}  fn={row['function'] or '-'}"
+    )
 
 
 def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:

@@ -737,6 +737,25 @@ $_$;
 
 
 --
+-- Name: tg_requests__notify(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_requests__notify() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF EXISTS (SELECT FROM flux.request_followers WHERE expires_at > pg_catalog.now()) THEN
+        PERFORM pg_catalog.pg_notify('flux_requests', pg_catalog.string_agg(r.id::text, ','))
+           FROM (SELECT n.id, (pg_catalog.row_number() OVER () - 1) / 200 AS chunk FROM new_requests n) AS r
+          GROUP BY r.chunk;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+
+--
 -- Name: trace(uuid); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1297,6 +1316,37 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 
 
 --
+-- Name: request_followers; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE UNLOGGED TABLE flux.request_followers (
+    id bigint NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: TABLE request_followers; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.request_followers IS 'Sessions following new requests (flux tail): while one is live, new requests are NOTIFYed on flux_requests.';
+
+
+--
+-- Name: request_followers_id_seq; Type: SEQUENCE; Schema: flux; Owner: -
+--
+
+ALTER TABLE flux.request_followers ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME flux.request_followers_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: spans; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1616,6 +1666,14 @@ ALTER TABLE ONLY flux.rate_buckets
 
 
 --
+-- Name: request_followers request_followers_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.request_followers
+    ADD CONSTRAINT request_followers_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: requests requests_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -1790,6 +1848,13 @@ CREATE TRIGGER column_policies_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCA
 --
 
 CREATE TRIGGER deployments_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.deployments FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_deployments');
+
+
+--
+-- Name: requests requests_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER requests_notify AFTER INSERT ON flux.requests REFERENCING NEW TABLE AS new_requests FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_requests__notify();
 
 
 --

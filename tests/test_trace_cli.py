@@ -4,7 +4,13 @@ failure, and a request the gateway refused; `flux.trace()` in SQL."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,19 @@ NOTES = "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bo
 @pytest.fixture
 def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
     """Requests through the gateway: two writes (each with a job), a failure, a refusal, a read; their ids."""
+    with gateway_client(_deployed(dsn, tmp_path), dsn) as client:
+        ids = {
+            "ok": client.simulate_post("/notes", json={"text": "hello"}),
+            "again": client.simulate_post("/notes", json={"text": "world"}),
+            "failed": client.simulate_post("/notes", json={}),
+            "refused": client.simulate_get("/nowhere"),
+            "read": client.simulate_get("/notes/1"),
+        }
+    return {name: result.headers["x-request-id"] for name, result in ids.items()}
+
+
+def _deployed(dsn: str, tmp_path: Path) -> Any:
+    """The notes project deployed; its settings."""
     (tmp_path / "flux.toml").write_text(FLUX_TOML)
     (tmp_path / "functions" / "add_note").mkdir(parents=True)
     (tmp_path / "functions" / "add_note" / "index.ts").write_text(ADD_NOTE)
@@ -61,15 +80,7 @@ def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "migrations" / "0001_notes.sql").write_text(NOTES)
     settings = load_settings(tmp_path, env={})
     deploy(dsn, settings)
-    with gateway_client(settings, dsn) as client:
-        ids = {
-            "ok": client.simulate_post("/notes", json={"text": "hello"}),
-            "again": client.simulate_post("/notes", json={"text": "world"}),
-            "failed": client.simulate_post("/notes", json={}),
-            "refused": client.simulate_get("/nowhere"),
-            "read": client.simulate_get("/notes/1"),
-        }
-    return {name: result.headers["x-request-id"] for name, result in ids.items()}
+    return settings
 
 
 def flux(dsn: str, *args: str) -> Any:
@@ -195,3 +206,45 @@ def test_why_shows_the_failure_the_reads_and_who_changed_the_rows_before(
     written = flux(dsn, "why", recorded["again"]).output.splitlines()
     assert '  INSERT notes {"id": 2}  body: ∅ → "world", id: ∅ → 2' in written
     assert '  public.notes {"id": 2} (written): no change recorded before' in written
+
+
+def test_tail_prints_new_requests_as_they_are_recorded(dsn: str, tmp_path: Path, conn: Conn) -> None:
+    settings = _deployed(dsn, tmp_path)
+    conn.execute("LISTEN flux_requests")
+    with gateway_client(settings, dsn) as client:
+        client.simulate_get("/nowhere")
+        assert list(conn.notifies(timeout=0.3)) == []  # nobody follows: no NOTIFY is sent
+        tails = [_start_tail(dsn, tmp_path), _start_tail(dsn, tmp_path, "--errors")]
+        try:
+            ok = client.simulate_post("/notes", json={"text": "hi"}).headers["x-request-id"]
+            failed = client.simulate_post("/notes", json={}).headers["x-request-id"]
+            every, errors = (_lines(tail, 2 if tail is tails[0] else 1) for tail in tails)
+        finally:
+            for tail in tails:
+                tail.send_signal(signal.SIGINT)
+                tail.communicate(timeout=10)  # and close its pipes
+    assert [line.split()[2] for line in every] == [ok, failed] and "POST /notes  fn=add_note" in every[0]
+    assert [line.split()[2] for line in errors] == [failed] and " 500 FX300 " in errors[0]
+    assert conn.execute("SELECT count(*) FROM flux.request_followers").fetchone() == (0,)
+
+
+def _start_tail(dsn: str, project: Path, *options: str) -> subprocess.Popen[str]:
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "cli", "tail", *options], cwd=project, text=True,
+        env={**os.environ, "DATABASE_URL": dsn, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert tail.stderr is not None
+    assert "following new requests" in tail.stderr.readline()  # it listens from here on
+    return tail
+
+
+def _lines(tail: subprocess.Popen[str], count: int, timeout_s: float = 10) -> list[str]:
+    assert tail.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while len(lines) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([tail.stdout], [], [], deadline - time.monotonic())
+        if ready:
+            lines.append(tail.stdout.readline().rstrip("\n"))
+    return lines

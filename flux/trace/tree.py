@@ -1,10 +1,13 @@
 """Reading a request's record back: the request row, its span tree (`flux.trace()`), the mutations it made
-and the jobs it enqueued; request ids by unique prefix; recent requests with filters (`flux trace ls`)."""
+and the jobs it enqueued; request ids by unique prefix; recent requests with filters (`flux trace ls`), and
+new ones as they are recorded (`flux tail`, through LISTEN/NOTIFY)."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -81,14 +84,16 @@ def load_trace(conn: Any, request_id: str) -> Trace:
 def list_requests(
     conn: Any, *, route: str | None = None, function: str | None = None, status: int | None = None,
     errors: bool = False, since: timedelta | None = None, slow_ms: float | None = None, limit: int = 20,
+    ids: list[str] | None = None,
 ) -> list[Row]:  # fmt: skip
-    """Recent requests, newest first, with the filters given."""
+    """Recent requests (or those of `ids`), newest first, with the filters given."""
     if not 1 <= limit <= 10_000:
         raise InvalidRequest(f"--limit {limit} is outside 1-10000", hint="e.g. --limit 50")
     where, params = ["true"], []
     for clause, value in (
-        ("r.path = %s", route), ("r.function = %s", function), ("r.status = %s", status),
-        ("r.started_at >= now() - %s", since), ("r.duration_us >= %s * 1000", slow_ms),
+        ("r.id = ANY(%s::uuid[])", ids), ("r.path = %s", route), ("r.function = %s", function),
+        ("r.status = %s", status), ("r.started_at >= now() - %s", since),
+        ("r.duration_us >= %s * 1000", slow_ms),
     ):  # fmt: skip
         if value is not None:
             where.append(clause)
@@ -103,3 +108,37 @@ def list_requests(
         + " ORDER BY r.started_at DESC LIMIT %s",
         [*params, limit],
     )
+
+
+CHANNEL = "flux_requests"
+FOLLOWER_TTL_S = 60  # a follower that stopped without a word (kill -9) stops the notifications after this
+_RENEW_S = 20
+
+
+def follow_requests(conn: Any, **filters: Any) -> Iterator[Row]:
+    """New requests as they are recorded, oldest first, with `list_requests`'s filters: LISTEN on
+    flux_requests, announced only while a row of flux.request_followers says someone follows."""
+    with db.translate_errors():
+        conn.execute("DELETE FROM flux.request_followers WHERE expires_at < now()")
+        (follower,) = conn.execute(
+            "INSERT INTO flux.request_followers (expires_at) VALUES (now() + %s) RETURNING id",
+            (timedelta(seconds=FOLLOWER_TTL_S),),
+        ).fetchone()
+        conn.execute(f"LISTEN {CHANNEL}")
+    renewed = time.monotonic()
+    try:
+        while True:
+            with db.translate_errors():
+                notices = list(conn.notifies(timeout=1.0, stop_after=1))
+                for notice in notices:
+                    ids = notice.payload.split(",")
+                    yield from reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
+                if time.monotonic() - renewed > _RENEW_S:
+                    conn.execute(
+                        "UPDATE flux.request_followers SET expires_at = now() + %s WHERE id = %s",
+                        (timedelta(seconds=FOLLOWER_TTL_S), follower),
+                    )
+                    renewed = time.monotonic()
+    finally:
+        if not conn.closed:
+            conn.execute("DELETE FROM flux.request_followers WHERE id = %s", (follower,))
