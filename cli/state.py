@@ -34,13 +34,29 @@ def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
 
 
 @app.command("blame")
-def blame(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
-    """For each column of one row, the change that last set it, and who made it."""
+def blame(
+    table: Table,
+    key: Annotated[str | None, typer.Argument(help="One row's primary key; without it, every row.")] = None,
+    limit: Annotated[int, typer.Option(help="Without a key: how many rows, by key.")] = 100,
+    project: ProjectDir = Path("."),
+) -> None:
+    """For each column of one row, the change that last set it, and who made it; without a key, each row's
+    last change."""
     from cli.backends import database_connection
     from flux.trace import state
 
     with database_connection(project) as conn:
-        columns = state.blame(conn, table, key)
+        if key is None:
+            rows = state.table_blame(conn, table, limit)
+        else:
+            columns = state.blame(conn, table, key)
+    if key is None:
+        if not rows:
+            typer.echo(f"no recorded change to a row of {table}")
+        for row in rows:
+            typer.echo(f"{value(row['row_pk'])}  {row['op']:<6}  {row['at']:%Y-%m-%d %H:%M:%S}"
+                       f"  ({', '.join(row['changed'] or [])})  {who(row)}")  # fmt: skip
+        return
     if not columns:
         typer.echo(f"no recorded change to {table} {key}")
     width = max((len(c["column_name"]) for c in columns), default=0)

@@ -553,6 +553,35 @@ COMMENT ON FUNCTION flux.row_history(table_ref regclass, pk jsonb) IS 'Every ver
 
 
 --
+-- Name: table_blame(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.table_blame(table_ref regclass) RETURNS TABLE(row_pk jsonb, mutation_id bigint, at timestamp with time zone, op text, changed text[], request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
+           r.deployment_id, last.actor
+      FROM (SELECT DISTINCT ON (m.row_pk) m.*
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname
+             WHERE c.oid = table_ref
+             ORDER BY m.row_pk, m.id DESC) AS last
+      LEFT JOIN flux.requests r ON r.id = last.request_id
+     WHERE last.op <> 'DELETE'
+     ORDER BY last.row_pk
+$$;
+
+
+--
+-- Name: FUNCTION table_blame(table_ref regclass); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.table_blame(table_ref regclass) IS 'For each row of a tracked table, its last change and who made it.';
+
+
+--
 -- Name: take_token(text, double precision, double precision); Type: FUNCTION; Schema: flux; Owner: -
 --
 

@@ -158,6 +158,10 @@ def test_state_history_and_blame_of_a_row(dsn: str, recorded: dict[str, str], co
     for args in (("nowhere", "1"), ("notes", '{"nope": 1}')):
         assert isinstance(flux(dsn, "state", "history", *args).exception, TableNotTracked), args
     assert flux(dsn, "state", "history", "notes", "9").output == "no recorded change to notes 9\n"
+    conn.execute("INSERT INTO notes (body) VALUES ('gone'); DELETE FROM notes WHERE body = 'gone'")
+    rows = flux(dsn, "state", "blame", "notes").output.splitlines()  # each row's last change
+    assert len(rows) == 2 and rows[0].startswith('{"id": 1}  UPDATE  ') and "(body)  outside Flux" in rows[0]
+    assert rows[1].startswith('{"id": 2}  INSERT  ') and f"(body, id)  request {recorded['again']}" in rows[1]
 
 
 def test_diff_of_two_calls_of_one_route_shows_other_values(dsn: str, recorded: dict[str, str]) -> None:

@@ -1,4 +1,5 @@
-"""A row's story from `flux.mutations`: every version (`history`), and who last set each column (`blame`).
+"""A row's story from `flux.mutations`: every version (`history`), who last set each column (`blame`), and,
+for a whole table, each row's last change (`table_blame`).
 The table must be tracked; its key is given as JSON (`{"id": 1}`) or, for a one-column primary key, as the
 value alone."""
 
@@ -15,20 +16,7 @@ Row = dict[str, Any]
 
 def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
     """The tracked table (as `schema.name`) and the primary key `key` names, as flux.mutations stores it."""
-    with db.translate_errors():
-        found = conn.execute(
-            "SELECT t.table_ref::text,"
-            " array_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))"
-            " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref",
-            (table,),
-        ).fetchone()
-    if found is None:
-        raise TableNotTracked(
-            f"{table} is not a tracked table", hint="SELECT * FROM flux.tracked_tables lists them"
-        )
-    table_ref, columns = found
+    table_ref, columns = tracked_table(conn, table)
     try:
         given = json.loads(key)
     except ValueError:
@@ -44,6 +32,24 @@ def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
     return table_ref, given
 
 
+def tracked_table(conn: Any, table: str) -> tuple[str, list[str]]:
+    """The tracked table `table` names (as `schema.name`), and its primary-key columns (FX504 otherwise)."""
+    with db.translate_errors():
+        found = conn.execute(
+            "SELECT t.table_ref::text,"
+            " array_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))"
+            " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref",
+            (table,),
+        ).fetchone()
+    if found is None:
+        raise TableNotTracked(
+            f"{table} is not a tracked table", hint="SELECT * FROM flux.tracked_tables lists them"
+        )
+    return str(found[0]), list(found[1])
+
+
 def history(conn: Any, table: str, key: str) -> list[Row]:
     """Every version of the row, oldest first."""
     return _rows_of(conn, "flux.row_history", table, key)
@@ -52,6 +58,12 @@ def history(conn: Any, table: str, key: str) -> list[Row]:
 def blame(conn: Any, table: str, key: str) -> list[Row]:
     """For each column of the row, the change that last set it."""
     return _rows_of(conn, "flux.row_blame", table, key)
+
+
+def table_blame(conn: Any, table: str, limit: int = 100) -> list[Row]:
+    """For each row of the table (up to `limit`, by key), its last change and who made it."""
+    table_ref, _ = tracked_table(conn, table)
+    return db.fetch_dicts(conn, "SELECT * FROM flux.table_blame(%s::regclass) LIMIT %s", (table_ref, limit))
 
 
 def _rows_of(conn: Any, function: str, table: str, key: str) -> list[Row]:

@@ -37,3 +37,27 @@ $$;
 
 COMMENT ON FUNCTION flux.row_history(regclass, jsonb) IS 'Every version of one row, oldest first, with who made it.';
 COMMENT ON FUNCTION flux.row_blame(regclass, jsonb) IS 'For each column of one row, the change that last set it.';
+
+-- For each row of a tracked table that still exists, its last recorded change and who made it (rows whose
+-- last change deleted them are left out). One pass over mutations_row_idx for the table.
+--   SELECT row_pk, op, at, function FROM flux.table_blame('notes');
+CREATE OR REPLACE FUNCTION flux.table_blame(table_ref regclass)
+    RETURNS TABLE (row_pk jsonb, mutation_id bigint, at timestamptz, op text, changed text[],
+                   request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
+           r.deployment_id, last.actor
+      FROM (SELECT DISTINCT ON (m.row_pk) m.*
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname
+             WHERE c.oid = table_ref
+             ORDER BY m.row_pk, m.id DESC) AS last
+      LEFT JOIN flux.requests r ON r.id = last.request_id
+     WHERE last.op <> 'DELETE'
+     ORDER BY last.row_pk
+$$;
+
+COMMENT ON FUNCTION flux.table_blame(regclass) IS 'For each row of a tracked table, its last change and who made it.';
