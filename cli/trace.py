@@ -228,7 +228,15 @@ def _changes(changes: list[Any], indent: str) -> list[str]:
 
 
 def _change(change: Any) -> str:
+    if change.path.endswith("error"):  # an error reads best as `FX300: message`
+        return f"{change.path}: {_error(change.a)} → {_error(change.b)}"
     return f"{change.path}: {value(change.a)} → {value(change.b)}"
+
+
+def _error(error: Any) -> str:
+    if isinstance(error, dict) and "code" in error and "message" in error:
+        return f"{error['code']}: {error['message']}"
+    return value(error)
 
 
 def headline(request: Any, paint: Any) -> str:
