@@ -88,6 +88,35 @@ def diff(
     typer.echo("\n".join(render_diff(differences, color=sys.stdout.isatty())))
 
 
+@app.command("export")
+def export(
+    request_id: Annotated[str, typer.Argument(help="The request id, or a prefix only it has.")],
+    format: Annotated[
+        str, typer.Option("--format", help="otlp-json (OTLP/JSON) or otlp-protobuf (binary, for /v1/traces).")
+    ] = "otlp-json",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here, not to stdout.")] = None,
+    project: ProjectDir = Path("."),
+) -> None:
+    """A request as an OpenTelemetry trace that Jaeger, Grafana Tempo or any collector loads."""
+    from cli.backends import database_connection
+    from flux.errors import InvalidRequest
+    from flux.trace import otlp
+    from flux.trace.tree import load_trace, resolve_request_id
+
+    if format not in ("otlp-json", "otlp-protobuf"):
+        raise InvalidRequest(f"--format {format!r} is not known", hint="use otlp-json or otlp-protobuf")
+    with database_connection(project) as conn:
+        trace = load_trace(conn, resolve_request_id(conn, request_id))
+    data = (
+        otlp.to_otlp_json(trace).encode() + b"\n" if format == "otlp-json" else otlp.to_otlp_protobuf(trace)
+    )
+    if output is not None:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
 @app.command("ls")
 def ls(
     route: Annotated[str | None, typer.Option(help="Only this path.")] = None,

@@ -788,7 +788,7 @@ $$;
 -- Name: trace(uuid); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_seq integer, depth integer, module text, name text, started_at timestamp with time zone, offset_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb, error jsonb)
+CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_seq integer, depth integer, span_id text, module text, name text, started_at timestamp with time zone, offset_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb, error jsonb)
     LANGUAGE sql STABLE
     SET search_path TO ''
     AS $$
@@ -799,7 +799,7 @@ CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_se
         UNION ALL
         SELECT s.seq, t.depth + 1 FROM spans s JOIN tree t ON s.parent_seq = t.seq
     )
-    SELECT s.seq, s.parent_seq, t.depth, s.module, s.name, s.started_at,
+    SELECT s.seq, s.parent_seq, t.depth, s.span_id, s.module, s.name, s.started_at,
            (EXTRACT(EPOCH FROM s.started_at - r.started_at) * 1000000)::bigint, s.duration_us, s.ok,
            s.attributes, s.input, s.output, s.error
       FROM spans s

@@ -18,6 +18,7 @@ import schemathesis
 from flux.api.deploy import deploy
 from flux.config import Settings
 from flux.gateway.auth import new_api_key
+from flux.gateway.ids import request_span_id
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.runtime import NOTES_SQL
 
@@ -120,6 +121,7 @@ def test_fetch_carries_the_requests_trace_to_the_callee(conn: Conn, client: Any,
     assert relayed.status_code == 200, relayed.json
     sent = relayed.json["traceparent"]
     assert sent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-") and "00f067aa0ba902b7" not in sent
+    assert sent.split("-")[2] == request_span_id(relayed.headers["x-request-id"])  # as flux trace export says
 
 
 def test_a_request_gets_an_id_runs_its_function_and_is_recorded_as_one(conn: Conn, client: Any) -> None:

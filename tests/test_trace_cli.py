@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -244,11 +244,41 @@ def _start_tail(dsn: str, project: Path, *options: str) -> subprocess.Popen[str]
 
 
 def _lines(tail: subprocess.Popen[str], count: int, timeout_s: float = 10) -> list[str]:
+    """The next `count` lines `tail` prints (fewer if it falls silent for `timeout_s`)."""
     assert tail.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while len(lines) < count and time.monotonic() < deadline:
-        ready, _, _ = select.select([tail.stdout], [], [], deadline - time.monotonic())
-        if ready:
-            lines.append(tail.stdout.readline().rstrip("\n"))
-    return lines
+    stdout = tail.stdout
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(stdout.readline().rstrip("\n")) for _ in range(count)], daemon=True
+    )
+    reader.start()
+    reader.join(timeout_s)
+    return [lines.get() for _ in range(lines.qsize())]
+
+
+def test_export_writes_an_otlp_trace(dsn: str, recorded: dict[str, str], tmp_path: Path) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    shown = flux(dsn, "trace", "export", recorded["ok"])
+    assert shown.exit_code == 0, shown.output
+    spans = json.loads(shown.stdout)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    root, *children = spans
+    assert root["name"] == "POST /notes" and "parentSpanId" not in root and root["kind"] == 2  # SERVER
+    assert re.fullmatch(r"[0-9a-f]{32}", root["traceId"]) and {s["traceId"] for s in spans} == {
+        root["traceId"]
+    }
+    ids = {span["spanId"] for span in spans}
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids) and len(ids) == len(spans)
+    assert all(child["parentSpanId"] in ids for child in children)
+    insert = next(span for span in children if span["name"] == "db:insert(notes)")
+    assert [event["name"] for event in insert["events"]] == ["INSERT public.notes"]
+    failed = json.loads(flux(dsn, "trace", "export", recorded["failed"]).stdout)
+    assert failed["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["status"] == {
+        "code": 2, "message": "FX300: Error: no text"
+    }  # fmt: skip
+    binary = tmp_path / "trace.pb"
+    exported = flux(dsn, "trace", "export", recorded["ok"], "--format", "otlp-protobuf", "-o", str(binary))
+    assert exported.exit_code == 0, exported.output
+    decoded = ExportTraceServiceRequest.FromString(binary.read_bytes())
+    assert len(decoded.resource_spans[0].scope_spans[0].spans) == len(spans)
+    assert flux(dsn, "trace", "export", recorded["ok"], "--format", "zipkin").exit_code == 1

@@ -79,7 +79,7 @@ class Gateway:
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
-        trace = continue_trace(req.get_header("traceparent"))
+        trace = continue_trace(req.get_header("traceparent"), request_id)
         resp.set_header("x-request-id", request_id)
         headers = {name.lower(): value for name, value in req.headers.items()}
         recorder = Recorder(request_id)

@@ -27,11 +27,17 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def continue_trace(header: str | None) -> Trace:
-    """The incoming `traceparent`'s trace with a new span id, or a new trace when there is none (or it is not
-    valid: all-zero ids and unknown versions are ignored, as the spec says)."""
+def request_span_id(request_id: str) -> str:
+    """The request's span id in its W3C trace: the last 8 bytes of its id, so an exported trace
+    (`flux trace export`) names the same parent as the `traceparent` its outbound calls carried."""
+    return uuid.UUID(request_id).bytes[8:].hex()
+
+
+def continue_trace(header: str | None, request_id: str) -> Trace:
+    """The incoming `traceparent`'s trace, or a new trace when there is none (or it is not valid: all-zero
+    ids and unknown versions are ignored, as the spec says); the request's span id comes from its id."""
     match = _TRACEPARENT.match((header or "").strip().lower())
-    span_id = os.urandom(8).hex()
+    span_id = request_span_id(request_id)
     if match and set(match[1]) != {"0"} and set(match[2]) != {"0"}:
         return Trace(match[1], span_id, match[2])
     return Trace(os.urandom(16).hex(), span_id)

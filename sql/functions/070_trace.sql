@@ -1,10 +1,11 @@
 -- Purpose: reading a request's record in psql: its span tree in execution order.
 
--- Every span of `request_id`, in execution order, with its depth in the tree and when it started relative to
--- the request (`offset_us`).
+-- Every span of `request_id`, in execution order, with its depth in the tree, its W3C span id, and when it
+-- started relative to the request (`offset_us`).
 --   SELECT depth, name, duration_us, ok FROM flux.trace('3f2a9c1e-...');
-CREATE OR REPLACE FUNCTION flux.trace(request_id uuid)
-    RETURNS TABLE (seq integer, parent_seq integer, depth integer, module text, name text,
+DROP FUNCTION IF EXISTS flux.trace(uuid);  -- its columns changed (span_id): OR REPLACE cannot do that
+CREATE FUNCTION flux.trace(request_id uuid)
+    RETURNS TABLE (seq integer, parent_seq integer, depth integer, span_id text, module text, name text,
                    started_at timestamptz, offset_us bigint, duration_us bigint, ok boolean,
                    attributes jsonb, input jsonb, output jsonb, error jsonb)
     LANGUAGE sql STABLE
@@ -17,7 +18,7 @@ AS $$
         UNION ALL
         SELECT s.seq, t.depth + 1 FROM spans s JOIN tree t ON s.parent_seq = t.seq
     )
-    SELECT s.seq, s.parent_seq, t.depth, s.module, s.name, s.started_at,
+    SELECT s.seq, s.parent_seq, t.depth, s.span_id, s.module, s.name, s.started_at,
            (EXTRACT(EPOCH FROM s.started_at - r.started_at) * 1000000)::bigint, s.duration_us, s.ok,
            s.attributes, s.input, s.output, s.error
       FROM spans s
