@@ -22,6 +22,12 @@ Workers = Annotated[
 ]
 
 
+OtlpEndpoint = Annotated[
+    str | None,
+    typer.Option("--otlp-endpoint", help="Send every finished trace to this OTLP/HTTP collector."),
+]
+
+
 def register(app: typer.Typer) -> None:
     app.command("server")(run_server)
     app.command("dev")(run_dev)
@@ -30,25 +36,26 @@ def register(app: typer.Typer) -> None:
 def run_server(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None,
-    no_deploy: NoDeploy = False,
+    no_deploy: NoDeploy = False, otlp_endpoint: OtlpEndpoint = None,
 ) -> None:  # fmt: skip
     """Deploy the project folder (unless it is the active version already) and serve it in production:
     DATABASE_URL, or the project's embedded Postgres."""
-    _serve(project, port, host, bind, workers, reload=False, deploy_project=not no_deploy)
+    _serve(project, port, host, bind, workers, reload=False, deploy_project=not no_deploy,
+           otlp_endpoint=otlp_endpoint)  # fmt: skip
 
 
 def run_dev(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
-    workers: Workers = None,
+    workers: Workers = None, otlp_endpoint: OtlpEndpoint = None,
 ) -> None:  # fmt: skip
     """Serve the project locally: deploy it again on every save, and print each request; starts an embedded
     Postgres when DATABASE_URL is unset."""
-    _serve(project, port, host, bind, workers or 1, reload=True)
+    _serve(project, port, host, bind, workers or 1, reload=True, otlp_endpoint=otlp_endpoint)
 
 
 def _serve(
     project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool,
-    deploy_project: bool = True,
+    deploy_project: bool = True, otlp_endpoint: str | None = None,
 ) -> None:  # fmt: skip
     from flux.config import load_settings, split_bind
     from flux.server import serve
@@ -56,5 +63,5 @@ def _serve(
     logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
     if bind is not None:
         host, port = split_bind(bind)
-    settings = load_settings(project, port=port, host=host, workers=workers)
+    settings = load_settings(project, port=port, host=host, workers=workers, otlp_endpoint=otlp_endpoint)
     serve(settings, reload=reload, deploy_project=deploy_project)

@@ -38,6 +38,8 @@ class Settings:
     jwt_issuer: str | None = None
     # hosts (names, addresses or networks) functions may fetch from although they are private
     fetch_allow: tuple[str, ...] = ()
+    # an OTLP/HTTP collector's traces URL: every finished trace is sent there (flux/trace/forward.py)
+    otlp_endpoint: str | None = None
     # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (deployed at start)
     routes: tuple[dict[str, Any], ...] = ()
     # the project's name (`name` at the top of flux.toml; the folder's name without it)
@@ -65,6 +67,7 @@ _ENV_NAMES = {
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
+    "otlp_endpoint": ("FLUX_OTLP_ENDPOINT",),
     "jwt_secret": ("FLUX_JWT_SECRET",),
     "jwks_url": ("FLUX_JWKS_URL",),
     "jwt_audience": ("FLUX_JWT_AUDIENCE",),
@@ -169,9 +172,20 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
         routes=tuple(values.get("routes", ())),
         fetch_allow=_host_list(values.get("fetch_allow", ())),
+        otlp_endpoint=_otlp_endpoint(values.get("otlp_endpoint")),
         name=str(values.get("name") or project.name),
         function_limits=dict(values.get("function_limits", {})),
     )
+
+
+def _otlp_endpoint(value: Any) -> str | None:
+    """A collector's base URL (`http://collector:4318`) or its full traces URL; traces go to `/v1/traces`."""
+    if not value:
+        return None
+    url = str(value).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidConfig(f"otlp_endpoint {url!r} is not an http(s) URL", hint="e.g. http://localhost:4318")
+    return url if url.endswith("/v1/traces") else url + "/v1/traces"
 
 
 def _host_list(value: Any) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,6 +163,8 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
         watcher = ProjectWatcher(dsn, settings.project_dir) if reload else None
         if watcher is not None:
             watcher.start()  # in the master only: gunicorn's workers fork without this thread
+        forwarder = _start_forwarder(dsn, settings.otlp_endpoint) if settings.otlp_endpoint else None
+        forwarder_owner = os.getpid()
         print(
             f"flux: serving on http://{bind_address(settings.host, settings.port)}",
             file=sys.stderr,
@@ -172,3 +175,15 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
         finally:
             if watcher is not None:
                 watcher.stop()
+            if forwarder is not None and forwarder_owner == os.getpid():  # forked workers unwind here too
+                forwarder.terminate()
+                forwarder.wait(timeout=10)
+
+
+def _start_forwarder(dsn: str, endpoint: str) -> subprocess.Popen[bytes]:
+    """The process that sends every finished trace to the OTLP collector at `endpoint`."""
+    log.info("sending every trace to %s", endpoint)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flux.trace.forward", "--endpoint", endpoint],
+        env={**os.environ, "DATABASE_URL": dsn},
+    )

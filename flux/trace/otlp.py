@@ -29,6 +29,19 @@ _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 def export_request(trace: Trace) -> ExportTraceServiceRequest:
     """The OTLP export request holding `trace` as one trace."""
+    return export_requests([trace])
+
+
+def export_requests(traces: list[Trace]) -> ExportTraceServiceRequest:
+    """One OTLP export request holding each of `traces`."""
+    spans = [span for trace in traces for span in _spans(trace)]
+    scope = ScopeSpans(scope=InstrumentationScope(name="flux", version=__version__), spans=spans)
+    resource = Resource(attributes=_attributes({"service.name": "flux", "service.version": __version__}))
+    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(resource=resource, scope_spans=[scope])])
+
+
+def _spans(trace: Trace) -> list[Span]:
+    """The request's root span, then each recorded span."""
     request = trace.request
     request_id = str(request["id"])
     trace_id = bytes.fromhex(request["trace_id"]) if request.get("trace_id") else uuid.UUID(request_id).bytes
@@ -85,9 +98,7 @@ def export_request(trace: Trace) -> ExportTraceServiceRequest:
                 status=_status(span["ok"], span["error"]),
             )
         )
-    scope = ScopeSpans(scope=InstrumentationScope(name="flux", version=__version__), spans=spans)
-    resource = Resource(attributes=_attributes({"service.name": "flux", "service.version": __version__}))
-    return ExportTraceServiceRequest(resource_spans=[ResourceSpans(resource=resource, scope_spans=[scope])])
+    return spans
 
 
 def to_otlp_json(trace: Trace) -> str:

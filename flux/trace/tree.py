@@ -5,6 +5,7 @@ new ones as they are recorded (`flux tail`, through LISTEN/NOTIFY)."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -115,9 +116,16 @@ FOLLOWER_TTL_S = 60  # a follower that stopped without a word (kill -9) stops th
 _RENEW_S = 20
 
 
-def follow_requests(conn: Any, **filters: Any) -> Iterator[Row]:
-    """New requests as they are recorded, oldest first, with `list_requests`'s filters: LISTEN on
-    flux_requests, announced only while a row of flux.request_followers says someone follows."""
+def follow_requests(conn: Any, stop: threading.Event | None = None, **filters: Any) -> Iterator[Row]:
+    """New requests as they are recorded, oldest first, with `list_requests`'s filters (until `stop`)."""
+    for ids in announced_requests(conn, stop):
+        yield from reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
+
+
+def announced_requests(conn: Any, stop: threading.Event | None = None) -> Iterator[list[str]]:
+    """The ids of new requests, as each statement that recorded some announces them on flux_requests (until
+    `stop`). They are announced only while a row of flux.request_followers says someone follows: this keeps
+    one alive, and removes it at the end."""
     with db.translate_errors():
         conn.execute("DELETE FROM flux.request_followers WHERE expires_at < now()")
         (follower,) = conn.execute(
@@ -127,18 +135,18 @@ def follow_requests(conn: Any, **filters: Any) -> Iterator[Row]:
         conn.execute(f"LISTEN {CHANNEL}")
     renewed = time.monotonic()
     try:
-        while True:
+        while stop is None or not stop.is_set():
             with db.translate_errors():
                 notices = list(conn.notifies(timeout=1.0, stop_after=1))
-                for notice in notices:
-                    ids = notice.payload.split(",")
-                    yield from reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
-                if time.monotonic() - renewed > _RENEW_S:
+            for notice in notices:
+                yield notice.payload.split(",")
+            if time.monotonic() - renewed > _RENEW_S:
+                with db.translate_errors():
                     conn.execute(
                         "UPDATE flux.request_followers SET expires_at = now() + %s WHERE id = %s",
                         (timedelta(seconds=FOLLOWER_TTL_S), follower),
                     )
-                    renewed = time.monotonic()
+                renewed = time.monotonic()
     finally:
         if not conn.closed:
             conn.execute("DELETE FROM flux.request_followers WHERE id = %s", (follower,))
