@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import data_engine, gateway, runtime, track_overhead
+from bench import data_engine, gateway, inspect, runtime, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -18,6 +18,7 @@ BENCHES = {
     "data_engine": data_engine,
     "runtime": runtime,
     "gateway": gateway,
+    "inspect": inspect,
 }
 
 

@@ -536,11 +536,9 @@ CREATE FUNCTION flux.row_history(table_ref regclass, pk jsonb) RETURNS TABLE(mut
     AS $$
     SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
            m.actor
-      FROM pg_catalog.pg_class c
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname AND m.row_pk = pk
+      FROM flux.mutations m
       LEFT JOIN flux.requests r ON r.id = m.request_id
-     WHERE c.oid = table_ref
+     WHERE (m.table_schema, m.table_name) = (SELECT * FROM flux.table_names(table_ref)) AND m.row_pk = pk
      ORDER BY m.id
 $$;
 
@@ -563,10 +561,8 @@ CREATE FUNCTION flux.table_blame(table_ref regclass) RETURNS TABLE(row_pk jsonb,
     SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
            r.deployment_id, last.actor
       FROM (SELECT DISTINCT ON (m.row_pk) m.*
-              FROM pg_catalog.pg_class c
-              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname
-             WHERE c.oid = table_ref
+              FROM flux.mutations m
+             WHERE (m.table_schema, m.table_name) = (SELECT * FROM flux.table_names(table_ref))
              ORDER BY m.row_pk, m.id DESC) AS last
       LEFT JOIN flux.requests r ON r.id = last.request_id
      WHERE last.op <> 'DELETE'
@@ -579,6 +575,20 @@ $$;
 --
 
 COMMENT ON FUNCTION flux.table_blame(table_ref regclass) IS 'For each row of a tracked table, its last change and who made it.';
+
+
+--
+-- Name: table_names(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.table_names(table_ref regclass) RETURNS TABLE(schema_name text, table_name text)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT n.nspname::text, c.relname::text
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = table_ref
+$$;
 
 
 --

@@ -1,5 +1,16 @@
 -- Purpose: the history of one row, and who last set each of its columns, from flux.mutations (one index scan
--- on mutations_row_idx each).
+-- on mutations_row_idx each); each row's last change in a table.
+
+-- A table's schema and name as flux.mutations spells them. Called as a scalar subquery, it is worked out once
+-- before the scan, so the scan can use mutations_row_idx (a join on pg_class made Postgres scan every row).
+CREATE OR REPLACE FUNCTION flux.table_names(table_ref regclass) RETURNS TABLE (schema_name text, table_name text)
+    LANGUAGE sql STABLE
+    SET search_path = ''
+AS $$
+    SELECT n.nspname::text, c.relname::text
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = table_ref
+$$;
 
 -- Every version of one row, oldest first: the operation, the changed columns with old and new values, and
 -- the request, function and code that made it (or, for writes made outside Flux, the database user).
@@ -12,11 +23,9 @@ CREATE OR REPLACE FUNCTION flux.row_history(table_ref regclass, pk jsonb)
 AS $$
     SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
            m.actor
-      FROM pg_catalog.pg_class c
-      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname AND m.row_pk = pk
+      FROM flux.mutations m
       LEFT JOIN flux.requests r ON r.id = m.request_id
-     WHERE c.oid = table_ref
+     WHERE (m.table_schema, m.table_name) = (SELECT * FROM flux.table_names(table_ref)) AND m.row_pk = pk
      ORDER BY m.id
 $$;
 
@@ -50,10 +59,8 @@ AS $$
     SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
            r.deployment_id, last.actor
       FROM (SELECT DISTINCT ON (m.row_pk) m.*
-              FROM pg_catalog.pg_class c
-              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              JOIN flux.mutations m ON m.table_schema = n.nspname AND m.table_name = c.relname
-             WHERE c.oid = table_ref
+              FROM flux.mutations m
+             WHERE (m.table_schema, m.table_name) = (SELECT * FROM flux.table_names(table_ref))
              ORDER BY m.row_pk, m.id DESC) AS last
       LEFT JOIN flux.requests r ON r.id = last.request_id
      WHERE last.op <> 'DELETE'
