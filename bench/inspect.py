@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from flux.trace.tree import TRACE_STATEMENTS
+
 REQUESTS = 1_000_000
 SAMPLES = 200
 CHUNK = 50_000
@@ -52,15 +54,7 @@ SELECT md5('r' || i)::uuid, s, 'flux_authenticator', 'public', 'bench_items', 'U
        jsonb_build_object('id', mod(i * 10 + s, %(rows)s), 'qty', s + 1), '{qty}', now() - i * %(spacing)s
   FROM generate_series(%(low)s::bigint, %(high)s::bigint) AS i, generate_series(0, 9) AS s
 """
-# What `flux trace <id>` runs (flux/trace/tree.py load_trace), and what `flux state` runs.
-_TRACE = [
-    "SELECT r.*, d.git_commit FROM flux.requests r LEFT JOIN flux.deployments d ON d.id = r.deployment_id"
-    " WHERE r.id = %s",
-    "SELECT * FROM flux.trace(%s)",
-    "SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
-    " WHERE request_id = %s ORDER BY id",
-    "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s ORDER BY id",
-]
+# What `flux state history` and `flux state blame` run (`flux trace` runs tree.TRACE_STATEMENTS).
 _HISTORY = "SELECT * FROM flux.row_history('bench_items'::regclass, %s::jsonb)"
 _BLAME = "SELECT * FROM flux.row_blame('bench_items'::regclass, %s::jsonb)"
 
@@ -76,11 +70,16 @@ def run(dsn: str) -> None:
         request_ids = [_request_id(conn, picks.randrange(1, requests + 1)) for _ in range(SAMPLES)]
         rows = [json.dumps({"id": picks.randrange(requests)}) for _ in range(SAMPLES)]
         _report(
-            conn, "flux trace <id> (4 statements)", [[(q, (rid,)) for q in _TRACE] for rid in request_ids]
+            conn,
+            "flux trace <id> (4 statements)",
+            [[(q, (rid,)) for q in TRACE_STATEMENTS] for rid in request_ids],
         )
         _report(conn, "flux state history", [[(_HISTORY, (row,))] for row in rows])
         _report(conn, "flux state blame", [[(_BLAME, (row,))] for row in rows])
-        plans = (("flux.trace()", _TRACE[1], request_ids[0]), ("flux.row_history()", _HISTORY, rows[0]))
+        plans = (
+            ("flux.trace()", TRACE_STATEMENTS[1], request_ids[0]),
+            ("flux.row_history()", _HISTORY, rows[0]),
+        )
         for label, query, value in plans:
             print(f"  plan of the statement inside {label}:")
             for line in _inner_plan(conn, query, value):

@@ -27,6 +27,14 @@ app = typer.Typer(cls=_TraceGroup, help="Requests as they were recorded: `flux t
                   " `flux trace diff <a> <b>`.",
                   no_args_is_help=True)  # fmt: skip
 ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
+# The filters `flux trace ls` and `flux tail` share.
+RouteFilter = Annotated[str | None, typer.Option(help="Only this path.")]
+FunctionFilter = Annotated[str | None, typer.Option(help="Only this function.")]
+StatusFilter = Annotated[int | None, typer.Option(help="Only this HTTP status.")]
+ErrorsFilter = Annotated[bool, typer.Option("--errors", help="Only failed requests.")]
+SlowFilter = Annotated[
+    float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
+]
 
 
 @app.command("show")
@@ -119,14 +127,12 @@ def export(
 
 @app.command("ls")
 def ls(
-    route: Annotated[str | None, typer.Option(help="Only this path.")] = None,
-    function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
-    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
-    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+    route: RouteFilter = None,
+    function: FunctionFilter = None,
+    status: StatusFilter = None,
+    errors: ErrorsFilter = False,
     since: Annotated[str | None, typer.Option(help="Only this recent, e.g. 15m, 2h, 1d.")] = None,
-    slow: Annotated[
-        float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
-    ] = None,
+    slow: SlowFilter = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     project: ProjectDir = Path("."),
 ) -> None:
@@ -142,13 +148,11 @@ def ls(
 
 
 def tail(
-    route: Annotated[str | None, typer.Option(help="Only this path.")] = None,
-    function: Annotated[str | None, typer.Option(help="Only this function.")] = None,
-    status: Annotated[int | None, typer.Option(help="Only this HTTP status.")] = None,
-    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
-    slow: Annotated[
-        float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
-    ] = None,
+    route: RouteFilter = None,
+    function: FunctionFilter = None,
+    status: StatusFilter = None,
+    errors: ErrorsFilter = False,
+    slow: SlowFilter = None,
     project: ProjectDir = Path("."),
 ) -> None:
     """New requests as they are recorded (LISTEN/NOTIFY, not polling), one line each, until Ctrl-C."""
@@ -186,7 +190,7 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
     if request["error"]:
         lines.append(paint(f"error {request['error'].get('code')}: {request['error'].get('message')}", "red"))
     lines.append("")
-    width = max((len(_label(span)) for span in trace.spans), default=0)
+    width = max((len(_label(span["depth"], span["name"])) for span in trace.spans), default=0)
     seqs = {span["seq"] for span in trace.spans}
     caused: dict[int, list[Any]] = {}
     for m in trace.mutations:
@@ -198,7 +202,8 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
         bar = " " * start + "█" * min(length, BAR_WIDTH - start)
         state = "ok" if span["ok"] else paint((span["error"] or {}).get("code", "error"), "red")
         bar = paint(bar.ljust(BAR_WIDTH), "blue")
-        lines.append(f"{_label(span):<{width}}  {_ms(span['duration_us']):>9}  {bar}  {state}")
+        label = _label(span["depth"], span["name"])
+        lines.append(f"{label:<{width}}  {_ms(span['duration_us']):>9}  {bar}  {state}")
         if full or not span["ok"]:
             indent = "  " * (span["depth"] + 2)
             for key in ("input", "output", "error") if full else ("error",):
@@ -226,13 +231,13 @@ def render_diff(differences: Any, *, color: bool = False) -> list[str]:
     if differences.same:
         return [*lines, "", "same spans, outputs and mutations"]
     lines += [f"  {_change(change)}" for change in differences.request]
-    width = max((len(_label(d)) for d in differences.spans), default=0)
+    width = max((len(_label(d.depth, d.name)) for d in differences.spans), default=0)
     lines += ["", f"  {'spans':<{width}}  {'a':>9}  {'b':>9}  {'b - a':>9}"]
     for d in differences.spans:
         mark, colour = _MARKS[d.status]
         durations = [_ms(side["duration_us"]) if side else "-" for side in (d.a, d.b)]
         delta = "" if d.delta_us is None else f"{d.delta_us / 1000:+.2f} ms"
-        line = f"{mark} {_label(d):<{width}}  {durations[0]:>9}  {durations[1]:>9}  {delta:>9}"
+        line = f"{mark} {_label(d.depth, d.name):<{width}}  {durations[0]:>9}  {durations[1]:>9}  {delta:>9}"
         lines.append(paint(line, colour) if colour else line)
         lines += _changes(d.changes, "  " * (d.depth + 2))
     if differences.mutations:
@@ -284,8 +289,7 @@ def _mutation(m: Any) -> str:
     return f"{m['op']:<6} {m['table_name']} {pk}  {changes(m)}".rstrip()
 
 
-def _label(span: Any) -> str:
-    depth, name = (span.depth, span.name) if hasattr(span, "depth") else (span["depth"], span["name"])
+def _label(depth: int, name: str) -> str:
     return f"{'  ' * depth}{name}"
 
 

@@ -75,9 +75,7 @@ def render_why(explained: Any, *, color: bool = False) -> list[str]:
         lines += [
             f"  {m['op']:<6} {m['table_name']} {_json(m['row_pk'])}  {changes(m)}" for m in trace.mutations
         ]
-    elif not trace.request["ok"] and any(
-        s["module"] == "data" and s["name"].startswith(_WRITES) for s in trace.spans
-    ):
+    elif explained.writes_rolled_back:
         lines += ["", "it changed nothing: its writes were rolled back with the failure"]
     if explained.earlier:
         lines += ["", "before it"]
@@ -91,9 +89,6 @@ def render_why(explained: Any, *, color: bool = False) -> list[str]:
         lines.append(f"{row}: {change['op']} of {columns or 'no column'} at {change['at']:%Y-%m-%d %H:%M:%S}")
         lines.append(f"    by {who(change)}")
     return lines
-
-
-_WRITES = ("db:insert(", "db:update(", "db:delete(", "sql:insert(", "sql:update(", "sql:delete(")
 
 
 def _json(value: Any) -> str:

@@ -9,6 +9,7 @@ on `/v1/traces`.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
@@ -166,6 +167,4 @@ def _epoch_ns(moment: Any) -> int:
 
 
 def _hex(base64_text: str) -> str:
-    import base64
-
     return base64.b64decode(base64_text).hex()

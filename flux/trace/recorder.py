@@ -109,7 +109,7 @@ class Recorder:
         span = Span(
             seq=len(self.spans),
             span_id=os.urandom(8).hex(),
-            parent_seq=self._open[-1] if self._open else None,
+            parent_seq=self.current,
             module=module,
             name=name,
             started_us=time.time_ns() // 1000,

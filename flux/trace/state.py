@@ -6,7 +6,7 @@ value alone."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from flux import db
 from flux.errors import TableNotTracked
@@ -16,7 +16,8 @@ Row = dict[str, Any]
 
 def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
     """The tracked table (as `schema.name`) and the primary key `key` names, as flux.mutations stores it."""
-    table_ref, columns = tracked_table(conn, table)
+    tracked = tracked_table(conn, table)
+    columns = tracked.key_columns
     try:
         given = json.loads(key)
     except ValueError:
@@ -29,25 +30,32 @@ def row_key(conn: Any, table: str, key: str) -> tuple[str, dict[str, Any]]:
         given = {columns[0]: given}
     if sorted(given) != sorted(columns):
         raise TableNotTracked(f"{table}'s primary key is ({', '.join(columns)})", hint="give those columns")
-    return table_ref, given
+    return tracked.ref, given
 
 
-def tracked_table(conn: Any, table: str) -> tuple[str, list[str]]:
-    """The tracked table `table` names (as `schema.name`), and its primary-key columns (FX504 otherwise)."""
+class TrackedTable(NamedTuple):
+    ref: str  # as regclass prints it: `notes`, or `shop.orders` outside the search path
+    schema: str  # as flux.mutations spells it
+    name: str
+    key_columns: list[str]  # the primary key's columns, in order
+
+
+def tracked_table(conn: Any, table: str) -> TrackedTable:
+    """The tracked table `table` names, and its primary-key columns (FX504 otherwise)."""
     with db.translate_errors():
         found = conn.execute(
-            "SELECT t.table_ref::text,"
-            " array_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))"
+            "SELECT t.table_ref::text, t.table_schema::text, t.table_name::text,"
+            " array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))"
             " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref",
+            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref, t.table_schema, t.table_name",
             (table,),
         ).fetchone()
     if found is None:
         raise TableNotTracked(
             f"{table} is not a tracked table", hint="SELECT * FROM flux.tracked_tables lists them"
         )
-    return str(found[0]), list(found[1])
+    return TrackedTable(found[0], found[1], found[2], list(found[3]))
 
 
 def history(conn: Any, table: str, key: str) -> list[Row]:
@@ -62,8 +70,9 @@ def blame(conn: Any, table: str, key: str) -> list[Row]:
 
 def table_blame(conn: Any, table: str, limit: int = 100) -> list[Row]:
     """For each row of the table (up to `limit`, by key), its last change and who made it."""
-    table_ref, _ = tracked_table(conn, table)
-    return db.fetch_dicts(conn, "SELECT * FROM flux.table_blame(%s::regclass) LIMIT %s", (table_ref, limit))
+    return db.fetch_dicts(
+        conn, "SELECT * FROM flux.table_blame(%s::regclass) LIMIT %s", (tracked_table(conn, table).ref, limit)
+    )
 
 
 def _rows_of(conn: Any, function: str, table: str, key: str) -> list[Row]:

@@ -54,32 +54,26 @@ def resolve_request_id(conn: Any, given: str) -> str:
     return str(rows[0][0])
 
 
+# A request's whole record: its row, its spans, its row changes, its jobs (each one index scan;
+# bench/inspect.py measures them at scale).
+TRACE_STATEMENTS = (
+    "SELECT r.*, d.git_commit FROM flux.requests r LEFT JOIN flux.deployments d ON d.id = r.deployment_id"
+    " WHERE r.id = %s",
+    "SELECT * FROM flux.trace(%s)",
+    "SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
+    " WHERE request_id = %s ORDER BY id",
+    "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s ORDER BY id",
+)
+
+
 def load_trace(conn: Any, request_id: str) -> Trace:
     """The whole record of one request."""
-    found = db.fetch_dicts(
-        conn,
-        "SELECT r.*, d.git_commit FROM flux.requests r"
-        " LEFT JOIN flux.deployments d ON d.id = r.deployment_id WHERE r.id = %s",
-        (request_id,),
-    )
+    request, *parts = TRACE_STATEMENTS
+    found = db.fetch_dicts(conn, request, (request_id,))
     if not found:
         raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
-    return Trace(
-        found[0],
-        db.fetch_dicts(conn, "SELECT * FROM flux.trace(%s)", (request_id,)),
-        db.fetch_dicts(
-            conn,
-            "SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed, at"
-            " FROM flux.mutations WHERE request_id = %s ORDER BY id",
-            (request_id,),
-        ),
-        db.fetch_dicts(
-            conn,
-            "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s"
-            " ORDER BY id",
-            (request_id,),
-        ),
-    )
+    spans, mutations, jobs = (db.fetch_dicts(conn, query, (request_id,)) for query in parts)
+    return Trace(found[0], spans, mutations, jobs)
 
 
 def list_requests(
@@ -116,9 +110,9 @@ FOLLOWER_TTL_S = 60  # a follower that stopped without a word (kill -9) stops th
 _RENEW_S = 20
 
 
-def follow_requests(conn: Any, stop: threading.Event | None = None, **filters: Any) -> Iterator[Row]:
-    """New requests as they are recorded, oldest first, with `list_requests`'s filters (until `stop`)."""
-    for ids in announced_requests(conn, stop):
+def follow_requests(conn: Any, **filters: Any) -> Iterator[Row]:
+    """New requests as they are recorded, oldest first, with `list_requests`'s filters."""
+    for ids in announced_requests(conn):
         yield from reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
 
 

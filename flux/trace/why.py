@@ -12,23 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 from flux import db
+from flux.errors import TableNotTracked
+from flux.trace.state import TrackedTable, tracked_table
 from flux.trace.tree import Trace
 
 Row = dict[str, Any]
 MAX_ROWS_PER_READ = 20  # rows of one read whose earlier changes are looked up
 _NO_ID_LIMIT = 2**63 - 1
 
-_PRIMARY_KEYS = """
-SELECT n.nspname, c.relname,
-       array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
-  FROM flux.tracked_tables t
-  JOIN pg_class c ON c.oid = t.table_ref
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
- WHERE c.oid = to_regclass(%s)
- GROUP BY n.nspname, c.relname
-"""
 _CHANGE_BEFORE = """
 SELECT m.id AS mutation_id, m.at, m.op, m.changed, m.request_id::text, r.function, r.code_sha,
        r.deployment_id, m.actor
@@ -58,6 +49,13 @@ class Why:
     reads: list[Row] = field(default_factory=list)  # the database calls that read, in order
     earlier: list[EarlierChange] = field(default_factory=list)
 
+    @property
+    def writes_rolled_back(self) -> bool:
+        """Whether the request tried to write and failed: its writes were undone with it."""
+        return not self.trace.request["ok"] and any(
+            span["module"] == "data" and span["name"].startswith(_WRITES) for span in self.trace.spans
+        )
+
 
 def explain_request(conn: Any, trace: Trace) -> Why:
     """Why `trace` went as it did."""
@@ -79,13 +77,13 @@ def explain_request(conn: Any, trace: Trace) -> Why:
             earlier.append(EarlierChange(key[0], pk, how, found[0] if found else None))
 
     for span in reads:  # the change each row had when the request read it
-        keys = _primary_key(conn, _table_of(span["name"]))
-        if keys is None:
+        table = _tracked(conn, _table_of(span["name"]))
+        if table is None:
             continue
-        schema, name, columns = keys
+        columns = table.key_columns
         for row in (span["output"] or {}).get("rows", [])[:MAX_ROWS_PER_READ]:
             if isinstance(row, dict) and all(c in row for c in columns):
-                add(schema, name, {c: row[c] for c in columns}, "read", _NO_ID_LIMIT, ended)
+                add(table.schema, table.name, {c: row[c] for c in columns}, "read", _NO_ID_LIMIT, ended)
     for m in trace.mutations:  # the change before the request's own
         add(m["table_schema"], m["table_name"], m["row_pk"], "written", m["id"], "infinity")
     return Why(trace, failed, reads, earlier)
@@ -95,16 +93,18 @@ def _is_read(name: str) -> bool:
     return name.startswith(("db:select(", "sql:select("))
 
 
+_WRITES = ("db:insert(", "db:update(", "db:delete(", "sql:insert(", "sql:update(", "sql:delete(")
+
+
 def _table_of(name: str) -> str:
     return name[name.find("(") + 1 : -1] if name.endswith(")") else ""
 
 
-def _primary_key(conn: Any, table: str) -> tuple[str, str, list[str]] | None:
-    """A tracked table's schema, name and primary-key columns (None for a table that is not tracked)."""
+def _tracked(conn: Any, table: str) -> TrackedTable | None:
+    """The tracked table a span names (None for one that is not tracked)."""
     if not table:
         return None
-    found = db.fetch_dicts(conn, _PRIMARY_KEYS, (table,))
-    if not found:
+    try:
+        return tracked_table(conn, table)
+    except TableNotTracked:
         return None
-    row = list(found[0].values())
-    return row[0], row[1], list(row[2])
