@@ -289,6 +289,36 @@ class InvalidJob(FluxError):
     title = "the job cannot be enqueued (bad function name, queue, attempts or payload)"
 
 
+class JobFunctionNotFound(FluxError):
+    code = "FX402"
+    http_status = 400
+    title = "a pushed job names a function the active version does not have"
+
+
+class JobNotFound(FluxError):
+    code = "FX403"
+    http_status = 404
+    title = "no job has this id"
+
+
+class JobLeaseLost(FluxError):
+    code = "FX404"
+    http_status = 409
+    title = "the worker running a job attempt stopped, or held it past its lease; the job runs again"
+
+
+class JobStateConflict(FluxError):
+    code = "FX405"
+    http_status = 409
+    title = "the job is not in a state that allows this (retry a failed, dead or cancelled job; cancel a waiting one)"
+
+
+class InvalidSchedule(FluxError):
+    code = "FX406"
+    http_status = 400
+    title = "a cron schedule has a bad expression, time zone, name or field"
+
+
 # -- FX5xx trace and replay -----------------------------------------------------------------------------
 
 

@@ -22,6 +22,79 @@ SET row_security = off;
 CREATE SCHEMA flux;
 
 
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: jobs; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.jobs (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT jobs_role_check CHECK ((role = ANY (ARRAY['anon'::text, 'user'::text, 'service'::text]))),
+    CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: TABLE jobs; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.jobs IS 'Durable jobs: pushed by functions (in their request''s transaction), run by queue workers.';
+
+
+--
+-- Name: COLUMN jobs.status; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.jobs.status IS 'queued, running (locked_by holds a lease until locked_until), failed (an attempt failed; retried at run_at). Finished jobs (done, dead, cancelled) are moved to flux.job_history.';
+
+
+--
+-- Name: after_failure(flux.jobs, uuid, jsonb, interval); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.after_failure(job flux.jobs, request_id uuid, error jsonb, delay interval) RETURNS text
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF job.attempts >= job.max_attempts THEN
+        PERFORM flux.finish_job(job, 'dead', request_id, error);
+        RETURN 'dead';
+    END IF;
+    UPDATE flux.jobs AS j
+       SET status = 'failed', run_at = pg_catalog.now() + delay, locked_by = NULL, locked_until = NULL,
+           last_error = error, last_request_id = coalesce(request_id, j.last_request_id)
+     WHERE j.id = job.id;
+    RETURN 'failed';
+END
+$$;
+
+
 --
 -- Name: apply_column_policies(); Type: FUNCTION; Schema: flux; Owner: -
 --
@@ -296,6 +369,50 @@ COMMENT ON FUNCTION flux.apply_column_policies() IS 'Turns flux.column_policies 
 
 
 --
+-- Name: caller_role(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.caller_role() RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT CASE pg_catalog.current_setting('role', true)
+        WHEN 'flux_anon' THEN 'anon'
+        WHEN 'flux_user' THEN 'user'
+        ELSE 'service'
+    END
+$$;
+
+
+--
+-- Name: cancel_job(bigint); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.cancel_job(job_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs;
+BEGIN
+    SELECT * INTO job FROM flux.all_jobs AS j WHERE j.id = job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'FX403', HINT = 'list jobs with `flux queue ls`';
+    END IF;
+    PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
+    SELECT * INTO job FROM flux.jobs AS j WHERE j.id = job_id AND j.status IN ('queued', 'failed') FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT * INTO job FROM flux.all_jobs AS j WHERE j.id = job_id;
+        RAISE EXCEPTION 'job % is % and cannot be cancelled', job_id, job.status
+            USING ERRCODE = 'FX405', HINT = 'only queued or failed jobs waiting for a retry can be cancelled';
+    END IF;
+    PERFORM flux.finish_job(job, 'cancelled', NULL, NULL);
+    RETURN (SELECT pg_catalog.to_jsonb(h) FROM flux.job_history AS h WHERE h.id = job_id);
+END
+$$;
+
+
+--
 -- Name: check_trackable(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -341,6 +458,31 @@ $$;
 
 
 --
+-- Name: claim_jobs(text, text[], integer, double precision); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) RETURNS SETOF flux.jobs
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    WITH picked AS (
+        SELECT j.id FROM flux.jobs AS j
+         WHERE j.status IN ('queued', 'failed') AND j.run_at <= pg_catalog.now()
+           AND (queues IS NULL OR j.queue = ANY (queues))
+         ORDER BY j.priority DESC, j.run_at, j.id
+         LIMIT batch
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE flux.jobs AS j
+       SET status = 'running', attempts = j.attempts + 1, locked_by = worker,
+           locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
+      FROM picked
+     WHERE j.id = picked.id
+    RETURNING j.*
+$$;
+
+
+--
 -- Name: claims(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -353,34 +495,58 @@ $$;
 
 
 --
--- Name: create_span_partitions(date, date); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: complete_job(bigint, text, integer, uuid); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.create_span_partitions(first_day date, last_day date) RETURNS SETOF regclass
+CREATE FUNCTION flux.complete_job(job_id bigint, worker text, attempt integer, request_id uuid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs := flux.held_job(job_id, worker, attempt);
+BEGIN
+    IF job.id IS NULL THEN
+        RAISE EXCEPTION 'job % attempt % lost its lease before it finished', job_id, attempt
+            USING ERRCODE = 'FX404', HINT = 'the job runs again; keep functions shorter than the lease';
+    END IF;
+    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok) VALUES (job_id, attempt, request_id, worker, true);
+    PERFORM flux.finish_job(job, 'done', request_id, NULL);
+END
+$$;
+
+
+--
+-- Name: create_day_partitions(regclass, date, date); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.create_day_partitions(parent regclass, first_day date, last_day date) RETURNS SETOF regclass
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $$
 DECLARE
+    base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
+    time_column name := flux.partition_column(parent);
     day date;
     partition_name text;
     lower_bound timestamptz;
     upper_bound timestamptz;
 BEGIN
     -- Two processes maintaining at once would race to create the same table.
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('flux.spans partitions'));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(parent::text || ' partitions'));
     FOR day IN SELECT d::date FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') AS d LOOP
-        partition_name := 'spans_' || pg_catalog.to_char(day, 'YYYYMMDD');
+        partition_name := base || '_' || pg_catalog.to_char(day, 'YYYYMMDD');
         CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('flux.%I', partition_name)) IS NOT NULL;
         lower_bound := day::timestamp AT TIME ZONE 'UTC';
         upper_bound := (day + 1)::timestamp AT TIME ZONE 'UTC';
         EXECUTE pg_catalog.format(
-            'CREATE TABLE flux.%I (LIKE flux.spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', partition_name);
+            'CREATE TABLE flux.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', partition_name, parent);
         EXECUTE pg_catalog.format(
-            'WITH moved AS (DELETE FROM flux.spans_default WHERE started_at >= %L AND started_at < %L RETURNING *) '
-            'INSERT INTO flux.%I SELECT * FROM moved', lower_bound, upper_bound, partition_name);
+            'WITH moved AS (DELETE FROM flux.%I WHERE %I >= %L AND %I < %L RETURNING *) '
+            'INSERT INTO flux.%I SELECT * FROM moved',
+            base || '_default', time_column, lower_bound, time_column, upper_bound, partition_name);
         EXECUTE pg_catalog.format(
-            'ALTER TABLE flux.spans ATTACH PARTITION flux.%I FOR VALUES FROM (%L) TO (%L)',
-            partition_name, lower_bound, upper_bound);
+            'ALTER TABLE %s ATTACH PARTITION flux.%I FOR VALUES FROM (%L) TO (%L)',
+            parent, partition_name, lower_bound, upper_bound);
         RETURN NEXT pg_catalog.format('flux.%I', partition_name)::regclass;
     END LOOP;
 END
@@ -388,14 +554,27 @@ $$;
 
 
 --
--- Name: drop_span_partitions(interval); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: create_span_partitions(date, date); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.drop_span_partitions(keep interval) RETURNS SETOF text
+CREATE FUNCTION flux.create_span_partitions(first_day date, last_day date) RETURNS SETOF regclass
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT flux.create_day_partitions('flux.spans', first_day, last_day)
+$$;
+
+
+--
+-- Name: drop_day_partitions(regclass, interval); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.drop_day_partitions(parent regclass, keep interval) RETURNS SETOF text
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $_$
 DECLARE
+    base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
     cutoff timestamptz := pg_catalog.now() - keep;
     partition_name text;
 BEGIN
@@ -403,23 +582,36 @@ BEGIN
         RAISE EXCEPTION 'retention must be a positive period, not %', keep
             USING ERRCODE = 'FX502', HINT = 'give a period such as 30d or 12h';
     END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('flux.spans partitions'));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(parent::text || ' partitions'));
     FOR partition_name IN
         SELECT c.relname
           FROM pg_catalog.pg_inherits i
           JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'flux.spans'::regclass
-           AND c.relname ~ '^spans_[0-9]{8}$'
-           AND (pg_catalog.to_date(pg_catalog.substr(c.relname, 7), 'YYYYMMDD') + 1)::timestamp
+         WHERE i.inhparent = parent
+           AND c.relname ~ ('^' || base || '_[0-9]{8}$')
+           AND (pg_catalog.to_date(pg_catalog.right(c.relname, 8), 'YYYYMMDD') + 1)::timestamp
                AT TIME ZONE 'UTC' <= cutoff
          ORDER BY c.relname
     LOOP
         EXECUTE pg_catalog.format('DROP TABLE flux.%I', partition_name);
         RETURN NEXT partition_name;
     END LOOP;
-    DELETE FROM flux.spans_default WHERE started_at < cutoff;
+    EXECUTE pg_catalog.format('DELETE FROM flux.%I WHERE %I < %L',
+                              base || '_default', flux.partition_column(parent), cutoff);
 END
 $_$;
+
+
+--
+-- Name: drop_span_partitions(interval); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.drop_span_partitions(keep interval) RETURNS SETOF text
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT flux.drop_day_partitions('flux.spans', keep)
+$$;
 
 
 --
@@ -429,46 +621,265 @@ $_$;
 CREATE FUNCTION flux.enqueue(function_name text, payload jsonb DEFAULT 'null'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, queue_name text DEFAULT 'default'::text, idempotency_key text DEFAULT NULL::text, max_attempts integer DEFAULT 5) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    SELECT e.job_id INTO new_id FROM flux.enqueue_jobs(pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+        'function', function_name, 'payload', coalesce(payload, 'null'), 'run_at', run_at, 'priority', priority,
+        'queue', queue_name, 'idempotency_key', idempotency_key, 'max_attempts', max_attempts))) AS e;
+    RETURN (SELECT pg_catalog.to_jsonb(j) FROM flux.all_jobs AS j WHERE j.id = new_id LIMIT 1);
+END
+$$;
+
+
+--
+-- Name: enqueue_jobs(jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.enqueue_jobs(jobs jsonb) RETURNS TABLE(ord bigint, job_id bigint, created boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
     AS $_$
 #variable_conflict use_column
 DECLARE
     tenant uuid := flux.tenant_id();
     parent uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
-    job flux.jobs;
+    active bigint;
+    bad record;
 BEGIN
-    IF function_name IS NULL OR function_name !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
-        RAISE EXCEPTION 'job function % is not a function name', pg_catalog.quote_nullable(function_name)
-            USING ERRCODE = 'FX401', HINT = 'name the function as in functions/<name>';
+    IF pg_catalog.jsonb_typeof(jobs) IS DISTINCT FROM 'array'
+       OR EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(jobs) AS e WHERE pg_catalog.jsonb_typeof(e) <> 'object')
+    THEN
+        RAISE EXCEPTION 'jobs must be a JSON array of objects'
+            USING ERRCODE = 'FX401', HINT = 'send [{"function": "name", "payload": {...}}, ...]';
     END IF;
-    IF queue_name IS NULL OR queue_name !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
-        RAISE EXCEPTION 'queue % is not a queue name', pg_catalog.quote_nullable(queue_name)
-            USING ERRCODE = 'FX401', HINT = 'use lower-case letters, digits, _ and -';
+
+    SELECT * INTO bad FROM flux.job_inputs(jobs) AS j
+     WHERE j.function IS NULL OR j.function !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$'
+        OR j.queue !~ '^[a-z][a-z0-9_-]{0,62}$' OR j.max_attempts NOT BETWEEN 1 AND 100
+        OR pg_catalog.octet_length(j.payload::text) > 1048576 OR j.idempotency_key = ''
+     ORDER BY j.ord LIMIT 1;
+    IF FOUND THEN
+        IF bad.function IS NULL OR bad.function !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
+            RAISE EXCEPTION 'job % function % is not a function name', bad.ord, pg_catalog.quote_nullable(bad.function)
+                USING ERRCODE = 'FX401', HINT = 'name the function as in functions/<name>';
+        ELSIF bad.queue !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
+            RAISE EXCEPTION 'job % queue % is not a queue name', bad.ord, pg_catalog.quote_literal(bad.queue)
+                USING ERRCODE = 'FX401', HINT = 'use lower-case letters, digits, _ and -';
+        ELSIF bad.max_attempts NOT BETWEEN 1 AND 100 THEN
+            RAISE EXCEPTION 'job % max_attempts % is out of range', bad.ord, bad.max_attempts
+                USING ERRCODE = 'FX401', HINT = 'give a number of attempts from 1 to 100';
+        ELSIF bad.idempotency_key = '' THEN
+            RAISE EXCEPTION 'job % idempotency_key is empty', bad.ord
+                USING ERRCODE = 'FX401', HINT = 'leave it out, or give a non-empty key';
+        ELSE
+            RAISE EXCEPTION 'job % payload is larger than 1 MiB', bad.ord
+                USING ERRCODE = 'FX401', HINT = 'store large data in a table and push its key';
+        END IF;
     END IF;
-    IF max_attempts IS NULL OR max_attempts NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION 'max_attempts % is out of range', max_attempts
-            USING ERRCODE = 'FX401', HINT = 'give a number of attempts from 1 to 100';
+
+    -- Before the first deploy any name goes (functions run through flux invoke or tests); after it, a job must
+    -- name a function of the active version.
+    SELECT d.id INTO active FROM flux.deployments AS d WHERE d.active;
+    IF active IS NOT NULL THEN
+        SELECT * INTO bad FROM flux.job_inputs(jobs) AS j
+         WHERE NOT EXISTS (SELECT FROM flux.deployment_functions AS f
+                            WHERE f.deployment_id = active AND f.name = j.function)
+         ORDER BY j.ord LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'job % function % is not in the active version', bad.ord, pg_catalog.quote_literal(bad.function)
+                USING ERRCODE = 'FX402', HINT = 'deploy it first, or check its name with `flux deployments ls`';
+        END IF;
     END IF;
-    IF pg_catalog.octet_length(payload::text) > 1048576 THEN
-        RAISE EXCEPTION 'the job payload is larger than 1 MiB'
-            USING ERRCODE = 'FX401', HINT = 'store large data in a table and push its key';
+
+    IF pg_catalog.jsonb_path_exists(jobs, '$[*].idempotency_key ? (@ != null)') THEN
+        PERFORM flux.lock_job_key(tenant, k.queue, k.idempotency_key)
+           FROM (SELECT DISTINCT j.queue, j.idempotency_key FROM flux.job_inputs(jobs) AS j
+                  WHERE j.idempotency_key IS NOT NULL ORDER BY 1, 2) AS k;
     END IF;
-    INSERT INTO flux.jobs AS j (tenant_id, queue, function, payload, priority, run_at, max_attempts,
-                                idempotency_key, parent_request_id)
-    VALUES (tenant, queue_name, function_name, coalesce(payload, 'null'), coalesce(priority, 0),
-            coalesce(run_at, pg_catalog.now()), max_attempts, idempotency_key, parent)
-    ON CONFLICT (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), queue, idempotency_key)
-        WHERE idempotency_key IS NOT NULL
-        DO NOTHING
-    RETURNING * INTO job;
-    IF job.id IS NULL THEN
-        SELECT * INTO job FROM flux.jobs AS j
-         WHERE coalesce(j.tenant_id, '00000000-0000-0000-0000-000000000000'::uuid)
-               = coalesce(tenant, '00000000-0000-0000-0000-000000000000'::uuid)
-           AND j.queue = queue_name AND j.idempotency_key = enqueue.idempotency_key;
-    END IF;
-    RETURN pg_catalog.to_jsonb(job);
+
+    RETURN QUERY
+    WITH input AS (
+        SELECT * FROM flux.job_inputs(jobs)
+    ), finished AS (  -- a key whose job has finished keeps answering with that job
+        SELECT DISTINCT ON (i.ord) i.ord, h.id
+          FROM input AS i
+          JOIN flux.job_history AS h
+            ON h.queue = i.queue AND h.idempotency_key = i.idempotency_key AND h.tenant_id IS NOT DISTINCT FROM tenant
+         ORDER BY i.ord, h.id
+    ), fresh AS (
+        SELECT i.*, pg_catalog.nextval('flux.jobs_id_seq') AS new_id
+          FROM input AS i WHERE NOT EXISTS (SELECT FROM finished AS f WHERE f.ord = i.ord) ORDER BY i.ord
+    ), inserted AS (
+        INSERT INTO flux.jobs AS t (id, tenant_id, queue, function, payload, priority, run_at, max_attempts,
+                                    idempotency_key, parent_request_id, role, claims)
+        OVERRIDING SYSTEM VALUE
+        SELECT f.new_id, tenant, f.queue, f.function, f.payload, f.priority, f.run_at, f.max_attempts,
+               f.idempotency_key, parent, flux.caller_role(), flux.claims()
+          FROM fresh AS f ORDER BY f.ord
+        ON CONFLICT (coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), queue, idempotency_key)
+            WHERE idempotency_key IS NOT NULL
+            DO NOTHING
+        RETURNING t.id
+    )
+    SELECT i.ord,
+           coalesce(
+               done.id, mine.id,
+               -- the key's job: pushed earlier (this statement cannot see its own rows), or earlier in this batch
+               (SELECT t.id FROM flux.jobs AS t
+                 WHERE t.queue = i.queue AND t.idempotency_key = i.idempotency_key
+                   AND t.tenant_id IS NOT DISTINCT FROM tenant),
+               (SELECT pg_catalog.min(o.new_id) FROM fresh AS o JOIN inserted AS x ON x.id = o.new_id
+                 WHERE o.queue = i.queue AND o.idempotency_key = i.idempotency_key)),
+           mine.id IS NOT NULL
+      FROM input AS i
+      LEFT JOIN finished AS done ON done.ord = i.ord
+      LEFT JOIN fresh AS f ON f.ord = i.ord
+      LEFT JOIN inserted AS mine ON mine.id = f.new_id
+     ORDER BY i.ord;
 END
 $_$;
+
+
+--
+-- Name: extend_leases(text, bigint[], double precision); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.extend_leases(worker text, ids bigint[], lease_s double precision) RETURNS SETOF bigint
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+    UPDATE flux.jobs AS j SET locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
+     WHERE j.id = ANY (ids) AND j.locked_by = worker AND j.status = 'running'
+    RETURNING j.id
+$$;
+
+
+--
+-- Name: fail_job(bigint, text, integer, uuid, jsonb, double precision); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.fail_job(job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision DEFAULT 1) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs := flux.held_job(job_id, worker, attempt);
+BEGIN
+    IF job.id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok, error)
+    VALUES (job_id, attempt, request_id, worker, false, error);
+    RETURN flux.after_failure(job, request_id, error, flux.retry_delay(job.attempts, retry_base_s));
+END
+$$;
+
+
+--
+-- Name: finish_job(flux.jobs, text, uuid, jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.finish_job(job flux.jobs, final_status text, request_id uuid, error jsonb) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    DELETE FROM flux.jobs AS j WHERE j.id = job.id;
+    job.status := final_status;
+    job.finished_at := pg_catalog.now();
+    job.locked_by := NULL;
+    job.locked_until := NULL;
+    job.last_request_id := coalesce(request_id, job.last_request_id);
+    job.last_error := coalesce(error, job.last_error);
+    INSERT INTO flux.job_history SELECT job.*;
+END
+$$;
+
+
+--
+-- Name: fire_cron(text, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    entry flux.cron;
+    new_id bigint;
+BEGIN
+    UPDATE flux.cron AS c SET next_run_at = next_run, last_run_at = pg_catalog.now()
+     WHERE c.name = cron_name AND c.next_run_at = tick AND c.enabled
+    RETURNING * INTO entry;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO flux.jobs (queue, function, payload, role, cron_name, idempotency_key)
+    VALUES (entry.queue, entry.function, entry.payload, 'service', entry.name,
+            'cron:' || entry.name || ':' || pg_catalog.to_char(tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+    ON CONFLICT DO NOTHING
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+
+
+--
+-- Name: held_job(bigint, text, integer); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.held_job(job_id bigint, worker text, attempt integer) RETURNS flux.jobs
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs;
+BEGIN
+    SELECT * INTO job FROM flux.jobs AS j WHERE j.id = job_id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
+    SELECT * INTO job FROM flux.jobs AS j
+     WHERE j.id = job_id AND j.status = 'running' AND j.locked_by = worker AND j.attempts = attempt
+       FOR UPDATE;
+    RETURN CASE WHEN FOUND THEN job END;
+END
+$$;
+
+
+--
+-- Name: job_inputs(jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.job_inputs(jobs jsonb) RETURNS TABLE(ord bigint, function text, payload jsonb, run_at timestamp with time zone, priority integer, queue text, idempotency_key text, max_attempts integer)
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT e.ord - 1, j.function, coalesce(j.payload, 'null'),
+           coalesce(j.run_at, pg_catalog.now() + pg_catalog.make_interval(secs => coalesce(j.delay_ms, 0) / 1000.0)),
+           coalesce(j.priority, 0), coalesce(j.queue, 'default'), j.idempotency_key, coalesce(j.max_attempts, 5)
+      FROM pg_catalog.jsonb_array_elements(jobs) WITH ORDINALITY AS e(value, ord),
+           LATERAL pg_catalog.jsonb_to_record(e.value)
+               AS j(function text, payload jsonb, run_at timestamptz, delay_ms bigint, priority integer, queue text,
+                    idempotency_key text, max_attempts integer)
+$$;
+
+
+--
+-- Name: lock_job_key(uuid, text, text); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.lock_job_key(tenant uuid, queue_name text, key text) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(
+        pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0))
+     WHERE key IS NOT NULL
+$$;
 
 
 --
@@ -482,7 +893,133 @@ CREATE FUNCTION flux.maintain() RETURNS void
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
 BEGIN
-    PERFORM flux.create_span_partitions(today - 1, today + 7);
+    PERFORM flux.create_day_partitions('flux.spans', today - 1, today + 7);
+    PERFORM flux.create_day_partitions('flux.job_history', today - 1, today + 7);
+END
+$$;
+
+
+--
+-- Name: partition_column(regclass); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.partition_column(parent regclass) RETURNS name
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    SELECT a.attname FROM pg_catalog.pg_partitioned_table p
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+     WHERE p.partrelid = parent
+$$;
+
+
+--
+-- Name: reap_jobs(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.reap_jobs() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs;
+    error jsonb;
+    reaped integer := 0;
+BEGIN
+    FOR job IN SELECT * FROM flux.jobs AS j
+                WHERE j.status = 'running' AND j.locked_until < pg_catalog.now()
+                  FOR UPDATE SKIP LOCKED LOOP
+        error := pg_catalog.jsonb_build_object(
+            'code', 'FX404', 'message',
+            pg_catalog.format('worker %s stopped during attempt %s (its lease expired)', job.locked_by, job.attempts));
+        INSERT INTO flux.job_runs (job_id, attempt, worker, ok, error)
+        VALUES (job.id, job.attempts, job.locked_by, false, error)
+        ON CONFLICT DO NOTHING;
+        PERFORM flux.after_failure(job, NULL, error, interval '0');
+        reaped := reaped + 1;
+    END LOOP;
+    RETURN reaped;
+END
+$$;
+
+
+--
+-- Name: release_jobs(text, bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.release_jobs(worker text, ids bigint[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    released integer;
+BEGIN
+    UPDATE flux.jobs AS j
+       SET status = 'queued', attempts = j.attempts - 1, locked_by = NULL, locked_until = NULL,
+           run_at = pg_catalog.now()
+     WHERE j.id = ANY (ids) AND j.locked_by = worker AND j.status = 'running';
+    GET DIAGNOSTICS released = ROW_COUNT;
+    IF released > 0 THEN
+        PERFORM pg_catalog.pg_notify('flux_jobs', '');
+    END IF;
+    RETURN released;
+END
+$$;
+
+
+--
+-- Name: retry_delay(integer, double precision); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.retry_delay(attempts integer, base_s double precision) RETURNS interval
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT pg_catalog.make_interval(secs => least(base_s * 2 ^ least(attempts - 1, 30), 3600) * (0.5 + random() / 2))
+$$;
+
+
+--
+-- Name: retry_job(bigint); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.retry_job(job_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    job flux.jobs;
+BEGIN
+    SELECT * INTO job FROM flux.all_jobs AS j WHERE j.id = job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'FX403', HINT = 'list jobs with `flux queue ls`';
+    END IF;
+    IF job.status IN ('queued', 'running', 'done') THEN
+        RAISE EXCEPTION 'job % is %, not failed, dead or cancelled', job_id, job.status
+            USING ERRCODE = 'FX405', HINT = CASE job.status WHEN 'done' THEN 'push a new job to run it again'
+                                                            ELSE 'wait for it to run' END;
+    END IF;
+    IF job.status = 'failed' THEN
+        UPDATE flux.jobs AS j SET run_at = pg_catalog.now() WHERE j.id = job_id RETURNING * INTO job;
+        PERFORM pg_catalog.pg_notify('flux_jobs', job.queue);
+        RETURN pg_catalog.to_jsonb(job);
+    END IF;
+    PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
+    DELETE FROM flux.job_history AS h WHERE h.id = job_id;
+    BEGIN
+        INSERT INTO flux.jobs (id, tenant_id, queue, function, payload, status, priority, run_at, attempts,
+                               max_attempts, idempotency_key, last_error, parent_request_id, created_at, role,
+                               claims, cron_name, last_request_id)
+        OVERRIDING SYSTEM VALUE
+        VALUES (job.id, job.tenant_id, job.queue, job.function, job.payload, 'queued', job.priority,
+                pg_catalog.now(), 0, job.max_attempts, job.idempotency_key, job.last_error, job.parent_request_id,
+                job.created_at, job.role, job.claims, job.cron_name, job.last_request_id)
+        RETURNING * INTO job;
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'another job holds idempotency key % in queue %', job.idempotency_key, job.queue
+            USING ERRCODE = 'FX405', HINT = 'cancel that job first, or let it finish';
+    END;
+    RETURN pg_catalog.to_jsonb(job);
 END
 $$;
 
@@ -674,6 +1211,22 @@ CREATE FUNCTION flux.tg_gateway__notify() RETURNS trigger
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify(TG_ARGV[0], TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: tg_jobs__notify(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_jobs__notify() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('flux_jobs', q.queue)
+       FROM (SELECT DISTINCT n.queue FROM new_jobs n WHERE n.run_at <= pg_catalog.now()) AS q;
     RETURN NULL;
 END
 $$;
@@ -957,10 +1510,6 @@ CREATE FUNCTION flux.user_id() RETURNS text
 $$;
 
 
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
-
 --
 -- Name: admin_keys; Type: TABLE; Schema: flux; Owner: -
 --
@@ -989,6 +1538,103 @@ ALTER TABLE flux.admin_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: job_history; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+)
+PARTITION BY RANGE (finished_at);
+
+
+--
+-- Name: TABLE job_history; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.job_history IS 'Finished jobs (done, dead, cancelled), partitioned by the UTC day they finished; flux.all_jobs shows both.';
+
+
+--
+-- Name: all_jobs; Type: VIEW; Schema: flux; Owner: -
+--
+
+CREATE VIEW flux.all_jobs AS
+ SELECT jobs.id,
+    jobs.tenant_id,
+    jobs.queue,
+    jobs.function,
+    jobs.payload,
+    jobs.status,
+    jobs.priority,
+    jobs.run_at,
+    jobs.attempts,
+    jobs.max_attempts,
+    jobs.idempotency_key,
+    jobs.locked_by,
+    jobs.locked_until,
+    jobs.last_error,
+    jobs.parent_request_id,
+    jobs.created_at,
+    jobs.finished_at,
+    jobs.role,
+    jobs.claims,
+    jobs.cron_name,
+    jobs.last_request_id
+   FROM flux.jobs
+UNION ALL
+ SELECT job_history.id,
+    job_history.tenant_id,
+    job_history.queue,
+    job_history.function,
+    job_history.payload,
+    job_history.status,
+    job_history.priority,
+    job_history.run_at,
+    job_history.attempts,
+    job_history.max_attempts,
+    job_history.idempotency_key,
+    job_history.locked_by,
+    job_history.locked_until,
+    job_history.last_error,
+    job_history.parent_request_id,
+    job_history.created_at,
+    job_history.finished_at,
+    job_history.role,
+    job_history.claims,
+    job_history.cron_name,
+    job_history.last_request_id
+   FROM flux.job_history;
+
+
+--
+-- Name: VIEW all_jobs; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON VIEW flux.all_jobs IS 'Every job: those waiting or running (flux.jobs) and the finished (flux.job_history).';
 
 
 --
@@ -1122,6 +1768,35 @@ COMMENT ON TABLE flux.column_policy_grants IS 'Table-level privileges of a Flux 
 
 
 --
+-- Name: cron; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.cron (
+    name text NOT NULL,
+    schedule text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    next_run_at timestamp with time zone NOT NULL,
+    last_run_at timestamp with time zone,
+    source text DEFAULT 'api'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT cron_name_check CHECK ((name ~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT cron_queue_check CHECK ((queue ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT cron_source_check CHECK ((source = ANY (ARRAY['project'::text, 'api'::text])))
+);
+
+
+--
+-- Name: TABLE cron; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.cron IS 'Schedules (5-field cron in a time zone): from flux.toml [[cron]] (source project, synced by each deploy) or the management API (source api). A tick missed while no worker ran fires once on recovery.';
+
+
+--
 -- Name: deployment_functions; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -1174,10 +1849,10 @@ ALTER TABLE flux.deployments ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
--- Name: jobs; Type: TABLE; Schema: flux; Owner: -
+-- Name: job_history_20261205; Type: TABLE; Schema: flux; Owner: -
 --
 
-CREATE TABLE flux.jobs (
+CREATE TABLE flux.job_history_20261205 (
     id bigint NOT NULL,
     tenant_id uuid,
     queue text DEFAULT 'default'::text NOT NULL,
@@ -1194,18 +1869,305 @@ CREATE TABLE flux.jobs (
     last_error jsonb,
     parent_request_id uuid,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    finished_at timestamp with time zone,
-    CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
-    CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[a-z][a-z0-9_-]{0,62}$'::text)),
-    CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text, 'dead'::text, 'cancelled'::text])))
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
 );
 
 
 --
--- Name: TABLE jobs; Type: COMMENT; Schema: flux; Owner: -
+-- Name: job_history_20261206; Type: TABLE; Schema: flux; Owner: -
 --
 
-COMMENT ON TABLE flux.jobs IS 'Durable jobs: pushed by functions (in their request''s transaction), run by queue workers.';
+CREATE TABLE flux.job_history_20261206 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261207; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261207 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261208; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261208 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261209; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261209 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261210; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261210 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261211; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261211 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261212; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261212 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_20261213; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_20261213 (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_history_default; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_history_default (
+    id bigint NOT NULL,
+    tenant_id uuid,
+    queue text DEFAULT 'default'::text NOT NULL,
+    function text NOT NULL,
+    payload jsonb DEFAULT 'null'::jsonb NOT NULL,
+    status text DEFAULT 'queued'::text NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 5 NOT NULL,
+    idempotency_key text,
+    locked_by text,
+    locked_until timestamp with time zone,
+    last_error jsonb,
+    parent_request_id uuid,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    role text DEFAULT 'service'::text NOT NULL,
+    claims jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cron_name text,
+    last_request_id uuid,
+    CONSTRAINT job_history_status_check CHECK ((status = ANY (ARRAY['done'::text, 'dead'::text, 'cancelled'::text])))
+);
+
+
+--
+-- Name: job_runs; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.job_runs (
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    request_id uuid,
+    worker text NOT NULL,
+    ok boolean NOT NULL,
+    error jsonb,
+    finished_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: TABLE job_runs; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.job_runs IS 'One row per attempt of a job: its request (flux.requests, kind job or cron), ok, and the error of a failure; an attempt whose worker died has no request and the error FX404.';
 
 
 --
@@ -1340,6 +2302,47 @@ ALTER TABLE flux.mutations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: queue_stats; Type: VIEW; Schema: flux; Owner: -
+--
+
+CREATE VIEW flux.queue_stats AS
+ WITH hot AS (
+         SELECT j.queue,
+            count(*) FILTER (WHERE ((j.status = 'queued'::text) AND (j.run_at <= now()))) AS queued,
+            count(*) FILTER (WHERE ((j.status = 'queued'::text) AND (j.run_at > now()))) AS scheduled,
+            count(*) FILTER (WHERE (j.status = 'running'::text)) AS running,
+            count(*) FILTER (WHERE (j.status = 'failed'::text)) AS retrying,
+            max((now() - j.run_at)) FILTER (WHERE ((j.status = ANY (ARRAY['queued'::text, 'failed'::text])) AND (j.run_at <= now()))) AS oldest_due
+           FROM flux.jobs j
+          GROUP BY j.queue
+        ), finished AS (
+         SELECT h.queue,
+            count(*) FILTER (WHERE (h.status = 'dead'::text)) AS dead,
+            count(*) FILTER (WHERE ((h.status = 'done'::text) AND (h.finished_at > (now() - '01:00:00'::interval)))) AS done_last_hour
+           FROM flux.job_history h
+          WHERE ((h.status = 'dead'::text) OR (h.finished_at > (now() - '01:00:00'::interval)))
+          GROUP BY h.queue
+        )
+ SELECT COALESCE(hot.queue, finished.queue) AS queue,
+    COALESCE(hot.queued, (0)::bigint) AS queued,
+    COALESCE(hot.scheduled, (0)::bigint) AS scheduled,
+    COALESCE(hot.running, (0)::bigint) AS running,
+    COALESCE(hot.retrying, (0)::bigint) AS retrying,
+    COALESCE(finished.dead, (0)::bigint) AS dead,
+    COALESCE(finished.done_last_hour, (0)::bigint) AS done_last_hour,
+    hot.oldest_due
+   FROM (hot
+     FULL JOIN finished ON ((finished.queue = hot.queue)));
+
+
+--
+-- Name: VIEW queue_stats; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON VIEW flux.queue_stats IS 'Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job''s wait.';
 
 
 --
@@ -1594,6 +2597,76 @@ COMMENT ON VIEW flux.tracked_tables IS 'Tables whose writes are recorded in flux
 
 
 --
+-- Name: job_history_20261205; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261205 FOR VALUES FROM ('2026-12-05 00:00:00+00') TO ('2026-12-06 00:00:00+00');
+
+
+--
+-- Name: job_history_20261206; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261206 FOR VALUES FROM ('2026-12-06 00:00:00+00') TO ('2026-12-07 00:00:00+00');
+
+
+--
+-- Name: job_history_20261207; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261207 FOR VALUES FROM ('2026-12-07 00:00:00+00') TO ('2026-12-08 00:00:00+00');
+
+
+--
+-- Name: job_history_20261208; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261208 FOR VALUES FROM ('2026-12-08 00:00:00+00') TO ('2026-12-09 00:00:00+00');
+
+
+--
+-- Name: job_history_20261209; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261209 FOR VALUES FROM ('2026-12-09 00:00:00+00') TO ('2026-12-10 00:00:00+00');
+
+
+--
+-- Name: job_history_20261210; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261210 FOR VALUES FROM ('2026-12-10 00:00:00+00') TO ('2026-12-11 00:00:00+00');
+
+
+--
+-- Name: job_history_20261211; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261211 FOR VALUES FROM ('2026-12-11 00:00:00+00') TO ('2026-12-12 00:00:00+00');
+
+
+--
+-- Name: job_history_20261212; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261212 FOR VALUES FROM ('2026-12-12 00:00:00+00') TO ('2026-12-13 00:00:00+00');
+
+
+--
+-- Name: job_history_20261213; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_20261213 FOR VALUES FROM ('2026-12-13 00:00:00+00') TO ('2026-12-14 00:00:00+00');
+
+
+--
+-- Name: job_history_default; Type: TABLE ATTACH; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_history ATTACH PARTITION flux.job_history_default DEFAULT;
+
+
+--
 -- Name: spans_default; Type: TABLE ATTACH; Schema: flux; Owner: -
 --
 
@@ -1665,6 +2738,14 @@ ALTER TABLE ONLY flux.column_policy_grants
 
 
 --
+-- Name: cron cron_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.cron
+    ADD CONSTRAINT cron_pkey PRIMARY KEY (name);
+
+
+--
 -- Name: deployment_functions deployment_functions_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
 --
 
@@ -1678,6 +2759,14 @@ ALTER TABLE ONLY flux.deployment_functions
 
 ALTER TABLE ONLY flux.deployments
     ADD CONSTRAINT deployments_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: job_runs job_runs_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.job_runs
+    ADD CONSTRAINT job_runs_pkey PRIMARY KEY (job_id, attempt);
 
 
 --
@@ -1785,6 +2874,13 @@ ALTER TABLE ONLY flux.tenants
 
 
 --
+-- Name: cron_next_run_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX cron_next_run_at_idx ON flux.cron USING btree (next_run_at) WHERE enabled;
+
+
+--
 -- Name: deployment_functions_sha256_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
@@ -1799,10 +2895,325 @@ CREATE UNIQUE INDEX deployments_one_active_idx ON flux.deployments USING btree (
 
 
 --
+-- Name: job_history_dead_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_dead_idx ON ONLY flux.job_history USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261205_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261205_finished_at_idx ON flux.job_history_20261205 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_id_idx ON ONLY flux.job_history USING btree (id);
+
+
+--
+-- Name: job_history_20261205_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261205_id_idx ON flux.job_history_20261205 USING btree (id);
+
+
+--
+-- Name: job_history_parent_request_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_parent_request_idx ON ONLY flux.job_history USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261205_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261205_parent_request_id_idx ON flux.job_history_20261205 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_idempotency_key_idx ON ONLY flux.job_history USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261205_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261205_queue_idempotency_key_idx ON flux.job_history_20261205 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261206_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261206_finished_at_idx ON flux.job_history_20261206 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261206_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261206_id_idx ON flux.job_history_20261206 USING btree (id);
+
+
+--
+-- Name: job_history_20261206_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261206_parent_request_id_idx ON flux.job_history_20261206 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261206_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261206_queue_idempotency_key_idx ON flux.job_history_20261206 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261207_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261207_finished_at_idx ON flux.job_history_20261207 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261207_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261207_id_idx ON flux.job_history_20261207 USING btree (id);
+
+
+--
+-- Name: job_history_20261207_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261207_parent_request_id_idx ON flux.job_history_20261207 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261207_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261207_queue_idempotency_key_idx ON flux.job_history_20261207 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261208_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261208_finished_at_idx ON flux.job_history_20261208 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261208_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261208_id_idx ON flux.job_history_20261208 USING btree (id);
+
+
+--
+-- Name: job_history_20261208_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261208_parent_request_id_idx ON flux.job_history_20261208 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261208_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261208_queue_idempotency_key_idx ON flux.job_history_20261208 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261209_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261209_finished_at_idx ON flux.job_history_20261209 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261209_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261209_id_idx ON flux.job_history_20261209 USING btree (id);
+
+
+--
+-- Name: job_history_20261209_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261209_parent_request_id_idx ON flux.job_history_20261209 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261209_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261209_queue_idempotency_key_idx ON flux.job_history_20261209 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261210_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261210_finished_at_idx ON flux.job_history_20261210 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261210_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261210_id_idx ON flux.job_history_20261210 USING btree (id);
+
+
+--
+-- Name: job_history_20261210_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261210_parent_request_id_idx ON flux.job_history_20261210 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261210_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261210_queue_idempotency_key_idx ON flux.job_history_20261210 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261211_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261211_finished_at_idx ON flux.job_history_20261211 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261211_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261211_id_idx ON flux.job_history_20261211 USING btree (id);
+
+
+--
+-- Name: job_history_20261211_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261211_parent_request_id_idx ON flux.job_history_20261211 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261211_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261211_queue_idempotency_key_idx ON flux.job_history_20261211 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261212_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261212_finished_at_idx ON flux.job_history_20261212 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261212_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261212_id_idx ON flux.job_history_20261212 USING btree (id);
+
+
+--
+-- Name: job_history_20261212_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261212_parent_request_id_idx ON flux.job_history_20261212 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261212_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261212_queue_idempotency_key_idx ON flux.job_history_20261212 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_20261213_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261213_finished_at_idx ON flux.job_history_20261213 USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_20261213_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261213_id_idx ON flux.job_history_20261213 USING btree (id);
+
+
+--
+-- Name: job_history_20261213_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261213_parent_request_id_idx ON flux.job_history_20261213 USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_20261213_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_20261213_queue_idempotency_key_idx ON flux.job_history_20261213 USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_history_default_finished_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_default_finished_at_idx ON flux.job_history_default USING btree (finished_at DESC) WHERE (status = 'dead'::text);
+
+
+--
+-- Name: job_history_default_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_default_id_idx ON flux.job_history_default USING btree (id);
+
+
+--
+-- Name: job_history_default_parent_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_default_parent_request_id_idx ON flux.job_history_default USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: job_history_default_queue_idempotency_key_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_history_default_queue_idempotency_key_idx ON flux.job_history_default USING btree (queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: job_runs_request_id_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX job_runs_request_id_idx ON flux.job_runs USING btree (request_id) WHERE (request_id IS NOT NULL);
+
+
+--
 -- Name: jobs_due_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
-CREATE INDEX jobs_due_idx ON flux.jobs USING btree (queue, priority DESC, run_at, id) WHERE (status = 'queued'::text);
+CREATE INDEX jobs_due_idx ON flux.jobs USING btree (priority DESC, run_at, id) WHERE (status = ANY (ARRAY['queued'::text, 'failed'::text]));
 
 
 --
@@ -1810,6 +3221,13 @@ CREATE INDEX jobs_due_idx ON flux.jobs USING btree (queue, priority DESC, run_at
 --
 
 CREATE UNIQUE INDEX jobs_idempotency_key_idx ON flux.jobs USING btree (COALESCE(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), queue, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: jobs_locked_until_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX jobs_locked_until_idx ON flux.jobs USING btree (locked_until) WHERE (status = 'running'::text);
 
 
 --
@@ -1862,6 +3280,286 @@ CREATE INDEX requests_started_at_idx ON flux.requests USING btree (started_at DE
 
 
 --
+-- Name: job_history_20261205_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261205_finished_at_idx;
+
+
+--
+-- Name: job_history_20261205_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261205_id_idx;
+
+
+--
+-- Name: job_history_20261205_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261205_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261205_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261205_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261206_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261206_finished_at_idx;
+
+
+--
+-- Name: job_history_20261206_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261206_id_idx;
+
+
+--
+-- Name: job_history_20261206_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261206_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261206_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261206_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261207_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261207_finished_at_idx;
+
+
+--
+-- Name: job_history_20261207_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261207_id_idx;
+
+
+--
+-- Name: job_history_20261207_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261207_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261207_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261207_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261208_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261208_finished_at_idx;
+
+
+--
+-- Name: job_history_20261208_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261208_id_idx;
+
+
+--
+-- Name: job_history_20261208_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261208_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261208_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261208_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261209_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261209_finished_at_idx;
+
+
+--
+-- Name: job_history_20261209_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261209_id_idx;
+
+
+--
+-- Name: job_history_20261209_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261209_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261209_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261209_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261210_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261210_finished_at_idx;
+
+
+--
+-- Name: job_history_20261210_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261210_id_idx;
+
+
+--
+-- Name: job_history_20261210_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261210_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261210_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261210_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261211_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261211_finished_at_idx;
+
+
+--
+-- Name: job_history_20261211_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261211_id_idx;
+
+
+--
+-- Name: job_history_20261211_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261211_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261211_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261211_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261212_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261212_finished_at_idx;
+
+
+--
+-- Name: job_history_20261212_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261212_id_idx;
+
+
+--
+-- Name: job_history_20261212_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261212_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261212_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261212_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_20261213_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_20261213_finished_at_idx;
+
+
+--
+-- Name: job_history_20261213_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_20261213_id_idx;
+
+
+--
+-- Name: job_history_20261213_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_20261213_parent_request_id_idx;
+
+
+--
+-- Name: job_history_20261213_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_20261213_queue_idempotency_key_idx;
+
+
+--
+-- Name: job_history_default_finished_at_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_dead_idx ATTACH PARTITION flux.job_history_default_finished_at_idx;
+
+
+--
+-- Name: job_history_default_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_id_idx ATTACH PARTITION flux.job_history_default_id_idx;
+
+
+--
+-- Name: job_history_default_parent_request_id_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_parent_request_idx ATTACH PARTITION flux.job_history_default_parent_request_id_idx;
+
+
+--
+-- Name: job_history_default_queue_idempotency_key_idx; Type: INDEX ATTACH; Schema: flux; Owner: -
+--
+
+ALTER INDEX flux.job_history_idempotency_key_idx ATTACH PARTITION flux.job_history_default_queue_idempotency_key_idx;
+
+
+--
 -- Name: spans_default_pkey; Type: INDEX ATTACH; Schema: flux; Owner: -
 --
 
@@ -1887,6 +3585,13 @@ CREATE TRIGGER column_policies_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCA
 --
 
 CREATE TRIGGER deployments_notify AFTER INSERT OR DELETE OR UPDATE OR TRUNCATE ON flux.deployments FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_gateway__notify('flux_deployments');
+
+
+--
+-- Name: jobs jobs_notify; Type: TRIGGER; Schema: flux; Owner: -
+--
+
+CREATE TRIGGER jobs_notify AFTER INSERT ON flux.jobs REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_jobs__notify();
 
 
 --
@@ -1953,10 +3658,25 @@ GRANT USAGE ON SCHEMA flux TO flux_authenticator;
 
 
 --
+-- Name: TABLE jobs; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE flux.jobs TO flux_recorder;
+GRANT SELECT ON TABLE flux.jobs TO flux_authenticator;
+
+
+--
 -- Name: FUNCTION apply_column_policies(); Type: ACL; Schema: flux; Owner: -
 --
 
 REVOKE ALL ON FUNCTION flux.apply_column_policies() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION cancel_job(job_id bigint); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.cancel_job(job_id bigint) FROM PUBLIC;
 
 
 --
@@ -1969,12 +3689,28 @@ GRANT ALL ON FUNCTION flux.claim(name text) TO flux_service;
 
 
 --
+-- Name: FUNCTION claim_jobs(worker text, queues text[], batch integer, lease_s double precision); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) TO flux_authenticator;
+
+
+--
 -- Name: FUNCTION claims(); Type: ACL; Schema: flux; Owner: -
 --
 
 GRANT ALL ON FUNCTION flux.claims() TO flux_anon;
 GRANT ALL ON FUNCTION flux.claims() TO flux_user;
 GRANT ALL ON FUNCTION flux.claims() TO flux_service;
+
+
+--
+-- Name: FUNCTION complete_job(job_id bigint, worker text, attempt integer, request_id uuid); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.complete_job(job_id bigint, worker text, attempt integer, request_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.complete_job(job_id bigint, worker text, attempt integer, request_id uuid) TO flux_authenticator;
 
 
 --
@@ -1985,6 +3721,63 @@ REVOKE ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at ti
 GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_anon;
 GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_user;
 GRANT ALL ON FUNCTION flux.enqueue(function_name text, payload jsonb, run_at timestamp with time zone, priority integer, queue_name text, idempotency_key text, max_attempts integer) TO flux_service;
+
+
+--
+-- Name: FUNCTION enqueue_jobs(jobs jsonb); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.enqueue_jobs(jobs jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.enqueue_jobs(jobs jsonb) TO flux_anon;
+GRANT ALL ON FUNCTION flux.enqueue_jobs(jobs jsonb) TO flux_user;
+GRANT ALL ON FUNCTION flux.enqueue_jobs(jobs jsonb) TO flux_service;
+
+
+--
+-- Name: FUNCTION extend_leases(worker text, ids bigint[], lease_s double precision); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.extend_leases(worker text, ids bigint[], lease_s double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.extend_leases(worker text, ids bigint[], lease_s double precision) TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION fail_job(job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.fail_job(job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.fail_job(job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision) TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION reap_jobs(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.reap_jobs() FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.reap_jobs() TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION release_jobs(worker text, ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.release_jobs(worker text, ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.release_jobs(worker text, ids bigint[]) TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION retry_job(job_id bigint); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
 
 
 --
@@ -2037,6 +3830,22 @@ GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
 
 
 --
+-- Name: TABLE job_history; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE ON TABLE flux.job_history TO flux_recorder;
+GRANT SELECT ON TABLE flux.job_history TO flux_authenticator;
+
+
+--
+-- Name: TABLE all_jobs; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.all_jobs TO flux_authenticator;
+GRANT SELECT ON TABLE flux.all_jobs TO flux_recorder;
+
+
+--
 -- Name: TABLE api_keys; Type: ACL; Schema: flux; Owner: -
 --
 
@@ -2058,10 +3867,19 @@ GRANT SELECT ON TABLE flux.column_policies TO flux_authenticator;
 
 
 --
+-- Name: TABLE cron; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,UPDATE ON TABLE flux.cron TO flux_recorder;
+GRANT SELECT ON TABLE flux.cron TO flux_authenticator;
+
+
+--
 -- Name: TABLE deployment_functions; Type: ACL; Schema: flux; Owner: -
 --
 
 GRANT SELECT ON TABLE flux.deployment_functions TO flux_authenticator;
+GRANT SELECT ON TABLE flux.deployment_functions TO flux_recorder;
 
 
 --
@@ -2069,13 +3887,22 @@ GRANT SELECT ON TABLE flux.deployment_functions TO flux_authenticator;
 --
 
 GRANT SELECT ON TABLE flux.deployments TO flux_authenticator;
+GRANT SELECT ON TABLE flux.deployments TO flux_recorder;
 
 
 --
--- Name: TABLE jobs; Type: ACL; Schema: flux; Owner: -
+-- Name: TABLE job_runs; Type: ACL; Schema: flux; Owner: -
 --
 
-GRANT SELECT,INSERT ON TABLE flux.jobs TO flux_recorder;
+GRANT SELECT,INSERT ON TABLE flux.job_runs TO flux_recorder;
+GRANT SELECT ON TABLE flux.job_runs TO flux_authenticator;
+
+
+--
+-- Name: SEQUENCE jobs_id_seq; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT USAGE ON SEQUENCE flux.jobs_id_seq TO flux_recorder;
 
 
 --
@@ -2090,6 +3917,14 @@ GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
 --
 
 GRANT INSERT ON TABLE flux.requests TO flux_authenticator;
+
+
+--
+-- Name: TABLE queue_stats; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT ON TABLE flux.queue_stats TO flux_authenticator;
+GRANT SELECT ON TABLE flux.queue_stats TO flux_recorder;
 
 
 --

@@ -85,13 +85,15 @@ def invoke(
     traceparent: str | None = None,
     records: RecordWriter | None = None,
     started: tuple[int, int] | None = None,
+    commit_with: bytes | None = None,
 ) -> Outcome:
     """Run `function` with `request` as input, in one transaction on `conn`, and record it.
 
     The gateway passes its `recorder` (already holding its span), extra request-row columns in `record`
     (route_id, trace_id), the `traceparent` that outbound fetches carry, and when the request `started`
     (wall clock in µs, monotonic clock in ns). With `records`, the record of a run that changed no data is
-    written off the request path."""
+    written off the request path. `commit_with` (a statement, values inlined) commits with the record of a run
+    that succeeded, and its refusal fails the run: a queue worker marks its job done there."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
@@ -126,7 +128,9 @@ def invoke(
         recorder.finish(span, output=output)
         row |= {"ok": True, "status": response.status, "output": output}
         row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-        if records is not None and not host.wrote:
+        if commit_with is not None:
+            transaction.commit(recorder.statement(conn, row) + b"; " + commit_with, durable=True)
+        elif records is not None and not host.wrote:
             transaction.end()
             records.submit(recorder.record(row))
         else:

@@ -1,6 +1,7 @@
 -- Purpose: flux.maintain(), the periodic upkeep every migrate (and later the scheduler) runs.
 
--- Keeps span partitions ready from yesterday to a week ahead, so no span lands in the default partition.
+-- Keeps the partitions of spans and finished jobs ready from yesterday to a week ahead, so no row lands in a
+-- default partition.
 CREATE OR REPLACE FUNCTION flux.maintain() RETURNS void
     LANGUAGE plpgsql
     SET search_path = ''
@@ -8,6 +9,7 @@ AS $$
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
 BEGIN
-    PERFORM flux.create_span_partitions(today - 1, today + 7);
+    PERFORM flux.create_day_partitions('flux.spans', today - 1, today + 7);
+    PERFORM flux.create_day_partitions('flux.job_history', today - 1, today + 7);
 END
 $$;

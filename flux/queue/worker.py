@@ -1,0 +1,296 @@
+"""Queue workers: one process claims due jobs (`flux.claim_jobs`, FOR UPDATE SKIP LOCKED, as many as it has idle
+threads) and runs each on a thread as a request of kind `job` (or `cron`), recorded like an HTTP request.
+
+A job is marked done in its attempt's own transaction, with the function's writes and the request's record, so
+its effects commit exactly once. A failed attempt is retried after a backoff, then kept as `dead`. Idle workers
+sleep until NOTIFY flux_jobs (a push committed) or the poll interval (a missed notification, a retry coming due).
+Every held job's lease is extended while it runs; a worker that dies (kill -9) stops extending, and any worker's
+`flux.reap_jobs()` counts that attempt as lost (FX404) and makes the job due again. On SIGTERM a worker stops
+claiming, lets running jobs finish (bounded), and gives back the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue as threadqueue
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flux import db, jsontext
+from flux.api.secrets import SecretCache
+from flux.config import Settings, load_settings
+from flux.data import CatalogCache
+from flux.errors import FluxError
+from flux.listen import Listener
+from flux.queue import cron
+from flux.runtime import Runtime
+from flux.runtime.fetch import FetchPolicy
+from flux.runtime.functions import DeployedFunctions
+from flux.runtime.invoke import Caller, invoke
+from flux.trace.recorder import error_record
+
+log = logging.getLogger("flux.queue")
+Json = Any
+NOTIFY_CHANNEL = "flux_jobs"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one worker process runs jobs."""
+
+    concurrency: int = 4  # jobs run at once, one thread each
+    queues: tuple[str, ...] | None = None  # None: every queue
+    lease_s: float = 30.0  # a job whose worker stopped extending this is taken over
+    poll_s: float = 1.0  # the longest sleep without a notification (and how often leases and schedules are checked)
+    retry_base_s: float = 1.0  # the first retry's delay; each next one doubles (with jitter), at most an hour
+    shutdown_s: float = 30.0  # how long SIGTERM waits for running jobs
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker holds, with what running it needs."""
+
+    id: int
+    attempt: int
+    function: str
+    queue: str
+    payload: Json
+    role: str
+    claims: dict[str, Json]
+    tenant_id: str | None
+    parent_request_id: str | None
+    cron_name: str | None
+
+
+class QueueWorker:
+    """One process's queue worker: a dispatcher (the caller of `run`), `concurrency` runner threads and a lease
+    keeper, on connections of their own as flux_authenticator."""
+
+    def __init__(self, settings: Settings, dsn: str, options: WorkerOptions | None = None) -> None:
+        self.options = options or WorkerOptions()
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.dsn = db.request_dsn(dsn)
+        self.runtime = Runtime(settings.project_dir / ".flux" / "cache", deno_workers=min(self.options.concurrency, 4))
+        self.functions = DeployedFunctions()
+        self.catalogs = CatalogCache()
+        self.secrets = SecretCache(settings.project_dir)
+        self.fetch_policy = FetchPolicy(allow=settings.fetch_allow)
+        self.pool = db.create_pool(self.dsn, max_size=self.options.concurrency, name="flux-queue", autocommit=True)
+        self._held: dict[int, int] = {}  # job id -> attempt, from claim until finished or given back
+        self._held_lock = threading.Lock()
+        self._ready: threadqueue.Queue[Claimed | None] = threadqueue.Queue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._listener = Listener(NOTIFY_CHANNEL, self._wake.set)
+
+    def stop(self) -> None:
+        """Stop claiming; `run` returns once running jobs finish (or `shutdown_s` passes)."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Claim and run jobs until `stop`."""
+        self.pool.open(wait=True)
+        for cache in (self.functions, self.catalogs, self.secrets):
+            cache.listen(self.dsn)
+        self._listener.start(self.dsn)
+        runners = [threading.Thread(target=self._runner, name=f"flux-job-{n}", daemon=True)
+                   for n in range(self.options.concurrency)]  # fmt: skip
+        keeper = threading.Thread(target=self._keep_leases, name="flux-leases", daemon=True)
+        for thread in [*runners, keeper]:
+            thread.start()
+        log.info("queue worker %s: %d threads, queues %s", self.name, self.options.concurrency,
+                 ", ".join(self.options.queues) if self.options.queues else "all")  # fmt: skip
+        try:
+            with db.connect(self.dsn, autocommit=True) as conn:
+                self._dispatch(conn)
+        finally:
+            self._shut_down(runners)
+
+    def _dispatch(self, conn: Any) -> None:
+        upkeep_at = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()  # a notification from here on wakes the wait below
+            if time.monotonic() >= upkeep_at:
+                self._upkeep(conn)
+                upkeep_at = time.monotonic() + self.options.poll_s
+            idle = self.options.concurrency - len(self._held)
+            claimed = self._claim(conn, idle) if idle > 0 else []
+            for job in claimed:
+                self._ready.put(job)
+            if len(claimed) < idle or idle <= 0:
+                self._wake.wait(max(0.0, min(self.options.poll_s, upkeep_at - time.monotonic())))
+
+    def _upkeep(self, conn: Any) -> None:
+        """Take over jobs of dead workers and fire due schedules (every worker does; each happens once)."""
+        try:
+            row = db.execute_raw(conn, "SELECT flux.reap_jobs()", [])
+            if row and row[0]:
+                log.warning("%d jobs lost their worker; they run again", row[0])
+            cron.fire_due(conn)
+        except FluxError as exc:
+            log.error("queue upkeep failed: %s", exc)
+
+    def _claim(self, conn: Any, count: int) -> list[Claimed]:
+        try:
+            rows = db.fetch_dicts(
+                conn,
+                "SELECT id, attempts, function, queue, payload, role, claims, tenant_id, parent_request_id,"
+                " cron_name FROM flux.claim_jobs(%s, %s, %s, %s)",
+                (self.name, list(self.options.queues) if self.options.queues else None, count, self.options.lease_s),
+            )
+        except FluxError as exc:
+            log.error("claiming jobs failed: %s", exc)
+            self._stopping.wait(self.options.poll_s)
+            return []
+        claimed = [
+            Claimed(r["id"], r["attempts"], r["function"], r["queue"], r["payload"], r["role"], r["claims"],
+                    _text(r["tenant_id"]), _text(r["parent_request_id"]), r["cron_name"])
+            for r in rows
+        ]  # fmt: skip
+        with self._held_lock:
+            self._held.update((job.id, job.attempt) for job in claimed)
+        return claimed
+
+    def _runner(self) -> None:
+        while True:
+            job = self._ready.get()
+            if job is None:
+                return
+            try:
+                with self.pool.connection() as conn:
+                    self._attempt(conn, job)
+            except Exception:  # a lost connection or a bug: the lease expires and the job runs again
+                log.exception("job %d attempt %d could not be finished", job.id, job.attempt)
+            finally:
+                with self._held_lock:
+                    self._held.pop(job.id, None)
+                self._wake.set()
+
+    def _attempt(self, conn: Any, job: Claimed) -> None:
+        """Run one attempt of `job` as a recorded request; done with its transaction, or failed after it."""
+        request_id = str(uuid.uuid4())
+        try:
+            function = self.functions.get(conn, job.function)
+        except FluxError as exc:
+            self._fail(conn, job, None, exc)
+            return
+        done = b"SELECT flux.complete_job(%d, %s, %d, '%s')" % (
+            job.id, db.literal(conn, self.name), job.attempt, request_id.encode()
+        )
+        request = {
+            "body": job.payload, "params": {}, "query": {}, "headers": {},
+            "user": job.claims if job.role != "anon" else None,
+            "job": {"id": job.id, "attempt": job.attempt, "queue": job.queue, "cron": job.cron_name},
+        }  # fmt: skip
+        outcome = invoke(
+            conn, self.runtime, function, request, catalog=self.catalogs.get(conn),
+            caller=Caller(job.role, job.claims, job.tenant_id), secrets=self.secrets.get(conn),
+            fetch_policy=self.fetch_policy, kind="cron" if job.cron_name else "job", request_id=request_id,
+            parent_request_id=job.parent_request_id, commit_with=done,
+        )  # fmt: skip
+        if outcome.error is not None:
+            self._fail(conn, job, request_id, outcome.error)
+
+    def _fail(self, conn: Any, job: Claimed, request_id: str | None, error: FluxError) -> None:
+        row = db.execute_raw(
+            conn,
+            "SELECT flux.fail_job($1, $2, $3, $4, $5::jsonb, $6)",
+            [job.id, self.name, job.attempt, request_id, jsontext.dumps_text(error_record(error)),
+             self.options.retry_base_s],
+        )  # fmt: skip
+        status = row[0] if row else None
+        if status == "dead":
+            log.warning("job %d (%s) is dead after attempt %d: %s", job.id, job.function, job.attempt, error)
+
+    def _keep_leases(self) -> None:
+        """Extend the leases of every held job, three times a lease, until the worker stops."""
+        interval = self.options.lease_s / 3
+        while not self._stopping.wait(interval):
+            with self._held_lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                with self.pool.connection(timeout=interval) as conn:
+                    kept = {r[0] for r in db.execute_rows(
+                        conn, "SELECT flux.extend_leases($1, $2::bigint[], $3)",
+                        [self.name, held, self.options.lease_s])}  # fmt: skip
+            except Exception as exc:
+                log.error("extending job leases failed: %s", exc)
+                continue
+            for job_id in set(held) - kept:
+                log.warning("job %d was taken over by another worker (its lease expired)", job_id)
+
+    def _shut_down(self, runners: list[threading.Thread]) -> None:
+        """Let running jobs finish (up to shutdown_s), give back the others, and close everything."""
+        self._stopping.set()
+        waiting: list[Claimed] = []
+        while True:  # claimed but not started: given back at once
+            try:
+                job = self._ready.get_nowait()
+            except threadqueue.Empty:
+                break
+            if job is not None:
+                waiting.append(job)
+        for _ in runners:
+            self._ready.put(None)
+        deadline = time.monotonic() + self.options.shutdown_s
+        for thread in runners:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._held_lock:
+            unfinished = [*self._held] + [job.id for job in waiting]
+        if unfinished:
+            try:
+                with db.connect(self.dsn, autocommit=True) as conn:
+                    db.execute_raw(conn, "SELECT flux.release_jobs($1, $2::bigint[])", [self.name, unfinished])
+                log.info("gave back %d jobs", len(unfinished))
+            except FluxError as exc:
+                log.error("giving back jobs failed (they run again when their lease expires): %s", exc)
+        self._listener.close()
+        for cache in (self.functions, self.catalogs, self.secrets):
+            cache.close()
+        self.runtime.close()
+        self.pool.close()
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def run_worker(settings: Settings, dsn: str, options: WorkerOptions) -> None:
+    """Run a queue worker in this process until SIGTERM or Ctrl-C."""
+    worker = QueueWorker(settings, dsn, options)
+
+    def _stop(signum: int, frame: Any) -> None:
+        log.info("stopping: finishing running jobs")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    worker.run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m flux.queue.worker`: the queue process `flux server --queue-workers N` starts (DATABASE_URL)."""
+    parser = argparse.ArgumentParser(prog="flux-queue-worker")
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--concurrency", type=int, default=WorkerOptions.concurrency)
+    parser.add_argument("--lease", type=float, default=WorkerOptions.lease_s)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
+    settings = load_settings(args.project)
+    assert settings.database_url, "the server passes DATABASE_URL"
+    run_worker(settings, settings.database_url, WorkerOptions(concurrency=args.concurrency, lease_s=args.lease))
+
+
+if __name__ == "__main__":
+    main()
