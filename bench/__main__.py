@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import data_engine, gateway, inspect, runtime, track_overhead
+from bench import data_engine, gateway, inspect, queue, runtime, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -19,6 +19,7 @@ BENCHES = {
     "runtime": runtime,
     "gateway": gateway,
     "inspect": inspect,
+    "queue": queue,
 }
 
 

@@ -1,4 +1,4 @@
-"""What `flux secrets|tenants|keys|deployments|rollback` work on: the database (DATABASE_URL, or the
+"""What `flux secrets|tenants|keys|deployments|rollback|queue` work on: the database (DATABASE_URL, or the
 project's embedded Postgres) or, when FLUX_URL is set, a Flux server's management API. Both answer the same
 shapes, so each command is written once."""
 
@@ -24,6 +24,15 @@ class Backend(Protocol):
     def create_key(self, role: str, tenant: str | None, name: str | None) -> Row: ...
     def list_keys(self) -> list[Row]: ...
     def revoke_key(self, key: str) -> int: ...
+    def push_jobs(self, jobs: list[Row]) -> list[Row]: ...
+    def list_jobs(
+        self, status: str | None, queue: str | None, function: str | None, limit: int
+    ) -> list[Row]: ...
+    def get_job(self, job_id: int) -> Row: ...
+    def queue_stats(self) -> list[Row]: ...
+    def retry_job(self, job_id: int) -> Row: ...
+    def cancel_job(self, job_id: int) -> Row: ...
+    def list_schedules(self) -> list[Row]: ...
 
 
 @contextmanager
@@ -108,6 +117,41 @@ class ViaDatabase:
 
         return revoke_key(self.conn, key)
 
+    def push_jobs(self, jobs: list[Row]) -> list[Row]:
+        from flux.queue import push
+
+        return push(self.conn, jobs)
+
+    def list_jobs(self, status: str | None, queue: str | None, function: str | None, limit: int) -> list[Row]:
+        from flux.queue import list_jobs
+
+        return list_jobs(self.conn, status=status, queue=queue, function=function, limit=limit)
+
+    def get_job(self, job_id: int) -> Row:
+        from flux.queue import get_job
+
+        return get_job(self.conn, job_id)
+
+    def queue_stats(self) -> list[Row]:
+        from flux.queue import stats
+
+        return stats(self.conn)
+
+    def retry_job(self, job_id: int) -> Row:
+        from flux.queue import retry
+
+        return retry(self.conn, job_id)
+
+    def cancel_job(self, job_id: int) -> Row:
+        from flux.queue import cancel
+
+        return cancel(self.conn, job_id)
+
+    def list_schedules(self) -> list[Row]:
+        from flux.queue.cron import list_schedules
+
+        return list_schedules(self.conn)
+
 
 class ViaApi:
     def __init__(self, api: Any) -> None:
@@ -156,6 +200,30 @@ class ViaApi:
 
     def revoke_key(self, key: str) -> int:
         return int(self.api.call("DELETE", f"/flux/api/keys/{key}")["revoked"])
+
+    def push_jobs(self, jobs: list[Row]) -> list[Row]:
+        return list(self.api.call("POST", "/flux/api/jobs", {"jobs": jobs})["items"])
+
+    def list_jobs(self, status: str | None, queue: str | None, function: str | None, limit: int) -> list[Row]:
+        params = {"status": status, "queue": queue, "function": function, "limit": limit}
+        page = self.api.call("GET", "/flux/api/jobs", params=params)
+        return [_times(item) for item in page["items"]]
+
+    def get_job(self, job_id: int) -> Row:
+        job = _times(self.api.call("GET", f"/flux/api/jobs/{job_id}"))
+        return job | {"runs": [_times(run) for run in job["runs"]]}
+
+    def queue_stats(self) -> list[Row]:
+        return list(self.api.call("GET", "/flux/api/jobs/stats")["items"])
+
+    def retry_job(self, job_id: int) -> Row:
+        return _times(self.api.call("POST", f"/flux/api/jobs/{job_id}/retry"))
+
+    def cancel_job(self, job_id: int) -> Row:
+        return _times(self.api.call("POST", f"/flux/api/jobs/{job_id}/cancel"))
+
+    def list_schedules(self) -> list[Row]:
+        return self._all("/flux/api/cron")
 
 
 def _times(item: Row) -> Row:

@@ -74,24 +74,27 @@ def retention(
     keep: Annotated[str, typer.Option("--keep", help="How much recent trace data to keep, e.g. 30d.")],
     project: ProjectDir = Path("."),
 ) -> None:
-    """Drop the daily span partitions older than --keep (requests and mutations are kept)."""
+    """Drop the daily partitions of spans and finished jobs older than --keep (requests and mutations are
+    kept)."""
     from flux import migrate as runner
 
     interval = parse_keep(keep)
     with database_for(project) as (dsn, _):
         runner.require_current(dsn)
-        dropped = _drop_span_partitions(dsn, interval)
+        dropped = _drop_day_partitions(dsn, interval)
     for name in dropped:
         typer.echo(f"dropped  flux.{name}")
     typer.echo(f"{len(dropped)} partitions dropped")
 
 
-def _drop_span_partitions(dsn: str, interval: str) -> list[str]:
+def _drop_day_partitions(dsn: str, interval: str) -> list[str]:
     from flux import db
 
     with db.connect(dsn) as conn, db.translate_errors():
         dropped = [
-            row[0] for row in conn.execute("SELECT flux.drop_span_partitions(%s::interval)", (interval,))
+            row[0]
+            for table in ("flux.spans", "flux.job_history")
+            for row in conn.execute("SELECT flux.drop_day_partitions(%s, %s::interval)", (table, interval))
         ]
         conn.commit()
     return dropped

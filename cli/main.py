@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, init, manage, server, state, trace, why
+from cli import build, db, explain, init, manage, queue, server, state, trace, why
 
 
 class FluxTyper(typer.Typer):
@@ -58,6 +58,7 @@ build.register(app)
 manage.register(app)
 init.register(app)
 why.register(app)
+queue.register(app)
 app.command("tail")(trace.tail)
 
 

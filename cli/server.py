@@ -22,6 +22,10 @@ Workers = Annotated[
 ]
 
 
+QueueWorkers = Annotated[
+    int | None,
+    typer.Option("--queue-workers", help="Jobs run at once by the queue process (default 2; 0: none)."),
+]
 OtlpEndpoint = Annotated[
     str | None,
     typer.Option("--otlp-endpoint", help="Send every finished trace to this OTLP/HTTP collector."),
@@ -36,26 +40,27 @@ def register(app: typer.Typer) -> None:
 def run_server(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None,
-    no_deploy: NoDeploy = False, otlp_endpoint: OtlpEndpoint = None,
+    no_deploy: NoDeploy = False, otlp_endpoint: OtlpEndpoint = None, queue_workers: QueueWorkers = None,
 ) -> None:  # fmt: skip
     """Deploy the project folder (unless it is the active version already) and serve it in production:
     DATABASE_URL, or the project's embedded Postgres."""
     _serve(project, port, host, bind, workers, reload=False, deploy_project=not no_deploy,
-           otlp_endpoint=otlp_endpoint)  # fmt: skip
+           otlp_endpoint=otlp_endpoint, queue_workers=queue_workers)  # fmt: skip
 
 
 def run_dev(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
-    workers: Workers = None, otlp_endpoint: OtlpEndpoint = None,
+    workers: Workers = None, otlp_endpoint: OtlpEndpoint = None, queue_workers: QueueWorkers = None,
 ) -> None:  # fmt: skip
     """Serve the project locally: deploy it again on every save, and print each request; starts an embedded
     Postgres when DATABASE_URL is unset."""
-    _serve(project, port, host, bind, workers or 1, reload=True, otlp_endpoint=otlp_endpoint)
+    _serve(project, port, host, bind, workers or 1, reload=True, otlp_endpoint=otlp_endpoint,
+           queue_workers=queue_workers)  # fmt: skip
 
 
 def _serve(
     project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool,
-    deploy_project: bool = True, otlp_endpoint: str | None = None,
+    deploy_project: bool = True, otlp_endpoint: str | None = None, queue_workers: int | None = None,
 ) -> None:  # fmt: skip
     from flux.config import load_settings, split_bind
     from flux.server import serve
@@ -63,5 +68,6 @@ def _serve(
     logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
     if bind is not None:
         host, port = split_bind(bind)
-    settings = load_settings(project, port=port, host=host, workers=workers, otlp_endpoint=otlp_endpoint)
+    settings = load_settings(project, port=port, host=host, workers=workers, otlp_endpoint=otlp_endpoint,
+                             queue_workers=queue_workers)  # fmt: skip
     serve(settings, reload=reload, deploy_project=deploy_project)

@@ -58,6 +58,7 @@ def show(
             "spans": trace.spans,
             "mutations": trace.mutations,
             "jobs": trace.jobs,
+            "job": trace.job,
         }
         typer.echo(jsontext.dumps_text(record))
         return
@@ -187,6 +188,11 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
         f"request {headline(request, paint)}",
         f"{request['started_at']:%Y-%m-%d %H:%M:%S %Z}",
     ]
+    if trace.job is not None:
+        job = trace.job
+        origin = f"cron {job['cron_name']}" if job["cron_name"] else f"pushed by {request['parent_request_id']}"
+        lines.append(f"job {job['job_id']} attempt {job['attempt']}/{job['max_attempts']}"
+                     f" (queue {job['queue']}), {origin}")  # fmt: skip
     if request["error"]:
         lines.append(paint(f"error {request['error'].get('code')}: {request['error'].get('message')}", "red"))
     lines.append("")
@@ -217,7 +223,11 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
         lines += [f"  {_mutation(m)}" for m in unlinked]
     if trace.jobs:
         lines += ["", "jobs"]
-        lines += [f"  job {j['id']}  {j['function']}  {j['status']} (queue {j['queue']})" for j in trace.jobs]
+        for job in trace.jobs:
+            lines.append(f"  job {job['id']}  {job['function']}  {job['status']} (queue {job['queue']})")
+            for run in job["runs"]:
+                outcome = "ok" if run["ok"] else paint(run["error"] or "error", "red")
+                lines.append(f"    attempt {run['attempt']}  request {run['request_id'] or '-'}  {outcome}")
     return lines
 
 

@@ -42,6 +42,10 @@ class Settings:
     otlp_endpoint: str | None = None
     # [[routes]]: method, path, function, auth, rate_per_s, burst, cors, max_body_bytes (deployed at start)
     routes: tuple[dict[str, Any], ...] = ()
+    # [[cron]]: name, schedule, function, timezone, payload, queue, enabled (deployed at start)
+    cron: tuple[dict[str, Any], ...] = ()
+    # queue worker threads `flux server` and `flux dev` run (in a process of their own); 0 runs none
+    queue_workers: int = 2
     # the project's name (`name` at the top of flux.toml; the folder's name without it)
     name: str = ""
     # [functions.<name>]: timeout_ms, memory_mb, fuel for one function
@@ -68,6 +72,7 @@ _ENV_NAMES = {
     "pg_bindir": ("FLUX_PG_BINDIR",),
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
     "otlp_endpoint": ("FLUX_OTLP_ENDPOINT",),
+    "queue_workers": ("FLUX_QUEUE_WORKERS",),
     "jwt_secret": ("FLUX_JWT_SECRET",),
     "jwks_url": ("FLUX_JWKS_URL",),
     "jwt_audience": ("FLUX_JWT_AUDIENCE",),
@@ -113,19 +118,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InvalidConfig(
             f"{path}: unknown [auth] setting {unknown[0]!r}", hint=f"known: {', '.join(_AUTH_KEYS)}"
         )
-    routes = document.get("routes", [])
+    routes, cron = document.get("routes", []), document.get("cron", [])
     if not isinstance(routes, list) or not all(isinstance(route, dict) for route in routes):
         raise InvalidConfig(f"{path}: routes must be [[routes]] tables", hint="see docs/cli.md")
+    if not isinstance(cron, list) or not all(isinstance(entry, dict) for entry in cron):
+        raise InvalidConfig(f"{path}: cron must be [[cron]] tables", hint="see docs/queue.md")
     functions = document.get("functions", {})
     if not isinstance(functions, dict) or not all(isinstance(limits, dict) for limits in functions.values()):
         raise InvalidConfig(f"{path}: [functions.<name>] must be tables", hint="e.g. [functions.hello]")
-    unknown_sections = sorted(set(document) - {"server", "auth", "routes", "functions", "name"})
+    unknown_sections = sorted(set(document) - {"server", "auth", "routes", "cron", "functions", "name"})
     if unknown_sections:
         raise InvalidConfig(
             f"{path}: unknown section {unknown_sections[0]!r}",
-            hint="flux.toml has name, [server], [auth], [[routes]] and [functions.<name>]",
+            hint="flux.toml has name, [server], [auth], [[routes]], [[cron]] and [functions.<name>]",
         )
-    values = {**server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes)}
+    values = {
+        **server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes),
+        "cron": tuple(cron),
+    }  # fmt: skip
     if functions:
         values["function_limits"] = functions
     if "name" in document:
@@ -145,8 +155,13 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         port = int(values.get("port", DEFAULT_PORT))
         workers = int(values.get("workers", 2))
         threads = int(values.get("threads", 1))
+        queue_workers = int(values.get("queue_workers", 2))
     except (TypeError, ValueError) as exc:
         raise InvalidConfig(f"port and workers must be integers: {exc}", hint="e.g. port = 4000") from exc
+    if not 0 <= queue_workers <= 256:
+        raise InvalidConfig(
+            f"queue_workers ({queue_workers}) must be 0 to 256", hint="e.g. queue_workers = 4"
+        )
     if not 0 < port < 65536:
         raise InvalidConfig(f"port {port} is outside 1-65535", hint="pick a free port such as 4000")
     if workers < 1 or not 1 <= threads <= 64:
@@ -171,6 +186,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         pg_bindir=Path(bindir) if bindir else None,
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
         routes=tuple(values.get("routes", ())),
+        cron=tuple(values.get("cron", ())),
+        queue_workers=queue_workers,
         fetch_allow=_host_list(values.get("fetch_allow", ())),
         otlp_endpoint=_otlp_endpoint(values.get("otlp_endpoint")),
         name=str(values.get("name") or project.name),

@@ -310,7 +310,7 @@ class JobLeaseLost(FluxError):
 class JobStateConflict(FluxError):
     code = "FX405"
     http_status = 409
-    title = "the job is not in a state that allows this (retry a failed, dead or cancelled job; cancel a waiting one)"
+    title = "its state does not allow this (retry a failed, dead or cancelled job; cancel a waiting one)"
 
 
 class InvalidSchedule(FluxError):

@@ -163,8 +163,8 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
         watcher = ProjectWatcher(dsn, settings.project_dir) if reload else None
         if watcher is not None:
             watcher.start()  # in the master only: gunicorn's workers fork without this thread
-        forwarder = _start_forwarder(dsn, settings.otlp_endpoint) if settings.otlp_endpoint else None
-        forwarder_owner = os.getpid()
+        children = _start_children(dsn, settings)
+        children_owner = os.getpid()
         print(
             f"flux: serving on http://{bind_address(settings.host, settings.port)}",
             file=sys.stderr,
@@ -175,15 +175,37 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
         finally:
             if watcher is not None:
                 watcher.stop()
-            if forwarder is not None and forwarder_owner == os.getpid():  # forked workers unwind here too
-                forwarder.terminate()
-                forwarder.wait(timeout=10)
+            if children_owner == os.getpid():  # forked workers unwind here too
+                _stop_children(children)
 
 
-def _start_forwarder(dsn: str, endpoint: str) -> subprocess.Popen[bytes]:
-    """The process that sends every finished trace to the OTLP collector at `endpoint`."""
-    log.info("sending every trace to %s", endpoint)
-    return subprocess.Popen(
-        [sys.executable, "-m", "flux.trace.forward", "--endpoint", endpoint],
-        env={**os.environ, "DATABASE_URL": dsn},
-    )
+def _start_children(dsn: str, settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """The processes beside gunicorn's: the queue workers (`flux worker`, `queue_workers` threads), and the
+    one that sends every finished trace to an OTLP collector. Processes, not threads of the master: gunicorn's
+    workers fork from it, and would inherit their connections."""
+    env = {**os.environ, "DATABASE_URL": dsn}
+    children = []
+    if settings.queue_workers:
+        log.info("running jobs on %d queue worker threads", settings.queue_workers)
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker", str(settings.project_dir), "--concurrency",
+             str(settings.queue_workers)], env=env,
+        ))  # fmt: skip
+    if settings.otlp_endpoint:
+        log.info("sending every trace to %s", settings.otlp_endpoint)
+        children.append(subprocess.Popen(
+            [sys.executable, "-m", "flux.trace.forward", "--endpoint", settings.otlp_endpoint], env=env
+        ))  # fmt: skip
+    return children
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each (queue workers finish their running jobs first), then wait for them."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -103,12 +103,14 @@ def test_the_retention_command_drops_old_partitions(dsn: str, monkeypatch: pytes
     with psycopg.connect(dsn, autocommit=True) as conn:
         old_day = datetime.now(UTC).date() - timedelta(days=45)
         conn.execute("SELECT flux.create_span_partitions(%s, %s)", (old_day, old_day))
+        conn.execute("SELECT flux.create_day_partitions('flux.job_history', %s, %s)", (old_day, old_day))
     monkeypatch.setenv("DATABASE_URL", dsn)
 
     result = CliRunner().invoke(app, ["db", "retention", "--keep", "30d"])
 
     assert result.exit_code == 0, result.output
     assert f"dropped  flux.spans_{old_day:%Y%m%d}" in result.output
+    assert f"dropped  flux.job_history_{old_day:%Y%m%d}" in result.output
 
 
 def test_retention_on_an_unmigrated_database_says_to_migrate(

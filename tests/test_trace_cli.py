@@ -76,6 +76,8 @@ def _deployed(dsn: str, tmp_path: Path) -> Any:
     (tmp_path / "functions" / "add_note" / "index.ts").write_text(ADD_NOTE)
     (tmp_path / "functions" / "get_note").mkdir(parents=True)
     (tmp_path / "functions" / "get_note" / "index.ts").write_text(GET_NOTE)
+    (tmp_path / "functions" / "notify").mkdir(parents=True)
+    (tmp_path / "functions" / "notify" / "index.ts").write_text("export default async () => ({})")
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_notes.sql").write_text(NOTES)
     settings = load_settings(tmp_path, env={})

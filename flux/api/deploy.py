@@ -1,12 +1,13 @@
 """Deploys: a project folder becomes one version in Postgres, and one version is active.
 
-`deploy` builds every function (a function whose sources did not change is not built again), checks routes
-and limits against them, and then, in one transaction: stores the built code by sha256, applies the project's
-migrations, syncs the routes, records the version with its functions and git commit, and activates it. A
-failure anywhere changes nothing. Deploying what is already active makes no new version.
+`deploy` builds every function (a function whose sources did not change is not built again), checks routes,
+schedules and limits against them, and then, in one transaction: stores the built code by sha256, applies the
+project's migrations, syncs the routes and the schedules (`[[cron]]`), records the version with its functions
+and git commit, and activates it. A failure anywhere changes nothing. Deploying what is already active makes
+no new version.
 
 `rollback` activates an earlier version: its code (stored by sha256, so exactly the old bytes) and its routes.
-Migrations only go forward; a rollback does not undo them.
+Migrations only go forward; a rollback does not undo them, nor change the schedules.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flux import db, migrate
 from flux.config import Settings
 from flux.errors import DeploymentNotFound, InvalidConfig, InvalidProject, InvalidRequest
 from flux.gateway.routes import sync_routes
+from flux.queue import cron
 from flux.runtime.build import build_function, source_of
 from flux.runtime.invoke import Function
 from flux.runtime.limits import FunctionLimits
@@ -52,6 +54,7 @@ class Bundle:
     routes: tuple[dict[str, Any], ...]
     functions: Mapping[str, tuple[Function, str]]  # name -> (built function, source language)
     migrations: tuple[migrate.Migration, ...]  # the project's, in order
+    cron: tuple[dict[str, Any], ...] = ()  # the project's schedules
 
     @property
     def content_sha(self) -> str:
@@ -62,6 +65,8 @@ class Bundle:
             "routes": list(self.routes),
             "migrations": [m.checksum for m in self.migrations],
         }
+        if self.cron:  # left out when empty, so versions made before schedules keep their sha
+            content["cron"] = list(self.cron)
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -79,12 +84,13 @@ def bundle_project(settings: Settings, *, git_commit: str | None = None) -> Bund
     functions = build_project(settings)
     migrations = migrate.load_versioned(settings.project_migrations, "project")
     return Bundle(settings.name, git_commit or _git_commit(settings), tuple(dict(r) for r in settings.routes),
-                  functions, tuple(migrations))  # fmt: skip
+                  functions, tuple(migrations), tuple(dict(c) for c in settings.cron))  # fmt: skip
 
 
 def deploy_bundle(conn: psycopg.Connection[Any], bundle: Bundle) -> Deployment:
     """Store and activate `bundle` in one transaction on `conn` (nothing changes if any step fails)."""
     _check_routes(bundle.routes, bundle.functions)
+    _check_cron(bundle.cron, bundle.functions)
     content_sha = bundle.content_sha
     with conn.transaction():
         active = conn.execute(
@@ -97,6 +103,7 @@ def deploy_bundle(conn: psycopg.Connection[Any], bundle: Bundle) -> Deployment:
             sync_routes(conn, bundle.routes)
         except InvalidConfig as exc:  # the project's mistake, wherever the routes came from
             raise InvalidProject(exc.message, hint=exc.hint) from None
+        cron.sync_project(conn, bundle.cron)
         with db.translate_errors():
             deployment_id = _store(conn, bundle.project, content_sha, bundle.git_commit, list(bundle.routes),
                                    bundle.functions)  # fmt: skip
@@ -117,6 +124,7 @@ def bundle_to_json(bundle: Bundle, with_code: set[str]) -> dict[str, Any]:
             for name, (f, language) in sorted(bundle.functions.items())
         ],
         "migrations": [{"file": m.path.name, "sql": m.sql} for m in bundle.migrations],
+        "cron": list(bundle.cron),
     }  # fmt: skip
 
 
@@ -143,9 +151,11 @@ def bundle_from_json(conn: psycopg.Connection[Any], body: Mapping[str, Any]) -> 
             raise InvalidRequest("each migration needs a file name and its sql", hint="e.g. 0001_notes.sql")
         files[Path("migrations") / item["file"]] = item["sql"]
     routes = _list_of_objects(body, "routes")
+    schedules = _list_of_objects(body, "cron") if "cron" in body else []
     git_commit = body.get("git_commit")
     return Bundle(str(body.get("project") or "project"), git_commit if isinstance(git_commit, str) else None,
-                  tuple(routes), functions, tuple(migrate.versioned(files, "project")))  # fmt: skip
+                  tuple(routes), functions, tuple(migrate.versioned(files, "project")),
+                  tuple(schedules))  # fmt: skip
 
 
 def _base64(code: bytes) -> str:
@@ -268,6 +278,17 @@ def _check_routes(routes: tuple[dict[str, Any], ...], functions: Mapping[str, An
             raise InvalidProject(
                 f"{where}: there is no function {name!r} in functions/",
                 hint=f"add functions/{name}/ or fix the name",
+            )
+
+
+def _check_cron(entries: tuple[dict[str, Any], ...], functions: Mapping[str, Any]) -> None:
+    for number, entry in enumerate(entries, 1):
+        schedule = cron.parse_schedule(entry, f"flux.toml cron {number}")
+        if schedule.function not in functions:
+            raise InvalidProject(
+                f"flux.toml cron {number} ({schedule.name}): there is no function {schedule.function!r}"
+                " in functions/",
+                hint=f"add functions/{schedule.function}/ or fix the name",
             )
 
 

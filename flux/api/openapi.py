@@ -71,14 +71,49 @@ _BUNDLE = _object({
         "code": {"type": "string", "format": "byte", "nullable": True},
     }, ("name", "runtime", "sha256"))},
     "migrations": {"type": "array", "items": _object({"file": _TEXT, "sql": _TEXT})},
+    "cron": {"type": "array", "items": {"type": "object"}},
 }, ("functions",))  # fmt: skip
 _DEPLOYED = _object({"version": {"type": "integer"}, "created": {"type": "boolean"},
                      "migrations": {"type": "array", "items": _TEXT}})  # fmt: skip
+_STATUS = {"type": "string", "enum": ["queued", "running", "failed", "done", "dead", "cancelled"]}
+_JOB_FIELDS = {
+    "id": {"type": "integer"}, "queue": _TEXT, "function": _TEXT, "status": _STATUS,
+    "priority": {"type": "integer"}, "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"},
+    "run_at": _WHEN, "created_at": _WHEN, "finished_at": _MAYBE_WHEN, "idempotency_key": _MAYBE_TEXT,
+    "tenant_id": _MAYBE_TEXT, "role": _ROLE, "cron_name": _MAYBE_TEXT, "parent_request_id": _MAYBE_TEXT,
+    "last_request_id": _MAYBE_TEXT, "last_error": {"type": "object", "nullable": True},
+}  # fmt: skip
+_JOB = _object(_JOB_FIELDS)
+_RUN = _object({"attempt": {"type": "integer"}, "request_id": _MAYBE_TEXT, "worker": _TEXT,
+                "ok": {"type": "boolean"}, "error": {"type": "object", "nullable": True},
+                "finished_at": _WHEN})  # fmt: skip
+_JOB_DETAIL = _object(
+    {**_JOB_FIELDS, "payload": {"nullable": True}, "runs": {"type": "array", "items": _RUN}}
+)
+_NEW_JOB = _object({
+    "function": _TEXT, "payload": {"nullable": True}, "run_at": _WHEN,
+    "delay_ms": {"type": "integer", "minimum": 0},
+    "priority": {"type": "integer"}, "queue": _TEXT, "idempotency_key": _TEXT,
+    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+}, ("function",))  # fmt: skip
+_PUSHED_JOB = _object({"id": {"type": "integer"}, "created": {"type": "boolean"}})
+_PUSHED = _object({"items": {"type": "array", "items": _PUSHED_JOB}})  # fmt: skip
+_COUNT = {"type": "integer"}
+_QUEUE_STATS = _object({"queue": _TEXT, "queued": _COUNT, "scheduled": _COUNT, "running": _COUNT,
+                        "retrying": _COUNT, "dead": _COUNT, "done_last_hour": _COUNT,
+                        "oldest_due": {"nullable": True}})  # fmt: skip
+_SCHEDULE_FIELDS = {"schedule": _TEXT, "function": _TEXT, "timezone": _TEXT, "payload": {"nullable": True},
+                    "queue": _TEXT, "enabled": {"type": "boolean"}}  # fmt: skip
+_SCHEDULE = _object({**_SCHEDULE_FIELDS, "name": _TEXT, "next_run_at": _WHEN, "last_run_at": _MAYBE_WHEN,
+                     "source": {"type": "string", "enum": ["project", "api"]}})  # fmt: skip
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
 
 
 def _param(name: str, kind: str = "string", where: str = "query") -> dict[str, Any]:
     return {"name": name, "in": where, "required": where == "path", "schema": {"type": kind}}
+
+
+_JOB_ID = _param("job_id", "integer", "path")
 
 
 def _call(
@@ -154,6 +189,29 @@ def document() -> dict[str, Any]:
                 "put": _call("Set a secret", None, "204", body=_object({"value": _TEXT}),
                              params=[_param("name", "string", "path")]),
                 "delete": _call("Remove a secret", None, "204", params=[_param("name", "string", "path")]),
+            },
+            "/flux/api/jobs": {
+                "post": _call("Push jobs (run as the service role)", _PUSHED, "201",
+                              body=_object({"jobs": {"type": "array", "items": _NEW_JOB, "minItems": 1}})),
+                "get": _call("Jobs, newest first", _page(_JOB, {"type": "integer"}),
+                             params=[_LIMIT, _param("before", "integer"),
+                                     {**_param("status"), "schema": _STATUS}, _param("queue"),
+                                     _param("function")]),
+            },
+            "/flux/api/jobs/stats": {"get": _call("Jobs per queue and status", _page(_QUEUE_STATS, _TEXT))},
+            "/flux/api/jobs/{job_id}": {"get": _call("One job with its attempts", _JOB_DETAIL,
+                                                     params=[_JOB_ID])},
+            "/flux/api/jobs/{job_id}/retry": {"post": _call(
+                "Run a failed job now, or a dead or cancelled one again", _JOB, params=[_JOB_ID])},
+            "/flux/api/jobs/{job_id}/cancel": {"post": _call(
+                "Cancel a job that has not started", _JOB, params=[_JOB_ID])},
+            "/flux/api/cron": {"get": _call("Cron schedules", _page(_SCHEDULE, _TEXT))},
+            "/flux/api/cron/{name}": {
+                "put": _call("Create or change a schedule (not one from flux.toml)", _SCHEDULE,
+                             body=_object(_SCHEDULE_FIELDS, ("schedule", "function")),
+                             params=[_param("name", "string", "path")]),
+                "delete": _call("Remove a schedule made through the API", None, "204",
+                                params=[_param("name", "string", "path")]),
             },
         },
     }  # fmt: skip

@@ -20,10 +20,12 @@ from flux.api import deploy, keys, secrets
 from flux.api.admin import check_admin_key
 from flux.api.openapi import document
 from flux.errors import InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from flux.queue import cron, jobs
 
 Json = Any
 MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
+MAX_JOBS_BYTES = 16 * 1024 * 1024  # a batch of jobs (each payload is at most 1 MiB)
 MAX_DEPLOY_BYTES = 512 * 1024 * 1024  # built code, base64 (a Python component is about 25 MB)
 
 
@@ -39,6 +41,9 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
         ("/flux/api/deployments/{version:int}/activate", "activate"),
         ("/flux/api/tenants", "tenants"), ("/flux/api/keys", "keys"), ("/flux/api/keys/{key}", "key"),
         ("/flux/api/secrets", "secrets"), ("/flux/api/secrets/{name}", "secret"),
+        ("/flux/api/jobs", "jobs"), ("/flux/api/jobs/stats", "stats"), ("/flux/api/jobs/{job_id:int}", "job"),
+        ("/flux/api/jobs/{job_id:int}/retry", "retry"), ("/flux/api/jobs/{job_id:int}/cancel", "cancel"),
+        ("/flux/api/cron", "cron"), ("/flux/api/cron/{name}", "schedule"),
     ):  # fmt: skip
         app.add_route(path, api, suffix=suffix)
 
@@ -104,7 +109,8 @@ class _Api:
 
     def on_post_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Deploy a bundle `flux deploy` built and uploaded (code only for artifacts the server lacks)."""
-        fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list}
+        fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list,
+                  "cron": list}  # fmt: skip
         body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
         with self._conn(req) as conn:
             deployment = deploy.deploy_bundle(conn, deploy.bundle_from_json(conn, body))
@@ -174,6 +180,57 @@ class _Api:
     def on_delete_secret(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         with self._conn(req) as conn:
             secrets.remove_secret(conn, name)
+        resp.status = falcon.HTTP_204
+
+    # -- the queue --------------------------------------------------------------------------------------
+
+    def on_post_jobs(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Push jobs (run as the service role); a taken idempotency key answers with its job."""
+        body = _body(req, {"jobs": list}, required=("jobs",), max_bytes=MAX_JOBS_BYTES)
+        with self._conn(req) as conn:
+            _answer(resp, {"items": jobs.push(conn, body["jobs"])}, falcon.HTTP_201)
+
+    def on_get_jobs(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = _limit(req)
+        with self._conn(req) as conn:
+            items = jobs.list_jobs(
+                conn, status=req.get_param("status"), queue=req.get_param("queue"),
+                function=req.get_param("function"), limit=limit + 1, before=_int_param(req, "before"),
+            )  # fmt: skip
+        _page(resp, items, limit, "id")
+
+    def on_get_stats(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, {"items": jobs.stats(conn), "next": None})
+
+    def on_get_job(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, jobs.get_job(conn, job_id))
+
+    def on_post_retry(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, jobs.retry(conn, job_id))
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, jobs.cancel(conn, job_id))
+
+    def on_get_cron(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._conn(req) as conn:
+            _answer(resp, {"items": cron.list_schedules(conn), "next": None})
+
+    def on_put_schedule(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        fields = {"schedule": str, "function": str, "timezone": str, "payload": object, "queue": str,
+                  "enabled": object}  # fmt: skip
+        body = _body(req, fields, required=("schedule", "function"))
+        schedule = cron.parse_schedule({"name": name, **body}, f"cron {name!r}")
+        with self._conn(req) as conn:
+            cron.save(conn, schedule)
+            _answer(resp, cron.get_schedule(conn, name))
+
+    def on_delete_schedule(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        with self._conn(req) as conn:
+            cron.delete(conn, name)
         resp.status = falcon.HTTP_204
 
 

@@ -1,5 +1,5 @@
-"""Jobs from outside a function, as `flux queue` and the management API handle them: push one or a batch, list,
-count per queue, show one with its attempts, retry, cancel. Each is a call of the queue's SQL
+"""Jobs from outside a function, as `flux queue` and the management API handle them: push one or a batch,
+list, count per queue, show one with its attempts, retry, cancel. Each is a call of the queue's SQL
 (sql/functions/050_queue.sql), so psql can do the same.
 """
 
@@ -13,9 +13,14 @@ from flux.errors import InvalidJob, JobNotFound
 
 Json = Any
 _TYPES: dict[str, tuple[type, ...]] = {
-    "function": (str,), "run_at": (str,), "delay_ms": (int,), "priority": (int,), "queue": (str,),
-    "idempotency_key": (str,), "max_attempts": (int,),
-}  # fmt: skip
+    "function": (str,),
+    "run_at": (str,),
+    "delay_ms": (int,),
+    "priority": (int,),
+    "queue": (str,),
+    "idempotency_key": (str,),
+    "max_attempts": (int,),
+}
 STATUSES = ("queued", "running", "failed", "done", "dead", "cancelled")
 _COLUMNS = (
     "id, queue, function, status, priority, attempts, max_attempts, run_at, created_at, finished_at,"
@@ -31,9 +36,13 @@ def check_jobs(jobs: Json) -> list[dict[str, Json]]:
     for number, job in enumerate(jobs):
         unknown = sorted(set(job) - set(_TYPES) - {"payload"})
         if unknown:
-            raise InvalidJob(f"job {number}: unknown field {unknown[0]!r}", hint=f"known: payload, {', '.join(_TYPES)}")
+            raise InvalidJob(
+                f"job {number}: unknown field {unknown[0]!r}", hint=f"known: payload, {', '.join(_TYPES)}"
+            )
         if not isinstance(job.get("function"), str):
-            raise InvalidJob(f"job {number}: function is required", hint="name a function of the active version")
+            raise InvalidJob(
+                f"job {number}: function is required", hint="name a function of the active version"
+            )
         for key, kinds in _TYPES.items():
             value = job.get(key)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
@@ -44,26 +53,35 @@ def check_jobs(jobs: Json) -> list[dict[str, Json]]:
 
 
 def push(conn: Any, jobs: Sequence[dict[str, Json]]) -> list[dict[str, Json]]:
-    """Enqueue `jobs` in one statement (in the caller's transaction); for each, its id and whether it is new (a
-    taken idempotency key answers with the job that holds it)."""
+    """Enqueue `jobs` in one statement (in the caller's transaction); for each, its id and whether it is new
+    (a taken idempotency key answers with the job that holds it)."""
     rows = db.execute_rows(
-        conn, "SELECT job_id, created FROM flux.enqueue_jobs($1::jsonb)", [jsontext.dumps_text(check_jobs(list(jobs)))]
+        conn,
+        "SELECT job_id, created FROM flux.enqueue_jobs($1::jsonb)",
+        [jsontext.dumps_text(check_jobs(list(jobs)))],
     )
     return [{"id": job_id, "created": created} for job_id, created in rows]
 
 
 def list_jobs(
-    conn: Any, *, status: str | None = None, queue: str | None = None, function: str | None = None,
-    limit: int = 50, before: int | None = None,
-) -> list[dict[str, Json]]:  # fmt: skip
+    conn: Any,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    function: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[dict[str, Json]]:
     """The newest jobs first (ids below `before`, for paging), waiting or finished, filtered."""
     if status is not None and status not in STATUSES:
         raise InvalidJob(f"no job status {status!r}", hint=f"one of {', '.join(STATUSES)}")
     return db.fetch_dicts(
         conn,
         f"SELECT {_COLUMNS} FROM flux.all_jobs"
-        " WHERE (%(status)s::text IS NULL OR status = %(status)s) AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
-        " AND (%(function)s::text IS NULL OR function = %(function)s) AND (%(before)s::bigint IS NULL OR id < %(before)s)"
+        " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+        " AND (%(queue)s::text IS NULL OR queue = %(queue)s)"
+        " AND (%(function)s::text IS NULL OR function = %(function)s)"
+        " AND (%(before)s::bigint IS NULL OR id < %(before)s)"
         " ORDER BY id DESC LIMIT %(limit)s",
         {"status": status, "queue": queue, "function": function, "before": before, "limit": limit},
     )
@@ -84,7 +102,8 @@ def get_job(conn: Any, job_id: int) -> dict[str, Json]:
 
 
 def stats(conn: Any) -> list[dict[str, Json]]:
-    """Per queue: due, scheduled, running, retrying, dead, done in the last hour, the oldest due job's wait."""
+    """Per queue: due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job's
+    wait."""
     return db.fetch_dicts(conn, "SELECT * FROM flux.queue_stats ORDER BY queue")
 
 

@@ -1,17 +1,16 @@
-"""Queue workers: one process claims due jobs (`flux.claim_jobs`, FOR UPDATE SKIP LOCKED, as many as it has idle
-threads) and runs each on a thread as a request of kind `job` (or `cron`), recorded like an HTTP request.
+"""Queue workers: one process claims due jobs (`flux.claim_jobs`, FOR UPDATE SKIP LOCKED, as many as it has
+idle threads) and runs each on a thread as a request of kind `job` (or `cron`), recorded like an HTTP request.
 
-A job is marked done in its attempt's own transaction, with the function's writes and the request's record, so
-its effects commit exactly once. A failed attempt is retried after a backoff, then kept as `dead`. Idle workers
-sleep until NOTIFY flux_jobs (a push committed) or the poll interval (a missed notification, a retry coming due).
-Every held job's lease is extended while it runs; a worker that dies (kill -9) stops extending, and any worker's
-`flux.reap_jobs()` counts that attempt as lost (FX404) and makes the job due again. On SIGTERM a worker stops
-claiming, lets running jobs finish (bounded), and gives back the rest.
+A job is marked done in its attempt's own transaction, with the function's writes and the request's record,
+so its effects commit exactly once. A failed attempt is retried after a backoff, then kept as `dead`. Idle
+workers sleep until NOTIFY flux_jobs (a push committed) or the poll interval (a missed notification, a retry
+coming due). Every held job's lease is extended while it runs; a worker that dies (kill -9) stops extending,
+and any worker's `flux.reap_jobs()` counts that attempt as lost (FX404) and makes the job due again. On
+SIGTERM a worker stops claiming, lets running jobs finish (bounded), and gives back the rest.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue as threadqueue
@@ -21,12 +20,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flux import db, jsontext
 from flux.api.secrets import SecretCache
-from flux.config import Settings, load_settings
+from flux.config import Settings
 from flux.data import CatalogCache
 from flux.errors import FluxError
 from flux.listen import Listener
@@ -49,7 +47,9 @@ class WorkerOptions:
     concurrency: int = 4  # jobs run at once, one thread each
     queues: tuple[str, ...] | None = None  # None: every queue
     lease_s: float = 30.0  # a job whose worker stopped extending this is taken over
-    poll_s: float = 1.0  # the longest sleep without a notification (and how often leases and schedules are checked)
+    poll_s: float = (
+        1.0  # the longest sleep without a notification (and how often leases and schedules are checked)
+    )
     retry_base_s: float = 1.0  # the first retry's delay; each next one doubles (with jitter), at most an hour
     shutdown_s: float = 30.0  # how long SIGTERM waits for running jobs
 
@@ -71,19 +71,23 @@ class Claimed:
 
 
 class QueueWorker:
-    """One process's queue worker: a dispatcher (the caller of `run`), `concurrency` runner threads and a lease
-    keeper, on connections of their own as flux_authenticator."""
+    """One process's queue worker: a dispatcher (the caller of `run`), `concurrency` runner threads and a
+    lease keeper, on connections of their own as flux_authenticator."""
 
     def __init__(self, settings: Settings, dsn: str, options: WorkerOptions | None = None) -> None:
         self.options = options or WorkerOptions()
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.dsn = db.request_dsn(dsn)
-        self.runtime = Runtime(settings.project_dir / ".flux" / "cache", deno_workers=min(self.options.concurrency, 4))
+        self.runtime = Runtime(
+            settings.project_dir / ".flux" / "cache", deno_workers=min(self.options.concurrency, 4)
+        )
         self.functions = DeployedFunctions()
         self.catalogs = CatalogCache()
         self.secrets = SecretCache(settings.project_dir)
         self.fetch_policy = FetchPolicy(allow=settings.fetch_allow)
-        self.pool = db.create_pool(self.dsn, max_size=self.options.concurrency, name="flux-queue", autocommit=True)
+        self.pool = db.create_pool(
+            self.dsn, max_size=self.options.concurrency, name="flux-queue", autocommit=True
+        )
         self._held: dict[int, int] = {}  # job id -> attempt, from claim until finished or given back
         self._held_lock = threading.Lock()
         self._ready: threadqueue.Queue[Claimed | None] = threadqueue.Queue()
@@ -102,13 +106,19 @@ class QueueWorker:
         for cache in (self.functions, self.catalogs, self.secrets):
             cache.listen(self.dsn)
         self._listener.start(self.dsn)
-        runners = [threading.Thread(target=self._runner, name=f"flux-job-{n}", daemon=True)
-                   for n in range(self.options.concurrency)]  # fmt: skip
+        runners = [
+            threading.Thread(target=self._runner, name=f"flux-job-{n}", daemon=True)
+            for n in range(self.options.concurrency)
+        ]
         keeper = threading.Thread(target=self._keep_leases, name="flux-leases", daemon=True)
         for thread in [*runners, keeper]:
             thread.start()
-        log.info("queue worker %s: %d threads, queues %s", self.name, self.options.concurrency,
-                 ", ".join(self.options.queues) if self.options.queues else "all")  # fmt: skip
+        log.info(
+            "queue worker %s: %d threads, queues %s",
+            self.name,
+            self.options.concurrency,
+            ", ".join(self.options.queues) if self.options.queues else "all",
+        )
         try:
             with db.connect(self.dsn, autocommit=True) as conn:
                 self._dispatch(conn)
@@ -145,17 +155,32 @@ class QueueWorker:
                 conn,
                 "SELECT id, attempts, function, queue, payload, role, claims, tenant_id, parent_request_id,"
                 " cron_name FROM flux.claim_jobs(%s, %s, %s, %s)",
-                (self.name, list(self.options.queues) if self.options.queues else None, count, self.options.lease_s),
+                (
+                    self.name,
+                    list(self.options.queues) if self.options.queues else None,
+                    count,
+                    self.options.lease_s,
+                ),
             )
         except FluxError as exc:
             log.error("claiming jobs failed: %s", exc)
             self._stopping.wait(self.options.poll_s)
             return []
         claimed = [
-            Claimed(r["id"], r["attempts"], r["function"], r["queue"], r["payload"], r["role"], r["claims"],
-                    _text(r["tenant_id"]), _text(r["parent_request_id"]), r["cron_name"])
+            Claimed(
+                r["id"],
+                r["attempts"],
+                r["function"],
+                r["queue"],
+                r["payload"],
+                r["role"],
+                r["claims"],
+                _text(r["tenant_id"]),
+                _text(r["parent_request_id"]),
+                r["cron_name"],
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
         with self._held_lock:
             self._held.update((job.id, job.attempt) for job in claimed)
         return claimed
@@ -184,19 +209,33 @@ class QueueWorker:
             self._fail(conn, job, None, exc)
             return
         done = b"SELECT flux.complete_job(%d, %s, %d, '%s')" % (
-            job.id, db.literal(conn, self.name), job.attempt, request_id.encode()
+            job.id,
+            db.literal(conn, self.name),
+            job.attempt,
+            request_id.encode(),
         )
         request = {
-            "body": job.payload, "params": {}, "query": {}, "headers": {},
+            "body": job.payload,
+            "params": {},
+            "query": {},
+            "headers": {},
             "user": job.claims if job.role != "anon" else None,
             "job": {"id": job.id, "attempt": job.attempt, "queue": job.queue, "cron": job.cron_name},
-        }  # fmt: skip
+        }
         outcome = invoke(
-            conn, self.runtime, function, request, catalog=self.catalogs.get(conn),
-            caller=Caller(job.role, job.claims, job.tenant_id), secrets=self.secrets.get(conn),
-            fetch_policy=self.fetch_policy, kind="cron" if job.cron_name else "job", request_id=request_id,
-            parent_request_id=job.parent_request_id, commit_with=done,
-        )  # fmt: skip
+            conn,
+            self.runtime,
+            function,
+            request,
+            catalog=self.catalogs.get(conn),
+            caller=Caller(job.role, job.claims, job.tenant_id),
+            secrets=self.secrets.get(conn),
+            fetch_policy=self.fetch_policy,
+            kind="cron" if job.cron_name else "job",
+            request_id=request_id,
+            parent_request_id=job.parent_request_id,
+            commit_with=done,
+        )
         if outcome.error is not None:
             self._fail(conn, job, request_id, outcome.error)
 
@@ -204,9 +243,15 @@ class QueueWorker:
         row = db.execute_raw(
             conn,
             "SELECT flux.fail_job($1, $2, $3, $4, $5::jsonb, $6)",
-            [job.id, self.name, job.attempt, request_id, jsontext.dumps_text(error_record(error)),
-             self.options.retry_base_s],
-        )  # fmt: skip
+            [
+                job.id,
+                self.name,
+                job.attempt,
+                request_id,
+                jsontext.dumps_text(error_record(error)),
+                self.options.retry_base_s,
+            ],
+        )
         status = row[0] if row else None
         if status == "dead":
             log.warning("job %d (%s) is dead after attempt %d: %s", job.id, job.function, job.attempt, error)
@@ -221,9 +266,14 @@ class QueueWorker:
                 continue
             try:
                 with self.pool.connection(timeout=interval) as conn:
-                    kept = {r[0] for r in db.execute_rows(
-                        conn, "SELECT flux.extend_leases($1, $2::bigint[], $3)",
-                        [self.name, held, self.options.lease_s])}  # fmt: skip
+                    kept = {
+                        r[0]
+                        for r in db.execute_rows(
+                            conn,
+                            "SELECT flux.extend_leases($1, $2::bigint[], $3)",
+                            [self.name, held, self.options.lease_s],
+                        )
+                    }
             except Exception as exc:
                 log.error("extending job leases failed: %s", exc)
                 continue
@@ -251,7 +301,9 @@ class QueueWorker:
         if unfinished:
             try:
                 with db.connect(self.dsn, autocommit=True) as conn:
-                    db.execute_raw(conn, "SELECT flux.release_jobs($1, $2::bigint[])", [self.name, unfinished])
+                    db.execute_raw(
+                        conn, "SELECT flux.release_jobs($1, $2::bigint[])", [self.name, unfinished]
+                    )
                 log.info("gave back %d jobs", len(unfinished))
             except FluxError as exc:
                 log.error("giving back jobs failed (they run again when their lease expires): %s", exc)
@@ -277,20 +329,3 @@ def run_worker(settings: Settings, dsn: str, options: WorkerOptions) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     worker.run()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m flux.queue.worker`: the queue process `flux server --queue-workers N` starts (DATABASE_URL)."""
-    parser = argparse.ArgumentParser(prog="flux-queue-worker")
-    parser.add_argument("project", type=Path)
-    parser.add_argument("--concurrency", type=int, default=WorkerOptions.concurrency)
-    parser.add_argument("--lease", type=float, default=WorkerOptions.lease_s)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="flux: %(message)s")
-    settings = load_settings(args.project)
-    assert settings.database_url, "the server passes DATABASE_URL"
-    run_worker(settings, settings.database_url, WorkerOptions(concurrency=args.concurrency, lease_s=args.lease))
-
-
-if __name__ == "__main__":
-    main()

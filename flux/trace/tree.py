@@ -25,7 +25,8 @@ class Trace:
     request: Row
     spans: list[Row]  # in execution order, each with its `depth`
     mutations: list[Row] = field(default_factory=list)
-    jobs: list[Row] = field(default_factory=list)
+    jobs: list[Row] = field(default_factory=list)  # the jobs it pushed, each with the requests that ran it
+    job: Row | None = None  # for a job's run: which job and attempt (its pusher is parent_request_id)
 
 
 def resolve_request_id(conn: Any, given: str) -> str:
@@ -54,15 +55,22 @@ def resolve_request_id(conn: Any, given: str) -> str:
     return str(rows[0][0])
 
 
-# A request's whole record: its row, its spans, its row changes, its jobs (each one index scan;
-# bench/inspect.py measures them at scale).
+# A request's whole record: its row, its spans, its row changes, the jobs it pushed with their runs, and, for
+# a job's run, its job (each one index scan; bench/inspect.py measures them at scale).
 TRACE_STATEMENTS = (
     "SELECT r.*, d.git_commit FROM flux.requests r LEFT JOIN flux.deployments d ON d.id = r.deployment_id"
     " WHERE r.id = %s",
     "SELECT * FROM flux.trace(%s)",
     "SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed, at FROM flux.mutations"
     " WHERE request_id = %s ORDER BY id",
-    "SELECT id, function, queue, status, attempts FROM flux.jobs WHERE parent_request_id = %s ORDER BY id",
+    "SELECT j.id, j.function, j.queue, j.status, j.attempts,"
+    "       (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', r.attempt, 'request_id', r.request_id,"
+    "                                                     'ok', r.ok, 'error', r.error->>'code')"
+    "                                  ORDER BY r.attempt), '[]')"
+    "          FROM flux.job_runs r WHERE r.job_id = j.id) AS runs"
+    "  FROM flux.all_jobs j WHERE j.parent_request_id = %s ORDER BY j.id",
+    "SELECT r.job_id, r.attempt, j.function, j.queue, j.cron_name, j.max_attempts"
+    "  FROM flux.job_runs r JOIN flux.all_jobs j ON j.id = r.job_id WHERE r.request_id = %s",
 )
 
 
@@ -72,8 +80,8 @@ def load_trace(conn: Any, request_id: str) -> Trace:
     found = db.fetch_dicts(conn, request, (request_id,))
     if not found:
         raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
-    spans, mutations, jobs = (db.fetch_dicts(conn, query, (request_id,)) for query in parts)
-    return Trace(found[0], spans, mutations, jobs)
+    spans, mutations, jobs, job = (db.fetch_dicts(conn, query, (request_id,)) for query in parts)
+    return Trace(found[0], spans, mutations, jobs, job[0] if job else None)
 
 
 def list_requests(

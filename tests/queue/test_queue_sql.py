@@ -32,8 +32,15 @@ def _status(conn: Conn, job_id: int) -> tuple[Any, ...]:
 
 
 def test_a_batch_enqueues_in_order_and_idempotency_keys_answer_with_their_job(conn: Conn) -> None:
-    pushed = jobs.push(conn, [{"function": "a"}, {"function": "b", "idempotency_key": "k"},
-                              {"function": "c", "idempotency_key": "k"}, {"function": "d", "queue": "mail"}])  # fmt: skip
+    pushed = jobs.push(
+        conn,
+        [
+            {"function": "a"},
+            {"function": "b", "idempotency_key": "k"},
+            {"function": "c", "idempotency_key": "k"},
+            {"function": "d", "queue": "mail"},
+        ],
+    )
     ids = [job["id"] for job in pushed]
     assert ids[0] < ids[1] < ids[3] and ids[2] == ids[1]  # the second "k" is the first one's job
     assert [job["created"] for job in pushed] == [True, True, False, True]
@@ -92,10 +99,18 @@ def test_two_workers_never_claim_the_same_job(dsn: str, conn: Conn) -> None:
 
 
 def test_claims_take_the_highest_priority_first_and_skip_jobs_not_yet_due(conn: Conn) -> None:
-    low, high, later = (job["id"] for job in jobs.push(
-        conn, [{"function": "f"}, {"function": "f", "priority": 5}, {"function": "f", "delay_ms": 60_000}]))  # fmt: skip
-    assert [job_id for job_id, _ in conn.execute(
-        "SELECT id, attempts FROM flux.claim_jobs('w', NULL, 10, 30)").fetchall()] == [high, low]  # fmt: skip
+    low, high, later = (
+        job["id"]
+        for job in jobs.push(
+            conn, [{"function": "f"}, {"function": "f", "priority": 5}, {"function": "f", "delay_ms": 60_000}]
+        )
+    )
+    assert [
+        job_id
+        for job_id, _ in conn.execute(
+            "SELECT id, attempts FROM flux.claim_jobs('w', NULL, 10, 30)"
+        ).fetchall()
+    ] == [high, low]
     assert _status(conn, later) == ("queued", 0, None)
     assert jobs.list_jobs(conn, status="queued")[0]["id"] == later
 
@@ -110,16 +125,33 @@ def test_a_failing_job_backs_off_then_is_dead_with_its_error_and_can_be_retried(
     waits = conn.execute("SELECT run_at - now() FROM flux.jobs WHERE id = %s", (job["id"],)).fetchone()
     assert waits is not None and 30 <= waits[0].total_seconds() <= 60  # 60 s with 50-100 % jitter
     assert _claim(conn, "w") == []  # not due yet
+    delays = conn.execute(
+        "SELECT extract(epoch FROM flux.retry_delay(2, 60)), extract(epoch FROM flux.retry_delay(40, 60))"
+    ).fetchone()
+    assert delays is not None and 60 <= delays[0] <= 120 and 1800 <= delays[1] <= 3600  # doubles, capped
     jobs.retry(conn, job["id"])  # a failed job: now
     assert _claim(conn, "w") == [(job["id"], 2)]
-    assert conn.execute("SELECT flux.fail_job(%s, 'w', 2, NULL, %s)", (job["id"], error)).fetchone() == ("dead",)
+    assert conn.execute("SELECT flux.fail_job(%s, 'w', 2, NULL, %s)", (job["id"], error)).fetchone() == (
+        "dead",
+    )
     assert _status(conn, job["id"]) == ("dead", 2, "FX300")
     assert conn.execute("SELECT count(*) FROM flux.jobs").fetchone() == (0,)  # it left the hot table
+    assert conn.execute(  # for the partition of the day it died
+        "SELECT tableoid::regclass::text"
+        "       = 'flux.job_history_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')"
+        "  FROM flux.job_history"
+    ).fetchone() == (True,)
     assert [r["attempt"] for r in jobs.get_job(conn, job["id"])["runs"]] == [1, 2]
     assert jobs.stats(conn)[0] | {"oldest_due": None} == {
-        "queue": "default", "queued": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 1,
-        "done_last_hour": 0, "oldest_due": None,
-    }  # fmt: skip
+        "queue": "default",
+        "queued": 0,
+        "scheduled": 0,
+        "running": 0,
+        "retrying": 0,
+        "dead": 1,
+        "done_last_hour": 0,
+        "oldest_due": None,
+    }
     # a dead job runs again from its first attempt, under the same id
     assert jobs.retry(conn, job["id"])["status"] == "queued"
     assert _claim(conn, "w") == [(job["id"], 1)]
@@ -136,25 +168,35 @@ def test_a_lost_lease_counts_the_attempt_and_the_job_runs_again(conn: Conn) -> N
     with pytest.raises(FluxError) as lost:
         db.execute_raw(conn, "SELECT flux.complete_job($1, 'dead-worker', 1, NULL)", [job["id"]])
     assert lost.value.code == "FX404"
-    assert conn.execute("SELECT flux.fail_job(%s, 'dead-worker', 1, NULL, '{}')", (job["id"],)).fetchone() == (None,)
+    assert conn.execute(
+        "SELECT flux.fail_job(%s, 'dead-worker', 1, NULL, '{}')", (job["id"],)
+    ).fetchone() == (None,)
     conn.execute("SELECT flux.complete_job(%s, 'w2', 2, NULL)", (job["id"],))
     runs = jobs.get_job(conn, job["id"])["runs"]
-    assert [(r["attempt"], r["ok"], (r["error"] or {}).get("code")) for r in runs] == [(1, False, "FX404"), (2, True, None)]
+    assert [(r["attempt"], r["ok"], (r["error"] or {}).get("code")) for r in runs] == [
+        (1, False, "FX404"),
+        (2, True, None),
+    ]
 
 
 def test_leases_are_extended_only_for_the_worker_holding_them(conn: Conn) -> None:
     (job,) = jobs.push(conn, [{"function": "f"}])
     _claim(conn, "w", lease_s=1)
-    assert conn.execute("SELECT flux.extend_leases('other', ARRAY[%s]::bigint[], 60)", (job["id"],)).fetchall() == []
-    assert conn.execute("SELECT flux.extend_leases('w', ARRAY[%s]::bigint[], 60)", (job["id"],)).fetchall() == [
-        (job["id"],)
-    ]
+    assert (
+        conn.execute("SELECT flux.extend_leases('other', ARRAY[%s]::bigint[], 60)", (job["id"],)).fetchall()
+        == []
+    )
+    assert conn.execute(
+        "SELECT flux.extend_leases('w', ARRAY[%s]::bigint[], 60)", (job["id"],)
+    ).fetchall() == [(job["id"],)]
     assert conn.execute("SELECT flux.release_jobs('w', ARRAY[%s]::bigint[])", (job["id"],)).fetchone() == (1,)
     assert _status(conn, job["id"]) == ("queued", 0, None)
 
 
 def test_cancel_takes_waiting_jobs_only(conn: Conn) -> None:
-    waiting, running = (job["id"] for job in jobs.push(conn, [{"function": "f", "delay_ms": 10_000}, {"function": "g"}]))
+    waiting, running = (
+        job["id"] for job in jobs.push(conn, [{"function": "f", "delay_ms": 10_000}, {"function": "g"}])
+    )
     _claim(conn, "w")
     assert jobs.cancel(conn, waiting)["status"] == "cancelled"
     with pytest.raises(JobStateConflict, match=f"job {running} is running and cannot be cancelled"):
@@ -170,7 +212,13 @@ def test_cancel_takes_waiting_jobs_only(conn: Conn) -> None:
 def test_a_push_wakes_workers_listening_on_flux_jobs(dsn: str, conn: Conn) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN flux_jobs")
-        jobs.push(conn, [{"function": "f", "queue": "mail"}, {"function": "f", "queue": "mail"},
-                         {"function": "f", "queue": "later", "delay_ms": 60_000}])  # fmt: skip
+        jobs.push(
+            conn,
+            [
+                {"function": "f", "queue": "mail"},
+                {"function": "f", "queue": "mail"},
+                {"function": "f", "queue": "later", "delay_ms": 60_000},
+            ],
+        )
         notes = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
     assert notes == ["mail"]  # one per statement and queue with a job due now
