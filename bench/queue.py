@@ -37,8 +37,9 @@ POLL_S = 0.05
 TIMEOUT_S = 300
 PEER_DATABASE = "bench_procrastinate"
 FAILURE_WORDS = ("Traceback", "ERROR", "Error:", "failed")
-# Start latency: Flux's start is when the function started (the request's started_at, taken by the worker
-# after it claimed the job); procrastinate's is when its worker fetched the job (the `started` event).
+# Start latency, from the enqueue transaction's start (both clocks are the server's): Flux's start is when the
+# function started (the request's started_at, after the claim and the hand-off to a thread); procrastinate's
+# is the start of the transaction that fetched the job (its `started` event), before either.
 FLUX_LATENCY = """
 SELECT extract(epoch FROM r.started_at - h.created_at) * 1000
   FROM flux.job_history AS h JOIN flux.requests AS r ON r.id = h.last_request_id
@@ -54,7 +55,7 @@ Push = Callable[[psycopg.Connection[Any], int], list[int]]
 
 @dataclass(frozen=True)
 class Side:
-    """One queue under test: how to push jobs, run its worker, and read what happened, all in SQL."""
+    """One queue under test: how to push jobs and run its worker, and the SQL that reads what happened."""
 
     name: str
     dsn: str
@@ -68,6 +69,8 @@ class Side:
 
 @dataclass(frozen=True)
 class Figures:
+    """What one side measured."""
+
     enqueued_per_s: float
     processed_per_s: float
     latencies_ms: list[float]
@@ -86,7 +89,7 @@ def run(dsn: str) -> None:
         _create_peer_database(dsn, peer_dsn)
         flux = _measure(_flux_side(dsn, folder), dsn, folder / "flux-worker.log")
         peer = _measure(_peer_side(peer_dsn), dsn, folder / "procrastinate-worker.log")
-        _report(flux, peer, time.monotonic() - started)
+        _report(flux, peer, _server(dsn), time.monotonic() - started)
     finally:
         _clean_up(dsn, folder)
 
@@ -226,7 +229,7 @@ def _measure(side: Side, dsn: str, log: Path) -> Figures:
             latencies_ms = _start_latencies(conn, side, worker)
         spoilt = conn.execute(side.spoilt, (first_id,)).fetchone()
         if spoilt is None or spoilt[0]:
-            raise RuntimeError(f"{side.name}: {spoilt} jobs did not succeed:\n{worker.tail()}")
+            raise RuntimeError(f"{side.name}: {spoilt and spoilt[0]} jobs did not succeed:\n{worker.tail()}")
     return Figures(enqueued_per_s, processed_per_s, latencies_ms, worker.errors())
 
 
@@ -276,9 +279,17 @@ def _wait_until_finished(conn: psycopg.Connection[Any], side: Side, worker: Work
         time.sleep(POLL_S)
 
 
-def _report(flux: Figures, peer: Figures, elapsed_s: float) -> None:
+def _server(dsn: str) -> str:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT current_setting('server_version'), current_setting('jit')").fetchone()
+    assert row is not None
+    return f"Postgres {row[0].split()[0]}, jit {row[1]}"
+
+
+def _report(flux: Figures, peer: Figures, server: str, elapsed_s: float) -> None:
     version = importlib.metadata.version("procrastinate")
-    print(f"queue: Flux (no-op Wasm function, each run recorded) vs procrastinate {version} (async no-op)")
+    print(f"queue: Flux (no-op Wasm function, each run recorded) vs procrastinate {version} (async no-op),"
+          f" one {server}")  # fmt: skip
     print(f"  {'':40s} {'Flux':>9s} {'procrastinate':>14s} {'Flux/peer':>10s}")
     rates = [
         (f"batch enqueue, {BATCH} a batch (jobs/s)", flux.enqueued_per_s, peer.enqueued_per_s,

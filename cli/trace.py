@@ -190,7 +190,8 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
     ]
     if trace.job is not None:
         job = trace.job
-        origin = f"cron {job['cron_name']}" if job["cron_name"] else f"pushed by {request['parent_request_id']}"
+        pusher = f"pushed by {request['parent_request_id']}"
+        origin = f"cron {job['cron_name']}" if job["cron_name"] else pusher
         lines.append(f"job {job['job_id']} attempt {job['attempt']}/{job['max_attempts']}"
                      f" (queue {job['queue']}), {origin}")  # fmt: skip
     if request["error"]:

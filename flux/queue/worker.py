@@ -257,28 +257,30 @@ class QueueWorker:
             log.warning("job %d (%s) is dead after attempt %d: %s", job.id, job.function, job.attempt, error)
 
     def _keep_leases(self) -> None:
-        """Extend the leases of every held job, three times a lease, until the worker stops."""
+        """Extend the leases of every held job, three times a lease, until the worker stops; on a connection
+        of its own, so busy runner threads never hold it up."""
         interval = self.options.lease_s / 3
+        conn: Any = None
         while not self._stopping.wait(interval):
             with self._held_lock:
                 held = list(self._held)
             if not held:
                 continue
             try:
-                with self.pool.connection(timeout=interval) as conn:
-                    kept = {
-                        r[0]
-                        for r in db.execute_rows(
-                            conn,
-                            "SELECT flux.extend_leases($1, $2::bigint[], $3)",
-                            [self.name, held, self.options.lease_s],
-                        )
-                    }
-            except Exception as exc:
+                conn = conn if conn is not None and not conn.closed else db.connect(self.dsn, autocommit=True)
+                rows = db.execute_rows(
+                    conn,
+                    "SELECT flux.extend_leases($1, $2::bigint[], $3)",
+                    [self.name, held, self.options.lease_s],
+                )
+            except FluxError as exc:
                 log.error("extending job leases failed: %s", exc)
                 continue
+            kept = {row[0] for row in rows}
             for job_id in set(held) - kept:
                 log.warning("job %d was taken over by another worker (its lease expired)", job_id)
+        if conn is not None:
+            conn.close()
 
     def _shut_down(self, runners: list[threading.Thread]) -> None:
         """Let running jobs finish (up to shutdown_s), give back the others, and close everything."""

@@ -63,7 +63,7 @@ def workers(project: Path, dsn: str, flux_env: dict[str, str]) -> Iterator[Any]:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in started:
-        process.wait(timeout=40)
+        process.communicate(timeout=40)  # waits, and closes its output
 
 
 def wait_for(conn: Conn, query: str, expected: Any, timeout: float) -> None:
