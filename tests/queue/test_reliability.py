@@ -1,7 +1,7 @@
 """The queue under real worker processes (`flux worker`): two of them share 10,000 jobs and each job completes
 exactly once; a worker killed with SIGKILL mid-job loses nothing (the job runs again once its lease expires,
 and its first attempt's writes are gone); a job running longer than its lease keeps it, so it never runs twice
-at once."""
+at once; SIGTERM lets a running job finish."""
 
 from __future__ import annotations
 
@@ -123,3 +123,16 @@ def test_a_job_longer_than_its_lease_is_never_taken_over(conn: Conn, workers: An
     wait_for(conn, f"SELECT status FROM flux.all_jobs WHERE id = {job['id']}", ("done",), timeout=60)
     assert [(run["attempt"], run["ok"]) for run in jobs.get_job(conn, job["id"])["runs"]] == [(1, True)]
     assert conn.execute("SELECT count(*) FROM tally").fetchone() == (1,)
+
+
+def test_sigterm_lets_the_running_job_finish_and_claims_no_more(conn: Conn, workers: Any) -> None:
+    worker = workers("-c", "1")
+    (running, waiting) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 2}},
+                                          {"function": "tally", "delay_ms": 1500}])  # fmt: skip
+    wait_for(conn, f"SELECT status FROM flux.jobs WHERE id = {running['id']}", ("running",), timeout=30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert conn.execute("SELECT id, status FROM flux.all_jobs ORDER BY id").fetchall() == [
+        (running["id"], "done"), (waiting["id"], "queued")
+    ]  # fmt: skip
+    assert conn.execute("SELECT job_id FROM tally").fetchall() == [(running["id"],)]
