@@ -71,7 +71,7 @@ def run(dsn: str) -> None:
         rows = [json.dumps({"id": picks.randrange(requests)}) for _ in range(SAMPLES)]
         _report(
             conn,
-            "flux trace <id> (4 statements)",
+            f"flux trace <id> ({len(TRACE_STATEMENTS)} statements)",
             [[(q, (rid,)) for q in TRACE_STATEMENTS] for rid in request_ids],
         )
         _report(conn, "flux state history", [[(_HISTORY, (row,))] for row in rows])

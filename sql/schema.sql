@@ -462,9 +462,11 @@ $$;
 --
 
 CREATE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) RETURNS SETOF flux.jobs
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
+BEGIN
+    RETURN QUERY
     WITH picked AS (
         SELECT j.id FROM flux.jobs AS j
          WHERE j.status IN ('queued', 'failed') AND j.run_at <= pg_catalog.now()
@@ -478,7 +480,8 @@ CREATE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease
            locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
       FROM picked
      WHERE j.id = picked.id
-    RETURNING j.*
+    RETURNING j.*;
+END
 $$;
 
 
@@ -509,7 +512,7 @@ BEGIN
         RAISE EXCEPTION 'job % attempt % lost its lease before it finished', job_id, attempt
             USING ERRCODE = 'FX404', HINT = 'the job runs again; keep functions shorter than the lease';
     END IF;
-    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok) VALUES (job_id, attempt, request_id, worker, true);
+    PERFORM flux.record_run(job, request_id, worker, true, NULL);
     PERFORM flux.finish_job(job, 'done', request_id, NULL);
 END
 $$;
@@ -640,6 +643,7 @@ $$;
 CREATE FUNCTION flux.enqueue_jobs(jobs jsonb) RETURNS TABLE(ord bigint, job_id bigint, created boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
+    SET jit TO 'off'
     AS $_$
 #variable_conflict use_column
 DECLARE
@@ -770,8 +774,7 @@ BEGIN
     IF job.id IS NULL THEN
         RETURN NULL;
     END IF;
-    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok, error)
-    VALUES (job_id, attempt, request_id, worker, false, error);
+    PERFORM flux.record_run(job, request_id, worker, false, error);
     RETURN flux.after_failure(job, request_id, error, flux.retry_delay(job.attempts, retry_base_s));
 END
 $$;
@@ -855,7 +858,7 @@ $$;
 --
 
 CREATE FUNCTION flux.job_inputs(jobs jsonb) RETURNS TABLE(ord bigint, function text, payload jsonb, run_at timestamp with time zone, priority integer, queue text, idempotency_key text, max_attempts integer)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE ROWS 10
     SET search_path TO ''
     AS $$
     SELECT e.ord - 1, j.function, coalesce(j.payload, 'null'),
@@ -932,14 +935,27 @@ BEGIN
         error := pg_catalog.jsonb_build_object(
             'code', 'FX404', 'message',
             pg_catalog.format('worker %s stopped during attempt %s (its lease expired)', job.locked_by, job.attempts));
-        INSERT INTO flux.job_runs (job_id, attempt, worker, ok, error)
-        VALUES (job.id, job.attempts, job.locked_by, false, error)
-        ON CONFLICT DO NOTHING;
+        PERFORM flux.record_run(job, NULL, job.locked_by, false, error);
         PERFORM flux.after_failure(job, NULL, error, interval '0');
         reaped := reaped + 1;
     END LOOP;
     RETURN reaped;
 END
+$$;
+
+
+--
+-- Name: record_run(flux.jobs, uuid, text, boolean, jsonb); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.record_run(job flux.jobs, request_id uuid, worker text, ok boolean, error jsonb) RETURNS void
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    INSERT INTO flux.job_runs (job_id, run, attempt, request_id, worker, ok, error)
+    SELECT job.id, coalesce(pg_catalog.max(r.run), 0) + 1, job.attempts, record_run.request_id,
+           record_run.worker, record_run.ok, record_run.error
+      FROM flux.job_runs AS r WHERE r.job_id = job.id
 $$;
 
 
@@ -2154,6 +2170,7 @@ CREATE TABLE flux.job_history_default (
 
 CREATE TABLE flux.job_runs (
     job_id bigint NOT NULL,
+    run integer NOT NULL,
     attempt integer NOT NULL,
     request_id uuid,
     worker text NOT NULL,
@@ -2766,7 +2783,7 @@ ALTER TABLE ONLY flux.deployments
 --
 
 ALTER TABLE ONLY flux.job_runs
-    ADD CONSTRAINT job_runs_pkey PRIMARY KEY (job_id, attempt);
+    ADD CONSTRAINT job_runs_pkey PRIMARY KEY (job_id, run);
 
 
 --

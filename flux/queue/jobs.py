@@ -94,8 +94,8 @@ def get_job(conn: Any, job_id: int) -> dict[str, Json]:
         raise JobNotFound(f"no job {job_id}", hint="list jobs with `flux queue ls`")
     runs = db.fetch_dicts(
         conn,
-        "SELECT attempt, request_id, worker, ok, error, finished_at FROM flux.job_runs WHERE job_id = %s"
-        " ORDER BY attempt",
+        "SELECT run, attempt, request_id, worker, ok, error, finished_at FROM flux.job_runs WHERE job_id = %s"
+        " ORDER BY run",
         (job_id,),
     )
     return found[0] | {"runs": runs}

@@ -1,12 +1,15 @@
-"""Queue workers: one process claims due jobs (`flux.claim_jobs`, FOR UPDATE SKIP LOCKED, as many as it has
-idle threads) and runs each on a thread as a request of kind `job` (or `cron`), recorded like an HTTP request.
+"""Queue workers: one process claims due jobs (`flux.claim_jobs`, FOR UPDATE SKIP LOCKED, up to two per
+thread: one running, one ready) and runs each on a thread as a request of kind `job` (or `cron`), recorded
+like an HTTP request.
 
-A job is marked done in its attempt's own transaction, with the function's writes and the request's record,
-so its effects commit exactly once. A failed attempt is retried after a backoff, then kept as `dead`. Idle
-workers sleep until NOTIFY flux_jobs (a push committed) or the poll interval (a missed notification, a retry
-coming due). Every held job's lease is extended while it runs; a worker that dies (kill -9) stops extending,
-and any worker's `flux.reap_jobs()` counts that attempt as lost (FX404) and makes the job due again. On
-SIGTERM a worker stops claiming, lets running jobs finish (bounded), and gives back the rest.
+A job that changed data is marked done in its attempt's own transaction, with those writes and the request's
+record, so its effects commit exactly once. A job that changed no data is marked done with its record, in a
+batch written off the runner's path (flux/trace/writer.py): a crash before that batch only runs it again. A
+failed attempt is retried after a backoff, then kept as `dead`. Idle workers sleep until NOTIFY flux_jobs (a
+push committed) or the poll interval (a missed notification, a retry coming due). Every held job's lease is
+extended while it runs; a worker that dies (kill -9) stops extending, and any worker's `flux.reap_jobs()`
+counts that attempt as lost (FX404) and makes the job due again. On SIGTERM a worker stops claiming, lets
+running jobs finish (bounded), and gives back the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.invoke import Caller, invoke
 from flux.trace.recorder import error_record
+from flux.trace.writer import RecordWriter
 
 log = logging.getLogger("flux.queue")
 Json = Any
@@ -85,9 +89,12 @@ class QueueWorker:
         self.catalogs = CatalogCache()
         self.secrets = SecretCache(settings.project_dir)
         self.fetch_policy = FetchPolicy(allow=settings.fetch_allow)
+        # one connection per runner thread, and one for the writer of records (and "done"s) of jobs that
+        # changed no data
         self.pool = db.create_pool(
-            self.dsn, max_size=self.options.concurrency, name="flux-queue", autocommit=True
+            self.dsn, max_size=self.options.concurrency + 1, name="flux-queue", autocommit=True
         )
+        self.records = RecordWriter(self.pool)
         self._held: dict[int, int] = {}  # job id -> attempt, from claim until finished or given back
         self._held_lock = threading.Lock()
         self._ready: threadqueue.Queue[Claimed | None] = threadqueue.Queue()
@@ -132,11 +139,13 @@ class QueueWorker:
             if time.monotonic() >= upkeep_at:
                 self._upkeep(conn)
                 upkeep_at = time.monotonic() + self.options.poll_s
-            idle = self.options.concurrency - len(self._held)
-            claimed = self._claim(conn, idle) if idle > 0 else []
+            # Up to two jobs per thread are held: one running, one ready, so a thread that finishes starts
+            # the next at once and claims go `concurrency` at a time, not one.
+            room = 2 * self.options.concurrency - len(self._held)
+            claimed = self._claim(conn, room) if room >= self.options.concurrency else []
             for job in claimed:
                 self._ready.put(job)
-            if len(claimed) < idle or idle <= 0:
+            if len(claimed) < room:
                 self._wake.wait(max(0.0, min(self.options.poll_s, upkeep_at - time.monotonic())))
 
     def _upkeep(self, conn: Any) -> None:
@@ -231,6 +240,7 @@ class QueueWorker:
             caller=Caller(job.role, job.claims, job.tenant_id),
             secrets=self.secrets.get(conn),
             fetch_policy=self.fetch_policy,
+            records=self.records,
             kind="cron" if job.cron_name else "job",
             request_id=request_id,
             parent_request_id=job.parent_request_id,
@@ -309,6 +319,7 @@ class QueueWorker:
                 log.info("gave back %d jobs", len(unfinished))
             except FluxError as exc:
                 log.error("giving back jobs failed (they run again when their lease expires): %s", exc)
+        self.records.close()  # the records and "done"s still queued
         self._listener.close()
         for cache in (self.functions, self.catalogs, self.secrets):
             cache.close()

@@ -93,7 +93,9 @@ def invoke(
     (route_id, trace_id), the `traceparent` that outbound fetches carry, and when the request `started`
     (wall clock in µs, monotonic clock in ns). With `records`, the record of a run that changed no data is
     written off the request path. `commit_with` (a statement, values inlined) commits with the record of a run
-    that succeeded, and its refusal fails the run: a queue worker marks its job done there."""
+    that succeeded: a queue worker marks its job done there. With the run's writes, its refusal fails the
+    run; for a run that changed no data it goes with the record (written off the path, or not flushed to
+    disk), so a crash can only make the job run again."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
@@ -128,13 +130,14 @@ def invoke(
         recorder.finish(span, output=output)
         row |= {"ok": True, "status": response.status, "output": output}
         row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-        if commit_with is not None:
-            transaction.commit(recorder.statement(conn, row) + b"; " + commit_with, durable=True)
-        elif records is not None and not host.wrote:
+        if records is not None and not host.wrote:
             transaction.end()
-            records.submit(recorder.record(row))
+            records.submit(recorder.record(row, then=commit_with or b""))
         else:
-            transaction.commit(recorder.statement(conn, row), durable=host.wrote)
+            statement = recorder.statement(conn, row)
+            transaction.commit(
+                statement + b"; " + commit_with if commit_with else statement, durable=host.wrote
+            )
         return Outcome(request_id, response)
     except FluxError as exc:
         error = exc

@@ -51,10 +51,12 @@ SELECT s.request_id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.na
 @dataclass(frozen=True)
 class Record:
     """One request's record, ready to write: its row (the columns of flux.requests) and its spans, with every
-    secret it read already replaced."""
+    secret it read already replaced; `then`, a statement (values inlined) to run in the same transaction if it
+    can (a queue worker marks its job done there)."""
 
     request: dict[str, Json]
     spans: list[dict[str, Json]]
+    then: bytes = b""
 
 
 def records_statement(conn: Any, records: list[Record]) -> bytes:
@@ -167,7 +169,7 @@ class Recorder:
             return value
         return _scrub(value, self.secrets)
 
-    def record(self, request: dict[str, Json]) -> Record:
+    def record(self, request: dict[str, Json], then: bytes = b"") -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
         spans = [
             {
@@ -179,7 +181,7 @@ class Recorder:
             for s in self.spans
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
-        return Record(self.scrub(row), self.scrub(spans))
+        return Record(self.scrub(row), self.scrub(spans), then)
 
     def statement(self, conn: Any, request: dict[str, Json]) -> bytes:
         """The statement that writes this request's record (see `records_statement`)."""

@@ -66,7 +66,7 @@ TRACE_STATEMENTS = (
     "SELECT j.id, j.function, j.queue, j.status, j.attempts,"
     "       (SELECT coalesce(jsonb_agg(jsonb_build_object('attempt', r.attempt, 'request_id', r.request_id,"
     "                                                     'ok', r.ok, 'error', r.error->>'code')"
-    "                                  ORDER BY r.attempt), '[]')"
+    "                                  ORDER BY r.run), '[]')"
     "          FROM flux.job_runs r WHERE r.job_id = j.id) AS runs"
     "  FROM flux.all_jobs j WHERE j.parent_request_id = %s ORDER BY j.id",
     "SELECT r.job_id, r.attempt, j.function, j.queue, j.cron_name, j.max_attempts"

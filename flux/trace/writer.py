@@ -6,6 +6,9 @@ times as much on a record written alone as on one of a batch of twenty (measured
 DESIGN.md allows it: recording a read must not turn it into a flushed write, and a crash may lose the last
 moments of read traces (here, those still queued in a worker killed with -9), never user data nor the record
 of a write. A request that changed data, or failed, still commits its record itself, in its own transaction.
+
+A record's `then` statement (a queue worker's "job done") runs in its batch's transaction; if it fails, the
+record is written without it.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class RecordWriter:
         try:
             with self.pool.connection() as conn:
                 try:
-                    db.write_alone(conn, records_statement(conn, batch), durable=False)
+                    db.write_alone(conn, _with_then(records_statement(conn, batch), batch), durable=False)
                 except FluxError as exc:
                     if isinstance(exc, DatabaseUnreachable) or len(batch) == 1:
                         raise
@@ -121,8 +124,18 @@ class RecordWriter:
     @staticmethod
     def _write_one(conn: Any, record: Record) -> None:
         try:
-            db.write_alone(conn, records_statement(conn, [record]), durable=False)
+            try:
+                db.write_alone(conn, _with_then(records_statement(conn, [record]), [record]), durable=False)
+            except FluxError as exc:
+                if isinstance(exc, DatabaseUnreachable) or not record.then:
+                    raise
+                log.warning("request %s: %s; its record is written alone", record.request.get("id"), exc)
+                db.write_alone(conn, records_statement(conn, [record]), durable=False)
         except FluxError as exc:
             if isinstance(exc, DatabaseUnreachable):
                 raise
             log.error("could not write the record of request %s: %s", record.request.get("id"), exc)
+
+
+def _with_then(statement: bytes, batch: list[Record]) -> bytes:
+    return b"; ".join([statement, *(record.then for record in batch if record.then)])

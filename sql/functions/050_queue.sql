@@ -32,10 +32,13 @@ $$;
 -- to the caller's tenant, runs as the caller's role with its claims, and remembers the request that pushed it.
 -- A job whose idempotency key (per tenant and queue) is taken returns the job that holds it, finished or not.
 -- Returns one row per input job, in order: its id and whether it was created now.
+-- JIT is off: the statements are cheap, but their estimated cost (a set-returning function, subplans) passes
+-- the JIT thresholds, and compiling them cost 630 ms a push.
 CREATE OR REPLACE FUNCTION flux.enqueue_jobs(jobs jsonb)
     RETURNS TABLE (ord bigint, job_id bigint, created boolean)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = ''
+    SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -141,7 +144,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.job_inputs(jobs jsonb)
     RETURNS TABLE (ord bigint, function text, payload jsonb, run_at timestamptz, priority integer, queue text,
                    idempotency_key text, max_attempts integer)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE ROWS 10
     SET search_path = ''
 AS $$
     SELECT e.ord - 1, j.function, coalesce(j.payload, 'null'),
@@ -178,12 +181,15 @@ $$;
 
 -- Claim up to `batch` due jobs for `worker` (any queue when `queues` is null), holding each for `lease_s`
 -- seconds: the worker extends the lease while it runs them (flux.extend_leases), or another worker may take the
--- job over once it expires (flux.reap_jobs). Highest priority first, then the longest due.
+-- job over once it expires (flux.reap_jobs). Highest priority first, then the longest due. PL/pgSQL, not SQL:
+-- it keeps the statement's plan (a claim went from 2 ms to 0.4 ms).
 CREATE OR REPLACE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision)
     RETURNS SETOF flux.jobs
-    LANGUAGE sql VOLATILE SECURITY DEFINER
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
     SET search_path = ''
 AS $$
+BEGIN
+    RETURN QUERY
     WITH picked AS (
         SELECT j.id FROM flux.jobs AS j
          WHERE j.status IN ('queued', 'failed') AND j.run_at <= pg_catalog.now()
@@ -197,7 +203,8 @@ AS $$
            locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
       FROM picked
      WHERE j.id = picked.id
-    RETURNING j.*
+    RETURNING j.*;
+END
 $$;
 
 -- Extend the leases of jobs `worker` still holds; returns those it holds (a job missing here was taken over).
@@ -227,6 +234,18 @@ BEGIN
     job.last_error := coalesce(error, job.last_error);
     INSERT INTO flux.job_history SELECT job.*;
 END
+$$;
+
+-- One attempt of `job` in flux.job_runs (the job's row is locked, so its runs are counted alone).
+CREATE OR REPLACE FUNCTION flux.record_run(job flux.jobs, request_id uuid, worker text, ok boolean, error jsonb)
+    RETURNS void
+    LANGUAGE sql VOLATILE
+    SET search_path = ''
+AS $$
+    INSERT INTO flux.job_runs (job_id, run, attempt, request_id, worker, ok, error)
+    SELECT job.id, coalesce(pg_catalog.max(r.run), 0) + 1, job.attempts, record_run.request_id,
+           record_run.worker, record_run.ok, record_run.error
+      FROM flux.job_runs AS r WHERE r.job_id = job.id
 $$;
 
 -- The job `worker` holds as attempt `attempt`, locked for this transaction; NULL when it holds it no more.
@@ -263,7 +282,7 @@ BEGIN
         RAISE EXCEPTION 'job % attempt % lost its lease before it finished', job_id, attempt
             USING ERRCODE = 'FX404', HINT = 'the job runs again; keep functions shorter than the lease';
     END IF;
-    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok) VALUES (job_id, attempt, request_id, worker, true);
+    PERFORM flux.record_run(job, request_id, worker, true, NULL);
     PERFORM flux.finish_job(job, 'done', request_id, NULL);
 END
 $$;
@@ -291,8 +310,7 @@ BEGIN
     IF job.id IS NULL THEN
         RETURN NULL;
     END IF;
-    INSERT INTO flux.job_runs (job_id, attempt, request_id, worker, ok, error)
-    VALUES (job_id, attempt, request_id, worker, false, error);
+    PERFORM flux.record_run(job, request_id, worker, false, error);
     RETURN flux.after_failure(job, request_id, error, flux.retry_delay(job.attempts, retry_base_s));
 END
 $$;
@@ -332,9 +350,7 @@ BEGIN
         error := pg_catalog.jsonb_build_object(
             'code', 'FX404', 'message',
             pg_catalog.format('worker %s stopped during attempt %s (its lease expired)', job.locked_by, job.attempts));
-        INSERT INTO flux.job_runs (job_id, attempt, worker, ok, error)
-        VALUES (job.id, job.attempts, job.locked_by, false, error)
-        ON CONFLICT DO NOTHING;
+        PERFORM flux.record_run(job, NULL, job.locked_by, false, error);
         PERFORM flux.after_failure(job, NULL, error, interval '0');
         reaped := reaped + 1;
     END LOOP;

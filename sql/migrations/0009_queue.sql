@@ -37,16 +37,18 @@ CREATE INDEX job_history_dead_idx ON flux.job_history (finished_at DESC) WHERE s
 COMMENT ON TABLE flux.job_history IS
     'Finished jobs (done, dead, cancelled), partitioned by the UTC day they finished; flux.all_jobs shows both.';
 
--- Every attempt of a job: the request that ran it (a request of kind job or cron), or why it has none.
+-- Every attempt of a job: the request that ran it (a request of kind job or cron), or why it has none. `run`
+-- counts every attempt of the job; `attempt` starts again from 1 when a dead job is retried.
 CREATE TABLE flux.job_runs (
     job_id      bigint      NOT NULL,
+    run         integer     NOT NULL,
     attempt     integer     NOT NULL,
     request_id  uuid,
     worker      text        NOT NULL,
     ok          boolean     NOT NULL,
     error       jsonb,
     finished_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT job_runs_pkey PRIMARY KEY (job_id, attempt)
+    CONSTRAINT job_runs_pkey PRIMARY KEY (job_id, run)
 );
 CREATE INDEX job_runs_request_id_idx ON flux.job_runs (request_id) WHERE request_id IS NOT NULL;
 

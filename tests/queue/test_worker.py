@@ -145,6 +145,11 @@ def test_a_failing_job_is_retried_with_backoff_then_dead_with_its_error(
     assert detail["attempts"] == 3 and detail["last_error"]["code"] == "FX300"
     assert "always fails" in detail["last_error"]["message"]
     assert [(run["attempt"], run["ok"]) for run in detail["runs"]] == [(1, False), (2, False), (3, False)]
+    # retried, a dead job runs from attempt 1 again; its earlier attempts stay on record
+    jobs.retry(conn, job["id"])
+    wait_for(conn, f"SELECT status, attempts FROM flux.job_history WHERE id = {job['id']}", ("dead", 3))
+    runs = [(run["run"], run["attempt"]) for run in jobs.get_job(conn, job["id"])["runs"]]
+    assert runs == [(1, 1), (2, 2), (3, 3), (4, 1), (5, 2), (6, 3)]
     requests = conn.execute(
         "SELECT count(*), bool_or(ok), min(kind) FROM flux.requests WHERE id = ANY(%s::uuid[])",
         ([str(run["request_id"]) for run in detail["runs"]],),
