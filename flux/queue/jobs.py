@@ -34,21 +34,20 @@ def check_jobs(jobs: Json) -> list[dict[str, Json]]:
     if not isinstance(jobs, list) or not jobs or not all(isinstance(job, dict) for job in jobs):
         raise InvalidJob("jobs are a non-empty list of objects", hint='[{"function": "name", "payload": {}}]')
     for number, job in enumerate(jobs):
+        which = f"job {number}" if len(jobs) > 1 else "job"  # as the SQL names it
         unknown = sorted(set(job) - set(_TYPES) - {"payload"})
         if unknown:
             raise InvalidJob(
-                f"job {number}: unknown field {unknown[0]!r}", hint=f"known: payload, {', '.join(_TYPES)}"
+                f"{which}: unknown field {unknown[0]!r}", hint=f"known: payload, {', '.join(_TYPES)}"
             )
         if not isinstance(job.get("function"), str):
-            raise InvalidJob(
-                f"job {number}: function is required", hint="name a function of the active version"
-            )
+            raise InvalidJob(f"{which}: function is required", hint="name a function of the active version")
         for key, kinds in _TYPES.items():
             value = job.get(key)
             if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-                raise InvalidJob(f"job {number}: {key} is a {kinds[0].__name__}")
+                raise InvalidJob(f"{which}: {key} must be {'text' if kinds[0] is str else 'a whole number'}")
         if isinstance(job.get("delay_ms"), int) and job["delay_ms"] < 0:
-            raise InvalidJob(f"job {number}: delay_ms is 0 or more")
+            raise InvalidJob(f"{which}: delay_ms is 0 or more")
     return jobs
 
 

@@ -46,6 +46,7 @@ DECLARE
     parent uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
     active bigint;
     bad record;
+    which text;  -- how messages name the bad job: 'job 3' in a batch, 'job' alone
 BEGIN
     IF pg_catalog.jsonb_typeof(jobs) IS DISTINCT FROM 'array'
        OR EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(jobs) AS e WHERE pg_catalog.jsonb_typeof(e) <> 'object')
@@ -60,20 +61,21 @@ BEGIN
         OR pg_catalog.octet_length(j.payload::text) > 1048576 OR j.idempotency_key = ''
      ORDER BY j.ord LIMIT 1;
     IF FOUND THEN
+        which := 'job' || CASE WHEN pg_catalog.jsonb_array_length(jobs) > 1 THEN ' ' || bad.ord ELSE '' END;
         IF bad.function IS NULL OR bad.function !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
-            RAISE EXCEPTION 'job % function % is not a function name', bad.ord, pg_catalog.quote_nullable(bad.function)
+            RAISE EXCEPTION '% function % is not a function name', which, pg_catalog.quote_nullable(bad.function)
                 USING ERRCODE = 'FX401', HINT = 'name the function as in functions/<name>';
         ELSIF bad.queue !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
-            RAISE EXCEPTION 'job % queue % is not a queue name', bad.ord, pg_catalog.quote_literal(bad.queue)
+            RAISE EXCEPTION '% queue % is not a queue name', which, pg_catalog.quote_literal(bad.queue)
                 USING ERRCODE = 'FX401', HINT = 'use lower-case letters, digits, _ and -';
         ELSIF bad.max_attempts NOT BETWEEN 1 AND 100 THEN
-            RAISE EXCEPTION 'job % max_attempts % is out of range', bad.ord, bad.max_attempts
+            RAISE EXCEPTION '% max_attempts % is out of range', which, bad.max_attempts
                 USING ERRCODE = 'FX401', HINT = 'give a number of attempts from 1 to 100';
         ELSIF bad.idempotency_key = '' THEN
-            RAISE EXCEPTION 'job % idempotency_key is empty', bad.ord
+            RAISE EXCEPTION '% idempotency_key is empty', which
                 USING ERRCODE = 'FX401', HINT = 'leave it out, or give a non-empty key';
         ELSE
-            RAISE EXCEPTION 'job % payload is larger than 1 MiB', bad.ord
+            RAISE EXCEPTION '% payload is larger than 1 MiB', which
                 USING ERRCODE = 'FX401', HINT = 'store large data in a table and push its key';
         END IF;
     END IF;
@@ -87,7 +89,8 @@ BEGIN
                             WHERE f.deployment_id = active AND f.name = j.function)
          ORDER BY j.ord LIMIT 1;
         IF FOUND THEN
-            RAISE EXCEPTION 'job % function % is not in the active version', bad.ord, pg_catalog.quote_literal(bad.function)
+            which := 'job' || CASE WHEN pg_catalog.jsonb_array_length(jobs) > 1 THEN ' ' || bad.ord ELSE '' END;
+            RAISE EXCEPTION '% function % is not in the active version', which, pg_catalog.quote_literal(bad.function)
                 USING ERRCODE = 'FX402', HINT = 'deploy it first, or check its name with `flux deployments ls`';
         END IF;
     END IF;
@@ -379,9 +382,9 @@ BEGIN
 END
 $$;
 
--- Run a job again now: a failed one at once, a dead or cancelled one from the start (attempts from 0).
-CREATE OR REPLACE FUNCTION flux.retry_job(job_id bigint) RETURNS jsonb
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+-- Job `job_id`, waiting or finished, else FX403.
+CREATE OR REPLACE FUNCTION flux.find_job(job_id bigint) RETURNS flux.jobs
+    LANGUAGE plpgsql STABLE
     SET search_path = ''
 AS $$
 DECLARE
@@ -391,6 +394,18 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'FX403', HINT = 'list jobs with `flux queue ls`';
     END IF;
+    RETURN job;
+END
+$$;
+
+-- Run a job again now: a failed one at once, a dead or cancelled one from the start (attempts from 0).
+CREATE OR REPLACE FUNCTION flux.retry_job(job_id bigint) RETURNS jsonb
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = ''
+AS $$
+DECLARE
+    job flux.jobs := flux.find_job(job_id);
+BEGIN
     IF job.status IN ('queued', 'running', 'done') THEN
         RAISE EXCEPTION 'job % is %, not failed, dead or cancelled', job_id, job.status
             USING ERRCODE = 'FX405', HINT = CASE job.status WHEN 'done' THEN 'push a new job to run it again'
@@ -426,12 +441,8 @@ CREATE OR REPLACE FUNCTION flux.cancel_job(job_id bigint) RETURNS jsonb
     SET search_path = ''
 AS $$
 DECLARE
-    job flux.jobs;
+    job flux.jobs := flux.find_job(job_id);
 BEGIN
-    SELECT * INTO job FROM flux.all_jobs AS j WHERE j.id = job_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no job %', job_id USING ERRCODE = 'FX403', HINT = 'list jobs with `flux queue ls`';
-    END IF;
     PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
     SELECT * INTO job FROM flux.jobs AS j WHERE j.id = job_id AND j.status IN ('queued', 'failed') FOR UPDATE;
     IF NOT FOUND THEN

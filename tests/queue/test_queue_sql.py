@@ -58,12 +58,12 @@ def test_a_batch_enqueues_in_order_and_idempotency_keys_answer_with_their_job(co
 @pytest.mark.parametrize(
     ("job", "code", "message"),
     [
-        ({"function": "no such!"}, "FX401", "job 0 function 'no such!' is not a function name"),
-        ({"function": "f", "queue": "Bad Queue"}, "FX401", "job 0 queue 'Bad Queue' is not a queue name"),
-        ({"function": "f", "max_attempts": 0}, "FX401", "job 0 max_attempts 0 is out of range"),
-        ({"function": "f", "payload": "x" * (1 << 20)}, "FX401", "job 0 payload is larger than 1 MiB"),
-        ({"function": "f", "priority": "high"}, "FX401", "job 0: priority is a int"),
-        ({"function": "f", "colour": "red"}, "FX401", "job 0: unknown field 'colour'"),
+        ({"function": "no such!"}, "FX401", "job function 'no such!' is not a function name"),
+        ({"function": "f", "queue": "Bad Queue"}, "FX401", "job queue 'Bad Queue' is not a queue name"),
+        ({"function": "f", "max_attempts": 0}, "FX401", "job max_attempts 0 is out of range"),
+        ({"function": "f", "payload": "x" * (1 << 20)}, "FX401", "job payload is larger than 1 MiB"),
+        ({"function": "f", "priority": "high"}, "FX401", "job: priority must be a whole number"),
+        ({"function": "f", "colour": "red"}, "FX401", "job: unknown field 'colour'"),
     ],
 )
 def test_a_bad_job_is_refused_with_its_field(conn: Conn, job: Any, code: str, message: str) -> None:
