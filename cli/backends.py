@@ -1,6 +1,6 @@
-"""What `flux secrets|tenants|keys|deployments|rollback|queue` work on: the database (DATABASE_URL, or the
-project's embedded Postgres) or, when FLUX_URL is set, a Flux server's management API. Both answer the same
-shapes, so each command is written once."""
+"""What `flux secrets|tenants|keys|deployments|rollback|queue` and `flux trace|why|state` work on: the
+database (DATABASE_URL, or the project's embedded Postgres) or, when FLUX_URL is set, a Flux server's
+management API. Both answer the same shapes, so each command is written once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from flux.trace.tree import Trace
+    from flux.trace.why import Why
 
 Row = dict[str, Any]
 
@@ -33,6 +37,12 @@ class Backend(Protocol):
     def retry_job(self, job_id: int) -> Row: ...
     def cancel_job(self, job_id: int) -> Row: ...
     def list_schedules(self) -> list[Row]: ...
+    def trace(self, request_id: str) -> Trace: ...
+    def requests(self, filters: Row) -> list[Row]: ...
+    def why(self, request_id: str) -> Why: ...
+    def row_history(self, table: str, key: str) -> list[Row]: ...
+    def row_blame(self, table: str, key: str) -> list[Row]: ...
+    def table_blame(self, table: str, limit: int) -> list[Row]: ...
 
 
 @contextmanager
@@ -152,6 +162,36 @@ class ViaDatabase:
 
         return list_schedules(self.conn)
 
+    def trace(self, request_id: str) -> Trace:
+        from flux.trace.tree import load_trace, resolve_request_id
+
+        return load_trace(self.conn, resolve_request_id(self.conn, request_id))
+
+    def requests(self, filters: Row) -> list[Row]:
+        from flux.trace.tree import list_requests
+
+        return list_requests(self.conn, **filters)
+
+    def why(self, request_id: str) -> Why:
+        from flux.trace.why import explain_request
+
+        return explain_request(self.conn, self.trace(request_id))
+
+    def row_history(self, table: str, key: str) -> list[Row]:
+        from flux.trace.state import history
+
+        return history(self.conn, table, key)
+
+    def row_blame(self, table: str, key: str) -> list[Row]:
+        from flux.trace.state import blame
+
+        return blame(self.conn, table, key)
+
+    def table_blame(self, table: str, limit: int) -> list[Row]:
+        from flux.trace.state import table_blame
+
+        return table_blame(self.conn, table, limit)
+
 
 class ViaApi:
     def __init__(self, api: Any) -> None:
@@ -225,9 +265,56 @@ class ViaApi:
     def list_schedules(self) -> list[Row]:
         return self._all("/flux/api/cron")
 
+    def trace(self, request_id: str) -> Trace:
+        from flux.trace.tree import trace_from_record
+
+        return trace_from_record(_record(self.api.call("GET", f"/flux/api/requests/{request_id}")))
+
+    def requests(self, filters: Row) -> list[Row]:
+        since, errors = filters.pop("since", None), filters.pop("errors", False)
+        params = filters | {"errors": "true" if errors else None,
+                            "since_s": None if since is None else int(since.total_seconds())}  # fmt: skip
+        return [_times(row) for row in self.api.call("GET", "/flux/api/requests", params=params)["items"]]
+
+    def why(self, request_id: str) -> Why:
+        from flux.trace.why import why_from_record
+
+        record = self.api.call("GET", f"/flux/api/requests/{request_id}/why")
+        return why_from_record({
+            "record": _record(record["record"]), "failed": _maybe_times(record["failed"]),
+            "reads": [_times(span) for span in record["reads"]],
+            "earlier": [change | {"change": _maybe_times(change["change"])} for change in record["earlier"]],
+        })  # fmt: skip
+
+    def row_history(self, table: str, key: str) -> list[Row]:
+        return self._rows(f"/flux/api/state/{table}/history", {"key": key})
+
+    def row_blame(self, table: str, key: str) -> list[Row]:
+        return self._rows(f"/flux/api/state/{table}/blame", {"key": key})
+
+    def table_blame(self, table: str, limit: int) -> list[Row]:
+        return self._rows(f"/flux/api/state/{table}/blame", {"limit": limit})
+
+    def _rows(self, path: str, params: Row) -> list[Row]:
+        return [_times(row) for row in self.api.call("GET", path, params=params)["items"]]
+
 
 def _times(item: Row) -> Row:
+    """`item` with its times (`at`, `*_at`) as datetimes, as the database gives them."""
     return {
-        k: datetime.fromisoformat(v) if k.endswith("_at") and isinstance(v, str) else v
+        k: datetime.fromisoformat(v) if (k == "at" or k.endswith("_at")) and isinstance(v, str) else v
         for k, v in item.items()
     }
+
+
+def _maybe_times(item: Row | None) -> Row | None:
+    return None if item is None else _times(item)
+
+
+def _record(record: Row) -> Row:
+    """A trace record from the API with its rows' times as datetimes."""
+    return record | {
+        "request": _times(record["request"]), "job": _maybe_times(record["job"]),
+        "spans": [_times(span) for span in record["spans"]],
+        "mutations": [_times(mutation) for mutation in record["mutations"]],
+    }  # fmt: skip

@@ -19,11 +19,10 @@ ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project fo
 @app.command("history")
 def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
     """Every version of one row, oldest first: the operation, each changed column old → new, and who."""
-    from cli.backends import database_connection
-    from flux.trace import state
+    from cli.backends import backend
 
-    with database_connection(project) as conn:
-        versions = state.history(conn, table, key)
+    with backend(project) as records:
+        versions = records.row_history(table, key)
     if not versions:
         typer.echo(f"no recorded change to {table} {key}")
     for version in versions:
@@ -42,14 +41,13 @@ def blame(
 ) -> None:
     """For each column of one row, the change that last set it, and who made it; without a key, each row's
     last change."""
-    from cli.backends import database_connection
-    from flux.trace import state
+    from cli.backends import backend
 
-    with database_connection(project) as conn:
+    with backend(project) as records:
         if key is None:
-            rows = state.table_blame(conn, table, limit)
+            rows = records.table_blame(table, limit)
         else:
-            columns = state.blame(conn, table, key)
+            columns = records.row_blame(table, key)
     if key is None:
         if not rows:
             typer.echo(f"no recorded change to a row of {table}")

@@ -45,22 +45,15 @@ def show(
     project: ProjectDir = Path("."),
 ) -> None:
     """A request's span tree in execution order: latency bars, ok or error, and what it changed."""
-    from cli.backends import database_connection
-    from flux.trace.tree import load_trace, resolve_request_id
+    from cli.backends import backend
+    from flux.trace.tree import trace_record
 
-    with database_connection(project) as conn:
-        trace = load_trace(conn, resolve_request_id(conn, request_id))
+    with backend(project) as records:
+        trace = records.trace(request_id)
     if as_json:
         from flux import jsontext
 
-        record = {
-            "request": trace.request,
-            "spans": trace.spans,
-            "mutations": trace.mutations,
-            "jobs": trace.jobs,
-            "job": trace.job,
-        }
-        typer.echo(jsontext.dumps_text(record))
+        typer.echo(jsontext.dumps_text(trace_record(trace)))
         return
     typer.echo("\n".join(render(trace, full=full, color=sys.stdout.isatty())))
 
@@ -74,12 +67,11 @@ def diff(
 ) -> None:
     """How the second request differs from the first: spans added, missing or changed, latency per span,
     outputs, and mutations (same rows, other values)."""
-    from cli.backends import database_connection
+    from cli.backends import backend
     from flux.trace.diff import diff_traces
-    from flux.trace.tree import load_trace, resolve_request_id
 
-    with database_connection(project) as conn:
-        a, b = (load_trace(conn, resolve_request_id(conn, given)) for given in (first, second))
+    with backend(project) as records:
+        a, b = records.trace(first), records.trace(second)
     differences = diff_traces(a, b)
     if as_json:
         import dataclasses
@@ -107,15 +99,14 @@ def export(
     project: ProjectDir = Path("."),
 ) -> None:
     """A request as an OpenTelemetry trace that Jaeger, Grafana Tempo or any collector loads."""
-    from cli.backends import database_connection
+    from cli.backends import backend
     from flux.errors import InvalidRequest
     from flux.trace import otlp
-    from flux.trace.tree import load_trace, resolve_request_id
 
     if format not in ("otlp-json", "otlp-protobuf"):
         raise InvalidRequest(f"--format {format!r} is not known", hint="use otlp-json or otlp-protobuf")
-    with database_connection(project) as conn:
-        trace = load_trace(conn, resolve_request_id(conn, request_id))
+    with backend(project) as records:
+        trace = records.trace(request_id)
     data = (
         otlp.to_otlp_json(trace).encode() + b"\n" if format == "otlp-json" else otlp.to_otlp_protobuf(trace)
     )
@@ -138,12 +129,12 @@ def ls(
     project: ProjectDir = Path("."),
 ) -> None:
     """Recent requests, newest first: when, id, method and path, status, duration, function."""
-    from cli.backends import database_connection
-    from flux.trace.tree import list_requests
+    from cli.backends import backend
 
-    with database_connection(project) as conn:
-        rows = list_requests(conn, route=route, function=function, status=status, errors=errors,
-                             since=_period(since), slow_ms=slow, limit=limit)  # fmt: skip
+    filters = {"route": route, "function": function, "status": status, "errors": errors,
+               "since": _period(since), "slow_ms": slow, "limit": limit}  # fmt: skip
+    with backend(project) as records:
+        rows = records.requests(filters)
     for row in rows:
         typer.echo(_request_line(row))
 
@@ -157,9 +148,15 @@ def tail(
     project: ProjectDir = Path("."),
 ) -> None:
     """New requests as they are recorded (LISTEN/NOTIFY, not polling), one line each, until Ctrl-C."""
+    import os
+
     from cli.backends import database_connection
+    from flux.errors import InvalidRequest
     from flux.trace.tree import follow_requests
 
+    if os.environ.get("FLUX_URL") and not os.environ.get("DATABASE_URL"):
+        raise InvalidRequest("flux tail listens on the database, not on the management API",
+                             hint="set DATABASE_URL to the server's database")  # fmt: skip
     with database_connection(project) as conn:
         typer.echo("following new requests (Ctrl-C stops)", err=True)
         try:

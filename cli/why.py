@@ -28,12 +28,10 @@ def why(
 ) -> None:
     """Why a request failed (or did what it did): the failing span, what it read and changed, and who
     changed those rows before it."""
-    from cli.backends import database_connection
-    from flux.trace.tree import load_trace, resolve_request_id
-    from flux.trace.why import explain_request
+    from cli.backends import backend
 
-    with database_connection(project) as conn:
-        explained = explain_request(conn, load_trace(conn, resolve_request_id(conn, request_id)))
+    with backend(project) as records:
+        explained = records.why(request_id)
     typer.echo("\n".join(render_why(explained, color=sys.stdout.isatty())))
 
 

@@ -19,10 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import RequestNotFound, TableNotTracked
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.processes import FLUX, free_port, wait_for_http
 
 Conn = psycopg.Connection[Any]
 FLUX_TOML = """
@@ -37,6 +39,15 @@ method = "GET"
 path = "/notes/{id}"
 function = "get_note"
 auth = "none"
+
+[[routes]]
+method = "POST"
+path = "/spin"
+function = "spin"
+auth = "none"
+
+[functions.spin]
+timeout_ms = 300
 """
 GET_NOTE = """export default async (req, ctx) => {
   const found = await ctx.db.query({select: "notes", where: {id: {eq: Number(req.params.id)}}});
@@ -57,7 +68,8 @@ NOTES = "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bo
 
 @pytest.fixture
 def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
-    """Requests through the gateway: two writes (each with a job), a failure, a refusal, a read; their ids."""
+    """Requests through the gateway: two writes (each with a job), a failure, a refusal, a read, a timeout;
+    their ids."""
     with gateway_client(_deployed(dsn, tmp_path), dsn) as client:
         ids = {
             "ok": client.simulate_post("/notes", json={"text": "hello"}),
@@ -65,6 +77,7 @@ def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
             "failed": client.simulate_post("/notes", json={}),
             "refused": client.simulate_get("/nowhere"),
             "read": client.simulate_get("/notes/1"),
+            "timeout": client.simulate_post("/spin"),
         }
     return {name: result.headers["x-request-id"] for name, result in ids.items()}
 
@@ -78,6 +91,10 @@ def _deployed(dsn: str, tmp_path: Path) -> Any:
     (tmp_path / "functions" / "get_note" / "index.ts").write_text(GET_NOTE)
     (tmp_path / "functions" / "notify").mkdir(parents=True)
     (tmp_path / "functions" / "notify" / "index.ts").write_text("export default async () => ({})")
+    (tmp_path / "functions" / "spin").mkdir(parents=True)
+    (tmp_path / "functions" / "spin" / "index.ts").write_text(
+        "export default async () => { while (true) {} }"
+    )
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "0001_notes.sql").write_text(NOTES)
     settings = load_settings(tmp_path, env={})
@@ -122,7 +139,14 @@ def test_a_failed_and_a_refused_request_show_why(dsn: str, recorded: dict[str, s
     refused = flux(dsn, "trace", recorded["refused"]).output
     assert "GET /nowhere  404" in refused.splitlines()[0] and "error FX004" in refused
     listed = flux(dsn, "trace", "ls", "--errors").output.splitlines()
-    assert {line.split()[2] for line in listed} == {recorded["failed"], recorded["refused"]}
+    assert {line.split()[2] for line in listed} == {
+        recorded["failed"],
+        recorded["refused"],
+        recorded["timeout"],
+    }
+    timed_out = flux(dsn, "trace", recorded["timeout"]).output
+    assert "POST /spin  504" in timed_out.splitlines()[0] and "error FX301" in timed_out
+    assert "function:spin" in flux(dsn, "why", recorded["timeout"]).output
     assert len(flux(dsn, "trace", "ls", "--status", "201").output.splitlines()) == 2
 
 
@@ -284,3 +308,44 @@ def test_export_writes_an_otlp_trace(dsn: str, recorded: dict[str, str], tmp_pat
     decoded = ExportTraceServiceRequest.FromString(binary.read_bytes())
     assert len(decoded.resource_spans[0].scope_spans[0].spans) == len(spans)
     assert flux(dsn, "trace", "export", recorded["ok"], "--format", "zipkin").exit_code == 1
+
+
+@pytest.mark.slow
+def test_every_inspect_command_answers_the_same_through_the_management_api(
+    dsn: str, recorded: dict[str, str], conn: Conn, tmp_path: Path, flux_env: dict[str, str]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [*FLUX, "server", "--no-deploy", "--port", str(port), "--queue-workers", "0"], cwd=tmp_path,
+        env={**flux_env, "DATABASE_URL": dsn}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    through_api = {**flux_env, "FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "cli").key}
+    through_database = {**flux_env, "DATABASE_URL": dsn}
+
+    def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+        done = subprocess.run(
+            [*FLUX, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    try:
+        wait_for_http(f"{url}/ready", timeout=30, process=server)
+        assert run(through_api, "login")[0] == 0
+        for args in (
+            ["trace", recorded["ok"][:8]], ["trace", recorded["failed"], "--full"],
+            ["trace", recorded["ok"], "--json"],
+            ["trace", "ls"], ["trace", "ls", "--errors", "--since", "1h"], ["trace", "ls", "--slow", "0.5"],
+            ["trace", "diff", recorded["ok"], recorded["again"]], ["trace", "export", recorded["ok"]],
+            ["why", recorded["failed"]], ["why", recorded["read"]], ["why", recorded["timeout"]],
+            ["state", "history", "notes", "1"], ["state", "blame", "notes", "1"], ["state", "blame", "notes"],
+            ["trace", "0000dead"], ["state", "history", "nope", "1"],
+        ):  # fmt: skip
+            answered = run(through_api, *args)
+            assert answered == run(through_database, *args), args
+            assert answered[1] or answered[2].startswith("error FX50"), (args, answered)
+        refused = run(through_api, "tail")
+        assert refused[0] == 1 and "flux tail listens on the database" in refused[2]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

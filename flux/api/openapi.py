@@ -114,6 +114,19 @@ def _param(name: str, kind: str = "string", where: str = "query") -> dict[str, A
 
 
 _JOB_ID = _param("job_id", "integer", "path")
+_REQUEST_ID = {
+    **_param("request_id", "string", "path"),
+    "description": "a request id, or a prefix only it has",
+}
+_ROWS = _page({"type": "object"}, _TEXT)
+_RECORD = _object({"request": {"type": "object"}, "spans": {"type": "array", "items": {"type": "object"}},
+                   "mutations": {"type": "array", "items": {"type": "object"}},
+                   "jobs": {"type": "array", "items": {"type": "object"}},
+                   "job": {"type": "object", "nullable": True}})  # fmt: skip
+_WHY = _object({"record": _RECORD, "failed": {"type": "object", "nullable": True},
+                "reads": {"type": "array", "items": {"type": "object"}},
+                "earlier": {"type": "array", "items": {"type": "object"}}})  # fmt: skip
+_TABLE = _param("table", "string", "path")
 
 
 def _call(
@@ -206,6 +219,22 @@ def document() -> dict[str, Any]:
             "/flux/api/jobs/{job_id}/cancel": {"post": _call(
                 "Cancel a job that has not started", _JOB, params=[_JOB_ID])},
             "/flux/api/cron": {"get": _call("Cron schedules", _page(_SCHEDULE, _TEXT))},
+            "/flux/api/requests": {"get": _call(
+                "Recorded requests, newest first (flux trace ls)", _ROWS,
+                params=[_LIMIT, _param("route"), _param("function"), _param("status", "integer"),
+                        _param("errors", "boolean"), _param("since_s", "integer"),
+                        _param("slow_ms", "number")])},
+            "/flux/api/requests/{request_id}": {"get": _call(
+                "A request's whole record: row, spans, row changes, jobs (flux trace)", _RECORD,
+                params=[_REQUEST_ID])},
+            "/flux/api/requests/{request_id}/why": {"get": _call(
+                "Why a request went as it did (flux why)", _WHY, params=[_REQUEST_ID])},
+            "/flux/api/state/{table}/history": {"get": _call(
+                "Every version of one row (flux state history)", _ROWS,
+                params=[_TABLE, {**_param("key"), "required": True}])},
+            "/flux/api/state/{table}/blame": {"get": _call(
+                "Who last set each column of a row, or each row's last change (flux state blame)", _ROWS,
+                params=[_TABLE, _param("key"), _LIMIT])},
             "/flux/api/cron/{name}": {
                 "put": _call("Create or change a schedule (not one from flux.toml)", _SCHEDULE,
                              body=_object(_SCHEDULE_FIELDS, ("schedule", "function")),

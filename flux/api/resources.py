@@ -9,6 +9,7 @@ The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py)
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from flux.api.admin import check_admin_key
 from flux.api.openapi import document
 from flux.errors import InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from flux.queue import cron, jobs
+from flux.trace import state, tree, why
 
 Json = Any
 MAX_LIMIT = 500
@@ -44,6 +46,9 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
         ("/flux/api/jobs", "jobs"), ("/flux/api/jobs/stats", "stats"), ("/flux/api/jobs/{job_id:int}", "job"),
         ("/flux/api/jobs/{job_id:int}/retry", "retry"), ("/flux/api/jobs/{job_id:int}/cancel", "cancel"),
         ("/flux/api/cron", "cron"), ("/flux/api/cron/{name}", "schedule"),
+        ("/flux/api/requests", "requests"), ("/flux/api/requests/{request_id}", "request"),
+        ("/flux/api/requests/{request_id}/why", "why"),
+        ("/flux/api/state/{table}/history", "history"), ("/flux/api/state/{table}/blame", "blame"),
     ):  # fmt: skip
         app.add_route(path, api, suffix=suffix)
 
@@ -233,6 +238,44 @@ class _Api:
             cron.delete(conn, name)
         resp.status = falcon.HTTP_204
 
+    # -- what was recorded (flux trace, why, state) ---------------------------------------------------------
+
+    def on_get_requests(self, req: falcon.Request, resp: falcon.Response) -> None:
+        since_s, slow_ms = _int_param(req, "since_s"), _number_param(req, "slow_ms")
+        with self._conn(req) as conn:
+            items = tree.list_requests(
+                conn, route=req.get_param("route"), function=req.get_param("function"),
+                status=_int_param(req, "status"), errors=req.get_param_as_bool("errors") or False,
+                since=None if since_s is None else timedelta(seconds=since_s), slow_ms=slow_ms,
+                limit=_limit(req),
+            )  # fmt: skip
+        _answer(resp, {"items": items, "next": None})
+
+    def on_get_request(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        """A request's whole record (its id, or a prefix only it has)."""
+        with self._conn(req) as conn:
+            _answer(resp, tree.trace_record(tree.load_trace(conn, tree.resolve_request_id(conn, request_id))))
+
+    def on_get_why(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        with self._conn(req) as conn:
+            trace = tree.load_trace(conn, tree.resolve_request_id(conn, request_id))
+            _answer(resp, why.why_record(why.explain_request(conn, trace)))
+
+    def on_get_history(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
+        key = req.get_param("key", required=True)
+        with self._conn(req) as conn:
+            _answer(resp, {"items": state.history(conn, table, key), "next": None})
+
+    def on_get_blame(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
+        """Who last set each column of row `key`; without a key, each row's last change."""
+        key = req.get_param("key")
+        with self._conn(req) as conn:
+            if key is None:
+                items = state.table_blame(conn, table, _limit(req))
+            else:
+                items = state.blame(conn, table, key)
+        _answer(resp, {"items": items, "next": None})
+
 
 class _Checked:
     """`with _Checked(pool, authorization) as conn:` an autocommit admin connection, after the key check."""
@@ -291,6 +334,16 @@ def _int_param(req: falcon.Request, name: str) -> int | None:
     if value is None or not -(2**63) <= value < 2**63:
         raise InvalidRequest(f"{name} {text!r} is not a whole number", hint=f"e.g. {name}=10")
     return value
+
+
+def _number_param(req: falcon.Request, name: str) -> float | None:
+    text = req.get_param(name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} {text!r} is not a number", hint=f"e.g. {name}=2.5") from None
 
 
 def _is_text(value: Json) -> bool:

@@ -29,6 +29,17 @@ class Trace:
     job: Row | None = None  # for a job's run: which job and attempt (its pusher is parent_request_id)
 
 
+def trace_record(trace: Trace) -> dict[str, Any]:
+    """The whole record as one JSON object (`flux trace --json`, and the management API)."""
+    return {"request": trace.request, "spans": trace.spans, "mutations": trace.mutations, "jobs": trace.jobs,
+            "job": trace.job}  # fmt: skip
+
+
+def trace_from_record(record: dict[str, Any]) -> Trace:
+    """A Trace back from `trace_record`'s object (its times as datetimes already)."""
+    return Trace(record["request"], record["spans"], record["mutations"], record["jobs"], record["job"])
+
+
 def resolve_request_id(conn: Any, given: str) -> str:
     """The request id `given` names: the whole id, or a prefix only one request has (FX503 otherwise)."""
     text = given.strip().lower()

@@ -6,6 +6,7 @@ changed, the change made before it and the request, function and code version th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -14,7 +15,7 @@ from typing import Any
 from flux import db
 from flux.errors import TableNotTracked
 from flux.trace.state import TrackedTable, tracked_table
-from flux.trace.tree import Trace
+from flux.trace.tree import Trace, trace_from_record, trace_record
 
 Row = dict[str, Any]
 MAX_ROWS_PER_READ = 20  # rows of one read whose earlier changes are looked up
@@ -55,6 +56,20 @@ class Why:
         return not self.trace.request["ok"] and any(
             span["module"] == "data" and span["name"].startswith(_WRITES) for span in self.trace.spans
         )
+
+
+def why_record(explained: Why) -> dict[str, Any]:
+    """`explained` as one JSON object (the management API's answer)."""
+    return {
+        "record": trace_record(explained.trace), "failed": explained.failed, "reads": explained.reads,
+        "earlier": [dataclasses.asdict(change) for change in explained.earlier],
+    }  # fmt: skip
+
+
+def why_from_record(record: dict[str, Any]) -> Why:
+    """A Why back from `why_record`'s object (its times as datetimes already)."""
+    earlier = [EarlierChange(**change) for change in record["earlier"]]
+    return Why(trace_from_record(record["record"]), record["failed"], record["reads"], earlier)
 
 
 def explain_request(conn: Any, trace: Trace) -> Why:
