@@ -1386,8 +1386,16 @@ CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_se
     LANGUAGE sql STABLE
     SET search_path TO ''
     AS $$
-    WITH RECURSIVE spans AS (
-        SELECT s.* FROM flux.spans s WHERE s.request_id = trace.request_id
+    WITH RECURSIVE request AS (
+        SELECT r.started_at, r.duration_us FROM flux.requests r WHERE r.id = trace.request_id
+    ), spans AS (
+        -- Spans fall within their request's time; bounding started_at by it (with a day's margin for a clock
+        -- that moved) lets Postgres probe only those days' partitions, however many are kept.
+        SELECT s.* FROM flux.spans s
+         WHERE s.request_id = trace.request_id
+           AND s.started_at >= (SELECT r.started_at - interval '1 day' FROM request r)
+           AND s.started_at <= (SELECT r.started_at + interval '1 day'
+                                       + make_interval(secs => coalesce(r.duration_us, 0) / 1e6) FROM request r)
     ), tree AS (
         SELECT s.seq, 0 AS depth FROM spans s WHERE s.parent_seq IS NULL
         UNION ALL
