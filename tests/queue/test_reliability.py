@@ -1,5 +1,5 @@
 """The queue under real worker processes (`flux worker`): two of them share 10,000 jobs and each job completes
-exactly once; a worker killed with SIGKILL mid-job loses nothing (the job runs again once its lease expires,
+exactly once, and a schedule's tick due as both start fires once; a worker killed with SIGKILL mid-job loses nothing (the job runs again once its lease expires,
 and its first attempt's writes are gone); a job running longer than its lease keeps it, so it never runs twice
 at once; SIGTERM lets a running job finish."""
 
@@ -76,15 +76,30 @@ def wait_for(conn: Conn, query: str, expected: Any, timeout: float) -> None:
 def test_two_workers_complete_ten_thousand_jobs_each_exactly_once(conn: Conn, workers: Any) -> None:
     for start in range(0, 10_000, 1000):
         jobs.push(conn, [{"function": "tally", "payload": {"n": n}} for n in range(start, start + 1000)])
+    # a schedule whose tick both workers find due as they start: it fires once
+    (stale,) = conn.execute(
+        "INSERT INTO flux.cron (name, schedule, function, payload, next_run_at)"
+        " VALUES ('every_minute', '* * * * *', 'tally', '{}',"
+        "         date_trunc('minute', now()) - interval '5 minutes')"
+        " RETURNING next_run_at"
+    ).fetchone()
     first, second = workers("-c", "4"), workers("-c", "4")
-    wait_for(conn, "SELECT count(*) FROM flux.jobs", (0,), timeout=300)
-    assert conn.execute("SELECT count(*), count(DISTINCT job_id) FROM tally").fetchone() == (10_000, 10_000)
+    wait_for(conn, "SELECT count(*) FROM flux.jobs WHERE cron_name IS NULL", (0,), timeout=300)
     assert conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'done') FROM flux.job_history"
+        "SELECT count(*), count(DISTINCT job_id) FROM tally WHERE job_id IN (SELECT id FROM flux.job_history"
+        " WHERE cron_name IS NULL)"
     ).fetchone() == (10_000, 10_000)
+    assert conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'done')"
+        "  FROM flux.job_history WHERE cron_name IS NULL"
+    ).fetchone() == (10_000, 10_000)
+    fired = conn.execute(
+        "SELECT idempotency_key, count(*) FROM flux.all_jobs WHERE cron_name = 'every_minute' GROUP BY 1"
+    ).fetchall()
+    assert (f"cron:every_minute:{stale:%Y-%m-%dT%H:%M:%SZ}", 1) in fired and all(n == 1 for _, n in fired)
     runs = conn.execute(
         "SELECT count(*), bool_and(ok), max(attempt), count(DISTINCT worker), count(DISTINCT request_id)"
-        "  FROM flux.job_runs"
+        "  FROM flux.job_runs JOIN flux.job_history ON id = job_id WHERE cron_name IS NULL"
     ).fetchone()
     assert runs == (10_000, True, 1, 2, 10_000)  # both workers took part; one recorded request per job
     for process in (first, second):  # SIGTERM: a clean stop
