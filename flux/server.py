@@ -186,7 +186,6 @@ def _start_children(dsn: str, settings: Settings) -> list[subprocess.Popen[bytes
     env = {**os.environ, "DATABASE_URL": dsn}
     children = []
     if settings.queue_workers:
-        log.info("running jobs on %d queue worker threads", settings.queue_workers)
         children.append(subprocess.Popen(
             [sys.executable, "-m", "cli", "worker", str(settings.project_dir), "--concurrency",
              str(settings.queue_workers)], env=env,
