@@ -891,6 +891,18 @@ $$;
 
 
 --
+-- Name: job_key_lock(uuid, text, text); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.job_key_lock(tenant uuid, queue_name text, key text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+    SELECT pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0)
+$$;
+
+
+--
 -- Name: lock_job_key(uuid, text, text); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -898,9 +910,7 @@ CREATE FUNCTION flux.lock_job_key(tenant uuid, queue_name text, key text) RETURN
     LANGUAGE sql
     SET search_path TO ''
     AS $$
-    SELECT pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0))
-     WHERE key IS NOT NULL
+    SELECT pg_catalog.pg_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key)) WHERE key IS NOT NULL
 $$;
 
 
@@ -951,6 +961,7 @@ BEGIN
     FOR job IN SELECT * FROM flux.jobs AS j
                 WHERE j.status = 'running' AND j.locked_until < pg_catalog.now()
                   FOR UPDATE SKIP LOCKED LOOP
+        CONTINUE WHEN NOT flux.try_lock_job_key(job.tenant_id, job.queue, job.idempotency_key);  -- next round
         error := pg_catalog.jsonb_build_object(
             'code', 'FX404', 'message',
             pg_catalog.format('worker %s stopped during attempt %s (its lease expired)', job.locked_by, job.attempts));
@@ -1031,12 +1042,21 @@ BEGIN
                                                             ELSE 'wait for it to run' END;
     END IF;
     IF job.status = 'failed' THEN
-        UPDATE flux.jobs AS j SET run_at = pg_catalog.now() WHERE j.id = job_id RETURNING * INTO job;
+        UPDATE flux.jobs AS j SET run_at = pg_catalog.now() WHERE j.id = job_id AND j.status = 'failed'
+        RETURNING * INTO job;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'job % changed while it was being retried', job_id
+                USING ERRCODE = 'FX405', HINT = 'look at it again with `flux queue show`';
+        END IF;
         PERFORM pg_catalog.pg_notify('flux_jobs', job.queue);
         RETURN pg_catalog.to_jsonb(job);
     END IF;
     PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
     DELETE FROM flux.job_history AS h WHERE h.id = job_id;
+    IF NOT FOUND THEN  -- another retry took it first
+        RAISE EXCEPTION 'job % changed while it was being retried', job_id
+            USING ERRCODE = 'FX405', HINT = 'look at it again with `flux queue show`';
+    END IF;
     BEGIN
         INSERT INTO flux.jobs (id, tenant_id, queue, function, payload, status, priority, run_at, attempts,
                                max_attempts, idempotency_key, last_error, parent_request_id, created_at, role,
@@ -1513,6 +1533,18 @@ CREATE FUNCTION flux.tracked_leaves(target regclass) RETURNS SETOF regclass
     SELECT target WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0)
     UNION ALL
     SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.isleaf AND p.level > 0
+$$;
+
+
+--
+-- Name: try_lock_job_key(uuid, text, text); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.try_lock_job_key(tenant uuid, queue_name text, key text) RETURNS boolean
+    LANGUAGE sql
+    SET search_path TO ''
+    AS $$
+    SELECT key IS NULL OR pg_catalog.pg_try_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key))
 $$;
 
 

@@ -242,6 +242,8 @@ class _Api:
 
     def on_get_requests(self, req: falcon.Request, resp: falcon.Response) -> None:
         since_s, slow_ms = _int_param(req, "since_s"), _number_param(req, "slow_ms")
+        if since_s is not None and not 0 <= since_s <= 100 * 365 * 86_400:
+            raise InvalidRequest(f"since_s {since_s} is outside 0 to a century", hint="e.g. since_s=3600")
         with self._conn(req) as conn:
             items = tree.list_requests(
                 conn, route=req.get_param("route"), function=req.get_param("function"),

@@ -69,7 +69,12 @@ def parse_schedule(entry: Mapping[str, Json], where: str) -> Schedule:
         raise InvalidSchedule(f"{where}: enabled is true or false")
     try:
         ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+    except (
+        ZoneInfoNotFoundError,
+        ValueError,
+        TypeError,
+        OSError,
+    ) as exc:  # OSError: a zone folder, or too long
         raise InvalidSchedule(
             f"{where}: unknown time zone {timezone!r}", hint="use a name like Europe/Riga"
         ) from exc
@@ -162,7 +167,7 @@ def fire_due(conn: Any, now: datetime | None = None) -> list[int]:
     for name, schedule, timezone, tick in due:
         try:
             following = next_tick(schedule, timezone, max(now, tick))
-        except (CronSimError, ZoneInfoNotFoundError, ValueError):
+        except (CronSimError, ZoneInfoNotFoundError, ValueError, OSError):
             continue
         row = db.execute_raw(conn, "SELECT flux.fire_cron($1, $2, $3)", [name, tick, following])
         if row is not None and row[0] is not None:

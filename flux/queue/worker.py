@@ -100,6 +100,7 @@ class QueueWorker:
         self._ready: threadqueue.Queue[Claimed | None] = threadqueue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._runners_done = threading.Event()  # the lease keeper runs until then, not until `stop`
         self._listener = Listener(NOTIFY_CHANNEL, self._wake.set)
 
     def stop(self) -> None:
@@ -127,26 +128,44 @@ class QueueWorker:
             ", ".join(self.options.queues) if self.options.queues else "all",
         )
         try:
-            with db.connect(self.dsn, autocommit=True) as conn:
-                self._dispatch(conn)
+            self._dispatch()
         finally:
-            self._shut_down(runners)
+            self._shut_down(runners, keeper)
 
-    def _dispatch(self, conn: Any) -> None:
+    def _dispatch(self) -> None:
+        """Claim jobs as threads free up, on a connection of its own (opened again when it is lost)."""
         upkeep_at = 0.0
-        while not self._stopping.is_set():
-            self._wake.clear()  # a notification from here on wakes the wait below
-            if time.monotonic() >= upkeep_at:
-                self._upkeep(conn)
-                upkeep_at = time.monotonic() + self.options.poll_s
-            # Up to two jobs per thread are held: one running, one ready, so a thread that finishes starts
-            # the next at once and claims go `concurrency` at a time, not one.
-            room = 2 * self.options.concurrency - len(self._held)
-            claimed = self._claim(conn, room) if room >= self.options.concurrency else []
-            for job in claimed:
-                self._ready.put(job)
-            if len(claimed) < room:
-                self._wake.wait(max(0.0, min(self.options.poll_s, upkeep_at - time.monotonic())))
+        conn: Any = None
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()  # a notification from here on wakes the wait below
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                    if conn is None:
+                        continue
+                if time.monotonic() >= upkeep_at:
+                    self._upkeep(conn)
+                    upkeep_at = time.monotonic() + self.options.poll_s
+                # Up to two jobs per thread are held: one running, one ready, so a thread that finishes starts
+                # the next at once and claims go `concurrency` at a time, not one.
+                room = 2 * self.options.concurrency - len(self._held)
+                claimed = self._claim(conn, room) if room >= self.options.concurrency else []
+                for job in claimed:
+                    self._ready.put(job)
+                if len(claimed) < room or not claimed:  # the queue is drained, or every slot is taken
+                    self._wake.wait(max(0.0, min(self.options.poll_s, upkeep_at - time.monotonic())))
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self) -> Any:
+        """A new autocommit connection, or None (logged, after a pause) while Postgres cannot be reached."""
+        try:
+            return db.connect(self.dsn, autocommit=True)
+        except FluxError as exc:
+            log.error("the queue cannot reach Postgres (trying again): %s", exc)
+            self._stopping.wait(self.options.poll_s)
+            return None
 
     def _upkeep(self, conn: Any) -> None:
         """Take over jobs of dead workers and fire due schedules (every worker does; each happens once)."""
@@ -155,8 +174,8 @@ class QueueWorker:
             if row and row[0]:
                 log.warning("%d jobs lost their worker; they run again", row[0])
             cron.fire_due(conn)
-        except FluxError as exc:
-            log.error("queue upkeep failed: %s", exc)
+        except Exception:  # the next round tries again; a worker never stops for it
+            log.exception("queue upkeep failed")
 
     def _claim(self, conn: Any, count: int) -> list[Claimed]:
         try:
@@ -271,7 +290,7 @@ class QueueWorker:
         of its own, so busy runner threads never hold it up."""
         interval = self.options.lease_s / 3
         conn: Any = None
-        while not self._stopping.wait(interval):
+        while not self._runners_done.wait(interval):
             with self._held_lock:
                 held = list(self._held)
             if not held:
@@ -292,33 +311,40 @@ class QueueWorker:
         if conn is not None:
             conn.close()
 
-    def _shut_down(self, runners: list[threading.Thread]) -> None:
-        """Let running jobs finish (up to shutdown_s), give back the others, and close everything."""
+    def _shut_down(self, runners: list[threading.Thread], keeper: threading.Thread) -> None:
+        """Give back the jobs claimed but not started, let running jobs finish (up to shutdown_s, their leases
+        renewed all the while), and close everything. A job still running at the end is not given back: it is
+        still running, so it runs again only once its lease expires."""
         self._stopping.set()
-        waiting: list[Claimed] = []
-        while True:  # claimed but not started: given back at once
+        waiting: list[int] = []
+        while True:
             try:
                 job = self._ready.get_nowait()
             except threadqueue.Empty:
                 break
             if job is not None:
-                waiting.append(job)
+                waiting.append(job.id)
+        with self._held_lock:
+            for job_id in waiting:
+                self._held.pop(job_id, None)
+        if waiting:
+            try:
+                with db.connect(self.dsn, autocommit=True) as conn:
+                    db.execute_raw(conn, "SELECT flux.release_jobs($1, $2::bigint[])", [self.name, waiting])
+                log.info("gave back %d jobs that had not started", len(waiting))
+            except FluxError as exc:
+                log.error("giving back jobs failed (they run again when their lease expires): %s", exc)
         for _ in runners:
             self._ready.put(None)
         deadline = time.monotonic() + self.options.shutdown_s
         for thread in runners:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._held_lock:
-            unfinished = [*self._held] + [job.id for job in waiting]
-        if unfinished:
-            try:
-                with db.connect(self.dsn, autocommit=True) as conn:
-                    db.execute_raw(
-                        conn, "SELECT flux.release_jobs($1, $2::bigint[])", [self.name, unfinished]
-                    )
-                log.info("gave back %d jobs", len(unfinished))
-            except FluxError as exc:
-                log.error("giving back jobs failed (they run again when their lease expires): %s", exc)
+        self._runners_done.set()
+        keeper.join()
+        if self._held:
+            log.warning(
+                "%d jobs were still running; they run again once their lease expires", len(self._held)
+            )
         self.records.close()  # the records and "done"s still queued
         self._listener.close()
         for cache in (self.functions, self.catalogs, self.secrets):

@@ -93,9 +93,9 @@ def invoke(
     (route_id, trace_id), the `traceparent` that outbound fetches carry, and when the request `started`
     (wall clock in µs, monotonic clock in ns). With `records`, the record of a run that changed no data is
     written off the request path. `commit_with` (a statement, values inlined) commits with the record of a run
-    that succeeded: a queue worker marks its job done there. With the run's writes, its refusal fails the
-    run; for a run that changed no data it goes with the record (written off the path, or not flushed to
-    disk), so a crash can only make the job run again."""
+    that succeeded: a queue worker marks its job done there. With the run's database work, its refusal fails
+    the run; for a run that never used the database it goes with the record (written off the path), so a
+    crash can only make the job run again."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
@@ -130,7 +130,9 @@ def invoke(
         recorder.finish(span, output=output)
         row |= {"ok": True, "status": response.status, "output": output}
         row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-        if records is not None and not host.wrote:
+        # A `commit_with` waits for no batch once the run used the database: a statement Flux took for a read
+        # can still write (a select of a function that writes), and those writes must not commit without it.
+        if records is not None and not host.wrote and not (commit_with and transaction.begun):
             transaction.end()
             records.submit(recorder.record(row, then=commit_with or b""))
         else:

@@ -9,7 +9,7 @@ import json
 from typing import Any, NamedTuple
 
 from flux import db
-from flux.errors import TableNotTracked
+from flux.errors import InternalError, TableNotTracked
 
 Row = dict[str, Any]
 
@@ -42,15 +42,18 @@ class TrackedTable(NamedTuple):
 
 def tracked_table(conn: Any, table: str) -> TrackedTable:
     """The tracked table `table` names, and its primary-key columns (FX504 otherwise)."""
-    with db.translate_errors():
-        found = conn.execute(
-            "SELECT t.table_ref::text, t.table_schema::text, t.table_name::text,"
-            " array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))"
-            " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-            " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref, t.table_schema, t.table_name",
-            (table,),
-        ).fetchone()
+    try:
+        with db.translate_errors():
+            found = conn.execute(
+                "SELECT t.table_ref::text, t.table_schema::text, t.table_name::text,"
+                " array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))"
+                " FROM flux.tracked_tables t JOIN pg_index i ON i.indrelid = t.table_ref AND i.indisprimary"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+                " WHERE t.table_ref = to_regclass(%s) GROUP BY t.table_ref, t.table_schema, t.table_name",
+                (table,),
+            ).fetchone()
+    except InternalError:  # not even a name (`a.b.c.d`, another database's): to_regclass refuses to look
+        found = None
     if found is None:
         raise TableNotTracked(
             f"{table} is not a tracked table", hint="SELECT * FROM flux.tracked_tables lists them"

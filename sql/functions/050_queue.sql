@@ -16,15 +16,29 @@ AS $$
     END
 $$;
 
+-- The advisory lock of one idempotency key.
+CREATE OR REPLACE FUNCTION flux.job_key_lock(tenant uuid, queue_name text, key text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE
+    SET search_path = ''
+AS $$
+    SELECT pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0)
+$$;
+
 -- Serialises everything that creates or finishes a job with one idempotency key, so a key pushed again while
--- its job moves to flux.job_history still finds that job.
+-- its job moves to flux.job_history still finds that job. The key's lock is taken before the job's row.
 CREATE OR REPLACE FUNCTION flux.lock_job_key(tenant uuid, queue_name text, key text) RETURNS void
     LANGUAGE sql VOLATILE
     SET search_path = ''
 AS $$
-    SELECT pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0))
-     WHERE key IS NOT NULL
+    SELECT pg_catalog.pg_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key)) WHERE key IS NOT NULL
+$$;
+
+-- The same lock for one holding the job's row already (the reaper): taken only if free, or it could deadlock.
+CREATE OR REPLACE FUNCTION flux.try_lock_job_key(tenant uuid, queue_name text, key text) RETURNS boolean
+    LANGUAGE sql VOLATILE
+    SET search_path = ''
+AS $$
+    SELECT key IS NULL OR pg_catalog.pg_try_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key))
 $$;
 
 -- Enqueue jobs in the caller's transaction (a rolled-back request enqueues nothing). `jobs` is a JSON array of
@@ -350,6 +364,7 @@ BEGIN
     FOR job IN SELECT * FROM flux.jobs AS j
                 WHERE j.status = 'running' AND j.locked_until < pg_catalog.now()
                   FOR UPDATE SKIP LOCKED LOOP
+        CONTINUE WHEN NOT flux.try_lock_job_key(job.tenant_id, job.queue, job.idempotency_key);  -- next round
         error := pg_catalog.jsonb_build_object(
             'code', 'FX404', 'message',
             pg_catalog.format('worker %s stopped during attempt %s (its lease expired)', job.locked_by, job.attempts));
@@ -412,12 +427,21 @@ BEGIN
                                                             ELSE 'wait for it to run' END;
     END IF;
     IF job.status = 'failed' THEN
-        UPDATE flux.jobs AS j SET run_at = pg_catalog.now() WHERE j.id = job_id RETURNING * INTO job;
+        UPDATE flux.jobs AS j SET run_at = pg_catalog.now() WHERE j.id = job_id AND j.status = 'failed'
+        RETURNING * INTO job;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'job % changed while it was being retried', job_id
+                USING ERRCODE = 'FX405', HINT = 'look at it again with `flux queue show`';
+        END IF;
         PERFORM pg_catalog.pg_notify('flux_jobs', job.queue);
         RETURN pg_catalog.to_jsonb(job);
     END IF;
     PERFORM flux.lock_job_key(job.tenant_id, job.queue, job.idempotency_key);
     DELETE FROM flux.job_history AS h WHERE h.id = job_id;
+    IF NOT FOUND THEN  -- another retry took it first
+        RAISE EXCEPTION 'job % changed while it was being retried', job_id
+            USING ERRCODE = 'FX405', HINT = 'look at it again with `flux queue show`';
+    END IF;
     BEGIN
         INSERT INTO flux.jobs (id, tenant_id, queue, function, payload, status, priority, run_at, attempts,
                                max_attempts, idempotency_key, last_error, parent_request_id, created_at, role,

@@ -92,9 +92,14 @@ def test_schedules_through_the_management_api(dsn: str, conn: Conn, project: Pat
         assert made.json["next_run_at"].endswith(":00:00Z") or made.json["next_run_at"].endswith(
             ":00:00+00:00"
         )
-        bad = client.simulate_put("/flux/api/cron/x", headers=admin,
-                                  json={"schedule": "every hour", "function": "hello"})  # fmt: skip
-        assert bad.status_code == 400 and bad.json["code"] == "FX406"
+        for body in ({"schedule": "every hour", "function": "hello"},
+                     {"schedule": "* * * * *", "function": "hello", "timezone": "Europe"}):  # fmt: skip
+            bad = client.simulate_put("/flux/api/cron/x", headers=admin, json=body)
+            assert bad.status_code == 400 and bad.json["code"] == "FX406", bad.json
+        for path, params, code in (("/flux/api/state/a.b.c.d/history", "key=1", "FX504"),
+                                   ("/flux/api/requests", "since_s=99999999999999", "FX607")):  # fmt: skip
+            refused = client.simulate_get(path, headers=admin, query_string=params)
+            assert refused.status_code < 500 and refused.json["code"] == code, refused.json
         theirs = client.simulate_put("/flux/api/cron/digest", headers=admin,
                                      json={"schedule": "* * * * *", "function": "hello"})  # fmt: skip
         assert theirs.status_code == 400 and "comes from flux.toml" in theirs.json["message"]

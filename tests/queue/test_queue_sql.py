@@ -4,6 +4,7 @@ never overlap (SKIP LOCKED), completion, retries with backoff, dead jobs, lost l
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import psycopg
@@ -177,6 +178,28 @@ def test_a_lost_lease_counts_the_attempt_and_the_job_runs_again(conn: Conn) -> N
         (1, False, "FX404"),
         (2, True, None),
     ]
+
+
+def test_a_key_pushed_while_its_job_is_reaped_dead_answers_with_that_job(dsn: str, conn: Conn) -> None:
+    (job,) = jobs.push(conn, [{"function": "f", "idempotency_key": "k", "max_attempts": 1}])
+    _claim(conn, "gone", lease_s=0.01)
+    conn.execute("SELECT pg_sleep(0.05)")
+    pushed: list[Any] = []
+    with psycopg.connect(dsn) as reaper:
+        assert reaper.execute("SELECT flux.reap_jobs()").fetchone() == (1,)  # dead, not yet committed
+        pusher = threading.Thread(target=lambda: pushed.append(_push_alone(dsn, "k")))
+        pusher.start()
+        pusher.join(0.5)
+        assert pusher.is_alive()  # waits for the key
+        reaper.commit()
+    pusher.join(10)
+    assert pushed == [[{"id": job["id"], "created": False}]]
+    assert _status(conn, job["id"]) == ("dead", 1, "FX404")
+
+
+def _push_alone(dsn: str, key: str) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True) as own:
+        return jobs.push(own, [{"function": "f", "idempotency_key": key}])
 
 
 def test_leases_are_extended_only_for_the_worker_holding_them(conn: Conn) -> None:

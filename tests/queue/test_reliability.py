@@ -1,7 +1,8 @@
 """The queue under real worker processes (`flux worker`): two of them share 10,000 jobs and each job completes
-exactly once, and a schedule's tick due as both start fires once; a worker killed with SIGKILL mid-job loses nothing (the job runs again once its lease expires,
-and its first attempt's writes are gone); a job running longer than its lease keeps it, so it never runs twice
-at once; SIGTERM lets a running job finish."""
+exactly once, and a schedule's tick due as both start fires once; a worker killed with SIGKILL mid-job loses
+nothing (the job runs again once its lease expires, and its first attempt's writes are gone); a job running
+longer than its lease keeps it, so it never runs twice at once; SIGTERM lets a running job finish, its lease
+kept; a worker whose slots are all taken sleeps."""
 
 from __future__ import annotations
 
@@ -151,3 +152,28 @@ def test_sigterm_lets_the_running_job_finish_and_claims_no_more(conn: Conn, work
         (running["id"], "done"), (waiting["id"], "queued")
     ]  # fmt: skip
     assert conn.execute("SELECT job_id FROM tally").fetchall() == [(running["id"],)]
+
+
+def test_a_stopping_worker_keeps_its_running_jobs_leases(conn: Conn, workers: Any) -> None:
+    stopping = workers("-c", "1", "--lease", "1")
+    (job,) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 3}}])
+    wait_for(conn, f"SELECT status FROM flux.jobs WHERE id = {job['id']}", ("running",), timeout=30)
+    workers("-c", "1", "--lease", "1")  # would take the job over if the stopping worker let its lease lapse
+    stopping.send_signal(signal.SIGTERM)
+    assert stopping.wait(timeout=30) == 0
+    assert [(run["attempt"], run["ok"]) for run in jobs.get_job(conn, job["id"])["runs"]] == [(1, True)]
+    assert conn.execute("SELECT count(*) FROM tally").fetchone() == (1,)
+
+
+def test_a_worker_with_every_slot_taken_waits_without_spinning(conn: Conn, workers: Any) -> None:
+    worker = workers("-c", "1")
+    jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 3}} for _ in range(3)])
+    wait_for(conn, "SELECT count(*) FROM flux.jobs WHERE status = 'running'", (2,), timeout=30)
+    before = _cpu_seconds(worker.pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(worker.pid) - before < 0.5  # a busy loop would burn about 1.5 s
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -157,6 +157,18 @@ def test_a_failing_job_is_retried_with_backoff_then_dead_with_its_error(
     assert requests == (3, False, "job")
 
 
+def test_a_worker_whose_connection_is_cut_claims_again(conn: Conn, worker: QueueWorker) -> None:
+    (first,) = jobs.push(conn, [{"function": "record", "payload": {"n": 1}}])
+    wait_for(conn, f"SELECT status FROM flux.job_history WHERE id = {first['id']}", ("done",))
+    cut = conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE usename = 'flux_authenticator' AND datname = current_database()"
+    ).fetchone()
+    assert cut is not None and cut[0] >= 3  # the dispatcher's, the listener's, the runners' connections
+    (second,) = jobs.push(conn, [{"function": "record", "payload": {"n": 2}}])
+    wait_for(conn, f"SELECT status FROM flux.job_history WHERE id = {second['id']}", ("done",))
+
+
 def test_a_project_schedule_is_deployed_and_fires_each_tick_once(
     project: Path, dsn: str, conn: Conn, worker: QueueWorker
 ) -> None:
