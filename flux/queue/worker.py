@@ -2,9 +2,9 @@
 thread: one running, one ready) and runs each on a thread as a request of kind `job` (or `cron`), recorded
 like an HTTP request.
 
-A job that changed data is marked done in its attempt's own transaction, with those writes and the request's
-record, so its effects commit exactly once. A job that changed no data is marked done with its record, in a
-batch written off the runner's path (flux/trace/writer.py): a crash before that batch only runs it again. A
+A job that used the database is marked done in its attempt's own transaction, with its writes and the
+request's record, so its effects commit exactly once. A job that never did is marked done with its record, in
+a batch written off the runner's path (flux/trace/writer.py): a crash before that batch only runs it again. A
 failed attempt is retried after a backoff, then kept as `dead`. Idle workers sleep until NOTIFY flux_jobs (a
 push committed) or the poll interval (a missed notification, a retry coming due). Every held job's lease is
 extended while it runs; a worker that dies (kill -9) stops extending, and any worker's `flux.reap_jobs()`
@@ -90,7 +90,7 @@ class QueueWorker:
         self.secrets = SecretCache(settings.project_dir)
         self.fetch_policy = FetchPolicy(allow=settings.fetch_allow)
         # one connection per runner thread, and one for the writer of records (and "done"s) of jobs that
-        # changed no data
+        # never used the database
         self.pool = db.create_pool(
             self.dsn, max_size=self.options.concurrency + 1, name="flux-queue", autocommit=True
         )
