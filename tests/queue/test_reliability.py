@@ -133,9 +133,9 @@ def test_a_killed_worker_loses_nothing_and_its_job_runs_again(conn: Conn, worker
 
 
 def test_a_job_longer_than_its_lease_is_never_taken_over(conn: Conn, workers: Any) -> None:
-    workers("-c", "2", "--lease", "1")
-    workers("-c", "2", "--lease", "1")
-    (job,) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 3}}])
+    workers("-c", "2", "--lease", "2")
+    workers("-c", "2", "--lease", "2")
+    (job,) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 5}}])
     wait_for(conn, f"SELECT status FROM flux.all_jobs WHERE id = {job['id']}", ("done",), timeout=60)
     assert [(run["attempt"], run["ok"]) for run in jobs.get_job(conn, job["id"])["runs"]] == [(1, True)]
     assert conn.execute("SELECT count(*) FROM tally").fetchone() == (1,)
@@ -155,10 +155,10 @@ def test_sigterm_lets_the_running_job_finish_and_claims_no_more(conn: Conn, work
 
 
 def test_a_stopping_worker_keeps_its_running_jobs_leases(conn: Conn, workers: Any) -> None:
-    stopping = workers("-c", "1", "--lease", "1")
-    (job,) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 3}}])
+    stopping = workers("-c", "1", "--lease", "2")
+    (job,) = jobs.push(conn, [{"function": "tally", "payload": {"sleep_s": 5}}])
     wait_for(conn, f"SELECT status FROM flux.jobs WHERE id = {job['id']}", ("running",), timeout=30)
-    workers("-c", "1", "--lease", "1")  # would take the job over if the stopping worker let its lease lapse
+    workers("-c", "1", "--lease", "2")  # would take the job over if the stopping worker let its lease lapse
     stopping.send_signal(signal.SIGTERM)
     assert stopping.wait(timeout=30) == 0
     assert [(run["attempt"], run["ok"]) for run in jobs.get_job(conn, job["id"])["runs"]] == [(1, True)]
