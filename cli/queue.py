@@ -145,14 +145,8 @@ def stats(project: ProjectDir = Path(".")) -> None:
         counts = " ".join(
             f"{row[k]:>7}" for k in ("queued", "scheduled", "running", "retrying", "dead", "done_last_hour")
         )
-        typer.echo(f"{row['queue']:<12} {counts}  {_wait(row['oldest_due'])}")
-
-
-def _wait(value: Any) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds() if hasattr(value, "total_seconds") else float(value)
-    return f"{seconds:.1f}s"
+        wait = "-" if row["oldest_due_s"] is None else f"{row['oldest_due_s']:.1f}s"
+        typer.echo(f"{row['queue']:<12} {counts}  {wait}")
 
 
 @app.command("retry")

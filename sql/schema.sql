@@ -2405,7 +2405,7 @@ CREATE VIEW flux.queue_stats AS
     COALESCE(hot.retrying, (0)::bigint) AS retrying,
     COALESCE(finished.dead, (0)::bigint) AS dead,
     COALESCE(finished.done_last_hour, (0)::bigint) AS done_last_hour,
-    hot.oldest_due
+    (EXTRACT(epoch FROM hot.oldest_due))::double precision AS oldest_due_s
    FROM (hot
      FULL JOIN finished ON ((finished.queue = hot.queue)));
 
@@ -2414,7 +2414,7 @@ CREATE VIEW flux.queue_stats AS
 -- Name: VIEW queue_stats; Type: COMMENT; Schema: flux; Owner: -
 --
 
-COMMENT ON VIEW flux.queue_stats IS 'Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job''s wait.';
+COMMENT ON VIEW flux.queue_stats IS 'Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job''s wait (s).';
 
 
 --

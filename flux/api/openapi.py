@@ -101,7 +101,7 @@ _PUSHED = _object({"items": {"type": "array", "items": _PUSHED_JOB}})  # fmt: sk
 _COUNT = {"type": "integer"}
 _QUEUE_STATS = _object({"queue": _TEXT, "queued": _COUNT, "scheduled": _COUNT, "running": _COUNT,
                         "retrying": _COUNT, "dead": _COUNT, "done_last_hour": _COUNT,
-                        "oldest_due": {"nullable": True}})  # fmt: skip
+                        "oldest_due_s": {"type": "number", "nullable": True}})  # fmt: skip
 _SCHEDULE_FIELDS = {"schedule": _TEXT, "function": _TEXT, "timezone": _TEXT, "payload": {"nullable": True},
                     "queue": _TEXT, "enabled": {"type": "boolean"}}  # fmt: skip
 _SCHEDULE = _object({**_SCHEDULE_FIELDS, "name": _TEXT, "next_run_at": _WHEN, "last_run_at": _MAYBE_WHEN,

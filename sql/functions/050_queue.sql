@@ -514,8 +514,9 @@ SELECT * FROM flux.job_history;
 COMMENT ON VIEW flux.all_jobs IS 'Every job: those waiting or running (flux.jobs) and the finished (flux.job_history).';
 
 -- Per queue: jobs due now, scheduled later, running, waiting for a retry, dead, done in the last hour, and how
--- long the oldest due job has waited.
-CREATE OR REPLACE VIEW flux.queue_stats AS
+-- long the oldest due job has waited, in seconds.
+DROP VIEW IF EXISTS flux.queue_stats;  -- its last column changed (an interval became seconds)
+CREATE VIEW flux.queue_stats AS
 WITH hot AS (
     SELECT j.queue,
            pg_catalog.count(*) FILTER (WHERE j.status = 'queued' AND j.run_at <= pg_catalog.now()) AS queued,
@@ -538,11 +539,11 @@ SELECT coalesce(hot.queue, finished.queue) AS queue,
        coalesce(hot.queued, 0) AS queued, coalesce(hot.scheduled, 0) AS scheduled,
        coalesce(hot.running, 0) AS running, coalesce(hot.retrying, 0) AS retrying,
        coalesce(finished.dead, 0) AS dead, coalesce(finished.done_last_hour, 0) AS done_last_hour,
-       hot.oldest_due
+       EXTRACT(epoch FROM hot.oldest_due)::double precision AS oldest_due_s
   FROM hot FULL JOIN finished ON finished.queue = hot.queue;
 
 COMMENT ON VIEW flux.queue_stats IS
-    'Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job''s wait.';
+    'Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, and the oldest due job''s wait (s).';
 
 -- Owned by flux_recorder, which needs CREATE on the schema only for the moment of the change.
 DO $$

@@ -109,6 +109,10 @@ def test_schedules_through_the_management_api(dsn: str, conn: Conn, project: Pat
         assert client.simulate_delete("/flux/api/cron/hourly", headers=admin).json["code"] == "FX605"
         pushed = client.simulate_post("/flux/api/jobs", headers=admin, json={"jobs": [{"function": "nope"}]})
         assert pushed.status_code == 400 and pushed.json["code"] == "FX402"
+        pushed = client.simulate_post("/flux/api/jobs", headers=admin, json={"jobs": [{"function": "hello"}]})
+        assert pushed.status_code == 201 and pushed.json["items"][0]["created"]
+        (waiting,) = client.simulate_get("/flux/api/jobs/stats", headers=admin).json["items"]
+        assert waiting["queued"] == 1 and waiting["oldest_due_s"] >= 0
     # a deploy keeps the API's schedules and the project's in sync with flux.toml
     assert conn.execute("SELECT name, source FROM flux.cron").fetchall() == [("digest", "project")]
 
