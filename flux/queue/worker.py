@@ -306,7 +306,9 @@ class QueueWorker:
                 log.error("extending job leases failed: %s", exc)
                 continue
             kept = {row[0] for row in rows}
-            for job_id in set(held) - kept:
+            with self._held_lock:  # a job that finished meanwhile is simply gone
+                lost = [job_id for job_id in set(held) - kept if job_id in self._held]
+            for job_id in lost:
                 log.warning("job %d was taken over by another worker (its lease expired)", job_id)
         if conn is not None:
             conn.close()
