@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 
 from flux.data.plan import (
     COMPARISONS,
@@ -29,7 +30,9 @@ from flux.data.plan import (
     WritePlan,
 )
 
-DIALECT = "postgres"
+# The dialect, loaded with this module. Named by a string, sqlglot loads it at the first compile, and threads
+# compiling at once (a queue worker's) could get it half made: its `$1` came out as the default `@1`.
+DIALECT = Postgres()
 _EMPTY_ARRAY = exp.cast(exp.Literal.string("[]"), "json")
 
 
