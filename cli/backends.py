@@ -163,9 +163,9 @@ class ViaDatabase:
         return list_schedules(self.conn)
 
     def trace(self, request_id: str) -> Trace:
-        from flux.trace.tree import load_trace, resolve_request_id
+        from flux.trace.tree import find_trace
 
-        return load_trace(self.conn, resolve_request_id(self.conn, request_id))
+        return find_trace(self.conn, request_id)
 
     def requests(self, filters: Row) -> list[Row]:
         from flux.trace.tree import list_requests

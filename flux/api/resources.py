@@ -256,12 +256,11 @@ class _Api:
     def on_get_request(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         """A request's whole record (its id, or a prefix only it has)."""
         with self._conn(req) as conn:
-            _answer(resp, tree.trace_record(tree.load_trace(conn, tree.resolve_request_id(conn, request_id))))
+            _answer(resp, tree.trace_record(tree.find_trace(conn, request_id)))
 
     def on_get_why(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         with self._conn(req) as conn:
-            trace = tree.load_trace(conn, tree.resolve_request_id(conn, request_id))
-            _answer(resp, why.why_record(why.explain_request(conn, trace)))
+            _answer(resp, why.why_record(why.explain_request(conn, tree.find_trace(conn, request_id))))
 
     def on_get_history(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
         key = req.get_param("key", required=True)

@@ -51,9 +51,8 @@ class WorkerOptions:
     concurrency: int = 4  # jobs run at once, one thread each
     queues: tuple[str, ...] | None = None  # None: every queue
     lease_s: float = 30.0  # a job whose worker stopped extending this is taken over
-    poll_s: float = (
-        1.0  # the longest sleep without a notification (and how often leases and schedules are checked)
-    )
+    # the longest sleep without a notification, and how often lost leases and schedules are checked
+    poll_s: float = 1.0
     retry_base_s: float = 1.0  # the first retry's delay; each next one doubles (with jitter), at most an hour
     shutdown_s: float = 30.0  # how long SIGTERM waits for running jobs
 
@@ -192,8 +191,7 @@ class QueueWorker:
             )
         except FluxError as exc:
             log.error("claiming jobs failed: %s", exc)
-            self._stopping.wait(self.options.poll_s)
-            return []
+            return []  # the dispatcher waits before it tries again
         claimed = [
             Claimed(
                 r["id"],

@@ -85,6 +85,11 @@ TRACE_STATEMENTS = (
 )
 
 
+def find_trace(conn: Any, given: str) -> Trace:
+    """The whole record of the request `given` names: its id, or a prefix only it has."""
+    return load_trace(conn, resolve_request_id(conn, given))
+
+
 def load_trace(conn: Any, request_id: str) -> Trace:
     """The whole record of one request."""
     request, *parts = TRACE_STATEMENTS
