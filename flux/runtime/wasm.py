@@ -85,10 +85,14 @@ def limited_store(engine: Engine, limits: FunctionLimits) -> Store:
 @contextmanager
 def running(host: Host, store: Store) -> Iterator[_Run]:
     """Make `host` this thread's active run while Wasm runs, with WASI's stdout and stderr as its log lines
-    (the last, unterminated one is logged at the end)."""
+    (the last, unterminated one is logged at the end); then free the store.
+
+    The store is closed here rather than left to the garbage collector: each one holds an instance's memory
+    reservation (4 GiB of address space), and wasmtime-py keeps WASI's output callbacks, which refer to the
+    run and so to the store, in a global table until the store is freed: left alone, no store ever was."""
     run = _current.run = _Run(host, store)
     wasi = WasiConfig()
-    wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)
+    wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)  # called on wasmtime's threads
     wasi.stderr_custom = lambda data: capture_output(run, "stderr", data)
     store.set_wasi(wasi)
     try:
@@ -96,6 +100,8 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
     finally:
         _flush_output(run)
         _current.run = None
+        run.memory = None
+        store.close()
 
 
 @dataclass(frozen=True)

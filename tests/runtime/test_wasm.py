@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -174,3 +175,27 @@ def test_compiled_code_is_cached_on_disk_by_its_sha256(tmp_path: Any) -> None:
     (tmp_path / f"{first.sha256}.cwasm").write_bytes(b"not a compiled module")  # a stale or foreign cache
     again = WasmRuntime(tmp_path).load(code)  # a new process: reads the cache, or compiles again
     assert again.sha256 == first.sha256 and (tmp_path / f"{first.sha256}.cwasm").stat().st_size > 100
+
+
+def test_each_run_frees_its_store_so_a_worker_does_not_run_out_of_address_space(call: Any) -> None:
+    # Every instance reserves 4 GiB of address space for its memory; a store that outlived its run (WASI's
+    # output callbacks once kept it alive) used up a worker's 128 TiB within about 30,000 requests.
+    printer = wat(
+        "printer",
+        """(func (export "flux_handle") (param i32 i32) (result i64)
+             (i32.store (i32.const 0) (i32.const 8)) (i32.store (i32.const 4) (i32.const 3))
+             (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100)))
+             (i64.const 68719476738))
+           (data (i32.const 8) "hi\\n") (data (i32.const 16) "{}")""",
+        imports='(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))',
+    )
+    assert call(printer).error is None
+    before = _address_space_bytes()
+    for _ in range(20):
+        assert call(printer).error is None
+    assert _address_space_bytes() - before < 4 << 30
+
+
+def _address_space_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmSize:")[1].split()[0]) * 1024
