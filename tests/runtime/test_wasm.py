@@ -187,7 +187,8 @@ def test_each_run_frees_its_store_so_a_worker_does_not_run_out_of_address_space(
              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100)))
              (i64.const 68719476738))
            (data (i32.const 8) "hi\\n") (data (i32.const 16) "{}")""",
-        imports='(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))',
+        imports='(import "wasi_snapshot_preview1" "fd_write"'
+        " (func $fd_write (param i32 i32 i32 i32) (result i32)))",
     )
     assert call(printer).error is None
     before = _address_space_bytes()
