@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from flux import jsontext
+from flux import jsontext, pipeline
 from flux.errors import (
     ConstraintViolation,
     DatabaseUnreachable,
@@ -30,6 +30,7 @@ from flux.errors import (
     QueryTimedOut,
     error_for_code,
 )
+from flux.pipeline import Statement
 
 MINIMUM_SERVER_VERSION = 140000
 CONNECT_TIMEOUT_S = 5
@@ -93,7 +94,8 @@ def create_pool(
         max_size=max_size,
         name=name,
         open=False,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": autocommit},
+        # flux.pipeline prepares the statements; psycopg's own would be deallocated with ours on rollbacks
+        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": autocommit, "prepare_threshold": None},
     )
 
 
@@ -185,58 +187,54 @@ def request_transaction(
         yield conn
 
 
-_RAW_CURSORS: weakref.WeakKeyDictionary[psycopg.Connection[Any], psycopg.RawCursor[Any]] = (
+_SENT_WITH_NEXT: weakref.WeakKeyDictionary[psycopg.Connection[Any], list[Statement]] = (
     weakref.WeakKeyDictionary()
 )
+_SENT_WITH_EACH: weakref.WeakKeyDictionary[psycopg.Connection[Any], Statement] = weakref.WeakKeyDictionary()
 
 
-def _raw_cursor(conn: psycopg.Connection[Any]) -> psycopg.RawCursor[Any]:
-    """One `$n`-placeholder cursor per connection, reused (making one costs more than a short query's parse).
-    Safe because a Flux connection serves one request, in one thread, at a time."""
-    cursor = _RAW_CURSORS.get(conn)
-    if cursor is None or cursor.closed:
-        cursor = _RAW_CURSORS[conn] = psycopg.RawCursor(conn)
-        jsontext.adapt(cursor)
-    return cursor
-
-
-_SENT_WITH_NEXT: weakref.WeakKeyDictionary[psycopg.Connection[Any], list[bytes]] = weakref.WeakKeyDictionary()
-
-
-def send_with_next(conn: psycopg.Connection[Any], statement: bytes) -> None:
-    """Run `statement` (no parameters) just before the next statement run on `conn` through this module's
-    `execute_*` functions, in the same round trip: a request's BEGIN and settings ride on its first query."""
+def send_with_next(conn: psycopg.Connection[Any], statement: Statement) -> None:
+    """Run `statement` just before the next statement run on `conn` through this module's `execute_*`
+    functions, in the same round trip: a request's BEGIN and settings ride on its first query."""
     _SENT_WITH_NEXT.setdefault(conn, []).append(statement)
 
 
-def take_unsent(conn: psycopg.Connection[Any]) -> list[bytes]:
-    """The statements `send_with_next` queued on `conn` that no statement has carried yet (now forgotten)."""
+def send_with_each(conn: psycopg.Connection[Any], statement: Statement) -> None:
+    """Run `statement` before every statement run on `conn` through this module's `execute_*` functions, in
+    its round trip, until `take_unsent`: the settings of a request that opens no transaction."""
+    _SENT_WITH_EACH[conn] = statement
+
+
+def take_unsent(conn: psycopg.Connection[Any]) -> list[Statement]:
+    """The statements `send_with_next` queued on `conn` that no statement has carried yet (now forgotten);
+    `send_with_each`'s statement is forgotten too."""
+    _SENT_WITH_EACH.pop(conn, None)
     return _SENT_WITH_NEXT.pop(conn, [])
 
 
-def _execute(cursor: Any, query: bytes, params: list[Any]) -> Any:
-    """`cursor.execute`, preceded by the statements queued for it, all in one pipeline (one round trip)."""
-    waiting = _SENT_WITH_NEXT.pop(cursor.connection, None)
-    if not waiting:
-        return cursor.execute(query, params)
-    conn = cursor.connection
-    with conn.pipeline():
-        for statement in waiting:
-            conn.execute(statement, prepare=False)
-        cursor.execute(query, params)
-    return cursor
+def _execute(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> pipeline.Result:
+    """Run one statement, preceded by the statements queued for it, in one round trip."""
+    statements = [Statement(query.encode(), _bind(params))]
+    waiting = _SENT_WITH_NEXT.pop(conn, None)
+    if waiting:
+        statements[:0] = waiting
+    each = _SENT_WITH_EACH.get(conn)
+    if each is not None:
+        statements.insert(0, each)
+    return pipeline.run(conn, statements)
 
 
 def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; one row back."""
     with translate_errors():
-        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).fetchone()  # type: ignore[no-any-return]
+        rows = _execute(conn, query, params).rows
+        return rows[0] if rows else None
 
 
 def execute_command(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> int:
     """Run SQL with `$n` placeholders that returns no rows; the number of rows it affected."""
     with translate_errors():
-        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).rowcount  # type: ignore[no-any-return]
+        return _execute(conn, query, params).rowcount
 
 
 def _bind(params: list[Any]) -> list[Any]:
@@ -246,7 +244,7 @@ def _bind(params: list[Any]) -> list[Any]:
 def execute_rows(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> list[tuple[Any, ...]]:
     """Run SQL with `$n` placeholders (a compiled plan), binding JSON values as jsonb; every row back."""
     with translate_errors():
-        return _execute(_raw_cursor(conn), query.encode(), _bind(params)).fetchall()  # type: ignore[no-any-return]
+        return _execute(conn, query, params).rows
 
 
 def execute_statement(
@@ -254,11 +252,9 @@ def execute_statement(
 ) -> tuple[list[dict[str, Any]], int]:
     """Run one user-written statement with `$n` parameters: its rows (as dicts) and the rows it affected."""
     with translate_errors():
-        cursor = psycopg.RawCursor(conn, row_factory=dict_row)
-        jsontext.adapt(cursor)
-        _execute(cursor, query.encode(), _bind(params))
-        rows = cursor.fetchall() if cursor.description else []
-        return rows, max(cursor.rowcount, 0)
+        result = _execute(conn, query, params)
+    rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+    return rows, max(result.rowcount, 0)
 
 
 def fetch_dicts(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> list[dict[str, Any]]:
@@ -311,9 +307,12 @@ class RequestTransaction:
 
     It begins with the request's first database call (`begin`): BEGIN and the request's settings go in one
     pipeline with that call's statement, one round trip for the three. It ends with the request's record
-    (`commit`): back to the connecting role, the record and COMMIT go as one query. A request that never
-    touched the database costs one round trip, its record, committed on its own. Settings are sent as literals
-    escaped by libpq (some travel in a simple-protocol query with other statements)."""
+    (`commit`): back to the connecting role, the record and COMMIT go as one query (values escaped by libpq:
+    it travels as a simple-protocol query). A request that never touched the database costs one round trip,
+    its record, committed on its own.
+
+    A request known to run `reads_only` (a `POST /db/query` select) takes no BEGIN nor COMMIT: each of its
+    statements goes with the settings in one pipeline, which is one implicit transaction."""
 
     def __init__(
         self,
@@ -324,11 +323,13 @@ class RequestTransaction:
         claims: dict[str, Any] | None = None,
         tenant_id: str | None = None,
         statement_timeout_ms: int | None = None,
+        reads_only: bool = False,
     ) -> None:
         if role not in ("anon", "user", "service"):
             raise ValueError(f"not a Flux role: {role!r}")
         self.conn = conn
         self.begun = False
+        self.reads_only = reads_only
         self._settings = {
             "flux.request_id": request_id,
             "flux.claims": jsontext.dumps_text(claims or {}),
@@ -340,19 +341,24 @@ class RequestTransaction:
 
     def begin(self) -> None:
         """Open the transaction as the request's role, with its settings (once; later calls do nothing). Both
-        go with the request's first statement, in its round trip."""
-        if not self.begun:
-            send_with_next(self.conn, _BEGIN)
-            send_with_next(self.conn, _set_local(self.conn, self._settings))
+        go with the request's first statement, in its round trip. For `reads_only`, the settings go with every
+        statement until the request ends (`end`, `commit` or `rollback`), and there is no transaction to
+        open."""
+        if self.reads_only:
+            send_with_each(self.conn, _settings_statement(self._settings))
+        elif not self.begun:
+            send_with_next(self.conn, pipeline.BEGIN)
+            send_with_next(self.conn, _settings_statement(self._settings))
             self.begun = True
 
     def mark(self, name: str, value: str) -> None:
         """Set the transaction-local setting `name` for the statements that follow (with the next one)."""
-        send_with_next(self.conn, _set_local(self.conn, {name: value}))
+        send_with_next(self.conn, _settings_statement({name: value}))
 
     def apply(self) -> None:
         """Take on the request's role and settings in a transaction the caller opened."""
-        self._send(_set_local(self.conn, self._settings))
+        with translate_errors():
+            pipeline.run(self.conn, [_settings_statement(self._settings)])
 
     def commit(self, record: bytes, *, durable: bool) -> None:
         """Run `record` (a statement with its values inlined) as the connecting role and commit it with the
@@ -361,13 +367,15 @@ class RequestTransaction:
             write_alone(self.conn, record, durable=durable)
             return
         settings = {"role": "none"} if durable else {"role": "none", "synchronous_commit": "off"}
-        self._send(_set_local(self.conn, settings) + b"; " + record + b"; COMMIT")
+        with translate_errors():
+            self.conn.execute(_set_local(self.conn, settings) + b"; " + record + b"; COMMIT", prepare=False)
         self.begun = False
 
     def end(self) -> None:
         """Commit the request's work, if it began any, without a record (written elsewhere)."""
         if self._open():
-            self._send(b"COMMIT")
+            with translate_errors():
+                pipeline.run(self.conn, [pipeline.COMMIT])
             self.begun = False
 
     def rollback(self) -> None:
@@ -382,16 +390,9 @@ class RequestTransaction:
         """Whether the transaction is open in Postgres (a BEGIN that no statement carried never reached it).
         Settings still waiting for a statement are dropped."""
         unsent = take_unsent(self.conn)
-        if unsent[:1] == [_BEGIN]:
+        if unsent[:1] == [pipeline.BEGIN]:
             self.begun = False
         return self.begun
-
-    def _send(self, statements: bytes) -> None:
-        with translate_errors():
-            self.conn.execute(statements, prepare=False)
-
-
-_BEGIN = b"BEGIN"
 
 
 def write_alone(conn: psycopg.Connection[Any], statement: bytes, *, durable: bool = True) -> None:
@@ -407,6 +408,12 @@ def write_alone(conn: psycopg.Connection[Any], statement: bytes, *, durable: boo
 def literal(conn: psycopg.Connection[Any], value: str) -> bytes:
     """`value` as an SQL string literal, escaped by libpq for this connection."""
     return bytes(psycopg.pq.Escaping(conn.pgconn).escape_literal(value.encode()))
+
+
+def _settings_statement(settings: dict[str, str]) -> Statement:
+    """Transaction-local settings as one prepared statement (the names are Flux's own, the values bound)."""
+    calls = ", ".join(f"set_config('{name}', ${i}, true)" for i, name in enumerate(settings, 1))
+    return Statement(f"SELECT {calls}".encode(), list(settings.values()))
 
 
 def _set_local(conn: psycopg.Connection[Any], settings: dict[str, str]) -> bytes:

@@ -278,6 +278,25 @@ def test_db_query_runs_under_the_callers_role_and_is_recorded(conn: Conn, client
     assert [s[1] for s in spans] == ["POST /db/query", "function:db.query", "db:insert(notes)"]
 
 
+def test_every_statement_of_a_db_query_select_runs_as_the_caller(conn: Conn, client: Any, dsn: str) -> None:
+    # A select goes without BEGIN: each of its statements (here the rows, the planned count and the policies)
+    # carries the caller's role and settings itself; one that did not would run as flux_authenticator.
+    conn.execute("CREATE VIEW whoami AS SELECT current_user::text AS role,"
+                 " current_setting('flux.request_id', true) AS request_id;"
+                 " GRANT SELECT ON whoami TO flux_user")  # fmt: skip
+    conn.commit()
+    client.gateway.catalogs.invalidate()
+    headers = {"authorization": f"Bearer {_key(conn)}"}
+    query = {"select": "whoami", "count": "planned", "explain_policies": True}
+    answered = client.simulate_post("/db/query", json=query, headers=headers)
+    assert answered.status_code == 200, answered.json
+    assert answered.json["rows"] == [{"role": "flux_user", "request_id": answered.headers["x-request-id"]}]
+    assert answered.json["count"] == 1 and answered.json["policies"]["row_level"]
+    with psycopg.connect(dsn, user="flux_authenticator") as alone:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            alone.execute("EXPLAIN SELECT * FROM whoami")
+
+
 def test_health_and_ready_are_not_routes(client: Any) -> None:
     assert client.simulate_get("/health").json == {"status": "ok"}
     assert client.simulate_get("/ready").json == {"status": "ready"}  # migrations current, routes loaded

@@ -131,8 +131,11 @@ class Gateway:
                 "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
                 "body": body, "user": dict(caller.claims) if caller.role != "anon" else None,
             }  # fmt: skip
+            # A /db/query select is one read (two with a count): no transaction to open or commit.
+            reads_only = route is DB_QUERY and isinstance(body, dict) and "select" in body
             outcome = self._run(conn, function, request, caller=caller, recorder=recorder, record=record,
-                                traceparent=trace.traceparent(), started=(started_us, clock))  # fmt: skip
+                                traceparent=trace.traceparent(), started=(started_us, clock),
+                                reads_only=reads_only)  # fmt: skip
         _respond(resp, outcome.response)
 
     def invoke_function(self, name: str, data: Json, role: str, admin_key_id: int) -> Any:

@@ -86,6 +86,7 @@ def invoke(
     records: RecordWriter | None = None,
     started: tuple[int, int] | None = None,
     commit_with: bytes | None = None,
+    reads_only: bool = False,
 ) -> Outcome:
     """Run `function` with `request` as input, in one transaction on `conn`, and record it.
 
@@ -95,7 +96,8 @@ def invoke(
     written off the request path. `commit_with` (a statement, values inlined) commits with the record of a run
     that succeeded: a queue worker marks its job done there. With the run's database work, its refusal fails
     the run; for a run that never used the database it goes with the record (written off the path), so a
-    crash can only make the job run again."""
+    crash can only make the job run again. A run known to make `reads_only` calls (a `/db/query` select)
+    sends each with its settings in an implicit transaction, with no BEGIN nor COMMIT."""
     request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
@@ -109,7 +111,7 @@ def invoke(
     span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
     transaction = db.RequestTransaction(
         conn, role=caller.role, request_id=request_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,
-        statement_timeout_ms=limits.timeout_for(caller.role),
+        statement_timeout_ms=limits.timeout_for(caller.role), reads_only=reads_only,
     )  # fmt: skip
     try:
         policy = fetch_policy or FetchPolicy()

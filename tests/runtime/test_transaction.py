@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from flux import db
 from flux.runtime import Outcome
 from tests.fixtures.runtime import function
 
@@ -30,7 +31,11 @@ def round_trips(conn: Conn, run: Any) -> tuple[Outcome, list[str]]:
         finally:
             conn.pgconn.untrace()
         trace.seek(0)
-        return outcome, re.split(r"^B\t\d+\tReadyForQuery.*\n", trace.read(), flags=re.MULTILINE)[:-1]
+        text = trace.read()
+    # Statements prepared by an earlier request go by name: show their text instead.
+    for name, statement in conn.execute("SELECT name, statement FROM pg_prepared_statements").fetchall():
+        text = text.replace(f'"{name}"', f'"{statement}"')
+    return outcome, re.split(r"^B\t\d+\tReadyForQuery.*\n", text, flags=re.MULTILINE)[:-1]
 
 
 def test_a_function_that_never_calls_the_database_costs_one_round_trip(conn: Conn, call: Any) -> None:
@@ -64,6 +69,24 @@ def test_a_database_call_begins_the_transaction_and_the_record_ends_it(conn: Con
         (outcome.request_id,),
     ).fetchall()
     assert spans == [("function:reader",), ("db:select(notes)",)]
+
+
+def test_a_run_of_reads_only_opens_no_transaction_and_leaves_no_settings(conn: Conn, call: Any) -> None:
+    reader = function(
+        "two_reads", "typescript",
+        "export default async function (req, ctx) {"
+        " await ctx.db.query({select: 'notes'}); return await ctx.db.query({select: 'notes'}); }",
+    )  # fmt: skip
+    call(reader, reads_only=True)
+    outcome, sent = round_trips(conn, lambda: call(reader, reads_only=True))
+    assert outcome.error is None
+    assert len(sent) == 3, sent  # each select with the settings, in one pipeline; then the record
+    for select in sent[:2]:
+        assert "set_config('role'" in select and "notes" in select and select.count("\tSync") == 1
+        assert "BEGIN" not in select and "COMMIT" not in select
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    after = db.execute_rows(conn, "SELECT current_user::text, current_setting('flux.request_id', true)", [])
+    assert after in ([("postgres", None)], [("postgres", "")])
 
 
 def test_a_write_refused_at_commit_fails_the_request_and_is_recorded(conn: Conn, call: Any) -> None:

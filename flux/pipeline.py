@@ -1,0 +1,237 @@
+"""Statements sent straight through libpq, several to a round trip: how the request path talks to Postgres.
+
+A list of statements goes out as one libpq pipeline closed by one Sync, so it costs one round trip, and runs
+in one transaction: the one a BEGIN earlier on the connection opened, else an implicit one ending at the Sync.
+Each statement is prepared once per connection (by its text and parameter types, named `flux_N`; the least
+recently used are deallocated past `MAX_PREPARED`). Values are dumped and rows loaded by psycopg's own
+adapters, with Flux's JSON on top (`jsontext.adapt`), so a value means the same as through a psycopg cursor.
+
+Why not psycopg's cursors and pipeline: they cost about 40 to 70 µs of Python a statement, which was most of
+what the gateway spent over a hand-written endpoint (docs/performance.md). A connection used here must be in
+no psycopg pipeline, and is used by one thread at a time (its lock is held).
+"""
+
+from __future__ import annotations
+
+import select
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors, pq
+from psycopg.adapt import PyFormat, Transformer
+
+from flux import jsontext
+
+MAX_PREPARED = 256  # prepared statements kept per connection
+_TEXT = pq.Format.TEXT
+_INVALID_STATEMENT_NAME = "26000"  # a prepared statement Postgres no longer has (DEALLOCATE ALL, DISCARD)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement with `$n` placeholders and its values."""
+
+    sql: bytes
+    params: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the last statement of a round trip answered: its rows (tuples), column names and row count."""
+
+    rows: list[tuple[Any, ...]]
+    columns: list[str]
+    rowcount: int
+
+
+BEGIN = Statement(b"BEGIN")
+COMMIT = Statement(b"COMMIT")
+
+
+def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Result:
+    """Run `statements` in one round trip and answer the last one's result; the first statement that fails
+    raises its psycopg error (the ones after it do not run). A connection that is not in autocommit gets a
+    BEGIN first when no transaction is open, as psycopg would send."""
+    with conn.lock:
+        pgconn = conn.pgconn
+        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            raise psycopg.InterfaceError("the connection is in a psycopg pipeline")
+        if not conn.autocommit and pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            statements = [BEGIN, *statements]
+        state = _state(conn)
+        dumped = [state.dump(statement) for statement in statements]  # a bad value fails before any is sent
+        try:
+            sent = _round_trip(pgconn, state, dumped)
+        except BaseException:
+            conn.close()  # lost or interrupted mid-pipeline: the connection's state is unknown
+            raise
+        _raise_first_error(sent, state, conn.info.encoding)
+        _evict(conn, state)
+    last = sent.answers[-1]
+    loader = Transformer(state.context)
+    loader.set_pgresult(last)
+    rows: list[tuple[Any, ...]] = loader.load_rows(0, last.ntuples, tuple) if last.nfields else []
+    columns = [(last.fname(i) or b"").decode() for i in range(last.nfields)]
+    rowcount = last.command_tuples
+    return Result(rows, columns, -1 if rowcount is None else rowcount)
+
+
+@dataclass
+class _Dumped:
+    sql: bytes
+    key: tuple[bytes, tuple[int, ...]]
+    values: Sequence[Any] | None
+    types: Sequence[int]
+    formats: Sequence[pq.Format]
+
+
+class _ConnectionState:
+    """A connection's adapters (psycopg's, with Flux's JSON) and its prepared statements."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        # psycopg deallocates every prepared statement after a rollback when it has prepared some itself:
+        # ours with them. Flux prepares its own, so psycopg prepares none on a connection used here.
+        conn.prepare_threshold = None
+        self.context = psycopg.RawCursor(conn)
+        jsontext.adapt(self.context)
+        self.prepared: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
+        self.named = 0
+
+    def dump(self, statement: Statement) -> _Dumped:
+        if not statement.params:
+            return _Dumped(statement.sql, (statement.sql, ()), None, (), ())
+        dumper = Transformer(self.context)
+        values = dumper.dump_sequence(statement.params, [PyFormat.AUTO] * len(statement.params))
+        types = tuple(dumper.types or ())
+        return _Dumped(statement.sql, (statement.sql, types), values, types, dumper.formats or ())
+
+    def name_for(self, key: tuple[bytes, tuple[int, ...]]) -> tuple[bytes, bool]:
+        """The statement's prepared name, and whether it must be prepared first."""
+        name = self.prepared.get(key)
+        if name is not None:
+            self.prepared.move_to_end(key)
+            return name, False
+        self.named += 1
+        return f"flux_{self.named}".encode(), True
+
+    def evictions(self) -> list[bytes]:
+        """Names to deallocate, oldest first: past MAX_PREPARED, down to three quarters of it (so that a
+        connection running ever new statements deallocates in batches)."""
+        if len(self.prepared) <= MAX_PREPARED:
+            return []
+        excess = len(self.prepared) - MAX_PREPARED * 3 // 4
+        return [self.prepared.popitem(last=False)[1] for _ in range(excess)]
+
+
+_STATES: weakref.WeakKeyDictionary[psycopg.Connection[Any], _ConnectionState] = weakref.WeakKeyDictionary()
+
+
+def _state(conn: psycopg.Connection[Any]) -> _ConnectionState:
+    state = _STATES.get(conn)
+    if state is None:
+        state = _STATES[conn] = _ConnectionState(conn)
+    return state
+
+
+@dataclass
+class _Sent:
+    results: list[Any]  # every result, in order (a prepare's, then its statement's)
+    answers: list[Any]  # each statement's result
+    prepared: list[tuple[Any, tuple[bytes, tuple[int, ...]], bytes]]  # (prepare's result, key, name)
+
+
+def _round_trip(
+    pgconn: Any, state: _ConnectionState, dumped: list[_Dumped], *, prepare: bool = True
+) -> _Sent:
+    """Send every statement (preparing those new to the connection, unless not `prepare`) and a Sync; read
+    every result."""
+    preparing: list[tuple[int, tuple[bytes, tuple[int, ...]], bytes]] = []
+    answers: list[int] = []
+    sent = 0
+    pgconn.enter_pipeline_mode()
+    for item in dumped:
+        if not prepare:
+            pgconn.send_query_params(item.sql, item.values, item.types or None, item.formats or None, _TEXT)
+            answers.append(sent)
+            sent += 1
+            continue
+        name, new = state.name_for(item.key)
+        if new:
+            pgconn.send_prepare(name, item.sql, item.types or None)
+            preparing.append((sent, item.key, name))
+            sent += 1
+        pgconn.send_query_prepared(name, item.values, item.formats or None, _TEXT)
+        answers.append(sent)
+        sent += 1
+    pgconn.pipeline_sync()
+    _flush(pgconn)
+    results = _results(pgconn)
+    pgconn.exit_pipeline_mode()
+    return _Sent(
+        results,
+        [results[index] for index in answers],
+        [(results[index], key, name) for index, key, name in preparing],
+    )
+
+
+def _evict(conn: psycopg.Connection[Any], state: _ConnectionState) -> None:
+    """Deallocate the least recently used prepared statements past MAX_PREPARED (a round trip, rarely)."""
+    stale = state.evictions()
+    if not stale:
+        return
+    deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
+    try:
+        sent = _round_trip(conn.pgconn, state, deallocate, prepare=False)
+    except BaseException:
+        conn.close()
+        raise
+    _raise_first_error(sent, state, conn.info.encoding)
+
+
+def _flush(pgconn: Any) -> None:
+    while pgconn.flush() == 1:
+        readable, _ = _wait(pgconn, write=True)
+        if readable:
+            pgconn.consume_input()  # the server answers while we send: read, or both sides block
+
+
+def _results(pgconn: Any) -> list[Any]:
+    """Every result up to the pipeline's Sync (one per message that asks for one)."""
+    results: list[Any] = []
+    while True:
+        while pgconn.is_busy():
+            _wait(pgconn)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            continue  # the end of one statement's results
+        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+            return results
+        results.append(result)
+
+
+def _wait(pgconn: Any, *, write: bool = False) -> tuple[bool, bool]:
+    poller = select.poll()
+    poller.register(pgconn.socket, select.POLLIN | (select.POLLOUT if write else 0))
+    events = 0
+    for _, event in poller.poll():
+        events |= event
+    return bool(events & (select.POLLIN | select.POLLERR | select.POLLHUP)), bool(events & select.POLLOUT)
+
+
+def _raise_first_error(sent: _Sent, state: _ConnectionState, encoding: str) -> None:
+    """Keep the statements prepared (a prepare is not undone by a failure after it), then raise the first
+    error Postgres answered."""
+    for result, key, name in sent.prepared:
+        if result.status == pq.ExecStatus.COMMAND_OK:
+            state.prepared[key] = name
+    for result in sent.results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            error = errors.error_from_result(result, encoding=encoding)
+            if error.sqlstate == _INVALID_STATEMENT_NAME:
+                state.prepared.clear()  # prepared anew at their next use
+            raise error
