@@ -31,7 +31,10 @@ class Query:
 
 
 def create() -> falcon.App:
-    pool = ConnectionPool(os.environ["DATABASE_URL"], min_size=1, max_size=2, kwargs={"autocommit": True})
+    threads = int(os.environ.get("FLUX_THREADS", "1"))  # one connection per thread, as Flux's workers have
+    pool = ConnectionPool(
+        os.environ["DATABASE_URL"], min_size=1, max_size=threads, kwargs={"autocommit": True}
+    )
     app = falcon.App()
     app.add_route("/noop", Noop())
     app.add_route("/db/query", Query(pool))

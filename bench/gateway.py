@@ -20,6 +20,7 @@ import psycopg
 from flux.gateway.auth import new_api_key
 
 DURATION_S = 8
+WORKER_CLASSES = (("sync", 1), ("gthread", 4))  # FLUX_BENCH_WORKER_CLASS=gthread measures one
 CONNECTIONS = 4
 FLUX_TOML = """
 [[routes]]
@@ -59,7 +60,10 @@ def run(dsn: str) -> None:
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-gateway-"))
     try:
         key = _setup(dsn, folder)
-        for worker_class, threads in (("sync", 1), ("gthread", 4)):
+        chosen = os.environ.get("FLUX_BENCH_WORKER_CLASS")
+        for worker_class, threads in WORKER_CLASSES:
+            if chosen and worker_class != chosen:
+                continue
             _compare(dsn, folder, key, worker_class, threads)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

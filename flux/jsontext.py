@@ -16,10 +16,14 @@ import orjson
 from psycopg.abc import AdaptContext
 from psycopg.types.json import set_json_dumps, set_json_loads
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
 
 def loads(text: str | bytes) -> Any:
     """Parse JSON; numbers with a fraction or an exponent become exact `Decimal`s."""
-    return json.loads(text, parse_float=Decimal)
+    if not isinstance(text, str):  # as json.loads reads bytes
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _DECODER.decode(text)
 
 
 def dumps(value: Any) -> bytes:
