@@ -1,9 +1,11 @@
-"""What `flux secrets|tenants|keys|deployments|rollback|queue` and `flux trace|why|state` work on: the
+"""What `flux secrets|tenants|keys|deployments|rollback|queue` and `flux trace|tail|why|state` work on: the
 database (DATABASE_URL, or the project's embedded Postgres) or, when FLUX_URL is set, a Flux server's
 management API. Both answer the same shapes, so each command is written once."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -14,7 +16,10 @@ if TYPE_CHECKING:
     from flux.trace.tree import Trace
     from flux.trace.why import Why
 
+from flux.errors import FluxError
+
 Row = dict[str, Any]
+FOLLOW_POLL_S = 0.5  # how often `flux tail` through the API asks for what was recorded since
 
 
 class Backend(Protocol):
@@ -39,6 +44,7 @@ class Backend(Protocol):
     def list_schedules(self) -> list[Row]: ...
     def trace(self, request_id: str) -> Trace: ...
     def requests(self, filters: Row) -> list[Row]: ...
+    def follow(self, filters: Row) -> Iterator[Row]: ...
     def why(self, request_id: str) -> Why: ...
     def row_history(self, table: str, key: str) -> list[Row]: ...
     def row_blame(self, table: str, key: str) -> list[Row]: ...
@@ -172,6 +178,11 @@ class ViaDatabase:
 
         return list_requests(self.conn, **filters)
 
+    def follow(self, filters: Row) -> Iterator[Row]:
+        from flux.trace.tree import follow_requests
+
+        return follow_requests(self.conn, **filters)
+
     def why(self, request_id: str) -> Why:
         from flux.trace.why import explain_request
 
@@ -275,6 +286,25 @@ class ViaApi:
         params = filters | {"errors": "true" if errors else None,
                             "since_s": None if since is None else int(since.total_seconds())}  # fmt: skip
         return [_times(row) for row in self.api.call("GET", "/flux/api/requests", params=params)["items"]]
+
+    def follow(self, filters: Row) -> Iterator[Row]:
+        """New requests through the API, from the moment this returns: the server keeps their ids for this
+        follower between calls (none is missed) and holds no worker waiting; a call each FOLLOW_POLL_S."""
+        errors = filters.pop("errors", False)
+        params = filters | {"errors": "true" if errors else None}
+        follower = self.api.call("POST", "/flux/api/requests/followers")["id"]
+        return self._followed(f"/flux/api/requests/followers/{follower}", params)
+
+    def _followed(self, path: str, params: Row) -> Iterator[Row]:
+        try:
+            while True:
+                asked = time.monotonic()
+                for row in self.api.call("GET", path, params=params)["items"]:
+                    yield _times(row)
+                time.sleep(max(0.0, FOLLOW_POLL_S - (time.monotonic() - asked)))
+        finally:
+            with contextlib.suppress(FluxError):
+                self.api.call("DELETE", path)
 
     def why(self, request_id: str) -> Why:
         from flux.trace.why import why_from_record

@@ -147,21 +147,16 @@ def tail(
     slow: SlowFilter = None,
     project: ProjectDir = Path("."),
 ) -> None:
-    """New requests as they are recorded (LISTEN/NOTIFY, not polling), one line each, until Ctrl-C."""
-    import os
+    """New requests as they are recorded, one line each, until Ctrl-C: announced by the database
+    (LISTEN/NOTIFY) or, through FLUX_URL, kept for this follower by the server between calls."""
+    from cli.backends import backend
 
-    from cli.backends import database_connection
-    from flux.errors import InvalidRequest
-    from flux.trace.tree import follow_requests
-
-    if os.environ.get("FLUX_URL") and not os.environ.get("DATABASE_URL"):
-        raise InvalidRequest("flux tail listens on the database, not on the management API",
-                             hint="set DATABASE_URL to the server's database")  # fmt: skip
-    with database_connection(project) as conn:
+    with backend(project) as records:
+        rows = records.follow({"route": route, "function": function, "status": status, "errors": errors,
+                               "slow_ms": slow})  # fmt: skip
         typer.echo("following new requests (Ctrl-C stops)", err=True)
         try:
-            for row in follow_requests(conn, route=route, function=function, status=status, errors=errors,
-                                       slow_ms=slow):  # fmt: skip
+            for row in rows:
                 typer.echo(_request_line(row))
         except KeyboardInterrupt:
             pass

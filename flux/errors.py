@@ -397,6 +397,12 @@ class TableNotTracked(FluxError):
     title = "the table does not exist, or Flux does not record its changes"
 
 
+class FollowerGone(FluxError):
+    code = "FX505"
+    http_status = 404
+    title = "a follower of new requests (flux tail through the API) expired or was stopped"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 

@@ -1405,6 +1405,10 @@ BEGIN
         PERFORM pg_catalog.pg_notify('flux_requests', pg_catalog.string_agg(r.id::text, ','))
            FROM (SELECT n.id, (pg_catalog.row_number() OVER () - 1) / 200 AS chunk FROM new_requests n) AS r
           GROUP BY r.chunk;
+        INSERT INTO flux.request_follower_inbox (follower_id, request_id)
+        SELECT f.id, n.id
+          FROM flux.request_followers f CROSS JOIN new_requests n
+         WHERE f.keeps_inbox AND f.expires_at > pg_catalog.now();
     END IF;
     RETURN NULL;
 END
@@ -2443,12 +2447,30 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 
 
 --
+-- Name: request_follower_inbox; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE UNLOGGED TABLE flux.request_follower_inbox (
+    follower_id bigint NOT NULL,
+    request_id uuid NOT NULL
+);
+
+
+--
+-- Name: TABLE request_follower_inbox; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.request_follower_inbox IS 'New request ids waiting for the next call of a follower that keeps an inbox (flux tail through FLUX_URL).';
+
+
+--
 -- Name: request_followers; Type: TABLE; Schema: flux; Owner: -
 --
 
 CREATE UNLOGGED TABLE flux.request_followers (
     id bigint NOT NULL,
-    expires_at timestamp with time zone NOT NULL
+    expires_at timestamp with time zone NOT NULL,
+    keeps_inbox boolean DEFAULT false NOT NULL
 );
 
 
@@ -2457,6 +2479,13 @@ CREATE UNLOGGED TABLE flux.request_followers (
 --
 
 COMMENT ON TABLE flux.request_followers IS 'Sessions following new requests (flux tail): while one is live, new requests are NOTIFYed on flux_requests.';
+
+
+--
+-- Name: COLUMN request_followers.keeps_inbox; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.request_followers.keeps_inbox IS 'Whether the ids of new requests are also kept in flux.request_follower_inbox for this follower (a follower through the management API, which holds no LISTEN between its calls).';
 
 
 --
@@ -3337,6 +3366,13 @@ CREATE INDEX mutations_row_idx ON flux.mutations USING btree (table_schema, tabl
 
 
 --
+-- Name: request_follower_inbox_follower_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX request_follower_inbox_follower_idx ON flux.request_follower_inbox USING btree (follower_id);
+
+
+--
 -- Name: requests_failed_started_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
@@ -3729,6 +3765,14 @@ ALTER TABLE ONLY flux.deployment_functions
 
 ALTER TABLE ONLY flux.deployment_functions
     ADD CONSTRAINT deployment_functions_sha256_fkey FOREIGN KEY (sha256) REFERENCES flux.artifacts(sha256);
+
+
+--
+-- Name: request_follower_inbox request_follower_inbox_follower_fkey; Type: FK CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.request_follower_inbox
+    ADD CONSTRAINT request_follower_inbox_follower_fkey FOREIGN KEY (follower_id) REFERENCES flux.request_followers(id) ON DELETE CASCADE;
 
 
 --

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -258,15 +260,27 @@ def test_tail_prints_new_requests_as_they_are_recorded(dsn: str, tmp_path: Path,
     assert conn.execute("SELECT count(*) FROM flux.request_followers").fetchone() == (0,)
 
 
-def _start_tail(dsn: str, project: Path, *options: str) -> subprocess.Popen[str]:
+def _start_tail(where: str | dict[str, str], project: Path, *options: str) -> subprocess.Popen[str]:
+    """`flux tail` on the database at `where`, or with the environment `where` (FLUX_URL)."""
+    env = where if isinstance(where, dict) else {
+        **os.environ, "DATABASE_URL": where, "PYTHONPATH": str(Path(__file__).resolve().parents[1])
+    }  # fmt: skip
     tail = subprocess.Popen(
-        [sys.executable, "-m", "cli", "tail", *options], cwd=project, text=True,
-        env={**os.environ, "DATABASE_URL": dsn, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        [sys.executable, "-m", "cli", "tail", *options], cwd=project, text=True, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert tail.stderr is not None
     assert "following new requests" in tail.stderr.readline()  # it listens from here on
     return tail
+
+
+def _request_id(url: str) -> str:
+    """The request id the server gave a GET of `url` (any status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answered:
+            return str(answered.headers["x-request-id"])
+    except urllib.error.HTTPError as refused:
+        return str(refused.headers["x-request-id"])
 
 
 def _lines(tail: subprocess.Popen[str], count: int, timeout_s: float = 10) -> list[str]:
@@ -344,8 +358,20 @@ def test_every_inspect_command_answers_the_same_through_the_management_api(
             answered = run(through_api, *args)
             assert answered == run(through_database, *args), args
             assert answered[1] or answered[2].startswith("error FX50"), (args, answered)
-        refused = run(through_api, "tail")
-        assert refused[0] == 1 and "flux tail listens on the database" in refused[2]
+        tail = _start_tail(through_api, tmp_path)  # through the API: the server keeps what it missed
+        try:
+            made = [_request_id(f"{url}/nowhere/{n}") for n in range(3)]
+            followed = _lines(tail, 3)
+        finally:
+            tail.send_signal(signal.SIGINT)
+            tail.communicate(timeout=10)
+        assert [line.split()[2] for line in followed] == made and " 404 FX" in followed[0]
+        assert conn.execute("SELECT count(*) FROM flux.request_followers").fetchone() == (0,)
+        stopped = urllib.request.Request(f"{url}/flux/api/requests/followers/1", headers={
+            "authorization": f"Bearer {through_api['FLUX_ADMIN_KEY']}"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(stopped, timeout=10)
+        assert gone.value.code == 404 and json.loads(gone.value.read())["code"] == "FX505"
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

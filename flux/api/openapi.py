@@ -119,6 +119,8 @@ _REQUEST_ID = {
     "description": "a request id, or a prefix only it has",
 }
 _ROWS = _page({"type": "object"}, _TEXT)
+_FOLLOWER = _param("follower", "integer", "path")
+_FOLLOWING = _object({"id": {"type": "integer"}, "expires_in_s": {"type": "integer"}})
 _RECORD = _object({"request": {"type": "object"}, "spans": {"type": "array", "items": {"type": "object"}},
                    "mutations": {"type": "array", "items": {"type": "object"}},
                    "jobs": {"type": "array", "items": {"type": "object"}},
@@ -224,6 +226,16 @@ def document() -> dict[str, Any]:
                 params=[_LIMIT, _param("route"), _param("function"), _param("status", "integer"),
                         _param("errors", "boolean"), _param("since_s", "integer"),
                         _param("slow_ms", "number")])},
+            "/flux/api/requests/followers": {"post": _call(
+                "Follow new requests (flux tail): their ids wait for the follower's next call", _FOLLOWING,
+                "201")},
+            "/flux/api/requests/followers/{follower}": {
+                "get": _call("The requests recorded since the follower's last call, oldest first", _ROWS,
+                             params=[_FOLLOWER, _param("route"), _param("function"),
+                                     _param("status", "integer"), _param("errors", "boolean"),
+                                     _param("slow_ms", "number")]),
+                "delete": _call("Stop following", None, "204", params=[_FOLLOWER]),
+            },
             "/flux/api/requests/{request_id}": {"get": _call(
                 "A request's whole record: row, spans, row changes, jobs (flux trace)", _RECORD,
                 params=[_REQUEST_ID])},

@@ -47,6 +47,8 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
         ("/flux/api/jobs/{job_id:int}/retry", "retry"), ("/flux/api/jobs/{job_id:int}/cancel", "cancel"),
         ("/flux/api/cron", "cron"), ("/flux/api/cron/{name}", "schedule"),
         ("/flux/api/requests", "requests"), ("/flux/api/requests/{request_id}", "request"),
+        ("/flux/api/requests/followers", "followers"),
+        ("/flux/api/requests/followers/{follower:int}", "follower"),
         ("/flux/api/requests/{request_id}/why", "why"),
         ("/flux/api/state/{table}/history", "history"), ("/flux/api/state/{table}/blame", "blame"),
     ):  # fmt: skip
@@ -252,6 +254,26 @@ class _Api:
                 limit=_limit(req),
             )  # fmt: skip
         _answer(resp, {"items": items, "next": None})
+
+    def on_post_followers(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Follow new requests (`flux tail` through the API): their ids wait in an inbox between calls."""
+        with self._conn(req) as conn:
+            follower = tree.start_following(conn, inbox=True)
+        _answer(resp, {"id": follower, "expires_in_s": tree.FOLLOWER_TTL_S}, falcon.HTTP_201)
+
+    def on_get_follower(self, req: falcon.Request, resp: falcon.Response, follower: int) -> None:
+        with self._conn(req) as conn:
+            items = tree.take_followed(
+                conn, follower, route=req.get_param("route"), function=req.get_param("function"),
+                status=_int_param(req, "status"), errors=req.get_param_as_bool("errors") or False,
+                slow_ms=_number_param(req, "slow_ms"),
+            )  # fmt: skip
+        _answer(resp, {"items": items, "next": None})
+
+    def on_delete_follower(self, req: falcon.Request, resp: falcon.Response, follower: int) -> None:
+        with self._conn(req) as conn:
+            tree.stop_following(conn, follower)
+        resp.status = falcon.HTTP_204
 
     def on_get_request(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         """A request's whole record (its id, or a prefix only it has)."""

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from flux import db
-from flux.errors import InvalidRequest, RequestNotFound
+from flux.errors import FollowerGone, InvalidRequest, RequestNotFound
 
 Row = dict[str, Any]
 _HEX = re.compile(r"^[0-9a-f-]{1,36}$")
@@ -135,22 +135,25 @@ _RENEW_S = 20
 
 
 def follow_requests(conn: Any, **filters: Any) -> Iterator[Row]:
-    """New requests as they are recorded, oldest first, with `list_requests`'s filters."""
-    for ids in announced_requests(conn):
-        yield from reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
+    """New requests as they are recorded, oldest first, with `list_requests`'s filters (followed from the
+    moment this returns)."""
+    announced = announced_requests(conn)
+    return (
+        row for ids in announced for row in reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))
+    )
 
 
 def announced_requests(conn: Any, stop: threading.Event | None = None) -> Iterator[list[str]]:
     """The ids of new requests, as each statement that recorded some announces them on flux_requests (until
-    `stop`). They are announced only while a row of flux.request_followers says someone follows: this keeps
-    one alive, and removes it at the end."""
+    `stop`), from the moment this returns. They are announced only while a row of flux.request_followers says
+    someone follows: this keeps one alive, and removes it at the end."""
+    follower = start_following(conn)
     with db.translate_errors():
-        conn.execute("DELETE FROM flux.request_followers WHERE expires_at < now()")
-        (follower,) = conn.execute(
-            "INSERT INTO flux.request_followers (expires_at) VALUES (now() + %s) RETURNING id",
-            (timedelta(seconds=FOLLOWER_TTL_S),),
-        ).fetchone()
         conn.execute(f"LISTEN {CHANNEL}")
+    return _announced(conn, follower, stop)
+
+
+def _announced(conn: Any, follower: int, stop: threading.Event | None) -> Iterator[list[str]]:
     renewed = time.monotonic()
     try:
         while stop is None or not stop.is_set():
@@ -159,12 +162,54 @@ def announced_requests(conn: Any, stop: threading.Event | None = None) -> Iterat
             for notice in notices:
                 yield notice.payload.split(",")
             if time.monotonic() - renewed > _RENEW_S:
-                with db.translate_errors():
-                    conn.execute(
-                        "UPDATE flux.request_followers SET expires_at = now() + %s WHERE id = %s",
-                        (timedelta(seconds=FOLLOWER_TTL_S), follower),
-                    )
+                _renew(conn, follower)
                 renewed = time.monotonic()
     finally:
         if not conn.closed:
-            conn.execute("DELETE FROM flux.request_followers WHERE id = %s", (follower,))
+            stop_following(conn, follower)
+
+
+def start_following(conn: Any, *, inbox: bool = False) -> int:
+    """Register a follower of new requests (their ids are announced while one is live); with `inbox`, the ids
+    also wait in flux.request_follower_inbox for `take_followed`. Expired followers are cleared first."""
+    with db.translate_errors():
+        conn.execute("DELETE FROM flux.request_followers WHERE expires_at < now()")
+        (follower,) = conn.execute(
+            "INSERT INTO flux.request_followers (expires_at, keeps_inbox) VALUES (now() + %s, %s)"
+            " RETURNING id",
+            (timedelta(seconds=FOLLOWER_TTL_S), inbox),
+        ).fetchone()
+    return int(follower)
+
+
+def take_followed(conn: Any, follower: int, **filters: Any) -> list[Row]:
+    """The requests recorded since the follower's last call (oldest first, with `list_requests`'s filters),
+    taken from its inbox; the call keeps the follower alive for FOLLOWER_TTL_S more."""
+    if not _renew(conn, follower):
+        raise FollowerGone(
+            f"follower {follower} was stopped, or expired after {FOLLOWER_TTL_S} s without a call",
+            hint="start flux tail again",
+        )
+    with db.translate_errors():
+        taken = conn.execute(
+            "DELETE FROM flux.request_follower_inbox WHERE follower_id = %s RETURNING request_id::text",
+            (follower,),
+        ).fetchall()
+    ids = [request_id for (request_id,) in taken]
+    return list(reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))) if ids else []
+
+
+def stop_following(conn: Any, follower: int) -> None:
+    """Remove a follower (and its inbox); nothing happens when it is already gone."""
+    with db.translate_errors():
+        conn.execute("DELETE FROM flux.request_followers WHERE id = %s", (follower,))
+
+
+def _renew(conn: Any, follower: int) -> bool:
+    """Keep a live follower alive FOLLOWER_TTL_S more; False when it is gone or expired."""
+    with db.translate_errors():
+        cursor = conn.execute(
+            "UPDATE flux.request_followers SET expires_at = now() + %s WHERE id = %s AND expires_at > now()",
+            (timedelta(seconds=FOLLOWER_TTL_S), follower),
+        )
+    return bool(cursor.rowcount)
