@@ -40,6 +40,13 @@ _DDL = frozenset(
         "ViewStmt",
     }
 )
+# Session-wide prepared statements and resets: Flux prepares its own statements on the connection.
+_SESSION_STATEMENTS = {
+    "PrepareStmt": "prepare statements",
+    "ExecuteStmt": "execute prepared statements",
+    "DeallocateStmt": "deallocate prepared statements",
+    "DiscardStmt": "discard session state",
+}
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 _TRANSACTION_COMMAND_SETTINGS = frozenset({"transaction", "session characteristics"})
 _TRANSACTION_SETTINGS = _TRANSACTION_COMMAND_SETTINGS | frozenset(
@@ -118,7 +125,7 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     - write: INSERT, UPDATE, DELETE, MERGE, and TRUNCATE and REFRESH MATERIALIZED VIEW because they change
       rows; a SELECT with a data-modifying WITH or a locking clause (FOR UPDATE/SHARE);
     - ddl: CREATE, ALTER, DROP, GRANT, REVOKE, COMMENT, SECURITY LABEL, and SELECT ... INTO (a new table);
-    - other: SET, COPY to STDOUT or from STDIN, CALL, DO, LISTEN, NOTIFY, LOCK, VACUUM, PREPARE, ...
+    - other: SET, COPY to STDOUT or from STDIN, CALL, LISTEN, NOTIFY, LOCK, VACUUM, ...
 
     `tables` lists the relations named, the target first and then in the order written, each spelled as
     SQL spells it (`public."Orders"`), schema-qualified where the statement qualifies it; the span name is
@@ -127,9 +134,10 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     Refused with InvalidRawSql: a syntax error, no statement or more than one, transaction control
     (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION: the request owns its transaction), anything that changes the
     role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE or ALL, a literal `set_config('role', ...)`), any of
-    Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), and COPY
-    to or from a server file or program. The kind is what the statement says; a function it calls may still
-    write, so the role's grants remain the fence.
+    Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), COPY
+    to or from a server file or program, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the session is
+    Flux's). The kind is what the statement says; a function it calls may still write, so the role's grants
+    remain the fence.
     """
     statement = _parse_one(sql)
     node_type, fields = _unwrap(statement)
@@ -212,6 +220,12 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
         raise InvalidRawSql(
             f"raw SQL may not control the transaction ({command}); the request commits or rolls back itself",
             details={"statement": command},
+        )
+    if node_type in _SESSION_STATEMENTS:
+        command = _SESSION_STATEMENTS[node_type]
+        raise InvalidRawSql(
+            f"raw SQL may not {command}: the connection's session is Flux's, shared by requests",
+            details={"statement": command.split()[0].upper()},
         )
     if node_type == "DoStmt":
         raise InvalidRawSql(

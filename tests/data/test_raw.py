@@ -157,7 +157,6 @@ CLASSIFIED = [
     ("LOCK TABLE orders IN SHARE MODE", "other", "sql:lock(orders)", ("orders",)),
     ("VACUUM orders", "other", "sql:vacuum(orders)", ("orders",)),
     ("ANALYZE orders", "other", "sql:analyze(orders)", ("orders",)),
-    ("PREPARE one AS SELECT 1", "other", "sql:prepare", ()),
 ]
 
 
@@ -220,6 +219,16 @@ def test_a_cte_name_is_not_a_table_but_a_qualified_name_that_looks_like_one_is()
 )
 def test_transaction_control_is_refused_because_the_request_owns_the_transaction(sql: str) -> None:
     with pytest.raises(InvalidRawSql, match="transaction"):
+        inspect_raw_sql(sql)
+
+
+@pytest.mark.parametrize(
+    "sql", ["PREPARE one AS SELECT 1", "EXECUTE one", "DEALLOCATE ALL", "DEALLOCATE flux_1", "DISCARD ALL",
+            "DISCARD PLANS"],
+)  # fmt: skip
+def test_session_prepared_statements_are_refused_because_flux_prepares_its_own(sql: str) -> None:
+    # DEALLOCATE ALL would fail the next request on the connection; PREPARE could take a name Flux uses.
+    with pytest.raises(InvalidRawSql, match="session is Flux's"):
         inspect_raw_sql(sql)
 
 
