@@ -221,7 +221,14 @@ def _execute(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> pi
     each = _SENT_WITH_EACH.get(conn)
     if each is not None:
         statements.insert(0, each)
-    return pipeline.run(conn, statements)
+    try:
+        return pipeline.run(conn, statements)
+    except psycopg.Error as exc:
+        if waiting and exc.sqlstate is None and not conn.closed:
+            # Refused before anything was sent (a value Postgres cannot hold): the BEGIN and settings queued
+            # still wait for the next statement, or that one would run outside the request's transaction.
+            _SENT_WITH_NEXT[conn] = waiting + _SENT_WITH_NEXT.get(conn, [])
+        raise
 
 
 def execute_raw(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> tuple[Any, ...] | None:

@@ -14,7 +14,6 @@ no psycopg pipeline, and is used by one thread at a time (its lock is held).
 from __future__ import annotations
 
 import select
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from flux import jsontext
 MAX_PREPARED = 256  # prepared statements kept per connection
 _TEXT = pq.Format.TEXT
 _INVALID_STATEMENT_NAME = "26000"  # a prepared statement Postgres no longer has (DEALLOCATE ALL, DISCARD)
+_RESULT_TYPE_CHANGED = "0A000"  # "cached plan must not change result type": its table's columns changed
+Key = tuple[bytes, tuple[int, ...]]  # a prepared statement: its text and its parameters' types
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
     loader = Transformer(state.context)
     loader.set_pgresult(last)
     rows: list[tuple[Any, ...]] = loader.load_rows(0, last.ntuples, tuple) if last.nfields else []
-    columns = [(last.fname(i) or b"").decode() for i in range(last.nfields)]
+    columns = [(last.fname(i) or b"").decode(conn.info.encoding) for i in range(last.nfields)]
     rowcount = last.command_tuples
     return Result(rows, columns, -1 if rowcount is None else rowcount)
 
@@ -83,7 +84,7 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
 @dataclass
 class _Dumped:
     sql: bytes
-    key: tuple[bytes, tuple[int, ...]]
+    key: Key
     values: Sequence[Any] | None
     types: Sequence[int]
     formats: Sequence[pq.Format]
@@ -98,7 +99,7 @@ class _ConnectionState:
         conn.prepare_threshold = None
         self.context = psycopg.RawCursor(conn)
         jsontext.adapt(self.context)
-        self.prepared: OrderedDict[tuple[bytes, tuple[int, ...]], bytes] = OrderedDict()
+        self.prepared: OrderedDict[Key, bytes] = OrderedDict()
         self.named = 0
 
     def dump(self, statement: Statement) -> _Dumped:
@@ -109,7 +110,7 @@ class _ConnectionState:
         types = tuple(dumper.types or ())
         return _Dumped(statement.sql, (statement.sql, types), values, types, dumper.formats or ())
 
-    def name_for(self, key: tuple[bytes, tuple[int, ...]]) -> tuple[bytes, bool]:
+    def name_for(self, key: Key) -> tuple[bytes, bool]:
         """The statement's prepared name, and whether it must be prepared first."""
         name = self.prepared.get(key)
         if name is not None:
@@ -127,21 +128,22 @@ class _ConnectionState:
         return [self.prepared.popitem(last=False)[1] for _ in range(excess)]
 
 
-_STATES: weakref.WeakKeyDictionary[psycopg.Connection[Any], _ConnectionState] = weakref.WeakKeyDictionary()
-
-
 def _state(conn: psycopg.Connection[Any]) -> _ConnectionState:
-    state = _STATES.get(conn)
+    """The connection's state, kept on the connection (a weak-keyed table would never let it go: the state's
+    cursor refers to the connection)."""
+    state: _ConnectionState | None = getattr(conn, "_flux_pipeline", None)
     if state is None:
-        state = _STATES[conn] = _ConnectionState(conn)
+        state = _ConnectionState(conn)
+        conn._flux_pipeline = state  # type: ignore[attr-defined]
     return state
 
 
 @dataclass
 class _Sent:
     results: list[Any]  # every result, in order (a prepare's, then its statement's)
+    keys: list[Key | None]  # the statement behind each result
     answers: list[Any]  # each statement's result
-    prepared: list[tuple[Any, tuple[bytes, tuple[int, ...]], bytes]]  # (prepare's result, key, name)
+    prepared: list[tuple[Any, Key, bytes]]  # (prepare's result, key, name)
 
 
 def _round_trip(
@@ -149,30 +151,35 @@ def _round_trip(
 ) -> _Sent:
     """Send every statement (preparing those new to the connection, unless not `prepare`) and a Sync; read
     every result."""
-    preparing: list[tuple[int, tuple[bytes, tuple[int, ...]], bytes]] = []
+    preparing: list[tuple[int, Key, bytes]] = []
+    named_here: dict[Key, bytes] = {}  # prepared in this pipeline (a statement may come twice)
     answers: list[int] = []
-    sent = 0
+    keys: list[Key | None] = []  # the statement behind each result
     pgconn.enter_pipeline_mode()
     for item in dumped:
         if not prepare:
             pgconn.send_query_params(item.sql, item.values, item.types or None, item.formats or None, _TEXT)
-            answers.append(sent)
-            sent += 1
+            answers.append(len(keys))
+            keys.append(None)
             continue
-        name, new = state.name_for(item.key)
-        if new:
-            pgconn.send_prepare(name, item.sql, item.types or None)
-            preparing.append((sent, item.key, name))
-            sent += 1
+        name = named_here.get(item.key)
+        if name is None:
+            name, new = state.name_for(item.key)
+            if new:
+                pgconn.send_prepare(name, item.sql, item.types or None)
+                preparing.append((len(keys), item.key, name))
+                keys.append(item.key)
+                named_here[item.key] = name
         pgconn.send_query_prepared(name, item.values, item.formats or None, _TEXT)
-        answers.append(sent)
-        sent += 1
+        answers.append(len(keys))
+        keys.append(item.key)
     pgconn.pipeline_sync()
     _flush(pgconn)
     results = _results(pgconn)
     pgconn.exit_pipeline_mode()
     return _Sent(
         results,
+        keys,
         [results[index] for index in answers],
         [(results[index], key, name) for index, key, name in preparing],
     )
@@ -226,12 +233,14 @@ def _wait(pgconn: Any, *, write: bool = False) -> tuple[bool, bool]:
 def _raise_first_error(sent: _Sent, state: _ConnectionState, encoding: str) -> None:
     """Keep the statements prepared (a prepare is not undone by a failure after it), then raise the first
     error Postgres answered."""
-    for result, key, name in sent.prepared:
+    for result, prepared, name in sent.prepared:
         if result.status == pq.ExecStatus.COMMAND_OK:
-            state.prepared[key] = name
-    for result in sent.results:
+            state.prepared[prepared] = name
+    for result, key in zip(sent.results, sent.keys, strict=True):
         if result.status == pq.ExecStatus.FATAL_ERROR:
             error = errors.error_from_result(result, encoding=encoding)
             if error.sqlstate == _INVALID_STATEMENT_NAME:
                 state.prepared.clear()  # prepared anew at their next use
+            elif error.sqlstate == _RESULT_TYPE_CHANGED and key is not None:
+                state.prepared.pop(key, None)  # prepared anew, under another name, at its next use
             raise error

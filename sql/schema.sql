@@ -3768,14 +3768,6 @@ ALTER TABLE ONLY flux.deployment_functions
 
 
 --
--- Name: request_follower_inbox request_follower_inbox_follower_fkey; Type: FK CONSTRAINT; Schema: flux; Owner: -
---
-
-ALTER TABLE ONLY flux.request_follower_inbox
-    ADD CONSTRAINT request_follower_inbox_follower_fkey FOREIGN KEY (follower_id) REFERENCES flux.request_followers(id) ON DELETE CASCADE;
-
-
---
 -- Name: SCHEMA flux; Type: ACL; Schema: -; Owner: -
 --
 

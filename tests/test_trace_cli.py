@@ -24,7 +24,7 @@ from cli.main import app
 from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
-from flux.errors import RequestNotFound, TableNotTracked
+from flux.errors import FollowerGone, RequestNotFound, TableNotTracked
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.processes import FLUX, free_port, wait_for_http
 
@@ -258,6 +258,20 @@ def test_tail_prints_new_requests_as_they_are_recorded(dsn: str, tmp_path: Path,
     assert [line.split()[2] for line in every] == [ok, failed] and "POST /notes  fn=add_note" in every[0]
     assert [line.split()[2] for line in errors] == [failed] and " 500 FX300 " in errors[0]
     assert conn.execute("SELECT count(*) FROM flux.request_followers").fetchone() == (0,)
+
+
+def test_a_follower_stopping_while_requests_are_recorded_fails_none_of_them(dsn: str, conn: Conn) -> None:
+    from flux.trace.tree import start_following, stop_following, take_followed
+
+    follower = start_following(conn, inbox=True)
+    conn.execute("SET statement_timeout = '5s'")  # a recording that waited on the stop would wait for ever
+    with psycopg.connect(dsn) as stopping:  # its DELETE is in flight while a request is recorded
+        stop_following(stopping, follower)
+        conn.execute("INSERT INTO flux.requests (id, kind, ok) VALUES (gen_random_uuid(), 'http', true)")
+    with pytest.raises(FollowerGone):
+        take_followed(conn, follower)
+    start_following(conn, inbox=True)  # and the row left in the stopped follower's inbox is cleared
+    assert conn.execute("SELECT follower_id FROM flux.request_follower_inbox").fetchall() == []
 
 
 def _start_tail(where: str | dict[str, str], project: Path, *options: str) -> subprocess.Popen[str]:

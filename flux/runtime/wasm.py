@@ -98,10 +98,12 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
     try:
         yield run
     finally:
-        _flush_output(run)
-        _current.run = None
-        run.memory = None
-        store.close()
+        try:
+            _flush_output(run)
+        finally:
+            _current.run = None
+            run.memory = None
+            store.close()
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def list_requests(
 
 CHANNEL = "flux_requests"
 FOLLOWER_TTL_S = 60  # a follower that stopped without a word (kill -9) stops the notifications after this
+MAX_TAKEN = 1000  # requests a follower through the API takes per call (the rest wait for the next)
 _RENEW_S = 20
 
 
@@ -174,6 +175,10 @@ def start_following(conn: Any, *, inbox: bool = False) -> int:
     also wait in flux.request_follower_inbox for `take_followed`. Expired followers are cleared first."""
     with db.translate_errors():
         conn.execute("DELETE FROM flux.request_followers WHERE expires_at < now()")
+        conn.execute(
+            "DELETE FROM flux.request_follower_inbox i WHERE NOT EXISTS"
+            " (SELECT FROM flux.request_followers f WHERE f.id = i.follower_id)"
+        )
         (follower,) = conn.execute(
             "INSERT INTO flux.request_followers (expires_at, keeps_inbox) VALUES (now() + %s, %s)"
             " RETURNING id",
@@ -183,26 +188,29 @@ def start_following(conn: Any, *, inbox: bool = False) -> int:
 
 
 def take_followed(conn: Any, follower: int, **filters: Any) -> list[Row]:
-    """The requests recorded since the follower's last call (oldest first, with `list_requests`'s filters),
-    taken from its inbox; the call keeps the follower alive for FOLLOWER_TTL_S more."""
+    """The requests recorded since the follower's last call (oldest first, with `list_requests`'s filters, at
+    most MAX_TAKEN), taken from its inbox in one transaction with their rows; the call keeps the follower
+    alive for FOLLOWER_TTL_S more."""
     if not _renew(conn, follower):
         raise FollowerGone(
             f"follower {follower} was stopped, or expired after {FOLLOWER_TTL_S} s without a call",
             hint="start flux tail again",
         )
-    with db.translate_errors():
+    with db.translate_errors(), conn.transaction():
         taken = conn.execute(
-            "DELETE FROM flux.request_follower_inbox WHERE follower_id = %s RETURNING request_id::text",
-            (follower,),
+            "DELETE FROM flux.request_follower_inbox WHERE ctid = ANY(ARRAY(SELECT ctid"
+            " FROM flux.request_follower_inbox WHERE follower_id = %s LIMIT %s)) RETURNING request_id::text",
+            (follower, MAX_TAKEN),
         ).fetchall()
-    ids = [request_id for (request_id,) in taken]
-    return list(reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))) if ids else []
+        ids = [request_id for (request_id,) in taken]
+        return list(reversed(list_requests(conn, ids=ids, limit=len(ids), **filters))) if ids else []
 
 
 def stop_following(conn: Any, follower: int) -> None:
     """Remove a follower (and its inbox); nothing happens when it is already gone."""
     with db.translate_errors():
         conn.execute("DELETE FROM flux.request_followers WHERE id = %s", (follower,))
+        conn.execute("DELETE FROM flux.request_follower_inbox WHERE follower_id = %s", (follower,))
 
 
 def _renew(conn: Any, follower: int) -> bool:

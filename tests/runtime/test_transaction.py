@@ -110,6 +110,21 @@ def test_a_write_refused_at_commit_fails_the_request_and_is_recorded(conn: Conn,
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
+def test_a_value_refused_before_sending_leaves_the_transaction_to_the_next(conn: Conn, call: Any) -> None:
+    # The first call's value cannot reach Postgres (NUL), so its BEGIN and settings must wait for the next
+    # call: otherwise that one runs outside the request's transaction, as the connecting role.
+    stubborn = function(
+        "stubborn", "typescript",
+        "export default async function (req, ctx) {"
+        " try { await ctx.db.sql('SELECT $1::text', ['a\\u0000b']); } catch (e) {}"
+        " await ctx.db.sql(\"INSERT INTO notes (body) VALUES (current_user)\");"
+        " throw new Error('undo'); }",
+    )  # fmt: skip
+    outcome = call(stubborn, role="service")
+    assert outcome.error is not None and outcome.error.code == "FX300", outcome.error
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
 def test_each_mutation_names_the_database_call_that_made_it(conn: Conn, call: Any) -> None:
     editor = function(
         "editor", "typescript",
