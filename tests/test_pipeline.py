@@ -111,3 +111,18 @@ def test_prepared_statements_survive_rollbacks_and_recover_from_deallocate_all(c
     with pytest.raises(psycopg.errors.InvalidSqlStatementName):
         pipeline.run(conn, [Statement(b"SELECT 1")])
     assert pipeline.run(conn, [Statement(b"SELECT 1")]).rows == [(1,)]
+
+
+def test_a_statement_whose_result_type_changed_is_prepared_again_after_one_failure(conn: Conn) -> None:
+    star = Statement(b"SELECT * FROM items")
+    assert pipeline.run(conn, [star]).columns == ["id", "note"]
+    conn.execute("ALTER TABLE items ADD COLUMN added int")
+    with pytest.raises(psycopg.errors.FeatureNotSupported):  # "cached plan must not change result type"
+        pipeline.run(conn, [star])
+    assert pipeline.run(conn, [star]).columns == ["id", "note", "added"]
+
+
+def test_a_new_statement_twice_in_one_round_trip_is_prepared_once(conn: Conn) -> None:
+    twice = Statement(b"SELECT $1::int", [1])
+    pipeline.run(conn, [twice, twice])
+    assert len(_prepared(conn)) == 1
