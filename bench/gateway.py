@@ -13,12 +13,15 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 
 from flux.gateway.auth import new_api_key
 
+T = TypeVar("T")
 DURATION_S = 8
 WORKER_CLASSES = (("sync", 1), ("gthread", 4))  # FLUX_BENCH_WORKER_CLASS=gthread measures one
 CONNECTIONS = 4
@@ -108,9 +111,9 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
         alone = {name: _wrk(url, connections=1) for name, url in pages.items()}
         # Four connections on two workers: throughput, with requests queued behind each other.
         loaded = {name: _wrk(url) for name, url in pages.items()}
-        query, by_hand = (
-            _wrk(f"{flux_base}/db/query", folder / "query.lua"),
-            _wrk(f"{floor_base}/db/query", folder / "query.lua"),
+        query, flux_cpu = _with_cpu(flux.pid, lambda: _wrk(f"{flux_base}/db/query", folder / "query.lua"))
+        by_hand, floor_cpu = _with_cpu(
+            floor.pid, lambda: _wrk(f"{floor_base}/db/query", folder / "query.lua")
         )
     finally:
         for process in (flux, floor):
@@ -133,6 +136,12 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
     print(f"  -c{CONNECTIONS}  POST /db/query       p50 {query[0]:6.2f} ms  {query[1]:7.0f} req/s")
     print(f"  -c{CONNECTIONS}  by hand (psycopg)    p50 {by_hand[0]:6.2f} ms  {by_hand[1]:7.0f} req/s")
     print(f"    {query[1] / by_hand[1]:.2f}x the hand-written endpoint's req/s (target >= 0.7x)")
+    for label, (_, rate), (server_s, postgres_s) in (
+        ("POST /db/query", query, flux_cpu), ("by hand (psycopg)", by_hand, floor_cpu),
+    ):  # fmt: skip
+        served = rate * DURATION_S
+        print(f"  CPU per request, {label:18s} server {server_s / served * 1e6:5.0f} us"
+              f"  Postgres {postgres_s / served * 1e6:5.0f} us")  # fmt: skip
 
 
 def _wrk(
@@ -149,6 +158,44 @@ def _wrk(
     assert p50 and rate and not non_2xx, output
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50[2]]
     return float(p50[1]) * scale, float(rate[1])
+
+
+def _with_cpu(server_pid: int, run: Callable[[], T]) -> tuple[T, tuple[float, float]]:
+    """`run()`'s result, and the CPU seconds it cost the server (its process tree) and every postgres
+    process (from /proc; the other processes of the machine are not counted)."""
+    before = _cpu_seconds(server_pid)
+    result = run()
+    after = _cpu_seconds(server_pid)
+    return result, (after[0] - before[0], after[1] - before[1])
+
+
+def _cpu_seconds(server_pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the server's process tree, and of the processes named postgres."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if name == "postgres":
+            postgres += seconds
+        parents[int(entry.name)], used[int(entry.name)] = int(fields[1]), seconds
+
+    def in_tree(pid: int) -> bool:
+        while pid > 1:
+            if pid == server_pid:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return sum(seconds for pid, seconds in used.items() if in_tree(pid)), postgres
 
 
 def _wait(url: str, timeout_s: float = 60) -> None:
