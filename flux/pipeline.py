@@ -65,13 +65,11 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
             statements = [BEGIN, *statements]
         state = _state(conn)
         dumped = [state.dump(statement) for statement in statements]  # a bad value fails before any is sent
-        try:
-            sent = _round_trip(pgconn, state, dumped)
-        except BaseException:
-            conn.close()  # lost or interrupted mid-pipeline: the connection's state is unknown
-            raise
-        _raise_first_error(sent, state, conn.info.encoding)
-        _evict(conn, state)
+        sent = _exchange(conn, state, dumped)
+        stale = state.evictions()
+        if stale:  # past MAX_PREPARED: a round trip more, rarely
+            deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
+            _exchange(conn, state, deallocate, prepare=False)
     last = sent.answers[-1]
     loader = Transformer(state.context)
     loader.set_pgresult(last)
@@ -146,6 +144,20 @@ class _Sent:
     prepared: list[tuple[Any, Key, bytes]]  # (prepare's result, key, name)
 
 
+def _exchange(
+    conn: psycopg.Connection[Any], state: _ConnectionState, dumped: list[_Dumped], *, prepare: bool = True
+) -> _Sent:
+    """One round trip; the first error Postgres answered is raised. A connection lost or interrupted
+    mid-pipeline is closed: its state is unknown."""
+    try:
+        sent = _round_trip(conn.pgconn, state, dumped, prepare=prepare)
+    except BaseException:
+        conn.close()
+        raise
+    _raise_first_error(sent, state, conn.info.encoding)
+    return sent
+
+
 def _round_trip(
     pgconn: Any, state: _ConnectionState, dumped: list[_Dumped], *, prepare: bool = True
 ) -> _Sent:
@@ -185,24 +197,9 @@ def _round_trip(
     )
 
 
-def _evict(conn: psycopg.Connection[Any], state: _ConnectionState) -> None:
-    """Deallocate the least recently used prepared statements past MAX_PREPARED (a round trip, rarely)."""
-    stale = state.evictions()
-    if not stale:
-        return
-    deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
-    try:
-        sent = _round_trip(conn.pgconn, state, deallocate, prepare=False)
-    except BaseException:
-        conn.close()
-        raise
-    _raise_first_error(sent, state, conn.info.encoding)
-
-
 def _flush(pgconn: Any) -> None:
     while pgconn.flush() == 1:
-        readable, _ = _wait(pgconn, write=True)
-        if readable:
+        if _wait(pgconn, write=True):
             pgconn.consume_input()  # the server answers while we send: read, or both sides block
 
 
@@ -221,13 +218,14 @@ def _results(pgconn: Any) -> list[Any]:
         results.append(result)
 
 
-def _wait(pgconn: Any, *, write: bool = False) -> tuple[bool, bool]:
+def _wait(pgconn: Any, *, write: bool = False) -> bool:
+    """Wait until the socket can be read (or written, with `write`); whether there is something to read."""
     poller = select.poll()
     poller.register(pgconn.socket, select.POLLIN | (select.POLLOUT if write else 0))
     events = 0
     for _, event in poller.poll():
         events |= event
-    return bool(events & (select.POLLIN | select.POLLERR | select.POLLHUP)), bool(events & select.POLLOUT)
+    return bool(events & (select.POLLIN | select.POLLERR | select.POLLHUP))
 
 
 def _raise_first_error(sent: _Sent, state: _ConnectionState, encoding: str) -> None:
