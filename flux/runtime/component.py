@@ -61,6 +61,7 @@ class ComponentRuntime:
 
     def __init__(self, wasm: WasmRuntime) -> None:
         self.engine = wasm.engine
+        self.clock = wasm.clock
         self.cache_dir = wasm.cache_dir
         self._loaded = CompiledOnce(self._prepare)
 
@@ -115,7 +116,7 @@ class ComponentRuntime:
 
     def run(self, loaded: LoadedComponent, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call `handle` with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
-        with running(host, limited_store(self.engine, limits)) as run:
+        with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
             store = run.store
             try:
                 instance = loaded.linker.instantiate(store, loaded.component)

@@ -200,3 +200,28 @@ def test_each_run_frees_its_store_so_a_worker_does_not_run_out_of_address_space(
 def _address_space_bytes() -> int:
     status = Path("/proc/self/status").read_text()
     return int(status.split("VmSize:")[1].split()[0]) * 1024
+
+
+def test_the_epoch_clock_ticks_only_while_a_call_runs() -> None:
+    # Ticking all the time woke every worker 200 times a second, even one serving no Wasm at all.
+    import time
+
+    from flux.runtime.wasm import EPOCH_TICK_S, EpochClock
+
+    class Engine:
+        ticks = 0
+
+        def increment_epoch(self) -> None:
+            self.ticks += 1
+
+    engine = Engine()
+    clock = EpochClock(engine)  # type: ignore[arg-type]
+    time.sleep(10 * EPOCH_TICK_S)
+    assert engine.ticks == 0
+    with clock.ticking(), clock.ticking():  # two calls at once
+        time.sleep(10 * EPOCH_TICK_S)
+    assert engine.ticks >= 3
+    time.sleep(2 * EPOCH_TICK_S)  # a tick already under way may still land
+    after = engine.ticks
+    time.sleep(10 * EPOCH_TICK_S)
+    assert engine.ticks == after
