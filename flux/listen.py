@@ -1,5 +1,6 @@
-"""Cache invalidation across processes: a daemon thread LISTENs on a channel and calls back on each NOTIFY
-(and after each reconnection, since anything may have changed while it was not listening)."""
+"""Cache invalidation across processes: one daemon thread per process LISTENs on every channel its caches
+follow, on one connection, and calls back on each NOTIFY (and after each reconnection, since anything may have
+changed while it was not listening)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,28 @@ POLL_S = 0.25  # how often the listener looks up from waiting, to notice close()
 
 
 class Listener:
-    def __init__(self, channel: str, *on_notify: Callable[[], None]) -> None:
-        self.channel = channel
-        self.callbacks = on_notify
+    """Callbacks by channel, called from one thread with its own connection: a process that follows five
+    channels holds one connection and wakes four times a second, not five of each."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+
+    def on(self, channel: str, *callbacks: Callable[[], None]) -> None:
+        """Call each of `callbacks` on every NOTIFY of `channel` (subscribe before `start`)."""
+        if self._thread is not None:
+            raise RuntimeError("the listener has started: subscribe before start()")
+        self._callbacks.setdefault(channel, []).extend(callbacks)
+
+    def follow(self, cache: NotifiedCache[Any]) -> None:
+        """Drop `cache`'s value on every NOTIFY of its channel."""
+        self.on(cache.channel, cache.invalidate)
 
     def start(self, dsn: str) -> None:
         """Listen from a daemon thread with its own connection (once; later calls do nothing)."""
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, args=(dsn,), name=f"flux-{self.channel}", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, args=(dsn,), name="flux-listener", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
@@ -37,35 +48,37 @@ class Listener:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _notified(self) -> None:
-        for callback in self.callbacks:
-            callback()
+    def _notified(self, channels: list[str]) -> None:
+        for channel in channels:
+            for callback in self._callbacks.get(channel, ()):
+                callback()
 
     def _run(self, dsn: str) -> None:
         while not self._closed.is_set():
             try:
                 with db.connect(dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {self.channel}")
-                    self._notified()
+                    for channel in self._callbacks:
+                        conn.execute(f"LISTEN {channel}")
+                    self._notified(list(self._callbacks))
                     while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=POLL_S):
-                            self._notified()
+                        for notification in conn.notifies(timeout=POLL_S):
+                            self._notified([notification.channel])
             except Exception as exc:  # reconnect after a lost connection; never let the thread die
                 if not self._closed.is_set():
-                    log.warning("listener on %s lost its connection: %s", self.channel, db.as_flux_error(exc))
+                    log.warning("the listener lost its connection: %s", db.as_flux_error(exc))
                     self._closed.wait(1.0)
 
 
 class NotifiedCache(Generic[Value]):
-    """A value loaded on first use from a connection and dropped on each NOTIFY of `channel` (or by
-    `invalidate`). A load that a notification overtook is served once but not kept."""
+    """A value loaded on first use from a connection and dropped on each NOTIFY of `channel` (a Listener
+    `follow`s it) or by `invalidate`. A load that a notification overtook is served once but not kept."""
 
     def __init__(self, channel: str, load: Callable[[Any], Value]) -> None:
+        self.channel = channel
         self._load = load
         self._value: Value | None = None
         self._generation = 0
         self._lock = threading.Lock()
-        self._listener = Listener(channel, self.invalidate)
 
     def get(self, conn: Any) -> Value:
         value = self._value
@@ -82,14 +95,6 @@ class NotifiedCache(Generic[Value]):
     def invalidate(self) -> None:
         self._generation += 1
         self._value = None
-
-    def listen(self, dsn: str) -> None:
-        """Invalidate on each notification, from a daemon thread with its own connection."""
-        self._listener.start(dsn)
-
-    def close(self) -> None:
-        """Stop listening (within a quarter of a second)."""
-        self._listener.close()
 
 
 class KeyedCache(Generic[Key, Value]):

@@ -66,16 +66,14 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self._executor = _WithBuiltins(self.executor)
-        # One connection listens for changes to keys and tenants, and drops both caches.
-        self._callers = Listener(CALLERS_CHANNEL, self.auth.keys.clear, self.limiter.tenants.clear)
+        self._listener = Listener()
+        for cache in (self.routes, self.catalogs, self.functions.active, self.secrets):
+            self._listener.follow(cache)
+        self._listener.on(CALLERS_CHANNEL, self.auth.keys.clear, self.limiter.tenants.clear)
 
     def listen(self, dsn: str) -> None:
         """Follow changes to routes, the catalog, deployments, secrets, keys and tenants (NOTIFY)."""
-        self.routes.listen(dsn)
-        self.catalogs.listen(dsn)
-        self.functions.listen(dsn)
-        self.secrets.listen(dsn)
-        self._callers.start(dsn)
+        self._listener.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
@@ -164,11 +162,7 @@ class Gateway:
         """Write the records still queued; stop the listeners, the runtime's workers and the pool (a worker
         exiting needs none of this: its queued records are written at exit)."""
         self.records.close()
-        self.routes.close()
-        self.catalogs.close()
-        self.functions.close()
-        self.secrets.close()
-        self._callers.close()
+        self._listener.close()
         close_executor = getattr(self.executor, "close", None)
         if close_executor is not None:
             close_executor()

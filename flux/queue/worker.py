@@ -100,7 +100,10 @@ class QueueWorker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._runners_done = threading.Event()  # the lease keeper runs until then, not until `stop`
-        self._listener = Listener(NOTIFY_CHANNEL, self._wake.set)
+        self._listener = Listener()
+        self._listener.on(NOTIFY_CHANNEL, self._wake.set)
+        for cache in (self.functions.active, self.catalogs, self.secrets):
+            self._listener.follow(cache)
 
     def stop(self) -> None:
         """Stop claiming; `run` returns once running jobs finish (or `shutdown_s` passes)."""
@@ -110,8 +113,6 @@ class QueueWorker:
     def run(self) -> None:
         """Claim and run jobs until `stop`."""
         self.pool.open(wait=True)
-        for cache in (self.functions, self.catalogs, self.secrets):
-            cache.listen(self.dsn)
         self._listener.start(self.dsn)
         runners = [
             threading.Thread(target=self._runner, name=f"flux-job-{n}", daemon=True)
@@ -347,8 +348,6 @@ class QueueWorker:
             )
         self.records.close()  # the records and "done"s still queued
         self._listener.close()
-        for cache in (self.functions, self.catalogs, self.secrets):
-            cache.close()
         self.runtime.close()
         self.pool.close()
 

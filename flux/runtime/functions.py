@@ -75,9 +75,3 @@ class DeployedFunctions:
             self._functions = {k: v for k, v in self._functions.items() if k[0] == active.id}
             self._functions[(active.id, name)] = function
         return function
-
-    def listen(self, dsn: str) -> None:
-        self.active.listen(dsn)
-
-    def close(self) -> None:
-        self.active.close()

@@ -193,9 +193,12 @@ def test_planned_count_is_an_estimate_from_the_planner(shop: Catalog, as_role: A
 
 
 def test_the_catalog_reloads_when_ddl_runs(conn: Conn, dsn: str, shop: Catalog) -> None:
-    cache = CatalogCache()
+    from flux.listen import Listener
+
+    cache, listener = CatalogCache(), Listener()
     assert "nickname" not in cache.get(conn).tables["customers"].columns
-    cache.listen(dsn)
+    listener.follow(cache)
+    listener.start(dsn)
     time.sleep(0.3)  # the listener connects
     conn.execute("ALTER TABLE customers ADD COLUMN nickname text")
     deadline = time.monotonic() + 5
@@ -204,7 +207,7 @@ def test_the_catalog_reloads_when_ddl_runs(conn: Conn, dsn: str, shop: Catalog) 
             assert time.monotonic() < deadline, "the catalog was not reloaded after ALTER TABLE"
             time.sleep(0.05)
     finally:
-        cache.close()
+        listener.close()
 
 
 def test_queries_run_concurrently_on_one_catalog(dsn: str, shop: Catalog) -> None:
