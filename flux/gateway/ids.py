@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from dataclasses import dataclass
+
+from flux import randomness
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -24,7 +25,7 @@ class Trace:
 
 
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    return randomness.uuid4()
 
 
 def request_span_id(request_id: str) -> str:
@@ -40,4 +41,4 @@ def continue_trace(header: str | None, request_id: str) -> Trace:
     span_id = request_span_id(request_id)
     if match and set(match[1]) != {"0"} and set(match[2]) != {"0"}:
         return Trace(match[1], span_id, match[2])
-    return Trace(os.urandom(16).hex(), span_id)
+    return Trace(randomness.random_bytes(16).hex(), span_id)

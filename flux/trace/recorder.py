@@ -6,14 +6,13 @@ Secret values a function read are replaced by `[secret:<name>]` everywhere in th
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from flux import db, jsontext
+from flux import db, jsontext, randomness
 from flux.errors import FluxError
 
 Json = Any
@@ -110,7 +109,7 @@ class Recorder:
         """Open a span as a child of the innermost open span; close it with `finish`."""
         span = Span(
             seq=len(self.spans),
-            span_id=os.urandom(8).hex(),
+            span_id=randomness.random_bytes(8).hex(),
             parent_seq=self.current,
             module=module,
             name=name,
