@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -314,9 +314,8 @@ class RequestTransaction:
 
     It begins with the request's first database call (`begin`): BEGIN and the request's settings go in one
     pipeline with that call's statement, one round trip for the three. It ends with the request's record
-    (`commit`): back to the connecting role, the record and COMMIT go as one query (values escaped by libpq:
-    it travels as a simple-protocol query). A request that never touched the database costs one round trip,
-    its record, committed on its own.
+    (`commit`): back to the connecting role, the record and COMMIT go in one pipeline. A request that never
+    touched the database costs one round trip, its record, committed on its own.
 
     A request known to run `reads_only` (a `POST /db/query` select) takes no BEGIN nor COMMIT: each of its
     statements goes with the settings in one pipeline, which is one implicit transaction."""
@@ -367,15 +366,15 @@ class RequestTransaction:
         with translate_errors():
             pipeline.run(self.conn, [_settings_statement(self._settings)])
 
-    def commit(self, record: bytes, *, durable: bool) -> None:
-        """Run `record` (a statement with its values inlined) as the connecting role and commit it with the
-        request's work. A request that changed no data does not wait for the commit's flush to disk."""
+    def commit(self, record: Sequence[Statement], *, durable: bool) -> None:
+        """Run `record`'s statements as the connecting role and commit them with the request's work, in one
+        round trip. A request that changed no data does not wait for the commit's flush to disk."""
         if not self._open():
             write_alone(self.conn, record, durable=durable)
             return
         settings = {"role": "none"} if durable else {"role": "none", "synchronous_commit": "off"}
         with translate_errors():
-            self.conn.execute(_set_local(self.conn, settings) + b"; " + record + b"; COMMIT", prepare=False)
+            pipeline.run(self.conn, [_settings_statement(settings), *record, pipeline.COMMIT])
         self.begun = False
 
     def end(self) -> None:
@@ -402,33 +401,20 @@ class RequestTransaction:
         return self.begun
 
 
-def write_alone(conn: psycopg.Connection[Any], statement: bytes, *, durable: bool = True) -> None:
-    """Run `statement` (values inlined) in a transaction of its own, waiting for the flush to disk only when
-    `durable`."""
-    prefix = b"" if durable else _set_local(conn, {"synchronous_commit": "off"}) + b"; "
+def write_alone(
+    conn: psycopg.Connection[Any], statements: Sequence[Statement], *, durable: bool = True
+) -> None:
+    """Run `statements` in one round trip and one transaction of their own, waiting for the flush to disk only
+    when `durable`."""
+    prefix = [] if durable else [_settings_statement({"synchronous_commit": "off"})]
     with translate_errors():
-        conn.execute(
-            prefix + statement, prepare=False
-        )  # two statements in one query: one implicit transaction
-
-
-def literal(conn: psycopg.Connection[Any], value: str) -> bytes:
-    """`value` as an SQL string literal, escaped by libpq for this connection."""
-    return bytes(psycopg.pq.Escaping(conn.pgconn).escape_literal(value.encode()))
+        pipeline.run(conn, [*prefix, *statements])
 
 
 def _settings_statement(settings: dict[str, str]) -> Statement:
     """Transaction-local settings as one prepared statement (the names are Flux's own, the values bound)."""
     calls = ", ".join(f"set_config('{name}', ${i}, true)" for i, name in enumerate(settings, 1))
     return Statement(f"SELECT {calls}".encode(), list(settings.values()))
-
-
-def _set_local(conn: psycopg.Connection[Any], settings: dict[str, str]) -> bytes:
-    calls = (
-        f"set_config('{name}', ".encode() + literal(conn, value) + b", true)"
-        for name, value in settings.items()
-    )
-    return b"SELECT " + b", ".join(calls)
 
 
 _URL_PASSWORD = re.compile(r"^[a-z]+://[^:/@]*:(?P<password>[^@]+)@", re.IGNORECASE)

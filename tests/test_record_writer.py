@@ -81,7 +81,7 @@ def test_close_writes_what_is_still_queued(pool: Any, conn: psycopg.Connection[A
 def test_records_queued_close_together_share_one_statement(
     pool: Any, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements: list[bytes] = []
+    statements: list[Any] = []
     write_alone = db.write_alone
     monkeypatch.setattr(db, "write_alone", lambda c, s, **kw: (statements.append(s), write_alone(c, s, **kw)))
     writer = RecordWriter(pool)

@@ -31,6 +31,7 @@ from flux.config import Settings
 from flux.data import CatalogCache
 from flux.errors import FluxError
 from flux.listen import Listener
+from flux.pipeline import Statement
 from flux.queue import cron
 from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
@@ -235,11 +236,9 @@ class QueueWorker:
         except FluxError as exc:
             self._fail(conn, job, None, exc)
             return
-        done = b"SELECT flux.complete_job(%d, %s, %d, '%s')" % (
-            job.id,
-            db.literal(conn, self.name),
-            job.attempt,
-            request_id.encode(),
+        done = Statement(
+            b"SELECT flux.complete_job($1::bigint, $2::text, $3::int, $4::uuid)",
+            [job.id, self.name, job.attempt, request_id],
         )
         request = {
             "body": job.payload,

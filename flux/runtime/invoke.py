@@ -19,6 +19,7 @@ from typing import Any, Literal
 from flux import db
 from flux.data import Catalog, Limits
 from flux.errors import FluxError
+from flux.pipeline import Statement
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.host import Host
 from flux.runtime.limits import FunctionLimits
@@ -85,7 +86,7 @@ def invoke(
     traceparent: str | None = None,
     records: RecordWriter | None = None,
     started: tuple[int, int] | None = None,
-    commit_with: bytes | None = None,
+    commit_with: Statement | None = None,
     reads_only: bool = False,
 ) -> Outcome:
     """Run `function` with `request` as input, in one transaction on `conn`, and record it.
@@ -93,7 +94,7 @@ def invoke(
     The gateway passes its `recorder` (already holding its span), extra request-row columns in `record`
     (route_id, trace_id), the `traceparent` that outbound fetches carry, and when the request `started`
     (wall clock in µs, monotonic clock in ns). With `records`, the record of a run that changed no data is
-    written off the request path. `commit_with` (a statement, values inlined) commits with the record of a run
+    written off the request path. `commit_with` (a statement) commits with the record of a run
     that succeeded: a queue worker marks its job done there. With the run's database work, its refusal fails
     the run; for a run that never used the database it goes with the record (written off the path), so a
     crash can only make the job run again. A run known to make `reads_only` calls (a `/db/query` select)
@@ -136,12 +137,10 @@ def invoke(
         # can still write (a select of a function that writes), and those writes must not commit without it.
         if records is not None and not host.wrote and not (commit_with and transaction.begun):
             transaction.end()
-            records.submit(recorder.record(row, then=commit_with or b""))
+            records.submit(recorder.record(row, then=commit_with))
         else:
-            statement = recorder.statement(conn, row)
-            transaction.commit(
-                statement + b"; " + commit_with if commit_with else statement, durable=host.wrote
-            )
+            statement = recorder.statement(row)
+            transaction.commit([statement, commit_with] if commit_with else [statement], durable=host.wrote)
         return Outcome(request_id, response)
     except FluxError as exc:
         error = exc

@@ -14,12 +14,13 @@ from typing import Any
 
 from flux import db, jsontext, randomness
 from flux.errors import FluxError
+from flux.pipeline import Statement
 
 Json = Any
 
-# One statement for request rows and all their spans: each set comes as one JSON array literal (the statement
-# is sent with others in one query, so it has no parameters). No RETURNING: the role that writes records
-# (flux_authenticator) may insert them but not read them back.
+# One statement for request rows and all their spans, each set bound as one JSON array (so the statement is
+# prepared once per connection, and no value is escaped into its text). No RETURNING: the role that writes
+# records (flux_authenticator) may insert them but not read them back.
 _WRITE_RECORDS = b"""
 WITH request AS (
     INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
@@ -29,7 +30,7 @@ WITH request AS (
            r.status, r.ok,
            'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.duration_us, r.input, r.output,
            r.error, r.trace_id, r.parent_request_id, r.replay_of
-      FROM jsonb_to_recordset(%(requests)b::jsonb) AS r(
+      FROM jsonb_to_recordset($1::jsonb) AS r(
                id uuid, tenant_id uuid, kind text, method text, path text, route_id bigint, function text,
                deployment_id bigint, code_sha text,
                status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
@@ -40,7 +41,7 @@ INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module,
 SELECT s.request_id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
        'epoch'::timestamptz + s.started_us * interval '1 microsecond', s.duration_us, s.ok, s.attributes,
        s.input, s.output, s.error
-  FROM jsonb_to_recordset(%(spans)b::jsonb)
+  FROM jsonb_to_recordset($2::jsonb)
        AS s(request_id uuid, seq int, span_id text, parent_seq int, tenant_id uuid, module text, name text,
             started_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb,
             error jsonb)
@@ -50,23 +51,20 @@ SELECT s.request_id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.na
 @dataclass(frozen=True)
 class Record:
     """One request's record, ready to write: its row (the columns of flux.requests) and its spans, with every
-    secret it read already replaced; `then`, a statement (values inlined) to run in the same transaction if it
-    can (a queue worker marks its job done there)."""
+    secret it read already replaced; `then`, a statement to run in the same transaction if it can (a queue
+    worker marks its job done there)."""
 
     request: dict[str, Json]
     spans: list[dict[str, Json]]
-    then: bytes = b""
+    then: Statement | None = None
 
 
-def records_statement(conn: Any, records: list[Record]) -> bytes:
-    """The one statement that inserts every request row and span of `records`, values inlined. It runs as
-    the connecting role, not the request's."""
+def records_statement(records: list[Record]) -> Statement:
+    """The one statement that inserts every request row and span of `records`. It runs as the connecting
+    role, not the request's."""
     requests = [record.request for record in records]
     spans = [span for record in records for span in record.spans]
-    return _WRITE_RECORDS % {
-        b"requests": db.literal(conn, _jsonb_text(requests)),
-        b"spans": db.literal(conn, _jsonb_text(spans)),
-    }
+    return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
 
 
 @dataclass
@@ -168,7 +166,7 @@ class Recorder:
             return value
         return _scrub(value, self.secrets)
 
-    def record(self, request: dict[str, Json], then: bytes = b"") -> Record:
+    def record(self, request: dict[str, Json], then: Statement | None = None) -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
         spans = [
             {
@@ -182,14 +180,14 @@ class Recorder:
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
         return Record(self.scrub(row), self.scrub(spans), then)
 
-    def statement(self, conn: Any, request: dict[str, Json]) -> bytes:
+    def statement(self, request: dict[str, Json]) -> Statement:
         """The statement that writes this request's record (see `records_statement`)."""
-        return records_statement(conn, [self.record(request)])
+        return records_statement([self.record(request)])
 
     def write(self, conn: Any, request: dict[str, Json], *, durable: bool = True) -> None:
         """Write the record now, in a transaction of its own (for a request whose own transaction failed or
         never began)."""
-        db.write_alone(conn, self.statement(conn, request), durable=durable)
+        db.write_alone(conn, [self.statement(request)], durable=durable)
 
 
 def _jsonb_text(value: Json) -> str:

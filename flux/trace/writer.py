@@ -21,6 +21,7 @@ from typing import Any
 
 from flux import db
 from flux.errors import DatabaseUnreachable, FluxError
+from flux.pipeline import Statement
 from flux.trace.recorder import Record, records_statement
 
 log = logging.getLogger("flux.trace")
@@ -107,7 +108,7 @@ class RecordWriter:
         try:
             with self.pool.connection() as conn:
                 try:
-                    db.write_alone(conn, _with_then(records_statement(conn, batch), batch), durable=False)
+                    db.write_alone(conn, _with_then(batch), durable=False)
                 except FluxError as exc:
                     if isinstance(exc, DatabaseUnreachable) or len(batch) == 1:
                         raise
@@ -125,17 +126,18 @@ class RecordWriter:
     def _write_one(conn: Any, record: Record) -> None:
         try:
             try:
-                db.write_alone(conn, _with_then(records_statement(conn, [record]), [record]), durable=False)
+                db.write_alone(conn, _with_then([record]), durable=False)
             except FluxError as exc:
                 if isinstance(exc, DatabaseUnreachable) or not record.then:
                     raise
                 log.warning("request %s: %s; its record is written alone", record.request.get("id"), exc)
-                db.write_alone(conn, records_statement(conn, [record]), durable=False)
+                db.write_alone(conn, [records_statement([record])], durable=False)
         except FluxError as exc:
             if isinstance(exc, DatabaseUnreachable):
                 raise
             log.error("could not write the record of request %s: %s", record.request.get("id"), exc)
 
 
-def _with_then(statement: bytes, batch: list[Record]) -> bytes:
-    return b"; ".join([statement, *(record.then for record in batch if record.then)])
+def _with_then(batch: list[Record]) -> list[Statement]:
+    """The statement that writes `batch`, and the `then` statements of its records."""
+    return [records_statement(batch), *(record.then for record in batch if record.then)]
