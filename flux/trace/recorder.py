@@ -18,34 +18,48 @@ from flux.pipeline import Statement
 
 Json = Any
 
+# The columns of flux.requests and flux.spans (with their types) in the order a record sends them: each row
+# travels as a JSON array, its values by position, so Postgres parses no keys (a tenth of its work on a record
+# when they were objects). `started_us` (µs since the epoch) becomes `started_at`.
+_REQUEST_COLUMNS = (
+    ("id", "uuid"), ("tenant_id", "uuid"), ("kind", "text"), ("method", "text"), ("path", "text"),
+    ("route_id", "bigint"), ("function", "text"), ("deployment_id", "bigint"), ("code_sha", "text"),
+    ("status", "int"), ("ok", "boolean"), ("started_us", "bigint"), ("duration_us", "bigint"),
+    ("input", "jsonb"), ("output", "jsonb"), ("error", "jsonb"), ("trace_id", "text"),
+    ("parent_request_id", "uuid"), ("replay_of", "uuid"),
+)  # fmt: skip
+_SPAN_COLUMNS = (
+    ("request_id", "uuid"), ("seq", "int"), ("span_id", "text"), ("parent_seq", "int"), ("tenant_id", "uuid"),
+    ("module", "text"), ("name", "text"), ("started_us", "bigint"), ("duration_us", "bigint"),
+    ("ok", "boolean"), ("attributes", "jsonb"), ("input", "jsonb"), ("output", "jsonb"), ("error", "jsonb"),
+)  # fmt: skip
+
+
+def _insert(table: str, columns: tuple[tuple[str, str], ...], parameter: int) -> str:
+    """INSERT INTO `table` the rows of JSON parameter `parameter`, each an array of `columns`' values."""
+    names, values = [], []
+    for position, (name, kind) in enumerate(columns):
+        if kind == "jsonb":
+            value = f"NULLIF(v -> {position}, 'null')"
+        else:
+            value = f"(v ->> {position})::{kind}"
+        if name == "started_us":
+            name, value = "started_at", f"'epoch'::timestamptz + {value} * interval '1 microsecond'"
+        names.append(name)
+        values.append(value)
+    return (
+        f"INSERT INTO {table} ({', '.join(names)})\n"
+        f"SELECT {', '.join(values)}\n  FROM jsonb_array_elements(${parameter}::jsonb) AS v"
+    )
+
+
 # One statement for request rows and all their spans, each set bound as one JSON array (so the statement is
 # prepared once per connection, and no value is escaped into its text). No RETURNING: the role that writes
 # records (flux_authenticator) may insert them but not read them back.
-_WRITE_RECORDS = b"""
-WITH request AS (
-    INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
-                               status, ok, started_at, duration_us, input, output, error, trace_id,
-                               parent_request_id, replay_of)
-    SELECT r.id, r.tenant_id, r.kind, r.method, r.path, r.route_id, r.function, r.deployment_id, r.code_sha,
-           r.status, r.ok,
-           'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.duration_us, r.input, r.output,
-           r.error, r.trace_id, r.parent_request_id, r.replay_of
-      FROM jsonb_to_recordset($1::jsonb) AS r(
-               id uuid, tenant_id uuid, kind text, method text, path text, route_id bigint, function text,
-               deployment_id bigint, code_sha text,
-               status int, ok boolean, started_us bigint, duration_us bigint, input jsonb, output jsonb,
-               error jsonb, trace_id text, parent_request_id uuid, replay_of uuid)
-)
-INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
-                        duration_us, ok, attributes, input, output, error)
-SELECT s.request_id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name,
-       'epoch'::timestamptz + s.started_us * interval '1 microsecond', s.duration_us, s.ok, s.attributes,
-       s.input, s.output, s.error
-  FROM jsonb_to_recordset($2::jsonb)
-       AS s(request_id uuid, seq int, span_id text, parent_seq int, tenant_id uuid, module text, name text,
-            started_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb,
-            error jsonb)
-"""
+_WRITE_RECORDS = (
+    f"WITH request AS (\n{_insert('flux.requests', _REQUEST_COLUMNS, 1)}\n)\n"
+    f"{_insert('flux.spans', _SPAN_COLUMNS, 2)}"
+).encode()
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,8 @@ class Record:
 def records_statement(records: list[Record]) -> Statement:
     """The one statement that inserts every request row and span of `records`. It runs as the connecting
     role, not the request's."""
-    requests = [record.request for record in records]
-    spans = [span for record in records for span in record.spans]
+    requests = [[record.request.get(name) for name, _ in _REQUEST_COLUMNS] for record in records]
+    spans = [[span.get(name) for name, _ in _SPAN_COLUMNS] for record in records for span in record.spans]
     return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
 
 
