@@ -47,7 +47,7 @@ DB_QUERY = Route(id=0, method="POST", path="/db/query", function="db.query", aut
 DB_EXPLAIN = Route(id=0, method="POST", path="/db/explain", function="db.explain", auth="any")
 _BUILTIN_ROUTES = {route.path: route for route in (DB_QUERY, DB_EXPLAIN)}
 _BUILTINS = {
-    route.function: Function(route.function, "wasm", b"", "builtin") for route in _BUILTIN_ROUTES.values()
+    route.function: Function(route.function, "builtin", b"", "builtin") for route in _BUILTIN_ROUTES.values()
 }
 
 
@@ -203,8 +203,8 @@ class Gateway:
 
 
 class _WithBuiltins(Executor):
-    """The runtime, plus the built-in endpoints: `db.query` is one host call, recorded like any; `db.explain`
-    is recorded as a `db:explain` span."""
+    """The runtime, plus the built-in endpoints, which run no code (so their record has no runtime span):
+    `db.query` is one host call, recorded like any; `db.explain` is recorded as a `db:explain` span."""
 
     def __init__(self, executor: Executor) -> None:
         self.executor = executor

@@ -28,7 +28,7 @@ from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 
 Json = Any
-RuntimeKind = Literal["wasm", "component", "typescript", "javascript"]
+RuntimeKind = Literal["wasm", "component", "typescript", "javascript", "builtin"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,12 @@ def invoke(
         "code_sha": function.sha256, "deployment_id": function.deployment_id, "started_us": started_us,
         "input": request, "parent_request_id": parent_request_id, **(record or {}),
     }  # fmt: skip
-    span = recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
+    # A built-in (`POST /db/query`) runs no code: its host call's span is the whole run.
+    span = (
+        None
+        if function.runtime == "builtin"
+        else recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
+    )
     transaction = db.RequestTransaction(
         conn, role=caller.role, request_id=request_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,
         statement_timeout_ms=limits.timeout_for(caller.role), reads_only=reads_only,
@@ -130,7 +135,8 @@ def invoke(
         if host.aborted is not None:  # the function caught a database error: its transaction is lost
             raise host.aborted
         output = response.to_json()
-        recorder.finish(span, output=output)
+        if span is not None:
+            recorder.finish(span, output=output)
         row |= {"ok": True, "status": response.status, "output": output}
         row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
         # A `commit_with` waits for no batch once the run used the database: a statement Flux took for a read
@@ -147,7 +153,7 @@ def invoke(
     except Exception as exc:  # a bug in Flux: still recorded, answered as FX900
         error = db.as_flux_error(exc)
     transaction.rollback()
-    if span.duration_us is None:
+    if span is not None and span.duration_us is None:
         recorder.finish(span, error=error)
     row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
     row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
