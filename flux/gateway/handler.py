@@ -79,7 +79,7 @@ class Gateway:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
         trace = continue_trace(req.get_header("traceparent"), request_id)
         resp.set_header("x-request-id", request_id)
-        headers = {name.lower(): value for name, value in req.headers.items()}
+        headers = req.headers_lower
         recorder = Recorder(request_id)
         started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
         span = recorder.start("gateway", f"{req.method} {req.path}", input={

@@ -69,7 +69,7 @@ class Record:
     worker marks its job done there)."""
 
     request: dict[str, Json]
-    spans: list[dict[str, Json]]
+    spans: list[list[Json]]  # each span's values in the order of _SPAN_COLUMNS
     then: Statement | None = None
 
 
@@ -77,7 +77,7 @@ def records_statement(records: list[Record]) -> Statement:
     """The one statement that inserts every request row and span of `records`. It runs as the connecting
     role, not the request's."""
     requests = [[record.request.get(name) for name, _ in _REQUEST_COLUMNS] for record in records]
-    spans = [[span.get(name) for name, _ in _SPAN_COLUMNS] for record in records for span in record.spans]
+    spans = [span for record in records for span in record.spans]
     return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
 
 
@@ -182,13 +182,10 @@ class Recorder:
 
     def record(self, request: dict[str, Json], then: Statement | None = None) -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
+        # Each span's values in the order of _SPAN_COLUMNS.
         spans = [
-            {
-                "request_id": self.request_id, "seq": s.seq, "span_id": s.span_id, "parent_seq": s.parent_seq,
-                "tenant_id": self.tenant_id, "module": s.module, "name": s.name, "started_us": s.started_us,
-                "ok": s.ok, "duration_us": s.duration_us, "attributes": s.attributes,
-                "input": s.input, "output": s.output, "error": s.error,
-            }
+            [self.request_id, s.seq, s.span_id, s.parent_seq, self.tenant_id, s.module, s.name, s.started_us,
+             s.duration_us, s.ok, s.attributes, s.input, s.output, s.error]
             for s in self.spans
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
