@@ -3,6 +3,7 @@ FluxErrors (an `FX…` SQLSTATE raised by PL/pgSQL maps to the class with that c
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 import weakref
@@ -413,8 +414,13 @@ def write_alone(
 
 def _settings_statement(settings: dict[str, str]) -> Statement:
     """Transaction-local settings as one prepared statement (the names are Flux's own, the values bound)."""
-    calls = ", ".join(f"set_config('{name}', ${i}, true)" for i, name in enumerate(settings, 1))
-    return Statement(f"SELECT {calls}".encode(), list(settings.values()))
+    return Statement(_settings_sql(tuple(settings)), list(settings.values()))
+
+
+@functools.lru_cache(maxsize=64)
+def _settings_sql(names: tuple[str, ...]) -> bytes:
+    calls = ", ".join(f"set_config('{name}', ${i}, true)" for i, name in enumerate(names, 1))
+    return f"SELECT {calls}".encode()
 
 
 _URL_PASSWORD = re.compile(r"^[a-z]+://[^:/@]*:(?P<password>[^@]+)@", re.IGNORECASE)

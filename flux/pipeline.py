@@ -74,7 +74,8 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
     loader = Transformer(state.context)
     loader.set_pgresult(last)
     rows: list[tuple[Any, ...]] = loader.load_rows(0, last.ntuples, tuple) if last.nfields else []
-    columns = [(last.fname(i) or b"").decode(conn.info.encoding) for i in range(last.nfields)]
+    encoding = conn.info.encoding if last.nfields else ""
+    columns = [(last.fname(i) or b"").decode(encoding) for i in range(last.nfields)]
     rowcount = last.command_tuples
     return Result(rows, columns, -1 if rowcount is None else rowcount)
 
@@ -154,7 +155,7 @@ def _exchange(
     except BaseException:
         conn.close()
         raise
-    _raise_first_error(sent, state, conn.info.encoding)
+    _raise_first_error(sent, state, conn)
     return sent
 
 
@@ -228,7 +229,7 @@ def _wait(pgconn: Any, *, write: bool = False) -> bool:
     return bool(events & (select.POLLIN | select.POLLERR | select.POLLHUP))
 
 
-def _raise_first_error(sent: _Sent, state: _ConnectionState, encoding: str) -> None:
+def _raise_first_error(sent: _Sent, state: _ConnectionState, conn: psycopg.Connection[Any]) -> None:
     """Keep the statements prepared (a prepare is not undone by a failure after it), then raise the first
     error Postgres answered."""
     for result, prepared, name in sent.prepared:
@@ -236,7 +237,7 @@ def _raise_first_error(sent: _Sent, state: _ConnectionState, encoding: str) -> N
             state.prepared[prepared] = name
     for result, key in zip(sent.results, sent.keys, strict=True):
         if result.status == pq.ExecStatus.FATAL_ERROR:
-            error = errors.error_from_result(result, encoding=encoding)
+            error = errors.error_from_result(result, encoding=conn.info.encoding)
             if error.sqlstate == _INVALID_STATEMENT_NAME:
                 state.prepared.clear()  # prepared anew at their next use
             elif error.sqlstate == _RESULT_TYPE_CHANGED and key is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ class Authenticator:
         # API keys by hash, loaded as they are used; dropped when keys or tenants change (`flux_callers`)
         self.keys: KeyedCache[bytes, _KeyRow | None] = KeyedCache(_find_key)
 
-    def authenticate(self, conn: Any, route: Route, headers: dict[str, str]) -> Caller:
+    def authenticate(self, conn: Any, route: Route, headers: Mapping[str, str]) -> Caller:
         if route.auth == "none":
             return ANONYMOUS
         credential = _credential(headers)
@@ -138,7 +139,7 @@ class Authenticator:
         return Caller(role=role, claims=claims, tenant_id=tenant)
 
 
-def _credential(headers: dict[str, str]) -> str | None:
+def _credential(headers: Mapping[str, str]) -> str | None:
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
@@ -221,7 +222,7 @@ class _WithBuiltins(Executor):
         return self.executor.execute(function, request, host)
 
 
-def _is_preflight(req: falcon.Request, headers: dict[str, str]) -> bool:
+def _is_preflight(req: falcon.Request, headers: Mapping[str, str]) -> bool:
     return req.method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
 
 
