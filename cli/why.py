@@ -54,8 +54,8 @@ def render_why(explained: Any, *, color: bool = False) -> list[str]:
         details = {k: v for k, v in (failure.get("details") or {}).items() if k != "stack" and v is not None}
         if details:
             lines.append(f"  details: {_json(details)}")
-    elif error:
-        lines += ["", paint(f"refused: {error.get('code')}: {error.get('message')}", "red")]
+    elif error:  # no step failed: the request's own end did (a built-in's commit, say)
+        lines += ["", paint(f"failed: {error.get('code')}: {error.get('message')}", "red")]
     else:
         lines += ["", "it did not fail"]
     if explained.reads:

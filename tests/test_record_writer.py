@@ -3,6 +3,7 @@ bad record does not lose the others; closing writes what is still queued."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from flux import db
+from flux.pipeline import Statement
 from flux.trace.recorder import Recorder
 from flux.trace.writer import RecordWriter
 
@@ -97,3 +99,66 @@ def test_records_queued_close_together_share_one_statement(
         writer.close()
     assert len(_written(conn, records)) == 10
     assert len(statements) <= 2
+
+
+def test_a_record_alone_whose_then_fails_is_written_without_it(
+    pool: Any, conn: psycopg.Connection[Any]
+) -> None:
+    # A queue worker's batches are often of one record: a "done" refused must not lose the attempt's record.
+    writer = RecordWriter(pool)
+    record = dataclasses.replace(_record(), then=Statement(b"SELECT 1 / 0"))
+    try:
+        writer.submit(record)
+        assert writer.flush()
+    finally:
+        writer.close()
+    assert _written(conn, [record]) == [(record.request["id"], 1)]
+
+
+def test_every_value_of_a_record_lands_in_its_column(conn: psycopg.Connection[Any]) -> None:
+    recorder = Recorder(str(uuid.uuid4()), tenant_id=str(uuid.uuid4()))
+    parent = recorder.start("runtime", "function:f", attributes={"runtime": "wasm"})
+    child = recorder.start("data", "db:select(t)", input={"select": "t"})
+    recorder.finish(child, error={"code": "FX100", "message": "no"})
+    recorder.finish(parent, output=None)
+    recorder.write(conn, {
+        "kind": "job", "method": "POST", "path": "/p", "route_id": 7, "function": "f", "deployment_id": 8,
+        "code_sha": "abc", "status": 500, "ok": False, "started_us": 1_700_000_000_123_456, "duration_us": 9,
+        "input": {"in": 1}, "output": None, "error": {"code": "FX100"}, "trace_id": "t" * 32,
+        "parent_request_id": str(uuid.uuid4()),
+    })  # fmt: skip
+    row = conn.execute(
+        "SELECT tenant_id::text, kind, method, path, route_id, function, deployment_id, code_sha, status, ok,"
+        " extract(epoch FROM started_at) * 1e6, duration_us, input, output, error, trace_id, replay_of"
+        " FROM flux.requests WHERE id = %s",
+        (recorder.request_id,),
+    ).fetchone()
+    assert row == (recorder.tenant_id, "job", "POST", "/p", 7, "f", 8, "abc", 500, False,
+                   1_700_000_000_123_456, 9, {"in": 1}, None, {"code": "FX100"}, "t" * 32, None)  # fmt: skip
+    spans = conn.execute(
+        "SELECT seq, span_id, parent_seq, tenant_id::text, module, name, ok, attributes, input, output, error"
+        " FROM flux.spans WHERE request_id = %s ORDER BY seq",
+        (recorder.request_id,),
+    ).fetchall()
+    assert spans == [
+        (0, recorder.spans[0].span_id, None, recorder.tenant_id, "runtime", "function:f", True,
+         {"runtime": "wasm"}, None, None, None),
+        (1, recorder.spans[1].span_id, 0, recorder.tenant_id, "data", "db:select(t)", False, None,
+         {"select": "t"}, None, {"code": "FX100", "message": "no"}),
+    ]  # fmt: skip
+
+
+def test_a_short_secret_is_scrubbed_from_values_but_never_from_ids(conn: psycopg.Connection[Any]) -> None:
+    # "4" is in every UUID v4 (its version digit): scrubbing it from the row's ids or keys broke the record.
+    recorder = Recorder(str(uuid.uuid4()))
+    recorder.redact("pin", "4")
+    span = recorder.start("secrets", "secrets.get", input={"name": "pin"})
+    recorder.finish(span, output={"value": "4"})
+    recorder.write(conn, {"kind": "http", "ok": True, "status": 200, "started_us": time.time_ns() // 1000,
+                          "output": {"body": "pin 4"}})  # fmt: skip
+    output = conn.execute("SELECT output FROM flux.requests WHERE id = %s", (recorder.request_id,)).fetchone()
+    assert output == ({"body": "pin [secret:pin]"},)
+    spans = conn.execute(
+        "SELECT output FROM flux.spans WHERE request_id = %s", (recorder.request_id,)
+    ).fetchall()
+    assert spans == [({"value": "[secret:pin]"},)]

@@ -18,48 +18,37 @@ from flux.pipeline import Statement
 
 Json = Any
 
-# The columns of flux.requests and flux.spans (with their types) in the order a record sends them: each row
-# travels as a JSON array, its values by position, so Postgres parses no keys (a tenth of its work on a record
-# when they were objects). `started_us` (µs since the epoch) becomes `started_at`.
+# One statement for request rows and all their spans, each set bound as one JSON array of rows, each row an
+# array of its values by position (Postgres parses no keys: a tenth of its work on a record when they were
+# objects). It is prepared once per connection, and no value is ever in its text. `started_us` (µs since the
+# epoch) becomes `started_at`. No RETURNING: the role that writes records (flux_authenticator) may insert them
+# but not read them back.
 _REQUEST_COLUMNS = (
-    ("id", "uuid"), ("tenant_id", "uuid"), ("kind", "text"), ("method", "text"), ("path", "text"),
-    ("route_id", "bigint"), ("function", "text"), ("deployment_id", "bigint"), ("code_sha", "text"),
-    ("status", "int"), ("ok", "boolean"), ("started_us", "bigint"), ("duration_us", "bigint"),
-    ("input", "jsonb"), ("output", "jsonb"), ("error", "jsonb"), ("trace_id", "text"),
-    ("parent_request_id", "uuid"), ("replay_of", "uuid"),
+    "id", "tenant_id", "kind", "method", "path", "route_id", "function", "deployment_id", "code_sha",
+    "status", "ok", "started_us", "duration_us", "input", "output", "error", "trace_id", "parent_request_id",
+    "replay_of",
 )  # fmt: skip
-_SPAN_COLUMNS = (
-    ("request_id", "uuid"), ("seq", "int"), ("span_id", "text"), ("parent_seq", "int"), ("tenant_id", "uuid"),
-    ("module", "text"), ("name", "text"), ("started_us", "bigint"), ("duration_us", "bigint"),
-    ("ok", "boolean"), ("attributes", "jsonb"), ("input", "jsonb"), ("output", "jsonb"), ("error", "jsonb"),
-)  # fmt: skip
-
-
-def _insert(table: str, columns: tuple[tuple[str, str], ...], parameter: int) -> str:
-    """INSERT INTO `table` the rows of JSON parameter `parameter`, each an array of `columns`' values."""
-    names, values = [], []
-    for position, (name, kind) in enumerate(columns):
-        if kind == "jsonb":
-            value = f"NULLIF(v -> {position}, 'null')"
-        else:
-            value = f"(v ->> {position})::{kind}"
-        if name == "started_us":
-            name, value = "started_at", f"'epoch'::timestamptz + {value} * interval '1 microsecond'"
-        names.append(name)
-        values.append(value)
-    return (
-        f"INSERT INTO {table} ({', '.join(names)})\n"
-        f"SELECT {', '.join(values)}\n  FROM jsonb_array_elements(${parameter}::jsonb) AS v"
-    )
-
-
-# One statement for request rows and all their spans, each set bound as one JSON array (so the statement is
-# prepared once per connection, and no value is escaped into its text). No RETURNING: the role that writes
-# records (flux_authenticator) may insert them but not read them back.
-_WRITE_RECORDS = (
-    f"WITH request AS (\n{_insert('flux.requests', _REQUEST_COLUMNS, 1)}\n)\n"
-    f"{_insert('flux.spans', _SPAN_COLUMNS, 2)}"
-).encode()
+_WRITE_RECORDS = b"""
+WITH request AS (
+    INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
+                               status, ok, started_at, duration_us, input, output, error, trace_id,
+                               parent_request_id, replay_of)
+    SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, (r->>5)::bigint, r->>6, (r->>7)::bigint,
+           r->>8, (r->>9)::int, (r->>10)::boolean,
+           'epoch'::timestamptz + (r->>11)::bigint * interval '1 microsecond', (r->>12)::bigint,
+           NULLIF(r->13, 'null'), NULLIF(r->14, 'null'), NULLIF(r->15, 'null'), r->>16, (r->>17)::uuid,
+           (r->>18)::uuid
+      FROM jsonb_array_elements($1::jsonb) AS r
+)
+INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
+                        duration_us, ok, attributes, input, output, error)
+SELECT (s->>0)::uuid, (s->>1)::int, s->>2, (s->>3)::int, (s->>4)::uuid, s->>5, s->>6,
+       'epoch'::timestamptz + (s->>7)::bigint * interval '1 microsecond', (s->>8)::bigint, (s->>9)::boolean,
+       NULLIF(s->10, 'null'), NULLIF(s->11, 'null'), NULLIF(s->12, 'null'), NULLIF(s->13, 'null')
+  FROM jsonb_array_elements($2::jsonb) AS s
+"""
+# What a request row's text may hold that a secret could be in (its ids, codes and numbers are Flux's own).
+_SCRUBBED_COLUMNS = ("method", "path", "function", "input", "output", "error")
 
 
 @dataclass(frozen=True)
@@ -69,14 +58,14 @@ class Record:
     worker marks its job done there)."""
 
     request: dict[str, Json]
-    spans: list[list[Json]]  # each span's values in the order of _SPAN_COLUMNS
+    spans: list[list[Json]]  # each span's values in the order of flux.spans' columns in _WRITE_RECORDS
     then: Statement | None = None
 
 
 def records_statement(records: list[Record]) -> Statement:
     """The one statement that inserts every request row and span of `records`. It runs as the connecting
     role, not the request's."""
-    requests = [[record.request.get(name) for name, _ in _REQUEST_COLUMNS] for record in records]
+    requests = [[record.request.get(name) for name in _REQUEST_COLUMNS] for record in records]
     spans = [span for record in records for span in record.spans]
     return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
 
@@ -182,14 +171,18 @@ class Recorder:
 
     def record(self, request: dict[str, Json], then: Statement | None = None) -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
-        # Each span's values in the order of _SPAN_COLUMNS.
+        scrub = self.scrub
+        # Each span's values in the order of flux.spans' columns in _WRITE_RECORDS.
         spans = [
-            [self.request_id, s.seq, s.span_id, s.parent_seq, self.tenant_id, s.module, s.name, s.started_us,
-             s.duration_us, s.ok, s.attributes, s.input, s.output, s.error]
+            [self.request_id, s.seq, s.span_id, s.parent_seq, self.tenant_id, s.module, scrub(s.name),
+             s.started_us, s.duration_us, s.ok, scrub(s.attributes), scrub(s.input), scrub(s.output),
+             scrub(s.error)]
             for s in self.spans
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
-        return Record(self.scrub(row), self.scrub(spans), then)
+        if self.secrets:
+            row |= {name: scrub(row[name]) for name in _SCRUBBED_COLUMNS if name in row}
+        return Record(row, spans, then)
 
     def statement(self, request: dict[str, Json]) -> Statement:
         """The statement that writes this request's record (see `records_statement`)."""

@@ -110,9 +110,9 @@ class RecordWriter:
                 try:
                     db.write_alone(conn, _with_then(batch), durable=False)
                 except FluxError as exc:
-                    if isinstance(exc, DatabaseUnreachable) or len(batch) == 1:
+                    if isinstance(exc, DatabaseUnreachable):
                         raise
-                    for record in batch:
+                    for record in batch:  # alone, and without its `then` if that is what fails
                         self._write_one(conn, record)
         except Exception as exc:
             error = db.as_flux_error(exc)
