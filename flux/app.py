@@ -127,7 +127,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
 def create_gateway(settings: Settings, dsn: str) -> Gateway:
     """One worker's gateway: request connections as flux_authenticator, and caches that follow NOTIFY."""
     request_dsn = db.request_dsn(dsn)
-    # A worker serves `threads` requests at a time; a few spare connections cover the listeners.
+    # A worker serves `threads` requests at a time and writes records from one thread; two more to spare.
     pool = create_pool(request_dsn, max_size=settings.threads + 3, name="flux-requests", autocommit=True)
     pool.open(wait=False)
     gateway = Gateway(

@@ -51,7 +51,10 @@ class Listener:
     def _notified(self, channels: list[str]) -> None:
         for channel in channels:
             for callback in self._callbacks.get(channel, ()):
-                callback()
+                try:
+                    callback()
+                except Exception:  # a callback's bug must not cost the other channels their connection
+                    log.exception("a callback on %s failed", channel)
 
     def _run(self, dsn: str) -> None:
         while not self._closed.is_set():

@@ -24,6 +24,8 @@ os.register_at_fork(after_in_child=_forked)
 
 def random_bytes(count: int) -> bytes:
     """`count` (at most 4096) bytes from the OS's CSPRNG, never handed out twice."""
+    if not 0 <= count <= _CHUNK:
+        raise ValueError(f"random_bytes takes 0 to {_CHUNK} bytes at a time, not {count}")
     buffer: bytes = getattr(_local, "buffer", b"")
     offset: int = getattr(_local, "offset", 0)
     if offset + count > len(buffer) or getattr(_local, "generation", -1) != _generation:

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flux import db, jsontext
+from flux import db, jsontext, randomness
 from flux.api.secrets import SecretCache
 from flux.config import Settings
 from flux.data import CatalogCache
@@ -230,7 +230,7 @@ class QueueWorker:
 
     def _attempt(self, conn: Any, job: Claimed) -> None:
         """Run one attempt of `job` as a recorded request; done with its transaction, or failed after it."""
-        request_id = str(uuid.uuid4())
+        request_id = randomness.uuid4()
         try:
             function = self.functions.get(conn, job.function)
         except FluxError as exc:

@@ -11,12 +11,11 @@ database costs one round trip.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flux import db
+from flux import db, randomness
 from flux.data import Catalog, Limits
 from flux.errors import FluxError
 from flux.pipeline import Statement
@@ -99,7 +98,7 @@ def invoke(
     the run; for a run that never used the database it goes with the record (written off the path), so a
     crash can only make the job run again. A run known to make `reads_only` calls (a `/db/query` select)
     sends each with its settings in an implicit transaction, with no BEGIN nor COMMIT."""
-    request_id = request_id or (recorder.request_id if recorder else str(uuid.uuid4()))
+    request_id = request_id or (recorder.request_id if recorder else randomness.uuid4())
     limits = limits or Limits()
     recorder = recorder or Recorder(request_id, caller.tenant_id)
     started_us, clock = started or (time.time_ns() // 1000, time.perf_counter_ns())
