@@ -107,6 +107,9 @@ class RecordWriter:
         the others); False when Postgres cannot be reached."""
         try:
             with self.pool.connection() as conn:
+                if len(batch) == 1:  # the batch is one record's own statement: no need to try it twice
+                    self._write_one(conn, batch[0])
+                    return True
                 try:
                     db.write_alone(conn, _with_then(batch), durable=False)
                 except FluxError as exc:
