@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
@@ -98,6 +100,54 @@ def create_pool(
         # flux.pipeline prepares the statements; psycopg's own would be deallocated with ours on rollbacks
         kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": autocommit, "prepare_threshold": None},
     )
+
+
+class HeldConnections:
+    """A pool's connections for requests: each thread keeps the one it used, for its next request, instead of
+    taking one from the pool and giving it back each time (about 15 µs a request). A connection goes back to
+    the pool, which rolls back or replaces it, when a request leaves it broken or inside a transaction, when
+    it ends by an exception, and after `KEEP_S`, so that the pool's lifetime limit still applies."""
+
+    KEEP_S = 60.0
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._mine = threading.local()
+        self._held: set[psycopg.Connection[Any]] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn: psycopg.Connection[Any] | None = getattr(self._mine, "conn", None)
+        if conn is None or time.monotonic() > self._mine.until:
+            if conn is not None:
+                self._give_back(conn)
+            conn = self.pool.getconn()
+            self._mine.conn, self._mine.until = conn, time.monotonic() + self.KEEP_S
+            with self._lock:
+                self._held.add(conn)
+        try:
+            yield conn
+        except BaseException:
+            self._give_back(conn)
+            raise
+        if conn.closed or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._give_back(conn)
+
+    def close(self) -> None:
+        """Give every held connection back to the pool (at shutdown: no request runs any more)."""
+        with self._lock:
+            held, self._held = self._held, set()
+        for conn in held:
+            self.pool.putconn(conn)
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        self._mine.conn = None
+        with self._lock:
+            if conn not in self._held:
+                return  # closed meanwhile
+            self._held.discard(conn)
+        self.pool.putconn(conn)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ makes of the number is up to it). `adapt` sets both on a psycopg connection or c
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +18,20 @@ from psycopg.abc import AdaptContext
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)
+# Where a number with a fraction or an exponent may be (orjson would read a float), or an integer past 64 bits
+# (orjson reads a float for those too). A string holding the same characters only costs the slower decoder.
+_NOT_ORJSON = re.compile(r"[0-9][.eE]|[0-9]{19}")
+_NOT_ORJSON_BYTES = re.compile(_NOT_ORJSON.pattern.encode())
 
 
 def loads(text: str | bytes) -> Any:
     """Parse JSON; numbers with a fraction or an exponent become exact `Decimal`s."""
+    found = _NOT_ORJSON.search(text) if isinstance(text, str) else _NOT_ORJSON_BYTES.search(text)
+    if found is None:  # orjson reads it as the decoder below would, faster
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # what it refuses (NaN, a lone surrogate, text not in UTF-8), the decoder below may read
     if not isinstance(text, str):  # as json.loads reads bytes
         text = text.decode(json.detect_encoding(text), "surrogatepass")
     return _DECODER.decode(text)

@@ -70,14 +70,7 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
         if stale:  # past MAX_PREPARED: a round trip more, rarely
             deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
             _exchange(conn, state, deallocate, prepare=False)
-    last = sent.answers[-1]
-    loader = Transformer(state.context)
-    loader.set_pgresult(last)
-    rows: list[tuple[Any, ...]] = loader.load_rows(0, last.ntuples, tuple) if last.nfields else []
-    encoding = conn.info.encoding if last.nfields else ""
-    columns = [(last.fname(i) or b"").decode(encoding) for i in range(last.nfields)]
-    rowcount = last.command_tuples
-    return Result(rows, columns, -1 if rowcount is None else rowcount)
+        return state.load(sent.answers[-1], conn)
 
 
 @dataclass
@@ -98,16 +91,33 @@ class _ConnectionState:
         conn.prepare_threshold = None
         self.context = psycopg.RawCursor(conn)
         jsontext.adapt(self.context)
+        # One transformer to dump values and one to load rows, for the connection's life (as a psycopg cursor
+        # keeps its own): each caches the adapter it found for a type, which a new one would look up again.
+        self.dumper = Transformer(self.context)
+        self.loader = Transformer(self.context)
         self.prepared: OrderedDict[Key, bytes] = OrderedDict()
         self.named = 0
 
     def dump(self, statement: Statement) -> _Dumped:
         if not statement.params:
             return _Dumped(statement.sql, (statement.sql, ()), None, (), ())
-        dumper = Transformer(self.context)
+        dumper = self.dumper
         values = dumper.dump_sequence(statement.params, [PyFormat.AUTO] * len(statement.params))
         types = tuple(dumper.types or ())
-        return _Dumped(statement.sql, (statement.sql, types), values, types, dumper.formats or ())
+        return _Dumped(statement.sql, (statement.sql, types), values, types, tuple(dumper.formats or ()))
+
+    def load(self, result: Any, conn: psycopg.Connection[Any]) -> Result:
+        """A statement's result as rows of Python values."""
+        if not result.nfields:
+            rowcount = result.command_tuples
+            return Result([], [], -1 if rowcount is None else rowcount)
+        loader = self.loader
+        loader.set_pgresult(result)
+        rows: list[tuple[Any, ...]] = loader.load_rows(0, result.ntuples, tuple)
+        encoding = conn.info.encoding
+        columns = [(result.fname(i) or b"").decode(encoding) for i in range(result.nfields)]
+        rowcount = result.command_tuples
+        return Result(rows, columns, -1 if rowcount is None else rowcount)
 
     def name_for(self, key: Key) -> tuple[bytes, bool]:
         """The statement's prepared name, and whether it must be prepared first."""

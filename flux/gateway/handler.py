@@ -15,7 +15,7 @@ from typing import Any
 
 import falcon
 
-from flux import jsontext
+from flux import db, jsontext
 from flux.api.secrets import SecretCache
 from flux.data import CatalogCache
 from flux.data.explain import explain
@@ -67,6 +67,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self._executor = _WithBuiltins(self.executor)
+        self._connections = db.HeldConnections(self.pool)
         self._listener = Listener()
         for cache in (self.routes, self.catalogs, self.functions.active, self.secrets):
             self._listener.follow(cache)
@@ -89,7 +90,7 @@ class Gateway:
         })  # fmt: skip
         decisions: dict[str, Json] = {}
         record: dict[str, Json] = {"trace_id": trace.trace_id, "method": req.method, "path": req.path}
-        with self.pool.connection() as conn:
+        with self._connections.connection() as conn:
             try:
                 if _is_preflight(req, headers):
                     routes = self.routes.get(conn).routes_for(
@@ -146,7 +147,7 @@ class Gateway:
         recorder.finish(span, output={"caller": {"admin_key": admin_key_id, "role": role}})
         request = {"method": "POST", "path": path, "params": {}, "query": {}, "headers": {}, "body": data,
                    "user": None}  # fmt: skip
-        with self.pool.connection() as conn:
+        with self._connections.connection() as conn:
             if name not in self.functions.active.get(conn).functions:
                 raise NotFound(f"no function {name!r} in the active version", hint="`flux deployments ls`")
             return self._run(conn, self.functions.get(conn, name), request, caller=Caller(role=role),
@@ -164,6 +165,7 @@ class Gateway:
         exiting needs none of this: its queued records are written at exit)."""
         self.records.close()
         self._listener.close()
+        self._connections.close()
         close_executor = getattr(self.executor, "close", None)
         if close_executor is not None:
             close_executor()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -66,3 +67,21 @@ def test_jsontext_refuses_what_json_cannot_carry() -> None:
 def test_jsontext_writes_what_json_allows_and_orjson_refuses() -> None:
     assert jsontext.dumps([2**70, -(2**64)]) == b"[1180591620717411303424,-18446744073709551616]"
     assert jsontext.dumps("a\ud800b") == b'"a\\ud800b"'  # a lone surrogate, escaped as JSON allows
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id": 42, "name": "User 42", "tags": ["a", null, true]}',  # orjson reads these
+        "[18446744073709551615, -9223372036854775808, 1234567890123456789012]",  # past 64 bits: exact
+        "[-9223372036854775809, 0.1, -2.5e-3, 1E400]",  # fractions and exponents: Decimal
+        '["\\ud800", "caf\\u00e9", NaN, -Infinity]',  # a lone surrogate, constants orjson refuses
+        '{"a": 1, "a": 2}',
+    ],
+)
+def test_jsontext_reads_every_text_as_the_exact_decoder_does(text: str) -> None:
+    exact = json.JSONDecoder(parse_float=Decimal)
+    expected = exact.decode(text)
+    for given in (text, text.encode()):
+        read = jsontext.loads(given)
+        assert repr(read) == repr(expected)  # repr: NaN is not equal to itself; types must match too
