@@ -8,7 +8,6 @@ import re
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,6 +101,14 @@ def create_pool(
     )
 
 
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class _Held(threading.local):
+    conn: psycopg.Connection[Any] | None = None
+    until = 0.0  # when the connection goes back to the pool (time.monotonic)
+
+
 class HeldConnections:
     """A pool's connections for requests: each thread keeps the one it used, for its next request, instead of
     taking one from the pool and giving it back each time (about 15 µs a request). A connection goes back to
@@ -112,26 +119,31 @@ class HeldConnections:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
-        self._mine = threading.local()
+        self._mine = _Held()
         self._held: set[psycopg.Connection[Any]] = set()
         self._lock = threading.Lock()
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn: psycopg.Connection[Any] | None = getattr(self._mine, "conn", None)
-        if conn is None or time.monotonic() > self._mine.until:
+    def connection(self) -> HeldConnections:
+        """`with held.connection() as conn:` this thread's connection for one request."""
+        return self
+
+    def __enter__(self) -> psycopg.Connection[Any]:
+        mine = self._mine
+        conn = mine.conn
+        if conn is None or time.monotonic() > mine.until:
             if conn is not None:
                 self._give_back(conn)
-            conn = self.pool.getconn()
-            self._mine.conn, self._mine.until = conn, time.monotonic() + self.KEEP_S
+            conn = mine.conn = self.pool.getconn()
+            mine.until = time.monotonic() + self.KEEP_S
             with self._lock:
                 self._held.add(conn)
-        try:
-            yield conn
-        except BaseException:
-            self._give_back(conn)
-            raise
-        if conn.closed or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        conn = self._mine.conn
+        if conn is None:
+            return  # closed meanwhile
+        if exc is not None or conn.closed or conn.pgconn.transaction_status != _IDLE:
             self._give_back(conn)
 
     def close(self) -> None:
@@ -150,13 +162,22 @@ class HeldConnections:
         self.pool.putconn(conn)
 
 
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn any psycopg error raised inside into the matching FluxError, keeping it as `__cause__`."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise from_postgres(exc) from exc
+class _TranslateErrors:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, psycopg.Error):
+            raise from_postgres(exc) from exc
+
+
+_TRANSLATE_ERRORS = _TranslateErrors()
+
+
+def translate_errors() -> _TranslateErrors:
+    """Turn any psycopg error raised inside into the matching FluxError, keeping it as `__cause__` (a context
+    manager; a class, not a generator: it wraps every statement of the request path)."""
+    return _TRANSLATE_ERRORS
 
 
 def from_postgres(exc: psycopg.Error) -> FluxError:
@@ -238,47 +259,60 @@ def request_transaction(
         yield conn
 
 
-_SENT_WITH_NEXT: weakref.WeakKeyDictionary[psycopg.Connection[Any], list[Statement]] = (
-    weakref.WeakKeyDictionary()
-)
-_SENT_WITH_EACH: weakref.WeakKeyDictionary[psycopg.Connection[Any], Statement] = weakref.WeakKeyDictionary()
+class _Unsent:
+    """The statements waiting on a connection to go with the next one run through `execute_*` (kept on the
+    connection itself)."""
+
+    __slots__ = ("each", "next")
+
+    def __init__(self) -> None:
+        self.next: list[Statement] = []  # before the next statement only
+        self.each: Statement | None = None  # before every statement
+
+
+def _unsent(conn: psycopg.Connection[Any]) -> _Unsent:
+    unsent: _Unsent | None = getattr(conn, "_flux_unsent", None)
+    if unsent is None:
+        unsent = conn._flux_unsent = _Unsent()  # type: ignore[attr-defined]
+    return unsent
 
 
 def send_with_next(conn: psycopg.Connection[Any], statement: Statement) -> None:
     """Run `statement` just before the next statement run on `conn` through this module's `execute_*`
     functions, in the same round trip: a request's BEGIN and settings ride on its first query."""
-    _SENT_WITH_NEXT.setdefault(conn, []).append(statement)
+    _unsent(conn).next.append(statement)
 
 
 def send_with_each(conn: psycopg.Connection[Any], statement: Statement) -> None:
     """Run `statement` before every statement run on `conn` through this module's `execute_*` functions, in
     its round trip, until `take_unsent`: the settings of a request that opens no transaction."""
-    _SENT_WITH_EACH[conn] = statement
+    _unsent(conn).each = statement
 
 
 def take_unsent(conn: psycopg.Connection[Any]) -> list[Statement]:
     """The statements `send_with_next` queued on `conn` that no statement has carried yet (now forgotten);
     `send_with_each`'s statement is forgotten too."""
-    _SENT_WITH_EACH.pop(conn, None)
-    return _SENT_WITH_NEXT.pop(conn, [])
+    unsent = _unsent(conn)
+    taken, unsent.next, unsent.each = unsent.next, [], None
+    return taken
 
 
 def _execute(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> pipeline.Result:
     """Run one statement, preceded by the statements queued for it, in one round trip."""
-    statements = [Statement(query.encode(), _bind(params))]
-    waiting = _SENT_WITH_NEXT.pop(conn, None)
+    unsent = _unsent(conn)
+    waiting = unsent.next
+    statements = [*waiting, Statement(query.encode(), _bind(params))]
     if waiting:
-        statements[:0] = waiting
-    each = _SENT_WITH_EACH.get(conn)
-    if each is not None:
-        statements.insert(0, each)
+        unsent.next = []
+    if unsent.each is not None:
+        statements.insert(0, unsent.each)
     try:
         return pipeline.run(conn, statements)
     except psycopg.Error as exc:
         if waiting and exc.sqlstate is None and not conn.closed:
             # Refused before anything was sent (a value Postgres cannot hold): the BEGIN and settings queued
             # still wait for the next statement, or that one would run outside the request's transaction.
-            _SENT_WITH_NEXT[conn] = waiting + _SENT_WITH_NEXT.get(conn, [])
+            unsent.next = waiting + unsent.next
         raise
 
 

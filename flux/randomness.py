@@ -10,8 +10,16 @@ import os
 import threading
 
 _CHUNK = 4096
-_local = threading.local()
 _generation = 0  # bumped in a forked child: every buffer read before the fork is stale there
+
+
+class _Buffer(threading.local):
+    data = b""
+    offset = 0
+    generation = -1
+
+
+_local = _Buffer()
 
 
 def _forked() -> None:
@@ -26,13 +34,12 @@ def random_bytes(count: int) -> bytes:
     """`count` (at most 4096) bytes from the OS's CSPRNG, never handed out twice."""
     if not 0 <= count <= _CHUNK:
         raise ValueError(f"random_bytes takes 0 to {_CHUNK} bytes at a time, not {count}")
-    buffer: bytes = getattr(_local, "buffer", b"")
-    offset: int = getattr(_local, "offset", 0)
-    if offset + count > len(buffer) or getattr(_local, "generation", -1) != _generation:
-        buffer, offset = os.urandom(_CHUNK), 0
-        _local.buffer, _local.generation = buffer, _generation
-    _local.offset = offset + count
-    return buffer[offset : offset + count]
+    local = _local
+    offset = local.offset
+    if offset + count > len(local.data) or local.generation != _generation:
+        local.data, local.generation, offset = os.urandom(_CHUNK), _generation, 0
+    local.offset = offset + count
+    return local.data[offset : offset + count]
 
 
 def uuid4() -> str:

@@ -171,16 +171,17 @@ class Recorder:
 
     def record(self, request: dict[str, Json], then: Statement | None = None) -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
-        scrub = self.scrub
         # Each span's values in the order of flux.spans' columns in _WRITE_RECORDS.
         spans = [
-            [self.request_id, s.seq, s.span_id, s.parent_seq, self.tenant_id, s.module, scrub(s.name),
-             s.started_us, s.duration_us, s.ok, scrub(s.attributes), scrub(s.input), scrub(s.output),
-             scrub(s.error)]
+            [self.request_id, s.seq, s.span_id, s.parent_seq, self.tenant_id, s.module, s.name, s.started_us,
+             s.duration_us, s.ok, s.attributes, s.input, s.output, s.error]
             for s in self.spans
         ]  # fmt: skip
         row = {"id": self.request_id, "tenant_id": self.tenant_id, **request}
         if self.secrets:
+            scrub = self.scrub
+            for span in spans:
+                span[6], span[10:] = scrub(span[6]), [scrub(value) for value in span[10:]]
             row |= {name: scrub(row[name]) for name in _SCRUBBED_COLUMNS if name in row}
         return Record(row, spans, then)
 
