@@ -79,17 +79,18 @@ class Gateway:
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
-        trace = continue_trace(req.get_header("traceparent"), request_id)
-        resp.set_header("x-request-id", request_id)
         headers = req.headers_lower
+        trace = continue_trace(headers.get("traceparent"), request_id)
+        resp.set_header("x-request-id", request_id)
         recorder = Recorder(request_id)
         started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
-        span = recorder.start("gateway", f"{req.method} {req.path}", input={
-            "method": req.method, "path": req.path, "query": req.query_string, "client": req.remote_addr,
+        method, path = req.method, req.path
+        span = recorder.start("gateway", f"{method} {path}", input={
+            "method": method, "path": path, "query": req.query_string, "client": req.remote_addr,
             "origin": headers.get("origin"),
         })  # fmt: skip
         decisions: dict[str, Json] = {}
-        record: dict[str, Json] = {"trace_id": trace.trace_id, "method": req.method, "path": req.path}
+        record: dict[str, Json] = {"trace_id": trace.trace_id, "method": method, "path": path}
         with self._connections.connection() as conn:
             try:
                 if _is_preflight(req, headers):
@@ -127,7 +128,7 @@ class Gateway:
                 return
             recorder.finish(span, output=decisions)
             request = {
-                "method": req.method, "path": req.path, "params": params, "query": dict(req.params),
+                "method": method, "path": path, "params": params, "query": dict(req.params),
                 "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
                 "body": body, "user": dict(caller.claims) if caller.role != "anon" else None,
             }  # fmt: skip
@@ -230,11 +231,9 @@ def _is_preflight(req: falcon.Request, headers: Mapping[str, str]) -> bool:
 
 def _body(req: falcon.Request, route: Route) -> Json:
     """The request's JSON body (None when empty), within the route's size limit."""
-    limit = route.max_body_bytes
-    if req.content_length is not None and req.content_length > limit:
-        raise PayloadTooLarge(
-            f"the body is {req.content_length} bytes; this route takes {limit}", hint="send less"
-        )
+    limit, length = route.max_body_bytes, req.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the body is {length} bytes; this route takes {limit}", hint="send less")
     raw = req.bounded_stream.read(limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"the body is over {limit} bytes", hint="send less")

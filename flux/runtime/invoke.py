@@ -27,6 +27,7 @@ from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 
 Json = Any
+_DEFAULT_LIMITS = Limits()
 RuntimeKind = Literal["wasm", "component", "typescript", "javascript", "builtin"]
 
 
@@ -99,7 +100,7 @@ def invoke(
     crash can only make the job run again. A run known to make `reads_only` calls (a `/db/query` select)
     sends each with its settings in an implicit transaction, with no BEGIN nor COMMIT."""
     request_id = request_id or (recorder.request_id if recorder else randomness.uuid4())
-    limits = limits or Limits()
+    limits = limits or _DEFAULT_LIMITS
     recorder = recorder or Recorder(request_id, caller.tenant_id)
     started_us, clock = started or (time.time_ns() // 1000, time.perf_counter_ns())
     fields = request if isinstance(request, dict) else {}
