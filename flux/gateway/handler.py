@@ -84,9 +84,9 @@ class Gateway:
         resp.set_header("x-request-id", request_id)
         recorder = Recorder(request_id)
         started_us, clock = time.time_ns() // 1000, time.perf_counter_ns()
-        method, path = req.method, req.path
+        method, path, client = req.method, req.path, req.remote_addr
         span = recorder.start("gateway", f"{method} {path}", input={
-            "method": method, "path": path, "query": req.query_string, "client": req.remote_addr,
+            "method": method, "path": path, "query": req.query_string, "client": client,
             "origin": headers.get("origin"),
         })  # fmt: skip
         decisions: dict[str, Json] = {}
@@ -115,7 +115,7 @@ class Gateway:
                 caller = self.auth.authenticate(conn, route, headers)
                 recorder.tenant_id = caller.tenant_id
                 decisions["caller"] = {"role": caller.role, "tenant_id": caller.tenant_id}
-                limits = self.limiter.limits(conn, route, caller, req.remote_addr or "")
+                limits = self.limiter.limits(conn, route, caller, client or "")
                 decision = ratelimit.take(conn, limits)
                 if decision is not None:
                     decisions["rate_limit"] = decision.headers()
@@ -252,7 +252,11 @@ def _body(req: falcon.Request, route: Route) -> Json:
 def _respond(resp: falcon.Response, response: Response) -> None:
     resp.status = falcon.code_to_http_status(response.status)
     resp.set_headers(response.headers)
-    media = next((value for name, value in response.headers.items() if name.lower() == "content-type"), "")
+    media = ""
+    for name, value in response.headers.items():
+        if name.lower() == "content-type":
+            media = value
+            break
     if isinstance(response.body, str) and media and "json" not in media:
         resp.text = response.body  # the function chose its own content type
     elif response.body is not None or response.status != 204:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,28 +165,40 @@ class Host:
     def conn(self) -> Any:
         return self.transaction.conn
 
-    @contextmanager
-    def database_work(self, *, writes: bool = False) -> Iterator[None]:
-        """Work in the request's transaction, begun here if it is the first: refused once a database error
-        aborted it (Postgres would refuse every later statement), and such an error is remembered. Work that
-        `writes` names its span in `flux.span_seq`, so the mutations it makes are linked to the span."""
+    def database_work(self, *, writes: bool = False) -> _DatabaseWork:
+        """`with host.database_work():` work in the request's transaction, begun here if it is the first:
+        refused once a database error aborted it (Postgres would refuse every later statement), and such an
+        error is remembered. Work that `writes` names its span in `flux.span_seq`, so the mutations it makes
+        are linked to the span."""
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
                 " rolled back",
                 hint="let the error end the request; its writes are undone",
             )
-        try:
-            self.transaction.begin()
-            span_seq = self.recorder.current if writes else None
-            if span_seq != self.marked_span:  # a read after a write clears it
-                self.transaction.mark("flux.span_seq", "" if span_seq is None else str(span_seq))
-                self.marked_span = span_seq
-            yield
-        except FluxError as exc:
-            if db.transaction_failed(self.conn):
-                self.aborted = exc
-            raise
+        self.transaction.begin()  # queued to go with the work's first statement
+        span_seq = self.recorder.current if writes else None
+        if span_seq != self.marked_span:  # a read after a write clears it
+            self.transaction.mark("flux.span_seq", "" if span_seq is None else str(span_seq))
+            self.marked_span = span_seq
+        return _DatabaseWork(self)
+
+
+class _DatabaseWork:
+    """The `with` block of `Host.database_work`: a database error that ended the transaction is remembered.
+    (A class rather than a generator: every database call of a request goes through it.)"""
+
+    __slots__ = ("host",)
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, FluxError) and db.transaction_failed(self.host.conn):
+            self.host.aborted = exc
 
 
 def _check_push(args: Json) -> None:
@@ -226,8 +237,10 @@ def _span_of(op: str, args: Json) -> tuple[str, str]:
     """The span's module and name: `db:select(orders)`, `sql:update(orders)`, `fetch:GET example.com`, ..."""
     fields = args if isinstance(args, dict) else {}
     if op == "db.query":
-        kind = next((k for k in _QUERY_KINDS if k in fields), "query")
-        return "data", f"db:{kind}({str(fields.get(kind, '?'))[:64]})"
+        for kind in _QUERY_KINDS:
+            if kind in fields:
+                return "data", f"db:{kind}({str(fields[kind])[:64]})"
+        return "data", "db:query(?)"
     if op == "db.sql":
         try:
             return "data", inspect_raw_sql(str(fields.get("sql", ""))).span_name
