@@ -10,6 +10,7 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -53,14 +54,21 @@ class _KeyRow:
     prefix: str
 
 
-def _find_key(conn: Any, key_hash: bytes) -> _KeyRow | None:
+def _find_key(conn: Any, key_hash: bytes) -> Caller | None:
+    """Who a live key makes its caller (None for an unknown or revoked key)."""
     row = db.execute_raw(
         conn,
         "SELECT role, tenant_id::text, claims, prefix FROM flux.api_keys"
         " WHERE key_hash = $1 AND revoked_at IS NULL",
         [key_hash],
     )
-    return _KeyRow(*row) if row is not None else None
+    if row is None:
+        return None
+    key = _KeyRow(*row)
+    claims = {"sub": f"key:{key.prefix}", **key.claims}
+    if key.tenant_id:
+        claims["tenant_id"] = key.tenant_id
+    return Caller(role=key.role, claims=MappingProxyType(claims), tenant_id=key.tenant_id)
 
 
 class Authenticator:
@@ -73,8 +81,8 @@ class Authenticator:
         self.jwks = (
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300) if settings.jwks_url else None
         )
-        # API keys by hash, loaded as they are used; dropped when keys or tenants change (`flux_callers`)
-        self.keys: KeyedCache[bytes, _KeyRow | None] = KeyedCache(_find_key)
+        # Callers by API key hash, loaded as keys are used; dropped when keys or tenants change (flux_callers)
+        self.keys: KeyedCache[bytes, Caller | None] = KeyedCache(_find_key)
 
     def authenticate(self, conn: Any, route: Route, headers: Mapping[str, str]) -> Caller:
         if route.auth == "none":
@@ -96,15 +104,12 @@ class Authenticator:
         return self._token(credential)
 
     def _key(self, conn: Any, key: str) -> Caller:
-        row = self.keys.get(conn, hash_key(key))
-        if row is None:
+        caller = self.keys.get(conn, hash_key(key))
+        if caller is None:
             raise InvalidApiKey(
                 f"API key {key[:PREFIX_LENGTH]}… is unknown or revoked", hint="use a live key"
             )
-        claims = {"sub": f"key:{row.prefix}", **row.claims}
-        if row.tenant_id:
-            claims["tenant_id"] = row.tenant_id
-        return Caller(role=row.role, claims=claims, tenant_id=row.tenant_id)
+        return caller
 
     def _token(self, token: str) -> Caller:
         try:

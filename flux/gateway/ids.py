@@ -36,8 +36,8 @@ def request_span_id(request_id: str) -> str:
 def continue_trace(header: str | None, request_id: str) -> Trace:
     """The incoming `traceparent`'s trace, or a new trace when there is none (or it is not valid: all-zero
     ids and unknown versions are ignored, as the spec says); the request's span id comes from its id."""
-    match = _TRACEPARENT.match((header or "").strip().lower())
     span_id = request_span_id(request_id)
+    match = _TRACEPARENT.match(header.strip().lower()) if header else None
     if match and set(match[1]) != {"0"} and set(match[2]) != {"0"}:
         return Trace(match[1], span_id, match[2])
     return Trace(randomness.random_bytes(16).hex(), span_id)
