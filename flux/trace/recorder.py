@@ -70,7 +70,7 @@ def records_statement(records: list[Record]) -> Statement:
     return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One step of a request. `output` and `error` are set while the step runs."""
 
@@ -108,10 +108,11 @@ class Recorder:
 
     def start(self, module: str, name: str, input: Json = None, attributes: Json = None) -> Span:
         """Open a span as a child of the innermost open span; close it with `finish`."""
+        opened = self._open
         span = Span(
             seq=len(self.spans),
             span_id=randomness.random_bytes(8).hex(),
-            parent_seq=self.current,
+            parent_seq=opened[-1] if opened else None,
             module=module,
             name=name,
             started_us=time.time_ns() // 1000,
@@ -120,7 +121,7 @@ class Recorder:
             clock_ns=time.perf_counter_ns(),
         )
         self.spans.append(span)
-        self._open.append(span.seq)
+        opened.append(span.seq)
         return span
 
     @property
