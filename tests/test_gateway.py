@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import falcon
+import falcon.testing
 import hypothesis
 import jwt
 import psycopg
@@ -18,6 +20,7 @@ import schemathesis
 from flux.api.deploy import deploy
 from flux.config import Settings
 from flux.gateway.auth import new_api_key
+from flux.gateway.handler import _headers
 from flux.gateway.ids import request_span_id
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.runtime import NOTES_SQL
@@ -367,3 +370,9 @@ def test_the_db_endpoints_hold_to_their_openapi_document(client: Any, conn: Conn
             )
 
         holds()
+
+
+def test_the_gateway_reads_headers_as_falcon_does() -> None:
+    headers = {"Authorization": "Bearer k", "X-Forwarded-For": "10.0.0.1", "Content-Type": "application/json"}
+    environ = falcon.testing.create_environ(path="/x", body=b"{}", headers=headers)
+    assert _headers(environ) == dict(falcon.Request(environ).headers_lower)
