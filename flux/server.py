@@ -8,6 +8,7 @@ a failed boot, or any error.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -143,7 +144,12 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from flux.app import create_wsgi
 
-        return create_wsgi(self.settings, self.dsn)
+        app = create_wsgi(self.settings, self.dsn)
+        # What the worker loaded to serve (modules, compiled code, the first catalog) lives as long as it
+        # does: frozen, the cycle collector no longer walks it. Its full collections had cost the worker
+        # about 40 ms every few thousand requests (8 µs a request), a stall in the middle of one.
+        gc.freeze()
+        return app
 
 
 def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = True) -> None:

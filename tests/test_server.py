@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from flux.config import Settings
+from flux.server import FluxApplication
 from tests.fixtures.processes import FLUX, free_port, processes_mentioning, run_flux, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -180,3 +183,19 @@ def test_serving_on_ipv6_loopback(project_dir: Path, flux_env: dict[str, str], d
     finally:
         _stop(process, signal.SIGTERM, group=False)
     assert process.returncode == 0
+
+
+def test_a_worker_freezes_what_it_loaded_to_serve(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, tmp_path: Path
+) -> None:
+    import flux.app
+
+    loaded = object()
+    monkeypatch.setattr(flux.app, "create_wsgi", lambda settings, dsn: loaded)
+    gc.unfreeze()
+    try:
+        app = FluxApplication(Settings(project_dir=tmp_path), dsn, reload=False).load()
+        assert app is loaded
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
