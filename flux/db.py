@@ -142,7 +142,7 @@ class HeldConnections:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         conn = self._mine.conn
         if conn is None:
-            return  # closed meanwhile
+            return  # already given back (by a nested use on this thread)
         if exc is not None or conn.closed or conn.pgconn.transaction_status != _IDLE:
             self._give_back(conn)
 
@@ -157,7 +157,7 @@ class HeldConnections:
         self._mine.conn = None
         with self._lock:
             if conn not in self._held:
-                return  # closed meanwhile
+                return  # `close` gave it back already
             self._held.discard(conn)
         self.pool.putconn(conn)
 
