@@ -46,14 +46,6 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-@dataclass(frozen=True)
-class _KeyRow:
-    role: str
-    tenant_id: str | None
-    claims: dict[str, Any]
-    prefix: str
-
-
 def _find_key(conn: Any, key_hash: bytes) -> Caller | None:
     """Who a live key makes its caller (None for an unknown or revoked key)."""
     row = db.execute_raw(
@@ -64,11 +56,11 @@ def _find_key(conn: Any, key_hash: bytes) -> Caller | None:
     )
     if row is None:
         return None
-    key = _KeyRow(*row)
-    claims = {"sub": f"key:{key.prefix}", **key.claims}
-    if key.tenant_id:
-        claims["tenant_id"] = key.tenant_id
-    return Caller(role=key.role, claims=MappingProxyType(claims), tenant_id=key.tenant_id)
+    role, tenant_id, key_claims, prefix = row
+    claims = {"sub": f"key:{prefix}", **key_claims}
+    if tenant_id:
+        claims["tenant_id"] = tenant_id
+    return Caller(role=role, claims=MappingProxyType(claims), tenant_id=tenant_id)
 
 
 class Authenticator:
