@@ -96,6 +96,35 @@ $$;
 
 
 --
+-- Name: announce_requests(uuid[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.announce_requests(ids uuid[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF EXISTS (SELECT FROM flux.request_followers WHERE expires_at > pg_catalog.now()) THEN
+        PERFORM pg_catalog.pg_notify('flux_requests', pg_catalog.string_agg(i.id::text, ',' ORDER BY i.ord))
+           FROM pg_catalog.unnest(ids) WITH ORDINALITY AS i (id, ord)
+          GROUP BY (i.ord - 1) / 200;
+        INSERT INTO flux.request_follower_inbox (follower_id, request_id)
+        SELECT f.id, i.id
+          FROM flux.request_followers f CROSS JOIN pg_catalog.unnest(ids) AS i (id)
+         WHERE f.keeps_inbox AND f.expires_at > pg_catalog.now();
+    END IF;
+END
+$$;
+
+
+--
+-- Name: FUNCTION announce_requests(ids uuid[]); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.announce_requests(ids uuid[]) IS 'Announces newly recorded requests on channel flux_requests (and in follower inboxes) while a row of flux.request_followers is live; Flux calls it with each statement that records requests.';
+
+
+--
 -- Name: apply_column_policies(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1390,29 +1419,6 @@ BEGIN
     RETURN NULL;
 END
 $_$;
-
-
---
--- Name: tg_requests__notify(); Type: FUNCTION; Schema: flux; Owner: -
---
-
-CREATE FUNCTION flux.tg_requests__notify() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-BEGIN
-    IF EXISTS (SELECT FROM flux.request_followers WHERE expires_at > pg_catalog.now()) THEN
-        PERFORM pg_catalog.pg_notify('flux_requests', pg_catalog.string_agg(r.id::text, ','))
-           FROM (SELECT n.id, (pg_catalog.row_number() OVER () - 1) / 200 AS chunk FROM new_requests n) AS r
-          GROUP BY r.chunk;
-        INSERT INTO flux.request_follower_inbox (follower_id, request_id)
-        SELECT f.id, n.id
-          FROM flux.request_followers f CROSS JOIN new_requests n
-         WHERE f.keeps_inbox AND f.expires_at > pg_catalog.now();
-    END IF;
-    RETURN NULL;
-END
-$$;
 
 
 --
@@ -3376,14 +3382,14 @@ CREATE INDEX request_follower_inbox_follower_idx ON flux.request_follower_inbox 
 -- Name: requests_failed_started_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
-CREATE INDEX requests_failed_started_at_idx ON flux.requests USING btree (started_at DESC) WHERE (NOT ok);
+CREATE INDEX requests_failed_started_at_idx ON flux.requests USING btree (started_at) WHERE (NOT ok);
 
 
 --
 -- Name: requests_function_started_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
-CREATE INDEX requests_function_started_at_idx ON flux.requests USING btree (function, started_at DESC);
+CREATE INDEX requests_function_started_at_idx ON flux.requests USING btree (function, started_at);
 
 
 --
@@ -3397,7 +3403,7 @@ CREATE INDEX requests_parent_request_id_idx ON flux.requests USING btree (parent
 -- Name: requests_started_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
-CREATE INDEX requests_started_at_idx ON flux.requests USING btree (started_at DESC);
+CREATE INDEX requests_started_at_idx ON flux.requests USING btree (started_at);
 
 
 --
@@ -3716,13 +3722,6 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON flux.jobs REFERENCING NEW TABLE AS ne
 
 
 --
--- Name: requests requests_notify; Type: TRIGGER; Schema: flux; Owner: -
---
-
-CREATE TRIGGER requests_notify AFTER INSERT ON flux.requests REFERENCING NEW TABLE AS new_requests FOR EACH STATEMENT EXECUTE FUNCTION flux.tg_requests__notify();
-
-
---
 -- Name: routes routes_notify; Type: TRIGGER; Schema: flux; Owner: -
 --
 
@@ -3784,6 +3783,14 @@ GRANT USAGE ON SCHEMA flux TO flux_authenticator;
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE flux.jobs TO flux_recorder;
 GRANT SELECT ON TABLE flux.jobs TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION announce_requests(ids uuid[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.announce_requests(ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.announce_requests(ids uuid[]) TO flux_authenticator;
 
 
 --

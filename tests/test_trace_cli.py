@@ -11,8 +11,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import FollowerGone, RequestNotFound, TableNotTracked
+from flux.trace.recorder import Recorder
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.processes import FLUX, free_port, wait_for_http
 
@@ -267,7 +270,8 @@ def test_a_follower_stopping_while_requests_are_recorded_fails_none_of_them(dsn:
     conn.execute("SET statement_timeout = '5s'")  # a recording that waited on the stop would wait for ever
     with psycopg.connect(dsn) as stopping:  # its DELETE is in flight while a request is recorded
         stop_following(stopping, follower)
-        conn.execute("INSERT INTO flux.requests (id, kind, ok) VALUES (gen_random_uuid(), 'http', true)")
+        recorded = {"kind": "http", "ok": True, "started_us": time.time_ns() // 1000}
+        Recorder(str(uuid.uuid4())).write(conn, recorded)
     with pytest.raises(FollowerGone):
         take_followed(conn, follower)
     start_following(conn, inbox=True)  # and the row left in the stopped follower's inbox is cleared

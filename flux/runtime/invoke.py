@@ -145,8 +145,8 @@ def invoke(
             transaction.end()
             records.submit(recorder.record(row, then=commit_with))
         else:
-            statement = recorder.statement(row)
-            transaction.commit([statement, commit_with] if commit_with else [statement], durable=host.wrote)
+            statements = recorder.statements(row)
+            transaction.commit([*statements, commit_with] if commit_with else statements, durable=host.wrote)
         return Outcome(request_id, response)
     except FluxError as exc:
         error = exc

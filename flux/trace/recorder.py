@@ -1,5 +1,6 @@
 """The record of one request: its spans, buffered in memory in execution order, then written with the request
-row in one statement at the end of the request's transaction (never a round trip per span).
+row in one statement at the end of the request's transaction (never a round trip per span), which a second
+statement announces to whoever follows new requests.
 
 Secret values a function read are replaced by `[secret:<name>]` everywhere in the record before it is written.
 """
@@ -47,6 +48,8 @@ SELECT (s->>0)::uuid, (s->>1)::int, s->>2, (s->>3)::int, (s->>4)::uuid, s->>5, s
        NULLIF(s->10, 'null'), NULLIF(s->11, 'null'), NULLIF(s->12, 'null'), NULLIF(s->13, 'null')
   FROM jsonb_array_elements($2::jsonb) AS s
 """
+# A statement trigger did this before, at the cost of keeping every inserted row in a transition table.
+_ANNOUNCE = b"SELECT flux.announce_requests($1::uuid[])"
 # What a request row's text may hold that a secret could be in (its ids, codes and numbers are Flux's own).
 _SCRUBBED_COLUMNS = ("method", "path", "function", "input", "output", "error")
 
@@ -62,12 +65,15 @@ class Record:
     then: Statement | None = None
 
 
-def records_statement(records: list[Record]) -> Statement:
-    """The one statement that inserts every request row and span of `records`. It runs as the connecting
-    role, not the request's."""
+def records_statements(records: list[Record]) -> list[Statement]:
+    """The statement that inserts every request row and span of `records`, then the one that announces their
+    ids to whoever follows new requests (`flux tail`). Both run as the connecting role, not the request's."""
     requests = [[record.request.get(name) for name in _REQUEST_COLUMNS] for record in records]
     spans = [span for record in records for span in record.spans]
-    return Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)])
+    return [
+        Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)]),
+        Statement(_ANNOUNCE, [[record.request["id"] for record in records]]),
+    ]
 
 
 @dataclass(slots=True)
@@ -186,14 +192,14 @@ class Recorder:
             row |= {name: scrub(row[name]) for name in _SCRUBBED_COLUMNS if name in row}
         return Record(row, spans, then)
 
-    def statement(self, request: dict[str, Json]) -> Statement:
-        """The statement that writes this request's record (see `records_statement`)."""
-        return records_statement([self.record(request)])
+    def statements(self, request: dict[str, Json]) -> list[Statement]:
+        """The statements that write this request's record (see `records_statements`)."""
+        return records_statements([self.record(request)])
 
     def write(self, conn: Any, request: dict[str, Json], *, durable: bool = True) -> None:
         """Write the record now, in a transaction of its own (for a request whose own transaction failed or
         never began)."""
-        db.write_alone(conn, [self.statement(request)], durable=durable)
+        db.write_alone(conn, self.statements(request), durable=durable)
 
 
 def _jsonb_text(value: Json) -> str:

@@ -1,7 +1,8 @@
 """The records of requests that changed no data (reads, no-ops, requests the gateway refused), written off the
-request path: a thread of the worker writes whatever has queued up as one statement, without waiting for the
-flush to disk. A record waits up to `LINGER_S` for others to share its statement: Postgres spends about three
-times as much on a record written alone as on one of a batch of twenty (measured in docs/performance.md).
+request path: a thread of the worker writes whatever has queued up in one statement (and announces it),
+without waiting for the flush to disk. A record waits up to `LINGER_S` for others to share its statement:
+Postgres spends about three times as much on a record written alone as on one of a batch of twenty (measured
+in docs/performance.md).
 
 DESIGN.md allows it: recording a read must not turn it into a flushed write, and a crash may lose the last
 moments of read traces (here, those still queued in a worker killed with -9), never user data nor the record
@@ -22,7 +23,7 @@ from typing import Any
 from flux import db
 from flux.errors import DatabaseUnreachable, FluxError
 from flux.pipeline import Statement
-from flux.trace.recorder import Record, records_statement
+from flux.trace.recorder import Record, records_statements
 
 log = logging.getLogger("flux.trace")
 
@@ -134,7 +135,7 @@ class RecordWriter:
                 if isinstance(exc, DatabaseUnreachable) or not record.then:
                     raise
                 log.warning("request %s: %s; its record is written alone", record.request.get("id"), exc)
-                db.write_alone(conn, [records_statement([record])], durable=False)
+                db.write_alone(conn, records_statements([record]), durable=False)
         except FluxError as exc:
             if isinstance(exc, DatabaseUnreachable):
                 raise
@@ -142,5 +143,5 @@ class RecordWriter:
 
 
 def _with_then(batch: list[Record]) -> list[Statement]:
-    """The statement that writes `batch`, and the `then` statements of its records."""
-    return [records_statement(batch), *(record.then for record in batch if record.then)]
+    """The statements that write `batch`, and the `then` statements of its records."""
+    return [*records_statements(batch), *(record.then for record in batch if record.then)]
