@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ T = TypeVar("T")
 DURATION_S = 8
 WORKER_CLASSES = (("sync", 1), ("gthread", 4))  # FLUX_BENCH_WORKER_CLASS=gthread measures one
 CONNECTIONS = 4
-ROUNDS = 3  # /db/query runs of each server, alternating; the median counts
+ROUNDS = 5  # /db/query runs of each server, alternating; the median of the paired ratios counts
 FLUX_TOML = """
 [[routes]]
 method = "GET"
@@ -113,7 +114,7 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
         alone = {name: _wrk(url, connections=1) for name, url in pages.items()}
         # Four connections on two workers: throughput, with requests queued behind each other.
         loaded = {name: _wrk(url) for name, url in pages.items()}
-        query, flux_cpu, by_hand, floor_cpu = _compare_queries(
+        query, flux_cpu, by_hand, floor_cpu, ratios = _compare_queries(
             dsn, [(flux.pid, f"{flux_base}/db/query"), (floor.pid, f"{floor_base}/db/query")], folder
         )
     finally:
@@ -134,10 +135,13 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
         print(
             f"    gateway + recording + runtime: {overhead:5.2f} ms p50 over bare Falcon (target <= 0.5 ms)"
         )
-    print(f"  /db/query: median of {ROUNDS} runs each, alternating, Postgres vacuumed and quiet before each")
+    print(f"  /db/query: {ROUNDS} runs each, alternating, Postgres vacuumed and quiet before each;"
+          " the median run of each:")  # fmt: skip
     print(f"  -c{CONNECTIONS}  POST /db/query       p50 {query[0]:6.2f} ms  {query[1]:7.0f} req/s")
     print(f"  -c{CONNECTIONS}  by hand (psycopg)    p50 {by_hand[0]:6.2f} ms  {by_hand[1]:7.0f} req/s")
-    print(f"    {query[1] / by_hand[1]:.2f}x the hand-written endpoint's req/s (target >= 0.7x)")
+    print(f"    each run's ratio, in order: {' '.join(f'{ratio:.2f}' for ratio in ratios)}")
+    median = statistics.median(ratios)
+    print(f"    {median:.2f}x the hand-written endpoint's req/s, median of {ROUNDS} pairs (target >= 0.7x)")
     for label, (_, rate), (server_s, postgres_s) in (
         ("POST /db/query", query, flux_cpu), ("by hand (psycopg)", by_hand, floor_cpu),
     ):  # fmt: skip
@@ -146,19 +150,22 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
               f"  Postgres {postgres_s / served * 1e6:5.0f} us")  # fmt: skip
 
 
-def _compare_queries(
-    dsn: str, servers: list[tuple[int, str]], folder: Path
-) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]]:
-    """`POST /db/query` on each server in turn, `ROUNDS` times: the median run of each (p50, req/s) and the
-    CPU it cost. Postgres is made quiet before every run, so that work one server left behind (autovacuum of
-    the records it wrote) is not counted against the next."""
+def _compare_queries(dsn: str, servers: list[tuple[int, str]], folder: Path) -> tuple[
+    tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float], list[float]
+]:  # fmt: skip
+    """`POST /db/query` on each server in turn, `ROUNDS` times: the median run of each (p50, req/s) with the
+    CPU it cost, and the ratio of each pair of runs (Flux's req/s over the floor's). A pair runs back to back,
+    so it shares the machine's drift, which two medians taken apart would not. Postgres is made quiet before
+    every run, so that work one server left behind (autovacuum of the records it wrote) is not counted against
+    the next."""
     runs: list[list[tuple[tuple[float, float], tuple[float, float]]]] = [[] for _ in servers]
     for _ in range(ROUNDS):
         for measured, (pid, url) in zip(runs, servers, strict=True):
             _quiesce(dsn)
             measured.append(_with_cpu(pid, functools.partial(_wrk, url, folder / "query.lua")))
+    ratios = [flux[0][1] / floor[0][1] for flux, floor in zip(*runs, strict=True)]
     flux, floor = (sorted(measured, key=lambda run: run[0][1])[ROUNDS // 2] for measured in runs)
-    return flux[0], flux[1], floor[0], floor[1]
+    return flux[0], flux[1], floor[0], floor[1], ratios
 
 
 def _quiesce(dsn: str) -> None:
