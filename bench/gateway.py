@@ -155,12 +155,14 @@ def _compare_queries(dsn: str, servers: list[tuple[int, str]], folder: Path) -> 
 ]:  # fmt: skip
     """`POST /db/query` on each server in turn, `ROUNDS` times: the median run of each (p50, req/s) with the
     CPU it cost, and the ratio of each pair of runs (Flux's req/s over the floor's). A pair runs back to back,
-    so it shares the machine's drift, which two medians taken apart would not. Postgres is made quiet before
+    so it shares the machine's drift, which two medians taken apart would not; which one runs first
+    alternates, so a steady drift favours neither. Postgres is made quiet before
     every run, so that work one server left behind (autovacuum of the records it wrote) is not counted against
     the next."""
     runs: list[list[tuple[tuple[float, float], tuple[float, float]]]] = [[] for _ in servers]
-    for _ in range(ROUNDS):
-        for measured, (pid, url) in zip(runs, servers, strict=True):
+    for round_ in range(ROUNDS):
+        pairs = list(zip(runs, servers, strict=True))  # which server goes first alternates
+        for measured, (pid, url) in pairs if round_ % 2 == 0 else reversed(pairs):
             _quiesce(dsn)
             measured.append(_with_cpu(pid, functools.partial(_wrk, url, folder / "query.lua")))
     ratios = [flux[0][1] / floor[0][1] for flux, floor in zip(*runs, strict=True)]

@@ -226,3 +226,24 @@ def test_a_projects_tables_are_tracked_unless_they_opt_out(empty_dsn: str, tmp_p
         assert conn.execute("SELECT table_name FROM flux.tracked_tables").fetchall() == [("notes",)]
         conn.execute("INSERT INTO notes VALUES (1, 'hi')")
         assert conn.execute("SELECT op FROM flux.mutations").fetchall() == [("INSERT",)]
+
+
+def test_the_ascending_time_indexes_migration_rebuilds_only_what_is_descending(empty_dsn: str) -> None:
+    """0012 rebuilds a descending time index of flux.requests and leaves those already ascending."""
+    migrate.migrate(empty_dsn)
+    file = migrate.sql_dir() / "migrations" / "0012_requests_time_indexes_ascending.sql"
+    indexes = (
+        "SELECT c.relname, c.oid, pg_get_indexdef(c.oid) FROM pg_class c"
+        " WHERE c.relname LIKE 'requests_%started_at_idx' ORDER BY 1"
+    )
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("DROP INDEX flux.requests_started_at_idx")
+        conn.execute("CREATE INDEX requests_started_at_idx ON flux.requests (started_at DESC)")
+        before = {name: (oid, definition) for name, oid, definition in conn.execute(indexes)}
+        conn.execute(file.read_text())
+        after = {name: (oid, definition) for name, oid, definition in conn.execute(indexes)}
+    assert "DESC" in before["requests_started_at_idx"][1]
+    assert after["requests_started_at_idx"][1].endswith("USING btree (started_at)")
+    assert after["requests_started_at_idx"][0] != before["requests_started_at_idx"][0]
+    for untouched in ("requests_function_started_at_idx", "requests_failed_started_at_idx"):
+        assert after[untouched] == before[untouched]
