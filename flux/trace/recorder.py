@@ -114,11 +114,10 @@ class Recorder:
 
     def start(self, module: str, name: str, input: Json = None, attributes: Json = None) -> Span:
         """Open a span as a child of the innermost open span; close it with `finish`."""
-        opened = self._open
         span = Span(
             seq=len(self.spans),
             span_id=randomness.random_bytes(8).hex(),
-            parent_seq=opened[-1] if opened else None,
+            parent_seq=self.current,
             module=module,
             name=name,
             started_us=time.time_ns() // 1000,
@@ -127,7 +126,7 @@ class Recorder:
             clock_ns=time.perf_counter_ns(),
         )
         self.spans.append(span)
-        opened.append(span.seq)
+        self._open.append(span.seq)
         return span
 
     @property
