@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from flux import cpus
 from flux.errors import InvalidConfig
 
 DEFAULT_PORT = 4000
@@ -29,6 +30,8 @@ class Settings:
     workers: int = 2
     worker_class: str = "sync"  # or "gthread", with `threads` per worker (docs/performance.md compares them)
     threads: int = 1
+    # each worker on a CPU of its own: "auto" (if workers >= CPUs), "on" or "off" (flux/cpus.py)
+    pin_workers: str = "auto"
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None
     # [auth]: JWT verification (HS256 with a shared secret, or RS256/ES256 keys from a JWKS URL)
@@ -68,6 +71,7 @@ _ENV_NAMES = {
     "workers": ("FLUX_WORKERS",),
     "worker_class": ("FLUX_WORKER_CLASS",),
     "threads": ("FLUX_THREADS",),
+    "pin_workers": ("FLUX_PIN_WORKERS",),
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
@@ -173,6 +177,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         raise InvalidConfig(
             f"worker_class {worker_class!r} is not sync or gthread", hint="use sync (the default)"
         )
+    pin_workers = _pin_workers(values.get("pin_workers", "auto"))
     bindir = values.get("pg_bindir")
     return Settings(
         project_dir=project,
@@ -182,6 +187,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         workers=workers,
         worker_class=worker_class,
         threads=threads,
+        pin_workers=pin_workers,
         migrations_dir=str(values.get("migrations_dir", "migrations")),
         pg_bindir=Path(bindir) if bindir else None,
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
@@ -193,6 +199,14 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         name=str(values.get("name") or project.name),
         function_limits=dict(values.get("function_limits", {})),
     )
+
+
+def _pin_workers(value: Any) -> str:
+    """`auto`, `on` or `off`; TOML's true and false are `on` and `off`."""
+    mode = ("on" if value else "off") if isinstance(value, bool) else str(value).lower()
+    if mode not in cpus.MODES:
+        raise InvalidConfig(f"pin_workers {value!r} is not auto, on or off", hint="use auto (the default)")
+    return mode
 
 
 def _otlp_endpoint(value: Any) -> str | None:

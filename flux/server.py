@@ -22,7 +22,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from flux import migrate
+from flux import cpus, migrate
 from flux.api.deploy import deploy
 from flux.config import Settings
 from flux.devloop import ACCESS_FORMAT, ProjectWatcher
@@ -128,6 +128,9 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
             "logger_class": "flux.devloop.DevAccessLog" if self.reload else None,
             "proc_name": "flux",
         }
+        settings = self.settings
+        if cpus.pins(settings.pin_workers, settings.worker_class, settings.workers, len(cpus.available())):
+            config |= {"pre_fork": cpus.choose, "post_fork": cpus.pin}
         if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
             config["control_socket_disable"] = True
         for key, value in config.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from flux import cpus
 from flux.config import load_settings, split_bind
 from flux.errors import InvalidConfig
 
@@ -26,12 +27,30 @@ def test_auth_routes_and_fetch_allow_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "toml",
     ['[auth]\nsecrte = "x"\n', '[server]\nworker_class = "gevent"\n', '[server]\nthreads = 0\n',
-     "routes = 3\n", '[server]\nfetch_allow = 1\n'],
+     "routes = 3\n", '[server]\nfetch_allow = 1\n', '[server]\npin_workers = "sometimes"\n'],
 )  # fmt: skip
 def test_a_bad_setting_is_one_clear_error(tmp_path: Path, toml: str) -> None:
     (tmp_path / "flux.toml").write_text(toml)
     with pytest.raises(InvalidConfig):
         load_settings(tmp_path, env={})
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "mode"),
+    [("", {}, "auto"), ("[server]\npin_workers = false\n", {}, "off"),
+     ("[server]\npin_workers = true\n", {}, "on"),
+     ("[server]\npin_workers = false\n", {"FLUX_PIN_WORKERS": "ON"}, "on")],
+)  # fmt: skip
+def test_pin_workers_is_auto_on_or_off(tmp_path: Path, toml: str, env: dict[str, str], mode: str) -> None:
+    (tmp_path / "flux.toml").write_text(toml)
+    assert load_settings(tmp_path, env=env).pin_workers == mode
+
+
+def test_auto_pins_sync_workers_only_when_they_cover_every_cpu() -> None:
+    assert cpus.pins("auto", "sync", workers=2, cpus=2) and cpus.pins("auto", "sync", workers=5, cpus=2)
+    assert not cpus.pins("auto", "sync", workers=2, cpus=64)  # a container that sees its host's CPUs
+    assert not cpus.pins("auto", "gthread", workers=2, cpus=2)
+    assert cpus.pins("on", "gthread", workers=2, cpus=64) and not cpus.pins("off", "sync", workers=2, cpus=2)
 
 
 def test_bind_is_host_and_port() -> None:

@@ -28,6 +28,7 @@ SECRET = "e2e-secret-" + "x" * 30
 FLUX_TOML = f"""
 [server]
 workers = 2
+pin_workers = "on"
 
 [auth]
 secret = "{SECRET}"
@@ -183,6 +184,36 @@ def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
         )
     wait_for_http(f"{base}/ready", timeout=30)  # the master started new workers
     assert _call(f"{base}/hello/again")[0] == 200
+
+
+def test_each_worker_has_a_cpu_of_its_own_and_deno_has_every_cpu(server: tuple[str, Any]) -> None:
+    base, process = server
+    everything = os.sched_getaffinity(process.pid)
+    workers = _workers(process.pid)
+    placed = [os.sched_getaffinity(worker) for worker in workers]
+    assert len(workers) == 2 and all(len(cpus) == 1 for cpus in placed)
+    assert len(set.union(*placed)) == min(2, len(everything))  # spread over the CPUs
+    assert _call(f"{base}/hello/pinned")[0] == 200  # a TypeScript function: its worker starts Deno
+    denos = [child for worker in workers for child in _children(worker) if "deno" in _command(child)]
+    assert denos and all(os.sched_getaffinity(deno) == everything for deno in denos)
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (
+        len(new := [pid for pid in _workers(process.pid) if pid not in workers]) != 1
+        or len(os.sched_getaffinity(new[0])) != 1
+    ):  # the new worker pins itself just after the fork
+        assert time.monotonic() < deadline, "the master started no new worker on one CPU"
+        time.sleep(0.1)
+    assert os.sched_getaffinity(new[0]) == placed[0]  # it takes the CPU the dead one had
+
+
+def _workers(master: int) -> list[int]:
+    """gunicorn's workers (not the queue worker, also a child of the master)."""
+    return [child for child in _children(master) if " server " in _command(child)]
+
+
+def _command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _written(conn: Any, query: str, request_id: str, timeout_s: float = 5.0) -> Any:

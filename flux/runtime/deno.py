@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from flux import jsontext
+from flux import cpus, jsontext
 from flux.errors import (
     ERRORS,
     FluxError,
@@ -199,7 +199,7 @@ class DenoPool:
             [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
              f"--v8-flags=--max-old-space-size={memory_mb}", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_in_child if sys.platform == "linux" else None,
         )  # fmt: skip
         worker = _Worker(process, memory_mb)
         try:
@@ -223,14 +223,16 @@ class DenoPool:
                 return
 
 
-def _die_with_parent() -> None:
+def _in_child() -> None:
     """In the child, before Deno starts: be killed when the Flux worker dies (even by kill -9), so a function
-    stuck in a loop never outlives the process that ran it. (Linux sends it when the spawning thread ends:
-    gunicorn's sync workers run requests on their main thread.)"""
+    stuck in a loop never outlives the process that ran it (Linux sends it when the spawning thread ends:
+    gunicorn's sync workers run requests on their main thread); and run on every CPU, not only on the one a
+    pinned worker has (V8 runs threads of its own)."""
     import ctypes
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    cpus.release()
 
 
 def _thrown(error: dict[str, Any]) -> FluxError:
