@@ -11,12 +11,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
-from flux import cpus
 from flux.errors import InvalidConfig
 
 DEFAULT_PORT = 4000
+PinMode = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Settings:
     workers: int = 2
     worker_class: str = "sync"  # or "gthread", with `threads` per worker (docs/performance.md compares them)
     threads: int = 1
-    # each worker on a CPU of its own: "auto" (if workers >= CPUs), "on" or "off" (flux/cpus.py)
-    pin_workers: str = "auto"
+    # each worker on one CPU: "on", "off", or "auto" (sync workers, as many per CPU; flux/cpus.py)
+    pin_workers: PinMode = "auto"
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None
     # [auth]: JWT verification (HS256 with a shared secret, or RS256/ES256 keys from a JWKS URL)
@@ -201,12 +201,13 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
     )
 
 
-def _pin_workers(value: Any) -> str:
-    """`auto`, `on` or `off`; TOML's true and false are `on` and `off`."""
-    mode = ("on" if value else "off") if isinstance(value, bool) else str(value).lower()
-    if mode not in cpus.MODES:
+def _pin_workers(value: Any) -> PinMode:
+    """`auto`, `on` or `off`; true and false (or 1 and 0) are `on` and `off`."""
+    text = str(value).lower()
+    mode = {"true": "on", "1": "on", "false": "off", "0": "off"}.get(text, text)
+    if mode not in ("auto", "on", "off"):
         raise InvalidConfig(f"pin_workers {value!r} is not auto, on or off", hint="use auto (the default)")
-    return mode
+    return cast(PinMode, mode)
 
 
 def _otlp_endpoint(value: Any) -> str | None:

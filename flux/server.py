@@ -128,14 +128,22 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
             "logger_class": "flux.devloop.DevAccessLog" if self.reload else None,
             "proc_name": "flux",
         }
-        settings = self.settings
-        if cpus.pins(settings.pin_workers, settings.worker_class, settings.workers, len(cpus.available())):
-            config |= {"pre_fork": cpus.choose, "post_fork": cpus.pin}
+        if self._pins_workers():
+            config |= {"pre_fork": cpus.assign_cpu, "post_fork": cpus.pin_to_assigned_cpu}
         if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
             config["control_socket_disable"] = True
         for key, value in config.items():
             if value is not None:
                 self.cfg.set(key, value)
+
+    def _pins_workers(self) -> bool:
+        settings = self.settings
+        cpu_count = len(cpus.allowed_cpus())
+        if not cpus.should_pin(settings.pin_workers, settings.worker_class, settings.workers, cpu_count):
+            return False
+        if not cpus.SUPPORTED:
+            log.warning("pin_workers = on: this platform cannot pin a process to a CPU; the workers run free")
+        return cpus.SUPPORTED
 
     def run(self) -> None:
         try:

@@ -39,18 +39,23 @@ def test_a_bad_setting_is_one_clear_error(tmp_path: Path, toml: str) -> None:
     ("toml", "env", "mode"),
     [("", {}, "auto"), ("[server]\npin_workers = false\n", {}, "off"),
      ("[server]\npin_workers = true\n", {}, "on"),
-     ("[server]\npin_workers = false\n", {"FLUX_PIN_WORKERS": "ON"}, "on")],
+     ("[server]\npin_workers = false\n", {"FLUX_PIN_WORKERS": "ON"}, "on"),
+     ("", {"FLUX_PIN_WORKERS": "0"}, "off")],
 )  # fmt: skip
 def test_pin_workers_is_auto_on_or_off(tmp_path: Path, toml: str, env: dict[str, str], mode: str) -> None:
     (tmp_path / "flux.toml").write_text(toml)
     assert load_settings(tmp_path, env=env).pin_workers == mode
 
 
-def test_auto_pins_sync_workers_only_when_they_cover_every_cpu() -> None:
-    assert cpus.pins("auto", "sync", workers=2, cpus=2) and cpus.pins("auto", "sync", workers=5, cpus=2)
-    assert not cpus.pins("auto", "sync", workers=2, cpus=64)  # a container that sees its host's CPUs
-    assert not cpus.pins("auto", "gthread", workers=2, cpus=2)
-    assert cpus.pins("on", "gthread", workers=2, cpus=64) and not cpus.pins("off", "sync", workers=2, cpus=2)
+def test_auto_pins_sync_workers_only_as_many_to_each_of_several_cpus() -> None:
+    assert cpus.should_pin("auto", "sync", workers=2, cpu_count=2)
+    assert cpus.should_pin("auto", "sync", workers=4, cpu_count=2)
+    assert not cpus.should_pin("auto", "sync", workers=3, cpu_count=2)  # one CPU would get two workers
+    assert not cpus.should_pin("auto", "sync", workers=2, cpu_count=64)  # a container seeing its host's CPUs
+    assert not cpus.should_pin("auto", "sync", workers=1, cpu_count=1)
+    assert not cpus.should_pin("auto", "gthread", workers=2, cpu_count=2)
+    assert cpus.should_pin("on", "gthread", workers=3, cpu_count=64)
+    assert not cpus.should_pin("off", "sync", workers=2, cpu_count=2)
 
 
 def test_bind_is_host_and_port() -> None:

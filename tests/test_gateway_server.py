@@ -21,6 +21,7 @@ import jwt
 import psycopg
 import pytest
 
+from flux import cpus
 from flux.gateway.auth import new_api_key
 from tests.fixtures.processes import FLUX, free_port, wait_for_http
 
@@ -28,7 +29,6 @@ SECRET = "e2e-secret-" + "x" * 30
 FLUX_TOML = f"""
 [server]
 workers = 2
-pin_workers = "on"
 
 [auth]
 secret = "{SECRET}"
@@ -189,31 +189,47 @@ def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
 def test_each_worker_has_a_cpu_of_its_own_and_deno_has_every_cpu(server: tuple[str, Any]) -> None:
     base, process = server
     everything = os.sched_getaffinity(process.pid)
-    workers = _workers(process.pid)
+    if not cpus.should_pin("auto", "sync", 2, len(everything)):
+        pytest.skip(f"two workers on {len(everything)} CPUs are not pinned by default")
+    workers = _pinned_workers(process.pid, count=2)
     placed = [os.sched_getaffinity(worker) for worker in workers]
-    assert len(workers) == 2 and all(len(cpus) == 1 for cpus in placed)
-    assert len(set.union(*placed)) == min(2, len(everything))  # spread over the CPUs
+    assert len(set.union(*placed)) == 2  # one CPU each
     assert _call(f"{base}/hello/pinned")[0] == 200  # a TypeScript function: its worker starts Deno
     denos = [child for worker in workers for child in _children(worker) if "deno" in _command(child)]
     assert denos and all(os.sched_getaffinity(deno) == everything for deno in denos)
     os.kill(workers[0], signal.SIGKILL)
+    (new,) = _pinned_workers(process.pid, count=1, besides=tuple(workers))
+    assert os.sched_getaffinity(new) == placed[0]  # it takes the CPU the dead one had
+
+
+def _pinned_workers(master: int, count: int, besides: tuple[int, ...] = ()) -> list[int]:
+    """`count` gunicorn workers of `master` (not `besides`, not the queue worker, not one that has ended),
+    once each is pinned to one CPU (a worker pins itself just after its fork)."""
     deadline = time.monotonic() + 30
-    while (
-        len(new := [pid for pid in _workers(process.pid) if pid not in workers]) != 1
-        or len(os.sched_getaffinity(new[0])) != 1
-    ):  # the new worker pins itself just after the fork
-        assert time.monotonic() < deadline, "the master started no new worker on one CPU"
+    while True:
+        workers = [
+            child
+            for child in _children(master)
+            if child not in besides and (command := _command(child)) and "-m cli worker" not in command
+        ]
+        if len(workers) == count and all(len(_affinity(worker)) == 1 for worker in workers):
+            return workers
+        assert time.monotonic() < deadline, f"not {count} workers pinned: {workers}"
         time.sleep(0.1)
-    assert os.sched_getaffinity(new[0]) == placed[0]  # it takes the CPU the dead one had
 
 
-def _workers(master: int) -> list[int]:
-    """gunicorn's workers (not the queue worker, also a child of the master)."""
-    return [child for child in _children(master) if " server " in _command(child)]
+def _affinity(pid: int) -> set[int]:
+    try:
+        return os.sched_getaffinity(pid)
+    except ProcessLookupError:
+        return set()
 
 
 def _command(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""  # it has just ended
 
 
 def _written(conn: Any, query: str, request_id: str, timeout_s: float = 5.0) -> Any:

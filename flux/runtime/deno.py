@@ -199,7 +199,7 @@ class DenoPool:
             [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
              f"--v8-flags=--max-old-space-size={memory_mb}", str(WORKER_SCRIPT)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            preexec_fn=_in_child if sys.platform == "linux" else None,
+            preexec_fn=_before_exec if sys.platform == "linux" else None,
         )  # fmt: skip
         worker = _Worker(process, memory_mb)
         try:
@@ -223,16 +223,21 @@ class DenoPool:
                 return
 
 
-def _in_child() -> None:
-    """In the child, before Deno starts: be killed when the Flux worker dies (even by kill -9), so a function
-    stuck in a loop never outlives the process that ran it (Linux sends it when the spawning thread ends:
-    gunicorn's sync workers run requests on their main thread); and run on every CPU, not only on the one a
+def _before_exec() -> None:
+    """In the child, before Deno starts: die with the worker, and run on every CPU, not only on the one a
     pinned worker has (V8 runs threads of its own)."""
+    _die_with_parent()
+    cpus.unpin_child()
+
+
+def _die_with_parent() -> None:
+    """Be killed when the Flux worker dies (even by kill -9), so a function stuck in a loop never outlives the
+    process that ran it. (Linux sends it when the spawning thread ends: gunicorn's sync workers run requests
+    on their main thread.)"""
     import ctypes
     import signal
 
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    cpus.release()
 
 
 def _thrown(error: dict[str, Any]) -> FluxError:
