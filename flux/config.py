@@ -30,7 +30,7 @@ class Settings:
     workers: int = 2
     worker_class: str = "sync"  # or "gthread", with `threads` per worker (docs/performance.md compares them)
     threads: int = 1
-    # each worker on one CPU: "on", "off", or "auto" (sync workers, as many per CPU; flux/cpus.py)
+    # each worker on one CPU: "on", "off", or "auto" (sync workers, one per CPU; flux/cpus.py)
     pin_workers: PinMode = "auto"
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None

@@ -24,11 +24,11 @@ def allowed_cpus() -> set[int]:
 
 def should_pin(mode: str, worker_class: str, workers: int, cpu_count: int) -> bool:
     """Whether a server of `workers` workers of `worker_class` on `cpu_count` CPUs pins them. `auto` pins sync
-    workers only where measured to help: two or more CPUs, each given as many workers (so the workers cover
-    every CPU, and a container that sees all of its host's CPUs is never crowded onto a few)."""
+    workers only where measured to help: one worker on each of two or more CPUs (so a container that sees all
+    of its host's CPUs is never crowded onto a few)."""
     if mode == "on":
         return True
-    return mode == "auto" and worker_class == "sync" and cpu_count > 1 and workers % cpu_count == 0
+    return mode == "auto" and worker_class == "sync" and cpu_count > 1 and workers == cpu_count
 
 
 def assign_cpu(server: Any, worker: Any) -> None:

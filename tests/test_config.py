@@ -47,10 +47,11 @@ def test_pin_workers_is_auto_on_or_off(tmp_path: Path, toml: str, env: dict[str,
     assert load_settings(tmp_path, env=env).pin_workers == mode
 
 
-def test_auto_pins_sync_workers_only_as_many_to_each_of_several_cpus() -> None:
+def test_auto_pins_sync_workers_only_one_to_each_of_several_cpus() -> None:
     assert cpus.should_pin("auto", "sync", workers=2, cpu_count=2)
-    assert cpus.should_pin("auto", "sync", workers=4, cpu_count=2)
+    assert cpus.should_pin("auto", "sync", workers=8, cpu_count=8)
     assert not cpus.should_pin("auto", "sync", workers=3, cpu_count=2)  # one CPU would get two workers
+    assert not cpus.should_pin("auto", "sync", workers=4, cpu_count=2)  # measured: no clear gain
     assert not cpus.should_pin("auto", "sync", workers=2, cpu_count=64)  # a container seeing its host's CPUs
     assert not cpus.should_pin("auto", "sync", workers=1, cpu_count=1)
     assert not cpus.should_pin("auto", "gthread", workers=2, cpu_count=2)
