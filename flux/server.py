@@ -141,7 +141,7 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         cpu_count = len(cpus.allowed_cpus())
         if not cpus.should_pin(settings.pin_workers, settings.worker_class, settings.workers, cpu_count):
             return False
-        if not cpus.SUPPORTED:
+        if not cpus.SUPPORTED and settings.pin_workers == "on":
             log.warning("pin_workers = on: this platform cannot pin a process to a CPU; the workers run free")
         return cpus.SUPPORTED
 
