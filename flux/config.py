@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 from flux.errors import InvalidConfig
 
@@ -205,7 +205,7 @@ def _pin_workers(value: Any) -> PinMode:
     """`auto`, `on` or `off`; true and false (or 1 and 0) are `on` and `off`."""
     text = str(value).lower()
     mode = {"true": "on", "1": "on", "false": "off", "0": "off"}.get(text, text)
-    if mode not in ("auto", "on", "off"):
+    if mode not in get_args(PinMode):
         raise InvalidConfig(f"pin_workers {value!r} is not auto, on or off", hint="use auto (the default)")
     return cast(PinMode, mode)
 
