@@ -1,13 +1,14 @@
 """The README's first command and its "Five minutes": `make dev` serves the quickstart and records writes; a
-request sent with curl is traced with `flux trace`; Ctrl-C cleans up."""
+request (the README sends it with curl; here urllib, so the suite needs no curl) is traced with `flux trace`;
+Ctrl-C cleans up."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -40,16 +41,16 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
         with psycopg.connect(f"host={socket_dir} user=postgres dbname=flux", autocommit=True) as conn:
             conn.execute("INSERT INTO notes (body) VALUES ('hello')")
             row = conn.execute("SELECT op, table_name, new ->> 'body' FROM flux.mutation_log").fetchone()
-        # "Five minutes" in the README: a request with curl, then its trace.
-        added = subprocess.run(
-            ["curl", "-si", f"localhost:{port}/notes", "-H", "content-type: application/json",
-             "-d", '{"text": "hello"}'],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        request_id = re.search(r"^x-request-id: (\S+)", added, re.MULTILINE | re.IGNORECASE)
-        assert request_id and "201 Created" in added.splitlines()[0], added
+        # "Five minutes" in the README: the request it sends with curl, then its trace.
+        note = urllib.request.Request(
+            f"http://localhost:{port}/notes", data=b'{"text": "hello"}', method="POST",
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(note, timeout=30) as added:
+            status, request_id = added.status, added.headers["x-request-id"]
+        assert status == 201 and request_id, (status, request_id)
         traced = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "flux"), "trace", request_id[1], "--project", str(quickstart)],
+            [str(REPO / ".venv" / "bin" / "flux"), "trace", request_id, "--project", str(quickstart)],
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
     finally:
@@ -58,9 +59,7 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
     assert took < 15, output
     assert row == ("INSERT", "notes", "hello")
     lines = traced.stdout.splitlines()
-    assert traced.returncode == 0 and lines[0].startswith(f"request {request_id[1]}  POST /notes  201 "), (
-        traced
-    )
+    assert traced.returncode == 0 and lines[0].startswith(f"request {request_id}  POST /notes  201 "), traced
     assert any(line.startswith("  db:insert(notes) ") for line in lines), traced.stdout
     assert '      INSERT notes {"id": 2}  body: ∅ → "hello", created_at: ∅ → ' in traced.stdout
     assert "flux: applied migrations/0001_notes.sql" in output

@@ -1,7 +1,8 @@
 """Builds a function folder (`functions/<name>/`) into the code an executor runs, by its source file:
 
 - `index.ts` / `index.js`: TypeScript or JavaScript for Deno, run as written (types are stripped at load);
-- `index.ts` beside a `package.json` that names `assemblyscript`: AssemblyScript, compiled by its `asc`;
+- `index.ts` beside a `package.json` that names `assemblyscript`: AssemblyScript, compiled by its `asc`
+  (installed by `npm ci` from the folder's `package-lock.json`);
 - `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
 - `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
 - `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`.
@@ -142,14 +143,8 @@ def _command(language: str, source: Path, output: Path) -> list[str]:
             )
         return [_RUSTC, "--target", "wasm32-unknown-unknown", "--crate-type", "cdylib", "-O",
                 "-C", "strip=symbols", "-o", str(output), str(source)]  # fmt: skip
-    asc = source.parent / "node_modules" / ".bin" / "asc"
-    if not asc.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise InvalidFunctionCode("no npm to install AssemblyScript", hint="install node and npm")
-        _run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], source.parent)
     return [
-        str(asc),
+        str(assemblyscript_compiler(source.parent)),
         source.name,
         "--outFile",
         str(output),
@@ -159,6 +154,32 @@ def _command(language: str, source: Path, output: Path) -> list[str]:
         "--use",
         "abort=",
     ]
+
+
+def assemblyscript_compiler(folder: Path) -> Path:
+    """`asc` from the function's `node_modules`, installed first when it is missing or is not the version its
+    `package-lock.json` pins: with `npm ci` from that lock (exact versions and hashes, the same on every
+    machine), or `npm install` for a folder without a lock."""
+    asc = folder / "node_modules" / ".bin" / "asc"
+    lock = folder / "package-lock.json"
+    if asc.exists() and (not lock.exists() or _installed_as_locked(folder, lock)):
+        return asc
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InvalidFunctionCode("no npm to install AssemblyScript", hint="install node and npm")
+    install = "ci" if lock.exists() else "install"
+    _run([npm, install, "--no-audit", "--no-fund", "--loglevel=error"], folder)
+    return asc
+
+
+def _installed_as_locked(folder: Path, lock: Path) -> bool:
+    """Whether the AssemblyScript in `node_modules` is the version the lock pins."""
+    try:
+        locked = json.loads(lock.read_text())["packages"]["node_modules/assemblyscript"]["version"]
+        installed = json.loads((folder / "node_modules" / "assemblyscript" / "package.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(installed.get("version") == locked)
 
 
 def _run(command: list[str], folder: Path) -> None:

@@ -44,6 +44,11 @@ def test_an_example_builds_runs_and_is_recorded(
 ) -> None:
     _require_toolchain(name)
     fn = build_function(PROJECT / "functions" / name, tmp_path)
+    if name == "as_notes":  # the compiler is the one package-lock.json pins
+        folder = PROJECT / "functions" / name
+        locked = json.loads((folder / "package-lock.json").read_text())["packages"]
+        installed = json.loads((folder / "node_modules" / "assemblyscript" / "package.json").read_text())
+        assert installed["version"] == locked["node_modules/assemblyscript"]["version"]
     request = {
         "method": "POST",
         "path": "/notes",
