@@ -92,7 +92,8 @@ class ViaDatabase:
         rollback_in(self.conn, version)
 
     def set_secret(self, name: str, value: str) -> None:
-        from flux.api.secrets import load_key, set_secret
+        from flux.api.secrets import set_secret
+        from flux.runtime.secrets import load_key
 
         set_secret(self.conn, load_key(self.project.resolve()), name, value)
 

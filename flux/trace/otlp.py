@@ -21,7 +21,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from flux import __version__
-from flux.gateway.ids import request_span_id
+from flux.trace.ids import request_span_id
 from flux.trace.tree import Trace
 
 MAX_ATTRIBUTE_CHARS = 65_536  # inputs and outputs longer than this are cut (and say so)
