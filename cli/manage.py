@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -87,11 +88,24 @@ def deployments_ls(project: ProjectDir = Path(".")) -> None:
     """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
     with backend(project) as manager:
         rows = manager.list_deployments()
-    for row in rows:
+    commits = [_commit_label(row["git_commit"]) for row in rows]
+    width = max([18, *map(len, commits)])  # a short sha and `-dirty`, or a longer name uploaded as the commit
+    for row, commit in zip(rows, commits, strict=True):
         marker = "*" if row["active"] else " "
         functions = " ".join(f"{name}={sha[:12]}" for name, sha in sorted(row["functions"].items()))
-        commit = (row["git_commit"] or "-")[:18]
-        typer.echo(f"{marker} {row['version']:>4}  {_when(row['created_at'])}  {commit:<18}  {functions}")
+        when = _when(row["created_at"])
+        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}")
+
+
+_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(-dirty)?$")
+
+
+def _commit_label(git_commit: str | None) -> str:
+    """A git sha as its first 12 digits, keeping `-dirty`; any other text as it was recorded, whole."""
+    if not git_commit:
+        return "-"
+    sha = _SHA.match(git_commit)
+    return sha[1][:12] + (sha[2] or "") if sha else git_commit
 
 
 # -- the server's management API -------------------------------------------------------------------------
