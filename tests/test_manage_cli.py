@@ -154,7 +154,7 @@ def test_deployments_ls_and_rollback_from_the_command_line(dsn: str, project: Pa
 
 
 def _git(project: Path, *args: str) -> str:
-    identity = ["-c", "user.name=Flux Test", "-c", "user.email=test@flux.invalid", "-c", "commit.gpgsign=false"]
+    identity = ["-c", "user.name=Flux", "-c", "user.email=test@flux.invalid", "-c", "commit.gpgsign=false"]
     done = subprocess.run(["git", *identity, *args], cwd=project, capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
