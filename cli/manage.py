@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli._options import OldDataName, json_data
 from cli.backends import backend, database_connection
 
 ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
@@ -113,7 +114,10 @@ def _commit_label(git_commit: str | None) -> str:
 
 def invoke(
     function: Annotated[str, typer.Argument(help="The function of the active version to call.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Its request body, as JSON.")] = "null",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="<json>", help="Its request body, as JSON.")
+    ] = None,
+    payload: OldDataName = None,
     role: Annotated[str, typer.Option(help="The role it runs as: anon, user or service.")] = "service",
 ) -> None:
     """Call a function through the server (FLUX_URL, default http://127.0.0.1:4000) and print its answer; the
@@ -123,10 +127,7 @@ def invoke(
     from cli.remote import remote
     from flux.errors import InvalidRequest
 
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise InvalidRequest(f"--data is not JSON: {exc}", hint="""e.g. --data '{"text": "hi"}'""") from None
+    body = json_data(data, payload, InvalidRequest, '{"text": "hi"}')
     api = remote(required=True)
     assert api is not None
     answer = api.call("POST", f"/flux/api/functions/{function}/invoke", {"data": body, "role": role})
