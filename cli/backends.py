@@ -92,7 +92,8 @@ class ViaDatabase:
         rollback_in(self.conn, version)
 
     def set_secret(self, name: str, value: str) -> None:
-        from flux.api.secrets import load_key, set_secret
+        from flux.api.secrets import set_secret
+        from flux.runtime.secrets import load_key
 
         set_secret(self.conn, load_key(self.project.resolve()), name, value)
 
@@ -279,7 +280,8 @@ class ViaApi:
     def trace(self, request_id: str) -> Trace:
         from flux.trace.tree import trace_from_record
 
-        return trace_from_record(_record(self.api.call("GET", f"/flux/api/requests/{request_id}")))
+        record = self.api.call("GET", f"/flux/api/requests/{request_id}", exact_numbers=True)
+        return trace_from_record(_record(record))
 
     def requests(self, filters: Row) -> list[Row]:
         since, errors = filters.pop("since", None), filters.pop("errors", False)
@@ -309,7 +311,7 @@ class ViaApi:
     def why(self, request_id: str) -> Why:
         from flux.trace.why import why_from_record
 
-        record = self.api.call("GET", f"/flux/api/requests/{request_id}/why")
+        record = self.api.call("GET", f"/flux/api/requests/{request_id}/why", exact_numbers=True)
         return why_from_record({
             "record": _record(record["record"]), "failed": _maybe_times(record["failed"]),
             "reads": [_times(span) for span in record["reads"]],
@@ -326,7 +328,8 @@ class ViaApi:
         return self._rows(f"/flux/api/state/{table}/blame", {"limit": limit})
 
     def _rows(self, path: str, params: Row) -> list[Row]:
-        return [_times(row) for row in self.api.call("GET", path, params=params)["items"]]
+        answer = self.api.call("GET", path, params=params, exact_numbers=True)
+        return [_times(row) for row in answer["items"]]
 
 
 def _times(item: Row) -> Row:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from cli._options import OldDataName, json_data
 from cli.backends import backend, database_connection
 
 ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
@@ -87,11 +89,24 @@ def deployments_ls(project: ProjectDir = Path(".")) -> None:
     """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
     with backend(project) as manager:
         rows = manager.list_deployments()
-    for row in rows:
+    commits = [_commit_label(row["git_commit"]) for row in rows]
+    width = max([18, *map(len, commits)])  # a short sha and `-dirty`, or a longer name uploaded as the commit
+    for row, commit in zip(rows, commits, strict=True):
         marker = "*" if row["active"] else " "
         functions = " ".join(f"{name}={sha[:12]}" for name, sha in sorted(row["functions"].items()))
-        commit = (row["git_commit"] or "-")[:18]
-        typer.echo(f"{marker} {row['version']:>4}  {_when(row['created_at'])}  {commit:<18}  {functions}")
+        when = _when(row["created_at"])
+        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}")
+
+
+_SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(-dirty)?$")
+
+
+def _commit_label(git_commit: str | None) -> str:
+    """A git sha as its first 12 digits, keeping `-dirty`; any other text as it was recorded, whole."""
+    if not git_commit:
+        return "-"
+    sha = _SHA.match(git_commit)
+    return sha[1][:12] + (sha[2] or "") if sha else git_commit
 
 
 # -- the server's management API -------------------------------------------------------------------------
@@ -99,7 +114,10 @@ def deployments_ls(project: ProjectDir = Path(".")) -> None:
 
 def invoke(
     function: Annotated[str, typer.Argument(help="The function of the active version to call.")],
-    data: Annotated[str, typer.Option("--data", "-d", help="Its request body, as JSON.")] = "null",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="<json>", help="Its request body, as JSON.")
+    ] = None,
+    payload: OldDataName = None,
     role: Annotated[str, typer.Option(help="The role it runs as: anon, user or service.")] = "service",
 ) -> None:
     """Call a function through the server (FLUX_URL, default http://127.0.0.1:4000) and print its answer; the
@@ -109,10 +127,7 @@ def invoke(
     from cli.remote import remote
     from flux.errors import InvalidRequest
 
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise InvalidRequest(f"--data is not JSON: {exc}", hint="""e.g. --data '{"text": "hi"}'""") from None
+    body = json_data(data, payload, InvalidRequest, '{"text": "hi"}')
     api = remote(required=True)
     assert api is not None
     answer = api.call("POST", f"/flux/api/functions/{function}/invoke", {"data": body, "role": role})

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli._options import OldDataName, json_data
 from cli.backends import backend
 
 app = typer.Typer(help="The job queue: push, list, retry and cancel jobs; schedules.", no_args_is_help=True)
@@ -27,19 +28,13 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
-def _json(text: str, option: str) -> Any:
-    from flux.errors import InvalidJob
-
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidJob(f"{option} is not JSON: {exc}", hint="""e.g. --payload '{"to": "ada"}'""") from None
-
-
 @app.command("push")
 def push(
     function: Annotated[str, typer.Argument(help="The function of the active version to run.")],
-    payload: Annotated[str, typer.Option("--payload", "-d", help="Its input (req.body), as JSON.")] = "null",
+    data: Annotated[
+        str | None, typer.Option("--data", "-d", metavar="<json>", help="Its input (req.body), as JSON.")
+    ] = None,
+    payload: OldDataName = None,
     queue: Annotated[str, typer.Option("--queue", "-q", help="The queue.")] = "default",
     delay_ms: Annotated[int | None, typer.Option("--delay-ms", help="Run it this much later.")] = None,
     priority: Annotated[int | None, typer.Option(help="Higher runs first.")] = None,
@@ -50,9 +45,11 @@ def push(
     project: ProjectDir = Path("."),
 ) -> None:
     """Push one job (it runs as the service role); prints its id."""
+    from flux.errors import InvalidJob
+
     job = {
         "function": function,
-        "payload": _json(payload, "--payload"),
+        "payload": json_data(data, payload, InvalidJob, '{"to": "ada"}'),
         "queue": queue,
         "delay_ms": delay_ms,
         "priority": priority,

@@ -47,8 +47,17 @@ class Remote:
     url: str
     admin_key: str
 
-    def call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-        """One management API call; its JSON answer (None for 204), or the FluxError it answered."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        *,
+        exact_numbers: bool = False,
+    ) -> Any:
+        """One management API call; its JSON answer (None for 204), or the FluxError it answered. With
+        `exact_numbers`, numbers keep every digit the server wrote (`Decimal`), as records hold them."""
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
         url = self.url + urllib.parse.quote(path) + (f"?{query}" if query else "")
         headers = {"authorization": f"Bearer {self.admin_key}", "content-type": "application/json"}
@@ -64,7 +73,12 @@ class Remote:
         if response.status == 204:
             return None
         try:
-            answer = json.loads(response.data or b"null")
+            if exact_numbers:
+                from flux import jsontext  # psycopg comes with it: only for the commands that need it
+
+                answer = jsontext.loads(response.data or b"null")
+            else:
+                answer = json.loads(response.data or b"null")
         except ValueError:
             answer = None
         if response.status >= 400:

@@ -3,7 +3,6 @@ requests. Colours only on a terminal; `--json` prints the whole record, `--full`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -207,7 +206,7 @@ def render(trace: Any, *, full: bool = False, color: bool = False) -> list[str]:
             indent = "  " * (span["depth"] + 2)
             for key in ("input", "output", "error") if full else ("error",):
                 if span[key] is not None:
-                    lines.append(f"{indent}{key}: {json.dumps(span[key], ensure_ascii=False, default=str)}")
+                    lines.append(f"{indent}{key}: {value(span[key])}")
         indent = "  " * (span["depth"] + 2)
         lines += [f"{indent}{_mutation(m)}" for m in caused.get(span["seq"], [])]
     unlinked = [m for m in trace.mutations if m["span_seq"] not in seqs]
@@ -249,7 +248,7 @@ def render_diff(differences: Any, *, color: bool = False) -> list[str]:
         mark, colour = _MARKS[m.status]
         row = m.b or m.a
         where = "" if m.status in ("same", "changed") else f"  (only in {'b' if m.a is None else 'a'})"
-        line = f"{mark} {m.op:<6} {m.table} {json.dumps(row['row_pk'], default=str)}{where}"
+        line = f"{mark} {m.op:<6} {m.table} {value(row['row_pk'])}{where}"
         lines.append(paint(line, colour) if colour else line)
         lines += _changes(m.changes, "    ")
     return lines
@@ -288,7 +287,7 @@ def headline(request: Any, paint: Any) -> str:
 
 
 def _mutation(m: Any) -> str:
-    pk = json.dumps(m["row_pk"], default=str)
+    pk = value(m["row_pk"])
     return f"{m['op']:<6} {m['table_name']} {pk}  {changes(m)}".rstrip()
 
 
@@ -307,7 +306,10 @@ def changes(mutation: Any) -> str:
 
 
 def value(value: Any) -> str:
-    return "∅" if value is None else json.dumps(value, ensure_ascii=False, default=str)
+    """A recorded JSON value as its text; numbers as recorded, digit for digit (`12.50`)."""
+    from flux import jsontext
+
+    return "∅" if value is None else jsontext.display(value)
 
 
 def _period(text: str | None) -> Any:

@@ -3,7 +3,6 @@ and who changed each of those rows before it (request, function, code version)."
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -90,4 +89,6 @@ def render_why(explained: Any, *, color: bool = False) -> list[str]:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    from flux import jsontext
+
+    return jsontext.display(value)

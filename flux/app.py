@@ -13,7 +13,6 @@ import falcon
 
 from flux import db, migrate
 from flux.api import resources as api
-from flux.api.secrets import SecretCache
 from flux.config import Settings, load_settings
 from flux.data import CatalogCache
 from flux.db import as_flux_error, create_pool
@@ -27,6 +26,7 @@ from flux.maintenance import MaintenanceLoop
 from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
+from flux.runtime.secrets import SecretCache
 from flux.trace.writer import RecordWriter
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]

@@ -349,9 +349,14 @@ def execute_statement(
     return rows, max(result.rowcount, 0)
 
 
-def fetch_dicts(conn: psycopg.Connection[Any], query: str, params: Any = ()) -> list[dict[str, Any]]:
-    """Run `query` (with `%s` placeholders) and answer its rows as dicts, keyed by the column names."""
+def fetch_dicts(
+    conn: psycopg.Connection[Any], query: str, params: Any = (), *, exact_numbers: bool = False
+) -> list[dict[str, Any]]:
+    """Run `query` (with `%s` placeholders) and answer its rows as dicts, keyed by the column names. With
+    `exact_numbers`, json and jsonb numbers keep the digits they were recorded with (`Decimal`, not float)."""
     with translate_errors(), conn.cursor(row_factory=dict_row) as cursor:
+        if exact_numbers:
+            jsontext.adapt(cursor)
         return cursor.execute(query, params).fetchall()
 
 

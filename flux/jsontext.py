@@ -79,6 +79,37 @@ def dumps_text(value: Any) -> str:
     return dumps(value).decode()
 
 
+def display(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """JSON for people, as `json.dumps(value, ensure_ascii=False)` writes it, but with each `Decimal` written
+    digit for digit and without an exponent, as Postgres prints a numeric (`12.50`, never `12.5`); anything
+    else that is not JSON (a datetime, a UUID) is its text, quoted."""
+    return _display(value, indent, sort_keys, 0)
+
+
+def _display(value: Any, indent: int | None, sort_keys: bool, depth: int) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return f"{value:f}"
+    if isinstance(value, dict) and value:
+        pairs = sorted(value.items(), key=lambda pair: str(pair[0])) if sort_keys else value.items()
+        items = [
+            f"{json.dumps(str(key), ensure_ascii=False)}: {_display(item, indent, sort_keys, depth + 1)}"
+            for key, item in pairs
+        ]
+        return _joined("{", items, "}", indent, depth)
+    if isinstance(value, (list, tuple)) and value:
+        return _joined(
+            "[", [_display(item, indent, sort_keys, depth + 1) for item in value], "]", indent, depth
+        )
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _joined(opening: str, items: list[str], closing: str, indent: int | None, depth: int) -> str:
+    if indent is None:
+        return opening + ", ".join(items) + closing
+    inner, outer = "\n" + " " * indent * (depth + 1), "\n" + " " * indent * depth
+    return opening + inner + ("," + inner).join(items) + outer + closing
+
+
 def _exact_number(value: Any) -> orjson.Fragment:
     if isinstance(value, Decimal) and value.is_finite():
         return orjson.Fragment(str(value))  # str() of a finite Decimal is valid JSON number syntax

@@ -21,7 +21,7 @@ from flux.api.deploy import deploy
 from flux.config import Settings
 from flux.gateway.auth import new_api_key
 from flux.gateway.handler import _headers
-from flux.gateway.ids import request_span_id
+from flux.trace.ids import request_span_id
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.runtime import NOTES_SQL
 

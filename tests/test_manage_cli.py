@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import InvalidSecretName, NotFound
 from tests.fixtures.gateway import GatewayClient, gateway_client
@@ -150,3 +151,28 @@ def test_deployments_ls_and_rollback_from_the_command_line(dsn: str, project: Pa
         line.split() for line in flux(dsn, "deployments", "ls", "--project", str(project)).output.splitlines()
     ]
     assert after[0][0] == new and after[1][:2] == ["*", old]
+
+
+def _git(project: Path, *args: str) -> str:
+    identity = ["-c", "user.name=Flux", "-c", "user.email=test@flux.invalid", "-c", "commit.gpgsign=false"]
+    done = subprocess.run(["git", *identity, *args], cwd=project, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_deployments_ls_shows_a_dirty_commit_and_keeps_its_columns(dsn: str, project: Path) -> None:
+    (project / ".gitignore").write_text(".flux/\n")
+    _git(project, "init", "-q")
+    _git(project, "add", ".")
+    _git(project, "commit", "-q", "-m", "first")
+    sha = _git(project, "rev-parse", "HEAD")
+    assert flux(dsn, "deploy", str(project)).exit_code == 0  # clean: the short sha
+    source = project / "functions" / "uses_secret" / "index.ts"
+    source.write_text(USES_SECRET.replace("length", "size"))
+    assert flux(dsn, "deploy", str(project)).exit_code == 0  # an edit not committed: the same sha, dirty
+    source.write_text(USES_SECRET.replace("length", "count"))
+    named = "release-2026.12-hotfix-for-the-bank-call"  # what a CI upload may send as its commit
+    deploy(dsn, load_settings(project), git_commit=named)
+
+    listed = flux(dsn, "deployments", "ls", "--project", str(project)).output.splitlines()
+    assert [line.split()[-2] for line in listed] == [named, f"{sha[:12]}-dirty", sha[:12]]
+    assert len({line.index("uses_secret=") for line in listed}) == 1, listed  # one column, aligned

@@ -57,6 +57,9 @@ def test_login_invoke_and_manage_through_the_server(
         invoked = flux("invoke", "echo", "--data", '{"n": 1}')
         assert invoked.returncode == 0, invoked.stderr
         assert json.loads(invoked.stdout) == {"echo": {"n": 1}, "secret": "t0k3n"}
+        for spelling in ("-d", "--payload"):  # as `flux queue push`; --payload is the old, hidden name
+            same = flux("invoke", "echo", spelling, '{"n": 1}')
+            assert same.returncode == 0 and json.loads(same.stdout) == json.loads(invoked.stdout), same.stderr
         request_id = invoked.stderr.split("request ")[1].strip()
         assert flux("tenants", "create", "acme").returncode == 0
         assert "acme" in flux("tenants", "ls").stdout

@@ -51,6 +51,18 @@ path = "/spin"
 function = "spin"
 auth = "none"
 
+[[routes]]
+method = "POST"
+path = "/prices"
+function = "price"
+auth = "none"
+
+[[routes]]
+method = "PUT"
+path = "/prices/{id}"
+function = "price"
+auth = "none"
+
 [functions.spin]
 timeout_ms = 300
 """
@@ -66,9 +78,16 @@ ADD_NOTE = """export default async (req, ctx) => {
   console.log("added", note.rows[0].id);
   return {status: 201, body: note.rows[0]};
 }"""
+PRICE = """export default async (req, ctx) => {
+  if (req.method === "POST") return (await ctx.db.query({insert: "prices", values: req.body})).count;
+  const where = {id: {eq: Number(req.params.id)}};
+  return (await ctx.db.query({update: "prices", set: {amount: req.body.amount}, where})).count;
+}"""
 SPAN_LINE = re.compile(r"^( *)(\S.*?) {2,}[\d.]+ ms ")
 NOTES = "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);\n" \
-        "GRANT SELECT, INSERT ON notes TO flux_anon;\n"  # fmt: skip
+        "GRANT SELECT, INSERT ON notes TO flux_anon;\n" \
+        "CREATE TABLE prices (id int PRIMARY KEY, amount numeric(10, 2) NOT NULL);\n" \
+        "GRANT SELECT, INSERT, UPDATE ON prices TO flux_anon;\n"  # fmt: skip
 
 
 @pytest.fixture
@@ -83,6 +102,8 @@ def recorded(dsn: str, tmp_path: Path) -> dict[str, str]:
             "refused": client.simulate_get("/nowhere"),
             "read": client.simulate_get("/notes/1"),
             "timeout": client.simulate_post("/spin"),
+            "priced": client.simulate_post("/prices", json={"id": 1, "amount": 12.5}),  # stored as 12.50
+            "repriced": client.simulate_put("/prices/1", json={"amount": 11}),  # 11.00
         }
     return {name: result.headers["x-request-id"] for name, result in ids.items()}
 
@@ -96,6 +117,8 @@ def _deployed(dsn: str, tmp_path: Path) -> Any:
     (tmp_path / "functions" / "get_note" / "index.ts").write_text(GET_NOTE)
     (tmp_path / "functions" / "notify").mkdir(parents=True)
     (tmp_path / "functions" / "notify" / "index.ts").write_text("export default async () => ({})")
+    (tmp_path / "functions" / "price").mkdir(parents=True)
+    (tmp_path / "functions" / "price" / "index.ts").write_text(PRICE)
     (tmp_path / "functions" / "spin").mkdir(parents=True)
     (tmp_path / "functions" / "spin" / "index.ts").write_text(
         "export default async () => { while (true) {} }"
@@ -193,6 +216,25 @@ def test_state_history_and_blame_of_a_row(dsn: str, recorded: dict[str, str], co
     rows = flux(dsn, "state", "blame", "notes").output.splitlines()  # each row's last change
     assert len(rows) == 2 and rows[0].startswith('{"id": 1}  UPDATE  ') and "(body)  outside Flux" in rows[0]
     assert rows[1].startswith('{"id": 2}  INSERT  ') and f"(body, id)  request {recorded['again']}" in rows[1]
+
+
+def test_numbers_show_as_they_were_recorded(dsn: str, recorded: dict[str, str], conn: Conn) -> None:
+    # numeric(10, 2) keeps 12.50 and 11.00, and so does the record (jsonb): no float may make them 12.5, 11.0
+    assert conn.execute("SELECT new->>'amount' FROM flux.mutations WHERE table_name = 'prices' ORDER BY id")\
+        .fetchall() == [("12.50",), ("11.00",)]  # fmt: skip
+    versions = flux(dsn, "state", "history", "prices", "1").output.splitlines()
+    assert versions[1] == "    amount: ∅ → 12.50, id: ∅ → 1"
+    assert versions[3] == "    amount: 12.50 → 11.00"
+    blame = flux(dsn, "state", "blame", "prices", "1").output
+    blamed = {line.split()[0]: line for line in blame.splitlines()}
+    assert blamed["amount"].split()[1] == "11.00" and recorded["repriced"] in blamed["amount"]
+    shown = flux(dsn, "trace", recorded["repriced"]).output.splitlines()
+    assert '      UPDATE prices {"id": 1}  amount: 12.50 → 11.00' in shown, shown  # under db:update(prices)
+    full = flux(dsn, "trace", recorded["priced"], "--full").output
+    # each as recorded: the function sent 12.5, the row holds 12.50
+    assert '"values": {"id": 1, "amount": 12.5}' in full and "amount: ∅ → 12.50, id: ∅ → 1" in full
+    record = json.loads(flux(dsn, "trace", recorded["repriced"], "--json").output, parse_float=str)
+    assert record["mutations"][0]["old"]["amount"] == "12.50"  # the JSON answer keeps the digits too
 
 
 def test_diff_of_two_calls_of_one_route_shows_other_values(dsn: str, recorded: dict[str, str]) -> None:
@@ -371,6 +413,8 @@ def test_every_inspect_command_answers_the_same_through_the_management_api(
             ["trace", "diff", recorded["ok"], recorded["again"]], ["trace", "export", recorded["ok"]],
             ["why", recorded["failed"]], ["why", recorded["read"]], ["why", recorded["timeout"]],
             ["state", "history", "notes", "1"], ["state", "blame", "notes", "1"], ["state", "blame", "notes"],
+            ["state", "history", "prices", "1"], ["state", "blame", "prices", "1"],
+            ["trace", recorded["repriced"]],
             ["trace", "0000dead"], ["state", "history", "nope", "1"],
         ):  # fmt: skip
             answered = run(through_api, *args)

@@ -22,6 +22,7 @@ from flux.api.admin import check_admin_key
 from flux.api.openapi import document
 from flux.errors import InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from flux.queue import cron, jobs
+from flux.runtime.secrets import load_key
 from flux.trace import state, tree, why
 
 Json = Any
@@ -181,7 +182,7 @@ class _Api:
         body = _body(req, {"value": str}, required=("value",))
         secrets.check_name(name)
         with self._conn(req) as conn:
-            secrets.set_secret(conn, secrets.load_key(self.project_dir), name, body["value"])
+            secrets.set_secret(conn, load_key(self.project_dir), name, body["value"])
         resp.status = falcon.HTTP_204
 
     def on_delete_secret(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:

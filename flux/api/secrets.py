@@ -1,63 +1,18 @@
-"""Secrets at rest: AES-GCM (the `cryptography` package) under a 256-bit key Postgres never sees, with the
-secret's name as authenticated data. The key comes from `FLUX_SECRET_KEY` (32 bytes, base64) or, without it,
-from the project's key file `.flux/secret.key`, created on first use with mode 0600.
-
-Values are decrypted only to hand them to a function (`SecretCache`); `flux secrets ls` shows names and
-dates, never values.
+"""Secrets as the management API keeps them: set (encrypted with the runtime's key and cipher,
+`flux/runtime/secrets.py`), listed by name and date, never by value, and removed. Functions read them through
+the runtime's decrypted cache.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
 import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from flux import db
-from flux.errors import InvalidSecretName, NotFound, SecretKeyInvalid
-from flux.listen import NotifiedCache
+from flux.errors import InvalidSecretName, NotFound
+from flux.runtime.secrets import encrypt
 
-KEY_ENV = "FLUX_SECRET_KEY"
-NOTIFY_CHANNEL = "flux_secrets"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-def load_key(project_dir: Path, env: dict[str, str] | None = None) -> bytes:
-    """The secret key: FLUX_SECRET_KEY, else the project's key file (created now if there is none)."""
-    environ = os.environ if env is None else env
-    given = environ.get(KEY_ENV)
-    if given:
-        return _decode_key(given, KEY_ENV)
-    path = project_dir / ".flux" / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
-    return _decode_key(path.read_text().strip(), str(path))
-
-
-def _decode_key(text: str, source: str) -> bytes:
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise SecretKeyInvalid(
-            f"{source} is not a 256-bit key in base64",
-            hint="make one with: openssl rand -base64 32",
-        )
-    return key
 
 
 def check_name(name: str) -> str:
@@ -67,22 +22,6 @@ def check_name(name: str) -> str:
             hint="use letters, digits and _, not starting with a digit (at most 128)",
         )
     return name
-
-
-def encrypt(key: bytes, name: str, value: str) -> tuple[bytes, bytes]:
-    """The nonce and ciphertext of `value`, bound to `name`."""
-    nonce = os.urandom(12)
-    return nonce, AESGCM(key).encrypt(nonce, value.encode(), name.encode())
-
-
-def decrypt(key: bytes, name: str, nonce: bytes, ciphertext: bytes) -> str:
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext, name.encode()).decode()
-    except InvalidTag:
-        raise SecretKeyInvalid(
-            f"secret {name!r} was stored under another key",
-            hint=f"set {KEY_ENV} to the key it was stored with, or set the secret again",
-        ) from None
 
 
 def set_secret(conn: Any, key: bytes, name: str, value: str) -> None:
@@ -107,22 +46,3 @@ def remove_secret(conn: Any, name: str) -> None:
         removed = conn.execute("DELETE FROM flux.secrets WHERE name = %s", (name,)).rowcount
     if not removed:
         raise NotFound(f"no secret named {name!r}", hint="`flux secrets ls` lists them")
-
-
-def load_secrets(conn: Any, key: Callable[[], bytes]) -> dict[str, str]:
-    """Every secret, decrypted (`key()` is called only when there is one)."""
-    rows = db.execute_rows(conn, "SELECT name, nonce, ciphertext FROM flux.secrets", [])
-    if not rows:
-        return {}
-    secret_key = key()
-    return {
-        name: decrypt(secret_key, name, bytes(nonce), bytes(ciphertext)) for name, nonce, ciphertext in rows
-    }
-
-
-class SecretCache(NotifiedCache[dict[str, str]]):
-    """One process's decrypted secrets, dropped when `flux_secrets` is notified (a rotation is live at
-    once). The key is read when there is a secret to decrypt, so a project without secrets needs none."""
-
-    def __init__(self, project_dir: Path) -> None:
-        super().__init__(NOTIFY_CHANNEL, lambda conn: load_secrets(conn, lambda: load_key(project_dir)))

@@ -16,7 +16,6 @@ from typing import Any
 import falcon
 
 from flux import db, jsontext
-from flux.api.secrets import SecretCache
 from flux.data import CatalogCache
 from flux.data.explain import explain
 from flux.errors import (
@@ -39,6 +38,7 @@ from flux.runtime.functions import DeployedFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, invoke
 from flux.runtime.response import Response, error_response
+from flux.runtime.secrets import SecretCache
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 

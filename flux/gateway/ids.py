@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from flux import randomness
+from flux.trace.ids import request_span_id
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -25,12 +26,6 @@ class Trace:
 
 def new_request_id() -> str:
     return randomness.uuid4()
-
-
-def request_span_id(request_id: str) -> str:
-    """The request's span id in its W3C trace: the last 8 bytes of its id, so an exported trace
-    (`flux trace export`) names the same parent as the `traceparent` its outbound calls carried."""
-    return request_id.replace("-", "")[16:].lower()  # as uuid.UUID(request_id).bytes[8:].hex()
 
 
 def continue_trace(header: str | None, request_id: str) -> Trace:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flux import db, jsontext, randomness
-from flux.api.secrets import SecretCache
 from flux.config import Settings
 from flux.data import CatalogCache
 from flux.errors import FluxError
@@ -37,6 +36,7 @@ from flux.runtime import Runtime
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.invoke import Caller, invoke
+from flux.runtime.secrets import SecretCache
 from flux.trace.recorder import error_record
 from flux.trace.writer import RecordWriter
 

@@ -11,10 +11,10 @@ another key.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flux import jsontext
 from flux.trace.tree import Trace
 
 Row = dict[str, Any]
@@ -167,4 +167,4 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    return jsontext.display(value, sort_keys=True)

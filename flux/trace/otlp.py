@@ -20,8 +20,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from flux import __version__
-from flux.gateway.ids import request_span_id
+from flux import __version__, jsontext
+from flux.trace.ids import request_span_id
 from flux.trace.tree import Trace
 
 MAX_ATTRIBUTE_CHARS = 65_536  # inputs and outputs longer than this are cut (and say so)
@@ -158,7 +158,7 @@ def _attributes(values: dict[str, Any]) -> list[KeyValue]:
 def _text(value: Any) -> str | None:
     if value is None:
         return None
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = jsontext.display(value)
     return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS] + "…(cut)"
 
 

@@ -74,7 +74,10 @@ def blame(conn: Any, table: str, key: str) -> list[Row]:
 def table_blame(conn: Any, table: str, limit: int = 100) -> list[Row]:
     """For each row of the table (up to `limit`, by key), its last change and who made it."""
     return db.fetch_dicts(
-        conn, "SELECT * FROM flux.table_blame(%s::regclass) LIMIT %s", (tracked_table(conn, table).ref, limit)
+        conn,
+        "SELECT * FROM flux.table_blame(%s::regclass) LIMIT %s",
+        (tracked_table(conn, table).ref, limit),
+        exact_numbers=True,
     )
 
 
@@ -82,5 +85,8 @@ def _rows_of(conn: Any, function: str, table: str, key: str) -> list[Row]:
     """The rows `function(table, key)` returns, once the table and key are resolved."""
     table_ref, pk = row_key(conn, table, key)
     return db.fetch_dicts(
-        conn, f"SELECT * FROM {function}(%s::regclass, %s::jsonb)", (table_ref, json.dumps(pk))
+        conn,
+        f"SELECT * FROM {function}(%s::regclass, %s::jsonb)",
+        (table_ref, json.dumps(pk)),
+        exact_numbers=True,
     )

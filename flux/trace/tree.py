@@ -93,10 +93,12 @@ def find_trace(conn: Any, given: str) -> Trace:
 def load_trace(conn: Any, request_id: str) -> Trace:
     """The whole record of one request."""
     request, *parts = TRACE_STATEMENTS
-    found = db.fetch_dicts(conn, request, (request_id,))
+    found = db.fetch_dicts(conn, request, (request_id,), exact_numbers=True)
     if not found:
         raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
-    spans, mutations, jobs, job = (db.fetch_dicts(conn, query, (request_id,)) for query in parts)
+    spans, mutations, jobs, job = (
+        db.fetch_dicts(conn, query, (request_id,), exact_numbers=True) for query in parts
+    )
     return Trace(found[0], spans, mutations, jobs, job[0] if job else None)
 
 

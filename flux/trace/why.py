@@ -7,12 +7,11 @@ changed, the change made before it and the request, function and code version th
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from flux import db
+from flux import db, jsontext
 from flux.errors import TableNotTracked
 from flux.trace.state import TrackedTable, tracked_table
 from flux.trace.tree import Trace, trace_from_record, trace_record
@@ -83,11 +82,14 @@ def explain_request(conn: Any, trace: Trace) -> Why:
     seen: set[tuple[str, str]] = set()
 
     def add(schema: str, table: str, pk: dict[str, Any], how: str, below: int, until: Any) -> None:
-        key = (f"{schema}.{table}", json.dumps(pk, sort_keys=True, default=str))
+        key = (f"{schema}.{table}", jsontext.display(pk, sort_keys=True))  # exact: the jsonb the key matches
         if key not in seen:
             seen.add(key)
             found = db.fetch_dicts(
-                conn, _CHANGE_BEFORE, (schema, table, key[1], below, until, trace.request["id"])
+                conn,
+                _CHANGE_BEFORE,
+                (schema, table, key[1], below, until, trace.request["id"]),
+                exact_numbers=True,
             )
             earlier.append(EarlierChange(key[0], pk, how, found[0] if found else None))
 

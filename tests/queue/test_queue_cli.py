@@ -80,6 +80,28 @@ def test_queue_commands_on_the_database(dsn: str, conn: Conn, project: Path) -> 
     assert schedule.split()[:4] == ["digest", "30", "7", "*"] and schedule.endswith("project")
 
 
+def test_every_json_input_is_data_and_payload_is_its_old_name(dsn: str, project: Path) -> None:
+    deploy(dsn, load_settings(project, env={}))
+    for n, spelling in enumerate(("--data", "-d", "--payload"), start=1):
+        assert flux(dsn, "queue", "push", "hello", spelling, f'{{"n": {n}}}').output == f"job {n}\n"
+        assert f'payload:           {{"n": {n}}}' in flux(dsn, "queue", "show", str(n)).output
+    both = flux(dsn, "queue", "push", "hello", "--data", "1", "--payload", "2")
+    assert _error(both) == ("FX401", "--data and --payload are one option (--payload is its old name)")
+    assert _error(flux(dsn, "queue", "push", "hello", "--payload", "{nope"))[1].startswith(
+        "--payload is not JSON"
+    )
+    for command in (["queue", "push"], ["invoke"]):  # one spelling in the help: --data
+        shown = flux(dsn, *command, "--help").output
+        assert "--data" in shown and "-d" in shown and "--payload" not in shown, command
+    refused = _error(flux(dsn, "invoke", "hello", "--payload", "{nope"))  # refused before a server is asked
+    assert refused[0] == "FX607" and refused[1].startswith("--payload is not JSON")
+
+
+def _error(result: Any) -> tuple[str | None, str]:
+    """The FX code and message a command failed with."""
+    return getattr(result.exception, "code", None), getattr(result.exception, "message", "")
+
+
 def test_schedules_through_the_management_api(dsn: str, conn: Conn, project: Path) -> None:
     deploy(dsn, load_settings(project, env={}))
     admin = {"authorization": f"Bearer {create_admin_key(conn, 'tests').key}"}
