@@ -40,5 +40,9 @@ bench: install ## Benchmarks: ratios against floors, measured side by side
 schema: install ## Rewrite sql/schema.sql from a fresh migrate
 	FLUX_WRITE_SCHEMA=1 $(BIN)/pytest -q tests/test_schema.py
 
-clean: ## Remove the venv, caches and embedded Postgres data
+clean: ## Remove the venv, caches and embedded Postgres data (also a cluster that .flux/pg links to)
+	@for link in $(PROJECT)/.flux/pg .flux/pg; do \
+	    home="$$(dirname "$$(readlink -f "$$link")")"; \
+	    if [ -L "$$link" ] && [ -f "$$home/project" ]; then echo "rm -rf $$home"; rm -rf "$$home"; fi; \
+	done
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(PROJECT)/.flux .flux

@@ -16,6 +16,9 @@ from typing import Any, Literal, cast, get_args
 from flux.errors import InvalidConfig
 
 DEFAULT_PORT = 4000
+# Run as root, the embedded Postgres runs as the postgres user; when that user cannot reach a project's
+# `.flux`, the cluster lives in a folder of its own under here instead, and `.flux/pg` links to it.
+DEFAULT_PG_FALLBACK_DIR = Path("/var/lib/flux")
 PinMode = Literal["auto", "on", "off"]
 
 
@@ -34,6 +37,8 @@ class Settings:
     pin_workers: PinMode = "auto"
     migrations_dir: str = "migrations"
     pg_bindir: Path | None = None
+    # where the cluster goes when the Postgres user cannot reach `.flux/pg`; None ("off") refuses instead
+    pg_fallback_dir: Path | None = DEFAULT_PG_FALLBACK_DIR
     # [auth]: JWT verification (HS256 with a shared secret, or RS256/ES256 keys from a JWKS URL)
     jwt_secret: str | None = None
     jwks_url: str | None = None
@@ -74,6 +79,7 @@ _ENV_NAMES = {
     "pin_workers": ("FLUX_PIN_WORKERS",),
     "migrations_dir": ("FLUX_MIGRATIONS_DIR",),
     "pg_bindir": ("FLUX_PG_BINDIR",),
+    "pg_fallback_dir": ("FLUX_PG_FALLBACK_DIR",),
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
     "otlp_endpoint": ("FLUX_OTLP_ENDPOINT",),
     "queue_workers": ("FLUX_QUEUE_WORKERS",),
@@ -190,6 +196,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         pin_workers=pin_workers,
         migrations_dir=str(values.get("migrations_dir", "migrations")),
         pg_bindir=Path(bindir) if bindir else None,
+        pg_fallback_dir=_pg_fallback_dir(values.get("pg_fallback_dir", DEFAULT_PG_FALLBACK_DIR)),
         **{name: str(values[name]) if values.get(name) else None for name in _AUTH_KEYS.values()},
         routes=tuple(values.get("routes", ())),
         cron=tuple(values.get("cron", ())),
@@ -208,6 +215,18 @@ def _pin_workers(value: Any) -> PinMode:
     if mode not in get_args(PinMode):
         raise InvalidConfig(f"pin_workers {value!r} is not auto, on or off", hint="use auto (the default)")
     return cast(PinMode, mode)
+
+
+def _pg_fallback_dir(value: Any) -> Path | None:
+    """An absolute folder, or `off` (false works too) for none."""
+    if value is False or str(value).lower() in ("off", "false", "0", "none"):
+        return None
+    folder = Path(str(value))
+    if not folder.is_absolute():
+        raise InvalidConfig(
+            f"pg_fallback_dir {str(value)!r} is not an absolute path", hint="e.g. /var/lib/flux, or off"
+        )
+    return folder
 
 
 def _otlp_endpoint(value: Any) -> str | None:

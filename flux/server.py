@@ -67,7 +67,7 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url:
         yield settings.database_url
         return
-    embedded = EmbeddedPostgres(settings.data_dir, settings.pg_bindir)
+    embedded = EmbeddedPostgres(settings.data_dir, settings.pg_bindir, settings.pg_fallback_dir)
     owner = os.getpid()
     try:
         log.info("starting the embedded Postgres in %s", settings.data_dir)

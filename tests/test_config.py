@@ -65,3 +65,21 @@ def test_bind_is_host_and_port() -> None:
     for bad in ("4000", "host:", ":4000", "host:port"):
         with pytest.raises(InvalidConfig):
             split_bind(bad)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "folder"),
+    [("", {}, Path("/var/lib/flux")), ('[server]\npg_fallback_dir = "/srv/flux"\n', {}, Path("/srv/flux")),
+     ('[server]\npg_fallback_dir = "/srv/flux"\n', {"FLUX_PG_FALLBACK_DIR": "off"}, None),
+     ("[server]\npg_fallback_dir = false\n", {}, None)],
+)  # fmt: skip
+def test_pg_fallback_dir_is_an_absolute_folder_or_off(
+    tmp_path: Path, toml: str, env: dict[str, str], folder: Path | None
+) -> None:
+    (tmp_path / "flux.toml").write_text(toml)
+    assert load_settings(tmp_path, env=env).pg_fallback_dir == folder
+
+
+def test_a_relative_pg_fallback_dir_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfig, match="pg_fallback_dir 'flux' is not an absolute path"):
+        load_settings(tmp_path, env={"FLUX_PG_FALLBACK_DIR": "flux"})

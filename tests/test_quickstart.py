@@ -1,12 +1,10 @@
 """The README's first command and its "Five minutes": `make dev` serves the quickstart and records writes; a
 request (the README sends it with curl; here urllib, so the suite needs no curl) is traced with `flux trace`;
-Ctrl-C cleans up."""
+Ctrl-C cleans up. The README runs `make test` after `make dev`, so the example folder may hold what `make dev`
+left there; the test must not depend on it."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.processes import free_port, processes_mentioning, wait_for_http
+from tests.fixtures.processes import copy_project, free_port, interrupt, processes_mentioning, wait_for_http
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +23,7 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
 ) -> None:
     if subprocess.run(["make", "-q", "install"], cwd=REPO).returncode != 0:
         pytest.skip("the venv is not installed by `make install`; `make test` installs it first")
-    quickstart = project_dir / "quickstart"
-    shutil.copytree(REPO / "examples" / "quickstart", quickstart)
+    quickstart = copy_project(_quickstart_as_make_dev_left_it(project_dir), project_dir / "quickstart")
     port = free_port()
     env = {**flux_env, "FLUX_PORT": str(port)}
     make = subprocess.Popen(
@@ -54,8 +51,7 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
     finally:
-        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal that typed `make dev`
-        output, _ = make.communicate(timeout=30)
+        output = interrupt(make)  # Ctrl-C in the terminal that typed `make dev`
     assert took < 15, output
     assert row == ("INSERT", "notes", "hello")
     lines = traced.stdout.splitlines()
@@ -65,3 +61,14 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
     assert "flux: applied migrations/0001_notes.sql" in output
     assert "Traceback" not in output
     assert processes_mentioning(str(quickstart / ".flux" / "pg")) == []
+
+
+def _quickstart_as_make_dev_left_it(folder: Path) -> Path:
+    """examples/quickstart after `make dev` ran in it: a cluster in `.flux/pg` (here one that cannot start; a
+    copy of a real one cannot either, its files belong to whoever copied them) and a lock file."""
+    example = copy_project(REPO / "examples" / "quickstart", folder / "examples" / "quickstart")
+    left = example / ".flux" / "pg"
+    left.mkdir(parents=True, mode=0o700)
+    (left / "PG_VERSION").write_text("16\n")
+    (example / ".flux" / "pg.lock").touch()
+    return example

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import signal
@@ -12,13 +13,22 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from flux.config import Settings
 from flux.server import FluxApplication
-from tests.fixtures.processes import FLUX, free_port, processes_mentioning, run_flux, wait_for_http
+from tests.fixtures.processes import (
+    FLUX,
+    copy_project,
+    free_port,
+    processes_mentioning,
+    run_flux,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _start(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -199,3 +209,65 @@ def test_a_worker_freezes_what_it_loaded_to_serve(
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the embedded Postgres as another user")
+def test_a_project_in_a_folder_only_root_may_enter_serves_migrates_and_is_cleaned(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    """A clone under /root: the postgres user cannot reach its `.flux`, so the cluster lives under
+    /var/lib/flux (the default pg_fallback_dir), `.flux/pg` links to it, and `make clean` removes it."""
+    private = project_dir / "root"
+    project = copy_project(REPO / "examples" / "quickstart", private / "quickstart")
+    private.chmod(0o700)
+    env = {k: v for k, v in flux_env.items() if k != "FLUX_PG_FALLBACK_DIR"}
+    home = Path("/var/lib/flux") / f"quickstart-{hashlib.sha256(str(project).encode()).hexdigest()[:12]}"
+    port = free_port()
+    process = _start(["server", "--port", str(port), str(project)], env, project_dir)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/notes", data=b'{"text": "hello"}',
+            headers={"content-type": "application/json"}, method="POST",
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status = response.status
+        # The README's psql line still works: the socket is reached through the link.
+        socket_dir = project / ".flux" / "pg"
+        with psycopg.connect(f"host={socket_dir} user=postgres dbname=flux") as conn:
+            notes = conn.execute("SELECT body FROM notes").fetchall()
+    finally:
+        output = _stop(process, signal.SIGTERM, group=False)
+    assert status == 201 and notes == [("hello",)], output
+    assert process.returncode == 0, output
+    assert (project / ".flux" / "pg").readlink() == home / "pg"
+    assert f"the postgres user cannot reach {project}/.flux, so the cluster is in {home}/pg" in output
+    assert "flux: applied migrations/0001_notes.sql" in output
+    assert processes_mentioning(str(home)) == []
+
+    migrated = run_flux(["db", "migrate", "--project", str(project)], env, project_dir)
+    assert migrated.stdout == "database is up to date\n", migrated  # the same cluster, reused
+
+    cleaned = subprocess.run(
+        ["make", "--no-print-directory", "-f", str(REPO / "Makefile"), "clean", f"PROJECT={project}"],
+        cwd=project_dir, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cleaned.returncode == 0, cleaned
+    assert not home.exists() and not (project / ".flux").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the embedded Postgres as another user")
+def test_with_the_fallback_off_a_closed_folder_is_named_with_the_chmod_that_opens_it(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    private = project_dir / "root"
+    (private / "app").mkdir(parents=True)
+    private.chmod(0o700)
+    env = {**flux_env, "FLUX_PG_FALLBACK_DIR": "off"}
+    result = run_flux(["server", "--port", str(free_port()), str(private / "app")], env, project_dir)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        f"error FX804: the postgres user cannot reach {private}/app/.flux/pg: {private} (mode 700, owner"
+        " root) is closed to others",
+        f"  hint: run `chmod o+x {private}`, or set DATABASE_URL",
+    ], result.stderr
