@@ -1,7 +1,9 @@
 """The migration runner: applies Flux's `sql/` and a project's `migrations/`, each file once, in order.
 
-After the files it keeps span partitions ahead (`flux.maintain()`), tracks every table a project's migrations
-created (`flux.track_all()`, unless commented `@flux:untracked`) and applies the column policies as GRANTs.
+Before a project's migrations it gives flux_service its default rights on what they create in schema public
+(`flux.grant_service_defaults()`); after the files it keeps span partitions ahead (`flux.maintain()`), tracks
+every table a project's migrations created (`flux.track_all()`, unless commented `@flux:untracked`) and applies
+the column policies as GRANTs.
 
 `sql/migrations/NNNN_name.sql` and a project's `migrations/NNNN_name.sql` run once each, in one transaction
 with their `flux.schema_migrations` row; `sql/functions/*.sql` (CREATE OR REPLACE) run again whenever their
@@ -168,7 +170,11 @@ def migrate(dsn: str, *, project_migrations: Path | None = None) -> list[Migrati
         applied_rows = _applied(conn)
         _refuse_drift(migrations, applied_rows, project_migrations is not None)
         pending = [m for m in migrations if _state(m, applied_rows) in ("pending", "changed")]
-        for migration in pending:
+        for migration in (m for m in pending if m.kind != "project"):
+            _apply(conn, migration)
+        with db.translate_errors():
+            _before_project(conn)
+        for migration in (m for m in pending if m.kind == "project"):
             _apply(conn, migration)
         with db.translate_errors():
             conn.execute("SELECT flux.maintain()")
@@ -187,11 +193,20 @@ def migrate_project_in(conn: psycopg.Connection[Any], project: list[Migration]) 
     pending = [m for m in migrations if _state(m, applied_rows) in ("pending", "changed")]
     if any(m.kind != "project" for m in pending):
         raise DatabaseNotMigrated("Flux's own migrations are not applied", hint="run `flux db migrate` first")
+    with db.translate_errors():
+        _before_project(conn)
     for migration in pending:
         _apply(conn, migration)
     with db.translate_errors():
         _after_project(conn, bool(project))
     return pending
+
+
+def _before_project(conn: psycopg.Connection[Any]) -> None:
+    # What the project's migrations (and later this role in psql) create in public is flux_service's at once:
+    # the project's code runs as it, and should need no GRANT to it. Default privileges belong to the role
+    # that creates, so each role that migrates sets its own.
+    conn.execute("SELECT flux.grant_service_defaults()")
 
 
 def _after_project(conn: psycopg.Connection[Any], has_project: bool) -> None:

@@ -891,6 +891,43 @@ $$;
 
 
 --
+-- Name: grant_service_defaults(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.grant_service_defaults() RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+BEGIN
+    IF pg_catalog.to_regnamespace('public') IS NULL THEN
+        RETURN false;
+    END IF;
+    IF (SELECT pg_catalog.count(DISTINCT (d.defaclobjtype, x.privilege_type))
+          FROM pg_catalog.pg_default_acl d, pg_catalog.aclexplode(d.defaclacl) AS x
+         WHERE d.defaclrole = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+           AND d.defaclnamespace = pg_catalog.to_regnamespace('public')
+           AND x.grantee = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'flux_service')
+           AND (d.defaclobjtype, x.privilege_type) IN (('r', 'SELECT'), ('r', 'INSERT'), ('r', 'UPDATE'),
+                                                       ('r', 'DELETE'), ('r', 'TRUNCATE'), ('S', 'USAGE'),
+                                                       ('S', 'SELECT'), ('S', 'UPDATE'))) = 8 THEN
+        RETURN false;
+    END IF;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public
+        GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO flux_service;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO flux_service;
+    RETURN true;
+END
+$$;
+
+
+--
+-- Name: FUNCTION grant_service_defaults(); Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON FUNCTION flux.grant_service_defaults() IS 'Default privileges for the calling role: flux_service may read and write every table and sequence it creates in schema public. The migration runner runs it before a project''s migrations.';
+
+
+--
 -- Name: held_job(bigint, text, integer); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -3046,6 +3083,13 @@ GRANT ALL ON FUNCTION flux.fail_job(job_id bigint, worker text, attempt integer,
 
 REVOKE ALL ON FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION grant_service_defaults(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.grant_service_defaults() FROM PUBLIC;
 
 
 --

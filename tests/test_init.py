@@ -1,18 +1,26 @@
-"""`flux init`: a new project that deploys and answers on both its routes (TypeScript and Python), and a
-folder that is a project already is left alone."""
+"""`flux init`: a new project that deploys and answers on both its routes (TypeScript and Python), whose code
+runs as the service role with no GRANT of its own, and a folder that is a project already is left alone."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import InvalidProject
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.processes import FLUX, free_port, run_flux, wait_for_http
 
 
 def test_a_new_project_deploys_and_answers(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,3 +39,41 @@ def test_a_new_project_deploys_and_answers(dsn: str, tmp_path: Path, monkeypatch
         assert client.simulate_get("/notes/count").json == {"count": 1}
     again = CliRunner().invoke(app, ["init", str(folder)])
     assert isinstance(again.exception, InvalidProject) and "already has" in again.exception.message
+
+
+@pytest.mark.slow
+def test_a_new_projects_code_runs_as_the_service_role_with_no_grant_of_its_own(
+    dsn: str, conn: psycopg.Connection[Any], project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    """`flux invoke` (service by default) and a job pushed from the CLI write to the project's table."""
+    folder = project_dir / "shop"
+    assert CliRunner().invoke(app, ["init", str(folder)]).exit_code == 0
+    deploy(dsn, load_settings(folder, env={}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**flux_env, "DATABASE_URL": dsn}
+    env.pop("FLUX_URL", None)
+    server = subprocess.Popen(
+        [*FLUX, "server", "--no-deploy", "--port", str(port), "--queue-workers", "1"], cwd=folder, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    remote = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    remote |= {"FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "tests").key}
+    try:
+        wait_for_http(f"{url}/ready", timeout=30, process=server)
+        invoked = run_flux(["invoke", "add_note", "--data", '{"text": "hi"}'], remote, folder)
+        assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+        assert json.loads(invoked.stdout) == {"id": 1, "body": "hi"}
+        assert invoked.stderr.startswith("status 201  request ")
+        pushed = run_flux(["queue", "push", "add_note", "-d", '{"text": "x"}'], env, folder)
+        assert pushed.stdout == "job 1\n", pushed.stderr
+        deadline = time.monotonic() + 30
+        while (job := conn.execute("SELECT status, last_error FROM flux.all_jobs WHERE id = 1").fetchone()) != (
+            "done", None
+        ):
+            assert job is not None and job[0] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.2)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    assert conn.execute("SELECT body FROM notes ORDER BY id").fetchall() == [("hi",), ("x",)]

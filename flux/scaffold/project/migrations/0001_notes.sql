@@ -5,5 +5,6 @@ CREATE TABLE notes (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The routes run without a key (auth = "none"), as flux_anon.
+-- The routes run without a key (auth = "none"), as flux_anon; flux_anon and flux_user get only what is granted.
+-- flux_service (`flux invoke`, queue jobs) may use every table in schema public with no GRANT (docs/sql.md).
 GRANT SELECT, INSERT ON notes TO flux_anon, flux_user;
