@@ -52,25 +52,29 @@ class Backend(Protocol):
 
 
 @contextmanager
-def backend(project: Path) -> Iterator[Backend]:
-    """The management API when FLUX_URL is set, else the database."""
+def backend(project: Path, *, reads_only: bool = False) -> Iterator[Backend]:
+    """The management API when FLUX_URL is set, else the database. A command that `reads_only` never creates
+    a database: with no project, no DATABASE_URL and no FLUX_URL it is FX807."""
     from cli.remote import remote
 
     api = remote()
     if api is not None:
         yield ViaApi(api)
         return
-    with database_connection(project) as conn:
+    with database_connection(project, reads_only=reads_only, flux_url_works=True) as conn:
         yield ViaDatabase(conn, project)
 
 
 @contextmanager
-def database_connection(project: Path) -> Iterator[Any]:
-    """An autocommit connection to DATABASE_URL or the project's embedded Postgres, migrated."""
+def database_connection(
+    project: Path, *, reads_only: bool = False, flux_url_works: bool = False
+) -> Iterator[Any]:
+    """An autocommit connection to DATABASE_URL or the project's embedded Postgres, migrated (see
+    `database_for` for `reads_only`)."""
     from cli.db import database_for
     from flux import db, migrate
 
-    with database_for(project) as (dsn, _):
+    with database_for(project, reads_only=reads_only, flux_url_works=flux_url_works) as (dsn, _):
         migrate.migrate(dsn)
         with db.connect(dsn, autocommit=True) as conn:
             yield conn

@@ -6,9 +6,12 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from flux.config import Settings
 
 app = typer.Typer(help="The database: migrations and retention.", no_args_is_help=True)
 
@@ -16,14 +19,41 @@ ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project fo
 
 
 @contextmanager
-def database_for(project: Path) -> Iterator[tuple[str, Path]]:
-    """DATABASE_URL, or the project's embedded Postgres for the length of the command."""
+def database_for(
+    project: Path, *, reads_only: bool = False, flux_url_works: bool = False
+) -> Iterator[tuple[str, Path]]:
+    """DATABASE_URL, or the project's embedded Postgres for the length of the command. A command that
+    `reads_only` never creates one: outside a project, or before the project's first `flux dev`, it is FX807
+    (whose hint names FLUX_URL when the command could have gone through a server: `flux_url_works`)."""
     from flux.config import load_settings
     from flux.server import database
 
     settings = load_settings(project)
+    if reads_only and not settings.database_url:
+        require_embedded_database(settings, flux_url_works=flux_url_works)
     with database(settings) as dsn:
         yield dsn, settings.project_migrations
+
+
+def require_embedded_database(settings: Settings, *, flux_url_works: bool) -> None:
+    """Refuse (FX807) unless `settings` name a project whose embedded Postgres exists already."""
+    from flux.errors import NoDatabase
+    from flux.postgres import cluster_exists
+
+    unset = "neither DATABASE_URL nor FLUX_URL is set" if flux_url_works else "DATABASE_URL is not set"
+    server = ", or set FLUX_URL to its server" if flux_url_works else ""
+    folder = settings.project_dir
+    to_database = f"set DATABASE_URL to its database{server}"
+    if not (folder / "flux.toml").is_file():
+        raise NoDatabase(
+            f"no database to read: {folder} is not a Flux project (no flux.toml), and {unset}",
+            hint=f"run it inside a Flux project (or pass --project DIR), {to_database}",
+        )
+    if not cluster_exists(settings.data_dir):
+        raise NoDatabase(
+            f"no database to read: the project in {folder} has no embedded Postgres yet, and {unset}",
+            hint=f"`flux dev` (or `flux deploy`) creates it; or {to_database}",
+        )
 
 
 @app.command()
@@ -43,7 +73,7 @@ def status(project: ProjectDir = Path(".")) -> None:
     """List every migration with its state: applied, pending, changed (edited) or unknown (newer)."""
     from flux import migrate as runner
 
-    with database_for(project) as (dsn, project_migrations):
+    with database_for(project, reads_only=True) as (dsn, project_migrations):
         rows = runner.status(dsn, project_migrations=project_migrations)
     for row in rows:
         when = row.applied_at.strftime("%Y-%m-%d %H:%M:%S") if row.applied_at else "-"

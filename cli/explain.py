@@ -40,7 +40,7 @@ def explain(
         raise InvalidQuery(f"not valid JSON: {exc}", hint="check the query file and --claims") from exc
     if role not in ("anon", "user", "service"):
         raise InvalidConfig(f"--role {role!r} is not a Flux role", hint="use anon, user or service")
-    with database_for(project) as (dsn, _), db.connect(dsn) as conn:
+    with database_for(project, reads_only=True) as (dsn, _), db.connect(dsn) as conn:
         explanation = explain_query(conn, query, load_catalog(conn), role, claim_values)  # type: ignore[arg-type]
     if as_json:
         typer.echo(json.dumps(asdict(explanation), indent=2, default=str))

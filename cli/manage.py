@@ -87,7 +87,7 @@ def rollback(version: Annotated[int, typer.Argument(help="The version to make ac
 @deployments_app.command("ls")
 def deployments_ls(project: ProjectDir = Path(".")) -> None:
     """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         rows = manager.list_deployments()
     commits = [_commit_label(row["git_commit"]) for row in rows]
     width = max([18, *map(len, commits)])  # a short sha and `-dirty`, or a longer name uploaded as the commit
@@ -180,7 +180,7 @@ def secrets_set(
 @secrets_app.command("ls")
 def secrets_ls(project: ProjectDir = Path(".")) -> None:
     """Secret names and when each was set (never values)."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         for row in manager.list_secrets():
             typer.echo(f"{row['name']:<32} {_when(row['updated_at'])}")
 
@@ -213,7 +213,7 @@ def tenants_create(
 @tenants_app.command("ls")
 def tenants_ls(project: ProjectDir = Path(".")) -> None:
     """Every tenant with its rate limit and number of live keys."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         for row in manager.list_tenants():
             limit = f"{row['rate_per_s']:g}/s burst {row['burst']}" if row["rate_per_s"] else "no limit"
             typer.echo(f"{row['name']:<20} {row['id']}  {limit:<22} {row['keys']} keys")
@@ -269,7 +269,7 @@ def _create_admin_key(project: Path, name: str | None, expires_in: str | None) -
 @keys_app.command("ls")
 def keys_ls(project: ProjectDir = Path(".")) -> None:
     """Every key by id and prefix, with its role, tenant and state."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         for row in manager.list_keys():
             state = f"revoked {_when(row['revoked_at'])}" if row["revoked_at"] else "live"
             typer.echo(

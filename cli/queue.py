@@ -83,21 +83,21 @@ def ls(
     project: ProjectDir = Path("."),
 ) -> None:
     """Jobs, newest first: id, status, queue, function, attempts, when it runs (or finished), last error."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         _print_jobs(manager.list_jobs(status, queue, function, limit))
 
 
 @app.command("dead")
 def dead(queue: Queue = None, limit: Limit = 20, project: ProjectDir = Path(".")) -> None:
     """Dead jobs (every attempt failed), newest first; `flux queue show ID` has each attempt's error."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         _print_jobs(manager.list_jobs("dead", queue, None, limit))
 
 
 @app.command("show")
 def show(job_id: JobId, project: ProjectDir = Path(".")) -> None:
     """One job: its fields, payload and every attempt, with the request that ran it (`flux trace ID`)."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         job = manager.get_job(job_id)
     for name in (
         "id",
@@ -132,7 +132,7 @@ def show(job_id: JobId, project: ProjectDir = Path(".")) -> None:
 @app.command("stats")
 def stats(project: ProjectDir = Path(".")) -> None:
     """Per queue: jobs due, scheduled, running, retrying, dead, done in the last hour, the oldest due wait."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         rows = manager.queue_stats()
     typer.echo(
         f"{'queue':<12} {'queued':>7} {'sched':>7} {'running':>7} {'retry':>7} {'dead':>7} {'done/h':>7}"
@@ -165,7 +165,7 @@ def cancel(job_id: JobId, project: ProjectDir = Path(".")) -> None:
 @app.command("cron")
 def schedules(project: ProjectDir = Path(".")) -> None:
     """Schedules: name, expression and zone, function, next and last run, and where each comes from."""
-    with backend(project) as manager:
+    with backend(project, reads_only=True) as manager:
         rows = manager.list_schedules()
     for row in rows:
         state = "" if row["enabled"] else "  (disabled)"

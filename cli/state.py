@@ -21,7 +21,7 @@ def history(table: Table, key: Key, project: ProjectDir = Path(".")) -> None:
     """Every version of one row, oldest first: the operation, each changed column old → new, and who."""
     from cli.backends import backend
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         versions = records.row_history(table, key)
     if not versions:
         typer.echo(f"no recorded change to {table} {key}")
@@ -43,7 +43,7 @@ def blame(
     last change."""
     from cli.backends import backend
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         if key is None:
             rows = records.table_blame(table, limit)
         else:

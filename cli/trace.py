@@ -47,7 +47,7 @@ def show(
     from cli.backends import backend
     from flux.trace.tree import trace_record
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         trace = records.trace(request_id)
     if as_json:
         from flux import jsontext
@@ -69,7 +69,7 @@ def diff(
     from cli.backends import backend
     from flux.trace.diff import diff_traces
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         a, b = records.trace(first), records.trace(second)
     differences = diff_traces(a, b)
     if as_json:
@@ -104,7 +104,7 @@ def export(
 
     if format not in ("otlp-json", "otlp-protobuf"):
         raise InvalidRequest(f"--format {format!r} is not known", hint="use otlp-json or otlp-protobuf")
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         trace = records.trace(request_id)
     data = (
         otlp.to_otlp_json(trace).encode() + b"\n" if format == "otlp-json" else otlp.to_otlp_protobuf(trace)
@@ -132,7 +132,7 @@ def ls(
 
     filters = {"route": route, "function": function, "status": status, "errors": errors,
                "since": _period(since), "slow_ms": slow, "limit": limit}  # fmt: skip
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         rows = records.requests(filters)
     for row in rows:
         typer.echo(_request_line(row))
@@ -150,7 +150,7 @@ def tail(
     (LISTEN/NOTIFY) or, through FLUX_URL, kept for this follower by the server between calls."""
     from cli.backends import backend
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         rows = records.follow({"route": route, "function": function, "status": status, "errors": errors,
                                "slow_ms": slow})  # fmt: skip
         typer.echo("following new requests (Ctrl-C stops)", err=True)

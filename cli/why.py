@@ -29,7 +29,7 @@ def why(
     changed those rows before it."""
     from cli.backends import backend
 
-    with backend(project) as records:
+    with backend(project, reads_only=True) as records:
         explained = records.why(request_id)
     typer.echo("\n".join(render_why(explained, color=sys.stdout.isatty())))
 

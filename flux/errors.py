@@ -442,6 +442,11 @@ class PostgresBinariesMissing(FluxError):
     title = "no Postgres server binaries were found"
 
 
+class NoDatabase(FluxError):
+    code = "FX807"
+    title = "a command that only reads found no database, and creates none"
+
+
 class MigrationFailed(FluxError):
     code = "FX810"
     http_status = 400  # a project's migration, uploaded with a deploy (the management API)

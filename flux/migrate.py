@@ -2,8 +2,8 @@
 
 Before a project's migrations it gives flux_service its default rights on what they create in schema public
 (`flux.grant_service_defaults()`); after the files it keeps span partitions ahead (`flux.maintain()`), tracks
-every table a project's migrations created (`flux.track_all()`, unless commented `@flux:untracked`) and applies
-the column policies as GRANTs.
+every table a project's migrations created (`flux.track_all()`, unless commented `@flux:untracked`) and
+applies the column policies as GRANTs.
 
 `sql/migrations/NNNN_name.sql` and a project's `migrations/NNNN_name.sql` run once each, in one transaction
 with their `flux.schema_migrations` row; `sql/functions/*.sql` (CREATE OR REPLACE) run again whenever their

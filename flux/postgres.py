@@ -114,6 +114,14 @@ def server_user() -> str | None:
         return "embedded_postgres"
 
 
+def cluster_exists(data_dir: Path) -> bool:
+    """Whether a cluster was initialised in `data_dir` (a command that only reads must not create one)."""
+    try:
+        return (data_dir / "PG_VERSION").exists()
+    except PermissionError:
+        return True  # there is something; starting it says what stands in the way (FX804)
+
+
 class EmbeddedPostgres:
     """One project's cluster: `start()` returns a DSN, `stop()` shuts it down (a no-op if it is down).
 

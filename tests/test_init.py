@@ -68,9 +68,8 @@ def test_a_new_projects_code_runs_as_the_service_role_with_no_grant_of_its_own(
         pushed = run_flux(["queue", "push", "add_note", "-d", '{"text": "x"}'], env, folder)
         assert pushed.stdout == "job 1\n", pushed.stderr
         deadline = time.monotonic() + 30
-        while (job := conn.execute("SELECT status, last_error FROM flux.all_jobs WHERE id = 1").fetchone()) != (
-            "done", None
-        ):
+        job_query = "SELECT status, last_error FROM flux.all_jobs WHERE id = 1"
+        while (job := conn.execute(job_query).fetchone()) != ("done", None):
             assert job is not None and job[0] in ("queued", "running") and time.monotonic() < deadline, job
             time.sleep(0.2)
     finally:

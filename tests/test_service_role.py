@@ -1,5 +1,6 @@
-"""flux_service may read and write every table a project makes in schema public, with no GRANT of the project's
-own (its code runs as it: `flux invoke`, queue jobs); flux_anon and flux_user still get only what is granted."""
+"""flux_service may read and write every table a project makes in schema public, with no GRANT of the
+project's own (its code runs as it: `flux invoke`, queue jobs); flux_anon and flux_user get only what is
+granted."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def test_tables_made_later_in_psql_are_the_service_roles_and_a_revoke_on_one_sta
 def test_tables_a_second_role_migrates_are_the_service_roles_too(
     pg_server: PostgresServer, template_database: str, tmp_path: Path
 ) -> None:
-    """Default privileges belong to the role that creates: Flux migrated as one role, the project as another."""
+    """Default privileges belong to the creating role: Flux migrated by one role, the project by another."""
     suffix = uuid.uuid4().hex[:8]
     role, database = f"deployer_{suffix}", f"flux_second_{suffix}"
     with pg_server.admin() as admin:

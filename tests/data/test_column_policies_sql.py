@@ -152,7 +152,7 @@ def test_a_column_added_after_the_conversion_is_granted_like_the_table_was(peopl
 
 def test_a_role_without_a_table_grant_gets_nothing_new(people: Conn) -> None:
     people.execute("GRANT SELECT (id, secret) ON people TO flux_anon")
-    people.execute("REVOKE ALL ON people FROM flux_service")  # it holds them on every table in public by default
+    people.execute("REVOKE ALL ON people FROM flux_service")  # which holds them on public's tables by default
     _policy(people, "secret", role="anon", readable=False)
     _policy(people, "name", role="service", writable=False)
     _apply(people)
