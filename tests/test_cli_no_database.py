@@ -1,5 +1,5 @@
-"""A command that only reads never creates a database: outside a project with neither DATABASE_URL nor FLUX_URL,
-or in a project whose embedded Postgres does not exist yet, it is FX807 and leaves no `.flux` behind."""
+"""A command that only reads never creates a database: outside a project with neither DATABASE_URL nor
+FLUX_URL, or in a project whose embedded Postgres does not exist yet, it is FX807 and leaves no `.flux`."""
 
 from __future__ import annotations
 
