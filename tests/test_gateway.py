@@ -444,6 +444,17 @@ def test_json_nested_to_the_limit_is_read_and_recorded(conn: Conn, client: Any) 
     assert depth == 126  # the record holds the whole body
 
 
+def test_a_bodys_depth_is_counted_alike_on_both_decoders() -> None:
+    from flux import jsontext
+
+    for number in ("1", "1.5"):  # orjson reads the first, the exact decoder the second
+        for opening, closing in (("[", "]"), ('{"a": ', "}")):
+            assert jsontext.loads_bounded(opening * 128 + number + closing * 128) is not None
+            with pytest.raises(jsontext.TooDeep):
+                jsontext.loads_bounded(opening * 129 + number + closing * 129)
+    assert jsontext.loads_bounded('["' + "[" * 500 + '"]') == ["[" * 500]  # brackets in text are not levels
+
+
 @pytest.mark.parametrize("depth", [300, 5000])
 def test_the_management_api_refuses_json_nested_too_deep_with_a_400(client: Any, depth: int) -> None:
     for path in ("/flux/api/functions/hello/invoke", "/flux/api/keys"):
