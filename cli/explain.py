@@ -24,7 +24,9 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print the explanation as JSON.")] = False,
     project: ProjectDir = Path("."),
 ) -> None:
-    """Show what a JSON query would run: SQL, parameters, role, column rules, RLS policies and the plan."""
+    """Show what a JSON query would run: SQL, parameters, role, column rules, RLS policies and the plan.
+
+    A query with problems is refused with the first problem's code and every problem listed."""
     import sys
     from dataclasses import asdict
 
@@ -41,7 +43,14 @@ def explain(
     if role not in ("anon", "user", "service"):
         raise InvalidConfig(f"--role {role!r} is not a Flux role", hint="use anon, user or service")
     with database_for(project, reads_only=True) as (dsn, _), db.connect(dsn) as conn:
-        explanation = explain_query(conn, query, load_catalog(conn), role, claim_values)  # type: ignore[arg-type]
+        try:
+            explanation = explain_query(conn, query, load_catalog(conn), role, claim_values)  # type: ignore[arg-type]
+        except InvalidQuery as refused:
+            if not as_json:
+                raise  # printed with every problem, one a line
+            body = {k: v for k, v in refused.to_dict().items() if v is not None and k != "request_id"}
+            typer.echo(json.dumps(body, indent=2))  # as the HTTP answer has it: code, message, hint, problems
+            raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(asdict(explanation), indent=2, default=str))
         return

@@ -208,6 +208,8 @@ def from_postgres(exc: psycopg.Error) -> FluxError:
         "42883",
     ):  # bad value, type mismatch, no operator
         return InvalidValue(message, hint="send a value of the column's type")
+    if state == "42601" and "tsquery" in message:  # the text of an `fts` search is not to_tsquery syntax
+        return InvalidValue(message, hint="write to_tsquery syntax ('fat & (rat | cat)'), or use wfts")
     if state == "42P10":
         return InvalidQueryShape(
             message, hint="name the columns of a primary key or unique index in on_conflict"

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 class FluxError(Exception):
     """An error with a stable code, a one-line message that says what to do, and optional details."""
 
-    code: ClassVar[str] = "FX900"
-    http_status: ClassVar[int] = 500
+    code: str = "FX900"  # a class's code; an InvalidQuery takes its first problem's (see there)
+    http_status: int = 500
     title: ClassVar[str] = "internal error"
 
     def __init__(self, message: str, *, details: Any = None, hint: str | None = None) -> None:
@@ -57,6 +57,12 @@ class PayloadTooLarge(FluxError):
     code = "FX003"
     http_status = 413
     title = "the request body is larger than the route allows"
+
+
+class BodyTooDeep(FluxError):
+    code = "FX006"
+    http_status = 400
+    title = "the request body's JSON nests deeper than 128 levels"
 
 
 class RouteNotFound(FluxError):
@@ -108,14 +114,36 @@ class RateLimited(FluxError):
 
 
 # -- FX1xx the query language ----------------------------------------------------------------------------
-# A query with problems raises one InvalidQuery (FX100) whose details list every problem, each with its own
-# code below, a JSON pointer into the query, and a hint such as the nearest existing name.
+# A query with problems raises one InvalidQuery listing every problem, each with its own code below, a JSON
+# pointer into the query, and a hint such as the nearest existing name; the error takes the first one's code.
 
 
 class InvalidQuery(FluxError):
+    """A query refused before it ran. `problems` lists every problem found, and the error answers with the
+    code (and HTTP status) of the first, so a client sees the specific cause (FX101, FX102, ...). Its own code
+    FX100 stays only for a query with no problem listed (a query file that is not JSON)."""
+
     code = "FX100"
     http_status = 400
-    title = "the query is not valid; details list every problem"
+    title = "the query is not valid; problems list every problem, and the code is the first one's"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[dict[str, str]] | None = None,
+        details: Any = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, details=details, hint=hint)
+        self.problems = list(problems or ())
+        first = ERRORS.get(self.problems[0].get("code", "")) if self.problems else None
+        if first is not None:
+            self.code, self.http_status = first.code, first.http_status
+
+    def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
+        found = super().to_dict(request_id)
+        return found | {"problems": self.problems} if self.problems else found
 
 
 class UnknownTable(FluxError):
@@ -158,6 +186,12 @@ class TooManyRows(FluxError):
     code = "FX111"
     http_status = 400
     title = "the query would return more rows than allowed"
+
+
+class TooManyColumns(FluxError):
+    code = "FX113"
+    http_status = 400
+    title = "the query asks for more columns than Postgres allows in one select (1664)"
 
 
 class QueryTimedOut(FluxError):

@@ -37,6 +37,51 @@ def loads(text: str | bytes) -> Any:
     return _DECODER.decode(text)
 
 
+MAX_DEPTH = 128
+"""How deeply a request body may nest (`[]` is 1 level). orjson writes at most 254 levels, and Flux writes
+a body back inside its record (and a function's request): well under that, so what is read can be recorded."""
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than `loads_bounded` allows."""
+
+
+def loads_bounded(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """`loads` for JSON from outside (a request body): raises TooDeep past `max_depth` levels of nesting."""
+    refused = TooDeep(f"the JSON nests deeper than {max_depth} levels")
+    try:
+        value = loads(text)
+    except RecursionError:  # past orjson's own limit (1024), the decoder above runs out of stack
+        raise refused from None
+    if isinstance(text, str):
+        opening = text.count("[") + text.count("{")
+    else:
+        opening = text.count(b"[") + text.count(b"{")
+    if opening > max_depth and _deeper_than(value, max_depth):  # fewer brackets cannot nest deeper
+        raise refused
+    return value
+
+
+_CONTAINERS = (dict, list)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests more than `limit` levels; level by level (3x faster than a stack of pairs)."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 1
+    while level:
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        add = below.append
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, _CONTAINERS):
+                    add(child)
+        level, depth = below, depth + 1
+    return False
+
+
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; a `Decimal` is written as the number it is, digit for digit. Integers past 64 bits
     and strings with lone surrogates (both valid in JSON, refused by orjson) are written exactly too."""

@@ -37,12 +37,15 @@ ROUTES = (
      "rate_per_s": 0.01, "burst": 2},
     {"method": "GET", "path": "/keys-only", "function": "hello", "auth": "key"},
     {"method": "POST", "path": "/relay", "function": "relay", "auth": "none"},
+    {"method": "POST", "path": "/ask", "function": "ask", "auth": "any"},
 )  # fmt: skip
 FUNCTIONS = {
     "hello": "export default async (req) => ({hello: req.params.name ?? 'you', user: req.user})",
     "relay": "export default async (req, ctx) => JSON.parse((await ctx.fetch(req.body.url)).body)",
     "add_note": "export default async (req, ctx) => ({status: 201, body: (await ctx.db.query("
     "{insert: 'notes', values: {body: req.body.text}, returning: ['id', 'body']})).rows[0]})",
+    "ask": "export default async (req, ctx) => { try { return await ctx.db.query(req.body) }"
+    " catch (e) { return {status: 400, body: {code: e.code, problems: e.problems}} } }",
 }
 
 
@@ -276,7 +279,7 @@ def test_db_query_runs_under_the_callers_role_and_is_recorded(conn: Conn, client
     )
     assert selected.json["rows"] == [{"body": "via http"}]
     bad = client.simulate_post("/db/query", json={"select": "nope"}, headers=headers)
-    assert bad.status_code == 400 and bad.json["code"] == "FX100"
+    assert bad.status_code == 400 and bad.json["code"] == "FX101"
     _, spans = _record(conn, inserted.headers["x-request-id"])
     assert [s[1] for s in spans] == ["POST /db/query", "db:insert(notes)"]  # a built-in runs no code
 
@@ -311,9 +314,154 @@ def test_text_jsonb_cannot_hold_is_still_recorded(conn: Conn, client: Any) -> No
     refused = client.simulate_post(
         "/db/query", body=body, headers={**headers, "content-type": "application/json"}
     )
-    assert refused.status_code == 400 and refused.json["code"] == "FX100"
+    assert refused.status_code == 400 and refused.json["code"] == "FX105"  # the unknown key "x\ud800"
     request, _ = _record(conn, refused.headers["x-request-id"])
-    assert request[:3] == (400, False, "FX100")  # recorded, the NUL kept as visible text
+    assert request[:3] == (400, False, "FX105")  # recorded, the NUL kept as visible text
+
+
+def test_a_refused_query_answers_its_first_problems_code_and_lists_every_problem(
+    conn: Conn, client: Any
+) -> None:
+    headers = {"authorization": f"Bearer {_key(conn)}"}
+    query = {"select": "notes", "columns": ["id", "bdy"], "where": {"idd": {"eq": 1}, "id": {"gtt": 1}}}
+    for path in ("/db/query", "/db/explain"):
+        refused = client.simulate_post(path, json=query, headers=headers)
+        assert refused.status_code == 400, refused.json
+        assert refused.json["code"] == "FX102"  # the first problem's own code, not the group's FX100
+        assert refused.json["message"] == "notes has no column 'bdy' at /columns/1 (and 2 more)"
+        assert refused.json["hint"] == "did you mean 'body'?"
+        assert refused.json["problems"] == [
+            {"code": "FX102", "pointer": "/columns/1", "message": "notes has no column 'bdy'",
+             "hint": "did you mean 'body'?"},
+            {"code": "FX102", "pointer": "/where/idd", "message": "notes has no column or relation 'idd'",
+             "hint": "did you mean 'id'?"},
+            {"code": "FX104", "pointer": "/where/id/gtt", "message": "unknown operator 'gtt'",
+             "hint": "did you mean 'gt'?"},
+        ]  # fmt: skip
+        request, spans = _record(conn, refused.headers["x-request-id"])
+        assert request[:3] == (400, False, "FX102") and spans[-1][3] == "FX102"  # the record says the same
+    # A function's ctx.db.query sees the same code and problems.
+    asked = client.simulate_post("/ask", json={"select": "notes", "where": {"bdy": "x"}}, headers=headers)
+    assert asked.status_code == 400 and asked.json["code"] == "FX102", asked.json
+    assert [p["pointer"] for p in asked.json["problems"]] == ["/where/bdy"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (None, "POST /db/query needs a body: one JSON query object"),
+        ("null", "POST /db/query needs a body: one JSON query object"),
+        ('[{"select": "notes"}]', "a query is a JSON object, and POST /db/query got a list"),
+        ('"notes"', "a query is a JSON object, and POST /db/query got a string"),
+        ("12", "a query is a JSON object, and POST /db/query got a number"),
+    ],
+)
+def test_db_query_without_one_query_object_is_a_400_and_recorded(
+    conn: Conn, client: Any, body: str | None, says: str
+) -> None:
+    headers = {"authorization": f"Bearer {_key(conn, tenant=None)}", "content-type": "application/json"}
+    refused = client.simulate_post("/db/query", body=body, headers=headers)
+    assert refused.status_code == 400 and refused.json["code"] == "FX105", refused.json
+    assert refused.json["message"] == f"{says} at /" and refused.json["problems"][0]["pointer"] == "/"
+    request, spans = _record(conn, refused.headers["x-request-id"])
+    assert request[:3] == (400, False, "FX105") and spans == [("gateway", "POST /db/query", False, "FX105")]
+    explained = client.simulate_post("/db/explain", body=body, headers=headers)
+    assert explained.status_code == 400 and explained.json["code"] == "FX105"
+
+
+def test_more_columns_than_postgres_allows_is_refused_before_it_runs(conn: Conn, client: Any) -> None:
+    headers = {"authorization": f"Bearer {_key(conn, tenant=None)}"}
+    widest = client.simulate_post("/db/query", json={"select": "notes", "columns": ["id"] * 1664},
+                                  headers=headers)  # fmt: skip
+    assert widest.status_code == 200 and widest.json["rows"] == [], widest.json  # Postgres's own limit
+    for query, pointer in [
+        ({"select": "notes", "columns": ["id"] * 1665}, "/columns"),
+        ({"select": "notes", "columns": ["body"] * 1664}, "/columns"),  # plus the hidden key of the cursor
+        ({"select": "notes", "columns": ["*"] * 900}, "/columns"),
+        ({"insert": "notes", "values": {"body": "x"}, "returning": ["id"] * 2000}, "/returning"),
+    ]:
+        refused = client.simulate_post("/db/query", json=query, headers=headers)
+        assert refused.status_code == 400 and refused.json["code"] == "FX113", refused.json
+        assert refused.json["problems"][0]["pointer"] == pointer
+        request, _ = _record(conn, refused.headers["x-request-id"])
+        assert request[:3] == (400, False, "FX113")
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+def test_a_jwt_whose_alg_does_not_fit_its_keys_is_a_401_and_recorded(
+    conn: Conn, client: Any, jwks: tuple[str, Any]
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    claims = {"sub": "mallory", "exp": int(time.time()) + 60}
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    tokens = [
+        jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "k1"}),  # k1 is an RSA key
+        jwt.encode(claims, jwks[1], algorithm="PS256", headers={"kid": "k1"}),
+        jwt.encode(claims, SECRET * 2, algorithm="HS512", headers={"kid": "k1"}),
+    ]
+    for token in tokens:
+        refused = client.simulate_post(
+            "/notes", json={"text": "x"}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert refused.status_code == 401 and refused.json["code"] == "FX013", refused.json
+        request, spans = _record(conn, refused.headers["x-request-id"])
+        assert request[:3] == (401, False, "FX013") and spans == [("gateway", "POST /notes", False, "FX013")]
+    mismatch = client.simulate_post(
+        "/notes", json={"text": "x"}, headers={"authorization": f"Bearer {tokens[0]}"}
+    )
+    assert mismatch.json["message"] == "the token's alg ES256 does not fit key 'k1', a RS256 key"
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [129, 300, 5000])
+@pytest.mark.parametrize("path", ["/db/query", "/relay"])
+def test_json_nested_too_deep_is_a_400_and_recorded(conn: Conn, client: Any, path: str, depth: int) -> None:
+    headers = {"authorization": f"Bearer {_key(conn, tenant=None)}", "content-type": "application/json"}
+    refused = client.simulate_post(path, body=_nested(depth), headers=headers)
+    assert refused.status_code == 400 and refused.json["code"] == "FX006", refused.json
+    assert refused.json["message"] == "the JSON nests deeper than 128 levels"
+    request, spans = _record(conn, refused.headers["x-request-id"])
+    assert request[:3] == (400, False, "FX006") and spans[0][3] == "FX006"
+
+
+def test_json_nested_to_the_limit_is_read_and_recorded(conn: Conn, client: Any) -> None:
+    headers = {"authorization": f"Bearer {_key(conn, tenant=None)}", "content-type": "application/json"}
+    body = '{"insert": "notes", "values": {"body": ' + _nested(126) + "}}"  # 128 levels
+    refused = client.simulate_post("/db/query", body=body, headers=headers)
+    assert refused.status_code == 400 and refused.json["code"] == "FX104", refused.json  # a list for text
+    request, _ = _record(conn, refused.headers["x-request-id"])
+    assert request[:3] == (400, False, "FX104")
+    (depth,) = conn.execute(
+        "WITH RECURSIVE d(v, n) AS (SELECT input #> '{body,values,body}', 1 FROM flux.requests"
+        " WHERE id = %s UNION ALL SELECT v->0, n + 1 FROM d WHERE jsonb_array_length(v) > 0)"
+        " SELECT max(n) FROM d",
+        (refused.headers["x-request-id"],),
+    ).fetchone()
+    assert depth == 126  # the record holds the whole body
+
+
+def test_a_bodys_depth_is_counted_alike_on_both_decoders() -> None:
+    from flux import jsontext
+
+    for number in ("1", "1.5"):  # orjson reads the first, the exact decoder the second
+        for opening, closing in (("[", "]"), ('{"a": ', "}")):
+            assert jsontext.loads_bounded(opening * 128 + number + closing * 128) is not None
+            with pytest.raises(jsontext.TooDeep):
+                jsontext.loads_bounded(opening * 129 + number + closing * 129)
+    assert jsontext.loads_bounded('["' + "[" * 500 + '"]') == ["[" * 500]  # brackets in text are not levels
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_the_management_api_refuses_json_nested_too_deep_with_a_400(client: Any, depth: int) -> None:
+    for path in ("/flux/api/functions/hello/invoke", "/flux/api/keys"):
+        refused = client.simulate_post(
+            path, body=_nested(depth), headers={"content-type": "application/json"}
+        )
+        assert refused.status_code == 400 and refused.json["code"] == "FX006", refused.json
 
 
 def test_db_explain_shows_the_sql_and_plan_without_running_it(conn: Conn, client: Any) -> None:

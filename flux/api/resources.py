@@ -20,7 +20,7 @@ from flux import db, jsontext
 from flux.api import deploy, keys, secrets
 from flux.api.admin import check_admin_key
 from flux.api.openapi import document
-from flux.errors import InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from flux.errors import BodyTooDeep, InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from flux.queue import cron, jobs
 from flux.runtime.secrets import load_key
 from flux.trace import state, tree, why
@@ -394,7 +394,9 @@ def _body(
         raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
                                    hint="send content-type: application/json")  # fmt: skip
     try:
-        body = jsontext.loads(raw) if raw else {}
+        body = jsontext.loads_bounded(raw) if raw else {}
+    except jsontext.TooDeep as exc:
+        raise BodyTooDeep(str(exc), hint="send JSON that nests less deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
     if not _is_text(body):

@@ -7,6 +7,7 @@ anywhere (an event trigger notifies channel `flux_catalog`), so a new column is 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -79,6 +80,9 @@ _NO_RULE = ColumnRule()
 @dataclass(frozen=True)
 class Catalog:
     tables: dict[str, Table]
+    # Text search configurations a query may name (`english`, `pg_catalog.english`), each with the text that
+    # binds it as a regconfig parameter (quoted where the name needs it).
+    text_search_configs: dict[str, str] = field(default_factory=dict)
     plans: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # see data/shape.py
 
     def table(self, name: str) -> Table | None:
@@ -121,6 +125,13 @@ SELECT con.contype, con.conname, con.conrelid, con.confrelid,
  ORDER BY con.conname
 """
 
+_CONFIGS_SQL = """
+SELECT n.nspname, c.cfgname
+  FROM pg_catalog.pg_ts_config c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.cfgnamespace
+ WHERE n.nspname = 'pg_catalog' OR n.nspname = ANY(%(schemas)s)
+"""
+
 _RULES_SQL = """
 SELECT table_schema, table_name, column_name, role, readable, writable, mask
   FROM flux.column_policies
@@ -129,12 +140,13 @@ SELECT table_schema, table_name, column_name, role, readable, writable, mask
 
 
 def load_catalog(conn: Any, schemas: Iterable[str] = EXPOSED_SCHEMAS) -> Catalog:
-    """Introspect the exposed schemas in four queries."""
+    """Introspect the exposed schemas in five queries."""
     params = {"schemas": list(schemas)}
     with db.translate_errors():
         tables_rows = conn.execute(_TABLES_SQL, params).fetchall()
         columns_rows = conn.execute(_COLUMNS_SQL, params).fetchall()
         keys_rows = conn.execute(_KEYS_SQL, params).fetchall()
+        configs_rows = conn.execute(_CONFIGS_SQL, params).fetchall()
         has_rules = conn.execute("SELECT to_regclass('flux.column_policies') IS NOT NULL").fetchone()[0]
         rules_rows = conn.execute(_RULES_SQL, params).fetchall() if has_rules else []
 
@@ -177,7 +189,18 @@ def load_catalog(conn: Any, schemas: Iterable[str] = EXPOSED_SCHEMAS) -> Catalog
             ambiguous_relations=ambiguous,
             rules=rules.get((schema, name), {}),
         )
-    return Catalog(tables)
+    configs = {}
+    for schema, name in configs_rows:
+        configs[f"{schema}.{name}"] = f"{_identifier(schema)}.{_identifier(name)}"
+        configs[name] = _identifier(name)  # bare, Postgres finds it on the search path (pg_catalog first)
+    return Catalog(tables, dict(sorted(configs.items())))
+
+
+def _identifier(name: str) -> str:
+    """A name as Postgres reads it back (regconfig input folds unquoted names to lower case)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _name_relations(relations: list[Relation]) -> tuple[dict[str, Relation], dict[str, tuple[str, ...]]]:

@@ -35,6 +35,7 @@ from flux.errors import (
     InvalidQueryShape,
     InvalidValue,
     QueryTooDeep,
+    TooManyColumns,
     TooManyRows,
     UnknownColumn,
     UnknownRelation,
@@ -54,7 +55,20 @@ OPERATORS = (
     "contained_by",
     "overlaps",
     "match",
+    "fts",
+    "plfts",
+    "phfts",
+    "wfts",
 )
+# Full-text search, as PostgREST names it: each operator parses its text with one tsquery function.
+TEXT_SEARCHES = {
+    "fts": "to_tsquery",
+    "plfts": "plainto_tsquery",
+    "phfts": "phraseto_tsquery",
+    "wfts": "websearch_to_tsquery",
+    "match": "websearch_to_tsquery",
+}
+MAX_COLUMNS = 1664  # Postgres's limit on the entries of one select list (MaxTupleAttributeNumber)
 _CONTAINERS = ("jsonb", "json", "tsvector")  # besides arrays and ranges
 MAX_WHERE_DEPTH = 16
 _NUMERIC_TYPES = ("smallint", "integer", "bigint", "numeric", "real", "double precision", "money", "interval")
@@ -99,8 +113,9 @@ class Col:
 @dataclass(frozen=True)
 class Compare:
     column: Col
-    op: str  # eq neq gt gte lt lte in nin like ilike contains contained_by overlaps match
+    op: str  # eq neq gt gte lt lte in nin like ilike contains contained_by overlaps, or a TEXT_SEARCHES key
     value: Param
+    config: Param | None = None  # a text search's configuration (regconfig), when the query names one
 
 
 @dataclass(frozen=True)
@@ -357,6 +372,10 @@ class Planner:
             col for i, name in enumerate(request.group_by)
             if (col := self.column(table, name, f"/group_by/{i}", alias=source.alias))
         )  # fmt: skip
+        listed = {o.column for o in outputs if o.aggregate is None}
+        # Each group answers its key, whether or not columns names it (a group without its key says nothing).
+        outputs += tuple(Output(col.name, column=col) for col in dict.fromkeys(group_by) if col not in listed)
+        group_keys = {col.name for col in group_by}
         for aggregate in request.aggregates:
             column = None
             if aggregate.column != "*":
@@ -373,6 +392,14 @@ class Planner:
                 message = f'{aggregate.function}("*") is not defined'
                 self.problems.add(InvalidOperator.code, aggregate.pointer, message, "name a column")
                 continue
+            if aggregate.output in group_keys:
+                hint = (
+                    f'name it in a list, {{"{aggregate.function}": ["{aggregate.column}"]}}, to answer it as '
+                    f'"{aggregate.function}_{aggregate.column}"' if aggregate.output == aggregate.function
+                    else "group a view that renames the column"
+                )  # fmt: skip
+                message = f"{aggregate.function} and the group_by column {aggregate.output!r} share one key"
+                self.problems.shape(aggregate.pointer, message, hint)
             outputs += (Output(aggregate.output, column=column, aggregate=aggregate.function),)
         if request.aggregates:
             plain = [o.key for o in outputs if o.aggregate is None and o.column and o.column not in group_by]
@@ -408,6 +435,7 @@ class Planner:
             cursor_fields = tuple(
                 shown.get(item.column) or cursor_names[hidden.index(item.column)] for item in order
             )
+        self.check_width(len(outputs) + len(cursor_keys), "/columns")
         if request.after is not None:
             if cursor_fields:
                 where = self.keyset(request.after, order, where)
@@ -497,15 +525,27 @@ class Planner:
             return None
         source = Source(target.schema, target.name, self.alias(), self._join(alias, table, relation))
         outputs = self.outputs(target, source.alias, item.columns, f"{item.pointer}/columns", depth + 1)
+        where = self.where(target, source.alias, item.where, f"{item.pointer}/where")
+        order = self.order(target, source.alias, item.order)
+        # Order columns the select list lacks are entries of it too, as far as Postgres's limit goes.
+        unlisted = {o.column for o in order} - {o.column for o in outputs if o.aggregate is None}
+        self.check_width(len(outputs) + len(unlisted), item.pointer)
         sub = SelectPlan(
             source=source,
             outputs=outputs,
-            where=self.where(target, source.alias, item.where, f"{item.pointer}/where"),
-            order=self.order(target, source.alias, item.order),
+            where=where,
+            order=order,
             limit=self.embed_limit(item, relation.many),
             offset=self.param(item.offset, "bigint") if item.offset else None,
         )
         return Output(item.name, embed=sub, many=relation.many)
+
+    def check_width(self, width: int, pointer: str) -> None:
+        """Refuse a select list longer than Postgres takes (names repeated, or "*" many times, make one)."""
+        if width > MAX_COLUMNS:
+            message = f"the query asks for {width} columns at one level; Postgres takes {MAX_COLUMNS} at most"
+            hint = "name each column once, or split the query"
+            self.problems.add(TooManyColumns.code, pointer, message, hint)
 
     def embed_limit(self, item: Embed, many: bool) -> Param | None:
         """A list of related rows is capped like a page: past max_rows it is an error, never a silent cut
@@ -601,7 +641,15 @@ class Planner:
                 parts = [self.where(table, alias, v, f"{at}/{i}", depth + 1) for i, v in enumerate(value)]
                 items.append(Junction(key, tuple(p for p in parts if p is not None)))
             elif key == "not":
-                inner = self.where(table, alias, value, at, depth + 1)
+                if isinstance(value, list):  # not(and(...)), as `and` takes it
+                    if not value:
+                        self.problems.shape(at, "not takes a condition or a non-empty list of them")
+                        continue
+                    parts = [self.where(table, alias, v, f"{at}/{i}", depth + 1) for i, v in enumerate(value)]
+                    kept = tuple(p for p in parts if p is not None)
+                    inner = None if not kept else kept[0] if len(kept) == 1 else Junction("and", kept)
+                else:
+                    inner = self.where(table, alias, value, at, depth + 1)
                 if inner is not None:
                     items.append(Negation(inner))
             elif key in table.columns:
@@ -671,12 +719,12 @@ class Planner:
             if not isinstance(value, list) or is_array:
                 return self._refuse(pointer, f"{op} takes a list of values, on a column that is not an array")
             param = self.bound(value, f"{base}[]", pointer, value_pointer)
-        elif op in ("like", "ilike", "match"):
+        elif op in ("like", "ilike"):
             if not isinstance(value, str):
-                return self._refuse(pointer, f'{op} takes text, such as "%smith%" or "quick fox -slow"')
-            if op == "match" and base not in (*_TEXT_TYPES, "tsvector"):
-                return self._refuse(pointer, f"match searches text columns, not {column.type}")
+                return self._refuse(pointer, f'{op} takes text, such as "%smith%"')
             param = self.bound(value, "text", pointer, value_pointer)
+        elif op in TEXT_SEARCHES:
+            return self.text_search(column, op, value, pointer, value_pointer)
         else:  # contains, contained_by, overlaps: arrays, jsonb and ranges
             if not (is_array or base in _CONTAINERS or base.endswith("range")):
                 return self._refuse(
@@ -688,6 +736,38 @@ class Planner:
                 return self._refuse(pointer, f"{op} on an array column takes a list")
             param = self.bound(value, base, pointer, value_pointer)
         return Compare(column, op, param) if param is not None else None
+
+    def text_search(
+        self, column: Col, op: str, value: Any, pointer: str, value_pointer: str
+    ) -> Condition | None:
+        """A full-text search, its text (and configuration, when named) bound as parameters. The configuration
+        must be one the catalog lists: a misspelt one is a problem naming the nearest, not a later error."""
+        example = 'e.g. "quick fox" or {"query": "quick fox", "config": "english"}'
+        config_name = None
+        if isinstance(value, dict):
+            text, config_name = value.get("query"), value.get("config")
+            if set(value) - {"query", "config"} or not isinstance(config_name, (str, type(None))):
+                text = None
+            value_pointer = f"{value_pointer}/query"
+        else:
+            text = value
+        if not isinstance(text, str):
+            self.problems.add(InvalidOperator.code, pointer, f"{op} takes text, or an object of query and "
+                              "config", example)  # fmt: skip
+            return None
+        if _base(column.type) not in (*_TEXT_TYPES, "tsvector"):
+            return self._refuse(pointer, f"{op} searches text and tsvector columns, not {column.type}")
+        config = None
+        if config_name is not None:
+            configs = self.catalog.text_search_configs
+            if config_name not in configs:
+                message = f"no text search configuration named {config_name!r}"
+                hint = _nearest(config_name, configs)
+                self.problems.add(InvalidOperator.code, f"{pointer}/config", message, hint)
+                return None
+            config = self.param(configs[config_name], "regconfig")
+        param = self.bound(text, "text", pointer, value_pointer)
+        return Compare(column, op, param, config) if param is not None else None
 
     def _refuse(self, pointer: str, message: str) -> Condition | None:
         """Record an operator problem; the condition is dropped (None) and planning goes on to the rest."""
@@ -786,7 +866,9 @@ class Planner:
     def returning(self, table: Table, alias: str, names: tuple[str, ...] | None) -> tuple[Output, ...]:
         if names is None:
             return ()
-        return self.outputs(table, alias, names, "/returning", depth=1)
+        outputs = self.outputs(table, alias, names, "/returning", depth=1)
+        self.check_width(len(outputs), "/returning")
+        return outputs
 
 
 def _hidden_names(count: int, taken: set[str]) -> tuple[str, ...]:

@@ -26,7 +26,8 @@ class Problem:
 
 
 class Problems:
-    """Collects every problem in a query; `raise_if_any` raises one InvalidQuery (FX100) listing them."""
+    """Collects every problem in a query; `raise_if_any` raises one InvalidQuery listing them, with the code
+    of the first (problems are listed in the order found: the query's shape first, then its names)."""
 
     def __init__(self) -> None:
         self.items: list[Problem] = []
@@ -44,7 +45,7 @@ class Problems:
         more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
         raise InvalidQuery(
             f"{first.message} at {first.pointer or '/'}{more}",
-            details={"problems": [p.to_dict() for p in self.items]},
+            problems=[p.to_dict() for p in self.items],
             hint=first.hint,
         )
 
@@ -151,6 +152,22 @@ _KEYS = {
     "delete": {"delete", "where", "all", "returning", "explain_policies"},
 }  # fmt: skip
 _EMBED_KEYS = {"columns", "where", "order", "limit", "offset"}
+
+
+def require_query_object(query: Json, source: str) -> None:
+    """Refuse, as the engine would, a body that is not one query object: `source` is what sent it."""
+    if isinstance(query, dict):
+        return
+    problems = Problems()
+    if query is None:
+        problems.shape("", f"{source} needs a body: one JSON query object", 'e.g. {"select": "users"}')
+    else:
+        kind = (
+            "a list" if isinstance(query, list) else "a string" if isinstance(query, str)
+            else "true or false" if isinstance(query, bool) else "a number"
+        )  # fmt: skip
+        problems.shape("", f"a query is a JSON object, and {source} got {kind}", 'e.g. {"select": "users"}')
+    problems.raise_if_any()
 
 
 def parse_request(query: Json, problems: Problems) -> Request | None:

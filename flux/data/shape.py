@@ -1,10 +1,10 @@
 """The plan cache: a query's shape is the query with its values replaced by their JSON types, so queries that
 differ only in values share one plan, and each new query just binds its values (see plan.ValueSource).
 
-Values are what the planner binds as parameters: operands of filter operators (but `is`), insert and update
-values, and `offset`. Everything else (names, operators, `is`, `limit`, nesting) is part of the shape, and
-queries whose planning reads a value's content (a cursor in `after`; object or list values in inserts, which
-may be child rows) are not cached at all.
+Values are what the planner binds as parameters: operands of filter operators (but `is`, and a text search's
+`config`), insert and update values, and `offset`. Everything else (names, operators, `is`, `config`, `limit`,
+nesting) is part of the shape, and queries whose planning reads a value's content (a cursor in `after`; object
+or list values in inserts, which may be child rows) are not cached at all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flux.data.plan import OPERATORS
+from flux.data.plan import OPERATORS, TEXT_SEARCHES
 
 MAX_PLANS = 4096
 
@@ -63,18 +63,25 @@ def _where(node: Any) -> Any:
         if key in ("and", "or") and isinstance(value, list):
             shaped[key] = [_where(item) for item in value]
         elif key == "not":
-            shaped[key] = _where(value)
+            shaped[key] = [_where(item) for item in value] if isinstance(value, list) else _where(value)
         elif isinstance(value, dict):
             # Operators of a column, or the where of a relation: operands become types, the rest recurses.
             shaped[key] = {
-                op: (operand if op == "is" else _type(operand))
-                if op in OPERATORS
-                else _where({op: operand})[op]
+                op: _operand(op, operand) if op in OPERATORS else _where({op: operand})[op]
                 for op, operand in value.items()
             }
         else:
             shaped[key] = _type(value)  # shorthand `{"column": value}`; null stays null (it means `is null`)
     return shaped
+
+
+def _operand(op: str, operand: Any) -> Any:
+    if op == "is":
+        return operand
+    if op in TEXT_SEARCHES and isinstance(operand, dict):
+        # A search's configuration is checked against the catalog when planned: it is part of the shape.
+        return {"<search>": {k: v if k == "config" else _type(v) for k, v in operand.items()}}
+    return _type(operand)
 
 
 def _columns(items: Any) -> Any:

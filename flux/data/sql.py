@@ -15,6 +15,7 @@ from sqlglot.dialects.postgres import Postgres
 
 from flux.data.plan import (
     COMPARISONS,
+    TEXT_SEARCHES,
     Col,
     Compare,
     Condition,
@@ -183,9 +184,11 @@ def _compare(compare: Compare) -> exp.Expr:
             else exp.cast(column, "text")
         )
         return (exp.Like if op == "like" else exp.ILike)(this=text, expression=value)
-    if op == "match":
-        document = column if compare.column.type == "tsvector" else exp.func("to_tsvector", column)
-        return exp.MatchAgainst(this=document, expressions=[exp.func("websearch_to_tsquery", value)])
+    if op in TEXT_SEARCHES:
+        config = [_param(compare.config)] if compare.config is not None else []
+        document = column if compare.column.type == "tsvector" else exp.func("to_tsvector", *config, column)
+        query = exp.func(TEXT_SEARCHES[op], *config, value)
+        return exp.MatchAgainst(this=document, expressions=[query])
     if op == "contains":
         return exp.ArrayContainsAll(this=column, expression=value)
     if op == "contained_by":

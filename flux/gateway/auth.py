@@ -112,12 +112,21 @@ class Authenticator:
                 key: Any = self.secret
                 algorithms = ["HS256"]
             else:
-                if self.jwks is None:
+                if self.jwks is None or header.get("alg") not in _ASYMMETRIC:
                     raise InvalidToken(
-                        f"{header.get('alg')} tokens are not accepted here", hint="configure jwks_url"
+                        f"{header.get('alg')} tokens are not accepted here",
+                        hint="configure jwks_url" if self.jwks is None else "sign with RS256 or ES256",
                     )
-                key = self.jwks.get_signing_key_from_jwt(token).key
-                algorithms = _ASYMMETRIC
+                signing_key = self.jwks.get_signing_key_from_jwt(token)
+                # PyJWT fails with a TypeError when the token's alg does not fit the key (ES256 on an RSA key)
+                if signing_key.algorithm_name != header["alg"]:
+                    raise InvalidToken(
+                        f"the token's alg {header['alg']} does not fit key {signing_key.key_id!r},"
+                        f" a {signing_key.algorithm_name} key",
+                        hint="sign the token with the algorithm of the key its kid names",
+                    )
+                key = signing_key.key
+                algorithms = [signing_key.algorithm_name]
             claims = jwt.decode(
                 token, key, algorithms=algorithms, audience=self.audience, issuer=self.issuer,
                 options={"verify_aud": self.audience is not None},

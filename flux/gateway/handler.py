@@ -18,7 +18,9 @@ import falcon
 from flux import db, jsontext
 from flux.data import CatalogCache
 from flux.data.explain import explain
+from flux.data.request import require_query_object
 from flux.errors import (
+    BodyTooDeep,
     FluxError,
     MalformedBody,
     MethodNotAllowed,
@@ -120,6 +122,8 @@ class Gateway:
                 if decision is not None:
                     decisions["rate_limit"] = decision.headers()
                     resp.set_headers(decision.headers())
+                if route.id == 0:  # a built-in's body is a query: anything else is the client's mistake
+                    require_query_object(body, f"{method} {route.path}")
                 function = (
                     _BUILTINS[route.function] if route.id == 0 else self.functions.get(conn, route.function)
                 )
@@ -255,7 +259,9 @@ def _body(req: falcon.Request, route: Route) -> Json:
         raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
                                    hint="send content-type: application/json")  # fmt: skip
     try:
-        return jsontext.loads(raw)
+        return jsontext.loads_bounded(raw)
+    except jsontext.TooDeep as exc:
+        raise BodyTooDeep(str(exc), hint="send JSON that nests less deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}", hint="check the JSON you send") from None
 

@@ -14,6 +14,20 @@ _ERROR = {
         "message": {"type": "string"},
         "hint": {"type": "string"},
         "request_id": {"type": "string", "format": "uuid"},
+        "problems": {
+            "type": "array",
+            "description": "A refused query's every problem; the error's code is the first one's.",
+            "items": {
+                "type": "object",
+                "required": ["code", "pointer", "message"],
+                "properties": {
+                    "code": {"type": "string", "pattern": "^FX[0-9]{3}$"},
+                    "pointer": {"type": "string", "description": "a JSON pointer into the query"},
+                    "message": {"type": "string"},
+                    "hint": {"type": "string"},
+                },
+            },
+        },
     },
 }
 _QUERY = {

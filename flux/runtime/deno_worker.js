@@ -99,6 +99,7 @@ async function run(message) {
       const error = new Error(reply.answer.error.message);
       error.name = "FluxError";
       error.code = reply.answer.error.code;
+      if (reply.answer.error.problems) error.problems = reply.answer.error.problems; // a refused query's
       throw error;
     }
     return reply.answer.value;

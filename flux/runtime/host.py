@@ -58,7 +58,9 @@ class Host:
         try:
             return {"ok": True, "value": self.call(op, args)}
         except FluxError as exc:
-            return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            problems = getattr(exc, "problems", None)  # a refused query lists every problem
+            error = {"code": exc.code, "message": exc.message} | ({"problems": problems} if problems else {})
+            return {"ok": False, "error": error}
 
     def call(self, op: Any, args: Any) -> Json:
         """Run one host operation as a span; a FluxError is recorded on the span and raised."""

@@ -43,7 +43,7 @@ def test_case(path: Path, index: int, case: dict[str, Any], shop: Catalog, as_ro
     if "problems" in case:
         with pytest.raises(InvalidQuery) as caught:
             prepare(case["query"], shop, role)
-        problems = caught.value.details["problems"]
+        problems = caught.value.problems
         assert [p["code"] for p in problems] == case["problems"], problems
         if "hint" in case:
             assert problems[0]["hint"] == case["hint"]

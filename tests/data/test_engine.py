@@ -22,7 +22,7 @@ Conn = psycopg.Connection[Any]
 
 
 def _codes(error: InvalidQuery) -> list[str]:
-    return [p["code"] for p in error.details["problems"]]
+    return [p["code"] for p in error.problems]
 
 
 def test_same_shape_with_filters_in_another_order_binds_each_value_to_its_column(
@@ -272,3 +272,126 @@ def test_each_role_has_its_own_statement_timeout(conn: Conn, shop: Catalog) -> N
         ):  # fmt: skip
             assert conn.execute("SHOW statement_timeout").fetchone() == (expected,)
     assert Limits().timeout_for("service") == 60_000
+
+
+# -- the query language's additions: group keys, not as a list, text search forms --------------------------
+
+
+def test_each_group_answers_its_key_also_from_a_cached_plan(shop: Catalog, as_role: Any) -> None:
+    shop.plans.clear()
+    query = {"select": "orders", "aggregate": {"count": "*"}, "group_by": ["customer_id"],
+             "where": {"status": {"neq": "cancelled"}}, "order": ["customer_id"]}  # fmt: skip
+    again = {**query, "where": {"status": {"neq": "paid"}}}
+    with as_role("user") as session:
+        assert run_query(session, query, shop, "user")["rows"] == [
+            {"customer_id": 1, "count": 2},
+            {"customer_id": 2, "count": 1},
+        ]
+        assert run_query(session, again, shop, "user")["rows"] == [
+            {"customer_id": 1, "count": 1},
+            {"customer_id": 2, "count": 1},
+        ]
+    assert len(shop.plans) == 1
+
+
+def test_a_group_key_and_an_aggregate_cannot_answer_under_one_key(conn: Conn, as_role: Any) -> None:
+    conn.execute("CREATE TABLE tallies (id int PRIMARY KEY, count int, sum_total int, total int)")
+    conn.execute("GRANT SELECT ON tallies TO flux_user")
+    catalog = load_catalog(conn)
+    for aggregate, group_by, pointer, hint in [
+        ({"count": "*"}, ["count"], "/aggregate/count",
+         'name it in a list, {"count": ["*"]}, to answer it as "count_*"'),
+        ({"sum": ["total"]}, ["sum_total"], "/aggregate/sum/0", "group a view that renames the column"),
+    ]:  # fmt: skip
+        query = {"select": "tallies", "aggregate": aggregate, "group_by": group_by}
+        with pytest.raises(InvalidQuery) as refused:
+            prepare(query, catalog, "user")
+        assert refused.value.code == "FX105"
+        assert [(p["pointer"], p["hint"]) for p in refused.value.problems] == [(pointer, hint)]
+    with as_role("user") as session:  # the hint's way out works
+        query = {"select": "tallies", "aggregate": {"count": ["*"]}, "group_by": ["count"]}
+        assert run_query(session, query, catalog, "user")["rows"] == []
+
+
+def test_not_with_a_list_is_one_plan_for_every_value(shop: Catalog, as_role: Any) -> None:
+    shop.plans.clear()
+
+    def query(status: str, customer: int) -> dict[str, Any]:
+        where = {"not": [{"status": {"eq": status}}, {"customer_id": {"eq": customer}}]}
+        return {"select": "orders", "columns": ["id"], "where": where}
+
+    with as_role("user") as session:
+        assert run_query(session, query("paid", 1), shop, "user")["rows"] == [{"id": 2}, {"id": 3}, {"id": 4}]
+        assert run_query(session, query("paid", 2), shop, "user")["rows"] == [{"id": 1}, {"id": 2}, {"id": 4}]
+    assert len(shop.plans) == 1  # the values are parameters, the list is the shape
+
+
+def test_a_text_search_configuration_is_bound_and_part_of_the_plans_shape(
+    shop: Catalog, as_role: Any
+) -> None:
+    shop.plans.clear()
+
+    def query(config: str) -> dict[str, Any]:
+        return {
+            "select": "customers",
+            "columns": ["id"],
+            "where": {"bio": {"plfts": {"query": "the", "config": config}}},
+        }
+
+    with as_role("user") as session:
+        assert run_query(session, query("simple"), shop, "user")["rows"] == [{"id": 1}]
+        assert run_query(session, query("english"), shop, "user")["rows"] == []  # "the" is a stop word there
+    planned = prepare(query("english"), shop, "user")
+    assert planned.params[:2] == ["english", "the"] and "english" not in planned.sql
+    assert len(shop.plans) == 2
+
+
+def test_text_search_on_a_tsvector_column_and_with_a_configuration_that_needs_quotes(
+    conn: Conn, as_role: Any
+) -> None:
+    conn.execute('CREATE TEXT SEARCH CONFIGURATION public."Plain" (COPY = pg_catalog.simple)')
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, doc tsvector)")
+    conn.execute(
+        "INSERT INTO docs VALUES (1, 'The quick brown fox', to_tsvector('english', 'The quick brown fox'))"
+    )
+    conn.execute("GRANT SELECT ON docs TO flux_user")
+    catalog = load_catalog(conn)
+    assert catalog.text_search_configs["Plain"] == '"Plain"'
+    assert catalog.text_search_configs["public.Plain"] == 'public."Plain"'
+    cases = [
+        ({"doc": {"fts": "quick & fox"}}, [{"id": 1}]),
+        ({"doc": {"phfts": {"query": "brown foxes", "config": "english"}}}, [{"id": 1}]),
+        ({"doc": {"phfts": {"query": "fox brown", "config": "english"}}}, []),
+        ({"body": {"plfts": {"query": "the", "config": "Plain"}}}, [{"id": 1}]),
+        ({"body": {"wfts": {"query": "the", "config": "public.Plain"}}}, [{"id": 1}]),
+    ]
+    with as_role("user") as session:
+        for where, rows in cases:
+            query = {"select": "docs", "columns": ["id"], "where": where}
+            assert run_query(session, query, catalog, "user")["rows"] == rows, where
+    planned = prepare({"select": "docs", "where": {"doc": {"fts": "fox"}}}, catalog, "user")
+    assert "TO_TSVECTOR" not in planned.sql  # a tsvector column is searched as it is
+
+
+def test_a_configuration_is_never_sql(shop: Catalog) -> None:
+    hostile = "english'::regconfig, 'x') OR true --"
+    with pytest.raises(InvalidQuery) as refused:
+        prepare(
+            {"select": "customers", "where": {"bio": {"fts": {"query": "x", "config": hostile}}}},
+            shop,
+            "user",
+        )
+    assert refused.value.code == "FX104" and refused.value.problems[0]["pointer"] == "/where/bio/fts/config"
+
+
+def test_a_select_wider_than_postgres_allows_is_refused_at_every_level(shop: Catalog) -> None:
+    embedded = {"select": "customers", "columns": ["id", {"orders_by_customer_id": ["id"] * 1700}]}
+    with pytest.raises(InvalidQuery) as refused:
+        prepare(embedded, shop, "user")
+    assert refused.value.code == "FX113"
+    assert refused.value.problems[0]["pointer"] == "/columns/1/orders_by_customer_id"
+    ordered = {"orders_by_customer_id": {"columns": ["status"] * 1664, "order": ["id"]}}  # plus its sort key
+    with pytest.raises(InvalidQuery) as refused:
+        prepare({"select": "customers", "columns": [ordered]}, shop, "user")
+    assert refused.value.code == "FX113"
+    prepare({"select": "customers", "columns": [{"orders_by_customer_id": ["id"] * 1664}]}, shop, "user")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from flux.data import Catalog, run_sql
 from flux.data.explain import explain
 from flux.errors import InvalidRawSql, RawSqlForbidden
+from tests.fixtures.processes import run_flux
 
 
 def test_explain_shows_sql_params_role_policies_and_plan(
@@ -43,6 +44,31 @@ def test_the_explain_command_prints_it(
     assert lines[0] == "role     flux_anon"
     assert lines[2] == 'params   ["2", 1001]'
     assert "Seq Scan on products" in result.output
+
+
+def test_the_explain_command_names_the_first_problems_code_and_lists_every_problem(
+    dsn: str, shop: Catalog, tmp_path: Path, flux_env: dict[str, str]
+) -> None:
+    query = {"select": "products", "columns": ["sku", "prise"], "where": {"sku": {"eqq": 1}}}
+    (tmp_path / "query.json").write_text(json.dumps(query))
+    env = {**flux_env, "DATABASE_URL": dsn}
+    result = run_flux(["explain", "query.json"], env, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error FX102: products has no column 'prise' at /columns/1 (and 1 more)",
+        "  hint: did you mean 'price'?",
+        "  problems:",
+        "    FX102 /columns/1: products has no column 'prise' (did you mean 'price'?)",
+        "    FX104 /where/sku/eqq: unknown operator 'eqq' (did you mean 'eq'?)",
+    ]
+    as_json = run_flux(["explain", "query.json", "--json"], env, tmp_path)
+    assert as_json.returncode == 1
+    answer = json.loads(as_json.stdout)
+    assert answer["code"] == "FX102" and [p["code"] for p in answer["problems"]] == ["FX102", "FX104"]
+    assert answer["problems"][1] == {
+        "code": "FX104", "pointer": "/where/sku/eqq", "message": "unknown operator 'eqq'",
+        "hint": "did you mean 'eq'?",
+    }  # fmt: skip
 
 
 def test_raw_sql_runs_for_the_service_role(shop: Catalog, as_role: Any) -> None:

@@ -86,8 +86,9 @@ def _assert_refused_or_planned(query: Json, shop: Catalog) -> None:
     except FluxError as error:
         assert 400 <= error.http_status < 500, (query, error)
         if isinstance(error, InvalidQuery):
-            problems = error.details["problems"]
+            problems = error.problems
             assert problems, query
+            assert error.code == problems[0]["code"], (query, error)  # the client sees the first's code
             for problem in problems:
                 assert problem["code"].startswith("FX") and problem["message"], problem
                 assert problem["pointer"].startswith("/"), problem
@@ -373,7 +374,7 @@ def _problems(query: Json, shop: Catalog) -> list[dict[str, str]]:
     with pytest.raises(InvalidQuery) as refused:
         prepare(query, shop, "user")
     assert refused.value.http_status == 400
-    problems: list[dict[str, str]] = refused.value.details["problems"]
+    problems: list[dict[str, str]] = refused.value.problems
     return problems
 
 
