@@ -33,7 +33,7 @@ from flux.errors import FluxError
 from flux.listen import Listener
 from flux.pipeline import Statement
 from flux.queue import cron
-from flux.runtime import Runtime
+from flux.runtime import Runtime, project_cache
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.invoke import Caller, invoke
@@ -83,7 +83,7 @@ class QueueWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.dsn = db.request_dsn(dsn)
         self.runtime = Runtime(
-            settings.project_dir / ".flux" / "cache", deno_workers=min(self.options.concurrency, 4)
+            project_cache(settings.project_dir), deno_workers=min(self.options.concurrency, 4)
         )
         self.functions = DeployedFunctions()
         self.catalogs = CatalogCache()
