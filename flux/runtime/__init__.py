@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flux.runtime.component import ComponentRuntime, compile_component
+from flux.runtime.component import ComponentRuntime, check_world, compile_component
 from flux.runtime.deno import DenoPool
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, Outcome, invoke
@@ -37,13 +37,14 @@ def project_cache(project_dir: Path) -> Path:
 
 
 def compile_ahead(functions: Iterable[Function], cache_dir: Path) -> None:
-    """Compile each component into `cache_dir` (as `Runtime(cache_dir)` reads it) unless it is there: what
-    `flux deploy` does before it activates a version, so that no request waits for a compile."""
+    """Compile each component into `cache_dir` (as `Runtime(cache_dir)` reads it) unless it is there, and
+    check that it fits Flux's world: what `flux deploy` does before it activates a version, so that no request
+    waits for a compile (FX307 for code that does not compile or fit)."""
     engine = None
     for function in functions:
         if function.runtime == "component":
             engine = engine or new_engine()
-            compile_component(engine, cache_dir / "wasm", function.sha256, function.code)
+            check_world(engine, compile_component(engine, cache_dir / "wasm", function.sha256, function.code))
 
 
 class Runtime(Executor):

@@ -112,12 +112,7 @@ class ComponentRuntime:
         linker = wasm_component.Linker(self.engine)
         linker.add_wasip2()
         linker.allow_shadowing = True
-        imports = component.type.imports(self.engine)
-        if HOST_INTERFACE not in imports:
-            raise InvalidFunctionCode(
-                f"the component does not import {HOST_INTERFACE}",
-                hint="build it for the world in wit/flux.wit",
-            )
+        imports = check_world(self.engine, component)
         with linker.root() as root:
             with root.add_instance(HOST_INTERFACE) as host:
                 host.add_func("call", _host_call)
@@ -183,6 +178,18 @@ def compile_component(
         lambda path: wasm_component.Component.deserialize_file(engine, path),
         compile_now,
     )
+
+
+def check_world(engine: wasmtime.Engine, component: wasm_component.Component) -> list[str]:
+    """The component's imports, once it is known to import Flux's host interface and export `handle`."""
+    imports = list(component.type.imports(engine))
+    for missing, what in ((HOST_INTERFACE not in imports, f"import {HOST_INTERFACE}"),
+                          ("handle" not in component.type.exports(engine), "export handle")):  # fmt: skip
+        if missing:
+            raise InvalidFunctionCode(
+                f"the component does not {what}", hint="build it for the world in wit/flux.wit"
+            )
+    return imports
 
 
 def guest_error(text: str, limits: FunctionLimits) -> FluxError:
