@@ -13,7 +13,7 @@ componentize-py's output is not reproducible (its pre-initialized heap holds a h
 the build), so a Python build is kept in a cache keyed by everything that goes into it (the sources, Flux's
 entry module, the WIT world, componentize-py's version): the same sources give the same bytes, and the same
 code sha, from any project folder on the machine. The cache is `$FLUX_BUILD_CACHE`, else
-`$XDG_CACHE_HOME/flux/build` (`~/.cache/flux/build`).
+`$XDG_CACHE_HOME/flux/build` (`~/.cache/flux/build`), holding the 50 builds used last.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
+BUILD_CACHE_KEEP = 50  # Python builds kept in the build cache, the ones used last
 NOT_SOURCES = {
     "node_modules",
     "__pycache__",
@@ -53,6 +54,7 @@ _SOURCES = (
 )
 _C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
 _RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
+_WORLD_HINT = "app.py defines class WitWorld(wit_world.WitWorld) with handle (see docs/functions.md)"
 # componentize-py adds the site-packages of an active virtualenv (or pipenv) to what it bundles
 _BUILD_ENV_DROPPED = {"VIRTUAL_ENV", "PIPENV_ACTIVE", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
 
@@ -159,12 +161,22 @@ def _build_python(folder: Path, output: Path) -> None:
             built = Path(temporary) / "component.wasm"
             command = [tool, "-d", str(wit_dir()), "-w", "function", "componentize", "-p", str(sources),
                        "-p", str(entry), _python_entry.MODULE, "-o", str(built)]  # fmt: skip
-            _run(command, Path(temporary), name=folder.name, sources=sources)
+            _run(command, Path(temporary), name=folder.name, python=True)
             cached.parent.mkdir(parents=True, exist_ok=True)
             partial = cached.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(built, partial)
             partial.replace(cached)  # atomically: builds in other processes share the cache
+        _prune(cached.parent)
+    else:
+        os.utime(cached)  # used now: pruning goes by last use
     shutil.copyfile(cached, output)
+
+
+def _prune(cache: Path) -> None:
+    """Keep the `BUILD_CACHE_KEEP` builds used last (each is about 18 MB)."""
+    builds = sorted(cache.glob("*.wasm"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for stale in builds[BUILD_CACHE_KEEP:]:
+        stale.unlink(missing_ok=True)
 
 
 def _componentize_py() -> str:
@@ -215,9 +227,9 @@ def _command(language: str, source: Path, output: Path) -> list[str]:
     ]
 
 
-def _run(command: list[str], folder: Path, *, name: str | None = None, sources: Path | None = None) -> None:
-    """Run a compiler in `folder`; for a build from a copy, `name` is the function's and `sources` the copy
-    (its paths in the compiler's messages are shown relative to the function's folder)."""
+def _run(command: list[str], folder: Path, *, name: str | None = None, python: bool = False) -> None:
+    """Run a compiler in `folder`; `name` is the function's when `folder` is a copy. A failed componentize-py
+    (`python`) is told by the Python error it reports, at its line in the function's files."""
     name = name or folder.name
     env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
     env |= {"PYTHONDONTWRITEBYTECODE": "1", "SOURCE_DATE_EPOCH": "315532800"}
@@ -228,11 +240,23 @@ def _run(command: list[str], folder: Path, *, name: str | None = None, sources: 
         raise InvalidFunctionCode(f"building {name} took over {BUILD_TIMEOUT_S} s") from None
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()
-        if sources is not None:
-            output = output.replace(f"{sources}/", "").replace("/0/", "")
+        error = _python_error(output) if python else None
         raise InvalidFunctionCode(
-            f"building {name} failed: {_first_error(output)}", details={"output": output[-4000:]}
+            f"building {name} failed: {error or _first_error(output)}",
+            details={"output": output[-4000:]},
+            hint=_WORLD_HINT if error and "WitWorld" in error else None,
         )
+
+
+def _python_error(output: str) -> str | None:
+    """componentize-py's cause (`Caused by:` the Python error of the build's import of app.py), placed at the
+    innermost line of the function's own files (mounted as /0/ in its interpreter)."""
+    cause = re.search(r"^Caused by:\s*\n\s*(.+)$", output, re.MULTILINE)
+    if cause is None:
+        return None
+    message = re.sub(r" \((\S+), line \d+\)$", "", cause[1].strip())
+    places = re.findall(r'File "/0/([^"]+)", line (\d+)', output[: cause.start()])
+    return f"{places[-1][0]}:{places[-1][1]}: {message}" if places else message
 
 
 def _first_error(output: str) -> str:

@@ -15,6 +15,7 @@ from cli.why import render_why
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.data import Catalog
+from flux.errors import InvalidFunctionCode
 from flux.runtime import Caller, Function, FunctionLimits, Outcome, Runtime, invoke, project_cache
 from flux.runtime.build import build_function
 from flux.trace.tree import load_trace
@@ -162,3 +163,8 @@ def test_the_same_sources_build_to_the_same_sha_and_leave_nothing_behind(
         assert sorted(p.name for p in folder.rglob("*")) == ["app.py"]
     assert shas[0] == shas[1]
     assert len(list((tmp_path / "build-cache").glob("*.wasm"))) == 1
+    (folder / "app.py").write_text(APP.replace("return value\n", "return (value\n"))  # a failed build, too
+    with pytest.raises(InvalidFunctionCode) as failed:
+        build_function(folder, tmp_path / "two" / ".flux" / "build")
+    assert "building checker failed: app.py:11: SyntaxError: '(' was never closed" in failed.value.message
+    assert sorted(p.name for p in folder.rglob("*")) == ["app.py"]
