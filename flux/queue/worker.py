@@ -35,6 +35,7 @@ from flux.pipeline import Statement
 from flux.queue import cron
 from flux.runtime import Runtime, project_cache
 from flux.runtime.fetch import FetchPolicy
+from flux.runtime.functions import NOTIFY_CHANNEL as DEPLOYMENTS_CHANNEL
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.invoke import Caller, invoke
 from flux.trace.recorder import error_record
@@ -105,6 +106,7 @@ class QueueWorker:
         self._listener.on(NOTIFY_CHANNEL, self._wake.set)
         for cache in (self.functions.active, self.catalogs, self.secrets):
             self._listener.follow(cache)
+        self._listener.on(DEPLOYMENTS_CHANNEL, lambda: self.functions.prepare_active(self.pool, self.runtime))
 
     def stop(self) -> None:
         """Stop claiming; `run` returns once running jobs finish (or `shutdown_s` passes)."""

@@ -67,5 +67,9 @@ class Runtime(Executor):
         lang = "ts" if function.runtime == "typescript" else "js"
         return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
 
+    def prepare(self, function: Function) -> None:
+        if function.runtime == "component":
+            self.components.prepare(function.code, function.sha256)
+
     def close(self) -> None:
         self.deno.close()

@@ -82,13 +82,7 @@ class ComponentRuntime:
         """The component for this code, compiled once per machine (or read from the cache, in milliseconds)
         on a thread of its own, once per process. With `wait_ms`, a caller waits no longer than that: FX301,
         while the compile goes on for the requests after it."""
-        sha = sha or hashlib.sha256(code).hexdigest()
-        with self._lock:
-            future = self._loading.get(sha)
-            if future is None:
-                future = self._loading[sha] = Future()
-                threading.Thread(target=self._prepare, args=(sha, code, future), daemon=True,
-                                 name=f"flux-compile-{sha[:12]}").start()  # fmt: skip
+        future = self.prepare(code, sha or hashlib.sha256(code).hexdigest())
         try:
             return future.result(None if wait_ms is None else wait_ms / 1000)
         except FutureTimeout:
@@ -96,6 +90,21 @@ class ComponentRuntime:
                 f"the function's code was still compiling after {wait_ms} ms (its timeout_ms)",
                 hint="try again shortly: it compiles once per machine (`flux deploy` compiles it ahead)",
             ) from None
+
+    def prepare(self, code: bytes, sha: str) -> Future[LoadedComponent]:
+        """The component's load, started now on a thread of its own unless it was already."""
+        with self._lock:
+            future = self._loading.get(sha)
+            if future is None:
+                future = self._loading[sha] = Future()
+                threading.Thread(target=self._prepare, args=(sha, code, future), daemon=True,
+                                 name=f"flux-compile-{sha[:12]}").start()  # fmt: skip
+        return future
+
+    def ready(self, sha: str) -> bool:
+        """Whether the component with this sha is loaded in this process (a request runs it at once)."""
+        future = self._loading.get(sha)
+        return future is not None and future.done() and future.exception() is None
 
     def _prepare(self, sha: str, code: bytes, future: Future[LoadedComponent]) -> None:
         try:

@@ -144,6 +144,11 @@ def test_deploy_compiles_so_the_first_request_is_served_at_once(dsn: str, tmp_pa
                               (deployed.id,)).fetchone() or (None,)  # fmt: skip
     assert (project_cache(project) / "wasm" / f"{sha}.component.cwasm").exists()
     with gateway_client(settings, dsn) as client:
+        components = client.gateway.executor.components  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not components.ready(sha):  # loaded when the worker started, before any request
+            assert time.monotonic() < deadline, "the worker did not load the deployed component"
+            time.sleep(0.05)
         started = time.monotonic()
         first = client.simulate_post("/check", json={"value": "first"})
         took = time.monotonic() - started
