@@ -174,8 +174,14 @@ def _build_python(folder: Path, output: Path) -> None:
 
 def _prune(cache: Path) -> None:
     """Keep the `BUILD_CACHE_KEEP` builds used last (each is about 18 MB)."""
-    builds = sorted(cache.glob("*.wasm"), key=lambda path: path.stat().st_mtime, reverse=True)
-    for stale in builds[BUILD_CACHE_KEEP:]:
+
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # pruned by another build meanwhile
+            return 0.0
+
+    for stale in sorted(cache.glob("*.wasm"), key=last_used, reverse=True)[BUILD_CACHE_KEEP:]:
         stale.unlink(missing_ok=True)
 
 
