@@ -4,6 +4,7 @@ the same sources build to the same code sha and leave nothing in the project."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.data import Catalog
 from flux.errors import InvalidFunctionCode
-from flux.runtime import Caller, Function, FunctionLimits, Outcome, Runtime, invoke, project_cache
+from flux.runtime import Caller, Function, FunctionLimits, Outcome, Runtime, build, invoke, project_cache
 from flux.runtime.build import build_function
 from flux.trace.tree import load_trace
 from flux.trace.why import explain_request
@@ -173,3 +174,12 @@ def test_the_same_sources_build_to_the_same_sha_and_leave_nothing_behind(
         build_function(folder, tmp_path / "two" / ".flux" / "build")
     assert "building checker failed: app.py:11: SyntaxError: '(' was never closed" in failed.value.message
     assert sorted(p.name for p in folder.rglob("*")) == ["app.py"]
+
+
+def test_the_build_cache_keeps_the_builds_used_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "BUILD_CACHE_KEEP", 2)
+    for age, name in enumerate(["new", "middle", "old"]):
+        (tmp_path / f"{name}.wasm").write_bytes(b"")
+        os.utime(tmp_path / f"{name}.wasm", (1_000_000 - age, 1_000_000 - age))
+    build._prune(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["middle.wasm", "new.wasm"]
