@@ -23,7 +23,7 @@ from flux.gateway.handler import Gateway
 from flux.gateway.ratelimit import RateLimiter
 from flux.gateway.routes import RouteCache
 from flux.maintenance import MaintenanceLoop
-from flux.runtime import Runtime
+from flux.runtime import Runtime, project_cache
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.secrets import SecretCache
@@ -132,7 +132,7 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
     pool.open(wait=False)
     gateway = Gateway(
         pool=pool,
-        executor=Runtime(settings.project_dir / ".flux" / "cache"),
+        executor=Runtime(project_cache(settings.project_dir)),
         functions=DeployedFunctions(),
         auth=Authenticator(settings),
         routes=RouteCache(),

@@ -166,6 +166,20 @@ def test_an_uploaded_bundle_is_checked(client: GatewayClient, admin: dict[str, s
     assert missing.json == {"missing": [sha]}
 
 
+def test_an_uploaded_component_is_compiled_before_it_is_active(
+    client: GatewayClient, admin: dict[str, str], conn: Conn
+) -> None:
+    """The server compiles what `flux deploy` uploads before activating it (no request waits for that): code
+    that does not compile is refused, and the version before stays active."""
+    code = b"\x00asm\x0d\x00\x01\x00"  # a component's header and nothing else
+    function = {"name": "one", "runtime": "component", "sha256": hashlib.sha256(code).hexdigest(),
+                "code": base64.b64encode(code).decode()}  # fmt: skip
+    active = conn.execute("SELECT id FROM flux.deployments WHERE active").fetchall()
+    answer = client.simulate_post("/flux/api/deployments", json={"functions": [function]}, headers=admin)
+    assert answer.json["code"] == "FX307" and "does not import flux:function/host" in answer.json["message"]
+    assert conn.execute("SELECT id FROM flux.deployments WHERE active").fetchall() == active
+
+
 def test_text_postgres_cannot_hold_is_refused(client: GatewayClient, admin: dict[str, str]) -> None:
     nul = client.simulate_post("/flux/api/tenants", json={"name": "a\x00b"}, headers=admin)
     assert nul.status_code == 400 and nul.json["code"] == "FX131", nul.json

@@ -22,6 +22,7 @@ from flux.api.admin import check_admin_key
 from flux.api.openapi import document
 from flux.errors import BodyTooDeep, InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from flux.queue import cron, jobs
+from flux.runtime import project_cache
 from flux.runtime.secrets import load_key
 from flux.trace import state, tree, why
 
@@ -121,7 +122,8 @@ class _Api:
                   "cron": list}  # fmt: skip
         body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
         with self._conn(req) as conn:
-            deployment = deploy.deploy_bundle(conn, deploy.bundle_from_json(conn, body))
+            bundle = deploy.bundle_from_json(conn, body)
+            deployment = deploy.deploy_bundle(conn, bundle, compile_into=project_cache(self.project_dir))
         status = falcon.HTTP_201 if deployment.created else falcon.HTTP_200
         _answer(resp, {"version": deployment.id, "created": deployment.created,
                        "migrations": [m.label for m in deployment.migrations]}, status)  # fmt: skip

@@ -36,6 +36,7 @@ from flux.gateway.ids import continue_trace, new_request_id
 from flux.gateway.routes import Route, RouteCache
 from flux.listen import Listener
 from flux.runtime.fetch import FetchPolicy
+from flux.runtime.functions import NOTIFY_CHANNEL as DEPLOYMENTS_CHANNEL
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, invoke
@@ -74,6 +75,10 @@ class Gateway:
         for cache in (self.routes, self.catalogs, self.functions.active, self.secrets):
             self._listener.follow(cache)
         self._listener.on(CALLERS_CHANNEL, self.auth.keys.clear, self.limiter.tenants.clear)
+        # after the cache dropped the old version (`follow`); also once when the listener connects
+        self._listener.on(
+            DEPLOYMENTS_CHANNEL, lambda: self.functions.prepare_active(self.pool, self.executor)
+        )
 
     def listen(self, dsn: str) -> None:
         """Follow changes to routes, the catalog, deployments, secrets, keys and tenants (NOTIFY)."""
@@ -227,6 +232,9 @@ class _WithBuiltins(Executor):
                 span.output = dataclasses.asdict(explained)
             return span.output
         return self.executor.execute(function, request, host)
+
+    def prepare(self, function: Function) -> None:
+        self.executor.prepare(function)
 
 
 def _headers(env: Mapping[str, Any]) -> dict[str, str]:

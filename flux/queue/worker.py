@@ -32,8 +32,9 @@ from flux.errors import FluxError
 from flux.listen import Listener
 from flux.pipeline import Statement
 from flux.queue import cron
-from flux.runtime import Runtime
+from flux.runtime import Runtime, project_cache
 from flux.runtime.fetch import FetchPolicy
+from flux.runtime.functions import NOTIFY_CHANNEL as DEPLOYMENTS_CHANNEL
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.invoke import Caller, invoke
 from flux.runtime.secrets import SecretCache
@@ -83,7 +84,7 @@ class QueueWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.dsn = db.request_dsn(dsn)
         self.runtime = Runtime(
-            settings.project_dir / ".flux" / "cache", deno_workers=min(self.options.concurrency, 4)
+            project_cache(settings.project_dir), deno_workers=min(self.options.concurrency, 4)
         )
         self.functions = DeployedFunctions()
         self.catalogs = CatalogCache()
@@ -105,6 +106,7 @@ class QueueWorker:
         self._listener.on(NOTIFY_CHANNEL, self._wake.set)
         for cache in (self.functions.active, self.catalogs, self.secrets):
             self._listener.follow(cache)
+        self._listener.on(DEPLOYMENTS_CHANNEL, lambda: self.functions.prepare_active(self.pool, self.runtime))
 
     def stop(self) -> None:
         """Stop claiming; `run` returns once running jobs finish (or `shutdown_s` passes)."""

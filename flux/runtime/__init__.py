@@ -8,17 +8,43 @@ outcome = invoke(conn, runtime, function, {"method": "GET", "path": "/", "body":
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flux.runtime.component import ComponentRuntime
+from flux.runtime.component import ComponentRuntime, check_world, compile_component
 from flux.runtime.deno import DenoPool
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, Outcome, invoke
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.wasm import WasmRuntime
+from flux.runtime.wasm import WasmRuntime, new_engine
 
-__all__ = ["Caller", "Function", "FunctionLimits", "Outcome", "Runtime", "invoke"]
+__all__ = [
+    "Caller",
+    "Function",
+    "FunctionLimits",
+    "Outcome",
+    "Runtime",
+    "compile_ahead",
+    "invoke",
+    "project_cache",
+]
+
+
+def project_cache(project_dir: Path) -> Path:
+    """Where a project's processes keep compiled code (shared by the server's workers and `flux deploy`)."""
+    return project_dir / ".flux" / "cache"
+
+
+def compile_ahead(functions: Iterable[Function], cache_dir: Path) -> None:
+    """Compile each component into `cache_dir` (as `Runtime(cache_dir)` reads it) unless it is there, and
+    check that it fits Flux's world: what `flux deploy` does before it activates a version, so that no request
+    waits for a compile (FX307 for code that does not compile or fit)."""
+    engine = None
+    for function in functions:
+        if function.runtime == "component":
+            engine = engine or new_engine()
+            check_world(engine, compile_component(engine, cache_dir / "wasm", function.sha256, function.code))
 
 
 class Runtime(Executor):
@@ -35,11 +61,15 @@ class Runtime(Executor):
                 self.wasm.load(function.code, function.sha256), request, host, function.limits
             )
         if function.runtime == "component":
-            return self.components.run(
-                self.components.load(function.code, function.sha256), request, host, function.limits
+            return self.components.load_and_run(
+                function.code, function.sha256, request, host, function.limits
             )
         lang = "ts" if function.runtime == "typescript" else "js"
         return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
+
+    def prepare(self, function: Function) -> None:
+        if function.runtime == "component":
+            self.components.prepare(function.code, function.sha256)
 
     def close(self) -> None:
         self.deno.close()

@@ -7,7 +7,14 @@
 - `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
 - `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`.
 
-A build that fails is FX307 with the compiler's own message (file and line).
+A build that fails is FX307 with the compiler's own message (file and line). A build writes nothing into the
+function's folder: Python is built from a copy in a temporary folder.
+
+componentize-py's output is not reproducible (its pre-initialized heap holds a hash seed and file times of
+the build), so a Python build is kept in a cache keyed by everything that goes into it (the sources, Flux's
+entry module, the WIT world, componentize-py's version): the same sources give the same bytes, and the same
+code sha, from any project folder on the machine. The cache is `$FLUX_BUILD_CACHE`, else
+`$XDG_CACHE_HOME/flux/build` (`~/.cache/flux/build`), holding the 50 builds used last.
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from flux.errors import InvalidFunctionCode
+from flux.runtime import _python_entry
 from flux.runtime.component import wit_dir
 from flux.runtime.deno import deno_binary
 from flux.runtime.invoke import Function, RuntimeKind
@@ -29,6 +39,7 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
+BUILD_CACHE_KEEP = 50  # Python builds kept in the build cache, the ones used last
 NOT_SOURCES = {
     "node_modules",
     "__pycache__",
@@ -44,6 +55,9 @@ _SOURCES = (
 )
 _C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
 _RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
+_WORLD_HINT = "app.py defines class WitWorld(wit_world.WitWorld) with handle (see docs/functions.md)"
+# componentize-py adds the site-packages of an active virtualenv (or pipenv) to what it bundles
+_BUILD_ENV_DROPPED = {"VIRTUAL_ENV", "PIPENV_ACTIVE", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
 
 
 def source_of(folder: Path) -> tuple[str, Path]:
@@ -86,6 +100,8 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
                 output.write_bytes(compile_wat(source.read_text()))
             except ValueError as exc:
                 raise InvalidFunctionCode(f"{source}: {exc}") from None
+        elif language == "python":
+            _build_python(folder, output)
         else:
             _run(_command(language, source, output), folder)
         stamp.write_text(sources)
@@ -120,16 +136,72 @@ def sources_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def build_cache_dir() -> Path:
+    """Where built Python components are kept by the hash of what went into them (see the module's doc)."""
+    given = os.environ.get("FLUX_BUILD_CACHE")
+    if given:
+        return Path(given)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flux" / "build"
+
+
+def _build_python(folder: Path, output: Path) -> None:
+    """componentize-py builds `_flux_entry` (Flux's entry module around app.py) from copies of the sources in
+    a temporary folder, with no environment of the caller's that could change what it bundles."""
+    tool = _componentize_py()
+    inputs = hashlib.sha256()
+    for part in (f"componentize-py {_version('componentize-py')}", _python_entry.SOURCE,
+                 sources_sha256(wit_dir()), sources_sha256(folder)):  # fmt: skip
+        inputs.update(part.encode() + b"\0")
+    cached = build_cache_dir() / f"{inputs.hexdigest()}.wasm"
+    if not cached.exists():
+        with tempfile.TemporaryDirectory(prefix="flux-build-") as temporary:
+            sources, entry = Path(temporary) / "app", Path(temporary) / "entry"
+            shutil.copytree(folder, sources, ignore=shutil.ignore_patterns(*NOT_SOURCES), symlinks=False)
+            entry.mkdir()
+            (entry / f"{_python_entry.MODULE}.py").write_text(_python_entry.SOURCE)
+            built = Path(temporary) / "component.wasm"
+            command = [tool, "-d", str(wit_dir()), "-w", "function", "componentize", "-p", str(sources),
+                       "-p", str(entry), _python_entry.MODULE, "-o", str(built)]  # fmt: skip
+            _run(command, Path(temporary), name=folder.name, python=True)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(built, partial)
+            partial.replace(cached)  # atomically: builds in other processes share the cache
+        _prune(cached.parent)
+    else:
+        os.utime(cached)  # used now: pruning goes by last use
+    shutil.copyfile(cached, output)
+
+
+def _prune(cache: Path) -> None:
+    """Keep the `BUILD_CACHE_KEEP` builds used last (each is about 18 MB)."""
+
+    def last_used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # pruned by another build meanwhile
+            return 0.0
+
+    for stale in sorted(cache.glob("*.wasm"), key=last_used, reverse=True)[BUILD_CACHE_KEEP:]:
+        stale.unlink(missing_ok=True)
+
+
+def _componentize_py() -> str:
+    beside = Path(sys.executable).with_name("componentize-py")  # a dependency: in Flux's own environment
+    tool = str(beside) if beside.exists() else shutil.which("componentize-py")
+    if tool is None:
+        raise InvalidFunctionCode("no componentize-py to build Python", hint="pip install componentize-py")
+    return tool
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _command(language: str, source: Path, output: Path) -> list[str]:
-    if language == "python":
-        beside = Path(sys.executable).with_name("componentize-py")  # a dependency: in Flux's own environment
-        tool = str(beside) if beside.exists() else shutil.which("componentize-py")
-        if tool is None:
-            raise InvalidFunctionCode(
-                "no componentize-py to build Python", hint="pip install componentize-py"
-            )
-        world = ["-d", str(wit_dir()), "-w", "function"]
-        return [tool, *world, "componentize", source.stem, "-o", str(output)]
     if language == "c":
         clang = shutil.which("clang-14") or shutil.which("clang")
         if clang is None:
@@ -182,16 +254,36 @@ def _installed_as_locked(folder: Path, lock: Path) -> bool:
     return bool(installed.get("version") == locked)
 
 
-def _run(command: list[str], folder: Path) -> None:
+def _run(command: list[str], folder: Path, *, name: str | None = None, python: bool = False) -> None:
+    """Run a compiler in `folder`; `name` is the function's when `folder` is a copy. A failed componentize-py
+    (`python`) is told by the Python error it reports, at its line in the function's files."""
+    name = name or folder.name
+    env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
+    env |= {"PYTHONDONTWRITEBYTECODE": "1", "SOURCE_DATE_EPOCH": "315532800"}
     try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                              env=env)  # fmt: skip
     except subprocess.TimeoutExpired:
-        raise InvalidFunctionCode(f"building {folder.name} took over {BUILD_TIMEOUT_S} s") from None
+        raise InvalidFunctionCode(f"building {name} took over {BUILD_TIMEOUT_S} s") from None
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()
+        error = _python_error(output) if python else None
         raise InvalidFunctionCode(
-            f"building {folder.name} failed: {_first_error(output)}", details={"output": output[-4000:]}
+            f"building {name} failed: {error or _first_error(output)}",
+            details={"output": output[-4000:]},
+            hint=_WORLD_HINT if error and "WitWorld" in error else None,
         )
+
+
+def _python_error(output: str) -> str | None:
+    """componentize-py's cause (`Caused by:` the Python error of the build's import of app.py), placed at the
+    innermost line of the function's own files (mounted as /0/ in its interpreter)."""
+    cause = re.search(r"^Caused by:\s*\n\s*(.+)$", output, re.MULTILINE)
+    if cause is None:
+        return None
+    message = re.sub(r" \((\S+), line \d+\)$", "", cause[1].strip())
+    places = re.findall(r'File "/0/([^"]+)", line (\d+)', output[: cause.start()])
+    return f"{places[-1][0]}:{places[-1][1]}: {message}" if places else message
 
 
 def _first_error(output: str) -> str:

@@ -5,12 +5,23 @@ The world exports `handle(request: string) -> string` (JSON both ways) and impor
 `host.log(message)`, the same operations as the core-module ABI. WASI 0.2 is linked for the language's
 runtime: stdout and stderr become log spans, and its wall clock and random source are the host's recorded
 `now` and `random` (the monotonic clock is WASI's own). Limits are the core modules' (fuel, deadline, memory).
+
+A component may answer `\0flux-error\0{json}` (never valid JSON) to fail the request with an error of its
+own: Flux's entry module for Python does so with an exception the function did not catch (its type, message
+and file:line). Compiling a large component takes seconds (Python's, about 18 MB, 15-30 s), so `flux deploy`
+compiles it ahead (`compile_ahead`) into the cache, and a request waits for a compile no longer than its
+`timeout_ms`.
 """
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import hashlib
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +34,15 @@ from flux.errors import (
     FluxError,
     FunctionCrashed,
     FunctionFailed,
+    FunctionOutOfMemory,
     FunctionTimedOut,
     InvalidFunctionCode,
     InvalidFunctionResponse,
 )
+from flux.runtime._python_entry import ERROR_PREFIX
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import (
-    CompiledOnce,
     WasmRuntime,
     active_run,
     compile_cached,
@@ -63,29 +75,45 @@ class ComponentRuntime:
         self.engine = wasm.engine
         self.clock = wasm.clock
         self.cache_dir = wasm.cache_dir
-        self._loaded = CompiledOnce(self._prepare)
+        self._loading: dict[str, Future[LoadedComponent]] = {}
+        self._lock = threading.Lock()
 
-    def load(self, code: bytes, sha: str | None = None) -> LoadedComponent:
-        return self._loaded.get(code, sha)
+    def load(self, code: bytes, sha: str | None = None, wait_ms: int | None = None) -> LoadedComponent:
+        """The component for this code, compiled once per machine (or read from the cache, in milliseconds)
+        on a thread of its own, once per process. With `wait_ms`, a caller waits no longer than that: FX301,
+        while the compile goes on for the requests after it."""
+        future = self.prepare(code, sha or hashlib.sha256(code).hexdigest())
+        try:
+            return future.result(None if wait_ms is None else wait_ms / 1000)
+        except FutureTimeout:
+            raise FunctionTimedOut(
+                f"the function's code was still compiling after {wait_ms} ms (its timeout_ms)",
+                hint="try again shortly: it compiles once per machine (`flux deploy` compiles it ahead)",
+            ) from None
 
-    def _prepare(self, sha: str, code: bytes) -> LoadedComponent:
-        component = self._compile(sha, code)
-        return LoadedComponent(sha, component, self._linker(component))
+    def prepare(self, code: bytes, sha: str) -> Future[LoadedComponent]:
+        """The component's load, started now on a thread of its own unless it was already."""
+        with self._lock:
+            future = self._loading.get(sha)
+            if future is None:
+                future = self._loading[sha] = Future()
+                threading.Thread(target=self._prepare, args=(sha, code, future), daemon=True,
+                                 name=f"flux-compile-{sha[:12]}").start()  # fmt: skip
+        return future
 
-    def _compile(self, sha: str, code: bytes) -> wasm_component.Component:
-        def compile_component() -> wasm_component.Component:
-            try:
-                return wasm_component.Component(self.engine, code)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidFunctionCode(
-                    f"the function is not a valid component: {first_line(exc)}"
-                ) from None
+    def ready(self, sha: str) -> bool:
+        """Whether the component with this sha is loaded in this process (a request runs it at once)."""
+        future = self._loading.get(sha)
+        return future is not None and future.done() and future.exception() is None
 
-        return compile_cached(
-            self.cache_dir / f"{sha}.component.cwasm",
-            lambda path: wasm_component.Component.deserialize_file(self.engine, path),
-            compile_component,
-        )
+    def _prepare(self, sha: str, code: bytes, future: Future[LoadedComponent]) -> None:
+        try:
+            component = compile_component(self.engine, self.cache_dir, sha, code)
+            future.set_result(LoadedComponent(sha, component, self._linker(component)))
+        except BaseException as exc:
+            with self._lock:  # the next request tries again (a full disk, say, may not last)
+                self._loading.pop(sha, None)
+            future.set_exception(exc)
 
     def _linker(self, component: wasm_component.Component) -> wasm_component.Linker:
         """WASI 0.2, with its wall clock and random source replaced (in the versions the component imports)
@@ -93,12 +121,7 @@ class ComponentRuntime:
         linker = wasm_component.Linker(self.engine)
         linker.add_wasip2()
         linker.allow_shadowing = True
-        imports = component.type.imports(self.engine)
-        if HOST_INTERFACE not in imports:
-            raise InvalidFunctionCode(
-                f"the component does not import {HOST_INTERFACE}",
-                hint="build it for the world in wit/flux.wit",
-            )
+        imports = check_world(self.engine, component)
         with linker.root() as root:
             with root.add_instance(HOST_INTERFACE) as host:
                 host.add_func("call", _host_call)
@@ -113,6 +136,15 @@ class ComponentRuntime:
                         random.add_func("get-random-bytes", _random_bytes)
                         random.add_func("get-random-u64", _random_u64)
         return linker
+
+    def load_and_run(self, code: bytes, sha: str, request: Any, host: Host, limits: FunctionLimits) -> Any:
+        """`run`, after `load` waited at most `timeout_ms`; the run has what is left of it."""
+        started = time.monotonic()
+        loaded = self.load(code, sha, wait_ms=limits.timeout_ms)
+        waited_ms = int((time.monotonic() - started) * 1000)
+        if waited_ms > 0:
+            limits = replace(limits, timeout_ms=max(1, limits.timeout_ms - waited_ms))
+        return self.run(loaded, request, host, limits)
 
     def run(self, loaded: LoadedComponent, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call `handle` with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
@@ -131,10 +163,65 @@ class ComponentRuntime:
                 raise _component_error(exc, limits) from None
         if not isinstance(result, str):
             raise InvalidFunctionResponse("handle must return a string of JSON")
+        if result.startswith(ERROR_PREFIX):
+            raise guest_error(result[len(ERROR_PREFIX) :], limits)
         try:
             return jsontext.loads(result)
         except ValueError as exc:
             raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+
+def compile_component(
+    engine: wasmtime.Engine, cache_dir: Path, sha: str, code: bytes
+) -> wasm_component.Component:
+    """The compiled component, from `cache_dir` (by sha) or compiled now and written there."""
+
+    def compile_now() -> wasm_component.Component:
+        try:
+            return wasm_component.Component(engine, code)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the function is not a valid component: {first_line(exc)}") from None
+
+    return compile_cached(
+        cache_dir / f"{sha}.component.cwasm",
+        lambda path: wasm_component.Component.deserialize_file(engine, path),
+        compile_now,
+    )
+
+
+def check_world(engine: wasmtime.Engine, component: wasm_component.Component) -> list[str]:
+    """The component's imports, once it is known to import Flux's host interface and export `handle`."""
+    imports = list(component.type.imports(engine))
+    for missing, what in ((HOST_INTERFACE not in imports, f"import {HOST_INTERFACE}"),
+                          ("handle" not in component.type.exports(engine), "export handle")):  # fmt: skip
+        if missing:
+            raise InvalidFunctionCode(
+                f"the component does not {what}", hint="build it for the world in wit/flux.wit"
+            )
+    return imports
+
+
+def guest_error(text: str, limits: FunctionLimits) -> FluxError:
+    """The error a component answered with (`ERROR_PREFIX` + JSON): for Python, the exception the function
+    did not catch. The message names its type; the details keep the stack and the function's file:line."""
+    try:
+        error = jsontext.loads(text)
+    except ValueError:
+        error = None
+    if not isinstance(error, dict):
+        return InvalidFunctionResponse("the function answered an error that is not a JSON object")
+    name, message = str(error.get("name") or "Error"), str(error.get("message") or "")
+    details = {key: error.get(key) for key in ("file", "line")} | {
+        "name": name,
+        "stack": str(error.get("stack") or ""),
+    }
+    text = f"{name}: {message}" if message else name
+    if error.get("response"):
+        return InvalidFunctionResponse(text, details=details)
+    if name == "MemoryError":
+        return FunctionOutOfMemory(f"{text} (the limit is {limits.memory_mb} MB)", details=details,
+                                   hint="use less memory, or raise `memory_mb`")  # fmt: skip
+    return FunctionFailed(text, details=details)
 
 
 def _component_error(exc: wasmtime.WasmtimeError, limits: FunctionLimits) -> FluxError:

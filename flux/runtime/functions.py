@@ -4,6 +4,7 @@ second, in every worker)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ from typing import Any
 from flux import db
 from flux.errors import InvalidFunctionCode
 from flux.listen import NotifiedCache
-from flux.runtime.invoke import Function
+from flux.runtime.invoke import Executor, Function
 from flux.runtime.limits import FunctionLimits
 
 NOTIFY_CHANNEL = "flux_deployments"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,17 @@ class DeployedFunctions:
             self._functions = {k: v for k, v in self._functions.items() if k[0] == active.id}
             self._functions[(active.id, name)] = function
         return function
+
+    def prepare_active(self, pool: Any, executor: Executor) -> None:
+        """Have `executor` get every function of the active deployment ready, on a thread of its own: at a
+        worker's start and after each deploy (call it on `flux_deployments`), not on a request's path."""
+
+        def prepare() -> None:
+            try:
+                with pool.connection() as conn:
+                    for name in self.active.get(conn).functions:
+                        executor.prepare(self.get(conn, name))
+            except Exception:  # the first request loads what this could not
+                log.exception("preparing the active deployment's functions failed")
+
+        threading.Thread(target=prepare, name="flux-prepare", daemon=True).start()

@@ -50,6 +50,10 @@ class Executor:
     def execute(self, function: Function, request: Json, host: Host) -> Json:
         raise NotImplementedError
 
+    def prepare(self, function: Function) -> None:
+        """Start getting `function` ready to run (compiling it, in the background), so that its first request
+        does not wait for that; returns at once."""
+
 
 @dataclass(frozen=True)
 class Caller:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import fcntl
 import hashlib
 import os
 import threading
@@ -144,14 +145,19 @@ class LoadedModule:
     reactor: bool = False  # exports `_initialize` (a WASI reactor's constructors: C, Rust with std)
 
 
+def new_engine() -> Engine:
+    """An engine as every Flux process makes it: code one compiled and serialized, another can load."""
+    config = Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    return Engine(config)
+
+
 class WasmRuntime:
     """One engine, linker and compiled-code cache per process; `run` is safe from several threads."""
 
     def __init__(self, cache_dir: Path) -> None:
-        config = Config()
-        config.consume_fuel = True
-        config.epoch_interruption = True
-        self.engine = Engine(config)
+        self.engine = new_engine()
         self.cache_dir = cache_dir
         self.linker = _make_linker(self.engine)
         self._loaded = CompiledOnce(self._prepare)
@@ -301,18 +307,32 @@ class CompiledOnce(Generic[Loaded]):
 
 def compile_cached(path: Path, load: Callable[[str], Compiled], compile: Callable[[], Compiled]) -> Compiled:
     """Compiled code from its file in the cache, else compiled now and written there (atomically, since
-    several processes share the cache). A file another wasmtime wrote fails to load: it is compiled again."""
+    several processes share the cache). While one process compiles, the others wait for its file rather than
+    compile the same code again (a lock file beside it). A file another wasmtime wrote fails to load: it is
+    compiled again."""
+    loaded = _load_cached(path, load)
+    if loaded is not None:
+        return loaded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        loaded = _load_cached(path, load)  # compiled by the process that held the lock
+        if loaded is not None:
+            return loaded
+        compiled = compile()
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_bytes(compiled.serialize())
+        partial.replace(path)
+    return compiled
+
+
+def _load_cached(path: Path, load: Callable[[str], Compiled]) -> Compiled | None:
     if path.exists():
         try:
             return load(str(path))
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)
-    compiled = compile()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_bytes(compiled.serialize())
-    partial.replace(path)
-    return compiled
+    return None
 
 
 def compile_wat(text: str) -> bytes:

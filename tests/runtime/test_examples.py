@@ -89,10 +89,11 @@ def test_a_python_exception_fails_the_request_with_its_traceback_in_the_record(
     fn = build_function(PROJECT / "functions" / "py_notes", tmp_path)
     outcome = call(fn, {"method": "POST", "path": "/notes", "body": {"text": ""}})  # the CHECK refuses ''
     assert outcome.error is not None and outcome.error.code == "FX300", outcome.error
-    logged = conn.execute(
-        "SELECT string_agg(input->>'message', '\n' ORDER BY seq) FROM flux.spans"
-        " WHERE request_id = %s AND module = 'log'",
-        (outcome.request_id,),
+    assert outcome.error.message.startswith("RuntimeError: FX130: "), outcome.error.message
+    span = conn.execute(
+        "SELECT error FROM flux.spans WHERE request_id = %s AND module = 'runtime'", (outcome.request_id,)
     ).fetchone()
-    assert logged is not None and "FX130" in logged[0] and "Traceback" in logged[0]
+    assert span is not None and span[0]["details"]["file"] == "app.py", span
+    stack = span[0]["details"]["stack"]
+    assert "app.py:28 in handle: note = call(" in stack and "app.py:17 in call: raise RuntimeError(" in stack
     assert conn.execute("SELECT count(*) FROM flux.jobs").fetchone() == (0,)
