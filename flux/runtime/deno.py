@@ -8,6 +8,7 @@ process: it is killed and replaced, and the call fails with FX301, FX302 or FX30
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import selectors
@@ -37,6 +38,7 @@ WORKER_SCRIPT = Path(__file__).with_name("deno_worker.js")
 START_TIMEOUT_S = 10.0
 MAX_LINE_BYTES = 64 * 1024 * 1024
 _USER_ERRORS = {"SyntaxError": InvalidFunctionCode, "InvalidResponse": InvalidFunctionResponse}
+_run_ids = itertools.count(1)  # each run's own id, which every host call it makes must name
 
 
 def deno_binary() -> str:
@@ -128,8 +130,10 @@ class DenoPool:
         self.busy.add(worker)
         started = host.call("now", None)
         seed = host.call("random", {"bytes": 32})
+        run_id = next(_run_ids)
         message: dict[str, Any] = {
-            "type": "run", "sha": sha, "lang": lang, "request": request, "now": started, "seed": seed,
+            "type": "run", "run": run_id, "sha": sha, "lang": lang, "request": request, "now": started,
+            "seed": seed,
         }  # fmt: skip
         if sha not in worker.shas:
             message["code"] = code.decode()
@@ -137,7 +141,7 @@ class DenoPool:
         try:
             worker.send(message)
             worker.shas.add(sha)
-            return self._serve(worker, host, deadline, limits)
+            return self._serve(worker, run_id, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
             self._discard(worker)
             raise FunctionCrashed(f"the Deno worker failed: {exc}") from None
@@ -148,7 +152,7 @@ class DenoPool:
             elif worker.alive:
                 self._discard(worker)
 
-    def _serve(self, worker: _Worker, host: Host, deadline: float, limits: FunctionLimits) -> Any:
+    def _serve(self, worker: _Worker, run_id: int, host: Host, deadline: float, limits: FunctionLimits) -> Any:
         while True:
             try:
                 message = worker.receive(deadline)
@@ -165,6 +169,11 @@ class DenoPool:
                     f"the function ran past {limits.timeout_ms} ms", hint="raise `timeout_ms`"
                 )
             kind = message.get("type") if isinstance(message, dict) else None
+            if kind == "call" and message.get("run") != run_id:
+                # The worker refuses the calls of an ended run itself; one reaching here means the process can
+                # no longer be trusted with anyone's request.
+                self._discard(worker)
+                raise FunctionCrashed("the Deno worker sent a host call of another run; it was stopped")
             if kind == "call":
                 answer = host.answer(message.get("op"), message.get("args"))
                 # The function's clock moves to the end of the call; the span keeps the value for replay.

@@ -1,18 +1,26 @@
 // The Deno side of flux/runtime/deno.py: runs one function call at a time, each in a fresh node:vm context
 // (fresh globals: nothing an earlier request left behind is visible). Messages are JSON lines:
-//   in:  {type: "run", code?, sha, lang, request, now, seed}   {type: "reply", id, answer, now}
-//   out: {type: "ready"}   {type: "call", id, op, args}   {type: "done", ok, value | error}
+//   in:  {type: "run", run, code?, sha, lang, request, now, seed}   {type: "reply", id, answer, now}
+//   out: {type: "ready"}   {type: "call", run, id, op, args}   {type: "done", ok, value | error}
 // Calls may overlap (Promise.all); the host answers them in the order they were sent.
 // Time and randomness inside a call come from the host: Date.now() is the host's clock at the start of the
 // call, moved forward whenever a host call returns; Math.random and crypto draw from a ChaCha20 stream keyed
 // by the host's recorded seed. So a replay that feeds back the recorded clock and seed sees the same values.
+//
+// Isolation (docs/functions.md): a function is hostile code. Everything it can touch is made inside its own
+// context (its ctx, every answer and error of a host call, the promises it awaits), so no object of this
+// process's realm is reachable from it; the only functions of this realm it could reach are held in closures
+// of the prelude and called with primitives. This realm is tamed besides (no code from strings, frozen
+// intrinsics), so a way in found later would reach nothing to change. Every host call names its run; a run
+// ends only when no call it made is pending (calls a function forgot to await are drained into its own
+// request), and a run that has ended can make no call.
 import vm from "node:vm";
 import { stripTypeScriptTypes } from "node:module";
+import { setImmediate } from "node:timers";
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 const sources = new Map(); // sha -> JavaScript
-let spareContext = null; // prepared between calls, off the request's path
+let spareContext = null; // {context, serving, start}, prepared between calls, off the request's path
 const pending = new Map(); // call id -> {resolve, reject}
 let lastCallId = 0;
 
@@ -34,7 +42,10 @@ async function readMessage() {
   }
 }
 function send(message) {
-  const bytes = encoder.encode(JSON.stringify(message) + "\n");
+  writeLine(JSON.stringify(message));
+}
+function writeLine(text) {
+  const bytes = encoder.encode(text + "\n");
   let written = 0;
   while (written < bytes.length) written += Deno.stdout.writeSync(bytes.subarray(written));
 }
@@ -78,63 +89,31 @@ function chacha20Stream(key) {
 // An ordinary global object (no interceptors) is the cheaper context where this Deno offers it.
 const CONTEXT_KIND = vm.constants?.DONT_CONTEXTIFY;
 
-function newContext() {
-  return vm.createContext(CONTEXT_KIND ?? {});
+// A fresh context with the prelude run in it, made between calls, off the request's path. The functions the
+// prelude keeps reach the run the context is given (`serving.run`), and only it: a context serves one run.
+function prepareContext() {
+  const context = vm.createContext(CONTEXT_KIND ?? {});
+  const serving = { run: null };
+  const start = PRELUDE_SCRIPT.runInContext(context)(
+    (op, argsText, settle) => hostCall(serving.run, op, argsText, settle),
+    () => serving.run.clock,
+    () => serving.run.clock - serving.run.startedAt,
+    (count) => String.fromCharCode(...serving.run.fill(new Uint8Array(Math.min(count >>> 0, 65536)))),
+    (ok, a, b, c, d) => serving.run.finish([ok, a, b, c, d]),
+  );
+  return { context, serving, start };
 }
 
 async function run(message) {
-  const context = spareContext ?? newContext();
+  const { context, serving, start } = spareContext ?? prepareContext();
   spareContext = null;
-  let clock = message.now;
-  const startedAt = message.now;
-  const fill = chacha20Stream(Uint8Array.from(atob(message.seed), (c) => c.charCodeAt(0)));
-
-  async function hostCall(op, args) {
-    const id = ++lastCallId;
-    const answered = new Promise((resolve) => pending.set(id, resolve));
-    send({ type: "call", id, op, args: args === undefined ? null : args });
-    const reply = await answered;
-    clock = Math.max(clock, reply.now);
-    if (!reply.answer.ok) {
-      const error = new Error(reply.answer.error.message);
-      error.name = "FluxError";
-      error.code = reply.answer.error.code;
-      if (reply.answer.error.problems) error.problems = reply.answer.error.problems; // a refused query's
-      throw error;
-    }
-    return reply.answer.value;
-  }
-  const host = {
-    now: () => clock,
-    sinceStart: () => clock - startedAt,
-    fill: (array) => fill(new Uint8Array(array.buffer, array.byteOffset, array.byteLength)) && array,
-    random: () => {
-      const bytes = fill(new Uint8Array(7));
-      let value = 0;
-      for (let i = 0; i < 7; i++) value = value * 256 + bytes[i];
-      return (value % 2 ** 53) / 2 ** 53;
-    },
-    log: (level, parts) => {
-      const text = parts.map((part) => (typeof part === "string" ? part : safeJson(part))).join(" ");
-      return hostCall("log", { level, message: text });
-    },
-    decode: (bytes) => decoder.decode(bytes),
-    encode: (text) => encoder.encode(text),
+  let finish;
+  const outcome = new Promise((resolve) => (finish = resolve));
+  const thisRun = serving.run = {
+    id: message.run, open: true, outstanding: 0, idle: null, finish,
+    clock: message.now, startedAt: message.now,
+    fill: chacha20Stream(Uint8Array.from(atob(message.seed), (c) => c.charCodeAt(0))),
   };
-  PRELUDE_SCRIPT.runInContext(context)(host);
-  const ctx = Object.freeze({
-    db: Object.freeze({
-      query: (query) => hostCall("db.query", query),
-      sql: (sql, params = []) => hostCall("db.sql", { sql, params }),
-    }),
-    queue: Object.freeze({
-      push: (fn, payload = null, options = {}) => hostCall("queue.push", { ...options, function: fn, payload }),
-    }),
-    fetch: (url, init = {}) => hostCall("fetch", { ...init, url: String(url) }),
-    secrets: Object.freeze({ get: (name) => hostCall("secrets.get", { name }) }),
-    log: (message, fields) => hostCall("log", { level: "info", message: String(message), fields }),
-    now: () => clock,
-  });
   try {
     if (message.code !== undefined) {
       sources.set(message.sha, message.lang === "ts" ? stripTypeScriptTypes(message.code) : message.code);
@@ -147,84 +126,260 @@ async function run(message) {
     await module.evaluate();
     const handler = module.namespace.default;
     if (typeof handler !== "function") throw new TypeError("the module has no default export function");
-    const value = await handler(PARSE_SCRIPT.runInContext(context)(JSON.stringify(message.request)), ctx);
+    start(handler, JSON.stringify(message.request));
+  } catch (error) {
+    finish([false, String(error?.name ?? "Error"), String(error?.message ?? error), String(error?.stack ?? ""), null]);
+  }
+  const [ok, a, b, c, d] = await outcome;
+  await drain(thisRun);
+  if (ok) send({ type: "done", ok: true, value: JSON.parse(a) });
+  else send({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } });
+}
+
+// One host call of `thisRun`, from the prelude's ctx: the op's name and its arguments as JSON text. `settle` is
+// the context's own function, given only primitives: (true, answer JSON) or (false, code, message, problems).
+function hostCall(thisRun, op, argsText, settle) {
+  if (!thisRun?.open) {
+    settle(false, "FX300", "this function's run has ended: a host call must be made while its request runs", "null");
+    return;
+  }
+  const id = ++lastCallId;
+  thisRun.outstanding++;
+  pending.set(id, (reply) => {
+    thisRun.outstanding--;
+    thisRun.clock = Math.max(thisRun.clock, reply.now);
+    const answer = reply.answer;
+    if (answer.ok) settle(true, JSON.stringify(answer.value ?? null));
+    else {
+      const error = answer.error;
+      settle(false, String(error.code), String(error.message), JSON.stringify(error.problems ?? null));
+    }
+    if (thisRun.outstanding === 0) thisRun.idle?.();
+  });
+  writeLine(`{"type":"call","run":${JSON.stringify(thisRun.id)},"id":${id},"op":${JSON.stringify(op)},"args":${argsText}}`);
+}
+
+// Wait until no host call of the run is pending and no job it queued is left, then close it: calls a function
+// did not await (`ctx.log(...)` without `await`, a `.then` chain) are made and answered in its own request.
+// A chain that never ends is bounded by the run's deadline, which costs the process (deno.py).
+async function drain(thisRun) {
+  for (;;) {
+    if (thisRun.outstanding > 0) {
+      await new Promise((resolve) => (thisRun.idle = resolve));
+      thisRun.idle = null;
+      continue;
+    }
+    // A turn of the event loop: every job queued so far, and every job those queued, has run by then.
+    // (setImmediate, not setTimeout: Deno's shortest timer costs about 2 ms, an immediate about 6 us.)
+    await new Promise((resolve) => setImmediate(resolve));
+    if (thisRun.outstanding === 0) break;
+  }
+  thisRun.open = false;
+}
+
+// Runs inside each fresh context before the function's module, with this realm's functions as arguments; it
+// keeps them in its closures and gives the function only objects of the context. Returns `start(handler,
+// requestText)`, which calls the handler and settles the run with primitives.
+const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun) => {
+  "use strict";
+  const { parse, stringify } = JSON;
+  const { apply } = Reflect;
+  const { freeze, defineProperty } = Object;
+  const PromiseOf = Promise, then = Promise.prototype.then, resolveWith = Promise.resolve;
+  const ErrorOf = Error, StringOf = String, TypeErrorOf = TypeError;
+  const bytes = (count) => {
+    if (count > 65536) throw new RangeError("at most 65536 random bytes a call");
+    const text = hostRandomBytes(count);
+    const out = new Uint8Array(count);
+    for (let i = 0; i < count; i++) out[i] = text.charCodeAt(i);
+    return out;
+  };
+
+  function call(op, args) {
     let text;
     try {
-      text = JSON.stringify(value === undefined ? null : value);
+      text = stringify(args === undefined ? null : args);
     } catch (error) {
-      send({ type: "done", ok: false, error: { ...describe(error), name: "InvalidResponse" } });
-      return;
+      return PromiseOf.reject(error);
     }
-    send({ type: "done", ok: true, value: JSON.parse(text) });
-  } catch (error) {
-    send({ type: "done", ok: false, error: describe(error) });
+    return new PromiseOf((resolve, reject) => hostCall(op, text ?? "null", (ok, value, message, problems) => {
+      if (ok) return resolve(parse(value));
+      const error = new ErrorOf(message);
+      error.name = "FluxError";
+      error.code = value;
+      const list = parse(problems);
+      if (list) error.problems = list; // a refused query's
+      reject(error);
+    }));
   }
-}
+  const now = () => hostNow();
+  const ctx = freeze({
+    db: freeze({
+      query: (query) => call("db.query", query),
+      sql: (sql, params = []) => call("db.sql", { sql, params }),
+    }),
+    queue: freeze({
+      push: (fn, payload = null, options = {}) => call("queue.push", { ...options, function: fn, payload }),
+    }),
+    fetch: (url, init = {}) => call("fetch", { ...init, url: StringOf(url) }),
+    secrets: freeze({ get: (name) => call("secrets.get", { name }) }),
+    log: (message, fields) => call("log", { level: "info", message: StringOf(message), fields }),
+    now,
+  });
 
-function describe(error) {
-  if (error && typeof error === "object") {
-    return {
-      name: String(error.name ?? "Error"),
-      message: String(error.message ?? error),
-      stack: String(error.stack ?? ""),
-      code: error.code === undefined ? null : String(error.code),
-    };
-  }
-  return { name: "Error", message: `the function threw ${safeJson(error)}`, stack: "", code: null };
-}
-
-function safeJson(value) {
-  try {
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
-}
-
-// Runs inside each fresh context: the globals a function sees, served by the host.
-const PRELUDE = `(host) => {
+  // The clock: the host's, moved forward by each host call.
   const RealDate = Date;
   function FluxDate(...args) {
-    if (!new.target) return new RealDate(Math.floor(host.now())).toString();
-    return args.length ? new RealDate(...args) : new RealDate(Math.floor(host.now()));
+    if (!new.target) return new RealDate(Math.floor(hostNow())).toString();
+    return args.length ? new RealDate(...args) : new RealDate(Math.floor(hostNow()));
   }
   FluxDate.prototype = RealDate.prototype;
-  FluxDate.now = () => Math.floor(host.now());
+  FluxDate.now = () => Math.floor(hostNow());
   FluxDate.parse = RealDate.parse;
   FluxDate.UTC = RealDate.UTC;
-  Object.defineProperty(RealDate.prototype, "constructor", { value: FluxDate });
+  defineProperty(RealDate.prototype, "constructor", { value: FluxDate });
   globalThis.Date = FluxDate;
-  Math.random = () => host.random();
-  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  globalThis.crypto = Object.freeze({
-    getRandomValues: (array) => host.fill(array),
+  // Temporal reads the real clock, and replacing its Now would cost every run about 350 us (V8 builds Temporal
+  // when it is first touched), so functions have none: Date is the recorded clock.
+  delete globalThis.Temporal;
+  const formatOf = Object.getOwnPropertyDescriptor(Intl.DateTimeFormat.prototype, "format").get;
+  defineProperty(Intl.DateTimeFormat.prototype, "format", {
+    configurable: true,
+    get() {
+      const format = apply(formatOf, this, []);
+      return (date) => format(date === undefined ? Math.floor(hostNow()) : date);
+    },
+  });
+  const formatToParts = Intl.DateTimeFormat.prototype.formatToParts;
+  Intl.DateTimeFormat.prototype.formatToParts = function (date) {
+    return apply(formatToParts, this, [date === undefined ? Math.floor(hostNow()) : date]);
+  };
+
+  // Randomness: the host's recorded stream.
+  Math.random = () => {
+    const b = bytes(7);
+    let value = 0;
+    for (let i = 0; i < 7; i++) value = value * 256 + b[i];
+    return (value % 2 ** 53) / 2 ** 53;
+  };
+  const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  globalThis.crypto = freeze({
+    getRandomValues: (array) => {
+      const view = new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+      view.set(bytes(view.length));
+      return array;
+    },
     randomUUID: () => {
-      const b = host.fill(new Uint8Array(16));
+      const b = bytes(16);
       b[6] = (b[6] & 0x0f) | 0x40;
       b[8] = (b[8] & 0x3f) | 0x80;
       const h = hex(b);
       return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
     },
   });
-  globalThis.performance = Object.freeze({ now: () => host.sinceStart() });
-  const log = (level) => (...parts) => { host.log(level, parts).catch(() => {}); };
-  globalThis.console = Object.freeze({
+  globalThis.performance = freeze({ now: () => hostSinceStart() });
+
+  const log = (level) => (...parts) => {
+    const text = parts.map((part) => {
+      if (typeof part === "string") return part;
+      try { return stringify(part) ?? StringOf(part); } catch { return StringOf(part); }
+    }).join(" ");
+    apply(then, call("log", { level, message: text }), [undefined, () => {}]);
+  };
+  globalThis.console = freeze({
     log: log("info"), info: log("info"), debug: log("debug"), warn: log("warn"), error: log("error"),
   });
+
+  // Nothing may run after the run: no timers, no finalizers, no waits that wake later. Call sites stay
+  // unreachable: they are objects of the worker's realm.
+  const noTimers = (name) => () => {
+    throw new TypeErrorOf(name + " is not available in a Flux function: a run ends with its handler; await host calls instead");
+  };
+  for (const name of ["setTimeout", "setInterval", "setImmediate"]) globalThis[name] = noTimers(name);
+  for (const name of ["clearTimeout", "clearInterval", "clearImmediate"]) globalThis[name] = () => {};
+  globalThis.FinalizationRegistry = class FinalizationRegistry {
+    register() {}
+    unregister() { return false; }
+  };
+  delete Atomics.waitAsync;
+  defineProperty(ErrorOf, "prepareStackTrace", { value: undefined, writable: false, configurable: false });
+
+  function fail(error) {
+    let name = "Error", message = "", stack = "", code = null;
+    try {
+      if (error !== null && (typeof error === "object" || typeof error === "function")) {
+        name = StringOf(error.name ?? "Error");
+        message = StringOf(error.message ?? error);
+        stack = StringOf(error.stack ?? "");
+        code = error.code === undefined ? null : StringOf(error.code);
+      } else {
+        message = "the function threw " + (stringify(error) ?? StringOf(error));
+      }
+    } catch {
+      message = "the function threw a value that cannot be shown";
+    }
+    settleRun(false, name, message, stack, code);
+  }
+  return (handler, requestText) => {
+    let result;
+    try {
+      result = handler(parse(requestText), ctx);
+    } catch (error) {
+      return fail(error);
+    }
+    apply(then, apply(resolveWith, PromiseOf, [result]), [(value) => {
+      let text;
+      try {
+        text = stringify(value === undefined ? null : value);
+      } catch (error) {
+        return settleRun(false, "InvalidResponse", StringOf(error?.message ?? error), "", null);
+      }
+      settleRun(true, text ?? "null");
+    }, fail]);
+  };
 }`;
 
-// Compiled once; run in each context (the request is parsed there, so its objects are the context's own).
 const PRELUDE_SCRIPT = new vm.Script(PRELUDE);
-const PARSE_SCRIPT = new vm.Script("(text) => JSON.parse(text)");
+
+// -- this realm, tamed ------------------------------------------------------------------------------------------
+
+// Nothing of this realm should be reachable from a function; if a way is found, it must lead nowhere: no code
+// from strings (the constructors of every kind of function throw) and no change to a shared intrinsic.
+function tameThisRealm() {
+  const refuse = function () {
+    throw new TypeError("code from strings is not allowed in the Flux worker");
+  };
+  for (const sample of [function () {}, async function () {}, function* () {}, async function* () {}]) {
+    Object.defineProperty(Object.getPrototypeOf(sample), "constructor", { value: refuse, writable: false });
+  }
+  const frozen = new Set();
+  const freeze = (value) => {
+    if ((typeof value !== "object" && typeof value !== "function") || value === null || frozen.has(value)) return;
+    frozen.add(value);
+    Object.freeze(value);
+    for (const key of Reflect.ownKeys(value)) {
+      const property = Object.getOwnPropertyDescriptor(value, key);
+      if (property && "value" in property) freeze(property.value);
+    }
+    freeze(Object.getPrototypeOf(value));
+  };
+  for (const name of INTRINSICS) freeze(globalThis[name]);
+}
+const INTRINSICS = [
+  "Object", "Function", "Array", "Promise", "JSON", "Math", "Reflect", "Error", "TypeError", "RangeError",
+  "SyntaxError", "String", "Number", "Boolean", "Symbol", "BigInt", "Map", "Set", "WeakMap", "WeakSet", "RegExp",
+  "Date", "ArrayBuffer", "Uint8Array", "DataView", "Iterator",
+];
 
 // -- the loop -------------------------------------------------------------------------------------------------
 
+tameThisRealm();
 send({ type: "ready" });
 for (;;) {
   const message = await readMessage();
   if (message.type === "run") {
-    run(message).catch((error) => send({ type: "done", ok: false, error: describe(error) })).finally(() => {
-      spareContext ??= newContext();
+    run(message).catch((error) => send({ type: "done", ok: false, error: { name: "Error", message: String(error) } })).finally(() => {
+      spareContext ??= prepareContext();
     });
   } else if (message.type === "reply") {
     pending.get(message.id)?.(message);
