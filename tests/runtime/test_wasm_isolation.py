@@ -5,6 +5,11 @@ host call belongs to the run that made it and none can come after it; fuel, memo
 from __future__ import annotations
 
 import gc
+import json
+import signal
+import subprocess
+import threading
+import urllib.request
 import uuid
 import weakref
 from pathlib import Path
@@ -17,11 +22,12 @@ import wasmtime
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.data import Catalog
-from flux.runtime import Caller, Function, invoke, wasm
+from flux.runtime import Caller, Function, FunctionLimits, Runtime, invoke, wasm
 from flux.runtime.host import Host
 from flux.runtime.invoke import Executor
 from flux.runtime.wasm import WasmRuntime, limited_store
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.processes import FLUX, free_port, wait_for_http
 from tests.runtime.test_wasm import TEMPLATE, _wat_string, wat
 
 Conn = psycopg.Connection[Any]
@@ -192,6 +198,70 @@ def test_no_store_outlives_its_run_and_no_host_call_can_come_after_it(
     assert [run() for run in runs] == [None, None]
 
 
+def test_concurrent_runs_each_answer_only_their_own_host_calls(
+    dsn: str, notes: Catalog, runtime: Runtime
+) -> None:
+    # A worker serves requests on several threads with one linker; each host call must act for the run on its
+    # own thread. Two threads, each its own caller: every log line a request recorded is its own request.
+    echo = wat(
+        "echo",
+        """(data (i32.const 16) "{}")
+        (func (export "flux_handle") (param $at i32) (param $len i32) (result i64)
+          (local $left i32)
+          (local.set $left (i32.const 40))
+          (loop $again
+            (call $log (local.get $at) (local.get $len))
+            (local.set $left (i32.sub (local.get $left) (i32.const 1)))
+            (br_if $again (local.get $left)))
+          (i64.const 68719476738))""",
+        '(import "flux" "log" (func $log (param i32 i32)))',
+    )
+    runs: dict[str, str] = {}  # request id: the caller it ran for
+
+    def serve(who: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            for _ in range(10):
+                outcome = invoke(own, runtime, echo, {"who": who}, catalog=notes,
+                                 caller=Caller("user", {"sub": who}, str(uuid.uuid4())))  # fmt: skip
+                assert outcome.error is None, outcome.error
+                runs[outcome.request_id] = who
+
+    threads = [threading.Thread(target=serve, args=(who,)) for who in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(runs) == 30
+    with psycopg.connect(dsn) as check:
+        logged = check.execute(
+            "SELECT request_id::text, input->>'message' FROM flux.spans WHERE module = 'log'"
+        ).fetchall()
+    assert len(logged) == 30 * 40
+    assert [
+        (request_id, message)
+        for request_id, message in logged
+        if message != f'{{"who":"{runs[request_id]}"}}'
+    ] == []
+
+
+def test_output_written_after_its_run_ended_reaches_no_request() -> None:
+    # WASI's stdout and stderr callbacks close over their run, and wasmtime may call them from a thread of its
+    # own until the store is freed: output that comes after the run ended (its last line already logged, its
+    # record on its way) is dropped, never logged on the ended request's host.
+    logged: list[str] = []
+
+    class RecordingHost:
+        def call(self, op: str, args: dict[str, str]) -> None:
+            logged.append(args["message"])
+
+    store = limited_store(wasm.new_engine(), FunctionLimits())
+    with wasm.running(RecordingHost(), store) as run:  # type: ignore[arg-type]
+        wasm.capture_output(run, "stdout", b"during the run\nlast line")
+    wasm.capture_output(run, "stdout", b"after the run\n")
+    wasm.capture_output(run, "stderr", b"after the run\n")
+    assert logged == ["during the run", "last line"]
+
+
 class _Only(Executor):
     def __init__(self, wasm_runtime: WasmRuntime) -> None:
         self.wasm = wasm_runtime
@@ -246,17 +316,46 @@ def test_a_run_that_exhausts_a_limit_leaves_the_next_run_its_whole_budget(call: 
     assert after.response.body == {}
 
 
-def test_through_the_gateway_each_request_finds_the_module_as_declared(dsn: str, tmp_path: Path) -> None:
-    # Deployed and served by a worker's gateway as any request is: the same fresh state every time.
-    folder = tmp_path / "functions" / "stateful"
+def _stateful_project(root: Path) -> None:
+    folder = root / "functions" / "stateful"
     folder.mkdir(parents=True)
     (folder / "index.wat").write_text(TEMPLATE % (WASI, STATEFUL))
-    (tmp_path / "flux.toml").write_text(
+    (root / "flux.toml").write_text(
         'name = "isolation"\n\n[[routes]]\nmethod = "POST"\npath = "/state"\n'
         'function = "stateful"\nauth = "none"\n'
     )
+
+
+def test_through_the_gateway_each_request_finds_the_module_as_declared(dsn: str, tmp_path: Path) -> None:
+    # Deployed and served by a worker's gateway as any request is: the same fresh state every time.
+    _stateful_project(tmp_path)
     settings = load_settings(tmp_path, env={})
     deploy(dsn, settings)
     with gateway_client(settings, dsn) as client:
         answers = [client.simulate_post("/state", json={}) for _ in range(3)]
     assert [(answer.status_code, answer.json) for answer in answers] == [(200, FRESH)] * 3
+
+
+@pytest.mark.slow
+def test_the_real_server_answers_every_request_from_a_fresh_instance(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    _stateful_project(project_dir)
+    deploy(dsn, load_settings(project_dir, env={}))
+    port = free_port()
+    server = subprocess.Popen(
+        [*FLUX, "server", "--port", str(port)], env={**flux_env, "DATABASE_URL": dsn}, cwd=project_dir,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=server)
+        answers = []
+        for _ in range(6):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/state", data=b"{}", method="POST",
+                                             headers={"content-type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers.append((response.status, json.load(response)))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert answers == [(200, FRESH)] * 6
