@@ -61,6 +61,7 @@ class _Run:
     output: dict[str, bytearray] = field(
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
     )
+    ended: bool = False  # its last output logged: WASI's callbacks, which outlive it, drop what comes after
 
 
 _current = threading.local()
@@ -102,6 +103,7 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
         try:
             _flush_output(run)
         finally:
+            run.ended = True
             _current.run = None
             run.memory = None
             store.close()
@@ -373,6 +375,10 @@ def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
 
 
 def capture_output(run: _Run, stream: str, data: bytes) -> None:
+    """WASI output of `run`, logged a line at a time on its own host; none once the run has ended (wasmtime
+    may write from a thread of its own until the store is freed, and the run's record is being written)."""
+    if run.ended:
+        return
     buffer = run.output[stream]
     buffer.extend(data)
     while b"\n" in buffer:

@@ -1,26 +1,50 @@
-"""Components (Python through componentize-py): limits and bad results fail clearly, the next call is fine."""
+"""Components (Python through componentize-py): limits and bad results fail clearly, the next call is fine;
+each run starts from the component's snapshot and acts for its own request only."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flux.runtime import Function
+from flux.runtime import Caller, Function
 from flux.runtime.build import build_function
 from flux.runtime.limits import FunctionLimits
 
 # One function, several misbehaviours, chosen by the request (one build and compile serve every case).
 MISBEHAVING = """
 import json
+import os
+import sys
+
 import wit_world
 from wit_world.imports import host
+
+count = 0
+kept = []
 
 
 class WitWorld(wit_world.WitWorld):
     def handle(self, request: str) -> str:
+        global count
         do = json.loads(request)["do"]
+        if do == "count":  # what the previous run left: nothing, if each run starts from the snapshot
+            count += 1
+            kept.append(request)
+            found = {"count": count, "kept": len(kept), "env": os.environ.get("LEFT"),
+                     "global": globals().get("LEFT"), "argv": sys.argv[1:]}
+            os.environ["LEFT"] = globals()["LEFT"] = "by an earlier run"
+            try:
+                open("left.txt", "w").write("by an earlier run")
+                found["file"] = "written"
+            except OSError as exc:
+                found["file"] = type(exc).__name__
+            print("unterminated output of one run", end="")
+            return json.dumps(found)
+        if do == "secret":
+            return host.call("secrets.get", json.dumps({"name": "token"}))
         if do == "loop":
             while True:
                 pass
@@ -61,6 +85,44 @@ def test_component_limits_and_bad_results(call: Any, misbehaving: Function) -> N
         assert call(misbehaving, {"do": "nothing"}).response.body == {"fine": True}
     unknown = call(misbehaving, {"do": "unknown_op"})
     assert unknown.response.body["ok"] is False and unknown.response.body["error"]["code"] == "FX304"
+
+
+FRESH = {"count": 1, "kept": 1, "env": None, "global": None, "argv": [], "file": "FileNotFoundError"}
+
+
+def test_each_run_starts_from_the_components_snapshot(conn: Any, call: Any, misbehaving: Function) -> None:
+    # componentize-py snapshots the module once initialized; a run that changes its globals, the environment
+    # or WASI's output leaves nothing for the next run (its instance is dropped), of one tenant or another.
+    outcomes = [
+        call(misbehaving, {"do": "count"}, caller=Caller("user", {}, tenant))
+        for tenant in (None, None, str(uuid.uuid4()), None)
+    ]
+    for outcome in outcomes:
+        assert outcome.error is None, outcome.error
+        assert outcome.response.body == FRESH
+    limits = [("loop", {"fuel": 200_000_000}), ("loop", {"timeout_ms": 500}), ("hoard", {"memory_mb": 64})]
+    for do, limit in limits:  # exhausting a limit leaves the next run, with the same limit, all of it
+        exhausted = call(_with(misbehaving, **limit), {"do": do})
+        assert exhausted.error is not None and exhausted.error.code in ("FX301", "FX302"), (
+            do,
+            exhausted.error,
+        )
+        after = call(_with(misbehaving, **limit), {"do": "count"})
+        assert after.error is None and after.response.body["count"] == 1, (limit, after.error)
+    for outcome in outcomes:  # the output a run did not end with a newline is its own last log line
+        logs = conn.execute(
+            "SELECT input->>'message' FROM flux.spans WHERE request_id = %s AND module = 'log'",
+            (outcome.request_id,),
+        ).fetchall()
+        assert logs == [("unterminated output of one run",)]
+
+
+def test_a_components_host_calls_act_for_its_own_request(call: Any, misbehaving: Function) -> None:
+    first = call(misbehaving, {"do": "secret"}, caller=Caller("user", {}, str(uuid.uuid4())),
+                 secrets={"token": "the first caller's"})  # fmt: skip
+    second = call(misbehaving, {"do": "secret"}, caller=Caller("user", {}, str(uuid.uuid4())))
+    assert first.response.body == {"ok": True, "value": "the first caller's"}
+    assert second.response.body["ok"] is False and second.response.body["error"]["code"] == "FX308"
 
 
 def test_a_component_that_is_not_one_is_fx307(call: Any, tmp_path: Path) -> None:
