@@ -152,7 +152,9 @@ class DenoPool:
             elif worker.alive:
                 self._discard(worker)
 
-    def _serve(self, worker: _Worker, run_id: int, host: Host, deadline: float, limits: FunctionLimits) -> Any:
+    def _serve(
+        self, worker: _Worker, run_id: int, host: Host, deadline: float, limits: FunctionLimits
+    ) -> Any:
         while True:
             try:
                 message = worker.receive(deadline)

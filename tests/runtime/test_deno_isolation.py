@@ -1,6 +1,6 @@
-"""Attacks on the Deno runtime's isolation (issue 22): each one worked against a long-lived Deno process that ran
-every call in a plain node:vm context. A host call belongs to the run that made it; nothing a run does reaches
-the worker's realm or a later run."""
+"""Attacks on the Deno runtime's isolation (issue 22): each one worked against a long-lived Deno process that
+ran every call in a plain node:vm context. A host call belongs to the run that made it; nothing a run does
+reaches the worker's realm or a later run."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def ts(name: str, source: str, **limits: int) -> Any:
 
 @pytest.fixture
 def one_deno(runtime: Runtime) -> Runtime:
-    """Every call on one warm Deno process, so that a run and the next share it as they would in production."""
+    """Every call on one warm Deno process: a run and the next share it, as they would in production."""
     runtime.deno.close()
     return runtime
 
@@ -68,8 +68,8 @@ def test_a_dangling_chain_of_an_anonymous_run_never_runs_as_the_service_role(
     chain = ts(
         "chain",
         "export default async function (req: any, ctx: any) {"
-        "  ctx.log('a').then(() => ctx.log('b')).then(() => ctx.db.sql('SELECT count(*) AS n FROM flux.requests'))"
-        "    .catch(() => {});"
+        "  ctx.log('a').then(() => ctx.log('b'))"
+        "    .then(() => ctx.db.sql('SELECT count(*) AS n FROM flux.requests')).catch(() => {});"
         "  return 'done';"
         "}",
     )
@@ -101,14 +101,16 @@ function probe(name: string, value: any) {
 }
 export default async function (req: any, ctx: any) {
   probe("ctx", ctx); probe("ctx.db", ctx.db); probe("ctx.db.query", ctx.db.query); probe("ctx.log", ctx.log);
-  probe("ctx.queue.push", ctx.queue.push); probe("ctx.secrets.get", ctx.secrets.get); probe("ctx.fetch", ctx.fetch);
+  probe("ctx.queue.push", ctx.queue.push); probe("ctx.secrets.get", ctx.secrets.get);
+  probe("ctx.fetch", ctx.fetch);
   probe("req", req); probe("req.body", req.body);
   const logged = ctx.log("probe");
   probe("a host call's promise", logged);
   probe("a host call's answer", await logged);
   probe("a query's answer", await ctx.db.query({select: "notes"}));
   try { await ctx.db.query({select: "no_such_table"}); } catch (e) { probe("a host error", e); }
-  try { await ctx.db.query({select: "no_such_table"}); } catch (e: any) { probe("a host error's problems", e.problems); }
+  try { await ctx.db.query({select: "no_such_table"}); }
+  catch (e: any) { probe("a host error's problems", e.problems); }
   try { await import("data:text/javascript,export default 1"); } catch (e) { probe("import()", e); }
   try { probe("import.meta", import.meta); } catch (e) { /* none */ }
   try {
@@ -119,7 +121,9 @@ export default async function (req: any, ctx: any) {
   probe("eval", eval("globalThis")); probe("Function", Function("return this")());
   probe("console.log", console.log); probe("Date.now", Date.now); probe("crypto", crypto);
   probe("performance.now", performance.now); probe("Math.random", Math.random);
-  for (const name of Object.getOwnPropertyNames(globalThis)) probe("globalThis." + name, (globalThis as any)[name]);
+  for (const name of Object.getOwnPropertyNames(globalThis)) {
+    probe("globalThis." + name, (globalThis as any)[name]);
+  }
   try { await (async () => { throw new Error("thrown"); })(); } catch (e) { probe("an error", e); }
   return tried;
 }
@@ -136,7 +140,8 @@ def test_patched_intrinsics_are_not_seen_by_the_next_run(call: Any, one_deno: Ru
     patcher = ts(
         "patcher",
         "export default async function () {"
-        "  JSON.parse = () => 'patched'; Array.prototype.push = () => -1; (Object.prototype as any).polluted = 1;"
+        "  JSON.parse = () => 'patched'; Array.prototype.push = () => -1;"
+        "  (Object.prototype as any).polluted = 1;"
         "  (globalThis as any).fetch = () => 'stolen'; Promise.prototype.then = function () { return this; };"
         "  return 'patched';"
         "}",
@@ -175,12 +180,12 @@ def test_timers_are_refused_and_nothing_fires_after_the_run(conn: Conn, call: An
 def test_every_clock_a_function_can_read_is_the_recorded_one(conn: Conn, call: Any) -> None:
     clocks = ts(
         "clocks",
+        "const UTC = {timeZone: 'UTC', year: 'numeric', month: 'numeric', day: 'numeric', hour: 'numeric',"
+        "             minute: 'numeric', second: 'numeric'} as const;"
         "export default async function () {"
         "  return {date: Date.now(), temporal: typeof (globalThis as any).Temporal,"
-        "          intl: new Intl.DateTimeFormat('en', {timeZone: 'UTC', year: 'numeric', month: 'numeric',"
-        "            day: 'numeric', hour: 'numeric', minute: 'numeric', second: 'numeric'}).format(),"
-        "          intlOfDate: new Intl.DateTimeFormat('en', {timeZone: 'UTC', year: 'numeric', month: 'numeric',"
-        "            day: 'numeric', hour: 'numeric', minute: 'numeric', second: 'numeric'}).format(Date.now())};"
+        "          intl: new Intl.DateTimeFormat('en', UTC).format(),"
+        "          intlOfDate: new Intl.DateTimeFormat('en', UTC).format(Date.now())};"
         "}",
     )
     outcome = call(clocks)
