@@ -62,6 +62,18 @@ method = "POST"
 path = "/relay"
 function = "relay"
 auth = "none"
+
+[[routes]]
+method = "POST"
+path = "/dangling"
+function = "dangling"
+auth = "none"
+
+[[routes]]
+method = "GET"
+path = "/escape"
+function = "escape"
+auth = "none"
 """
 FUNCTIONS = {
     "hello": "export default async (req) => ({hello: req.params.name ?? 'you'})",
@@ -71,6 +83,14 @@ FUNCTIONS = {
     "stuck": "export default async (req, ctx) => {"
     " await ctx.db.query({insert: 'notes', values: {body: 'lost'}});"
     " for (;;) {} }",
+    # A forgotten `await` on an anonymous route: the chain must run in its own request, as anon, never later.
+    "dangling": "export default async (req, ctx) => {"
+    " ctx.log('first').then(() => ctx.db.query({insert: 'notes', values: {body: 'dangling'}}))"
+    " .catch(() => {});"
+    " return {left: 'pending'}; }",
+    "escape": "export default async (req, ctx) => {"
+    " try { return {deno: typeof ctx.constructor.constructor('return globalThis')().Deno}; }"
+    " catch (e) { return {refused: String(e)}; } }",
 }
 
 
@@ -146,6 +166,37 @@ def test_each_auth_mode_end_to_end_with_its_record(server: tuple[str, Any], dsn:
         refused = _written(conn, "SELECT status, error->>'code' FROM flux.requests WHERE id = %s",
                            without[1]["x-request-id"])  # fmt: skip
         assert refused == (401, "FX011")  # its record is written off the request path, soon after the answer
+
+
+def test_a_forgotten_await_runs_in_its_own_request_and_the_worker_realm_is_out_of_reach(
+    server: tuple[str, Any], dsn: str
+) -> None:
+    """Issue 22's reproductions against the real server: anonymous runs that leave a write pending, each
+    followed by a user's request that the same Deno processes serve; and the realm escape."""
+    base, _ = server
+    token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    dangling, written = [], []
+    for round_ in range(6):
+        dangling.append(_call(f"{base}/dangling", "POST", {}))
+        written.append(_call(f"{base}/notes", "POST", {"text": f"note {round_}"},
+                             {"authorization": f"Bearer {token}"}))  # fmt: skip
+    # Each anonymous request fails of its own pending write (anon may not insert): the write was its own.
+    assert [(d[0], d[2]["code"]) for d in dangling] == [(403, "FX204")] * 6, dangling
+    assert [w[0] for w in written] == [201] * 6
+    assert _call(f"{base}/escape")[2] == {"deno": "undefined"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT body FROM notes WHERE body = 'dangling'").fetchall() == []
+        for answer in dangling:  # the insert was made in the anonymous request itself, and refused there
+            spans = [row[0] for row in conn.execute(
+                "SELECT name || ':' || coalesce(error->>'code', 'ok') FROM flux.spans WHERE request_id = %s"
+                " ORDER BY seq", (answer[1]["x-request-id"],)
+            )]  # fmt: skip
+            assert spans[-2:] == ["log:info:ok", "db:insert(notes):FX204"], spans
+        for answer in written:  # and never in the user's requests that came after
+            names = [row[0] for row in conn.execute(
+                "SELECT name FROM flux.spans WHERE request_id = %s ORDER BY seq", (answer[1]["x-request-id"],)
+            )]  # fmt: skip
+            assert names.count("db:insert(notes)") == 1 and "log:info" not in names, names
 
 
 def test_the_rate_limit_holds_across_both_workers(server: tuple[str, Any]) -> None:
