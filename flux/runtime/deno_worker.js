@@ -337,6 +337,17 @@ const PRELUDE = `(hostCallOf, hostNowOf, hostSinceStartOf, hostRandomBytesOf, se
     unregister() { return false; }
   };
   delete Atomics.waitAsync;
+  // Symbol.for's registry is the process's, never collected: a run could fill the heap for every later one.
+  // Each run has a registry of its own.
+  const registry = Object.create(null), keys = Object.create(null), SymbolOf = Symbol;
+  Symbol.for = function (key) {
+    const name = StringOf(key);
+    return registry[name] ?? (keys[registry[name] = SymbolOf(name)] = name, registry[name]);
+  };
+  Symbol.keyFor = function (symbol) {
+    if (typeof symbol !== "symbol") throw new TypeErrorOf(StringOf(symbol) + " is not a symbol");
+    return keys[symbol];
+  };
   // WebAssembly's own compile and instantiate finish on a later turn of the event loop, after the run may have
   // ended: here they compile at once, inside the run.
   const Wasm = WebAssembly, WasmModule = Wasm.Module, WasmInstance = Wasm.Instance;

@@ -155,3 +155,31 @@ def test_a_module_that_throws_an_unshowable_value_ends_its_run_cleanly(
     assert victim.error is None, victim.error
     assert _span_names(conn, attack.request_id)[-1] == "log:info"
     assert "log:info" not in _span_names(conn, victim.request_id)
+
+
+# Symbol.for's registry belongs to the process, and V8 never collects it: a run filled it with 100 MB of
+# symbols, and the next request, of anyone, that needed 32 MB died of an out-of-memory process (FX302).
+def test_the_symbol_registry_is_the_runs_own_and_leaves_no_memory_behind(
+    call: Any, one_deno: Runtime
+) -> None:
+    hoarder = ts(
+        "hoarder",
+        "export default async function () {"
+        "  const pad = 'x'.repeat(4000);"
+        "  for (let n = 0; n < 25000; n++) Symbol.for(pad + n);"
+        "  const s = Symbol.for('k');"
+        "  return [s === Symbol.for('k'), Symbol.keyFor(s), Symbol.keyFor(Symbol('z')) ?? null];"
+        "}",
+    )
+    victim = ts(
+        "victim",
+        "export default async function () {"
+        "  const keep: number[][] = [];"
+        "  for (let i = 0; i < 40; i++) keep.push(new Array(100000).fill(i));"
+        "  return keep.length;"
+        "}",
+    )
+    assert call(hoarder).response.body == [True, "k", None]
+    outcome = call(victim)
+    assert outcome.error is None, outcome.error
+    assert outcome.response.body == 40
