@@ -183,3 +183,20 @@ def test_the_symbol_registry_is_the_runs_own_and_leaves_no_memory_behind(
     outcome = call(victim)
     assert outcome.error is None, outcome.error
     assert outcome.response.body == 40
+
+
+def test_a_host_call_too_long_to_read_costs_its_process_not_the_next_request(
+    call: Any, one_deno: Runtime
+) -> None:
+    """The host stops reading a message past 64 MB; the process, still writing it, was put back in the pool,
+    and the rest of the line, a call of the ended run, failed the next request."""
+    flood = ts(
+        "flood",
+        "export default async (req: any, ctx: any) => ctx.log('x'.repeat(65 * 1024 * 1024))",
+        memory_mb=512,
+    )
+    victim = ts("victim", "export default async (req: any, ctx: any) => ctx.log('victim')", memory_mb=512)
+    outcome = call(flood)
+    assert outcome.error is not None and outcome.error.code == "FX303", outcome.error
+    after = call(victim, role="service")
+    assert after.error is None, after.error
