@@ -116,7 +116,7 @@ async function run(message) {
   let finish;
   const outcome = new Promise((resolve) => (finish = resolve));
   const thisRun = serving.run = current = {
-    id: message.run, open: true, unhandled: false, outstanding: 0, idle: null, finish,
+    id: message.run, open: true, unhandled: new Set(), outstanding: 0, idle: null, finish,
     clock: message.now, startedAt: message.now,
     fill: chacha20Stream(Uint8Array.from(atob(message.seed), (c) => c.charCodeAt(0))),
   };
@@ -139,7 +139,7 @@ async function run(message) {
   }
   const { ok, a, b, c, d } = await outcome;
   await drain(thisRun);
-  if (ok && thisRun.unhandled) send({ type: "done", ok: false, error: UNHANDLED });
+  if (ok && thisRun.unhandled.size > 0) send({ type: "done", ok: false, error: UNHANDLED });
   else if (ok) send({ type: "done", ok: true, value: JSON.parse(a) });
   else send({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } });
 }
@@ -445,10 +445,13 @@ const INTRINSICS = [
 // -- the loop -------------------------------------------------------------------------------------------------
 
 // A promise a function left rejected with nothing to handle it would end this process (Deno's default): it
-// fails its run instead. (A late one, of no open run, is dropped.)
+// fails its run instead, unless the function handles it before it returns. (One of no open run is dropped.)
 globalThis.addEventListener("unhandledrejection", (event) => {
   event.preventDefault();
-  if (current?.open) current.unhandled = true;
+  if (current?.open) current.unhandled.add(event.promise);
+});
+globalThis.addEventListener("rejectionhandled", (event) => {
+  current?.unhandled.delete(event.promise);
 });
 tameThisRealm();
 send({ type: "ready" });

@@ -133,6 +133,15 @@ def test_an_unhandled_rejection_fails_its_run_and_the_process_serves_on(call: An
     worker = one_deno.deno._idle.queue[-1]
     assert call(READER).error is None
     assert one_deno.deno._idle.queue[-1] is worker  # the same process
+    handled_later = ts(
+        "handled_later",
+        "export default async function (req: any, ctx: any) {"
+        "  const p = Promise.reject(new Error('later'));"
+        "  await ctx.log('a'); await ctx.log('b');"
+        "  try { await p; } catch (e: any) { return 'handled ' + e.message; }"
+        "}",
+    )
+    assert call(handled_later).response.body == "handled later"  # handled before the run ended: no failure
 
 
 # A module that throws a value whose `name` cannot be read made the worker report the run failed without
