@@ -209,3 +209,36 @@ def test_a_host_call_too_long_to_read_costs_its_process_not_the_next_request(
     assert outcome.error is not None and outcome.error.code == "FX303", outcome.error
     after = call(victim, role="service")
     assert after.error is None, after.error
+
+
+# Held: a stack overflow reached inside what V8 or Deno do for the function (a dynamic import, a stack trace,
+# a Wasm compile) gives errors of the function's own context only.
+DEEP_PROBES = """
+const found: Record<string, number> = {};
+const foreign = (e: any) =>
+  e !== null && (typeof e === "object" || typeof e === "function") && !(e instanceof Object)
+  && Object.getPrototypeOf(e) !== null;
+const note = (name: string, e: unknown) => { if (foreign(e)) found[name] = (found[name] ?? 0) + 1; };
+const probes: Record<string, () => unknown> = {
+  import: () => { import("x").catch((e) => note("import (async)", e)); },
+  stack: () => { const o: any = {}; Error.captureStackTrace(o); return o.stack + new Error("x").stack; },
+  wasm: () => new WebAssembly.Module(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0])),
+};
+function deep(name: string) {
+  try { deep(name); } catch { /* the bottom */ }
+  try { probes[name](); } catch (e) { note(name, e); }
+}
+export default async function () {
+  for (const name in probes) deep(name);
+  for (let i = 0; i < 10; i++) await null;
+  return found;
+}
+"""
+
+
+def test_no_stack_overflow_in_the_runtimes_own_work_reaches_the_worker_realm(
+    call: Any, one_deno: Runtime
+) -> None:
+    outcome = call(ts("deep_probes", DEEP_PROBES))
+    assert outcome.error is None, outcome.error
+    assert outcome.response.body == {}
