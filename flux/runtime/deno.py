@@ -57,8 +57,10 @@ class _Worker:
     memory_mb: int
     shas: set[str] = field(default_factory=set)  # code the process has already been sent
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
-    pending: bytes = b""
+    pending: bytearray = field(default_factory=bytearray)  # read, not yet a whole line
+    scanned: int = 0  # how much of `pending` holds no newline
     alive: bool = True
+    between_runs: bool = True  # False from a run's start until its `done`: only then may it serve another
 
     def __post_init__(self) -> None:
         assert self.process.stdout is not None
@@ -75,7 +77,8 @@ class _Worker:
         """The next message, or None when the deadline passed; raises EOFError when the process died."""
         stdout = self.process.stdout
         assert stdout is not None
-        while b"\n" not in self.pending:
+        while (end := self.pending.find(b"\n", self.scanned)) < 0:  # each byte looked at once: a long line
+            self.scanned = len(self.pending)  # costs its length, not its length squared
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.selector.select(remaining):
                 return None
@@ -87,7 +90,9 @@ class _Worker:
             self.pending += chunk
             if len(self.pending) > MAX_LINE_BYTES:
                 raise InvalidFunctionResponse(f"the function sent a message over {MAX_LINE_BYTES} bytes")
-        line, _, self.pending = self.pending.partition(b"\n")
+        line = bytes(self.pending[:end])
+        del self.pending[: end + 1]
+        self.scanned = 0
         return jsontext.loads(line)
 
     def stop(self) -> str:
@@ -139,6 +144,7 @@ class DenoPool:
             message["code"] = code.decode()
         deadline = time.monotonic() + limits.timeout_ms / 1000
         try:
+            worker.between_runs = False
             worker.send(message)
             worker.shas.add(sha)
             return self._serve(worker, run_id, host, deadline, limits)
@@ -147,6 +153,8 @@ class DenoPool:
             raise FunctionCrashed(f"the Deno worker failed: {exc}") from None
         finally:
             self.busy.discard(worker)
+            if worker.alive and not worker.between_runs:  # left mid-run (a message too long, say): its rest
+                self._discard(worker)  # would reach the next request
             if worker.alive and self._idle.qsize() < self.size:  # the call ended: the worker serves on
                 self._idle.put(worker)
             elif worker.alive:
@@ -184,6 +192,7 @@ class DenoPool:
                 span.attributes = {**(span.attributes or {}), "clock_ms": now}
                 worker.send({"type": "reply", "id": message.get("id"), "answer": answer, "now": now})
             elif kind == "done":
+                worker.between_runs = True
                 if message.get("ok"):
                     return message.get("value")
                 raise _thrown(message.get("error") or {})

@@ -23,6 +23,7 @@ const sources = new Map(); // sha -> JavaScript
 let spareContext = null; // {context, serving, start}, prepared between calls, off the request's path
 const pending = new Map(); // call id -> {resolve, reject}
 let lastCallId = 0;
+let current = null; // the run in progress, if any
 
 // -- the pipes ----------------------------------------------------------------------------------------------
 
@@ -94,23 +95,28 @@ const CONTEXT_KIND = vm.constants?.DONT_CONTEXTIFY;
 function prepareContext() {
   const context = vm.createContext(CONTEXT_KIND ?? {});
   const serving = { run: null };
-  const start = PRELUDE_SCRIPT.runInContext(context)(
+  const prelude = PRELUDE_SCRIPT.runInContext(context)(
     (op, argsText, settle) => hostCall(serving.run, op, argsText, settle),
     () => serving.run.clock,
     () => serving.run.clock - serving.run.startedAt,
-    (count) => String.fromCharCode(...serving.run.fill(new Uint8Array(Math.min(count >>> 0, 65536)))),
-    (ok, a, b, c, d) => serving.run.finish([ok, a, b, c, d]),
+    (count) => {
+      const bytes = serving.run.fill(new Uint8Array(Math.min(count >>> 0, 65536)));
+      let text = "";
+      for (let i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+      return text;
+    },
+    (ok, a, b, c, d) => serving.run.finish({ ok, a, b, c, d }),
   );
-  return { context, serving, start };
+  return { context, serving, start: prelude.start, fail: prelude.fail };
 }
 
 async function run(message) {
-  const { context, serving, start } = spareContext ?? prepareContext();
+  const { context, serving, start, fail } = spareContext ?? prepareContext();
   spareContext = null;
   let finish;
   const outcome = new Promise((resolve) => (finish = resolve));
-  const thisRun = serving.run = {
-    id: message.run, open: true, outstanding: 0, idle: null, finish,
+  const thisRun = serving.run = current = {
+    id: message.run, open: true, unhandled: new Set(), outstanding: 0, idle: null, finish,
     clock: message.now, startedAt: message.now,
     fill: chacha20Stream(Uint8Array.from(atob(message.seed), (c) => c.charCodeAt(0))),
   };
@@ -128,13 +134,22 @@ async function run(message) {
     if (typeof handler !== "function") throw new TypeError("the module has no default export function");
     start(handler, JSON.stringify(message.request));
   } catch (error) {
-    finish([false, String(error?.name ?? "Error"), String(error?.message ?? error), String(error?.stack ?? ""), null]);
+    // What the module threw is the function's value: only the prelude, in its context, looks into it.
+    fail(error);
   }
-  const [ok, a, b, c, d] = await outcome;
+  const { ok, a, b, c, d } = await outcome;
   await drain(thisRun);
-  if (ok) send({ type: "done", ok: true, value: JSON.parse(a) });
+  if (ok && thisRun.unhandled.size > 0) send({ type: "done", ok: false, error: UNHANDLED });
+  else if (ok) send({ type: "done", ok: true, value: JSON.parse(a) });
   else send({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } });
 }
+
+const UNHANDLED = {
+  name: "Error",
+  message: "a promise of the function was rejected and nothing handled it: await it, or add .catch()",
+  stack: "",
+  code: null,
+};
 
 // One host call of `thisRun`, from the prelude's ctx: the op's name and its arguments as JSON text. `settle` is
 // the context's own function, given only primitives: (true, answer JSON) or (false, code, message, problems).
@@ -144,19 +159,25 @@ function hostCall(thisRun, op, argsText, settle) {
     return;
   }
   const id = ++lastCallId;
-  thisRun.outstanding++;
+  const line = `{"type":"call","run":${JSON.stringify(thisRun.id)},"id":${id},"op":${JSON.stringify(op)},"args":${argsText}}`;
+  writeLine(line); // first: if it throws, nothing waits for an answer that never comes
   pending.set(id, (reply) => {
     thisRun.outstanding--;
     thisRun.clock = Math.max(thisRun.clock, reply.now);
     const answer = reply.answer;
-    if (answer.ok) settle(true, JSON.stringify(answer.value ?? null));
-    else {
-      const error = answer.error;
-      settle(false, String(error.code), String(error.message), JSON.stringify(error.problems ?? null));
+    try {
+      if (answer.ok) settle(true, JSON.stringify(answer.value ?? null));
+      else {
+        const error = answer.error;
+        settle(false, String(error.code), String(error.message), JSON.stringify(error.problems ?? null));
+      }
+    } catch {
+      // The context's function: what it threw is the function's, and stays there.
+    } finally {
+      if (thisRun.outstanding === 0) thisRun.idle?.();
     }
-    if (thisRun.outstanding === 0) thisRun.idle?.();
   });
-  writeLine(`{"type":"call","run":${JSON.stringify(thisRun.id)},"id":${id},"op":${JSON.stringify(op)},"args":${argsText}}`);
+  thisRun.outstanding++;
 }
 
 // Wait until no host call of the run is pending and no job it queued is left, then close it: calls a function
@@ -180,13 +201,27 @@ async function drain(thisRun) {
 // Runs inside each fresh context before the function's module, with this realm's functions as arguments; it
 // keeps them in its closures and gives the function only objects of the context. Returns `start(handler,
 // requestText)`, which calls the handler and settles the run with primitives.
-const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun) => {
+const PRELUDE = `(hostCallOf, hostNowOf, hostSinceStartOf, hostRandomBytesOf, settleRunOf) => {
   "use strict";
   const { parse, stringify } = JSON;
   const { apply } = Reflect;
   const { freeze, defineProperty } = Object;
   const PromiseOf = Promise, then = Promise.prototype.then, resolveWith = Promise.resolve;
-  const ErrorOf = Error, StringOf = String, TypeErrorOf = TypeError;
+  const ErrorOf = Error, StringOf = String, TypeErrorOf = TypeError, RangeErrorOf = RangeError;
+  // The worker's functions, each behind a wall: whatever one throws (a stack overflow reached inside it, made
+  // in the worker's realm) never reaches the function; it gets an error of its own context instead. Fixed
+  // arity, no spread: the context's iterators are the function's to patch.
+  const walled = (f) => (a, b, c, d, e) => {
+    try {
+      return f(a, b, c, d, e);
+    } catch {
+      throw new RangeErrorOf("Maximum call stack size exceeded");
+    }
+  };
+  const hostCall = walled(hostCallOf), hostNow = walled(hostNowOf), hostSinceStart = walled(hostSinceStartOf);
+  const hostRandomBytes = walled(hostRandomBytesOf), settleRun = walled(settleRunOf);
+  const named = (object, name, value) =>
+    defineProperty(object, name, { value, writable: true, enumerable: false, configurable: true });
   const bytes = (count) => {
     if (count > 65536) throw new RangeError("at most 65536 random bytes a call");
     const text = hostRandomBytes(count);
@@ -205,10 +240,10 @@ const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun)
     return new PromiseOf((resolve, reject) => hostCall(op, text ?? "null", (ok, value, message, problems) => {
       if (ok) return resolve(parse(value));
       const error = new ErrorOf(message);
-      error.name = "FluxError";
-      error.code = value;
+      named(error, "name", "FluxError"); // defined, not assigned: a setter the function put on a prototype
+      named(error, "code", value); // never runs on the worker's stack
       const list = parse(problems);
-      if (list) error.problems = list; // a refused query's
+      if (list) named(error, "problems", list); // a refused query's
       reject(error);
     }));
   }
@@ -302,6 +337,28 @@ const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun)
     unregister() { return false; }
   };
   delete Atomics.waitAsync;
+  // Symbol.for's registry is the process's, never collected: a run could fill the heap for every later one.
+  // Each run has a registry of its own.
+  const registry = Object.create(null), keys = Object.create(null), SymbolOf = Symbol;
+  Symbol.for = function (key) {
+    const name = StringOf(key);
+    return registry[name] ?? (keys[registry[name] = SymbolOf(name)] = name, registry[name]);
+  };
+  Symbol.keyFor = function (symbol) {
+    if (typeof symbol !== "symbol") throw new TypeErrorOf(StringOf(symbol) + " is not a symbol");
+    return keys[symbol];
+  };
+  // WebAssembly's own compile and instantiate finish on a later turn of the event loop, after the run may have
+  // ended: here they compile at once, inside the run.
+  const Wasm = WebAssembly, WasmModule = Wasm.Module, WasmInstance = Wasm.Instance;
+  Wasm.compile = (bytes) => new PromiseOf((resolve) => resolve(new WasmModule(bytes)));
+  Wasm.instantiate = (source, imports) => new PromiseOf((resolve) => {
+    if (source instanceof WasmModule) return resolve(new WasmInstance(source, imports));
+    const module = new WasmModule(source);
+    resolve({ module, instance: new WasmInstance(module, imports) });
+  });
+  delete Wasm.compileStreaming;
+  delete Wasm.instantiateStreaming;
   defineProperty(ErrorOf, "prepareStackTrace", { value: undefined, writable: false, configurable: false });
 
   function fail(error) {
@@ -320,7 +377,7 @@ const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun)
     }
     settleRun(false, name, message, stack, code);
   }
-  return (handler, requestText) => {
+  const start = (handler, requestText) => {
     let result;
     try {
       result = handler(parse(requestText), ctx);
@@ -337,6 +394,7 @@ const PRELUDE = `(hostCall, hostNow, hostSinceStart, hostRandomBytes, settleRun)
       settleRun(true, text ?? "null");
     }, fail]);
   };
+  return { start, fail };
 }`;
 
 const PRELUDE_SCRIPT = new vm.Script(PRELUDE);
@@ -359,20 +417,42 @@ function tameThisRealm() {
     Object.freeze(value);
     for (const key of Reflect.ownKeys(value)) {
       const property = Object.getOwnPropertyDescriptor(value, key);
-      if (property && "value" in property) freeze(property.value);
+      if (property) for (const part of [property.value, property.get, property.set]) freeze(part);
     }
     freeze(Object.getPrototypeOf(value));
   };
   for (const name of INTRINSICS) freeze(globalThis[name]);
+  // The intrinsics no global names, which this realm's own code uses (array destructuring calls the array
+  // iterator's `next`): frozen through an object of each kind.
+  const samples = [
+    [][Symbol.iterator](), ""[Symbol.iterator](), new Map().entries(), new Set().values(), /a/[Symbol.matchAll](""),
+    (function* () {})(), (async function* () {})(), [].values().map((x) => x), Iterator.from({ next() {} }),
+    new Intl.Segmenter().segment("")[Symbol.iterator](), new Intl.Segmenter().segment(""),
+  ];
+  for (const sample of samples) freeze(sample);
+  Object.freeze(samples);
 }
 const INTRINSICS = [
   "Object", "Function", "Array", "Promise", "JSON", "Math", "Reflect", "Error", "TypeError", "RangeError",
   "SyntaxError", "String", "Number", "Boolean", "Symbol", "BigInt", "Map", "Set", "WeakMap", "WeakSet", "RegExp",
-  "Date", "ArrayBuffer", "Uint8Array", "DataView", "Iterator",
+  "Date", "ArrayBuffer", "Uint8Array", "DataView", "Iterator", "AggregateError", "EvalError", "ReferenceError",
+  "URIError", "SuppressedError", "Int8Array", "Uint16Array", "Int16Array", "Uint32Array", "Int32Array",
+  "BigUint64Array", "BigInt64Array", "Uint8ClampedArray", "Float16Array", "Float32Array", "Float64Array",
+  "SharedArrayBuffer", "Atomics", "Proxy", "WeakRef", "FinalizationRegistry", "Intl", "WebAssembly",
+  "DisposableStack", "AsyncDisposableStack",
 ];
 
 // -- the loop -------------------------------------------------------------------------------------------------
 
+// A promise a function left rejected with nothing to handle it would end this process (Deno's default): it
+// fails its run instead, unless the function handles it before it returns. (One of no open run is dropped.)
+globalThis.addEventListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  if (current?.open) current.unhandled.add(event.promise);
+});
+globalThis.addEventListener("rejectionhandled", (event) => {
+  current?.unhandled.delete(event.promise);
+});
 tameThisRealm();
 send({ type: "ready" });
 for (;;) {
