@@ -148,7 +148,8 @@ async function fromPool() {
 const samples = {};
 const record = (key, value) => (samples[key] ??= []).push(value);
 async function measure(calls, timed) {
-  const designs = { "vm-bare": bareVm, ses: () => compartmentCall(), worker: workerPerCall, echo: toWarmWorker };
+  const designs = { "vm-bare": bareVm, ses: () => compartmentCall(), worker: workerPerCall };
+  designs.echo = toWarmWorker;
   const work = designs[design];
   for (let i = 0; i < calls; i++) {
     if (design === "vm") {
