@@ -223,6 +223,7 @@ def _measure(folder: Path, design: str) -> dict[str, list[float]]:
 
 
 def run(folder: Path) -> None:
+    (folder / "package.json").write_text('{"private": true}\n')  # else npm may install into a parent folder
     installed = subprocess.run(
         ["npm", "install", "--no-audit", "--no-fund", "--no-save", f"ses@{SES_VERSION}"],
         cwd=folder, capture_output=True, text=True, check=False,
