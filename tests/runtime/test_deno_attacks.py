@@ -7,28 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 
 from flux.runtime import Runtime
-from tests.fixtures.runtime import function
+from tests.fixtures.runtime import span_names, ts
 
 Conn = psycopg.Connection[Any]
-
-
-def ts(name: str, source: str, **limits: int) -> Any:
-    return function(name, "typescript", source, **limits)
-
-
-@pytest.fixture
-def one_deno(runtime: Runtime) -> Runtime:
-    """Every call on one warm Deno process: a run and the next share it, as they would in production."""
-    runtime.deno.close()
-    return runtime
-
-
-def _span_names(conn: Conn, request_id: str) -> list[str]:
-    rows = conn.execute("SELECT name FROM flux.spans WHERE request_id = %s ORDER BY seq", (request_id,))
-    return [row[0] for row in rows]
 
 
 READER = ts(
@@ -117,8 +100,8 @@ def test_a_wasm_compile_left_pending_finishes_inside_its_own_run(
     attack = call(ts("wasm_late", WASM_LATE))
     after = call(READER)
     assert attack.error is None and after.error is None, (attack.error, after.error)
-    assert _span_names(conn, attack.request_id)[-1] == "log:info"  # drained into its own request
-    assert "log:info" not in _span_names(conn, after.request_id)
+    assert span_names(conn, attack.request_id)[-1] == "log:info"  # drained into its own request
+    assert "log:info" not in span_names(conn, after.request_id)
 
 
 def test_an_unhandled_rejection_fails_its_run_and_the_process_serves_on(call: Any, one_deno: Runtime) -> None:
@@ -162,8 +145,8 @@ def test_a_module_that_throws_an_unshowable_value_ends_its_run_cleanly(
     victim = call(READER, role="service")
     assert attack.error is not None and attack.error.code == "FX300"
     assert victim.error is None, victim.error
-    assert _span_names(conn, attack.request_id)[-1] == "log:info"
-    assert "log:info" not in _span_names(conn, victim.request_id)
+    assert span_names(conn, attack.request_id)[-1] == "log:info"
+    assert "log:info" not in span_names(conn, victim.request_id)
 
 
 # Symbol.for's registry belongs to the process, and V8 never collects it: a run filled it with 100 MB of

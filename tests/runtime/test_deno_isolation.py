@@ -10,25 +10,9 @@ import psycopg
 import pytest
 
 from flux.runtime import Runtime
-from tests.fixtures.runtime import function
+from tests.fixtures.runtime import span_names, ts
 
 Conn = psycopg.Connection[Any]
-
-
-def ts(name: str, source: str, **limits: int) -> Any:
-    return function(name, "typescript", source, **limits)
-
-
-@pytest.fixture
-def one_deno(runtime: Runtime) -> Runtime:
-    """Every call on one warm Deno process: a run and the next share it, as they would in production."""
-    runtime.deno.close()
-    return runtime
-
-
-def _span_names(conn: Conn, request_id: str) -> list[str]:
-    rows = conn.execute("SELECT name FROM flux.spans WHERE request_id = %s ORDER BY seq", (request_id,))
-    return [row[0] for row in rows]
 
 
 DANGLING_WRITE = ts(
@@ -53,10 +37,10 @@ def test_calls_left_pending_run_in_their_own_request_never_the_next(
     first = call(DANGLING_WRITE)
     second = call(READER, role="service")
     assert first.error is None and second.error is None, (first.error, second.error)
-    assert _span_names(conn, first.request_id) == [
+    assert span_names(conn, first.request_id) == [
         "function:dangling", "clock:now", "clock:random", "log:info", "db:insert(notes)",
     ]  # fmt: skip
-    assert _span_names(conn, second.request_id) == ["function:reader", "clock:now", "clock:random",
+    assert span_names(conn, second.request_id) == ["function:reader", "clock:now", "clock:random",
                                                      "db:select(notes)"]  # fmt: skip
     mutations = conn.execute("SELECT request_id::text, new ->> 'body' FROM flux.mutations").fetchall()
     assert mutations == [(first.request_id, "dangling")]
@@ -81,7 +65,7 @@ def test_a_dangling_chain_of_an_anonymous_run_never_runs_as_the_service_role(
         (anonymous.request_id,),
     ).fetchall()
     assert spans[-1][:2] == ("sql:select(flux.requests)", False)  # refused: anon may not run raw SQL
-    assert not [name for name in _span_names(conn, service.request_id) if name.startswith("sql:")]
+    assert not [name for name in span_names(conn, service.request_id) if name.startswith("sql:")]
 
 
 ESCAPES = """
@@ -173,8 +157,8 @@ def test_timers_are_refused_and_nothing_fires_after_the_run(conn: Conn, call: An
     )
     assert call(later).response.body == {"waitAsync": "undefined"}
     next_run = call(READER)
-    assert _span_names(conn, next_run.request_id)[-1] == "db:select(notes)"
-    assert "log:info" not in _span_names(conn, next_run.request_id)
+    assert span_names(conn, next_run.request_id)[-1] == "db:select(notes)"
+    assert "log:info" not in span_names(conn, next_run.request_id)
 
 
 def test_every_clock_a_function_can_read_is_the_recorded_one(conn: Conn, call: Any) -> None:
