@@ -20,8 +20,8 @@ import { setImmediate } from "node:timers";
 
 const encoder = new TextEncoder();
 const sources = new Map(); // sha -> JavaScript
-let spareContext = null; // {context, serving, start}, prepared between calls, off the request's path
-const pending = new Map(); // call id -> {resolve, reject}
+let spareContext = null; // {context, serving, start, fail}, prepared between calls, off the request's path
+const pending = new Map(); // call id -> what to do with its reply
 let lastCallId = 0;
 let current = null; // the run in progress, if any
 
@@ -200,7 +200,8 @@ async function drain(thisRun) {
 
 // Runs inside each fresh context before the function's module, with this realm's functions as arguments; it
 // keeps them in its closures and gives the function only objects of the context. Returns `start(handler,
-// requestText)`, which calls the handler and settles the run with primitives.
+// requestText)`, which calls the handler and settles the run with primitives, and `fail(error)`, which settles
+// it with what the function's module threw, looked into inside the context.
 const PRELUDE = `(hostCallOf, hostNowOf, hostSinceStartOf, hostRandomBytesOf, settleRunOf) => {
   "use strict";
   const { parse, stringify } = JSON;
