@@ -3,19 +3,13 @@ one worker, so that a request and the next share one warm Deno process, as they 
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.processes import FLUX, free_port, wait_for_http
+from tests.fixtures.processes import call_json, flux_server
 from tests.runtime.test_deno_attacks import OVERFLOW, UNSHOWABLE
 
 FLUX_TOML = """
@@ -38,31 +32,13 @@ def server(dsn: str, project_dir: Path, flux_env: dict[str, str]) -> Iterator[st
     for name, source in FUNCTIONS.items():
         (project_dir / "functions" / name).mkdir(parents=True)
         (project_dir / "functions" / name / "index.ts").write_text(source)
-    port = free_port()
-    process = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+    with flux_server(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (url, _):
+        yield url
 
 
 def _post(url: str) -> tuple[int, Any]:
-    headers = {"content-type": "application/json"}
-    request = urllib.request.Request(url, data=b"{}", method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+    status, _, answer = call_json(url, "POST", {})
+    return status, answer
 
 
 def test_attacks_on_the_deno_worker_never_reach_the_next_request(server: str) -> None:

@@ -4,7 +4,6 @@ mid-request."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from flux import cpus
 from flux.gateway.auth import new_api_key
-from tests.fixtures.processes import FLUX, free_port, wait_for_http
+from tests.fixtures.processes import call_json, flux_server, wait_for_http
 
 SECRET = "e2e-secret-" + "x" * 30
 FLUX_TOML = f"""
@@ -107,36 +106,9 @@ def server(
     for name, source in FUNCTIONS.items():
         (project_dir / "functions" / name).mkdir(parents=True)
         (project_dir / "functions" / name / "index.ts").write_text(source)
-    port = free_port()
-    process = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port)], cwd=project_dir,
-        env={**flux_env, "DATABASE_URL": dsn, "FLUX_FETCH_ALLOW": "127.0.0.1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-
-
-def _call(
-    url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={
-        **({"content-type": "application/json"} if data else {}), **(headers or {}),
-    })  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers.items()), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers.items()), json.loads(error.read() or b"null")
+    env = {**flux_env, "DATABASE_URL": dsn, "FLUX_FETCH_ALLOW": "127.0.0.1"}
+    with flux_server(project_dir, env) as served:
+        yield served
 
 
 def test_each_auth_mode_end_to_end_with_its_record(server: tuple[str, Any], dsn: str) -> None:
@@ -146,10 +118,10 @@ def test_each_auth_mode_end_to_end_with_its_record(server: tuple[str, Any], dsn:
         conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role) VALUES (%s, %s, 'user')",
                      (made.prefix, made.key_hash))  # fmt: skip
     token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
-    anonymous = _call(f"{base}/hello/ada")
-    with_key = _call(f"{base}/notes", "POST", {"text": "by key"}, {"authorization": f"Bearer {made.key}"})
-    with_jwt = _call(f"{base}/notes", "POST", {"text": "by jwt"}, {"authorization": f"Bearer {token}"})
-    without = _call(f"{base}/notes", "POST", {"text": "nobody"})
+    anonymous = call_json(f"{base}/hello/ada")
+    with_key = call_json(f"{base}/notes", "POST", {"text": "by key"}, {"authorization": f"Bearer {made.key}"})
+    with_jwt = call_json(f"{base}/notes", "POST", {"text": "by jwt"}, {"authorization": f"Bearer {token}"})
+    without = call_json(f"{base}/notes", "POST", {"text": "nobody"})
     assert [r[0] for r in (anonymous, with_key, with_jwt, without)] == [200, 201, 201, 401]
     with psycopg.connect(dsn) as conn:
         request_id = with_jwt[1]["x-request-id"]
@@ -177,13 +149,13 @@ def test_a_forgotten_await_runs_in_its_own_request_and_the_worker_realm_is_out_o
     token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     dangling, written = [], []
     for round_ in range(6):
-        dangling.append(_call(f"{base}/dangling", "POST", {}))
-        written.append(_call(f"{base}/notes", "POST", {"text": f"note {round_}"},
+        dangling.append(call_json(f"{base}/dangling", "POST", {}))
+        written.append(call_json(f"{base}/notes", "POST", {"text": f"note {round_}"},
                              {"authorization": f"Bearer {token}"}))  # fmt: skip
     # Each anonymous request fails of its own pending write (anon may not insert): the write was its own.
     assert [(d[0], d[2]["code"]) for d in dangling] == [(403, "FX204")] * 6, dangling
     assert [w[0] for w in written] == [201] * 6
-    assert _call(f"{base}/escape")[2] == {"deno": "undefined"}
+    assert call_json(f"{base}/escape")[2] == {"deno": "undefined"}
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SELECT body FROM notes WHERE body = 'dangling'").fetchall() == []
         for answer in dangling:  # the insert was made in the anonymous request itself, and refused there
@@ -202,7 +174,7 @@ def test_a_forgotten_await_runs_in_its_own_request_and_the_worker_realm_is_out_o
 def test_the_rate_limit_holds_across_both_workers(server: tuple[str, Any]) -> None:
     base, _ = server
     with ThreadPoolExecutor(4) as pool:
-        statuses = sorted(pool.map(lambda _: _call(f"{base}/limited")[0], range(10)))
+        statuses = sorted(pool.map(lambda _: call_json(f"{base}/limited")[0], range(10)))
     assert statuses == [200] * 3 + [429] * 7
 
 
@@ -234,7 +206,7 @@ def test_a_worker_killed_mid_request_leaves_no_writes_and_no_success(
             0,
         )
     wait_for_http(f"{base}/ready", timeout=30)  # the master started new workers
-    assert _call(f"{base}/hello/again")[0] == 200
+    assert call_json(f"{base}/hello/again")[0] == 200
 
 
 def test_each_worker_has_a_cpu_of_its_own_and_deno_has_every_cpu(server: tuple[str, Any]) -> None:
@@ -245,7 +217,7 @@ def test_each_worker_has_a_cpu_of_its_own_and_deno_has_every_cpu(server: tuple[s
     workers = _pinned_workers(process.pid, count=2)
     placed = [os.sched_getaffinity(worker) for worker in workers]
     assert len(set.union(*placed)) == 2  # one CPU each
-    assert _call(f"{base}/hello/pinned")[0] == 200  # a TypeScript function: its worker starts Deno
+    assert call_json(f"{base}/hello/pinned")[0] == 200  # a TypeScript function: its worker starts Deno
     denos = [child for worker in workers for child in _children(worker) if "deno" in _command(child)]
     assert denos and all(os.sched_getaffinity(deno) == everything for deno in denos)
     os.kill(workers[0], signal.SIGKILL)
@@ -298,7 +270,9 @@ def test_sigterm_lets_an_in_flight_request_finish(
     base, process = server
     answers: list[Any] = []
     caller = threading.Thread(
-        target=lambda: answers.append(_call(f"{base}/relay", "POST", {"url": f"{local_server}/sleep/1.5"}))
+        target=lambda: answers.append(
+            call_json(f"{base}/relay", "POST", {"url": f"{local_server}/sleep/1.5"})
+        )
     )
     caller.start()
     time.sleep(0.5)  # the request is in its function, waiting on its fetch
@@ -315,7 +289,7 @@ def test_sigterm_lets_an_in_flight_request_finish(
 
 def _try(url: str, key: str) -> Any:
     try:
-        return _call(url, "POST", {}, {"authorization": f"Bearer {key}"})
+        return call_json(url, "POST", {}, {"authorization": f"Bearer {key}"})
     except (urllib.error.URLError, ConnectionError) as exc:
         return exc
 

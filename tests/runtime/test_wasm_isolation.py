@@ -5,11 +5,7 @@ host call belongs to the run that made it and none can come after it; fuel, memo
 from __future__ import annotations
 
 import gc
-import json
-import signal
-import subprocess
 import threading
-import urllib.request
 import uuid
 import weakref
 from pathlib import Path
@@ -27,7 +23,7 @@ from flux.runtime.host import Host
 from flux.runtime.invoke import Executor
 from flux.runtime.wasm import WasmRuntime, limited_store
 from tests.fixtures.gateway import gateway_client
-from tests.fixtures.processes import FLUX, free_port, wait_for_http
+from tests.fixtures.processes import call_json, flux_server
 from tests.runtime.test_wasm import TEMPLATE, _wat_string, wat
 
 Conn = psycopg.Connection[Any]
@@ -342,20 +338,6 @@ def test_the_real_server_answers_every_request_from_a_fresh_instance(
 ) -> None:
     _stateful_project(project_dir)
     deploy(dsn, load_settings(project_dir, env={}))
-    port = free_port()
-    server = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port)], env={**flux_env, "DATABASE_URL": dsn}, cwd=project_dir,
-        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=server)
-        answers = []
-        for _ in range(6):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/state", data=b"{}", method="POST",
-                                             headers={"content-type": "application/json"})  # fmt: skip
-            with urllib.request.urlopen(request, timeout=10) as response:
-                answers.append((response.status, json.load(response)))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
-    assert answers == [(200, FRESH)] * 6
+    with flux_server(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (url, _):
+        answers = [call_json(f"{url}/state", "POST", {}) for _ in range(6)]
+    assert [(status, answer) for status, _, answer in answers] == [(200, FRESH)] * 6
