@@ -368,6 +368,18 @@ class InvalidRetention(FluxError):
     title = "retention period is not a positive duration"
 
 
+class NotInRecording(FluxError):
+    code = "FX506"
+    http_status = 409
+    title = "a replayed function made a call its recording does not have, so the replay cannot answer it"
+
+
+class NotReplayable(FluxError):
+    code = "FX507"
+    http_status = 400
+    title = "the request cannot be replayed: no function of yours ran in it, or its code is not stored"
+
+
 # -- FX6xx projects, deployments, secrets and the management API ------------------------------------------
 
 

@@ -74,7 +74,7 @@ class Host:
         module, name = _span_of(op, args)
         span = self.recorder.start(module, name, input=args)
         try:
-            value = handler(self, args)
+            value = self.perform(op, args)
         except FluxError as exc:
             self.recorder.finish(span, error=exc)
             raise
@@ -83,6 +83,10 @@ class Host:
             raise db.as_flux_error(exc) from exc
         self.recorder.finish(span, output=_output_of(op, args, value))
         return value
+
+    def perform(self, op: str, args: Json) -> Json:
+        """Run operation `op` (known) and answer its value: what a replay's host answers from the recording."""
+        return _OPS[op](self, args)
 
     # -- operations -----------------------------------------------------------------------------------------
 

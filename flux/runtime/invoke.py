@@ -71,6 +71,11 @@ class Outcome:
     error: FluxError | None = None
 
 
+def run_attributes(function: Function, caller: Caller) -> dict[str, Json]:
+    """The runtime span's attributes: the runtime, and the role the run had (a replay runs as it again)."""
+    return {"runtime": function.runtime, "role": caller.role}
+
+
 def invoke(
     conn: Any,
     executor: Executor,
@@ -117,7 +122,7 @@ def invoke(
     span = (
         None
         if function.runtime == "builtin"
-        else recorder.start("runtime", f"function:{function.name}", attributes={"runtime": function.runtime})
+        else recorder.start("runtime", f"function:{function.name}", attributes=run_attributes(function, caller))
     )
     transaction = db.RequestTransaction(
         conn, role=caller.role, request_id=request_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,

@@ -11,6 +11,7 @@ another key.
 from __future__ import annotations
 
 import difflib
+from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -167,4 +168,24 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _canonical(value: Any) -> str:
-    return jsontext.display(value, sort_keys=True)
+    return jsontext.display(_numbers_by_value(value), sort_keys=True)
+
+
+def _numbers_by_value(value: Any) -> Any:
+    """`value` with each number as a Decimal without trailing zeros: JSON's `12.50`, `12.5` and Postgres's
+    `12.5` are one number, however each side spelled it."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        number = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+        return number.normalize() if number.is_finite() else value
+    if isinstance(value, dict):
+        return {key: _numbers_by_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_by_value(item) for item in value]
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether `a` and `b` are the same JSON value (key order and number spelling aside)."""
+    return _canonical(a) == _canonical(b)

@@ -161,6 +161,12 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+    -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
+    -- named to fire after the table's own BEFORE triggers.
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER zz_flux_replay_pin BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''') '
+        'EXECUTE FUNCTION flux.tg_mutations__pin_replay(%s)', target, key_arguments);
     -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',
                               (SELECT n.nspname FROM pg_catalog.pg_class c
@@ -184,6 +190,7 @@ DECLARE
 BEGIN
     PERFORM flux.check_trackable(target);
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS zz_flux_replay_pin ON %s', target);
     FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', leaf);
         EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', leaf);

@@ -1,0 +1,60 @@
+"""What a replay found different from its recording: each divergence with its kind, where it happened, both
+sides (recorded → replayed) and the paths at which they differ; ordered as the run met them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flux.replay.recording import RecordedCall
+from flux.trace.diff import Change, compare
+
+Json = Any
+Kind = Literal["output", "status", "call", "span", "mutation", "error"]
+END = 1 << 30  # the order of what is compared once the run ended: after every call
+
+
+def changes_between(path: str, recorded: Json, replayed: Json) -> list[Change]:
+    """Every leaf at which `replayed` differs from `recorded` (key order and number spelling aside)."""
+    return compare(path, recorded, replayed)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    kind: Kind
+    at: str  # `db.query#1 db:select(notes)`, `response.body`, `public.notes {"id": 5}`
+    recorded: Json
+    replayed: Json
+    message: str
+    changes: list[Change] = field(default_factory=list)
+    order: int = END  # the replay's span seq where it happened (END for the outcome)
+    state: bool = False  # a difference in data read with the same arguments: the data changed, not the code
+
+    @classmethod
+    def of_call(
+        cls, call: RecordedCall, seq: int, what: str, recorded: Json, replayed: Json, *, state: bool = False
+    ) -> Divergence:
+        """Call `call` (matched to the replay's span `seq`) differs in `what`: args, result or error."""
+        where = f"{call.key} {call.name}"
+        changes = changes_between(what, recorded, replayed)
+        shown = ", ".join(change.path for change in changes[:3]) or what
+        verb = {"args": "was called with other arguments", "result": "read other data",
+                "error": "ended otherwise"}[what]  # fmt: skip
+        return cls("call", where, recorded, replayed, f"{where} {verb} ({shown})", changes, seq, state)
+
+    @classmethod
+    def added_call(cls, key: str, seq: int, name: str, args: Json) -> Divergence:
+        return cls("span", f"{key} {name}", None, args, f"{key} {name} is new: the recording has no such call",
+                   order=seq)  # fmt: skip
+
+    @classmethod
+    def missing_call(cls, call: RecordedCall) -> Divergence:
+        return cls("span", f"{call.key} {call.name}", call.args, None,
+                   f"{call.key} {call.name} was not made: the recording has it", order=END - 1)  # fmt: skip
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "kind": self.kind, "at": self.at, "recorded": self.recorded, "replayed": self.replayed,
+            "message": self.message, "state": self.state,
+            "changes": [{"path": c.path, "recorded": c.a, "replayed": c.b} for c in self.changes],
+        }  # fmt: skip

@@ -1,0 +1,232 @@
+"""One replay: a recorded request run again on chosen code with a host that answers from the recording
+(host.py), on the database its mode asks for (state.py), then compared with the recording: its calls as it
+ran, then the mutations it would have made, its error, status and response. The verdict is `same`,
+`diverged` (the code behaves otherwise), `drift` (the data it read changed, not the code) or `error` (it
+could not run). A replay is recorded as a request of kind `replay`, never answers a client, never enqueues,
+and its transaction is always rolled back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flux import db, randomness
+from flux.data import Catalog, Limits
+from flux.errors import FluxError
+from flux.replay.divergence import END, Divergence, changes_between
+from flux.replay.host import Mode, ReplayHost
+from flux.replay.recording import Recording
+from flux.replay.state import State, captured_mutations, open_state
+from flux.runtime.fetch import FetchPolicy
+from flux.runtime.invoke import Executor, Function, run_attributes
+from flux.runtime.response import Response, error_response, to_response
+from flux.trace.recorder import Recorder, error_record
+
+Json = Any
+Row = dict[str, Any]
+Verdict = Literal["same", "diverged", "drift", "error"]
+CodeFor = Callable[[Recording], Function]  # the code a replay runs for a recording
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How to replay: the code, the database mode and what may go out."""
+
+    executor: Executor
+    code_for: CodeFor
+    catalog: Catalog
+    mode: Mode = "recorded"
+    live_fetch: bool = False
+    record: bool = True
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class ReplayResult:
+    request_id: str
+    replay_id: str | None
+    verdict: Verdict
+    divergences: list[Divergence] = field(default_factory=list)
+    error: Row | None = None  # why it could not run
+    state: State | None = None
+    server_us: int = 0
+
+    @property
+    def divergence(self) -> Divergence | None:
+        return self.divergences[0] if self.divergences else None
+
+    def to_json(self) -> dict[str, Json]:
+        first = self.divergence
+        state = self.state
+        return {
+            "request_id": self.request_id, "replay_id": self.replay_id, "verdict": self.verdict,
+            "divergence": first.to_json() if first else None,
+            "divergences": [d.to_json() for d in self.divergences], "error": self.error,
+            "drift": state.drift if state else [], "not_rewound": state.not_rewound if state else [],
+            "undone": state.undone if state else 0,
+        }  # fmt: skip
+
+
+def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
+    """Run `recording` again as `how` says, record the replay (unless `how.record` is off), and judge it."""
+    clock = time.perf_counter_ns()
+    try:
+        function = how.code_for(recording)
+    except FluxError as exc:
+        return ReplayResult(recording.id, None, "error", error=error_record(exc))
+    replay_id = randomness.uuid4()
+    caller = recording.caller
+    recorder = Recorder(replay_id, caller.tenant_id)
+    transaction = db.RequestTransaction(
+        conn, role=caller.role, request_id=replay_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,
+        statement_timeout_ms=how.limits.timeout_for(caller.role),
+    )  # fmt: skip
+    host = ReplayHost(transaction, how.catalog, caller.role, recorder, how.secrets, how.fetch_policy, how.limits,
+                      recording=recording, mode=how.mode, live_fetch=how.live_fetch)  # fmt: skip
+    started_us = time.time_ns() // 1000
+    state: State | None = None
+    mutations: list[Row] = []
+    span = None if recording.builtin else recorder.start(
+        "runtime", f"function:{function.name}", attributes=run_attributes(function, caller)
+    )  # fmt: skip
+    error: FluxError | None = None
+    response: Response | None = None
+    try:
+        if how.mode != "recorded":
+            state = open_state(conn, transaction, recording, replay_id, how.mode)
+        response = to_response(how.executor.execute(function, recording.input, host))
+        if host.aborted is not None:
+            raise host.aborted
+    except FluxError as exc:
+        error = exc
+    except Exception as exc:  # a bug in Flux: still judged and recorded, as FX900
+        error = db.as_flux_error(exc)
+    try:
+        if state is not None:
+            mutations = captured_mutations(conn, replay_id)
+    finally:
+        transaction.rollback()
+    if error is not None:
+        response = error_response(error, replay_id)
+    assert response is not None
+    if span is not None:
+        recorder.finish(span, output=response.to_json() if error is None else None, error=error)
+    divergences = _judge(recording, host, response, error, mutations)
+    verdict = _verdict(divergences, state)
+    duration_us = (time.perf_counter_ns() - clock) // 1000
+    if how.record:
+        row = {
+            "kind": "replay", "method": recording.request.get("method"), "path": recording.request.get("path"),
+            "function": recording.request.get("function"), "code_sha": function.sha256,
+            "deployment_id": function.deployment_id, "started_us": started_us, "duration_us": duration_us,
+            "input": recording.input, "replay_of": recording.id, "ok": error is None, "status": response.status,
+            "output": response.to_json() if error is None else None,
+            "error": error_record(error) if error is not None else None,
+        }  # fmt: skip
+        recorder.write(conn, row, durable=False)
+    return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
+
+
+def _judge(
+    recording: Recording, host: ReplayHost, response: Response, error: FluxError | None, mutations: list[Row]
+) -> list[Divergence]:
+    """Every divergence, in the order the run met them: its calls and their writes, then calls it did not
+    make, then how it ended."""
+    divergences = list(host.divergences)
+    made = set(host.matched.values())
+    divergences += [Divergence.missing_call(call) for call in recording.calls if call.key not in made]
+    if host.mode != "recorded":
+        divergences += _mutation_divergences(recording, host, mutations)
+    request = recording.request
+    timed_out_at_its_end = recording.timed_out and error is None and not divergences
+    if not timed_out_at_its_end:
+        recorded_error = request.get("error")
+        replayed_error = error_record(error) if error is not None else None
+        if changes_between("code", (recorded_error or {}).get("code"), (replayed_error or {}).get("code")):
+            message = _error_message(recorded_error, replayed_error)
+            divergences.append(Divergence("error", "error", recorded_error, replayed_error, message))
+        elif recorded_error is None:
+            if request.get("status") != response.status:
+                divergences.append(Divergence(
+                    "status", "response.status", request.get("status"), response.status,
+                    f"the response's status was {request.get('status')}, now {response.status}",
+                ))  # fmt: skip
+            output = request.get("output") or {}
+            changes = changes_between("response", output, response.to_json())
+            if changes:
+                shown = ", ".join(change.path for change in changes[:3])
+                divergences.append(Divergence(
+                    "output", "response", output, response.to_json(), f"the response differs at {shown}",
+                    changes,
+                ))  # fmt: skip
+    return sorted(divergences, key=lambda d: d.order)
+
+
+def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: list[Row]) -> list[Divergence]:
+    """The replay's writes against the recorded ones, call by call (each matched call's writes in order)."""
+    replayed: dict[str, list[Row]] = {}
+    orders: dict[str, int] = {}
+    for mutation in mutations:
+        key = host.matched.get(mutation["span_seq"], f"new call {mutation['span_seq']}")
+        replayed.setdefault(key, []).append(mutation)
+        orders.setdefault(key, mutation["span_seq"] if mutation["span_seq"] is not None else END)
+    found: list[Divergence] = []
+    for call in recording.calls:
+        orders.setdefault(call.key, next((s for s, k in host.matched.items() if k == call.key), END - 1))
+    for key in dict.fromkeys([*(call.key for call in recording.calls), *replayed]):
+        recorded_rows = recording.by_key[key].mutations if key in recording.by_key else []
+        found += _rows_compared(key, recorded_rows, replayed.get(key, []), orders[key])
+    return found
+
+
+def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: int) -> list[Divergence]:
+    found = []
+    for index in range(max(len(recorded), len(replayed))):
+        a = recorded[index] if index < len(recorded) else None
+        b = replayed[index] if index < len(replayed) else None
+        either = a if a is not None else b
+        assert either is not None
+        where = f"{key} {either['op']} {either['table_schema']}.{either['table_name']} {_key_text(either)}"
+        if a is None or b is None:
+            verb = "is new" if a is None else "was not made"
+            found.append(Divergence("mutation", where, a and _row(a), b and _row(b), f"{where} {verb}",
+                                    order=order))  # fmt: skip
+            continue
+        changes = changes_between("row", _row(a), _row(b))
+        if changes:
+            shown = ", ".join(change.path for change in changes[:3])
+            state = bool(changes_between("old", a["old"], b["old"]))  # the row was not as the original found it
+            found.append(Divergence("mutation", where, _row(a), _row(b), f"{where} differs at {shown}", changes,
+                                    order, state))  # fmt: skip
+    return found
+
+
+def _row(mutation: Row) -> Row:
+    return {"table": f"{mutation['table_schema']}.{mutation['table_name']}", "op": mutation["op"],
+            "key": mutation["row_pk"], "old": mutation["old"], "new": mutation["new"]}  # fmt: skip
+
+
+def _key_text(mutation: Row) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (mutation["row_pk"] or {}).items())
+
+
+def _error_message(recorded: Row | None, replayed: Row | None) -> str:
+    if recorded is None:
+        return f"the replay failed: {replayed and replayed.get('code')} {replayed and replayed.get('message')}"
+    if replayed is None:
+        return f"the original failed ({recorded.get('code')}); the replay did not"
+    return f"the original failed with {recorded.get('code')}, the replay with {replayed.get('code')}"
+
+
+def _verdict(divergences: list[Divergence], state: State | None) -> Verdict:
+    """`same` without divergences; `drift` when the first is a difference in the data read and writes by
+    other requests can explain it; else `diverged`."""
+    if not divergences:
+        return "same"
+    if state is not None and state.drift and divergences[0].state:
+        return "drift"
+    return "diverged"

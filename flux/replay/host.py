@@ -1,0 +1,117 @@
+"""The host a replayed run calls: each call is matched to the recorded call of the same operation and
+number (the 2nd `db.query` to the 2nd `db.query`), its arguments compared, and answered by mode: time,
+randomness, fetches and queue pushes from the recording (a push is never enqueued, a fetch goes out only with
+`live_fetch`); secrets with today's value (compared in the redacted form the record keeps); database calls
+from the recording (`recorded`) or run for real in the replay's rolled-back transaction (`live`, `as-of`),
+with the recorded generated values pinned to the rows they write again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flux.errors import FluxError, NotInRecording, error_for_code
+from flux.replay.divergence import Divergence, changes_between
+from flux.replay.recording import RecordedCall, Recording
+from flux.runtime.host import Host
+
+Json = Any
+Mode = Literal["recorded", "live", "as-of"]
+_DATABASE_OPS = ("db.query", "db.sql")
+
+
+@dataclass
+class ReplayHost(Host):
+    """A Host whose calls are matched to `recording` (see the module's docstring)."""
+
+    recording: Recording | None = None
+    mode: Mode = "recorded"
+    live_fetch: bool = False
+    divergences: list[Divergence] = field(default_factory=list)
+    matched: dict[int, str] = field(default_factory=dict)  # replay span seq -> recorded call key
+    pinned: set[str] = field(default_factory=set)  # keys of recorded calls whose writes have pins
+    _counts: dict[str, int] = field(default_factory=dict)
+    _clock_ms: Json = None
+
+    def perform(self, op: str, args: Json) -> Json:
+        assert self.recording is not None
+        number = self._counts[op] = self._counts.get(op, -1) + 1
+        key = f"{op}#{number}"
+        recorded = self.recording.by_key.get(key)
+        seq = self.recorder.current
+        assert seq is not None  # Host.call opened the call's span
+        if recorded is None:
+            return self._unrecorded(op, args, key, seq)
+        self.matched[seq] = key
+        self._clock_ms = recorded.clock_ms
+        same_args = not changes_between("args", recorded.args, self.recorder.scrub(args))
+        if not same_args:
+            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, self.recorder.scrub(args)))
+        if op in _DATABASE_OPS and self.mode != "recorded":
+            return self._database(op, args, recorded, seq, same_args)
+        if op in ("secrets.get", "log"):
+            return super().perform(op, args)
+        if same_args:
+            return _answer(recorded)
+        if op in ("now", "random") or (op == "fetch" and self.live_fetch):
+            return super().perform(op, args)
+        raise NotInRecording(
+            f"{op} with these arguments is not in the recording (it has other arguments at {key})",
+            hint="the replay reports it as a divergence; --live-fetch sends fetches" if op == "fetch" else None,
+        )
+
+    def now(self, args: Json) -> Json:
+        """The clock after the latest call, as the recording kept it (Deno reads it after each call)."""
+        return self._clock_ms if self._clock_ms is not None else super().now(args)
+
+    def _database(self, op: str, args: Json, recorded: RecordedCall, seq: int, same_args: bool) -> Json:
+        """Run a database call for real; with the recorded arguments, the rows it writes get their pins."""
+        self.transaction.mark("flux.replay_call", recorded.key if same_args else "")
+        try:
+            value = super().perform(op, args)
+        except FluxError as exc:
+            if recorded.ok or (recorded.error or {}).get("code") != exc.code:
+                replayed = {"code": exc.code, "message": exc.message}
+                self._diverged(
+                    Divergence.of_call(recorded, seq, "error", recorded.error, replayed, state=same_args)
+                )
+            raise
+        if not recorded.ok:
+            self._diverged(Divergence.of_call(recorded, seq, "error", recorded.error, None, state=same_args))
+        elif same_args and changes_between("result", recorded.value, value):
+            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, value, state=True))
+        return value
+
+    def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
+        """A call past the recording's: a divergence, unless the recording was cut off by its time limit
+        there (then the replay is cut off at the same point)."""
+        assert self.recording is not None
+        if self.recording.timed_out and not self.divergences and self._all_recorded_calls_made():
+            raise error_for_code(self.recording.request["error"]["code"],
+                                 self.recording.request["error"]["message"])  # fmt: skip
+        self._diverged(Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args)))
+        if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
+            return super().perform(op, args)
+        if op in _DATABASE_OPS and self.mode != "recorded":
+            self.transaction.mark("flux.replay_call", "")
+            return super().perform(op, args)
+        raise NotInRecording(
+            f"the recording has no {key}: its run made fewer {op} calls",
+            hint="the replay reports it as a divergence",
+        )
+
+    def _all_recorded_calls_made(self) -> bool:
+        assert self.recording is not None
+        return len(self.matched) == len(self.recording.calls)
+
+    def _diverged(self, divergence: Divergence) -> None:
+        self.divergences.append(divergence)
+
+
+def _answer(recorded: RecordedCall) -> Json:
+    """The recorded call's answer: its value, or its error raised again."""
+    if recorded.ok:
+        return recorded.value
+    error = recorded.error or {}
+    raise error_for_code(str(error.get("code", "FX900")), str(error.get("message", "")),
+                         details=error.get("details"), hint=error.get("hint"))  # fmt: skip

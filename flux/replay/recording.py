@@ -1,0 +1,129 @@
+"""A recorded request as a replay reads it: its input and caller, and its host calls in order, each with its
+arguments, its answer and the mutations it made, numbered per operation (the 2nd `db.query`, the 1st
+`fetch`), which is how a replay's calls are matched to the recorded ones."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flux.errors import NotReplayable
+from flux.runtime import Caller
+from flux.trace.tree import Trace
+
+Row = dict[str, Any]
+Json = Any
+BUILTIN_SHA = "builtin"
+# The span modules of host calls, by the operation that made them (see flux.runtime.host._span_of).
+_OPS_BY_MODULE = {"queue": "queue.push", "fetch": "fetch", "secrets": "secrets.get", "log": "log"}
+TIMED_OUT = "FX301"
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One host call of the recording: `key` is its operation and number (`db.query#1`, from 0)."""
+
+    key: str
+    op: str
+    seq: int
+    name: str
+    args: Json
+    ok: bool
+    value: Json
+    error: Json
+    clock_ms: Json  # a Deno run's clock after the call (kept on the span)
+    mutations: list[Row] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recording:
+    request: Row
+    caller: Caller
+    calls: list[RecordedCall]
+    mutations: list[Row]
+    by_key: Mapping[str, RecordedCall]
+
+    @property
+    def id(self) -> str:
+        return str(self.request["id"])
+
+    @property
+    def input(self) -> Json:
+        return self.request["input"]
+
+    @property
+    def builtin(self) -> bool:
+        return self.request.get("code_sha") == BUILTIN_SHA
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the run was cut off by its time limit (a wall-clock event, not something the code chose)."""
+        return (self.request.get("error") or {}).get("code") == TIMED_OUT
+
+    def tables(self) -> set[tuple[str, str]]:
+        """The tracked tables the request wrote (its mutations say which)."""
+        return {(m["table_schema"], m["table_name"]) for m in self.mutations}
+
+
+def recording_of(trace: Trace) -> Recording:
+    """The recording of `trace`'s request; NotReplayable when no code of the user's ran in it."""
+    request = trace.request
+    if request.get("kind") == "replay":
+        raise NotReplayable(
+            f"request {request['id']} is itself a replay", hint=f"replay the original: {request.get('replay_of')}"
+        )
+    if not request.get("function") or not request.get("code_sha"):
+        raise NotReplayable(
+            f"request {request['id']} was answered by the gateway before any function ran",
+            hint="replay a request that ran a function (flux trace ls)",
+        )
+    if request["function"] == "db.explain":
+        raise NotReplayable("an explain runs no code to replay", hint="replay a /db/query or a function's request")
+    calls: list[RecordedCall] = []
+    counts: dict[str, int] = {}
+    mutations_by_span: dict[int, list[Row]] = {}
+    for mutation in trace.mutations:
+        mutations_by_span.setdefault(mutation["span_seq"], []).append(mutation)
+    for span in trace.spans:
+        op = _op_of(span)
+        if op is None:
+            continue
+        number = counts[op] = counts.get(op, -1) + 1
+        calls.append(RecordedCall(
+            key=f"{op}#{number}", op=op, seq=span["seq"], name=span["name"], args=span["input"], ok=span["ok"],
+            value=span["output"], error=span["error"], clock_ms=(span["attributes"] or {}).get("clock_ms"),
+            mutations=mutations_by_span.get(span["seq"], []),
+        ))  # fmt: skip
+    return Recording(request, _caller(trace), calls, trace.mutations, {call.key: call for call in calls})
+
+
+def _op_of(span: Row) -> str | None:
+    """The host operation that made `span`, or None for a span that is no host call."""
+    module, name = span["module"], span["name"]
+    if module == "data":
+        if name == "db:explain":
+            return None
+        return "db.query" if name.startswith("db:") else "db.sql"
+    if module == "clock":
+        return name.removeprefix("clock:")
+    return _OPS_BY_MODULE.get(module)
+
+
+def _caller(trace: Trace) -> Caller:
+    """Who the request ran as: the role on its runtime span (or its gateway's decision), its claims (the
+    `user` of its input) and its tenant."""
+    role = None
+    for span in trace.spans:
+        attributes, output = span["attributes"] or {}, span["output"]
+        if span["module"] == "runtime" and attributes.get("role"):
+            role = attributes["role"]
+        elif span["module"] == "gateway" and isinstance(output, dict) and role is None:
+            role = (output.get("caller") or {}).get("role")
+    request = trace.request
+    if role is None:  # recorded before runs kept their role: a job runs as service unless its pusher was less
+        role = "service" if request.get("kind") in ("job", "cron") else "anon"
+    given = request["input"] if isinstance(request.get("input"), dict) else {}
+    claims = given.get("user") if isinstance(given.get("user"), dict) else {}
+    tenant = request.get("tenant_id")
+    return Caller(role=str(role), claims=claims, tenant_id=str(tenant) if tenant else None)

@@ -1,0 +1,25 @@
+-- Purpose: flux.replay_pins, the database-generated values a replay gives back to the writes it runs again.
+-- A replay in live or as-of mode runs a recorded request's writes again inside a transaction that is always
+-- rolled back. Before it runs, it copies here the recorded mutations of each write it will run again with
+-- the same arguments; a BEFORE trigger (flux.tg_mutations__pin_replay) then gives each such row the values
+-- the original got (its serial id, its now() default, its random uuid), so the replay matches the recording
+-- without any value being ignored. Rows here exist only inside a replay's transaction: nobody ever sees one.
+-- Request roles have no right on the table, so a function cannot pin anything.
+CREATE UNLOGGED TABLE flux.replay_pins (
+    replay_id     uuid    NOT NULL,
+    call          text    NOT NULL,
+    position      integer NOT NULL,
+    table_schema  text    NOT NULL,
+    table_name    text    NOT NULL,
+    op            text    NOT NULL,
+    row_pk        jsonb   NOT NULL,
+    old           jsonb,
+    new           jsonb,
+    used          boolean NOT NULL DEFAULT false,
+    CONSTRAINT replay_pins_pkey PRIMARY KEY (replay_id, call, position),
+    CONSTRAINT replay_pins_op_check CHECK (op IN ('INSERT', 'UPDATE'))
+);
+
+COMMENT ON TABLE flux.replay_pins IS 'The recorded values a replay gives back to the writes it runs again (only ever written inside a replay''s rolled-back transaction, so always empty to everyone else).';
+
+GRANT SELECT, UPDATE ON flux.replay_pins TO flux_recorder;
