@@ -449,6 +449,21 @@ class FollowerGone(FluxError):
     title = "a follower of new requests (flux tail through the API) expired or was stopped"
 
 
+# FX510-FX511: the code a replay runs on (`flux incident replay --code DIR|git:REV`, `flux bug bisect`).
+
+
+class CodeFolderNotFound(FluxError):
+    code = "FX510"
+    http_status = 400
+    title = "the folder given as the code to replay on does not exist or is not a Flux project"
+
+
+class GitRevisionUnusable(FluxError):
+    code = "FX511"
+    http_status = 400
+    title = "the git revision to replay on cannot be checked out (no repository, no such commit, no project)"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 
