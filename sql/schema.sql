@@ -1363,6 +1363,54 @@ $$;
 
 
 --
+-- Name: tg_mutations__pin_replay(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+DECLARE
+    written_schema text := TG_TABLE_SCHEMA;
+    written_table text := TG_TABLE_NAME;
+    replay uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
+    call_name text := pg_catalog.current_setting('flux.replay_call', true);
+    old_row jsonb;
+    pinned jsonb;
+BEGIN
+    IF TG_ARGV[0] = 'p' THEN
+        SELECT n.nspname, c.relname INTO written_schema, written_table
+          FROM pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        UPDATE flux.replay_pins AS p SET used = true
+         WHERE (p.replay_id, p.call, p.position) = (
+               SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                  AND q.table_name = written_table AND q.op = 'INSERT' AND NOT q.used
+                ORDER BY q.position LIMIT 1)
+        RETURNING p.new INTO pinned;
+    ELSE
+        old_row := pg_catalog.to_jsonb(OLD);
+        UPDATE flux.replay_pins AS p SET used = true
+         WHERE (p.replay_id, p.call, p.position) = (
+               SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
+                ORDER BY q.position LIMIT 1)
+        RETURNING p.new INTO pinned;
+    END IF;
+    IF pinned IS NOT NULL THEN
+        NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+
+--
 -- Name: tg_mutations__record(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1529,6 +1577,12 @@ BEGIN
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+    -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
+    -- named to fire after the table's own BEFORE triggers.
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE TRIGGER zz_flux_replay_pin BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''') '
+        'EXECUTE FUNCTION flux.tg_mutations__pin_replay(%s)', target, key_arguments);
     -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',
                               (SELECT n.nspname FROM pg_catalog.pg_class c
@@ -1609,6 +1663,61 @@ $$;
 
 
 --
+-- Name: undo_mutations(bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    m record;
+    target regclass;
+    key_match text;
+    columns text;
+    missing text[] := '{}';
+BEGIN
+    FOR m IN SELECT * FROM flux.mutations WHERE id = ANY(ids) ORDER BY id DESC LOOP
+        target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name));
+        IF target IS NULL THEN
+            missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
+            CONTINUE;
+        END IF;
+        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
+          INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
+        IF m.op = 'INSERT' THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t USING pg_catalog.jsonb_populate_record(NULL::%1$s, $1) AS k WHERE %2$s',
+                target, key_match) USING m.row_pk;
+        ELSIF m.op = 'UPDATE' THEN
+            SELECT pg_catalog.string_agg(pg_catalog.format('%1$I = o.%1$I', a.attname), ', ')
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname = ANY(m.changed);
+            IF columns IS NOT NULL THEN
+                EXECUTE pg_catalog.format(
+                    'UPDATE %1$s AS t SET %2$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $1) AS o,'
+                    ' pg_catalog.jsonb_populate_record(NULL::%1$s, $2) AS k WHERE %3$s',
+                    target, columns, key_match) USING m.old, m.row_pk;
+            END IF;
+        ELSE
+            SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE pg_catalog.format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE'
+                ' SELECT %2$s FROM pg_catalog.jsonb_populate_record(NULL::%1$s, $1)',
+                target, columns) USING m.old;
+        END IF;
+    END LOOP;
+    RETURN missing;
+END
+$_$;
+
+
+--
 -- Name: untrack(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1621,6 +1730,7 @@ DECLARE
 BEGIN
     PERFORM flux.check_trackable(target);
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations ON %s', target);
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS zz_flux_replay_pin ON %s', target);
     FOR leaf IN SELECT flux.tracked_leaves(target) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS flux_mutations_truncate ON %s', leaf);
         EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM flux_recorder', leaf);
@@ -2220,6 +2330,32 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 
 
 --
+-- Name: replay_pins; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE UNLOGGED TABLE flux.replay_pins (
+    replay_id uuid NOT NULL,
+    call text NOT NULL,
+    "position" integer NOT NULL,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    row_pk jsonb NOT NULL,
+    old jsonb,
+    new jsonb,
+    used boolean DEFAULT false NOT NULL,
+    CONSTRAINT replay_pins_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text])))
+);
+
+
+--
+-- Name: TABLE replay_pins; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.replay_pins IS 'The recorded values a replay gives back to the writes it runs again (only ever written inside a replay''s rolled-back transaction, so always empty to everyone else).';
+
+
+--
 -- Name: request_follower_inbox; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -2615,6 +2751,14 @@ ALTER TABLE ONLY flux.mutations
 
 ALTER TABLE ONLY flux.rate_buckets
     ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (bucket);
+
+
+--
+-- Name: replay_pins replay_pins_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.replay_pins
+    ADD CONSTRAINT replay_pins_pkey PRIMARY KEY (replay_id, call, "position");
 
 
 --
@@ -3142,6 +3286,13 @@ GRANT ALL ON FUNCTION flux.tenant_id() TO flux_service;
 
 
 --
+-- Name: FUNCTION tg_mutations__pin_replay(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION tg_mutations__record(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3267,6 +3418,13 @@ GRANT SELECT ON TABLE flux.queue_stats TO flux_recorder;
 --
 
 GRANT SELECT,INSERT,UPDATE ON TABLE flux.rate_buckets TO flux_authenticator;
+
+
+--
+-- Name: TABLE replay_pins; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT SELECT,UPDATE ON TABLE flux.replay_pins TO flux_recorder;
 
 
 --

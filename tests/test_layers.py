@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("cli", frozenset({"cli"})),
     ("process", frozenset({"flux.app", "flux.server", "flux.devloop"})),  # host every module in one process
     ("api", frozenset({"flux.api"})),
+    ("replay", frozenset({"flux.replay"})),  # runs recorded requests again, as gateway and queue ran them
     ("gateway", frozenset({"flux.gateway"})),
     ("queue", frozenset({"flux.queue"})),  # the other way in: a job runs like a request
     ("runtime", frozenset({"flux.runtime"})),

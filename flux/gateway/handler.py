@@ -50,7 +50,7 @@ _HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"
 DB_QUERY = Route(id=0, method="POST", path="/db/query", function="db.query", auth="any")
 DB_EXPLAIN = Route(id=0, method="POST", path="/db/explain", function="db.explain", auth="any")
 _BUILTIN_ROUTES = {route.path: route for route in (DB_QUERY, DB_EXPLAIN)}
-_BUILTINS = {
+BUILTINS = {
     route.function: Function(route.function, "builtin", b"", "builtin") for route in _BUILTIN_ROUTES.values()
 }
 
@@ -69,7 +69,7 @@ class Gateway:
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
 
     def __post_init__(self) -> None:
-        self._executor = _WithBuiltins(self.executor)
+        self._executor = WithBuiltins(self.executor)
         self._connections = db.HeldConnections(self.pool)
         self._listener = Listener()
         for cache in (self.routes, self.catalogs, self.functions.active, self.secrets):
@@ -130,7 +130,7 @@ class Gateway:
                 if route.id == 0:  # a built-in's body is a query: anything else is the client's mistake
                     require_query_object(body, f"{method} {route.path}")
                 function = (
-                    _BUILTINS[route.function] if route.id == 0 else self.functions.get(conn, route.function)
+                    BUILTINS[route.function] if route.id == 0 else self.functions.get(conn, route.function)
                 )
             except FluxError as refused:
                 self._refuse(req, resp, refused, recorder, span, record, started_us, clock)
@@ -215,7 +215,7 @@ class Gateway:
         self.records.submit(recorder.record(record))
 
 
-class _WithBuiltins(Executor):
+class WithBuiltins(Executor):
     """The runtime, plus the built-in endpoints, which run no code (so their record has no runtime span):
     `db.query` is one host call, recorded like any; `db.explain` is recorded as a `db:explain` span."""
 
@@ -223,9 +223,9 @@ class _WithBuiltins(Executor):
         self.executor = executor
 
     def execute(self, function: Function, request: Json, host: Host) -> Json:
-        if function is _BUILTINS["db.query"]:
+        if function is BUILTINS["db.query"]:
             return host.call("db.query", request["body"])
-        if function is _BUILTINS["db.explain"]:
+        if function is BUILTINS["db.explain"]:
             with host.recorder.span("data", "db:explain", input=request["body"]) as span:
                 explained = explain(host.conn, request["body"], host.catalog, host.role,  # type: ignore[arg-type]
                                     claims=request["user"], limits=host.limits)  # fmt: skip

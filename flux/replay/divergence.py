@@ -38,23 +38,42 @@ class Divergence:
         where = f"{call.key} {call.name}"
         changes = changes_between(what, recorded, replayed)
         shown = ", ".join(change.path for change in changes[:3]) or what
-        verb = {"args": "was called with other arguments", "result": "read other data",
-                "error": "ended otherwise"}[what]  # fmt: skip
+        verb = {
+            "args": "was called with other arguments",
+            "result": "read other data",
+            "error": "ended otherwise",
+        }[what]
         return cls("call", where, recorded, replayed, f"{where} {verb} ({shown})", changes, seq, state)
 
     @classmethod
     def added_call(cls, key: str, seq: int, name: str, args: Json) -> Divergence:
-        return cls("span", f"{key} {name}", None, args, f"{key} {name} is new: the recording has no such call",
-                   order=seq)  # fmt: skip
+        return cls(
+            "span",
+            f"{key} {name}",
+            None,
+            args,
+            f"{key} {name} is new: the recording has no such call",
+            order=seq,
+        )
 
     @classmethod
     def missing_call(cls, call: RecordedCall) -> Divergence:
-        return cls("span", f"{call.key} {call.name}", call.args, None,
-                   f"{call.key} {call.name} was not made: the recording has it", order=END - 1)  # fmt: skip
+        return cls(
+            "span",
+            f"{call.key} {call.name}",
+            call.args,
+            None,
+            f"{call.key} {call.name} was not made: the recording has it",
+            order=END - 1,
+        )
 
     def to_json(self) -> dict[str, Json]:
         return {
-            "kind": self.kind, "at": self.at, "recorded": self.recorded, "replayed": self.replayed,
-            "message": self.message, "state": self.state,
+            "kind": self.kind,
+            "at": self.at,
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "message": self.message,
+            "state": self.state,
             "changes": [{"path": c.path, "recorded": c.a, "replayed": c.b} for c in self.changes],
-        }  # fmt: skip
+        }

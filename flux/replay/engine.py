@@ -63,12 +63,16 @@ class ReplayResult:
         first = self.divergence
         state = self.state
         return {
-            "request_id": self.request_id, "replay_id": self.replay_id, "verdict": self.verdict,
+            "request_id": self.request_id,
+            "replay_id": self.replay_id,
+            "verdict": self.verdict,
             "divergence": first.to_json() if first else None,
-            "divergences": [d.to_json() for d in self.divergences], "error": self.error,
-            "drift": state.drift if state else [], "not_rewound": state.not_rewound if state else [],
+            "divergences": [d.to_json() for d in self.divergences],
+            "error": self.error,
+            "drift": state.drift if state else [],
+            "not_rewound": state.not_rewound if state else [],
             "undone": state.undone if state else 0,
-        }  # fmt: skip
+        }
 
 
 def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
@@ -82,17 +86,35 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     caller = recording.caller
     recorder = Recorder(replay_id, caller.tenant_id)
     transaction = db.RequestTransaction(
-        conn, role=caller.role, request_id=replay_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,
+        conn,
+        role=caller.role,
+        request_id=replay_id,
+        claims=dict(caller.claims),
+        tenant_id=caller.tenant_id,
         statement_timeout_ms=how.limits.timeout_for(caller.role),
-    )  # fmt: skip
-    host = ReplayHost(transaction, how.catalog, caller.role, recorder, how.secrets, how.fetch_policy, how.limits,
-                      recording=recording, mode=how.mode, live_fetch=how.live_fetch)  # fmt: skip
+    )
+    host = ReplayHost(
+        transaction,
+        how.catalog,
+        caller.role,
+        recorder,
+        how.secrets,
+        how.fetch_policy,
+        how.limits,
+        recording=recording,
+        mode=how.mode,
+        live_fetch=how.live_fetch,
+    )
     started_us = time.time_ns() // 1000
     state: State | None = None
     mutations: list[Row] = []
-    span = None if recording.builtin else recorder.start(
-        "runtime", f"function:{function.name}", attributes=run_attributes(function, caller)
-    )  # fmt: skip
+    span = (
+        None
+        if recording.builtin
+        else recorder.start(
+            "runtime", f"function:{function.name}", attributes=run_attributes(function, caller)
+        )
+    )
     error: FluxError | None = None
     response: Response | None = None
     try:
@@ -120,13 +142,21 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     duration_us = (time.perf_counter_ns() - clock) // 1000
     if how.record:
         row = {
-            "kind": "replay", "method": recording.request.get("method"), "path": recording.request.get("path"),
-            "function": recording.request.get("function"), "code_sha": function.sha256,
-            "deployment_id": function.deployment_id, "started_us": started_us, "duration_us": duration_us,
-            "input": recording.input, "replay_of": recording.id, "ok": error is None, "status": response.status,
+            "kind": "replay",
+            "method": recording.request.get("method"),
+            "path": recording.request.get("path"),
+            "function": recording.request.get("function"),
+            "code_sha": function.sha256,
+            "deployment_id": function.deployment_id,
+            "started_us": started_us,
+            "duration_us": duration_us,
+            "input": recording.input,
+            "replay_of": recording.id,
+            "ok": error is None,
+            "status": response.status,
             "output": response.to_json() if error is None else None,
             "error": error_record(error) if error is not None else None,
-        }  # fmt: skip
+        }
         recorder.write(conn, row, durable=False)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
 
@@ -151,18 +181,29 @@ def _judge(
             divergences.append(Divergence("error", "error", recorded_error, replayed_error, message))
         elif recorded_error is None:
             if request.get("status") != response.status:
-                divergences.append(Divergence(
-                    "status", "response.status", request.get("status"), response.status,
-                    f"the response's status was {request.get('status')}, now {response.status}",
-                ))  # fmt: skip
+                divergences.append(
+                    Divergence(
+                        "status",
+                        "response.status",
+                        request.get("status"),
+                        response.status,
+                        f"the response's status was {request.get('status')}, now {response.status}",
+                    )
+                )
             output = request.get("output") or {}
             changes = changes_between("response", output, response.to_json())
             if changes:
                 shown = ", ".join(change.path for change in changes[:3])
-                divergences.append(Divergence(
-                    "output", "response", output, response.to_json(), f"the response differs at {shown}",
-                    changes,
-                ))  # fmt: skip
+                divergences.append(
+                    Divergence(
+                        "output",
+                        "response",
+                        output,
+                        response.to_json(),
+                        f"the response differs at {shown}",
+                        changes,
+                    )
+                )
     return sorted(divergences, key=lambda d: d.order)
 
 
@@ -193,21 +234,32 @@ def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: in
         where = f"{key} {either['op']} {either['table_schema']}.{either['table_name']} {_key_text(either)}"
         if a is None or b is None:
             verb = "is new" if a is None else "was not made"
-            found.append(Divergence("mutation", where, a and _row(a), b and _row(b), f"{where} {verb}",
-                                    order=order))  # fmt: skip
+            found.append(
+                Divergence("mutation", where, a and _row(a), b and _row(b), f"{where} {verb}", order=order)
+            )
             continue
         changes = changes_between("row", _row(a), _row(b))
         if changes:
             shown = ", ".join(change.path for change in changes[:3])
-            state = bool(changes_between("old", a["old"], b["old"]))  # the row was not as the original found it
-            found.append(Divergence("mutation", where, _row(a), _row(b), f"{where} differs at {shown}", changes,
-                                    order, state))  # fmt: skip
+            state = bool(
+                changes_between("old", a["old"], b["old"])
+            )  # the row was not as the original found it
+            found.append(
+                Divergence(
+                    "mutation", where, _row(a), _row(b), f"{where} differs at {shown}", changes, order, state
+                )
+            )
     return found
 
 
 def _row(mutation: Row) -> Row:
-    return {"table": f"{mutation['table_schema']}.{mutation['table_name']}", "op": mutation["op"],
-            "key": mutation["row_pk"], "old": mutation["old"], "new": mutation["new"]}  # fmt: skip
+    return {
+        "table": f"{mutation['table_schema']}.{mutation['table_name']}",
+        "op": mutation["op"],
+        "key": mutation["row_pk"],
+        "old": mutation["old"],
+        "new": mutation["new"],
+    }
 
 
 def _key_text(mutation: Row) -> str:
@@ -216,7 +268,9 @@ def _key_text(mutation: Row) -> str:
 
 def _error_message(recorded: Row | None, replayed: Row | None) -> str:
     if recorded is None:
-        return f"the replay failed: {replayed and replayed.get('code')} {replayed and replayed.get('message')}"
+        return (
+            f"the replay failed: {replayed and replayed.get('code')} {replayed and replayed.get('message')}"
+        )
     if replayed is None:
         return f"the original failed ({recorded.get('code')}); the replay did not"
     return f"the original failed with {recorded.get('code')}, the replay with {replayed.get('code')}"

@@ -46,7 +46,9 @@ class ReplayHost(Host):
         self._clock_ms = recorded.clock_ms
         same_args = not changes_between("args", recorded.args, self.recorder.scrub(args))
         if not same_args:
-            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, self.recorder.scrub(args)))
+            self._diverged(
+                Divergence.of_call(recorded, seq, "args", recorded.args, self.recorder.scrub(args))
+            )
         if op in _DATABASE_OPS and self.mode != "recorded":
             return self._database(op, args, recorded, seq, same_args)
         if op in ("secrets.get", "log"):
@@ -57,7 +59,9 @@ class ReplayHost(Host):
             return super().perform(op, args)
         raise NotInRecording(
             f"{op} with these arguments is not in the recording (it has other arguments at {key})",
-            hint="the replay reports it as a divergence; --live-fetch sends fetches" if op == "fetch" else None,
+            hint="the replay reports it as a divergence; --live-fetch sends fetches"
+            if op == "fetch"
+            else None,
         )
 
     def now(self, args: Json) -> Json:
@@ -87,9 +91,12 @@ class ReplayHost(Host):
         there (then the replay is cut off at the same point)."""
         assert self.recording is not None
         if self.recording.timed_out and not self.divergences and self._all_recorded_calls_made():
-            raise error_for_code(self.recording.request["error"]["code"],
-                                 self.recording.request["error"]["message"])  # fmt: skip
-        self._diverged(Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args)))
+            raise error_for_code(
+                self.recording.request["error"]["code"], self.recording.request["error"]["message"]
+            )
+        self._diverged(
+            Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args))
+        )
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":
@@ -113,5 +120,9 @@ def _answer(recorded: RecordedCall) -> Json:
     if recorded.ok:
         return recorded.value
     error = recorded.error or {}
-    raise error_for_code(str(error.get("code", "FX900")), str(error.get("message", "")),
-                         details=error.get("details"), hint=error.get("hint"))  # fmt: skip
+    raise error_for_code(
+        str(error.get("code", "FX900")),
+        str(error.get("message", "")),
+        details=error.get("details"),
+        hint=error.get("hint"),
+    )

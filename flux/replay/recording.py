@@ -58,7 +58,7 @@ class Recording:
 
     @property
     def timed_out(self) -> bool:
-        """Whether the run was cut off by its time limit (a wall-clock event, not something the code chose)."""
+        """Whether the run was cut off by its time limit (a wall-clock event, not the code's choice)."""
         return (self.request.get("error") or {}).get("code") == TIMED_OUT
 
     def tables(self) -> set[tuple[str, str]]:
@@ -71,7 +71,8 @@ def recording_of(trace: Trace) -> Recording:
     request = trace.request
     if request.get("kind") == "replay":
         raise NotReplayable(
-            f"request {request['id']} is itself a replay", hint=f"replay the original: {request.get('replay_of')}"
+            f"request {request['id']} is itself a replay",
+            hint=f"replay the original: {request.get('replay_of')}",
         )
     if not request.get("function") or not request.get("code_sha"):
         raise NotReplayable(
@@ -79,7 +80,9 @@ def recording_of(trace: Trace) -> Recording:
             hint="replay a request that ran a function (flux trace ls)",
         )
     if request["function"] == "db.explain":
-        raise NotReplayable("an explain runs no code to replay", hint="replay a /db/query or a function's request")
+        raise NotReplayable(
+            "an explain runs no code to replay", hint="replay a /db/query or a function's request"
+        )
     calls: list[RecordedCall] = []
     counts: dict[str, int] = {}
     mutations_by_span: dict[int, list[Row]] = {}
@@ -90,11 +93,20 @@ def recording_of(trace: Trace) -> Recording:
         if op is None:
             continue
         number = counts[op] = counts.get(op, -1) + 1
-        calls.append(RecordedCall(
-            key=f"{op}#{number}", op=op, seq=span["seq"], name=span["name"], args=span["input"], ok=span["ok"],
-            value=span["output"], error=span["error"], clock_ms=(span["attributes"] or {}).get("clock_ms"),
-            mutations=mutations_by_span.get(span["seq"], []),
-        ))  # fmt: skip
+        calls.append(
+            RecordedCall(
+                key=f"{op}#{number}",
+                op=op,
+                seq=span["seq"],
+                name=span["name"],
+                args=span["input"],
+                ok=span["ok"],
+                value=span["output"],
+                error=span["error"],
+                clock_ms=(span["attributes"] or {}).get("clock_ms"),
+                mutations=mutations_by_span.get(span["seq"], []),
+            )
+        )
     return Recording(request, _caller(trace), calls, trace.mutations, {call.key: call for call in calls})
 
 
@@ -106,7 +118,7 @@ def _op_of(span: Row) -> str | None:
             return None
         return "db.query" if name.startswith("db:") else "db.sql"
     if module == "clock":
-        return name.removeprefix("clock:")
+        return str(name).removeprefix("clock:")
     return _OPS_BY_MODULE.get(module)
 
 
@@ -124,6 +136,6 @@ def _caller(trace: Trace) -> Caller:
     if role is None:  # recorded before runs kept their role: a job runs as service unless its pusher was less
         role = "service" if request.get("kind") in ("job", "cron") else "anon"
     given = request["input"] if isinstance(request.get("input"), dict) else {}
-    claims = given.get("user") if isinstance(given.get("user"), dict) else {}
+    claims: dict[str, Json] = given["user"] if isinstance(given.get("user"), dict) else {}
     tenant = request.get("tenant_id")
     return Caller(role=str(role), claims=claims, tenant_id=str(tenant) if tenant else None)

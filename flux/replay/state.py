@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from flux import db
+from flux import db, jsontext
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
 from flux.errors import FluxError
@@ -86,8 +86,14 @@ def open_state(
     touched = _touched_tables(conn, recording)
     schemas, names = [t[0] for t in touched], [t[1] for t in touched]
     started = request["started_at"]
-    window = {"request": recording.id, "as_of": mode == "as-of", "schemas": schemas, "names": names,
-              "started": started, "ended": started + timedelta(microseconds=request["duration_us"] or 0)}  # fmt: skip
+    window = {
+        "request": recording.id,
+        "as_of": mode == "as-of",
+        "schemas": schemas,
+        "names": names,
+        "started": started,
+        "ended": started + timedelta(microseconds=request["duration_us"] or 0),
+    }
     conn.execute("BEGIN")
     state = State(mode)
     undo = db.fetch_dicts(conn, _UNDO, window)
@@ -112,7 +118,7 @@ def open_state(
         if m["op"] in ("INSERT", "UPDATE")
     ]
     if pins:
-        conn.execute(_PIN, [replay_id, db.JsonParam(pins)])
+        conn.execute(_PIN, [replay_id, jsontext.dumps_text(pins)])
     transaction.apply()
     transaction.begun = True
     return state
@@ -171,4 +177,3 @@ def _embedded(columns: Any) -> set[str]:
         if isinstance(column, Embed):
             found |= {column.name} | _embedded(column.columns)
     return found
-

@@ -85,7 +85,7 @@ class Host:
         return value
 
     def perform(self, op: str, args: Json) -> Json:
-        """Run operation `op` (known) and answer its value: what a replay's host answers from the recording."""
+        """Run the known operation `op` and answer its value (a replay's host answers from the recording)."""
         return _OPS[op](self, args)
 
     # -- operations -----------------------------------------------------------------------------------------

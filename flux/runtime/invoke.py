@@ -122,7 +122,9 @@ def invoke(
     span = (
         None
         if function.runtime == "builtin"
-        else recorder.start("runtime", f"function:{function.name}", attributes=run_attributes(function, caller))
+        else recorder.start(
+            "runtime", f"function:{function.name}", attributes=run_attributes(function, caller)
+        )
     )
     transaction = db.RequestTransaction(
         conn, role=caller.role, request_id=request_id, claims=dict(caller.claims), tenant_id=caller.tenant_id,

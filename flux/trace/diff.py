@@ -11,8 +11,8 @@ another key.
 from __future__ import annotations
 
 import difflib
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from flux import jsontext

@@ -13,15 +13,15 @@ CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     SET search_path = ''
 AS $$
 DECLARE
-    schema_name text := TG_TABLE_SCHEMA;
-    table_name text := TG_TABLE_NAME;
+    written_schema text := TG_TABLE_SCHEMA;
+    written_table text := TG_TABLE_NAME;
     replay uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
     call_name text := pg_catalog.current_setting('flux.replay_call', true);
     old_row jsonb;
     pinned jsonb;
 BEGIN
     IF TG_ARGV[0] = 'p' THEN
-        SELECT n.nspname, c.relname INTO schema_name, table_name
+        SELECT n.nspname, c.relname INTO written_schema, written_table
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
@@ -30,8 +30,8 @@ BEGIN
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
-                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = schema_name
-                  AND q.table_name = table_name AND q.op = 'INSERT' AND NOT q.used
+                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                  AND q.table_name = written_table AND q.op = 'INSERT' AND NOT q.used
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     ELSE
@@ -39,8 +39,8 @@ BEGIN
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
-                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = schema_name
-                  AND q.table_name = table_name AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
+                WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
