@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import data_engine, gateway, inspect, queue, runtime, track_overhead
+from bench import data_engine, gateway, inspect, queue, replay, runtime, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -20,6 +20,7 @@ BENCHES = {
     "gateway": gateway,
     "inspect": inspect,
     "queue": queue,
+    "replay": replay,
 }
 
 

@@ -1,0 +1,121 @@
+"""What a replay costs, against the request it replays, measured in one run: the quickstart's `add_note`
+(TypeScript, one insert) recorded N times, then replayed in `recorded` mode (throughput, and each replay's
+server time against its original's), one request replayed `as-of` after 1,000 later writes to the row it
+read (against the original's time), and the process's memory over a window of 10,000 replays."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from flux.data import load_catalog
+from flux.gateway.handler import WithBuiltins
+from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
+from flux.runtime import Caller, Function, FunctionLimits, Runtime, invoke
+from flux.trace.tree import load_trace
+
+RECORDED = 300
+UNDONE = 1000
+WINDOW = 10_000
+ROOT = Path(__file__).resolve().parents[1]
+NOTES = """
+DROP TABLE IF EXISTS bench_notes;
+CREATE TABLE bench_notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL,
+                          created_at timestamptz NOT NULL DEFAULT now());
+GRANT SELECT, INSERT, UPDATE ON bench_notes TO flux_anon;
+SELECT flux.track('bench_notes');
+"""
+READER = b"""export default async (req: any, ctx: any) => {
+  const found = await ctx.db.query({ select: "bench_notes", where: { id: { eq: req.body.id } } });
+  return { status: 200, body: found.rows[0] };
+};"""
+
+
+def _function(name: str, code: bytes) -> Function:
+    import hashlib
+
+    return Function(name, "typescript", code, hashlib.sha256(code).hexdigest(), FunctionLimits())
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def run(dsn: str) -> None:
+    source = (ROOT / "examples/quickstart/functions/add_note/index.ts").read_bytes()
+    add_note = _function("add_note", source.replace(b'"notes"', b'"bench_notes"'))
+    reader = _function("read_note", READER)
+    with psycopg.connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as cache:
+        conn.execute(NOTES.encode())
+        catalog = load_catalog(conn)
+        runtime = Runtime(Path(cache))
+        executor = WithBuiltins(runtime)
+        try:
+            originals = []
+            for i in range(RECORDED):
+                request = {"method": "POST", "path": "/notes", "body": {"text": f"note {i}"}}
+                outcome = invoke(conn, executor, add_note, request, catalog=catalog, caller=Caller("anon"))
+                originals.append(outcome.request_id)
+            how = Replay(executor, built_code({"add_note": add_note, "read_note": reader}), catalog)
+            recordings = [recording_of(load_trace(conn, request_id)) for request_id in originals]
+            started = time.perf_counter()
+            results = [replay(conn, recording, how) for recording in recordings]
+            per_second = len(results) / (time.perf_counter() - started)
+            _check(results)
+            original_us = statistics.median(r.request["duration_us"] for r in recordings)
+            replay_us = statistics.median(r.server_us for r in results)
+            print(f"replay: quickstart add_note, {RECORDED} recorded requests replayed in recorded mode")
+            met = "met" if per_second >= 100 else "NOT met"
+            print(f"  {per_second:6.0f} replays/s   (target >= 100/s: {met})")
+            print(f"  server time p50: original {original_us:6.0f} us, replay {replay_us:6.0f} us, "
+                  f"{replay_us / original_us:.2f}x   (target <= 1.00x)")  # fmt: skip
+            _as_of(conn, executor, catalog, reader)
+            _memory(conn, how, recordings)
+        finally:
+            runtime.close()
+
+
+def _check(results: list[ReplayResult]) -> None:
+    verdicts = {r.verdict for r in results}
+    if verdicts != {"same"}:
+        raise SystemExit(f"replays of unchanged code were not all same: {verdicts}")
+
+
+def _as_of(conn: Any, executor: Any, catalog: Any, reader: Function) -> None:
+    request = {"method": "POST", "path": "/read", "body": {"id": 1}}
+    invoke(conn, executor, reader, request, catalog=catalog, caller=Caller("anon"))  # warm: not a cold start
+    outcome = invoke(conn, executor, reader, request, catalog=catalog, caller=Caller("anon"))
+    with conn.transaction():  # later writes to the row it read, one mutation each
+        for i in range(UNDONE):
+            conn.execute("UPDATE bench_notes SET body = %s WHERE id = 1", [f"edit {i}"])
+    recording = recording_of(load_trace(conn, outcome.request_id))
+    how = Replay(executor, built_code({"read_note": reader}), catalog, mode="as-of")
+    samples = []
+    for _ in range(5):
+        result = replay(conn, recording, how)
+        _check([result])
+        samples.append(result.server_us)
+    original = recording.request["duration_us"]
+    took = statistics.median(samples)
+    print(f"replay: as-of with {UNDONE} later writes to undo: original {original} us, replay {took:.0f} us, "
+          f"{took / original:.2f}x   (target <= 3.00x)")  # fmt: skip
+
+
+def _memory(conn: Any, how: Replay, recordings: list[Any]) -> None:
+    quiet = Replay(how.executor, how.code_for, how.catalog, record=False)
+    marks = []
+    for i in range(WINDOW):
+        replay(conn, recordings[i % len(recordings)], quiet)
+        if i % 2000 == 0 or i == WINDOW - 1:
+            marks.append(_rss_mb())
+    print(f"replay: memory over {WINDOW} replays (RSS MB every 2,000): "
+          + " ".join(f"{mark:.0f}" for mark in marks)
+          + f"   growth after the first 2,000: {marks[-1] - marks[1]:+.1f} MB   (target: flat)")  # fmt: skip
