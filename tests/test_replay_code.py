@@ -5,6 +5,7 @@ branches and worktree list exactly as they were, also when the build fails."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def test_the_users_own_missing_worktree_is_not_pruned(repo: Repo, temporary: Pat
     elsewhere = tmp_path / "on-a-usb-drive"
     _git(repo.top, "worktree", "add", "-q", "--detach", str(elsewhere), repo.first)
     (repo.top / ".git" / "hooks" / "post-checkout").unlink()  # it ran for the user's own checkout, rightly
-    subprocess.run(["rm", "-rf", str(elsewhere)], check=True)
+    shutil.rmtree(elsewhere)
     listed = _git(repo.top, "worktree", "list", "--porcelain")
     assert f"worktree {elsewhere}\n" in listed and "prunable" in listed
     assert functions_from_git(repo.project, repo.first)["greet"].sha256 == _sha(_greet("v1"))
