@@ -1,0 +1,65 @@
+"""Replaying recorded requests by id, as `flux incident replay` and the management API ask for it: the options
+checked once (FX508), the code a name picks (`recorded`, `active`, or deployment N's), and a request that
+cannot be replayed (it ran no code of its own, or is itself a replay) answered as a result whose verdict is
+`error`, like one whose code is gone, rather than as an exception."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flux.errors import InvalidReplayOption, NotReplayable
+from flux.replay.code import deployed_code, recorded_code
+from flux.replay.engine import CodeFor, Replay, ReplayResult, replay
+from flux.replay.recording import recording_of
+from flux.trace.recorder import error_record
+from flux.trace.tree import find_trace
+
+Row = dict[str, Any]
+MODES = ("recorded", "live", "as-of")
+STORED_CODE = ("recorded", "active")  # the code the database holds; anything else is built where it is
+
+
+def check_options(mode: str, code: str, version: int | None) -> None:
+    """FX508 unless `mode` is a database mode and `version` goes with `code` (deployment N's code is that
+    deployment's, so it goes only with `active`, the default)."""
+    if mode not in MODES:
+        raise InvalidReplayOption(f"--db {mode!r} is not a database mode", hint=f"one of {', '.join(MODES)}")
+    if version is not None and code != "active":
+        raise InvalidReplayOption(
+            f"--version {version} picks a deployment's code, and --code {code} other code",
+            hint="give one of them",
+        )
+
+
+def stored_code(conn: Any, code: str, version: int | None = None) -> CodeFor:
+    """The code named `recorded` (what served each request) or `active` (the active deployment's, or
+    deployment `version`'s)."""
+    if code == "recorded":
+        return recorded_code(conn)
+    if code == "active":
+        return deployed_code(conn, version)
+    raise InvalidReplayOption(
+        f"--code {code!r} is not code the database holds", hint="give --code recorded or --code active"
+    )
+
+
+@dataclass(frozen=True)
+class Replayed:
+    request: Row  # the original's row
+    result: ReplayResult
+
+
+def replay_request(conn: Any, given: str, how: Replay) -> Replayed:
+    """Replay the request `given` names (its id, or a prefix only it has; FX503 otherwise) as `how` says."""
+    trace = find_trace(conn, given)
+    try:
+        recording = recording_of(trace)
+    except NotReplayable as exc:
+        return Replayed(
+            trace.request, ReplayResult(str(trace.request["id"]), None, "error", error=error_record(exc))
+        )
+    result = replay(conn, recording, how)
+    if not how.record:  # its id names no record
+        result.replay_id = None
+    return Replayed(trace.request, result)
