@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from cli.main import app
 from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import Settings, load_settings
+from flux.queue import push
+from flux.queue.worker import QueueWorker, WorkerOptions
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.processes import copy_project, flux_server, run_flux
 
@@ -360,3 +365,42 @@ def test_a_window_of_1000_quickstart_requests_replays_same(
     summary = json.loads(done.output)["summary"]
     assert summary["same"] == 1000 and summary["diverged"] == summary["drift"] == summary["error"] == 0
     print(f"\n1000 quickstart replays: {summary['per_second']} replays/s")
+
+
+def test_a_job_run_replays_like_a_request(
+    settings: Settings, dsn: str, recorded: dict[str, str], conn: Conn
+) -> None:
+    push(conn, [{"function": "add_note", "payload": {"text": "from a job"}}])
+    worker = QueueWorker(settings, dsn, WorkerOptions(concurrency=1, poll_s=0.1))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while conn.execute("SELECT count(*) FROM flux.requests WHERE kind = 'job'").fetchone()[0] == 0:
+            assert time.monotonic() < deadline, "the job did not run"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+        thread.join(20)
+    job_run = conn.execute("SELECT id::text FROM flux.requests WHERE kind = 'job'").fetchone()[0]
+    done = flux(settings, dsn, "incident", "replay", "--kind", "job", "--db", "as-of")
+    assert done.exit_code == 0, done.output
+    line, summary = done.output.splitlines()
+    assert line.startswith(f"{job_run[:8]}  job add_note  same  (replay ") and summary.startswith("1 same")
+
+
+def test_code_at_a_git_revision(settings: Settings, dsn: str, recorded: dict[str, str]) -> None:
+    project = settings.project_dir
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "flux.toml", "functions", "migrations"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "notes"], cwd=project, check=True)
+    (project / "functions" / "add_note" / "index.ts").write_text(
+        ADD_NOTE.replace("201", "202")
+    )  # not committed
+    edited = flux(settings, dsn, "incident", "replay", recorded["hello"], "--code", str(project))
+    assert edited.exit_code == 1 and "status: the response's status was 201, now 202" in edited.output
+    committed = flux(settings, dsn, "incident", "replay", recorded["hello"], "--code", "git:HEAD")
+    assert committed.exit_code == 0, committed.output
+    unknown = flux(settings, dsn, "incident", "replay", recorded["hello"], "--code", "git:nope")
+    assert unknown.exit_code == 2 and "error FX511: git:nope names no commit" in unknown.output
