@@ -29,6 +29,7 @@ SHOWN_CHANGES = 5  # paths shown under the first divergence
 SHOWN_REST = 5  # further divergences shown, one line each
 VALUE_WIDTH = 60  # a value shown in a change, shortened to this many characters
 _PERIOD = re.compile(r"^(\d+)([smhd])$")
+_ID = re.compile(r"^[0-9a-f-]{1,36}$")  # a request id, or a prefix of one
 _CODE_HELP = (
     "The code to run: active (the active deployment's, the default), recorded (what served each request),"
     " a project folder (built as flux deploy builds it, nothing activated), or git:REV (that revision of"
@@ -186,10 +187,9 @@ class _ViaDatabase:
         )
         runtime = Runtime(cache, deno_workers=1)
         stack.callback(runtime.close)
-        self.secrets = SealedSecrets(conn, lambda: load_key(folder))
         self.how = Replay(
             WithBuiltins(runtime), code_for, load_catalog(conn), mode=mode,  # type: ignore[arg-type]
-            live_fetch=live_fetch, record=record, secrets=self.secrets,
+            live_fetch=live_fetch, record=record, secrets=SealedSecrets(conn, lambda: load_key(folder)),
             fetch_policy=FetchPolicy(allow=load_settings(folder).fetch_allow),
         )  # fmt: skip
 
@@ -200,14 +200,9 @@ class _ViaDatabase:
 
     def replay(self, given: str, row: Row | None) -> tuple[Row | None, Row]:
         from flux.replay import replay_request
-        from flux.trace.recorder import error_record
 
-        self.secrets.failure = None
         replayed = replay_request(self.conn, given, self.how)
-        result = replayed.result.to_json()
-        if self.secrets.failure is not None:  # the key, not the code: the replay could not run as it should
-            result |= {"verdict": "error", "error": error_record(self.secrets.failure)}
-        return replayed.request, result
+        return replayed.request, replayed.result.to_json()
 
 
 class _ViaApi:
@@ -235,15 +230,16 @@ class _ViaApi:
         return ViaApi(self.api).requests(dict(filters))
 
     def replay(self, given: str, row: Row | None) -> tuple[Row | None, Row]:
-        import urllib.parse
+        from flux.errors import RequestNotFound
 
         if row is None:  # an id or prefix from the command line: its row for the line shown
-            row = self.api.call("GET", f"/flux/api/requests/{urllib.parse.quote(given)}")["request"]
+            if not _ID.match(given.strip().lower()):  # nor a path of the API's other routes
+                raise RequestNotFound(f"{given!r} is not a request id", hint="copy it from flux trace ls")
+            row = self.api.call("GET", f"/flux/api/requests/{given.strip()}")["request"]
             assert row is not None
             given = str(row["id"])
         body = {k: v for k, v in self.body.items() if v is not None}
-        path = f"/flux/api/requests/{urllib.parse.quote(given)}/replay"
-        return row, self.api.call("POST", path, body, exact_numbers=True)
+        return row, self.api.call("POST", f"/flux/api/requests/{given}/replay", body, exact_numbers=True)
 
 
 def _run(replayer: Replayer, request_ids: list[str], filters: Row, mode: str, as_json: bool) -> list[Row]:

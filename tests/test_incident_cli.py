@@ -311,6 +311,15 @@ def test_the_api_replays_a_request(client: GatewayClient, admin: dict[str, str],
     window = client.simulate_get("/flux/api/requests", params={"replayable": "true", "since_s": 3600},
                                  headers=admin).json["items"]  # fmt: skip
     assert recorded["refused"] not in {row["id"] for row in window} and len(window) == 5
+    secret = client.simulate_post(f"/flux/api/requests/{recorded['secret']}/replay", headers=admin).json
+    assert secret["verdict"] == "same", secret
+
+    def listed(**params: str) -> list[dict[str, Any]]:
+        return client.simulate_get("/flux/api/requests", params=params, headers=admin).json["items"]
+
+    assert listed(until="2000-01-01T00:00:00+00:00") == [] and len(listed(since="2000-01-01T00:00:00Z")) > 5
+    naive = client.simulate_get("/flux/api/requests", params={"since": "2000-01-01T00:00:00"}, headers=admin)
+    assert naive.status_code == 400 and naive.json["code"] == "FX607"
 
 
 def test_replay_through_flux_url(dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str]) -> None:
@@ -341,6 +350,9 @@ def test_replay_through_flux_url(dsn: str, conn: Conn, project_dir: Path, flux_e
             and "error FX508: --code" in folder.stderr
             and "unset FLUX_URL" in folder.stderr
         )
+        odd = run_flux(["incident", "replay", "../why", "00000000"], remote, project_dir)
+        assert odd.returncode == 2 and "  FX503: '../why' is not a request id" in odd.stdout, odd.stdout
+        assert "  FX503: no request has an id starting 00000000" in odd.stdout
         listed = run_flux(["trace", "ls", "--kind", "replay"], remote, project_dir)
         assert len(listed.stdout.splitlines()) == 2, listed.stdout  # the two replays above
     replays = conn.execute("SELECT count(*) FROM flux.requests WHERE replay_of = %s", [original]).fetchone()[

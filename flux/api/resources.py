@@ -24,7 +24,7 @@ from flux.errors import BodyTooDeep, InvalidRequest, MalformedBody, PayloadTooLa
 from flux.gateway.handler import WithBuiltins
 from flux.queue import cron, jobs
 from flux.runtime import project_cache
-from flux.runtime.secrets import load_key
+from flux.runtime.secrets import SealedSecrets, load_key
 from flux.trace import state, tree, why
 
 Json = Any
@@ -305,7 +305,8 @@ class _Api:
             how = replay.Replay(
                 WithBuiltins(gateway.executor), replay.stored_code(conn, code, version),
                 gateway.catalogs.get(conn), mode=mode, live_fetch=body.get("live_fetch", False),
-                record=body.get("record", True), secrets=gateway.secrets.get(conn),
+                record=body.get("record", True),
+                secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
                 fetch_policy=gateway.fetch_policy,
             )  # fmt: skip
             _answer(resp, replay.replay_request(conn, request_id, how).result.to_json())

@@ -12,6 +12,7 @@ from flux.errors import InvalidReplayOption, NotReplayable
 from flux.replay.code import deployed_code, recorded_code
 from flux.replay.engine import CodeFor, Replay, ReplayResult, replay
 from flux.replay.recording import recording_of
+from flux.runtime.secrets import SealedSecrets
 from flux.trace.recorder import error_record
 from flux.trace.tree import find_trace
 
@@ -51,15 +52,21 @@ class Replayed:
 
 
 def replay_request(conn: Any, given: str, how: Replay) -> Replayed:
-    """Replay the request `given` names (its id, or a prefix only it has; FX503 otherwise) as `how` says."""
+    """Replay the request `given` names (its id, or a prefix only it has; FX503 otherwise) as `how` says. With
+    secrets decrypted as they are read (`SealedSecrets`), a key that cannot decrypt one makes the verdict
+    `error`: the replay could not run as the request did, whatever its code."""
     trace = find_trace(conn, given)
     try:
         recording = recording_of(trace)
     except NotReplayable as exc:
-        return Replayed(
-            trace.request, ReplayResult(str(trace.request["id"]), None, "error", error=error_record(exc))
-        )
+        result = ReplayResult(str(trace.request["id"]), None, "error", error=error_record(exc))
+        return Replayed(trace.request, result)
+    sealed = how.secrets if isinstance(how.secrets, SealedSecrets) else None
+    if sealed is not None:
+        sealed.failure = None
     result = replay(conn, recording, how)
     if not how.record:  # its id names no record
         result.replay_id = None
+    if sealed is not None and sealed.failure is not None:
+        result.verdict, result.error = "error", error_record(sealed.failure)
     return Replayed(trace.request, result)
