@@ -111,7 +111,8 @@ def _options(request_ids: list[str], window: Row, mode: str, code: str, version:
     return {
         "since": _moment(window["since"], "--since"), "until": _moment(window["until"], "--until"),
         "route": window["route"], "function": window["function"], "status": window["status"],
-        "kind": window["kind"], "limit": window["limit"] or WINDOW_LIMIT, "replayable": True,
+        "kind": window["kind"], "limit": WINDOW_LIMIT if window["limit"] is None else window["limit"],
+        "replayable": True,
     }  # fmt: skip
 
 
@@ -122,12 +123,12 @@ def _moment(text: str | None, option: str) -> timedelta | datetime | None:
     if text is None:
         return None
     period = _PERIOD.match(text.strip())
-    if period:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[period.group(2)]
-        return timedelta(**{unit: int(period.group(1))})
     try:
+        if period:
+            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[period.group(2)]
+            return timedelta(**{unit: int(period.group(1))})
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidReplayOption(
             f"{option} {text!r} is neither a period nor a moment",
             hint=f"e.g. {option} 2h, or 2026-01-31T09:00",

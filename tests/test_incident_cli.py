@@ -250,6 +250,13 @@ def test_a_window_replays_the_requests_that_ran_code_oldest_first(
     assert [line.split()[0] for line in routed.output.splitlines()[:-1]] == [recorded["world"][:8]]
     empty = flux(settings, dsn, "incident", "replay", "--until", "2000-01-01T00:00:00+00:00")
     assert empty.exit_code == 0 and empty.output.startswith("no recorded request")
+    for args, words in (
+        (["--limit", "0"], "error FX607: --limit 0 is outside 1-10000"),
+        (["--since", "999999999999d"], "error FX508: --since '999999999999d' is neither"),
+        (["--kind", "nope"], "error FX607: --kind 'nope' is not a kind of request"),
+    ):
+        refused = flux(settings, dsn, "incident", "replay", *args)
+        assert refused.exit_code == 2 and words in refused.output, (args, refused.output)
     bad = flux(settings, dsn, "incident", "replay", "--since", "yesterday")
     assert (
         bad.exit_code == 2
