@@ -90,14 +90,16 @@ def find_trace(conn: Any, given: str) -> Trace:
     return load_trace(conn, resolve_request_id(conn, given))
 
 
-def load_trace(conn: Any, request_id: str) -> Trace:
-    """The whole record of one request."""
+def load_trace(conn: Any, request_id: str, *, with_jobs: bool = True) -> Trace:
+    """The whole record of one request; without its jobs (those it pushed, the one it ran) unless
+    `with_jobs` (a replay reads only the request, its spans and its row changes)."""
     request, *parts = TRACE_STATEMENTS
     found = db.fetch_dicts(conn, request, (request_id,), exact_numbers=True)
     if not found:
         raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
     spans, mutations, jobs, job = (
-        db.fetch_dicts(conn, query, (request_id,), exact_numbers=True) for query in parts
+        db.fetch_dicts(conn, query, (request_id,), exact_numbers=True) if with_jobs or n < 2 else []
+        for n, query in enumerate(parts)
     )
     return Trace(found[0], spans, mutations, jobs, job[0] if job else None)
 
