@@ -24,6 +24,7 @@ app = typer.Typer(help="Incidents: replay recorded requests on chosen code (`flu
                   no_args_is_help=True)  # fmt: skip
 Row = dict[str, Any]
 VERDICTS = ("same", "diverged", "drift", "error")
+API_PAGE = 500  # the most requests one call of the management API lists
 WINDOW_LIMIT = 100  # the requests a window replays when --limit is not given: the latest of the window
 SHOWN_CHANGES = 5  # paths shown under the first divergence
 SHOWN_REST = 5  # further divergences shown, one line each
@@ -226,9 +227,24 @@ class _ViaApi:
         self.body = {"db": mode, "code": code, "version": version, "live_fetch": live_fetch, "record": record}
 
     def targets(self, filters: Row) -> list[Row]:
+        """The window's latest requests, newest first, a page at a time (the API answers at most API_PAGE):
+        each page ends where the one before ended (`until` its last), without the rows seen already."""
         from cli.backends import ViaApi
 
-        return ViaApi(self.api).requests(dict(filters))
+        api, wanted = ViaApi(self.api), filters["limit"]
+        rows: list[Row] = []
+        seen: set[str] = set()
+        page_filters = dict(filters)
+        while len(rows) < wanted:
+            asked = min(API_PAGE, wanted - len(rows) + 1)  # and the last one again, where `until` is
+            page = api.requests(page_filters | {"limit": asked})
+            new = [row for row in page if row["id"] not in seen]
+            rows += new[: wanted - len(rows)]
+            seen.update(row["id"] for row in new)
+            if not new or len(page) < asked:
+                break
+            page_filters["until"] = page[-1]["started_at"]
+        return rows
 
     def replay(self, given: str, row: Row | None) -> tuple[Row | None, Row]:
         from flux.errors import RequestNotFound

@@ -12,6 +12,8 @@ import re
 import subprocess
 import threading
 import time
+import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli import incident
 from cli.main import app
+from cli.remote import Remote
 from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import Settings, load_settings
@@ -329,16 +333,13 @@ def test_the_api_replays_a_request(client: GatewayClient, admin: dict[str, str],
     assert naive.status_code == 400 and naive.json["code"] == "FX607"
 
 
-def test_replay_through_flux_url(dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str]) -> None:
+def test_replay_through_flux_url(
+    dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _project(project_dir)
     env = {**flux_env, "DATABASE_URL": dsn, "FLUX_SECRET_KEY": KEY}
     with flux_server(project_dir, env) as (url, _):
-        import urllib.request
-
-        request = urllib.request.Request(f"{url}/notes", data=b'{"text": "hi"}', method="POST",
-                                         headers={"content-type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request) as answered:
-            original = answered.headers["x-request-id"]
+        original = _post_note(url, "hi")
         remote = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         remote |= {"FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "cli").key}
         done = run_flux(["incident", "replay", original[:8]], remote, project_dir)
@@ -362,10 +363,24 @@ def test_replay_through_flux_url(dsn: str, conn: Conn, project_dir: Path, flux_e
         assert "  FX503: no request has an id starting 00000000" in odd.stdout
         listed = run_flux(["trace", "ls", "--kind", "replay"], remote, project_dir)
         assert len(listed.stdout.splitlines()) == 2, listed.stdout  # the two replays above
-    replays = conn.execute("SELECT count(*) FROM flux.requests WHERE replay_of = %s", [original]).fetchone()[
-        0
-    ]
-    assert replays == 2
+        later = [_post_note(url, text) for text in ("a", "b", "c")]
+        monkeypatch.setattr(incident, "API_PAGE", 2)  # pages of two, as of 500 for a larger window
+        via_api = incident._ViaApi(
+            Remote(url, remote["FLUX_ADMIN_KEY"]), "recorded", "active", None, False, True
+        )
+        filters = {"since": timedelta(hours=1), "limit": 3, "replayable": True}
+        assert [row["id"] for row in via_api.targets(filters)] == later[::-1]
+        assert [row["id"] for row in via_api.targets(filters | {"limit": 9})] == [*later[::-1], original]
+    replays = conn.execute("SELECT count(*) FROM flux.requests WHERE replay_of = %s", [original])
+    assert replays.fetchone()[0] == 2
+
+
+def _post_note(url: str, text: str) -> str:
+    """POST /notes to the server at `url`; the request's id."""
+    data = json.dumps({"text": text}).encode()
+    request = urllib.request.Request(f"{url}/notes", data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request) as answered:
+        return str(answered.headers["x-request-id"])
 
 
 @pytest.mark.slow
