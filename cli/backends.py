@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -288,9 +288,17 @@ class ViaApi:
         return trace_from_record(_record(record))
 
     def requests(self, filters: Row) -> list[Row]:
-        since, errors = filters.pop("since", None), filters.pop("errors", False)
-        params = filters | {"errors": "true" if errors else None,
-                            "since_s": None if since is None else int(since.total_seconds())}  # fmt: skip
+        errors, replayable = filters.pop("errors", False), filters.pop("replayable", False)
+        params = filters | {
+            "errors": "true" if errors else None,
+            "replayable": "true" if replayable else None,
+        }
+        for name in ("since", "until"):  # a period ago, or a moment
+            moment = params.pop(name, None)
+            if isinstance(moment, timedelta):
+                params[f"{name}_s"] = int(moment.total_seconds())
+            elif moment is not None:
+                params[name] = moment.isoformat()
         return [_times(row) for row in self.api.call("GET", "/flux/api/requests", params=params)["items"]]
 
     def follow(self, filters: Row) -> Iterator[Row]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, init, manage, queue, server, state, trace, why
+from cli import build, db, explain, incident, init, manage, queue, server, state, trace, why
 
 
 class FluxTyper(typer.Typer):
@@ -52,6 +52,7 @@ app = FluxTyper(
 app.add_typer(db.app, name="db")
 app.add_typer(trace.app, name="trace")
 app.add_typer(state.app, name="state")
+app.add_typer(incident.app, name="incident")
 server.register(app)
 explain.register(app)
 build.register(app)

@@ -30,6 +30,9 @@ ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project fo
 RouteFilter = Annotated[str | None, typer.Option(help="Only this path.")]
 FunctionFilter = Annotated[str | None, typer.Option(help="Only this function.")]
 StatusFilter = Annotated[int | None, typer.Option(help="Only this HTTP status.")]
+KindFilter = Annotated[
+    str | None, typer.Option(help="Only this kind: http, job, cron or replay (`flux incident replay`'s).")
+]
 ErrorsFilter = Annotated[bool, typer.Option("--errors", help="Only failed requests.")]
 SlowFilter = Annotated[
     float | None, typer.Option("--slow", help="Only requests that took this many ms or more.")
@@ -121,6 +124,7 @@ def ls(
     route: RouteFilter = None,
     function: FunctionFilter = None,
     status: StatusFilter = None,
+    kind: KindFilter = None,
     errors: ErrorsFilter = False,
     since: Annotated[str | None, typer.Option(help="Only this recent, e.g. 15m, 2h, 1d.")] = None,
     slow: SlowFilter = None,
@@ -130,7 +134,7 @@ def ls(
     """Recent requests, newest first: when, id, method and path, status, duration, function."""
     from cli.backends import backend
 
-    filters = {"route": route, "function": function, "status": status, "errors": errors,
+    filters = {"route": route, "function": function, "status": status, "kind": kind, "errors": errors,
                "since": _period(since), "slow_ms": slow, "limit": limit}  # fmt: skip
     with backend(project, reads_only=True) as records:
         rows = records.requests(filters)

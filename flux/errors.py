@@ -380,6 +380,12 @@ class NotReplayable(FluxError):
     title = "the request cannot be replayed: no function of yours ran in it, or its code is not stored"
 
 
+class InvalidReplayOption(FluxError):
+    code = "FX508"
+    http_status = 400
+    title = "a replay's options do not fit together, or name code that the server cannot see"
+
+
 # -- FX6xx projects, deployments, secrets and the management API ------------------------------------------
 
 

@@ -82,3 +82,10 @@ def test_with_database_url_set_a_read_outside_a_project_reads_it(nowhere: Path, 
     result = CliRunner().invoke(app, ["trace", "ls"], env={"DATABASE_URL": dsn}, catch_exceptions=True)
     assert result.exit_code == 0 and result.output == "", (result.output, result.exception)
     assert not (nowhere / ".flux").exists()
+
+
+def test_incident_replay_outside_a_project_creates_no_database(nowhere: Path) -> None:
+    """`flux incident replay` prints its errors itself: exit status 2, as for a replay that could not run."""
+    result = CliRunner().invoke(app, ["incident", "replay", "abc"], catch_exceptions=True)
+    assert result.exit_code == 2 and "error FX807: no database to read" in result.output, result.output
+    assert not (nowhere / ".flux").exists()

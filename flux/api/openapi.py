@@ -129,6 +129,27 @@ _WHY = _object({"record": _RECORD, "failed": {"type": "object", "nullable": True
                 "reads": {"type": "array", "items": {"type": "object"}},
                 "earlier": {"type": "array", "items": {"type": "object"}}})  # fmt: skip
 _TABLE = _param("table", "string", "path")
+_KIND = {**_param("kind"), "schema": {"type": "string", "enum": ["http", "job", "cron", "replay"]}}
+_CHANGE = _object({"path": _TEXT, "recorded": {"nullable": True}, "replayed": {"nullable": True}})
+_DIVERGENCE = _object({
+    "kind": {"type": "string", "enum": ["output", "status", "call", "span", "mutation", "error"]},
+    "at": _TEXT, "recorded": {"nullable": True}, "replayed": {"nullable": True}, "message": _TEXT,
+    "state": {"type": "boolean"}, "changes": {"type": "array", "items": _CHANGE},
+})  # fmt: skip
+_REPLAYED = _object({
+    "request_id": _TEXT, "replay_id": _MAYBE_TEXT,
+    "verdict": {"type": "string", "enum": ["same", "diverged", "drift", "error"]},
+    "divergence": {**_DIVERGENCE, "nullable": True},
+    "divergences": {"type": "array", "items": _DIVERGENCE},
+    "error": {"type": "object", "nullable": True},
+    "drift": {"type": "array", "items": {"type": "object"}},
+    "not_rewound": {"type": "array", "items": _TEXT}, "undone": {"type": "integer"},
+})  # fmt: skip
+_REPLAY = _object({
+    "db": {"type": "string", "enum": ["recorded", "live", "as-of"]},
+    "code": {"type": "string", "enum": ["recorded", "active"]},
+    "version": {"type": "integer"}, "live_fetch": {"type": "boolean"}, "record": {"type": "boolean"},
+}, ())  # fmt: skip
 
 
 def _call(
@@ -223,9 +244,11 @@ def document() -> dict[str, Any]:
             "/flux/api/cron": {"get": _call("Cron schedules", _page(_SCHEDULE, _TEXT))},
             "/flux/api/requests": {"get": _call(
                 "Recorded requests, newest first (flux trace ls)", _ROWS,
-                params=[_LIMIT, _param("route"), _param("function"), _param("status", "integer"),
+                params=[_LIMIT, _param("route"), _param("function"), _param("status", "integer"), _KIND,
                         _param("errors", "boolean"), _param("since_s", "integer"),
-                        _param("slow_ms", "number")])},
+                        _param("until_s", "integer"), {**_param("since"), "schema": _WHEN},
+                        {**_param("until"), "schema": _WHEN}, _param("slow_ms", "number"),
+                        _param("replayable", "boolean")])},
             "/flux/api/requests/followers": {"post": _call(
                 "Follow new requests (flux tail): their ids wait for the follower's next call", _FOLLOWING,
                 "201")},
@@ -241,6 +264,9 @@ def document() -> dict[str, Any]:
                 params=[_REQUEST_ID])},
             "/flux/api/requests/{request_id}/why": {"get": _call(
                 "Why a request went as it did (flux why)", _WHY, params=[_REQUEST_ID])},
+            "/flux/api/requests/{request_id}/replay": {"post": _call(
+                "Replay a request on this server, side effects off, and compare it with its recording"
+                " (flux incident replay)", _REPLAYED, body=_REPLAY, params=[_REQUEST_ID])},
             "/flux/api/state/{table}/history": {"get": _call(
                 "Every version of one row (flux state history)", _ROWS,
                 params=[_TABLE, {**_param("key"), "required": True}])},

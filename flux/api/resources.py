@@ -9,21 +9,22 @@ The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py)
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import falcon
 
-from flux import db, jsontext
+from flux import db, jsontext, replay
 from flux.api import deploy, keys, secrets
 from flux.api.admin import check_admin_key
 from flux.api.openapi import document
 from flux.errors import BodyTooDeep, InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from flux.gateway.handler import WithBuiltins
 from flux.queue import cron, jobs
 from flux.runtime import project_cache
-from flux.runtime.secrets import load_key
+from flux.runtime.secrets import SealedSecrets, load_key
 from flux.trace import state, tree, why
 
 Json = Any
@@ -52,6 +53,7 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
         ("/flux/api/requests/followers", "followers"),
         ("/flux/api/requests/followers/{follower:int}", "follower"),
         ("/flux/api/requests/{request_id}/why", "why"),
+        ("/flux/api/requests/{request_id}/replay", "replay"),
         ("/flux/api/state/{table}/history", "history"), ("/flux/api/state/{table}/blame", "blame"),
     ):  # fmt: skip
         app.add_route(path, api, suffix=suffix)
@@ -246,15 +248,14 @@ class _Api:
     # -- what was recorded (flux trace, why, state) ---------------------------------------------------------
 
     def on_get_requests(self, req: falcon.Request, resp: falcon.Response) -> None:
-        since_s, slow_ms = _int_param(req, "since_s"), _number_param(req, "slow_ms")
-        if since_s is not None and not 0 <= since_s <= 100 * 365 * 86_400:
-            raise InvalidRequest(f"since_s {since_s} is outside 0 to a century", hint="e.g. since_s=3600")
+        slow_ms = _number_param(req, "slow_ms")
         with self._conn(req) as conn:
             items = tree.list_requests(
                 conn, route=req.get_param("route"), function=req.get_param("function"),
-                status=_int_param(req, "status"), errors=req.get_param_as_bool("errors") or False,
-                since=None if since_s is None else timedelta(seconds=since_s), slow_ms=slow_ms,
-                limit=_limit(req),
+                status=_int_param(req, "status"), kind=req.get_param("kind"),
+                errors=req.get_param_as_bool("errors") or False, since=_moment(req, "since"),
+                until=_moment(req, "until"), slow_ms=slow_ms, limit=_limit(req),
+                replayable=req.get_param_as_bool("replayable") or False,
             )  # fmt: skip
         _answer(resp, {"items": items, "next": None})
 
@@ -286,6 +287,29 @@ class _Api:
     def on_get_why(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         with self._conn(req) as conn:
             _answer(resp, why.why_record(why.explain_request(conn, tree.find_trace(conn, request_id))))
+
+    def on_post_replay(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        """Replay a request on this server (`flux incident replay` through FLUX_URL): its result."""
+        with self._conn(req) as conn:  # the key first: nobody without one has the body read
+            body = _body(
+                req, {"db": str, "code": str, "version": int, "live_fetch": object, "record": object}
+            )
+            for flag in ("live_fetch", "record"):
+                if not isinstance(body.get(flag, False), bool):
+                    raise InvalidRequest(f"field {flag!r} is true or false", hint=f'e.g. "{flag}": true')
+            mode, code, version = body.get("db", "recorded"), body.get("code", "active"), body.get("version")
+            replay.check_options(mode, code, version)
+            if self.gateway is None:
+                raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
+            gateway = self.gateway
+            how = replay.Replay(
+                WithBuiltins(gateway.executor), replay.stored_code(conn, code, version),
+                gateway.catalogs.get(conn), mode=mode, live_fetch=body.get("live_fetch", False),
+                record=body.get("record", True),
+                secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
+                fetch_policy=gateway.fetch_policy,
+            )  # fmt: skip
+            _answer(resp, replay.replay_request(conn, request_id, how).result.to_json())
 
     def on_get_history(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
         key = req.get_param("key", required=True)
@@ -360,6 +384,26 @@ def _int_param(req: falcon.Request, name: str) -> int | None:
     if value is None or not -(2**63) <= value < 2**63:
         raise InvalidRequest(f"{name} {text!r} is not a whole number", hint=f"e.g. {name}=10")
     return value
+
+
+def _moment(req: falcon.Request, name: str) -> timedelta | datetime | None:
+    """`{name}_s` seconds ago, or the moment `{name}` (ISO 8601, with its offset)."""
+    seconds, text = _int_param(req, f"{name}_s"), req.get_param(name)
+    if seconds is not None:
+        if not 0 <= seconds <= 100 * 365 * 86_400:
+            raise InvalidRequest(f"{name}_s {seconds} is outside 0 to a century", hint=f"e.g. {name}_s=3600")
+        return timedelta(seconds=seconds)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(
+            f"{name} {text!r} is not a moment with its offset", hint=f"e.g. {name}=2026-01-31T09:00:00+00:00"
+        )
+    return moment
 
 
 def _number_param(req: falcon.Request, name: str) -> float | None:

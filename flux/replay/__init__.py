@@ -10,15 +10,22 @@ from flux.replay.code import built_code, deployed_code, recorded_code
 from flux.replay.divergence import Divergence
 from flux.replay.engine import Replay, ReplayResult, replay
 from flux.replay.recording import Recording, recording_of
+from flux.replay.requests import MODES, STORED_CODE, Replayed, check_options, replay_request, stored_code
 
 __all__ = [
+    "MODES",
+    "STORED_CODE",
     "Divergence",
     "Recording",
     "Replay",
     "ReplayResult",
+    "Replayed",
     "built_code",
+    "check_options",
     "deployed_code",
     "recorded_code",
     "recording_of",
     "replay",
+    "replay_request",
+    "stored_code",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,12 @@ def decrypt(key: bytes, name: str, nonce: bytes, ciphertext: bytes) -> str:
         ) from None
 
 
+_SECRETS = "SELECT name, nonce, ciphertext FROM flux.secrets"
+
+
 def load_secrets(conn: Any, key: Callable[[], bytes]) -> dict[str, str]:
     """Every secret, decrypted (`key()` is called only when there is one)."""
-    rows = db.execute_rows(conn, "SELECT name, nonce, ciphertext FROM flux.secrets", [])
+    rows = db.execute_rows(conn, _SECRETS, [])
     if not rows:
         return {}
     secret_key = key()
@@ -87,3 +90,32 @@ class SecretCache(NotifiedCache[dict[str, str]]):
 
     def __init__(self, project_dir: Path) -> None:
         super().__init__(NOTIFY_CHANNEL, lambda conn: load_secrets(conn, lambda: load_key(project_dir)))
+
+
+class SealedSecrets(Mapping[str, str]):
+    """Every secret as stored now, each decrypted when it is read: a key that is missing or wrong fails only
+    the runs that read a secret (a replay in the CLI; the server decrypts them all up front). The failure is
+    kept in `failure` for the caller to tell apart from the function's own errors."""
+
+    def __init__(self, conn: Any, key: Callable[[], bytes]) -> None:
+        rows = db.execute_rows(conn, _SECRETS, [])
+        self._sealed = {name: (bytes(nonce), bytes(ciphertext)) for name, nonce, ciphertext in rows}
+        self._key = key
+        self._secret_key: bytes | None = None
+        self.failure: SecretKeyInvalid | None = None
+
+    def __getitem__(self, name: str) -> str:
+        nonce, ciphertext = self._sealed[name]
+        try:
+            if self._secret_key is None:
+                self._secret_key = self._key()
+            return decrypt(self._secret_key, name, nonce, ciphertext)
+        except SecretKeyInvalid as exc:
+            self.failure = exc
+            raise
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sealed)
+
+    def __len__(self) -> int:
+        return len(self._sealed)

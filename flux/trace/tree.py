@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flux import db
@@ -90,37 +90,51 @@ def find_trace(conn: Any, given: str) -> Trace:
     return load_trace(conn, resolve_request_id(conn, given))
 
 
-def load_trace(conn: Any, request_id: str) -> Trace:
-    """The whole record of one request."""
+def load_trace(conn: Any, request_id: str, *, with_jobs: bool = True) -> Trace:
+    """The whole record of one request; without its jobs (those it pushed, the one it ran) unless
+    `with_jobs` (a replay reads only the request, its spans and its row changes)."""
     request, *parts = TRACE_STATEMENTS
     found = db.fetch_dicts(conn, request, (request_id,), exact_numbers=True)
     if not found:
         raise RequestNotFound(f"no request {request_id}", hint="flux trace ls lists recent ones")
     spans, mutations, jobs, job = (
-        db.fetch_dicts(conn, query, (request_id,), exact_numbers=True) for query in parts
+        db.fetch_dicts(conn, query, (request_id,), exact_numbers=True) if with_jobs or n < 2 else []
+        for n, query in enumerate(parts)
     )
     return Trace(found[0], spans, mutations, jobs, job[0] if job else None)
 
 
+KINDS = ("http", "job", "cron", "replay")
+Moment = timedelta | datetime  # how long ago, or when
+
+
 def list_requests(
     conn: Any, *, route: str | None = None, function: str | None = None, status: int | None = None,
-    errors: bool = False, since: timedelta | None = None, slow_ms: float | None = None, limit: int = 20,
-    ids: list[str] | None = None,
+    kind: str | None = None, errors: bool = False, since: Moment | None = None, until: Moment | None = None,
+    slow_ms: float | None = None, limit: int = 20, ids: list[str] | None = None, replayable: bool = False,
 ) -> list[Row]:  # fmt: skip
-    """Recent requests (or those of `ids`), newest first, with the filters given."""
+    """Recent requests (or those of `ids`), newest first, with the filters given. `since` and `until` are a
+    period ago or a moment; `replayable` keeps the requests that ran code of their own (no replays, no
+    refusals of the gateway, no explains)."""
     if not 1 <= limit <= 10_000:
         raise InvalidRequest(f"--limit {limit} is outside 1-10000", hint="e.g. --limit 50")
+    if kind is not None and kind not in KINDS:
+        raise InvalidRequest(f"--kind {kind!r} is not a kind of request", hint=f"one of {', '.join(KINDS)}")
     where, params = ["true"], []
     for clause, value in (
         ("r.id = ANY(%s::uuid[])", ids), ("r.path = %s", route), ("r.function = %s", function),
-        ("r.status = %s", status), ("r.started_at >= now() - %s", since),
-        ("r.duration_us >= %s * 1000", slow_ms),
+        ("r.status = %s", status), ("r.kind = %s", kind), (_moment("r.started_at >=", since), since),
+        (_moment("r.started_at <=", until), until), ("r.duration_us >= %s * 1000", slow_ms),
     ):  # fmt: skip
         if value is not None:
             where.append(clause)
             params.append(value)
     if errors:
         where.append("NOT r.ok")
+    if replayable:
+        where.append(
+            "r.kind <> 'replay' AND r.code_sha IS NOT NULL AND r.function IS DISTINCT FROM 'db.explain'"
+        )
     return db.fetch_dicts(
         conn,
         "SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.ok,"
@@ -129,6 +143,11 @@ def list_requests(
         + " ORDER BY r.started_at DESC LIMIT %s",
         [*params, limit],
     )
+
+
+def _moment(compared: str, value: Moment | None) -> str:
+    """`compared` against a moment, or against now minus a period."""
+    return f"{compared} %s" if isinstance(value, datetime) else f"{compared} now() - %s"
 
 
 CHANNEL = "flux_requests"
