@@ -1,11 +1,13 @@
 """The README's first command and its "Five minutes": `make dev` serves the quickstart and records writes; a
-request (the README sends it with curl; here urllib, so the suite needs no curl) is traced with `flux trace`;
-Ctrl-C cleans up. The README runs `make test` after `make dev`, so the example folder may hold what `make dev`
-left there; the test must not depend on it."""
+request (the README sends it with curl; here urllib, so the suite needs no curl) is traced with `flux trace`,
+replayed (`same`), then replayed on the edited function (`diverged`, at the insert); Ctrl-C cleans up. The
+README runs `make test` after `make dev`, so the example folder may hold what `make dev` left there; the test
+must not depend on it."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -46,10 +48,18 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
         with urllib.request.urlopen(note, timeout=30) as added:
             status, request_id = added.status, added.headers["x-request-id"]
         assert status == 201 and request_id, (status, request_id)
-        traced = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "flux"), "trace", request_id, "--project", str(quickstart)],
-            capture_output=True, text=True, env=env, timeout=60,
-        )  # fmt: skip
+
+        def flux(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [str(REPO / ".venv" / "bin" / "flux"), *args, "--project", str(quickstart)]
+            return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+        traced = flux("trace", request_id)
+        # It ends with a replay of that request, then one on the edited function (`make dev` deploys it).
+        replayed = flux("incident", "replay", request_id)
+        function = quickstart / "functions" / "add_note" / "index.ts"
+        function.write_text(function.read_text().replace("req.body.text }", "req.body.text.toUpperCase() }"))
+        deployed = _deployed(socket_dir, version=2)
+        edited = flux("incident", "replay", request_id, "--db", "as-of")
     finally:
         output = interrupt(make)  # Ctrl-C in the terminal that typed `make dev`
     assert took < 15, output
@@ -58,9 +68,31 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
     assert traced.returncode == 0 and lines[0].startswith(f"request {request_id}  POST /notes  201 "), traced
     assert any(line.startswith("  db:insert(notes) ") for line in lines), traced.stdout
     assert '      INSERT notes {"id": 2}  body: ∅ → "hello", created_at: ∅ → ' in traced.stdout
+    assert replayed.returncode == 0, replayed
+    assert f"{request_id[:8]}  POST /notes  same  (replay " in replayed.stdout, replayed
+    assert deployed, output
+    assert edited.returncode == 1, edited
+    assert edited.stdout.splitlines()[:5] == [
+        f"{request_id[:8]}  POST /notes  diverged",
+        "  first: call db.query#0 db:insert(notes): was called with other arguments (args.values.body)",
+        '    args.values.body: "hello" → "HELLO"',
+        "  then: mutation db.query#0 INSERT public.notes id=2: differs at row.new.body",
+        "        output: the response differs at response.body.body",
+    ], edited.stdout
     assert "flux: applied migrations/0001_notes.sql" in output
     assert "Traceback" not in output
     assert processes_mentioning(str(quickstart / ".flux" / "pg")) == []
+
+
+def _deployed(socket_dir: Path, version: int, timeout: float = 30) -> bool:
+    """Whether `flux dev` deployed `version` within `timeout` seconds (it deploys again on each save)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(f"host={socket_dir} user=postgres dbname=flux", autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM flux.deployments WHERE id = %s AND active", [version]).fetchone():
+                return True
+            time.sleep(0.2)
+    return False
 
 
 def _quickstart_as_make_dev_left_it(folder: Path) -> Path:
