@@ -169,13 +169,14 @@ def _judge(
     divergences = list(host.divergences)
     made = set(host.matched.values())
     divergences += [Divergence.missing_call(call) for call in recording.calls if call.key not in made]
-    if host.mode != "recorded":
+    if host.mode != "recorded" and not recording.failed:  # a failed run's writes were rolled back unrecorded
         divergences += _mutation_divergences(recording, host, mutations)
     request = recording.request
+    scrub = host.recorder.scrub  # the record keeps secrets redacted: so is what it is compared with
     timed_out_at_its_end = recording.timed_out and error is None and not divergences
     if not timed_out_at_its_end:
         recorded_error = request.get("error")
-        replayed_error = error_record(error) if error is not None else None
+        replayed_error = scrub(error_record(error)) if error is not None else None
         if changes_between("code", (recorded_error or {}).get("code"), (replayed_error or {}).get("code")):
             message = _error_message(recorded_error, replayed_error)
             divergences.append(Divergence("error", "error", recorded_error, replayed_error, message))
@@ -190,8 +191,8 @@ def _judge(
                         f"the response's status was {request.get('status')}, now {response.status}",
                     )
                 )
-            output = request.get("output") or {}
-            changes = changes_between("response", output, response.to_json())
+            output, replayed = request.get("output") or {}, scrub(response.to_json())
+            changes = changes_between("response", output, replayed)
             if changes:
                 shown = ", ".join(change.path for change in changes[:3])
                 divergences.append(
@@ -199,7 +200,7 @@ def _judge(
                         "output",
                         "response",
                         output,
-                        response.to_json(),
+                        replayed,
                         f"the response differs at {shown}",
                         changes,
                     )

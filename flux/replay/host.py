@@ -82,8 +82,9 @@ class ReplayHost(Host):
             raise
         if not recorded.ok:
             self._diverged(Divergence.of_call(recorded, seq, "error", recorded.error, None, state=same_args))
-        elif same_args and changes_between("result", recorded.value, value):
-            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, value, state=True))
+        elif same_args and changes_between("result", recorded.value, self.recorder.scrub(value)):
+            replayed = self.recorder.scrub(value)
+            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=True))
         return value
 
     def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
