@@ -179,7 +179,10 @@ def _judge(
         replayed_error = scrub(error_record(error)) if error is not None else None
         if changes_between("code", (recorded_error or {}).get("code"), (replayed_error or {}).get("code")):
             message = _error_message(recorded_error, replayed_error)
-            divergences.append(Divergence("error", "error", recorded_error, replayed_error, message))
+            # Both sides, always: the side that did not fail shows what it answered instead.
+            was = recorded_error if recorded_error is not None else {"response": request.get("output")}
+            now = replayed_error if replayed_error is not None else {"response": scrub(response.to_json())}
+            divergences.append(Divergence("error", "error", was, now, message))
         elif recorded_error is None:
             if request.get("status") != response.status:
                 divergences.append(
