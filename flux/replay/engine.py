@@ -127,6 +127,8 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         error = exc
     except Exception as exc:  # a bug in Flux: still judged and recorded, as FX900
         error = db.as_flux_error(exc)
+    if host.cut_off is not None:  # cut off where the original was: it ends as the original did
+        error = host.cut_off
     try:
         if state is not None:
             mutations = captured_mutations(conn, replay_id)

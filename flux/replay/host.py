@@ -30,11 +30,14 @@ class ReplayHost(Host):
     divergences: list[Divergence] = field(default_factory=list)
     matched: dict[int, str] = field(default_factory=dict)  # replay span seq -> recorded call key
     pinned: set[str] = field(default_factory=set)  # keys of recorded calls whose writes have pins
+    cut_off: FluxError | None = None  # the recorded time limit, met where the original met it (`_unrecorded`)
     _counts: dict[str, int] = field(default_factory=dict)
     _clock_ms: Json = None
 
     def perform(self, op: str, args: Json) -> Json:
         assert self.recording is not None
+        if self.cut_off is not None:  # the run is over, as the original's was: whatever it calls now fails
+            raise self.cut_off
         number = self._counts[op] = self._counts.get(op, -1) + 1
         key = f"{op}#{number}"
         recorded = self.recording.by_key.get(key)
@@ -92,9 +95,11 @@ class ReplayHost(Host):
         there (then the replay is cut off at the same point)."""
         assert self.recording is not None
         if self.recording.timed_out and not self.divergences and self._all_recorded_calls_made():
-            raise error_for_code(
-                self.recording.request["error"]["code"], self.recording.request["error"]["message"]
-            )
+            # The run ends here with the recorded error, however the function handles this call's failure
+            # (the engine ends it so): the original was cut off by the clock, not by its own choice.
+            error = self.recording.request["error"]
+            self.cut_off = error_for_code(error["code"], error["message"])
+            raise self.cut_off
         self._diverged(
             Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args))
         )

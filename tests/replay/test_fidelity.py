@@ -25,6 +25,7 @@ from flux.runtime.build import build_function
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.limits import FunctionLimits
 from flux.trace.tree import load_trace
+from tests.fixtures.runtime import ts
 from tests.runtime.test_examples import PROJECT, TOOLCHAINS
 
 Conn = psycopg.Connection[Any]
@@ -178,3 +179,30 @@ def _code(error: FluxError | None) -> str | None:
 def _span_names(conn: Conn, request_id: str) -> list[str]:
     rows = conn.execute("SELECT name FROM flux.spans WHERE request_id = %s ORDER BY seq", (request_id,))
     return [row[0] for row in rows]
+
+
+# Cut off by its time limit while a fetch was slow: replayed, the fetch answers at once and the function goes
+# on past the point where it was cut off, and is cut off there, however it handles the call that finds it so.
+CUT_OFF_DURING_A_CALL = """
+export default async function (req, ctx) {
+  await ctx.fetch(req.body.url + "/sleep/0.7");
+  try {
+    await ctx.log("after the fetch");
+  } catch (error) {
+    throw new Error("could not log: " + error.code);
+  }
+  return { done: true };
+}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_cut_off_during_a_slow_call_replays_same(
+    conn: Conn, runtime: Runtime, events: Catalog, local_server: str, mode: str
+) -> None:
+    fn = ts("cut_off", CUT_OFF_DURING_A_CALL, timeout_ms=TIMEOUT_MS)
+    outcome = record(conn, runtime, events, fn, "user", {"url": local_server})
+    assert _code(outcome.error) == "FX301", outcome.error
+    assert _span_names(conn, outcome.request_id)[-1].startswith("fetch:GET")  # cut off after the fetch
+    result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
+    assert result.verdict == "same", _shown(result)
