@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,12 +19,13 @@ import pytest
 
 from flux.data import Catalog, load_catalog
 from flux.errors import FluxError
-from flux.gateway.handler import WithBuiltins
+from flux.gateway.handler import BUILTINS, WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
 from flux.runtime import Caller, Function, Outcome, Runtime, invoke
 from flux.runtime.build import build_function
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.limits import FunctionLimits
+from flux.trace.recorder import Recorder
 from flux.trace.tree import load_trace
 from tests.fixtures.runtime import ts
 from tests.runtime.test_examples import PROJECT, TOOLCHAINS
@@ -206,3 +208,34 @@ def test_a_run_cut_off_during_a_slow_call_replays_same(
     assert _span_names(conn, outcome.request_id)[-1].startswith("fetch:GET")  # cut off after the fetch
     result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
     assert result.verdict == "same", _shown(result)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_db_query_request_and_a_job_replay_same(
+    conn: Conn,
+    runtime: Runtime,
+    events: Catalog,
+    corpus: Callable[[str], Function],
+    local_server: str,
+    mode: str,
+) -> None:
+    """`POST /db/query` runs no code: its one call is the run; a job runs as the service role, with a payload."""
+    query = {
+        "insert": "events",
+        "values": [{"body": "one"}, {"body": "two", "amount": 1.5}],
+        "returning": ["*"],
+    }
+    request = {"method": "POST", "path": "/db/query", "body": query}
+    recorder = Recorder(str(uuid.uuid4()))  # the gateway's span names the caller of a run with no code
+    recorder.event("gateway", "gateway", output={"caller": {"role": "user", "tenant_id": None}})
+    builtin = invoke(conn, WithBuiltins(runtime), BUILTINS["db.query"], request, catalog=events,
+                     caller=Caller(role="user"), recorder=recorder)  # fmt: skip
+    assert builtin.error is None, builtin.error
+    fn = corpus("javascript")
+    job = invoke(conn, runtime, fn, {"body": {"text": "from a job", "url": local_server}}, catalog=events,
+                 caller=Caller(role="service"), kind="job", fetch_policy=LOCAL)  # fmt: skip
+    assert job.error is None, job.error
+    for outcome in (builtin, job):
+        result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
+        assert result.verdict == "same", _shown(result)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)
