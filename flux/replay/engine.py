@@ -174,7 +174,7 @@ def _judge(
     if host.mode != "recorded" and not recording.failed:  # a failed run's writes were rolled back unrecorded
         divergences += _mutation_divergences(recording, host, mutations)
     request = recording.request
-    scrub = host.recorder.scrub  # the record keeps secrets redacted: so is what it is compared with
+    scrub = host.as_recorded  # secrets redacted, as the record keeps them
     timed_out_at_its_end = recording.timed_out and error is None and not divergences
     if not timed_out_at_its_end:
         recorded_error = request.get("error")

@@ -14,6 +14,7 @@ from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
 from flux.runtime.host import Host
+from flux.trace.recorder import storable
 
 Json = Any
 Mode = Literal["recorded", "live", "as-of"]
@@ -47,11 +48,9 @@ class ReplayHost(Host):
             return self._unrecorded(op, args, key, seq)
         self.matched[seq] = key
         self._clock_ms = recorded.clock_ms
-        same_args = not changes_between("args", recorded.args, self.recorder.scrub(args))
+        same_args = not changes_between("args", recorded.args, self.as_recorded(args))
         if not same_args:
-            self._diverged(
-                Divergence.of_call(recorded, seq, "args", recorded.args, self.recorder.scrub(args))
-            )
+            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, self.as_recorded(args)))
         if op in _DATABASE_OPS and self.mode != "recorded":
             return self._database(op, args, recorded, seq, same_args)
         if op in ("secrets.get", "log"):
@@ -85,8 +84,8 @@ class ReplayHost(Host):
             raise
         if not recorded.ok:
             self._diverged(Divergence.of_call(recorded, seq, "error", recorded.error, None, state=same_args))
-        elif same_args and changes_between("result", recorded.value, self.recorder.scrub(value)):
-            replayed = self.recorder.scrub(value)
+        elif same_args and changes_between("result", recorded.value, self.as_recorded(value)):
+            replayed = self.as_recorded(value)
             self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=True))
         return value
 
@@ -100,9 +99,7 @@ class ReplayHost(Host):
             error = self.recording.request["error"]
             self.cut_off = error_for_code(error["code"], error["message"])
             raise self.cut_off
-        self._diverged(
-            Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args))
-        )
+        self._diverged(Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.as_recorded(args)))
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":
@@ -112,6 +109,11 @@ class ReplayHost(Host):
             f"the recording has no {key}: its run made fewer {op} calls",
             hint="the replay reports it as a divergence",
         )
+
+    def as_recorded(self, value: Json) -> Json:
+        """`value` as the record would keep it, to compare with the recording: with the secrets read replaced
+        by `[secret:NAME]`, and text jsonb cannot hold escaped."""
+        return storable(self.recorder.scrub(value))
 
     def _all_recorded_calls_made(self) -> bool:
         assert self.recording is not None

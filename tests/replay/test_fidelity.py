@@ -219,7 +219,7 @@ def test_a_db_query_request_and_a_job_replay_same(
     local_server: str,
     mode: str,
 ) -> None:
-    """`POST /db/query` runs no code: its one call is the run; a job runs as the service role, with a payload."""
+    """`POST /db/query` runs no code (its one call is the run); a job runs as the service role."""
     query = {
         "insert": "events",
         "values": [{"body": "one"}, {"body": "two", "amount": 1.5}],
@@ -239,3 +239,24 @@ def test_a_db_query_request_and_a_job_replay_same(
         result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
         assert result.verdict == "same", _shown(result)
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)
+
+
+# Text that jsonb cannot hold (U+0000, a lone surrogate) is recorded with visible escapes: compared so.
+UNSTORABLE = r"""
+export default async function (req, ctx) {
+  const text = "nul \u0000 and a lone \ud800 surrogate";
+  await ctx.log(text, { text });
+  return { text };
+}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_text_jsonb_cannot_hold_replays_same(
+    conn: Conn, runtime: Runtime, events: Catalog, mode: str
+) -> None:
+    fn = ts("unstorable", UNSTORABLE)
+    outcome = record(conn, runtime, events, fn, "user", {})
+    assert outcome.error is None, outcome.error
+    result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
+    assert result.verdict == "same", _shown(result)
