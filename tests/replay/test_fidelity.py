@@ -125,7 +125,7 @@ def record(conn: Conn, runtime: Runtime, catalog: Catalog, fn: Function, role: s
 def replayed(conn: Conn, runtime: Runtime, catalog: Catalog, request_id: str, fn: Function, mode: str,
              **options: Any) -> ReplayResult:  # fmt: skip
     how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL, secrets=SECRETS, **options)  # fmt: skip
+                 fetch_policy=LOCAL, **{"secrets": SECRETS, **options})  # fmt: skip
     return replay(conn, recording_of(load_trace(conn, request_id)), how)
 
 
@@ -259,4 +259,23 @@ def test_text_jsonb_cannot_hold_replays_same(
     outcome = record(conn, runtime, events, fn, "user", {})
     assert outcome.error is None, outcome.error
     result = replayed(conn, runtime, events, outcome.request_id, fn, mode)
+    assert result.verdict == "same", _shown(result)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_secret_changed_since_replays_same(
+    conn: Conn,
+    runtime: Runtime,
+    events: Catalog,
+    corpus: Callable[[str], Function],
+    local_server: str,
+    mode: str,
+) -> None:
+    """The function gets today's value, compared as the record keeps it (`[secret:token]`), in the fetch's
+    headers and in the response alike."""
+    fn = corpus("typescript")
+    outcome = record(conn, runtime, events, fn, "service", {"text": "rotated", "url": local_server})
+    assert outcome.error is None, outcome.error
+    assert outcome.response.body["signed"] == "sig:s3cret-Value"
+    result = replayed(conn, runtime, events, outcome.request_id, fn, mode, secrets={"token": "r0tated"})
     assert result.verdict == "same", _shown(result)
