@@ -7,6 +7,7 @@ and its transaction is always rolled back."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from flux.replay.recording import Recording
 from flux.replay.state import State, captured_mutations, open_state
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
+from flux.runtime.limits import FunctionLimits
 from flux.runtime.response import Response, error_response, to_response
 from flux.trace.recorder import Recorder, error_record
 
@@ -28,6 +30,7 @@ Json = Any
 Row = dict[str, Any]
 Verdict = Literal["same", "diverged", "drift", "error"]
 CodeFor = Callable[[Recording], Function]  # the code a replay runs for a recording
+TIMED_OUT_HEADROOM = 2  # a replay of a run cut off by its time limit has this many times its limit
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         function = how.code_for(recording)
     except FluxError as exc:
         return ReplayResult(recording.id, None, "error", error=error_record(exc))
+    if recording.timed_out:  # it must get as far as the original did, on a machine as busy as may be
+        function = dataclasses.replace(function, limits=_more_time(function.limits))
     replay_id = randomness.uuid4()
     caller = recording.caller
     recorder = Recorder(replay_id, caller.tenant_id)
@@ -161,6 +166,14 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         }
         recorder.write(conn, row, durable=False)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
+
+
+def _more_time(limits: FunctionLimits) -> FunctionLimits:
+    """The limits of the replay of a run that its time limit cut off: twice the time. The replay is cut off
+    where the original was (at its first call past the recorded ones, see ReplayHost), so the extra time is
+    spent only by code that spins with no call, and it keeps a replay slower than the original (answers from
+    a busier database, a colder cache) from stopping short of the calls the original made."""
+    return dataclasses.replace(limits, timeout_ms=limits.timeout_ms * TIMED_OUT_HEADROOM)
 
 
 def _judge(

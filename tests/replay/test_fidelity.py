@@ -279,3 +279,26 @@ def test_a_secret_changed_since_replays_same(
     assert outcome.response.body["signed"] == "sig:s3cret-Value"
     result = replayed(conn, runtime, events, outcome.request_id, fn, mode, secrets={"token": "r0tated"})
     assert result.verdict == "same", _shown(result)
+
+
+# A run cut off by its time limit after all its calls: a replay slower to get there (here, a tighter limit
+# than the database's 250 ms sleep leaves room for) still gets there, and is cut off at the same point.
+SLOW_THEN_SPINS = """
+export default async function (req, ctx) {
+  await ctx.db.sql("SELECT pg_sleep(0.25)");
+  await ctx.log("slept");
+  for (;;) { /* past the time limit */ }
+}
+"""
+
+
+def test_a_slower_replay_of_a_run_cut_off_still_reaches_where_it_was_cut_off(
+    conn: Conn, runtime: Runtime, events: Catalog
+) -> None:
+    fn = ts("slow_then_spins", SLOW_THEN_SPINS, timeout_ms=1000)
+    outcome = record(conn, runtime, events, fn, "service", {})
+    assert _code(outcome.error) == "FX301", outcome.error
+    assert _span_names(conn, outcome.request_id)[-1] == "log:info"
+    slower = replace(fn, limits=FunctionLimits(timeout_ms=200))
+    result = replayed(conn, runtime, events, outcome.request_id, slower, "live")
+    assert result.verdict == "same", _shown(result)
