@@ -239,11 +239,26 @@ def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: lis
         orders.setdefault(call.key, next((s for s, k in host.matched.items() if k == call.key), END - 1))
     for key in dict.fromkeys([*(call.key for call in recording.calls), *replayed]):
         recorded_rows = recording.by_key[key].mutations if key in recording.by_key else []
-        found += _rows_compared(key, recorded_rows, replayed.get(key, []), orders[key])
+        seq = orders[key]
+        written = _columns_set(host.recorder.spans[seq].input) if seq < len(host.recorder.spans) else set()
+        found += _rows_compared(key, recorded_rows, replayed.get(key, []), seq, written)
     return found
 
 
-def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: int) -> list[Divergence]:
+def _columns_set(args: Json) -> set[str]:
+    """The columns a write's query gave values to (an insert's `values`, an update's `set`)."""
+    if not isinstance(args, dict):
+        return set()
+    given = args.get("values", args.get("set"))
+    rows = given if isinstance(given, list) else [given]
+    return {str(column) for row in rows if isinstance(row, dict) for column in row}
+
+
+def _rows_compared(
+    key: str, recorded: list[Row], replayed: list[Row], order: int, written: set[str]
+) -> list[Divergence]:
+    """The writes of one call, pair by pair. The columns its query set come first among a row's changes: a
+    write run with other arguments is not pinned, so the values the database generated differ too, after."""
     found = []
     for index in range(max(len(recorded), len(replayed))):
         a = recorded[index] if index < len(recorded) else None
@@ -258,6 +273,7 @@ def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: in
             )
             continue
         changes = changes_between("row", _row(a), _row(b))
+        changes.sort(key=lambda change: change.path.removeprefix("row.new.") not in written)  # stable
         if changes:
             shown = ", ".join(change.path for change in changes[:3])
             state = bool(

@@ -47,9 +47,17 @@ CASES = {
                        "db.query#0 db:select(events)", "args.where.body.eq"),
     "another value": ("amount: 20.5", "amount: 21.5", "call", "db.query#2 db:update(events)",
                       "args.set.amount"),
+    "another inserted value": ("body: req.body.text }", 'body: req.body.text + "!" }', "call",
+                               "db.query#1 db:insert(events)", "args.values.body"),
     "another job": ("{ id: event.id }", "{ id: event.id, again: true }", "call",
                     "queue.push#0 queue:push(after)", "args.payload.again"),
 }  # fmt: skip
+# case: where its write differs in as-of mode, and the first path at which it does (the column the code set,
+# before the values the database generated for a write that, run with other arguments, was not pinned)
+WRITES = {
+    "another value": ("db.query#2 UPDATE public.events id=1", "row.new.amount"),
+    "another inserted value": ("db.query#1 INSERT public.events id=", "row.new.body"),
+}
 
 
 @pytest.fixture
@@ -91,9 +99,13 @@ def test_a_change_is_the_first_divergence_with_both_sides(
         assert (first.recorded, first.replayed) == ({"select": "events", "aggregate": {"count": "*"}}, None)
     else:
         assert first.recorded is not None and first.replayed is not None, first
-    if case == "another value" and mode == "as-of":  # the write itself, beside the call that made it
+    if case in WRITES and mode == "as-of":  # the write itself, beside the call that made it
         (write,) = [d for d in result.divergences if d.kind == "mutation"]
-        assert write.at == "db.query#2 UPDATE public.events id=1", write
+        where, column = WRITES[case]
+        assert write.at.startswith(where) and write.changes[0].path == column, write
+        assert write.message.startswith(f"{write.at} differs at {column}"), write.message
+    if case == "another value" and mode == "as-of":
+        (write,) = [d for d in result.divergences if d.kind == "mutation"]
         assert [change.path for change in write.changes] == ["row.new.amount"], write.changes
         assert (write.recorded["new"]["amount"], write.replayed["new"]["amount"]) == (20.5, 21.5)
     assert conn.execute("SELECT amount FROM events WHERE id = 1").fetchone()[0] == 20.5  # nothing left behind
