@@ -7,6 +7,7 @@ and its transaction is always rolled back."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from flux.replay.recording import Recording
 from flux.replay.state import State, captured_mutations, open_state
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
+from flux.runtime.limits import FunctionLimits
 from flux.runtime.response import Response, error_response, to_response
 from flux.trace.recorder import Recorder, error_record
 
@@ -28,6 +30,7 @@ Json = Any
 Row = dict[str, Any]
 Verdict = Literal["same", "diverged", "drift", "error"]
 CodeFor = Callable[[Recording], Function]  # the code a replay runs for a recording
+TIMED_OUT_HEADROOM = 2  # a replay of a run cut off by its time limit has this many times its limit
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         function = how.code_for(recording)
     except FluxError as exc:
         return ReplayResult(recording.id, None, "error", error=error_record(exc))
+    if recording.timed_out:  # it must get as far as the original did, on a machine as busy as may be
+        function = dataclasses.replace(function, limits=_more_time(function.limits))
     replay_id = randomness.uuid4()
     caller = recording.caller
     recorder = Recorder(replay_id, caller.tenant_id)
@@ -127,6 +132,8 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         error = exc
     except Exception as exc:  # a bug in Flux: still judged and recorded, as FX900
         error = db.as_flux_error(exc)
+    if host.cut_off is not None:  # cut off where the original was: it ends as the original did
+        error = host.cut_off
     try:
         if state is not None:
             mutations = captured_mutations(conn, replay_id)
@@ -161,6 +168,14 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
 
 
+def _more_time(limits: FunctionLimits) -> FunctionLimits:
+    """The limits of the replay of a run that its time limit cut off: twice the time. The replay is cut off
+    where the original was (at its first call past the recorded ones, see ReplayHost), so the extra time is
+    spent only by code that spins with no call, and it keeps a replay slower than the original (answers from
+    a busier database, a colder cache) from stopping short of the calls the original made."""
+    return dataclasses.replace(limits, timeout_ms=limits.timeout_ms * TIMED_OUT_HEADROOM)
+
+
 def _judge(
     recording: Recording, host: ReplayHost, response: Response, error: FluxError | None, mutations: list[Row]
 ) -> list[Divergence]:
@@ -169,16 +184,20 @@ def _judge(
     divergences = list(host.divergences)
     made = set(host.matched.values())
     divergences += [Divergence.missing_call(call) for call in recording.calls if call.key not in made]
-    if host.mode != "recorded":
+    if host.mode != "recorded" and not recording.failed:  # a failed run's writes were rolled back unrecorded
         divergences += _mutation_divergences(recording, host, mutations)
     request = recording.request
+    scrub = host.as_recorded  # secrets redacted, as the record keeps them
     timed_out_at_its_end = recording.timed_out and error is None and not divergences
     if not timed_out_at_its_end:
         recorded_error = request.get("error")
-        replayed_error = error_record(error) if error is not None else None
+        replayed_error = scrub(error_record(error)) if error is not None else None
         if changes_between("code", (recorded_error or {}).get("code"), (replayed_error or {}).get("code")):
             message = _error_message(recorded_error, replayed_error)
-            divergences.append(Divergence("error", "error", recorded_error, replayed_error, message))
+            # Both sides, always: the side that did not fail shows what it answered instead.
+            was = recorded_error if recorded_error is not None else {"response": request.get("output")}
+            now = replayed_error if replayed_error is not None else {"response": scrub(response.to_json())}
+            divergences.append(Divergence("error", "error", was, now, message))
         elif recorded_error is None:
             if request.get("status") != response.status:
                 divergences.append(
@@ -190,8 +209,8 @@ def _judge(
                         f"the response's status was {request.get('status')}, now {response.status}",
                     )
                 )
-            output = request.get("output") or {}
-            changes = changes_between("response", output, response.to_json())
+            output, replayed = request.get("output") or {}, scrub(response.to_json())
+            changes = changes_between("response", output, replayed)
             if changes:
                 shown = ", ".join(change.path for change in changes[:3])
                 divergences.append(
@@ -199,7 +218,7 @@ def _judge(
                         "output",
                         "response",
                         output,
-                        response.to_json(),
+                        replayed,
                         f"the response differs at {shown}",
                         changes,
                     )
@@ -220,11 +239,26 @@ def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: lis
         orders.setdefault(call.key, next((s for s, k in host.matched.items() if k == call.key), END - 1))
     for key in dict.fromkeys([*(call.key for call in recording.calls), *replayed]):
         recorded_rows = recording.by_key[key].mutations if key in recording.by_key else []
-        found += _rows_compared(key, recorded_rows, replayed.get(key, []), orders[key])
+        seq = orders[key]
+        written = _columns_set(host.recorder.spans[seq].input) if seq < len(host.recorder.spans) else set()
+        found += _rows_compared(key, recorded_rows, replayed.get(key, []), seq, written)
     return found
 
 
-def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: int) -> list[Divergence]:
+def _columns_set(args: Json) -> set[str]:
+    """The columns a write's query gave values to (an insert's `values`, an update's `set`)."""
+    if not isinstance(args, dict):
+        return set()
+    given = args.get("values", args.get("set"))
+    rows = given if isinstance(given, list) else [given]
+    return {str(column) for row in rows if isinstance(row, dict) for column in row}
+
+
+def _rows_compared(
+    key: str, recorded: list[Row], replayed: list[Row], order: int, written: set[str]
+) -> list[Divergence]:
+    """The writes of one call, pair by pair. The columns its query set come first among a row's changes: a
+    write run with other arguments is not pinned, so the values the database generated differ too, after."""
     found = []
     for index in range(max(len(recorded), len(replayed))):
         a = recorded[index] if index < len(recorded) else None
@@ -239,6 +273,7 @@ def _rows_compared(key: str, recorded: list[Row], replayed: list[Row], order: in
             )
             continue
         changes = changes_between("row", _row(a), _row(b))
+        changes.sort(key=lambda change: change.path.removeprefix("row.new.") not in written)  # stable
         if changes:
             shown = ", ".join(change.path for change in changes[:3])
             state = bool(

@@ -14,6 +14,7 @@ from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
 from flux.runtime.host import Host
+from flux.trace.recorder import storable
 
 Json = Any
 Mode = Literal["recorded", "live", "as-of"]
@@ -30,11 +31,14 @@ class ReplayHost(Host):
     divergences: list[Divergence] = field(default_factory=list)
     matched: dict[int, str] = field(default_factory=dict)  # replay span seq -> recorded call key
     pinned: set[str] = field(default_factory=set)  # keys of recorded calls whose writes have pins
+    cut_off: FluxError | None = None  # the recorded time limit, met where the original met it (`_unrecorded`)
     _counts: dict[str, int] = field(default_factory=dict)
     _clock_ms: Json = None
 
     def perform(self, op: str, args: Json) -> Json:
         assert self.recording is not None
+        if self.cut_off is not None:  # the run is over, as the original's was: whatever it calls now fails
+            raise self.cut_off
         number = self._counts[op] = self._counts.get(op, -1) + 1
         key = f"{op}#{number}"
         recorded = self.recording.by_key.get(key)
@@ -44,11 +48,9 @@ class ReplayHost(Host):
             return self._unrecorded(op, args, key, seq)
         self.matched[seq] = key
         self._clock_ms = recorded.clock_ms
-        same_args = not changes_between("args", recorded.args, self.recorder.scrub(args))
+        same_args = not changes_between("args", recorded.args, self.as_recorded(args))
         if not same_args:
-            self._diverged(
-                Divergence.of_call(recorded, seq, "args", recorded.args, self.recorder.scrub(args))
-            )
+            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, self.as_recorded(args)))
         if op in _DATABASE_OPS and self.mode != "recorded":
             return self._database(op, args, recorded, seq, same_args)
         if op in ("secrets.get", "log"):
@@ -82,8 +84,9 @@ class ReplayHost(Host):
             raise
         if not recorded.ok:
             self._diverged(Divergence.of_call(recorded, seq, "error", recorded.error, None, state=same_args))
-        elif same_args and changes_between("result", recorded.value, value):
-            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, value, state=True))
+        elif same_args and changes_between("result", recorded.value, self.as_recorded(value)):
+            replayed = self.as_recorded(value)
+            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=True))
         return value
 
     def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
@@ -91,12 +94,12 @@ class ReplayHost(Host):
         there (then the replay is cut off at the same point)."""
         assert self.recording is not None
         if self.recording.timed_out and not self.divergences and self._all_recorded_calls_made():
-            raise error_for_code(
-                self.recording.request["error"]["code"], self.recording.request["error"]["message"]
-            )
-        self._diverged(
-            Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.recorder.scrub(args))
-        )
+            # The run ends here with the recorded error, however the function handles this call's failure
+            # (the engine ends it so): the original was cut off by the clock, not by its own choice.
+            error = self.recording.request["error"]
+            self.cut_off = error_for_code(error["code"], error["message"])
+            raise self.cut_off
+        self._diverged(Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.as_recorded(args)))
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":
@@ -106,6 +109,11 @@ class ReplayHost(Host):
             f"the recording has no {key}: its run made fewer {op} calls",
             hint="the replay reports it as a divergence",
         )
+
+    def as_recorded(self, value: Json) -> Json:
+        """`value` as the record would keep it, to compare with the recording: with the secrets read replaced
+        by `[secret:NAME]`, and text jsonb cannot hold escaped."""
+        return storable(self.recorder.scrub(value))
 
     def _all_recorded_calls_made(self) -> bool:
         assert self.recording is not None

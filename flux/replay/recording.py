@@ -33,7 +33,7 @@ class RecordedCall:
     value: Json
     error: Json
     clock_ms: Json  # a Deno run's clock after the call (kept on the span)
-    mutations: list[Row] = field(default_factory=list)
+    mutations: list[Row] = field(default_factory=list)  # its writes (of a failed run: see `_returned_rows`)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class Recording:
     @property
     def builtin(self) -> bool:
         return self.request.get("code_sha") == BUILTIN_SHA
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run failed: then its writes were rolled back, and flux.mutations has none of them."""
+        return self.request.get("error") is not None
 
     @property
     def timed_out(self) -> bool:
@@ -88,6 +93,7 @@ def recording_of(trace: Trace) -> Recording:
     mutations_by_span: dict[int, list[Row]] = {}
     for mutation in trace.mutations:
         mutations_by_span.setdefault(mutation["span_seq"], []).append(mutation)
+    failed = request.get("error") is not None
     for span in trace.spans:
         op = _op_of(span)
         if op is None:
@@ -104,10 +110,29 @@ def recording_of(trace: Trace) -> Recording:
                 value=span["output"],
                 error=span["error"],
                 clock_ms=(span["attributes"] or {}).get("clock_ms"),
-                mutations=mutations_by_span.get(span["seq"], []),
+                mutations=_returned_rows(span) if failed else mutations_by_span.get(span["seq"], []),
             )
         )
     return Recording(request, _caller(trace), calls, trace.mutations, {call.key: call for call in calls})
+
+
+def _returned_rows(span: Row) -> list[Row]:
+    """The rows an insert of a failed run returned, as the INSERT mutations they were before the rollback took
+    them back (with the columns it returned only): what the database generated for them (an identity, a now()
+    default, a random uuid) is known from its answer alone, and a replay pins it from there."""
+    args, output = span["input"], span["output"]
+    if span["module"] != "data" or not (span["ok"] and isinstance(args, dict) and isinstance(output, dict)):
+        return []
+    table, rows = args.get("insert"), output.get("rows")
+    if not isinstance(table, str) or not isinstance(rows, list):
+        return []
+    schema, _, name = table.rpartition(".")  # queries name a table bare in public (flux.data.catalog)
+    return [
+        {"span_seq": span["seq"], "table_schema": schema or "public", "table_name": name, "op": "INSERT",
+         "row_pk": {}, "old": None, "new": row}
+        for row in rows
+        if isinstance(row, dict)
+    ]  # fmt: skip
 
 
 def _op_of(span: Row) -> str | None:

@@ -18,7 +18,19 @@ import traceback
 
 import wit_world
 
-import app as _app
+
+def _recorded_clocks() -> None:
+    """Python's monotonic clocks read the host's recorded clock, as `time.time()` does: WASI's monotonic clock
+    is not recorded, so a function timing itself would see other durations when it is replayed."""
+    import time
+
+    time.monotonic, time.perf_counter = time.time, time.time
+    time.monotonic_ns, time.perf_counter_ns = time.time_ns, time.time_ns
+
+
+_recorded_clocks()
+
+import app as _app  # after the clocks: the function's module may keep `from time import monotonic`
 
 _ROOT = os.path.dirname(os.path.abspath(_app.__file__))
 _Function = _app.WitWorld  # app.py must define it: a build without it fails here, naming it

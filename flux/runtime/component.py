@@ -4,7 +4,9 @@ by componentize-py, or any language with a component toolchain), each call in a 
 The world exports `handle(request: string) -> string` (JSON both ways) and imports `host.call(op, args)` and
 `host.log(message)`, the same operations as the core-module ABI. WASI 0.2 is linked for the language's
 runtime: stdout and stderr become log spans, and its wall clock and random source are the host's recorded
-`now` and `random` (the monotonic clock is WASI's own). Limits are the core modules' (fuel, deadline, memory).
+`now` and `random`. The monotonic clock stays WASI's own (it cannot be replaced alone: its waits share its
+instance), so Python's entry module makes `time.monotonic` and `time.perf_counter` read the recorded clock.
+Limits are the core modules' (fuel, deadline, memory).
 
 A component may answer `\0flux-error\0{json}` (never valid JSON) to fail the request with an error of its
 own: Flux's entry module for Python does so with an exception the function did not catch (its type, message
@@ -45,6 +47,7 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import (
     WasmRuntime,
     active_run,
+    clock_ns,
     compile_cached,
     first_line,
     limited_store,
@@ -253,8 +256,8 @@ def _host_log(store: Any, message: str) -> None:
     active_run().host.answer("log", {"level": "info", "message": message})
 
 
-def _datetime(milliseconds: float) -> wasm_component.Record:
-    nanoseconds = int(milliseconds * 1_000_000)
+def _datetime(milliseconds: Any) -> wasm_component.Record:
+    nanoseconds = clock_ns(milliseconds)
     record = wasm_component.Record()
     record.seconds, record.nanoseconds = divmod(nanoseconds, 1_000_000_000)  # type: ignore[attr-defined]
     return record

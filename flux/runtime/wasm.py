@@ -457,9 +457,15 @@ def _clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out:
     del precision
     if clock_id not in (0, 1, 2, 3):
         return _ERRNO_INVAL
-    milliseconds = active_run().host.call("now", None)
-    _memory(caller).write(caller, int(milliseconds * 1_000_000).to_bytes(8, "little"), out)
+    nanoseconds = clock_ns(active_run().host.call("now", None))
+    _memory(caller).write(caller, nanoseconds.to_bytes(8, "little"), out)
     return _ERRNO_SUCCESS
+
+
+def clock_ns(milliseconds: Any) -> int:
+    """The host's `now` (milliseconds to the microsecond: a float when read, a Decimal when a replay gives
+    back the recorded one) in nanoseconds, the same for both: `float * 1e6` is not exact, and would differ."""
+    return round(float(milliseconds) * 1000) * 1000
 
 
 def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:

@@ -205,10 +205,11 @@ def _jsonb_text(value: Json) -> str:
     """JSON that jsonb accepts: a request may carry text jsonb cannot hold (U+0000, lone surrogates), and its
     record must be written all the same, so such text is kept as visible escapes."""
     text = jsontext.dumps(value)
-    return jsontext.dumps_text(_storable(value)) if b"\\u0000" in text or b"\\ud" in text else text.decode()
+    return jsontext.dumps_text(storable(value)) if b"\\u0000" in text or b"\\ud" in text else text.decode()
 
 
-def _storable(value: Json) -> Json:
+def storable(value: Json) -> Json:
+    """`value` as its record keeps it: U+0000 and lone surrogates as visible escapes (jsonb holds neither)."""
     return _map_text(value, lambda text: jsontext.valid_text(text.replace("\x00", "\\u0000")))
 
 
