@@ -277,10 +277,13 @@ def _error_message(recorded: Row | None, replayed: Row | None) -> str:
 
 
 def _verdict(divergences: list[Divergence], state: State | None) -> Verdict:
-    """`same` without divergences; `drift` when the first is a difference in the data read and writes by
-    other requests can explain it; else `diverged`."""
+    """`same` without divergences; `drift` when the first is a difference in the data a call read or wrote
+    with the same arguments (live and as-of: the code asked what it asked the first time, and the database
+    answered otherwise, so the data changed, not the code; `state.drift` lists the writes by others that may
+    explain it, though a writer whose transaction began before the request cannot always be named); else
+    `diverged`."""
     if not divergences:
         return "same"
-    if state is not None and state.drift and divergences[0].state:
+    if state is not None and divergences[0].state:
         return "drift"
     return "diverged"
