@@ -110,8 +110,13 @@ BEGIN
          WHERE c.relkind IN ('r', 'p')
            AND (n.nspname::text, c.relname::text) NOT IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
     ELSE
+        -- its own writes, but on rows written since by others: those stay as they are today
         SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
-          FROM flux.mutations m WHERE m.request_id = request;
+          FROM flux.mutations m
+         WHERE m.request_id = request
+           AND NOT EXISTS (SELECT FROM flux.mutations x
+                            WHERE (x.table_schema, x.table_name, x.row_pk) = (m.table_schema, m.table_name, m.row_pk)
+                              AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
                    'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)

@@ -10,12 +10,16 @@ import http.server
 import json
 import threading
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import conninfo
 
+from flux import migrate
 from flux.data import Catalog, load_catalog
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
@@ -23,6 +27,7 @@ from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
 from flux.trace.tree import load_trace
+from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.runtime import ts
 
 LOCAL = FetchPolicy(allow=("127.0.0.1",))
@@ -52,7 +57,10 @@ CREATE TRIGGER items_touch BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION 
 CREATE TRIGGER counters_touch BEFORE UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION touch();
 CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, code text NOT NULL);
 CREATE FUNCTION number_ticket() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN NEW.id := NEW.id * 1000 + (random() * 999)::int; NEW.code := 'T' || NEW.id; RETURN NEW; END $$;
+BEGIN
+    IF NEW.code = '?' THEN NEW.id := NEW.id * 1000 + (random() * 999)::int; NEW.code := 'T' || NEW.id; END IF;
+    RETURN NEW;
+END $$;
 CREATE TRIGGER tickets_number BEFORE INSERT ON tickets FOR EACH ROW EXECUTE FUNCTION number_ticket();
 CREATE TABLE scratch (id serial PRIMARY KEY, note text NOT NULL);
 COMMENT ON TABLE scratch IS '@flux:untracked';
@@ -368,13 +376,236 @@ def test_as_of_names_the_tables_it_cannot_rewind(
     assert changed.state is not None and changed.state.not_rewound == ["scratch"]
 
 
+# --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
+
+WRITER = """
+export default async function (req, ctx) {
+  const made = await ctx.db.query({ insert: "items", values: { sku: "w" }, returning: ["id"] });
+  await ctx.db.query({ update: "counters", set: { hits: 7 }, where: { name: { eq: "home" } } });
+  await ctx.db.query({ delete: "tickets", where: { code: { eq: "gone" } } });
+  const job = await ctx.queue.push("after", { id: made.rows[0].id });
+  OBSERVE
+  return { id: made.rows[0].id, job: job.status };
+}
+"""
+
+
+def relation_locks(conn: psycopg.Connection[Any], pid: int) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT mode FROM pg_locks WHERE pid = %s AND locktype = 'relation' AND granted", [pid]
+    )
+    return {row[0] for row in rows}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_replay_is_invisible_while_it_runs_and_leaves_the_database_as_it_was(
+    conn: psycopg.Connection[Any], dsn: str, run: Any, replayed: Any, peer: Peer, mode: str
+) -> None:
+    conn.execute(b"INSERT INTO tickets (code) OVERRIDING SYSTEM VALUE VALUES ('gone'), ('kept')")
+    original = ts("writer", WRITER.replace("OBSERVE", ""))
+    outcome = run(original, {"url": peer.url})
+    later(conn, "UPDATE counters SET hits = 8 WHERE name = 'home'")  # as-of takes this back, live keeps it
+    later(conn, "INSERT INTO items (sku) VALUES ('later')")
+    before = snapshot(conn)
+    seen: dict[str, Any] = {}
+    replay_pid = conn.info.backend_pid
+
+    def observe() -> None:  # another session, while the replay's transaction is open (its writes made)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SET lock_timeout = '2s'")
+            seen["snapshot"] = snapshot(other)
+            seen["home"] = other.execute("SELECT hits FROM counters WHERE name = 'home'").fetchone()
+            seen["pins"] = other.execute("SELECT count(*) FROM flux.replay_pins").fetchone()
+            seen["locks"] = relation_locks(other, replay_pid)
+            other.execute("SET lock_timeout = '100ms'")
+            seen["untouched row"] = other.execute(  # no table lock: writers of other rows go on
+                "SELECT id FROM counters WHERE name = 'away' FOR UPDATE NOWAIT"
+            ).fetchone()
+            try:
+                other.execute("SELECT id FROM counters WHERE name = 'home' FOR UPDATE NOWAIT")
+                seen["its row"] = "free"
+            except psycopg.errors.LockNotAvailable:
+                seen["its row"] = "locked"
+
+    peer.action = observe
+    observing = ts("writer", WRITER.replace("OBSERVE", "await ctx.fetch(req.body.url + '/observe');"))
+    result = replayed(outcome.request_id, observing, mode, live_fetch=True)
+    assert "snapshot" in seen, why(result)
+    assert seen["snapshot"] == before  # no row the replay wrote, took back or pinned shows
+    assert seen["home"] == (8,) and seen["pins"] == (0,)
+    assert seen["locks"] <= {"AccessShareLock", "RowShareLock", "RowExclusiveLock"}, seen["locks"]
+    assert seen["untouched row"] is not None and seen["its row"] == "locked"
+    # live runs the update on today's row (drift); as-of is as recorded until the extra fetch
+    assert result.verdict == ("drift" if mode == "live" else "diverged"), why(result)
+    assert snapshot(conn, but=result.replay_id) == before
+    assert conn.execute("SELECT kind FROM flux.requests WHERE id = %s", [result.replay_id]).fetchone() == ("replay",)
+
+
+def test_the_same_replays_leave_the_database_as_it_was(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any
+) -> None:
+    original = ts("writer", WRITER.replace("OBSERVE", ""))
+    outcome = run(original)
+    later(conn, "UPDATE counters SET hits = 8 WHERE name = 'home'")
+    for mode in MODES:
+        before = snapshot(conn)
+        result = replayed(outcome.request_id, original, mode)
+        # live keeps the row as today's write left it: the replay's update finds it otherwise (drift)
+        assert result.verdict == ("same" if mode == "as-of" else "drift"), why(result)
+        assert snapshot(conn, but=result.replay_id) == before
+
+
+def test_live_leaves_the_rows_others_wrote_since_as_they_are(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any
+) -> None:
+    """The request deleted a row that another write made again since: live does not bring the request's
+    row back over it (that would collide), it runs on today's row, here the same as the one deleted."""
+    conn.execute(b"INSERT INTO tickets (id, code) OVERRIDING SYSTEM VALUE VALUES (5, 'gone')")
+    original = ts("writer", WRITER.replace("OBSERVE", ""))
+    outcome = run(original)
+    later(conn, "INSERT INTO tickets (id, code) OVERRIDING SYSTEM VALUE VALUES (5, 'gone')")
+    result = replayed(outcome.request_id, original, "live")
+    assert same(result), why(result)
+    assert result.state is not None and result.state.undone == 2  # the insert and the update, not the delete
+    as_of = replayed(outcome.request_id, original, "as-of")
+    assert same(as_of), why(as_of)
+
+
+# --- what the rewind copes with: keys that change, values that move between rows, partitions, no superuser ---
+
+
+OVERVIEW = ts(
+    "overview",
+    """
+export default async function (req, ctx) {
+  const readings = await ctx.db.query({ select: "readings", order: [{ col: "id" }, { col: "year" }] });
+  const counters = await ctx.db.query({ select: "counters", columns: ["id", "name"], order: [{ col: "id" }] });
+  return { readings: readings.rows, counters: counters.rows };
+}
+""",
+)
+LATER_WRITES = {
+    # a key changes (that table is rewound one write at a time), a row moves to another partition
+    "keys and partitions": [
+        "UPDATE counters SET id = id + 100 WHERE name = 'home'",
+        "UPDATE readings SET year = 2026 WHERE id = 1",
+        "DELETE FROM readings WHERE id = 2",
+        "INSERT INTO readings VALUES (4, 2025, 4.5)",
+        "UPDATE readings SET value = value * 2",
+    ],
+    # two rows swap a unique value: undone in one statement that would collide, so one write at a time
+    "a unique value moved": [
+        "UPDATE counters SET name = 'tmp' WHERE name = 'x'",
+        "UPDATE counters SET name = 'x' WHERE name = 'y'",
+        "UPDATE counters SET name = 'y' WHERE name = 'tmp'",
+        "DELETE FROM readings WHERE id = 3",
+    ],
+}
+
+
+@pytest.mark.parametrize("writes", LATER_WRITES.values(), ids=LATER_WRITES.keys())
+def test_as_of_rewinds_changed_keys_moved_unique_values_and_partitioned_tables(
+    conn: psycopg.Connection[Any], runtime: Runtime, store: Catalog, writes: list[str]
+) -> None:
+    conn.execute(
+        b"""
+        CREATE TABLE readings (id int, year int, value numeric, PRIMARY KEY (id, year)) PARTITION BY LIST (year);
+        CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES IN (2025);
+        CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES IN (2026);
+        GRANT SELECT ON readings TO flux_user;
+        SELECT flux.track('readings');
+        INSERT INTO readings VALUES (1, 2025, 1.5), (2, 2025, 2.5), (3, 2026, 3.5);
+        INSERT INTO counters (name) VALUES ('x'), ('y');
+        """
+    )
+    catalog = load_catalog(conn)
+    outcome = invoke(conn, runtime, OVERVIEW, {"method": "GET", "path": "/"}, catalog=catalog,
+                     caller=Caller(role="user"))  # fmt: skip
+    assert outcome.error is None, outcome.error
+    first_later = conn.execute("SELECT coalesce(max(id), 0) FROM flux.mutations").fetchone()[0]
+    for write in writes:
+        later(conn, write)
+    undone = conn.execute("SELECT count(*) FROM flux.mutations WHERE id > %s", [first_later]).fetchone()[0]
+    before = snapshot(conn)
+    how = Replay(WithBuiltins(runtime), built_code({OVERVIEW.name: OVERVIEW}), catalog, mode="as-of")  # type: ignore[arg-type]
+    result = replay(conn, recording_of(load_trace(conn, outcome.request_id)), how)
+    assert same(result), why(result)
+    assert result.state is not None and result.state.undone == undone
+    assert snapshot(conn, but=result.replay_id) == before
+
+
+STAMPED = ts(
+    "stamped",
+    """
+export default async function (req, ctx) {
+  const counters = await ctx.db.query({ select: "counters", columns: ["name", "hits", "updated_at"], order: [{ col: "id" }] });
+  return { counters: counters.rows };
+}
+""",
+)
+
+
+@pytest.fixture
+def owner_dsn(pg_server: PostgresServer) -> Iterator[str]:
+    """A database migrated by a role that is not a superuser (a managed Postgres), and its DSN as that role."""
+    suffix = uuid.uuid4().hex[:8]
+    role, database = f"owner_{suffix}", f"flux_owned_{suffix}"
+    with pg_server.admin() as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN CREATEROLE".encode())
+        admin.execute(f"CREATE DATABASE {database} OWNER {role}".encode())
+    dsn = conninfo.make_conninfo(pg_server.dsn(database), user=role)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the BYPASSRLS warning, as a notice
+            migrate.migrate(dsn)
+        yield dsn
+    finally:
+        pg_server.drop_database(database)
+        with pg_server.admin() as admin:
+            admin.execute(f"DROP OWNED BY {role}".encode())
+            admin.execute(f"DROP ROLE {role}".encode())
+
+
+def test_without_superuser_as_of_rewinds_with_the_tables_triggers_on_unless_granted_to_turn_them_off(
+    owner_dsn: str, pg_server: PostgresServer, runtime: Runtime
+) -> None:
+    with psycopg.connect(owner_dsn, autocommit=True) as owner:
+        assert owner.execute("SELECT current_setting('is_superuser')").fetchone() == ("off",)
+        owner.execute(SCHEMA.encode())
+        catalog = load_catalog(owner)
+        outcome = invoke(owner, runtime, STAMPED, {"method": "GET", "path": "/"}, catalog=catalog,
+                         caller=Caller(role="user"))  # fmt: skip
+        assert outcome.error is None, outcome.error
+        later(owner, "UPDATE counters SET hits = hits + 1")
+        how = Replay(WithBuiltins(runtime), built_code({STAMPED.name: STAMPED}), catalog, mode="as-of")  # type: ignore[arg-type]
+        recording = recording_of(load_trace(owner, outcome.request_id))
+        before = snapshot(owner)
+        on = replay(owner, recording, how)
+        # the table's BEFORE UPDATE trigger stamped the rows it put back: the read differs, as drift
+        assert on.state is not None and not on.state.triggers_off and on.state.undone == 2
+        assert on.verdict == "drift", why(on)
+        assert {c.path.rsplit(".", 1)[1] for c in on.divergences[0].changes} == {"updated_at"}
+        with pg_server.admin() as admin:
+            user = owner.info.user
+            admin.execute(f"GRANT SET ON PARAMETER session_replication_role TO {user}".encode())
+        try:
+            off = replay(owner, recording, how)
+        finally:
+            with pg_server.admin() as admin:
+                admin.execute(f"REVOKE SET ON PARAMETER session_replication_role FROM {user}".encode())
+        assert off.state is not None and off.state.triggers_off
+        assert same(off), why(off)
+        assert snapshot(owner, but=(on.replay_id, off.replay_id)) == before
+
+
 # --- the database a replay leaves --------------------------------------------------------------------------
 
 FLUX_RECORD_TABLES = ("flux.requests", "flux.spans")
 
 
-def snapshot(conn: psycopg.Connection[Any], but: str | None = None) -> dict[str, list[str]]:
-    """Every row of every table of the user's and of Flux's (the record of replay `but` aside), as text."""
+def snapshot(conn: psycopg.Connection[Any], but: str | tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Every row of every table of the user's and of Flux's (the record of the replays `but` aside), as text."""
+    replays = [but] if isinstance(but, str) else list(but)
     tables = conn.execute(
         "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname IN ('public', 'flux') AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
@@ -383,10 +614,9 @@ def snapshot(conn: psycopg.Connection[Any], but: str | None = None) -> dict[str,
     rows: dict[str, list[str]] = {}
     for (table,) in tables:
         where = ""
-        if table in FLUX_RECORD_TABLES and but is not None:
-            column = "id" if table == "flux.requests" else "request_id"
-            where = f" WHERE {column} <> '{but}'"
-        found = conn.execute(f"SELECT t::text FROM {table} AS t{where}".encode()).fetchall()  # noqa: S608
+        if table in FLUX_RECORD_TABLES:
+            where = " WHERE {} <> ALL(%s::uuid[])".format("id" if table == "flux.requests" else "request_id")
+        found = conn.execute(f"SELECT t::text FROM {table} AS t{where}".encode(), [replays] if where else None)
         rows[table] = sorted(row[0] for row in found)
     return rows
 
@@ -405,31 +635,33 @@ export default async function (req, ctx) {
 )
 
 
-def test_as_of_takes_back_a_thousand_writes_within_three_times_the_original(
+def test_as_of_takes_back_a_thousand_writes_in_a_few_times_the_original_requests_time(
     conn: psycopg.Connection[Any], run: Any, replayed: Any
 ) -> None:
+    """Server time (the replay's own duration, the original's recorded duration; both without loading or
+    writing a record), medians of three. The figure is printed (pytest -s); the bound only catches a
+    rewind that went back to one statement per write (about 100x here)."""
     conn.execute(b"INSERT INTO items (sku) SELECT 'sku' || n FROM generate_series(1, 600) AS n")
     run(BUSY, {"name": "warm"})  # Deno and the plans warm
     originals = [run(BUSY, {"name": f"n{n}"}) for n in range(3)]
+    quiet = [replayed(outcome.request_id, BUSY, "as-of") for outcome in originals]
     later(conn, "UPDATE items SET sku = sku || '!', price = price + 1 WHERE id <= 400")
     later(conn, "DELETE FROM items WHERE id > 400 AND id <= 500")
     later(conn, "INSERT INTO items (sku) SELECT 'new' || n FROM generate_series(1, 100) AS n")
     later(conn, "UPDATE items SET meta = '{}' WHERE id <= 400")
-    took, undone = [], []
-    for outcome in originals:
-        clock = time.perf_counter()
-        result = replayed(outcome.request_id, BUSY, "as-of")
-        took.append(time.perf_counter() - clock)
-        assert same(result), why(result)
-        assert result.state is not None
-        undone.append(result.state.undone)
+    busy = [replayed(outcome.request_id, BUSY, "as-of") for outcome in originals]
+    assert all(same(result) for result in quiet + busy), [why(result) for result in quiet + busy]
+    assert min(result.state.undone for result in busy if result.state) >= 1000
     original_us = sorted(
         row[0] for row in conn.execute(
-            "SELECT duration_us FROM flux.requests WHERE id = ANY(%s::uuid[])",
-            [[o.request_id for o in originals]],
+            "SELECT duration_us FROM flux.requests WHERE id = ANY(%s::uuid[])", [[o.request_id for o in originals]]
         )
-    )[1]
-    ratio = sorted(took)[1] * 1e6 / original_us
-    print(f"as-of undoing {undone}: {sorted(took)[1] * 1e3:.1f} ms, original {original_us / 1e3:.1f} ms, {ratio:.1f}x")
-    assert min(undone) >= 1000
-    assert ratio <= 3, (took, original_us)
+    )[1]  # fmt: skip
+    quiet_us = sorted(result.server_us for result in quiet)[1]
+    busy_us = sorted(result.server_us for result in busy)[1]
+    print(
+        f"\noriginal {original_us / 1e3:.1f} ms; as-of with its own write to undo {quiet_us / 1e3:.1f} ms"
+        f" ({quiet_us / original_us:.1f}x); as-of undoing 1000 writes {busy_us / 1e3:.1f} ms"
+        f" ({busy_us / original_us:.1f}x)"
+    )
+    assert busy_us <= 20 * original_us, (busy_us, original_us)
