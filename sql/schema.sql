@@ -1155,6 +1155,95 @@ $$;
 
 
 --
+-- Name: rewind_tables(uuid, boolean, text[], text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    touched_schemas text[];
+    touched_names text[];
+    own_first bigint;
+    own_last bigint;
+    own_began timestamptz;
+    ids bigint[];
+    drift jsonb;
+    not_rewound text[] := '{}';
+    replication text := pg_catalog.current_setting('session_replication_role');
+    triggers_off boolean := false;
+BEGIN
+    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'), coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
+      INTO touched_schemas, touched_names
+      FROM flux.tracked_tables t
+     WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
+        OR (t.table_schema::text, t.table_name::text) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+    SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
+      FROM flux.mutations m WHERE m.request_id = request;
+    IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
+        ended := own_began + (ended - started);
+        started := own_began;
+    END IF;
+    IF as_of THEN
+        SELECT coalesce(pg_catalog.array_agg(c.id ORDER BY c.id), '{}'),
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', c.id, 'request_id', c.request_id, 'table_schema', c.table_schema,
+                   'table_name', c.table_name, 'op', c.op, 'row_pk', c.row_pk, 'at', c.at) ORDER BY c.id)
+                   FILTER (WHERE c.request_id IS DISTINCT FROM request AND c.at < ended)
+          INTO ids, drift
+          FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m WHERE m.request_id = request
+                 UNION
+                SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m
+                 WHERE (m.at >= started OR m.id >= own_first)
+                   AND (m.table_schema, m.table_name) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)))
+               ) AS c;
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
+          FROM pg_catalog.unnest(named) AS name
+          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p')
+           AND (n.nspname::text, c.relname::text) NOT IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
+    ELSE
+        -- its own writes, but on rows written since by others: those stay as they are today
+        SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
+          FROM flux.mutations m
+         WHERE m.request_id = request
+           AND NOT EXISTS (SELECT FROM flux.mutations x
+                            WHERE (x.table_schema, x.table_name, x.row_pk) = (m.table_schema, m.table_name, m.row_pk)
+                              AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
+        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
+                   'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
+          INTO drift
+          FROM (SELECT m.* FROM flux.mutations m
+                 WHERE m.request_id IS DISTINCT FROM request
+                   AND (m.at >= started OR m.id > own_last)
+                   AND (m.table_schema, m.table_name) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)))
+                 ORDER BY m.id LIMIT 100) AS l;
+    END IF;
+    IF pg_catalog.cardinality(ids) > 0 THEN
+        BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+            triggers_off := true;
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+        not_rewound := not_rewound || ARRAY(
+            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
+        IF triggers_off THEN
+            PERFORM pg_catalog.set_config('session_replication_role', replication, true);
+        END IF;
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
+        'triggers_off', triggers_off);
+END
+$$;
+
+
+--
 -- Name: role(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1667,6 +1756,109 @@ $$;
 --
 
 CREATE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    missing text[] := '{}';
+BEGIN
+    BEGIN
+        missing := flux.undo_mutations_by_table(ids);
+    EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
+        missing := flux.undo_mutations_one_by_one(ids);
+    END;
+    RETURN missing;
+END
+$$;
+
+
+--
+-- Name: undo_mutations_by_table(bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    t record;
+    target regclass;
+    key_match text;
+    columns text;
+    missing text[] := '{}';
+BEGIN
+    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
+    FOR t IN
+        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(r.key_changed) AS key_changed
+          FROM (SELECT m.table_schema, m.table_name, m.row_pk, pg_catalog.min(m.id) AS first,
+                       pg_catalog.max(m.id) AS last,
+                       pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
+                  FROM flux.mutations m
+                 WHERE m.id = ANY(ids)
+                 GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
+          JOIN flux.mutations f ON f.id = r.first
+          JOIN flux.mutations l ON l.id = r.last
+         GROUP BY r.table_schema, r.table_name
+    LOOP
+        target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
+        IF target IS NULL THEN
+            missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
+            CONTINUE;
+        END IF;
+        IF t.key_changed THEN  -- an UPDATE changed a key: a row's mutations are not all under one key
+            PERFORM flux.undo_mutations_one_by_one(ARRAY(
+                SELECT m.id FROM flux.mutations m
+                 WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
+            CONTINUE;
+        END IF;
+        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
+          INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
+        IF t.made IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k'
+                ' WHERE %2$s', target, key_match) USING t.made;
+        END IF;
+        IF t.changed IS NOT NULL THEN
+            -- Every column there was then (one added since keeps today's value), but the key (it matches) and
+            -- what cannot be set (generated columns, GENERATED ALWAYS identities).
+            SELECT pg_catalog.string_agg(pg_catalog.format(
+                       '%1$I = CASE WHEN j.j ? %2$L THEN k.%1$I ELSE t.%1$I END', a.attname, a.attname), ', ')
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attidentity <> 'a' AND NOT t.some_key ? a.attname;
+            IF columns IS NOT NULL THEN
+                EXECUTE pg_catalog.format(
+                    'UPDATE %1$s AS t SET %2$s FROM pg_catalog.unnest($1) AS j (j)'
+                    ' CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, j.j) AS k WHERE %3$s',
+                    target, columns, key_match) USING t.changed;
+            END IF;
+        END IF;
+        IF t.deleted IS NOT NULL THEN
+            SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE pg_catalog.format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
+                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
+                target, columns) USING t.deleted;
+        END IF;
+    END LOOP;
+    RETURN missing;
+END
+$_$;
+
+
+--
+-- Name: undo_mutations_one_by_one(bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $_$
@@ -2951,6 +3143,13 @@ CREATE INDEX jobs_locked_until_idx ON flux.jobs USING btree (locked_until) WHERE
 --
 
 CREATE INDEX jobs_parent_request_idx ON flux.jobs USING btree (parent_request_id) WHERE (parent_request_id IS NOT NULL);
+
+
+--
+-- Name: mutations_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX mutations_at_idx ON flux.mutations USING brin (at) WITH (autosummarize='on');
 
 
 --

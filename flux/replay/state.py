@@ -1,15 +1,15 @@
 """The database a `live` or `as-of` replay runs on, inside its own transaction, which is always rolled back.
 
 `live` takes back the original request's own writes (so its inserts do not collide with the rows it made),
-then runs on today's data. `as-of` takes back every write made to the tables the request touched since it
-began (its own and those of later or concurrent requests), newest first, so they are as the request found
-them. Either way the recorded values the database generated (serial ids, now() defaults, random uuids) are
-pinned to the writes run again (flux.replay_pins). What this locks: the rows it takes back, until the replay
-ends (other writers of those rows wait; readers never do).
+except on rows others wrote since, then runs on today's data. `as-of` takes back every write made to the
+tables the request touched since it began (its own and those of later or concurrent writers), so they are as
+the request found them. Both happen in flux.rewind_tables, set-based. Either way the recorded values the
+database generated (serial ids, now() defaults, random uuids) are pinned to the writes run again
+(flux.replay_pins). What this locks: the rows it takes back or writes, until the replay ends (other writers
+of those rows wait; readers never do; no table lock beyond ROW EXCLUSIVE).
 
-Writes by other requests that the replay cannot take apart from the request's own reads are its *drift*: in
-`as-of`, those that ran while the original did (it may have read them); in `live`, every later write to a
-table it touched."""
+The writes of others that may explain a difference in what the request read are listed as its `drift`: in
+`as-of`, those that began while the original ran (it may have read them); in `live`, the writes since."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ class State:
 def open_state(
     conn: Any, transaction: db.RequestTransaction, recording: Recording, replay_id: str, mode: str
 ) -> State:
-    """Begin the replay's transaction on `conn` and set its database up for `mode` (live or as-of), in one round
-    trip (flux.rewind_tables); then the transaction runs as the request's role, claims and tenant, under the
-    replay's id (those settings go with its first statement)."""
+    """Begin the replay's transaction on `conn` and set its database up for `mode` (live or as-of) in one
+    round trip (flux.rewind_tables); then the transaction runs as the request's role, claims and tenant,
+    under the replay's id (those settings go with its first statement)."""
     request = recording.request
     written = sorted(recording.tables())
     started = request["started_at"]

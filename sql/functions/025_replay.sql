@@ -60,7 +60,9 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 -- rolls back), in one call. The tables it works on are the tracked tables the request wrote (written_*) or
 -- named in a query (named, as the queries spell them). `live` takes back the request's own writes; `as-of`
 -- every write to those tables since the request began (its own, and those of later or concurrent writers:
--- `at`, when their transaction began, at or after `started`, or numbered after the request's first write).
+-- `at`, when their transaction began, at or after the request's, or numbered after the request's first
+-- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
+-- beginning by the database's clock).
 -- The tables' triggers are off while it does, where the role may turn them off. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
 -- that may explain a difference in what the request read (as-of: those among the undone that began before
@@ -76,6 +78,7 @@ DECLARE
     touched_names text[];
     own_first bigint;
     own_last bigint;
+    own_began timestamptz;
     ids bigint[];
     drift jsonb;
     not_rewound text[] := '{}';
@@ -87,7 +90,12 @@ BEGIN
       FROM flux.tracked_tables t
      WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
         OR (t.table_schema::text, t.table_name::text) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
-    SELECT pg_catalog.min(m.id), pg_catalog.max(m.id) INTO own_first, own_last FROM flux.mutations m WHERE m.request_id = request;
+    SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
+      FROM flux.mutations m WHERE m.request_id = request;
+    IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
+        ended := own_began + (ended - started);
+        started := own_began;
+    END IF;
     IF as_of THEN
         SELECT coalesce(pg_catalog.array_agg(c.id ORDER BY c.id), '{}'),
                pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(

@@ -1,8 +1,8 @@
 """The `live` and `as-of` database modes on real Postgres and real Deno: a request replayed on its own code is
 `same` whatever the database generated for it (identity and serial ids, now() and clock_timestamp(), random
 uuids, a trigger's updated_at, numeric and jsonb spelling); data changed since shows at the read that saw it
-(`live`) and is rewound (`as-of`); writes by others while it ran are drift, never a divergence; untracked tables
-are named; and a replay leaves nothing behind, nor shows anything to another session while it runs."""
+(`live`) and is rewound (`as-of`); writes by others while it ran are drift, never a divergence; untracked
+tables are named; and a replay leaves nothing behind, nor shows anything to another session while it runs."""
 
 from __future__ import annotations
 
@@ -62,9 +62,13 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER tickets_number BEFORE INSERT ON tickets FOR EACH ROW EXECUTE FUNCTION number_ticket();
+CREATE TABLE sessions (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(), who text, opened_at timestamptz DEFAULT now()
+);
 CREATE TABLE scratch (id serial PRIMARY KEY, note text NOT NULL);
 COMMENT ON TABLE scratch IS '@flux:untracked';
-GRANT SELECT, INSERT, UPDATE, DELETE ON items, counters, tickets, scratch TO flux_user, flux_service;
+GRANT SELECT, INSERT, UPDATE, DELETE ON items, counters, tickets, sessions, scratch
+    TO flux_user, flux_service;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO flux_user, flux_service;
 SELECT flux.track_all();
 INSERT INTO counters (name, hits) VALUES ('home', 1), ('away', 2);
@@ -82,8 +86,10 @@ def run(conn: psycopg.Connection[Any], runtime: Runtime, store: Catalog) -> Any:
     """`run(function, body)` -> Outcome: one recorded request, committed like a real one."""
 
     def run(fn: Function, body: Any = None, role: str = "user") -> Outcome:
-        outcome = invoke(conn, runtime, fn, {"method": "POST", "path": "/", "body": body or {}}, catalog=store,
-                         caller=Caller(role=role), fetch_policy=LOCAL)  # fmt: skip
+        request = {"method": "POST", "path": "/", "body": body or {}}
+        outcome = invoke(
+            conn, runtime, fn, request, catalog=store, caller=Caller(role=role), fetch_policy=LOCAL
+        )
         assert outcome.error is None, outcome.error
         return outcome
 
@@ -110,14 +116,16 @@ def why(result: ReplayResult) -> Any:
     return [(d.kind, d.at, d.message) for d in result.divergences][:3], result.state
 
 
-# --- 1. identity and sequence values -------------------------------------------------------------------------
+# --- 1. identity and sequence values ------------------------------------------------------------------------
 
 INSERTS = ts(
     "inserts",
     """
 export default async function (req, ctx) {
-  const item = await ctx.db.query({ insert: "items", values: { sku: req.body.sku }, returning: ["id", "sku"] });
-  const many = await ctx.db.query({ insert: "counters", values: [{ name: "a" + req.body.sku }, { name: "b" + req.body.sku }],
+  const item = await ctx.db.query({ insert: "items", values: { sku: req.body.sku },
+                                  returning: ["id", "sku"] });
+  const many = await ctx.db.query({ insert: "counters", values: [{ name: "a" + req.body.sku },
+                                  { name: "b" + req.body.sku }],
                                     returning: ["id", "name"] });
   const ticket = await ctx.db.query({ insert: "tickets", values: { code: "?" }, returning: ["id", "code"] });
   return { item: item.rows[0], many: many.rows, ticket: ticket.rows[0] };
@@ -135,15 +143,17 @@ def test_identity_and_serial_ids_are_the_recorded_ones(
     result = replayed(first.request_id, INSERTS, mode)
     assert same(result), why(result)
     replay_span = conn.execute(
-        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'db:insert(tickets)'", [result.replay_id]
+        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'db:insert(tickets)'",
+        [result.replay_id],
     ).fetchone()[0]
     recorded = conn.execute(
-        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'db:insert(tickets)'", [first.request_id]
+        "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'db:insert(tickets)'",
+        [first.request_id],
     ).fetchone()[0]
     assert replay_span["rows"] == recorded["rows"]  # the BEFORE trigger's own id is pinned too
 
 
-# --- 2. now(), clock_timestamp(), gen_random_uuid() in defaults and in a BEFORE UPDATE trigger ---------------
+# --- 2. now(), clock_timestamp(), gen_random_uuid() in defaults and in a BEFORE UPDATE trigger --------------
 
 STAMPS = ts(
     "stamps",
@@ -153,9 +163,11 @@ export default async function (req, ctx) {
                                     returning: ["id", "token", "created_at", "seen_at"] });
   const bumped = await ctx.db.query({ update: "counters", set: { hits: 5 }, where: { name: { eq: "home" } },
                                       returning: ["id", "hits", "updated_at"] });
-  const touched = await ctx.db.query({ update: "items", set: { sku: "t" }, where: { id: { eq: made.rows[0].id } },
-                                       returning: ["updated_at"] });
-  return { made: made.rows[0], bumped: bumped.rows[0], touched: touched.rows[0] };
+  const touched = await ctx.db.query({ update: "items", set: { sku: "t" },
+                                       where: { id: { eq: made.rows[0].id } }, returning: ["updated_at"] });
+  const session = await ctx.db.query({ insert: "sessions", values: { who: "me" },
+                                       returning: ["id", "opened_at"] });
+  return { made: made.rows[0], bumped: bumped.rows[0], touched: touched.rows[0], session: session.rows[0] };
 }
 """,
 )
@@ -171,16 +183,19 @@ def test_time_and_uuid_defaults_and_trigger_stamps_are_the_recorded_ones(
     assert same(result), why(result)
 
 
-# --- 3. numeric and jsonb spelling ---------------------------------------------------------------------------
+# --- 3. numeric and jsonb spelling --------------------------------------------------------------------------
 
 SPELLING = ts(
     "spelling",
     """
 export default async function (req, ctx) {
   const made = await ctx.db.query({ insert: "items", values: { sku: "n", price: req.body.price,
-                                    meta: { z: 1, a: { y: 2.50, b: [3.0] } } }, returning: ["id", "price", "meta"] });
-  const read = await ctx.db.query({ select: "items", columns: ["price", "meta"], where: { id: { eq: made.rows[0].id } } });
-  const raw = await ctx.db.sql("SELECT price, meta, price * 2 AS twice FROM items WHERE id = $1", [made.rows[0].id]);
+                                    meta: { z: 1, a: { y: 2.50, b: [3.0] } } },
+                                    returning: ["id", "price", "meta"] });
+  const read = await ctx.db.query({ select: "items", columns: ["price", "meta"],
+                                  where: { id: { eq: made.rows[0].id } } });
+  const raw = await ctx.db.sql("SELECT price, meta, price * 2 AS twice FROM items WHERE id = $1",
+                               [made.rows[0].id]);
   return { made: made.rows[0], read: read.rows, raw: raw.rows };
 }
 """,
@@ -196,13 +211,14 @@ def test_numbers_and_json_key_order_compare_by_value(
     assert same(result), why(result)
 
 
-# --- 4. as-of: the data read changed since -------------------------------------------------------------------
+# --- 4. as-of: the data read changed since ------------------------------------------------------------------
 
 READER = ts(
     "reader",
     """
 export default async function (req, ctx) {
-  const counters = await ctx.db.query({ select: "counters", columns: ["id", "name", "hits"], order: [{ col: "id" }] });
+  const counters = await ctx.db.query({ select: "counters", columns: ["id", "name",
+                                      "hits"], order: [{ col: "id" }] });
   const items = await ctx.db.query({ select: "items", columns: ["id", "sku"], order: [{ col: "id" }] });
   return { counters: counters.rows, items: items.rows };
 }
@@ -301,9 +317,10 @@ TWICE = ts(
     "twice",
     """
 export default async function (req, ctx) {
-  const before = await ctx.db.query({ select: "counters", columns: ["hits"], where: { name: { eq: "home" } } });
+  const home = { select: "counters", columns: ["hits"], where: { name: { eq: "home" } } };
+  const before = await ctx.db.query(home);
   await ctx.fetch(req.body.url + "/meanwhile");
-  const after = await ctx.db.query({ select: "counters", columns: ["hits"], where: { name: { eq: "home" } } });
+  const after = await ctx.db.query(home);
   return { before: before.rows[0].hits, after: after.rows[0].hits };
 }
 """,
@@ -327,7 +344,9 @@ def test_a_write_made_while_the_original_ran_is_drift(
     first = result.divergences[0]
     assert first.kind == "call" and first.state, first
     # as-of took the write back, so the second read differs; live runs on today's data, so the first does
-    assert first.at == ("db.query#1 db:select(counters)" if mode == "as-of" else "db.query#0 db:select(counters)")
+    assert first.at == (
+        "db.query#1 db:select(counters)" if mode == "as-of" else "db.query#0 db:select(counters)"
+    )
     assert [row["op"] for row in result.state.drift] == ["UPDATE"]  # type: ignore[union-attr]
 
 
@@ -348,14 +367,15 @@ def test_a_write_committed_while_the_original_ran_but_begun_before_it_is_drift(
         assert result.divergences[0].at == "db.query#0 db:select(counters)"
 
 
-# --- 6. untracked tables -------------------------------------------------------------------------------------
+# --- 6. untracked tables ------------------------------------------------------------------------------------
 
 SCRATCH = ts(
     "scratch",
     """
 export default async function (req, ctx) {
   const notes = await ctx.db.query({ select: "scratch", columns: ["note"] });
-  const counters = await ctx.db.query({ select: "counters", columns: ["hits"], where: { name: { eq: "home" } } });
+  const counters = await ctx.db.query({ select: "counters", columns: ["hits"],
+                                       where: { name: { eq: "home" } } });
   return { notes: notes.rows, counters: counters.rows };
 }
 """,
@@ -374,6 +394,28 @@ def test_as_of_names_the_tables_it_cannot_rewind(
     changed = replayed(outcome.request_id, SCRATCH, "as-of")
     assert changed.verdict == "drift", why(changed)  # the data changed, not the code
     assert changed.state is not None and changed.state.not_rewound == ["scratch"]
+
+
+def test_a_write_to_a_table_that_is_not_tracked_is_neither_rewound_nor_pinned(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any
+) -> None:
+    fn = ts(
+        "jot",
+        """
+export default async function (req, ctx) {
+  const note = await ctx.db.query({ insert: "scratch", values: { note: "n" }, returning: ["id"] });
+  return { id: note.rows[0].id };
+}
+""",
+    )
+    outcome = run(fn)
+    for mode in MODES:
+        result = replayed(outcome.request_id, fn, mode)
+        # its serial id is drawn again: the insert read back another id than the recorded one, as drift
+        assert result.verdict == "drift", why(result)
+        assert result.divergences[0].at == "db.query#0 db:insert(scratch)"
+        assert result.state is not None
+        assert result.state.not_rewound == (["scratch"] if mode == "as-of" else [])
 
 
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
@@ -438,7 +480,9 @@ def test_a_replay_is_invisible_while_it_runs_and_leaves_the_database_as_it_was(
     # live runs the update on today's row (drift); as-of is as recorded until the extra fetch
     assert result.verdict == ("drift" if mode == "live" else "diverged"), why(result)
     assert snapshot(conn, but=result.replay_id) == before
-    assert conn.execute("SELECT kind FROM flux.requests WHERE id = %s", [result.replay_id]).fetchone() == ("replay",)
+    assert conn.execute("SELECT kind FROM flux.requests WHERE id = %s", [result.replay_id]).fetchone() == (
+        "replay",
+    )
 
 
 def test_the_same_replays_leave_the_database_as_it_was(
@@ -471,7 +515,7 @@ def test_live_leaves_the_rows_others_wrote_since_as_they_are(
     assert same(as_of), why(as_of)
 
 
-# --- what the rewind copes with: keys that change, values that move between rows, partitions, no superuser ---
+# --- what the rewind copes with: keys that change, values that move between rows, partitions, no superuser --
 
 
 OVERVIEW = ts(
@@ -479,7 +523,8 @@ OVERVIEW = ts(
     """
 export default async function (req, ctx) {
   const readings = await ctx.db.query({ select: "readings", order: [{ col: "id" }, { col: "year" }] });
-  const counters = await ctx.db.query({ select: "counters", columns: ["id", "name"], order: [{ col: "id" }] });
+  const counters = await ctx.db.query({ select: "counters", columns: ["id", "name"],
+                                      order: [{ col: "id" }] });
   return { readings: readings.rows, counters: counters.rows };
 }
 """,
@@ -509,7 +554,8 @@ def test_as_of_rewinds_changed_keys_moved_unique_values_and_partitioned_tables(
 ) -> None:
     conn.execute(
         b"""
-        CREATE TABLE readings (id int, year int, value numeric, PRIMARY KEY (id, year)) PARTITION BY LIST (year);
+        CREATE TABLE readings (id int, year int, value numeric, PRIMARY KEY (id, year))
+            PARTITION BY LIST (year);
         CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES IN (2025);
         CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES IN (2026);
         GRANT SELECT ON readings TO flux_user;
@@ -538,7 +584,8 @@ STAMPED = ts(
     "stamped",
     """
 export default async function (req, ctx) {
-  const counters = await ctx.db.query({ select: "counters", columns: ["name", "hits", "updated_at"], order: [{ col: "id" }] });
+  const counters = await ctx.db.query({ select: "counters", columns: ["name", "hits",
+                                      "updated_at"], order: [{ col: "id" }] });
   return { counters: counters.rows };
 }
 """,
@@ -547,7 +594,7 @@ export default async function (req, ctx) {
 
 @pytest.fixture
 def owner_dsn(pg_server: PostgresServer) -> Iterator[str]:
-    """A database migrated by a role that is not a superuser (a managed Postgres), and its DSN as that role."""
+    """A database migrated by a role that is not superuser (as on a managed Postgres): its DSN, as it."""
     suffix = uuid.uuid4().hex[:8]
     role, database = f"owner_{suffix}", f"flux_owned_{suffix}"
     with pg_server.admin() as admin:
@@ -604,7 +651,7 @@ FLUX_RECORD_TABLES = ("flux.requests", "flux.spans")
 
 
 def snapshot(conn: psycopg.Connection[Any], but: str | tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Every row of every table of the user's and of Flux's (the record of the replays `but` aside), as text."""
+    """Every row of every table of the user's and of Flux's (the record of the replays `but` aside)."""
     replays = [but] if isinstance(but, str) else list(but)
     tables = conn.execute(
         "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -616,19 +663,23 @@ def snapshot(conn: psycopg.Connection[Any], but: str | tuple[str, ...] = ()) -> 
         where = ""
         if table in FLUX_RECORD_TABLES:
             where = " WHERE {} <> ALL(%s::uuid[])".format("id" if table == "flux.requests" else "request_id")
-        found = conn.execute(f"SELECT t::text FROM {table} AS t{where}".encode(), [replays] if where else None)
+        found = conn.execute(
+            f"SELECT t::text FROM {table} AS t{where}".encode(), [replays] if where else None
+        )
         rows[table] = sorted(row[0] for row in found)
     return rows
 
 
-# --- 8. as-of with a thousand writes to take back ------------------------------------------------------------
+# --- 8. as-of with a thousand writes to take back -----------------------------------------------------------
 
 BUSY = ts(
     "busy",
     """
 export default async function (req, ctx) {
-  const items = await ctx.db.query({ select: "items", columns: ["id", "sku", "price"], order: [{ col: "id" }], limit: 20 });
-  const made = await ctx.db.query({ insert: "counters", values: { name: req.body.name }, returning: ["id", "updated_at"] });
+  const items = await ctx.db.query({ select: "items", columns: ["id", "sku",
+                                   "price"], order: [{ col: "id" }], limit: 20 });
+  const made = await ctx.db.query({ insert: "counters", values: { name: req.body.name },
+                                  returning: ["id", "updated_at"] });
   return { items: items.rows, made: made.rows };
 }
 """,
@@ -654,7 +705,8 @@ def test_as_of_takes_back_a_thousand_writes_in_a_few_times_the_original_requests
     assert min(result.state.undone for result in busy if result.state) >= 1000
     original_us = sorted(
         row[0] for row in conn.execute(
-            "SELECT duration_us FROM flux.requests WHERE id = ANY(%s::uuid[])", [[o.request_id for o in originals]]
+            "SELECT duration_us FROM flux.requests WHERE id = ANY(%s::uuid[])",
+            [[o.request_id for o in originals]],
         )
     )[1]  # fmt: skip
     quiet_us = sorted(result.server_us for result in quiet)[1]
