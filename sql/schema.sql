@@ -3459,6 +3459,13 @@ REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION role(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3503,6 +3510,27 @@ REVOKE ALL ON FUNCTION flux.tg_mutations__record() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION flux.tg_mutations__record_truncate() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations(ids bigint[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations_by_table(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations_by_table(ids bigint[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations_one_by_one(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) FROM PUBLIC;
 
 
 --

@@ -311,6 +311,12 @@ BEGIN
 END
 $$;
 
+-- Only the role that owns Flux (the one a replay connects as) rewinds: never a request, whose transaction would
+-- commit what it took back.
+REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, text[], text[], text[], timestamptz, timestamptz),
+    flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
+    FROM PUBLIC;
+
 -- Tables tracked before replays existed get the pin trigger too (flux.track installs it from now on).
 DO $$
 DECLARE

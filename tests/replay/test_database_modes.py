@@ -418,6 +418,26 @@ export default async function (req, ctx) {
         assert result.state.not_rewound == (["scratch"] if mode == "as-of" else [])
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        "flux.undo_mutations(ARRAY[1::bigint])",
+        "flux.rewind_tables(gen_random_uuid(), true, '{counters}', '{}', '{}', now(), now())",
+    ],
+)
+def test_a_request_cannot_rewind_anything(
+    conn: psycopg.Connection[Any], runtime: Runtime, store: Catalog, call: str
+) -> None:
+    """Rewinding is the replay's alone: a request's transaction commits, so it would keep what it undid."""
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    fn = ts("rewinder", f"export default async (req, ctx) => ctx.db.sql(`SELECT {call}`, []);")
+    outcome = invoke(conn, runtime, fn, {"method": "POST", "path": "/"}, catalog=store,
+                     caller=Caller(role="service"))  # fmt: skip
+    assert outcome.error is not None and outcome.error.code == "FX204", outcome.error
+    assert "permission denied for function" in outcome.error.message
+    assert conn.execute("SELECT hits FROM counters WHERE name = 'home'").fetchone() == (9,)
+
+
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
 
 WRITER = """
