@@ -8,6 +8,9 @@
 -- this one (so a row whose data changed since is written as the replay computes it, and shows as a
 -- difference). Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
 -- setting updated_at = now() is pinned too. Arguments: as flux.tg_mutations__record's.
+-- While flux.undo_mutations puts rows back with the tables' triggers on (flux.replay_call is '@undo'), a row
+-- it puts back gets exactly the values it is put back to, whatever the table's own triggers did to them: an
+-- UPDATE those of its key, an INSERT the next ones of its table.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
@@ -25,6 +28,25 @@ BEGIN
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
+    END IF;
+    IF call_name = '@undo' THEN
+        replay := '00000000-0000-0000-0000-000000000000';
+        IF TG_OP = 'UPDATE' THEN
+            old_row := pg_catalog.to_jsonb(OLD);
+            UPDATE flux.replay_pins AS p SET used = true
+             WHERE (p.replay_id, p.call, p.position) = (
+                   SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                    WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                      AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                      AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
+                                        FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
+                    LIMIT 1)
+            RETURNING p.new INTO pinned;
+            IF pinned IS NOT NULL THEN
+                NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
+            END IF;
+            RETURN NEW;
+        END IF;
     END IF;
     IF TG_OP = 'INSERT' THEN
         UPDATE flux.replay_pins AS p SET used = true
@@ -192,6 +214,9 @@ DECLARE
     key_match text;
     columns text;
     missing text[] := '{}';
+    -- The tables' own triggers are on: what they do to the rows put back is undone (flux.replay_pins, '@undo')
+    triggers_on boolean := pg_catalog.current_setting('session_replication_role') <> 'replica';
+    pinned integer := 0;
 BEGIN
     -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
     FOR t IN
@@ -228,6 +253,20 @@ BEGIN
                 'DELETE FROM %1$s AS t USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k'
                 ' WHERE %2$s', target, key_match) USING t.made;
         END IF;
+        IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
+            INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
+            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
+                   r.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
+                                     FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
+              FROM (SELECT 'UPDATE' AS op, c.row, c.n
+                      FROM pg_catalog.unnest(t.changed) WITH ORDINALITY AS c (row, n)
+                    UNION ALL
+                    SELECT 'INSERT', d.row, pg_catalog.cardinality(t.changed) + d.n
+                      FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
+            pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
+                      + coalesce(pg_catalog.cardinality(t.deleted), 0);
+            PERFORM pg_catalog.set_config('flux.replay_call', '@undo', true);
+        END IF;
         IF t.changed IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
             -- what cannot be set (generated columns, GENERATED ALWAYS identities).
@@ -253,6 +292,9 @@ BEGIN
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
                 ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
                 target, columns) USING t.deleted;
+        END IF;
+        IF triggers_on THEN
+            PERFORM pg_catalog.set_config('flux.replay_call', '', true);
         END IF;
     END LOOP;
     RETURN missing;

@@ -21,6 +21,9 @@ CREATE UNLOGGED TABLE flux.replay_pins (
     CONSTRAINT replay_pins_op_check CHECK (op IN ('INSERT', 'UPDATE'))
 );
 
+-- A rewind with the tables' triggers on finds the value each row is put back to by its key.
+CREATE INDEX replay_pins_row_idx ON flux.replay_pins (replay_id, call, table_schema, table_name, row_pk);
+
 COMMENT ON TABLE flux.replay_pins IS 'The recorded values a replay gives back to the writes it runs again (only ever written inside a replay''s rolled-back transaction, so always empty to everyone else).';
 
 GRANT SELECT, UPDATE ON flux.replay_pins TO flux_recorder;
