@@ -88,7 +88,7 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 -- The tables' triggers are off while it does, where the role may turn them off. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
 -- that may explain a difference in what the request read (as-of: those among the undone that began before
--- the request `ended`; live: every later one; at most 100), not_rewound the tables as-of cannot take back.
+-- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back.
 CREATE OR REPLACE FUNCTION flux.rewind_tables(
     request uuid, as_of boolean, named text[], written_schemas text[], written_names text[],
     started timestamptz, ended timestamptz
@@ -107,11 +107,13 @@ DECLARE
     replication text := pg_catalog.current_setting('session_replication_role');
     triggers_off boolean := false;
 BEGIN
-    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'), coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
+    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
+           coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
       INTO touched_schemas, touched_names
       FROM flux.tracked_tables t
      WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
-        OR (t.table_schema::text, t.table_name::text) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+        OR (t.table_schema::text, t.table_name::text) IN (
+               SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
       FROM flux.mutations m WHERE m.request_id = request;
     IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
@@ -131,21 +133,25 @@ BEGIN
                 SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m
                  WHERE (m.at >= started OR m.id >= own_first)
-                   AND (m.table_schema, m.table_name) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)))
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
                ) AS c;
         SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
           FROM pg_catalog.unnest(named) AS name
           JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p')
-           AND (n.nspname::text, c.relname::text) NOT IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
+           AND (n.nspname::text, c.relname::text) NOT IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
     ELSE
         -- its own writes, but on rows written since by others: those stay as they are today
         SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
           FROM flux.mutations m
          WHERE m.request_id = request
            AND NOT EXISTS (SELECT FROM flux.mutations x
-                            WHERE (x.table_schema, x.table_name, x.row_pk) = (m.table_schema, m.table_name, m.row_pk)
+                            WHERE (x.table_schema, x.table_name, x.row_pk)
+                                  = (m.table_schema, m.table_name, m.row_pk)
                               AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
@@ -154,8 +160,14 @@ BEGIN
           FROM (SELECT m.* FROM flux.mutations m
                  WHERE m.request_id IS DISTINCT FROM request
                    AND (m.at >= started OR m.id > own_last)
-                   AND (m.table_schema, m.table_name) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)))
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
                  ORDER BY m.id LIMIT 100) AS l;
+    END IF;
+    IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
+        drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
+                                                         LIMIT 100) AS first);
     END IF;
     IF pg_catalog.cardinality(ids) > 0 THEN
         BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
@@ -250,8 +262,9 @@ BEGIN
           INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
         IF t.made IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'DELETE FROM %1$s AS t USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k'
-                ' WHERE %2$s', target, key_match) USING t.made;
+                'DELETE FROM %1$s AS t'
+                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
+                target, key_match) USING t.made;
         END IF;
         IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
