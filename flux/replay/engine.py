@@ -72,6 +72,7 @@ class ReplayResult:
             "drift": state.drift if state else [],
             "not_rewound": state.not_rewound if state else [],
             "undone": state.undone if state else 0,
+            "triggers_off": state.triggers_off if state else None,
         }
 
 
