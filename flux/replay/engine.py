@@ -108,6 +108,12 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     )
     started_us = time.time_ns() // 1000
     state: State | None = None
+    if how.mode != "recorded":
+        try:
+            state = open_state(conn, transaction, recording, replay_id, how.mode)
+        except FluxError as exc:  # its database could not be set up: it could not run
+            transaction.rollback()
+            return ReplayResult(recording.id, None, "error", error=error_record(exc))
     mutations: list[Row] = []
     span = (
         None
@@ -119,8 +125,6 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     error: FluxError | None = None
     response: Response | None = None
     try:
-        if how.mode != "recorded":
-            state = open_state(conn, transaction, recording, replay_id, how.mode)
         response = to_response(how.executor.execute(function, recording.input, host))
         if host.aborted is not None:
             raise host.aborted

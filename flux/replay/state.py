@@ -20,7 +20,7 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import FluxError
+from flux.errors import FluxError, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
@@ -75,8 +75,15 @@ def open_state(
          [t[1] for t in written], started, ended],
     )  # fmt: skip
     pin = [Statement(_PIN, [replay_id, jsontext.dumps_text(pins)])] if pins else []
-    with db.translate_errors():
-        rewound = pipeline.run(conn, [pipeline.BEGIN, *pin, rewind]).rows[0][0]
+    try:
+        with db.translate_errors():
+            rewound = pipeline.run(conn, [pipeline.BEGIN, *pin, rewind]).rows[0][0]
+    except FluxError as exc:
+        raise RewindFailed(
+            f"{mode} could not take back the writes it had to: {exc.message}",
+            hint="replay with --db recorded (it needs no database state); docs/replay.md says what as-of"
+            " cannot rewind",
+        ) from exc
     transaction.apply(with_next=True)
     transaction.begun = True
     return State(mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"])

@@ -438,6 +438,21 @@ def test_a_request_cannot_rewind_anything(
     assert conn.execute("SELECT hits FROM counters WHERE name = 'home'").fetchone() == (9,)
 
 
+def test_a_rewind_that_cannot_be_made_is_an_error_that_says_so(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any
+) -> None:
+    outcome = run(READER)
+    later(conn, "DELETE FROM counters WHERE name = 'away'")
+    later(conn, "ALTER TABLE counters ADD COLUMN tag text NOT NULL DEFAULT 'x'")
+    later(conn, "ALTER TABLE counters ALTER COLUMN tag DROP DEFAULT")  # the deleted row no longer fits
+    before = snapshot(conn)
+    result = replayed(outcome.request_id, READER, "as-of")
+    assert result.verdict == "error" and result.error is not None, why(result)
+    assert result.error["code"] == "FX520" and "tag" in result.error["message"], result.error
+    assert snapshot(conn) == before  # not even recorded: it never ran
+    assert same(replayed(outcome.request_id, READER, "recorded"))
+
+
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
 
 WRITER = """
