@@ -39,6 +39,7 @@ _CAPTURE = (
     b"SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed FROM flux.mutations"
     b" WHERE request_id = $1::uuid ORDER BY id"
 )
+_LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 _NO_ROLE = Statement(b"SELECT set_config('role', 'none', true)")
 
 
@@ -79,6 +80,11 @@ def open_state(
         with db.translate_errors():
             rewound = pipeline.run(conn, [pipeline.BEGIN, *pin, rewind]).rows[0][0]
     except FluxError as exc:
+        if (exc.details or {}).get("sqlstate") == _LOCK_NOT_AVAILABLE:
+            raise RewindFailed(
+                f"{mode} could not take back the writes it had to: another session is writing those rows",
+                hint="replay again once that write is done, or with --db recorded (it needs no database)",
+            ) from exc
         raise RewindFailed(
             f"{mode} could not take back the writes it had to: {exc.message}",
             hint="replay with --db recorded (it needs no database state); docs/replay.md says what as-of"

@@ -105,6 +105,7 @@ DECLARE
     drift jsonb;
     not_rewound text[] := '{}';
     replication text := pg_catalog.current_setting('session_replication_role');
+    waited text := pg_catalog.current_setting('lock_timeout');
     triggers_off boolean := false;
 BEGIN
     SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
@@ -176,8 +177,12 @@ BEGIN
         EXCEPTION WHEN insufficient_privilege THEN
             NULL;
         END;
+        -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
+        -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
+        PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
         not_rewound := not_rewound || ARRAY(
             SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
+        PERFORM pg_catalog.set_config('lock_timeout', waited, true);
         IF triggers_off THEN
             PERFORM pg_catalog.set_config('session_replication_role', replication, true);
         END IF;

@@ -453,6 +453,23 @@ def test_a_rewind_that_cannot_be_made_is_an_error_that_says_so(
     assert same(replayed(outcome.request_id, READER, "recorded"))
 
 
+def test_a_rewind_does_not_wait_long_for_a_row_another_session_is_writing(
+    conn: psycopg.Connection[Any], dsn: str, run: Any, replayed: Any
+) -> None:
+    outcome = run(READER)
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # holds the row until it ends
+        clock = time.perf_counter()
+        result = replayed(outcome.request_id, READER, "as-of")
+        waited = time.perf_counter() - clock
+        writer.rollback()
+    assert result.verdict == "error" and result.error is not None, why(result)
+    assert result.error["code"] == "FX520" and "another session" in result.error["message"]
+    assert waited < 5
+    assert same(replayed(outcome.request_id, READER, "as-of"))  # once it is done
+
+
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
 
 WRITER = """
