@@ -1518,13 +1518,16 @@ BEGIN
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     ELSE
+        -- the recorded UPDATE whose old row is this one; else, when the recording has no old rows (a failed
+        -- run's writes were rolled back: it knows only the rows they returned), the next one in order
         old_row := pg_catalog.to_jsonb(OLD);
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
                 WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
-                ORDER BY q.position LIMIT 1)
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                  AND (q.old = old_row OR q.old IS NULL)
+                ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
     IF pinned IS NOT NULL THEN

@@ -6,7 +6,8 @@
 -- flux.replay_call (its WHEN clause; on any other write it costs one setting lookup). An INSERT takes the next
 -- unused recorded INSERT of the same table; an UPDATE the recorded UPDATE of the same key whose old row is
 -- this one (so a row whose data changed since is written as the replay computes it, and shows as a
--- difference). Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
+-- difference), or, for a recording without old rows (a failed run's: only what its writes returned is
+-- known), the next recorded UPDATE of the table in order. Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
 -- setting updated_at = now() is pinned too. Arguments: as flux.tg_mutations__record's.
 -- While flux.undo_mutations puts rows back with the tables' triggers on (flux.replay_call is '@undo'), a row
 -- it puts back gets exactly the values it is put back to, whatever the table's own triggers did to them: an
@@ -57,13 +58,16 @@ BEGIN
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     ELSE
+        -- the recorded UPDATE whose old row is this one; else, when the recording has no old rows (a failed
+        -- run's writes were rolled back: it knows only the rows they returned), the next one in order
         old_row := pg_catalog.to_jsonb(OLD);
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
                 WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
-                ORDER BY q.position LIMIT 1)
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                  AND (q.old = old_row OR q.old IS NULL)
+                ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
     IF pinned IS NOT NULL THEN

@@ -183,6 +183,32 @@ def test_time_and_uuid_defaults_and_trigger_stamps_are_the_recorded_ones(
     assert same(result), why(result)
 
 
+def test_an_update_pin_without_an_old_row_goes_to_the_next_row_the_call_updates(
+    conn: psycopg.Connection[Any], store: Catalog
+) -> None:
+    """All a failed run's recording can give (its writes were rolled back: flux.mutations has none of them) is
+    the rows its update returned. Such a pin has no old row to match: it goes to the rows the call updates, in
+    order."""
+    replay_id = str(uuid.uuid4())
+    conn.execute("BEGIN")
+    conn.execute(
+        "INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)"
+        " VALUES (%s, 'db.query#0', 0, 'public', 'counters', 'UPDATE', '{}',"
+        ' \'{"updated_at": "2020-01-02T03:04:05+00:00"}\')',
+        [replay_id],
+    )
+    conn.execute(
+        "SELECT set_config('flux.request_id', %s, true), set_config('flux.replay_call', 'db.query#0', true)",
+        [replay_id],
+    )
+    row = conn.execute(
+        "UPDATE counters SET hits = 5 WHERE name = 'home'"
+        " RETURNING hits, updated_at = '2020-01-02 03:04:05+00'::timestamptz"
+    )
+    assert row.fetchone() == (5, True)  # after the table's own trigger stamped it
+    conn.execute("ROLLBACK")
+
+
 # --- 3. numeric and jsonb spelling --------------------------------------------------------------------------
 
 SPELLING = ts(
@@ -274,6 +300,34 @@ def test_as_of_rewinds_many_later_writes_newest_first(
     assert snapshot(conn, but=as_of.replay_id) == before
     live = replayed(outcome.request_id, READER, "live")
     assert live.verdict == "drift", why(live)
+
+
+UNORDERED = ts(
+    "unordered",
+    """
+export default async function (req, ctx) {
+  const bumped = await ctx.db.query({ update: "counters", set: { hits: 3 }, where: { hits: { gt: 0 } },
+                                      returning: ["id", "hits"] });
+  const all = await ctx.db.query({ select: "counters", columns: ["id", "hits"] });
+  return { bumped: bumped.rows, all: all.rows };
+}
+""",
+)
+
+
+@pytest.mark.xfail(
+    reason="rows put back are stored elsewhere, so a read or write with no ORDER BY meets them in another"
+    " order; the comparison (host.py, engine.py) takes that order for a difference in the data: left to them",
+)
+def test_rows_put_back_in_another_order_on_disk_still_replay_same(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any
+) -> None:
+    conn.execute(b"INSERT INTO counters (name, hits) SELECT 'c' || n, n FROM generate_series(1, 20) AS n")
+    conn.execute(b"UPDATE counters SET hits = hits + 1 WHERE id % 3 = 0")
+    outcome = run(UNORDERED)
+    later(conn, "UPDATE counters SET hits = hits + 100 WHERE id % 2 = 0")
+    result = replayed(outcome.request_id, UNORDERED, "as-of")
+    assert same(result), why(result)
 
 
 # --- 5. writes by others while the original ran -------------------------------------------------------------
