@@ -183,6 +183,30 @@ def test_time_and_uuid_defaults_and_trigger_stamps_are_the_recorded_ones(
     assert same(result), why(result)
 
 
+RAW = ts(
+    "raw",
+    """
+export default async function (req, ctx) {
+  const made = await ctx.db.sql(
+    "INSERT INTO sessions (id, who, opened_at) VALUES (gen_random_uuid(), $1, clock_timestamp()) RETURNING *",
+    ["raw"]);
+  const bumped = await ctx.db.sql(
+    "UPDATE counters SET hits = hits + 1, updated_at = now() - random() * interval '1 day' RETURNING *", []);
+  return { made: made.rows, bumped: bumped.rows.length };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_values_generated_in_raw_sql_are_the_recorded_ones(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any, mode: str
+) -> None:
+    outcome = run(RAW, role="service")
+    result = replayed(outcome.request_id, RAW, mode)
+    assert same(result), why(result)
+
+
 def test_an_update_pin_without_an_old_row_goes_to_the_next_row_the_call_updates(
     conn: psycopg.Connection[Any], store: Catalog
 ) -> None:
