@@ -763,6 +763,9 @@ def test_without_superuser_as_of_rewinds_exactly_with_the_tables_triggers_on_or_
         # the table's BEFORE UPDATE trigger stamped the rows it put back, and the rewind put them back again
         assert on.state is not None and not on.state.triggers_off and on.state.undone == 3
         assert same(on), why(on)
+        assert snapshot(owner, but=on.replay_id) == before
+        if owner.info.server_version < 150000:
+            return  # a role is granted SET on a parameter from Postgres 15
         with pg_server.admin() as admin:
             user = owner.info.user
             admin.execute(f"GRANT SET ON PARAMETER session_replication_role TO {user}".encode())
