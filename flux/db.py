@@ -453,8 +453,12 @@ class RequestTransaction:
         """Set the transaction-local setting `name` for the statements that follow (with the next one)."""
         send_with_next(self.conn, _settings_statement({name: value}))
 
-    def apply(self) -> None:
-        """Take on the request's role and settings in a transaction the caller opened."""
+    def apply(self, *, with_next: bool = False) -> None:
+        """Take on the request's role and settings in a transaction the caller opened: now, or `with_next`
+        statement (in its round trip)."""
+        if with_next:
+            send_with_next(self.conn, _settings_statement(self._settings))
+            return
         with translate_errors():
             pipeline.run(self.conn, [_settings_statement(self._settings)])
 

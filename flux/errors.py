@@ -470,6 +470,15 @@ class GitRevisionUnusable(FluxError):
     title = "the git revision to replay on cannot be checked out (no repository, no such commit, no project)"
 
 
+# FX520: the database a replay runs on (`--db live|as-of`).
+
+
+class RewindFailed(FluxError):
+    code = "FX520"
+    http_status = 409
+    title = "a live or as-of replay could not set its database up: the writes since could not be taken back"
+
+
 # -- FX8xx set-up: configuration, database, migrations, server ------------------------------------------
 
 

@@ -1155,6 +1155,112 @@ $$;
 
 
 --
+-- Name: rewind_tables(uuid, boolean, text[], text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    touched_schemas text[];
+    touched_names text[];
+    own_first bigint;
+    own_last bigint;
+    own_began timestamptz;
+    ids bigint[];
+    drift jsonb;
+    not_rewound text[] := '{}';
+    replication text := pg_catalog.current_setting('session_replication_role');
+    waited text := pg_catalog.current_setting('lock_timeout');
+    triggers_off boolean := false;
+BEGIN
+    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
+           coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
+      INTO touched_schemas, touched_names
+      FROM flux.tracked_tables t
+     WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
+        OR (t.table_schema::text, t.table_name::text) IN (
+               SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+    SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
+      FROM flux.mutations m WHERE m.request_id = request;
+    IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
+        ended := own_began + (ended - started);
+        started := own_began;
+    END IF;
+    IF as_of THEN
+        SELECT coalesce(pg_catalog.array_agg(c.id ORDER BY c.id), '{}'),
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', c.id, 'request_id', c.request_id, 'table_schema', c.table_schema,
+                   'table_name', c.table_name, 'op', c.op, 'row_pk', c.row_pk, 'at', c.at) ORDER BY c.id)
+                   FILTER (WHERE c.request_id IS DISTINCT FROM request AND c.at < ended)
+          INTO ids, drift
+          FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m WHERE m.request_id = request
+                 UNION
+                SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m
+                 WHERE (m.at >= started OR m.id >= own_first)
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
+               ) AS c;
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
+          FROM pg_catalog.unnest(named) AS name
+          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p')
+           AND (n.nspname::text, c.relname::text) NOT IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
+    ELSE
+        -- its own writes, but on rows written since by others: those stay as they are today
+        SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
+          FROM flux.mutations m
+         WHERE m.request_id = request
+           AND NOT EXISTS (SELECT FROM flux.mutations x
+                            WHERE (x.table_schema, x.table_name, x.row_pk)
+                                  = (m.table_schema, m.table_name, m.row_pk)
+                              AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
+        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
+                   'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
+          INTO drift
+          FROM (SELECT m.* FROM flux.mutations m
+                 WHERE m.request_id IS DISTINCT FROM request
+                   AND (m.at >= started OR m.id > own_last)
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
+                 ORDER BY m.id LIMIT 100) AS l;
+    END IF;
+    IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
+        drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
+                                                         LIMIT 100) AS first);
+    END IF;
+    IF pg_catalog.cardinality(ids) > 0 THEN
+        BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+            triggers_off := true;
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+        -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
+        -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
+        PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
+        not_rewound := not_rewound || ARRAY(
+            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
+        PERFORM pg_catalog.set_config('lock_timeout', waited, true);
+        IF triggers_off THEN
+            PERFORM pg_catalog.set_config('session_replication_role', replication, true);
+        END IF;
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
+        'triggers_off', triggers_off);
+END
+$$;
+
+
+--
 -- Name: role(); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1384,6 +1490,25 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
+    IF call_name = '@undo' THEN
+        replay := '00000000-0000-0000-0000-000000000000';
+        IF TG_OP = 'UPDATE' THEN
+            old_row := pg_catalog.to_jsonb(OLD);
+            UPDATE flux.replay_pins AS p SET used = true
+             WHERE (p.replay_id, p.call, p.position) = (
+                   SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                    WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                      AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                      AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
+                                        FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
+                    LIMIT 1)
+            RETURNING p.new INTO pinned;
+            IF pinned IS NOT NULL THEN
+                NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
+            END IF;
+            RETURN NEW;
+        END IF;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
@@ -1393,13 +1518,16 @@ BEGIN
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     ELSE
+        -- the recorded UPDATE whose old row is this one; else, when the recording has no old rows (a failed
+        -- run's writes were rolled back: it knows only the rows they returned), the next one in order
         old_row := pg_catalog.to_jsonb(OLD);
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
                 WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
-                ORDER BY q.position LIMIT 1)
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                  AND (q.old = old_row OR q.old IS NULL)
+                ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
     IF pinned IS NOT NULL THEN
@@ -1667,6 +1795,130 @@ $$;
 --
 
 CREATE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+DECLARE
+    missing text[] := '{}';
+BEGIN
+    BEGIN
+        missing := flux.undo_mutations_by_table(ids);
+    EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
+        missing := flux.undo_mutations_one_by_one(ids);
+    END;
+    RETURN missing;
+END
+$$;
+
+
+--
+-- Name: undo_mutations_by_table(bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $_$
+DECLARE
+    t record;
+    target regclass;
+    key_match text;
+    columns text;
+    missing text[] := '{}';
+    -- The tables' own triggers are on: what they do to the rows put back is undone (flux.replay_pins, '@undo')
+    triggers_on boolean := pg_catalog.current_setting('session_replication_role') <> 'replica';
+    pinned integer := 0;
+BEGIN
+    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
+    FOR t IN
+        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(r.key_changed) AS key_changed
+          FROM (SELECT m.table_schema, m.table_name, m.row_pk, pg_catalog.min(m.id) AS first,
+                       pg_catalog.max(m.id) AS last,
+                       pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
+                  FROM flux.mutations m
+                 WHERE m.id = ANY(ids)
+                 GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
+          JOIN flux.mutations f ON f.id = r.first
+          JOIN flux.mutations l ON l.id = r.last
+         GROUP BY r.table_schema, r.table_name
+    LOOP
+        target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
+        IF target IS NULL THEN
+            missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
+            CONTINUE;
+        END IF;
+        IF t.key_changed THEN  -- an UPDATE changed a key: a row's mutations are not all under one key
+            PERFORM flux.undo_mutations_one_by_one(ARRAY(
+                SELECT m.id FROM flux.mutations m
+                 WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
+            CONTINUE;
+        END IF;
+        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
+          INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
+        IF t.made IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t'
+                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
+                target, key_match) USING t.made;
+        END IF;
+        IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
+            INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
+            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
+                   r.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
+                                     FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
+              FROM (SELECT 'UPDATE' AS op, c.row, c.n
+                      FROM pg_catalog.unnest(t.changed) WITH ORDINALITY AS c (row, n)
+                    UNION ALL
+                    SELECT 'INSERT', d.row, pg_catalog.cardinality(t.changed) + d.n
+                      FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
+            pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
+                      + coalesce(pg_catalog.cardinality(t.deleted), 0);
+            PERFORM pg_catalog.set_config('flux.replay_call', '@undo', true);
+        END IF;
+        IF t.changed IS NOT NULL THEN
+            -- Every column there was then (one added since keeps today's value), but the key (it matches) and
+            -- what cannot be set (generated columns, GENERATED ALWAYS identities).
+            SELECT pg_catalog.string_agg(pg_catalog.format(
+                       '%1$I = CASE WHEN j.j ? %2$L THEN k.%1$I ELSE t.%1$I END', a.attname, a.attname), ', ')
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attidentity <> 'a' AND NOT t.some_key ? a.attname;
+            IF columns IS NOT NULL THEN
+                EXECUTE pg_catalog.format(
+                    'UPDATE %1$s AS t SET %2$s FROM pg_catalog.unnest($1) AS j (j)'
+                    ' CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, j.j) AS k WHERE %3$s',
+                    target, columns, key_match) USING t.changed;
+            END IF;
+        END IF;
+        IF t.deleted IS NOT NULL THEN
+            SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE pg_catalog.format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
+                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
+                target, columns) USING t.deleted;
+        END IF;
+        IF triggers_on THEN
+            PERFORM pg_catalog.set_config('flux.replay_call', '', true);
+        END IF;
+    END LOOP;
+    RETURN missing;
+END
+$_$;
+
+
+--
+-- Name: undo_mutations_one_by_one(bigint[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path TO ''
     AS $_$
@@ -2954,6 +3206,13 @@ CREATE INDEX jobs_parent_request_idx ON flux.jobs USING btree (parent_request_id
 
 
 --
+-- Name: mutations_at_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX mutations_at_idx ON flux.mutations USING brin (at) WITH (autosummarize='on');
+
+
+--
 -- Name: mutations_request_id_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
@@ -2965,6 +3224,13 @@ CREATE INDEX mutations_request_id_idx ON flux.mutations USING btree (request_id)
 --
 
 CREATE INDEX mutations_row_idx ON flux.mutations USING btree (table_schema, table_name, row_pk, id);
+
+
+--
+-- Name: replay_pins_row_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX replay_pins_row_idx ON flux.replay_pins USING btree (replay_id, call, table_schema, table_name, row_pk);
 
 
 --
@@ -3260,6 +3526,13 @@ REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION role(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3304,6 +3577,27 @@ REVOKE ALL ON FUNCTION flux.tg_mutations__record() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION flux.tg_mutations__record_truncate() FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations(ids bigint[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations_by_table(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations_by_table(ids bigint[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION undo_mutations_one_by_one(ids bigint[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) FROM PUBLIC;
 
 
 --

@@ -75,6 +75,7 @@ class ReplayResult:
             "drift": state.drift if state else [],
             "not_rewound": state.not_rewound if state else [],
             "undone": state.undone if state else 0,
+            "triggers_off": state.triggers_off if state else None,
         }
 
 
@@ -112,6 +113,12 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     )
     started_us = time.time_ns() // 1000
     state: State | None = None
+    if how.mode != "recorded":
+        try:
+            state = open_state(conn, transaction, recording, replay_id, how.mode)
+        except FluxError as exc:  # its database could not be set up: it could not run
+            transaction.rollback()
+            return ReplayResult(recording.id, None, "error", error=error_record(exc))
     mutations: list[Row] = []
     span = (
         None
@@ -123,8 +130,6 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     error: FluxError | None = None
     response: Response | None = None
     try:
-        if how.mode != "recorded":
-            state = open_state(conn, transaction, recording, replay_id, how.mode)
         response = to_response(how.executor.execute(function, recording.input, host))
         if host.aborted is not None:
             raise host.aborted
@@ -312,10 +317,13 @@ def _error_message(recorded: Row | None, replayed: Row | None) -> str:
 
 
 def _verdict(divergences: list[Divergence], state: State | None) -> Verdict:
-    """`same` without divergences; `drift` when the first is a difference in the data read and writes by
-    other requests can explain it; else `diverged`."""
+    """`same` without divergences; `drift` when the first is a difference in the data a call read or wrote
+    with the same arguments (live and as-of: the code asked what it asked the first time, and the database
+    answered otherwise, so the data changed, not the code; `state.drift` lists the writes by others that may
+    explain it, though a writer whose transaction began before the request cannot always be named); else
+    `diverged`."""
     if not divergences:
         return "same"
-    if state is not None and state.drift and divergences[0].state:
+    if state is not None and divergences[0].state:
         return "drift"
     return "diverged"

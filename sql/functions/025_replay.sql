@@ -6,8 +6,12 @@
 -- flux.replay_call (its WHEN clause; on any other write it costs one setting lookup). An INSERT takes the next
 -- unused recorded INSERT of the same table; an UPDATE the recorded UPDATE of the same key whose old row is
 -- this one (so a row whose data changed since is written as the replay computes it, and shows as a
--- difference). Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
+-- difference), or, for a recording without old rows (a failed run's: only what its writes returned is
+-- known), the next recorded UPDATE of the table in order. Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
 -- setting updated_at = now() is pinned too. Arguments: as flux.tg_mutations__record's.
+-- While flux.undo_mutations puts rows back with the tables' triggers on (flux.replay_call is '@undo'), a row
+-- it puts back gets exactly the values it is put back to, whatever the table's own triggers did to them: an
+-- UPDATE those of its key, an INSERT the next ones of its table.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
@@ -26,6 +30,25 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
+    IF call_name = '@undo' THEN
+        replay := '00000000-0000-0000-0000-000000000000';
+        IF TG_OP = 'UPDATE' THEN
+            old_row := pg_catalog.to_jsonb(OLD);
+            UPDATE flux.replay_pins AS p SET used = true
+             WHERE (p.replay_id, p.call, p.position) = (
+                   SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                    WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
+                      AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                      AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
+                                        FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
+                    LIMIT 1)
+            RETURNING p.new INTO pinned;
+            IF pinned IS NOT NULL THEN
+                NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
+            END IF;
+            RETURN NEW;
+        END IF;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
@@ -35,13 +58,16 @@ BEGIN
                 ORDER BY q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     ELSE
+        -- the recorded UPDATE whose old row is this one; else, when the recording has no old rows (a failed
+        -- run's writes were rolled back: it knows only the rows they returned), the next one in order
         old_row := pg_catalog.to_jsonb(OLD);
         UPDATE flux.replay_pins AS p SET used = true
          WHERE (p.replay_id, p.call, p.position) = (
                SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
                 WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used AND q.old = old_row
-                ORDER BY q.position LIMIT 1)
+                  AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
+                  AND (q.old = old_row OR q.old IS NULL)
+                ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
     IF pinned IS NOT NULL THEN
@@ -56,13 +82,250 @@ ALTER FUNCTION flux.tg_mutations__pin_replay() OWNER TO flux_recorder;
 REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 
--- Undoes the given mutations, newest first (a row's mutations are numbered in the order their transactions
--- committed: a second writer of a row waits for the first to commit), to put tracked tables back as they
--- were: an INSERT is deleted, an UPDATE's changed columns get their old values, a DELETE is inserted again.
--- Only a replay calls it, inside a transaction it rolls back. Run it with session_replication_role = replica
--- where the role may, so the tables' triggers (and foreign-key checks) leave the old values alone. Returns
--- the tables it could not rewind because they no longer exist.
+-- Sets up the database of a replay in live or as-of mode, inside the replay's transaction (which it always
+-- rolls back), in one call. The tables it works on are the tracked tables the request wrote (written_*) or
+-- named in a query (named, as the queries spell them). `live` takes back the request's own writes; `as-of`
+-- every write to those tables since the request began (its own, and those of later or concurrent writers:
+-- `at`, when their transaction began, at or after the request's, or numbered after the request's first
+-- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
+-- beginning by the database's clock).
+-- The tables' triggers are off while it does, where the role may turn them off. Answers
+-- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
+-- that may explain a difference in what the request read (as-of: those among the undone that began before
+-- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back.
+CREATE OR REPLACE FUNCTION flux.rewind_tables(
+    request uuid, as_of boolean, named text[], written_schemas text[], written_names text[],
+    started timestamptz, ended timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql  -- no SET search_path: `named` resolves as the request's queries did, on the caller's path
+AS $$
+DECLARE
+    touched_schemas text[];
+    touched_names text[];
+    own_first bigint;
+    own_last bigint;
+    own_began timestamptz;
+    ids bigint[];
+    drift jsonb;
+    not_rewound text[] := '{}';
+    replication text := pg_catalog.current_setting('session_replication_role');
+    waited text := pg_catalog.current_setting('lock_timeout');
+    triggers_off boolean := false;
+BEGIN
+    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
+           coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
+      INTO touched_schemas, touched_names
+      FROM flux.tracked_tables t
+     WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
+        OR (t.table_schema::text, t.table_name::text) IN (
+               SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+    SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
+      FROM flux.mutations m WHERE m.request_id = request;
+    IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
+        ended := own_began + (ended - started);
+        started := own_began;
+    END IF;
+    IF as_of THEN
+        SELECT coalesce(pg_catalog.array_agg(c.id ORDER BY c.id), '{}'),
+               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', c.id, 'request_id', c.request_id, 'table_schema', c.table_schema,
+                   'table_name', c.table_name, 'op', c.op, 'row_pk', c.row_pk, 'at', c.at) ORDER BY c.id)
+                   FILTER (WHERE c.request_id IS DISTINCT FROM request AND c.at < ended)
+          INTO ids, drift
+          FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m WHERE m.request_id = request
+                 UNION
+                SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                  FROM flux.mutations m
+                 WHERE (m.at >= started OR m.id >= own_first)
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
+               ) AS c;
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
+          FROM pg_catalog.unnest(named) AS name
+          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p')
+           AND (n.nspname::text, c.relname::text) NOT IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
+    ELSE
+        -- its own writes, but on rows written since by others: those stay as they are today
+        SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
+          FROM flux.mutations m
+         WHERE m.request_id = request
+           AND NOT EXISTS (SELECT FROM flux.mutations x
+                            WHERE (x.table_schema, x.table_name, x.row_pk)
+                                  = (m.table_schema, m.table_name, m.row_pk)
+                              AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
+        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
+                   'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
+          INTO drift
+          FROM (SELECT m.* FROM flux.mutations m
+                 WHERE m.request_id IS DISTINCT FROM request
+                   AND (m.at >= started OR m.id > own_last)
+                   AND (m.table_schema, m.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
+                                                    pg_catalog.unnest(touched_names)))
+                 ORDER BY m.id LIMIT 100) AS l;
+    END IF;
+    IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
+        drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
+                                                         LIMIT 100) AS first);
+    END IF;
+    IF pg_catalog.cardinality(ids) > 0 THEN
+        BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+            triggers_off := true;
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+        -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
+        -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
+        PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
+        not_rewound := not_rewound || ARRAY(
+            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
+        PERFORM pg_catalog.set_config('lock_timeout', waited, true);
+        IF triggers_off THEN
+            PERFORM pg_catalog.set_config('session_replication_role', replication, true);
+        END IF;
+    END IF;
+    RETURN pg_catalog.jsonb_build_object(
+        'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
+        'triggers_off', triggers_off);
+END
+$$;
+
+-- Undoes the given mutations, to put tracked tables back as they were before the oldest of them. Set-based:
+-- each row's mutations (a row is its table and key; its mutations are numbered in the order their transactions
+-- committed, since a second writer of a row waits for the first to commit) net out to one change, and each
+-- table takes one DELETE (rows made since), one UPDATE (rows changed since: every column gets its value
+-- from before the oldest mutation) and one INSERT (rows deleted since). A table where a mutation changed a
+-- primary key, or where that order breaks a constraint (a unique value moved between rows, a foreign key
+-- with triggers on), is undone one mutation at a time, newest first. Only a replay calls it, inside a
+-- transaction it rolls back; run it with session_replication_role = replica where the role may, so the
+-- tables' triggers (and foreign-key checks) leave the old values alone. Returns the tables it could not
+-- rewind because they no longer exist.
 CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path = ''
+AS $$
+DECLARE
+    missing text[] := '{}';
+BEGIN
+    BEGIN
+        missing := flux.undo_mutations_by_table(ids);
+    EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
+        missing := flux.undo_mutations_one_by_one(ids);
+    END;
+    RETURN missing;
+END
+$$;
+
+-- flux.undo_mutations's set-based undo (see there); a table whose mutations changed a primary key is undone
+-- one mutation at a time.
+CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
+    LANGUAGE plpgsql
+    SET search_path = ''
+AS $$
+DECLARE
+    t record;
+    target regclass;
+    key_match text;
+    columns text;
+    missing text[] := '{}';
+    -- The tables' own triggers are on: what they do to the rows put back is undone (flux.replay_pins, '@undo')
+    triggers_on boolean := pg_catalog.current_setting('session_replication_role') <> 'replica';
+    pinned integer := 0;
+BEGIN
+    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
+    FOR t IN
+        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(r.key_changed) AS key_changed
+          FROM (SELECT m.table_schema, m.table_name, m.row_pk, pg_catalog.min(m.id) AS first,
+                       pg_catalog.max(m.id) AS last,
+                       pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
+                  FROM flux.mutations m
+                 WHERE m.id = ANY(ids)
+                 GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
+          JOIN flux.mutations f ON f.id = r.first
+          JOIN flux.mutations l ON l.id = r.last
+         GROUP BY r.table_schema, r.table_name
+    LOOP
+        target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
+        IF target IS NULL THEN
+            missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
+            CONTINUE;
+        END IF;
+        IF t.key_changed THEN  -- an UPDATE changed a key: a row's mutations are not all under one key
+            PERFORM flux.undo_mutations_one_by_one(ARRAY(
+                SELECT m.id FROM flux.mutations m
+                 WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
+            CONTINUE;
+        END IF;
+        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
+          INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
+        IF t.made IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t'
+                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
+                target, key_match) USING t.made;
+        END IF;
+        IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
+            INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
+            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
+                   r.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
+                                     FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
+              FROM (SELECT 'UPDATE' AS op, c.row, c.n
+                      FROM pg_catalog.unnest(t.changed) WITH ORDINALITY AS c (row, n)
+                    UNION ALL
+                    SELECT 'INSERT', d.row, pg_catalog.cardinality(t.changed) + d.n
+                      FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
+            pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
+                      + coalesce(pg_catalog.cardinality(t.deleted), 0);
+            PERFORM pg_catalog.set_config('flux.replay_call', '@undo', true);
+        END IF;
+        IF t.changed IS NOT NULL THEN
+            -- Every column there was then (one added since keeps today's value), but the key (it matches) and
+            -- what cannot be set (generated columns, GENERATED ALWAYS identities).
+            SELECT pg_catalog.string_agg(pg_catalog.format(
+                       '%1$I = CASE WHEN j.j ? %2$L THEN k.%1$I ELSE t.%1$I END', a.attname, a.attname), ', ')
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attidentity <> 'a' AND NOT t.some_key ? a.attname;
+            IF columns IS NOT NULL THEN
+                EXECUTE pg_catalog.format(
+                    'UPDATE %1$s AS t SET %2$s FROM pg_catalog.unnest($1) AS j (j)'
+                    ' CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, j.j) AS k WHERE %3$s',
+                    target, columns, key_match) USING t.changed;
+            END IF;
+        END IF;
+        IF t.deleted IS NOT NULL THEN
+            SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+              INTO columns
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
+            EXECUTE pg_catalog.format(
+                'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
+                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
+                target, columns) USING t.deleted;
+        END IF;
+        IF triggers_on THEN
+            PERFORM pg_catalog.set_config('flux.replay_call', '', true);
+        END IF;
+    END LOOP;
+    RETURN missing;
+END
+$$;
+
+-- flux.undo_mutations one mutation at a time, newest first: an INSERT is deleted, an UPDATE's changed columns
+-- get their old values, a DELETE is inserted again.
+CREATE OR REPLACE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path = ''
 AS $$
@@ -111,6 +374,12 @@ BEGIN
     RETURN missing;
 END
 $$;
+
+-- Only the role that owns Flux (the one a replay connects as) rewinds: never a request, whose transaction would
+-- commit what it took back.
+REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, text[], text[], text[], timestamptz, timestamptz),
+    flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
+    FROM PUBLIC;
 
 -- Tables tracked before replays existed get the pin trigger too (flux.track installs it from now on).
 DO $$
