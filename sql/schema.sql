@@ -1530,6 +1530,12 @@ BEGIN
                 ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
     END IF;
+    -- A query run with other arguments than the recorded one keeps the values it sets itself (they are the
+    -- difference to report); the columns it leaves to the database get the recorded values all the same.
+    IF pinned IS NOT NULL AND pg_catalog.current_setting('flux.replay_keep', true) > '' THEN
+        pinned := pinned - ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+                                            pg_catalog.current_setting('flux.replay_keep')::jsonb));
+    END IF;
     IF pinned IS NOT NULL THEN
         NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
     END IF;

@@ -17,7 +17,7 @@ from flux import db, randomness
 from flux.data import Catalog, Limits
 from flux.errors import FluxError
 from flux.replay.divergence import END, Divergence, changes_between
-from flux.replay.host import Mode, ReplayHost
+from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
 from flux.replay.state import State, captured_mutations, open_state
 from flux.runtime.fetch import FetchPolicy
@@ -245,18 +245,10 @@ def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: lis
     for key in dict.fromkeys([*(call.key for call in recording.calls), *replayed]):
         recorded_rows = recording.by_key[key].mutations if key in recording.by_key else []
         seq = orders[key]
-        written = _columns_set(host.recorder.spans[seq].input) if seq < len(host.recorder.spans) else set()
+        span = host.recorder.spans[seq] if seq < len(host.recorder.spans) else None
+        written = set(columns_set(span.input) or ()) if span is not None and span.module == "data" else set()
         found += _rows_compared(key, recorded_rows, replayed.get(key, []), seq, written)
     return found
-
-
-def _columns_set(args: Json) -> set[str]:
-    """The columns a write's query gave values to (an insert's `values`, an update's `set`)."""
-    if not isinstance(args, dict):
-        return set()
-    given = args.get("values", args.get("set"))
-    rows = given if isinstance(given, list) else [given]
-    return {str(column) for row in rows if isinstance(row, dict) for column in row}
 
 
 def _rows_compared(

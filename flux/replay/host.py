@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from flux import jsontext
 from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
@@ -30,7 +31,6 @@ class ReplayHost(Host):
     live_fetch: bool = False
     divergences: list[Divergence] = field(default_factory=list)
     matched: dict[int, str] = field(default_factory=dict)  # replay span seq -> recorded call key
-    pinned: set[str] = field(default_factory=set)  # keys of recorded calls whose writes have pins
     cut_off: FluxError | None = None  # the recorded time limit, met where the original met it (`_unrecorded`)
     _counts: dict[str, int] = field(default_factory=dict)
     _clock_ms: Json = None
@@ -71,8 +71,12 @@ class ReplayHost(Host):
         return self._clock_ms if self._clock_ms is not None else super().now(args)
 
     def _database(self, op: str, args: Json, recorded: RecordedCall, seq: int, same_args: bool) -> Json:
-        """Run a database call for real; with the recorded arguments, the rows it writes get their pins."""
-        self.transaction.mark("flux.replay_call", recorded.key if same_args else "")
+        """Run a database call for real; the rows it writes get their pins: every recorded value with the
+        recorded arguments, and with others (a query that sets other values) those of the columns it does
+        not set, so that a changed value shows as itself, not as a new id and a new timestamp too."""
+        kept = None if same_args or op != "db.query" else columns_set(args)
+        self.transaction.mark("flux.replay_call", recorded.key if same_args or kept else "")
+        self.transaction.mark("flux.replay_keep", jsontext.dumps_text(kept) if kept else "")
         try:
             value = super().perform(op, args)
         except FluxError as exc:
@@ -121,6 +125,17 @@ class ReplayHost(Host):
 
     def _diverged(self, divergence: Divergence) -> None:
         self.divergences.append(divergence)
+
+
+def columns_set(args: Json) -> list[str] | None:
+    """The columns a JSON insert or update sets (None for anything else: raw SQL, a delete)."""
+    if not isinstance(args, dict):
+        return None
+    rows = args.get("values") if "insert" in args else [args.get("set")] if "update" in args else None
+    rows = [rows] if isinstance(rows, dict) else rows
+    if not isinstance(rows, list):
+        return None
+    return sorted({str(column) for row in rows if isinstance(row, dict) for column in row})
 
 
 def _answer(recorded: RecordedCall) -> Json:

@@ -7,8 +7,10 @@
 -- unused recorded INSERT of the same table; an UPDATE the recorded UPDATE of the same key whose old row is
 -- this one (so a row whose data changed since is written as the replay computes it, and shows as a
 -- difference), or, for a recording without old rows (a failed run's: only what its writes returned is
--- known), the next recorded UPDATE of the table in order. Named to fire after the table's own BEFORE triggers (they fire by name), so that a trigger
--- setting updated_at = now() is pinned too. Arguments: as flux.tg_mutations__record's.
+-- known), the next recorded UPDATE of the table in order. A query run with other arguments than the recorded
+-- one names the columns it sets in flux.replay_keep: those keep its values. Named to fire after the table's
+-- own BEFORE triggers (they fire by name), so that a trigger setting updated_at = now() is pinned too.
+-- Arguments: as flux.tg_mutations__record's.
 -- While flux.undo_mutations puts rows back with the tables' triggers on (flux.replay_call is '@undo'), a row
 -- it puts back gets exactly the values it is put back to, whatever the table's own triggers did to them: an
 -- UPDATE those of its key, an INSERT the next ones of its table.
@@ -69,6 +71,12 @@ BEGIN
                   AND (q.old = old_row OR q.old IS NULL)
                 ORDER BY q.old IS NULL, q.position LIMIT 1)
         RETURNING p.new INTO pinned;
+    END IF;
+    -- A query run with other arguments than the recorded one keeps the values it sets itself (they are the
+    -- difference to report); the columns it leaves to the database get the recorded values all the same.
+    IF pinned IS NOT NULL AND pg_catalog.current_setting('flux.replay_keep', true) > '' THEN
+        pinned := pinned - ARRAY(SELECT pg_catalog.jsonb_array_elements_text(
+                                            pg_catalog.current_setting('flux.replay_keep')::jsonb));
     END IF;
     IF pinned IS NOT NULL THEN
         NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
