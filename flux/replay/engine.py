@@ -8,6 +8,7 @@ and its transaction is always rolled back."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
 from flux.runtime.response import Response, error_response, to_response
+from flux.trace.diff import canonical
 from flux.trace.recorder import Recorder, error_record
 
 Json = Any
@@ -257,9 +259,7 @@ def _rows_compared(
     """The writes of one call, pair by pair. The columns its query set come first among a row's changes: a
     write run with other arguments is not pinned, so the values the database generated differ too, after."""
     found = []
-    for index in range(max(len(recorded), len(replayed))):
-        a = recorded[index] if index < len(recorded) else None
-        b = replayed[index] if index < len(replayed) else None
+    for a, b in _paired(recorded, replayed):
         either = a if a is not None else b
         assert either is not None
         where = f"{key} {either['op']} {either['table_schema']}.{either['table_name']} {_key_text(either)}"
@@ -282,6 +282,31 @@ def _rows_compared(
                 )
             )
     return found
+
+
+def _paired(recorded: list[Row], replayed: list[Row]) -> list[tuple[Row | None, Row | None]]:
+    """A call's recorded and replayed writes, paired by table, operation and key (an UPDATE of many rows meets
+    them in the order they lie on disk, which a rewind may change), then the rest in order."""
+
+    def identity(mutation: Row) -> tuple[str, str, str, str]:
+        key = canonical(mutation["row_pk"])
+        return (mutation["table_schema"], mutation["table_name"], mutation["op"], key)
+
+    waiting: dict[tuple[str, str, str, str], list[Row]] = {}
+    for mutation in replayed:
+        waiting.setdefault(identity(mutation), []).append(mutation)
+    pairs: list[tuple[Row | None, Row | None]] = []
+    unmatched: list[Row] = []
+    for mutation in recorded:
+        same_key = waiting.get(identity(mutation))
+        if same_key:
+            pairs.append((mutation, same_key.pop(0)))
+        else:
+            unmatched.append(mutation)
+    left = [mutation for rows in waiting.values() for mutation in rows]
+    left.sort(key=replayed.index)
+    pairs += list(itertools.zip_longest(unmatched, left))
+    return pairs
 
 
 def _row(mutation: Row) -> Row:

@@ -117,18 +117,19 @@ def recording_of(trace: Trace) -> Recording:
 
 
 def _returned_rows(span: Row) -> list[Row]:
-    """The rows an insert of a failed run returned, as the INSERT mutations they were before the rollback took
-    them back (with the columns it returned only): what the database generated for them (an identity, a now()
-    default, a random uuid) is known from its answer alone, and a replay pins it from there."""
+    """The rows an insert or update of a failed run returned, as the mutations they were before the rollback
+    took them back (with the columns it returned only): what the database generated for them (an identity, a
+    now() default or trigger, a random uuid) is known from its answer alone; a replay pins it from there."""
     args, output = span["input"], span["output"]
     if span["module"] != "data" or not (span["ok"] and isinstance(args, dict) and isinstance(output, dict)):
         return []
-    table, rows = args.get("insert"), output.get("rows")
-    if not isinstance(table, str) or not isinstance(rows, list):
+    op = "INSERT" if "insert" in args else "UPDATE" if "update" in args else None
+    table, rows = args.get(str(op).lower()), output.get("rows")
+    if op is None or not isinstance(table, str) or not isinstance(rows, list):
         return []
     schema, _, name = table.rpartition(".")  # queries name a table bare in public (flux.data.catalog)
     return [
-        {"span_seq": span["seq"], "table_schema": schema or "public", "table_name": name, "op": "INSERT",
+        {"span_seq": span["seq"], "table_schema": schema or "public", "table_name": name, "op": op,
          "row_pk": {}, "old": None, "new": row}
         for row in rows
         if isinstance(row, dict)

@@ -100,7 +100,7 @@ def compare(path: str, a: Any, b: Any) -> list[Change]:
             for i, (x, y) in enumerate(zip(a, b, strict=True))
             for change in compare(f"{path}[{i}]", x, y)
         ]
-    return [] if _canonical(a) == _canonical(b) else [Change(path, a, b)]
+    return [] if canonical(a) == canonical(b) else [Change(path, a, b)]
 
 
 def _span_keys(spans: list[Row]) -> dict[int, tuple[Any, ...]]:
@@ -167,7 +167,8 @@ def _union(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [*a, *(key for key in b if key not in a)]
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
+    """`value` as text that is equal for equal JSON (keys sorted, numbers by value)."""
     return jsontext.display(_numbers_by_value(value), sort_keys=True)
 
 
@@ -188,4 +189,4 @@ def _numbers_by_value(value: Any) -> Any:
 
 def same(a: Any, b: Any) -> bool:
     """Whether `a` and `b` are the same JSON value (key order and number spelling aside)."""
-    return _canonical(a) == _canonical(b)
+    return canonical(a) == canonical(b)

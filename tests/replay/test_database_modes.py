@@ -339,10 +339,6 @@ export default async function (req, ctx) {
 )
 
 
-@pytest.mark.xfail(
-    reason="rows put back are stored elsewhere, so a read or write with no ORDER BY meets them in another"
-    " order; the comparison (host.py, engine.py) takes that order for a difference in the data: left to them",
-)
 def test_rows_put_back_in_another_order_on_disk_still_replay_same(
     conn: psycopg.Connection[Any], run: Any, replayed: Any
 ) -> None:

@@ -320,7 +320,6 @@ export default async function (req, ctx) {
 """
 
 
-@pytest.mark.xfail(reason="a failed request's updates are not pinned (no old row recorded): left to state.py")
 @pytest.mark.parametrize("mode", ["live", "as-of"])
 def test_a_failed_request_s_update_with_a_now_trigger_replays_same(
     conn: Conn, runtime: Runtime, events: Catalog, mode: str
