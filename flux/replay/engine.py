@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from flux import db, randomness
 from flux.data import Catalog, Limits
-from flux.errors import FluxError
+from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
@@ -171,7 +171,17 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
             "output": response.to_json() if error is None else None,
             "error": error_record(error) if error is not None else None,
         }
-        recorder.write(conn, row, durable=False)
+        try:
+            recorder.write(conn, row, durable=False)
+        except TypeError as exc:  # orjson writes at most 254 levels: the run answered JSON nested deeper
+            if "Recursion limit" not in str(exc):
+                raise
+            too_deep = InvalidFunctionResponse(
+                "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record"
+                " can hold: it is not recorded",
+                hint="return and send JSON that nests less deeply",
+            )
+            return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
 
 
