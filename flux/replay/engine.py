@@ -117,7 +117,9 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     state: State | None = None
     if how.mode != "recorded":
         try:
-            state = open_state(conn, transaction, recording, replay_id, how.mode)
+            state = open_state(
+                conn, transaction, recording, replay_id, how.mode, how.limits.timeout_for(caller.role)
+            )
         except FluxError as exc:  # its database could not be set up: it could not run
             transaction.rollback()
             return ReplayResult(recording.id, None, "error", error=error_record(exc))

@@ -31,6 +31,10 @@ def check_options(mode: str, code: str, version: int | None) -> None:
     deployment's, so it goes only with `active`, the default)."""
     if mode not in MODES:
         raise InvalidReplayOption(f"--db {mode!r} is not a database mode", hint=f"one of {', '.join(MODES)}")
+    if version is not None and not 1 <= version < 2**63:
+        raise InvalidReplayOption(
+            f"--version {version} is no deployment's number", hint="flux deployments ls"
+        )
     if version is not None and code != "active":
         raise InvalidReplayOption(
             f"--version {version} picks a deployment's code, and --code {code} other code",

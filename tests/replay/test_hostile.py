@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from flux import jsontext
-from flux.data import Catalog
+from flux.data import Catalog, Limits
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, replay_request
 from flux.runtime import Runtime
@@ -24,9 +24,9 @@ MODES = ["recorded", "live", "as-of"]
 
 
 def replayed(conn: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, request_id: str,
-             fn: Function, mode: str = "recorded") -> ReplayResult:  # fmt: skip
+             fn: Function, mode: str = "recorded", **options: Any) -> ReplayResult:  # fmt: skip
     how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL)  # fmt: skip
+                 fetch_policy=LOCAL, **options)  # fmt: skip
     result = replay_request(conn, request_id, how).result
     jsontext.dumps(result.to_json())  # the report can be written (the CLI's --json, the API's answer)
     return result
@@ -216,3 +216,24 @@ def test_a_replayed_run_that_answers_json_too_deep_to_record_is_an_error(
     assert result.verdict == "error" and result.error is not None and result.error["code"] == "FX303"
     assert result.divergences and result.divergences[0].kind == "output"
     assert "deeper than" in str(result.to_json()["divergence"]["replayed"])
+
+
+# --- a replay that would hold rows for long ---------------------------------------------------------------
+
+READER = ts("reader", "export default async (req, ctx) => (await ctx.db.query({ select: 'notes' })).rows;")
+
+
+def test_an_as_of_rewind_longer_than_the_roles_statement_timeout_is_given_up(
+    conn: psycopg.Connection[Any], runtime: Runtime, notes: Catalog, call: Any
+) -> None:
+    """The rewind holds every row it takes back until the replay ends (writers of those rows wait): one with
+    a long history since the request is not left to run for longer than the role may run a statement."""
+    outcome = call(READER)
+    conn.execute(b"INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 3000) AS g")
+    conn.execute(b"UPDATE notes SET body = body || '!'")
+    quick = Limits(statement_timeouts_ms=(("user", 1),))
+    result = replayed(conn, runtime, notes, outcome.request_id, READER, "as-of", limits=quick)
+    assert result.verdict == "error" and result.error is not None, why(result)
+    assert result.error["code"] == "FX520" and "statement timeout of 1 ms" in result.error["message"]
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3000,)
+    assert replayed(conn, runtime, notes, outcome.request_id, READER, "as-of").verdict == "same"
