@@ -41,7 +41,11 @@ _CAPTURE = (
 )
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
-_NO_ROLE = Statement(b"SELECT set_config('role', 'none', true)")
+# Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
+# only): its own functions and operators must not run as the replay's owner in the statements after it.
+_NO_ROLE = Statement(
+    b"SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', '', true)"
+)
 
 
 @dataclass

@@ -237,3 +237,62 @@ def test_an_as_of_rewind_longer_than_the_roles_statement_timeout_is_given_up(
     assert result.error["code"] == "FX520" and "statement timeout of 1 ms" in result.error["message"]
     assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3000,)
     assert replayed(conn, runtime, notes, outcome.request_id, READER, "as-of").verdict == "same"
+
+
+# --- a function that moves the search path under the replay's own statements ------------------------------
+
+# What a service-role function can make where it may create (schema public on Postgres 14, where every role
+# may): functions and an operator that take the names the replay's own SQL uses unqualified, and note when
+# they run as a superuser (a sequence is not rolled back).
+HIJACK = """
+CREATE SEQUENCE public.seen;
+GRANT ALL ON SEQUENCE public.seen TO flux_service;
+GRANT CREATE ON SCHEMA public TO flux_service;
+SET ROLE flux_service;
+CREATE FUNCTION public.as_superuser() RETURNS boolean LANGUAGE sql AS $$
+    SELECT count(*) >= 0 FROM (SELECT pg_catalog.nextval('public.seen') FROM pg_catalog.pg_roles
+                                WHERE rolname = current_user AND rolsuper) AS s $$;
+CREATE FUNCTION public.set_config(text, text, boolean) RETURNS text LANGUAGE sql
+    AS $$ SELECT pg_catalog.set_config($1, $2, $3) || public.as_superuser()::text $$;
+CREATE FUNCTION public.sneaky_eq(uuid, uuid) RETURNS boolean LANGUAGE sql
+    AS $$ SELECT pg_catalog.uuid_eq($1, $2) AND public.as_superuser() $$;
+CREATE OPERATOR public.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = public.sneaky_eq);
+CREATE FUNCTION public.jsonb_array_elements(jsonb) RETURNS SETOF jsonb LANGUAGE sql
+    AS $$ SELECT pg_catalog.jsonb_array_elements($1) WHERE public.as_superuser() $$;
+RESET ROLE;
+"""
+PATH_MOVER = ts(
+    "path_mover",
+    """
+export default async function (req, ctx) {
+  await ctx.db.sql("SET LOCAL search_path = public, pg_catalog", []);
+  await ctx.db.query({ insert: "notes", values: { body: "moved" } });
+  return { ok: true };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", ["live", "as-of"])
+def test_a_search_path_the_function_moved_runs_nothing_of_its_own_as_the_replays_owner(
+    conn: psycopg.Connection[Any], runtime: Runtime, notes: Catalog, call: Any, mode: str
+) -> None:
+    conn.execute(HIJACK.encode())
+    outcome = call(PATH_MOVER, role="service")
+    assert outcome.error is None, outcome.error
+    result = replayed(conn, runtime, notes, outcome.request_id, PATH_MOVER, mode)
+    assert result.verdict == "same", why(result)
+    assert conn.execute("SELECT is_called FROM public.seen").fetchone() == (False,)
+
+
+def test_a_search_path_the_function_moved_runs_nothing_of_its_own_as_the_connection_that_records_it(
+    conn: psycopg.Connection[Any], call: Any
+) -> None:
+    """The record of a request is written as the connecting role (here a superuser, as a replay's and the
+    CLI's connections are), after the function ran in the same transaction."""
+    conn.execute(HIJACK.encode())
+    outcome = call(PATH_MOVER, role="service")
+    assert outcome.error is None, outcome.error
+    assert conn.execute("SELECT is_called FROM public.seen").fetchone() == (False,)
+    spans = conn.execute("SELECT count(*) FROM flux.spans WHERE request_id = %s", [outcome.request_id])
+    assert spans.fetchone()[0] >= 3
