@@ -19,6 +19,7 @@ BUILTIN_SHA = "builtin"
 # The span modules of host calls, by the operation that made them (see flux.runtime.host._span_of).
 _OPS_BY_MODULE = {"queue": "queue.push", "fetch": "fetch", "secrets": "secrets.get", "log": "log"}
 TIMED_OUT = "FX301"
+ROLES = ("anon", "user", "service")
 # How deeply a recorded value may nest. orjson writes at most 254 levels, and a replay writes recorded values
 # inside its own record and its report (a few levels more): a recording edited to nest deeper is refused.
 MAX_DEPTH = 240
@@ -197,6 +198,12 @@ def _caller(trace: Trace) -> Caller:
     request = trace.request
     if role is None:  # recorded before runs kept their role: a job runs as service unless its pusher was less
         role = "service" if request.get("kind") in ("job", "cron") else "anon"
+    if role not in ROLES:  # a replay takes on the role: only one a request may run as
+        raise NotReplayable(
+            f"request {request['id']}'s record was not written by Flux: it ran as {str(role)[:40]!r},"
+            f" not one of {', '.join(ROLES)}",
+            hint="restore the record, or replay another request",
+        )
     given = request["input"] if isinstance(request.get("input"), dict) else {}
     claims: dict[str, Json] = given["user"] if isinstance(given.get("user"), dict) else {}
     tenant = request.get("tenant_id")

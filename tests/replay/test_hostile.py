@@ -160,6 +160,10 @@ POISONS = {
     "span attributes not an object": "UPDATE flux.spans SET attributes = '[1]' WHERE request_id = %(id)s",
     "mutation key not an object": "UPDATE flux.mutations SET row_pk = '[1]' WHERE request_id = %(id)s",
     "mutation row not an object": "UPDATE flux.mutations SET new = '\"x\"' WHERE request_id = %(id)s",
+    "role not a request's": (
+        "UPDATE flux.spans SET attributes = jsonb_set(attributes, '{role}', '\"recorder\"')"
+        " WHERE request_id = %(id)s AND module = 'runtime'"
+    ),
 }
 
 
@@ -296,3 +300,21 @@ def test_a_search_path_the_function_moved_runs_nothing_of_its_own_as_the_connect
     assert conn.execute("SELECT is_called FROM public.seen").fetchone() == (False,)
     spans = conn.execute("SELECT count(*) FROM flux.spans WHERE request_id = %s", [outcome.request_id])
     assert spans.fetchone()[0] >= 3
+
+
+PINNER = ts(
+    "pinner",
+    """
+export default async (req, ctx) => ctx.db.sql(
+  `INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
+   VALUES (gen_random_uuid(), 'db.query#0', 0, 'public', 'notes', 'INSERT', '{}', '{"id": 1}')`, []);
+""",
+)
+
+
+def test_a_function_cannot_pin_values_for_a_replay(conn: psycopg.Connection[Any], call: Any) -> None:
+    """Pins exist only inside a replay's own transaction, written as its owner: no request role may write one
+    (nor rewind: tests/replay/test_database_modes.py)."""
+    outcome = call(PINNER, role="service")
+    assert outcome.error is not None and outcome.error.code == "FX204", outcome.error
+    assert conn.execute("SELECT count(*) FROM flux.replay_pins").fetchone() == (0,)
