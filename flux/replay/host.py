@@ -97,8 +97,18 @@ class ReplayHost(Host):
             replayed = self.as_recorded(value)
             if _same_rows_reordered(recorded.value, replayed):
                 return recorded.value  # rows in no stated order: the recorded order is as good, and pins it
-            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=True))
+            state = not self._reads_itself(recorded, replayed)
+            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=state))
         return value
+
+    def _reads_itself(self, recorded: RecordedCall, replayed: Json) -> bool:
+        """Whether a read that differs holds the replay's own id or this call's key (`flux.request_id`,
+        `flux.replay_call`): the code looked at the replay itself, which is no change in the data."""
+        own = (self.recorder.request_id, recorded.key)
+        return any(
+            isinstance(change.b, str) and any(mark in change.b for mark in own)
+            for change in changes_between("result", recorded.value, replayed)
+        )
 
     def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
         """A call past the recording's: a divergence, unless the recording was cut off by its time limit
