@@ -175,9 +175,7 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         }
         try:
             recorder.write(conn, row, durable=False)
-        except TypeError as exc:  # orjson writes at most 254 levels: the run answered JSON nested deeper
-            if "Recursion limit" not in str(exc):
-                raise
+        except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
             too_deep = InvalidFunctionResponse(
                 "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record"
                 " can hold: it is not recorded",
