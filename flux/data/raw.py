@@ -51,6 +51,11 @@ _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 # Built-in functions that run SQL given to them as text, which no check here sees (so they could change the
 # role or Flux's own settings), and session-level advisory locks, which outlive the request's transaction on a
 # connection other requests (and replays) use next. Refused by name, however qualified.
+# Statements that name existing functions for new objects to call (an aggregate's SFUNC, a cast's function).
+_NAMES_FUNCTIONS = frozenset(
+    {"DefineStmt", "CreateCastStmt", "CreateOpClassStmt", "AlterOpFamilyStmt", "CreateConversionStmt",
+     "CreateTransformStmt", "AlterOperatorStmt"}
+)  # fmt: skip
 _RUNS_TEXT = "runs SQL given as text"
 _SESSION_LOCK = "takes a session lock that outlives the request; use pg_{}advisory_xact_lock{}"
 _REFUSED_FUNCTIONS = {
@@ -150,7 +155,8 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION: the request owns its transaction), anything that changes the
     role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE or ALL, a literal `set_config('role', ...)`), any of
     Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), COPY
-    to or from a server file or program, built-ins that run SQL given as text (query_to_xml, ts_stat, ...),
+    to or from a server file or program, built-ins that run SQL given as text (query_to_xml, ts_stat, ...)
+    and an aggregate or cast that would call one of those or set_config under another name,
     session advisory locks, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the session is Flux's). The kind
     is what the statement says; a function it calls may still write, so the role's grants
     remain the fence.
@@ -253,6 +259,13 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
             "raw SQL may not COPY to or from a server file or program; select or insert the rows instead",
             details={"statement": "COPY"},
         )
+    if node_type in _NAMES_FUNCTIONS:  # CREATE AGGREGATE ... (SFUNC = set_config) calls it under another name
+        for inner_type, inner in _nodes(fields):
+            name = str(inner.get("sval", "")) if inner_type == "String" else ""
+            if name == "set_config" or name in _REFUSED_FUNCTIONS:
+                raise InvalidRawSql(
+                    f"raw SQL may not make {name} callable under another name", details={"function": name}
+                )
     # A SET can also sit inside CREATE FUNCTION ... SET or ALTER ROLE ... SET, where its fields are bare.
     for inner_type, inner in _nodes(fields):
         if inner_type == "FuncCall":

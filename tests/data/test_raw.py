@@ -471,10 +471,26 @@ def test_functions_that_run_sql_text_or_hold_session_locks_are_refused(sql: str,
 @pytest.mark.parametrize(
     "sql",
     [
+        "CREATE AGGREGATE pg_temp.sc(text, boolean)"
+        " (SFUNC = pg_catalog.set_config, STYPE = text, INITCOND = 'flux.request_id')",
+        "CREATE AGGREGATE sc(text, boolean) (SFUNC = set_config, STYPE = text, INITCOND = 'role')",
+        "CREATE AGGREGATE q(boolean, boolean, text) (SFUNC = query_to_xml, STYPE = text)",
+    ],
+)
+def test_an_aggregate_may_not_call_set_config_under_its_own_name(sql: str) -> None:
+    """`SELECT sc('none', true)` would be set_config('role', 'none', true), which no check could see."""
+    with pytest.raises(InvalidRawSql, match="callable under another name"):
+        inspect_raw_sql(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE AGGREGATE total(numeric) (SFUNC = numeric_add, STYPE = numeric)",
         "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
         "SELECT pg_advisory_xact_lock(42)",
         "SELECT pg_try_advisory_xact_lock_shared(42)",
     ],
 )
 def test_their_harmless_relatives_are_not(sql: str) -> None:
-    assert inspect_raw_sql(sql).kind == "read"
+    assert inspect_raw_sql(sql).kind in ("read", "ddl")
