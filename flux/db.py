@@ -468,7 +468,11 @@ class RequestTransaction:
         if not self._open():
             write_alone(self.conn, record, durable=durable)
             return
-        settings = {"role": "none"} if durable else {"role": "none", "synchronous_commit": "off"}
+        # The record is written as the connecting role, on pg_catalog's names only: the function may have
+        # moved the search path in front of them (SET LOCAL search_path) to functions of its own.
+        settings = {"role": "none", "search_path": ""}
+        if not durable:
+            settings["synchronous_commit"] = "off"
         with translate_errors():
             pipeline.run(self.conn, [_settings_statement(settings), *record, pipeline.COMMIT])
         self.begun = False
@@ -502,7 +506,8 @@ def write_alone(
 ) -> None:
     """Run `statements` in one round trip and one transaction of their own, waiting for the flush to disk only
     when `durable`."""
-    prefix = [] if durable else [_settings_statement({"synchronous_commit": "off"})]
+    settings = {"search_path": ""} if durable else {"search_path": "", "synchronous_commit": "off"}
+    prefix = [_settings_statement(settings)]  # a session's search path may hold functions a request made
     with translate_errors():
         pipeline.run(conn, [*prefix, *statements])
 
@@ -514,7 +519,8 @@ def _settings_statement(settings: dict[str, str]) -> Statement:
 
 @functools.lru_cache(maxsize=64)
 def _settings_sql(names: tuple[str, ...]) -> bytes:
-    calls = ", ".join(f"set_config('{name}', ${i}, true)" for i, name in enumerate(names, 1))
+    # Qualified: a function may have moved the search path in front of pg_catalog (SET LOCAL search_path).
+    calls = ", ".join(f"pg_catalog.set_config('{name}', ${i}, true)" for i, name in enumerate(names, 1))
     return f"SELECT {calls}".encode()
 
 

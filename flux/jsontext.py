@@ -65,6 +65,11 @@ def loads_bounded(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
 _CONTAINERS = (dict, list)
 
 
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` (parsed JSON) nests more than `limit` levels (`[]` is 1 level)."""
+    return _deeper_than(value, limit)
+
+
 def _deeper_than(value: Any, limit: int) -> bool:
     """Whether `value` nests more than `limit` levels; level by level (3x faster than a stack of pairs)."""
     level = [value] if isinstance(value, _CONTAINERS) else []

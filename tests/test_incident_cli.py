@@ -312,6 +312,7 @@ def test_the_api_replays_a_request(client: GatewayClient, admin: dict[str, str],
         ({"db": "later"}, "FX508"),
         ({"code": "./here"}, "FX508"),
         ({"record": "yes"}, "FX607"),
+        ({"version": 2**70}, "FX508"),  # no 500 from a number past bigint
     ):
         bad = client.simulate_post(path, json=body, headers=admin)
         assert bad.status_code == 400 and bad.json["code"] == code, (body, bad.json)

@@ -68,6 +68,32 @@ def test_one_bad_record_does_not_lose_the_others(pool: Any, conn: psycopg.Connec
     assert _written(conn, [bad]) == []
 
 
+def test_a_record_too_deep_to_write_does_not_lose_the_others(
+    pool: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """A function that answered JSON nested as deeply as a response may be (253 levels) has a record nested
+    past what orjson writes (254): it must not take the records batched with it along (it would hide other
+    requests from trace and replay)."""
+    deep: Any = 1
+    for _ in range(253):
+        deep = [deep]
+    good, bad = [_record(), _record()], _record()
+    bad = dataclasses.replace(bad, request={**bad.request, "output": {"status": 200, "body": deep}})
+    try:
+        with writer_held(writer := RecordWriter(pool)):
+            for record in (good[0], bad, good[1]):
+                writer.submit(record)
+        assert writer.flush()
+    finally:
+        writer.close()
+    assert _written(conn, good) == sorted((r.request["id"], 1) for r in good)
+    assert _written(conn, [bad]) == []
+
+
+def writer_held(writer: RecordWriter) -> Any:
+    return writer._changed  # holding it keeps the thread waiting, so that all go in one batch
+
+
 def test_close_writes_what_is_still_queued(pool: Any, conn: psycopg.Connection[Any]) -> None:
     writer = RecordWriter(pool)
     records = [_record() for _ in range(50)]

@@ -8,6 +8,7 @@ service role only.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from flux.data.raw import RawStatement, inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
 from flux.data.shape import MAX_PLANS, shape_key
 from flux.data.sql import compile_plan
-from flux.errors import ColumnNotReadable, RawSqlForbidden, TooManyRows
+from flux.errors import ColumnNotReadable, FluxError, RawSqlForbidden, TooManyRows
 
 Json = Any
 
@@ -263,6 +264,10 @@ def row_level_policies(conn: Any, planned: Planned) -> list[dict[str, Json]]:
     return list(policies)
 
 
+# Fails whatever the search path: the operator is named with its schema.
+_END_TRANSACTION = "SELECT 1 OPERATOR(pg_catalog./) 0"
+
+
 def run_sql(conn: Any, sql: str, params: list[Json], role: Role) -> dict[str, Json]:
     """Raw SQL for the service role: one statement, `$1`… parameters, run in the caller's transaction."""
     return run_statement(conn, inspect_raw_sql(sql), params, role)
@@ -275,6 +280,10 @@ def run_statement(conn: Any, statement: RawStatement, params: list[Json], role: 
     # Defence in depth: a function the statement called must not have left the request's role.
     (current,) = db.execute_rows(conn, "SELECT current_user::text", [])[0]
     if current != f"flux_{role}":
+        # End the transaction with an error, so that nothing more runs as `current` and nothing of it commits,
+        # however the function handles the error below (the host refuses every later call, and the run fails).
+        with contextlib.suppress(FluxError):
+            db.execute_rows(conn, _END_TRANSACTION, [])
         raise RawSqlForbidden(
             f"the statement changed the role to {current}", hint="raw SQL runs as the request's role, always"
         )

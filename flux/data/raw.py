@@ -48,6 +48,26 @@ _SESSION_STATEMENTS = {
     "DiscardStmt": "discard session state",
 }
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+# Built-in functions that run SQL given to them as text, which no check here sees (so they could change the
+# role or Flux's own settings), and session-level advisory locks, which outlive the request's transaction on a
+# connection other requests (and replays) use next. Refused by name, however qualified.
+# Statements that name existing functions for new objects to call (an aggregate's SFUNC, a cast's function).
+_NAMES_FUNCTIONS = frozenset(
+    {"DefineStmt", "CreateCastStmt", "CreateOpClassStmt", "AlterOpFamilyStmt", "CreateConversionStmt",
+     "CreateTransformStmt", "AlterOperatorStmt"}
+)  # fmt: skip
+_RUNS_TEXT = "runs SQL given as text"
+_SESSION_LOCK = "takes a session lock that outlives the request; use pg_{}advisory_xact_lock{}"
+_REFUSED_FUNCTIONS = {
+    "query_to_xml": _RUNS_TEXT,
+    "query_to_xmlschema": _RUNS_TEXT,
+    "query_to_xml_and_xmlschema": _RUNS_TEXT,
+    "ts_stat": _RUNS_TEXT,
+    "pg_advisory_lock": _SESSION_LOCK.format("", ""),
+    "pg_advisory_lock_shared": _SESSION_LOCK.format("", "_shared"),
+    "pg_try_advisory_lock": _SESSION_LOCK.format("try_", ""),
+    "pg_try_advisory_lock_shared": _SESSION_LOCK.format("try_", "_shared"),
+}
 _TRANSACTION_COMMAND_SETTINGS = frozenset({"transaction", "session characteristics"})
 _TRANSACTION_SETTINGS = _TRANSACTION_COMMAND_SETTINGS | frozenset(
     {
@@ -135,8 +155,10 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION: the request owns its transaction), anything that changes the
     role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE or ALL, a literal `set_config('role', ...)`), any of
     Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), COPY
-    to or from a server file or program, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the session is
-    Flux's). The kind is what the statement says; a function it calls may still write, so the role's grants
+    to or from a server file or program, built-ins that run SQL given as text (query_to_xml, ts_stat, ...)
+    and an aggregate or cast that would call one of those or set_config under another name,
+    session advisory locks, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the session is Flux's). The kind
+    is what the statement says; a function it calls may still write, so the role's grants
     remain the fence.
     """
     statement = _parse_one(sql)
@@ -237,9 +259,17 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
             "raw SQL may not COPY to or from a server file or program; select or insert the rows instead",
             details={"statement": "COPY"},
         )
+    if node_type in _NAMES_FUNCTIONS:  # CREATE AGGREGATE ... (SFUNC = set_config) calls it under another name
+        for inner_type, inner in _nodes(fields):
+            name = str(inner.get("sval", "")) if inner_type == "String" else ""
+            if name == "set_config" or name in _REFUSED_FUNCTIONS:
+                raise InvalidRawSql(
+                    f"raw SQL may not make {name} callable under another name", details={"function": name}
+                )
     # A SET can also sit inside CREATE FUNCTION ... SET or ALTER ROLE ... SET, where its fields are bare.
     for inner_type, inner in _nodes(fields):
         if inner_type == "FuncCall":
+            _refuse_call(inner)
             _refuse_set_config(inner)
         elif inner.get("kind") == "VAR_RESET_ALL":
             _refuse_setting("role")  # RESET ALL drops the request's role with every other setting
@@ -263,6 +293,20 @@ def _refuse_setting(name: str) -> None:
         raise InvalidRawSql(
             f"raw SQL may not change the transaction ({shown}); the request owns its transaction",
             details={"setting": name},
+        )
+
+
+def _refuse_call(call: Fields) -> None:
+    funcname = call.get("funcname", [])
+    name = _sval(funcname[-1]) if funcname else ""
+    # ts_rewrite(query, select) runs its second argument as SQL; its three-argument form does not.
+    why = _RUNS_TEXT if name == "ts_rewrite" and len(call.get("args", [])) == 2 else None
+    why = _REFUSED_FUNCTIONS.get(name, why)
+    if why is not None:
+        raise InvalidRawSql(
+            f"raw SQL may not call {name}: it {why}",
+            details={"function": name},
+            hint="send the statement itself",
         )
 
 

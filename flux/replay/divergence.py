@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flux.replay.recording import RecordedCall
+from flux import jsontext
+from flux.replay.recording import MAX_DEPTH, RecordedCall
 from flux.trace.diff import Change, compare
 
 Json = Any
@@ -71,9 +72,20 @@ class Divergence:
         return {
             "kind": self.kind,
             "at": self.at,
-            "recorded": self.recorded,
-            "replayed": self.replayed,
+            "recorded": _shown(self.recorded),
+            "replayed": _shown(self.replayed),
             "message": self.message,
             "state": self.state,
-            "changes": [{"path": c.path, "recorded": c.a, "replayed": c.b} for c in self.changes],
+            "changes": [
+                {"path": c.path, "recorded": _shown(c.a), "replayed": _shown(c.b)} for c in self.changes
+            ],
         }
+
+
+def _shown(value: Json) -> Json:
+    """`value` as the report shows it: one that nests deeper than a recording may (a replayed function can
+    answer anything) is named rather than shown, so that the report, which holds it a few levels down, can
+    be written as JSON (orjson writes at most 254 levels)."""
+    if isinstance(value, (dict, list)) and jsontext.nests_deeper_than(value, MAX_DEPTH):
+        return f"[JSON nested deeper than {MAX_DEPTH} levels]"
+    return value

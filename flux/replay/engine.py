@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from flux import db, randomness
 from flux.data import Catalog, Limits
-from flux.errors import FluxError
+from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
@@ -117,7 +117,9 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     state: State | None = None
     if how.mode != "recorded":
         try:
-            state = open_state(conn, transaction, recording, replay_id, how.mode)
+            state = open_state(
+                conn, transaction, recording, replay_id, how.mode, how.limits.timeout_for(caller.role)
+            )
         except FluxError as exc:  # its database could not be set up: it could not run
             transaction.rollback()
             return ReplayResult(recording.id, None, "error", error=error_record(exc))
@@ -171,7 +173,15 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
             "output": response.to_json() if error is None else None,
             "error": error_record(error) if error is not None else None,
         }
-        recorder.write(conn, row, durable=False)
+        try:
+            recorder.write(conn, row, durable=False)
+        except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
+            too_deep = InvalidFunctionResponse(
+                "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record"
+                " can hold: it is not recorded",
+                hint="return and send JSON that nests less deeply",
+            )
+            return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
 
 

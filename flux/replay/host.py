@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flux import jsontext
-from flux.errors import FluxError, NotInRecording, error_for_code
+from flux.data.raw import inspect_raw_sql
+from flux.errors import FluxError, NotInRecording, ReplayRefused, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
 from flux.runtime.host import Host
@@ -79,12 +80,15 @@ class ReplayHost(Host):
         self.transaction.mark("flux.replay_call", recorded.key if same_args or kept else "")
         self.transaction.mark("flux.replay_keep", jsontext.dumps_text(kept) if kept else "")
         try:
+            if op == "db.sql":
+                _refuse_unchecked_code(args)
             value = super().perform(op, args)
         except FluxError as exc:
             if recorded.ok or (recorded.error or {}).get("code") != exc.code:
                 replayed = {"code": exc.code, "message": exc.message}
+                state = same_args and not isinstance(exc, ReplayRefused)  # refused: not the data's doing
                 self._diverged(
-                    Divergence.of_call(recorded, seq, "error", recorded.error, replayed, state=same_args)
+                    Divergence.of_call(recorded, seq, "error", recorded.error, replayed, state=state)
                 )
             raise
         if not recorded.ok:
@@ -93,8 +97,18 @@ class ReplayHost(Host):
             replayed = self.as_recorded(value)
             if _same_rows_reordered(recorded.value, replayed):
                 return recorded.value  # rows in no stated order: the recorded order is as good, and pins it
-            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=True))
+            state = not self._reads_itself(recorded, replayed)
+            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=state))
         return value
+
+    def _reads_itself(self, recorded: RecordedCall, replayed: Json) -> bool:
+        """Whether a read that differs holds the replay's own id or this call's key (`flux.request_id`,
+        `flux.replay_call`): the code looked at the replay itself, which is no change in the data."""
+        own = (self.recorder.request_id, recorded.key)
+        return any(
+            isinstance(change.b, str) and any(mark in change.b for mark in own)
+            for change in changes_between("result", recorded.value, replayed)
+        )
 
     def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
         """A call past the recording's: a divergence, unless the recording was cut off by its time limit
@@ -110,6 +124,8 @@ class ReplayHost(Host):
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":
+            if op == "db.sql":
+                _refuse_unchecked_code(args)
             self.transaction.mark("flux.replay_call", "")
             return super().perform(op, args)
         raise NotInRecording(
@@ -128,6 +144,25 @@ class ReplayHost(Host):
 
     def _diverged(self, divergence: Divergence) -> None:
         self.divergences.append(divergence)
+
+
+def _refuse_unchecked_code(args: Json) -> None:
+    """FX509 for raw SQL that creates a function or procedure in a live or as-of replay. A replay runs on the
+    connection of whoever replays (the database's owner), not on a request connection whose login role can do
+    nothing, and no check sees into a function's body: one that leaves the request's role would run as that
+    owner. (The engine notices a role left after the statement, too late for what that statement did.)"""
+    if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
+        return  # the host refuses it as it would any call
+    try:
+        statement = inspect_raw_sql(args["sql"])
+    except FluxError:
+        return  # the host refuses it with its own error
+    if statement.span_name.startswith(("sql:create_function", "sql:create_procedure")):
+        raise ReplayRefused(
+            "a replay in live or as-of mode does not create functions or procedures: their bodies would run"
+            " as the replaying connection's owner",
+            hint="replay with --db recorded; create functions in a migration",
+        )
 
 
 def columns_set(args: Json) -> list[str] | None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flux import jsontext
 from flux.errors import NotReplayable
 from flux.runtime import Caller
 from flux.trace.tree import Trace
@@ -18,6 +19,10 @@ BUILTIN_SHA = "builtin"
 # The span modules of host calls, by the operation that made them (see flux.runtime.host._span_of).
 _OPS_BY_MODULE = {"queue": "queue.push", "fetch": "fetch", "secrets": "secrets.get", "log": "log"}
 TIMED_OUT = "FX301"
+ROLES = ("anon", "user", "service")
+# How deeply a recorded value may nest. orjson writes at most 254 levels, and a replay writes recorded values
+# inside its own record and its report (a few levels more): a recording edited to nest deeper is refused.
+MAX_DEPTH = 240
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ def recording_of(trace: Trace) -> Recording:
         raise NotReplayable(
             "an explain runs no code to replay", hint="replay a /db/query or a function's request"
         )
+    _check_record(trace)
     calls: list[RecordedCall] = []
     counts: dict[str, int] = {}
     mutations_by_span: dict[int, list[Row]] = {}
@@ -114,6 +120,37 @@ def recording_of(trace: Trace) -> Recording:
             )
         )
     return Recording(request, _caller(trace), calls, trace.mutations, {call.key: call for call in calls})
+
+
+def _check_record(trace: Trace) -> None:
+    """NotReplayable when the record is not as Flux writes it (it was edited): a value nests deeper than
+    MAX_DEPTH, or an error, a span's attributes or a mutation's rows are not objects. A replay of such a
+    record could not write its own record or its report, or would read it wrong."""
+    request = trace.request
+    values = [
+        ("the request's " + name, request.get(name), name == "error") for name in ("input", "output", "error")
+    ]
+    values += [
+        (f"span {span['seq']}'s {name}", span[name], name in ("error", "attributes"))
+        for span in trace.spans
+        for name in ("input", "output", "error", "attributes")
+    ]
+    values += [
+        (f"mutation {m['id']}'s {name}", m[name], True)
+        for m in trace.mutations
+        for name in ("row_pk", "old", "new")
+    ]
+    for where, value, an_object in values:
+        if an_object and not isinstance(value, (dict, type(None))):
+            problem = "is not an object"
+        elif isinstance(value, (dict, list)) and jsontext.nests_deeper_than(value, MAX_DEPTH):
+            problem = f"nests deeper than {MAX_DEPTH} levels"
+        else:
+            continue
+        raise NotReplayable(
+            f"request {request['id']}'s record was not written by Flux: {where} {problem}",
+            hint="restore the record, or replay another request",
+        )
 
 
 def _returned_rows(span: Row) -> list[Row]:
@@ -161,6 +198,12 @@ def _caller(trace: Trace) -> Caller:
     request = trace.request
     if role is None:  # recorded before runs kept their role: a job runs as service unless its pusher was less
         role = "service" if request.get("kind") in ("job", "cron") else "anon"
+    if role not in ROLES:  # a replay takes on the role: only one a request may run as
+        raise NotReplayable(
+            f"request {request['id']}'s record was not written by Flux: it ran as {str(role)[:40]!r},"
+            f" not one of {', '.join(ROLES)}",
+            hint="restore the record, or replay another request",
+        )
     given = request["input"] if isinstance(request.get("input"), dict) else {}
     claims: dict[str, Json] = given["user"] if isinstance(given.get("user"), dict) else {}
     tenant = request.get("tenant_id")

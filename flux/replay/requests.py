@@ -31,6 +31,10 @@ def check_options(mode: str, code: str, version: int | None) -> None:
     deployment's, so it goes only with `active`, the default)."""
     if mode not in MODES:
         raise InvalidReplayOption(f"--db {mode!r} is not a database mode", hint=f"one of {', '.join(MODES)}")
+    if version is not None and not 1 <= version < 2**63:
+        raise InvalidReplayOption(
+            f"--version {version} is no deployment's number", hint="flux deployments ls"
+        )
     if version is not None and code != "active":
         raise InvalidReplayOption(
             f"--version {version} picks a deployment's code, and --code {code} other code",
@@ -78,7 +82,16 @@ def replay_request(conn: Any, given: str, how: Replay) -> Replayed:
     secrets decrypted as they are read (`SealedSecrets`), a key that cannot decrypt one makes the verdict
     `error`: the replay could not run as the request did, whatever its code."""
     request_id = given if _WHOLE_ID.match(given) else resolve_request_id(conn, given)
-    trace = load_trace(conn, request_id, with_jobs=False)
+    try:
+        trace = load_trace(conn, request_id, with_jobs=False)
+    except RecursionError:  # JSON in its record nests past what can be read (no record Flux writes does)
+        error = NotReplayable(
+            f"request {request_id}'s record was not written by Flux: its JSON nests too deeply to read",
+            hint="restore the record, or replay another request",
+        )
+        return Replayed(
+            {"id": request_id}, ReplayResult(request_id, None, "error", error=error_record(error))
+        )
     try:
         recording = recording_of(trace)
     except NotReplayable as exc:

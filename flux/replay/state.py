@@ -20,7 +20,7 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import FluxError, RewindFailed
+from flux.errors import FluxError, QueryTimedOut, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
@@ -39,8 +39,13 @@ _CAPTURE = (
     b"SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed FROM flux.mutations"
     b" WHERE request_id = $1::uuid ORDER BY id"
 )
+_TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
-_NO_ROLE = Statement(b"SELECT set_config('role', 'none', true)")
+# Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
+# only): its own functions and operators must not run as the replay's owner in the statements after it.
+_NO_ROLE = Statement(
+    b"SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', '', true)"
+)
 
 
 @dataclass
@@ -55,11 +60,18 @@ class State:
 
 
 def open_state(
-    conn: Any, transaction: db.RequestTransaction, recording: Recording, replay_id: str, mode: str
+    conn: Any,
+    transaction: db.RequestTransaction,
+    recording: Recording,
+    replay_id: str,
+    mode: str,
+    timeout_ms: int | None = None,
 ) -> State:
     """Begin the replay's transaction on `conn` and set its database up for `mode` (live or as-of) in one
     round trip (flux.rewind_tables); then the transaction runs as the request's role, claims and tenant,
-    under the replay's id (those settings go with its first statement)."""
+    under the replay's id (those settings go with its first statement). The rewind has the request role's
+    statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
+    with a long history since is not rewound for longer than a request of that role may run a statement."""
     request = recording.request
     written = sorted(recording.tables())
     started = request["started_at"]
@@ -76,10 +88,17 @@ def open_state(
          [t[1] for t in written], started, ended],
     )  # fmt: skip
     pin = [Statement(_PIN, [replay_id, jsontext.dumps_text(pins)])] if pins else []
+    limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
     try:
         with db.translate_errors():
-            rewound = pipeline.run(conn, [pipeline.BEGIN, *pin, rewind]).rows[0][0]
+            rewound = pipeline.run(conn, [pipeline.BEGIN, *limit, *pin, rewind]).rows[0][0]
     except FluxError as exc:
+        if isinstance(exc, QueryTimedOut):
+            raise RewindFailed(
+                f"{mode} could not take back the writes it had to within the statement timeout of"
+                f" {timeout_ms} ms: too many were made since the request",
+                hint="replay with --db recorded (it needs no database), or a more recent request",
+            ) from exc
         if (exc.details or {}).get("sqlstate") == _LOCK_NOT_AVAILABLE:
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to: another session is writing those rows",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flux import db, jsontext, randomness
-from flux.errors import FluxError
+from flux.errors import FluxError, InvalidFunctionResponse
 from flux.pipeline import Statement
 
 Json = Any
@@ -204,7 +204,17 @@ class Recorder:
 def _jsonb_text(value: Json) -> str:
     """JSON that jsonb accepts: a request may carry text jsonb cannot hold (U+0000, lone surrogates), and its
     record must be written all the same, so such text is kept as visible escapes."""
-    text = jsontext.dumps(value)
+    try:
+        text = jsontext.dumps(value)
+    except (
+        TypeError
+    ) as exc:  # orjson writes at most 254 levels (a function may answer 253, and spans nest it)
+        if "Recursion limit" not in str(exc):
+            raise
+        raise InvalidFunctionResponse(
+            "the request's record nests JSON deeper than 254 levels, which cannot be written",
+            hint="return and send JSON that nests less deeply",
+        ) from exc
     return jsontext.dumps_text(storable(value)) if b"\\u0000" in text or b"\\ud" in text else text.decode()
 
 

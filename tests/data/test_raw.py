@@ -444,3 +444,53 @@ def test_random_sql_words_raise_nothing_but_invalid_raw_sql(sql: str) -> None:
 def test_trailing_noise_keeps_one_statement_and_its_answer(sql: str, tail: str) -> None:
     first, second = inspect_raw_sql(sql), inspect_raw_sql(sql + tail)
     assert (first.kind, first.span_name, first.tables) == (second.kind, second.span_name, second.tables)
+
+
+@pytest.mark.parametrize(
+    ("sql", "function"),
+    [
+        ("SELECT query_to_xml('SELECT set_config(''flux.request_id'', ''x'', true)', true, false, '')",
+         "query_to_xml"),
+        ("SELECT pg_catalog.query_to_xmlschema('SELECT 1', true, false, '')", "query_to_xmlschema"),
+        ("SELECT * FROM orders WHERE query_to_xml_and_xmlschema('SELECT 1', true, false, '') IS NULL",
+         "query_to_xml_and_xmlschema"),
+        ("SELECT * FROM ts_stat('SELECT set_config(''role'', ''none'', true)::tsvector')", "ts_stat"),
+        ("SELECT ts_rewrite('a & b'::tsquery, 'SELECT t, s FROM aliases')", "ts_rewrite"),
+        ("SELECT pg_advisory_lock(42)", "pg_advisory_lock"),
+        ("SELECT pg_try_advisory_lock_shared(1, 2) FROM orders", "pg_try_advisory_lock_shared"),
+    ],
+)  # fmt: skip
+def test_functions_that_run_sql_text_or_hold_session_locks_are_refused(sql: str, function: str) -> None:
+    """What SQL text runs is checked by nothing here (it could change the role or flux.request_id), and a
+    session lock outlives the request on a connection the next request (or a replay) uses."""
+    with pytest.raises(InvalidRawSql, match=f"may not call {function}") as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details == {"function": function}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE AGGREGATE pg_temp.sc(text, boolean)"
+        " (SFUNC = pg_catalog.set_config, STYPE = text, INITCOND = 'flux.request_id')",
+        "CREATE AGGREGATE sc(text, boolean) (SFUNC = set_config, STYPE = text, INITCOND = 'role')",
+        "CREATE AGGREGATE q(boolean, boolean, text) (SFUNC = query_to_xml, STYPE = text)",
+    ],
+)
+def test_an_aggregate_may_not_call_set_config_under_its_own_name(sql: str) -> None:
+    """`SELECT sc('none', true)` would be set_config('role', 'none', true), which no check could see."""
+    with pytest.raises(InvalidRawSql, match="callable under another name"):
+        inspect_raw_sql(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE AGGREGATE total(numeric) (SFUNC = numeric_add, STYPE = numeric)",
+        "SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
+        "SELECT pg_advisory_xact_lock(42)",
+        "SELECT pg_try_advisory_xact_lock_shared(42)",
+    ],
+)
+def test_their_harmless_relatives_are_not(sql: str) -> None:
+    assert inspect_raw_sql(sql).kind in ("read", "ddl")
