@@ -31,9 +31,6 @@ def recorded_code(conn: Any) -> CodeFor:
     """The code that served each request: its artifact, with the limits of the deployment it came from."""
 
     def code_for(recording: Recording) -> Function:
-        builtin = _builtin(recording)
-        if builtin is not None:
-            return builtin
         request = recording.request
         row = conn.execute(
             _RECORDED, [request.get("deployment_id"), request["function"], request["code_sha"]]
@@ -54,16 +51,13 @@ def recorded_code(conn: Any) -> CodeFor:
             request.get("deployment_id"),
         )
 
-    return code_for
+    return _with_builtins(code_for)
 
 
 def deployed_code(conn: Any, version: int | None = None) -> CodeFor:
     """The functions of deployment `version`, or of the active deployment."""
 
     def code_for(recording: Recording) -> Function:
-        builtin = _builtin(recording)
-        if builtin is not None:
-            return builtin
         name = recording.request["function"]
         row = conn.execute(_OF_VERSION, [name, version, version]).fetchone()
         if row is None:
@@ -79,23 +73,25 @@ def deployed_code(conn: Any, version: int | None = None) -> CodeFor:
             )
         return Function(name, runtime, bytes(code), sha, FunctionLimits(**limits), deployment)
 
-    return code_for
+    return _with_builtins(code_for)
 
 
 def built_code(functions: Mapping[str, Function]) -> CodeFor:
     """Functions built from a folder or a git revision (nothing deployed)."""
 
     def code_for(recording: Recording) -> Function:
-        builtin = _builtin(recording)
-        if builtin is not None:
-            return builtin
         name = recording.request["function"]
         if name not in functions:
             raise NotReplayable(f"the code given has no function {name!r}", hint="give code that has it")
         return functions[name]
 
-    return code_for
+    return _with_builtins(code_for)
 
 
-def _builtin(recording: Recording) -> Function | None:
-    return BUILTINS[recording.request["function"]] if recording.builtin else None
+def _with_builtins(code_for: CodeFor) -> CodeFor:
+    """`code_for`, but a built-in (`POST /db/query`) runs no code of the project's: the same on any code."""
+
+    def with_builtins(recording: Recording) -> Function:
+        return BUILTINS[recording.request["function"]] if recording.builtin else code_for(recording)
+
+    return with_builtins

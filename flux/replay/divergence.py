@@ -33,11 +33,20 @@ class Divergence:
 
     @classmethod
     def of_call(
-        cls, call: RecordedCall, seq: int, what: str, recorded: Json, replayed: Json, *, state: bool = False
+        cls,
+        call: RecordedCall,
+        seq: int,
+        what: str,
+        recorded: Json,
+        replayed: Json,
+        *,
+        state: bool = False,
+        changes: list[Change] | None = None,
     ) -> Divergence:
-        """Call `call` (matched to the replay's span `seq`) differs in `what`: args, result or error."""
+        """Call `call` (matched to the replay's span `seq`) differs in `what`: args, result or error (with
+        its `changes`, when the caller has them already)."""
         where = f"{call.key} {call.name}"
-        changes = changes_between(what, recorded, replayed)
+        changes = changes_between(what, recorded, replayed) if changes is None else changes
         shown = ", ".join(change.path for change in changes[:3]) or what
         verb = {
             "args": "was called with other arguments",

@@ -252,8 +252,9 @@ def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: lis
         replayed.setdefault(key, []).append(mutation)
         orders.setdefault(key, mutation["span_seq"] if mutation["span_seq"] is not None else END)
     found: list[Divergence] = []
+    seq_of = {key: seq for seq, key in host.matched.items()}
     for call in recording.calls:
-        orders.setdefault(call.key, next((s for s, k in host.matched.items() if k == call.key), END - 1))
+        orders.setdefault(call.key, seq_of.get(call.key, END - 1))
     for key in dict.fromkeys([*(call.key for call in recording.calls), *replayed]):
         recorded_rows = recording.by_key[key].mutations if key in recording.by_key else []
         seq = orders[key]
@@ -266,8 +267,9 @@ def _mutation_divergences(recording: Recording, host: ReplayHost, mutations: lis
 def _rows_compared(
     key: str, recorded: list[Row], replayed: list[Row], order: int, written: set[str]
 ) -> list[Divergence]:
-    """The writes of one call, pair by pair. The columns its query set come first among a row's changes: a
-    write run with other arguments is not pinned, so the values the database generated differ too, after."""
+    """The writes of one call, pair by pair. The columns its query set come first among a row's changes: they
+    are what a changed query changed (the values the database generated are pinned, unless a raw SQL write
+    ran with other arguments, and then they differ too, after)."""
     found = []
     for a, b in _paired(recorded, replayed):
         either = a if a is not None else b

@@ -16,7 +16,7 @@ from flux.errors import FluxError, NotInRecording, ReplayRefused, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
 from flux.runtime.host import Host
-from flux.trace.diff import canonical
+from flux.trace.diff import Change, canonical
 from flux.trace.recorder import storable
 
 Json = Any
@@ -50,9 +50,10 @@ class ReplayHost(Host):
             return self._unrecorded(op, args, key, seq)
         self.matched[seq] = key
         self._clock_ms = recorded.clock_ms
-        same_args = not changes_between("args", recorded.args, self.as_recorded(args))
+        given = self.as_recorded(args)
+        same_args = not changes_between("args", recorded.args, given)
         if not same_args:
-            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, self.as_recorded(args)))
+            self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, given))
         if op in _DATABASE_OPS and self.mode != "recorded":
             return self._database(op, args, recorded, seq, same_args)
         if op in ("secrets.get", "log"):
@@ -93,22 +94,29 @@ class ReplayHost(Host):
             raise
         if not recorded.ok:
             self._diverged(Divergence.of_call(recorded, seq, "error", recorded.error, None, state=same_args))
-        elif same_args and changes_between("result", recorded.value, self.as_recorded(value)):
-            replayed = self.as_recorded(value)
-            if _same_rows_reordered(recorded.value, replayed):
-                return recorded.value  # rows in no stated order: the recorded order is as good, and pins it
-            state = not self._reads_itself(recorded, replayed)
-            self._diverged(Divergence.of_call(recorded, seq, "result", recorded.value, replayed, state=state))
+            return value
+        if not same_args:
+            return value
+        replayed = self.as_recorded(value)
+        changes = changes_between("result", recorded.value, replayed)
+        if not changes:
+            return value
+        if _same_rows_reordered(recorded.value, replayed):
+            return recorded.value  # rows in no stated order: the recorded order is as good, and pins it
+        state = not self._reads_itself(recorded, changes)
+        self._diverged(
+            Divergence.of_call(
+                recorded, seq, "result", recorded.value, replayed, state=state, changes=changes
+            )
+        )
         return value
 
-    def _reads_itself(self, recorded: RecordedCall, replayed: Json) -> bool:
-        """Whether a read that differs holds the replay's own id or this call's key (`flux.request_id`,
-        `flux.replay_call`): the code looked at the replay itself, which is no change in the data."""
+    def _reads_itself(self, recorded: RecordedCall, changes: list[Change]) -> bool:
+        """Whether a read that differs (`changes`) holds the replay's own id or this call's key
+        (`flux.request_id`, `flux.replay_call`): the code looked at the replay itself, which is no change in
+        the data."""
         own = (self.recorder.request_id, recorded.key)
-        return any(
-            isinstance(change.b, str) and any(mark in change.b for mark in own)
-            for change in changes_between("result", recorded.value, replayed)
-        )
+        return any(isinstance(change.b, str) and any(mark in change.b for mark in own) for change in changes)
 
     def _unrecorded(self, op: str, args: Json, key: str, seq: int) -> Json:
         """A call past the recording's: a divergence, unless the recording was cut off by its time limit

@@ -11,13 +11,12 @@ from typing import Any
 from flux import jsontext
 from flux.errors import NotReplayable
 from flux.runtime import Caller
+from flux.runtime.host import op_of_span
 from flux.trace.tree import Trace
 
 Row = dict[str, Any]
 Json = Any
 BUILTIN_SHA = "builtin"
-# The span modules of host calls, by the operation that made them (see flux.runtime.host._span_of).
-_OPS_BY_MODULE = {"queue": "queue.push", "fetch": "fetch", "secrets": "secrets.get", "log": "log"}
 TIMED_OUT = "FX301"
 ROLES = ("anon", "user", "service")
 # How deeply a recorded value may nest. orjson writes at most 254 levels, and a replay writes recorded values
@@ -101,7 +100,7 @@ def recording_of(trace: Trace) -> Recording:
         mutations_by_span.setdefault(mutation["span_seq"], []).append(mutation)
     failed = request.get("error") is not None
     for span in trace.spans:
-        op = _op_of(span)
+        op = op_of_span(span["module"], str(span["name"]))
         if op is None:
             continue
         number = counts[op] = counts.get(op, -1) + 1
@@ -171,18 +170,6 @@ def _returned_rows(span: Row) -> list[Row]:
         for row in rows
         if isinstance(row, dict)
     ]  # fmt: skip
-
-
-def _op_of(span: Row) -> str | None:
-    """The host operation that made `span`, or None for a span that is no host call."""
-    module, name = span["module"], span["name"]
-    if module == "data":
-        if name == "db:explain":
-            return None
-        return "db.query" if name.startswith("db:") else "db.sql"
-    if module == "clock":
-        return str(name).removeprefix("clock:")
-    return _OPS_BY_MODULE.get(module)
 
 
 def _caller(trace: Trace) -> Caller:

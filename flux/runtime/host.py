@@ -264,6 +264,21 @@ def _span_of(op: str, args: Json) -> tuple[str, str]:
     return "clock", f"clock:{op}"
 
 
+_OPS_OF_MODULES = {"queue": "queue.push", "fetch": "fetch", "secrets": "secrets.get", "log": "log"}
+
+
+def op_of_span(module: str, name: str) -> str | None:
+    """The operation whose call `_span_of` named so (a replay reads a record's calls back by it), or None for
+    a span that is no host call (the gateway's, the run's, a built-in explain's)."""
+    if module == "data":
+        if name == "db:explain":
+            return None
+        return "db.query" if name.startswith("db:") else "db.sql"
+    if module == "clock":
+        return name.removeprefix("clock:")
+    return _OPS_OF_MODULES.get(module)
+
+
 def _output_of(op: str, args: Json, value: Json) -> Json:
     """What the span keeps of a call's result: everything, but a secret's value."""
     if op == "secrets.get":
