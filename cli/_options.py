@@ -1,15 +1,18 @@
-"""What several commands take the same way: a JSON input is `--data JSON` (`-d`, as curl spells it) on every
-command; `--payload`, its old name on `flux queue push`, still works and is left out of the help."""
+"""What several commands take the same way: the project folder is `--project DIR`; a JSON input is
+`--data JSON` (`-d`, as curl spells it) on every command; `--payload`, its old name on `flux queue push`,
+still works and is left out of the help."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from flux.errors import FluxError
 
+ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 OldDataName = Annotated[str | None, typer.Option("--payload", hidden=True, help="The old name of --data.")]
 
 

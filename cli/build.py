@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.db import ProjectDir
+from cli._options import ProjectDir
 
 
 def register(app: typer.Typer) -> None:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._options import ProjectDir
+
 if TYPE_CHECKING:
     from flux.config import Settings
 
 app = typer.Typer(help="The database: migrations and retention.", no_args_is_help=True)
-
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
 
 @contextmanager

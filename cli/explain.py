@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.db import ProjectDir, database_for
+from cli._options import ProjectDir
+from cli.db import database_for
 
 
 def register(app: typer.Typer) -> None:

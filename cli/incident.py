@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
+from cli._options import ProjectDir
+
 if TYPE_CHECKING:
     from flux.errors import FluxError
 
@@ -56,7 +58,6 @@ Function = Annotated[str | None, typer.Option(help="Window: only this function."
 Status = Annotated[int | None, typer.Option(help="Window: only this HTTP status.")]
 Kind = Annotated[str | None, typer.Option(help="Window: only http, job or cron requests.")]
 Limit = Annotated[int | None, typer.Option(help=f"Window: its latest N (default {WINDOW_LIMIT}).")]
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
 
 @app.command("replay")

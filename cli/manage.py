@@ -10,10 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._options import OldDataName, json_data
+from cli._options import OldDataName, ProjectDir, json_data
 from cli.backends import backend, database_connection
-
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
 secrets_app = typer.Typer(help="Secrets functions read with ctx.secrets.get (encrypted at rest).",
                           no_args_is_help=True)  # fmt: skip

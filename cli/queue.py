@@ -9,11 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from cli._options import OldDataName, json_data
+from cli._options import OldDataName, ProjectDir, json_data
 from cli.backends import backend
 
 app = typer.Typer(help="The job queue: push, list, retry and cancel jobs; schedules.", no_args_is_help=True)
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 JobId = Annotated[int, typer.Argument(help="The job's id (from `flux queue ls`).")]
 Limit = Annotated[int, typer.Option("--limit", "-n", help="How many jobs, newest first.")]
 Queue = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from cli._options import ProjectDir
 from cli.trace import changes, value
 
 app = typer.Typer(help="Rows as their changes were recorded: history and blame.", no_args_is_help=True)
 Table = Annotated[str, typer.Argument(help="The tracked table, e.g. notes or shop.orders.")]
 Key = Annotated[str, typer.Argument(help="The row's primary key: its value, or JSON such as '{\"id\": 1}'.")]
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 
 
 @app.command("history")

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from cli._options import ProjectDir
+
 BAR_WIDTH = 24
 
 
@@ -25,7 +27,6 @@ class _TraceGroup(TyperGroup):
 app = typer.Typer(cls=_TraceGroup, help="Requests as they were recorded: `flux trace <id>`, `flux trace ls`,"
                   " `flux trace diff <a> <b>`.",
                   no_args_is_help=True)  # fmt: skip
-ProjectDir = Annotated[Path, typer.Option("--project", help="The Flux project folder.", file_okay=False)]
 # The filters `flux trace ls` and `flux tail` share.
 RouteFilter = Annotated[str | None, typer.Option(help="Only this path.")]
 FunctionFilter = Annotated[str | None, typer.Option(help="Only this function.")]
