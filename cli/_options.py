@@ -5,6 +5,8 @@ still works and is left out of the help."""
 from __future__ import annotations
 
 import json
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,3 +30,13 @@ def json_data(data: str | None, payload: str | None, error: type[FluxError], exa
         return json.loads(text)
     except ValueError as exc:
         raise error(f"{option} is not JSON: {exc}", hint=f"e.g. --data '{example}'") from None
+
+
+_PERIOD = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def period(text: str) -> timedelta | None:
+    """A period as `--since` takes it (`15m`, `2h`, `1d`), or None for text that is not one."""
+    found = _PERIOD.match(text)
+    return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))}) if found else None

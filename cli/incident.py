@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
-from cli._options import ProjectDir
+from cli._options import ProjectDir, period
 
 if TYPE_CHECKING:
     from flux.errors import FluxError
@@ -31,7 +31,6 @@ WINDOW_LIMIT = 100  # the requests a window replays when --limit is not given: t
 SHOWN_CHANGES = 5  # paths shown under the first divergence
 SHOWN_REST = 5  # further divergences shown, one line each
 VALUE_WIDTH = 60  # a value shown in a change, shortened to this many characters
-_PERIOD = re.compile(r"^(\d+)([smhd])$")
 _ID = re.compile(r"^[0-9a-f-]{1,36}$")  # a request id, or a prefix of one
 _CODE_HELP = (
     "The code to run: active (the active deployment's, the default), recorded (what served each request),"
@@ -124,11 +123,10 @@ def _moment(text: str | None, option: str) -> timedelta | datetime | None:
 
     if text is None:
         return None
-    period = _PERIOD.match(text.strip())
     try:
-        if period:
-            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[period.group(2)]
-            return timedelta(**{unit: int(period.group(1))})
+        ago = period(text.strip())
+        if ago is not None:
+            return ago
         moment = datetime.fromisoformat(text.strip())
     except (ValueError, OverflowError):
         raise InvalidReplayOption(

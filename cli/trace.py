@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli._options import ProjectDir
+from cli._options import ProjectDir, period
 
 BAR_WIDTH = 24
 
@@ -318,17 +318,14 @@ def value(value: Any) -> str:
 
 
 def _period(text: str | None) -> Any:
-    from datetime import timedelta
-
     from flux.errors import InvalidRequest
 
     if text is None:
         return None
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    amount, unit = text[:-1], text[-1:]
-    if unit not in units or not amount.isdigit():
+    since = period(text)
+    if since is None:
         raise InvalidRequest(f"--since {text!r} is not a period", hint="e.g. 15m, 2h or 1d")
-    return timedelta(**{units[unit]: int(amount)})
+    return since
 
 
 def painter(color: bool) -> Any:
