@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from flux import db
 from flux.data import load_catalog
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
@@ -108,10 +109,11 @@ def _as_of(conn: Any, executor: Any, catalog: Any, reader: Function) -> None:
 
 def _as_of_times(conn: Any, recording: Any, how: Replay) -> list[int]:
     samples = []
-    for _ in range(9):
-        result = replay(conn, recording, how)
-        _check([result])
-        samples.append(result.server_us)
+    with db.request_connection(conn) as runs_on:  # where the function's SQL runs, as in the server
+        for _ in range(9):
+            result = replay(conn, recording, how, runs_on)
+            _check([result])
+            samples.append(result.server_us)
     return samples
 
 

@@ -176,7 +176,11 @@ class _ViaDatabase:
         from flux.runtime.fetch import FetchPolicy
         from flux.runtime.secrets import SealedSecrets, load_key
 
+        from flux import db
+
         self.conn = conn
+        # live and as-of run the function's SQL on a request connection, as the server does
+        self.runs_on = stack.enter_context(db.request_connection(conn)) if mode != "recorded" else None
         folder = project.resolve()
         built = code_source(code, folder)  # None for the code the database holds
         code_for = built_code(built) if built is not None else stored_code(conn, code, version)
@@ -202,7 +206,7 @@ class _ViaDatabase:
     def replay(self, given: str, row: Row | None) -> tuple[Row | None, Row]:
         from flux.replay import replay_request
 
-        replayed = replay_request(self.conn, given, self.how)
+        replayed = replay_request(self.conn, given, self.how, self.runs_on)
         return replayed.request, replayed.result.to_json()
 
 

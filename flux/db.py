@@ -378,6 +378,14 @@ def request_dsn(dsn: str) -> str:
     return conninfo.make_conninfo(dsn, user=REQUEST_ROLE)
 
 
+def request_connection(owner: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """A request connection (autocommit, as flux_authenticator) to the database `owner` is connected to, as
+    `request_dsn` makes it from the owner's DSN."""
+    password = owner.info.password
+    dsn = conninfo.make_conninfo(owner.info.dsn, **({"password": password} if password else {}))
+    return connect(request_dsn(dsn), autocommit=True)
+
+
 def set_request_context(
     conn: psycopg.Connection[Any],
     *,

@@ -386,12 +386,6 @@ class InvalidReplayOption(FluxError):
     title = "a replay's options do not fit together, or name code that the server cannot see"
 
 
-class ReplayRefused(FluxError):
-    code = "FX509"
-    http_status = 403
-    title = "a live or as-of replay does not create functions: their bodies would run as its connection"
-
-
 # -- FX6xx projects, deployments, secrets and the management API ------------------------------------------
 
 

@@ -1093,6 +1093,53 @@ $$;
 
 
 --
+-- Name: replay_captured(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.replay_captured() RETURNS TABLE(id bigint, span_seq integer, table_schema text, table_name text, op text, row_pk jsonb, old jsonb, new jsonb, changed text[])
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
+      FROM flux.replay_grants AS g
+      JOIN flux.mutations AS m ON m.request_id = g.replay_id
+     WHERE g.txid = pg_catalog.txid_current() AND g.prepared
+     ORDER BY m.id
+$$;
+
+
+--
+-- Name: replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    granted flux.replay_grants;
+    tables regclass[];
+BEGIN
+    UPDATE flux.replay_grants AS g SET prepared = true
+     WHERE g.txid = pg_catalog.txid_current() AND NOT g.prepared
+    RETURNING g.* INTO granted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'only a replay sets its database up, once, in the transaction its owner granted'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, old, new)
+    SELECT granted.replay_id, p->>0, (p->>1)::integer, p->>2, p->>3, p->>4, p->5, NULLIF(p->6, 'null'),
+           NULLIF(p->7, 'null')
+      FROM pg_catalog.jsonb_array_elements(pins) AS p;
+    PERFORM pg_catalog.set_config('search_path', caller_path, true);  -- names only: no code runs meanwhile
+    tables := ARRAY(SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name);
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
+END
+$$;
+
+
+--
 -- Name: retry_delay(integer, double precision); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1155,11 +1202,12 @@ $$;
 
 
 --
--- Name: rewind_tables(uuid, boolean, text[], text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: rewind_tables(uuid, boolean, regclass[], text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+CREATE FUNCTION flux.rewind_tables(request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     touched_schemas text[];
@@ -1178,7 +1226,7 @@ BEGIN
            coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
       INTO touched_schemas, touched_names
       FROM flux.tracked_tables t
-     WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
+     WHERE t.table_ref = ANY (named)
         OR (t.table_schema::text, t.table_name::text) IN (
                SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
@@ -1204,9 +1252,10 @@ BEGIN
                            SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
                                                     pg_catalog.unnest(touched_names)))
                ) AS c;
-        SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
+          INTO not_rewound
           FROM pg_catalog.unnest(named) AS name
-          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
+          JOIN pg_catalog.pg_class c ON c.oid = name
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p')
            AND (n.nspname::text, c.relname::text) NOT IN (
@@ -2588,6 +2637,26 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 
 
 --
+-- Name: replay_grants; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE UNLOGGED TABLE flux.replay_grants (
+    txid bigint NOT NULL,
+    replay_id uuid NOT NULL,
+    request_id uuid NOT NULL,
+    granted_at timestamp with time zone DEFAULT now() NOT NULL,
+    prepared boolean DEFAULT false NOT NULL
+);
+
+
+--
+-- Name: TABLE replay_grants; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.replay_grants IS 'The transactions (by txid) in which a replay may rewind and pin through flux.replay_prepare, and read its mutations through flux.replay_captured; written by the replaying owner, read only by those functions.';
+
+
+--
 -- Name: replay_pins; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -3009,6 +3078,14 @@ ALTER TABLE ONLY flux.mutations
 
 ALTER TABLE ONLY flux.rate_buckets
     ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (bucket);
+
+
+--
+-- Name: replay_grants replay_grants_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.replay_grants
+    ADD CONSTRAINT replay_grants_pkey PRIMARY KEY (txid);
 
 
 --
@@ -3525,6 +3602,22 @@ GRANT ALL ON FUNCTION flux.release_jobs(worker text, ids bigint[]) TO flux_authe
 
 
 --
+-- Name: FUNCTION replay_captured(); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.replay_captured() FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.replay_captured() TO flux_authenticator;
+
+
+--
+-- Name: FUNCTION replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) TO flux_authenticator;
+
+
+--
 -- Name: FUNCTION retry_job(job_id bigint); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3532,10 +3625,10 @@ REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
 
 
 --
--- Name: FUNCTION rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+-- Name: FUNCTION rewind_tables(request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
 --
 
-REVOKE ALL ON FUNCTION flux.rewind_tables(request uuid, as_of boolean, named text[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+REVOKE ALL ON FUNCTION flux.rewind_tables(request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
 
 
 --

@@ -8,6 +8,8 @@ The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py)
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -309,7 +311,11 @@ class _Api:
                 secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
                 fetch_policy=gateway.fetch_policy,
             )  # fmt: skip
-            _answer(resp, replay.replay_request(conn, request_id, how).result.to_json())
+            # live and as-of run the function's SQL on a request connection, as the gateway does
+            runner = gateway.pool.connection() if mode != "recorded" else contextlib.nullcontext()
+            with runner as runs_on:
+                result = replay.replay_request(conn, request_id, how, runs_on).result
+            _answer(resp, result.to_json())
 
     def on_get_history(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
         key = req.get_param("key", required=True)

@@ -20,7 +20,7 @@ from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
-from flux.replay.state import State, captured_mutations, open_state
+from flux.replay.state import State, captured_mutations, close_state, open_state
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
@@ -81,8 +81,13 @@ class ReplayResult:
         }
 
 
-def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
-    """Run `recording` again as `how` says, record the replay (unless `how.record` is off), and judge it."""
+def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) -> ReplayResult:
+    """Run `recording` again as `how` says, record the replay (unless `how.record` is off), and judge it.
+    `conn` is the owner's connection (it reads the code, grants the replay's transaction and writes its
+    record); in live and as-of mode the function's SQL runs on `runs_on`, a request connection (logged in as
+    flux_authenticator, autocommit, as the gateway's are), never on the owner's."""
+    if how.mode != "recorded" and runs_on is None:
+        raise ValueError(f"a {how.mode} replay runs its function on a request connection: pass runs_on")
     clock = time.perf_counter_ns()
     try:
         function = how.code_for(recording)
@@ -94,7 +99,7 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
     caller = recording.caller
     recorder = Recorder(replay_id, caller.tenant_id)
     transaction = db.RequestTransaction(
-        conn,
+        conn if how.mode == "recorded" else runs_on,  # recorded: no statement runs
         role=caller.role,
         request_id=replay_id,
         claims=dict(caller.claims),
@@ -145,9 +150,11 @@ def replay(conn: Any, recording: Recording, how: Replay) -> ReplayResult:
         error = host.cut_off
     try:
         if state is not None:
-            mutations = captured_mutations(conn, replay_id)
+            mutations = captured_mutations(transaction.conn)
     finally:
         transaction.rollback()
+        if state is not None:
+            close_state(conn, state.txid)
     if error is not None:
         response = error_response(error, replay_id)
     assert response is not None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from flux import jsontext
 from flux.data.raw import inspect_raw_sql
-from flux.errors import FluxError, NotInRecording, ReplayRefused, error_for_code
+from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
 from flux.runtime.host import Host
@@ -59,6 +59,9 @@ class ReplayHost(Host):
         if op in ("secrets.get", "log"):
             return super().perform(op, args)
         if same_args:
+            if recorded.aborted:  # the run ends with it, however the function handles it, as the original did
+                self.aborted = _recorded_error(recorded)
+                raise self.aborted
             return _answer(recorded)
         if op in ("now", "random") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
@@ -81,15 +84,12 @@ class ReplayHost(Host):
         self.transaction.mark("flux.replay_call", recorded.key if same_args or kept else "")
         self.transaction.mark("flux.replay_keep", jsontext.dumps_text(kept) if kept else "")
         try:
-            if op == "db.sql":
-                _refuse_unchecked_code(args)
             value = super().perform(op, args)
         except FluxError as exc:
             if recorded.ok or (recorded.error or {}).get("code") != exc.code:
                 replayed = {"code": exc.code, "message": exc.message}
-                state = same_args and not isinstance(exc, ReplayRefused)  # refused: not the data's doing
                 self._diverged(
-                    Divergence.of_call(recorded, seq, "error", recorded.error, replayed, state=state)
+                    Divergence.of_call(recorded, seq, "error", recorded.error, replayed, state=same_args)
                 )
             raise
         if not recorded.ok:
@@ -132,8 +132,6 @@ class ReplayHost(Host):
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":
-            if op == "db.sql":
-                _refuse_unchecked_code(args)
             self.transaction.mark("flux.replay_call", "")
             return super().perform(op, args)
         raise NotInRecording(
@@ -152,25 +150,6 @@ class ReplayHost(Host):
 
     def _diverged(self, divergence: Divergence) -> None:
         self.divergences.append(divergence)
-
-
-def _refuse_unchecked_code(args: Json) -> None:
-    """FX509 for raw SQL that creates a function or procedure in a live or as-of replay. A replay runs on the
-    connection of whoever replays (the database's owner), not on a request connection whose login role can do
-    nothing, and no check sees into a function's body: one that leaves the request's role would run as that
-    owner. (The engine notices a role left after the statement, too late for what that statement did.)"""
-    if not isinstance(args, dict) or not isinstance(args.get("sql"), str):
-        return  # the host refuses it as it would any call
-    try:
-        statement = inspect_raw_sql(args["sql"])
-    except FluxError:
-        return  # the host refuses it with its own error
-    if statement.span_name.startswith(("sql:create_function", "sql:create_procedure")):
-        raise ReplayRefused(
-            "a replay in live or as-of mode does not create functions or procedures: their bodies would run"
-            " as the replaying connection's owner",
-            hint="replay with --db recorded; create functions in a migration",
-        )
 
 
 def columns_set(args: Json) -> list[str] | None:
@@ -200,8 +179,12 @@ def _answer(recorded: RecordedCall) -> Json:
     """The recorded call's answer: its value, or its error raised again."""
     if recorded.ok:
         return recorded.value
+    raise _recorded_error(recorded)
+
+
+def _recorded_error(recorded: RecordedCall) -> FluxError:
     error = recorded.error or {}
-    raise error_for_code(
+    return error_for_code(
         str(error.get("code", "FX900")),
         str(error.get("message", "")),
         details=error.get("details"),

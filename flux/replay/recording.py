@@ -37,6 +37,7 @@ class RecordedCall:
     value: Json
     error: Json
     clock_ms: Json  # a Deno run's clock after the call (kept on the span)
+    aborted: bool = False  # its error ended the request's transaction (the run then ends with it)
     mutations: list[Row] = field(default_factory=list)  # its writes (of a failed run: see `_returned_rows`)
 
 
@@ -115,6 +116,7 @@ def recording_of(trace: Trace) -> Recording:
                 value=span["output"],
                 error=span["error"],
                 clock_ms=(span["attributes"] or {}).get("clock_ms"),
+                aborted=(span["attributes"] or {}).get("aborted") is True,
                 mutations=_returned_rows(span) if failed else mutations_by_span.get(span["seq"], []),
             )
         )

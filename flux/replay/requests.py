@@ -77,8 +77,9 @@ class Replayed:
     result: ReplayResult
 
 
-def replay_request(conn: Any, given: str, how: Replay) -> Replayed:
-    """Replay the request `given` names (its id, or a prefix only it has; FX503 otherwise) as `how` says. With
+def replay_request(conn: Any, given: str, how: Replay, runs_on: Any = None) -> Replayed:
+    """Replay the request `given` names (its id, or a prefix only it has; FX503 otherwise) as `how` says, on
+    the owner's connection `conn` and, in live and as-of mode, the request connection `runs_on`. With
     secrets decrypted as they are read (`SealedSecrets`), a key that cannot decrypt one makes the verdict
     `error`: the replay could not run as the request did, whatever its code."""
     request_id = given if _WHOLE_ID.match(given) else resolve_request_id(conn, given)
@@ -100,7 +101,7 @@ def replay_request(conn: Any, given: str, how: Replay) -> Replayed:
     sealed = how.secrets if isinstance(how.secrets, SealedSecrets) else None
     if sealed is not None:
         sealed.failure = None
-    result = replay(conn, recording, how)
+    result = replay(conn, recording, how, runs_on)
     if not how.record:  # its id names no record
         result.replay_id = None
     if sealed is not None and sealed.failure is not None:

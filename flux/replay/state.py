@@ -9,7 +9,13 @@ database generated (serial ids, now() defaults, random uuids) are pinned to the 
 of those rows wait; readers never do; no table lock beyond ROW EXCLUSIVE).
 
 The writes of others that may explain a difference in what the request read are listed as its `drift`: in
-`as-of`, those that began while the original ran (it may have read them); in `live`, the writes since."""
+`as-of`, those that began while the original ran (it may have read them); in `live`, the writes since.
+
+The transaction is a request connection's (`runs_on`, logged in as flux_authenticator, as the gateway's are):
+the function's SQL never runs as the owner, even if it leaves the request's role. The owner's part (rewind,
+pins, reading the replay's mutations back) is done by SECURITY DEFINER functions that work only in a
+transaction the owner's connection named in flux.replay_grants, and sets the database up only once, before
+the function runs."""
 
 from __future__ import annotations
 
@@ -26,23 +32,25 @@ from flux.replay.recording import Recording
 
 Row = dict[str, Any]
 
-_REWIND = (
-    b"SELECT flux.rewind_tables($1::uuid, $2::boolean, $3::text[], $4::text[], $5::text[], $6::timestamptz,"
-    b" $7::timestamptz)"
-)
-_PIN = b"""
-INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, old, new)
-SELECT $1::uuid, p->>0, (p->>1)::int, p->>2, p->>3, p->>4, p->5, NULLIF(p->6, 'null'), NULLIF(p->7, 'null')
-  FROM jsonb_array_elements($2::text::jsonb) AS p
+# Read committed whatever the default: the grant is committed after the transaction began.
+_BEGIN = Statement(b"BEGIN ISOLATION LEVEL READ COMMITTED")
+_TXID = Statement(b"SELECT pg_catalog.txid_current()")
+# The grants of transactions that have ended go as a new one is written (a txid is never used again).
+_GRANT = b"""
+WITH ended AS (DELETE FROM flux.replay_grants
+                WHERE txid < pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()))
+INSERT INTO flux.replay_grants (txid, replay_id, request_id) VALUES ($1::bigint, $2::uuid, $3::uuid)
 """
-_CAPTURE = (
-    b"SELECT id, span_seq, table_schema, table_name, op, row_pk, old, new, changed FROM flux.mutations"
-    b" WHERE request_id = $1::uuid ORDER BY id"
+_PREPARE = (
+    b"SELECT flux.replay_prepare($1::text::jsonb, $2::boolean, $3::text[],"
+    b" pg_catalog.current_setting('search_path'), $4::text[], $5::text[], $6::timestamptz, $7::timestamptz)"
 )
+_CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
+_UNGRANT = b"DELETE FROM flux.replay_grants WHERE txid = $1::bigint"
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 # Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
-# only): its own functions and operators must not run as the replay's owner in the statements after it.
+# only): its own functions and operators must not run in the statements after it.
 _NO_ROLE = Statement(
     b"SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', '', true)"
 )
@@ -57,19 +65,21 @@ class State:
     drift: list[Row] = field(default_factory=list)  # other requests' writes that may explain a difference
     not_rewound: list[str] = field(default_factory=list)  # tables as-of could not take back (gone, untracked)
     triggers_off: bool = False  # whether the tables' own triggers were off while it took writes back
+    txid: int = 0  # the replay's transaction, which the owner granted (flux.replay_grants)
 
 
 def open_state(
-    conn: Any,
+    owner: Any,
     transaction: db.RequestTransaction,
     recording: Recording,
     replay_id: str,
     mode: str,
     timeout_ms: int | None = None,
 ) -> State:
-    """Begin the replay's transaction on `conn` and set its database up for `mode` (live or as-of) in one
-    round trip (flux.rewind_tables); then the transaction runs as the request's role, claims and tenant,
-    under the replay's id (those settings go with its first statement). The rewind has the request role's
+    """Begin the replay's transaction on the request connection `transaction` runs on, have `owner` grant it
+    (flux.replay_grants), and set its database up for `mode` (live or as-of) through flux.replay_prepare: three
+    round trips. Then the transaction runs as the request's role, claims and tenant, under the replay's id
+    (those settings go with its first statement). The rewind has the request role's
     statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
     with a long history since is not rewound for longer than a request of that role may run a statement."""
     request = recording.request
@@ -82,17 +92,21 @@ def open_state(
         for position, m in enumerate(call.mutations)
         if m["op"] in ("INSERT", "UPDATE")
     ]
-    rewind = Statement(
-        _REWIND,
-        [recording.id, mode == "as-of", sorted(_named_tables(recording)), [t[0] for t in written],
-         [t[1] for t in written], started, ended],
+    prepare = Statement(
+        _PREPARE,
+        [jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
+         [t[0] for t in written], [t[1] for t in written], started, ended],
     )  # fmt: skip
-    pin = [Statement(_PIN, [replay_id, jsontext.dumps_text(pins)])] if pins else []
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
+    runner = transaction.conn
+    with db.translate_errors():
+        txid = pipeline.run(runner, [_BEGIN, _TXID]).rows[0][0]
+        pipeline.run(owner, [Statement(_GRANT, [txid, replay_id, recording.id])])
     try:
         with db.translate_errors():
-            rewound = pipeline.run(conn, [pipeline.BEGIN, *limit, *pin, rewind]).rows[0][0]
+            rewound = pipeline.run(runner, [*limit, prepare]).rows[0][0]
     except FluxError as exc:
+        close_state(owner, txid)
         if isinstance(exc, QueryTimedOut):
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to within the statement timeout of"
@@ -111,17 +125,26 @@ def open_state(
         ) from exc
     transaction.apply(with_next=True)
     transaction.begun = True
-    return State(mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"])
+    return State(
+        mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"], txid
+    )
 
 
-def captured_mutations(conn: Any, replay_id: str) -> list[Row]:
-    """The mutations the replay's run made (read before its transaction is rolled back), or none if a
-    database error ended the transaction (the original's would have been rolled back too)."""
-    if db.transaction_failed(conn):
-        return []
-    db.take_unsent(conn)  # settings no statement carried (a run that made no database call)
+def close_state(owner: Any, txid: int) -> None:
+    """Take back the grant of the replay's transaction `txid` once it has ended (nothing is left behind)."""
     with db.translate_errors():
-        result = pipeline.run(conn, [_NO_ROLE, Statement(_CAPTURE, [replay_id])])
+        pipeline.run(owner, [Statement(_UNGRANT, [txid])])
+
+
+def captured_mutations(runner: Any) -> list[Row]:
+    """The mutations the replay's run made on the request connection `runner` (read before its transaction is
+    rolled back), or none if a database error ended the transaction (the original's would have been rolled
+    back too)."""
+    if db.transaction_failed(runner):
+        return []
+    db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
+    with db.translate_errors():
+        result = pipeline.run(runner, [_NO_ROLE, _CAPTURED])
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 

@@ -205,6 +205,10 @@ class _DatabaseWork:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, FluxError) and db.transaction_failed(self.host.conn):
             self.host.aborted = exc
+            recorder, seq = self.host.recorder, self.host.recorder.current
+            if seq is not None:  # the call's span says so: its replay ends the run as this one ends
+                span = recorder.spans[seq]
+                span.attributes = {**(span.attributes or {}), "aborted": True}
 
 
 def _check_push(args: Json) -> None:

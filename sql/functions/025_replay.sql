@@ -90,9 +90,65 @@ ALTER FUNCTION flux.tg_mutations__pin_replay() OWNER TO flux_recorder;
 REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 
+-- The owner's side of a live or as-of replay, called on the request connection the function runs on, first thing
+-- in the replay's transaction: only in a transaction the owner named in flux.replay_grants, and once (the
+-- function the replay runs next cannot call it again). It copies `pins` (the recorded mutations of the writes
+-- the replay runs again: [call, position, schema, table, op, key, old, new]) into flux.replay_pins under the
+-- replay's id, and rewinds (flux.rewind_tables) the granted request's tables: those it wrote and those its
+-- queries `named`, resolved on `caller_path`, the search path the request's queries resolved names on.
+CREATE OR REPLACE FUNCTION flux.replay_prepare(
+    pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[],
+    started timestamptz, ended timestamptz
+) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    granted flux.replay_grants;
+    tables regclass[];
+BEGIN
+    UPDATE flux.replay_grants AS g SET prepared = true
+     WHERE g.txid = pg_catalog.txid_current() AND NOT g.prepared
+    RETURNING g.* INTO granted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'only a replay sets its database up, once, in the transaction its owner granted'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, old, new)
+    SELECT granted.replay_id, p->>0, (p->>1)::integer, p->>2, p->>3, p->>4, p->5, NULLIF(p->6, 'null'),
+           NULLIF(p->7, 'null')
+      FROM pg_catalog.jsonb_array_elements(pins) AS p;
+    PERFORM pg_catalog.set_config('search_path', caller_path, true);  -- names only: no code runs meanwhile
+    tables := ARRAY(SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name);
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
+END
+$$;
+
+-- The mutations the replay of the granted transaction made (its request id is the replay's), read back before
+-- the transaction is rolled back.
+CREATE OR REPLACE FUNCTION flux.replay_captured()
+RETURNS TABLE (id bigint, span_seq integer, table_schema text, table_name text, op text, row_pk jsonb,
+               old jsonb, new jsonb, changed text[])
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
+      FROM flux.replay_grants AS g
+      JOIN flux.mutations AS m ON m.request_id = g.replay_id
+     WHERE g.txid = pg_catalog.txid_current() AND g.prepared
+     ORDER BY m.id
+$$;
+
+-- Request connections call these two; the grant decides whether they do anything.
+REVOKE EXECUTE ON FUNCTION flux.replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamptz,
+    timestamptz), flux.replay_captured() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flux.replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamptz,
+    timestamptz), flux.replay_captured() TO flux_authenticator;
+
 -- Sets up the database of a replay in live or as-of mode, inside the replay's transaction (which it always
--- rolls back), in one call. The tables it works on are the tracked tables the request wrote (written_*) or
--- named in a query (named, as the queries spell them). `live` takes back the request's own writes; `as-of`
+-- rolls back), in one call (by flux.replay_prepare). The tables it works on are the tracked tables the request
+-- wrote (written_*) or named in a query (named). `live` takes back the request's own writes; `as-of`
 -- every write to those tables since the request began (its own, and those of later or concurrent writers:
 -- `at`, when their transaction began, at or after the request's, or numbered after the request's first
 -- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
@@ -100,12 +156,15 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 -- The tables' triggers are off while it does, where the role may turn them off. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
 -- that may explain a difference in what the request read (as-of: those among the undone that began before
--- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back.
+-- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back
+-- (schema-qualified).
+DROP FUNCTION IF EXISTS flux.rewind_tables(uuid, boolean, text[], text[], text[], timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION flux.rewind_tables(
-    request uuid, as_of boolean, named text[], written_schemas text[], written_names text[],
+    request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[],
     started timestamptz, ended timestamptz
 ) RETURNS jsonb
-    LANGUAGE plpgsql  -- no SET search_path: `named` resolves as the request's queries did, on the caller's path
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     touched_schemas text[];
@@ -124,7 +183,7 @@ BEGIN
            coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
       INTO touched_schemas, touched_names
       FROM flux.tracked_tables t
-     WHERE t.table_ref = ANY (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name)
+     WHERE t.table_ref = ANY (named)
         OR (t.table_schema::text, t.table_name::text) IN (
                SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
@@ -150,9 +209,10 @@ BEGIN
                            SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
                                                     pg_catalog.unnest(touched_names)))
                ) AS c;
-        SELECT coalesce(pg_catalog.array_agg(DISTINCT c.oid::regclass::text), '{}') INTO not_rewound
+        SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
+          INTO not_rewound
           FROM pg_catalog.unnest(named) AS name
-          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(name)
+          JOIN pg_catalog.pg_class c ON c.oid = name
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p')
            AND (n.nspname::text, c.relname::text) NOT IN (
@@ -383,9 +443,9 @@ BEGIN
 END
 $$;
 
--- Only the role that owns Flux (the one a replay connects as) rewinds: never a request, whose transaction would
--- commit what it took back.
-REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, text[], text[], text[], timestamptz, timestamptz),
+-- Only the role that owns Flux rewinds (through flux.replay_prepare, in a granted transaction): never a request,
+-- whose transaction would commit what it took back.
+REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
     flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from flux import db
 from flux.data import Catalog
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
@@ -40,7 +41,8 @@ def replayed(conn: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, 
              fn: Function, mode: str = "recorded", **options: Any) -> ReplayResult:  # fmt: skip
     how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
                  fetch_policy=LOCAL, **options)  # fmt: skip
-    return replay(conn, recording_of(load_trace(conn, request_id)), how)
+    with db.request_connection(conn) as runs_on:
+        return replay(conn, recording_of(load_trace(conn, request_id)), how, runs_on)
 
 
 @pytest.mark.parametrize("mode", ["recorded", "live", "as-of"])

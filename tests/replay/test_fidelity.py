@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from flux import db
 from flux.data import Catalog, load_catalog
 from flux.errors import FluxError
 from flux.gateway.handler import BUILTINS, WithBuiltins
@@ -126,7 +127,8 @@ def replayed(conn: Conn, runtime: Runtime, catalog: Catalog, request_id: str, fn
              **options: Any) -> ReplayResult:  # fmt: skip
     how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
                  fetch_policy=LOCAL, **{"secrets": SECRETS, **options})  # fmt: skip
-    return replay(conn, recording_of(load_trace(conn, request_id)), how)
+    with db.request_connection(conn) as runs_on:
+        return replay(conn, recording_of(load_trace(conn, request_id)), how, runs_on)
 
 
 def _shown(result: ReplayResult) -> list[Any]:

@@ -1,5 +1,5 @@
 """Replay against hostile code and hostile records, on real Postgres and real Deno: a function that leaves its
-role cannot go on as the replaying connection's owner, nor create code that would; a function that detects
+role lands on a login that can do nothing, as in the gateway, and cannot use the owner's part of a replay; a function that detects
 its replay shows where it did; a record edited to poison its replay ends it as an `error` with its FX code
 (never a crash), and so does a replayed run whose JSON no record can hold."""
 
@@ -10,11 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux import jsontext
+from flux import db, jsontext
 from flux.data import Catalog, Limits
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, replay_request
-from flux.runtime import Runtime
+from flux.runtime import Caller, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
 from tests.fixtures.runtime import ts
@@ -27,7 +27,8 @@ def replayed(conn: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, 
              fn: Function, mode: str = "recorded", **options: Any) -> ReplayResult:  # fmt: skip
     how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
                  fetch_policy=LOCAL, **options)  # fmt: skip
-    result = replay_request(conn, request_id, how).result
+    with db.request_connection(conn) as runs_on:
+        result = replay_request(conn, request_id, how, runs_on).result
     jsontext.dumps(result.to_json())  # the report can be written (the CLI's --json, the API's answer)
     return result
 
@@ -67,37 +68,77 @@ def test_a_statement_that_leaves_the_role_ends_the_run_however_the_function_hand
     assert recorded == (False,)
 
 
-TEMP_CODE = ts(
-    "temp_code",
+# A function the project made (in a migration, as its owner) that leaves the request's role, and then does what
+# only the connection's login may: draws from a sequence no request role may use (not rolled back).
+LEAVER = """
+CREATE SEQUENCE public.owner_only;
+CREATE FUNCTION public.leave_and_draw() RETURNS bigint LANGUAGE sql
+    AS $$ SELECT pg_catalog.set_config('role', 'none', true); SELECT pg_catalog.nextval('public.owner_only') $$;
+"""
+DRAWER = ts(
+    "drawer",
     """
 export default async function (req, ctx) {
-  await ctx.db.sql("CREATE FUNCTION pg_temp.one() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$", []);
-  const { rows } = await ctx.db.sql("SELECT pg_temp.one() AS one", []);
-  return rows[0];
+  let caught = null;
+  try { await ctx.db.sql("SELECT public.leave_and_draw() AS n", []); } catch (e) { caught = e.code; }
+  return { caught };
 }
 """,
 )
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_live_or_as_of_replay_creates_no_function_its_owner_would_run(
-    conn: psycopg.Connection[Any], runtime: Runtime, notes: Catalog, call: Any, mode: str
+def test_a_replayed_function_that_leaves_its_role_lands_on_a_login_that_can_do_nothing(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog,
+    mode: str,
 ) -> None:
-    """A replay's connection is its owner's, not a request connection whose login role can do nothing: a
-    function created there could leave the request's role for the owner's, so live and as-of refuse it."""
-    outcome = call(TEMP_CODE, role="service")
-    assert outcome.error is None and outcome.response.body == {"one": 1}
-    functions = "SELECT count(*) FROM pg_proc WHERE proname = 'one'"
-    before = conn.execute(functions).fetchone()  # the original's, in this session's own temporary schema
-    result = replayed(conn, runtime, notes, outcome.request_id, TEMP_CODE, mode)
-    if mode == "recorded":  # no SQL runs
-        assert result.verdict == "same", why(result)
-        return
-    assert result.verdict == "diverged", why(result)  # not drift: the data did not change
-    first = result.divergences[0]
-    assert first.kind == "call" and first.at.startswith("db.sql#0"), why(result)
-    assert first.replayed["code"] == "FX509", first.replayed
-    assert conn.execute(functions).fetchone() == before
+    """Live and as-of run the function's SQL on a request connection, as the gateway does: one that leaves its
+    role becomes flux_authenticator, never the replaying owner (here a superuser), so the statement that did
+    fails as it failed when recorded, and the owner-only sequence never moves."""
+    conn.execute(LEAVER.encode())
+    request = {"method": "POST", "path": "/"}
+    outcome = invoke(runs_on, runtime, DRAWER, request, catalog=notes, caller=Caller(role="service"))
+    assert outcome.error is not None and "permission denied for sequence" in outcome.error.message
+    result = replayed(conn, runtime, notes, outcome.request_id, DRAWER, mode)
+    assert result.verdict == "same", why(result)
+    assert conn.execute("SELECT is_called FROM public.owner_only").fetchone() == (False,)
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)  # taken back
+
+
+PREPARE = "SELECT flux.replay_prepare('[]', true, '{notes}', '', '{}', '{}', now(), now())"
+
+
+def test_the_owners_part_of_a_replay_works_only_in_the_transaction_it_granted_and_once(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], call: Any
+) -> None:
+    """flux.replay_prepare and flux.replay_captured run as the owner, for request connections: outside a
+    transaction the owner named in flux.replay_grants they refuse (prepare) or see nothing (captured), and in
+    one they set up only once (before the replayed function runs, so it cannot rewind again)."""
+    outcome = call(ts("writer", "export default async (req, ctx) => ctx.db.query({ insert: 'notes', "
+                                "values: { body: 'kept' } });"), role="service")  # fmt: skip
+    assert outcome.error is None, outcome.error
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a replay sets its database up"):
+        runs_on.execute(PREPARE)
+    assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (0,)
+    with runs_on.transaction():  # a transaction the owner grants, for the request that wrote
+        txid = runs_on.execute("SELECT txid_current()").fetchone()[0]
+        conn.execute("INSERT INTO flux.replay_grants (txid, replay_id, request_id) VALUES (%s, %s, %s)",
+                     [txid, outcome.request_id, outcome.request_id])  # fmt: skip
+        assert runs_on.execute(PREPARE).fetchone()[0]["undone"] == 1
+        runs_on.execute("SET LOCAL ROLE flux_service")
+        assert runs_on.execute("SELECT count(*) FROM notes").fetchone() == (0,)  # rewound
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function"):
+            with runs_on.transaction():
+                runs_on.execute(PREPARE)
+        runs_on.execute("SET LOCAL ROLE NONE")  # as a function that left its role would
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="once"):
+            with runs_on.transaction():
+                runs_on.execute(PREPARE)
+        # it reads back the mutations of the granted replay id (here the request's own, never rewound twice)
+        assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (1,)
+        raise_to_roll_back = psycopg.Rollback()
+        raise raise_to_roll_back
+    assert conn.execute("SELECT body FROM notes").fetchall() == [("kept",)]
 
 
 # --- a function that detects its replay --------------------------------------------------------------------
@@ -313,8 +354,8 @@ export default async (req, ctx) => ctx.db.sql(
 
 
 def test_a_function_cannot_pin_values_for_a_replay(conn: psycopg.Connection[Any], call: Any) -> None:
-    """Pins exist only inside a replay's own transaction, written as its owner: no request role may write one
-    (nor rewind: tests/replay/test_database_modes.py)."""
+    """Pins exist only inside a replay's own transaction, written by flux.replay_prepare as the owner: no
+    request role may write one (nor rewind: tests/replay/test_database_modes.py)."""
     outcome = call(PINNER, role="service")
     assert outcome.error is not None and outcome.error.code == "FX204", outcome.error
     assert conn.execute("SELECT count(*) FROM flux.replay_pins").fetchone() == (0,)
