@@ -53,10 +53,11 @@ BEGIN = Statement(b"BEGIN")
 COMMIT = Statement(b"COMMIT")
 
 
-def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Result:
-    """Run `statements` in one round trip and answer the last one's result; the first statement that fails
-    raises its psycopg error (the ones after it do not run). A connection that is not in autocommit gets a
-    BEGIN first when no transaction is open, as psycopg would send."""
+def run(conn: psycopg.Connection[Any], statements: Sequence[Statement], *, answer: int = -1) -> Result:
+    """Run `statements` in one round trip and answer the last one's result (or statement `answer`'s, counted
+    from the end when negative); the first statement that fails raises its psycopg error (the ones after it
+    do not run). A connection that is not in autocommit gets a BEGIN first when no transaction is open, as
+    psycopg would send."""
     with conn.lock:
         pgconn = conn.pgconn
         if pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -70,7 +71,7 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
         if stale:  # past MAX_PREPARED: a round trip more, rarely
             deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
             _exchange(conn, state, deallocate, prepare=False)
-        return state.load(sent.answers[-1], conn)
+        return state.load(sent.answers[answer], conn)
 
 
 @dataclass

@@ -1103,16 +1103,16 @@ CREATE FUNCTION flux.replay_captured() RETURNS TABLE(id bigint, span_seq integer
     SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
       FROM flux.replay_grants AS g
       JOIN flux.mutations AS m ON m.request_id = g.replay_id
-     WHERE g.txid = pg_catalog.txid_current() AND g.prepared
+     WHERE g.txid = pg_catalog.txid_current()
      ORDER BY m.id
 $$;
 
 
 --
--- Name: replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+CREATE FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -1120,11 +1120,12 @@ DECLARE
     granted flux.replay_grants;
     tables regclass[];
 BEGIN
-    UPDATE flux.replay_grants AS g SET prepared = true
-     WHERE g.txid = pg_catalog.txid_current() AND NOT g.prepared
+    UPDATE flux.replay_grants AS g SET txid = pg_catalog.txid_current()
+     WHERE g.secret_sha256 = pg_catalog.sha256(secret) AND g.txid IS NULL
+       AND g.granted_at > pg_catalog.now() - interval '1 minute'
     RETURNING g.* INTO granted;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'only a replay sets its database up, once, in the transaction its owner granted'
+        RAISE EXCEPTION 'only a replay sets its database up, once, with the grant its owner wrote'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, old, new)
@@ -1244,10 +1245,10 @@ BEGIN
           INTO ids, drift
           FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m WHERE m.request_id = request
-                 UNION
+                 UNION ALL
                 SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m
-                 WHERE (m.at >= started OR m.id >= own_first)
+                 WHERE (m.at >= started OR m.id >= own_first) AND m.request_id IS DISTINCT FROM request
                    AND (m.table_schema, m.table_name) IN (
                            SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
                                                     pg_catalog.unnest(touched_names)))
@@ -2641,11 +2642,11 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 --
 
 CREATE UNLOGGED TABLE flux.replay_grants (
-    txid bigint NOT NULL,
+    secret_sha256 bytea NOT NULL,
     replay_id uuid NOT NULL,
     request_id uuid NOT NULL,
     granted_at timestamp with time zone DEFAULT now() NOT NULL,
-    prepared boolean DEFAULT false NOT NULL
+    txid bigint
 );
 
 
@@ -2653,7 +2654,7 @@ CREATE UNLOGGED TABLE flux.replay_grants (
 -- Name: TABLE replay_grants; Type: COMMENT; Schema: flux; Owner: -
 --
 
-COMMENT ON TABLE flux.replay_grants IS 'The transactions (by txid) in which a replay may rewind and pin through flux.replay_prepare, and read its mutations through flux.replay_captured; written by the replaying owner, read only by those functions.';
+COMMENT ON TABLE flux.replay_grants IS 'The replays that may rewind and pin through flux.replay_prepare and read their mutations through flux.replay_captured, by the sha256 of a secret only the replaying process knows; written by the replaying owner, read only by those functions.';
 
 
 --
@@ -3085,7 +3086,7 @@ ALTER TABLE ONLY flux.rate_buckets
 --
 
 ALTER TABLE ONLY flux.replay_grants
-    ADD CONSTRAINT replay_grants_pkey PRIMARY KEY (txid);
+    ADD CONSTRAINT replay_grants_pkey PRIMARY KEY (secret_sha256);
 
 
 --
@@ -3610,11 +3611,11 @@ GRANT ALL ON FUNCTION flux.replay_captured() TO flux_authenticator;
 
 
 --
--- Name: FUNCTION replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+-- Name: FUNCTION replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
 --
 
-REVOKE ALL ON FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION flux.replay_prepare(pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) TO flux_authenticator;
+REVOKE ALL ON FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) TO flux_authenticator;
 
 
 --

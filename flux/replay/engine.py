@@ -20,7 +20,7 @@ from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
-from flux.replay.state import State, captured_mutations, close_state, open_state
+from flux.replay.state import State, captured_mutations, open_state, ungrant_statement
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
@@ -153,8 +153,6 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
             mutations = captured_mutations(transaction.conn)
     finally:
         transaction.rollback()
-        if state is not None:
-            close_state(conn, state.txid)
     if error is not None:
         response = error_response(error, replay_id)
     assert response is not None
@@ -163,32 +161,39 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     divergences = _judge(recording, host, response, error, mutations)
     verdict = _verdict(divergences, state)
     duration_us = (time.perf_counter_ns() - clock) // 1000
-    if how.record:
-        row = {
-            "kind": "replay",
-            "method": recording.request.get("method"),
-            "path": recording.request.get("path"),
-            "function": recording.request.get("function"),
-            "code_sha": function.sha256,
-            "deployment_id": function.deployment_id,
-            "started_us": started_us,
-            "duration_us": duration_us,
-            "input": recording.input,
-            "replay_of": recording.id,
-            "ok": error is None,
-            "status": response.status,
-            "output": response.to_json() if error is None else None,
-            "error": error_record(error) if error is not None else None,
-        }
-        try:
-            recorder.write(conn, row, durable=False)
-        except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
-            too_deep = InvalidFunctionResponse(
-                "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record"
-                " can hold: it is not recorded",
-                hint="return and send JSON that nests less deeply",
-            )
-            return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
+    ungrant = [ungrant_statement(state)] if state is not None else []
+    if not how.record:
+        if ungrant:
+            db.write_alone(conn, ungrant)
+        return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
+    row = {
+        "kind": "replay",
+        "method": recording.request.get("method"),
+        "path": recording.request.get("path"),
+        "function": recording.request.get("function"),
+        "code_sha": function.sha256,
+        "deployment_id": function.deployment_id,
+        "started_us": started_us,
+        "duration_us": duration_us,
+        "input": recording.input,
+        "replay_of": recording.id,
+        "ok": error is None,
+        "status": response.status,
+        "output": response.to_json() if error is None else None,
+        "error": error_record(error) if error is not None else None,
+    }
+    try:
+        record = recorder.statements(row)
+    except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
+        if ungrant:
+            db.write_alone(conn, ungrant)
+        too_deep = InvalidFunctionResponse(
+            "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record can"
+            " hold: it is not recorded",
+            hint="return and send JSON that nests less deeply",
+        )
+        return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
+    db.write_alone(conn, [*ungrant, *record], durable=False)  # the grant goes with the record: one round trip
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
 
 

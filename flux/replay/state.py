@@ -11,14 +11,15 @@ of those rows wait; readers never do; no table lock beyond ROW EXCLUSIVE).
 The writes of others that may explain a difference in what the request read are listed as its `drift`: in
 `as-of`, those that began while the original ran (it may have read them); in `live`, the writes since.
 
-The transaction is a request connection's (`runs_on`, logged in as flux_authenticator, as the gateway's are):
-the function's SQL never runs as the owner, even if it leaves the request's role. The owner's part (rewind,
-pins, reading the replay's mutations back) is done by SECURITY DEFINER functions that work only in a
-transaction the owner's connection named in flux.replay_grants, and sets the database up only once, before
-the function runs."""
+The transaction is a request connection's (logged in as flux_authenticator, as the gateway's are): the
+function's SQL never runs as the owner, even if it leaves the request's role. The owner's part (rewind, pins,
+reading the replay's mutations back) is done by SECURITY DEFINER functions that work only for a replay the
+owner's connection granted (flux.replay_grants, under a secret only this process knows), in the one
+transaction that took the grant up, and set the database up only once, before the function runs."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,21 +33,23 @@ from flux.replay.recording import Recording
 
 Row = dict[str, Any]
 
-# Read committed whatever the default: the grant is committed after the transaction began.
-_BEGIN = Statement(b"BEGIN ISOLATION LEVEL READ COMMITTED")
-_TXID = Statement(b"SELECT pg_catalog.txid_current()")
-# The grants of transactions that have ended go as a new one is written (a txid is never used again).
+# A grant for one replay; those older than a minute go (flux.replay_prepare no longer takes them up), but
+# not one a running replay holds (SKIP LOCKED: this never waits for it).
 _GRANT = b"""
-WITH ended AS (DELETE FROM flux.replay_grants
-                WHERE txid < pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot()))
-INSERT INTO flux.replay_grants (txid, replay_id, request_id) VALUES ($1::bigint, $2::uuid, $3::uuid)
+WITH expired AS (DELETE FROM flux.replay_grants
+                  WHERE secret_sha256 IN (SELECT g.secret_sha256 FROM flux.replay_grants AS g
+                                           WHERE g.granted_at < pg_catalog.now() - interval '1 minute'
+                                             FOR UPDATE SKIP LOCKED))
+INSERT INTO flux.replay_grants (secret_sha256, replay_id, request_id)
+VALUES (pg_catalog.sha256($1::bytea), $2::uuid, $3::uuid)
 """
 _PREPARE = (
-    b"SELECT flux.replay_prepare($1::text::jsonb, $2::boolean, $3::text[],"
-    b" pg_catalog.current_setting('search_path'), $4::text[], $5::text[], $6::timestamptz, $7::timestamptz)"
+    b"SELECT flux.replay_prepare($1::bytea, $2::text::jsonb, $3::boolean, $4::text[],"
+    b" pg_catalog.current_setting('search_path'), $5::text[], $6::text[], $7::timestamptz, $8::timestamptz)"
 )
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
-_UNGRANT = b"DELETE FROM flux.replay_grants WHERE txid = $1::bigint"
+_ROLLBACK = Statement(b"ROLLBACK")
+_UNGRANT = b"DELETE FROM flux.replay_grants WHERE secret_sha256 = pg_catalog.sha256($1::bytea)"
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 # Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
@@ -65,7 +68,7 @@ class State:
     drift: list[Row] = field(default_factory=list)  # other requests' writes that may explain a difference
     not_rewound: list[str] = field(default_factory=list)  # tables as-of could not take back (gone, untracked)
     triggers_off: bool = False  # whether the tables' own triggers were off while it took writes back
-    txid: int = 0  # the replay's transaction, which the owner granted (flux.replay_grants)
+    secret: bytes = b""  # the replay's grant's (flux.replay_grants)
 
 
 def open_state(
@@ -76,10 +79,10 @@ def open_state(
     mode: str,
     timeout_ms: int | None = None,
 ) -> State:
-    """Begin the replay's transaction on the request connection `transaction` runs on, have `owner` grant it
-    (flux.replay_grants), and set its database up for `mode` (live or as-of) through flux.replay_prepare: three
-    round trips. Then the transaction runs as the request's role, claims and tenant, under the replay's id
-    (those settings go with its first statement). The rewind has the request role's
+    """Grant the replay on `owner` (flux.replay_grants), then begin its transaction on the request connection
+    `transaction` runs on and set its database up for `mode` (live or as-of) there, through
+    flux.replay_prepare: two round trips. Then the transaction runs as the request's role, claims and tenant,
+    under the replay's id (those settings go with its first statement). The rewind has the request role's
     statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
     with a long history since is not rewound for longer than a request of that role may run a statement."""
     request = recording.request
@@ -92,21 +95,20 @@ def open_state(
         for position, m in enumerate(call.mutations)
         if m["op"] in ("INSERT", "UPDATE")
     ]
+    secret = secrets.token_bytes(32)
     prepare = Statement(
         _PREPARE,
-        [jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
+        [secret, jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
          [t[0] for t in written], [t[1] for t in written], started, ended],
     )  # fmt: skip
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
-    runner = transaction.conn
     with db.translate_errors():
-        txid = pipeline.run(runner, [_BEGIN, _TXID]).rows[0][0]
-        pipeline.run(owner, [Statement(_GRANT, [txid, replay_id, recording.id])])
+        pipeline.run(owner, [Statement(_GRANT, [secret, replay_id, recording.id])])
     try:
         with db.translate_errors():
-            rewound = pipeline.run(runner, [*limit, prepare]).rows[0][0]
+            rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
     except FluxError as exc:
-        close_state(owner, txid)
+        ungrant(owner, secret)
         if isinstance(exc, QueryTimedOut):
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to within the statement timeout of"
@@ -126,25 +128,30 @@ def open_state(
     transaction.apply(with_next=True)
     transaction.begun = True
     return State(
-        mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"], txid
+        mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"], secret
     )
 
 
-def close_state(owner: Any, txid: int) -> None:
-    """Take back the grant of the replay's transaction `txid` once it has ended (nothing is left behind)."""
+def ungrant_statement(state: State) -> Statement:
+    """What deletes the replay's grant on the owner's connection once its transaction has ended (nothing is
+    left behind); the engine sends it with the replay's record."""
+    return Statement(_UNGRANT, [state.secret])
+
+
+def ungrant(owner: Any, secret: bytes) -> None:
     with db.translate_errors():
-        pipeline.run(owner, [Statement(_UNGRANT, [txid])])
+        pipeline.run(owner, [Statement(_UNGRANT, [secret])])
 
 
 def captured_mutations(runner: Any) -> list[Row]:
-    """The mutations the replay's run made on the request connection `runner` (read before its transaction is
-    rolled back), or none if a database error ended the transaction (the original's would have been rolled
-    back too)."""
+    """The mutations the replay's run made on the request connection `runner`, read back as its transaction is
+    rolled back (one round trip), or none if a database error ended the transaction (the original's would have
+    been rolled back too)."""
     if db.transaction_failed(runner):
         return []
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
     with db.translate_errors():
-        result = pipeline.run(runner, [_NO_ROLE, _CAPTURED])
+        result = pipeline.run(runner, [_NO_ROLE, _CAPTURED, _ROLLBACK], answer=-2)
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 

@@ -91,14 +91,16 @@ REVOKE CREATE ON SCHEMA flux FROM flux_recorder;
 REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 
 -- The owner's side of a live or as-of replay, called on the request connection the function runs on, first thing
--- in the replay's transaction: only in a transaction the owner named in flux.replay_grants, and once (the
--- function the replay runs next cannot call it again). It copies `pins` (the recorded mutations of the writes
--- the replay runs again: [call, position, schema, table, op, key, old, new]) into flux.replay_pins under the
--- replay's id, and rewinds (flux.rewind_tables) the granted request's tables: those it wrote and those its
--- queries `named`, resolved on `caller_path`, the search path the request's queries resolved names on.
+-- in the replay's transaction, with the secret of a grant the owner wrote in flux.replay_grants (less than a
+-- minute ago): it takes the grant up for this transaction, once (the function the replay runs next cannot
+-- call it again, and no other transaction can take it up while this one holds it). It copies `pins` (the
+-- recorded mutations of the writes the replay runs again: [call, position, schema, table, op, key, old, new])
+-- into flux.replay_pins under the replay's id, and rewinds (flux.rewind_tables) the granted request's tables:
+-- those it wrote and those its queries `named`, resolved on `caller_path`, the search path the request's
+-- queries resolved names on.
 CREATE OR REPLACE FUNCTION flux.replay_prepare(
-    pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[],
-    started timestamptz, ended timestamptz
+    secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[],
+    written_names text[], started timestamptz, ended timestamptz
 ) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -107,11 +109,12 @@ DECLARE
     granted flux.replay_grants;
     tables regclass[];
 BEGIN
-    UPDATE flux.replay_grants AS g SET prepared = true
-     WHERE g.txid = pg_catalog.txid_current() AND NOT g.prepared
+    UPDATE flux.replay_grants AS g SET txid = pg_catalog.txid_current()
+     WHERE g.secret_sha256 = pg_catalog.sha256(secret) AND g.txid IS NULL
+       AND g.granted_at > pg_catalog.now() - interval '1 minute'
     RETURNING g.* INTO granted;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'only a replay sets its database up, once, in the transaction its owner granted'
+        RAISE EXCEPTION 'only a replay sets its database up, once, with the grant its owner wrote'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, old, new)
@@ -125,8 +128,8 @@ BEGIN
 END
 $$;
 
--- The mutations the replay of the granted transaction made (its request id is the replay's), read back before
--- the transaction is rolled back.
+-- The mutations the replay that took its grant up in this transaction made (its request id is the replay's),
+-- read back before the transaction is rolled back; nothing in any other transaction.
 CREATE OR REPLACE FUNCTION flux.replay_captured()
 RETURNS TABLE (id bigint, span_seq integer, table_schema text, table_name text, op text, row_pk jsonb,
                old jsonb, new jsonb, changed text[])
@@ -136,14 +139,14 @@ AS $$
     SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
       FROM flux.replay_grants AS g
       JOIN flux.mutations AS m ON m.request_id = g.replay_id
-     WHERE g.txid = pg_catalog.txid_current() AND g.prepared
+     WHERE g.txid = pg_catalog.txid_current()
      ORDER BY m.id
 $$;
 
 -- Request connections call these two; the grant decides whether they do anything.
-REVOKE EXECUTE ON FUNCTION flux.replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamptz,
+REVOKE EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
     timestamptz), flux.replay_captured() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION flux.replay_prepare(jsonb, boolean, text[], text, text[], text[], timestamptz,
+GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
     timestamptz), flux.replay_captured() TO flux_authenticator;
 
 -- Sets up the database of a replay in live or as-of mode, inside the replay's transaction (which it always
@@ -201,10 +204,10 @@ BEGIN
           INTO ids, drift
           FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m WHERE m.request_id = request
-                 UNION
+                 UNION ALL
                 SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m
-                 WHERE (m.at >= started OR m.id >= own_first)
+                 WHERE (m.at >= started OR m.id >= own_first) AND m.request_id IS DISTINCT FROM request
                    AND (m.table_schema, m.table_name) IN (
                            SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
                                                     pg_catalog.unnest(touched_names)))

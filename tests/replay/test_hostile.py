@@ -1,7 +1,7 @@
 """Replay against hostile code and hostile records, on real Postgres and real Deno: a function that leaves its
-role lands on a login that can do nothing, as in the gateway, and cannot use the owner's part of a replay; a function that detects
-its replay shows where it did; a record edited to poison its replay ends it as an `error` with its FX code
-(never a crash), and so does a replayed run whose JSON no record can hold."""
+role lands on a login that can do nothing, as in the gateway, and cannot use the owner's part of a replay; a
+function that detects its replay shows where it did; a record edited to poison its replay ends it as an
+`error` with its FX code (never a crash), and so does a replayed run whose JSON no record can hold."""
 
 from __future__ import annotations
 
@@ -68,12 +68,12 @@ def test_a_statement_that_leaves_the_role_ends_the_run_however_the_function_hand
     assert recorded == (False,)
 
 
-# A function the project made (in a migration, as its owner) that leaves the request's role, and then does what
+# A function the project made (in a migration, as its owner) that leaves the request's role, then does what
 # only the connection's login may: draws from a sequence no request role may use (not rolled back).
 LEAVER = """
 CREATE SEQUENCE public.owner_only;
-CREATE FUNCTION public.leave_and_draw() RETURNS bigint LANGUAGE sql
-    AS $$ SELECT pg_catalog.set_config('role', 'none', true); SELECT pg_catalog.nextval('public.owner_only') $$;
+CREATE FUNCTION public.leave_and_draw() RETURNS bigint LANGUAGE sql AS $$
+    SELECT pg_catalog.set_config('role', 'none', true); SELECT pg_catalog.nextval('public.owner_only') $$;
 """
 DRAWER = ts(
     "drawer",
@@ -89,7 +89,10 @@ export default async function (req, ctx) {
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_replayed_function_that_leaves_its_role_lands_on_a_login_that_can_do_nothing(
-    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog,
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
     mode: str,
 ) -> None:
     """Live and as-of run the function's SQL on a request connection, as the gateway does: one that leaves its
@@ -105,39 +108,44 @@ def test_a_replayed_function_that_leaves_its_role_lands_on_a_login_that_can_do_n
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)  # taken back
 
 
-PREPARE = "SELECT flux.replay_prepare('[]', true, '{notes}', '', '{}', '{}', now(), now())"
+PREPARE = "SELECT flux.replay_prepare(%s, '[]', true, '{notes}', '', '{}', '{}', now(), now())"
+GRANT = "INSERT INTO flux.replay_grants (secret_sha256, replay_id, request_id) VALUES (sha256(%s), %s, %s)"
 
 
-def test_the_owners_part_of_a_replay_works_only_in_the_transaction_it_granted_and_once(
+def test_the_owners_part_of_a_replay_works_only_with_the_grant_it_wrote_in_one_transaction_once(
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], call: Any
 ) -> None:
-    """flux.replay_prepare and flux.replay_captured run as the owner, for request connections: outside a
-    transaction the owner named in flux.replay_grants they refuse (prepare) or see nothing (captured), and in
-    one they set up only once (before the replayed function runs, so it cannot rewind again)."""
+    """flux.replay_prepare and flux.replay_captured run as the owner, for request connections: without the
+    secret of a grant the owner wrote (less than a minute ago) they refuse (prepare) or see nothing
+    (captured); with it they set up once, in the transaction that took it up (before the replayed function
+    runs, so it cannot rewind again), and request roles may not call them at all."""
     outcome = call(ts("writer", "export default async (req, ctx) => ctx.db.query({ insert: 'notes', "
                                 "values: { body: 'kept' } });"), role="service")  # fmt: skip
     assert outcome.error is None, outcome.error
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a replay sets its database up"):
-        runs_on.execute(PREPARE)
+    secret, stale = b"s" * 32, b"t" * 32
+    conn.execute(GRANT, [stale, outcome.request_id, outcome.request_id])
+    conn.execute("UPDATE flux.replay_grants SET granted_at = now() - interval '61 seconds'")
+    conn.execute(GRANT, [secret, outcome.request_id, outcome.request_id])
+    for wrong in (b"x" * 32, stale):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a replay sets its database up"):
+            runs_on.execute(PREPARE, [wrong])
     assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (0,)
-    with runs_on.transaction():  # a transaction the owner grants, for the request that wrote
-        txid = runs_on.execute("SELECT txid_current()").fetchone()[0]
-        conn.execute("INSERT INTO flux.replay_grants (txid, replay_id, request_id) VALUES (%s, %s, %s)",
-                     [txid, outcome.request_id, outcome.request_id])  # fmt: skip
-        assert runs_on.execute(PREPARE).fetchone()[0]["undone"] == 1
+    with runs_on.transaction():
+        assert runs_on.execute(PREPARE, [secret]).fetchone()[0]["undone"] == 1
         runs_on.execute("SET LOCAL ROLE flux_service")
         assert runs_on.execute("SELECT count(*) FROM notes").fetchone() == (0,)  # rewound
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function"):
             with runs_on.transaction():
-                runs_on.execute(PREPARE)
+                runs_on.execute(PREPARE, [secret])
         runs_on.execute("SET LOCAL ROLE NONE")  # as a function that left its role would
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="once"):
             with runs_on.transaction():
-                runs_on.execute(PREPARE)
-        # it reads back the mutations of the granted replay id (here the request's own, never rewound twice)
+                runs_on.execute(PREPARE, [secret])
+        # the mutations of the granted replay id (here the request's own, so 1) in this transaction alone
         assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (1,)
-        raise_to_roll_back = psycopg.Rollback()
-        raise raise_to_roll_back
+        with db.request_connection(conn) as other:
+            assert other.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (0,)
+        raise psycopg.Rollback()
     assert conn.execute("SELECT body FROM notes").fetchall() == [("kept",)]
 
 
