@@ -191,6 +191,8 @@ def _print_gate(verdict: dict[str, Any]) -> None:
     if not verdict:
         return
     functions = ", ".join(verdict.get("functions") or []) or "none"
+    if verdict.get("routes"):
+        functions += f") and routes handed to another function ({', '.join(verdict['routes'])}"
     summary = verdict.get("summary") or {}
     took_ms = float(verdict.get("took_ms") or 0)
     typer.echo(f"gate: {verdict.get('replayed', 0)} recent requests of changed functions ({functions})"

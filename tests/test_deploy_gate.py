@@ -195,6 +195,24 @@ def test_a_deploy_that_changes_no_function_replays_nothing(dsn: str, conn: Conn,
     assert _gate(conn, _active(conn))[1]["verdict"] == "passed"
 
 
+def test_a_route_handed_to_another_function_replays_its_requests_on_that_function(
+    dsn: str, conn: Conn, project: Path
+) -> None:
+    (project / "functions" / "get_note_v2").mkdir()
+    (project / "functions" / "get_note_v2" / "index.ts").write_text(GET_NOTE_CHANGED)
+    toml = FLUX_TOML.replace('function = "get_note"', 'function = "get_note_v2"')
+    (project / "flux.toml").write_text(toml)
+    refused = flux(dsn, "deploy", str(project), "--gate")
+    assert refused.exit_code == 1, refused.output
+    assert (
+        "changed functions (none) and routes handed to another function (GET /notes/{id})" in refused.output
+    )
+    assert '    response.body.id: 1 → "1"' in refused.output
+    (project / "functions" / "get_note_v2" / "index.ts").write_text(GET_NOTE)  # the same code, another name
+    passed = flux(dsn, "deploy", str(project), "--gate")
+    assert passed.exit_code == 0 and "gate: 3 same · 0 diverged" in passed.output, passed.output
+
+
 def test_through_flux_url_the_server_runs_the_gate(
     dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str]
 ) -> None:

@@ -37,13 +37,15 @@ from flux.errors import (
 )
 from flux.gateway.routes import sync_routes
 from flux.queue import cron
-from flux.replay import Replay, built_code
+from flux.replay import Recording, Replay, built_code
+from flux.replay.engine import CodeFor
 from flux.replay.recent import (
     Window,
     changed_functions,
     gate_json,
     gate_record,
     gate_verdict,
+    moved_routes,
     recent_requests,
     replay_recent,
 )
@@ -178,10 +180,26 @@ def run_gate(conn: psycopg.Connection[Any], bundle: Bundle, gate: Gate) -> dict[
     version) on `bundle`'s code, recorded as replays; the verdict (`gate_record`)."""
     candidate = {name: function for name, (function, _) in bundle.functions.items()}
     functions = changed_functions(conn, {name: function.sha256 for name, function in candidate.items()})
-    rows = recent_requests(conn, functions, gate.window)
-    how = dataclasses.replace(gate.how, code_for=built_code(candidate))
+    routes = moved_routes(conn, list(bundle.routes), candidate)
+    rows = recent_requests(conn, functions, gate.window, routes)
+    how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
     summary = replay_recent(conn, functions, rows, how, gate.runs_on)
+    summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
     return gate_record(summary, gate.window, gate_verdict(summary, gate.accept))
+
+
+def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:
+    """The candidate's code for a recording: the function its route now runs, when the candidate hands the
+    route to another function, else the function of its name."""
+    by_name = built_code(candidate)
+
+    def code_for(recording: Recording) -> Function:
+        route = recording.request.get("route_id")
+        if isinstance(route, int) and route in routes and not recording.builtin:
+            return candidate[routes[route][0]]
+        return by_name(recording)
+
+    return code_for
 
 
 def bundle_to_json(bundle: Bundle, with_code: set[str]) -> dict[str, Any]:

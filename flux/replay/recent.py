@@ -32,12 +32,13 @@ SELECT f.name, f.sha256 FROM flux.deployment_functions f JOIN flux.deployments d
  WHERE CASE WHEN %s::bigint IS NULL THEN d.active ELSE d.id = %s END
 """
 _RECENT = """
-SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status
+SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.route_id
   FROM flux.requests r
- WHERE r.function = ANY(%s) AND r.kind = ANY(%s) AND r.code_sha IS NOT NULL
+ WHERE (r.function = ANY(%s) OR r.route_id = ANY(%s)) AND r.kind = ANY(%s) AND r.code_sha IS NOT NULL
    AND (%s::interval IS NULL OR r.started_at >= now() - %s::interval)
  ORDER BY r.started_at DESC LIMIT %s
 """
+_ROUTES = "SELECT id, method, path, function FROM flux.routes"
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,35 @@ def changed_functions(conn: Any, candidate: Mapping[str, str], against: int | No
     return sorted(name for name, sha in candidate.items() if name in deployed and deployed[name] != sha)
 
 
-def recent_requests(conn: Any, functions: list[str], window: Window) -> list[Row]:
-    """The latest recorded requests of `functions` in `window`, newest first."""
-    if not functions:
+def moved_routes(
+    conn: Any, candidate: list[Mapping[str, Any]], functions: Mapping[str, Any]
+) -> dict[int, tuple[str, str]]:
+    """The routes (today's, by id) that `candidate`'s routes (flux.toml's `[[routes]]`) hand to another
+    function of `functions`: route id -> (the function that serves it in the candidate, `METHOD /path`)."""
+    handed = {
+        (str(route.get("method", "")).upper(), str(route.get("path", ""))): str(route.get("function"))
+        for route in candidate
+    }
+    with db.translate_errors():
+        rows = conn.execute(_ROUTES).fetchall()
+    return {
+        route_id: (handed[(method, path)], f"{method} {path}")
+        for route_id, method, path, function in rows
+        if handed.get((method, path), function) != function and handed[(method, path)] in functions
+    }
+
+
+def recent_requests(
+    conn: Any, functions: list[str], window: Window, routes: Mapping[int, Any] | None = None
+) -> list[Row]:
+    """The latest recorded requests of `functions`, or of the routes `routes` names, in `window`, newest
+    first, across them all."""
+    route_ids = sorted(routes or {})
+    if not functions and not route_ids:
         return []
     with db.translate_errors():
         return db.fetch_dicts(
-            conn, _RECENT, (functions, list(KINDS), window.since, window.since, window.last)
+            conn, _RECENT, (functions, route_ids, list(KINDS), window.since, window.since, window.last)
         )
 
 
@@ -128,6 +151,7 @@ class Summary:
     mode: str
     results: list[tuple[Row, ReplayResult]] = field(default_factory=list)
     took_ms: float = 0.0
+    routes: list[str] = field(default_factory=list)  # `METHOD /path` of routes handed to another function
 
     def count(self, verdict: str) -> int:
         return sum(result.verdict == verdict for _, result in self.results)
@@ -153,6 +177,7 @@ class Summary:
         return {
             "db": self.mode,
             "functions": self.functions,
+            "routes": self.routes,
             "replayed": len(self.results),
             "summary": summary,
             "divergences": [
