@@ -214,7 +214,8 @@ def rollback(version: Annotated[int, typer.Argument(help="The version to make ac
 
 @deployments_app.command("ls")
 def deployments_ls(project: ProjectDir = Path(".")) -> None:
-    """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
+    """Every version, newest first: active or not, when, by whom, the git commit, each function's sha, and
+    the deploy gate's verdict when it ran (passed, accepted, refused)."""
     with backend(project, reads_only=True) as manager:
         rows = manager.list_deployments()
     commits = [_commit_label(row["git_commit"]) for row in rows]
@@ -223,7 +224,8 @@ def deployments_ls(project: ProjectDir = Path(".")) -> None:
         marker = "*" if row["active"] else " "
         functions = " ".join(f"{name}={sha[:12]}" for name, sha in sorted(row["functions"].items()))
         when = _when(row["created_at"])
-        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}")
+        gate = f"  gate {row['gate']}" if row.get("gate") else ""  # the deploy gate's verdict, when it ran
+        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}{gate}")
 
 
 _SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(-dirty)?$")

@@ -7,6 +7,7 @@ runs the gate. Real Postgres, real Deno."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,9 @@ def test_a_changed_answer_is_refused_with_the_divergence_and_nothing_activated(
     assert replays == (3,)  # the gate's replays are recorded
     with pytest.raises(VersionRefusedByGate):  # its migrations were never applied: it cannot be activated
         rollback(dsn, 2)
-    listed = flux(dsn, "deployments", "ls", "--project", str(project))
-    assert listed.exit_code == 0, listed.output
+    listed = flux(dsn, "deployments", "ls", "--project", str(project)).output.splitlines()
+    assert listed[0].startswith("     2  ") and listed[0].endswith("  gate refused")
+    assert listed[1].startswith("*    1  ") and "gate" not in listed[1]
 
 
 def test_a_refactor_activates_and_the_row_keeps_the_verdict(dsn: str, conn: Conn, project: Path) -> None:
@@ -243,3 +245,44 @@ def test_through_flux_url_the_server_runs_the_gate(
         assert accepted.stdout.splitlines()[-1] == "deployed version 3 (divergence accepted)"
     assert _active(conn) == 3 and _gate(conn, 3)[1]["verdict"] == "accepted"
     assert _gate(conn, 2)[1]["verdict"] == "refused"
+
+
+def test_the_settings_of_flux_toml(tmp_path: Path) -> None:
+    def settings(text: str) -> Any:
+        (tmp_path / "flux.toml").write_text(text)
+        return load_settings(tmp_path, env={})
+
+    assert settings("").deploy_gate is None and settings("").dev_replay_last == 20
+    assert settings("[deploy]\ngate = true\n").deploy_gate == {"last": 200, "db": "recorded"}
+    assert settings('[deploy]\ngate = {since = "2h", db = "as-of"}\n').deploy_gate == {
+        "since": "2h",
+        "db": "as-of",
+    }
+    assert settings("[deploy]\ngate = false\n[dev]\nreplay_last = 0\n").dev_replay_last == 0
+    for text, words in (
+        ("[deploy]\ngate = {last = 5, since = '1h'}\n", "last or since, not both"),
+        ("[deploy]\ngate = {db = 'live'}\n", "db is recorded or as-of"),
+        ("[deploy]\ngate = 'yes'\n", "gate is true, false or a table"),
+        ("[deploy]\ngates = true\n", "unknown [deploy] setting 'gates'"),
+        ("[dev]\nreplay_last = -1\n", "replay_last is 0 to 1000"),
+    ):
+        with pytest.raises(InvalidConfig, match=re.escape(words)):
+            settings(text)
+
+
+def test_the_api_refuses_bad_gate_options_with_fx516(dsn: str, conn: Conn, project: Path) -> None:
+    with gateway_client(load_settings(project, env={}), dsn) as client:
+        admin = {"authorization": f"Bearer {create_admin_key(conn, 'tests').key}"}
+        for gate, words in (
+            ({"last": 0}, "--last 0 is outside 1-10000"),
+            ({"db": "live"}, "--db 'live'"),
+            ({"since_s": -5}, "since_s -5 is outside"),
+            ({"accept": "yes"}, "accept true or false"),
+            ({"later": 1}, "unknown field 'later'"),
+        ):
+            answer = client.simulate_post(
+                "/flux/api/deployments", json={"functions": [], "gate": gate}, headers=admin
+            )
+            assert answer.status_code == 400 and answer.json["code"] == "FX516", (gate, answer.json)
+            assert words in answer.json["message"], answer.json
+    assert _active(conn) == 1
