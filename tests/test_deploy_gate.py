@@ -148,15 +148,21 @@ def test_a_changed_answer_is_refused_with_the_divergence_and_nothing_activated(
 
 def test_a_refactor_activates_and_the_row_keeps_the_verdict(dsn: str, conn: Conn, project: Path) -> None:
     _edit(project, "add_note", ADD_NOTE_REFACTORED)
-    done = flux(dsn, "deploy", str(project), "--gate", "--last", "2")
+    done = flux(dsn, "deploy", str(project), "--gate", "--last", "2", "--db", "as-of")
     assert done.exit_code == 0, done.output
     lines = done.output.splitlines()
-    assert "gate: 2 recent requests of changed functions (add_note)" in lines[0]
+    assert (
+        "gate: 2 recent requests of changed functions (add_note) replayed on the new code, as-of db"
+        in lines[0]
+    )
     assert lines[1] == "gate: 2 same · 0 diverged · 0 drift · 0 could not run"
     assert lines[-1] == "deployed version 2"
     assert _active(conn) == 2
     _, verdict = _gate(conn, 2)
     assert verdict["verdict"] == "passed" and verdict["replayed"] == 2 and verdict["last"] == 2
+    assert verdict["db"] == "as-of"
+    notes = conn.execute("SELECT count(*) FROM notes").fetchone()
+    assert notes == (3,)  # the as-of replays of the inserts were rolled back
 
 
 def test_accept_divergence_activates_and_records_the_verdict(dsn: str, conn: Conn, project: Path) -> None:
@@ -240,10 +246,11 @@ def test_through_flux_url_the_server_runs_the_gate(
         assert _active(conn) == 1
         bad = run_flux(["deploy", "--gate", "--db", "live"], remote, project_dir)
         assert bad.returncode == 1 and "error FX516: --db 'live'" in bad.stderr, bad.stderr
-        accepted = run_flux(["deploy", "--accept-divergence"], remote, project_dir)
+        accepted = run_flux(["deploy", "--accept-divergence", "--db", "as-of"], remote, project_dir)
         assert accepted.returncode == 0, accepted.stderr
         assert accepted.stdout.splitlines()[-1] == "deployed version 3 (divergence accepted)"
     assert _active(conn) == 3 and _gate(conn, 3)[1]["verdict"] == "accepted"
+    assert _gate(conn, 3)[1]["db"] == "as-of" and _gate(conn, 3)[1]["summary"]["diverged"] == 1
     assert _gate(conn, 2)[1]["verdict"] == "refused"
 
 
