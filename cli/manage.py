@@ -40,38 +40,168 @@ def _when(value: Any) -> str:
 # -- deployments ---------------------------------------------------------------------------------------------
 
 
+_GATE_HELP = (
+    "Before activating, replay the latest recorded requests of every function whose code changed on the new"
+    " code, and activate only if none diverged (the default with [deploy] gate in flux.toml)."
+)
+
+
 def deploy(
     project: Annotated[Path, typer.Argument(help="The Flux project folder.", file_okay=False)] = Path("."),
+    gate: Annotated[bool | None, typer.Option("--gate/--no-gate", help=_GATE_HELP)] = None,
+    last: Annotated[
+        int | None, typer.Option(help="Gate: the latest N requests of the changed functions (default 200).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Gate: the requests since this long ago (15m, 2h, 1d).")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option("--db", help="Gate: recorded (the default; answers from the recording) or as-of."),
+    ] = None,
+    accept_divergence: Annotated[
+        bool, typer.Option("--accept-divergence", help="Gate: activate even if replays diverged.")
+    ] = False,
 ) -> None:
     """Build every function, apply the project's migrations, sync routes, and activate it all as one
-    version: on the database, or (with FLUX_URL set) uploaded to that server."""
+    version: on the database, or (with FLUX_URL set) uploaded to that server. With the gate, exit 1 and
+    activate nothing when a replayed request diverged."""
     from cli.db import database_for
     from cli.remote import remote
     from flux import migrate
     from flux.api.deploy import bundle_project, bundle_to_json
-    from flux.api.deploy import deploy as run_deploy
     from flux.config import load_settings
+    from flux.errors import DeployGateRefused
 
     settings = load_settings(project)
+    options = _gate_options(settings, gate, last, since, mode, accept_divergence)
     api = remote()
-    if api is not None:  # built here, uploaded to the server's management API
-        bundle = bundle_project(settings)
-        shas = sorted({function.sha256 for function, _ in bundle.functions.values()})
-        missing = set(api.call("POST", "/flux/api/artifacts/missing", {"sha256": shas})["missing"])
-        answer = api.call("POST", "/flux/api/deployments", bundle_to_json(bundle, missing))
-        version, created, migrations = answer["version"], answer["created"], answer["migrations"]
-    else:
-        with database_for(project) as (dsn, _):
-            migrate.migrate(dsn)  # Flux's own schema; the project's migrations go with the deploy
-            deployment = run_deploy(dsn, settings)
-        version, created = deployment.id, deployment.created
-        migrations = [m.label for m in deployment.migrations]
+    try:
+        if api is not None:  # built here, uploaded to the server's management API, which runs the gate
+            bundle = bundle_project(settings)
+            shas = sorted({function.sha256 for function, _ in bundle.functions.values()})
+            missing = set(api.call("POST", "/flux/api/artifacts/missing", {"sha256": shas})["missing"])
+            body = bundle_to_json(bundle, missing) | ({"gate": options.to_body()} if options else {})
+            answer = api.call("POST", "/flux/api/deployments", body, exact_numbers=True)
+            version, created, migrations = answer["version"], answer["created"], answer["migrations"]
+            verdict = answer.get("gate")
+        else:
+            with database_for(project) as (dsn, _):
+                migrate.migrate(dsn)  # Flux's own schema; the project's migrations go with the deploy
+                deployment = _deploy_here(dsn, settings, options)
+            version, created, verdict = deployment.id, deployment.created, deployment.gate
+            migrations = [m.label for m in deployment.migrations]
+    except DeployGateRefused as refused:
+        _print_gate(refused.details or {})
+        from cli._output import print_error
+
+        print_error(refused)
+        raise typer.Exit(1) from None
+    if verdict is not None:
+        _print_gate(verdict)
     for label in migrations:
         typer.echo(f"applied {label}")
     if created:
-        typer.echo(f"deployed version {version}")
+        accepted = (
+            " (divergence accepted)" if verdict is not None and verdict["verdict"] == "accepted" else ""
+        )
+        typer.echo(f"deployed version {version}{accepted}")
     else:
         typer.echo(f"version {version} is already active with this code; nothing to deploy")
+
+
+def _gate_options(
+    settings: Any, gate: bool | None, last: int | None, since: str | None, mode: str | None, accept: bool
+) -> Any:
+    """The gate's options from the flags and `[deploy] gate` in flux.toml, or None for no gate. A gate flag
+    (--last, --since, --db, --accept-divergence) turns the gate on; with --no-gate it is FX516."""
+    from datetime import timedelta
+
+    from cli._options import period
+    from flux.errors import InvalidGateOption
+    from flux.replay.recent import DEFAULT_LAST, MAX_LAST, GateOptions, Window, check_mode
+
+    flags = (("--last", last), ("--since", since), ("--db", mode), ("--accept-divergence", accept or None))
+    given = [name for name, value in flags if value is not None]
+    if gate is False:
+        if given:
+            raise InvalidGateOption(f"{given[0]} is an option of the gate, and --no-gate skips it",
+                                    hint="give one of them")  # fmt: skip
+        return None
+    configured = dict(settings.deploy_gate or {})
+    if gate is None and not given and not configured:
+        return None
+    if last is not None and since is not None:
+        raise InvalidGateOption("--last and --since each pick the requests", hint="give one of them")
+    if last is not None or since is not None:  # the flags pick the window, not flux.toml's
+        configured.pop("last", None)
+        configured.pop("since", None)
+    since = since if since is not None else configured.get("since")
+    last = last if last is not None else configured.get("last")
+    ago: timedelta | None = None
+    if since is not None:
+        try:
+            ago = period(since.strip())
+        except (ValueError, OverflowError):
+            ago = None
+        if ago is None:
+            raise InvalidGateOption(f"--since {since!r} is not a period", hint="e.g. --since 2h")
+    window = Window(last if last is not None else MAX_LAST if ago is not None else DEFAULT_LAST, ago)
+    return GateOptions(window, check_mode(mode or configured.get("db", "recorded")), accept)
+
+
+def _deploy_here(dsn: str, settings: Any, options: Any) -> Any:
+    """Deploy on the database; with `options`, the gate runs in this process, as the server would run it."""
+    from contextlib import ExitStack
+
+    from flux import db
+    from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
+    from flux.data import load_catalog
+    from flux.gateway.handler import WithBuiltins
+    from flux.replay import Replay, built_code
+    from flux.runtime import Runtime, project_cache
+    from flux.runtime.fetch import FetchPolicy
+    from flux.runtime.secrets import SealedSecrets, load_key
+
+    if options is None:
+        return deploy(dsn, settings)
+    folder = settings.project_dir
+    bundle = bundle_project(settings)
+    with db.connect(dsn, autocommit=True) as conn, ExitStack() as stack:
+        runtime = Runtime(project_cache(folder), deno_workers=1)
+        stack.callback(runtime.close)
+        runs_on = stack.enter_context(db.request_connection(conn)) if options.mode == "as-of" else None
+        how = Replay(
+            WithBuiltins(runtime), built_code({}), load_catalog(conn), mode=options.mode,
+            secrets=SealedSecrets(conn, lambda: load_key(folder)),
+            fetch_policy=FetchPolicy(allow=settings.fetch_allow),
+        )  # fmt: skip
+        gate = Gate(how, options.window, options.accept, runs_on)
+        return deploy_bundle(conn, bundle, compile_into=project_cache(folder), gate=gate)
+
+
+SHOWN_DIVERGENCES = 3  # replays shown in full under the gate's summary
+
+
+def _print_gate(verdict: dict[str, Any]) -> None:
+    """The gate's summary (which functions changed, what was replayed, the counts), then the first replays
+    that did not behave as recorded, as `flux incident replay` shows them."""
+    from cli.incident import result_lines
+
+    if not verdict:
+        return
+    functions = ", ".join(verdict.get("functions") or []) or "none"
+    if verdict.get("routes"):
+        functions += f") and routes handed to another function ({', '.join(verdict['routes'])}"
+    summary = verdict.get("summary") or {}
+    took_ms = float(verdict.get("took_ms") or 0)
+    typer.echo(f"gate: {verdict.get('replayed', 0)} recent requests of changed functions ({functions})"
+               f" replayed on the new code, {verdict.get('db')} db, {took_ms:.0f} ms")  # fmt: skip
+    typer.echo(f"gate: {summary.get('same', 0)} same · {summary.get('diverged', 0)} diverged"
+               f" · {summary.get('drift', 0)} drift · {summary.get('error', 0)} could not run")  # fmt: skip
+    for item in (verdict.get("divergences") or [])[:SHOWN_DIVERGENCES]:
+        for line in result_lines(item["request"], item["result"], str(verdict.get("db")), 0.0):
+            typer.echo(line)
 
 
 def rollback(version: Annotated[int, typer.Argument(help="The version to make active again.")],
@@ -84,7 +214,8 @@ def rollback(version: Annotated[int, typer.Argument(help="The version to make ac
 
 @deployments_app.command("ls")
 def deployments_ls(project: ProjectDir = Path(".")) -> None:
-    """Every version, newest first: active or not, when, by whom, the git commit and each function's sha."""
+    """Every version, newest first: active or not, when, by whom, the git commit, each function's sha, and
+    the deploy gate's verdict when it ran (passed, accepted, refused)."""
     with backend(project, reads_only=True) as manager:
         rows = manager.list_deployments()
     commits = [_commit_label(row["git_commit"]) for row in rows]
@@ -93,7 +224,8 @@ def deployments_ls(project: ProjectDir = Path(".")) -> None:
         marker = "*" if row["active"] else " "
         functions = " ".join(f"{name}={sha[:12]}" for name, sha in sorted(row["functions"].items()))
         when = _when(row["created_at"])
-        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}")
+        gate = f"  gate {row['gate']}" if row.get("gate") else ""  # the deploy gate's verdict, when it ran
+        typer.echo(f"{marker} {row['version']:>4}  {when}  {commit:<{width}}  {functions}{gate}")
 
 
 _SHA = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})(-dirty)?$")

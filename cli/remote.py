@@ -83,7 +83,8 @@ class Remote:
             answer = None
         if response.status >= 400:
             if isinstance(answer, dict) and isinstance(answer.get("code"), str):
-                raise error_for_code(answer["code"], str(answer.get("message")), hint=answer.get("hint"))
+                raise error_for_code(answer["code"], str(answer.get("message")), hint=answer.get("hint"),
+                                     details=answer.get("details"))  # fmt: skip
             raise ServerUnreachable(
                 f"{self.url} answered {response.status}, not as Flux does", hint="check FLUX_URL"
             )

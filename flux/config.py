@@ -1,4 +1,5 @@
-"""Settings: one frozen object built from `flux.toml` (section `[server]`) and `FLUX_*` environment variables.
+"""Settings: one frozen object built from `flux.toml` (sections `[server]`, `[auth]`, `[deploy]`, `[dev]`, …)
+and `FLUX_*` environment variables.
 
 The environment wins over the file, so an operator can override a project's file without editing it.
 `DATABASE_URL` (or `FLUX_DATABASE_URL`) selects an existing Postgres; without it Flux runs an embedded one.
@@ -20,6 +21,9 @@ DEFAULT_PORT = 4000
 # `.flux`, the cluster lives in a folder of its own under here instead, and `.flux/pg` links to it.
 DEFAULT_PG_FALLBACK_DIR = Path("/var/lib/flux")
 PinMode = Literal["auto", "on", "off"]
+DEFAULT_GATE_LAST = 200  # `[deploy] gate = true`: the latest this many requests of each changed function
+DEFAULT_DEV_REPLAY_LAST = 20  # `flux dev` replays this many requests of the changed functions after a save
+_GATE_KEYS = {"last", "since", "db"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ class Settings:
     name: str = ""
     # [functions.<name>]: timeout_ms, memory_mb, fuel for one function
     function_limits: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # [deploy] gate = {last = 200} (or {since = "1h"}, with db = "as-of"): `flux deploy` runs the deploy gate
+    # (docs/replay.md) unless --no-gate; None: only with --gate
+    deploy_gate: Mapping[str, Any] | None = None
+    # [dev] replay_last: after each save `flux dev` replays this many recent requests of the changed functions
+    # and prints one line (0: off)
+    dev_replay_last: int = DEFAULT_DEV_REPLAY_LAST
 
     @property
     def data_dir(self) -> Path:
@@ -136,11 +146,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
     functions = document.get("functions", {})
     if not isinstance(functions, dict) or not all(isinstance(limits, dict) for limits in functions.values()):
         raise InvalidConfig(f"{path}: [functions.<name>] must be tables", hint="e.g. [functions.hello]")
-    unknown_sections = sorted(set(document) - {"server", "auth", "routes", "cron", "functions", "name"})
+    sections = {"server", "auth", "routes", "cron", "functions", "name", "deploy", "dev"}
+    unknown_sections = sorted(set(document) - sections)
     if unknown_sections:
         raise InvalidConfig(
             f"{path}: unknown section {unknown_sections[0]!r}",
-            hint="flux.toml has name, [server], [auth], [[routes]], [[cron]] and [functions.<name>]",
+            hint="flux.toml has name, [server], [auth], [deploy], [dev], [[routes]], [[cron]] and"
+            " [functions.<name>]",
         )
     values = {
         **server, **{_AUTH_KEYS[key]: value for key, value in auth.items()}, "routes": tuple(routes),
@@ -150,6 +162,55 @@ def _read_toml(path: Path) -> dict[str, Any]:
         values["function_limits"] = functions
     if "name" in document:
         values["name"] = str(document["name"])
+    values.update(_deploy_and_dev(path, document.get("deploy", {}), document.get("dev", {})))
+    return values
+
+
+def _deploy_and_dev(path: Path, deploy: Any, dev: Any) -> dict[str, Any]:
+    """`[deploy] gate` (true, false, or a table of last, since and db) and `[dev] replay_last`."""
+    if not isinstance(deploy, dict) or not isinstance(dev, dict):
+        raise InvalidConfig(f"{path}: [deploy] and [dev] must be tables", hint="write them as sections")
+    for section, given, known in (("deploy", deploy, {"gate"}), ("dev", dev, {"replay_last"})):
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise InvalidConfig(
+                f"{path}: unknown [{section}] setting {unknown[0]!r}",
+                hint=f"known: {', '.join(sorted(known))}",
+            )
+    values: dict[str, Any] = {}
+    gate = deploy.get("gate", False)
+    if gate is True:
+        gate = {"last": DEFAULT_GATE_LAST}
+    if gate is not False:
+        if not isinstance(gate, dict) or set(gate) - _GATE_KEYS:
+            raise InvalidConfig(
+                f"{path}: [deploy] gate is true, false or a table of last, since and db",
+                hint="e.g. gate = {last = 200}",
+            )
+        last, since, mode = gate.get("last"), gate.get("since"), gate.get("db", "recorded")
+        if last is not None and (
+            isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= 10_000
+        ):
+            raise InvalidConfig(
+                f"{path}: [deploy] gate's last is 1 to 10000", hint="e.g. gate = {last = 200}"
+            )
+        if since is not None and not isinstance(since, str):
+            raise InvalidConfig(
+                f"{path}: [deploy] gate's since is a period", hint='e.g. gate = {since = "1h"}'
+            )
+        if mode not in ("recorded", "as-of"):
+            raise InvalidConfig(f"{path}: [deploy] gate's db is recorded or as-of", hint='e.g. db = "as-of"')
+        if last is not None and since is not None:
+            raise InvalidConfig(f"{path}: [deploy] gate takes last or since, not both", hint="keep one")
+        values["deploy_gate"] = {k: v for k, v in {"last": last, "since": since, "db": mode}.items()
+                                 if v is not None} or {"last": DEFAULT_GATE_LAST}  # fmt: skip
+    if "replay_last" in dev:
+        replay_last = dev["replay_last"]
+        if isinstance(replay_last, bool) or not isinstance(replay_last, int) or not 0 <= replay_last <= 1000:
+            raise InvalidConfig(
+                f"{path}: [dev] replay_last is 0 to 1000", hint="e.g. replay_last = 20, 0: off"
+            )
+        values["dev_replay_last"] = replay_last
     return values
 
 
@@ -205,6 +266,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         otlp_endpoint=_otlp_endpoint(values.get("otlp_endpoint")),
         name=str(values.get("name") or project.name),
         function_limits=dict(values.get("function_limits", {})),
+        deploy_gate=values.get("deploy_gate"),
+        dev_replay_last=int(values.get("dev_replay_last", DEFAULT_DEV_REPLAY_LAST)),
     )
 
 

@@ -3,6 +3,11 @@ flux.toml) and deploys it again within a second of a save; and each request is p
 
 A deploy that fails (a compile error, a broken migration) is printed and changes nothing: the last good
 version keeps serving until the next save.
+
+After a save that changed a function, another thread of the master replays the latest requests of the
+changed functions on the new version (`recorded` mode, the replays not recorded) and prints one line, e.g.
+`replayed 20: 18 same, 2 diverged (POST /notes: body.id 3 → "3"; …)`. It never delays the redeploy nor a
+request: the deploy is done (and serving) before it starts, and it has its own connection and Deno worker.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from flux import db
 from flux.api.deploy import deploy
-from flux.config import load_settings
+from flux.config import DEFAULT_DEV_REPLAY_LAST, load_settings
 from flux.errors import FluxError
+from flux.replay import Replay, deployed_code
+from flux.replay.recent import Window, changed_functions, functions_of, recent_requests, replay_recent
 from flux.runtime.build import NOT_SOURCES
 
 log = logging.getLogger("flux.dev")
@@ -28,18 +36,25 @@ _IGNORED = NOT_SOURCES | {".flux"}  # what a build writes must not look like a s
 class ProjectWatcher:
     """Deploys `project_dir` again whenever one of its files changes."""
 
-    def __init__(self, dsn: str, project_dir: Path, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, dsn: str, project_dir: Path, poll_s: float = POLL_S, replay_last: int = DEFAULT_DEV_REPLAY_LAST
+    ) -> None:
         self.dsn = dsn
         self.project_dir = project_dir
         self.poll_s = poll_s
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flux-dev-watch", daemon=True)
+        self.replays = SaveReplays(dsn, project_dir, replay_last) if replay_last else None
 
     def start(self) -> None:
         self._thread.start()
+        if self.replays is not None:
+            self.replays.start()
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.replays is not None:
+            self.replays.stop()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -63,6 +78,97 @@ class ProjectWatcher:
             log.info("applied %s", migration.label)
         if deployment.created:
             log.info("deployed version %d", deployment.id)
+            if self.replays is not None:
+                self.replays.after_deploy(deployment.id)
+
+
+_BEFORE = """
+SELECT id FROM flux.deployments WHERE id < %s AND activated_at IS NOT NULL ORDER BY activated_at DESC LIMIT 1
+"""
+
+
+class SaveReplays:
+    """After each redeploy, the latest `last` requests of the functions it changed, replayed on it in
+    `recorded` mode (not recorded: a dev loop's replays would crowd `flux trace ls`) and summed up in one log
+    line. One thread of the master, with its own connection and Deno worker, started by the first save and
+    kept warm; a save made while it replays is taken up next (only the newest one)."""
+
+    def __init__(self, dsn: str, project_dir: Path, last: int) -> None:
+        self.dsn = dsn
+        self.project_dir = project_dir
+        self.last = last
+        self._wanted: int | None = None  # the newest version to replay on
+        self._woken = threading.Condition()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flux-dev-replay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def after_deploy(self, version: int) -> None:
+        with self._woken:
+            self._wanted = version
+            self._woken.notify()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._woken:
+            self._woken.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from flux.runtime import Runtime, project_cache
+
+        conn: Any = None
+        runtime: Runtime | None = None
+        try:
+            while True:
+                with self._woken:
+                    while self._wanted is None and not self._stopped.is_set():
+                        self._woken.wait()
+                    if self._stopped.is_set():
+                        return
+                    version, self._wanted = self._wanted, None
+                assert version is not None
+                try:
+                    if conn is None or conn.closed:
+                        conn = db.connect(self.dsn, autocommit=True)
+                    if runtime is None:  # Deno dies with the thread that started it: this one
+                        runtime = Runtime(project_cache(self.project_dir), deno_workers=1)
+                    line = self._replay(conn, runtime, version)
+                except Exception as exc:  # a replay that cannot run must not end the loop
+                    line = None if self._stopped.is_set() else f"could not replay recent requests: {exc}"
+                if line is not None and not self._stopped.is_set():
+                    log.info("%s", line)
+        finally:
+            if runtime is not None:
+                runtime.close()
+            if conn is not None:
+                conn.close()
+
+    def _replay(self, conn: Any, runtime: Any, version: int) -> str | None:
+        """The line for `version`: its changed functions' latest requests replayed; None when nothing
+        changed, or no request of a changed function was recorded."""
+        from flux.data import load_catalog
+        from flux.gateway.handler import WithBuiltins
+        from flux.runtime.fetch import FetchPolicy
+        from flux.runtime.secrets import SealedSecrets, load_key
+
+        before = conn.execute(_BEFORE, (version,)).fetchone()
+        if before is None:
+            return None
+        functions = changed_functions(conn, functions_of(conn, version), against=before[0])
+        rows = recent_requests(conn, functions, Window(self.last))
+        if not rows:
+            return None
+        settings = load_settings(self.project_dir)
+        how = Replay(
+            WithBuiltins(runtime), deployed_code(conn, version), load_catalog(conn), record=False,
+            secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
+            fetch_policy=FetchPolicy(allow=settings.fetch_allow),
+        )  # fmt: skip
+        summary = replay_recent(conn, functions, rows, how, stop=self._stopped)
+        return None if self._stopped.is_set() else summary.line()
 
 
 def files_signature(project_dir: Path) -> frozenset[tuple[str, int, int]]:

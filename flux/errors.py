@@ -470,6 +470,27 @@ class GitRevisionUnusable(FluxError):
     title = "the git revision to replay on cannot be checked out (no repository, no such commit, no project)"
 
 
+# FX515-FX517: the deploy gate (`flux deploy --gate`: recent requests replayed on the candidate first).
+
+
+class DeployGateRefused(FluxError):
+    code = "FX515"
+    http_status = 409
+    title = "recent requests replayed on the candidate version diverged; the deploy gate activated nothing"
+
+
+class InvalidGateOption(FluxError):
+    code = "FX516"
+    http_status = 400
+    title = "the deploy gate's options do not fit together, or are out of range"
+
+
+class VersionRefusedByGate(FluxError):
+    code = "FX517"
+    http_status = 409
+    title = "the version was refused by the deploy gate and never activated, so it cannot be rolled back to"
+
+
 # FX520: the database a replay runs on (`--db live|as-of`).
 
 

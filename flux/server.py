@@ -177,7 +177,11 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
             for migration in deployment.migrations:
                 log.info("applied %s", migration.label)
             log.info("%s version %d", "deployed" if deployment.created else "serving", deployment.id)
-        watcher = ProjectWatcher(dsn, settings.project_dir) if reload else None
+        watcher = (
+            ProjectWatcher(dsn, settings.project_dir, replay_last=settings.dev_replay_last)
+            if reload
+            else None
+        )
         if watcher is not None:
             watcher.start()  # in the master only: gunicorn's workers fork without this thread
         children = _start_children(dsn, settings)

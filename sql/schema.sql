@@ -2372,7 +2372,8 @@ CREATE TABLE flux.deployments (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     created_by text DEFAULT SESSION_USER NOT NULL,
     active boolean DEFAULT false NOT NULL,
-    activated_at timestamp with time zone
+    activated_at timestamp with time zone,
+    gate jsonb
 );
 
 
@@ -2381,6 +2382,13 @@ CREATE TABLE flux.deployments (
 --
 
 COMMENT ON TABLE flux.deployments IS 'One version of the project: its functions, routes and limits; one is active.';
+
+
+--
+-- Name: COLUMN deployments.gate; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.deployments.gate IS 'The deploy gate''s verdict on this version (flux deploy --gate): {verdict: passed|accepted|refused, db, last, since_s, functions, summary {same, diverged, drift, error}, divergences (the first ones), took_ms}; NULL when deployed without the gate.';
 
 
 --

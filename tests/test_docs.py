@@ -22,7 +22,9 @@ TOP = "flux|cli|sql|tests|docs|examples|bench|wit|\\.ci"
 REPO_PATH = re.compile(rf"(?<![\w./:-])((?:{TOP})/[\w.*/-]*[\w*/])")
 MARKDOWN_FILE = re.compile(r"(?<![\w./-])([\w-]+\.md)\b")
 MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)")
-SERVER_SETTINGS_ELSEWHERE = {"project_dir", "routes", "cron", "name", "function_limits"}  # not [server] keys
+# not [server] keys: flux.toml's other sections ([deploy] and [dev] are in their own table of cli.md)
+SERVER_SETTINGS_ELSEWHERE = {"project_dir", "routes", "cron", "name", "function_limits", "deploy_gate",
+                             "dev_replay_last"}  # fmt: skip
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
 

@@ -14,6 +14,7 @@ Migrations only go forward; a rollback does not undo them, nor change the schedu
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -26,9 +27,28 @@ import psycopg
 
 from flux import db, migrate
 from flux.config import Settings
-from flux.errors import DeploymentNotFound, InvalidConfig, InvalidProject, InvalidRequest
+from flux.errors import (
+    DeployGateRefused,
+    DeploymentNotFound,
+    InvalidConfig,
+    InvalidProject,
+    InvalidRequest,
+    VersionRefusedByGate,
+)
 from flux.gateway.routes import sync_routes
 from flux.queue import cron
+from flux.replay import Recording, Replay, built_code
+from flux.replay.engine import CodeFor
+from flux.replay.recent import (
+    Window,
+    changed_functions,
+    gate_json,
+    gate_record,
+    gate_verdict,
+    moved_routes,
+    recent_requests,
+    replay_recent,
+)
 from flux.runtime import compile_ahead, project_cache
 from flux.runtime.build import build_function, source_of
 from flux.runtime.invoke import Function
@@ -44,6 +64,19 @@ class Deployment:
     content_sha: str
     created: bool  # False when this very content was already the active version
     migrations: tuple[migrate.Migration, ...] = ()  # the project's migrations this deploy applied
+    gate: dict[str, Any] | None = None  # the deploy gate's verdict (`gate_record`), when it ran
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The deploy gate: how its replays run (all but the code: the candidate's is put in), which requests, and
+    whether a divergence is accepted. In as-of mode the functions' SQL runs on `runs_on`, a request
+    connection."""
+
+    how: Replay
+    window: Window = dataclasses.field(default_factory=Window)
+    accept: bool = False
+    runs_on: Any = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +110,7 @@ def deploy(dsn: str, settings: Settings, *, git_commit: str | None = None) -> De
     migrations must be applied already (`flux.migrate.migrate`): they are not part of the project's
     version."""
     bundle = bundle_project(settings, git_commit=git_commit)
-    with db.connect(dsn) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         return deploy_bundle(conn, bundle, compile_into=project_cache(settings.project_dir))
 
 
@@ -90,15 +123,39 @@ def bundle_project(settings: Settings, *, git_commit: str | None = None) -> Bund
 
 
 def deploy_bundle(
-    conn: psycopg.Connection[Any], bundle: Bundle, *, compile_into: Path | None = None
+    conn: psycopg.Connection[Any],
+    bundle: Bundle,
+    *,
+    compile_into: Path | None = None,
+    gate: Gate | None = None,
 ) -> Deployment:
     """Store and activate `bundle` in one transaction on `conn` (nothing changes if any step fails); with
-    `compile_into` (a runtime cache), its components are compiled there first."""
+    `compile_into` (a runtime cache), its components are compiled there first. With `gate`, recent requests
+    are replayed on it first (`conn` in autocommit: each replay's record commits on its own), and a refused
+    version is stored, not activated, and FX515 raised."""
     _check_routes(bundle.routes, bundle.functions)
     _check_cron(bundle.cron, bundle.functions)
     if compile_into is not None:
         compile_ahead((function for function, _ in bundle.functions.values()), compile_into)
     content_sha = bundle.content_sha
+    verdict = None
+    if gate is not None:
+        with db.translate_errors():
+            active = conn.execute("SELECT id, content_sha FROM flux.deployments WHERE active").fetchone()
+        if active is not None and active[1] == content_sha:
+            return Deployment(active[0], content_sha, created=False)
+        verdict = run_gate(conn, bundle, gate)
+        if verdict["verdict"] == "refused":
+            with conn.transaction(), db.translate_errors():
+                refused = _store(conn, bundle.project, content_sha, bundle.git_commit, list(bundle.routes),
+                                 bundle.functions, verdict)  # fmt: skip
+            diverged, replayed = verdict["summary"]["diverged"], verdict["replayed"]
+            raise DeployGateRefused(
+                f"the deploy gate: {diverged} of {replayed} recent requests behave otherwise on the"
+                f" candidate; nothing was activated (version {refused} is kept, refused)",
+                details={"version": refused, **verdict},
+                hint="fix the code, or deploy anyway with --accept-divergence",
+            )
     with conn.transaction():
         active = conn.execute(
             "SELECT id, content_sha FROM flux.deployments WHERE active FOR UPDATE"
@@ -113,9 +170,36 @@ def deploy_bundle(
         cron.sync_project(conn, bundle.cron)
         with db.translate_errors():
             deployment_id = _store(conn, bundle.project, content_sha, bundle.git_commit, list(bundle.routes),
-                                   bundle.functions)  # fmt: skip
+                                   bundle.functions, verdict)  # fmt: skip
             _activate(conn, deployment_id)
-    return Deployment(deployment_id, content_sha, created=True, migrations=tuple(applied))
+    return Deployment(deployment_id, content_sha, created=True, migrations=tuple(applied), gate=verdict)
+
+
+def run_gate(conn: psycopg.Connection[Any], bundle: Bundle, gate: Gate) -> dict[str, Any]:
+    """Replay the latest recorded requests of every function whose code `bundle` changes (against the active
+    version) on `bundle`'s code, recorded as replays; the verdict (`gate_record`)."""
+    candidate = {name: function for name, (function, _) in bundle.functions.items()}
+    functions = changed_functions(conn, {name: function.sha256 for name, function in candidate.items()})
+    routes = moved_routes(conn, list(bundle.routes), candidate)
+    rows = recent_requests(conn, functions, gate.window, routes)
+    how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
+    summary = replay_recent(conn, functions, rows, how, gate.runs_on)
+    summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
+    return gate_record(summary, gate.window, gate_verdict(summary, gate.accept))
+
+
+def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:
+    """The candidate's code for a recording: the function its route now runs, when the candidate hands the
+    route to another function, else the function of its name."""
+    by_name = built_code(candidate)
+
+    def code_for(recording: Recording) -> Function:
+        route = recording.request.get("route_id")
+        if isinstance(route, int) and route in routes and not recording.builtin:
+            return candidate[routes[route][0]]
+        return by_name(recording)
+
+    return code_for
 
 
 def bundle_to_json(bundle: Bundle, with_code: set[str]) -> dict[str, Any]:
@@ -209,10 +293,17 @@ def rollback(dsn: str, version: int) -> None:
 def rollback_in(conn: psycopg.Connection[Any], version: int) -> None:
     """`rollback` on a connection of the caller's, in one transaction."""
     with conn.transaction():
-        row = conn.execute("SELECT routes FROM flux.deployments WHERE id = %s", (version,)).fetchone()
+        row = conn.execute(
+            "SELECT routes, gate->>'verdict' FROM flux.deployments WHERE id = %s", (version,)
+        ).fetchone()
         if row is None:
             raise DeploymentNotFound(
                 f"there is no version {version}", hint="`flux deployments ls` lists them"
+            )
+        if row[1] == "refused":  # never activated: its migrations were never applied
+            raise VersionRefusedByGate(
+                f"version {version} was refused by the deploy gate and never activated",
+                hint="deploy its code again with flux deploy --accept-divergence",
             )
         sync_routes(conn, tuple(row[0]))
         with db.translate_errors():
@@ -224,6 +315,7 @@ def list_deployments(conn: Any, limit: int | None = None, before: int | None = N
     return db.fetch_dicts(
         conn,
         "SELECT d.id AS version, d.active, d.created_at, d.created_by, d.git_commit,"
+        " d.gate->>'verdict' AS gate,"
         " coalesce(jsonb_object_agg(f.name, f.sha256) FILTER (WHERE f.name IS NOT NULL), '{}') AS functions"
         " FROM flux.deployments d LEFT JOIN flux.deployment_functions f ON f.deployment_id = d.id"
         " WHERE %s::bigint IS NULL OR d.id < %s GROUP BY d.id ORDER BY d.id DESC LIMIT %s",
@@ -300,7 +392,8 @@ def _check_cron(entries: tuple[dict[str, Any], ...], functions: Mapping[str, Any
 
 
 def _store(conn: psycopg.Connection[Any], project: str, content_sha: str, git_commit: str | None,
-           routes: list[dict[str, Any]], functions: Mapping[str, tuple[Function, str]]) -> int:  # fmt: skip
+           routes: list[dict[str, Any]], functions: Mapping[str, tuple[Function, str]],
+           gate: dict[str, Any] | None = None) -> int:  # fmt: skip
     for function, _ in functions.values():
         conn.execute(
             "INSERT INTO flux.artifacts (sha256, runtime, code) VALUES (%s, %s, %s)"
@@ -308,9 +401,9 @@ def _store(conn: psycopg.Connection[Any], project: str, content_sha: str, git_co
             (function.sha256, function.runtime, function.code),
         )
     row = conn.execute(
-        "INSERT INTO flux.deployments (project, content_sha, git_commit, routes)"
-        " VALUES (%s, %s, %s, %s::jsonb) RETURNING id",
-        (project, content_sha, git_commit, json.dumps(routes)),
+        "INSERT INTO flux.deployments (project, content_sha, git_commit, routes, gate)"
+        " VALUES (%s, %s, %s, %s::jsonb, %s::jsonb) RETURNING id",
+        (project, content_sha, git_commit, json.dumps(routes), gate_json(gate) if gate is not None else None),
     ).fetchone()
     assert row is not None
     for name, (function, language) in functions.items():

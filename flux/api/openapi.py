@@ -44,6 +44,7 @@ _ROUTE = _object({
 _DEPLOYMENT = _object({
     "version": {"type": "integer"}, "active": {"type": "boolean"}, "created_at": _WHEN, "created_by": _TEXT,
     "git_commit": _MAYBE_TEXT, "functions": {"type": "object", "additionalProperties": _TEXT},
+    "gate": {"type": "string", "enum": ["passed", "accepted", "refused"], "nullable": True},
 })  # fmt: skip
 _TENANT = _object({"id": _TEXT, "name": _TEXT, "rate_per_s": _MAYBE_NUMBER, "burst": _MAYBE_INT,
                    "created_at": _WHEN, "keys": {"type": "integer"}})  # fmt: skip
@@ -72,9 +73,15 @@ _BUNDLE = _object({
     }, ("name", "runtime", "sha256"))},
     "migrations": {"type": "array", "items": _object({"file": _TEXT, "sql": _TEXT})},
     "cron": {"type": "array", "items": {"type": "object"}},
+    "gate": _object({
+        "last": {"type": "integer", "minimum": 1, "maximum": 10_000},
+        "since_s": {"type": "integer", "minimum": 1}, "db": {"type": "string", "enum": ["recorded", "as-of"]},
+        "accept": {"type": "boolean"},
+    }, ()),
 }, ("functions",))  # fmt: skip
 _DEPLOYED = _object({"version": {"type": "integer"}, "created": {"type": "boolean"},
-                     "migrations": {"type": "array", "items": _TEXT}})  # fmt: skip
+                     "migrations": {"type": "array", "items": _TEXT},
+                     "gate": {"type": "object", "nullable": True}})  # fmt: skip
 _STATUS = {"type": "string", "enum": ["queued", "running", "failed", "done", "dead", "cancelled"]}
 _JOB_FIELDS = {
     "id": {"type": "integer"}, "queue": _TEXT, "function": _TEXT, "status": _STATUS,

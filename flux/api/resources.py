@@ -24,6 +24,7 @@ from flux.api.openapi import document
 from flux.errors import BodyTooDeep, InvalidRequest, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from flux.gateway.handler import WithBuiltins
 from flux.queue import cron, jobs
+from flux.replay.recent import GateOptions
 from flux.runtime import project_cache
 from flux.runtime.secrets import SealedSecrets, load_key
 from flux.trace import state, tree, why
@@ -120,16 +121,38 @@ class _Api:
         _page(resp, items, limit, "version")
 
     def on_post_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Deploy a bundle `flux deploy` built and uploaded (code only for artifacts the server lacks)."""
+        """Deploy a bundle `flux deploy` built and uploaded (code only for artifacts the server lacks); with
+        `gate`, this server runs the deploy gate first (a refusal is 409 FX515, its verdict in `details`)."""
         fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list,
-                  "cron": list}  # fmt: skip
+                  "cron": list, "gate": dict}  # fmt: skip
         body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
         with self._conn(req) as conn:
+            options = GateOptions.from_body(body["gate"]) if "gate" in body else None
             bundle = deploy.bundle_from_json(conn, body)
-            deployment = deploy.deploy_bundle(conn, bundle, compile_into=project_cache(self.project_dir))
+            if options is not None and self.gateway is None:
+                raise InvalidRequest("this server runs no functions, so no gate", hint="use flux server")
+            as_of = options is not None and options.mode == "as-of"
+            # as-of runs the functions' SQL on a request connection, as the gateway does
+            runner = self.gateway.pool.connection() if as_of else contextlib.nullcontext()
+            with runner as runs_on:
+                gate = self._gate(conn, options, runs_on) if options is not None else None
+                deployment = deploy.deploy_bundle(
+                    conn, bundle, compile_into=project_cache(self.project_dir), gate=gate
+                )
         status = falcon.HTTP_201 if deployment.created else falcon.HTTP_200
         _answer(resp, {"version": deployment.id, "created": deployment.created,
-                       "migrations": [m.label for m in deployment.migrations]}, status)  # fmt: skip
+                       "migrations": [m.label for m in deployment.migrations],
+                       "gate": deployment.gate}, status)  # fmt: skip
+
+    def _gate(self, conn: Any, options: GateOptions, runs_on: Any) -> deploy.Gate:
+        """The deploy gate on this worker's runtime, catalog, secrets and fetch policy."""
+        gateway = self.gateway
+        how = replay.Replay(
+            WithBuiltins(gateway.executor), replay.built_code({}), gateway.catalogs.get(conn),
+            mode=options.mode, secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
+            fetch_policy=gateway.fetch_policy,
+        )  # fmt: skip
+        return deploy.Gate(how, options.window, options.accept, runs_on)
 
     def on_post_missing(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _body(req, {"sha256": list}, required=("sha256",))
