@@ -1,0 +1,323 @@
+"""`flux bug bisect` over a git history the test makes (31 commits of a small project: one commit changes what
+a TypeScript function answers, one only renames a variable, one breaks the build), with requests recorded
+through the gateway on the latest code, real Postgres and real Deno: it names the culprit within
+ceil(log2 N) + 1 replays plus one per skip, reports the skipped commit (a range when the skip is next to the
+culprit), judges by `--expect` on the status or a body path or by sameness with the replay at `--good`, takes
+several requests (bad if any is), refuses endpoints that do not judge as given, builds each function source
+once, and leaves the user's checkout, index, stash and worktrees as they were."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from flux.api.deploy import deploy
+from flux.config import load_settings
+from tests.fixtures.gateway import gateway_client
+
+FLUX_TOML = """
+[[routes]]
+method = "GET"
+path = "/total"
+function = "total"
+auth = "none"
+
+[[routes]]
+method = "GET"
+path = "/greet/{name}"
+function = "greet"
+auth = "none"
+"""
+ITEMS = (
+    "CREATE TABLE items (id int PRIMARY KEY, price int NOT NULL);\n"
+    "INSERT INTO items VALUES (1, 10), (2, 20), (3, 30);\n"
+    "GRANT SELECT ON items TO flux_anon;\n"
+)
+TOTAL = """export default async (req, ctx) => {
+  const found = await ctx.db.query({select: "items", columns: ["price"], order: [{col: "id"}]});
+  const prices = found.rows.map((row) => row.price);
+  return {status: 200, body: {total: prices.reduce((sum, price) => sum + price, 0), count: prices.length}};
+};
+"""
+TOTAL_RENAMED = TOTAL.replace("prices", "amounts")
+TOTAL_BROKEN = TOTAL.replace("=> {\n", "=> {{\n", 1)
+TOTAL_CULPRIT = TOTAL_RENAMED.replace("amounts.reduce(", "amounts.slice(1).reduce(")  # forgets the first item
+GREET = "export default async (req, ctx) => ({hello: req.params.name});\n"
+GREET_STRICT = """export default async (req, ctx) => {
+  if (req.params.name.length > 3) throw new Error("name too long");
+  return {hello: req.params.name};
+};
+"""
+CANDIDATES = 30  # commits after the first one
+BROKEN, STRICT, RENAMED, CULPRIT = 14, 15, 16, 20  # candidate indexes (0: the commit after the first)
+
+
+@dataclass(frozen=True)
+class History:
+    top: Path  # the repository and the project
+    commits: list[str]  # oldest first: commits[0] is the first, commits[i + 1] candidate i
+    subjects: list[str]
+
+
+def _git(repo: Path, *args: str) -> str:
+    identity = [
+        "-c",
+        "user.name=Ada Lovelace",
+        "-c",
+        "user.email=ada@flux.invalid",
+        "-c",
+        "commit.gpgsign=false",
+    ]
+    done = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def _write(top: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_text(text)
+
+
+def make_history(top: Path, first: dict[str, str], changes: dict[int, tuple[str, dict[str, str]]]) -> History:
+    """A repository whose first commit holds `first`, then CANDIDATES commits: candidate i makes
+    `changes[i]` (subject, files) or, when it has none, edits notes.txt only."""
+    top.mkdir()
+    _git(top, "init", "-q", "-b", "main")
+    _write(top, {**first, ".gitignore": ".flux/\n", "notes.txt": "0\n"})
+    _git(top, "add", ".")
+    _git(top, "commit", "-q", "-m", "the project")
+    subjects = ["the project"]
+    for index in range(CANDIDATES):
+        subject, files = changes.get(index, (f"notes {index + 1}", {"notes.txt": f"{index + 1}\n"}))
+        _write(top, files)
+        _git(top, "commit", "-q", "-am", subject, "--date", f"2026-01-{index % 28 + 1:02d}T10:00:00Z")
+        subjects.append(subject)
+    commits = _git(top, "rev-list", "--reverse", "HEAD").splitlines()
+    return History(top, commits, subjects)
+
+
+def mid_work(top: Path) -> None:
+    """The user mid-work: a stash, a staged file, an edited file and an untracked one."""
+    (top / "notes.txt").write_text("stashed edit\n")
+    _git(top, "stash", "push", "-q", "-m", "work in progress")
+    (top / "staged.txt").write_text("staged\n")
+    _git(top, "add", "staged.txt")
+    (top / "notes.txt").write_text("edited, not committed\n")
+    (top / "untracked.txt").write_text("untracked\n")
+
+
+def git_state(top: Path) -> dict[str, str | bytes]:
+    """What a checkout could change. The index's bytes are read first: `git status` may refresh it."""
+    return {
+        "index": (top / ".git" / "index").read_bytes(),
+        "head": _git(top, "symbolic-ref", "HEAD") + " " + _git(top, "rev-parse", "HEAD"),
+        "refs": _git(top, "for-each-ref"),
+        "stash": _git(top, "stash", "list"),
+        "worktrees": _git(top, "worktree", "list", "--porcelain"),
+        "status": _git(top, "status", "--porcelain", "--untracked-files=all"),
+    }
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    first = {"flux.toml": FLUX_TOML, "functions/total/index.ts": TOTAL, "functions/greet/index.ts": GREET,
+             "migrations/0001_items.sql": ITEMS}  # fmt: skip
+    changes = {
+        BROKEN: ("total: start a refactor (does not build)", {"functions/total/index.ts": TOTAL_BROKEN}),
+        STRICT: ("fix the build; greet refuses long names",
+                 {"functions/total/index.ts": TOTAL, "functions/greet/index.ts": GREET_STRICT}),
+        RENAMED: ("total: rename prices to amounts", {"functions/total/index.ts": TOTAL_RENAMED}),
+        CULPRIT: ("total: skip the header row", {"functions/total/index.ts": TOTAL_CULPRIT}),
+    }  # fmt: skip
+    history = make_history(tmp_path_factory.mktemp("bisect") / "shop", first, changes)
+    mid_work(history.top)
+    return history
+
+
+@pytest.fixture
+def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where the temporary worktrees go, so that a test sees whether one is left behind."""
+    folder = tmp_path / "temporary"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture
+def recorded(history: History, dsn: str) -> Iterator[dict[str, str]]:
+    """The latest commit deployed, and requests recorded on it through the gateway: their ids by name."""
+    settings = load_settings(history.top, env={})
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
+        answers = {
+            "total": client.simulate_get("/total"),
+            "alice": client.simulate_get("/greet/alice"),
+            "bob": client.simulate_get("/greet/bob"),
+        }
+    assert answers["total"].json == {"total": 50, "count": 3}  # the bug, in production
+    assert (answers["alice"].status_code, answers["bob"].json) == (500, {"hello": "bob"})
+    yield {name: answer.headers["x-request-id"] for name, answer in answers.items()}
+
+
+def bisect(top: Path, dsn: str, *args: str) -> Any:
+    return CliRunner().invoke(
+        app, ["bug", "bisect", *args, "--project", str(top)], env={"DATABASE_URL": dsn, "FLUX_URL": None},
+        catch_exceptions=False,
+    )  # fmt: skip
+
+
+def bound(skips: int) -> int:
+    return math.ceil(math.log2(CANDIDATES)) + 1 + skips
+
+
+def test_bisect_names_the_culprit_within_the_bound_and_reports_the_skip(
+    history: History, dsn: str, recorded: dict[str, str], temporary: Path
+) -> None:
+    before = git_state(history.top)
+    good, bad = history.commits[0], "HEAD"
+    done = bisect(history.top, dsn, "--request", recorded["total"][:8], "--good", good[:10], "--bad", bad)
+    assert done.exit_code == 0, done.output
+    culprit = history.commits[CULPRIT + 1]
+    lines = done.output.splitlines()
+    assert lines[0] == f"first bad commit: {culprit[:12]}  total: skip the header row"
+    assert lines[1] == "  Ada Lovelace <ada@flux.invalid>, 2026-01-21T10:00:00+00:00"
+    # The request was recorded on the bad code: at the culprit it replays as recorded, and at --good (shown
+    # for comparison) its total differs.
+    assert lines[2].startswith(f"  {recorded['total'][:8]}  GET /total  same  (replay "), lines[2]
+    assert lines[3] == f"  at --good {good[:12]}, for comparison:"
+    assert lines[4] == f"  {recorded['total'][:8]}  GET /total  diverged"
+    assert "response.body.total: 50 → 60" in done.output
+
+    answer = json.loads(bisect(history.top, dsn, "--request", recorded["total"], "--good", good, "--bad",
+                               bad, "--json").output)  # fmt: skip
+    assert answer["first_bad"]["sha"] == culprit and answer["range"] is None
+    assert answer["db"] == "as-of" and answer["candidates"] == CANDIDATES
+    assert [s["commit"]["sha"] for s in answer["skipped"]] == [history.commits[BROKEN + 1]]
+    assert answer["skipped"][0]["reason"].startswith("FX307 ")
+    judged = {step["commit"]["sha"]: step["judgement"] for step in answer["steps"]}
+    assert judged[history.commits[BROKEN + 1]] == "skip"
+    renamed_or_later = [i for i in range(RENAMED, CULPRIT) if history.commits[i + 1] in judged]
+    assert renamed_or_later and all(judged[history.commits[i + 1]] == "good" for i in renamed_or_later)
+    assert answer["replays"] <= bound(len(answer["skipped"])), answer["replays"]
+    assert answer["endpoint_replays"] == 2
+    # The commits judged hold two versions of greet (before and after STRICT) and three of total that build
+    # (first, renamed, culprit): each is built once, and reused at every other commit that has it.
+    built_commits = len(answer["steps"]) + 2 - len(answer["skipped"])
+    assert answer["builds"] == 5
+    assert answer["builds"] + answer["cache_hits"] == 2 * built_commits
+    assert done.output.splitlines()[-2].startswith(f"{CANDIDATES} commits after --good: ")
+    broken = history.commits[BROKEN + 1]
+    assert f"  skipped {broken[:12]}: FX307 {broken}:functions/total/index.ts:5:1: " in done.output
+
+    assert git_state(history.top) == before
+    assert (history.top / "notes.txt").read_text() == "edited, not committed\n"
+    assert list(temporary.iterdir()) == []
+    assert len(_git(history.top, "worktree", "list").splitlines()) == 1
+
+
+def test_expect_on_the_status_with_a_skip_next_to_the_culprit_leaves_a_range(
+    history: History, dsn: str, recorded: dict[str, str]
+) -> None:
+    done = bisect(history.top, dsn, "--request", recorded["alice"], "--good", history.commits[0], "--bad",
+                  "HEAD", "--expect", "status == 200", "--db", "recorded")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    broken, strict = history.commits[BROKEN + 1], history.commits[STRICT + 1]
+    lines = done.output.splitlines()
+    assert (
+        lines[0] == f"the first bad commit is one of 2: the commits before {strict[:12]} could not be judged"
+    )
+    assert lines[1].startswith(f"  {broken[:12]}  total: start a refactor (does not build)  (Ada Lovelace")
+    assert "; skipped: FX307 " in lines[1]
+    assert lines[2].startswith(f"  {strict[:12]}  fix the build; greet refuses long names  (")
+    assert lines[2].endswith("; bad)")
+    assert lines[3].startswith(f"  {recorded['alice'][:8]}  GET /greet/alice  same  (replay "), lines[3]
+    assert lines[4] == "    --expect does not hold there: status = 500"
+    answer = json.loads(bisect(history.top, dsn, "--request", recorded["alice"], "--good", history.commits[0],
+                               "--bad", "HEAD", "--expect", "status == 200", "--json").output)  # fmt: skip
+    assert [commit["sha"] for commit in answer["range"]] == [broken, strict]
+    assert answer["first_bad"]["sha"] == strict
+
+
+def test_expect_on_a_body_path_and_several_requests_one_of_them_bad(
+    history: History, dsn: str, recorded: dict[str, str]
+) -> None:
+    culprit = history.commits[CULPRIT + 1]
+    on_body = bisect(history.top, dsn, "--request", recorded["total"], "--good", history.commits[0], "--bad",
+                     "HEAD", "--expect", "body.total == 60 && body.count > 0", "--json")  # fmt: skip
+    assert on_body.exit_code == 0, on_body.output
+    answer = json.loads(on_body.output)
+    assert answer["first_bad"]["sha"] == culprit
+    run = answer["culprit"]["runs"][0]
+    assert (run["good"], run["expect_read"]) == (False, "body.total = 50, body.count = 3")
+    assert run["response"]["body"] == {"total": 50, "count": 3}
+
+    # bob never misbehaves; total does from CULPRIT on: bad as soon as any is.
+    several = bisect(history.top, dsn, "--request", recorded["bob"], "--request", recorded["total"], "--good",
+                     history.commits[STRICT + 1], "--bad", "HEAD", "--json")  # fmt: skip
+    assert several.exit_code == 0, several.output
+    answer = json.loads(several.output)
+    assert answer["first_bad"]["sha"] == culprit and answer["skipped"] == []
+    bob, total = answer["culprit"]["runs"]
+    assert (bob["good"], total["good"]) == (True, False)
+    assert answer["endpoint_replays"] == 4
+    candidates = CANDIDATES - STRICT - 1
+    steps = len(answer["steps"])
+    assert steps <= math.ceil(math.log2(candidates)) + 1
+    assert steps <= answer["replays"] <= 2 * steps
+
+
+def test_endpoints_that_do_not_judge_as_given_are_refused(
+    history: History, dsn: str, recorded: dict[str, str]
+) -> None:
+    late = history.commits[CULPRIT + 2]
+    already_bad = bisect(history.top, dsn, "--request", recorded["total"], "--good", late, "--bad", "HEAD",
+                         "--expect", "body.total == 60")  # fmt: skip
+    assert already_bad.exit_code == 2
+    assert already_bad.output.splitlines()[0] == (
+        f"error FX513: request {recorded['total']} is already bad at --good {late[:12]} (notes 22):"
+        " --expect body.total == 60 does not hold (body.total = 50)"
+    )
+    alike = bisect(history.top, dsn, "--request", recorded["total"], "--good", late, "--bad", "HEAD")
+    assert alike.exit_code == 2
+    assert alike.output.startswith("error FX513: nothing to bisect: at --bad ")
+    assert "every request replays as it does at --good" in alike.output
+    broken = bisect(history.top, dsn, "--request", recorded["total"], "--good",
+                    history.commits[BROKEN + 1], "--bad", "HEAD")  # fmt: skip
+    assert broken.exit_code == 2 and broken.output.startswith("error FX513: --good ")
+    assert "cannot be judged: FX307 " in broken.output
+
+
+def test_what_bisect_cannot_run_exits_2_with_a_code(
+    history: History, dsn: str, recorded: dict[str, str]
+) -> None:
+    first = history.commits[0]
+    cases = {
+        ("--good", "HEAD", "--bad", first): "FX514",  # --good is not an ancestor of --bad
+        ("--good", "HEAD", "--bad", "HEAD"): "FX514",
+        ("--good", "nope", "--bad", "HEAD"): "FX511",
+        ("--good", first, "--bad", "HEAD", "--expect", "total = 60"): "FX512",
+        ("--good", first, "--bad", "HEAD", "--db", "yesterday"): "FX514",
+    }
+    for args, code in cases.items():
+        done = bisect(history.top, dsn, "--request", recorded["total"], *args)
+        assert done.exit_code == 2 and done.output.startswith(f"error {code}: "), (args, done.output)
+    unknown = bisect(history.top, dsn, "--request", "ffffffff", "--good", first, "--bad", "HEAD")
+    assert unknown.exit_code == 2 and unknown.output.startswith("error FX503: "), unknown.output
+    no_request = bisect(history.top, dsn, "--good", first, "--bad", "HEAD")
+    assert no_request.exit_code == 2 and no_request.output.startswith("error FX514: no request to bisect")
+    server_only = CliRunner().invoke(
+        app, ["bug", "bisect", "--request", recorded["total"], "--good", first, "--bad", "HEAD", "--project",
+              str(history.top)], env={"DATABASE_URL": None, "FLUX_URL": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert server_only.exit_code == 2
+    assert server_only.output.startswith("error FX514: FLUX_URL is set, but bisect builds your git history")
