@@ -321,3 +321,59 @@ def test_what_bisect_cannot_run_exits_2_with_a_code(
     )  # fmt: skip
     assert server_only.exit_code == 2
     assert server_only.output.startswith("error FX514: FLUX_URL is set, but bisect builds your git history")
+
+
+PRICE_TOML = """
+[[routes]]
+method = "GET"
+path = "/price"
+function = "price"
+auth = "none"
+"""
+PRICE_C = r"""#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+__attribute__((export_name("flux_alloc"))) void *flux_alloc(uint32_t len) { return malloc(len ? len : 1); }
+
+__attribute__((export_name("flux_handle"))) uint64_t flux_handle(const char *request, uint32_t len) {
+    int price = 42;
+    char *out = malloc(64);
+    int written = snprintf(out, 64, "{\"price\":%d}", price);
+    return ((uint64_t)(uintptr_t)out << 32) | (uint32_t)written;
+}
+"""
+PRICE_RENAMED = PRICE_C.replace("price", "amount").replace('\\"amount\\"', '\\"price\\"')
+PRICE_BROKEN = PRICE_C.replace("int price = 42;", "int price = 42")
+PRICE_CULPRIT = PRICE_RENAMED.replace("amount = 42;", "amount = 41;")
+
+
+def test_a_wasm_function_in_c_bisects_the_same_way(dsn: str, tmp_path: Path, temporary: Path) -> None:
+    changes = {
+        BROKEN: ("price: start a refactor (does not build)", {"functions/price/index.c": PRICE_BROKEN}),
+        BROKEN + 1: ("price: fix the build", {"functions/price/index.c": PRICE_C}),
+        RENAMED: ("price: rename price to amount", {"functions/price/index.c": PRICE_RENAMED}),
+        CULPRIT: ("price: a discount for everyone", {"functions/price/index.c": PRICE_CULPRIT}),
+    }
+    history = make_history(tmp_path / "prices", {"flux.toml": PRICE_TOML, "functions/price/index.c": PRICE_C},
+                           changes)  # fmt: skip
+    mid_work(history.top)
+    settings = load_settings(history.top, env={})
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
+        answer = client.simulate_get("/price")
+    assert answer.json == {"price": 41}
+    before = git_state(history.top)
+
+    done = bisect(history.top, dsn, "--request", answer.headers["x-request-id"], "--good", history.commits[0],
+                  "--bad", "HEAD", "--json")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    found = json.loads(done.output)
+    assert found["first_bad"]["sha"] == history.commits[CULPRIT + 1] and found["range"] is None
+    assert [s["commit"]["sha"] for s in found["skipped"]] == [history.commits[BROKEN + 1]]
+    assert found["skipped"][0]["reason"].startswith("FX307 building price failed: ")
+    assert found["replays"] <= bound(1)
+    assert found["builds"] == 3  # the first version, the renamed one, the culprit: clang ran once for each
+    assert found["culprit"]["runs"][0]["response"]["body"] == {"price": 41}
+    assert git_state(history.top) == before
+    assert list(temporary.iterdir()) == []
