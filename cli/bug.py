@@ -247,12 +247,10 @@ def answer_lines(answer: Answer, mode: str, rows: dict[str, Row], *, color: bool
     else:
         lines.append(f"first bad commit: {culprit.sha[:SHORT]}  {culprit.subject}")
         lines.append(f"  {culprit.author}, {culprit.date}")
-    lines += _runs(answer.first_bad, mode, rows, color, "there")
+    lines.append(f"replayed at {culprit.sha[:SHORT]}:")
+    lines += _runs(answer.first_bad, mode, rows, color)
     if not any(run.shown is not None for run in answer.first_bad.runs):
-        reference = [run for run in answer.good.runs if run.result.verdict != "same"]
-        if reference:  # the recording is not the good behaviour: show how --good replays, to compare
-            lines.append(f"  at --good {answer.good.commit.sha[:SHORT]}, for comparison:")
-            lines += _runs(dataclasses.replace(answer.good, runs=reference), mode, rows, color, "")
+        lines += _compared(answer, mode, rows, color)
     skipped = answer.skipped
     lines.append(
         f"{answer.candidates} commits after --good: {answer.replays} replays after the endpoint checks"
@@ -265,7 +263,23 @@ def answer_lines(answer: Answer, mode: str, rows: dict[str, Row], *, color: bool
     return lines
 
 
-def _runs(judged: Judged, mode: str, rows: dict[str, Row], color: bool, where: str) -> list[str]:
+def _compared(answer: Answer, mode: str, rows: dict[str, Row], color: bool) -> list[str]:
+    """Without --expect: how the bad request replayed at --good, when that differs from its recording (the
+    recording is of the bad behaviour), and the command that shows both replays side by side."""
+    lines: list[str] = []
+    bad = answer.first_bad.runs[-1]
+    reference = next(run for run in answer.good.runs if run.request_id == bad.request_id)
+    if reference.result.verdict != "same":
+        lines.append(f"replayed at --good {answer.good.commit.sha[:SHORT]}:")
+        lines += _runs(dataclasses.replace(answer.good, runs=[reference]), mode, rows, color)
+    if bad.result.replay_id and reference.result.replay_id:
+        lines.append(
+            f"  compare: flux trace diff {reference.result.replay_id[:8]} {bad.result.replay_id[:8]}"
+        )
+    return lines
+
+
+def _runs(judged: Judged, mode: str, rows: dict[str, Row], color: bool) -> list[str]:
     """How each request replayed at a commit, as `flux incident replay` shows it, indented."""
     from cli.incident import result_lines
 
@@ -275,7 +289,7 @@ def _runs(judged: Judged, mode: str, rows: dict[str, Row], color: bool, where: s
         replayed = result_lines(row, run.result.to_json(), mode, run.result.server_us / 1000, color=color)
         if run.shown is not None:
             holds = "holds" if run.good else "does not hold"
-            replayed.insert(1, f"  --expect {holds}{' ' + where if where else ''}: {run.shown}")
+            replayed.insert(1, f"  --expect {holds}: {run.shown}")
         lines += [f"  {line}" for line in replayed]
     return lines
 

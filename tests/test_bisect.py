@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -193,10 +194,15 @@ def test_bisect_names_the_culprit_within_the_bound_and_reports_the_skip(
     assert lines[1] == "  Ada Lovelace <ada@flux.invalid>, 2026-01-21T10:00:00+00:00"
     # The request was recorded on the bad code: at the culprit it replays as recorded, and at --good (shown
     # for comparison) its total differs.
-    assert lines[2].startswith(f"  {recorded['total'][:8]}  GET /total  same  (replay "), lines[2]
-    assert lines[3] == f"  at --good {good[:12]}, for comparison:"
-    assert lines[4] == f"  {recorded['total'][:8]}  GET /total  diverged"
-    assert "response.body.total: 50 → 60" in done.output
+    assert lines[2] == f"replayed at {culprit[:12]}:"
+    assert lines[3].startswith(f"  {recorded['total'][:8]}  GET /total  same  (replay "), lines[3]
+    assert lines[4:8] == [
+        f"replayed at --good {good[:12]}:",
+        f"  {recorded['total'][:8]}  GET /total  diverged",
+        "    first: output: the response differs at response.body.total",
+        "      response.body.total: 50 → 60",
+    ]
+    assert re.fullmatch(r"  compare: flux trace diff [0-9a-f]{8} [0-9a-f]{8}", lines[8]), lines[8]
 
     answer = json.loads(bisect(history.top, dsn, "--request", recorded["total"], "--good", good, "--bad",
                                bad, "--json").output)  # fmt: skip
@@ -240,8 +246,9 @@ def test_expect_on_the_status_with_a_skip_next_to_the_culprit_leaves_a_range(
     assert "; skipped: FX307 " in lines[1]
     assert lines[2].startswith(f"  {strict[:12]}  fix the build; greet refuses long names  (")
     assert lines[2].endswith("; bad)")
-    assert lines[3].startswith(f"  {recorded['alice'][:8]}  GET /greet/alice  same  (replay "), lines[3]
-    assert lines[4] == "    --expect does not hold there: status = 500"
+    assert lines[3] == f"replayed at {strict[:12]}:"
+    assert lines[4].startswith(f"  {recorded['alice'][:8]}  GET /greet/alice  same  (replay "), lines[4]
+    assert lines[5] == "    --expect does not hold: status = 500"
     answer = json.loads(bisect(history.top, dsn, "--request", recorded["alice"], "--good", history.commits[0],
                                "--bad", "HEAD", "--expect", "status == 200", "--json").output)  # fmt: skip
     assert [commit["sha"] for commit in answer["range"]] == [broken, strict]
