@@ -4,7 +4,9 @@ through the gateway on the latest code, real Postgres and real Deno: it names th
 ceil(log2 N) + 1 replays plus one per skip, reports the skipped commit (a range when the skip is next to the
 culprit), judges by `--expect` on the status or a body path or by sameness with the replay at `--good`, takes
 several requests (bad if any is), refuses endpoints that do not judge as given, builds each function source
-once, and leaves the user's checkout, index, stash and worktrees as they were."""
+once, and leaves the user's checkout, index, stash and worktrees as they were. The same over a Wasm function
+in C. Without Postgres or git: the search itself, over every culprit position and patterns of skips, within
+its bound; the candidates of a history with a merge, with and without --first-parent; the progress line."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import math
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from cli._code import commits_between
+from cli.bug import _progress
 from cli.main import app
 from flux.api.deploy import deploy
 from flux.config import load_settings
+from flux.errors import BisectEndpointsRefused, GitRevisionUnusable, InvalidBisect, InvalidFunctionCode
+from flux.replay import Divergence, ReplayResult
+from flux.replay.bisect import Answer, Bisect, Commit, Judged, Step
+from flux.runtime import Function
 from tests.fixtures.gateway import gateway_client
 
 FLUX_TOML = """
@@ -384,3 +392,115 @@ def test_a_wasm_function_in_c_bisects_the_same_way(dsn: str, tmp_path: Path, tem
     assert found["culprit"]["runs"][0]["response"]["body"] == {"price": 41}
     assert git_state(history.top) == before
     assert list(temporary.iterdir()) == []
+
+
+def _commits(count: int) -> list[Commit]:
+    return [Commit(f"{n:040x}", f"commit {n}", "A <a@b>", "2026-01-01T00:00:00+00:00") for n in range(count)]
+
+
+def _search(
+    count: int, culprit: int, unbuildable: set[int], cannot_run: set[int]
+) -> tuple[Answer, list[int]]:
+    """A bisect of commits 1..count after commit 0 where commit `culprit` and later ones answer otherwise;
+    `unbuildable` do not build, and the request cannot run at `cannot_run`: no Postgres, no git."""
+    commits = _commits(count + 1)
+    number = {commit.sha: n for n, commit in enumerate(commits)}
+    judged: list[int] = []
+
+    def build(commit: Commit) -> dict[str, Function]:
+        judged.append(number[commit.sha])
+        if number[commit.sha] in unbuildable:
+            raise InvalidFunctionCode("building total failed: syntax")
+        return {"total": Function("total", "typescript", commit.sha.encode(), commit.sha)}
+
+    def replay_at(request_id: str, functions: Mapping[str, Function]) -> ReplayResult:
+        at = number[functions["total"].sha256]
+        if at in cannot_run:
+            return ReplayResult(request_id, None, "error", error={"code": "FX507", "message": "no total"})
+        if at < culprit:
+            return ReplayResult(request_id, "r", "same", response={"status": 200, "body": {"total": 60}})
+        divergence = Divergence("output", "response", {"total": 60}, {"total": 50}, "the response differs")
+        return ReplayResult(
+            request_id, "r", "diverged", [divergence], response={"status": 200, "body": {"total": 50}}
+        )
+
+    answer = Bisect(["request"], build, replay_at).run(commits[0], commits[1:])
+    return answer, judged[2:]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 8, 9, 30, 100])
+def test_the_search_names_every_culprit_within_ceil_log2_n_plus_1(count: int) -> None:
+    for culprit in range(1, count + 1):
+        answer, _ = _search(count, culprit, set(), set())
+        assert answer.first_bad.commit.subject == f"commit {culprit}" and len(answer.suspects) == 1
+        assert answer.replays <= math.ceil(math.log2(count)) + 1, (count, culprit, answer.replays)
+        assert answer.endpoint_replays == 2
+
+
+def test_skips_cost_one_try_each_and_next_to_the_culprit_leave_a_range() -> None:
+    for culprit in range(2, 31):
+        for skipped in ({culprit - 1}, {culprit - 1, culprit - 2} - {0}, {15}, {14, 15, 16}):
+            skipped -= {culprit}
+            answer, tried = _search(30, culprit, skipped, set())
+            bound = math.ceil(math.log2(30)) + 1 + len(answer.skipped)
+            assert answer.replays <= bound, (culprit, skipped, tried)
+            suspects = [int(commit.subject.split()[1]) for commit in answer.suspects]
+            assert suspects[-1] == culprit
+            assert set(suspects[:-1]) <= skipped and suspects == list(range(suspects[0], culprit + 1))
+    answer, _ = _search(30, 20, set(), {19})  # the request cannot run at 19 (no such function there)
+    assert [commit.subject for commit in answer.suspects] == ["commit 19", "commit 20"]
+    assert answer.skipped[0].reason == "request request: FX507 no total"
+
+
+def test_the_endpoints_are_checked_first() -> None:
+    with pytest.raises(
+        BisectEndpointsRefused, match=r"nothing to bisect: at --bad .* every request replays as"
+    ):
+        _search(10, 11, set(), set())  # the culprit is later than --bad
+    with pytest.raises(
+        BisectEndpointsRefused, match=r"^FX513: --good 0{12} cannot be judged: FX307 building total"
+    ):
+        _search(10, 5, {0}, set())
+    with pytest.raises(
+        BisectEndpointsRefused, match=r"^FX513: --bad 0{12} cannot be judged: request request: FX507"
+    ):
+        _search(10, 5, set(), {10})
+
+
+def test_candidates_follow_the_ancestry_path_or_the_first_parent(tmp_path: Path) -> None:
+    top = tmp_path / "merged"
+    top.mkdir()
+    _git(top, "init", "-q", "-b", "main")
+
+    def commit(subject: str) -> str:
+        (top / "notes.txt").write_text(subject)
+        _git(top, "add", ".")
+        _git(top, "commit", "-q", "-m", subject)
+        return _git(top, "rev-parse", "HEAD")
+
+    good = commit("good")
+    commit("a")
+    _git(top, "checkout", "-q", "-b", "feature", good)
+    commit("b1")
+    commit("b2")
+    _git(top, "checkout", "-q", "main")
+    _git(top, "merge", "-q", "--no-ff", "-X", "theirs", "-m", "merge feature", "feature")
+    commit("c")
+    first, every = commits_between(top, good, "main"), commits_between(top, good, "main", first_parent=False)
+    assert first[0].sha == good and [c.subject for c in every[1]] == ["a", "b1", "b2", "merge feature", "c"]
+    lined = commits_between(top, good[:8], "main", first_parent=True)[1]
+    assert [c.subject for c in lined] == ["a", "merge feature", "c"]
+    with pytest.raises(InvalidBisect, match="is not an ancestor of --bad"):
+        commits_between(top, "feature", "main~1~1")
+    with pytest.raises(GitRevisionUnusable):
+        commits_between(top, "nope", "main")
+
+
+def test_progress_is_one_line_a_commit(capsys: pytest.CaptureFixture[str]) -> None:
+    commit = _commits(2)[1]
+    _progress(Step(commit, Judged(commit, "skip", reason="FX307 building total failed\nmore"), 3))
+    _progress(Step(commit, Judged(commit, "good"), 2))
+    assert capsys.readouterr().err.splitlines() == [
+        f"  {commit.sha[:12]}  skip (FX307 building total failed)  commit 1  (3 left)",
+        f"  {commit.sha[:12]}  good   commit 1  (2 left)",
+    ]

@@ -82,12 +82,6 @@ class Answer:
     def skipped(self) -> list[Judged]:
         return [judged for judged in self.steps if judged.judgement == "skip"]
 
-    @property
-    def bound(self) -> int:
-        """The most replays past the endpoint checks a bisect of this many commits may take, per request:
-        ceil(log2 N) + 1, plus one per skip."""
-        return math.ceil(math.log2(self.candidates)) + 1 + len(self.skipped) if self.candidates else 0
-
     def to_json(self) -> dict[str, Json]:
         return {
             "first_bad": self.first_bad.commit.to_json(),
