@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from flux.replay import Divergence, ReplayResult
 from flux.replay.bisect import Answer, Bisect, Commit, Judged, Step
 from flux.runtime import Function
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.git import git, git_state
 
 FLUX_TOML = """
 [[routes]]
@@ -79,16 +79,7 @@ class History:
 
 
 def _git(repo: Path, *args: str) -> str:
-    identity = [
-        "-c",
-        "user.name=Ada Lovelace",
-        "-c",
-        "user.email=ada@flux.invalid",
-        "-c",
-        "commit.gpgsign=false",
-    ]
-    done = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+    return git(repo, *args, author="Ada Lovelace", email="ada@flux.invalid")
 
 
 def _write(top: Path, files: dict[str, str]) -> None:
@@ -123,18 +114,6 @@ def mid_work(top: Path) -> None:
     _git(top, "add", "staged.txt")
     (top / "notes.txt").write_text("edited, not committed\n")
     (top / "untracked.txt").write_text("untracked\n")
-
-
-def git_state(top: Path) -> dict[str, str | bytes]:
-    """What a checkout could change. The index's bytes are read first: `git status` may refresh it."""
-    return {
-        "index": (top / ".git" / "index").read_bytes(),
-        "head": _git(top, "symbolic-ref", "HEAD") + " " + _git(top, "rev-parse", "HEAD"),
-        "refs": _git(top, "for-each-ref"),
-        "stash": _git(top, "stash", "list"),
-        "worktrees": _git(top, "worktree", "list", "--porcelain"),
-        "status": _git(top, "status", "--porcelain", "--untracked-files=all"),
-    }
 
 
 @pytest.fixture(scope="module")
