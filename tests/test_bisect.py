@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,15 +129,6 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> History:
     history = make_history(tmp_path_factory.mktemp("bisect") / "shop", first, changes)
     mid_work(history.top)
     return history
-
-
-@pytest.fixture
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the temporary worktrees go, so that a test sees whether one is left behind."""
-    folder = tmp_path / "temporary"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +35,6 @@ def _project(folder: Path, version: str = "v1") -> Path:
     (folder / "functions" / "raw" / "index.wat").write_text(WAT)
     (folder / "flux.toml").write_text(FLUX_TOML)
     (folder / ".gitignore").write_text(".flux/\n")
-    return folder
-
-
-@pytest.fixture
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the temporary worktrees go, so that a test sees whether one is left behind."""
-    folder = tmp_path / "temporary"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
 
 
