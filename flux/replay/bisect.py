@@ -173,7 +173,8 @@ class Bisect:
         if at_good.judgement == "skip":
             raise BisectEndpointsRefused(
                 f"--good {good.sha[:12]} cannot be judged: {at_good.reason}",
-                hint="give a --good whose code builds and has the request's function",
+                hint=f"give a --good whose code builds and runs the requests (flux incident replay ID --code"
+                f" git:{good.sha[:12]} shows why it cannot), or another --db",
             )
         if at_good.judgement == "bad":
             run = next(run for run in at_good.runs if not run.good)
@@ -186,7 +187,8 @@ class Bisect:
         if at_bad.judgement == "skip":
             raise BisectEndpointsRefused(
                 f"--bad {bad.sha[:12]} cannot be judged: {at_bad.reason}",
-                hint="give a --bad whose code builds and has the request's function",
+                hint=f"give a --bad whose code builds and runs the requests (flux incident replay ID --code"
+                f" git:{bad.sha[:12]} shows why it cannot), or another --db",
             )
         if at_bad.judgement == "good":
             said = (
