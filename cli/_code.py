@@ -170,8 +170,14 @@ def commits_between(
     that descend from `good` and lead to `bad` (`--ancestry-path`), or with `first_parent`, `bad`'s
     first-parent line back to `good` (a merge stands for the branch it brought in). FX511 for a revision
     that names no commit; FX514 when `good` is not older than `bad` on their history."""
-    top = _repository_top(repo.resolve())
-    good_sha, bad_sha = _commit(top, good), _commit(top, bad)
+    try:
+        top = _repository_top(repo.resolve())
+    except GitRevisionUnusable:
+        raise GitRevisionUnusable(
+            f"{repo} is not in a git repository, so there is no history to bisect",
+            hint="run it in the project's repository, or give --repo DIR (the project's folder in one)",
+        ) from None
+    good_sha, bad_sha = _named(top, "--good", good), _named(top, "--bad", bad)
     if good_sha == bad_sha:
         raise InvalidBisect(
             f"--good {good} and --bad {bad} are the same commit ({good_sha[:12]})",
@@ -195,6 +201,16 @@ def commits_between(
     shown = _git(top, "log", "-1", "--format=%H%x00%s%x00%an <%ae>%x00%aI", good_sha,
                  failure=f"git could not read {good}")  # fmt: skip
     return _commit_of(shown.strip()), candidates
+
+
+def _named(top: Path, option: str, rev: str) -> str:
+    try:
+        return _commit(top, rev)
+    except GitRevisionUnusable:
+        raise GitRevisionUnusable(
+            f"{option} {rev} names no commit in {top}",
+            hint="give a commit, tag or branch that `git log` shows",
+        ) from None
 
 
 def _commit_of(line: str) -> Commit:

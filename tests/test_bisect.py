@@ -461,8 +461,10 @@ def test_candidates_follow_the_ancestry_path_or_the_first_parent(tmp_path: Path)
     assert [c.subject for c in lined] == ["a", "merge feature", "c"]
     with pytest.raises(InvalidBisect, match="is not an ancestor of --bad"):
         commits_between(top, "feature", "main~1~1")
-    with pytest.raises(GitRevisionUnusable):
+    with pytest.raises(GitRevisionUnusable, match=re.escape(f"FX511: --good nope names no commit in {top}")):
         commits_between(top, "nope", "main")
+    with pytest.raises(GitRevisionUnusable, match=r"FX511: \S+ is not in a git repository, so there is no"):
+        commits_between(tmp_path, good, "main")
 
 
 def test_progress_is_one_line_a_commit(capsys: pytest.CaptureFixture[str]) -> None:
