@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import data_engine, gateway, inspect, queue, replay, runtime, track_overhead
+from bench import bisect, data_engine, gateway, inspect, queue, replay, runtime, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -21,6 +21,7 @@ BENCHES = {
     "inspect": inspect,
     "queue": queue,
     "replay": replay,
+    "bisect": bisect,
 }
 
 

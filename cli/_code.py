@@ -9,12 +9,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flux.errors import CodeFolderNotFound, FluxError, GitRevisionUnusable
+from flux.errors import CodeFolderNotFound, FluxError, GitRevisionUnusable, InvalidBisect
 
 if TYPE_CHECKING:
+    from flux.replay.bisect import Commit
     from flux.runtime.invoke import Function
 
 GIT_TIMEOUT_S = 300  # a checkout of a large repository takes a while; a hung git (a prompt) must not hang us
@@ -71,7 +73,20 @@ def functions_from_folder(folder: Path) -> dict[str, Function]:
     return _build(folder)
 
 
-def functions_from_git(repo: Path, rev: str, project_subdir: Path | None = None) -> dict[str, Function]:
+@dataclass
+class BuildCache:
+    """Functions built from git revisions, by name and the hash of their sources (`sources_sha256`): a
+    revision that did not change a function reuses its build, without building or checking it again. `builds`
+    counts the functions built, `hits` those reused."""
+
+    built: dict[tuple[str, str], Function] = field(default_factory=dict)
+    builds: int = 0
+    hits: int = 0
+
+
+def functions_from_git(
+    repo: Path, rev: str, project_subdir: Path | None = None, cache: BuildCache | None = None
+) -> dict[str, Function]:
     """Every function of the project as it was at `rev`, built in a temporary `git worktree` of the repository
     holding `repo`. The project is `repo` itself, or `repo / project_subdir`; it is built at the same place
     relative to the repository's top. The worktree is removed afterwards, also when the build fails; the
@@ -104,7 +119,7 @@ def functions_from_git(repo: Path, rev: str, project_subdir: Path | None = None)
                     hint="pick a later revision (git log -- flux.toml)",
                 )
             try:
-                return _build(built)
+                return _build(built, cache)
             except FluxError as exc:
                 _at_revision(exc, checkout, rev)
                 raise
@@ -112,13 +127,97 @@ def functions_from_git(repo: Path, rev: str, project_subdir: Path | None = None)
             _remove_worktree(top, checkout)
 
 
-def _build(folder: Path) -> dict[str, Function]:
+def _build(folder: Path, cache: BuildCache | None = None) -> dict[str, Function]:
     from flux.api.deploy import build_project
     from flux.config import load_settings
 
     # Only flux.toml decides what is built: no FLUX_* variable of this shell goes into the functions.
     settings = load_settings(folder, env={})
-    return {name: function for name, (function, _language) in build_project(settings).items()}
+    sources = _reuse_builds(settings.project_dir, cache) if cache is not None else {}
+    built = {name: function for name, (function, _language) in build_project(settings).items()}
+    if cache is not None:
+        for name, function in built.items():
+            if (name, sources[name]) in cache.built:
+                cache.hits += 1
+            else:
+                cache.builds += 1
+                cache.built[(name, sources[name])] = function
+    return built
+
+
+def _reuse_builds(project: Path, cache: BuildCache) -> dict[str, str]:
+    """Each function folder's sources hash; those `cache` holds a build of are handed to the build as built
+    already (`reuse_build`), so `build_project` takes them as they are."""
+    from flux.runtime.build import reuse_build, sources_sha256
+
+    found: dict[str, str] = {}
+    root = project / "functions"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        found[folder.name] = sources = sources_sha256(folder)
+        known = cache.built.get((folder.name, sources))
+        if known is not None:
+            code = None if known.runtime in ("typescript", "javascript") else known.code
+            reuse_build(project / ".flux" / "build", folder.name, sources, code)
+    return found
+
+
+def commits_between(
+    repo: Path, good: str, bad: str, *, first_parent: bool = False
+) -> tuple[Commit, list[Commit]]:
+    """The commit `good` names, and the commits after it up to `bad` (that one last), oldest first: those
+    that descend from `good` and lead to `bad` (`--ancestry-path`), or with `first_parent`, `bad`'s
+    first-parent line back to `good` (a merge stands for the branch it brought in). FX511 for a revision
+    that names no commit; FX514 when `good` is not older than `bad` on their history."""
+    try:
+        top = _repository_top(repo.resolve())
+    except GitRevisionUnusable:
+        raise GitRevisionUnusable(
+            f"{repo} is not in a git repository, so there is no history to bisect",
+            hint="run it in the project's repository, or give --repo DIR (the project's folder in one)",
+        ) from None
+    good_sha, bad_sha = _named(top, "--good", good), _named(top, "--bad", bad)
+    if good_sha == bad_sha:
+        raise InvalidBisect(
+            f"--good {good} and --bad {bad} are the same commit ({good_sha[:12]})",
+            hint="give as --good a commit where the request still behaved well",
+        )
+    if _run_git(top, "merge-base", "--is-ancestor", good_sha, bad_sha).returncode != 0:
+        raise InvalidBisect(
+            f"--good {good} ({good_sha[:12]}) is not an ancestor of --bad {bad} ({bad_sha[:12]})",
+            hint="give as --good an older commit of --bad's history (git log --oneline BAD)",
+        )
+    path = ["--first-parent"] if first_parent else []
+    listed = _git(top, "log", "--reverse", "--topo-order", "--ancestry-path", *path,
+                  "--format=%H%x00%s%x00%an <%ae>%x00%aI", f"{good_sha}..{bad_sha}",
+                  failure="git could not list the commits between --good and --bad")  # fmt: skip
+    candidates = [_commit_of(line) for line in listed.splitlines() if line]
+    if not candidates or candidates[-1].sha != bad_sha:
+        raise InvalidBisect(
+            f"--bad {bad} ({bad_sha[:12]}) is not on the first-parent line from --good {good}",
+            hint="give --good on --bad's first-parent history, or leave --first-parent out",
+        )
+    shown = _git(top, "log", "-1", "--format=%H%x00%s%x00%an <%ae>%x00%aI", good_sha,
+                 failure=f"git could not read {good}")  # fmt: skip
+    return _commit_of(shown.strip()), candidates
+
+
+def _named(top: Path, option: str, rev: str) -> str:
+    try:
+        return _commit(top, rev)
+    except GitRevisionUnusable:
+        raise GitRevisionUnusable(
+            f"{option} {rev} names no commit in {top}",
+            hint="give a commit, tag or branch that `git log` shows",
+        ) from None
+
+
+def _commit_of(line: str) -> Commit:
+    from flux.replay.bisect import Commit
+
+    sha, subject, author, date = line.split("\0", 3)
+    return Commit(sha, subject, author, date)
 
 
 def _repository_top(folder: Path) -> Path:

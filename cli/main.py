@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cli import build, db, explain, incident, init, manage, queue, server, state, trace, why
+from cli import bug, build, db, explain, incident, init, manage, queue, server, state, trace, why
 
 
 class FluxTyper(typer.Typer):
@@ -53,6 +53,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(trace.app, name="trace")
 app.add_typer(state.app, name="state")
 app.add_typer(incident.app, name="incident")
+app.add_typer(bug.app, name="bug")
 server.register(app)
 explain.register(app)
 build.register(app)

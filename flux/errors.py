@@ -470,6 +470,27 @@ class GitRevisionUnusable(FluxError):
     title = "the git revision to replay on cannot be checked out (no repository, no such commit, no project)"
 
 
+# FX512-FX514: `flux bug bisect`.
+
+
+class InvalidExpectation(FluxError):
+    code = "FX512"
+    http_status = 400
+    title = "bisect's --expect is not a predicate it can read"
+
+
+class BisectEndpointsRefused(FluxError):
+    code = "FX513"
+    http_status = 409
+    title = "bisect's endpoints do not judge as given: --good is bad, --bad is good, or one cannot run"
+
+
+class InvalidBisect(FluxError):
+    code = "FX514"
+    http_status = 400
+    title = "bisect cannot run as asked: no request, no commits between --good and --bad, or no database here"
+
+
 # FX515-FX517: the deploy gate (`flux deploy --gate`: recent requests replayed on the candidate first).
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import pytest
 
 from cli._code import code_source, functions_from_folder, functions_from_git
 from flux.errors import CodeFolderNotFound, GitRevisionUnusable, InvalidFunctionCode
+from tests.fixtures.git import git as _git
+from tests.fixtures.git import git_state
 
 FLUX_TOML = 'name = "greeter"\n\n[functions.greet]\ntimeout_ms = 3000\n'
 WAT = '(module (memory (export "memory") 1))\n'
@@ -35,21 +35,6 @@ def _project(folder: Path, version: str = "v1") -> Path:
     (folder / "functions" / "raw" / "index.wat").write_text(WAT)
     (folder / "flux.toml").write_text(FLUX_TOML)
     (folder / ".gitignore").write_text(".flux/\n")
-    return folder
-
-
-def _git(repo: Path, *args: str) -> str:
-    identity = ["-c", "user.name=Flux", "-c", "user.email=test@flux.invalid", "-c", "commit.gpgsign=false"]
-    done = subprocess.run(["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
-
-
-@pytest.fixture
-def temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where the temporary worktrees go, so that a test sees whether one is left behind."""
-    folder = tmp_path / "temporary"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
 
 
@@ -98,17 +83,8 @@ def repo(tmp_path: Path, temporary: Path) -> Repo:
 
 
 def _state(top: Path) -> dict[str, str | bytes]:
-    """Everything of the user's that a checkout could change. The index's bytes are read first: `git status`
-    may refresh it."""
-    return {
-        "index": (top / ".git" / "index").read_bytes(),
-        "head": _git(top, "symbolic-ref", "HEAD") + " " + _git(top, "rev-parse", "HEAD"),
-        "refs": _git(top, "for-each-ref"),
-        "stash": _git(top, "stash", "list"),
-        "worktrees": _git(top, "worktree", "list", "--porcelain"),
-        "status": _git(top, "status", "--porcelain", "--untracked-files=all"),
-        "greet": (top / "app" / "functions" / "greet" / "index.ts").read_bytes(),
-    }
+    """Everything of the user's that a checkout could change."""
+    return {**git_state(top), "greet": (top / "app" / "functions" / "greet" / "index.ts").read_bytes()}
 
 
 def _unchanged(repo: Repo, temporary: Path, before: dict[str, str | bytes]) -> None:

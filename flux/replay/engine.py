@@ -59,6 +59,7 @@ class ReplayResult:
     error: Row | None = None  # why it could not run
     state: State | None = None
     server_us: int = 0
+    response: Row | None = None  # what the replay answered, `{status, headers, body}` (an error's too)
 
     @property
     def divergence(self) -> Divergence | None:
@@ -160,12 +161,13 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         recorder.finish(span, output=response.to_json() if error is None else None, error=error)
     divergences = _judge(recording, host, response, error, mutations)
     verdict = _verdict(divergences, state)
+    answered = host.as_recorded(response.to_json())  # secrets as `[secret:NAME]`, as a record keeps them
     duration_us = (time.perf_counter_ns() - clock) // 1000
     ungrant = [ungrant_statement(state)] if state is not None else []
     if not how.record:
         if ungrant:
             db.write_alone(conn, ungrant)
-        return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
+        return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
     row = {
         "kind": "replay",
         "method": recording.request.get("method"),
@@ -194,7 +196,7 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         )
         return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
     db.write_alone(conn, [*ungrant, *record], durable=False)  # the grant goes with the record: one round trip
-    return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us)
+    return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
 
 
 def _more_time(limits: FunctionLimits) -> FunctionLimits:

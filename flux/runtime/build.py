@@ -110,6 +110,16 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
     return Function(folder.name, runtime, code, hashlib.sha256(code).hexdigest(), limits)
 
 
+def reuse_build(out_dir: Path, name: str, sources: str, code: bytes | None) -> None:
+    """Make `build_function` take `code` as function `name`'s build from the sources whose `sources_sha256`
+    is `sources`, in `out_dir`: it neither builds nor checks them again (a cache of builds kept elsewhere,
+    such as bisect's across commits). `code` is None for TypeScript and JavaScript, which run as written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if code is not None:
+        (out_dir / f"{name}.wasm").write_bytes(code)
+    (out_dir / f"{name}.sources").write_text(sources)
+
+
 def check_syntax(source: Path) -> None:
     """A TypeScript or JavaScript source that does not parse is FX307 naming its file, line and column (Deno's
     own parser, through `deno fmt --check`; a file that parses but is not formatted is fine)."""
