@@ -16,7 +16,7 @@
 -- UPDATE those of its key, an INSERT the next ones of its table.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     written_schema text := TG_TABLE_SCHEMA;
@@ -277,7 +277,7 @@ $$;
 -- rewind because they no longer exist.
 CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     missing text[] := '{}';
@@ -295,7 +295,7 @@ $$;
 -- one mutation at a time.
 CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t record;
@@ -395,7 +395,7 @@ $$;
 -- get their old values, a DELETE is inserted again.
 CREATE OR REPLACE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     m record;
