@@ -32,6 +32,11 @@ from flux.replay.recording import Recording
 
 Row = dict[str, Any]
 
+# What earlier requests left in the request connection's session goes first (the API replays on one of the
+# gateway's pooled connections): their temporary tables, views and types (a view named like a table that a
+# project's function reads by name would be read instead, by the rewind, as the owner) and their settings
+# (a search path of theirs would resolve the names the replay's queries use).
+_FORGET = [Statement(b"DISCARD TEMP"), Statement(b"RESET ALL")]
 # Read committed whatever the default: the grant is committed after the transaction began.
 _BEGIN = Statement(b"BEGIN ISOLATION LEVEL READ COMMITTED")
 _TXID = Statement(b"SELECT pg_catalog.txid_current()")
@@ -76,12 +81,14 @@ def open_state(
     mode: str,
     timeout_ms: int | None = None,
 ) -> State:
-    """Begin the replay's transaction on the request connection `transaction` runs on, have `owner` grant it
-    (flux.replay_grants), and set its database up for `mode` (live or as-of) through flux.replay_prepare: three
-    round trips. Then the transaction runs as the request's role, claims and tenant, under the replay's id
-    (those settings go with its first statement). The rewind has the request role's
-    statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
-    with a long history since is not rewound for longer than a request of that role may run a statement."""
+    """Begin the replay's transaction on the request connection `transaction` runs on (first clearing what
+    earlier requests left in its session: temporary objects and settings), have `owner` grant it
+    (flux.replay_grants), and set its database up for `mode` (live or as-of) through
+    flux.replay_prepare: three round trips. Then the transaction runs as the request's role, claims and
+    tenant, under the replay's id (those settings go with its first statement). The rewind has the request
+    role's statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a
+    request with a long history since is not rewound for longer than a request of that role may run a
+    statement."""
     request = recording.request
     written = sorted(recording.tables())
     started = request["started_at"]
@@ -100,7 +107,7 @@ def open_state(
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
     runner = transaction.conn
     with db.translate_errors():
-        txid = pipeline.run(runner, [_BEGIN, _TXID]).rows[0][0]
+        txid = pipeline.run(runner, [*_FORGET, _BEGIN, _TXID]).rows[0][0]
         pipeline.run(owner, [Statement(_GRANT, [txid, replay_id, recording.id])])
     try:
         with db.translate_errors():

@@ -1,5 +1,5 @@
-"""What an earlier request leaves on a request connection, against the code that later runs there with more rights
-than the request had: a type of its own in pg_temp, named like a built-in one (`text`), is found before
+"""What an earlier request leaves on a request connection, against the code that later runs there with more
+rights than the request had: a type of its own in pg_temp, named like a built-in one (`text`), is found before
 pg_catalog's by a function whose search path is empty, so a domain check of the request's own ran as the owner
 of the function (a definer's) or as whoever called it: the replaying owner in a live or as-of rewind on a
 pooled connection, the owner when a follower makes the record announce itself, flux_recorder in the mutation
@@ -77,7 +77,10 @@ NOTHING = {"owner_only": False, "flux.jobs_id_seq": False}
 
 @pytest.mark.parametrize("mode", ["live", "as-of"])
 def test_a_type_an_earlier_request_left_in_pg_temp_runs_nothing_as_the_owner_of_a_replay_on_its_connection(
-    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog,
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
     mode: str,
 ) -> None:
     """The API replays on a connection of the gateway's pool, where earlier requests ran: the rewind runs as
@@ -99,7 +102,8 @@ def test_a_type_a_request_left_in_pg_temp_runs_nothing_as_the_owner_when_a_follo
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:
     """While someone follows new requests (`flux tail`, the dashboard), each record calls
-    flux.announce_requests, a definer's owned by the migrating role, which cast the ids to the request's `text`."""
+    flux.announce_requests, a definer's owned by the migrating role, which cast the ids to the request's
+    `text`."""
     conn.execute(OWNER_ONLY)
     conn.execute("INSERT INTO flux.request_followers (expires_at) VALUES (now() + interval '1 hour')")
     on(runs_on, runtime, notes, PLANT)
@@ -116,3 +120,86 @@ def test_a_type_a_request_left_in_pg_temp_runs_nothing_as_the_recorder(
     on(runs_on, runtime, notes, PLANT)
     on(runs_on, runtime, notes, WRITER)
     assert drawn(conn) == NOTHING
+
+
+# A project's own check (its migration, as the owner): a function that reads a table by name on its own search
+# path, as Postgres' docs show. pg_temp, not listed there, is searched first for tables: while a rewind puts
+# rows back as the replaying owner, a view an earlier request left in its session's pg_temp, under that name,
+# would be what the check reads, and the view calls the request's own function as that owner.
+KNOWN = """
+CREATE SEQUENCE public.owner_only;
+CREATE TABLE public.known (body text PRIMARY KEY);
+INSERT INTO public.known VALUES ('kept'), ('edited');
+CREATE FUNCTION public.is_known(body text) RETURNS boolean LANGUAGE sql STABLE SET search_path = public
+    AS $$ SELECT EXISTS (SELECT FROM known k WHERE k.body = is_known.body) $$;
+ALTER TABLE notes ADD CONSTRAINT notes_body_known CHECK (public.is_known(body));
+"""
+SHADOW = ts(
+    "shadow",
+    """
+export default async function (req, ctx) {
+  await ctx.db.sql(`CREATE FUNCTION pg_temp.evil() RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_user NOT IN ('flux_anon', 'flux_user', 'flux_service', 'flux_authenticator') THEN
+    PERFORM pg_catalog.nextval('public.owner_only');
+  END IF;
+  RETURN NEXT 'kept'; RETURN NEXT 'edited';
+END $$`, []);
+  await ctx.db.sql("CREATE VIEW pg_temp.known AS SELECT e AS body FROM pg_temp.evil() AS e", []);
+  return { planted: true };
+}
+""",
+)
+EDITOR = ts(
+    "editor",
+    "export default async (req, ctx) => ctx.db.query({ update: 'notes', set: { body: 'edited' },"
+    " where: { body: { eq: 'kept' } } });",
+)
+
+
+@pytest.mark.parametrize("mode", ["live", "as-of"])
+def test_a_table_an_earlier_request_left_in_pg_temp_is_not_what_a_rewind_reads_for_the_project(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    conn.execute(KNOWN)
+    on(runs_on, runtime, notes, WRITER)
+    edited = on(runs_on, runtime, notes, EDITOR)
+    on(runs_on, runtime, notes, SHADOW)
+    how = Replay(WithBuiltins(runtime), built_code({EDITOR.name: EDITOR}), notes, mode=mode,  # type: ignore[arg-type]
+                 fetch_policy=LOCAL)  # fmt: skip
+    result = replay_request(conn, edited.request_id, how, runs_on).result
+    assert conn.execute("SELECT is_called FROM public.owner_only").fetchone() == (False,)
+    assert result.verdict == "same", (result.error, result.divergences[:3])
+
+
+RAW_WRITER = ts(
+    "raw_writer",
+    """export default async (req, ctx) =>
+  ctx.db.sql("INSERT INTO notes (body) VALUES ('raw') RETURNING id", []);""",
+)
+MOVER = ts(
+    "mover",
+    'export default async (req, ctx) => ctx.db.sql("SET search_path = pg_catalog", []);',
+)
+
+
+@pytest.mark.parametrize("mode", ["live", "as-of"])
+def test_a_search_path_an_earlier_request_left_on_its_connection_is_not_the_replays(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    """A session-wide SET of an earlier request stays on the pooled connection; the replay runs on the
+    connection's own settings, as the recorded request did."""
+    written = on(runs_on, runtime, notes, RAW_WRITER)
+    on(runs_on, runtime, notes, MOVER)
+    how = Replay(WithBuiltins(runtime), built_code({RAW_WRITER.name: RAW_WRITER}), notes, mode=mode,  # type: ignore[arg-type]
+                 fetch_policy=LOCAL)  # fmt: skip
+    result = replay_request(conn, written.request_id, how, runs_on).result
+    assert result.verdict == "same", (result.error, result.divergences[:3])
