@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from flux import db, randomness
 from flux.data import Catalog, Limits
-from flux.errors import FluxError, InvalidFunctionResponse
+from flux.errors import DatabaseUnreachable, FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
-from flux.replay.state import State, captured_mutations, close_state, open_state
+from flux.replay.state import State, captured_mutations, close_state, end_run, open_state
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
@@ -151,10 +151,16 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     try:
         if state is not None:
             mutations = captured_mutations(transaction.conn)
+    except DatabaseUnreachable as exc:  # the run ended its own session (its transaction went with it)
+        if not transaction.conn.closed:
+            raise
+        error = error or exc
     finally:
-        transaction.rollback()
         if state is not None:
+            end_run(transaction)
             close_state(conn, state.txid)
+        else:
+            transaction.rollback()
     if error is not None:
         response = error_response(error, replay_id)
     assert response is not None

@@ -26,7 +26,7 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import FluxError, QueryTimedOut, RewindFailed
+from flux.errors import DatabaseUnreachable, FluxError, QueryTimedOut, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
@@ -52,6 +52,7 @@ _PREPARE = (
 )
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
 _UNGRANT = b"DELETE FROM flux.replay_grants WHERE txid = $1::bigint"
+_UNLOCK = Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()")
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 # Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
@@ -135,6 +136,20 @@ def open_state(
     return State(
         mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"], txid
     )
+
+
+def end_run(transaction: db.RequestTransaction) -> None:
+    """Roll the replay's transaction back on its request connection, and release the session-level advisory
+    locks the run took there (they outlive a rollback; raw SQL refuses pg_advisory_lock by name, but not
+    inside a function the run makes): the connection may be the gateway's, for requests that come next.
+    Nothing to do on a connection the run lost (it ended its session): its transaction ended with it."""
+    try:
+        transaction.rollback()
+        with db.translate_errors():
+            pipeline.run(transaction.conn, [_UNLOCK])
+    except DatabaseUnreachable:
+        if not transaction.conn.closed:
+            raise
 
 
 def close_state(owner: Any, txid: int) -> None:

@@ -1,0 +1,108 @@
+"""What a replayed function does to the request connection it runs on, beyond its rolled-back transaction:
+a replay on the API takes that connection from the gateway's pool and gives it back. A function that ends its
+own session, or takes a session-level lock through a function of its own (raw SQL refuses
+pg_advisory_lock by name, but not inside a function body), must leave a replay with a verdict and the
+connection as it found it. On real Postgres and real Deno."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from flux import jsontext
+from flux.data import Catalog
+from flux.gateway.handler import WithBuiltins
+from flux.replay import Replay, ReplayResult, built_code, replay_request
+from flux.runtime import Caller, Outcome, Runtime, invoke
+from flux.runtime.fetch import FetchPolicy
+from flux.runtime.invoke import Function
+from tests.fixtures.runtime import ts
+
+LOCAL = FetchPolicy(allow=("127.0.0.1",))
+MODES = ["live", "as-of"]
+
+
+def on(runs_on: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, fn: Function) -> Outcome:
+    """One service-role request on the request connection `runs_on`, as the gateway runs it (committed)."""
+    outcome = invoke(runs_on, runtime, fn, {"method": "POST", "path": "/"}, catalog=catalog,
+                     caller=Caller(role="service"))  # fmt: skip
+    assert outcome.error is None, outcome.error
+    return outcome
+
+
+def replayed(conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime,
+             catalog: Catalog, fn: Function, request_id: str, mode: str) -> ReplayResult:  # fmt: skip
+    how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
+                 fetch_policy=LOCAL)  # fmt: skip
+    result = replay_request(conn, request_id, how, runs_on).result
+    jsontext.dumps(result.to_json())  # the API's answer can be written
+    return result
+
+
+# Ends its own session while it is replayed: the server closes a connection left idle in its transaction
+# longer than the function set, and the function waits that long before it answers.
+HANGUP = ts(
+    "hangup",
+    """
+export default async function (req, ctx) {
+  await ctx.db.query({ insert: "notes", values: { body: "x" } });
+  const { rows: [seen] } = await ctx.db.sql("SELECT current_setting('flux.replay_call', true) AS call", []);
+  if (seen.call) {
+    await ctx.db.sql("SET LOCAL idle_in_transaction_session_timeout = 1", []);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  return { ok: true };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_replayed_function_that_ends_its_session_ends_its_replay_with_a_verdict(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    outcome = on(runs_on, runtime, notes, HANGUP)
+    result = replayed(conn, runs_on, runtime, notes, HANGUP, outcome.request_id, mode)
+    assert result.verdict in ("diverged", "error"), result
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+# Takes a session-level advisory lock through a function of its own, which outlives a rolled-back
+# transaction: on a pooled connection it would be held for later requests, and block every other session
+# that asks for it (flux.lock_job_key takes transaction locks on job keys).
+LOCKER = ts(
+    "locker",
+    """
+export default async function (req, ctx) {
+  await ctx.db.sql(`CREATE FUNCTION pg_temp.hold() RETURNS void LANGUAGE sql
+                    AS $$ SELECT pg_catalog.pg_advisory_lock(4242) $$`, []);
+  await ctx.db.sql("SELECT pg_temp.hold()", []);
+  return { ok: true };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_lock_a_replayed_function_took_is_not_left_on_its_connection(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    outcome = invoke(conn, runtime, LOCKER, {"method": "POST", "path": "/"}, catalog=notes,
+                     caller=Caller(role="service"))  # fmt: skip
+    conn.execute("SELECT pg_advisory_unlock_all()")
+    replayed(conn, runs_on, runtime, notes, LOCKER, outcome.request_id, mode)
+    held = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [runs_on.info.backend_pid]
+    ).fetchone()
+    assert held == (0,)
