@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from flux import db, randomness
 from flux.data import Catalog, Limits
-from flux.errors import DatabaseUnreachable, FluxError, InvalidFunctionResponse
+from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
@@ -151,7 +151,7 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     try:
         if state is not None:
             mutations = captured_mutations(transaction.conn)
-    except DatabaseUnreachable as exc:  # the run ended its own session (its transaction went with it)
+    except FluxError as exc:  # the run ended its own session (its transaction went with it)
         if not transaction.conn.closed:
             raise
         error = error or exc

@@ -26,7 +26,7 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import DatabaseUnreachable, FluxError, QueryTimedOut, RewindFailed
+from flux.errors import FluxError, QueryTimedOut, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
@@ -55,11 +55,17 @@ _UNGRANT = b"DELETE FROM flux.replay_grants WHERE txid = $1::bigint"
 _UNLOCK = Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()")
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
-# Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
-# only): its own functions and operators must not run in the statements after it.
-_NO_ROLE = Statement(
-    b"SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', '', true)"
-)
+# Back to the connecting role and the connection's settings, whatever the function set for the rest of its
+# transaction (a statement timeout the read of its writes would exceed, a client encoding that cannot carry
+# them), with the search path it may have moved put back (to pg_catalog, then pg_temp): its own functions,
+# operators and types must not be found by the statements after it.
+_NO_ROLE = [
+    Statement(b"RESET ALL"),
+    Statement(
+        b"SELECT pg_catalog.set_config('role', 'none', true),"
+        b" pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+    ),
+]
 
 
 @dataclass
@@ -147,7 +153,7 @@ def end_run(transaction: db.RequestTransaction) -> None:
         transaction.rollback()
         with db.translate_errors():
             pipeline.run(transaction.conn, [_UNLOCK])
-    except DatabaseUnreachable:
+    except FluxError:  # FX801, or the server's own word for why it ended the session
         if not transaction.conn.closed:
             raise
 
@@ -166,7 +172,7 @@ def captured_mutations(runner: Any) -> list[Row]:
         return []
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
     with db.translate_errors():
-        result = pipeline.run(runner, [_NO_ROLE, _CAPTURED])
+        result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED])
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 

@@ -106,3 +106,36 @@ def test_a_session_lock_a_replayed_function_took_is_not_left_on_its_connection(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [runs_on.info.backend_pid]
     ).fetchone()
     assert held == (0,)
+
+
+# Settings a replayed run changes for the rest of its transaction, which the replay's own statements after
+# the run (reading back its writes) must not inherit: a statement timeout that the read of many writes
+# exceeds, a client encoding that cannot carry what they hold.
+UNSETTLER = ts(
+    "unsettler",
+    """
+export default async function (req, ctx) {
+  const { rows: [seen] } = await ctx.db.sql("SELECT current_setting('flux.replay_call', true) AS call", []);
+  if (seen.call) {
+    await ctx.db.sql("INSERT INTO notes (body) SELECT '\u20ac ' || g FROM generate_series(1, 3000) AS g", []);
+    await ctx.db.sql("SET LOCAL client_encoding = 'LATIN1'", []);
+    await ctx.db.sql("SET LOCAL statement_timeout = 1", []);
+  }
+  return { ok: true };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_settings_a_replayed_run_changed_do_not_hold_for_reading_its_writes_back(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    outcome = on(runs_on, runtime, notes, UNSETTLER)
+    result = replayed(conn, runs_on, runtime, notes, UNSETTLER, outcome.request_id, mode)
+    assert result.verdict == "diverged", (result.error, result.divergences[:2])
+    assert conn.execute("SELECT count(*) FROM notes").fetchone() == (0,)
