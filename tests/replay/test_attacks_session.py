@@ -203,3 +203,41 @@ def test_a_search_path_an_earlier_request_left_on_its_connection_is_not_the_repl
                  fetch_policy=LOCAL)  # fmt: skip
     result = replay_request(conn, written.request_id, how, runs_on).result
     assert result.verdict == "same", (result.error, result.divergences[:3])
+
+
+# The gateway's own statements on a request connection (the request's record, as flux_authenticator, on
+# search path '', where pg_temp comes first for types) cast by name (`(r->>0)::uuid`): a domain `uuid` an
+# earlier request left in pg_temp has its check run as flux_authenticator, which may read flux.api_keys and
+# flux.secrets and write any request's record, and which no request role may become.
+LOOTER = ts(
+    "looter",
+    """
+export default async function (req, ctx) {
+  await ctx.db.sql("CREATE TEMP TABLE loot (who text, keys bigint)", []);
+  await ctx.db.sql("GRANT INSERT, SELECT ON loot TO PUBLIC", []);
+  await ctx.db.sql(`CREATE FUNCTION pg_temp.loot() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_user = 'flux_authenticator' THEN
+    INSERT INTO pg_temp.loot SELECT current_user, count(*) FROM flux.api_keys;
+  END IF;
+  RETURN true;
+END $$`, []);
+  await ctx.db.sql("CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.loot())", []);
+  return { planted: true };
+}
+""",
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the gateway's own statements on request connections resolve type names with pg_temp first: see"
+    " the report (qualify them with pg_catalog, or give request connections search_path = public, pg_temp,"
+    " and clear what a request leaves in its session)",
+)
+def test_a_type_a_request_left_in_pg_temp_runs_nothing_as_the_connections_login(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
+) -> None:
+    on(runs_on, runtime, notes, LOOTER)
+    on(runs_on, runtime, notes, WRITER)  # the next request on that connection, and its record
+    assert runs_on.execute("SELECT count(*) FROM pg_temp.loot").fetchone() == (0,)
