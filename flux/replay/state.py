@@ -26,7 +26,7 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import FluxError, QueryTimedOut, RewindFailed
+from flux.errors import FluxError, InvalidFunctionResponse, QueryTimedOut, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
@@ -167,12 +167,20 @@ def close_state(owner: Any, txid: int) -> None:
 def captured_mutations(runner: Any) -> list[Row]:
     """The mutations the replay's run made on the request connection `runner` (read before its transaction is
     rolled back), or none if a database error ended the transaction (the original's would have been rolled
-    back too)."""
+    back too). Raises FX303 when they hold JSON nested deeper than Python reads, and the error that ended the
+    session when the run ended it: the engine takes either as the run's error."""
     if db.transaction_failed(runner):
         return []
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
-    with db.translate_errors():
-        result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED])
+    try:
+        with db.translate_errors():
+            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED])
+    except RecursionError as exc:  # past orjson's 1024 levels, Python's decoder runs out of stack
+        raise InvalidFunctionResponse(
+            "the replayed run wrote JSON nested deeper than a replay can read back, so its writes are not"
+            " compared",
+            hint="write JSON that nests less deeply",
+        ) from exc
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 

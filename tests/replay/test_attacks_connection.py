@@ -176,3 +176,41 @@ def test_a_session_lock_a_request_took_is_not_left_on_its_connection(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s", [runs_on.info.backend_pid]
     ).fetchone()
     assert held == (0,)
+
+
+# A replayed run that writes JSON nested deeper than Python reads (only when replayed: its recording is
+# clean): what the replay reads back of its writes cannot be read.
+BLOBS = """
+CREATE TABLE blobs (id serial PRIMARY KEY, data jsonb NOT NULL);
+GRANT SELECT, INSERT ON blobs TO flux_service;
+GRANT USAGE ON SEQUENCE blobs_id_seq TO flux_service;
+SELECT flux.track('blobs');
+"""
+NESTER = ts(
+    "nester",
+    """
+export default async function (req, ctx) {
+  const { rows: [seen] } = await ctx.db.sql("SELECT current_setting('flux.replay_call', true) AS call", []);
+  if (seen.call) {
+    await ctx.db.sql("INSERT INTO blobs (data) SELECT (repeat('[', 5000) || repeat(']', 5000))::jsonb", []);
+  }
+  return { ok: true };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_replayed_run_that_writes_json_too_deep_to_read_back_ends_with_a_verdict(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    conn.execute(BLOBS.encode())
+    outcome = on(runs_on, runtime, notes, NESTER)
+    result = replayed(conn, runs_on, runtime, notes, NESTER, outcome.request_id, mode)
+    assert result.verdict in ("diverged", "error"), (result.error, result.divergences[:2])
+    assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
