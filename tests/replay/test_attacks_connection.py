@@ -200,6 +200,27 @@ export default async function (req, ctx) {
 )
 
 
+# Deep enough that no report can hold it (orjson writes at most 254 levels), not so deep it cannot be read.
+FOLDER = ts(
+    "folder",
+    NESTER.code.decode().replace("5000", "500"),
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_replayed_run_that_writes_json_too_deep_to_report_ends_with_a_verdict_that_can_be_written(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    conn.execute(BLOBS.encode())
+    outcome = on(runs_on, runtime, notes, FOLDER)
+    result = replayed(conn, runs_on, runtime, notes, FOLDER, outcome.request_id, mode)  # and written
+    assert result.verdict in ("diverged", "error"), (result.error, result.divergences[:2])
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_replayed_run_that_writes_json_too_deep_to_read_back_ends_with_a_verdict(
     conn: psycopg.Connection[Any],
