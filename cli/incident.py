@@ -168,6 +168,7 @@ class _ViaDatabase:
         import tempfile
 
         from cli._code import code_source
+        from flux import db
         from flux.config import load_settings
         from flux.data import load_catalog
         from flux.gateway.handler import WithBuiltins
@@ -175,8 +176,6 @@ class _ViaDatabase:
         from flux.runtime import Runtime, project_cache
         from flux.runtime.fetch import FetchPolicy
         from flux.runtime.secrets import SealedSecrets, load_key
-
-        from flux import db
 
         self.conn = conn
         # live and as-of run the function's SQL on a request connection, as the server does

@@ -9,7 +9,6 @@ The OpenAPI document is served at `/flux/api/openapi.json` (flux/api/openapi.py)
 from __future__ import annotations
 
 import contextlib
-
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal

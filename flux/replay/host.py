@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flux import jsontext
-from flux.data.raw import inspect_raw_sql
 from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording

@@ -235,3 +235,28 @@ def test_a_replayed_run_that_writes_json_too_deep_to_read_back_ends_with_a_verdi
     assert result.verdict in ("diverged", "error"), (result.error, result.divergences[:2])
     assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
+
+
+# A request that wrote JSON deeper than a report holds (orjson writes at most 254 levels) but not too deep to
+# read: its recorded writes are the pins a replay hands to the database.
+DEEP_WRITER = ts(
+    "deep_writer",
+    """export default async (req, ctx) =>
+  ctx.db.sql("INSERT INTO blobs (data) SELECT (repeat('[', 300) || repeat(']', 300))::jsonb", []);""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_request_that_wrote_json_deeper_than_a_report_holds_replays_to_a_verdict(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    conn.execute(BLOBS.encode())
+    outcome = on(runs_on, runtime, notes, DEEP_WRITER)
+    result = replayed(conn, runs_on, runtime, notes, DEEP_WRITER, outcome.request_id, mode)
+    assert result.verdict in ("same", "error"), (result.error, result.divergences[:2])
+    assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)

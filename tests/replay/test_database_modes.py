@@ -97,7 +97,9 @@ def run(conn: psycopg.Connection[Any], runtime: Runtime, store: Catalog) -> Any:
 
 
 @pytest.fixture
-def replayed(conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, store: Catalog) -> Any:
+def replayed(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, store: Catalog
+) -> Any:
     """`replayed(request_id, function, mode, **options)` -> ReplayResult."""
 
     def replayed(request_id: str, fn: Function, mode: str, **options: Any) -> ReplayResult:

@@ -1,7 +1,7 @@
 """Replay against hostile code and hostile records, on real Postgres and real Deno: a function that leaves its
-role lands on a login that can do nothing, as in the gateway, and cannot use the owner's part of a replay; a function that detects
-its replay shows where it did; a record edited to poison its replay ends it as an `error` with its FX code
-(never a crash), and so does a replayed run whose JSON no record can hold."""
+role lands on a login that can do nothing, as in the gateway, and cannot use the owner's part of a replay; a
+function that detects its replay shows where it did; a record edited to poison its replay ends it as an
+`error` with its FX code (never a crash), and so does a replayed run whose JSON no record can hold."""
 
 from __future__ import annotations
 
@@ -68,12 +68,13 @@ def test_a_statement_that_leaves_the_role_ends_the_run_however_the_function_hand
     assert recorded == (False,)
 
 
-# A function the project made (in a migration, as its owner) that leaves the request's role, and then does what
-# only the connection's login may: draws from a sequence no request role may use (not rolled back).
+# A function the project made (in a migration, as its owner) that leaves the request's role, and then does
+# what only the connection's login may: draws from a sequence no request role may use (not rolled back).
 LEAVER = """
 CREATE SEQUENCE public.owner_only;
 CREATE FUNCTION public.leave_and_draw() RETURNS bigint LANGUAGE sql
-    AS $$ SELECT pg_catalog.set_config('role', 'none', true); SELECT pg_catalog.nextval('public.owner_only') $$;
+    AS $$ SELECT pg_catalog.set_config('role', 'none', true);
+          SELECT pg_catalog.nextval('public.owner_only') $$;
 """
 DRAWER = ts(
     "drawer",
@@ -89,7 +90,10 @@ export default async function (req, ctx) {
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_replayed_function_that_leaves_its_role_lands_on_a_login_that_can_do_nothing(
-    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog,
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
     mode: str,
 ) -> None:
     """Live and as-of run the function's SQL on a request connection, as the gateway does: one that leaves its
