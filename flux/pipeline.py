@@ -53,10 +53,11 @@ BEGIN = Statement(b"BEGIN")
 COMMIT = Statement(b"COMMIT")
 
 
-def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Result:
+def run(conn: psycopg.Connection[Any], statements: Sequence[Statement], *, prepare: bool = True) -> Result:
     """Run `statements` in one round trip and answer the last one's result; the first statement that fails
     raises its psycopg error (the ones after it do not run). A connection that is not in autocommit gets a
-    BEGIN first when no transaction is open, as psycopg would send."""
+    BEGIN first when no transaction is open, as psycopg would send. Not `prepare`: each is sent unnamed, on a
+    connection where code Flux does not trust may have put its own SQL under the names of Flux's."""
     with conn.lock:
         pgconn = conn.pgconn
         if pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -65,12 +66,18 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> Resul
             statements = [BEGIN, *statements]
         state = _state(conn)
         dumped = [state.dump(statement) for statement in statements]  # a bad value fails before any is sent
-        sent = _exchange(conn, state, dumped)
+        sent = _exchange(conn, state, dumped, prepare=prepare)
         stale = state.evictions()
         if stale:  # past MAX_PREPARED: a round trip more, rarely
             deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
             _exchange(conn, state, deallocate, prepare=False)
         return state.load(sent.answers[-1], conn)
+
+
+def forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """Flux's statements are no longer prepared on `conn` (DEALLOCATE ALL was sent): each is prepared anew at
+    its next use."""
+    _state(conn).prepared.clear()
 
 
 @dataclass

@@ -34,9 +34,11 @@ Row = dict[str, Any]
 
 # What earlier requests left in the request connection's session goes first (the API replays on one of the
 # gateway's pooled connections): their temporary tables, views and types (a view named like a table that a
-# project's function reads by name would be read instead, by the rewind, as the owner) and their settings
-# (a search path of theirs would resolve the names the replay's queries use).
-_FORGET = [Statement(b"DISCARD TEMP"), Statement(b"RESET ALL")]
+# project's function reads by name would be read instead, by the rewind, as the owner), their settings
+# (a search path of theirs would resolve the names the replay's queries use) and the prepared statements
+# (a function of theirs may have put its own SQL under the name of one of Flux's: plpgsql's EXECUTE runs
+# PREPARE and DEALLOCATE, which raw SQL refuses). Sent unnamed, as every statement after the run is.
+_FORGET = [Statement(b"DISCARD TEMP"), Statement(b"RESET ALL"), Statement(b"DEALLOCATE ALL")]
 # Read committed whatever the default: the grant is committed after the transaction began.
 _BEGIN = Statement(b"BEGIN ISOLATION LEVEL READ COMMITTED")
 _TXID = Statement(b"SELECT pg_catalog.txid_current()")
@@ -53,6 +55,7 @@ _PREPARE = (
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
 _UNGRANT = b"DELETE FROM flux.replay_grants WHERE txid = $1::bigint"
 _UNLOCK = Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()")
+_DEALLOCATE = Statement(b"DEALLOCATE ALL")
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 # Back to the connecting role and the connection's settings, whatever the function set for the rest of its
@@ -114,7 +117,10 @@ def open_state(
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
     runner = transaction.conn
     with db.translate_errors():
-        txid = pipeline.run(runner, [*_FORGET, _BEGIN, _TXID]).rows[0][0]
+        try:
+            txid = pipeline.run(runner, [*_FORGET, _BEGIN, _TXID], prepare=False).rows[0][0]
+        finally:
+            pipeline.forget_prepared(runner)
         pipeline.run(owner, [Statement(_GRANT, [txid, replay_id, recording.id])])
     try:
         with db.translate_errors():
@@ -146,13 +152,18 @@ def open_state(
 
 def end_run(transaction: db.RequestTransaction) -> None:
     """Roll the replay's transaction back on its request connection, and release the session-level advisory
-    locks the run took there (they outlive a rollback; raw SQL refuses pg_advisory_lock by name, but not
-    inside a function the run makes): the connection may be the gateway's, for requests that come next.
+    locks the run took there and drop the statements prepared there (both outlive a rollback; raw SQL
+    refuses pg_advisory_lock, PREPARE and DEALLOCATE, but not inside a function the run makes, which could
+    have put its own SQL under the name of one of Flux's): the connection may be the gateway's, for the
+    requests that come next.
     Nothing to do on a connection the run lost (it ended its session): its transaction ended with it."""
     try:
         transaction.rollback()
         with db.translate_errors():
-            pipeline.run(transaction.conn, [_UNLOCK])
+            try:
+                pipeline.run(transaction.conn, [_UNLOCK, _DEALLOCATE], prepare=False)
+            finally:
+                pipeline.forget_prepared(transaction.conn)
     except FluxError:  # FX801, or the server's own word for why it ended the session
         if not transaction.conn.closed:
             raise
@@ -174,7 +185,7 @@ def captured_mutations(runner: Any) -> list[Row]:
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
     try:
         with db.translate_errors():
-            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED])
+            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED], prepare=False)  # its names may be the run's
     except RecursionError as exc:  # past orjson's 1024 levels, Python's decoder runs out of stack
         raise InvalidFunctionResponse(
             "the replayed run wrote JSON nested deeper than a replay can read back, so its writes are not"
