@@ -133,3 +133,54 @@ def test_a_replayed_function_cannot_answer_for_the_statement_that_reads_its_writ
     first = replayed(conn, runs_on, runtime, notes, FORGER, outcome.request_id)
     second = replayed(conn, runs_on, runtime, notes, FORGER, outcome.request_id)  # on the same connection
     assert (first.verdict, second.verdict) == ("same", "same"), (second.error, second.divergences[:2])
+
+
+# Puts its own SQL under the name of the statement that sets each request's role: every later request on the
+# connection runs as flux_service, whoever called it.
+PROMOTER = ts(
+    "promoter",
+    """
+export default async function (req, ctx) {
+  await ctx.db.sql(`CREATE FUNCTION pg_temp.promote() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  s record;
+  n integer := 0;
+BEGIN
+  FOR s IN SELECT p.name, p.statement, p.parameter_types FROM pg_catalog.pg_prepared_statements p
+            WHERE p.statement LIKE '%set_config(''role''%' LOOP
+    EXECUTE pg_catalog.format('DEALLOCATE %I', s.name);
+    EXECUTE pg_catalog.format('PREPARE %I (%s) AS %s', s.name,
+      pg_catalog.array_to_string(s.parameter_types::text[], ','),
+      pg_catalog.regexp_replace(s.statement, 'set_config\\\\(''role'', \\\\$[0-9]+',
+                                'set_config(''role'', ''flux_service''', 'g'));
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$`, []);
+  const { rows: [promoted] } = await ctx.db.sql("SELECT pg_temp.promote() AS n", []);
+  return promoted;
+}
+""",
+)
+READER = ts(
+    "reader", "export default async (req, ctx) => ctx.db.query({ select: 'notes', columns: ['body'] });"
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request's function may PREPARE and DEALLOCATE (plpgsql's EXECUTE), and its prepared statements"
+    " outlive it on the gateway's connection: see the report",
+)
+def test_a_request_cannot_set_the_role_of_the_requests_after_it_on_its_connection(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
+) -> None:
+    conn.execute("INSERT INTO notes (body) VALUES ('for the service role only')")
+    anon = Caller(role="anon")
+    request = {"method": "POST", "path": "/"}
+    refused = invoke(runs_on, runtime, READER, request, catalog=notes, caller=anon)  # prepares the settings
+    assert refused.error is not None and "permission denied" in refused.error.message
+    promoted = on(runs_on, runtime, notes, PROMOTER)
+    assert promoted.error is None, promoted.error
+    later = invoke(runs_on, runtime, READER, request, catalog=notes, caller=anon)
+    assert later.error is not None, later.response
