@@ -105,7 +105,8 @@ CREATE OR REPLACE FUNCTION flux.replay_prepare(
 AS $$
 DECLARE
     granted flux.replay_grants;
-    tables regclass[];
+    tables regclass[] := '{}';
+    spelled text;
 BEGIN
     UPDATE flux.replay_grants AS g SET prepared = true
      WHERE g.txid = pg_catalog.txid_current() AND NOT g.prepared
@@ -119,7 +120,13 @@ BEGIN
            NULLIF(p->7, 'null')
       FROM pg_catalog.jsonb_array_elements(pins) AS p;
     PERFORM pg_catalog.set_config('search_path', caller_path, true);  -- names only: no code runs meanwhile
-    tables := ARRAY(SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name);
+    FOREACH spelled IN ARRAY coalesce(named, '{}') LOOP
+        BEGIN
+            tables := pg_catalog.array_append(tables, pg_catalog.to_regclass(spelled));
+        EXCEPTION WHEN invalid_name OR feature_not_supported THEN
+            NULL;  -- no table of this database's (another database's, or not a table's name): none to rewind
+        END;
+    END LOOP;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
 END

@@ -260,3 +260,33 @@ def test_a_request_that_wrote_json_deeper_than_a_report_holds_replays_to_a_verdi
     assert result.verdict in ("same", "error"), (result.error, result.divergences[:2])
     assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (1,)
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
+
+
+# A request whose raw SQL named a table of another database (refused then, recorded all the same): the names
+# its queries used are resolved for as-of, and one that cannot be a table here must not keep it from replaying.
+ELSEWHERE = ts(
+    "elsewhere",
+    """
+export default async function (req, ctx) {
+  await ctx.db.query({ insert: "notes", values: { body: "kept" } });
+  let caught = null;
+  try { await ctx.db.sql("SELECT * FROM otherdb.public.notes", []); } catch (e) { caught = e.code; }
+  return { caught };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_request_that_named_a_table_of_another_database_replays(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    mode: str,
+) -> None:
+    outcome = invoke(runs_on, runtime, ELSEWHERE, {"method": "POST", "path": "/"}, catalog=notes,
+                     caller=Caller(role="service"))  # fmt: skip
+    assert outcome.error is not None and "cross-database" in outcome.error.message  # it ended the transaction
+    result = replayed(conn, runs_on, runtime, notes, ELSEWHERE, outcome.request_id, mode)
+    assert result.verdict == "same", (result.error, result.divergences[:2])
