@@ -263,7 +263,7 @@ def test_a_request_that_wrote_json_deeper_than_a_report_holds_replays_to_a_verdi
 
 
 # A request whose raw SQL named a table of another database (refused then, recorded all the same): the names
-# its queries used are resolved for as-of, and one that cannot be a table here must not keep it from replaying.
+# its queries used are resolved for as-of, and one that cannot be a table here must not stop its replay.
 ELSEWHERE = ts(
     "elsewhere",
     """
