@@ -53,11 +53,14 @@ BEGIN = Statement(b"BEGIN")
 COMMIT = Statement(b"COMMIT")
 
 
-def run(conn: psycopg.Connection[Any], statements: Sequence[Statement], *, answer: int = -1) -> Result:
+def run(
+    conn: psycopg.Connection[Any], statements: Sequence[Statement], *, answer: int = -1, prepare: bool = True
+) -> Result:
     """Run `statements` in one round trip and answer the last one's result (or statement `answer`'s, counted
     from the end when negative); the first statement that fails raises its psycopg error (the ones after it
     do not run). A connection that is not in autocommit gets a BEGIN first when no transaction is open, as
-    psycopg would send."""
+    psycopg would send. Not `prepare`: each is sent unnamed, on a connection where code Flux does not trust
+    may have put its own SQL under the names of Flux's."""
     with conn.lock:
         pgconn = conn.pgconn
         if pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -66,12 +69,18 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement], *, answe
             statements = [BEGIN, *statements]
         state = _state(conn)
         dumped = [state.dump(statement) for statement in statements]  # a bad value fails before any is sent
-        sent = _exchange(conn, state, dumped)
+        sent = _exchange(conn, state, dumped, prepare=prepare)
         stale = state.evictions()
         if stale:  # past MAX_PREPARED: a round trip more, rarely
             deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
             _exchange(conn, state, deallocate, prepare=False)
         return state.load(sent.answers[answer], conn)
+
+
+def forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """Flux's statements are no longer prepared on `conn` (DEALLOCATE ALL was sent): each is prepared anew at
+    its next use."""
+    _state(conn).prepared.clear()
 
 
 @dataclass

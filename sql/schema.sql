@@ -79,7 +79,7 @@ COMMENT ON COLUMN flux.jobs.status IS 'queued, running (locked_by holds a lease 
 
 CREATE FUNCTION flux.after_failure(job flux.jobs, request_id uuid, error jsonb, delay interval) RETURNS text
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     IF job.attempts >= job.max_attempts THEN
@@ -101,7 +101,7 @@ $$;
 
 CREATE FUNCTION flux.announce_requests(ids uuid[]) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     IF EXISTS (SELECT FROM flux.request_followers WHERE expires_at > pg_catalog.now()) THEN
@@ -130,7 +130,7 @@ COMMENT ON FUNCTION flux.announce_requests(ids uuid[]) IS 'Announces newly recor
 
 CREATE FUNCTION flux.apply_column_policies() RETURNS SETOF text
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     policy record;
@@ -403,7 +403,7 @@ COMMENT ON FUNCTION flux.apply_column_policies() IS 'Turns flux.column_policies 
 
 CREATE FUNCTION flux.caller_role() RETURNS text
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT CASE pg_catalog.current_setting('role', true)
         WHEN 'flux_anon' THEN 'anon'
@@ -419,7 +419,7 @@ $$;
 
 CREATE FUNCTION flux.cancel_job(job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs := flux.find_job(job_id);
@@ -443,7 +443,7 @@ $$;
 
 CREATE FUNCTION flux.check_job(which text, function_name text, queue_name text, max_attempts integer, payload jsonb, idempotency_key text, active bigint) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 BEGIN
     IF function_name IS NULL OR function_name !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
@@ -476,7 +476,7 @@ $_$;
 
 CREATE FUNCTION flux.check_trackable(target regclass) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     kind "char";
@@ -509,7 +509,7 @@ $$;
 
 CREATE FUNCTION flux.claim(name text) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT flux.claims() ->> name
 $$;
@@ -521,7 +521,7 @@ $$;
 
 CREATE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) RETURNS SETOF flux.jobs
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     RETURN QUERY
@@ -549,7 +549,7 @@ $$;
 
 CREATE FUNCTION flux.claims() RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT coalesce(nullif(pg_catalog.current_setting('flux.claims', true), ''), '{}')::jsonb
 $$;
@@ -561,7 +561,7 @@ $$;
 
 CREATE FUNCTION flux.complete_job(job_id bigint, worker text, attempt integer, request_id uuid) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs := flux.held_job(job_id, worker, attempt);
@@ -582,7 +582,7 @@ $$;
 
 CREATE FUNCTION flux.create_day_partitions(parent regclass, first_day date, last_day date) RETURNS SETOF regclass
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
@@ -620,7 +620,7 @@ $$;
 
 CREATE FUNCTION flux.create_span_partitions(first_day date, last_day date) RETURNS SETOF regclass
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT flux.create_day_partitions('flux.spans', first_day, last_day)
 $$;
@@ -632,7 +632,7 @@ $$;
 
 CREATE FUNCTION flux.drop_day_partitions(parent regclass, keep interval) RETURNS SETOF text
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
@@ -669,7 +669,7 @@ $_$;
 
 CREATE FUNCTION flux.drop_span_partitions(keep interval) RETURNS SETOF text
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT flux.drop_day_partitions('flux.spans', keep)
 $$;
@@ -681,7 +681,7 @@ $$;
 
 CREATE FUNCTION flux.enqueue(function_name text, payload jsonb DEFAULT 'null'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, queue_name text DEFAULT 'default'::text, idempotency_key text DEFAULT NULL::text, max_attempts integer DEFAULT 5) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 #variable_conflict use_variable
 DECLARE
@@ -717,7 +717,7 @@ $$;
 
 CREATE FUNCTION flux.enqueue_jobs(jobs jsonb) RETURNS TABLE(ord bigint, job_id bigint, created boolean)
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
     AS $_$
 #variable_conflict use_column
@@ -793,7 +793,7 @@ $_$;
 
 CREATE FUNCTION flux.extend_leases(worker text, ids bigint[], lease_s double precision) RETURNS SETOF bigint
     LANGUAGE sql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     UPDATE flux.jobs AS j SET locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
      WHERE j.id = ANY (ids) AND j.locked_by = worker AND j.status = 'running'
@@ -807,7 +807,7 @@ $$;
 
 CREATE FUNCTION flux.fail_job(job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision DEFAULT 1) RETURNS text
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs := flux.held_job(job_id, worker, attempt);
@@ -827,7 +827,7 @@ $$;
 
 CREATE FUNCTION flux.find_job(job_id bigint) RETURNS flux.jobs
     LANGUAGE plpgsql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs;
@@ -847,7 +847,7 @@ $$;
 
 CREATE FUNCTION flux.finish_job(job flux.jobs, final_status text, request_id uuid, error jsonb) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     DELETE FROM flux.jobs AS j WHERE j.id = job.id;
@@ -868,7 +868,7 @@ $$;
 
 CREATE FUNCTION flux.fire_cron(cron_name text, tick timestamp with time zone, next_run timestamp with time zone) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     entry flux.cron;
@@ -896,7 +896,7 @@ $$;
 
 CREATE FUNCTION flux.grant_service_defaults() RETURNS boolean
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     IF pg_catalog.to_regnamespace('public') IS NULL THEN
@@ -933,7 +933,7 @@ COMMENT ON FUNCTION flux.grant_service_defaults() IS 'Default privileges for the
 
 CREATE FUNCTION flux.held_job(job_id bigint, worker text, attempt integer) RETURNS flux.jobs
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs;
@@ -957,7 +957,7 @@ $$;
 
 CREATE FUNCTION flux.job_inputs(jobs jsonb) RETURNS TABLE(ord bigint, function text, payload jsonb, run_at timestamp with time zone, priority integer, queue text, idempotency_key text, max_attempts integer)
     LANGUAGE sql STABLE ROWS 10
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT e.ord - 1, j.function, coalesce(j.payload, 'null'),
            coalesce(j.run_at, pg_catalog.now() + pg_catalog.make_interval(secs => coalesce(j.delay_ms, 0) / 1000.0)),
@@ -975,7 +975,7 @@ $$;
 
 CREATE FUNCTION flux.job_key_lock(tenant uuid, queue_name text, key text) RETURNS bigint
     LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0)
 $$;
@@ -987,7 +987,7 @@ $$;
 
 CREATE FUNCTION flux.lock_job_key(tenant uuid, queue_name text, key text) RETURNS void
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key)) WHERE key IS NOT NULL
 $$;
@@ -999,7 +999,7 @@ $$;
 
 CREATE FUNCTION flux.maintain() RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
@@ -1016,7 +1016,7 @@ $$;
 
 CREATE FUNCTION flux.partition_column(parent regclass) RETURNS name
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT a.attname FROM pg_catalog.pg_partitioned_table p
       JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
@@ -1030,7 +1030,7 @@ $$;
 
 CREATE FUNCTION flux.reap_jobs() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs;
@@ -1059,7 +1059,7 @@ $$;
 
 CREATE FUNCTION flux.record_run(job flux.jobs, request_id uuid, worker text, ok boolean, error jsonb) RETURNS void
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     INSERT INTO flux.job_runs (job_id, run, attempt, request_id, worker, ok, error)
     SELECT job.id, coalesce(pg_catalog.max(r.run), 0) + 1, job.attempts, record_run.request_id,
@@ -1074,7 +1074,7 @@ $$;
 
 CREATE FUNCTION flux.release_jobs(worker text, ids bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     released integer;
@@ -1118,7 +1118,8 @@ CREATE FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, nam
     AS $$
 DECLARE
     granted flux.replay_grants;
-    tables regclass[];
+    tables regclass[] := '{}';
+    spelled text;
 BEGIN
     UPDATE flux.replay_grants AS g SET txid = pg_catalog.txid_current()
      WHERE g.secret_sha256 = pg_catalog.sha256(secret) AND g.txid IS NULL
@@ -1133,7 +1134,13 @@ BEGIN
            NULLIF(p->7, 'null')
       FROM pg_catalog.jsonb_array_elements(pins) AS p;
     PERFORM pg_catalog.set_config('search_path', caller_path, true);  -- names only: no code runs meanwhile
-    tables := ARRAY(SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name);
+    FOREACH spelled IN ARRAY coalesce(named, '{}') LOOP
+        BEGIN
+            tables := pg_catalog.array_append(tables, pg_catalog.to_regclass(spelled));
+        EXCEPTION WHEN invalid_name OR feature_not_supported THEN
+            NULL;  -- no table of this database's (another database's, or not a table's name): none to rewind
+        END;
+    END LOOP;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
 END
@@ -1146,7 +1153,7 @@ $$;
 
 CREATE FUNCTION flux.retry_delay(attempts integer, base_s double precision) RETURNS interval
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT pg_catalog.make_interval(secs => least(base_s * 2 ^ least(attempts - 1, 30), 3600) * (0.5 + random() / 2))
 $$;
@@ -1158,7 +1165,7 @@ $$;
 
 CREATE FUNCTION flux.retry_job(job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     job flux.jobs := flux.find_job(job_id);
@@ -1316,7 +1323,7 @@ $$;
 
 CREATE FUNCTION flux.role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT CASE current_user
         WHEN 'flux_anon' THEN 'anon'
@@ -1332,7 +1339,7 @@ $$;
 
 CREATE FUNCTION flux.row_blame(table_ref regclass, pk jsonb) RETURNS TABLE(column_name text, value jsonb, mutation_id bigint, at timestamp with time zone, op text, request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT DISTINCT ON (col) col, h.new -> col, h.mutation_id, h.at, h.op, h.request_id, h.function,
            h.code_sha, h.deployment_id, h.actor
@@ -1355,7 +1362,7 @@ COMMENT ON FUNCTION flux.row_blame(table_ref regclass, pk jsonb) IS 'For each co
 
 CREATE FUNCTION flux.row_history(table_ref regclass, pk jsonb) RETURNS TABLE(mutation_id bigint, at timestamp with time zone, op text, changed text[], old jsonb, new jsonb, request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
            m.actor
@@ -1379,7 +1386,7 @@ COMMENT ON FUNCTION flux.row_history(table_ref regclass, pk jsonb) IS 'Every ver
 
 CREATE FUNCTION flux.table_blame(table_ref regclass) RETURNS TABLE(row_pk jsonb, mutation_id bigint, at timestamp with time zone, op text, changed text[], request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
            r.deployment_id, last.actor
@@ -1406,7 +1413,7 @@ COMMENT ON FUNCTION flux.table_blame(table_ref regclass) IS 'For each row of a t
 
 CREATE FUNCTION flux.table_names(table_ref regclass) RETURNS TABLE(schema_name text, table_name text)
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT n.nspname::text, c.relname::text
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1420,7 +1427,7 @@ $$;
 
 CREATE FUNCTION flux.take_token(bucket_key text, capacity double precision, refill_per_s double precision, OUT allowed boolean, OUT remaining double precision, OUT retry_after_s double precision) RETURNS record
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     INSERT INTO flux.rate_buckets AS b (bucket, tokens, allowed, updated_at)
     VALUES (bucket_key, capacity - 1, true, pg_catalog.statement_timestamp())
@@ -1443,7 +1450,7 @@ $$;
 
 CREATE FUNCTION flux.tenant_id() RETURNS uuid
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
@@ -1464,7 +1471,7 @@ $_$;
 
 CREATE FUNCTION flux.tg_catalog__notify() RETURNS event_trigger
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('flux_catalog', TG_TAG);
@@ -1478,7 +1485,7 @@ $$;
 
 CREATE FUNCTION flux.tg_column_policies__notify() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('flux_catalog', 'column_policies');
@@ -1493,7 +1500,7 @@ $$;
 
 CREATE FUNCTION flux.tg_gateway__notify() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify(TG_ARGV[0], TG_TABLE_NAME);
@@ -1508,7 +1515,7 @@ $$;
 
 CREATE FUNCTION flux.tg_jobs__notify() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('flux_jobs', q.queue)
@@ -1524,7 +1531,7 @@ $$;
 
 CREATE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     written_schema text := TG_TABLE_SCHEMA;
@@ -1600,7 +1607,7 @@ $$;
 
 CREATE FUNCTION flux.tg_mutations__record() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     old_row jsonb;
@@ -1661,7 +1668,7 @@ $$;
 
 CREATE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     schema_name text := TG_TABLE_SCHEMA;
@@ -1696,7 +1703,7 @@ $_$;
 
 CREATE FUNCTION flux.trace(request_id uuid) RETURNS TABLE(seq integer, parent_seq integer, depth integer, span_id text, module text, name text, started_at timestamp with time zone, offset_us bigint, duration_us bigint, ok boolean, attributes jsonb, input jsonb, output jsonb, error jsonb)
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     WITH RECURSIVE request AS (
         SELECT r.started_at, r.duration_us FROM flux.requests r WHERE r.id = trace.request_id
@@ -1736,7 +1743,7 @@ COMMENT ON FUNCTION flux.trace(request_id uuid) IS 'A request''s spans in execut
 
 CREATE FUNCTION flux.track(target regclass) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     key_columns text[];
@@ -1787,7 +1794,7 @@ $$;
 
 CREATE FUNCTION flux.track_all(schemas text[] DEFAULT ARRAY['public'::text]) RETURNS SETOF regclass
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     candidate regclass;
@@ -1826,7 +1833,7 @@ $$;
 
 CREATE FUNCTION flux.tracked_leaves(target regclass) RETURNS SETOF regclass
     LANGUAGE sql STABLE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT target WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0)
     UNION ALL
@@ -1840,7 +1847,7 @@ $$;
 
 CREATE FUNCTION flux.try_lock_job_key(tenant uuid, queue_name text, key text) RETURNS boolean
     LANGUAGE sql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT key IS NULL OR pg_catalog.pg_try_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key))
 $$;
@@ -1852,7 +1859,7 @@ $$;
 
 CREATE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     missing text[] := '{}';
@@ -1873,7 +1880,7 @@ $$;
 
 CREATE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     t record;
@@ -1976,7 +1983,7 @@ $_$;
 
 CREATE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 DECLARE
     m record;
@@ -2031,7 +2038,7 @@ $_$;
 
 CREATE FUNCTION flux.untrack(target regclass) RETURNS void
     LANGUAGE plpgsql
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     leaf regclass;
@@ -2053,7 +2060,7 @@ $$;
 
 CREATE FUNCTION flux.user_id() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO ''
+    SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT flux.claim('sub')
 $$;

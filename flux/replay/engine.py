@@ -20,7 +20,7 @@ from flux.errors import FluxError, InvalidFunctionResponse
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
-from flux.replay.state import State, captured_mutations, open_state, ungrant_statement
+from flux.replay.state import State, captured_mutations, end_run, open_state, ungrant_statement
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
@@ -152,8 +152,13 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     try:
         if state is not None:
             mutations = captured_mutations(transaction.conn)
+    except FluxError as exc:  # the run ended its own session, or wrote what cannot be read back: its error
+        error = error or exc
     finally:
-        transaction.rollback()
+        if state is not None:
+            end_run(transaction)
+        else:
+            transaction.rollback()
     if error is not None:
         response = error_response(error, replay_id)
     assert response is not None

@@ -27,12 +27,19 @@ from typing import Any
 from flux import db, jsontext, pipeline
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
-from flux.errors import FluxError, QueryTimedOut, RewindFailed
+from flux.errors import FluxError, InvalidFunctionResponse, QueryTimedOut, RewindFailed
 from flux.pipeline import Statement
 from flux.replay.recording import Recording
 
 Row = dict[str, Any]
 
+# What earlier requests left in the request connection's session goes first (the API replays on one of the
+# gateway's pooled connections): their temporary tables, views and types (a view named like a table that a
+# project's function reads by name would be read instead, by the rewind, as the owner), their settings
+# (a search path of theirs would resolve the names the replay's queries use) and the prepared statements
+# (a function of theirs may have put its own SQL under the name of one of Flux's: plpgsql's EXECUTE runs
+# PREPARE and DEALLOCATE, which raw SQL refuses). Sent unnamed, as every statement after the run is.
+_FORGET = [Statement(b"DISCARD TEMP"), Statement(b"RESET ALL"), Statement(b"DEALLOCATE ALL")]
 # A grant for one replay; those older than a minute go (flux.replay_prepare no longer takes them up), but
 # not one a running replay holds (SKIP LOCKED: this never waits for it).
 _GRANT = b"""
@@ -48,15 +55,29 @@ _PREPARE = (
     b" pg_catalog.current_setting('search_path'), $5::text[], $6::text[], $7::timestamptz, $8::timestamptz)"
 )
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
-_ROLLBACK = Statement(b"ROLLBACK")
 _UNGRANT = b"DELETE FROM flux.replay_grants WHERE secret_sha256 = pg_catalog.sha256($1::bytea)"
+# After the run: its transaction rolled back, the session-level advisory locks it took released and the
+# statements it may have prepared dropped (both outlive a rollback; raw SQL refuses pg_advisory_lock, PREPARE
+# and DEALLOCATE, but not inside a function the run makes): the connection may be the gateway's, for the
+# requests that come next.
+_END = [
+    Statement(b"ROLLBACK"),
+    Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()"),
+    Statement(b"DEALLOCATE ALL"),
+]
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
-# Back to the connecting role, with the search path the function may have moved put back (to pg_catalog
-# only): its own functions and operators must not run in the statements after it.
-_NO_ROLE = Statement(
-    b"SELECT pg_catalog.set_config('role', 'none', true), pg_catalog.set_config('search_path', '', true)"
-)
+# Back to the connecting role and the connection's settings, whatever the function set for the rest of its
+# transaction (a statement timeout the read of its writes would exceed, a client encoding that cannot carry
+# them), with the search path it may have moved put back (to pg_catalog, then pg_temp): its own functions,
+# operators and types must not be found by the statements after it.
+_NO_ROLE = [
+    Statement(b"RESET ALL"),
+    Statement(
+        b"SELECT pg_catalog.set_config('role', 'none', true),"
+        b" pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+    ),
+]
 
 
 @dataclass
@@ -80,7 +101,8 @@ def open_state(
     timeout_ms: int | None = None,
 ) -> State:
     """Grant the replay on `owner` (flux.replay_grants), then begin its transaction on the request connection
-    `transaction` runs on and set its database up for `mode` (live or as-of) there, through
+    `transaction` runs on (first clearing what earlier requests left in its session: temporary objects,
+    settings, prepared statements) and set its database up for `mode` (live or as-of) there, through
     flux.replay_prepare: two round trips. Then the transaction runs as the request's role, claims and tenant,
     under the replay's id (those settings go with its first statement). The rewind has the request role's
     statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
@@ -106,7 +128,11 @@ def open_state(
         pipeline.run(owner, [Statement(_GRANT, [secret, replay_id, recording.id])])
     try:
         with db.translate_errors():
-            rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
+            try:
+                statements = [*_FORGET, pipeline.BEGIN, *limit, prepare]
+                rewound = pipeline.run(transaction.conn, statements, prepare=False).rows[0][0]
+            finally:
+                pipeline.forget_prepared(transaction.conn)
     except FluxError as exc:
         ungrant(owner, secret)
         if isinstance(exc, QueryTimedOut):
@@ -132,6 +158,22 @@ def open_state(
     )
 
 
+def end_run(transaction: db.RequestTransaction) -> None:
+    """End the replay's run on its request connection (`_END`), in one round trip. Nothing to do on a
+    connection the run lost (it ended its session): its transaction ended with it."""
+    db.take_unsent(transaction.conn)
+    transaction.begun = False
+    try:
+        with db.translate_errors():
+            try:
+                pipeline.run(transaction.conn, _END, prepare=False)
+            finally:
+                pipeline.forget_prepared(transaction.conn)
+    except FluxError:  # FX801, or the server's own word for why it ended the session
+        if not transaction.conn.closed:
+            raise
+
+
 def ungrant_statement(state: State) -> Statement:
     """What deletes the replay's grant on the owner's connection once its transaction has ended (nothing is
     left behind); the engine sends it with the replay's record."""
@@ -144,14 +186,22 @@ def ungrant(owner: Any, secret: bytes) -> None:
 
 
 def captured_mutations(runner: Any) -> list[Row]:
-    """The mutations the replay's run made on the request connection `runner`, read back as its transaction is
-    rolled back (one round trip), or none if a database error ended the transaction (the original's would have
-    been rolled back too)."""
+    """The mutations the replay's run made on the request connection `runner` (read before its transaction is
+    rolled back), or none if a database error ended the transaction (the original's would have been rolled
+    back too). Raises FX303 when they hold JSON nested deeper than Python reads, and the error that ended the
+    session when the run ended it: the engine takes either as the run's error."""
     if db.transaction_failed(runner):
         return []
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
-    with db.translate_errors():
-        result = pipeline.run(runner, [_NO_ROLE, _CAPTURED, _ROLLBACK], answer=-2)
+    try:
+        with db.translate_errors():
+            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED], prepare=False)  # its names may be the run's
+    except RecursionError as exc:  # past orjson's 1024 levels, Python's decoder runs out of stack
+        raise InvalidFunctionResponse(
+            "the replayed run wrote JSON nested deeper than a replay can read back, so its writes are not"
+            " compared",
+            hint="write JSON that nests less deeply",
+        ) from exc
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
 

@@ -3,7 +3,7 @@
 -- The JWT or API-key claims of the current request ({} outside a request).
 CREATE OR REPLACE FUNCTION flux.claims() RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT coalesce(nullif(pg_catalog.current_setting('flux.claims', true), ''), '{}')::jsonb
 $$;
@@ -11,7 +11,7 @@ $$;
 -- One claim as text, or null when absent.
 CREATE OR REPLACE FUNCTION flux.claim(name text) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT flux.claims() ->> name
 $$;
@@ -19,7 +19,7 @@ $$;
 -- The caller's user id: the `sub` claim.
 CREATE OR REPLACE FUNCTION flux.user_id() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT flux.claim('sub')
 $$;
@@ -30,7 +30,7 @@ $$;
 -- cannot do.
 CREATE OR REPLACE FUNCTION flux.tenant_id() RETURNS uuid
     LANGUAGE plpgsql STABLE PARALLEL SAFE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
@@ -48,7 +48,7 @@ $$;
 -- null for a session that is not acting for a Flux request (a DBA in psql).
 CREATE OR REPLACE FUNCTION flux.role() RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE current_user
         WHEN 'flux_anon' THEN 'anon'

@@ -7,7 +7,7 @@
 -- no right but inserting mutations.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__record() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     old_row jsonb;
@@ -65,7 +65,7 @@ $$;
 -- flux_recorder SELECT on the table for this).
 CREATE OR REPLACE FUNCTION flux.tg_mutations__record_truncate() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     schema_name text := TG_TABLE_SCHEMA;
@@ -97,7 +97,7 @@ $$;
 -- triggers go on these (statement triggers are not inherited, and a TRUNCATE of the parent fires them all).
 CREATE OR REPLACE FUNCTION flux.tracked_leaves(target regclass) RETURNS SETOF regclass
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT target WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_partition_tree(target) AS p WHERE p.level > 0)
     UNION ALL
@@ -107,7 +107,7 @@ $$;
 -- Refuses what flux.track and flux.untrack cannot work on: views, partitions, Flux's own tables.
 CREATE OR REPLACE FUNCTION flux.check_trackable(target regclass) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     kind "char";
@@ -136,7 +136,7 @@ $$;
 -- Start recording every write to a table (again, with its current primary key, if already tracked).
 CREATE OR REPLACE FUNCTION flux.track(target regclass) RETURNS void
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     key_columns text[];
@@ -183,7 +183,7 @@ $$;
 -- Stop recording writes to a table; its recorded history stays.
 CREATE OR REPLACE FUNCTION flux.untrack(target regclass) RETURNS void
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     leaf regclass;
@@ -213,7 +213,7 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__record(), flux.tg_mutations__recor
 -- tables it started tracking.
 CREATE OR REPLACE FUNCTION flux.track_all(schemas text[] DEFAULT ARRAY['public']) RETURNS SETOF regclass
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     candidate regclass;

@@ -16,7 +16,7 @@
 -- UPDATE those of its key, an INSERT the next ones of its table.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     written_schema text := TG_TABLE_SCHEMA;
@@ -107,7 +107,8 @@ CREATE OR REPLACE FUNCTION flux.replay_prepare(
 AS $$
 DECLARE
     granted flux.replay_grants;
-    tables regclass[];
+    tables regclass[] := '{}';
+    spelled text;
 BEGIN
     UPDATE flux.replay_grants AS g SET txid = pg_catalog.txid_current()
      WHERE g.secret_sha256 = pg_catalog.sha256(secret) AND g.txid IS NULL
@@ -122,7 +123,13 @@ BEGIN
            NULLIF(p->7, 'null')
       FROM pg_catalog.jsonb_array_elements(pins) AS p;
     PERFORM pg_catalog.set_config('search_path', caller_path, true);  -- names only: no code runs meanwhile
-    tables := ARRAY(SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(named) AS name);
+    FOREACH spelled IN ARRAY coalesce(named, '{}') LOOP
+        BEGIN
+            tables := pg_catalog.array_append(tables, pg_catalog.to_regclass(spelled));
+        EXCEPTION WHEN invalid_name OR feature_not_supported THEN
+            NULL;  -- no table of this database's (another database's, or not a table's name): none to rewind
+        END;
+    END LOOP;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
 END
@@ -280,7 +287,7 @@ $$;
 -- rewind because they no longer exist.
 CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     missing text[] := '{}';
@@ -298,7 +305,7 @@ $$;
 -- one mutation at a time.
 CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t record;
@@ -398,7 +405,7 @@ $$;
 -- get their old values, a DELETE is inserted again.
 CREATE OR REPLACE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     m record;

@@ -5,7 +5,7 @@
 -- The partition key column of a table partitioned by range.
 CREATE OR REPLACE FUNCTION flux.partition_column(parent regclass) RETURNS name
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT a.attname FROM pg_catalog.pg_partitioned_table p
       JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
@@ -18,7 +18,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.create_day_partitions(parent regclass, first_day date, last_day date)
     RETURNS SETOF regclass
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
@@ -53,7 +53,7 @@ $$;
 -- from its default partition. Returns the partitions dropped.
 CREATE OR REPLACE FUNCTION flux.drop_day_partitions(parent regclass, keep interval) RETURNS SETOF text
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     base text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = parent);
@@ -86,7 +86,7 @@ $$;
 -- The span partitions for every day from first_day to last_day (see flux.create_day_partitions).
 CREATE OR REPLACE FUNCTION flux.create_span_partitions(first_day date, last_day date) RETURNS SETOF regclass
     LANGUAGE sql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT flux.create_day_partitions('flux.spans', first_day, last_day)
 $$;
@@ -94,7 +94,7 @@ $$;
 -- Drop the span partitions older than `keep`; requests and mutations are kept (see flux.drop_day_partitions).
 CREATE OR REPLACE FUNCTION flux.drop_span_partitions(keep interval) RETURNS SETOF text
     LANGUAGE sql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT flux.drop_day_partitions('flux.spans', keep)
 $$;

@@ -14,7 +14,7 @@
 -- Not SECURITY DEFINER: it runs as the caller, who must own the tables (or be a superuser).
 CREATE OR REPLACE FUNCTION flux.apply_column_policies() RETURNS SETOF text
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     policy record;

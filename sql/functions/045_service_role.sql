@@ -10,7 +10,7 @@
 -- Returns true when it changed the defaults (false when they were in place, or there is no schema public).
 CREATE OR REPLACE FUNCTION flux.grant_service_defaults() RETURNS boolean
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF pg_catalog.to_regnamespace('public') IS NULL THEN

@@ -7,7 +7,7 @@
 -- management API) is trusted as service. current_user names the definer here, so the role setting is read.
 CREATE OR REPLACE FUNCTION flux.caller_role() RETURNS text
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE pg_catalog.current_setting('role', true)
         WHEN 'flux_anon' THEN 'anon'
@@ -19,7 +19,7 @@ $$;
 -- The advisory lock of one idempotency key.
 CREATE OR REPLACE FUNCTION flux.job_key_lock(tenant uuid, queue_name text, key text) RETURNS bigint
     LANGUAGE sql IMMUTABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.hashtextextended(coalesce(tenant::text, '') || '/' || queue_name || '/' || key, 0)
 $$;
@@ -28,7 +28,7 @@ $$;
 -- its job moves to flux.job_history still finds that job. The key's lock is taken before the job's row.
 CREATE OR REPLACE FUNCTION flux.lock_job_key(tenant uuid, queue_name text, key text) RETURNS void
     LANGUAGE sql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key)) WHERE key IS NOT NULL
 $$;
@@ -36,7 +36,7 @@ $$;
 -- The same lock for one holding the job's row already (the reaper): taken only if free, or it could deadlock.
 CREATE OR REPLACE FUNCTION flux.try_lock_job_key(tenant uuid, queue_name text, key text) RETURNS boolean
     LANGUAGE sql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT key IS NULL OR pg_catalog.pg_try_advisory_xact_lock(flux.job_key_lock(tenant, queue_name, key))
 $$;
@@ -51,7 +51,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.enqueue_jobs(jobs jsonb)
     RETURNS TABLE (ord bigint, job_id bigint, created boolean)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
     SET jit = off
 AS $$
 #variable_conflict use_column
@@ -127,7 +127,7 @@ CREATE OR REPLACE FUNCTION flux.check_job(
     active bigint
 ) RETURNS void
     LANGUAGE plpgsql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF function_name IS NULL OR function_name !~ '^[A-Za-z_][A-Za-z0-9_-]{0,62}$' THEN
@@ -158,7 +158,7 @@ CREATE OR REPLACE FUNCTION flux.job_inputs(jobs jsonb)
     RETURNS TABLE (ord bigint, function text, payload jsonb, run_at timestamptz, priority integer, queue text,
                    idempotency_key text, max_attempts integer)
     LANGUAGE sql STABLE ROWS 10
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT e.ord - 1, j.function, coalesce(j.payload, 'null'),
            coalesce(j.run_at, pg_catalog.now() + pg_catalog.make_interval(secs => coalesce(j.delay_ms, 0) / 1000.0)),
@@ -180,7 +180,7 @@ CREATE OR REPLACE FUNCTION flux.enqueue(
     max_attempts    integer DEFAULT 5
 ) RETURNS jsonb
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -216,7 +216,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision)
     RETURNS SETOF flux.jobs
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY
@@ -241,7 +241,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.extend_leases(worker text, ids bigint[], lease_s double precision)
     RETURNS SETOF bigint
     LANGUAGE sql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE flux.jobs AS j SET locked_until = pg_catalog.now() + pg_catalog.make_interval(secs => lease_s)
      WHERE j.id = ANY (ids) AND j.locked_by = worker AND j.status = 'running'
@@ -252,7 +252,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.finish_job(job flux.jobs, final_status text, request_id uuid, error jsonb)
     RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     DELETE FROM flux.jobs AS j WHERE j.id = job.id;
@@ -270,7 +270,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.record_run(job flux.jobs, request_id uuid, worker text, ok boolean, error jsonb)
     RETURNS void
     LANGUAGE sql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO flux.job_runs (job_id, run, attempt, request_id, worker, ok, error)
     SELECT job.id, coalesce(pg_catalog.max(r.run), 0) + 1, job.attempts, record_run.request_id,
@@ -281,7 +281,7 @@ $$;
 -- The job `worker` holds as attempt `attempt`, locked for this transaction; NULL when it holds it no more.
 CREATE OR REPLACE FUNCTION flux.held_job(job_id bigint, worker text, attempt integer) RETURNS flux.jobs
     LANGUAGE plpgsql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs;
@@ -303,7 +303,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.complete_job(job_id bigint, worker text, attempt integer, request_id uuid)
     RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs := flux.held_job(job_id, worker, attempt);
@@ -320,7 +320,7 @@ $$;
 -- The delay before retry `attempts` + 1: exponential from `base_s`, at most an hour, with jitter (50-100 %).
 CREATE OR REPLACE FUNCTION flux.retry_delay(attempts integer, base_s double precision) RETURNS interval
     LANGUAGE sql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT pg_catalog.make_interval(secs => least(base_s * 2 ^ least(attempts - 1, 30), 3600) * (0.5 + random() / 2))
 $$;
@@ -332,7 +332,7 @@ CREATE OR REPLACE FUNCTION flux.fail_job(
     job_id bigint, worker text, attempt integer, request_id uuid, error jsonb, retry_base_s double precision DEFAULT 1
 ) RETURNS text
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs := flux.held_job(job_id, worker, attempt);
@@ -348,7 +348,7 @@ $$;
 CREATE OR REPLACE FUNCTION flux.after_failure(job flux.jobs, request_id uuid, error jsonb, delay interval)
     RETURNS text
     LANGUAGE plpgsql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF job.attempts >= job.max_attempts THEN
@@ -367,7 +367,7 @@ $$;
 -- failed with FX404 and the job is due again at once (or dead after its last attempt). Returns how many.
 CREATE OR REPLACE FUNCTION flux.reap_jobs() RETURNS integer
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs;
@@ -393,7 +393,7 @@ $$;
 -- counted.
 CREATE OR REPLACE FUNCTION flux.release_jobs(worker text, ids bigint[]) RETURNS integer
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     released integer;
@@ -413,7 +413,7 @@ $$;
 -- Job `job_id`, waiting or finished, else FX403.
 CREATE OR REPLACE FUNCTION flux.find_job(job_id bigint) RETURNS flux.jobs
     LANGUAGE plpgsql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs;
@@ -429,7 +429,7 @@ $$;
 -- Run a job again now: a failed one at once, a dead or cancelled one from the start (attempts from 0).
 CREATE OR REPLACE FUNCTION flux.retry_job(job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs := flux.find_job(job_id);
@@ -475,7 +475,7 @@ $$;
 -- Cancel a job that has not started (queued, or failed and waiting for a retry).
 CREATE OR REPLACE FUNCTION flux.cancel_job(job_id bigint) RETURNS jsonb
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     job flux.jobs := flux.find_job(job_id);
@@ -497,7 +497,7 @@ $$;
 -- NULL when another process fired this tick.
 CREATE OR REPLACE FUNCTION flux.fire_cron(cron_name text, tick timestamptz, next_run timestamptz) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     entry flux.cron;

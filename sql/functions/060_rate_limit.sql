@@ -12,7 +12,7 @@ CREATE OR REPLACE FUNCTION flux.take_token(
     OUT retry_after_s  double precision
 )
     LANGUAGE sql VOLATILE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO flux.rate_buckets AS b (bucket, tokens, allowed, updated_at)
     VALUES (bucket_key, capacity - 1, true, pg_catalog.statement_timestamp())

@@ -9,7 +9,7 @@ CREATE FUNCTION flux.trace(request_id uuid)
                    started_at timestamptz, offset_us bigint, duration_us bigint, ok boolean,
                    attributes jsonb, input jsonb, output jsonb, error jsonb)
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     WITH RECURSIVE request AS (
         SELECT r.started_at, r.duration_us FROM flux.requests r WHERE r.id = trace.request_id

@@ -5,7 +5,7 @@
 -- before the scan, so the scan can use mutations_row_idx (a join on pg_class made Postgres scan every row).
 CREATE OR REPLACE FUNCTION flux.table_names(table_ref regclass) RETURNS TABLE (schema_name text, table_name text)
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT n.nspname::text, c.relname::text
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -19,7 +19,7 @@ CREATE OR REPLACE FUNCTION flux.row_history(table_ref regclass, pk jsonb)
     RETURNS TABLE (mutation_id bigint, at timestamptz, op text, changed text[], old jsonb, new jsonb,
                    request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT m.id, m.at, m.op, m.changed, m.old, m.new, m.request_id, r.function, r.code_sha, r.deployment_id,
            m.actor
@@ -35,7 +35,7 @@ CREATE OR REPLACE FUNCTION flux.row_blame(table_ref regclass, pk jsonb)
     RETURNS TABLE (column_name text, value jsonb, mutation_id bigint, at timestamptz, op text,
                    request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT DISTINCT ON (col) col, h.new -> col, h.mutation_id, h.at, h.op, h.request_id, h.function,
            h.code_sha, h.deployment_id, h.actor
@@ -54,7 +54,7 @@ CREATE OR REPLACE FUNCTION flux.table_blame(table_ref regclass)
     RETURNS TABLE (row_pk jsonb, mutation_id bigint, at timestamptz, op text, changed text[],
                    request_id uuid, function text, code_sha text, deployment_id bigint, actor text)
     LANGUAGE sql STABLE
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT last.row_pk, last.id, last.at, last.op, last.changed, last.request_id, r.function, r.code_sha,
            r.deployment_id, last.actor

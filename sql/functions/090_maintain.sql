@@ -4,7 +4,7 @@
 -- default partition.
 CREATE OR REPLACE FUNCTION flux.maintain() RETURNS void
     LANGUAGE plpgsql
-    SET search_path = ''
+    SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
