@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from flux.errors import InvalidExpectation
 from flux.replay.predicate import parse
+from flux.runtime.build import sources_sha256
 
 RESPONSE = {"status": 200, "headers": {"Content-Type": "application/json"}, "body": {"items": [1, 2]}}
 
@@ -66,3 +67,15 @@ def test_the_cli_answers_a_hostile_expect_with_fx512_and_exit_2(tmp_path: Path) 
         catch_exceptions=False,
     )
     assert done.exit_code == 2 and done.output.startswith("error FX512: --expect (3006 characters)"), done.output
+
+
+def test_two_different_function_folders_never_share_a_sources_hash(tmp_path: Path) -> None:
+    """The hash decides that a build is reused (by `flux deploy` and across bisect's commits): a file holding
+    NUL bytes must not read as several files."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    (one / "table.bin").write_bytes(b"1\0table.bin2\0" + b"2")
+    (two / "table.bin").write_bytes(b"1")
+    (two / "table.bin2").write_bytes(b"2")
+    assert sources_sha256(one) != sources_sha256(two)

@@ -138,11 +138,14 @@ def check_syntax(source: Path) -> None:
 
 
 def sources_sha256(folder: Path) -> str:
-    """One hash of every source file in the function's folder (names and contents), to skip a rebuild."""
+    """One hash of every source file in the function's folder (names and contents), to skip a rebuild. Each
+    name and content goes in after its length: with separators alone, a file holding NUL bytes could stand
+    for several files, and two different trees would hash the same."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not NOT_SOURCES & set(path.relative_to(folder).parts):
-            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+            name, content = str(path.relative_to(folder)).encode(), path.read_bytes()
+            digest.update(b"%d:%s%d:%s" % (len(name), name, len(content), content))
     return digest.hexdigest()
 
 
