@@ -5,16 +5,33 @@ Real Postgres, real Deno, real git."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from flux.errors import InvalidExpectation
+from flux import db
+from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
+from flux.config import load_settings
+from flux.data import load_catalog
+from flux.errors import ActiveVersionChanged, InvalidExpectation
+from flux.gateway.handler import WithBuiltins
+from flux.replay import Replay, built_code
 from flux.replay.predicate import parse
+from flux.runtime import Runtime, project_cache
 from flux.runtime.build import sources_sha256
+from tests.fixtures.gateway import gateway_client
+from tests.test_deploy_gate import ADD_NOTE, GET_NOTE
+from tests.test_deploy_gate import FLUX_TOML as GATE_TOML
+from tests.test_deploy_gate import _edit as gate_edit
+from tests.test_deploy_gate import _project as gate_project
+
+Conn = psycopg.Connection[Any]
 
 RESPONSE = {"status": 200, "headers": {"Content-Type": "application/json"}, "body": {"items": [1, 2]}}
 
@@ -79,3 +96,69 @@ def test_two_different_function_folders_never_share_a_sources_hash(tmp_path: Pat
     (two / "table.bin").write_bytes(b"1")
     (two / "table.bin2").write_bytes(b"2")
     assert sources_sha256(one) != sources_sha256(two)
+
+
+@pytest.fixture
+def project(dsn: str, tmp_path: Path) -> Path:
+    """test_deploy_gate's project, deployed as version 1, with three notes added and each read once."""
+    project = gate_project(tmp_path / "project")
+    settings = load_settings(project, env={})
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
+        for text in ("a", "b", "c"):
+            assert client.simulate_post("/notes", json={"text": text}).status_code == 201
+        for number in (1, 2, 3):
+            assert client.simulate_get(f"/notes/{number}").json["id"] == number
+    return project
+
+
+def _active(conn: Conn) -> int:
+    row = conn.execute("SELECT id FROM flux.deployments WHERE active").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_version_that_only_changes_a_functions_limits_is_gated(dsn: str, conn: Conn, project: Path) -> None:
+    """A timeout of 1 ms makes every request of get_note fail: the same code, another behaviour."""
+    (project / "flux.toml").write_text(GATE_TOML + "\n[functions.get_note]\ntimeout_ms = 1\n")
+    done = CliRunner().invoke(app, ["deploy", str(project), "--gate"], env={"DATABASE_URL": dsn})
+    assert done.exit_code == 1, done.output
+    assert "gate: 3 recent requests of changed functions (get_note)" in done.output
+    assert _active(conn) == 1
+
+
+class _Interloper:
+    """The gate's executor, which has another version deployed (as a second `flux deploy` would) while the
+    gate replays its first request."""
+
+    def __init__(self, inner: Any, interrupt: Any) -> None:
+        self.inner, self.interrupt, self.done = inner, interrupt, False
+
+    def execute(self, function: Any, given: Any, host: Any) -> Any:
+        if not self.done:
+            self.done = True
+            self.interrupt()
+        return self.inner.execute(function, given, host)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_version_activated_while_the_gate_ran_is_not_replaced_unjudged(
+    dsn: str, conn: Conn, project: Path, tmp_path: Path
+) -> None:
+    """The gate judged the candidate against version 1; version 2 (a hotfix of add_note) was activated
+    meanwhile. Activating the candidate would undo the hotfix without its traffic ever being replayed."""
+    hotfix = gate_project(tmp_path / "hotfix")
+    gate_edit(hotfix, "add_note", ADD_NOTE.replace("note.rows[0]", "{...note.rows[0], fixed: true}"))
+    candidate = load_settings(project, env={})
+    gate_edit(project, "get_note", GET_NOTE.replace("return found", "const rows = found; return rows"))
+    bundle = bundle_project(candidate)
+    runtime = Runtime(project_cache(project), deno_workers=1)
+    with db.connect(dsn, autocommit=True) as owner, contextlib.closing(runtime):
+        executor = _Interloper(WithBuiltins(runtime), lambda: deploy(dsn, load_settings(hotfix, env={})))
+        how = Replay(executor, built_code({}), load_catalog(owner), mode="recorded")
+        with pytest.raises(ActiveVersionChanged, match="version 2 was activated while the gate ran"):
+            deploy_bundle(owner, bundle, gate=Gate(how))
+    assert executor.done and _active(conn) == 2
+    assert conn.execute("SELECT count(*) FROM flux.deployments").fetchone() == (2,)
