@@ -6,7 +6,10 @@ Real Postgres, real Deno, real git."""
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,9 @@ from flux.replay import Replay, built_code
 from flux.replay.predicate import parse
 from flux.runtime import Runtime, project_cache
 from flux.runtime.build import sources_sha256
+from flux.api.admin import create_admin_key
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.processes import flux_server, run_flux
 from tests.test_deploy_gate import ADD_NOTE, GET_NOTE
 from tests.test_deploy_gate import FLUX_TOML as GATE_TOML
 from tests.test_deploy_gate import _edit as gate_edit
@@ -162,3 +167,56 @@ def test_a_version_activated_while_the_gate_ran_is_not_replaced_unjudged(
             deploy_bundle(owner, bundle, gate=Gate(how))
     assert executor.done and _active(conn) == 2
     assert conn.execute("SELECT count(*) FROM flux.deployments").fetchone() == (2,)
+
+
+CLONES = 10_000  # the most a gate replays (--last's bound); `--since 1h` alone asks for as many
+_CLONE_REQUESTS = """
+INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
+                           status, ok, started_at, duration_us, input, output, error, trace_id)
+SELECT gen_random_uuid(), tenant_id, kind, method, path, route_id, function, deployment_id, code_sha, status, ok,
+       started_at - make_interval(secs => n), duration_us, input, output, error, trace_id
+  FROM flux.requests, generate_series(1, %s) n WHERE id = %s
+RETURNING id, started_at
+"""
+_CLONE_SPANS = """
+INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at, duration_us,
+                        ok, attributes, input, output, error)
+SELECT c.id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name, c.started_at, s.duration_us, s.ok,
+       s.attributes, s.input, s.output, s.error
+  FROM flux.spans s, unnest(%s::uuid[], %s::timestamptz[]) AS c(id, started_at) WHERE s.request_id = %s
+"""
+
+
+def test_a_gate_over_many_requests_through_the_server_answers_in_time(
+    dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    """10,000 recorded requests of a changed function, the gate run by the server: the worker must answer
+    (a verdict, or a 4xx that says to ask for fewer) before gunicorn's 30 s worker timeout kills it
+    mid-request and the CLI is left with a dropped connection."""
+    gate_project(project_dir)
+    env = {**flux_env, "DATABASE_URL": dsn}
+    with flux_server(project_dir, env) as (url, _):
+        request = urllib.request.Request(f"{url}/notes", data=json.dumps({"text": "a"}).encode(),
+                                         headers={"content-type": "application/json"})  # fmt: skip
+        urllib.request.urlopen(request).close()
+        urllib.request.urlopen(f"{url}/notes/1").close()
+        read = None
+        for _ in range(100):  # the record commits just after the answer
+            read = conn.execute("SELECT id FROM flux.requests WHERE path = '/notes/1'").fetchone()
+            if read is not None:
+                break
+            time.sleep(0.05)
+        assert read is not None
+        clones = conn.execute(_CLONE_REQUESTS, (CLONES - 1, read[0])).fetchall()
+        conn.execute(_CLONE_SPANS, ([c[0] for c in clones], [c[1] for c in clones], read[0]))
+        remote = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+        remote |= {"FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "cli").key}
+        gate_edit(project_dir, "get_note", GET_NOTE.replace("return found", "const rows = found; return rows"))
+        clock = time.monotonic()
+        done = run_flux(["deploy", "--gate", "--since", "1d"], remote, project_dir, timeout=300)
+        took = time.monotonic() - clock
+    assert took < 30 and done.returncode == 1, (took, done.stdout, done.stderr)
+    said = re.search(r"error FX516: the deploy gate replayed (\d+) of 10000 recent requests in 20 s", done.stderr)
+    assert said is not None and 0 < int(said[1]) < CLONES, done.stderr
+    assert _active(conn) == 1
+    assert conn.execute("SELECT count(*) FROM flux.deployments").fetchone() == (1,)

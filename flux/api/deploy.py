@@ -32,6 +32,7 @@ from flux.errors import (
     DeployGateRefused,
     DeploymentNotFound,
     InvalidConfig,
+    InvalidGateOption,
     InvalidProject,
     InvalidRequest,
     VersionRefusedByGate,
@@ -78,6 +79,7 @@ class Gate:
     window: Window = dataclasses.field(default_factory=Window)
     accept: bool = False
     runs_on: Any = None
+    budget_s: float | None = None  # a server's: its worker must answer before gunicorn's timeout kills it
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,15 @@ def deploy_bundle(
                 details={"version": refused, **verdict},
                 hint="fix the code, or deploy anyway with --accept-divergence",
             )
+        if verdict["incomplete"]:
+            raise InvalidGateOption(
+                f"the deploy gate replayed {verdict['replayed']} of {verdict['incomplete'] + verdict['replayed']}"
+                f" recent requests in {gate.budget_s:g} s, the most a server request may take, with no"
+                " divergence so far; nothing was activated",
+                details=verdict,
+                hint="ask for fewer (--last 1000, --since 10m), or run the gate where the database is"
+                " (DATABASE_URL=… flux deploy --gate)",
+            )
     with conn.transaction():
         active = conn.execute(
             "SELECT id, content_sha FROM flux.deployments WHERE active FOR UPDATE"
@@ -200,9 +211,11 @@ def run_gate(
     routes = moved_routes(conn, list(bundle.routes), candidate)
     rows = recent_requests(conn, functions, gate.window, routes)
     how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
-    summary = replay_recent(conn, functions, rows, how, gate.runs_on)
+    summary = replay_recent(conn, functions, rows, how, gate.runs_on, budget_s=gate.budget_s)
     summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
-    return gate_record(summary, gate.window, gate_verdict(summary, gate.accept))
+    # `incomplete`: the requests left unreplayed when the budget ran out (0 when every one was)
+    return {**gate_record(summary, gate.window, gate_verdict(summary, gate.accept)),
+            "incomplete": len(rows) - len(summary.results)}  # fmt: skip
 
 
 def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:

@@ -34,6 +34,9 @@ MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
 MAX_JOBS_BYTES = 16 * 1024 * 1024  # a batch of jobs (each payload is at most 1 MiB)
 MAX_DEPLOY_BYTES = 512 * 1024 * 1024  # built code, base64 (a Python component is about 25 MB)
+# The deploy gate's replays on a server stop after this long: gunicorn kills a worker silent for 30 s (its
+# default timeout), which the caller would see as a dropped connection, and the CLI waits 60 s.
+SERVER_GATE_BUDGET_S = 20.0
 
 
 def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
@@ -152,7 +155,7 @@ class _Api:
             mode=options.mode, secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
             fetch_policy=gateway.fetch_policy,
         )  # fmt: skip
-        return deploy.Gate(how, options.window, options.accept, runs_on)
+        return deploy.Gate(how, options.window, options.accept, runs_on, budget_s=SERVER_GATE_BUDGET_S)
 
     def on_post_missing(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _body(req, {"sha256": list}, required=("sha256",))

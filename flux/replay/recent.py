@@ -211,13 +211,17 @@ def replay_recent(
     how: Replay,
     runs_on: Any = None,
     stop: threading.Event | None = None,
+    budget_s: float | None = None,
 ) -> Summary:
     """Replay `rows` (newest first, as `recent_requests` lists them) oldest first, as `how` says; until `stop`
-    is set, when given."""
+    is set, when given, or `budget_s` seconds have gone by (the summary then holds fewer results than
+    `rows`)."""
     summary = Summary(functions, how.mode)
     clock = time.perf_counter()
     for row in reversed(rows):
         if stop is not None and stop.is_set():
+            break
+        if budget_s is not None and time.perf_counter() - clock > budget_s:
             break
         replayed = replay_request(conn, row["id"], how, runs_on)
         summary.results.append((row, replayed.result))
