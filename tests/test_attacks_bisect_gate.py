@@ -220,3 +220,30 @@ def test_a_gate_over_many_requests_through_the_server_answers_in_time(
     assert said is not None and 0 < int(said[1]) < CLONES, done.stderr
     assert _active(conn) == 1
     assert conn.execute("SELECT count(*) FROM flux.deployments").fetchone() == (1,)
+
+
+def test_hostile_gate_bodies_are_4xx_with_a_code(dsn: str, conn: Conn, project: Path) -> None:
+    with gateway_client(load_settings(project, env={}), dsn) as client:
+        admin = {"authorization": f"Bearer {create_admin_key(conn, 'tests').key}", "content-type": "application/json"}
+        bodies = [
+            '{"functions": [], "gate": []}',
+            '{"functions": [], "gate": "yes"}',
+            '{"functions": [], "gate": {"last": 1e400}}',
+            '{"functions": [], "gate": {"last": 1000000000000000000000000000000}}',
+            '{"functions": [], "gate": {"last": -1}}',
+            '{"functions": [], "gate": {"since_s": 1000000000000000000000000000000}}',
+            '{"functions": [], "gate": {"since_s": 0}}',
+            '{"functions": [], "gate": {"since_s": 1.5}}',
+            '{"functions": [], "gate": {"last": true}}',
+            '{"functions": [], "gate": {"db": null}}',
+            '{"functions": [], "gate": {"db": "as-of\\u0000"}}',
+            '{"functions": [], "gate": {"accept": null}}',
+            '{"functions": [], "gate": {"last": ' + "[" * 100_000 + "]" * 100_000 + "}}",
+            '{"functions": [], "gate": {"last": NaN}}',
+            '{"functions": [], "gate": {"\\ud800": 1}}',
+        ]
+        for body in bodies:
+            answer = client.simulate_post("/flux/api/deployments", body=body, headers=admin)
+            assert answer.status_code in (400, 413, 422), (body[:80], answer.status_code, answer.text[:300])
+            assert re.fullmatch(r"FX\d{3}", answer.json["code"]), answer.json
+    assert _active(conn) == 1
