@@ -17,12 +17,18 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from cli._code import commits_between, functions_from_git
 from cli.main import app
 from flux import db
 from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
 from flux.config import load_settings
 from flux.data import load_catalog
-from flux.errors import ActiveVersionChanged, InvalidExpectation
+from flux.errors import (
+    ActiveVersionChanged,
+    GitRevisionUnusable,
+    InvalidExpectation,
+    InvalidFunctionCode,
+)
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, built_code
 from flux.replay.predicate import parse
@@ -30,6 +36,7 @@ from flux.runtime import Runtime, project_cache
 from flux.runtime.build import sources_sha256
 from flux.api.admin import create_admin_key
 from tests.fixtures.gateway import gateway_client
+from tests.fixtures.git import git, git_state
 from tests.fixtures.processes import flux_server, run_flux
 from tests.test_deploy_gate import ADD_NOTE, GET_NOTE
 from tests.test_deploy_gate import FLUX_TOML as GATE_TOML
@@ -247,3 +254,61 @@ def test_hostile_gate_bodies_are_4xx_with_a_code(dsn: str, conn: Conn, project: 
             assert answer.status_code in (400, 413, 422), (body[:80], answer.status_code, answer.text[:300])
             assert re.fullmatch(r"FX\d{3}", answer.json["code"]), answer.json
     assert _active(conn) == 1
+
+
+def _repository(top: Path) -> Path:
+    top.mkdir()
+    git(top, "init", "-q", "-b", "main")
+    (top / "flux.toml").write_text("")
+    (top / "functions" / "f").mkdir(parents=True)
+    (top / "functions" / "f" / "index.ts").write_text('export default async () => ({from: "the commit"});\n')
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "one")
+    git(top, "commit", "-q", "--allow-empty", "-m", "two")
+    return top
+
+
+def test_revisions_that_look_like_options_or_ranges_name_no_commit(tmp_path: Path) -> None:
+    """--good and --bad reach git only as a commit rev-parse resolved: nothing git could read as an option, a
+    range or a command, and nothing runs."""
+    top = _repository(tmp_path / "repo")
+    marker = tmp_path / "ran"
+    for good, bad in (
+        (f"--output={marker}", "HEAD"),
+        (f"-c core.sshCommand=touch {marker}", "HEAD"),
+        ("HEAD~1", "--all"),
+        ("HEAD~1 --all", "HEAD"),
+        ("HEAD~1\nHEAD", "HEAD"),
+        ("HEAD~1..HEAD", "HEAD"),
+        (f"$(touch {marker})", "HEAD"),
+        ("HEAD~1", "HEAD^{tree}"),
+        ("HEAD~1", "HEAD:flux.toml"),
+    ):
+        with pytest.raises(GitRevisionUnusable, match="names no commit"):
+            commits_between(top, good, bad)
+    assert not marker.exists()
+    state = git_state(top)
+    assert [c.subject for c in commits_between(top, "HEAD~1", "main")[1]] == ["two"]
+    assert git_state(top) == state
+
+
+def test_a_revision_whose_function_links_out_of_it_is_not_built_from_outside(
+    tmp_path: Path, temporary: Path
+) -> None:
+    """A commit whose function (or its source) is a symbolic link to an absolute path, say the user's own
+    checkout: building it would build today's files there, not the commit's, and judge the wrong code."""
+    top = _repository(tmp_path / "repo")
+    outside = tmp_path / "checkout" / "g"
+    outside.mkdir(parents=True)
+    (outside / "index.ts").write_text('export default async () => ({from: "outside"});\n')
+    for link, target in (("functions/f/index.ts", outside / "index.ts"), ("functions/h", outside)):
+        (top / link).unlink(missing_ok=True)
+        (top / link).symlink_to(target)
+        git(top, "add", "-A")
+        git(top, "commit", "-q", "-m", f"link {link}")
+        state = git_state(top)
+        with pytest.raises(InvalidFunctionCode, match=f"HEAD:{link}: a symbolic link out of the revision"):
+            functions_from_git(top, "HEAD")
+        assert git_state(top) == state and list(temporary.iterdir()) == []
+        git(top, "reset", "-q", "--hard", "HEAD~1")
+    assert functions_from_git(top, "HEAD")["f"].code.endswith(b'({from: "the commit"});\n')
