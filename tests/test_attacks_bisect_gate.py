@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import re
 import time
 import urllib.request
@@ -23,6 +25,7 @@ from flux import db
 from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
 from flux.config import load_settings
 from flux.data import load_catalog
+from flux.devloop import SaveReplays
 from flux.errors import (
     ActiveVersionChanged,
     GitRevisionUnusable,
@@ -39,12 +42,13 @@ from tests.fixtures.gateway import gateway_client
 from tests.fixtures.git import git, git_state
 from tests.fixtures.processes import flux_server, run_flux
 from tests.test_bisect import PRICE_C as PRICE_C_OF_BISECT
-from tests.test_deploy_gate import ADD_NOTE, GET_NOTE
+from tests.test_deploy_gate import ADD_NOTE, GET_NOTE, GET_NOTE_CHANGED
 from tests.test_deploy_gate import FLUX_TOML as GATE_TOML
 from tests.test_deploy_gate import _edit as gate_edit
 from tests.test_deploy_gate import _project as gate_project
 
 Conn = psycopg.Connection[Any]
+REFACTORED = GET_NOTE.replace("return found", "const rows = found; return rows")  # the same behaviour
 
 RESPONSE = {"status": 200, "headers": {"Content-Type": "application/json"}, "body": {"items": [1, 2]}}
 
@@ -165,7 +169,7 @@ def test_a_version_activated_while_the_gate_ran_is_not_replaced_unjudged(
     hotfix = gate_project(tmp_path / "hotfix")
     gate_edit(hotfix, "add_note", ADD_NOTE.replace("note.rows[0]", "{...note.rows[0], fixed: true}"))
     candidate = load_settings(project, env={})
-    gate_edit(project, "get_note", GET_NOTE.replace("return found", "const rows = found; return rows"))
+    gate_edit(project, "get_note", REFACTORED)
     bundle = bundle_project(candidate)
     runtime = Runtime(project_cache(project), deno_workers=1)
     with db.connect(dsn, autocommit=True) as owner, contextlib.closing(runtime):
@@ -219,7 +223,7 @@ def test_a_gate_over_many_requests_through_the_server_answers_in_time(
         conn.execute(_CLONE_SPANS, ([c[0] for c in clones], [c[1] for c in clones], read[0]))
         remote = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         remote |= {"FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "cli").key}
-        gate_edit(project_dir, "get_note", GET_NOTE.replace("return found", "const rows = found; return rows"))
+        gate_edit(project_dir, "get_note", REFACTORED)
         clock = time.monotonic()
         done = run_flux(["deploy", "--gate", "--since", "1d"], remote, project_dir, timeout=300)
         took = time.monotonic() - clock
@@ -343,3 +347,49 @@ def test_a_commit_that_changes_only_a_header_the_function_includes_is_built_agai
     before = functions_from_git(top, "HEAD~1", cache=cache)["price"]
     after = functions_from_git(top, "HEAD", cache=cache)["price"]
     assert before.sha256 != after.sha256, "the commit that changed the price was built from the cache as 42"
+
+
+def _descendants_named(name: str) -> list[int]:
+    """This process's descendants whose command is `name`."""
+    found, pending = [], [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for child in children:
+                pending.append(child)
+                try:
+                    if Path(f"/proc/{child}/comm").read_text().strip() == name:
+                        found.append(child)
+                except OSError:
+                    pass
+    return found
+
+
+def test_many_saves_replayed_by_flux_dev_leak_no_connection_nor_deno(
+    dsn: str, conn: Conn, project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flux.dev")
+    replays = SaveReplays(dsn, project, 20)
+    replays.start()
+    backends = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    counts = []
+    try:
+        for save in range(8):
+            gate_edit(project, "get_note", GET_NOTE_CHANGED if save % 2 else REFACTORED)
+            version = deploy(dsn, load_settings(project, env={})).id
+            replays.after_deploy(version)
+            deadline = time.monotonic() + 30
+            while sum("replayed" in r.getMessage() for r in caplog.records) <= save:
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.05)
+            counts.append((conn.execute(backends).fetchone(), len(_descendants_named("deno"))))
+    finally:
+        replays.stop()
+    assert len(set(counts[1:])) == 1 and counts[-1][1] >= 1, counts  # the same after the 2nd save as the 8th
+    lines = [r.getMessage() for r in caplog.records if "replayed" in r.getMessage()]
+    assert lines[0].startswith("replayed 3: 3 same") and lines[1].startswith("replayed 3: 3 diverged"), lines
+    assert not [r for r in caplog.records if "could not replay" in r.getMessage()]
