@@ -393,3 +393,23 @@ def test_many_saves_replayed_by_flux_dev_leak_no_connection_nor_deno(
     lines = [r.getMessage() for r in caplog.records if "replayed" in r.getMessage()]
     assert lines[0].startswith("replayed 3: 3 same") and lines[1].startswith("replayed 3: 3 diverged"), lines
     assert not [r for r in caplog.records if "could not replay" in r.getMessage()]
+
+
+GET_NOTE_TOO_DEEP = """export default async (req, ctx) => {
+  let nested = null;
+  for (let level = 0; level < 300; level++) nested = [nested];
+  return {status: 200, body: nested};
+}"""
+
+
+def test_a_candidate_whose_answer_nests_too_deeply_to_record_is_refused(
+    dsn: str, conn: Conn, project: Path
+) -> None:
+    """Its replays cannot be recorded (JSON past 254 levels), which made them `error`, which does not block:
+    a version that answers every request otherwise went through."""
+    gate_edit(project, "get_note", GET_NOTE_TOO_DEEP)
+    done = CliRunner().invoke(app, ["deploy", str(project), "--gate"], env={"DATABASE_URL": dsn})
+    assert done.exit_code == 1, done.output
+    assert "gate: 0 same · 3 diverged · 0 drift · 0 could not run" in done.output, done.output
+    assert "then: output: the response differs at response.body" in done.output, done.output
+    assert _active(conn) == 1
