@@ -515,7 +515,9 @@ class VersionRefusedByGate(FluxError):
 class ActiveVersionChanged(FluxError):
     code = "FX518"
     http_status = 409
-    title = "another version was activated while the deploy gate ran, so its verdict is about the wrong version"
+    title = (
+        "another version was activated while the deploy gate ran, so its verdict is about the wrong version"
+    )
 
 
 # FX520: the database a replay runs on (`--db live|as-of`).

@@ -10,6 +10,9 @@ import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +25,7 @@ from typer.testing import CliRunner
 from cli._code import BuildCache, commits_between, functions_from_git
 from cli.main import app
 from flux import db
+from flux.api.admin import create_admin_key
 from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
 from flux.config import load_settings
 from flux.data import load_catalog
@@ -37,7 +41,6 @@ from flux.replay import Replay, built_code
 from flux.replay.predicate import parse
 from flux.runtime import Runtime, project_cache
 from flux.runtime.build import sources_sha256
-from flux.api.admin import create_admin_key
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.git import git, git_state
 from tests.fixtures.processes import flux_server, run_flux
@@ -88,19 +91,17 @@ def test_a_megabyte_long_expect_is_read_in_linear_time() -> None:
 
 def test_numbers_past_floats_and_comparisons_across_types() -> None:
     assert parse("body.items.length < 1e999").holds(RESPONSE)  # 1e999 is infinity
-    assert not parse("status < \"300\"").holds(RESPONSE)  # a number and a string do not compare
-    assert not parse("status == \"200\"").holds(RESPONSE)
+    assert not parse('status < "300"').holds(RESPONSE)  # a number and a string do not compare
+    assert not parse('status == "200"').holds(RESPONSE)
     assert not parse("body.items > 1").holds(RESPONSE)
 
 
 def test_the_cli_answers_a_hostile_expect_with_fx512_and_exit_2(tmp_path: Path) -> None:
-    done = CliRunner().invoke(
-        app,
-        ["bug", "bisect", "--request", "ffffffff", "--good", "HEAD~1", "--bad", "HEAD",
-         "--expect", "(" * 3000 + "status", "--project", str(tmp_path)],  # fmt: skip
-        catch_exceptions=False,
-    )
-    assert done.exit_code == 2 and done.output.startswith("error FX512: --expect (3006 characters)"), done.output
+    args = ["bug", "bisect", "--request", "ffffffff", "--good", "HEAD~1", "--bad", "HEAD", "--expect"]
+    hostile = "(" * 3000 + "status"
+    done = CliRunner().invoke(app, [*args, hostile, "--project", str(tmp_path)], catch_exceptions=False)
+    assert done.exit_code == 2, done.output
+    assert done.output.startswith("error FX512: --expect (3006 characters)"), done.output
 
 
 def test_two_different_function_folders_never_share_a_sources_hash(tmp_path: Path) -> None:
@@ -185,16 +186,16 @@ CLONES = 10_000  # the most a gate replays (--last's bound); `--since 1h` alone 
 _CLONE_REQUESTS = """
 INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
                            status, ok, started_at, duration_us, input, output, error, trace_id)
-SELECT gen_random_uuid(), tenant_id, kind, method, path, route_id, function, deployment_id, code_sha, status, ok,
-       started_at - make_interval(secs => n), duration_us, input, output, error, trace_id
+SELECT gen_random_uuid(), tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
+       status, ok, started_at - make_interval(secs => n), duration_us, input, output, error, trace_id
   FROM flux.requests, generate_series(1, %s) n WHERE id = %s
 RETURNING id, started_at
 """
 _CLONE_SPANS = """
-INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at, duration_us,
-                        ok, attributes, input, output, error)
-SELECT c.id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name, c.started_at, s.duration_us, s.ok,
-       s.attributes, s.input, s.output, s.error
+INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
+                        duration_us, ok, attributes, input, output, error)
+SELECT c.id, s.seq, s.span_id, s.parent_seq, s.tenant_id, s.module, s.name, c.started_at, s.duration_us,
+       s.ok, s.attributes, s.input, s.output, s.error
   FROM flux.spans s, unnest(%s::uuid[], %s::timestamptz[]) AS c(id, started_at) WHERE s.request_id = %s
 """
 
@@ -224,11 +225,11 @@ def test_a_gate_over_many_requests_through_the_server_answers_in_time(
         remote = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         remote |= {"FLUX_URL": url, "FLUX_ADMIN_KEY": create_admin_key(conn, "cli").key}
         gate_edit(project_dir, "get_note", REFACTORED)
-        clock = time.monotonic()
         done = run_flux(["deploy", "--gate", "--since", "1d"], remote, project_dir, timeout=300)
-        took = time.monotonic() - clock
-    assert took < 30 and done.returncode == 1, (took, done.stdout, done.stderr)
-    said = re.search(r"error FX516: the deploy gate replayed (\d+) of 10000 recent requests in 20 s", done.stderr)
+    assert done.returncode == 1, (done.stdout, done.stderr)  # not FX608: the server answered 500
+    said = re.search(
+        r"error FX516: the deploy gate replayed (\d+) of 10000 recent requests before the server", done.stderr
+    )
     assert said is not None and 0 < int(said[1]) < CLONES, done.stderr
     assert _active(conn) == 1
     assert conn.execute("SELECT count(*) FROM flux.deployments").fetchone() == (1,)
@@ -236,7 +237,10 @@ def test_a_gate_over_many_requests_through_the_server_answers_in_time(
 
 def test_hostile_gate_bodies_are_4xx_with_a_code(dsn: str, conn: Conn, project: Path) -> None:
     with gateway_client(load_settings(project, env={}), dsn) as client:
-        admin = {"authorization": f"Bearer {create_admin_key(conn, 'tests').key}", "content-type": "application/json"}
+        admin = {
+            "authorization": f"Bearer {create_admin_key(conn, 'tests').key}",
+            "content-type": "application/json",
+        }
         bodies = [
             '{"functions": [], "gate": []}',
             '{"functions": [], "gate": "yes"}',
@@ -319,14 +323,17 @@ def test_a_revision_whose_function_links_out_of_it_is_not_built_from_outside(
     assert functions_from_git(top, "HEAD")["f"].code.endswith(b'({from: "the commit"});\n')
 
 
-PRICE_C = PRICE_C_OF_BISECT.replace("#include <stdlib.h>\n", '#include <stdlib.h>\n#include "../../shared/price.h"\n')
+PRICE_C = PRICE_C_OF_BISECT.replace(
+    "#include <stdlib.h>\n", '#include <stdlib.h>\n#include "../../shared/price.h"\n'
+)
 PRICE_C = PRICE_C.replace("int price = 42;", "int price = PRICE;")
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the build cache (and `flux deploy`'s .flux/build stamps) is keyed by the function folder's files "
-    "only: a C header, a Rust #[path] module or an AssemblyScript import from outside it is not part of the key",
+    reason="the build cache (and `flux deploy`'s .flux/build stamps) is keyed by the function folder's "
+    "files only: a C header, a Rust #[path] module or an AssemblyScript import from outside it is not "
+    "part of the key",
 )
 def test_a_commit_that_changes_only_a_header_the_function_includes_is_built_again(
     tmp_path: Path, temporary: Path
@@ -342,7 +349,9 @@ def test_a_commit_that_changes_only_a_header_the_function_includes_is_built_agai
     git(top, "commit", "-q", "-m", "price 42")
     (top / "shared" / "price.h").write_text("#define PRICE 41\n")
     git(top, "commit", "-q", "-am", "price 41: the culprit, in a header")
-    assert functions_from_git(top, "HEAD~1")["price"].sha256 != functions_from_git(top, "HEAD")["price"].sha256
+    assert (
+        functions_from_git(top, "HEAD~1")["price"].sha256 != functions_from_git(top, "HEAD")["price"].sha256
+    )
     cache = BuildCache()
     before = functions_from_git(top, "HEAD~1", cache=cache)["price"]
     after = functions_from_git(top, "HEAD", cache=cache)["price"]
@@ -413,3 +422,36 @@ def test_a_candidate_whose_answer_nests_too_deeply_to_record_is_refused(
     assert "gate: 0 same · 3 diverged · 0 drift · 0 could not run" in done.output, done.output
     assert "then: output: the response differs at response.body" in done.output, done.output
     assert _active(conn) == 1
+
+
+# clang expands 2^23 terms: it compiles for long enough to be interrupted
+MACROS = [f"#define A{n}(x) A{n - 1}(x) + A{n - 1}(x)" for n in range(1, 23)]
+SLOW_C = "\n".join(["#define A0(x) x + x", *MACROS, "int f(int x) { return A22(x); }", ""])
+
+
+def test_ctrl_c_during_a_build_stops_and_removes_the_temporary_worktree(tmp_path: Path) -> None:
+    top = tmp_path / "repo"
+    (top / "functions" / "slow").mkdir(parents=True)
+    git(top, "init", "-q", "-b", "main")
+    (top / "flux.toml").write_text("")
+    (top / "functions" / "slow" / "index.c").write_text(SLOW_C)
+    git(top, "add", "-A")
+    git(top, "commit", "-q", "-m", "slow")
+    state, temporary = git_state(top), tmp_path / "temporary"
+    temporary.mkdir()
+    script = "from pathlib import Path\nfrom cli._code import functions_from_git\n" + (
+        f"functions_from_git(Path({str(top)!r}), 'HEAD')\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(temporary)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(path.name.startswith("index-") for path in temporary.iterdir()):  # clang is compiling
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group, clang too
+    output, _ = process.communicate(timeout=60)
+    assert output.rstrip().endswith("KeyboardInterrupt"), output  # not a skipped commit (FX307)
+    assert not [path for path in temporary.iterdir() if path.name.startswith("flux-code-")]
+    assert git_state(top) == state

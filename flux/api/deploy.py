@@ -79,7 +79,8 @@ class Gate:
     window: Window = dataclasses.field(default_factory=Window)
     accept: bool = False
     runs_on: Any = None
-    budget_s: float | None = None  # a server's: its worker must answer before gunicorn's timeout kills it
+    # a server's (`time.monotonic()`): its worker must answer before gunicorn's timeout kills it
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,11 @@ def deploy_bundle(
                 hint="fix the code, or deploy anyway with --accept-divergence",
             )
         if verdict["incomplete"]:
+            asked = verdict["incomplete"] + verdict["replayed"]
             raise InvalidGateOption(
-                f"the deploy gate replayed {verdict['replayed']} of {verdict['incomplete'] + verdict['replayed']}"
-                f" recent requests in {gate.budget_s:g} s, the most a server request may take, with no"
-                " divergence so far; nothing was activated",
+                f"the deploy gate replayed {verdict['replayed']} of {asked}"
+                " recent requests before the server had to answer (gunicorn ends a request after 30 s),"
+                " with no divergence so far; nothing was activated",
                 details=verdict,
                 hint="ask for fewer (--last 1000, --since 10m), or run the gate where the database is"
                 " (DATABASE_URL=… flux deploy --gate)",
@@ -211,9 +213,9 @@ def run_gate(
     routes = moved_routes(conn, list(bundle.routes), candidate)
     rows = recent_requests(conn, functions, gate.window, routes)
     how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
-    summary = replay_recent(conn, functions, rows, how, gate.runs_on, budget_s=gate.budget_s)
+    summary = replay_recent(conn, functions, rows, how, gate.runs_on, deadline=gate.deadline)
     summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
-    # `incomplete`: the requests left unreplayed when the budget ran out (0 when every one was)
+    # `incomplete`: the requests left unreplayed when the deadline came (0 when every one was)
     return {**gate_record(summary, gate.window, gate_verdict(summary, gate.accept)),
             "incomplete": len(rows) - len(summary.results)}  # fmt: skip
 

@@ -30,7 +30,9 @@ _TOKEN = re.compile(
 _LITERALS: dict[str, Json] = {"true": True, "false": False, "null": None}
 _BLANK_TO_END = re.compile(r"\s*\Z")
 SHOWN_CHARACTERS = 200  # a longer --expect is not repeated in its error, only its length and the column
-MAX_NESTING = 100  # `(` and `!` inside each other: deeper is no predicate a person writes, and would exhaust the stack
+MAX_NESTING = (
+    100  # `(` and `!` inside each other: deeper is no predicate a person writes, and would exhaust the stack
+)
 
 
 @dataclass(frozen=True)

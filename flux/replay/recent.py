@@ -28,7 +28,8 @@ SHOWN = 5  # divergences a summary keeps (the first ones)
 VALUE_WIDTH = 40  # a value in the one-line summary, shortened to this many characters
 
 _ACTIVE_FUNCTIONS = """
-SELECT f.name, f.sha256, f.limits FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id
+SELECT f.name, f.sha256, f.limits
+  FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id
  WHERE CASE WHEN %s::bigint IS NULL THEN d.active ELSE d.id = %s END
 """
 _RECENT = """
@@ -211,17 +212,17 @@ def replay_recent(
     how: Replay,
     runs_on: Any = None,
     stop: threading.Event | None = None,
-    budget_s: float | None = None,
+    deadline: float | None = None,
 ) -> Summary:
     """Replay `rows` (newest first, as `recent_requests` lists them) oldest first, as `how` says; until `stop`
-    is set, when given, or `budget_s` seconds have gone by (the summary then holds fewer results than
+    is set, when given, or `time.monotonic()` passes `deadline` (the summary then holds fewer results than
     `rows`)."""
     summary = Summary(functions, how.mode)
     clock = time.perf_counter()
     for row in reversed(rows):
         if stop is not None and stop.is_set():
             break
-        if budget_s is not None and time.perf_counter() - clock > budget_s:
+        if deadline is not None and time.monotonic() > deadline:
             break
         replayed = replay_request(conn, row["id"], how, runs_on)
         summary.results.append((row, replayed.result))
