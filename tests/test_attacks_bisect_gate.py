@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -455,3 +456,20 @@ def test_ctrl_c_during_a_build_stops_and_removes_the_temporary_worktree(tmp_path
     assert output.rstrip().endswith("KeyboardInterrupt"), output  # not a skipped commit (FX307)
     assert not [path for path in temporary.iterdir() if path.name.startswith("flux-code-")]
     assert git_state(top) == state
+
+
+def test_a_large_file_in_a_function_folder_is_hashed_without_reading_it_whole(tmp_path: Path) -> None:
+    """Every deploy and every commit bisect builds hashes the function's folder: a data file of some GB must
+    not be read into memory at once."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "index.ts").write_text("export default async () => 1;\n")
+    with (folder / "table.bin").open("wb") as data:
+        data.truncate(256 * 1024 * 1024)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        sources_sha256(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024, peak

@@ -39,6 +39,7 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
+HASH_PIECE = 1 << 20  # bytes of a file hashed at a time
 BUILD_CACHE_KEEP = 50  # Python builds kept in the build cache, the ones used last
 NOT_SOURCES = {
     "node_modules",
@@ -144,8 +145,16 @@ def sources_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not NOT_SOURCES & set(path.relative_to(folder).parts):
-            name, content = str(path.relative_to(folder)).encode(), path.read_bytes()
-            digest.update(b"%d:%s%d:%s" % (len(name), name, len(content), content))
+            name = str(path.relative_to(folder)).encode()
+            with path.open("rb") as file:  # a piece at a time: a folder may hold a large data file
+                size = os.fstat(file.fileno()).st_size
+                digest.update(b"%d:%s%d:" % (len(name), name, size))
+                remaining = size
+                while remaining > 0:
+                    # the file may shrink while it is read: `size` bytes follow its size all the same
+                    piece = file.read(min(HASH_PIECE, remaining)) or b"\0" * remaining
+                    digest.update(piece)
+                    remaining -= len(piece)
     return digest.hexdigest()
 
 
