@@ -126,6 +126,9 @@ def functions_from_git(
                 )
             try:
                 _refuse_links_out(checkout, built, rev)
+                # A commit may hold a `.flux/build` (added by force): its stamps would make the build take the
+                # committed bytes for the sources'. Only the sources are the revision's code.
+                shutil.rmtree(built / ".flux", ignore_errors=True)
                 return _build(built, cache)
             except FluxError as exc:
                 _at_revision(exc, checkout, rev)

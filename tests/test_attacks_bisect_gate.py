@@ -27,7 +27,7 @@ from cli._code import BuildCache, commits_between, functions_from_git
 from cli.main import app
 from flux import db
 from flux.api.admin import create_admin_key
-from flux.api.deploy import Gate, bundle_project, deploy, deploy_bundle
+from flux.api.deploy import Gate, build_project, bundle_project, deploy, deploy_bundle
 from flux.config import load_settings
 from flux.data import load_catalog
 from flux.devloop import SaveReplays
@@ -495,3 +495,38 @@ def test_after_an_accepted_divergence_a_refactor_of_the_new_behaviour_passes(
     gate_edit(project, "get_note", refactored)
     done = CliRunner().invoke(app, ["deploy", str(project), "--gate"], env={"DATABASE_URL": dsn})
     assert done.exit_code == 0, done.output  # refused: 3 diverged, each recorded on version 1
+
+
+def test_a_revision_that_commits_build_output_is_built_from_its_sources(tmp_path: Path) -> None:
+    """A commit holding `.flux/build/f.wasm` with a stamp that matches its sources: the build took those
+    bytes (which no review of the source shows) as the revision's code."""
+    top = tmp_path / "repo"
+    (top / "functions" / "f").mkdir(parents=True)
+    (top / ".flux" / "build").mkdir(parents=True)
+    git(top, "init", "-q", "-b", "main")
+    (top / "flux.toml").write_text("")
+    (top / "functions" / "f" / "index.wat").write_text('(module (func (export "a")))\n')
+    (top / ".flux" / "build" / "f.sources").write_text(sources_sha256(top / "functions" / "f"))
+    (top / ".flux" / "build" / "f.wasm").write_bytes(b"\0asm not what the source says")
+    git(top, "add", "-f", "-A")
+    git(top, "commit", "-q", "-m", "sources, and build output beside them")
+    code = functions_from_git(top, "HEAD")["f"].code
+    assert code.startswith(b"\0asm\x01\0\0\0"), code
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="build_function trusts a stamp in the project's .flux/build, which a repository can carry (added "
+    "with git add -f): a fresh clone deploys the committed bytes, not its sources' build (fix: sign stamps "
+    "with a key of the machine's, e.g. an HMAC under build_cache_dir(), or keep them outside the project)",
+)
+def test_a_fresh_clone_that_carries_build_output_deploys_its_sources(tmp_path: Path) -> None:
+    project = tmp_path / "clone"
+    (project / "functions" / "f").mkdir(parents=True)
+    (project / ".flux" / "build").mkdir(parents=True)
+    (project / "flux.toml").write_text("")
+    (project / "functions" / "f" / "index.wat").write_text('(module (func (export "a")))\n')
+    (project / ".flux" / "build" / "f.sources").write_text(sources_sha256(project / "functions" / "f"))
+    (project / ".flux" / "build" / "f.wasm").write_bytes(b"\0asm not what the source says")
+    function, _ = build_project(load_settings(project, env={}))["f"]
+    assert function.code.startswith(b"\0asm\x01\0\0\0"), function.code
