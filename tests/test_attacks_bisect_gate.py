@@ -422,6 +422,9 @@ def test_a_candidate_whose_answer_nests_too_deeply_to_record_is_refused(
     assert done.exit_code == 1, done.output
     assert "gate: 0 same · 3 diverged · 0 drift · 0 could not run" in done.output, done.output
     assert "then: output: the response differs at response.body" in done.output, done.output
+    assert "error FX515: the deploy gate: 3 of 3 recent requests" in done.output, done.output
+    verdict = conn.execute("SELECT gate->>'verdict' FROM flux.deployments WHERE id = 2").fetchone()
+    assert verdict == ("refused",)  # kept, with its divergences
     assert _active(conn) == 1
 
 
