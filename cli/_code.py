@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flux.errors import CodeFolderNotFound, FluxError, GitRevisionUnusable, InvalidBisect
+from flux.errors import (
+    CodeFolderNotFound,
+    FluxError,
+    GitRevisionUnusable,
+    InvalidBisect,
+    InvalidFunctionCode,
+)
 
 if TYPE_CHECKING:
     from flux.replay.bisect import Commit
@@ -119,12 +125,30 @@ def functions_from_git(
                     hint="pick a later revision (git log -- flux.toml)",
                 )
             try:
+                _refuse_links_out(checkout, built, rev)
+                # A commit may hold a `.flux/build` (added by force): its stamps would make the build take the
+                # committed bytes for the sources'. Only the sources are the revision's code.
+                shutil.rmtree(built / ".flux", ignore_errors=True)
                 return _build(built, cache)
             except FluxError as exc:
                 _at_revision(exc, checkout, rev)
                 raise
         finally:
             _remove_worktree(top, checkout)
+
+
+def _refuse_links_out(checkout: Path, project: Path, rev: str) -> None:
+    """FX307 when flux.toml, `functions/` or anything in it is a symbolic link to outside the revision (to the
+    user's checkout, say): what was built would not be the revision's code (and a build may write there)."""
+    functions = project / "functions"
+    inside = [*functions.rglob("*")] if functions.is_dir() and not functions.is_symlink() else []
+    for path in (project / "flux.toml", functions, *inside):
+        if path.is_symlink() and not path.resolve().is_relative_to(checkout):
+            raise InvalidFunctionCode(
+                f"{path}: a symbolic link out of the revision (to {os.readlink(path)}), so it cannot be built"
+                f" as it was at {rev}",
+                hint="only what the commit holds is built; make the link relative, inside the repository",
+            )
 
 
 def _build(folder: Path, cache: BuildCache | None = None) -> dict[str, Function]:

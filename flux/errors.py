@@ -491,7 +491,7 @@ class InvalidBisect(FluxError):
     title = "bisect cannot run as asked: no request, no commits between --good and --bad, or no database here"
 
 
-# FX515-FX517: the deploy gate (`flux deploy --gate`: recent requests replayed on the candidate first).
+# FX515-FX518: the deploy gate (`flux deploy --gate`: recent requests replayed on the candidate first).
 
 
 class DeployGateRefused(FluxError):
@@ -510,6 +510,14 @@ class VersionRefusedByGate(FluxError):
     code = "FX517"
     http_status = 409
     title = "the version was refused by the deploy gate and never activated, so it cannot be rolled back to"
+
+
+class ActiveVersionChanged(FluxError):
+    code = "FX518"
+    http_status = 409
+    title = (
+        "another version was activated while the deploy gate ran, so its verdict is about the wrong version"
+    )
 
 
 # FX520: the database a replay runs on (`--db live|as-of`).

@@ -28,9 +28,11 @@ import psycopg
 from flux import db, migrate
 from flux.config import Settings
 from flux.errors import (
+    ActiveVersionChanged,
     DeployGateRefused,
     DeploymentNotFound,
     InvalidConfig,
+    InvalidGateOption,
     InvalidProject,
     InvalidRequest,
     VersionRefusedByGate,
@@ -77,6 +79,8 @@ class Gate:
     window: Window = dataclasses.field(default_factory=Window)
     accept: bool = False
     runs_on: Any = None
+    # a server's (`time.monotonic()`): its worker must answer before gunicorn's timeout kills it
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,8 @@ def deploy_bundle(
             active = conn.execute("SELECT id, content_sha FROM flux.deployments WHERE active").fetchone()
         if active is not None and active[1] == content_sha:
             return Deployment(active[0], content_sha, created=False)
-        verdict = run_gate(conn, bundle, gate)
+        judged_against = active[0] if active is not None else None
+        verdict = run_gate(conn, bundle, gate, judged_against)
         if verdict["verdict"] == "refused":
             with conn.transaction(), db.translate_errors():
                 refused = _store(conn, bundle.project, content_sha, bundle.git_commit, list(bundle.routes),
@@ -156,12 +161,29 @@ def deploy_bundle(
                 details={"version": refused, **verdict},
                 hint="fix the code, or deploy anyway with --accept-divergence",
             )
+        if verdict["incomplete"]:
+            asked = verdict["incomplete"] + verdict["replayed"]
+            raise InvalidGateOption(
+                f"the deploy gate replayed {verdict['replayed']} of {asked}"
+                " recent requests before the server had to answer (gunicorn ends a request after 30 s),"
+                " with no divergence so far; nothing was activated",
+                details=verdict,
+                hint="ask for fewer (--last 1000, --since 10m), or run the gate where the database is"
+                " (DATABASE_URL=… flux deploy --gate)",
+            )
     with conn.transaction():
         active = conn.execute(
             "SELECT id, content_sha FROM flux.deployments WHERE active FOR UPDATE"
         ).fetchone()
         if active is not None and active[1] == content_sha:
             return Deployment(active[0], content_sha, created=False)
+        if gate is not None and (active[0] if active is not None else None) != judged_against:
+            # the verdict is about what the candidate changes in another version than the one it replaces
+            raise ActiveVersionChanged(
+                f"version {active[0] if active is not None else 'none'} was activated while the gate ran"
+                f" (it judged the candidate against version {judged_against}); nothing was activated",
+                hint="deploy again: the gate then replays what the candidate changes in the active version",
+            )
         applied = migrate.migrate_project_in(conn, list(bundle.migrations))
         try:
             sync_routes(conn, bundle.routes)
@@ -175,17 +197,27 @@ def deploy_bundle(
     return Deployment(deployment_id, content_sha, created=True, migrations=tuple(applied), gate=verdict)
 
 
-def run_gate(conn: psycopg.Connection[Any], bundle: Bundle, gate: Gate) -> dict[str, Any]:
-    """Replay the latest recorded requests of every function whose code `bundle` changes (against the active
-    version) on `bundle`'s code, recorded as replays; the verdict (`gate_record`)."""
+def run_gate(
+    conn: psycopg.Connection[Any], bundle: Bundle, gate: Gate, against: int | None = None
+) -> dict[str, Any]:
+    """Replay the latest recorded requests of every function whose code or limits `bundle` changes (against
+    version `against`, by default the active one) on `bundle`'s code, recorded as replays; the verdict
+    (`gate_record`)."""
     candidate = {name: function for name, (function, _) in bundle.functions.items()}
-    functions = changed_functions(conn, {name: function.sha256 for name, function in candidate.items()})
+    functions = changed_functions(
+        conn,
+        {name: function.sha256 for name, function in candidate.items()},
+        against,
+        {name: vars(function.limits) for name, function in candidate.items()},
+    )
     routes = moved_routes(conn, list(bundle.routes), candidate)
     rows = recent_requests(conn, functions, gate.window, routes)
     how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
-    summary = replay_recent(conn, functions, rows, how, gate.runs_on)
+    summary = replay_recent(conn, functions, rows, how, gate.runs_on, deadline=gate.deadline)
     summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
-    return gate_record(summary, gate.window, gate_verdict(summary, gate.accept))
+    # `incomplete`: the requests left unreplayed when the deadline came (0 when every one was)
+    return {**gate_record(summary, gate.window, gate_verdict(summary, gate.accept)),
+            "incomplete": len(rows) - len(summary.results)}  # fmt: skip
 
 
 def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +35,9 @@ MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
 MAX_JOBS_BYTES = 16 * 1024 * 1024  # a batch of jobs (each payload is at most 1 MiB)
 MAX_DEPLOY_BYTES = 512 * 1024 * 1024  # built code, base64 (a Python component is about 25 MB)
+# The deploy gate's replays on a server stop this long after the request came in: gunicorn kills a worker
+# silent for 30 s (its default timeout), which the caller would see as a 500, and the CLI waits 60 s.
+SERVER_GATE_BUDGET_S = 20.0
 
 
 def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
@@ -123,6 +127,7 @@ class _Api:
     def on_post_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Deploy a bundle `flux deploy` built and uploaded (code only for artifacts the server lacks); with
         `gate`, this server runs the deploy gate first (a refusal is 409 FX515, its verdict in `details`)."""
+        started = time.monotonic()
         fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list,
                   "cron": list, "gate": dict}  # fmt: skip
         body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
@@ -135,7 +140,7 @@ class _Api:
             # as-of runs the functions' SQL on a request connection, as the gateway does
             runner = self.gateway.pool.connection() if as_of else contextlib.nullcontext()
             with runner as runs_on:
-                gate = self._gate(conn, options, runs_on) if options is not None else None
+                gate = self._gate(conn, options, runs_on, started) if options is not None else None
                 deployment = deploy.deploy_bundle(
                     conn, bundle, compile_into=project_cache(self.project_dir), gate=gate
                 )
@@ -144,7 +149,7 @@ class _Api:
                        "migrations": [m.label for m in deployment.migrations],
                        "gate": deployment.gate}, status)  # fmt: skip
 
-    def _gate(self, conn: Any, options: GateOptions, runs_on: Any) -> deploy.Gate:
+    def _gate(self, conn: Any, options: GateOptions, runs_on: Any, started: float) -> deploy.Gate:
         """The deploy gate on this worker's runtime, catalog, secrets and fetch policy."""
         gateway = self.gateway
         how = replay.Replay(
@@ -152,7 +157,8 @@ class _Api:
             mode=options.mode, secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
             fetch_policy=gateway.fetch_policy,
         )  # fmt: skip
-        return deploy.Gate(how, options.window, options.accept, runs_on)
+        deadline = started + SERVER_GATE_BUDGET_S
+        return deploy.Gate(how, options.window, options.accept, runs_on, deadline=deadline)
 
     def on_post_missing(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _body(req, {"sha256": list}, required=("sha256",))

@@ -199,7 +199,10 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
             " hold: it is not recorded",
             hint="return and send JSON that nests less deeply",
         )
-        return ReplayResult(recording.id, None, "error", divergences, error_record(too_deep), state)
+        # What was recorded nested less deeply, so what nests past it is a divergence already found: judged as
+        # one (an `error` would say the code was not judged, and the deploy gate would let it through).
+        judged: Verdict = "diverged" if divergences else "error"
+        return ReplayResult(recording.id, None, judged, divergences, error_record(too_deep), state)
     db.write_alone(conn, [*ungrant, *record], durable=False)  # the grant goes with the record: one round trip
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
 

@@ -28,6 +28,11 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _LITERALS: dict[str, Json] = {"true": True, "false": False, "null": None}
+_BLANK_TO_END = re.compile(r"\s*\Z")
+SHOWN_CHARACTERS = 200  # a longer --expect is not repeated in its error, only its length and the column
+MAX_NESTING = (
+    100  # `(` and `!` inside each other: deeper is no predicate a person writes, and would exhaust the stack
+)
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,16 @@ class Not:
 
 @dataclass(frozen=True)
 class Both:
-    left: Node
-    right: Node
+    """`a && b && …`: one node for the whole chain, so that a long one is walked without recursion."""
+
+    parts: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Either:
-    left: Node
-    right: Node
+    """`a || b || …`, as Both."""
+
+    parts: tuple[Node, ...]
 
 
 Node = Compare | Truthy | Not | Both | Either
@@ -135,7 +142,7 @@ def parse(text: str) -> Predicate:
 
 def _tokens(text: str) -> list[_Token]:
     tokens, position = [], 0
-    while text[position:].strip():
+    while not _BLANK_TO_END.match(text, position):  # not `text[position:].strip()`: that is quadratic
         found = _TOKEN.match(text, position)
         if found is None or found.lastgroup is None:
             column = len(text) - len(text[position:].lstrip()) + 1
@@ -153,7 +160,7 @@ class _Parser:
     operand := literal | path;  path := ROOT ('.' name | '[' (number | string) ']')*."""
 
     def __init__(self, text: str, tokens: list[_Token]) -> None:
-        self.text, self.tokens, self.at = text, tokens, 0
+        self.text, self.tokens, self.at, self.depth = text, tokens, 0, 0
 
     @property
     def token(self) -> _Token:
@@ -175,25 +182,38 @@ class _Parser:
             raise self.fail("&&, || or the end")
 
     def disjunction(self) -> Node:
-        node = self.conjunction()
+        parts = [self.conjunction()]
         while self.take("||"):
-            node = Either(node, self.conjunction())
-        return node
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else Either(tuple(parts))
 
     def conjunction(self) -> Node:
-        node = self.unary()
+        parts = [self.unary()]
         while self.take("&&"):
-            node = Both(node, self.unary())
-        return node
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else Both(tuple(parts))
 
     def unary(self) -> Node:
+        if self.token.kind == "operator" and self.token.text in ("!", "("):
+            if self.depth >= MAX_NESTING:
+                raise _error(self.text, self.token.column, f"nests deeper than {MAX_NESTING} levels")
+            self.depth += 1
+            try:
+                return self.inner()
+            finally:
+                self.depth -= 1
+        return self.comparison()
+
+    def inner(self) -> Node:
         if self.take("!"):
             return Not(self.unary())
-        if self.take("("):
-            node = self.disjunction()
-            if not self.take(")"):
-                raise self.fail("')'")
-            return node
+        self.take("(")
+        node = self.disjunction()
+        if not self.take(")"):
+            raise self.fail("')'")
+        return node
+
+    def comparison(self) -> Node:
         left = self.operand()
         if self.token.kind == "operator" and self.token.text in COMPARISONS:
             operator = self.token.text
@@ -205,7 +225,7 @@ class _Parser:
         token = self.token
         if token.kind == "number":
             self.at += 1
-            return Literal(json.loads(token.text))
+            return Literal(_number(self.text, token))
         if token.kind == "string":
             self.at += 1
             return Literal(json.loads(token.text))
@@ -232,7 +252,7 @@ class _Parser:
             elif self.take("["):
                 token = self.token
                 if token.kind == "number" and re.fullmatch(r"-?\d+", token.text):
-                    steps.append(int(token.text))
+                    steps.append(_number(self.text, token))
                 elif token.kind == "string":
                     steps.append(json.loads(token.text))
                 else:
@@ -246,11 +266,19 @@ class _Parser:
             self.at += 1
 
 
+def _number(text: str, token: _Token) -> Json:
+    """A number token's value; one too long for Python to read as a number (over 4300 digits) is FX512."""
+    try:
+        return json.loads(token.text)
+    except ValueError:
+        raise _error(text, token.column, f"the number has {len(token.text)} characters: too long") from None
+
+
 def _evaluate(node: Node, response: Mapping[str, Json]) -> bool:
     if isinstance(node, Either):
-        return _evaluate(node.left, response) or _evaluate(node.right, response)
+        return any(_evaluate(part, response) for part in node.parts)
     if isinstance(node, Both):
-        return _evaluate(node.left, response) and _evaluate(node.right, response)
+        return all(_evaluate(part, response) for part in node.parts)
     if isinstance(node, Not):
         return not _evaluate(node.operand, response)
     if isinstance(node, Truthy):
@@ -294,8 +322,8 @@ def _same(left: Json, right: Json) -> bool:
 
 def _collect(node: Node, found: dict[str, Path]) -> None:
     if isinstance(node, (Either, Both)):
-        _collect(node.left, found)
-        _collect(node.right, found)
+        for part in node.parts:
+            _collect(part, found)
     elif isinstance(node, Not):
         _collect(node.operand, found)
     else:
@@ -310,4 +338,5 @@ def _json(value: Json) -> str:
 
 
 def _error(text: str, column: int, what: str) -> InvalidExpectation:
-    return InvalidExpectation(f"--expect {text!r}, column {column}: {what}", hint=_EXAMPLES)
+    shown = repr(text) if len(text) <= SHOWN_CHARACTERS else f"({len(text)} characters)"
+    return InvalidExpectation(f"--expect {shown}, column {column}: {what}", hint=_EXAMPLES)

@@ -28,7 +28,8 @@ SHOWN = 5  # divergences a summary keeps (the first ones)
 VALUE_WIDTH = 40  # a value in the one-line summary, shortened to this many characters
 
 _ACTIVE_FUNCTIONS = """
-SELECT f.name, f.sha256 FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id
+SELECT f.name, f.sha256, f.limits
+  FROM flux.deployment_functions f JOIN flux.deployments d ON d.id = f.deployment_id
  WHERE CASE WHEN %s::bigint IS NULL THEN d.active ELSE d.id = %s END
 """
 _RECENT = """
@@ -98,17 +99,32 @@ class GateOptions:
 
 def functions_of(conn: Any, version: int | None = None) -> dict[str, str]:
     """The functions of deployment `version` (the active one by default): name -> code sha256."""
+    return {name: sha for name, (sha, _) in _deployed(conn, version).items()}
+
+
+def changed_functions(
+    conn: Any,
+    candidate: Mapping[str, str],
+    against: int | None = None,
+    limits: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """The functions of `candidate` (name -> code sha256) whose code differs from deployment `against`'s (the
+    active one's by default), or whose `limits` (name -> timeout_ms, memory_mb, fuel; when given) do: a
+    lower timeout changes what the same code answers. A function the other version did not have has no
+    traffic to replay; one the candidate drops is not run by it. Nothing changed when no version is active."""
+    deployed = _deployed(conn, against)
+    return sorted(
+        name
+        for name, sha in candidate.items()
+        if name in deployed
+        and (deployed[name][0] != sha or (limits is not None and dict(limits[name]) != deployed[name][1]))
+    )
+
+
+def _deployed(conn: Any, version: int | None) -> dict[str, tuple[str, Any]]:
     with db.translate_errors():
         rows = conn.execute(_ACTIVE_FUNCTIONS, (version, version)).fetchall()
-    return {name: sha for name, sha in rows}
-
-
-def changed_functions(conn: Any, candidate: Mapping[str, str], against: int | None = None) -> list[str]:
-    """The functions of `candidate` (name -> code sha256) whose code differs from deployment `against`'s (the
-    active one's by default). A function the other version did not have has no traffic to replay; one the
-    candidate drops is not run by it. Nothing changed when no version is active."""
-    deployed = functions_of(conn, against)
-    return sorted(name for name, sha in candidate.items() if name in deployed and deployed[name] != sha)
+    return {name: (sha, limits) for name, sha, limits in rows}
 
 
 def moved_routes(
@@ -196,13 +212,17 @@ def replay_recent(
     how: Replay,
     runs_on: Any = None,
     stop: threading.Event | None = None,
+    deadline: float | None = None,
 ) -> Summary:
     """Replay `rows` (newest first, as `recent_requests` lists them) oldest first, as `how` says; until `stop`
-    is set, when given."""
+    is set, when given, or `time.monotonic()` passes `deadline` (the summary then holds fewer results than
+    `rows`)."""
     summary = Summary(functions, how.mode)
     clock = time.perf_counter()
     for row in reversed(rows):
         if stop is not None and stop.is_set():
+            break
+        if deadline is not None and time.monotonic() > deadline:
             break
         replayed = replay_request(conn, row["id"], how, runs_on)
         summary.results.append((row, replayed.result))

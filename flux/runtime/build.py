@@ -39,6 +39,7 @@ from flux.runtime.limits import FunctionLimits
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
+HASH_PIECE = 1 << 20  # bytes of a file hashed at a time
 BUILD_CACHE_KEEP = 50  # Python builds kept in the build cache, the ones used last
 NOT_SOURCES = {
     "node_modules",
@@ -138,11 +139,22 @@ def check_syntax(source: Path) -> None:
 
 
 def sources_sha256(folder: Path) -> str:
-    """One hash of every source file in the function's folder (names and contents), to skip a rebuild."""
+    """One hash of every source file in the function's folder (names and contents), to skip a rebuild. Each
+    name and content goes in after its length: with separators alone, a file holding NUL bytes could stand
+    for several files, and two different trees would hash the same."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not NOT_SOURCES & set(path.relative_to(folder).parts):
-            digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+            name = str(path.relative_to(folder)).encode()
+            with path.open("rb") as file:  # a piece at a time: a folder may hold a large data file
+                size = os.fstat(file.fileno()).st_size
+                digest.update(b"%d:%s%d:" % (len(name), name, size))
+                remaining = size
+                while remaining > 0:
+                    # the file may shrink while it is read: `size` bytes follow its size all the same
+                    piece = file.read(min(HASH_PIECE, remaining)) or b"\0" * remaining
+                    digest.update(piece)
+                    remaining -= len(piece)
     return digest.hexdigest()
 
 

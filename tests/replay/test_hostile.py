@@ -260,13 +260,15 @@ DEEP_ANSWER = ts(
 )
 
 
-def test_a_replayed_run_that_answers_json_too_deep_to_record_is_an_error(
+def test_a_replayed_run_that_answers_json_too_deep_to_record_diverges_and_says_why(
     conn: psycopg.Connection[Any], runtime: Runtime, notes: Catalog, call: Any
 ) -> None:
+    """Not `error` (not judged), which the deploy gate lets through: the recording nested less deeply, so the
+    replay answered otherwise (tests/test_attacks_bisect_gate.py)."""
     plain = ts("deep", "export default async (req, ctx) => ({ ok: true });")
     outcome = call(plain)
     result = replayed(conn, runtime, notes, outcome.request_id, DEEP_ANSWER)
-    assert result.verdict == "error" and result.error is not None and result.error["code"] == "FX303"
+    assert result.verdict == "diverged" and result.error is not None and result.error["code"] == "FX303"
     assert result.divergences and result.divergences[0].kind == "output"
     assert "deeper than" in str(result.to_json()["divergence"]["replayed"])
 
