@@ -626,8 +626,8 @@ ERRORS: dict[str, type[FluxError]] = _all_error_classes()
 """Every live code and its class, in code order."""
 
 RETIRED: dict[str, str] = {
-    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run the"
-    " function's SQL on a request connection, where such a function can reach nothing more than in the gateway",
+    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run"
+    " the function's SQL on a request connection, where such a function reaches no more than in the gateway",
 }
 """Codes no longer raised, with what they meant; kept so they are never reused."""
 
