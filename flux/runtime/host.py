@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from flux.errors import (
     TransactionAborted,
     UnknownHostCall,
 )
-from flux.runtime.fetch import FetchPolicy, fetch
+from flux.runtime.fetch import REDACTED, SENSITIVE_HEADERS, FetchPolicy, fetch
 from flux.trace.recorder import Recorder, error_record
 
 Json = Any
@@ -72,7 +73,7 @@ class Host:
             )
             raise error
         module, name = _span_of(op, args)
-        span = self.recorder.start(module, name, input=args)
+        span = self.recorder.start(module, name, input=recorded_input(op, args))
         try:
             value = self.perform(op, args)
         except FluxError as exc:
@@ -259,7 +260,7 @@ def _span_of(op: str, args: Json) -> tuple[str, str]:
     if op == "queue.push":
         return "queue", f"queue:push({str(fields.get('function', '?'))[:64]})"
     if op == "fetch":
-        host = str(fields.get("url", "")).split("/")[2:3]
+        host = [part.rpartition("@")[2] for part in str(fields.get("url", "")).split("/")[2:3]]  # no userinfo
         return "fetch", f"fetch:{str(fields.get('method', 'GET')).upper()[:8]} {(host or ['?'])[0][:64]}"
     if op == "secrets.get":
         return "secrets", f"secrets:get({str(fields.get('name', '?'))[:64]})"
@@ -281,6 +282,33 @@ def op_of_span(module: str, name: str) -> str | None:
     if module == "clock":
         return name.removeprefix("clock:")
     return _OPS_OF_MODULES.get(module)
+
+
+def recorded_input(op: str, args: Json) -> Json:
+    """What the span keeps of a call's arguments: everything, but the values of a fetch's credential headers
+    (`authorization`, `cookie`, ...), which are `[redacted]` whatever they hold (a replay compares a fetch's
+    arguments in this form)."""
+    if op != "fetch" or not isinstance(args, dict):
+        return args
+    kept = args
+    if isinstance(args.get("headers"), dict):
+        headers = {
+            name: REDACTED if str(name).lower() in SENSITIVE_HEADERS else value
+            for name, value in args["headers"].items()
+        }
+        kept = {**kept, "headers": headers}
+    url = args.get("url")
+    if isinstance(url, str) and "@" in url:  # a password in the URL (`https://user:password@host/`)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            password = parts.password
+        except ValueError:
+            password = None
+        if password:
+            user, _, host = parts.netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
+            kept = {**kept, "url": urllib.parse.urlunsplit(parts._replace(netloc=netloc))}
+    return kept
 
 
 def _output_of(op: str, args: Json, value: Json) -> Json:
