@@ -12,6 +12,7 @@ import http.client
 import ipaddress
 import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -93,9 +94,10 @@ def _rfc6052_ipv4(value: int, prefix_length: int) -> int:
     return int.from_bytes(bytes(embedded), "big")
 
 
-def fetch(args: Any, policy: FetchPolicy) -> dict[str, Any]:
+def fetch(args: Any, policy: FetchPolicy, *, run_deadline: float | None = None) -> dict[str, Any]:
     """Run one request: `{url, method?, headers?, body?, timeout_ms?}` -> `{status, headers, body}` (the body
-    as text, or `body_base64` when it is not UTF-8)."""
+    as text, or `body_base64` when it is not UTF-8). It ends by `timeout_ms`, and by the run's own deadline
+    (`run_deadline`, on the `time.monotonic` clock) if that comes first."""
     if not isinstance(args, dict) or not isinstance(args.get("url"), str):
         raise InvalidHostCall("fetch needs {url: string, method?, headers?, body?, timeout_ms?}")
     method = str(args.get("method", "GET")).upper()
@@ -125,7 +127,12 @@ def fetch(args: Any, policy: FetchPolicy) -> dict[str, Any]:
     address = _resolve(host, port, policy)
     target = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
     host_header = host if url.port is None else f"{host}:{url.port}"
-    deadline = _Deadline(timeout_ms / 1000)
+    seconds, limit = timeout_ms / 1000, f"its timeout_ms of {timeout_ms} ms"
+    left = None if run_deadline is None else run_deadline - time.monotonic()
+    if left is not None and left < seconds:
+        seconds = max(left, 0.001)
+        limit = f"the function's time limit ({max(0, round(left * 1000))} ms were left)"
+    deadline = _Deadline(seconds)
     # urllib3's read timeout bounds each read, and restarts with every byte: the deadline bounds them all.
     timeout = urllib3.Timeout(connect=deadline.seconds, read=deadline.seconds)
     pool = (
@@ -144,10 +151,10 @@ def fetch(args: Any, policy: FetchPolicy) -> dict[str, Any]:
             data = response.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             if deadline.passed or isinstance(exc, urllib3.exceptions.TimeoutError):
-                raise _timed_out(method, args["url"], timeout_ms) from None
+                raise _timed_out(method, args["url"], limit) from None
             raise FetchFailed(f"fetch {method} {args['url']} failed: {exc}") from None
         if deadline.passed:  # the body ended because the deadline shut the connection
-            raise _timed_out(method, args["url"], timeout_ms)
+            raise _timed_out(method, args["url"], limit)
     if len(data) > MAX_RESPONSE_BYTES:
         raise FetchFailed(f"fetch {args['url']} answered more than {MAX_RESPONSE_BYTES} bytes")
     answer: dict[str, Any] = {"status": response.status, "headers": dict(response.headers.items())}
@@ -175,10 +182,9 @@ def _resolve(host: str, port: int, policy: FetchPolicy) -> Address:
     return addresses[0]
 
 
-def _timed_out(method: str, url: str, timeout_ms: int) -> FetchFailed:
+def _timed_out(method: str, url: str, limit: str) -> FetchFailed:
     return FetchFailed(
-        f"fetch {method} {url} ran past its timeout_ms of {timeout_ms} ms (connecting, the headers and the"
-        " body together)",
+        f"fetch {method} {url} ran past {limit} (connecting, the headers and the body together)",
         hint=f"raise the call's timeout_ms (at most {MAX_TIMEOUT_MS}), or call a faster target",
     )
 

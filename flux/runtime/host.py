@@ -53,6 +53,7 @@ class Host:
     wrote: bool = False  # whether the request changed data (its record then commits synchronously)
     aborted: FluxError | None = None  # the database error that ended the request's transaction
     marked_span: int | None = None  # the span flux.span_seq names in the transaction (see database_work)
+    run_deadline: float | None = None  # when the run's time is up (time.monotonic), set by its executor
 
     def answer(self, op: Any, args: Any) -> dict[str, Json]:
         """`call` as the function gets it: `{"ok": true, "value": ...}` or `{"ok": false, "error": ...}`."""
@@ -136,7 +137,7 @@ class Host:
             headers: dict[str, Any] = given if isinstance(given, dict) else {}
             if not any(str(name).lower() == "traceparent" for name in headers):
                 args = {**args, "headers": {**headers, "traceparent": self.traceparent}}
-        return fetch(args, self.fetch_policy)
+        return fetch(args, self.fetch_policy, run_deadline=self.run_deadline)
 
     def secrets_get(self, args: Json) -> Json:
         name = args.get("name") if isinstance(args, dict) else None
