@@ -19,7 +19,7 @@ from typing import Any
 
 import urllib3
 
-from flux.errors import FetchFailed, FetchRefused, InvalidHostCall
+from flux.errors import FetchFailed, FetchRefused, FluxError, FunctionTimedOut, InvalidHostCall
 
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT_MS = 10_000
@@ -127,11 +127,10 @@ def fetch(args: Any, policy: FetchPolicy, *, run_deadline: float | None = None) 
     address = _resolve(host, port, policy)
     target = urllib.parse.urlunsplit(("", "", url.path or "/", url.query, ""))
     host_header = host if url.port is None else f"{host}:{url.port}"
-    seconds, limit = timeout_ms / 1000, f"its timeout_ms of {timeout_ms} ms"
+    seconds, runs_out = timeout_ms / 1000, False
     left = None if run_deadline is None else run_deadline - time.monotonic()
     if left is not None and left < seconds:
-        seconds = max(left, 0.001)
-        limit = f"the function's time limit ({max(0, round(left * 1000))} ms were left)"
+        seconds, runs_out = max(left, 0.001), True
     deadline = _Deadline(seconds)
     # urllib3's read timeout bounds each read, and restarts with every byte: the deadline bounds them all.
     timeout = urllib3.Timeout(connect=deadline.seconds, read=deadline.seconds)
@@ -151,10 +150,10 @@ def fetch(args: Any, policy: FetchPolicy, *, run_deadline: float | None = None) 
             data = response.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             if deadline.passed or isinstance(exc, urllib3.exceptions.TimeoutError):
-                raise _timed_out(method, args["url"], limit) from None
+                raise _timed_out(method, args["url"], timeout_ms, runs_out) from None
             raise FetchFailed(f"fetch {method} {args['url']} failed: {exc}") from None
         if deadline.passed:  # the body ended because the deadline shut the connection
-            raise _timed_out(method, args["url"], limit)
+            raise _timed_out(method, args["url"], timeout_ms, runs_out)
     if len(data) > MAX_RESPONSE_BYTES:
         raise FetchFailed(f"fetch {args['url']} answered more than {MAX_RESPONSE_BYTES} bytes")
     answer: dict[str, Any] = {"status": response.status, "headers": dict(response.headers.items())}
@@ -182,9 +181,17 @@ def _resolve(host: str, port: int, policy: FetchPolicy) -> Address:
     return addresses[0]
 
 
-def _timed_out(method: str, url: str, limit: str) -> FetchFailed:
+def _timed_out(method: str, url: str, timeout_ms: int, runs_out: bool) -> FluxError:
+    """FX311 when the call's `timeout_ms` passed; FX301 when the run's own time limit came first (the run
+    ends there, as it would have at its next step)."""
+    if runs_out:
+        return FunctionTimedOut(
+            f"the function ran past its time limit during fetch {method} {url}",
+            hint="raise the function's `timeout_ms`, or give the fetch a shorter one",
+        )
     return FetchFailed(
-        f"fetch {method} {url} ran past {limit} (connecting, the headers and the body together)",
+        f"fetch {method} {url} ran past its timeout_ms of {timeout_ms} ms (connecting, the headers and the"
+        " body together)",
         hint=f"raise the call's timeout_ms (at most {MAX_TIMEOUT_MS}), or call a faster target",
     )
 

@@ -22,6 +22,7 @@ from flux.data.engine import run_query, run_statement
 from flux.data.raw import inspect_raw_sql
 from flux.errors import (
     FluxError,
+    FunctionTimedOut,
     InvalidHostCall,
     SecretNotFound,
     TransactionAborted,
@@ -51,7 +52,9 @@ class Host:
     clock_ns: Callable[[], int] = time.time_ns
     traceparent: str | None = None  # sent on each fetch, so the callee continues the request's trace
     wrote: bool = False  # whether the request changed data (its record then commits synchronously)
-    aborted: FluxError | None = None  # the database error that ended the request's transaction
+    aborted: FluxError | None = (
+        None  # what ended the run: a database error (its transaction is lost), or time
+    )
     marked_span: int | None = None  # the span flux.span_seq names in the transaction (see database_work)
     run_deadline: float | None = None  # when the run's time is up (time.monotonic), set by its executor
 
@@ -137,7 +140,11 @@ class Host:
             headers: dict[str, Any] = given if isinstance(given, dict) else {}
             if not any(str(name).lower() == "traceparent" for name in headers):
                 args = {**args, "headers": {**headers, "traceparent": self.traceparent}}
-        return fetch(args, self.fetch_policy, run_deadline=self.run_deadline)
+        try:
+            return fetch(args, self.fetch_policy, run_deadline=self.run_deadline)
+        except FunctionTimedOut as exc:  # the run's time ran out during the fetch: the run ends with it
+            self.abort_run(exc)
+            raise
 
     def secrets_get(self, args: Json) -> Json:
         name = args.get("name") if isinstance(args, dict) else None
@@ -167,6 +174,15 @@ class Host:
             raise InvalidHostCall(f"random takes {{bytes: n}} with n from 1 to {MAX_RANDOM_BYTES}")
         return base64.b64encode(os.urandom(count)).decode()
 
+    def abort_run(self, error: FluxError) -> None:
+        """End the run with `error` however the function handles it, and mark the current call's span so
+        (its replay then ends the run there too, with the recorded error)."""
+        self.aborted = error
+        seq = self.recorder.current
+        if seq is not None:
+            span = self.recorder.spans[seq]
+            span.attributes = {**(span.attributes or {}), "aborted": True}
+
     # -- the request's transaction --------------------------------------------------------------------------
 
     @property
@@ -178,6 +194,8 @@ class Host:
         refused once a database error aborted it (Postgres would refuse every later statement), and such an
         error is remembered. Work that `writes` names its span in `flux.span_seq`, so the mutations it makes
         are linked to the span."""
+        if isinstance(self.aborted, FunctionTimedOut):  # the run's time ran out during a fetch
+            raise self.aborted
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
