@@ -253,11 +253,14 @@ def _is_preflight(req: falcon.Request, headers: Mapping[str, str]) -> bool:
 
 
 def _body(req: falcon.Request, route: Route) -> Json:
-    """The request's JSON body (None when empty), within the route's size limit."""
+    """The request's JSON body (None when empty), within the route's size limit. A chunked body has no
+    content-length: gunicorn decodes its chunks and ends the stream after the last one
+    (`wsgi.input_terminated`), so it is read up to one byte past the limit, like any other."""
     limit, length = route.max_body_bytes, req.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body is {length} bytes; this route takes {limit}", hint="send less")
-    raw = req.bounded_stream.read(limit + 1)
+    chunked = length is None and "chunked" in (req.get_header("transfer-encoding") or "").lower()
+    raw = (req.stream if chunked else req.bounded_stream).read(limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"the body is over {limit} bytes", hint="send less")
     if not raw:

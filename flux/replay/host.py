@@ -14,7 +14,7 @@ from flux import jsontext
 from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
-from flux.runtime.host import Host
+from flux.runtime.host import Host, recorded_input
 from flux.trace.diff import Change, canonical
 from flux.trace.recorder import storable
 
@@ -49,7 +49,7 @@ class ReplayHost(Host):
             return self._unrecorded(op, args, key, seq)
         self.matched[seq] = key
         self._clock_ms = recorded.clock_ms
-        given = self.as_recorded(args)
+        given = self.as_recorded(recorded_input(op, args))
         same_args = not changes_between("args", recorded.args, given)
         if not same_args:
             self._diverged(Divergence.of_call(recorded, seq, "args", recorded.args, given))
@@ -127,7 +127,11 @@ class ReplayHost(Host):
             error = self.recording.request["error"]
             self.cut_off = error_for_code(error["code"], error["message"])
             raise self.cut_off
-        self._diverged(Divergence.added_call(key, seq, self.recorder.spans[seq].name, self.as_recorded(args)))
+        self._diverged(
+            Divergence.added_call(
+                key, seq, self.recorder.spans[seq].name, self.as_recorded(recorded_input(op, args))
+            )
+        )
         if op in ("now", "random", "secrets.get", "log") or (op == "fetch" and self.live_fetch):
             return super().perform(op, args)
         if op in _DATABASE_OPS and self.mode != "recorded":

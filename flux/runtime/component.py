@@ -151,6 +151,7 @@ class ComponentRuntime:
 
     def run(self, loaded: LoadedComponent, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call `handle` with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
+        host.run_deadline = time.monotonic() + limits.timeout_ms / 1000  # a fetch ends by then too
         with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
             store = run.store
             try:

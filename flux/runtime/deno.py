@@ -142,7 +142,7 @@ class DenoPool:
         }  # fmt: skip
         if sha not in worker.shas:
             message["code"] = code.decode()
-        deadline = time.monotonic() + limits.timeout_ms / 1000
+        deadline = host.run_deadline = time.monotonic() + limits.timeout_ms / 1000
         try:
             worker.between_runs = False
             worker.send(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,13 @@ from flux.data.engine import run_query, run_statement
 from flux.data.raw import inspect_raw_sql
 from flux.errors import (
     FluxError,
+    FunctionTimedOut,
     InvalidHostCall,
     SecretNotFound,
     TransactionAborted,
     UnknownHostCall,
 )
-from flux.runtime.fetch import FetchPolicy, fetch
+from flux.runtime.fetch import REDACTED, SENSITIVE_HEADERS, FetchPolicy, fetch
 from flux.trace.recorder import Recorder, error_record
 
 Json = Any
@@ -50,8 +52,11 @@ class Host:
     clock_ns: Callable[[], int] = time.time_ns
     traceparent: str | None = None  # sent on each fetch, so the callee continues the request's trace
     wrote: bool = False  # whether the request changed data (its record then commits synchronously)
-    aborted: FluxError | None = None  # the database error that ended the request's transaction
+    aborted: FluxError | None = (
+        None  # what ended the run: a database error (its transaction is lost), or time
+    )
     marked_span: int | None = None  # the span flux.span_seq names in the transaction (see database_work)
+    run_deadline: float | None = None  # when the run's time is up (time.monotonic), set by its executor
 
     def answer(self, op: Any, args: Any) -> dict[str, Json]:
         """`call` as the function gets it: `{"ok": true, "value": ...}` or `{"ok": false, "error": ...}`."""
@@ -72,7 +77,7 @@ class Host:
             )
             raise error
         module, name = _span_of(op, args)
-        span = self.recorder.start(module, name, input=args)
+        span = self.recorder.start(module, name, input=recorded_input(op, args))
         try:
             value = self.perform(op, args)
         except FluxError as exc:
@@ -135,7 +140,11 @@ class Host:
             headers: dict[str, Any] = given if isinstance(given, dict) else {}
             if not any(str(name).lower() == "traceparent" for name in headers):
                 args = {**args, "headers": {**headers, "traceparent": self.traceparent}}
-        return fetch(args, self.fetch_policy)
+        try:
+            return fetch(args, self.fetch_policy, run_deadline=self.run_deadline)
+        except FunctionTimedOut as exc:  # the run's time ran out during the fetch: the run ends with it
+            self.abort_run(exc)
+            raise
 
     def secrets_get(self, args: Json) -> Json:
         name = args.get("name") if isinstance(args, dict) else None
@@ -165,6 +174,15 @@ class Host:
             raise InvalidHostCall(f"random takes {{bytes: n}} with n from 1 to {MAX_RANDOM_BYTES}")
         return base64.b64encode(os.urandom(count)).decode()
 
+    def abort_run(self, error: FluxError) -> None:
+        """End the run with `error` however the function handles it, and mark the current call's span so
+        (its replay then ends the run there too, with the recorded error)."""
+        self.aborted = error
+        seq = self.recorder.current
+        if seq is not None:
+            span = self.recorder.spans[seq]
+            span.attributes = {**(span.attributes or {}), "aborted": True}
+
     # -- the request's transaction --------------------------------------------------------------------------
 
     @property
@@ -176,6 +194,8 @@ class Host:
         refused once a database error aborted it (Postgres would refuse every later statement), and such an
         error is remembered. Work that `writes` names its span in `flux.span_seq`, so the mutations it makes
         are linked to the span."""
+        if isinstance(self.aborted, FunctionTimedOut):  # the run's time ran out during a fetch
+            raise self.aborted
         if self.aborted is not None:
             raise TransactionAborted(
                 f"an earlier database call failed ({self.aborted.code}), so this request's transaction is"
@@ -259,7 +279,7 @@ def _span_of(op: str, args: Json) -> tuple[str, str]:
     if op == "queue.push":
         return "queue", f"queue:push({str(fields.get('function', '?'))[:64]})"
     if op == "fetch":
-        host = str(fields.get("url", "")).split("/")[2:3]
+        host = [part.rpartition("@")[2] for part in str(fields.get("url", "")).split("/")[2:3]]  # no userinfo
         return "fetch", f"fetch:{str(fields.get('method', 'GET')).upper()[:8]} {(host or ['?'])[0][:64]}"
     if op == "secrets.get":
         return "secrets", f"secrets:get({str(fields.get('name', '?'))[:64]})"
@@ -281,6 +301,33 @@ def op_of_span(module: str, name: str) -> str | None:
     if module == "clock":
         return name.removeprefix("clock:")
     return _OPS_OF_MODULES.get(module)
+
+
+def recorded_input(op: str, args: Json) -> Json:
+    """What the span keeps of a call's arguments: everything, but the values of a fetch's credential headers
+    (`authorization`, `cookie`, ...), which are `[redacted]` whatever they hold (a replay compares a fetch's
+    arguments in this form)."""
+    if op != "fetch" or not isinstance(args, dict):
+        return args
+    kept = args
+    if isinstance(args.get("headers"), dict):
+        headers = {
+            name: REDACTED if str(name).lower() in SENSITIVE_HEADERS else value
+            for name, value in args["headers"].items()
+        }
+        kept = {**kept, "headers": headers}
+    url = args.get("url")
+    if isinstance(url, str) and "@" in url:  # a password in the URL (`https://user:password@host/`)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            password = parts.password
+        except ValueError:
+            password = None
+        if password:
+            user, _, host = parts.netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:{REDACTED}@{host}"
+            kept = {**kept, "url": urllib.parse.urlunsplit(parts._replace(netloc=netloc))}
+    return kept
 
 
 def _output_of(op: str, args: Json, value: Json) -> Json:

@@ -207,6 +207,7 @@ class WasmRuntime:
 
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
+        host.run_deadline = time.monotonic() + limits.timeout_ms / 1000  # a fetch ends by then too
         with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
             result = self._call(loaded, request, run, limits)
         try:

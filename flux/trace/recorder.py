@@ -2,12 +2,18 @@
 row in one statement at the end of the request's transaction (never a round trip per span), which a second
 statement announces to whoever follows new requests.
 
-Secret values a function read are replaced by `[secret:<name>]` everywhere in the record before it is written.
+Secret values a function read are replaced by `[secret:<name>]` everywhere in the record before it is written:
+the value in any letter case, its URL, hex, base64 and base64url encodings (also as part of an encoded longer
+text, such as `user:secret` in a basic `authorization`), and any run of 8 or more of their characters (a
+truncated key in a log line).
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -111,6 +117,7 @@ class Recorder:
     spans: list[Span] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # value -> name, for redaction
     _open: list[int] = field(default_factory=list)  # seqs of the spans running now, innermost last
+    _redactor: Redactor | None = None  # built from `secrets` when first needed
 
     def start(self, module: str, name: str, input: Json = None, attributes: Json = None) -> Span:
         """Open a span as a child of the innermost open span; close it with `finish`."""
@@ -166,14 +173,18 @@ class Recorder:
 
     def redact(self, name: str, value: str) -> None:
         """Never write `value`: it is the secret `name`."""
-        if value:
+        if value and self.secrets.get(value) != name:
             self.secrets[value] = name
+            self._redactor = None
 
     def scrub(self, value: Json) -> Json:
-        """`value` with every secret read in this request replaced by `[secret:<name>]`."""
+        """`value` with every secret read in this request, in any form the module's docstring names, replaced
+        by `[secret:<name>]`."""
         if not self.secrets:
             return value
-        return _scrub(value, self.secrets)
+        if self._redactor is None:
+            self._redactor = Redactor(self.secrets)
+        return _map_text(value, self._redactor.redact)
 
     def record(self, request: dict[str, Json], then: Statement | None = None) -> Record:
         """The record to write: `request` (columns of flux.requests, with `started_us`) and every span."""
@@ -223,14 +234,92 @@ def storable(value: Json) -> Json:
     return _map_text(value, lambda text: jsontext.valid_text(text.replace("\x00", "\\u0000")))
 
 
-def _scrub(value: Json, secrets: dict[str, str]) -> Json:
-    def scrub(text: str) -> str:
-        for secret, name in secrets.items():
-            if secret in text:
-                text = text.replace(secret, f"[secret:{name}]")
-        return text
+FRAGMENT = 8  # a run of this many characters of a secret's form is redacted: a truncated key still leaks
+_MIN_DERIVED = 6  # an encoding shorter than this would redact common text, and tells little of the secret
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
-    return _map_text(value, scrub)
+
+class Redactor:
+    """Finds the secrets of one request in text, in every form `secret_forms` lists and in any letter case,
+    and replaces each with `[secret:<name>]`."""
+
+    def __init__(self, secrets: dict[str, str]) -> None:  # value -> name
+        self._forms = [
+            (form.translate(_ASCII_LOWER), name)
+            for value, name in secrets.items()
+            for form in secret_forms(value)
+        ]
+        self._block = block = (FRAGMENT + 1) // 2  # a run of FRAGMENT characters holds a whole aligned block
+        # One search for any whole form that is short, or any block of a longer one: most text has none.
+        pieces = {
+            form[i : i + block] if len(form) > FRAGMENT else form
+            for form, _ in self._forms
+            for i in (range(0, len(form) - block + 1, block) if len(form) > FRAGMENT else (0,))
+        }
+        self._any = re.compile("|".join(re.escape(piece) for piece in sorted(pieces, key=len, reverse=True)))
+
+    def redact(self, text: str) -> str:
+        if not text:
+            return text
+        folded = text.translate(_ASCII_LOWER)  # the same length: indexes stay those of `text`
+        if len(folded) < 4096 and self._any.search(folded) is None:  # past that, `find` per block is faster
+            return text
+        found = [span for form, name in self._forms for span in self._find(folded, form, name)]
+        if not found:
+            return text
+        found.sort()
+        parts, end = [], 0
+        for start, stop, name in found:
+            if start < end:  # overlaps a run already replaced: widen it
+                end = max(end, stop)
+                continue
+            parts += [text[end:start], f"[secret:{name}]"]
+            end = stop
+        parts.append(text[end:])
+        return "".join(parts)
+
+    def _find(self, text: str, form: str, name: str) -> list[tuple[int, int, str]]:
+        """Where `form` is in `text`: whole, or (for a longer form) any run of FRAGMENT of its characters."""
+        found = []
+        if len(form) <= FRAGMENT:
+            at = text.find(form)
+            while at >= 0:
+                found.append((at, at + len(form), name))
+                at = text.find(form, at + len(form))
+            return found
+        block = self._block
+        for offset in range(0, len(form) - block + 1, block):
+            piece = form[offset : offset + block]
+            at = text.find(piece)
+            while at >= 0:
+                start, stop, shift = at, at + block, offset - at  # text[k] lines up with form[k + shift]
+                while start > 0 and start + shift > 0 and text[start - 1] == form[start - 1 + shift]:
+                    start -= 1
+                while stop < len(text) and stop + shift < len(form) and text[stop] == form[stop + shift]:
+                    stop += 1
+                if stop - start >= FRAGMENT:
+                    found.append((start, stop, name))
+                    at = text.find(piece, max(at + 1, stop - block + 1))  # not again within what it found
+                else:
+                    at = text.find(piece, at + 1)
+        return found
+
+
+def secret_forms(value: str) -> list[str]:
+    """The texts `value` shows as in a record: itself, URL-encoded, hex, and its base64 and base64url
+    encodings at each of the three alignments base64 can meet it at inside a longer text (`user:` before it),
+    each without the characters at its ends that also depend on its neighbours."""
+    forms = {value}
+    if len(value) >= _MIN_DERIVED:
+        data = value.encode()
+        forms |= {urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), data.hex()}
+        for alignment in range(3):
+            encoded = base64.b64encode(bytes(alignment) + data + bytes(2)).decode()
+            # character i carries bits 6i to 6i+6: keep those wholly within the value's bytes
+            first, last = -(-8 * alignment // 6), 8 * (alignment + len(data)) // 6
+            core = encoded[first:last]
+            forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return [form for form in forms if form == value or len(form) >= _MIN_DERIVED]
 
 
 def _map_text(value: Json, change: Callable[[str], str]) -> Json:
