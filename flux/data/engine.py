@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from flux import db
+from flux.jsontext import nests_deeper_than
 from flux.data.catalog import Catalog
 from flux.data.plan import (
     Limits,
@@ -29,14 +30,16 @@ from flux.data.plan import (
 )
 from flux.data.raw import RawStatement, inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
-from flux.data.shape import MAX_PLANS, shape_key
+from flux.data.shape import shape_key
 from flux.data.sql import compile_plan
-from flux.errors import ColumnNotReadable, FluxError, RawSqlForbidden, TooManyRows
+from flux.errors import ColumnNotReadable, FluxError, QueryTooDeep, RawSqlForbidden, TooManyRows
 
 Json = Any
 
 
 _DEFAULT_LIMITS = Limits()
+# How deeply a query may nest (`[]` is one level), as a request body may (jsontext.MAX_DEPTH): checked first.
+MAX_QUERY_DEPTH = 128
 
 
 def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = None) -> Planned:
@@ -44,6 +47,11 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
 
     A query of a shape planned before reuses that plan and only binds its own values (see data/shape.py)."""
     limits = limits or _DEFAULT_LIMITS
+    if nests_deeper_than(query, MAX_QUERY_DEPTH):  # before any other work: every step below walks the query
+        problems = Problems()
+        problems.add(QueryTooDeep.code, "", f"the query nests deeper than {MAX_QUERY_DEPTH} levels",
+                     "send a flatter query: fewer nested lists, objects or conditions")  # fmt: skip
+        problems.raise_if_any()
     key = shape_key(query)
     cached: Planned | None = catalog.plans.get((role, limits, key)) if key is not None else None
     if cached is not None:
@@ -65,9 +73,8 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
         unlimited = replace(planned.plan, limit=None, offset=None, cursor_keys=(), cursor_names=())
         planned.count_sql = "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited)
     if key is not None:
-        if len(catalog.plans) >= MAX_PLANS:
-            catalog.plans.clear()
-        catalog.plans[(role, limits, key)] = planned
+        size = len(key) + len(planned.sql) + len(planned.count_sql or "")
+        catalog.plans.put((role, limits, key), planned, size)
     return planned
 
 
