@@ -188,6 +188,12 @@ class TooManyRows(FluxError):
     title = "the query would return more rows than allowed"
 
 
+class AnswerTooLarge(FluxError):
+    code = "FX114"
+    http_status = 400
+    title = "the answer, rows of embedded relations included, is over max_answer_rows or max_answer_bytes"
+
+
 class TooManyColumns(FluxError):
     code = "FX113"
     http_status = 400
@@ -618,8 +624,9 @@ ERRORS: dict[str, type[FluxError]] = _all_error_classes()
 """Every live code and its class, in code order."""
 
 RETIRED: dict[str, str] = {
-    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run the"
-    " function's SQL on a request connection, where such a function can reach nothing more than in the gateway",
+    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run"
+    " the function's SQL on a request connection, where such a function can reach nothing more than in the"
+    " gateway",
 }
 """Codes no longer raised, with what they meant; kept so they are never reused."""
 

@@ -27,7 +27,7 @@ class PlanCache:
         return found[0]
 
     def put(self, key: Any, plan: Any, size: int) -> None:
-        """Keep `plan` (about `size` bytes) unless it alone is too big; drop the least recently used to fit."""
+        """Keep `plan` (about `size` bytes) unless it alone is too big; the least recently used go to fit."""
         if size > min(MAX_ONE_PLAN_BYTES, self.max_bytes):
             return
         old = self._plans.pop(key, None)
