@@ -9,6 +9,8 @@ service role only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -45,6 +47,11 @@ Json = Any
 
 
 _DEFAULT_LIMITS = Limits()
+try:
+    _LIBC: Any = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018 (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 # How deeply a query may nest (`[]` is one level), as a request body may (jsontext.MAX_DEPTH): checked first.
 MAX_QUERY_DEPTH = 128
 
@@ -138,6 +145,8 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
     if any(output.embed is not None for output in plan_outputs):
         answer_rows += _check_embedded(rows, plan_outputs, limits.max_rows)
     if answer_rows > limits.max_answer_rows:
+        del rows
+        _release_memory()
         raise AnswerTooLarge(
             f"the answer has {answer_rows} rows with those of its relations, over {limits.max_answer_rows}"
             " (max_answer_rows)",
@@ -158,6 +167,13 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
     elif request.count == "planned":
         result["count"] = _planned_count(conn, planned)
     return result
+
+
+def _release_memory() -> None:
+    """Give the memory a too big answer took back to the system (glibc keeps freed memory for later)."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _check_embedded(rows: list[Json], outputs: tuple[Output, ...], max_rows: int) -> int:
