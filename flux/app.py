@@ -14,7 +14,7 @@ import falcon
 from flux import db, migrate
 from flux.api import resources as api
 from flux.config import Settings, load_settings
-from flux.data import CatalogCache
+from flux.data import CatalogCache, Limits
 from flux.db import as_flux_error, create_pool
 from flux.errors import FluxError, InternalError, InvalidConfig
 from flux.gateway import openapi
@@ -117,7 +117,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_route("/ready", Ready(pool, expected, gateway.routes if gateway else None))
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
-    api.register(app, pool, settings.project_dir, gateway)
+    api.register(app, pool, settings.project_dir, gateway, max_deploy_bytes=settings.max_deploy_bytes)
     if gateway is not None:
         app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")
@@ -141,6 +141,9 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
         records=RecordWriter(pool),
         secrets=SecretCache(settings.project_dir),
         fetch_policy=FetchPolicy(allow=settings.fetch_allow),
+        data_limits=Limits(
+            max_answer_rows=settings.max_answer_rows, max_answer_bytes=settings.max_answer_bytes
+        ),
     )
     gateway.listen(request_dsn)
     return gateway

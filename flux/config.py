@@ -65,6 +65,11 @@ class Settings:
     # [deploy] gate = {last = 200} (or {since = "1h"}, with db = "as-of"): `flux deploy` runs the deploy gate
     # (docs/replay.md) unless --no-gate; None: only with --gate
     deploy_gate: Mapping[str, Any] | None = None
+    # the biggest `flux deploy` upload the management API reads (bytes; over it: 413 FX003 before reading)
+    max_deploy_bytes: int = 256 * 1024 * 1024
+    # what one JSON query may answer, embedded rows included (over it: FX114 naming the limit)
+    max_answer_rows: int = 100_000
+    max_answer_bytes: int = 16 * 1024 * 1024
     # [dev] replay_last: after each save `flux dev` replays this many recent requests of the changed functions
     # and prints one line (0: off)
     dev_replay_last: int = DEFAULT_DEV_REPLAY_LAST
@@ -93,6 +98,9 @@ _ENV_NAMES = {
     "fetch_allow": ("FLUX_FETCH_ALLOW",),
     "otlp_endpoint": ("FLUX_OTLP_ENDPOINT",),
     "queue_workers": ("FLUX_QUEUE_WORKERS",),
+    "max_deploy_bytes": ("FLUX_MAX_DEPLOY_BYTES",),
+    "max_answer_rows": ("FLUX_MAX_ANSWER_ROWS",),
+    "max_answer_bytes": ("FLUX_MAX_ANSWER_BYTES",),
     "jwt_secret": ("FLUX_JWT_SECRET",),
     "jwks_url": ("FLUX_JWKS_URL",),
     "jwt_audience": ("FLUX_JWT_AUDIENCE",),
@@ -245,6 +253,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
             f"worker_class {worker_class!r} is not sync or gthread", hint="use sync (the default)"
         )
     pin_workers = _pin_workers(values.get("pin_workers", "auto"))
+    deploy_bytes, answer_rows, answer_bytes = (_bound(values, name, low, high) for name, low, high in _BOUNDS)
     bindir = values.get("pg_bindir")
     return Settings(
         project_dir=project,
@@ -268,7 +277,32 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         function_limits=dict(values.get("function_limits", {})),
         deploy_gate=values.get("deploy_gate"),
         dev_replay_last=int(values.get("dev_replay_last", DEFAULT_DEV_REPLAY_LAST)),
+        max_deploy_bytes=deploy_bytes,
+        max_answer_rows=answer_rows,
+        max_answer_bytes=answer_bytes,
     )
+
+
+# Sizes a setting may take: name, lowest, highest.
+_BOUNDS = (
+    ("max_deploy_bytes", 1024, 4 * 1024**3),
+    ("max_answer_rows", 1, 100_000_000),
+    ("max_answer_bytes", 1024, 1024**3),
+)
+
+
+def _bound(values: dict[str, Any], name: str, low: int, high: int) -> int:
+    """A whole number setting within [low, high] (its default when unset)."""
+    default = next(f.default for f in fields(Settings) if f.name == name)
+    value = values.get(name, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise InvalidConfig(f"{name} {value!r} is not a whole number from {low} to {high}",
+                            hint=f"e.g. {name} = {default}")  # fmt: skip
+    return number
 
 
 def _pin_workers(value: Any) -> PinMode:

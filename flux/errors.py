@@ -188,6 +188,12 @@ class TooManyRows(FluxError):
     title = "the query would return more rows than allowed"
 
 
+class AnswerTooLarge(FluxError):
+    code = "FX114"
+    http_status = 400
+    title = "the answer, rows of embedded relations included, is over max_answer_rows or max_answer_bytes"
+
+
 class TooManyColumns(FluxError):
     code = "FX113"
     http_status = 400

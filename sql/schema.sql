@@ -438,6 +438,25 @@ $$;
 
 
 --
+-- Name: check_answer_size(bigint, bigint); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.check_answer_size(answer_bytes bigint, max_bytes bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF answer_bytes > max_bytes THEN
+        RAISE EXCEPTION 'the answer is over % bytes (max_answer_bytes)', max_bytes
+            USING ERRCODE = 'FX114',
+                  HINT = 'ask for fewer rows or columns (a limit on each relation), or page with after';
+    END IF;
+    RETURN true;
+END
+$$;
+
+
+--
 -- Name: check_job(text, text, text, integer, jsonb, text, bigint); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -3514,6 +3533,15 @@ REVOKE ALL ON FUNCTION flux.apply_column_policies() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION flux.cancel_job(job_id bigint) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION check_answer_size(answer_bytes bigint, max_bytes bigint); Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT ALL ON FUNCTION flux.check_answer_size(answer_bytes bigint, max_bytes bigint) TO flux_anon;
+GRANT ALL ON FUNCTION flux.check_answer_size(answer_bytes bigint, max_bytes bigint) TO flux_user;
+GRANT ALL ON FUNCTION flux.check_answer_size(answer_bytes bigint, max_bytes bigint) TO flux_service;
 
 
 --

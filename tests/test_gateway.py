@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import schemathesis
 
+from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import Settings
 from flux.gateway.auth import new_api_key
@@ -456,12 +457,16 @@ def test_a_bodys_depth_is_counted_alike_on_both_decoders() -> None:
 
 
 @pytest.mark.parametrize("depth", [300, 5000])
-def test_the_management_api_refuses_json_nested_too_deep_with_a_400(client: Any, depth: int) -> None:
+def test_the_management_api_refuses_json_nested_too_deep_with_a_400(
+    client: Any, conn: Conn, depth: int
+) -> None:
+    admin = {"authorization": f"Bearer {create_admin_key(conn, 'deep').key}"}
     for path in ("/flux/api/functions/hello/invoke", "/flux/api/keys"):
-        refused = client.simulate_post(
-            path, body=_nested(depth), headers={"content-type": "application/json"}
-        )
-        assert refused.status_code == 400 and refused.json["code"] == "FX006", refused.json
+        for headers, status, code in (({}, 401, "FX606"), (admin, 400, "FX006")):  # the key first (issue 25)
+            refused = client.simulate_post(
+                path, body=_nested(depth), headers={**headers, "content-type": "application/json"}
+            )
+            assert refused.status_code == status and refused.json["code"] == code, refused.json
 
 
 def test_db_explain_shows_the_sql_and_plan_without_running_it(conn: Conn, client: Any) -> None:

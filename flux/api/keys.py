@@ -13,6 +13,10 @@ from flux.errors import InvalidRequest, NotFound
 from flux.gateway.auth import new_api_key
 
 ROLES = ("anon", "user", "service")
+MAX_NAME_LENGTH = 100
+# A token bucket Flux can compute with: from one request a day to a million a second.
+MIN_RATE_PER_S, MAX_RATE_PER_S = 1 / 86_400, 1_000_000.0
+MAX_BURST = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -26,14 +30,34 @@ class CreatedKey:
 
 def create_tenant(conn: Any, name: str, rate_per_s: float | None = None, burst: int | None = None) -> str:
     """A new tenant's id; `rate_per_s` and `burst` set its token bucket (both or neither)."""
+    check_name(name, "a tenant's name")
     if (rate_per_s is None) != (burst is None):
         raise InvalidRequest("a tenant's rate limit needs both --rate-per-s and --burst", hint="give both")
+    if rate_per_s is not None and not MIN_RATE_PER_S <= rate_per_s <= MAX_RATE_PER_S:  # NaN fails too
+        raise InvalidRequest(
+            f"rate_per_s {rate_per_s!r} is outside {MIN_RATE_PER_S:.6g} (one a day) to {MAX_RATE_PER_S:g}",
+            hint="e.g. rate_per_s 10 with burst 20",
+        )
+    if burst is not None and (isinstance(burst, bool) or not 1 <= burst <= MAX_BURST):
+        raise InvalidRequest(f"burst {burst!r} is outside 1 to {MAX_BURST}", hint="e.g. burst 20")
     with db.translate_errors():
         row = conn.execute(
             "INSERT INTO flux.tenants (name, rate_per_s, burst) VALUES (%s, %s, %s) RETURNING id::text",
             (name, rate_per_s, burst),
         ).fetchone()
     return str(row[0])
+
+
+def check_name(name: object, what: str) -> None:
+    """A name people type and read: 1 to 100 characters, not only spaces, no control characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest(f"{what} must not be empty", hint="e.g. acme")
+    # (NUL is left to Postgres, which refuses it as FX131 as in any other text)
+    if len(name) > MAX_NAME_LENGTH or any(0 < ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise InvalidRequest(
+            f"{what} must be at most {MAX_NAME_LENGTH} characters, with no control characters",
+            hint="e.g. acme",
+        )
 
 
 def list_tenants(conn: Any, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
@@ -53,6 +77,8 @@ def create_key(
     """A new API key running requests as `role` for `tenant` (a tenant's name or id)."""
     if role not in ROLES:
         raise InvalidRequest(f"role {role!r} is not one of {', '.join(ROLES)}", hint="use --role user")
+    if name is not None:
+        check_name(name, "a key's name")
     tenant_id = _tenant_id(conn, tenant) if tenant else None
     made = new_api_key()
     with db.translate_errors():

@@ -51,12 +51,14 @@ _TENANT = _object({"id": _TEXT, "name": _TEXT, "rate_per_s": _MAYBE_NUMBER, "bur
 _KEY = _object({"id": {"type": "integer"}, "prefix": _TEXT, "name": _MAYBE_TEXT, "role": _TEXT,
                 "tenant": _MAYBE_TEXT, "created_at": _WHEN, "revoked_at": _MAYBE_WHEN})  # fmt: skip
 _SECRET = _object({"name": _TEXT, "updated_at": _WHEN})
-_RATE = {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+_RATE = {"type": "number", "minimum": 1 / 86_400, "maximum": 1_000_000}  # flux/api/keys.py checks both
+_NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S"}
 _NEW_TENANT = _object(
-    {"name": _TEXT, "rate_per_s": _RATE, "burst": {"type": "integer", "minimum": 1}}, ("name",)
+    {"name": _NAME, "rate_per_s": _RATE, "burst": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
+    ("name",),
 )
 _ROLE = {"type": "string", "enum": ["anon", "user", "service"]}
-_NEW_KEY = _object({"role": _ROLE, "tenant": _TEXT, "name": _TEXT}, ())
+_NEW_KEY = _object({"role": _ROLE, "tenant": _TEXT, "name": _NAME}, ())
 _CREATED_KEY = _object({"id": {"type": "integer"}, "key": _TEXT, "prefix": _TEXT, "role": _TEXT,
                         "tenant": _MAYBE_TEXT})  # fmt: skip
 _INVOKED = _object({"request_id": _TEXT, "status": {"type": "integer"}, "headers": {"type": "object"},
@@ -167,17 +169,28 @@ def _call(
     body: dict[str, Any] | None = None,
     params: list[dict[str, Any]] | None = None,
     also: tuple[str, ...] = (),
+    links: dict[str, tuple[str, str, dict[str, str]]] | None = None,
 ) -> dict[str, Any]:
-    """One operation answering `answer` with `status` (and the `also` statuses), or an FX error."""
+    """One operation answering `answer` with `status` (and the `also` statuses), or an FX error. `links` name
+    the calls its answer leads to, as (path, method, {parameter: expression}): what stateful clients
+    (schemathesis) follow."""
     done: dict[str, Any] = {"description": summary}
     if answer is not None:
         done["content"] = {"application/json": {"schema": answer}}
+    linked = {**done}
+    if links:
+        linked["links"] = {
+            name: {"operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method,
+                   "parameters": parameters}
+            for name, (path, method, parameters) in links.items()
+        }  # fmt: skip
     operation: dict[str, Any] = {
         "summary": summary,
         "security": [{"admin": []}],
         "parameters": params or [],
         "responses": {
-            **{code: done for code in (status, *also)},
+            status: linked,
+            **{code: done for code in also},
             "default": {"description": "refused: the FX code says why (docs/errors.md)",
                         "content": {"application/json": {"schema": _ERROR}}},
         },
@@ -222,7 +235,8 @@ def document() -> dict[str, Any]:
                 "get": _call("API keys by id", _page(_KEY, {"type": "integer"}),
                              params=[_LIMIT, _param("after", "integer")]),
                 "post": _call("Create an API key (its text is in this answer only)", _CREATED_KEY, "201",
-                              body=_NEW_KEY),
+                              body=_NEW_KEY, links={"Revoke": ("/flux/api/keys/{key}", "delete",
+                                                               {"key": "$response.body#/prefix"})}),
             },
             "/flux/api/keys/{key}": {"delete": _call(
                 "Revoke an API key (by id or prefix)", _object({"revoked": {"type": "integer"}}),
@@ -230,12 +244,19 @@ def document() -> dict[str, Any]:
             "/flux/api/secrets": {"get": _call("Secret names (never values)", _page(_SECRET, _TEXT))},
             "/flux/api/secrets/{name}": {
                 "put": _call("Set a secret", None, "204", body=_object({"value": _TEXT}),
-                             params=[_param("name", "string", "path")]),
+                             params=[_param("name", "string", "path")],
+                             links={"Remove": ("/flux/api/secrets/{name}", "delete",
+                                               {"name": "$request.path.name"})}),
                 "delete": _call("Remove a secret", None, "204", params=[_param("name", "string", "path")]),
             },
             "/flux/api/jobs": {
                 "post": _call("Push jobs (run as the service role)", _PUSHED, "201",
-                              body=_object({"jobs": {"type": "array", "items": _NEW_JOB, "minItems": 1}})),
+                              body=_object({"jobs": {"type": "array", "items": _NEW_JOB, "minItems": 1}}),
+                              links={name: (f"/flux/api/jobs/{{job_id}}{suffix}", method,
+                                            {"job_id": "$response.body#/items/0/id"})
+                                     for name, suffix, method in (("Get", "", "get"),
+                                                                  ("Retry", "/retry", "post"),
+                                                                  ("Cancel", "/cancel", "post"))}),
                 "get": _call("Jobs, newest first", _page(_JOB, {"type": "integer"}),
                              params=[_LIMIT, _param("before", "integer"),
                                      {**_param("status"), "schema": _STATUS}, _param("queue"),
@@ -258,7 +279,9 @@ def document() -> dict[str, Any]:
                         _param("replayable", "boolean")])},
             "/flux/api/requests/followers": {"post": _call(
                 "Follow new requests (flux tail): their ids wait for the follower's next call", _FOLLOWING,
-                "201")},
+                "201", links={name: ("/flux/api/requests/followers/{follower}", method,
+                                     {"follower": "$response.body#/id"})
+                              for name, method in (("Take", "get"), ("Stop", "delete"))})},
             "/flux/api/requests/followers/{follower}": {
                 "get": _call("The requests recorded since the follower's last call, oldest first", _ROWS,
                              params=[_FOLLOWER, _param("route"), _param("function"),
@@ -283,7 +306,9 @@ def document() -> dict[str, Any]:
             "/flux/api/cron/{name}": {
                 "put": _call("Create or change a schedule (not one from flux.toml)", _SCHEDULE,
                              body=_object(_SCHEDULE_FIELDS, ("schedule", "function")),
-                             params=[_param("name", "string", "path")]),
+                             params=[_param("name", "string", "path")],
+                             links={"Remove": ("/flux/api/cron/{name}", "delete",
+                                               {"name": "$request.path.name"})}),
                 "delete": _call("Remove a schedule made through the API", None, "204",
                                 params=[_param("name", "string", "path")]),
             },

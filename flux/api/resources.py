@@ -34,16 +34,25 @@ Json = Any
 MAX_LIMIT = 500
 MAX_BODY_BYTES = 65_536
 MAX_JOBS_BYTES = 16 * 1024 * 1024  # a batch of jobs (each payload is at most 1 MiB)
-MAX_DEPLOY_BYTES = 512 * 1024 * 1024  # built code, base64 (a Python component is about 25 MB)
+MAX_DEPLOY_BYTES = 256 * 1024 * 1024  # base64 code (a Python component is ~25 MB); `max_deploy_bytes`
+# A bundle's bulk is a few long strings (code, SQL): a body of this many JSON items or more is not one, and
+# parsed it would take some 60 bytes of memory per item (a 32 MB list of numbers took 500 MB).
+MAX_DEPLOY_ITEMS = 1_000_000
 # The deploy gate's replays on a server stop this long after the request came in: gunicorn kills a worker
 # silent for 30 s (its default timeout), which the caller would see as a 500, and the CLI waits 60 s.
 SERVER_GATE_BUDGET_S = 20.0
 
 
-def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
+def register(
+    app: falcon.App,  # type: ignore[type-arg]
+    pool: Any,
+    project_dir: Path,
+    gateway: Any = None,
+    max_deploy_bytes: int = MAX_DEPLOY_BYTES,
+) -> None:
     """Mount the management API on `app`, using `pool` (the worker's admin connections) and, to invoke
-    functions, the worker's `gateway`."""
-    api = _Api(pool, project_dir, gateway)
+    functions, the worker's `gateway`; deployment uploads over `max_deploy_bytes` are refused (413)."""
+    api = _Api(pool, project_dir, gateway, max_deploy_bytes)
     app.add_route("/flux/api/openapi.json", _OpenApi())
     for path, suffix in (
         ("/flux/api/functions", "functions"), ("/flux/api/functions/{name}/invoke", "invoke"),
@@ -70,15 +79,28 @@ class _OpenApi:
         _answer(resp, document())
 
 
+def _admin_key_first(
+    req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]
+) -> None:
+    """Every management call checks the caller's admin key before anything else, its body above all: a
+    caller without a live key is refused without a byte of the body read (a malformed header without even a
+    query)."""
+    with resource.pool.connection() as conn:
+        conn.autocommit = True
+        req.context.admin_key_id = check_admin_key(conn, req.get_header("authorization"))
+
+
+@falcon.before(_admin_key_first)
 class _Api:
-    def __init__(self, pool: Any, project_dir: Path, gateway: Any) -> None:
+    def __init__(self, pool: Any, project_dir: Path, gateway: Any, max_deploy_bytes: int) -> None:
         self.pool = pool
         self.project_dir = project_dir
         self.gateway = gateway
+        self.max_deploy_bytes = max_deploy_bytes
 
     def _conn(self, req: falcon.Request) -> _Checked:
-        """An admin connection, once the caller's admin key is checked (use it in a `with`)."""
-        return _Checked(self.pool, req.get_header("authorization"))
+        """An admin connection for a caller whose key `_admin_key_first` checked (use it in a `with`)."""
+        return _Checked(self.pool, req.context.admin_key_id)
 
     # -- functions and routes ---------------------------------------------------------------------------
 
@@ -97,12 +119,9 @@ class _Api:
         role = body.get("role", "service")
         if role not in keys.ROLES:
             raise InvalidRequest(f"role {role!r} is not one of {', '.join(keys.ROLES)}", hint="e.g. service")
-        checked = self._conn(req)
-        with checked:
-            pass  # the admin key is checked; the function runs on a request connection of its own
         if self.gateway is None:
             raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
-        outcome = self.gateway.invoke_function(name, body.get("data"), role, checked.admin_key_id)
+        outcome = self.gateway.invoke_function(name, body.get("data"), role, req.context.admin_key_id)
         answer = outcome.response
         _answer(resp, {"request_id": outcome.request_id, "status": answer.status, "headers": answer.headers,
                        "body": answer.body})  # fmt: skip
@@ -130,7 +149,8 @@ class _Api:
         started = time.monotonic()
         fields = {"project": str, "git_commit": str, "routes": list, "functions": list, "migrations": list,
                   "cron": list, "gate": dict}  # fmt: skip
-        body = _body(req, fields, required=("functions",), max_bytes=MAX_DEPLOY_BYTES)
+        body = _body(req, fields, required=("functions",), max_bytes=self.max_deploy_bytes,
+                     max_items=MAX_DEPLOY_ITEMS)  # fmt: skip
         with self._conn(req) as conn:
             options = GateOptions.from_body(body["gate"]) if "gate" in body else None
             bundle = deploy.bundle_from_json(conn, body)
@@ -183,7 +203,10 @@ class _Api:
 
     def on_post_tenants(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = _body(req, {"name": str, "rate_per_s": (int, Decimal), "burst": int}, required=("name",))
-        rate = float(body["rate_per_s"]) if "rate_per_s" in body else None
+        try:
+            rate = float(body["rate_per_s"]) if "rate_per_s" in body else None
+        except OverflowError:
+            raise InvalidRequest("rate_per_s is too large", hint="e.g. rate_per_s 10 with burst 20") from None
         with self._conn(req) as conn:
             tenant_id = keys.create_tenant(conn, body["name"], rate, body.get("burst"))
         _answer(resp, {"id": tenant_id, "name": body["name"]}, falcon.HTTP_201)
@@ -320,7 +343,7 @@ class _Api:
 
     def on_post_replay(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         """Replay a request on this server (`flux incident replay` through FLUX_URL): its result."""
-        with self._conn(req) as conn:  # the key first: nobody without one has the body read
+        with self._conn(req) as conn:
             body = _body(
                 req, {"db": str, "code": str, "version": int, "live_fetch": object, "record": object}
             )
@@ -362,18 +385,16 @@ class _Api:
 
 
 class _Checked:
-    """`with _Checked(pool, authorization) as conn:` an autocommit admin connection, after the key check."""
+    """`with _Checked(pool, admin_key_id) as conn:` an autocommit admin connection, for a checked caller."""
 
-    def __init__(self, pool: Any, authorization: str | None) -> None:
+    def __init__(self, pool: Any, admin_key_id: int) -> None:
         self._checkout = pool.connection()
-        self._authorization = authorization
-        self.admin_key_id = 0
+        self.admin_key_id = admin_key_id
 
     def __enter__(self) -> Any:
         conn = self._checkout.__enter__()
         try:
             conn.autocommit = True
-            self.admin_key_id = check_admin_key(conn, self._authorization)
         except BaseException as exc:
             self._checkout.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -464,12 +485,21 @@ def _body(
     fields: dict[str, Any],
     required: tuple[str, ...] = (),
     max_bytes: int = MAX_BODY_BYTES,
+    max_items: int | None = None,
 ) -> dict[str, Json]:
-    """The JSON object in the body, with only `fields` (each of its type) and every `required` one."""
+    """The JSON object in the body, with only `fields` (each of its type) and every `required` one; a body
+    over `max_bytes` (or with `max_items` JSON items or more) is refused, a declared one before it is read."""
     media = (req.content_type or "").split(";")[0].strip().lower()
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"the body is {length} bytes; this call takes at most {max_bytes}",
+                              hint="send less (a deployment's bound is max_deploy_bytes)")  # fmt: skip
     raw = req.bounded_stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes", hint="send less")
+    if max_items is not None and raw.count(b",") >= max_items:
+        raise PayloadTooLarge(f"the body holds {max_items} JSON items or more",
+                              hint="a deployment is a few functions, routes and migrations")  # fmt: skip
     if raw and media != "application/json":
         raise UnsupportedMediaType(f"the body is {media or 'untyped'}, not JSON",
                                    hint="send content-type: application/json")  # fmt: skip

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flux import db
+from flux.data._plans import PlanCache
 from flux.listen import NotifiedCache
 
 log = logging.getLogger("flux.data.catalog")
@@ -83,7 +84,7 @@ class Catalog:
     # Text search configurations a query may name (`english`, `pg_catalog.english`), each with the text that
     # binds it as a regconfig parameter (quoted where the name needs it).
     text_search_configs: dict[str, str] = field(default_factory=dict)
-    plans: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)  # see data/shape.py
+    plans: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)  # see data/shape.py
 
     def table(self, name: str) -> Table | None:
         return self.tables.get(name)

@@ -9,6 +9,8 @@ service role only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -29,14 +31,29 @@ from flux.data.plan import (
 )
 from flux.data.raw import RawStatement, inspect_raw_sql, require_service_role
 from flux.data.request import InsertRequest, Problems, SelectRequest, parse_request
-from flux.data.shape import MAX_PLANS, shape_key
+from flux.data.shape import shape_key
 from flux.data.sql import compile_plan
-from flux.errors import ColumnNotReadable, FluxError, RawSqlForbidden, TooManyRows
+from flux.errors import (
+    AnswerTooLarge,
+    ColumnNotReadable,
+    FluxError,
+    QueryTooDeep,
+    RawSqlForbidden,
+    TooManyRows,
+)
+from flux.jsontext import nests_deeper_than
 
 Json = Any
 
 
 _DEFAULT_LIMITS = Limits()
+try:
+    _LIBC: Any = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018 (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
+# How deeply a query may nest (`[]` is one level), as a request body may (jsontext.MAX_DEPTH): checked first.
+MAX_QUERY_DEPTH = 128
 
 
 def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = None) -> Planned:
@@ -44,6 +61,11 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
 
     A query of a shape planned before reuses that plan and only binds its own values (see data/shape.py)."""
     limits = limits or _DEFAULT_LIMITS
+    if nests_deeper_than(query, MAX_QUERY_DEPTH):  # before any other work: every step below walks the query
+        problems = Problems()
+        problems.add(QueryTooDeep.code, "", f"the query nests deeper than {MAX_QUERY_DEPTH} levels",
+                     "send a flatter query: fewer nested lists, objects or conditions")  # fmt: skip
+        problems.raise_if_any()
     key = shape_key(query)
     cached: Planned | None = catalog.plans.get((role, limits, key)) if key is not None else None
     if cached is not None:
@@ -62,12 +84,13 @@ def prepare(query: Json, catalog: Catalog, role: Role, limits: Limits | None = N
     assert planned is not None
     planned.sql = compile_plan(planned.plan)
     if isinstance(planned.plan, SelectPlan) and planned.plan.count == "planned":
-        unlimited = replace(planned.plan, limit=None, offset=None, cursor_keys=(), cursor_names=())
+        unlimited = replace(
+            planned.plan, limit=None, offset=None, cursor_keys=(), cursor_names=(), answer_bytes=None
+        )
         planned.count_sql = "EXPLAIN (FORMAT JSON) " + compile_plan(unlimited)
     if key is not None:
-        if len(catalog.plans) >= MAX_PLANS:
-            catalog.plans.clear()
-        catalog.plans[(role, limits, key)] = planned
+        size = len(key) + len(planned.sql) + len(planned.count_sql or "")
+        catalog.plans.put((role, limits, key), planned, size)
     return planned
 
 
@@ -118,8 +141,17 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
         )
     rows = rows[:page_size]
     plan_outputs = planned.plan.outputs if isinstance(planned.plan, SelectPlan) else ()
+    answer_rows = len(rows)
     if any(output.embed is not None for output in plan_outputs):
-        _check_embedded(rows, plan_outputs, limits.max_rows)
+        answer_rows += _check_embedded(rows, plan_outputs, limits.max_rows)
+    if answer_rows > limits.max_answer_rows:
+        del rows
+        _release_memory()
+        raise AnswerTooLarge(
+            f"the answer has {answer_rows} rows with those of its relations, over {limits.max_answer_rows}"
+            " (max_answer_rows)",
+            hint="ask for fewer rows (a limit on each relation), or page with after",
+        )
     after = None
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
@@ -137,8 +169,17 @@ def _select(conn: Any, planned: Planned, request: SelectRequest, limits: Limits)
     return result
 
 
-def _check_embedded(rows: list[Json], outputs: tuple[Output, ...], max_rows: int) -> None:
-    """Refuse an embedded list that reached its cap (max_rows + 1 rows fetched): never a cut list."""
+def _release_memory() -> None:
+    """Give the memory a too big answer took back to the system (glibc keeps freed memory for later)."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _check_embedded(rows: list[Json], outputs: tuple[Output, ...], max_rows: int) -> int:
+    """Refuse an embedded list that reached its cap (max_rows + 1 rows fetched): never a cut list. Returns
+    how many embedded rows there are, at every level."""
+    found = 0
     for output in outputs:
         if output.embed is None:
             continue
@@ -150,15 +191,18 @@ def _check_embedded(rows: list[Json], outputs: tuple[Output, ...], max_rows: int
                     f"{output.key} has more than {max_rows} related rows",
                     hint=f'give the relation a "limit" of at most {max_rows}, or query it on its own',
                 )
-            _check_embedded([c for c in children or () if c], output.embed.outputs, max_rows)
+            children = [c for c in children or () if c]
+            found += len(children) + _check_embedded(children, output.embed.outputs, max_rows)
+    return found
 
 
 def _planned_count(conn: Any, planned: Planned) -> int:
     """The planner's row estimate for the query without its limit: cheap on huge tables, not exact."""
     plan = planned.plan
     assert isinstance(plan, SelectPlan)
-    # The limit and offset parameters come last; the estimate goes without them.
-    params = planned.params[: plan.limit.index - 1] if plan.limit else planned.params
+    # The limit, offset and answer bound parameters come last; the estimate goes without them.
+    first = plan.limit or plan.answer_bytes
+    params = planned.params[: first.index - 1] if first else planned.params
     explained = db.execute_raw(conn, planned.count_sql, params)
     assert explained is not None
     node = explained[0][0]["Plan"]

@@ -84,6 +84,9 @@ class Limits:
 
     max_depth: int = 4
     max_rows: int = 1000
+    # one answer, embedded rows included (FX114): its rows counted by the engine, its bytes in the statement
+    max_answer_rows: int = 100_000
+    max_answer_bytes: int = 16 * 1024 * 1024
     statement_timeouts_ms: tuple[tuple[str, int], ...] = (
         ("anon", 5_000),
         ("user", 15_000),
@@ -187,6 +190,7 @@ class SelectPlan:
     cursor_fields: tuple[str, ...] = ()  # the row keys whose values make the `after` cursor of the next page
     cursor_names: tuple[str, ...] = ()  # the keys of the hidden outputs, chosen not to collide with real ones
     count_where: Condition | None = None  # the where without the cursor's keyset: what "count" counts
+    answer_bytes: Param | None = None  # the top level's bound on the bytes of all its rows (max_answer_bytes)
 
 
 @dataclass(frozen=True)
@@ -455,7 +459,8 @@ class Planner:
             or request.after
         ):
             # At most one row: no order, no page, no cursor (the cheapest statement for a lookup by key).
-            plan = SelectPlan(source=source, outputs=outputs, where=where, count=request.count)
+            plan = SelectPlan(source=source, outputs=outputs, where=where, count=request.count,
+                              answer_bytes=self.answer_bytes(outputs))  # fmt: skip
             return self.planned(plan, table, request, page_size=limit_rows)
         plan = SelectPlan(
             source=source,
@@ -470,8 +475,16 @@ class Planner:
             cursor_fields=cursor_fields,
             cursor_names=cursor_names,
             count_where=count_where,
+            answer_bytes=self.answer_bytes(outputs),  # last: `_planned_count` leaves it out with the page's
         )
         return self.planned(plan, table, request, page_size=limit_rows)
+
+    def answer_bytes(self, outputs: tuple[Output, ...]) -> Param | None:
+        """The statement's bound on its answer's bytes, for a select with embedded relations: their lists
+        multiply (each capped at max_rows), where a plain select is at most max_rows rows of one table."""
+        if not any(output.embed is not None for output in outputs):
+            return None
+        return self.param(self.limits.max_answer_bytes, "bigint")
 
     def outputs(
         self, table: Table, alias: str, columns: tuple[str | Embed, ...], pointer: str, depth: int

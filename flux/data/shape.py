@@ -5,16 +5,19 @@ Values are what the planner binds as parameters: operands of filter operators (b
 `config`), insert and update values, and `offset`. Everything else (names, operators, `is`, `config`, `limit`,
 nesting) is part of the shape, and queries whose planning reads a value's content (a cursor in `after`; object
 or list values in inserts, which may be child rows) are not cached at all.
+
+A key is linear in the query's size: a container's type is written once, as text, and never re-quoted by the
+levels above it (quoting at each level doubled the key per level of nesting). `prepare` refuses a query that
+nests too deeply before it asks for its key.
 """
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 from flux.data.plan import OPERATORS, TEXT_SEARCHES
-
-MAX_PLANS = 4096
 
 
 def shape_key(query: Any) -> str | None:
@@ -114,8 +117,24 @@ def _type(value: Any) -> Any:
         return "<number>"
     if isinstance(value, str):
         return "<string>"
+    if isinstance(value, (list, dict)):
+        return "<json>" + _container(value)
+    return repr(type(value))
+
+
+def _container(value: Any) -> str:
+    """A JSON value's types as text: `[...]` holds the distinct types of a list's items (sorted), `{...}` each
+    key (JSON-quoted, the only text taken from the value) and its type. Linear in the value's size."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal)):
+        return "n"
+    if isinstance(value, str):
+        return "s"
     if isinstance(value, list):
-        return ["<list>", sorted({repr(_type(v)) for v in value})]
+        return "[" + ",".join(sorted({_container(v) for v in value})) + "]"
     if isinstance(value, dict):
-        return {"<object>": {k: _type(v) for k, v in value.items()}}
+        return "{" + ",".join(json.dumps(str(k)) + ":" + _container(v) for k, v in value.items()) + "}"
     return repr(type(value))

@@ -58,18 +58,54 @@ def _select_statement(plan: SelectPlan) -> exp.Expr:
             value = exp.Subquery(this=item.this) if isinstance(item, exp.Subquery) else item.this
             pairs += [exp.Literal.string(item.alias), value]
         query.set("expressions", [exp.func("json_build_object", *pairs)])
-        return query
+        return _within_answer_bytes(query, plan.answer_bytes)
     rows = query.subquery("r")
     if plan.count is None:
-        return exp.select(exp.func("row_to_json", _whole_row("r"))).from_(rows)
+        return _within_answer_bytes(
+            exp.select(exp.func("row_to_json", _whole_row("r"))).from_(rows), plan.answer_bytes
+        )
+    if plan.answer_bytes is not None:
+        guarded = _within_answer_bytes(
+            exp.select(exp.func("row_to_json", _whole_row("r"))).from_(rows), plan.answer_bytes
+        )
+        rows_json = exp.func(
+            "coalesce", exp.func("json_agg", exp.column("j", table="g", quoted=True)), _EMPTY_ARRAY
+        )
+        return exp.select(rows_json, _count(plan)).from_(guarded.subquery("g"))
     rows_json = exp.func("coalesce", exp.func("json_agg", _whole_row("r")), _EMPTY_ARRAY)
+    return exp.select(rows_json, _count(plan)).from_(rows)
+
+
+def _count(plan: SelectPlan) -> exp.Expr:
     count: exp.Expr = exp.null()
     if plan.count == "exact":
         counted = exp.select(exp.Count(this=exp.Star())).from_(_table(plan.source))
         if plan.count_where is not None:
             counted = counted.where(_condition(plan.count_where))
         count = exp.Subquery(this=counted)
-    return exp.select(rows_json, count).from_(rows)
+    return count
+
+
+def _within_answer_bytes(rows: exp.Select, max_bytes: Param | None) -> exp.Select:
+    """`rows` (one JSON value each) as column `j`, while the bytes of the rows so far stay within `max_bytes`:
+    a running sum checked by flux.check_answer_size, which raises FX114 past it. Rows are summed as they are
+    made (a window that ends at the current row reads no further), so Postgres stops at the row that crosses
+    the bound, and the worker never receives a too big answer."""
+    if max_bytes is None:
+        return rows
+    (value,) = rows.expressions
+    rows.set("expressions", [exp.alias_(value, "j", quoted=True)])
+    row_json = exp.column("j", table="a", quoted=True)
+    running = exp.Window(
+        this=exp.func("sum", exp.func("octet_length", exp.cast(row_json, "text"))),
+        spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
+    )
+    summed = exp.select(row_json, exp.alias_(running, "n", quoted=True)).from_(rows.subquery("a"))
+    check = exp.Anonymous(
+        this="check_answer_size", expressions=[exp.column("n", table="g", quoted=True), _param(max_bytes)]
+    )
+    within = exp.Dot(this=exp.to_identifier("flux", quoted=True), expression=check)
+    return exp.select(exp.column("j", table="g", quoted=True)).from_(summed.subquery("g")).where(within)
 
 
 def _select(plan: SelectPlan, *, hidden_keys: bool = False) -> exp.Select:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from flux import db
 from flux.config import Settings
 from flux.errors import InvalidApiKey, InvalidConfig, InvalidToken, MissingCredentials
 from flux.gateway.routes import Route
-from flux.listen import KeyedCache
 from flux.runtime.invoke import Caller
 
 KEY_PREFIX = "flux_"
@@ -63,6 +63,43 @@ def _find_key(conn: Any, key_hash: bytes) -> Caller | None:
     return Caller(role=role, claims=MappingProxyType(claims), tenant_id=tenant_id)
 
 
+MAX_KEY_MISSES = 1024
+
+
+class KeyCache:
+    """Callers by API key hash: every live key used (as many as the database holds) and at most `max_misses`
+    unknown ones, the oldest forgotten first, so that made-up keys cannot grow a worker while a flood of one
+    wrong key still costs one query. `clear` (a Listener calls it) drops both; a load that a `clear` overtook
+    lands in the dropped dictionaries, so it is never kept."""
+
+    def __init__(self, max_misses: int = MAX_KEY_MISSES) -> None:
+        self.max_misses = max_misses
+        self._found: dict[bytes, Caller] = {}
+        self._misses: dict[bytes, None] = {}  # in insertion order: the oldest first
+        self._lock = threading.Lock()
+
+    def get(self, conn: Any, key_hash: bytes) -> Caller | None:
+        found, misses = self._found, self._misses
+        caller = found.get(key_hash)
+        if caller is not None or key_hash in misses:
+            return caller
+        caller = _find_key(conn, key_hash)
+        if caller is not None:
+            found[key_hash] = caller
+            return caller
+        with self._lock:
+            while len(misses) >= self.max_misses:
+                del misses[next(iter(misses))]
+            misses[key_hash] = None
+        return None
+
+    def clear(self) -> None:
+        self._found, self._misses = {}, {}
+
+    def __len__(self) -> int:
+        return len(self._found) + len(self._misses)
+
+
 class Authenticator:
     """Checks credentials against the route's auth mode: none, key, jwt or any (a key or a JWT)."""
 
@@ -74,7 +111,7 @@ class Authenticator:
             jwt.PyJWKClient(settings.jwks_url, cache_keys=True, lifespan=300) if settings.jwks_url else None
         )
         # Callers by API key hash, loaded as keys are used; dropped when keys or tenants change (flux_callers)
-        self.keys: KeyedCache[bytes, Caller | None] = KeyedCache(_find_key)
+        self.keys = KeyCache()
 
     def authenticate(self, conn: Any, route: Route, headers: Mapping[str, str]) -> Caller:
         if route.auth == "none":

@@ -16,7 +16,7 @@ from typing import Any
 import falcon
 
 from flux import db, jsontext
-from flux.data import CatalogCache
+from flux.data import CatalogCache, Limits
 from flux.data.explain import explain
 from flux.data.request import require_query_object
 from flux.errors import (
@@ -67,6 +67,7 @@ class Gateway:
     records: RecordWriter  # writes the records of requests that changed no data, off the request path
     secrets: SecretCache
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
+    data_limits: Limits = dataclasses.field(default_factory=Limits)  # max_answer_rows and _bytes
 
     def __post_init__(self) -> None:
         self._executor = WithBuiltins(self.executor)
@@ -167,7 +168,8 @@ class Gateway:
         """One recorded run on this worker's runtime, catalog, secrets and record writer."""
         return invoke(
             conn, self._executor, function, request, catalog=self.catalogs.get(conn),
-            fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn), **options,
+            fetch_policy=self.fetch_policy, records=self.records, secrets=self.secrets.get(conn),
+            limits=self.data_limits, **options,
         )  # fmt: skip
 
     def close(self) -> None:
