@@ -560,13 +560,6 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flux dev replays a save in a thread of the gunicorn master, with a Deno worker and a "
-    "connection of its own: a serving worker forked afterwards (one restarted after a crash) inherits the "
-    "pipes to that Deno (and the connection's socket). Fix: run the replays in a process of their own, "
-    "as the queue is",
-)
 def test_a_worker_forked_after_a_dev_replay_holds_nothing_of_the_replays(
     dsn: str, project_dir: Path, flux_env: dict[str, str]
 ) -> None:
