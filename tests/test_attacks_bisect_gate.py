@@ -649,3 +649,20 @@ def test_flux_deploy_builds_again_when_a_file_outside_the_folder_the_build_read_
     (project / "shared" / shared).write_text(second)
     rebuilt, _ = build_project(load_settings(project, env={}))["price"]
     assert rebuilt.sha256 != built.sha256
+
+
+def test_a_build_cache_that_cannot_be_written_builds_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No key can be made (the build cache is under a file): no stamp is written nor trusted, and the deploy
+    still builds."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FLUX_BUILD_CACHE", str(tmp_path / "a-file" / "cache"))
+    project = tmp_path / "project"
+    (project / "functions" / "f").mkdir(parents=True)
+    (project / "flux.toml").write_text("")
+    (project / "functions" / "f" / "index.wat").write_text('(module (func (export "a")))\n')
+    for _ in range(2):
+        function, _ = build_project(load_settings(project, env={}))["f"]
+        assert function.code.startswith(b"\0asm\x01\0\0\0")
+    assert not (project / ".flux" / "build" / "f.stamp").exists()

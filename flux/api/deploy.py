@@ -218,7 +218,9 @@ def run_gate(
     # a request served by older code than the version replaced is judged against its replay on that version
     # (after an accepted divergence, its recording shows behaviour no longer wanted); not recorded
     reference = Reference(
-        dataclasses.replace(gate.how, code_for=deployed_code(conn, against), record=False),
+        dataclasses.replace(
+            gate.how, code_for=_once_per_function(deployed_code(conn, against)), record=False
+        ),
         functions_of(conn, against),
     )
     summary = replay_recent(
@@ -228,6 +230,19 @@ def run_gate(
     # `incomplete`: the requests left unreplayed when the deadline came (0 when every one was)
     return {**gate_record(summary, gate.window, gate_verdict(summary, gate.accept)),
             "incomplete": len(rows) - len(summary.results)}  # fmt: skip
+
+
+def _once_per_function(code_for: CodeFor) -> CodeFor:
+    """`code_for`, reading each function's code once (not once per request replayed)."""
+    read: dict[tuple[str, bool], Function] = {}
+
+    def once(recording: Recording) -> Function:
+        key = (str(recording.request["function"]), recording.builtin)
+        if key not in read:
+            read[key] = code_for(recording)
+        return read[key]
+
+    return once
 
 
 def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:

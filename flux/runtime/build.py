@@ -111,7 +111,10 @@ class Stamp:
         ).encode()
 
     def write(self, out_dir: Path, name: str) -> None:
-        signature = hmac.new(_stamp_key(), self._content(), hashlib.sha256).hexdigest()
+        key = _stamp_key()
+        if key is None:  # nothing could trust it
+            return
+        signature = hmac.new(key, self._content(), hashlib.sha256).hexdigest()
         text = json.dumps({"sources": self.sources, "code": self.code, "dependencies": self.dependencies,
                            "signature": signature})  # fmt: skip
         partial = out_dir / f"{name}.stamp.{os.getpid()}.tmp"
@@ -135,7 +138,10 @@ class Stamp:
             and all(isinstance(k, str) and isinstance(v, str) for k, v in stamp.dependencies.items())
         ):
             return None
-        expected = hmac.new(_stamp_key(), stamp._content(), hashlib.sha256).hexdigest()
+        key = _stamp_key()
+        if key is None:
+            return None
+        expected = hmac.new(key, stamp._content(), hashlib.sha256).hexdigest()
         return stamp if hmac.compare_digest(expected, signature) else None
 
 
@@ -221,25 +227,31 @@ def _file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _stamp_key() -> bytes:
-    """This machine's key for build stamps, made on first use (readable by its user only)."""
+def _stamp_key() -> bytes | None:
+    """This machine's key for build stamps, made on first use (readable by its user only); None when the build
+    cache cannot be written (a read-only home): then no stamp is trusted, and every build is done again."""
     path = build_cache_dir() / STAMP_KEY
     try:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
     partial = path.with_name(f"{STAMP_KEY}.{os.getpid()}.tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(os.urandom(32))
     try:
-        os.link(partial, path)  # the first process to make one wins; the others read it
-    except FileExistsError:
-        pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(os.urandom(32))
+        try:
+            os.link(partial, path)  # the first process to make one wins; the others read it
+        except FileExistsError:
+            pass
+        return path.read_bytes()
+    except OSError:
+        return None
     finally:
         partial.unlink(missing_ok=True)
-    return path.read_bytes()
 
 
 def check_syntax(source: Path) -> None:
