@@ -23,6 +23,7 @@ from flux.errors import (
 
 if TYPE_CHECKING:
     from flux.replay.bisect import Commit
+    from flux.runtime.build import Stamp
     from flux.runtime.invoke import Function
 
 GIT_TIMEOUT_S = 300  # a checkout of a large repository takes a while; a hung git (a prompt) must not hang us
@@ -81,11 +82,12 @@ def functions_from_folder(folder: Path) -> dict[str, Function]:
 
 @dataclass
 class BuildCache:
-    """Functions built from git revisions, by name and the hash of their sources (`sources_sha256`): a
-    revision that did not change a function reuses its build, without building or checking it again. `builds`
+    """Functions built from git revisions, by name and the hash of their sources (`sources_sha256`), each with
+    its build's stamp (which also holds the files outside the folder its build read, a C header say): a
+    revision that changed none of those reuses the build, without building or checking it again. `builds`
     counts the functions built, `hits` those reused."""
 
-    built: dict[tuple[str, str], Function] = field(default_factory=dict)
+    built: dict[tuple[str, str], list[tuple[Stamp, Function]]] = field(default_factory=dict)
     builds: int = 0
     hits: int = 0
 
@@ -154,37 +156,44 @@ def _refuse_links_out(checkout: Path, project: Path, rev: str) -> None:
 def _build(folder: Path, cache: BuildCache | None = None) -> dict[str, Function]:
     from flux.api.deploy import build_project
     from flux.config import load_settings
+    from flux.runtime.build import Stamp
 
     # Only flux.toml decides what is built: no FLUX_* variable of this shell goes into the functions.
     settings = load_settings(folder, env={})
-    sources = _reuse_builds(settings.project_dir, cache) if cache is not None else {}
+    reused = _reuse_builds(settings.project_dir, cache) if cache is not None else {}
     built = {name: function for name, (function, _language) in build_project(settings).items()}
     if cache is not None:
+        out_dir = settings.project_dir / ".flux" / "build"
         for name, function in built.items():
-            if (name, sources[name]) in cache.built:
+            if name in reused:
                 cache.hits += 1
-            else:
-                cache.builds += 1
-                cache.built[(name, sources[name])] = function
+                continue
+            cache.builds += 1
+            stamp = Stamp.read(out_dir, name)
+            if stamp is not None:
+                cache.built.setdefault((name, stamp.sources), []).append((stamp, function))
     return built
 
 
-def _reuse_builds(project: Path, cache: BuildCache) -> dict[str, str]:
-    """Each function folder's sources hash; those `cache` holds a build of are handed to the build as built
-    already (`reuse_build`), so `build_project` takes them as they are."""
+def _reuse_builds(project: Path, cache: BuildCache) -> set[str]:
+    """The functions `cache` holds a build of, from the same sources and the same files outside their folder
+    (a C header, a Rust module): handed to the build as built already (`reuse_build`), so `build_project`
+    takes them as they are."""
     from flux.runtime.build import reuse_build, sources_sha256
 
-    found: dict[str, str] = {}
+    reused: set[str] = set()
     root = project / "functions"
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if not folder.is_dir() or folder.name.startswith("."):
             continue
-        found[folder.name] = sources = sources_sha256(folder)
-        known = cache.built.get((folder.name, sources))
-        if known is not None:
-            code = None if known.runtime in ("typescript", "javascript") else known.code
-            reuse_build(project / ".flux" / "build", folder.name, sources, code)
-    return found
+        sources = sources_sha256(folder)
+        for stamp, known in cache.built.get((folder.name, sources), []):
+            if stamp.holds_for(folder.resolve(), sources):
+                code = None if known.runtime in ("typescript", "javascript") else known.code
+                reuse_build(project / ".flux" / "build", folder.name, stamp, code)
+                reused.add(folder.name)
+                break
+    return reused
 
 
 def commits_between(

@@ -197,6 +197,9 @@ def _print_gate(verdict: dict[str, Any]) -> None:
     took_ms = float(verdict.get("took_ms") or 0)
     typer.echo(f"gate: {verdict.get('replayed', 0)} recent requests of changed functions ({functions})"
                f" replayed on the new code, {verdict.get('db')} db, {took_ms:.0f} ms")  # fmt: skip
+    if verdict.get("references"):
+        typer.echo(f"gate: {verdict['references']} of them served by older code than the active version's:"
+                   " judged against their replay on the active version")  # fmt: skip
     typer.echo(f"gate: {summary.get('same', 0)} same · {summary.get('diverged', 0)} diverged"
                f" · {summary.get('drift', 0)} drift · {summary.get('error', 0)} could not run")  # fmt: skip
     for item in (verdict.get("divergences") or [])[:SHOWN_DIVERGENCES]:

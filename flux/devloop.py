@@ -8,12 +8,17 @@ After a save that changed a function, another thread of the master replays the l
 changed functions on the new version (`recorded` mode, the replays not recorded) and prints one line, e.g.
 `replayed 20: 18 same, 2 diverged (POST /notes: body.id 3 → "3"; …)`. It never delays the redeploy nor a
 request: the deploy is done (and serving) before it starts, and it has its own connection and Deno worker.
+Those live in the master, from which gunicorn forks a worker again whenever one dies: a forked worker lets go
+of them at once (`let_go_in_fork`, gunicorn's post_fork), so it holds no pipe to that Deno and no socket of
+that connection.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ log = logging.getLogger("flux.dev")
 POLL_S = 0.2
 ACCESS_FORMAT = "%(m)s %(U)s %(s)s %(M)sms fn=%(fn)s  req=%(rid)s"
 _IGNORED = NOT_SOURCES | {".flux"}  # what a build writes must not look like a save
+_RUNNING: weakref.WeakSet[SaveReplays] = weakref.WeakSet()  # this process's, for `let_go_in_fork`
 
 
 class ProjectWatcher:
@@ -101,9 +107,23 @@ class SaveReplays:
         self._woken = threading.Condition()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flux-dev-replay", daemon=True)
+        self._conn: Any = None
+        self._runtime: Any = None
 
     def start(self) -> None:
+        _RUNNING.add(self)
         self._thread.start()
+
+    def descriptors(self) -> list[int]:
+        """The file descriptors of the replays' connection and Deno worker (none before the first save)."""
+        found = self._runtime.descriptors() if self._runtime is not None else []
+        conn = self._conn
+        if conn is not None:
+            try:
+                found.append(conn.fileno())
+            except Exception:  # closed
+                pass
+        return found
 
     def after_deploy(self, version: int) -> None:
         with self._woken:
@@ -119,8 +139,6 @@ class SaveReplays:
     def _run(self) -> None:
         from flux.runtime import Runtime, project_cache
 
-        conn: Any = None
-        runtime: Runtime | None = None
         try:
             while True:
                 with self._woken:
@@ -131,16 +149,17 @@ class SaveReplays:
                     version, self._wanted = self._wanted, None
                 assert version is not None
                 try:
-                    if conn is None or conn.closed:
-                        conn = db.connect(self.dsn, autocommit=True)
-                    if runtime is None:  # Deno dies with the thread that started it: this one
-                        runtime = Runtime(project_cache(self.project_dir), deno_workers=1)
-                    line = self._replay(conn, runtime, version)
+                    if self._conn is None or self._conn.closed:
+                        self._conn = db.connect(self.dsn, autocommit=True)
+                    if self._runtime is None:  # Deno dies with the thread that started it: this one
+                        self._runtime = Runtime(project_cache(self.project_dir), deno_workers=1)
+                    line = self._replay(self._conn, self._runtime, version)
                 except Exception as exc:  # a replay that cannot run must not end the loop
                     line = None if self._stopped.is_set() else f"could not replay recent requests: {exc}"
                 if line is not None and not self._stopped.is_set():
                     log.info("%s", line)
         finally:
+            runtime, conn, self._runtime, self._conn = self._runtime, self._conn, None, None
             if runtime is not None:
                 runtime.close()
             if conn is not None:
@@ -169,6 +188,26 @@ class SaveReplays:
         )  # fmt: skip
         summary = replay_recent(conn, functions, rows, how, stop=self._stopped)
         return None if self._stopped.is_set() else summary.line()
+
+
+def let_go_in_fork(*_: Any) -> None:
+    """In a process just forked from the master (gunicorn's post_fork): every file descriptor of the dev
+    replays (the pipes to their Deno worker, their connection's socket) is made to point at /dev/null. Not
+    closed: the objects holding them are still in this copy of the master's memory, and a number freed here
+    would be reused, then closed (or written to, by libpq saying goodbye) when they are finalized. The
+    descriptors are close-on-exec already, so no program this worker runs gets them either."""
+    descriptors = {fd for replays in list(_RUNNING) for fd in replays.descriptors()}
+    if not descriptors:
+        return
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in descriptors:
+            try:
+                os.dup2(null, fd, inheritable=False)
+            except OSError:
+                pass
+    finally:
+        os.close(null)
 
 
 def files_signature(project_dir: Path) -> frozenset[tuple[str, int, int]]:

@@ -25,7 +25,7 @@ from gunicorn.arbiter import Arbiter
 from flux import cpus, migrate
 from flux.api.deploy import deploy
 from flux.config import Settings
-from flux.devloop import ACCESS_FORMAT, ProjectWatcher
+from flux.devloop import ACCESS_FORMAT, ProjectWatcher, let_go_in_fork
 from flux.errors import InvalidConfig, PortInUse
 from flux.postgres import EmbeddedPostgres
 
@@ -105,6 +105,17 @@ def _ignore_terminal_interrupt(worker: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _after_dev_fork(then: Any) -> Any:
+    """gunicorn's post_fork under `flux dev`: let go of the dev replays' descriptors, then `then`'s."""
+
+    def post_fork(server: Any, worker: Any) -> None:
+        let_go_in_fork()
+        if then is not None:
+            then(server, worker)
+
+    return post_fork
+
+
 class FluxApplication(BaseApplication):  # type: ignore[misc]
     """Gunicorn configured from Settings; each worker builds its own app and connection pool after fork."""
 
@@ -130,6 +141,8 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         }
         if self._pins_workers():
             config |= {"pre_fork": cpus.assign_cpu, "post_fork": cpus.pin_to_assigned_cpu}
+        if self.reload:  # a worker forked after a dev replay lets go of its Deno and connection
+            config["post_fork"] = _after_dev_fork(config.get("post_fork"))
         if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
             config["control_socket_disable"] = True
         for key, value in config.items():

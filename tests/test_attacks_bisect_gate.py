@@ -6,6 +6,7 @@ Real Postgres, real Deno, real git."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, built_code
 from flux.replay.predicate import parse
 from flux.runtime import Runtime, project_cache
-from flux.runtime.build import sources_sha256
+from flux.runtime.build import Stamp, sources_sha256
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.git import git, git_state
 from tests.fixtures.processes import FLUX, flux_server, free_port, run_flux, wait_for_http
@@ -331,12 +332,6 @@ PRICE_C = PRICE_C_OF_BISECT.replace(
 PRICE_C = PRICE_C.replace("int price = 42;", "int price = PRICE;")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the build cache (and `flux deploy`'s .flux/build stamps) is keyed by the function folder's "
-    "files only: a C header, a Rust #[path] module or an AssemblyScript import from outside it is not "
-    "part of the key",
-)
 def test_a_commit_that_changes_only_a_header_the_function_includes_is_built_again(
     tmp_path: Path, temporary: Path
 ) -> None:
@@ -479,13 +474,6 @@ def test_a_large_file_in_a_function_folder_is_hashed_without_reading_it_whole(tm
     assert peak < 32 * 1024 * 1024, peak
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate judges each replay against its recording, also one served by older code than the "
-    "active version's: after an accepted divergence, a pure refactor is refused until the window holds only "
-    "requests served since (fix: judge those against a replay on the active version, as bisect judges "
-    "against the replay at --good)",
-)
 def test_after_an_accepted_divergence_a_refactor_of_the_new_behaviour_passes(
     dsn: str, conn: Conn, project: Path
 ) -> None:
@@ -499,6 +487,24 @@ def test_after_an_accepted_divergence_a_refactor_of_the_new_behaviour_passes(
     gate_edit(project, "get_note", refactored)
     done = CliRunner().invoke(app, ["deploy", str(project), "--gate"], env={"DATABASE_URL": dsn})
     assert done.exit_code == 0, done.output  # refused: 3 diverged, each recorded on version 1
+    assert "gate: 3 of them served by older code than the active version's" in done.output, done.output
+
+
+def test_after_an_accepted_divergence_going_back_to_the_old_behaviour_is_refused(
+    dsn: str, conn: Conn, project: Path
+) -> None:
+    """The requests recorded on version 1 match the old code's replay, but the active version answers them
+    otherwise: judged against the active version, returning to the old behaviour is a divergence."""
+    gate_edit(project, "get_note", GET_NOTE_CHANGED)
+    accepted = CliRunner().invoke(
+        app, ["deploy", str(project), "--accept-divergence"], env={"DATABASE_URL": dsn}
+    )
+    assert accepted.exit_code == 0 and _active(conn) == 2, accepted.output
+    gate_edit(project, "get_note", REFACTORED)  # version 1's behaviour, another sha
+    done = CliRunner().invoke(app, ["deploy", str(project), "--gate"], env={"DATABASE_URL": dsn})
+    assert done.exit_code == 1, done.output
+    assert "gate: 0 same · 3 diverged" in done.output, done.output
+    assert _active(conn) == 2
 
 
 def test_a_revision_that_commits_build_output_is_built_from_its_sources(tmp_path: Path) -> None:
@@ -518,12 +524,6 @@ def test_a_revision_that_commits_build_output_is_built_from_its_sources(tmp_path
     assert code.startswith(b"\0asm\x01\0\0\0"), code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_function trusts a stamp in the project's .flux/build, which a repository can carry (added "
-    "with git add -f): a fresh clone deploys the committed bytes, not its sources' build (fix: sign stamps "
-    "with a key of the machine's, e.g. an HMAC under build_cache_dir(), or keep them outside the project)",
-)
 def test_a_fresh_clone_that_carries_build_output_deploys_its_sources(tmp_path: Path) -> None:
     project = tmp_path / "clone"
     (project / "functions" / "f").mkdir(parents=True)
@@ -560,13 +560,6 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flux dev replays a save in a thread of the gunicorn master, with a Deno worker and a "
-    "connection of its own: a serving worker forked afterwards (one restarted after a crash) inherits the "
-    "pipes to that Deno (and the connection's socket). Fix: run the replays in a process of their own, "
-    "as the queue is",
-)
 def test_a_worker_forked_after_a_dev_replay_holds_nothing_of_the_replays(
     dsn: str, project_dir: Path, flux_env: dict[str, str]
 ) -> None:
@@ -603,3 +596,73 @@ def test_a_worker_forked_after_a_dev_replay_holds_nothing_of_the_replays(
         reader.join(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_a_stamp_signed_on_another_machine_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stamp in the new form, signed with another machine's key, for bytes that are not the sources' build:
+    a clone carrying it builds its sources. This machine's key is made once, readable by its user only."""
+    project = tmp_path / "clone"
+    (project / "functions" / "f").mkdir(parents=True)
+    (project / "flux.toml").write_text("")
+    (project / "functions" / "f" / "index.wat").write_text('(module (func (export "a")))\n')
+    out_dir, forged = project / ".flux" / "build", b"\0asm\x01\0\0\0 not what the source says"
+    monkeypatch.setenv("FLUX_BUILD_CACHE", str(tmp_path / "elsewhere"))
+    build_project(load_settings(project, env={}))
+    (out_dir / "f.wasm").write_bytes(forged)
+    Stamp(sources_sha256(project / "functions" / "f"), hashlib.sha256(forged).hexdigest()).write(out_dir, "f")
+    monkeypatch.setenv("FLUX_BUILD_CACHE", str(tmp_path / "here"))
+    function, _ = build_project(load_settings(project, env={}))["f"]
+    assert function.code != forged and function.code.startswith(b"\0asm\x01\0\0\0")
+    assert (tmp_path / "here" / "stamps.key").stat().st_mode & 0o777 == 0o600
+    again, _ = build_project(load_settings(project, env={}))["f"]  # signed here now: not built again
+    assert again.code == function.code and Stamp.read(out_dir, "f") is not None
+
+
+RUST_PRICE = (
+    '#[path = "../../shared/price.rs"]\nmod price;\n#[no_mangle]\npub extern "C" fn a() -> i32 { price::P }\n'
+)
+C_PRICE = '#include "../../shared/price.h"\n__attribute__((export_name("a"))) int a(void) { return PRICE; }\n'
+
+
+@pytest.mark.parametrize(
+    ("source", "body", "shared", "first", "second"),
+    [
+        ("lib.rs", RUST_PRICE, "price.rs", "pub const P: i32 = 42;\n", "pub const P: i32 = 41;\n"),
+        ("index.c", C_PRICE, "price.h",
+         "#define PRICE 42\n", "#define PRICE 41\n"),
+    ],
+)  # fmt: skip
+def test_flux_deploy_builds_again_when_a_file_outside_the_folder_the_build_read_changed(
+    tmp_path: Path, source: str, body: str, shared: str, first: str, second: str
+) -> None:
+    project = tmp_path / "project"
+    (project / "functions" / "price").mkdir(parents=True)
+    (project / "shared").mkdir()
+    (project / "flux.toml").write_text("")
+    (project / "functions" / "price" / source).write_text(body)
+    (project / "shared" / shared).write_text(first)
+    built, _ = build_project(load_settings(project, env={}))["price"]
+    stamp = Stamp.read(project / ".flux" / "build", "price")
+    assert stamp is not None and f"../../shared/{shared}" in stamp.dependencies, stamp
+    (project / "shared" / shared).write_text(second)
+    rebuilt, _ = build_project(load_settings(project, env={}))["price"]
+    assert rebuilt.sha256 != built.sha256
+
+
+def test_a_build_cache_that_cannot_be_written_builds_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No key can be made (the build cache is under a file): no stamp is written nor trusted, and the deploy
+    still builds."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("FLUX_BUILD_CACHE", str(tmp_path / "a-file" / "cache"))
+    project = tmp_path / "project"
+    (project / "functions" / "f").mkdir(parents=True)
+    (project / "flux.toml").write_text("")
+    (project / "functions" / "f" / "index.wat").write_text('(module (func (export "a")))\n')
+    for _ in range(2):
+        function, _ = build_project(load_settings(project, env={}))["f"]
+        assert function.code.startswith(b"\0asm\x01\0\0\0")
+    assert not (project / ".flux" / "build" / "f.stamp").exists()

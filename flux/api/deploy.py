@@ -39,11 +39,13 @@ from flux.errors import (
 )
 from flux.gateway.routes import sync_routes
 from flux.queue import cron
-from flux.replay import Recording, Replay, built_code
+from flux.replay import Recording, Replay, built_code, deployed_code
 from flux.replay.engine import CodeFor
 from flux.replay.recent import (
+    Reference,
     Window,
     changed_functions,
+    functions_of,
     gate_json,
     gate_record,
     gate_verdict,
@@ -213,11 +215,34 @@ def run_gate(
     routes = moved_routes(conn, list(bundle.routes), candidate)
     rows = recent_requests(conn, functions, gate.window, routes)
     how = dataclasses.replace(gate.how, code_for=_candidate_code(candidate, routes))
-    summary = replay_recent(conn, functions, rows, how, gate.runs_on, deadline=gate.deadline)
+    # a request served by older code than the version replaced is judged against its replay on that version
+    # (after an accepted divergence, its recording shows behaviour no longer wanted); not recorded
+    reference = Reference(
+        dataclasses.replace(
+            gate.how, code_for=_once_per_function(deployed_code(conn, against)), record=False
+        ),
+        functions_of(conn, against),
+    )
+    summary = replay_recent(
+        conn, functions, rows, how, gate.runs_on, deadline=gate.deadline, reference=reference
+    )
     summary.routes = sorted({routes[row["route_id"]][1] for row in rows if row.get("route_id") in routes})
     # `incomplete`: the requests left unreplayed when the deadline came (0 when every one was)
     return {**gate_record(summary, gate.window, gate_verdict(summary, gate.accept)),
             "incomplete": len(rows) - len(summary.results)}  # fmt: skip
+
+
+def _once_per_function(code_for: CodeFor) -> CodeFor:
+    """`code_for`, reading each function's code once (not once per request replayed)."""
+    read: dict[tuple[str, bool], Function] = {}
+
+    def once(recording: Recording) -> Function:
+        key = (str(recording.request["function"]), recording.builtin)
+        if key not in read:
+            read[key] = code_for(recording)
+        return read[key]
+
+    return once
 
 
 def _candidate_code(candidate: Mapping[str, Function], routes: Mapping[int, tuple[str, str]]) -> CodeFor:

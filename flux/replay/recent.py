@@ -5,6 +5,7 @@ and `flux dev` (flux/devloop.py) prints one line of it after each save."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping
@@ -14,9 +15,11 @@ from typing import Any, Literal, cast
 
 from flux import db, jsontext
 from flux.errors import InvalidGateOption
+from flux.replay.bisect import behaviour_of
 from flux.replay.engine import Replay, ReplayResult
 from flux.replay.host import Mode
 from flux.replay.requests import replay_request
+from flux.trace.diff import canonical
 
 Row = dict[str, Any]
 GateVerdict = Literal["passed", "accepted", "refused"]
@@ -33,7 +36,7 @@ SELECT f.name, f.sha256, f.limits
  WHERE CASE WHEN %s::bigint IS NULL THEN d.active ELSE d.id = %s END
 """
 _RECENT = """
-SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.route_id
+SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.route_id, r.code_sha
   FROM flux.requests r
  WHERE (r.function = ANY(%s) OR r.route_id = ANY(%s)) AND r.kind = ANY(%s) AND r.code_sha IS NOT NULL
    AND (%s::interval IS NULL OR r.started_at >= now() - %s::interval)
@@ -168,6 +171,7 @@ class Summary:
     results: list[tuple[Row, ReplayResult]] = field(default_factory=list)
     took_ms: float = 0.0
     routes: list[str] = field(default_factory=list)  # `METHOD /path` of routes handed to another function
+    references: int = 0  # requests served by older code, judged against a replay on the active version
 
     def count(self, verdict: str) -> int:
         return sum(result.verdict == verdict for _, result in self.results)
@@ -202,7 +206,23 @@ class Summary:
                 if result.verdict != "same"
             ][:shown],
             "took_ms": round(self.took_ms, 1),
+            "references": self.references,
         }
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The version a candidate replaces, for judging requests it did not serve: `how` replays on its code
+    (`shas`: function name -> its code sha256). A request recorded on other code (before a divergence that was
+    accepted, say) is judged against its replay there, not against its recording."""
+
+    how: Replay
+    shas: Mapping[str, str]
+
+    def needed_for(self, row: Row) -> bool:
+        """Whether `row` was served by code other than this version's function of its name."""
+        sha = self.shas.get(row.get("function") or "")
+        return sha is not None and row.get("code_sha") is not None and row["code_sha"] != sha
 
 
 def replay_recent(
@@ -213,10 +233,12 @@ def replay_recent(
     runs_on: Any = None,
     stop: threading.Event | None = None,
     deadline: float | None = None,
+    reference: Reference | None = None,
 ) -> Summary:
     """Replay `rows` (newest first, as `recent_requests` lists them) oldest first, as `how` says; until `stop`
     is set, when given, or `time.monotonic()` passes `deadline` (the summary then holds fewer results than
-    `rows`)."""
+    `rows`). With `reference`, a request recorded on other code than its version's is also replayed there,
+    and judged against that replay (`against_reference`)."""
     summary = Summary(functions, how.mode)
     clock = time.perf_counter()
     for row in reversed(rows):
@@ -225,9 +247,28 @@ def replay_recent(
         if deadline is not None and time.monotonic() > deadline:
             break
         replayed = replay_request(conn, row["id"], how, runs_on)
-        summary.results.append((row, replayed.result))
+        result = replayed.result
+        if reference is not None and reference.needed_for(row) and result.verdict in ("same", "diverged"):
+            summary.references += 1
+            judged = replay_request(conn, row["id"], reference.how, runs_on).result
+            result = against_reference(result, judged)
+        summary.results.append((row, result))
     summary.took_ms = (time.perf_counter() - clock) * 1000
     return summary
+
+
+def against_reference(result: ReplayResult, reference: ReplayResult) -> ReplayResult:
+    """`result` judged as bisect judges a commit against --good: `same` when it differs from the recording
+    exactly as `reference` (the same request replayed on the version replaced) does, both sides; else
+    `diverged`, with the divergences the reference has not (or, when it only lacks some, the reference's).
+    A reference that could not run (or drifted) judges nothing: `result` stays as it was."""
+    if reference.verdict not in ("same", "diverged"):
+        return result
+    if behaviour_of(result) == behaviour_of(reference):
+        return dataclasses.replace(result, verdict="same", divergences=[])
+    known = {canonical(d.to_json()) for d in reference.divergences}
+    new = [d for d in result.divergences if canonical(d.to_json()) not in known]
+    return dataclasses.replace(result, verdict="diverged", divergences=new or reference.divergences)
 
 
 def gate_verdict(summary: Summary, accept: bool) -> GateVerdict:

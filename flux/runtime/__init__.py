@@ -71,5 +71,9 @@ class Runtime(Executor):
         if function.runtime == "component":
             self.components.prepare(function.code, function.sha256)
 
+    def descriptors(self) -> list[int]:
+        """The file descriptors of its Deno processes (their pipes), for a forked child to let go of."""
+        return self.deno.descriptors()
+
     def close(self) -> None:
         self.deno.close()

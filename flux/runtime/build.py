@@ -10,6 +10,12 @@
 A build that fails is FX307 with the compiler's own message (file and line). A build writes nothing into the
 function's folder: Python is built from a copy in a temporary folder.
 
+A build is not done again while its stamp (`out_dir/<name>.stamp`) holds: the folder's sources hash, the
+contents of every other file the compiler read (a C header, a Rust `#[path]` module outside the folder:
+clang's and rustc's dependency files list them) and the built bytes' sha256, signed with a key of this
+machine's (`stamps.key` in the build cache, made on first use, mode 0600). A stamp that is unsigned or signed
+with another key (one a repository carried, say) is ignored: the function is built from its sources.
+
 componentize-py's output is not reproducible (its pre-initialized heap holds a hash seed and file times of
 the build), so a Python build is kept in a cache keyed by everything that goes into it (the sources, Flux's
 entry module, the WIT world, componentize-py's version): the same sources give the same bytes, and the same
@@ -20,6 +26,7 @@ code sha, from any project folder on the machine. The cache is `$FLUX_BUILD_CACH
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -27,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -41,6 +49,7 @@ from flux.runtime.wasm import compile_wat
 BUILD_TIMEOUT_S = 300
 HASH_PIECE = 1 << 20  # bytes of a file hashed at a time
 BUILD_CACHE_KEEP = 50  # Python builds kept in the build cache, the ones used last
+STAMP_KEY = "stamps.key"  # in the build cache: the key that signs this machine's build stamps
 NOT_SOURCES = {
     "node_modules",
     "__pycache__",
@@ -79,23 +88,85 @@ def source_of(folder: Path) -> tuple[str, Path]:
     )
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What a build was made from: the folder's `sources_sha256`, the built bytes' sha256 (None for TypeScript
+    and JavaScript, which run as written) and each other file the compiler read (its path relative to the
+    function's folder -> its contents' sha256)."""
+
+    sources: str
+    code: str | None = None
+    dependencies: dict[str, str] = field(default_factory=dict)
+
+    def holds_for(self, folder: Path, sources: str) -> bool:
+        """Whether `folder`, whose sources hash is `sources`, would build the same: its sources and every
+        dependency the build read unchanged."""
+        return self.sources == sources and all(
+            _file_sha256(folder / path) == sha for path, sha in self.dependencies.items()
+        )
+
+    def _content(self) -> bytes:
+        return json.dumps(
+            {"sources": self.sources, "code": self.code, "dependencies": self.dependencies}, sort_keys=True
+        ).encode()
+
+    def write(self, out_dir: Path, name: str) -> None:
+        key = _stamp_key()
+        if key is None:  # nothing could trust it
+            return
+        signature = hmac.new(key, self._content(), hashlib.sha256).hexdigest()
+        text = json.dumps({"sources": self.sources, "code": self.code, "dependencies": self.dependencies,
+                           "signature": signature})  # fmt: skip
+        partial = out_dir / f"{name}.stamp.{os.getpid()}.tmp"
+        partial.write_text(text)
+        partial.replace(out_dir / f"{name}.stamp")
+
+    @classmethod
+    def read(cls, out_dir: Path, name: str) -> Stamp | None:
+        """The stamp of `name`'s build in `out_dir`, or None when there is none, or it is not signed with this
+        machine's key (a repository may carry a `.flux/build`: its stamps would pass off bytes as a build)."""
+        try:
+            given = json.loads((out_dir / f"{name}.stamp").read_text())
+            stamp = cls(given["sources"], given["code"], dict(given["dependencies"]))
+            signature = given["signature"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not (
+            isinstance(stamp.sources, str)
+            and isinstance(stamp.code, str | None)
+            and isinstance(signature, str)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in stamp.dependencies.items())
+        ):
+            return None
+        key = _stamp_key()
+        if key is None:
+            return None
+        expected = hmac.new(key, stamp._content(), hashlib.sha256).hexdigest()
+        return stamp if hmac.compare_digest(expected, signature) else None
+
+
 def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = None) -> Function:
     """Build `folder` into `out_dir/<name>.wasm` (Wasm), or check that its source parses (Deno); the Function
-    to run. A folder whose sources did not change since its last build is not built (or checked) again."""
+    to run. A folder whose sources (and the files outside it its last build read) did not change since that
+    build is not built (or checked) again."""
     folder, out_dir = folder.resolve(), out_dir.resolve()
     language, source = source_of(folder)
     limits = limits or FunctionLimits()
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / f"{folder.name}.wasm"
-    stamp, sources = out_dir / f"{folder.name}.sources", sources_sha256(folder)
-    built = stamp.exists() and stamp.read_text() == sources
+    sources, stamp = sources_sha256(folder), Stamp.read(out_dir, folder.name)
+    built = stamp is not None and stamp.holds_for(folder, sources)
     if language in ("typescript", "javascript"):
         if not built:
             check_syntax(source)
-            stamp.write_text(sources)
+            Stamp(sources).write(out_dir, folder.name)
         code = source.read_bytes()
         return Function(folder.name, language, code, hashlib.sha256(code).hexdigest(), limits)  # type: ignore[arg-type]
-    if not (built and output.exists()):
+    kept = output.read_bytes() if built and output.exists() else None
+    if stamp is not None and kept is not None and hashlib.sha256(kept).hexdigest() == stamp.code:
+        code = kept
+    else:
+        dependencies: dict[str, str] = {}
         if language == "wat":
             try:
                 output.write_bytes(compile_wat(source.read_text()))
@@ -104,21 +175,83 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
         elif language == "python":
             _build_python(folder, output)
         else:
-            _run(_command(language, source, output), folder)
-        stamp.write_text(sources)
-    code = output.read_bytes()
+            with tempfile.TemporaryDirectory(prefix="flux-deps-") as temporary:
+                depfile = Path(temporary) / "deps.d"
+                _run(_command(language, source, output, depfile), folder)
+                dependencies = _dependencies(depfile, folder)
+        code = output.read_bytes()
+        Stamp(sources, hashlib.sha256(code).hexdigest(), dependencies).write(out_dir, folder.name)
     runtime: RuntimeKind = "component" if language == "python" else "wasm"
     return Function(folder.name, runtime, code, hashlib.sha256(code).hexdigest(), limits)
 
 
-def reuse_build(out_dir: Path, name: str, sources: str, code: bytes | None) -> None:
-    """Make `build_function` take `code` as function `name`'s build from the sources whose `sources_sha256`
-    is `sources`, in `out_dir`: it neither builds nor checks them again (a cache of builds kept elsewhere,
-    such as bisect's across commits). `code` is None for TypeScript and JavaScript, which run as written."""
+def reuse_build(out_dir: Path, name: str, stamp: Stamp, code: bytes | None) -> None:
+    """Make `build_function` take `code` as function `name`'s build from what `stamp` says, in `out_dir`: it
+    neither builds nor checks it again while the stamp holds (a cache of builds kept elsewhere, such as
+    bisect's across commits). `code` is None for TypeScript and JavaScript, which run as written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if code is not None:
         (out_dir / f"{name}.wasm").write_bytes(code)
-    (out_dir / f"{name}.sources").write_text(sources)
+    stamp.write(out_dir, name)
+
+
+def _dependencies(depfile: Path, folder: Path) -> dict[str, str]:
+    """The files outside `folder` a compiler read, from its make-style dependency file (clang's `-MF`,
+    rustc's `dep-info`): path relative to `folder` -> contents' sha256. Those inside are in its sources hash;
+    a compiler that wrote no such file read nothing else."""
+    try:
+        text = depfile.read_text()
+    except OSError:
+        return {}
+    first = text.replace("\\\n", " ").split("\n", 1)[0]
+    _, _, listed = first.partition(": ")
+    found = {}
+    for token in re.findall(r"(?:\\.|[^\s\\])+", listed):
+        path = Path(os.path.normpath(folder / re.sub(r"\\(.)", r"\1", token).replace("$$", "$")))
+        relative = Path(os.path.relpath(path, folder))
+        if relative.parts[:1] != ("..",):
+            continue
+        found[relative.as_posix()] = _file_sha256(path) or ""
+    return found
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The sha256 of a file's contents, a piece at a time; None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            while piece := file.read(HASH_PIECE):
+                digest.update(piece)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _stamp_key() -> bytes | None:
+    """This machine's key for build stamps, made on first use (readable by its user only); None when the build
+    cache cannot be written (a read-only home): then no stamp is trusted, and every build is done again."""
+    path = build_cache_dir() / STAMP_KEY
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    partial = path.with_name(f"{STAMP_KEY}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(os.urandom(32))
+        try:
+            os.link(partial, path)  # the first process to make one wins; the others read it
+        except FileExistsError:
+            pass
+        return path.read_bytes()
+    except OSError:
+        return None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def check_syntax(source: Path) -> None:
@@ -223,20 +356,22 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _command(language: str, source: Path, output: Path) -> list[str]:
+def _command(language: str, source: Path, output: Path, depfile: Path) -> list[str]:
+    """The compiler's command; C and Rust also list the files they read in `depfile`."""
     if language == "c":
         clang = shutil.which("clang-14") or shutil.which("clang")
         if clang is None:
             raise InvalidFunctionCode("no clang to build C", hint=f"apt-get install {_C_PACKAGES}")
         return [clang, "--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-nostartfiles", "-Wl,--no-entry",
-                "-o", str(output), str(source)]  # fmt: skip
+                "-MD", "-MF", str(depfile), "-o", str(output), str(source)]  # fmt: skip
     if language == "rust":
         if not Path(_RUSTC).exists():
             raise InvalidFunctionCode(
                 "no Debian rustc to build Rust", hint=f"apt-get install {_RUST_PACKAGES}"
             )
         return [_RUSTC, "--target", "wasm32-unknown-unknown", "--crate-type", "cdylib", "-O",
-                "-C", "strip=symbols", "-o", str(output), str(source)]  # fmt: skip
+                "-C", "strip=symbols", f"--emit=link,dep-info={depfile}", "-o", str(output),
+                str(source)]  # fmt: skip
     return [
         str(assemblyscript_compiler(source.parent)),
         source.name,

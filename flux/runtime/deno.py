@@ -231,6 +231,20 @@ class DenoPool:
             raise FunctionCrashed(f"Deno did not start: {_last_line(reason)}")
         return worker
 
+    def descriptors(self) -> list[int]:
+        """The file descriptors of the pool's Deno processes (their pipes and selectors), idle or running a
+        call: what a process forked from this one must let go of. Reads no lock (a fork may have copied one
+        held), so it may miss a worker being started at that very moment."""
+        found = []
+        for worker in [*list(self._idle.queue), *list(self.busy)]:
+            pipes = (worker.process.stdin, worker.process.stdout, worker.process.stderr)
+            for item in (*pipes, worker.selector):
+                try:
+                    found.append(item.fileno())  # type: ignore[union-attr]
+                except (AttributeError, OSError, ValueError):  # closed meanwhile
+                    pass
+        return found
+
     def _discard(self, worker: _Worker) -> str:
         worker.alive = False
         return worker.stop()
