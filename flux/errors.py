@@ -245,6 +245,12 @@ class PermissionDenied(FluxError):
     title = "Postgres refused the role this access (a GRANT or a row-level security policy)"
 
 
+class UnsupportedStatement(FluxError):
+    code = "FX205"
+    http_status = 400
+    title = "a statement Flux cannot run on a request's connection (COPY to or from the client)"
+
+
 # -- FX3xx the runtime: functions and their host calls --------------------------------------------------
 # A host call that fails answers the function with the error (it may catch it); what the function does not
 # catch fails the request with FX300 and the error in its span.
@@ -618,8 +624,9 @@ ERRORS: dict[str, type[FluxError]] = _all_error_classes()
 """Every live code and its class, in code order."""
 
 RETIRED: dict[str, str] = {
-    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run the"
-    " function's SQL on a request connection, where such a function can reach nothing more than in the gateway",
+    "FX509": "ReplayRefused: a live or as-of replay refused raw SQL that creates a function; replays now run"
+    " the function's SQL on a request connection, where such a function can reach nothing more than in the"
+    " gateway",
 }
 """Codes no longer raised, with what they meant; kept so they are never reused."""
 
