@@ -7,15 +7,22 @@ Postgres and real Deno."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from flux.api.deploy import deploy
+from flux.config import Settings
 from flux.data import Catalog
+from flux.gateway.auth import new_api_key
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.invoke import Function
-from tests.fixtures.runtime import ts
+from tests.fixtures.gateway import GatewayClient, gateway_client
+from tests.fixtures.runtime import NOTES_SQL, ts
 
 pytestmark = pytest.mark.usefixtures("run_text")
 
@@ -240,3 +247,67 @@ def test_copy_through_raw_sql_is_an_fx_error_recorded_and_never_a_hang(
     assert outcomes[0].response.body == {"code": "FX120"}, outcomes[0].response.body
     assert recorded(conn, outcomes[0])
     next_request_writes(conn, runs_on, runtime, notes)
+
+
+# --- the same through the gateway: its thread keeps one pooled connection for request after request ---------
+
+GATEWAY_FUNCTIONS = {
+    "poison": """export default async (req, ctx) => {
+  const sql = req.body.sql;
+  try { await ctx.db.sql(sql, []); return { code: null }; } catch (e) { return { code: e.code }; }
+}""",
+}
+GATEWAY_ROUTES = ({"method": "POST", "path": "/poison", "function": "poison", "auth": "key"},)
+OTHER_TENANT = "7d3c8a4e-0000-4000-8000-000000000002"
+
+
+@pytest.fixture
+def gateway(conn: psycopg.Connection[Any], dsn: str, tmp_path: Path) -> Iterator[GatewayClient]:
+    conn.execute(NOTES_SQL.encode())
+    conn.execute("INSERT INTO flux.tenants (id, name) VALUES (%s, 'other')", (OTHER_TENANT,))
+    for name, source in GATEWAY_FUNCTIONS.items():
+        (tmp_path / "functions" / name).mkdir(parents=True)
+        (tmp_path / "functions" / name / "index.ts").write_text(source)
+    settings = Settings(project_dir=tmp_path, routes=GATEWAY_ROUTES)
+    deploy(dsn, settings)
+    with gateway_client(settings, dsn) as client:
+        yield client
+
+
+def _key(conn: psycopg.Connection[Any], role: str, tenant: str | None = None) -> str:
+    made = new_api_key()
+    conn.execute("INSERT INTO flux.api_keys (prefix, key_hash, role, tenant_id) VALUES (%s, %s, %s, %s)",
+                 (made.prefix, made.key_hash, role, tenant))  # fmt: skip
+    return made.key
+
+
+@pytest.mark.parametrize(
+    ("sql", "code"),
+    [
+        ("SELECT set_config('default_transaction_read_only', 'on', false)", "FX120"),
+        ("SET search_path = pg_catalog", "FX120"),
+        ("COPY notes TO STDOUT", "FX120"),
+        ("COPY notes FROM STDIN", "FX120"),
+        ("SELECT public.run_text('SET default_transaction_read_only = on')", None),
+        ("SELECT public.run_text('SET search_path = pg_catalog')", None),
+        ("SELECT public.run_text('CREATE TEMP TABLE notes (id int, body text)')", None),
+    ],
+)
+def test_a_request_of_another_tenant_after_raw_sql_on_the_gateways_connection_writes_and_is_recorded(
+    conn: psycopg.Connection[Any], gateway: GatewayClient, sql: str, code: str | None
+) -> None:
+    service, user = _key(conn, "service"), _key(conn, "user", OTHER_TENANT)
+    started = time.monotonic()
+    first = gateway.simulate_post("/poison", json={"sql": sql}, headers={"x-api-key": service})
+    assert time.monotonic() - started < 20  # never a hang
+    assert (first.status_code, first.json) == (200, {"code": code}), first.json
+    for _ in range(2):  # the next requests, on the thread's same pooled connection
+        later = gateway.simulate_post(
+            "/db/query", json={"insert": "notes", "values": {"body": "kept"}, "returning": ["id"]},
+            headers={"x-api-key": user},
+        )  # fmt: skip
+        assert later.status_code == 200, later.json
+        request_id = later.headers["x-request-id"]
+        row = conn.execute("SELECT ok, tenant_id::text FROM flux.requests WHERE id = %s", [request_id])
+        assert row.fetchone() == (True, OTHER_TENANT)
+    assert conn.execute("SELECT count(*) FROM public.notes").fetchone() == (2,)
