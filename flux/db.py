@@ -308,21 +308,29 @@ def take_unsent(conn: psycopg.Connection[Any]) -> list[Statement]:
     return taken
 
 
-# What `reset_session` runs, in one round trip: DISCARD ALL (settings, role, prepared statements, temporary
-# objects, session locks, LISTENs, cursors, sequence state) but its DISCARD PLANS. The cached plans stay: one
-# that named what a request dropped or moved (a temporary object, a search path) is planned again by Postgres
-# anyway, and dropping them all would have the next request plan anew every PL/pgSQL function it calls (the
-# mutation trigger, the queue's functions): milliseconds (bench/session_reset.py).
+# What `reset_session` runs, in one round trip: what DISCARD ALL does (settings, role, temporary objects,
+# session locks, LISTENs, cursors, sequence state) but two parts. Cached plans stay: one that named what a
+# request dropped or moved (a temporary object, a search path) is planned again by Postgres anyway, and
+# dropping them all has the next request plan anew every PL/pgSQL function it calls (the mutation trigger's,
+# the queue's): milliseconds (bench/session_reset.py). Flux's prepared statements stay when they are intact:
+# none prepared by SQL (`from_sql`: a PREPARE under one of Flux's names, through a function's EXECUTE) and
+# none missing (a DEALLOCATE). Else they all go (a second round trip, `DEALLOCATE ALL`). Dropping them every
+# time would have the next requests plan each of Flux's statements anew, until its generic plan.
 _RESET = [
     Statement(b"CLOSE ALL"),
     Statement(b"SET SESSION AUTHORIZATION DEFAULT"),
     Statement(b"RESET ALL"),
-    Statement(b"DEALLOCATE ALL"),
     Statement(b"UNLISTEN *"),
     Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()"),
     Statement(b"DISCARD TEMP"),
     Statement(b"DISCARD SEQUENCES"),
 ]
+_PREPARED_INTACT = (
+    b"SELECT pg_catalog.count(*) FILTER (WHERE p.from_sql OR NOT p.name OPERATOR(pg_catalog.=) ANY($1))"
+    b" OPERATOR(pg_catalog.=) 0 AND pg_catalog.count(*) OPERATOR(pg_catalog.=) $2"
+    b" FROM pg_catalog.pg_prepared_statements AS p"
+)
+_DEALLOCATE_ALL = [Statement(b"DEALLOCATE ALL")]
 
 
 def distrust_session(conn: psycopg.Connection[Any]) -> None:
@@ -340,9 +348,9 @@ def session_untrusted(conn: psycopg.Connection[Any]) -> bool:
 def reset_session(conn: psycopg.Connection[Any]) -> None:
     """Put back in a known state the session of a connection that raw SQL ran on, before the next request
     uses it (one round trip, only then): whatever the SQL left there (a session-wide setting, a temporary
-    table or type, a prepared statement, a session lock, a LISTEN, a cursor WITH HOLD) is gone, and Flux
-    prepares its statements anew. A connection that cannot be reset is closed (the pool replaces it). Never
-    raises."""
+    table or type, a prepared statement, a session lock, a LISTEN, a cursor WITH HOLD) is gone, and Flux's
+    prepared statements are dropped too unless they are intact (`_RESET`). A connection that cannot be reset
+    is closed (the pool replaces it). Never raises."""
     unsent: _Unsent | None = getattr(conn, "_flux_unsent", None)
     if unsent is None or not unsent.untrusted:
         return
@@ -351,11 +359,15 @@ def reset_session(conn: psycopg.Connection[Any]) -> None:
         if not conn.closed:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute(b"ROLLBACK", prepare=False)
-            pipeline.run(conn, _RESET, prepare=False)
+            names = pipeline.prepared_names(conn)
+            check = Statement(_PREPARED_INTACT, [names, len(names)])
+            if not pipeline.run(conn, [*_RESET, check], prepare=False).rows[0][0]:
+                pipeline.run(conn, _DEALLOCATE_ALL, prepare=False)
+                pipeline.forget_prepared(conn)
     except Exception:  # its state is unknown: it must not serve another request
         conn.close()
-    finally:
         pipeline.forget_prepared(conn)
+    finally:
         unsent.untrusted = False
 
 

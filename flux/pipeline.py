@@ -78,6 +78,11 @@ def run(
         return state.load(sent.answers[answer], conn)
 
 
+def prepared_names(conn: psycopg.Connection[Any]) -> list[str]:
+    """The names of Flux's statements prepared on `conn`, as this module knows them."""
+    return [name.decode() for name in _state(conn).prepared.values()]
+
+
 def forget_prepared(conn: psycopg.Connection[Any]) -> None:
     """Flux's statements are no longer prepared on `conn` (DEALLOCATE ALL was sent): each is prepared anew at
     its next use."""

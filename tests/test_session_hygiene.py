@@ -191,6 +191,45 @@ def test_a_connection_keeps_flux_prepared_statements_when_no_raw_sql_ran(
     assert before == after and before is not None and before[0]
 
 
+def test_flux_keeps_its_prepared_statements_after_raw_sql_that_left_them_intact(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
+) -> None:
+    """After raw SQL the session is reset, but Flux's statements stay prepared (planning them anew on every
+    later request would cost the hot path) unless the SQL touched them."""
+    names = "SELECT array_agg(name ORDER BY name) FROM pg_prepared_statements"
+    run(runs_on, runtime, notes, WRITER)
+    before = runs_on.execute(names).fetchone()
+    outcome = run(runs_on, runtime, notes, sql_function("reader", "SELECT count(*) FROM notes"))
+    assert outcome.response.body == {"code": None}
+    assert runs_on.execute(names).fetchone() == before
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT public.run_text('DEALLOCATE ALL')",  # Flux's statements gone: the next request would fail
+        "SELECT public.run_text('DEALLOCATE ' || (SELECT min(name) FROM pg_prepared_statements))",
+        "SELECT public.run_text('PREPARE mine AS SELECT 1')",
+    ],
+)
+def test_prepared_statements_raw_sql_dropped_or_added_leave_the_next_request_unharmed(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    sql: str,
+) -> None:
+    run(runs_on, runtime, notes, WRITER)  # Flux prepares its statements
+    outcome = run(runs_on, runtime, notes, sql_function("dropper", sql))
+    assert outcome.response.body == {"code": None}, outcome.response.body
+    for _ in range(2):
+        later = run(runs_on, runtime, notes, WRITER)
+        assert later.error is None, later.error
+        assert recorded(conn, later)
+    from_sql = runs_on.execute("SELECT count(*) FROM pg_prepared_statements WHERE from_sql").fetchone()
+    assert from_sql == (0,)
+
+
 # --- a function the request makes runs as the connection's login inside one statement (found here) ----------
 
 ESCAPE = ts(
