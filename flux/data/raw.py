@@ -48,6 +48,7 @@ _SESSION_STATEMENTS = {
     "DiscardStmt": "discard session state",
     "ListenStmt": "listen to channels",
     "UnlistenStmt": "unlisten channels",
+    "LoadStmt": "load libraries",  # a loaded library stays for the session's life: no reset unloads it
 }
 # Statements that make code Flux cannot check (a function's body is text to this parser): it could leave the
 # request's role and come back to it inside one statement, prepare statements under the names of Flux's, take
@@ -173,7 +174,7 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     call one of those or set_config under another name, CREATE FUNCTION, PROCEDURE, LANGUAGE and EXTENSION
     (code no check here sees). And what would outlive the request on its pooled connection: a session-wide
     SET (SET LOCAL only), set_config unless its third argument is a literal true, session advisory locks,
-    setseed, a cursor WITH HOLD, LISTEN and UNLISTEN, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the
+    setseed, a cursor WITH HOLD, LISTEN, UNLISTEN and LOAD, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the
     session is Flux's). The kind is what the statement says; a function it calls may still write, so the
     role's grants remain the fence.
     """

@@ -579,6 +579,7 @@ def test_a_session_wide_set_is_refused(sql: str, setting: str) -> None:
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE WITH HOLD"),
         ("LISTEN orders", "LISTEN"),
         ("UNLISTEN *", "UNLISTEN"),
+        ("LOAD 'auto_explain'", "LOAD"),
     ],
 )
 def test_statements_that_make_code_or_outlive_the_request_are_refused(sql: str, statement: str) -> None:
