@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import bisect, data_engine, gateway, inspect, queue, replay, runtime, track_overhead
+from bench import bisect, data_engine, gateway, inspect, queue, replay, runtime, session_reset, track_overhead
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -22,6 +22,7 @@ BENCHES = {
     "queue": queue,
     "replay": replay,
     "bisect": bisect,
+    "session_reset": session_reset,
 }
 
 

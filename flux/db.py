@@ -96,6 +96,7 @@ def create_pool(
         max_size=max_size,
         name=name,
         open=False,
+        check=_check_session,  # a connection given back with raw SQL's leftovers (its request ended abruptly)
         # flux.pipeline prepares the statements; psycopg's own would be deallocated with ours on rollbacks
         kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": autocommit, "prepare_threshold": None},
     )
@@ -112,8 +113,10 @@ class _Held(threading.local):
 class HeldConnections:
     """A pool's connections for requests: each thread keeps the one it used, for its next request, instead of
     taking one from the pool and giving it back each time (about 15 µs a request). A connection goes back to
-    the pool, which rolls back or replaces it, when a request leaves it broken or inside a transaction, when
-    it ends by an exception, and after `KEEP_S`, so that the pool's lifetime limit still applies."""
+    the pool, which rolls back, resets or replaces it, when a request leaves it broken, inside a transaction
+    or with raw SQL's leftovers in its session (a request ends with `reset_session`, unless it ended
+    abruptly), when it ends by an exception, and after `KEEP_S`, so that the pool's lifetime limit still
+    applies."""
 
     KEEP_S = 60.0
 
@@ -143,8 +146,13 @@ class HeldConnections:
         conn = self._mine.conn
         if conn is None:
             return  # already given back (by a nested use on this thread)
-        if exc is not None or conn.closed or conn.pgconn.transaction_status != _IDLE:
-            self._give_back(conn)
+        if (
+            exc is not None
+            or conn.closed
+            or conn.pgconn.transaction_status != _IDLE
+            or session_untrusted(conn)
+        ):
+            self._give_back(conn)  # the pool rolls it back, and resets its session before handing it out
 
     def close(self) -> None:
         """Give every held connection back to the pool (at shutdown: no request runs any more)."""
@@ -263,13 +271,14 @@ def request_transaction(
 
 class _Unsent:
     """The statements waiting on a connection to go with the next one run through `execute_*` (kept on the
-    connection itself)."""
+    connection itself), and whether code Flux does not trust ran on its session since its last reset."""
 
-    __slots__ = ("each", "next")
+    __slots__ = ("each", "next", "untrusted")
 
     def __init__(self) -> None:
         self.next: list[Statement] = []  # before the next statement only
         self.each: Statement | None = None  # before every statement
+        self.untrusted = False  # raw SQL ran: see `distrust_session`
 
 
 def _unsent(conn: psycopg.Connection[Any]) -> _Unsent:
@@ -299,6 +308,77 @@ def take_unsent(conn: psycopg.Connection[Any]) -> list[Statement]:
     return taken
 
 
+# What `reset_session` runs, in one round trip: what DISCARD ALL does (settings, role, temporary objects,
+# session locks, LISTENs, cursors, sequence state) but two parts. Cached plans stay: one that named what a
+# request dropped or moved (a temporary object, a search path) is planned again by Postgres anyway, and
+# dropping them all has the next request plan anew every PL/pgSQL function it calls (the mutation trigger's,
+# the queue's): milliseconds (bench/session_reset.py). Flux's prepared statements stay when they are intact:
+# none prepared by SQL (`from_sql`: a PREPARE under one of Flux's names, through a function's EXECUTE) and
+# none missing (a DEALLOCATE). Else they all go (a second round trip, `DEALLOCATE ALL`). Dropping them every
+# time would have the next requests plan each of Flux's statements anew, until its generic plan.
+_RESET = [
+    Statement(b"CLOSE ALL"),
+    Statement(b"SET SESSION AUTHORIZATION DEFAULT"),
+    Statement(b"RESET ALL"),
+    Statement(b"UNLISTEN *"),
+    Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()"),
+    Statement(b"DISCARD TEMP"),
+    Statement(b"DISCARD SEQUENCES"),
+]
+_PREPARED_INTACT = (
+    b"SELECT pg_catalog.count(*) FILTER (WHERE p.from_sql OR NOT p.name OPERATOR(pg_catalog.=) ANY($1))"
+    b" OPERATOR(pg_catalog.=) 0 AND pg_catalog.count(*) OPERATOR(pg_catalog.=) $2"
+    b" FROM pg_catalog.pg_prepared_statements AS p"
+)
+_DEALLOCATE_ALL = [Statement(b"DEALLOCATE ALL")]
+
+
+def distrust_session(conn: psycopg.Connection[Any]) -> None:
+    """Raw SQL runs on `conn`'s session: until `reset_session`, Flux's statements there go unnamed (the SQL
+    may have put its own under the names of Flux's prepared ones) and the request ends with the reset."""
+    _unsent(conn).untrusted = True
+
+
+def session_untrusted(conn: psycopg.Connection[Any]) -> bool:
+    """Whether raw SQL ran on `conn`'s session since it was last reset."""
+    unsent: _Unsent | None = getattr(conn, "_flux_unsent", None)
+    return unsent is not None and unsent.untrusted
+
+
+def reset_session(conn: psycopg.Connection[Any]) -> None:
+    """Put back in a known state the session of a connection that raw SQL ran on, before the next request
+    uses it (one round trip, only then): whatever the SQL left there (a session-wide setting, a temporary
+    table or type, a prepared statement, a session lock, a LISTEN, a cursor WITH HOLD) is gone, and Flux's
+    prepared statements are dropped too unless they are intact (`_RESET`). A connection that cannot be reset
+    is closed (the pool replaces it). Never raises."""
+    unsent: _Unsent | None = getattr(conn, "_flux_unsent", None)
+    if unsent is None or not unsent.untrusted:
+        return
+    take_unsent(conn)
+    try:
+        if not conn.closed:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute(b"ROLLBACK", prepare=False)
+            names = pipeline.prepared_names(conn)
+            check = Statement(_PREPARED_INTACT, [names, len(names)])
+            if not pipeline.run(conn, [*_RESET, check], prepare=False).rows[0][0]:
+                pipeline.run(conn, _DEALLOCATE_ALL, prepare=False)
+                pipeline.forget_prepared(conn)
+    except Exception:  # its state is unknown: it must not serve another request
+        conn.close()
+        pipeline.forget_prepared(conn)
+    finally:
+        unsent.untrusted = False
+
+
+def _check_session(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check as it hands a connection out (a getattr, unless raw SQL ran on it): reset it, or have
+    the pool replace it."""
+    reset_session(conn)
+    if conn.closed:
+        raise psycopg.OperationalError("the connection's session could not be reset")
+
+
 def _execute(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> pipeline.Result:
     """Run one statement, preceded by the statements queued for it, in one round trip."""
     unsent = _unsent(conn)
@@ -309,7 +389,7 @@ def _execute(conn: psycopg.Connection[Any], query: str, params: list[Any]) -> pi
     if unsent.each is not None:
         statements.insert(0, unsent.each)
     try:
-        return pipeline.run(conn, statements)
+        return pipeline.run(conn, statements, prepare=not unsent.untrusted)
     except psycopg.Error as exc:
         if waiting and exc.sqlstate is None and not conn.closed:
             # Refused before anything was sent (a value Postgres cannot hold): the BEGIN and settings queued
@@ -468,7 +548,7 @@ class RequestTransaction:
             send_with_next(self.conn, _settings_statement(self._settings))
             return
         with translate_errors():
-            pipeline.run(self.conn, [_settings_statement(self._settings)])
+            pipeline.run(self.conn, [_settings_statement(self._settings)], prepare=_trusted(self.conn))
 
     def commit(self, record: Sequence[Statement], *, durable: bool) -> None:
         """Run `record`'s statements as the connecting role and commit them with the request's work, in one
@@ -476,25 +556,30 @@ class RequestTransaction:
         if not self._open():
             write_alone(self.conn, record, durable=durable)
             return
-        # The record is written as the connecting role, on pg_catalog's names only: the function may have
-        # moved the search path in front of them (SET LOCAL search_path) to functions of its own.
-        settings = {"role": "none", "search_path": ""}
+        # The record is written as the connecting role, on pg_catalog's names first: the function may have
+        # moved the search path in front of them (SET LOCAL search_path), and left types of its own in
+        # pg_temp, which an empty search path finds first.
+        settings = dict(_RECORD_SETTINGS)
         if not durable:
             settings["synchronous_commit"] = "off"
+        statements = [_settings_statement(settings), *record, pipeline.COMMIT]
         with translate_errors():
-            pipeline.run(self.conn, [_settings_statement(settings), *record, pipeline.COMMIT])
+            pipeline.run(self.conn, statements, prepare=_trusted(self.conn))
         self.begun = False
 
     def end(self) -> None:
         """Commit the request's work, if it began any, without a record (written elsewhere)."""
         if self._open():
             with translate_errors():
-                pipeline.run(self.conn, [pipeline.COMMIT])
+                pipeline.run(self.conn, [pipeline.COMMIT], prepare=_trusted(self.conn))
             self.begun = False
 
     def rollback(self) -> None:
         """Undo the request's work, if it began any."""
         take_unsent(self.conn)
+        if self.conn.closed:  # lost, or closed by flux.pipeline: the transaction ended with the session
+            self.begun = False
+            return
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with translate_errors():
                 self.conn.execute(b"ROLLBACK", prepare=False)
@@ -514,10 +599,21 @@ def write_alone(
 ) -> None:
     """Run `statements` in one round trip and one transaction of their own, waiting for the flush to disk only
     when `durable`."""
-    settings = {"search_path": ""} if durable else {"search_path": "", "synchronous_commit": "off"}
+    settings = dict(_RECORD_SETTINGS) if durable else {**_RECORD_SETTINGS, "synchronous_commit": "off"}
+    settings.pop("role")  # no request's transaction is open: the connection is its login's
     prefix = [_settings_statement(settings)]  # a session's search path may hold functions a request made
     with translate_errors():
-        pipeline.run(conn, [*prefix, *statements])
+        pipeline.run(conn, [*prefix, *statements], prepare=_trusted(conn))
+
+
+# The settings Flux's own statements run under after a request's: its login's role, and pg_catalog's names
+# before any a request made (pg_temp, where a request may leave types, comes first when not named).
+_RECORD_SETTINGS = {"role": "none", "search_path": "pg_catalog, pg_temp"}
+
+
+def _trusted(conn: psycopg.Connection[Any]) -> bool:
+    """Whether Flux may run its prepared statements on `conn` (no raw SQL ran there since its reset)."""
+    return not session_untrusted(conn)
 
 
 def _settings_statement(settings: dict[str, str]) -> Statement:

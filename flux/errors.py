@@ -251,6 +251,12 @@ class PermissionDenied(FluxError):
     title = "Postgres refused the role this access (a GRANT or a row-level security policy)"
 
 
+class UnsupportedStatement(FluxError):
+    code = "FX205"
+    http_status = 400
+    title = "a statement Flux cannot run on a request's connection (COPY to or from the client)"
+
+
 # -- FX3xx the runtime: functions and their host calls --------------------------------------------------
 # A host call that fails answers the function with the error (it may catch it); what the function does not
 # catch fails the request with FX300 and the error in its span.

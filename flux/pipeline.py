@@ -24,6 +24,7 @@ from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
 from flux import jsontext
+from flux.errors import UnsupportedStatement
 
 MAX_PREPARED = 256  # prepared statements kept per connection
 _TEXT = pq.Format.TEXT
@@ -75,6 +76,11 @@ def run(
             deallocate = [_Dumped(b"DEALLOCATE " + name, (b"", ()), None, (), ()) for name in stale]
             _exchange(conn, state, deallocate, prepare=False)
         return state.load(sent.answers[answer], conn)
+
+
+def prepared_names(conn: psycopg.Connection[Any]) -> list[str]:
+    """The names of Flux's statements prepared on `conn`, as this module knows them."""
+    return [name.decode() for name in _state(conn).prepared.values()]
 
 
 def forget_prepared(conn: psycopg.Connection[Any]) -> None:
@@ -163,6 +169,7 @@ class _Sent:
     keys: list[Key | None]  # the statement behind each result
     answers: list[Any]  # each statement's result
     prepared: list[tuple[Any, Key, bytes]]  # (prepare's result, key, name)
+    copied: str | None = None  # a COPY to or from the client that was stopped ("TO STDOUT", "FROM STDIN")
 
 
 def _exchange(
@@ -208,13 +215,15 @@ def _round_trip(
         keys.append(item.key)
     pgconn.pipeline_sync()
     _flush(pgconn)
-    results = _results(pgconn)
+    copied: list[str] = []
+    results = _results(pgconn, copied)
     pgconn.exit_pipeline_mode()
     return _Sent(
         results,
         keys,
         [results[index] for index in answers],
         [(results[index], key, name) for index, key, name in preparing],
+        copied[0] if copied else None,
     )
 
 
@@ -224,8 +233,14 @@ def _flush(pgconn: Any) -> None:
             pgconn.consume_input()  # the server answers while we send: read, or both sides block
 
 
-def _results(pgconn: Any) -> list[Any]:
-    """Every result up to the pipeline's Sync (one per message that asks for one)."""
+_COPY_IN = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_BOTH)
+
+
+def _results(pgconn: Any, copied: list[str]) -> list[Any]:
+    """Every result up to the pipeline's Sync (one per message that asks for one). A COPY to or from the
+    client would wait for a copy stream no caller here reads or writes: the rows of a COPY TO STDOUT are read
+    and dropped (it is named in `copied`, and refused once the round trip is done); a COPY FROM STDIN is
+    refused at once."""
     results: list[Any] = []
     while True:
         while pgconn.is_busy():
@@ -234,9 +249,37 @@ def _results(pgconn: Any) -> list[Any]:
         result = pgconn.get_result()
         if result is None:
             continue  # the end of one statement's results
-        if result.status == pq.ExecStatus.PIPELINE_SYNC:
+        status = result.status
+        if status == pq.ExecStatus.PIPELINE_SYNC:
             return results
+        if status in _COPY_IN:
+            # The server took the pipeline's Sync, and any statement after the COPY, as copy data: the session
+            # cannot be brought back in step, so it ends here (the caller closes the connection).
+            raise _copy_refused("FROM STDIN")
+        if status == pq.ExecStatus.COPY_OUT:
+            copied.append("TO STDOUT")
+            _drain_copy(pgconn)
+            continue
         results.append(result)
+
+
+def _copy_refused(way: str) -> UnsupportedStatement:
+    return UnsupportedStatement(
+        f"COPY ... {way} cannot run on a request's connection: it carries no copy stream",
+        details={"statement": f"COPY {way}"},
+        hint="select the rows, or insert them (INSERT ... SELECT * FROM jsonb_to_recordset($1))",
+    )
+
+
+def _drain_copy(pgconn: Any) -> None:
+    """Read a COPY TO STDOUT's rows to its end (its result follows)."""
+    while True:
+        size, _ = pgconn.get_copy_data(1)
+        if size == 0:
+            _wait(pgconn)
+            pgconn.consume_input()
+        elif size < 0:
+            return
 
 
 def _wait(pgconn: Any, *, write: bool = False) -> bool:
@@ -255,6 +298,8 @@ def _raise_first_error(sent: _Sent, state: _ConnectionState, conn: psycopg.Conne
     for result, prepared, name in sent.prepared:
         if result.status == pq.ExecStatus.COMMAND_OK:
             state.prepared[prepared] = name
+    if sent.copied is not None:
+        raise _copy_refused(sent.copied)
     for result, key in zip(sent.results, sent.keys, strict=True):
         if result.status == pq.ExecStatus.FATAL_ERROR:
             error = errors.error_from_result(result, encoding=conn.info.encoding)

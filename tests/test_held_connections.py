@@ -76,3 +76,26 @@ def test_a_closed_connection_is_replaced(pool: ConnectionPool) -> None:
         assert not conn.closed
         assert _backend(conn) > 0
     held.close()
+
+
+def test_a_connection_raw_sql_ran_on_goes_back_to_the_pool_and_is_reset(empty_dsn: str) -> None:
+    """A request that ended before its own reset (an exception past the run, a killed thread) leaves the
+    session raw SQL used: the pool's reset clears it before any other request gets the connection."""
+    alone = db.create_pool(empty_dsn, max_size=1, autocommit=True)  # hands out the same connection again
+    alone.open(wait=True)
+    held = db.HeldConnections(alone)
+    with held.connection() as conn:
+        backend = _backend(conn)
+        db.distrust_session(conn)  # raw SQL ran
+        conn.execute("CREATE TEMP TABLE left_over (secret text)")
+        conn.execute("SET search_path = pg_catalog")
+        conn.execute("SELECT pg_advisory_lock(4242)")
+    assert alone.get_stats()["pool_available"] == 1  # given back
+    with held.connection() as again:
+        assert _backend(again) == backend  # the same session, in a known state
+        assert again.execute("SELECT to_regclass('pg_temp.left_over')").fetchone() == (None,)
+        assert again.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        locks = again.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+        assert locks == (0,)
+    held.close()
+    alone.close()

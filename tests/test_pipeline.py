@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,6 +16,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from flux import jsontext, pipeline
+from flux.errors import UnsupportedStatement
 from flux.pipeline import Statement
 
 Conn = psycopg.Connection[Any]
@@ -126,3 +128,41 @@ def test_a_new_statement_twice_in_one_round_trip_is_prepared_once(conn: Conn) ->
     twice = Statement(b"SELECT $1::int", [1])
     pipeline.run(conn, [twice, twice])
     assert len(_prepared(conn)) == 1
+
+
+def _run_within(conn: Conn, statements: list[Statement], seconds: float = 10) -> BaseException | None:
+    """Run `statements` on a thread and answer what they raised; fail if they are not done in `seconds` (a
+    hang: the thread is left waiting on a socket of a connection the test then closes)."""
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            pipeline.run(conn, statements)
+            ended.append(None)
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not ended:
+        conn.pgconn.finish()  # frees the thread
+    assert ended, f"hung on {statements}"
+    return ended[0]
+
+
+@pytest.mark.parametrize("sql", ["COPY items TO STDOUT", "COPY (SELECT 1 AS one) TO STDOUT"])
+def test_a_copy_to_stdout_is_an_fx_error_and_the_connection_goes_on(conn: Conn, sql: str) -> None:
+    conn.execute("INSERT INTO items SELECT g, 'n' FROM generate_series(1, 5000) AS g")  # more than one read
+    raised = _run_within(conn, [Statement(b"SELECT 1"), Statement(sql.encode())])
+    assert isinstance(raised, UnsupportedStatement) and raised.code == "FX205", raised
+    assert pipeline.run(conn, [Statement(b"SELECT 2")]).rows == [(2,)]
+
+
+@pytest.mark.parametrize("after", [[], [Statement(b"SELECT 2")]])
+def test_a_copy_from_stdin_is_an_fx_error_and_never_a_hang(conn: Conn, after: list[Statement]) -> None:
+    """The server takes what follows the COPY in the round trip (its Sync at least) as copy data: the session
+    cannot go on, so the connection is closed."""
+    raised = _run_within(conn, [Statement(b"SELECT 1"), Statement(b"COPY items FROM STDIN"), *after])
+    assert isinstance(raised, UnsupportedStatement) and raised.code == "FX205", raised
+    assert conn.closed

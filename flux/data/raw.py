@@ -46,7 +46,20 @@ _SESSION_STATEMENTS = {
     "ExecuteStmt": "execute prepared statements",
     "DeallocateStmt": "deallocate prepared statements",
     "DiscardStmt": "discard session state",
+    "ListenStmt": "listen to channels",
+    "UnlistenStmt": "unlisten channels",
+    "LoadStmt": "load libraries",  # a loaded library stays for the session's life: no reset unloads it
 }
+# Statements that make code Flux cannot check (a function's body is text to this parser): it could leave the
+# request's role and come back to it inside one statement, prepare statements under the names of Flux's, take
+# session locks or change session settings. Functions come from migrations.
+_MAKES_CODE = {
+    "CreateFunctionStmt": "CREATE FUNCTION",
+    "CreatePLangStmt": "CREATE LANGUAGE",
+    "CreateExtensionStmt": "CREATE EXTENSION",
+}
+_CURSOR_OPT_HOLD = 0x0020  # DECLARE ... WITH HOLD: the cursor outlives the transaction
+_TRUE_WORDS = frozenset({"true", "on", "t", "yes", "y", "1"})
 _ROLE_SETTINGS = frozenset({"role", "session_authorization"})
 # Built-in functions that run SQL given to them as text, which no check here sees (so they could change the
 # role or Flux's own settings), and session-level advisory locks, which outlive the request's transaction on a
@@ -67,6 +80,7 @@ _REFUSED_FUNCTIONS = {
     "pg_advisory_lock_shared": _SESSION_LOCK.format("", "_shared"),
     "pg_try_advisory_lock": _SESSION_LOCK.format("try_", ""),
     "pg_try_advisory_lock_shared": _SESSION_LOCK.format("try_", "_shared"),
+    "setseed": "sets the session's random seed, which outlives the request",
 }
 _TRANSACTION_COMMAND_SETTINGS = frozenset({"transaction", "session characteristics"})
 _TRANSACTION_SETTINGS = _TRANSACTION_COMMAND_SETTINGS | frozenset(
@@ -145,7 +159,7 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     - write: INSERT, UPDATE, DELETE, MERGE, and TRUNCATE and REFRESH MATERIALIZED VIEW because they change
       rows; a SELECT with a data-modifying WITH or a locking clause (FOR UPDATE/SHARE);
     - ddl: CREATE, ALTER, DROP, GRANT, REVOKE, COMMENT, SECURITY LABEL, and SELECT ... INTO (a new table);
-    - other: SET, COPY to STDOUT or from STDIN, CALL, LISTEN, NOTIFY, LOCK, VACUUM, ...
+    - other: SET LOCAL, RESET, CALL, NOTIFY, LOCK, VACUUM, ...
 
     `tables` lists the relations named, the target first and then in the order written, each spelled as
     SQL spells it (`public."Orders"`), schema-qualified where the statement qualifies it; the span name is
@@ -154,12 +168,15 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     Refused with InvalidRawSql: a syntax error, no statement or more than one, transaction control
     (BEGIN, COMMIT, SAVEPOINT, SET TRANSACTION: the request owns its transaction), anything that changes the
     role (SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE or ALL, a literal `set_config('role', ...)`), any of
-    Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), COPY
-    to or from a server file or program, built-ins that run SQL given as text (query_to_xml, ts_stat, ...)
-    and an aggregate or cast that would call one of those or set_config under another name,
-    session advisory locks, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the session is Flux's). The kind
-    is what the statement says; a function it calls may still write, so the role's grants
-    remain the fence.
+    Flux's own settings (`flux.claims`, which row-level security reads, `flux.request_id`, ...), any COPY
+    (to or from a server file or program, to STDOUT or from STDIN: the host call carries no copy stream),
+    built-ins that run SQL given as text (query_to_xml, ts_stat, ...) and an aggregate or cast that would
+    call one of those or set_config under another name, CREATE FUNCTION, PROCEDURE, LANGUAGE and EXTENSION
+    (code no check here sees). And what would outlive the request on its pooled connection: a session-wide
+    SET (SET LOCAL only), set_config unless its third argument is a literal true, session advisory locks,
+    setseed, a cursor WITH HOLD, LISTEN, UNLISTEN and LOAD, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the
+    session is Flux's). The kind is what the statement says; a function it calls may still write, so the
+    role's grants remain the fence.
     """
     statement = _parse_one(sql)
     node_type, fields = _unwrap(statement)
@@ -259,6 +276,19 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
             "raw SQL may not COPY to or from a server file or program; select or insert the rows instead",
             details={"statement": "COPY"},
         )
+    if node_type == "CopyStmt":  # to STDOUT or from STDIN: the host call carries no copy stream
+        way = "FROM STDIN" if fields.get("is_from") else "TO STDOUT"
+        raise InvalidRawSql(
+            f"raw SQL may not COPY {way}; select the rows, or insert them (INSERT ... SELECT * FROM"
+            " jsonb_to_recordset($1) takes many at once)",
+            details={"statement": f"COPY {way}"},
+        )
+    if node_type == "DeclareCursorStmt" and int(fields.get("options", 0)) & _CURSOR_OPT_HOLD:
+        raise InvalidRawSql(
+            "raw SQL may not DECLARE a cursor WITH HOLD: it would outlive the request on a shared connection;"
+            " declare it WITHOUT HOLD",
+            details={"statement": "DECLARE WITH HOLD"},
+        )
     if node_type in _NAMES_FUNCTIONS:  # CREATE AGGREGATE ... (SFUNC = set_config) calls it under another name
         for inner_type, inner in _nodes(fields):
             name = str(inner.get("sval", "")) if inner_type == "String" else ""
@@ -275,6 +305,25 @@ def _refuse_escapes(node_type: str, fields: Fields) -> None:
             _refuse_setting("role")  # RESET ALL drops the request's role with every other setting
         elif str(inner.get("kind", "")).startswith("VAR_"):
             _refuse_setting(str(inner.get("name", "")).lower())
+    if node_type in _MAKES_CODE:
+        command = _MAKES_CODE[node_type]
+        if node_type == "CreateFunctionStmt" and fields.get("is_procedure"):
+            command = "CREATE PROCEDURE"
+        raise InvalidRawSql(
+            f"raw SQL may not {command}: no check here sees what its code runs; create it in a migration",
+            details={"statement": command},
+        )
+    if (
+        node_type == "VariableSetStmt"
+        and str(fields.get("kind", "")).startswith("VAR_SET")
+        and (not fields.get("is_local"))
+    ):
+        name = str(fields.get("name", "")).lower()
+        raise InvalidRawSql(
+            f"raw SQL may SET {name} only for the request's transaction: use SET LOCAL (a session-wide SET"
+            " would hold for the next requests on the connection)",
+            details={"setting": name},
+        )
 
 
 def _refuse_setting(name: str) -> None:
@@ -320,6 +369,23 @@ def _refuse_set_config(call: Fields) -> None:
                 details={"function": "set_config"},
             )
         _refuse_setting(setting.lower())
+        if len(args) != 3 or not _literal_true(args[2]):  # false, or computed: the session's, for good
+            raise InvalidRawSql(
+                f"raw SQL may call set_config only for the request's transaction: pass true, literally, as"
+                f" its third argument (set_config('{setting}', ..., true))",
+                details={"function": "set_config", "setting": setting.lower()},
+            )
+
+
+def _literal_true(node: Any) -> bool:
+    """Whether `node` is the constant true as a literal (`true`, `'on'`, ...), not an expression."""
+    constant = node.get("A_Const") if isinstance(node, dict) else None
+    if not isinstance(constant, dict):
+        return False
+    if "boolval" in constant:
+        return bool(constant["boolval"].get("boolval"))
+    text = constant.get("sval", {}).get("sval")
+    return isinstance(text, str) and text.strip().lower() in _TRUE_WORDS
 
 
 def _kind(node_type: str, fields: Fields) -> Kind:

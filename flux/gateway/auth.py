@@ -50,7 +50,7 @@ def _find_key(conn: Any, key_hash: bytes) -> Caller | None:
     """Who a live key makes its caller (None for an unknown or revoked key)."""
     row = db.execute_raw(
         conn,
-        "SELECT role, tenant_id::text, claims, prefix FROM flux.api_keys"
+        "SELECT role, tenant_id::pg_catalog.text, claims, prefix FROM flux.api_keys"
         " WHERE key_hash = $1 AND revoked_at IS NULL",
         [key_hash],
     )

@@ -61,7 +61,9 @@ class RateLimiter:
 
 
 def _tenant_limit(conn: Any, tenant_id: str) -> Limit | None:
-    row = db.execute_raw(conn, "SELECT rate_per_s, burst FROM flux.tenants WHERE id = $1::uuid", [tenant_id])
+    row = db.execute_raw(
+        conn, "SELECT rate_per_s, burst FROM flux.tenants WHERE id = $1::pg_catalog.uuid", [tenant_id]
+    )
     if row is None or row[0] is None:
         return None
     return Limit(f"tenant:{tenant_id}", row[1], row[0])
@@ -73,7 +75,8 @@ def take(conn: Any, limits: list[Limit]) -> Decision | None:
         return None
     rows = db.execute_rows(
         conn,
-        "SELECT t.allowed, t.remaining, t.retry_after_s FROM unnest($1::text[], $2::float8[], $3::float8[])"
+        "SELECT t.allowed, t.remaining, t.retry_after_s"
+        " FROM unnest($1::pg_catalog.text[], $2::pg_catalog.float8[], $3::pg_catalog.float8[])"
         " WITH ORDINALITY AS l(bucket, burst, rate, n), LATERAL flux.take_token(l.bucket, l.burst, l.rate) t"
         " ORDER BY l.n",
         [

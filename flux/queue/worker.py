@@ -239,7 +239,8 @@ class QueueWorker:
             self._fail(conn, job, None, exc)
             return
         done = Statement(
-            b"SELECT flux.complete_job($1::bigint, $2::text, $3::int, $4::uuid)",
+            b"SELECT flux.complete_job($1::pg_catalog.int8, $2::pg_catalog.text, $3::pg_catalog.int4,"
+            b" $4::pg_catalog.uuid)",
             [job.id, self.name, job.attempt, request_id],
         )
         request = {
@@ -271,7 +272,7 @@ class QueueWorker:
     def _fail(self, conn: Any, job: Claimed, request_id: str | None, error: FluxError) -> None:
         row = db.execute_raw(
             conn,
-            "SELECT flux.fail_job($1, $2, $3, $4, $5::jsonb, $6)",
+            "SELECT flux.fail_job($1, $2, $3, $4, $5::pg_catalog.jsonb, $6)",
             [
                 job.id,
                 self.name,

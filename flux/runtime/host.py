@@ -112,6 +112,9 @@ class Host:
             raise InvalidHostCall("db.sql params are a list, bound to $1, $2, ...")
         statement = inspect_raw_sql(args["sql"])
         writes = statement.kind != "read"
+        # What it runs may reach past the request's transaction (a function of the project's that runs text):
+        # Flux trusts the session no more until the request ends, and then resets it.
+        db.distrust_session(self.conn)
         with self.database_work(writes=writes):
             result = run_statement(self.conn, statement, params, self.role)  # type: ignore[arg-type]
         self.wrote |= writes

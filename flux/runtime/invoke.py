@@ -158,6 +158,7 @@ def invoke(
         else:
             statements = recorder.statements(row)
             transaction.commit([*statements, commit_with] if commit_with else statements, durable=host.wrote)
+        db.reset_session(conn)  # after raw SQL only: the next request finds the session as Flux left it
         return Outcome(request_id, response)
     except FluxError as exc:
         error = exc
@@ -168,5 +169,8 @@ def invoke(
         recorder.finish(span, error=error)
     row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
     row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
-    recorder.write(conn, row)
+    try:
+        recorder.write(conn, row)
+    finally:
+        db.reset_session(conn)
     return Outcome(request_id, error_response(error, request_id), error)

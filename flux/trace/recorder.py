@@ -29,6 +29,7 @@ Json = Any
 # array of its values by position (Postgres parses no keys: a tenth of its work on a record when they were
 # objects). It is prepared once per connection, and no value is ever in its text. `started_us` (µs since the
 # epoch) becomes `started_at`. A value that is never null is cast from jsonb directly, with no text between.
+# Every type is named with its schema: a request may leave a type named `uuid` in pg_temp, found first.
 # No RETURNING: the role that writes records (flux_authenticator) may insert them but not read them back.
 _REQUEST_COLUMNS = (
     "id", "tenant_id", "kind", "method", "path", "route_id", "function", "deployment_id", "code_sha",
@@ -40,22 +41,24 @@ WITH request AS (
     INSERT INTO flux.requests (id, tenant_id, kind, method, path, route_id, function, deployment_id, code_sha,
                                status, ok, started_at, duration_us, input, output, error, trace_id,
                                parent_request_id, replay_of)
-    SELECT (r->>0)::uuid, (r->>1)::uuid, r->>2, r->>3, r->>4, (r->>5)::bigint, r->>6, (r->>7)::bigint,
-           r->>8, (r->>9)::int, (r->10)::boolean,
-           'epoch'::timestamptz + (r->11)::bigint * interval '1 microsecond', (r->>12)::bigint,
-           NULLIF(r->13, 'null'), NULLIF(r->14, 'null'), NULLIF(r->15, 'null'), r->>16, (r->>17)::uuid,
-           (r->>18)::uuid
-      FROM jsonb_array_elements($1::jsonb) AS r
+    SELECT (r->>0)::pg_catalog.uuid, (r->>1)::pg_catalog.uuid, r->>2, r->>3, r->>4, (r->>5)::pg_catalog.int8,
+           r->>6, (r->>7)::pg_catalog.int8, r->>8, (r->>9)::pg_catalog.int4, (r->10)::pg_catalog.bool,
+           'epoch'::pg_catalog.timestamptz + (r->11)::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval,
+           (r->>12)::pg_catalog.int8, NULLIF(r->13, 'null'), NULLIF(r->14, 'null'), NULLIF(r->15, 'null'),
+           r->>16, (r->>17)::pg_catalog.uuid, (r->>18)::pg_catalog.uuid
+      FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) AS r
 )
 INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
                         duration_us, ok, attributes, input, output, error)
-SELECT (s->>0)::uuid, (s->1)::int, s->>2, (s->>3)::int, (s->>4)::uuid, s->>5, s->>6,
-       'epoch'::timestamptz + (s->7)::bigint * interval '1 microsecond', (s->>8)::bigint, (s->9)::boolean,
+SELECT (s->>0)::pg_catalog.uuid, (s->1)::pg_catalog.int4, s->>2, (s->>3)::pg_catalog.int4,
+       (s->>4)::pg_catalog.uuid, s->>5, s->>6,
+       'epoch'::pg_catalog.timestamptz + (s->7)::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval,
+       (s->>8)::pg_catalog.int8, (s->9)::pg_catalog.bool,
        NULLIF(s->10, 'null'), NULLIF(s->11, 'null'), NULLIF(s->12, 'null'), NULLIF(s->13, 'null')
-  FROM jsonb_array_elements($2::jsonb) AS s
+  FROM pg_catalog.jsonb_array_elements($2::pg_catalog.jsonb) AS s
 """
 # A statement trigger did this before, at the cost of keeping every inserted row in a transition table.
-_ANNOUNCE = b"SELECT flux.announce_requests($1::uuid[])"
+_ANNOUNCE = b"SELECT flux.announce_requests($1::pg_catalog.uuid[])"
 # What a request row's text may hold that a secret could be in (its ids, codes and numbers are Flux's own).
 _SCRUBBED_COLUMNS = ("method", "path", "function", "input", "output", "error")
 

@@ -141,18 +141,14 @@ CLASSIFIED = [
         "sql:comment(public.orders)",
         ("public.orders",),
     ),
-    ("CREATE FUNCTION one() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$", "ddl", "sql:create_function", ()),
     ("CREATE SCHEMA shop", "ddl", "sql:create_schema", ()),
     ("CREATE SEQUENCE order_numbers", "ddl", "sql:create_sequence(order_numbers)", ("order_numbers",)),
-    ("CREATE EXTENSION pgcrypto", "ddl", "sql:create_extension", ()),
     # other
-    ("SET search_path = shop, public", "other", "sql:set", ()),
+    ("SET LOCAL search_path = shop, public", "other", "sql:set", ()),
+    ("SELECT set_config('search_path', 'shop', true)", "read", "sql:select", ()),
     ("SET LOCAL statement_timeout = '1s'", "other", "sql:set", ()),
     ("RESET search_path", "other", "sql:reset", ()),
-    ("COPY orders TO STDOUT", "other", "sql:copy(orders)", ("orders",)),
-    ("COPY orders FROM STDIN", "other", "sql:copy(orders)", ("orders",)),
     ("CALL settle(1)", "other", "sql:call", ()),
-    ("LISTEN orders", "other", "sql:listen", ()),
     ("NOTIFY orders, 'paid'", "other", "sql:notify", ()),
     ("LOCK TABLE orders IN SHARE MODE", "other", "sql:lock(orders)", ("orders",)),
     ("VACUUM orders", "other", "sql:vacuum(orders)", ("orders",)),
@@ -494,3 +490,106 @@ def test_an_aggregate_may_not_call_set_config_under_its_own_name(sql: str) -> No
 )
 def test_their_harmless_relatives_are_not(sql: str) -> None:
     assert inspect_raw_sql(sql).kind in ("read", "ddl")
+
+
+# --- what would outlive the request on its pooled connection, or run code no check here sees ----------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config('default_transaction_read_only', 'on', false)",
+        "SELECT set_config('search_path', 'pg_catalog', false)",
+        "SELECT pg_catalog.set_config('statement_timeout', '0', 'off')",
+        "SELECT set_config('work_mem', '1GB', 'f')",
+        "SELECT set_config('search_path', 'x', 1 = 1)",  # computed: may be false
+        "SELECT set_config('search_path', 'x', $1)",
+        "SELECT set_config('search_path', 'x', NOT false)",
+        "SELECT set_config('search_path', 'x', true::boolean)",
+        "SELECT set_config('search_path', 'x')",
+        "SELECT * FROM orders WHERE set_config('datestyle', 'SQL', false) IS NOT NULL",
+        "CREATE VIEW v AS SELECT set_config('search_path', 'x', false)",
+        "CREATE DOMAIN pg_temp.uuid AS uuid CHECK (set_config('search_path', 'x', false) IS NOT NULL)",
+    ],
+)
+def test_set_config_for_the_session_is_refused(sql: str) -> None:
+    with pytest.raises(InvalidRawSql, match="only for the request's transaction") as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details["function"] == "set_config"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config(setting_name => 'search_path', new_value => 'x', is_local => false)",
+        "SELECT set_config('search' || '_path', 'x', true)",
+        "SELECT set_config(current_setting('x.name'), 'x', true)",
+    ],
+)
+def test_set_config_with_a_computed_or_named_setting_is_refused(sql: str) -> None:
+    with pytest.raises(InvalidRawSql, match="literal setting name"):
+        inspect_raw_sql(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config('search_path', 'x', true)",
+        "SELECT pg_catalog.set_config('work_mem', '64MB', 'on')",
+        "SELECT set_config('datestyle', 'SQL', 'true')",
+    ],
+)
+def test_set_config_for_the_transaction_is_allowed(sql: str) -> None:
+    assert inspect_raw_sql(sql).kind == "read"
+
+
+@pytest.mark.parametrize(
+    ("sql", "setting"),
+    [
+        ("SET search_path = pg_catalog", "search_path"),
+        ("SET SESSION search_path TO public", "search_path"),
+        ("SET default_transaction_read_only = on", "default_transaction_read_only"),
+        ("SET TIME ZONE 'UTC'", "timezone"),
+        ("SET statement_timeout TO DEFAULT", "statement_timeout"),
+        ("SET work_mem FROM CURRENT", "work_mem"),
+    ],
+)
+def test_a_session_wide_set_is_refused(sql: str, setting: str) -> None:
+    with pytest.raises(InvalidRawSql, match="use SET LOCAL") as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details == {"setting": setting}
+
+
+@pytest.mark.parametrize(
+    ("sql", "statement"),
+    [
+        ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$", "CREATE FUNCTION"),
+        (
+            "CREATE OR REPLACE FUNCTION f() RETURNS void LANGUAGE plpgsql AS"
+            " $$ BEGIN EXECUTE 'PREPARE flux_1 AS SELECT 1'; END $$",
+            "CREATE FUNCTION",
+        ),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END", "CREATE FUNCTION"),
+        ("CREATE PROCEDURE p() LANGUAGE sql AS $$ SELECT 1 $$", "CREATE PROCEDURE"),
+        ("CREATE EXTENSION pgcrypto", "CREATE EXTENSION"),
+        ("CREATE LANGUAGE plsample HANDLER plsample_call_handler", "CREATE LANGUAGE"),
+        ("COPY orders TO STDOUT", "COPY TO STDOUT"),
+        ("COPY (SELECT 1) TO STDOUT", "COPY TO STDOUT"),
+        ("COPY orders FROM STDIN", "COPY FROM STDIN"),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE WITH HOLD"),
+        ("LISTEN orders", "LISTEN"),
+        ("UNLISTEN *", "UNLISTEN"),
+        ("LOAD 'auto_explain'", "LOAD"),
+    ],
+)
+def test_statements_that_make_code_or_outlive_the_request_are_refused(sql: str, statement: str) -> None:
+    with pytest.raises(InvalidRawSql) as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.code == "FX120"
+    assert caught.value.details == {"statement": statement}
+
+
+def test_setseed_is_refused_and_a_cursor_without_hold_is_not() -> None:
+    with pytest.raises(InvalidRawSql, match="random seed"):
+        inspect_raw_sql("SELECT setseed(0.5)")
+    assert inspect_raw_sql("DECLARE c CURSOR FOR SELECT 1").kind == "other"

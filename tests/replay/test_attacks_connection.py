@@ -18,7 +18,9 @@ from flux.replay import Replay, ReplayResult, built_code, replay_request
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
-from tests.fixtures.runtime import ts
+from tests.fixtures.runtime import planted, ts
+
+pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
 
 LOCAL = FetchPolicy(allow=("127.0.0.1",))
 MODES = ["live", "as-of"]
@@ -79,14 +81,16 @@ def test_a_replayed_function_that_ends_its_session_ends_its_replay_with_a_verdic
 # that asks for it (flux.lock_job_key takes transaction locks on job keys).
 LOCKER = ts(
     "locker",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.hold() RETURNS void LANGUAGE sql
                     AS $$ SELECT pg_catalog.pg_advisory_lock(4242) $$`, []);
   await ctx.db.sql("SELECT pg_temp.hold()", []);
   return { ok: true };
 }
-""",
+"""
+    ),
 )
 
 
@@ -143,7 +147,11 @@ def test_settings_a_replayed_run_changed_do_not_hold_for_reading_its_writes_back
 
 # --- the same leftovers from a request the gateway runs (not a replay): its connection serves the next one
 
-MOVER = ts("mover", 'export default async (req, ctx) => ctx.db.sql("SET search_path = pg_catalog", []);')
+MOVER = ts(
+    "mover",
+    """export default async (req, ctx) =>
+  ctx.db.sql("SELECT public.run_text('SET search_path = pg_catalog')", []);""",
+)
 RAW_WRITER = ts(
     "raw_writer",
     """export default async (req, ctx) =>
@@ -151,11 +159,6 @@ RAW_WRITER = ts(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raw SQL may SET a setting for the whole session (not only SET LOCAL), and nothing resets a"
-    " request connection between requests: see the report",
-)
 def test_a_session_wide_setting_a_request_made_does_not_hold_for_the_next_request_on_its_connection(
     runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:
@@ -163,11 +166,6 @@ def test_a_session_wide_setting_a_request_made_does_not_hold_for_the_next_reques
     on(runs_on, runtime, notes, RAW_WRITER)  # relation "notes" does not exist, on search_path pg_catalog
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raw SQL refuses pg_advisory_lock by name but not inside a function the request makes, and a"
-    " session lock outlives the request on its pooled connection: see the report",
-)
 def test_a_session_lock_a_request_took_is_not_left_on_its_connection(
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:

@@ -18,12 +18,15 @@ from flux.replay import Replay, ReplayResult, built_code, replay_request
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
-from tests.fixtures.runtime import ts
+from tests.fixtures.runtime import planted, ts
+
+pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
 
 # Puts `SELECT 1` under the name of every statement of Flux's that writes a request's record.
 HIDER = ts(
     "hider",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.hide() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -44,7 +47,8 @@ END $$`, []);
   await ctx.db.query({ insert: "notes", values: { body: "unrecorded" } });
   return hidden;
 }
-""",
+"""
+    ),
 )
 WRITER = ts(
     "writer",
@@ -58,11 +62,6 @@ def on(runs_on: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, fn:
     return outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request's function may PREPARE and DEALLOCATE (plpgsql's EXECUTE), and its prepared statements"
-    " outlive it on the gateway's connection: see the report",
-)
 def test_a_request_cannot_put_its_own_sql_under_the_name_of_a_statement_flux_prepared(
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:
@@ -102,7 +101,8 @@ def test_a_replayed_function_leaves_no_statement_of_its_own_under_a_name_flux_pr
 # Writes, then puts an empty answer under the name of the statement that reads a replay's writes back.
 FORGER = ts(
     "forger",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.query({ insert: "notes", values: { body: "kept" } });
   await ctx.db.sql(`CREATE FUNCTION pg_temp.forge() RETURNS integer LANGUAGE plpgsql AS $$
@@ -121,7 +121,8 @@ END $$`, []);
   await ctx.db.sql("SELECT pg_temp.forge() AS n", []);
   return { ok: true };
 }
-""",
+"""
+    ),
 )
 
 
@@ -139,7 +140,8 @@ def test_a_replayed_function_cannot_answer_for_the_statement_that_reads_its_writ
 # connection runs as flux_service, whoever called it.
 PROMOTER = ts(
     "promoter",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.promote() RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -160,18 +162,14 @@ END $$`, []);
   const { rows: [promoted] } = await ctx.db.sql("SELECT pg_temp.promote() AS n", []);
   return promoted;
 }
-""",
+"""
+    ),
 )
 READER = ts(
     "reader", "export default async (req, ctx) => ctx.db.query({ select: 'notes', columns: ['body'] });"
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request's function may PREPARE and DEALLOCATE (plpgsql's EXECUTE), and its prepared statements"
-    " outlive it on the gateway's connection: see the report",
-)
 def test_a_request_cannot_set_the_role_of_the_requests_after_it_on_its_connection(
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:

@@ -19,7 +19,9 @@ from flux.replay import Replay, ReplayResult, built_code, replay_request
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
-from tests.fixtures.runtime import ts
+from tests.fixtures.runtime import planted, ts
+
+pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
 
 LOCAL = FetchPolicy(allow=("127.0.0.1",))
 
@@ -32,7 +34,8 @@ OWNER_ONLY = "CREATE SEQUENCE public.owner_only;"
 # request's role or the connection's login, and lets everything else through.
 PLANT = ts(
     "plant",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.evil() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
@@ -47,7 +50,8 @@ END $$`, []);
   await ctx.db.sql("CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (pg_temp.evil())", []);
   return { planted: true };
 }
-""",
+"""
+    ),
 )
 WRITER = ts(
     "writer",
@@ -136,7 +140,8 @@ ALTER TABLE notes ADD CONSTRAINT notes_body_known CHECK (public.is_known(body));
 """
 SHADOW = ts(
     "shadow",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.evil() RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
@@ -148,7 +153,8 @@ END $$`, []);
   await ctx.db.sql("CREATE VIEW pg_temp.known AS SELECT e AS body FROM pg_temp.evil() AS e", []);
   return { planted: true };
 }
-""",
+"""
+    ),
 )
 EDITOR = ts(
     "editor",
@@ -183,7 +189,8 @@ RAW_WRITER = ts(
 )
 MOVER = ts(
     "mover",
-    'export default async (req, ctx) => ctx.db.sql("SET search_path = pg_catalog", []);',
+    """export default async (req, ctx) =>
+  ctx.db.sql("SELECT public.run_text('SET search_path = pg_catalog')", []);""",
 )
 
 
@@ -211,33 +218,28 @@ def test_a_search_path_an_earlier_request_left_on_its_connection_is_not_the_repl
 # flux.secrets and write any request's record, and which no request role may become.
 LOOTER = ts(
     "looter",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
-  await ctx.db.sql("CREATE TEMP TABLE loot (who text, keys bigint)", []);
-  await ctx.db.sql("GRANT INSERT, SELECT ON loot TO PUBLIC", []);
   await ctx.db.sql(`CREATE FUNCTION pg_temp.loot() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
   IF current_user = 'flux_authenticator' THEN
-    INSERT INTO pg_temp.loot SELECT current_user, count(*) FROM flux.api_keys;
+    INSERT INTO public.loot SELECT current_user, count(*) FROM flux.api_keys;
   END IF;
   RETURN true;
 END $$`, []);
   await ctx.db.sql("CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.loot())", []);
   return { planted: true };
 }
-""",
+"""
+    ),
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's own statements on request connections resolve type names with pg_temp first: see"
-    " the report (qualify them with pg_catalog, or give request connections search_path = public, pg_temp,"
-    " and clear what a request leaves in its session)",
-)
 def test_a_type_a_request_left_in_pg_temp_runs_nothing_as_the_connections_login(
     conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
 ) -> None:
-    on(runs_on, runtime, notes, LOOTER)
+    conn.execute("CREATE TABLE public.loot (who text, keys bigint); GRANT INSERT ON public.loot TO PUBLIC")
+    on(runs_on, runtime, notes, LOOTER)  # its own record, on the domain it just made
     on(runs_on, runtime, notes, WRITER)  # the next request on that connection, and its record
-    assert runs_on.execute("SELECT count(*) FROM pg_temp.loot").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM public.loot").fetchone() == (0,)

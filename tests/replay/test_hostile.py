@@ -17,7 +17,9 @@ from flux.replay import Replay, ReplayResult, built_code, replay_request
 from flux.runtime import Caller, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
-from tests.fixtures.runtime import ts
+from tests.fixtures.runtime import planted, ts
+
+pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
 
 LOCAL = FetchPolicy(allow=("127.0.0.1",))
 MODES = ["recorded", "live", "as-of"]
@@ -41,7 +43,8 @@ def why(result: ReplayResult) -> Any:
 
 ESCAPE = ts(
     "escape",
-    """
+    planted(
+        """
 export default async function (req, ctx) {
   await ctx.db.sql(`CREATE FUNCTION pg_temp.esc() RETURNS text LANGUAGE sql
                     AS $$ SELECT set_config('role', 'none', true) $$`, []);
@@ -51,7 +54,8 @@ export default async function (req, ctx) {
   try { await ctx.db.sql("INSERT INTO notes (body) VALUES ('after the escape')", []); } catch (e) {}
   return { caught };
 }
-""",
+"""
+    ),
 )
 
 
