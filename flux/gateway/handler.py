@@ -42,6 +42,7 @@ from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, invoke
 from flux.runtime.response import Response, error_response
 from flux.runtime.secrets import SecretCache
+from flux.trace.inflight import InFlight
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 
@@ -67,6 +68,8 @@ class Gateway:
     records: RecordWriter  # writes the records of requests that changed no data, off the request path
     secrets: SecretCache
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
+    # the requests this worker serves now, which the master records as lost if the worker dies (gunicorn only)
+    inflight: InFlight | None = None
 
     def __post_init__(self) -> None:
         self._executor = WithBuiltins(self.executor)
@@ -85,6 +88,18 @@ class Gateway:
         self._listener.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        if self.inflight is None:
+            self._serve(req, resp)
+            return
+        try:
+            self._serve(req, resp)
+        except Exception:
+            self.inflight.end()
+            raise
+        # Not on SystemExit: that is gunicorn's timeout ending the worker, and the master records the request.
+        self.inflight.end()
+
+    def _serve(self, req: falcon.Request, resp: falcon.Response) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
         headers = _headers(req.env)
         trace = continue_trace(headers.get("traceparent"), request_id)
@@ -98,6 +113,8 @@ class Gateway:
         })  # fmt: skip
         decisions: dict[str, Json] = {}
         record: dict[str, Json] = {"trace_id": trace.trace_id, "method": method, "path": path}
+        if self.inflight is not None:
+            self.inflight.begin({"id": request_id, "kind": "http", "started_us": started_us, **record})
         with self._connections.connection() as conn:
             try:
                 if _is_preflight(req, headers):
@@ -136,6 +153,12 @@ class Gateway:
                 self._refuse(req, resp, refused, recorder, span, record, started_us, clock)
                 return
             recorder.finish(span, output=decisions)
+            if self.inflight is not None:  # what the record of a request lost in its function can say
+                self.inflight.begin({
+                    "id": request_id, "kind": "http", "started_us": started_us, "tenant_id": caller.tenant_id,
+                    "function": function.name, "deployment_id": function.deployment_id,
+                    "code_sha": function.sha256, **record,
+                })  # fmt: skip
             request = {
                 "method": method, "path": path, "params": params, "query": dict(req.params),
                 "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
