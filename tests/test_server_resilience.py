@@ -36,10 +36,18 @@ method = "POST"
 path = "/spin"
 function = "spin"
 auth = "none"
+
+[[routes]]
+method = "POST"
+path = "/read-then-wait"
+function = "read_then_wait"
+auth = "none"
 """
 FUNCTIONS = {
     "hello": "export default async () => ({hello: 'you'})",
     "spin": "export default async (req, ctx) => { ctx.log('spinning'); for (;;) {} }",
+    "read_then_wait": "export default async (req, ctx) => {"
+    " await ctx.db.query({select: 'notes'}); await ctx.fetch(req.body.url); return {done: true}; }",
 }
 SLOW_CLIENTS = 10
 
@@ -49,10 +57,16 @@ def server(
     dsn: str, project_dir: Path, flux_env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     (project_dir / "flux.toml").write_text(FLUX_TOML)
+    (project_dir / "migrations").mkdir()
+    (project_dir / "migrations" / "0001_notes.sql").write_text(
+        "CREATE TABLE notes (id serial PRIMARY KEY, body text);\nGRANT SELECT ON notes TO flux_anon;\n"
+    )
     for name, source in FUNCTIONS.items():
         (project_dir / "functions" / name).mkdir(parents=True)
         (project_dir / "functions" / name / "index.ts").write_text(source)
-    with flux_server(project_dir, {**flux_env, "DATABASE_URL": dsn}) as served:
+    with flux_server(
+        project_dir, {**flux_env, "DATABASE_URL": dsn, "FLUX_FETCH_ALLOW": "127.0.0.1"}
+    ) as served:
         yield served
 
 
@@ -167,6 +181,40 @@ def test_a_worker_killed_mid_request_leaves_a_lost_record(
     (line,) = [line for line in listed.stdout.splitlines() if str(request_id)[:8] in line]
     assert "POST /spin" in line and "500" in line and "FX815" in line, listed.stdout
     assert call_json(f"{base}/hello")[0] == 200  # the master started a new worker
+
+
+def test_a_request_whose_connection_was_terminated_is_recorded(
+    server: tuple[str, Any], dsn: str, local_server: str
+) -> None:
+    """Postgres ends the request's connection while its function waits (an operator's pg_terminate_backend, a
+    restart): the client gets its error, and the request is recorded all the same, on another connection."""
+    base, _ = server
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(
+        call_json(f"{base}/read-then-wait", "POST", {"url": f"{local_server}/sleep/2"})
+    ))  # fmt: skip
+    caller.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        terminated = 0
+        while not terminated:  # the function has read, and waits on its fetch in the open transaction
+            assert time.monotonic() < deadline, "the function never read"
+            terminated = len(conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE usename = 'flux_authenticator' AND state = 'idle in transaction'"
+                " AND query LIKE '%notes%'"
+            ).fetchall())  # fmt: skip
+            time.sleep(0.05)
+        caller.join(timeout=30)
+        status, headers, body = answers[0]
+        assert status >= 500 and body["request_id"] == headers["x-request-id"], answers
+        deadline = time.monotonic() + 15
+        while (row := conn.execute(
+            "SELECT ok, status, error->>'code' FROM flux.requests WHERE id = %s", (headers["x-request-id"],)
+        ).fetchone()) is None:  # fmt: skip
+            assert time.monotonic() < deadline, f"the request was not recorded: {answers}"
+            time.sleep(0.1)
+    assert row == (False, status, body["code"])
 
 
 def _gunicorn_workers(master: int) -> list[int]:

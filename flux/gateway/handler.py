@@ -22,6 +22,7 @@ from flux.data.request import require_query_object
 from flux.errors import (
     BodyTooDeep,
     FluxError,
+    InternalError,
     MalformedBody,
     MethodNotAllowed,
     NotFound,
@@ -88,16 +89,19 @@ class Gateway:
         self._listener.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
-        if self.inflight is None:
-            self._serve(req, resp)
-            return
         try:
             self._serve(req, resp)
-        except Exception:
-            self.inflight.end()
-            raise
+        except Exception as exc:  # no connection, no catalog, no record written: recorded all the same
+            error = db.as_flux_error(exc)
+            self._record_failure(req, error)
+            if self.inflight is not None:
+                self.inflight.end()
+            if isinstance(error, InternalError) or error is exc:
+                raise
+            raise error from exc  # a driver's or the pool's error, answered with its FX code (FX801)
         # Not on SystemExit: that is gunicorn's timeout ending the worker, and the master records the request.
-        self.inflight.end()
+        if self.inflight is not None:
+            self.inflight.end()
 
     def _serve(self, req: falcon.Request, resp: falcon.Response) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
@@ -113,6 +117,7 @@ class Gateway:
         })  # fmt: skip
         decisions: dict[str, Json] = {}
         record: dict[str, Json] = {"trace_id": trace.trace_id, "method": method, "path": path}
+        req.context["flux.unrecorded"] = (recorder, span, record, started_us, clock)
         if self.inflight is not None:
             self.inflight.begin({"id": request_id, "kind": "http", "started_us": started_us, **record})
         with self._connections.connection() as conn:
@@ -227,6 +232,20 @@ class Gateway:
         if isinstance(refused, MethodNotAllowed):
             resp.set_header("allow", ", ".join(refused.details["allow"]))
         _respond(resp, error_response(refused, recorder.request_id))
+
+    def _record_failure(self, req: falcon.Request, error: FluxError) -> None:
+        """Record a request that failed where nothing records it (every exception `_serve` lets out)."""
+        unrecorded = req.context.get("flux.unrecorded")
+        if unrecorded is None:
+            return
+        recorder, span, record, started_us, clock = unrecorded
+        if span.duration_us is None:
+            recorder.finish(span, error=error)
+        record |= {"ok": False, "status": error.http_status, "error": error_record(error)}
+        try:
+            self._record(recorder, record, started_us, clock)
+        except Exception:  # the writer is closed (the worker is stopping): the answer matters more
+            return
 
     def _record(self, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
         """Record a request the gateway answered alone (it changed no data: written off the request path)."""

@@ -163,7 +163,11 @@ def invoke(
         error = exc
     except Exception as exc:  # a bug in Flux: still recorded, answered as FX900
         error = db.as_flux_error(exc)
-    transaction.rollback()
+    try:
+        transaction.rollback()
+    except FluxError:
+        if not conn.closed:
+            raise  # a connection that died took its transaction with it: nothing to undo
     if span is not None and span.duration_us is None:
         recorder.finish(span, error=error)
     row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
