@@ -83,8 +83,9 @@ def _p99(samples: list[float]) -> float:
 
 
 def test_slow_clients_do_not_stall_the_server(server: tuple[str, Any]) -> None:
-    """Ten connections dribbling their headers, one line every half second, while /health and a function are
-    measured: both still answer within 100 ms p99 (gunicorn's sync worker had answered /health in 31 s)."""
+    """Ten slow connections, five dribbling their headers (a line every half second) and five their bodies (a
+    byte every half second), while /health and a function are measured: both still answer within 100 ms p99
+    (gunicorn's sync worker had answered /health in 31 s)."""
     base, _ = server
     port = int(base.rsplit(":", 1)[1])
     for _ in range(10):  # both workers' Deno processes warm
@@ -92,14 +93,21 @@ def test_slow_clients_do_not_stall_the_server(server: tuple[str, Any]) -> None:
     stop = threading.Event()
     slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(SLOW_CLIENTS)]
 
+    heads, bodies = slow[: SLOW_CLIENTS // 2], slow[SLOW_CLIENTS // 2 :]
+    sent = 0
+
     def dribble() -> None:
-        for conn in slow:
+        nonlocal sent
+        for conn in heads:
             conn.sendall(b"GET /health HTTP/1.1\r\nhost: localhost\r\n")
-        line = 0
+        for conn in bodies:
+            conn.sendall(b"POST /hello HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100\r\n\r\n")
         while not stop.wait(0.5):
-            line += 1
-            for conn in slow:
-                conn.sendall(f"x-slow-{line}: {'a' * 10}\r\n".encode())
+            sent += 1
+            for conn in heads:
+                conn.sendall(f"x-slow-{sent}: {'a' * 10}\r\n".encode())
+            for conn in bodies:
+                conn.sendall(b"a")
 
     dribbler = threading.Thread(target=dribble)
     dribbler.start()
@@ -113,12 +121,17 @@ def test_slow_clients_do_not_stall_the_server(server: tuple[str, Any]) -> None:
     try:
         assert _p99(health) < 0.1, sorted(health)[-5:]
         assert _p99(function) < 0.1, sorted(function)[-5:]
-        # the slow connections were parked, not dropped: each still gets its answer once its head ends
-        for conn in slow:
+        # the slow connections were parked, not dropped: each still gets its answer once its request ends
+        for conn in heads:
             conn.sendall(b"\r\n")
-        for conn in slow:
+        for conn in bodies:
+            conn.sendall(b"a" * (100 - sent))
+        for conn in heads:
             conn.settimeout(5)
             assert conn.recv(64).startswith(b"HTTP/1.1 200"), "a slow client was not served"
+        for conn in bodies:  # served: a POST of a GET route is refused
+            conn.settimeout(5)
+            assert conn.recv(64).startswith(b"HTTP/1.1 405"), "a slow body was not served"
     finally:
         for conn in slow:
             conn.close()
