@@ -1,6 +1,8 @@
 """The gateway's Falcon sink: every request that is not /health or /ready comes here, gets its request id,
 passes route, CORS, body, auth and rate-limit checks (each decision kept in the `gateway` span), and runs its
-function as one recorded transaction. A request refused before its function runs is recorded too.
+function as one recorded transaction. A request refused before its function runs is recorded too, and so is
+one that fails where nothing else records it (no connection to be had); a request whose worker dies is
+recorded by the master, from the row the gateway keeps in `inflight` while it serves it (FX815).
 
 `POST /db/query` and `POST /db/explain` are built in: the body is a JSON query, run (or explained) under the
 caller's role and claims like any `ctx.db.query`.
