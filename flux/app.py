@@ -27,6 +27,7 @@ from flux.runtime import Runtime, project_cache
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.functions import DeployedFunctions
 from flux.runtime.secrets import SecretCache
+from flux.trace.inflight import InFlight
 from flux.trace.writer import RecordWriter
 
 WsgiApp = falcon.App[falcon.Request, falcon.Response]
@@ -124,7 +125,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     return app
 
 
-def create_gateway(settings: Settings, dsn: str) -> Gateway:
+def create_gateway(settings: Settings, dsn: str, inflight: InFlight | None = None) -> Gateway:
     """One worker's gateway: request connections as flux_authenticator, and caches that follow NOTIFY."""
     request_dsn = db.request_dsn(dsn)
     # A worker serves `threads` requests at a time and writes records from one thread; two more to spare.
@@ -144,12 +145,15 @@ def create_gateway(settings: Settings, dsn: str) -> Gateway:
         data_limits=Limits(
             max_answer_rows=settings.max_answer_rows, max_answer_bytes=settings.max_answer_bytes
         ),
+        inflight=inflight,
     )
     gateway.listen(request_dsn)
     return gateway
 
 
-def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> WsgiApp:
+def create_wsgi(
+    settings: Settings | None = None, dsn: str | None = None, inflight: InFlight | None = None
+) -> WsgiApp:
     """Gunicorn entry point (`gunicorn 'flux.app:create_wsgi()'`): settings from the environment."""
     settings = settings or load_settings()
     dsn = dsn or settings.database_url
@@ -161,4 +165,4 @@ def create_wsgi(settings: Settings | None = None, dsn: str | None = None) -> Wsg
     pool = create_pool(dsn, max_size=2)
     pool.open(wait=False)
     MaintenanceLoop(pool).start()
-    return create_app(settings, pool, create_gateway(settings, dsn))
+    return create_app(settings, pool, create_gateway(settings, dsn, inflight))

@@ -615,6 +615,12 @@ class DatabaseNotMigrated(FluxError):
     title = "the database lacks Flux's migrations"
 
 
+class RequestLost(FluxError):
+    code = "FX815"
+    http_status = 500
+    title = "the worker serving the request died before it finished"
+
+
 # -- FX9xx internal -------------------------------------------------------------------------------------
 
 

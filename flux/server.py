@@ -8,6 +8,7 @@ a failed boot, or any error.
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import os
@@ -28,6 +29,7 @@ from flux.config import Settings
 from flux.devloop import ACCESS_FORMAT, ProjectWatcher, let_go_in_fork
 from flux.errors import InvalidConfig, PortInUse
 from flux.postgres import EmbeddedPostgres
+from flux.trace.inflight import InFlight, record_lost
 
 log = logging.getLogger("flux.server")
 
@@ -92,6 +94,11 @@ def terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# `sync` is gunicorn's sync worker behind a loop that reads each request before it takes the worker, so slow
+# or idle connections cannot stall the server (flux/httpworker.py).
+WORKER_CLASSES = {"sync": "flux.httpworker.FluxSyncWorker", "gthread": "gthread"}
+
+
 class _GracefulArbiter(Arbiter):  # type: ignore[misc]
     """Ctrl-C stops as gently as SIGTERM: workers finish their in-flight requests (up to graceful_timeout)."""
 
@@ -116,6 +123,37 @@ def _after_dev_fork(then: Any) -> Any:
     return post_fork
 
 
+# This worker process's requests in flight, shared with the master (set after the fork, read by `load`).
+_worker_inflight: InFlight | None = None
+
+
+def _before_fork(arbiter: Any, worker: Any, *, pins: bool, slots: int) -> None:
+    """In the master: the memory where the worker about to fork keeps its requests in flight (and its CPU)."""
+    worker.flux_inflight = InFlight(slots)
+    if pins:
+        cpus.assign_cpu(arbiter, worker)
+
+
+def _after_fork(arbiter: Any, worker: Any, *, pins: bool) -> None:
+    global _worker_inflight
+    _worker_inflight = worker.flux_inflight
+    if pins:
+        cpus.pin_to_assigned_cpu(arbiter, worker)
+
+
+def _record_lost_requests(arbiter: Any, worker: Any, *, dsn: str) -> None:
+    """In the master, once a worker has exited: the requests it was serving are recorded as lost (FX815)."""
+    inflight: InFlight | None = getattr(worker, "flux_inflight", None)
+    if inflight is None:
+        return
+    try:
+        rows = inflight.take()
+    finally:
+        inflight.close()
+    if rows:
+        record_lost(dsn, rows, f"worker {worker.pid} exited")
+
+
 class FluxApplication(BaseApplication):  # type: ignore[misc]
     """Gunicorn configured from Settings; each worker builds its own app and connection pool after fork."""
 
@@ -129,7 +167,7 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
         config = {
             "bind": bind_address(self.settings.host, self.settings.port),
             "workers": self.settings.workers,
-            "worker_class": self.settings.worker_class,
+            "worker_class": WORKER_CLASSES[self.settings.worker_class],
             "threads": self.settings.threads,
             "reload": self.reload,
             "graceful_timeout": 10 if self.reload else 30,
@@ -139,8 +177,12 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
             "logger_class": "flux.devloop.DevAccessLog" if self.reload else None,
             "proc_name": "flux",
         }
-        if self._pins_workers():
-            config |= {"pre_fork": cpus.assign_cpu, "post_fork": cpus.pin_to_assigned_cpu}
+        pins = self._pins_workers()
+        config |= {
+            "pre_fork": functools.partial(_before_fork, pins=pins, slots=self.settings.threads + 1),
+            "post_fork": functools.partial(_after_fork, pins=pins),
+            "child_exit": functools.partial(_record_lost_requests, dsn=self.dsn),
+        }
         if self.reload:  # a worker forked after a dev replay lets go of its Deno and connection
             config["post_fork"] = _after_dev_fork(config.get("post_fork"))
         if "control_socket_disable" in self.cfg.settings:  # gunicorn 24+: one per master would collide
@@ -168,7 +210,7 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from flux.app import create_wsgi
 
-        app = create_wsgi(self.settings, self.dsn)
+        app = create_wsgi(self.settings, self.dsn, inflight=_worker_inflight)
         # What the worker loaded to serve (modules, compiled code, the first catalog) lives as long as it
         # does: frozen, the cycle collector no longer walks it. Its full collections had cost the worker
         # about 40 ms every few thousand requests (8 µs a request), a stall in the middle of one.

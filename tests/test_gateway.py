@@ -529,3 +529,24 @@ def test_the_gateway_reads_headers_as_falcon_does() -> None:
     headers = {"Authorization": "Bearer k", "X-Forwarded-For": "10.0.0.1", "Content-Type": "application/json"}
     environ = falcon.testing.create_environ(path="/x", body=b"{}", headers=headers)
     assert _headers(environ) == dict(falcon.Request(environ).headers_lower)
+
+
+def test_a_request_that_gets_no_connection_is_still_recorded(conn: Conn, client: GatewayClient) -> None:
+    """Issue 25: a request the gateway could not serve for want of a connection (here its pool is closed; in
+    production, Postgres down or every connection taken) still has its record, by the record writer."""
+    from flux import db
+
+    closed = db.create_pool(client.gateway.pool.conninfo, max_size=1)
+    closed.close()
+    served_by = client.gateway._connections
+    client.gateway._connections = db.HeldConnections(closed)
+    try:
+        result = client.simulate_get("/hello/ada")
+    finally:
+        client.gateway._connections = served_by
+    request_id = result.headers["x-request-id"]
+    assert result.status_code == 503 and result.json["request_id"] == request_id
+    assert result.json["code"] == "FX801"
+    request, spans = _record(conn, request_id)
+    assert request[:3] == (503, False, "FX801")
+    assert [(module, ok) for module, _, ok, _ in spans] == [("gateway", False)]

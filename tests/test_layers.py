@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # anything in a lower tier, never a higher one. Every module of flux/ must be named here.
 LAYERS: list[tuple[str, frozenset[str]]] = [
     ("cli", frozenset({"cli"})),
-    ("process", frozenset({"flux.app", "flux.server", "flux.devloop"})),  # host every module in one process
+    # host every module in one process
+    ("process", frozenset({"flux.app", "flux.server", "flux.devloop", "flux.httpworker"})),
     ("api", frozenset({"flux.api"})),
     ("replay", frozenset({"flux.replay"})),  # runs recorded requests again, as gateway and queue ran them
     ("gateway", frozenset({"flux.gateway"})),

@@ -201,7 +201,7 @@ def test_a_worker_freezes_what_it_loaded_to_serve(
     import flux.app
 
     loaded = object()
-    monkeypatch.setattr(flux.app, "create_wsgi", lambda settings, dsn: loaded)
+    monkeypatch.setattr(flux.app, "create_wsgi", lambda settings, dsn, inflight=None: loaded)
     gc.unfreeze()
     try:
         app = FluxApplication(Settings(project_dir=tmp_path), dsn, reload=False).load()

@@ -1,6 +1,8 @@
 """The gateway's Falcon sink: every request that is not /health or /ready comes here, gets its request id,
 passes route, CORS, body, auth and rate-limit checks (each decision kept in the `gateway` span), and runs its
-function as one recorded transaction. A request refused before its function runs is recorded too.
+function as one recorded transaction. A request refused before its function runs is recorded too, and so is
+one that fails where nothing else records it (no connection to be had); a request whose worker dies is
+recorded by the master, from the row the gateway keeps in `inflight` while it serves it (FX815).
 
 `POST /db/query` and `POST /db/explain` are built in: the body is a JSON query, run (or explained) under the
 caller's role and claims like any `ctx.db.query`.
@@ -22,6 +24,7 @@ from flux.data.request import require_query_object
 from flux.errors import (
     BodyTooDeep,
     FluxError,
+    InternalError,
     MalformedBody,
     MethodNotAllowed,
     NotFound,
@@ -42,6 +45,7 @@ from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, invoke
 from flux.runtime.response import Response, error_response
 from flux.runtime.secrets import SecretCache
+from flux.trace.inflight import InFlight
 from flux.trace.recorder import Recorder, error_record
 from flux.trace.writer import RecordWriter
 
@@ -68,6 +72,8 @@ class Gateway:
     secrets: SecretCache
     fetch_policy: FetchPolicy = dataclasses.field(default_factory=FetchPolicy)
     data_limits: Limits = dataclasses.field(default_factory=Limits)  # max_answer_rows and _bytes
+    # the requests this worker serves now, which the master records as lost if the worker dies (gunicorn only)
+    inflight: InFlight | None = None
 
     def __post_init__(self) -> None:
         self._executor = WithBuiltins(self.executor)
@@ -86,6 +92,21 @@ class Gateway:
         self._listener.start(dsn)
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: Any) -> None:
+        try:
+            self._serve(req, resp)
+        except Exception as exc:  # no connection, no catalog, no record written: recorded all the same
+            error = db.as_flux_error(exc)
+            self._record_failure(req, error)
+            if self.inflight is not None:
+                self.inflight.end()
+            if isinstance(error, InternalError) or error is exc:
+                raise
+            raise error from exc  # a driver's or the pool's error, answered with its FX code (FX801)
+        # Not on SystemExit: that is gunicorn's timeout ending the worker, and the master records the request.
+        if self.inflight is not None:
+            self.inflight.end()
+
+    def _serve(self, req: falcon.Request, resp: falcon.Response) -> None:
         request_id = req.context["request_id"] = req.env["flux.request_id"] = new_request_id()  # for logs too
         headers = _headers(req.env)
         trace = continue_trace(headers.get("traceparent"), request_id)
@@ -99,6 +120,9 @@ class Gateway:
         })  # fmt: skip
         decisions: dict[str, Json] = {}
         record: dict[str, Json] = {"trace_id": trace.trace_id, "method": method, "path": path}
+        req.context["flux.unrecorded"] = (recorder, span, record, started_us, clock)
+        if self.inflight is not None:
+            self.inflight.begin({"id": request_id, "kind": "http", "started_us": started_us, **record})
         with self._connections.connection() as conn:
             try:
                 if _is_preflight(req, headers):
@@ -137,6 +161,12 @@ class Gateway:
                 self._refuse(req, resp, refused, recorder, span, record, started_us, clock)
                 return
             recorder.finish(span, output=decisions)
+            if self.inflight is not None:  # what the record of a request lost in its function can say
+                self.inflight.begin({
+                    "id": request_id, "kind": "http", "started_us": started_us, "tenant_id": caller.tenant_id,
+                    "function": function.name, "deployment_id": function.deployment_id,
+                    "code_sha": function.sha256, **record,
+                })  # fmt: skip
             request = {
                 "method": method, "path": path, "params": params, "query": dict(req.params),
                 "headers": {k: v for k, v in headers.items() if k not in _HIDDEN_HEADERS},
@@ -206,6 +236,20 @@ class Gateway:
         if isinstance(refused, MethodNotAllowed):
             resp.set_header("allow", ", ".join(refused.details["allow"]))
         _respond(resp, error_response(refused, recorder.request_id))
+
+    def _record_failure(self, req: falcon.Request, error: FluxError) -> None:
+        """Record a request that failed where nothing records it (every exception `_serve` lets out)."""
+        unrecorded = req.context.get("flux.unrecorded")
+        if unrecorded is None:
+            return
+        recorder, span, record, started_us, clock = unrecorded
+        if span.duration_us is None:
+            recorder.finish(span, error=error)
+        record |= {"ok": False, "status": error.http_status, "error": error_record(error)}
+        try:
+            self._record(recorder, record, started_us, clock)
+        except Exception:  # the writer is closed (the worker is stopping): the answer matters more
+            return
 
     def _record(self, recorder: Recorder, record: dict[str, Json], started_us: int, clock: int) -> None:
         """Record a request the gateway answered alone (it changed no data: written off the request path)."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from flux import db, randomness
 from flux.data import Catalog, Limits
-from flux.errors import FluxError
+from flux.errors import DatabaseUnreachable, FluxError
 from flux.pipeline import Statement
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.host import Host
@@ -164,13 +164,23 @@ def invoke(
         error = exc
     except Exception as exc:  # a bug in Flux: still recorded, answered as FX900
         error = db.as_flux_error(exc)
-    transaction.rollback()
+    try:
+        transaction.rollback()
+    except FluxError:
+        if not conn.closed:
+            raise  # a connection that died took its transaction with it: nothing to undo
     if span is not None and span.duration_us is None:
         recorder.finish(span, error=error)
     row |= {"ok": False, "status": error.http_status, "error": error_record(error)}
     row["duration_us"] = (time.perf_counter_ns() - clock) // 1000
     try:
         recorder.write(conn, row)
+    except FluxError as failed:
+        if records is None or not (isinstance(failed, DatabaseUnreachable) or conn.closed):
+            raise
+        # The request's connection is gone (Postgres restarted, the connection was terminated): the record
+        # writer writes it on another connection, as soon as Postgres answers again.
+        records.submit(recorder.record(row))
     finally:
         db.reset_session(conn)
     return Outcome(request_id, error_response(error, request_id), error)
