@@ -33,13 +33,6 @@ from flux.replay.recording import Recording
 
 Row = dict[str, Any]
 
-# What earlier requests left in the request connection's session goes first (the API replays on one of the
-# gateway's pooled connections): their temporary tables, views and types (a view named like a table that a
-# project's function reads by name would be read instead, by the rewind, as the owner), their settings
-# (a search path of theirs would resolve the names the replay's queries use) and the prepared statements
-# (a function of theirs may have put its own SQL under the name of one of Flux's: plpgsql's EXECUTE runs
-# PREPARE and DEALLOCATE, which raw SQL refuses). Sent unnamed, as every statement after the run is.
-_FORGET = [Statement(b"DISCARD TEMP"), Statement(b"RESET ALL"), Statement(b"DEALLOCATE ALL")]
 # A grant for one replay; those older than a minute go (flux.replay_prepare no longer takes them up), but
 # not one a running replay holds (SKIP LOCKED: this never waits for it).
 _GRANT = b"""
@@ -56,15 +49,6 @@ _PREPARE = (
 )
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
 _UNGRANT = b"DELETE FROM flux.replay_grants WHERE secret_sha256 = pg_catalog.sha256($1::bytea)"
-# After the run: its transaction rolled back, the session-level advisory locks it took released and the
-# statements it may have prepared dropped (both outlive a rollback; raw SQL refuses pg_advisory_lock, PREPARE
-# and DEALLOCATE, but not inside a function the run makes): the connection may be the gateway's, for the
-# requests that come next.
-_END = [
-    Statement(b"ROLLBACK"),
-    Statement(b"SELECT pg_catalog.pg_advisory_unlock_all()"),
-    Statement(b"DEALLOCATE ALL"),
-]
 _TIMEOUT = b"SELECT pg_catalog.set_config('statement_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"  # flux.rewind_tables waits for a row lock at most 500 ms
 # Back to the connecting role and the connection's settings, whatever the function set for the rest of its
@@ -128,11 +112,11 @@ def open_state(
         pipeline.run(owner, [Statement(_GRANT, [secret, replay_id, recording.id])])
     try:
         with db.translate_errors():
-            try:
-                statements = [*_FORGET, pipeline.BEGIN, *limit, prepare]
-                rewound = pipeline.run(transaction.conn, statements, prepare=False).rows[0][0]
-            finally:
-                pipeline.forget_prepared(transaction.conn)
+            # What an earlier request's raw SQL left in the session (temporary views named like a table a
+            # project's function reads, a search path, statements under Flux's names) is gone first; the
+            # gateway resets such a connection when that request ends, so this is rarely more than a check.
+            db.reset_session(transaction.conn)
+            rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
     except FluxError as exc:
         ungrant(owner, secret)
         if isinstance(exc, QueryTimedOut):
@@ -159,19 +143,17 @@ def open_state(
 
 
 def end_run(transaction: db.RequestTransaction) -> None:
-    """End the replay's run on its request connection (`_END`), in one round trip. Nothing to do on a
-    connection the run lost (it ended its session): its transaction ended with it."""
-    db.take_unsent(transaction.conn)
-    transaction.begun = False
+    """Roll the replay's run back on its request connection, and, when the run sent raw SQL (the only way it
+    could leave a session-level lock, a setting or a statement under Flux's names there: raw SQL makes no
+    functions), put the session back as Flux left it (`db.reset_session`): the connection may be the
+    gateway's, for the requests that come next. Nothing to do on a connection the run lost (it ended its
+    session): its transaction ended with it."""
     try:
-        with db.translate_errors():
-            try:
-                pipeline.run(transaction.conn, _END, prepare=False)
-            finally:
-                pipeline.forget_prepared(transaction.conn)
+        transaction.rollback()
     except FluxError:  # FX801, or the server's own word for why it ended the session
         if not transaction.conn.closed:
             raise
+    db.reset_session(transaction.conn)  # never raises: a connection it cannot reset is closed
 
 
 def ungrant_statement(state: State) -> Statement:
@@ -195,7 +177,8 @@ def captured_mutations(runner: Any) -> list[Row]:
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
     try:
         with db.translate_errors():
-            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED], prepare=False)  # its names may be the run's
+            # after raw SQL, Flux's statement names may be the run's own: sent unnamed then
+            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED], prepare=not db.session_untrusted(runner))
     except RecursionError as exc:  # past orjson's 1024 levels, Python's decoder runs out of stack
         raise InvalidFunctionResponse(
             "the replayed run wrote JSON nested deeper than a replay can read back, so its writes are not"
