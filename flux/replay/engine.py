@@ -168,10 +168,11 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     verdict = _verdict(divergences, state)
     answered = host.as_recorded(response.to_json())  # secrets as `[secret:NAME]`, as a record keeps them
     duration_us = (time.perf_counter_ns() - clock) // 1000
-    ungrant = [ungrant_statement(state)] if state is not None else []
+    # The grant goes with the record: one round trip (alone when the replay is not recorded).
+    after = [ungrant_statement(state)] if state is not None else []
     if not how.record:
-        if ungrant:
-            db.write_alone(conn, ungrant)
+        if after:
+            db.write_alone(conn, after, durable=False)
         return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
     row = {
         "kind": "replay",
@@ -192,8 +193,10 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     try:
         record = recorder.statements(row)
     except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
-        if ungrant:
-            db.write_alone(conn, ungrant)
+        record = None
+    if after or record:
+        db.write_alone(conn, [*after, *(record or [])], durable=False)
+    if record is None:
         too_deep = InvalidFunctionResponse(
             "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record can"
             " hold: it is not recorded",
@@ -203,7 +206,6 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         # one (an `error` would say the code was not judged, and the deploy gate would let it through).
         judged: Verdict = "diverged" if divergences else "error"
         return ReplayResult(recording.id, None, judged, divergences, error_record(too_deep), state)
-    db.write_alone(conn, [*ungrant, *record], durable=False)  # the grant goes with the record: one round trip
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
 
 

@@ -85,9 +85,9 @@ def open_state(
     timeout_ms: int | None = None,
 ) -> State:
     """Grant the replay on `owner` (flux.replay_grants), then begin its transaction on the request connection
-    `transaction` runs on (first clearing what earlier requests left in its session: temporary objects,
-    settings, prepared statements) and set its database up for `mode` (live or as-of) there, through
-    flux.replay_prepare: two round trips. Then the transaction runs as the request's role, claims and tenant,
+    `transaction` runs on (after `db.reset_session`, should an earlier request's raw SQL have left anything
+    in its session) and set its database up for `mode` (live or as-of) there, through flux.replay_prepare:
+    two round trips. Then the transaction runs as the request's role, claims and tenant,
     under the replay's id (those settings go with its first statement). The rewind has the request role's
     statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
     with a long history since is not rewound for longer than a request of that role may run a statement."""
@@ -118,7 +118,7 @@ def open_state(
             db.reset_session(transaction.conn)
             rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
     except FluxError as exc:
-        ungrant(owner, secret)
+        db.write_alone(owner, [Statement(_UNGRANT, [secret])], durable=False)
         if isinstance(exc, QueryTimedOut):
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to within the statement timeout of"
@@ -160,11 +160,6 @@ def ungrant_statement(state: State) -> Statement:
     """What deletes the replay's grant on the owner's connection once its transaction has ended (nothing is
     left behind); the engine sends it with the replay's record."""
     return Statement(_UNGRANT, [state.secret])
-
-
-def ungrant(owner: Any, secret: bytes) -> None:
-    with db.translate_errors():
-        pipeline.run(owner, [Statement(_UNGRANT, [secret])])
 
 
 def captured_mutations(runner: Any) -> list[Row]:
