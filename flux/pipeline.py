@@ -52,6 +52,7 @@ class Result:
 
 BEGIN = Statement(b"BEGIN")
 COMMIT = Statement(b"COMMIT")
+ROLLBACK = Statement(b"ROLLBACK")
 
 
 def run(

@@ -1229,6 +1229,38 @@ $$;
 
 
 --
+-- Name: rewind_fires_own_triggers(regclass, integer); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    own boolean;
+BEGIN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
+        RETURN false;
+    END IF;
+    own := EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                    WHERE (t.tgrelid = target  -- and its partitions', if it has any
+                           OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
+                      AND NOT t.tgisinternal
+                      AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin'));
+    IF NOT own AND put_back <= 32 THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        RETURN false;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RETURN own;
+    END;
+END
+$$;
+
+
+--
 -- Name: rewind_tables(uuid, boolean, regclass[], text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1313,18 +1345,13 @@ BEGIN
                                                          LIMIT 100) AS first);
     END IF;
     IF pg_catalog.cardinality(ids) > 0 THEN
-        BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
-            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-            triggers_off := true;
-        EXCEPTION WHEN insufficient_privilege THEN
-            NULL;
-        END;
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
         -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
         PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
         not_rewound := not_rewound || ARRAY(
             SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
         PERFORM pg_catalog.set_config('lock_timeout', waited, true);
+        triggers_off := pg_catalog.current_setting('session_replication_role') = 'replica';
         IF triggers_off THEN
             PERFORM pg_catalog.set_config('session_replication_role', replication, true);
         END IF;
@@ -1907,12 +1934,12 @@ DECLARE
     key_match text;
     columns text;
     missing text[] := '{}';
-    -- The tables' own triggers are on: what they do to the rows put back is undone (flux.replay_pins, '@undo')
-    triggers_on boolean := pg_catalog.current_setting('session_replication_role') <> 'replica';
+    -- The table's own triggers fire: what they do to the rows put back is undone (flux.replay_pins, '@undo')
+    triggers_on boolean;
     pinned integer := 0;
 BEGIN
     -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
-    FOR t IN
+    FOR t IN EXECUTE $q$
         SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
                pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
@@ -1922,11 +1949,11 @@ BEGIN
                        pg_catalog.max(m.id) AS last,
                        pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
                   FROM flux.mutations m
-                 WHERE m.id = ANY(ids)
+                 WHERE m.id = ANY($1)
                  GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
           JOIN flux.mutations f ON f.id = r.first
           JOIN flux.mutations l ON l.id = r.last
-         GROUP BY r.table_schema, r.table_name
+         GROUP BY r.table_schema, r.table_name$q$ USING ids
     LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
         IF target IS NULL THEN
@@ -1939,6 +1966,8 @@ BEGIN
                  WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
             CONTINUE;
         END IF;
+        triggers_on := flux.rewind_fires_own_triggers(target, coalesce(pg_catalog.cardinality(t.made), 0)
+            + coalesce(pg_catalog.cardinality(t.changed), 0) + coalesce(pg_catalog.cardinality(t.deleted), 0));
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
         IF t.made IS NOT NULL THEN
@@ -2017,6 +2046,7 @@ BEGIN
             missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
             CONTINUE;
         END IF;
+        PERFORM flux.rewind_fires_own_triggers(target, pg_catalog.cardinality(ids));
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
         IF m.op = 'INSERT' THEN
@@ -3666,6 +3696,13 @@ GRANT ALL ON FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolea
 --
 
 REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION rewind_fires_own_triggers(target regclass, put_back integer); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) FROM PUBLIC;
 
 
 --

@@ -163,17 +163,20 @@ def ungrant_statement(state: State) -> Statement:
 
 
 def captured_mutations(runner: Any) -> list[Row]:
-    """The mutations the replay's run made on the request connection `runner` (read before its transaction is
-    rolled back), or none if a database error ended the transaction (the original's would have been rolled
-    back too). Raises FX303 when they hold JSON nested deeper than Python reads, and the error that ended the
-    session when the run ended it: the engine takes either as the run's error."""
+    """The mutations the replay's run made on the request connection `runner`, read and its transaction rolled
+    back in one round trip (end_run finds nothing more to roll back then), or none if a database error ended
+    the transaction (the original's would have been rolled back too). Raises FX303 when they hold JSON nested
+    deeper than Python reads, and the error that ended the session when the run ended it: the engine takes
+    either as the run's error."""
     if db.transaction_failed(runner):
         return []
     db.take_unsent(runner)  # settings no statement carried (a run that made no database call)
     try:
         with db.translate_errors():
             # after raw SQL, Flux's statement names may be the run's own: sent unnamed then
-            result = pipeline.run(runner, [*_NO_ROLE, _CAPTURED], prepare=not db.session_untrusted(runner))
+            trusted = not db.session_untrusted(runner)
+            read_back = [*_NO_ROLE, _CAPTURED, pipeline.ROLLBACK]
+            result = pipeline.run(runner, read_back, answer=-2, prepare=trusted)
     except RecursionError as exc:  # past orjson's 1024 levels, Python's decoder runs out of stack
         raise InvalidFunctionResponse(
             "the replayed run wrote JSON nested deeper than a replay can read back, so its writes are not"

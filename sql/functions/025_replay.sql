@@ -163,7 +163,7 @@ GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], tex
 -- `at`, when their transaction began, at or after the request's, or numbered after the request's first
 -- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
 -- beginning by the database's clock).
--- The tables' triggers are off while it does, where the role may turn them off. Answers
+-- The tables' triggers are off while it does when flux.rewind_triggers_off says so. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
 -- that may explain a difference in what the request read (as-of: those among the undone that began before
 -- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back
@@ -253,18 +253,13 @@ BEGIN
                                                          LIMIT 100) AS first);
     END IF;
     IF pg_catalog.cardinality(ids) > 0 THEN
-        BEGIN  -- a superuser, or a role granted SET on it (Postgres 15+), may turn the tables' triggers off
-            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-            triggers_off := true;
-        EXCEPTION WHEN insufficient_privilege THEN
-            NULL;
-        END;
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
         -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
         PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
         not_rewound := not_rewound || ARRAY(
             SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
         PERFORM pg_catalog.set_config('lock_timeout', waited, true);
+        triggers_off := pg_catalog.current_setting('session_replication_role') = 'replica';
         IF triggers_off THEN
             PERFORM pg_catalog.set_config('session_replication_role', replication, true);
         END IF;
@@ -275,6 +270,40 @@ BEGIN
 END
 $$;
 
+-- Whether `target`'s own triggers (a user's: neither Flux's nor a constraint's) fire on the rows a rewind puts
+-- back, after turning the tables' triggers off for the rest of the rewind (session_replication_role =
+-- replica, which the rewind resets when it ends) if that is worth its cost and the role may (a superuser, or
+-- a role granted SET on it, Postgres 15+): when `target` has triggers of its own, which might change or
+-- refuse the rows put back, or when more than 32 rows are put back (with triggers on, Flux's recording
+-- trigger fires for each; turning them off makes the session plan each of its statements again, about a
+-- millisecond). Otherwise they stay on, and only Flux's triggers fire (the pin trigger does nothing then).
+CREATE OR REPLACE FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    own boolean;
+BEGIN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
+        RETURN false;
+    END IF;
+    own := EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                    WHERE (t.tgrelid = target  -- and its partitions', if it has any
+                           OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
+                      AND NOT t.tgisinternal
+                      AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin'));
+    IF NOT own AND put_back <= 32 THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        RETURN false;
+    EXCEPTION WHEN insufficient_privilege THEN
+        RETURN own;
+    END;
+END
+$$;
+
 -- Undoes the given mutations, to put tracked tables back as they were before the oldest of them. Set-based:
 -- each row's mutations (a row is its table and key; its mutations are numbered in the order their transactions
 -- committed, since a second writer of a row waits for the first to commit) net out to one change, and each
@@ -282,8 +311,8 @@ $$;
 -- from before the oldest mutation) and one INSERT (rows deleted since). A table where a mutation changed a
 -- primary key, or where that order breaks a constraint (a unique value moved between rows, a foreign key
 -- with triggers on), is undone one mutation at a time, newest first. Only a replay calls it, inside a
--- transaction it rolls back; run it with session_replication_role = replica where the role may, so the
--- tables' triggers (and foreign-key checks) leave the old values alone. Returns the tables it could not
+-- transaction it rolls back; it turns the tables' triggers off where flux.rewind_fires_own_triggers says
+-- (so that they, and foreign-key checks, leave the old values alone). Returns the tables it could not
 -- rewind because they no longer exist.
 CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
     LANGUAGE plpgsql
@@ -313,12 +342,12 @@ DECLARE
     key_match text;
     columns text;
     missing text[] := '{}';
-    -- The tables' own triggers are on: what they do to the rows put back is undone (flux.replay_pins, '@undo')
-    triggers_on boolean := pg_catalog.current_setting('session_replication_role') <> 'replica';
+    -- The table's own triggers fire: what they do to the rows put back is undone (flux.replay_pins, '@undo')
+    triggers_on boolean;
     pinned integer := 0;
 BEGIN
     -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
-    FOR t IN
+    FOR t IN EXECUTE $q$
         SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
                pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
@@ -328,11 +357,11 @@ BEGIN
                        pg_catalog.max(m.id) AS last,
                        pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
                   FROM flux.mutations m
-                 WHERE m.id = ANY(ids)
+                 WHERE m.id = ANY($1)
                  GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
           JOIN flux.mutations f ON f.id = r.first
           JOIN flux.mutations l ON l.id = r.last
-         GROUP BY r.table_schema, r.table_name
+         GROUP BY r.table_schema, r.table_name$q$ USING ids
     LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
         IF target IS NULL THEN
@@ -345,6 +374,8 @@ BEGIN
                  WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
             CONTINUE;
         END IF;
+        triggers_on := flux.rewind_fires_own_triggers(target, coalesce(pg_catalog.cardinality(t.made), 0)
+            + coalesce(pg_catalog.cardinality(t.changed), 0) + coalesce(pg_catalog.cardinality(t.deleted), 0));
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
         IF t.made IS NOT NULL THEN
@@ -420,6 +451,7 @@ BEGIN
             missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
             CONTINUE;
         END IF;
+        PERFORM flux.rewind_fires_own_triggers(target, pg_catalog.cardinality(ids));
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
         IF m.op = 'INSERT' THEN
@@ -456,7 +488,7 @@ $$;
 -- Only the role that owns Flux rewinds (through flux.replay_prepare, in a granted transaction): never a request,
 -- whose transaction would commit what it took back.
 REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
-    flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
+    flux.rewind_fires_own_triggers(regclass, integer), flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 
 -- Tables tracked before replays existed get the pin trigger too (flux.track installs it from now on).

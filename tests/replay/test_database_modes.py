@@ -780,6 +780,50 @@ def test_without_superuser_as_of_rewinds_exactly_with_the_tables_triggers_on_or_
         assert snapshot(owner, but=(on.replay_id, off.replay_id)) == before
 
 
+LISTING = ts(
+    "listing",
+    """
+export default async function (req, ctx) {
+  const sessions = await ctx.db.query({ select: "sessions", columns: ["who"], order: [{ col: "who" }] });
+  const counters = await ctx.db.query({ select: "counters", columns: ["name", "hits"],
+                                        order: [{ col: "id" }] });
+  return { sessions: sessions.rows, counters: counters.rows };
+}
+""",
+)
+
+
+@pytest.mark.parametrize(
+    ("writes", "off"),
+    [
+        # a few rows of a table with no triggers of its own: put back with triggers on (Flux's own fire)
+        (
+            ["UPDATE sessions SET who = 'other' WHERE who = 's1'", "DELETE FROM sessions WHERE who = 's2'"],
+            False,
+        ),
+        # counters has a BEFORE UPDATE trigger of its own, which would stamp the row put back
+        (["UPDATE counters SET hits = 7 WHERE name = 'home'"], True),
+        # more than 32 rows: turning triggers off costs less than Flux's recording trigger on each
+        (["INSERT INTO sessions (who) SELECT 'new' || n FROM generate_series(1, 40) AS n"], True),
+    ],
+    ids=["few rows, no triggers", "a trigger of its own", "many rows"],
+)
+def test_as_of_turns_the_tables_triggers_off_only_when_they_have_their_own_or_many_rows_go_back(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any, writes: list[str], off: bool
+) -> None:
+    """Turning them off (session_replication_role) makes the connection plan every statement again, so the
+    rewind leaves them on when only Flux's triggers would fire on a few rows; either way it is exact."""
+    conn.execute(b"INSERT INTO sessions (who) VALUES ('s1'), ('s2'), ('s3')")
+    outcome = run(LISTING)
+    for write in writes:
+        later(conn, write)
+    before = snapshot(conn)
+    result = replayed(outcome.request_id, LISTING, "as-of")
+    assert same(result), why(result)
+    assert result.state is not None and result.state.triggers_off is off
+    assert snapshot(conn, but=result.replay_id) == before
+
+
 # --- the database a replay leaves --------------------------------------------------------------------------
 
 FLUX_RECORD_TABLES = ("flux.requests", "flux.spans")
