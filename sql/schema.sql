@@ -1030,6 +1030,67 @@ $$;
 
 
 --
+-- Name: mutations; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.mutations (
+    id bigint NOT NULL,
+    request_id uuid,
+    actor text DEFAULT SESSION_USER NOT NULL,
+    tenant_id uuid,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    row_pk jsonb NOT NULL,
+    old jsonb,
+    new jsonb,
+    changed text[],
+    txid bigint DEFAULT txid_current() NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    span_seq integer,
+    CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
+);
+
+
+--
+-- Name: TABLE mutations; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
+
+
+--
+-- Name: COLUMN mutations.span_seq; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.mutations.span_seq IS 'The seq of the span (in flux.spans, with request_id) whose database call made this change; NULL for writes made outside a request, or by a statement Flux did not expect to write (a function called by a select).';
+
+
+--
+-- Name: mutations_since(timestamp with time zone, bigint, uuid, text[], text[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) RETURNS SETOF flux.mutations
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+BEGIN
+    RETURN QUERY EXECUTE $q$
+        SELECT m.* FROM flux.mutations m
+         WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
+           AND (m.table_schema, m.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
+        UNION ALL
+        SELECT m.* FROM flux.mutations m
+         WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
+           AND (m.table_schema, m.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
+    $q$ USING started, first_id, request, schemas, names;
+END
+$_$;
+
+
+--
 -- Name: partition_column(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 
@@ -1304,12 +1365,8 @@ BEGIN
           FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m WHERE m.request_id = request
                  UNION ALL
-                SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
-                  FROM flux.mutations m
-                 WHERE (m.at >= started OR m.id >= own_first) AND m.request_id IS DISTINCT FROM request
-                   AND (m.table_schema, m.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
-                                                    pg_catalog.unnest(touched_names)))
+                SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at
+                  FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
                ) AS c;
         SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
           INTO not_rewound
@@ -1332,13 +1389,9 @@ BEGIN
                    'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
                    'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
           INTO drift
-          FROM (SELECT m.* FROM flux.mutations m
-                 WHERE m.request_id IS DISTINCT FROM request
-                   AND (m.at >= started OR m.id > own_last)
-                   AND (m.table_schema, m.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
-                                                    pg_catalog.unnest(touched_names)))
-                 ORDER BY m.id LIMIT 100) AS l;
+          FROM (SELECT s.*
+                  FROM flux.mutations_since(started, own_last + 1, request, touched_schemas, touched_names) AS s
+                 ORDER BY s.id LIMIT 100) AS l;
     END IF;
     IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
         drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
@@ -2529,43 +2582,6 @@ ALTER TABLE flux.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
--- Name: mutations; Type: TABLE; Schema: flux; Owner: -
---
-
-CREATE TABLE flux.mutations (
-    id bigint NOT NULL,
-    request_id uuid,
-    actor text DEFAULT SESSION_USER NOT NULL,
-    tenant_id uuid,
-    table_schema text NOT NULL,
-    table_name text NOT NULL,
-    op text NOT NULL,
-    row_pk jsonb NOT NULL,
-    old jsonb,
-    new jsonb,
-    changed text[],
-    txid bigint DEFAULT txid_current() NOT NULL,
-    at timestamp with time zone DEFAULT now() NOT NULL,
-    span_seq integer,
-    CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
-);
-
-
---
--- Name: TABLE mutations; Type: COMMENT; Schema: flux; Owner: -
---
-
-COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
-
-
---
--- Name: COLUMN mutations.span_seq; Type: COMMENT; Schema: flux; Owner: -
---
-
-COMMENT ON COLUMN flux.mutations.span_seq IS 'The seq of the span (in flux.spans, with request_id) whose database call made this change; NULL for writes made outside a request, or by a statement Flux did not expect to write (a function called by a select).';
-
-
---
 -- Name: requests; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -3660,6 +3676,20 @@ REVOKE ALL ON FUNCTION flux.grant_service_defaults() FROM PUBLIC;
 
 
 --
+-- Name: TABLE mutations; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
+
+
+--
+-- Name: FUNCTION mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION reap_jobs(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3863,13 +3893,6 @@ GRANT SELECT ON TABLE flux.job_runs TO flux_authenticator;
 --
 
 GRANT USAGE ON SEQUENCE flux.jobs_id_seq TO flux_recorder;
-
-
---
--- Name: TABLE mutations; Type: ACL; Schema: flux; Owner: -
---
-
-GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
 
 
 --

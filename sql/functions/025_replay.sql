@@ -156,6 +156,32 @@ REVOKE EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], te
 GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
     timestamptz), flux.replay_captured() TO flux_authenticator;
 
+-- The mutations of others (not `request`'s) to the tables named by `schemas` and `names` (pairwise) made
+-- since a request began: in a transaction that began at or after `started`, or numbered from `first_id` on
+-- (none when it is null). Each part is found through an index, whatever the tables' history before:
+-- `mutations_at_idx` (BRIN on `at`, as the rows are appended in about that order) and the primary key.
+-- Planned with the values each time (EXECUTE), so that the planner sees how recent `started` is.
+CREATE OR REPLACE FUNCTION flux.mutations_since(
+    started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
+) RETURNS SETOF flux.mutations
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE $q$
+        SELECT m.* FROM flux.mutations m
+         WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
+           AND (m.table_schema, m.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
+        UNION ALL
+        SELECT m.* FROM flux.mutations m
+         WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
+           AND (m.table_schema, m.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
+    $q$ USING started, first_id, request, schemas, names;
+END
+$$;
+
 -- Sets up the database of a replay in live or as-of mode, inside the replay's transaction (which it always
 -- rolls back), in one call (by flux.replay_prepare). The tables it works on are the tracked tables the request
 -- wrote (written_*) or named in a query (named). `live` takes back the request's own writes; `as-of`
@@ -212,12 +238,8 @@ BEGIN
           FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
                   FROM flux.mutations m WHERE m.request_id = request
                  UNION ALL
-                SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
-                  FROM flux.mutations m
-                 WHERE (m.at >= started OR m.id >= own_first) AND m.request_id IS DISTINCT FROM request
-                   AND (m.table_schema, m.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
-                                                    pg_catalog.unnest(touched_names)))
+                SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at
+                  FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
                ) AS c;
         SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
           INTO not_rewound
@@ -240,13 +262,9 @@ BEGIN
                    'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
                    'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
           INTO drift
-          FROM (SELECT m.* FROM flux.mutations m
-                 WHERE m.request_id IS DISTINCT FROM request
-                   AND (m.at >= started OR m.id > own_last)
-                   AND (m.table_schema, m.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas),
-                                                    pg_catalog.unnest(touched_names)))
-                 ORDER BY m.id LIMIT 100) AS l;
+          FROM (SELECT s.*
+                  FROM flux.mutations_since(started, own_last + 1, request, touched_schemas, touched_names) AS s
+                 ORDER BY s.id LIMIT 100) AS l;
     END IF;
     IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
         drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
@@ -488,6 +506,7 @@ $$;
 -- Only the role that owns Flux rewinds (through flux.replay_prepare, in a granted transaction): never a request,
 -- whose transaction would commit what it took back.
 REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
+    flux.mutations_since(timestamptz, bigint, uuid, text[], text[]),
     flux.rewind_fires_own_triggers(regclass, integer), flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 

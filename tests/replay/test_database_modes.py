@@ -824,6 +824,64 @@ def test_as_of_turns_the_tables_triggers_off_only_when_they_have_their_own_or_ma
     assert snapshot(conn, but=result.replay_id) == before
 
 
+SIGN_IN = ts(
+    "sign_in",
+    """
+export default async function (req, ctx) {
+  const made = await ctx.db.query({ insert: "sessions", values: { who: "me" }, returning: ["who"] });
+  return { made: made.rows };
+}
+""",
+)
+
+
+@pytest.mark.parametrize("fn", [SIGN_IN, LISTING], ids=["a request that wrote", "one that only read"])
+def test_a_rewind_reads_the_writes_since_the_request_not_the_tables_whole_history(
+    conn: psycopg.Connection[Any], run: Any, fn: Function
+) -> None:
+    """Both modes find the writes made since the request through indexes (`at`'s BRIN, the primary key), so a
+    table with a long history costs no more than one without: here 100,000 older mutations of `sessions`, of
+    which a rewind reads a few thousand at most (the last block range of the BRIN). Once Postgres planned the
+    rewind's statements generically (after five runs in a session), it read them all, every time."""
+    conn.execute(
+        b"""INSERT INTO flux.mutations (request_id, table_schema, table_name, op, row_pk, old, new, changed,
+                                        at)
+            SELECT gen_random_uuid(), 'public', 'sessions', 'UPDATE',
+                   jsonb_build_object('id', gen_random_uuid()), '{}', '{}', '{who}',
+                   now() - interval '1 day' + n * interval '1 ms'
+              FROM generate_series(1, 100000) AS n"""
+    )
+    conn.execute(b"VACUUM ANALYZE flux.mutations")  # as autovacuum would have: statistics, BRIN summarized
+    outcome = run(fn)
+    later(conn, "INSERT INTO sessions (who) VALUES ('later')")
+    started, ended = conn.execute(
+        "SELECT started_at, started_at + duration_us * interval '1 microsecond' FROM flux.requests"
+        " WHERE id = %s",
+        [outcome.request_id],
+    ).fetchone()
+    # the rows this session read from flux.mutations (counts it has not flushed to the statistics yet)
+    read = (
+        b"SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+        b" WHERE relid = 'flux.mutations'::regclass"
+    )
+    for as_of in (True, False):
+        for _ in range(8):  # past the 5 runs after which Postgres may plan a function's statement generically
+            conn.execute(b"BEGIN")
+            try:
+                before = conn.execute(read).fetchone()[0]
+                rewound = conn.execute(
+                    "SELECT flux.rewind_tables(%s, %s, ARRAY['sessions'::regclass, 'counters'::regclass],"
+                    " '{}', '{}', %s, %s)",
+                    [outcome.request_id, as_of, started, ended],
+                ).fetchone()[0]
+                after = conn.execute(read).fetchone()[0]
+            finally:
+                conn.execute(b"ROLLBACK")
+            own = 1 if fn is SIGN_IN else 0
+            assert rewound["undone"] == own + as_of  # its own insert; as-of, the later one too
+            assert after - before < 10_000, (as_of, after - before)
+
+
 # --- the database a replay leaves --------------------------------------------------------------------------
 
 FLUX_RECORD_TABLES = ("flux.requests", "flux.spans")
