@@ -1290,32 +1290,27 @@ $$;
 
 
 --
--- Name: rewind_fires_own_triggers(regclass, integer); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: rewind_fires_own_triggers(regclass); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) RETURNS boolean
+CREATE FUNCTION flux.rewind_fires_own_triggers(target regclass) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-    own boolean;
 BEGIN
-    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
-        RETURN false;
-    END IF;
-    own := EXISTS (SELECT FROM pg_catalog.pg_trigger t
-                    WHERE (t.tgrelid = target  -- and its partitions', if it has any
-                           OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
-                      AND NOT t.tgisinternal
-                      AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin'));
-    IF NOT own AND put_back <= 32 THEN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' OR NOT EXISTS (
+            SELECT FROM pg_catalog.pg_trigger t
+             WHERE (t.tgrelid = target  -- and its partitions', if it has any
+                    OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
+               AND NOT t.tgisinternal
+               AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin')) THEN
         RETURN false;
     END IF;
     BEGIN
         PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
         RETURN false;
     EXCEPTION WHEN insufficient_privilege THEN
-        RETURN own;
+        RETURN true;
     END;
 END
 $$;
@@ -1413,6 +1408,20 @@ BEGIN
         'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
         'triggers_off', triggers_off);
 END
+$$;
+
+
+--
+-- Name: rewinding(); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewinding() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT coalesce(pg_catalog.current_setting('flux.replay_call', true), '') IN ('@undo', '@rewind')
+       AND CURRENT_USER = (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
+                            WHERE n.nspname = 'flux')
 $$;
 
 
@@ -1865,13 +1874,17 @@ BEGIN
       FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
                              || key_columns) AS k;
     EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+        'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+        -- on any write but a rewind's, one setting lookup decides (flux.rewinding is not called)
+        'WHEN (coalesce(pg_catalog.current_setting(''flux.replay_call'', true), '''')'
+        '      NOT IN (''@undo'', ''@rewind'') OR NOT flux.rewinding()) '
+        'EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
     -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
-    -- named to fire after the table's own BEFORE triggers.
+    -- named to fire after the table's own BEFORE triggers. A rewind's rows (`@rewind`) keep theirs.
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER zz_flux_replay_pin BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
-        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''') '
+        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''''
+        '      AND pg_catalog.current_setting(''flux.replay_call'', true) <> ''@rewind'') '
         'EXECUTE FUNCTION flux.tg_mutations__pin_replay(%s)', target, key_arguments);
     -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',
@@ -2019,16 +2032,9 @@ BEGIN
                  WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
             CONTINUE;
         END IF;
-        triggers_on := flux.rewind_fires_own_triggers(target, coalesce(pg_catalog.cardinality(t.made), 0)
-            + coalesce(pg_catalog.cardinality(t.changed), 0) + coalesce(pg_catalog.cardinality(t.deleted), 0));
+        triggers_on := flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
-        IF t.made IS NOT NULL THEN
-            EXECUTE pg_catalog.format(
-                'DELETE FROM %1$s AS t'
-                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
-                target, key_match) USING t.made;
-        END IF;
         IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
             SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
@@ -2041,7 +2047,16 @@ BEGIN
                       FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
             pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
                       + coalesce(pg_catalog.cardinality(t.deleted), 0);
-            PERFORM pg_catalog.set_config('flux.replay_call', '@undo', true);
+        END IF;
+        -- Flux's recording trigger leaves the rows put back alone (flux.rewinding), and the pin trigger pins
+        -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
+        PERFORM pg_catalog.set_config('flux.replay_call', CASE WHEN triggers_on THEN '@undo' ELSE '@rewind' END,
+                                      true);
+        IF t.made IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t'
+                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
+                target, key_match) USING t.made;
         END IF;
         IF t.changed IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
@@ -2069,9 +2084,7 @@ BEGIN
                 ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
                 target, columns) USING t.deleted;
         END IF;
-        IF triggers_on THEN
-            PERFORM pg_catalog.set_config('flux.replay_call', '', true);
-        END IF;
+        PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     END LOOP;
     RETURN missing;
 END
@@ -2093,13 +2106,14 @@ DECLARE
     columns text;
     missing text[] := '{}';
 BEGIN
+    PERFORM pg_catalog.set_config('flux.replay_call', '@rewind', true);  -- not recorded, not pinned
     FOR m IN SELECT * FROM flux.mutations WHERE id = ANY(ids) ORDER BY id DESC LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name));
         IF target IS NULL THEN
             missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
             CONTINUE;
         END IF;
-        PERFORM flux.rewind_fires_own_triggers(target, pg_catalog.cardinality(ids));
+        PERFORM flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
         IF m.op = 'INSERT' THEN
@@ -2129,6 +2143,7 @@ BEGIN
                 target, columns) USING m.old;
         END IF;
     END LOOP;
+    PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     RETURN missing;
 END
 $_$;
@@ -3729,10 +3744,10 @@ REVOKE ALL ON FUNCTION flux.retry_job(job_id bigint) FROM PUBLIC;
 
 
 --
--- Name: FUNCTION rewind_fires_own_triggers(target regclass, put_back integer); Type: ACL; Schema: flux; Owner: -
+-- Name: FUNCTION rewind_fires_own_triggers(target regclass); Type: ACL; Schema: flux; Owner: -
 --
 
-REVOKE ALL ON FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION flux.rewind_fires_own_triggers(target regclass) FROM PUBLIC;
 
 
 --

@@ -133,6 +133,19 @@ BEGIN
 END
 $$;
 
+-- Whether the write at hand is a replay's rewind putting rows back (flux.undo_mutations sets flux.replay_call
+-- to `@undo` or `@rewind` around the statements that do), run by the role that owns Flux: the recording trigger
+-- leaves those alone (they are rolled back with the replay). A request cannot pass for one: it may not set
+-- Flux's settings, and never runs as that role.
+CREATE OR REPLACE FUNCTION flux.rewinding() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_catalog.current_setting('flux.replay_call', true), '') IN ('@undo', '@rewind')
+       AND CURRENT_USER = (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
+                            WHERE n.nspname = 'flux')
+$$;
+
 -- Start recording every write to a table (again, with its current primary key, if already tracked).
 CREATE OR REPLACE FUNCTION flux.track(target regclass) RETURNS void
     LANGUAGE plpgsql
@@ -159,13 +172,17 @@ BEGIN
       FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
                              || key_columns) AS k;
     EXECUTE pg_catalog.format(
-        'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s '
-        'FOR EACH ROW EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+        'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+        -- on any write but a rewind's, one setting lookup decides (flux.rewinding is not called)
+        'WHEN (coalesce(pg_catalog.current_setting(''flux.replay_call'', true), '''')'
+        '      NOT IN (''@undo'', ''@rewind'') OR NOT flux.rewinding()) '
+        'EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
     -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
-    -- named to fire after the table's own BEFORE triggers.
+    -- named to fire after the table's own BEFORE triggers. A rewind's rows (`@rewind`) keep theirs.
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER zz_flux_replay_pin BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
-        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''') '
+        'WHEN (pg_catalog.current_setting(''flux.replay_call'', true) > '''''
+        '      AND pg_catalog.current_setting(''flux.replay_call'', true) <> ''@rewind'') '
         'EXECUTE FUNCTION flux.tg_mutations__pin_replay(%s)', target, key_arguments);
     -- flux_recorder reads the rows a TRUNCATE removes; partitions added later need flux.track again.
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO flux_recorder',

@@ -289,35 +289,31 @@ END
 $$;
 
 -- Whether `target`'s own triggers (a user's: neither Flux's nor a constraint's) fire on the rows a rewind puts
--- back, after turning the tables' triggers off for the rest of the rewind (session_replication_role =
--- replica, which the rewind resets when it ends) if that is worth its cost and the role may (a superuser, or
--- a role granted SET on it, Postgres 15+): when `target` has triggers of its own, which might change or
--- refuse the rows put back, or when more than 32 rows are put back (with triggers on, Flux's recording
--- trigger fires for each; turning them off makes the session plan each of its statements again, about a
--- millisecond). Otherwise they stay on, and only Flux's triggers fire (the pin trigger does nothing then).
-CREATE OR REPLACE FUNCTION flux.rewind_fires_own_triggers(target regclass, put_back integer) RETURNS boolean
+-- back. When it has some, which might change or refuse those rows, they are turned off for the rest of the
+-- rewind (session_replication_role = replica, which the rewind resets when it ends) where the role may (a
+-- superuser, or a role granted SET on it, Postgres 15+); where it may not, they fire, and the rows get pinned
+-- values. A table with none keeps its triggers on: only Flux's and its foreign keys' fire, and Flux's leave
+-- the rows put back alone (flux.rewinding). Turning them off costs a millisecond or more: the session plans
+-- each of its statements again.
+DROP FUNCTION IF EXISTS flux.rewind_fires_own_triggers(regclass, integer);
+CREATE OR REPLACE FUNCTION flux.rewind_fires_own_triggers(target regclass) RETURNS boolean
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    own boolean;
 BEGIN
-    IF pg_catalog.current_setting('session_replication_role') = 'replica' THEN
-        RETURN false;
-    END IF;
-    own := EXISTS (SELECT FROM pg_catalog.pg_trigger t
-                    WHERE (t.tgrelid = target  -- and its partitions', if it has any
-                           OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
-                      AND NOT t.tgisinternal
-                      AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin'));
-    IF NOT own AND put_back <= 32 THEN
+    IF pg_catalog.current_setting('session_replication_role') = 'replica' OR NOT EXISTS (
+            SELECT FROM pg_catalog.pg_trigger t
+             WHERE (t.tgrelid = target  -- and its partitions', if it has any
+                    OR t.tgrelid IN (SELECT p.relid FROM pg_catalog.pg_partition_tree(target) AS p))
+               AND NOT t.tgisinternal
+               AND t.tgname NOT IN ('flux_mutations', 'flux_mutations_truncate', 'zz_flux_replay_pin')) THEN
         RETURN false;
     END IF;
     BEGIN
         PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
         RETURN false;
     EXCEPTION WHEN insufficient_privilege THEN
-        RETURN own;
+        RETURN true;
     END;
 END
 $$;
@@ -392,16 +388,9 @@ BEGIN
                  WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
             CONTINUE;
         END IF;
-        triggers_on := flux.rewind_fires_own_triggers(target, coalesce(pg_catalog.cardinality(t.made), 0)
-            + coalesce(pg_catalog.cardinality(t.changed), 0) + coalesce(pg_catalog.cardinality(t.deleted), 0));
+        triggers_on := flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
-        IF t.made IS NOT NULL THEN
-            EXECUTE pg_catalog.format(
-                'DELETE FROM %1$s AS t'
-                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
-                target, key_match) USING t.made;
-        END IF;
         IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
             SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
@@ -414,7 +403,16 @@ BEGIN
                       FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
             pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
                       + coalesce(pg_catalog.cardinality(t.deleted), 0);
-            PERFORM pg_catalog.set_config('flux.replay_call', '@undo', true);
+        END IF;
+        -- Flux's recording trigger leaves the rows put back alone (flux.rewinding), and the pin trigger pins
+        -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
+        PERFORM pg_catalog.set_config('flux.replay_call', CASE WHEN triggers_on THEN '@undo' ELSE '@rewind' END,
+                                      true);
+        IF t.made IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'DELETE FROM %1$s AS t'
+                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
+                target, key_match) USING t.made;
         END IF;
         IF t.changed IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
@@ -442,9 +440,7 @@ BEGIN
                 ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
                 target, columns) USING t.deleted;
         END IF;
-        IF triggers_on THEN
-            PERFORM pg_catalog.set_config('flux.replay_call', '', true);
-        END IF;
+        PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     END LOOP;
     RETURN missing;
 END
@@ -463,13 +459,14 @@ DECLARE
     columns text;
     missing text[] := '{}';
 BEGIN
+    PERFORM pg_catalog.set_config('flux.replay_call', '@rewind', true);  -- not recorded, not pinned
     FOR m IN SELECT * FROM flux.mutations WHERE id = ANY(ids) ORDER BY id DESC LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', m.table_schema, m.table_name));
         IF target IS NULL THEN
             missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
             CONTINUE;
         END IF;
-        PERFORM flux.rewind_fires_own_triggers(target, pg_catalog.cardinality(ids));
+        PERFORM flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
         IF m.op = 'INSERT' THEN
@@ -499,6 +496,7 @@ BEGIN
                 target, columns) USING m.old;
         END IF;
     END LOOP;
+    PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     RETURN missing;
 END
 $$;
@@ -507,7 +505,8 @@ $$;
 -- whose transaction would commit what it took back.
 REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
     flux.mutations_since(timestamptz, bigint, uuid, text[], text[]),
-    flux.rewind_fires_own_triggers(regclass, integer), flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]), flux.undo_mutations_one_by_one(bigint[])
+    flux.rewind_fires_own_triggers(regclass), flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]),
+    flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 
 -- Tables tracked before replays existed get the pin trigger too (flux.track installs it from now on).
