@@ -20,8 +20,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "runtime": ("runtime", scenarios.runtime_rows),
     "queue": ("queue vs procrastinate", scenarios.queue_rows),
     "tracking": ("mutation tracking", scenarios.tracking_rows),
-    "trace_store": ("trace store at scale", scenarios.trace_store_rows),
     "replay": ("replay", scenarios.replay_rows),
+    "trace_store": ("trace store at scale", scenarios.trace_store_rows),  # last: it may leave a big store
 }
 
 
