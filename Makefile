@@ -13,12 +13,12 @@ PROJECT ?= examples/quickstart
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install Flux with its dev tools
+install: $(STAMP) ## Create .venv and install Flux with its dev tools and the bench's peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 dev: install ## Serve the quickstart project on :4000 with an embedded Postgres (Ctrl-C stops both)

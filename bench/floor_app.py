@@ -1,5 +1,5 @@
-"""The floors and peers Flux's HTTP figures are measured against: Falcon apps written by hand, the best a person
-would write with psycopg, served by `bench/floor_server.py` under the same gunicorn settings as Flux.
+"""The floors and peers Flux's HTTP figures are measured against: Falcon apps written by hand, the best a
+person would write with psycopg, served by `bench/floor_server.py` under the same gunicorn settings as Flux.
 
 - `/noop`, and `/db/query` (the gateway bench's single-row select, `bench/gateway.py`);
 - `/pk`, `/nested`, `/insert`: the data engine's three queries, each running the very SQL text Flux compiles
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from typing import Any
 
 import falcon
@@ -51,13 +52,14 @@ PK_SQL = (
     ' FROM "public"."bench_accounts" AS "t1" WHERE "t1"."id" = CAST($1 AS INT)'
 )
 NESTED_SQL = (
-    'SELECT "g"."j" FROM (SELECT "a"."j", SUM(OCTET_LENGTH(CAST("a"."j" AS TEXT))) OVER (ROWS BETWEEN UNBOUNDED'
-    ' PRECEDING AND CURRENT ROW) AS "n" FROM (SELECT JSON_BUILD_OBJECT(\'id\', "t1"."id", \'status\','
-    ' "t1"."status", \'total\', "t1"."total", \'bench_items\', (SELECT COALESCE(JSON_AGG("e".*), CAST(\'[]\' AS'
-    ' JSON)) FROM (SELECT "t2"."sku" AS "sku", "t2"."quantity" AS "quantity" FROM "public"."bench_items" AS'
-    ' "t2" WHERE "t1"."id" = "t2"."order_id" ORDER BY "t2"."sku" ASC LIMIT CAST($1 AS BIGINT)) AS "e")) AS'
-    ' "j" FROM "public"."bench_orders" AS "t1" WHERE ("t1"."id" >= CAST($2 AS INT)) AND ("t1"."id" <= CAST($3'
-    ' AS INT)) ORDER BY "t1"."id" ASC LIMIT CAST($4 AS BIGINT)) AS "a") AS "g" WHERE'
+    'SELECT "g"."j" FROM (SELECT "a"."j", SUM(OCTET_LENGTH(CAST("a"."j" AS TEXT))) OVER (ROWS'
+    " BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS \"n\" FROM (SELECT JSON_BUILD_OBJECT('id',"
+    ' "t1"."id", \'status\', "t1"."status", \'total\', "t1"."total", \'bench_items\', (SELECT'
+    ' COALESCE(JSON_AGG("e".*), CAST(\'[]\' AS JSON)) FROM (SELECT "t2"."sku" AS "sku",'
+    ' "t2"."quantity" AS "quantity" FROM "public"."bench_items" AS "t2" WHERE "t1"."id" ='
+    ' "t2"."order_id" ORDER BY "t2"."sku" ASC LIMIT CAST($1 AS BIGINT)) AS "e")) AS "j" FROM'
+    ' "public"."bench_orders" AS "t1" WHERE ("t1"."id" >= CAST($2 AS INT)) AND ("t1"."id" <='
+    ' CAST($3 AS INT)) ORDER BY "t1"."id" ASC LIMIT CAST($4 AS BIGINT)) AS "a") AS "g" WHERE'
     ' "flux".check_answer_size("g"."n", CAST($5 AS BIGINT))'
 )
 INSERT_SQL = (
@@ -67,11 +69,37 @@ INSERT_SQL = (
 # The engine's bounds, bound as parameters of the nested select (flux.data.plan.Limits' defaults).
 MAX_ROWS = 1000
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-# How Flux's request transaction takes on the caller (flux.db's settings statement, one prepared statement).
+# How Flux's request transaction takes on the caller (flux.db's settings statement, one prepared statement):
+# request id, claims, tenant, role and the role's statement timeout (flux.data.plan.Limits).
 SETTINGS_SQL = (
-    "SELECT pg_catalog.set_config('role', $1, true), pg_catalog.set_config('flux.request_id', $2, true),"
-    " pg_catalog.set_config('flux.claims', $3, true)"
+    "SELECT pg_catalog.set_config('flux.request_id', $1, true),"
+    " pg_catalog.set_config('flux.claims', $2, true), pg_catalog.set_config('flux.tenant_id', $3,"
+    " true), pg_catalog.set_config('role', $4, true), pg_catalog.set_config('statement_timeout',"
+    " $5, true)"
 )
+USER_TIMEOUT_MS = 15_000
+CLAIMS = '{"sub":"bench"}'
+
+
+def settings_params(request_id: str) -> list[str]:
+    return [request_id, CLAIMS, "", "flux_user", str(USER_TIMEOUT_MS)]
+
+
+def pk_params(query: dict[str, Any]) -> list[Any]:
+    return [str(query["where"]["id"]["eq"])]
+
+
+def nested_params(query: dict[str, Any]) -> list[Any]:
+    """The nested select's parameters: each relation's row bound, the id range, the page (one more row, to
+    tell whether there are more) and the answer's byte bound."""
+    where = query["where"]["id"]
+    return [MAX_ROWS + 1, str(where["gte"]), str(where["lte"]), query["limit"] + 1, MAX_ANSWER_BYTES]
+
+
+def insert_params(query: dict[str, Any]) -> list[Any]:
+    values = query["values"]
+    return [str(values["account_id"]), values["kind"]]
+
 
 # The whole path's work (`/orders`): the same two reads and one insert as the TypeScript function
 # bench/path.py deploys, in one transaction as flux_user.
@@ -87,48 +115,46 @@ class Floor:
         self.pool = pool
         self.key_hash = key_hash
 
-    def _caller(self, req: falcon.Request) -> tuple[str, str]:
-        """The role and claims of the request's API key (a hash compared, as Flux's key cache does)."""
+    def _caller(self, req: falcon.Request) -> list[str]:
+        """The settings of the request's caller, once its API key is checked (a hash compared, as Flux's key
+        cache does)."""
         if self.key_hash is not None:
             token = (req.get_header("authorization") or "").removeprefix("Bearer ")
             if hashlib.sha256(token.encode()).digest() != self.key_hash:
                 raise falcon.HTTPUnauthorized()
-        return "flux_user", '{"sub": "bench"}'
+        return settings_params(str(uuid.uuid4()))
 
     def _one(self, req: falcon.Request, sql: str, params: list[Any]) -> Any:
         """BEGIN, the caller's settings, `sql` and COMMIT in one pipeline (one round trip), prepared."""
-        role, claims = self._caller(req)
+        settings = self._caller(req)
         with self.pool.connection() as conn, conn.pipeline():
             conn.execute("BEGIN", prepare=False)
-            conn.execute(SETTINGS_SQL, [role, req.context.get("request_id", ""), claims], prepare=True)
+            conn.execute(SETTINGS_SQL, settings, prepare=True)
             cursor = conn.execute(sql, params, prepare=True)
             conn.execute("COMMIT", prepare=False)
             return cursor.fetchall()
 
     def on_post_pk(self, req: falcon.Request, resp: falcon.Response) -> None:
-        query = req.get_media()
-        rows = self._one(req, PK_SQL, [str(query["where"]["id"]["eq"])])
+        rows = self._one(req, PK_SQL, pk_params(req.get_media()))
         resp.media = {"rows": [row[0] for row in rows], "after": None, "more": False}
 
     def on_post_nested(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = req.get_media()
-        where, limit = query["where"]["id"], query["limit"]
-        params = [MAX_ROWS + 1, str(where["gte"]), str(where["lte"]), limit + 1, MAX_ANSWER_BYTES]
-        rows = [row[0] for row in self._one(req, NESTED_SQL, params)]
+        limit = query["limit"]
+        rows = [row[0] for row in self._one(req, NESTED_SQL, nested_params(query))]
         resp.media = {"rows": rows[:limit], "after": None, "more": len(rows) > limit}
 
     def on_post_insert(self, req: falcon.Request, resp: falcon.Response) -> None:
-        values = req.get_media()["values"]
-        rows = self._one(req, INSERT_SQL, [str(values["account_id"]), values["kind"]])
+        rows = self._one(req, INSERT_SQL, insert_params(req.get_media()))
         resp.media = {"count": rows[0][1]}
 
     def on_post_orders(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = req.get_media()
-        role, claims = self._caller(req)
+        settings = self._caller(req)
         with self.pool.connection() as conn:
             with conn.pipeline():
                 conn.execute("BEGIN", prepare=False)
-                conn.execute(SETTINGS_SQL, [role, "", claims], prepare=True)
+                conn.execute(SETTINGS_SQL, settings, prepare=True)
                 account = conn.execute(ACCOUNT_SQL, [body["account"]], prepare=True).fetchone()
             product = conn.execute(PRODUCT_SQL, [body["sku"]], prepare=True).fetchone()
             if account is None or product is None:

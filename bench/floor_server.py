@@ -1,6 +1,6 @@
-"""Serve the hand-written floor app (`bench/floor_app.py`) exactly as `flux server` serves Flux: the same gunicorn
-application class (`flux.server.FluxApplication`, so the same worker class, workers, threads, CPU pinning and
-timeouts, from the same FLUX_* settings), only its `load` builds the floor instead of Flux.
+"""Serve the hand-written floor app (`bench/floor_app.py`) exactly as `flux server` serves Flux: the same
+gunicorn application class (`flux.server.FluxApplication`, so the same worker class, workers, threads, CPU
+pinning and timeouts, from the same FLUX_* settings), only its `load` builds the floor instead of Flux.
 
 `python -m bench.floor_server PORT` with DATABASE_URL set; `BENCH_OTEL=<sink url>` instruments the app with
 OpenTelemetry (Falcon and psycopg auto-instrumentation, the SDK's BatchSpanProcessor, an OTLP/HTTP exporter to

@@ -15,11 +15,11 @@ from typing import Any
 
 import psycopg
 
-from bench.table import Row, paired, row_from_pairs, timed
+from bench.table import Row, paired, pick, row_from_pairs, timed
 
-# -- runtime --------------------------------------------------------------------------------------------------
+# -- runtime -------------------------------------------------------------------------------------------------
 
-ECHO_JS = """// The floor of a warm Deno call: read a JSON line from stdin, answer one, over the same pipes Flux uses.
+ECHO_JS = """// The floor of a warm Deno call: read a JSON line from stdin, answer one, over the same pipes.
 const encoder = new TextEncoder();
 const stdin = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
 let buffered = "";
@@ -53,7 +53,7 @@ def runtime_rows(dsn: str, quick: bool) -> list[Row]:
     from flux.runtime.wasm import compile_wat
     from flux.trace.recorder import Recorder
 
-    rounds = 5 if quick else 9
+    rounds = pick(quick, 9, 5, 3)
     rows = []
     with psycopg.connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as cache:
         runtime = Runtime(Path(cache))
@@ -63,10 +63,12 @@ def runtime_rows(dsn: str, quick: bool) -> list[Row]:
                         "user", Recorder(request_id))  # fmt: skip
             limits = FunctionLimits()
             wasm = compile_wat(TRIVIAL_WAT)
-            rows.append(_wasm_row(runtime, host, limits, wasm, rounds, 200 if quick else 1000))
+            rows.append(_wasm_row(runtime, host, limits, wasm, rounds, pick(quick, 1000, 200, 50)))
             fn = _function("trivial", "typescript", TRIVIAL_TS)
-            rows.append(_deno_row(runtime, host, fn, rounds, 100 if quick else 500))
-            rows.append(_component_row(runtime, host, Path(cache), TRIVIAL_PY, rounds, 10 if quick else 50))
+            rows.append(_deno_row(runtime, host, fn, rounds, pick(quick, 500, 100, 30)))
+            rows.append(
+                _component_row(runtime, host, Path(cache), TRIVIAL_PY, rounds, pick(quick, 50, 10, 3))
+            )
         finally:
             runtime.close()
     return rows
@@ -103,8 +105,8 @@ def _wasm_row(runtime: Any, host: Any, limits: Any, wasm: bytes, rounds: int, ca
     figures = paired(rounds, lambda: _per_call_us(calls, flux_call), lambda: _per_call_us(calls, direct))
     return row_from_pairs("runtime: Wasm fresh instance + trivial call", "us", "wasmtime by hand", figures,
                           target="<= 150", target_of="flux",
-                          note="Flux: epoch deadline, fuel, memory cap, host imports; by hand: Store + Instance"
-                          " + alloc/handle with nothing else (same engine defaults otherwise)")  # fmt: skip
+                          note="Flux: epoch deadline, fuel, memory cap, host imports; by hand: Store +"
+                          " Instance + alloc/handle with nothing else")  # fmt: skip
 
 
 def _deno_row(runtime: Any, host: Any, fn: Any, rounds: int, calls: int) -> Row:
@@ -131,7 +133,9 @@ def _deno_row(runtime: Any, host: Any, fn: Any, rounds: int, calls: int) -> Row:
             flux_call = lambda: runtime.execute(fn, {"path": "/"}, host)  # noqa: E731
             for _ in range(100):
                 flux_call(), echo()
-            figures = paired(rounds, lambda: _per_call_us(calls, flux_call), lambda: _per_call_us(calls, echo))
+            figures = paired(
+                rounds, lambda: _per_call_us(calls, flux_call), lambda: _per_call_us(calls, echo)
+            )
         finally:
             worker.stop()
     return row_from_pairs("runtime: Deno warm call", "us", "deno JSON-lines echo", figures,
@@ -185,17 +189,18 @@ def _component_row(runtime: Any, host: Any, scratch: Path, source: str, rounds: 
                           " deadline, memory cap) and recorded host")  # fmt: skip
 
 
-# -- queue ----------------------------------------------------------------------------------------------------
+# -- queue ---------------------------------------------------------------------------------------------------
 
 
 def queue_rows(dsn: str, quick: bool) -> list[Row]:
     import importlib.metadata
     import shutil
 
-    from bench import queue as q
     from psycopg import conninfo
 
-    rounds, jobs, latency_jobs = (2, 300, 20) if quick else (5, 2000, 60)
+    from bench import queue as q
+
+    rounds, jobs, latency_jobs = pick(quick, (5, 2000, 60), (2, 300, 20), (2, 60, 5))
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-queue-"))
     peer_dsn = conninfo.make_conninfo(dsn, dbname=q.PEER_DATABASE)
     env = {**os.environ, "DATABASE_URL": dsn, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -238,7 +243,8 @@ def queue_rows(dsn: str, quick: bool) -> list[Row]:
             row_from_pairs("queue: jobs processed, 4 at once", "jobs/s", f"procrastinate {version}", rate,
                            target=">= 2", note=f"{jobs} no-op jobs a round (Flux: a Wasm function, each run"
                            " recorded as a request; procrastinate: an async no-op task), same Postgres"),
-            row_from_pairs("queue: enqueue -> start p50, idle worker", "ms", f"procrastinate {version}", start,
+            row_from_pairs("queue: enqueue -> start p50, idle worker", "ms", f"procrastinate {version}",
+                           start,
                            target="<= 5", target_of="flux",
                            note=f"{latency_jobs} jobs a round, pushed {q.LATENCY_GAP_S * 1000:.0f} ms apart"),
         ]  # fmt: skip
@@ -247,11 +253,11 @@ def queue_rows(dsn: str, quick: bool) -> list[Row]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# -- mutation tracking ----------------------------------------------------------------------------------------
+# -- mutation tracking ---------------------------------------------------------------------------------------
 
 # supa_audit (github.com/supabase/supa_audit) is not packaged for this machine's Postgres, so its trigger is
-# written here the way supa_audit's is: one row per change in a record_version table, the row and the old row as
-# jsonb, a record id derived from the table and primary key, and the same indexes.
+# written here the way supa_audit's is: one row per change in a record_version table, the row and the old
+# row as jsonb, a record id derived from the table and primary key, and the same indexes.
 AUDIT_SQL = """
 DROP SCHEMA IF EXISTS bench_audit CASCADE;
 CREATE SCHEMA bench_audit;
@@ -286,15 +292,17 @@ TRACKING_TABLES = ("bench_plain", "bench_tracked", "bench_audited")
 def tracking_rows(dsn: str, quick: bool) -> list[Row]:
     from bench.track_overhead import _writes
 
-    rounds, rows_per_round = (3, 200) if quick else (7, 1000)
+    rounds, rows_per_round = pick(quick, (7, 1000), (3, 200), (2, 30))
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in TRACKING_TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}".encode())
             conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, email text, balance int)".encode())
         conn.execute("SELECT flux.track('bench_tracked')")
         conn.execute(AUDIT_SQL.encode())
-        conn.execute(b"CREATE TRIGGER audit_i_u_d AFTER INSERT OR UPDATE OR DELETE ON bench_audited FOR EACH ROW"
-                     b" EXECUTE FUNCTION bench_audit.insert_update_delete_trigger()")  # fmt: skip
+        conn.execute(
+            b"CREATE TRIGGER audit_i_u_d AFTER INSERT OR UPDATE OR DELETE ON bench_audited"
+            b" FOR EACH ROW EXECUTE FUNCTION bench_audit.insert_update_delete_trigger()"
+        )
         try:
             import bench.track_overhead as overhead
 
@@ -318,15 +326,16 @@ def tracking_rows(dsn: str, quick: bool) -> list[Row]:
             conn.execute("DELETE FROM flux.mutations WHERE table_name = 'bench_tracked'")
     note = f"{writes} single-row INSERT/UPDATE/DELETE transactions a round, each committed"
     return [
-        row_from_pairs("tracking: tracked vs untracked write", "us", "untracked write", plain, target="<= 1.5",
-                       note=note),
+        row_from_pairs("tracking: tracked vs untracked write", "us", "untracked write", plain,
+                       target="<= 1.5", note=note),
         row_from_pairs("tracking: Flux's trigger vs supa_audit's", "us", "supa_audit-style trigger", audited,
                        target="<= 1.2", note="supa_audit is not installable here: its trigger and table are"
-                       " written in bench/scenarios.py the way supa_audit's are (jsonb row + old row, record ids)"),
+                       " written in bench/scenarios.py the way supa_audit's are (jsonb row + old row,"
+                       " record ids)"),
     ]  # fmt: skip
 
 
-# -- trace store ----------------------------------------------------------------------------------------------
+# -- trace store ---------------------------------------------------------------------------------------------
 
 
 def trace_store_rows(dsn: str, quick: bool) -> list[Row]:
@@ -335,15 +344,18 @@ def trace_store_rows(dsn: str, quick: bool) -> list[Row]:
 
     scale = float(os.environ.get("FLUX_BENCH_SCALE", "0.002" if quick else "1"))
     requests = max(1000, int(inspect.REQUESTS * scale))
-    samples = 50 if quick else inspect.SAMPLES
+    samples = pick(quick, inspect.SAMPLES, 50, 10)
     with psycopg.connect(dsn, autocommit=True) as conn:
         took = inspect._generate(conn, requests)
         try:
             picks = random.Random(7)
-            request_ids = [inspect._request_id(conn, picks.randrange(1, requests + 1)) for _ in range(samples)]
+            request_ids = [
+                inspect._request_id(conn, picks.randrange(1, requests + 1)) for _ in range(samples)
+            ]
             keys = [json.dumps({"id": picks.randrange(requests)}) for _ in range(samples)]
             lookups = (
-                ("trace store: flux trace <id>", [[(q, (rid,)) for q in TRACE_STATEMENTS] for rid in request_ids]),
+                ("trace store: flux trace <id>",
+                 [[(query, (rid,)) for query in TRACE_STATEMENTS] for rid in request_ids]),
                 ("trace store: flux state history", [[(inspect._HISTORY, (key,))] for key in keys]),
                 ("trace store: flux state blame", [[(inspect._BLAME, (key,))] for key in keys]),
             )  # fmt: skip
@@ -351,14 +363,18 @@ def trace_store_rows(dsn: str, quick: bool) -> list[Row]:
             for label, batch in lookups:
                 times = sorted(_server_ms(conn, statements) for statements in batch)
                 p95 = times[max(0, int(len(times) * 0.95) - 1)]
-                rows.append(Row(label, "ms", p95, None, "", target="<= 50", target_of="flux", pairs=len(times),
-                                note=f"server time p95 (p50 {statistics.median(times):.2f} ms) of {len(times)}"
+                p50 = statistics.median(times)
+                rows.append(Row(label, "ms", p95, None, "", target="<= 50", target_of="flux",
+                                pairs=len(times),
+                                note=f"server time p95 (p50 {p50:.2f} ms) of {len(times)}"
                                 f" random lookups; {requests:,} requests, {requests * 10:,} spans,"
                                 f" {requests * 10:,} mutations (generated in {took:.0f} s)"))  # fmt: skip
             return rows
         finally:
             conn.execute("DROP TABLE IF EXISTS bench_items")
-            if requests <= 100_000:  # a big store is left in the throwaway database (deleting it takes minutes)
+            if (
+                requests <= 100_000
+            ):  # a big store is left in the throwaway database (deleting it takes minutes)
                 generated = f"SELECT md5('r' || i)::uuid FROM generate_series(1, {requests}) i"
                 conn.execute(f"DELETE FROM flux.mutations WHERE request_id IN ({generated})".encode())
                 conn.execute(f"DELETE FROM flux.spans WHERE request_id IN ({generated})".encode())
@@ -374,7 +390,7 @@ def _server_ms(conn: psycopg.Connection[Any], statements: list[tuple[str, tuple[
     return total
 
 
-# -- replay ---------------------------------------------------------------------------------------------------
+# -- replay --------------------------------------------------------------------------------------------------
 
 
 def replay_rows(dsn: str, quick: bool) -> list[Row]:
@@ -386,7 +402,9 @@ def replay_rows(dsn: str, quick: bool) -> list[Row]:
     from flux.runtime import Caller, Runtime, invoke
     from flux.trace.tree import load_trace
 
-    recorded, window, samples, undone = (40, 200, 7, 200) if quick else (r.RECORDED, 2000, r.SAMPLES, r.UNDONE)
+    recorded, window, samples, undone = pick(
+        quick, (r.RECORDED, 2000, r.SAMPLES, r.UNDONE), (40, 200, 7, 200), (10, 30, 3, 20)
+    )
     source = (r.ROOT / "examples/quickstart/functions/add_note/index.ts").read_bytes()
     add_note = r._function("add_note", source.replace(b'"notes"', b'"bench_notes"'))
     reader = r._function("read_note", r.READER)
@@ -400,12 +418,17 @@ def replay_rows(dsn: str, quick: bool) -> list[Row]:
             originals = []
             for i in range(recorded):
                 request = {"method": "POST", "path": "/notes", "body": {"text": f"note {i}"}}
-                originals.append(invoke(conn, executor, add_note, request, catalog=catalog, caller=anon).request_id)
+                originals.append(
+                    invoke(conn, executor, add_note, request, catalog=catalog, caller=anon).request_id
+                )
             how = Replay(executor, built_code({"add_note": add_note, "read_note": reader}), catalog)
             recordings = [recording_of(load_trace(conn, request_id)) for request_id in originals]
             results = [replay(conn, recording, how) for recording in recordings]
             r._check(results)
-            each = [res.server_us / rec.request["duration_us"] for res, rec in zip(results, recordings, strict=True)]
+            each = [
+                res.server_us / rec.request["duration_us"]
+                for res, rec in zip(results, recordings, strict=True)
+            ]
             quiet = Replay(executor, how.code_for, catalog, record=False)
             clock = time.perf_counter()
             for i in range(window):
@@ -414,7 +437,9 @@ def replay_rows(dsn: str, quick: bool) -> list[Row]:
             # as-of: a one-row read, replayed after `undone` later writes to its row, against its original
             request = {"method": "POST", "path": "/read", "body": {"id": 1}}
             invoke(conn, executor, reader, request, catalog=catalog, caller=anon)
-            outcomes = [invoke(conn, executor, reader, request, catalog=catalog, caller=anon) for _ in range(samples)]
+            outcomes = [
+                invoke(conn, executor, reader, request, catalog=catalog, caller=anon) for _ in range(samples)
+            ]
             read_recordings = [recording_of(load_trace(conn, o.request_id)) for o in outcomes]
             as_of = Replay(executor, built_code({"read_note": reader}), catalog, mode="as-of")
             with conn.transaction():
@@ -437,8 +462,8 @@ def replay_rows(dsn: str, quick: bool) -> list[Row]:
     return [
         Row("replay: recorded mode vs the original", "us", replay_us, original_us, "original request",
             ratio=statistics.median(each), spread=_deciles(each), pairs=len(each), target="<= 1.0",
-            note=f"quickstart add_note (TypeScript, one insert), {recorded} requests each replayed once; server"
-            " time; spread is p10-p90 of the per-request ratios"),
+            note=f"quickstart add_note (TypeScript, one insert), {recorded} requests each replayed once;"
+            " server time; spread is p10-p90 of the per-request ratios"),
         Row("replay: as-of vs the original", "us", statistics.median(as_of_ratios) * read_us, read_us,
             "original request", ratio=statistics.median(as_of_ratios), spread=_deciles(as_of_ratios),
             pairs=len(as_of_ratios), target="<= 3.0",

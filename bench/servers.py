@@ -1,6 +1,6 @@
-"""The HTTP scenarios' processes: Flux (`flux server`) and the floor (`bench/floor_server.py`, the same gunicorn
-application class) on free ports with the same FLUX_* settings, an OTLP sink standing in for a collector, and
-wrk as the load generator (installed from Debian when missing and root)."""
+"""The HTTP scenarios' processes: Flux (`flux server`) and the floor (`bench/floor_server.py`, the same
+gunicorn application class) on free ports with the same FLUX_* settings, an OTLP sink standing in for a
+collector, and wrk as the load generator (installed from Debian when missing and root)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,17 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 # What both servers run with (the defaults of `flux server` on a 2-CPU machine: 2 sync workers, pinned).
-SERVER_ENV = {"FLUX_WORKERS": "2", "FLUX_WORKER_CLASS": "sync", "FLUX_THREADS": "1", "FLUX_PIN_WORKERS": "auto",
-              "FLUX_QUEUE_WORKERS": "0"}  # fmt: skip
+SERVER_ENV = {
+    "FLUX_WORKERS": "2",
+    "FLUX_WORKER_CLASS": "sync",
+    "FLUX_THREADS": "1",
+    "FLUX_PIN_WORKERS": "auto",
+    "FLUX_QUEUE_WORKERS": "0",  # no queue worker processes beside either server
+}
 
 
 class WrkMissing(RuntimeError):
@@ -44,7 +50,9 @@ def ensure_wrk() -> str:
         found = shutil.which("wrk")
         if found:
             return found
-    raise WrkMissing("wrk is not installed: run `apt-get install wrk` as root (Debian), then `make bench` again")
+    raise WrkMissing(
+        "wrk is not installed: run `apt-get install wrk` as root (Debian), then `make bench` again"
+    )
 
 
 def free_port() -> int:
@@ -72,7 +80,9 @@ def _env(dsn: str, extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def _process(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    command: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -97,9 +107,9 @@ def flux_server(dsn: str, project: Path) -> Iterator[str]:
 
 
 @contextmanager
-def floor_server(dsn: str, project: Path, extra_env: dict[str, str] | None = None, name: str = "floor") -> Iterator[
-    str
-]:  # fmt: skip
+def floor_server(
+    dsn: str, project: Path, extra_env: dict[str, str] | None = None, name: str = "floor"
+) -> Iterator[str]:
     """The floor app under Flux's gunicorn application class, in `project` (its flux.toml's settings too)."""
     port = free_port()
     command = [sys.executable, "-m", "bench.floor_server", str(port)]
@@ -125,7 +135,7 @@ def sink_received(traces_url: str) -> dict[str, int]:
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
-    received = [0, 0]  # exports, bytes
+    received: ClassVar[list[int]] = [0, 0]  # exports, bytes
 
     def do_GET(self) -> None:
         answer = json.dumps({"exports": self.received[0], "bytes": self.received[1]}).encode()
@@ -147,9 +157,18 @@ class _Sink(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def wrk(url: str, script: Path | None = None, duration_s: float = 3, connections: int = 4) -> tuple[float, float]:
+def wrk(
+    url: str, script: Path | None = None, duration_s: float = 3, connections: int = 4
+) -> tuple[float, float]:
     """p50 latency (ms) and requests per second; every answer must be a 2xx."""
-    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", url]
+    command = [
+        "wrk",
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--latency",
+        url,
+    ]
     if script is not None:
         command[1:1] = ["-s", str(script)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -75,7 +75,11 @@ def paired(rounds: int, flux: Callable[[], float], floor: Callable[[], float]) -
 
 
 def row_from_pairs(
-    scenario: str, unit: str, floor_name: str, figures: tuple[list[float], list[float], list[float]], **extra: Any
+    scenario: str,
+    unit: str,
+    floor_name: str,
+    figures: tuple[list[float], list[float], list[float]],
+    **extra: Any,
 ) -> Row:
     flux_figures, floor_figures, ratios = figures
     return Row(
@@ -83,6 +87,14 @@ def row_from_pairs(
         ratio=statistics.median(ratios), spread=(min(ratios), max(ratios)), pairs=len(ratios),
         ratios=[round(r, 4) for r in ratios], **extra,
     )  # fmt: skip
+
+
+def pick(quick: bool, full: Any, quick_value: Any, tiny_value: Any) -> Any:
+    """A scenario's size: `make bench`, `make bench-quick`, or bench-quick with FLUX_BENCH_TINY=1 (the smoke
+    test in tests/test_bench.py, which checks that every row prints, not what it says)."""
+    if os.environ.get("FLUX_BENCH_TINY") == "1":
+        return tiny_value
+    return quick_value if quick else full
 
 
 def timed(work: Callable[[], Any]) -> float:
@@ -117,7 +129,9 @@ def render(rows: list[Row]) -> str:
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     out = []
     for line in [header, *lines]:
-        out.append("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        out.append(
+            "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
     out.insert(1, "-" * len(out[0]))
     notes = [f"  {row.scenario}: {row.note}" for row in rows if row.note]
     return "\n".join(out + (["notes:", *notes] if notes else []))
@@ -141,13 +155,17 @@ def machine() -> dict[str, Any]:
 
 def short_sha() -> str:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
     except OSError:
         return "nogit"
     return done.stdout.strip() or "nogit"
 
 
-def write_json(rows: list[Row], meta: dict[str, Any], folder: Path = RESULTS) -> Path:
+def write_json(rows: list[Row], meta: dict[str, Any]) -> Path:
+    """bench/results/<date>-<short sha>.json (`-quick` for bench-quick), or in FLUX_BENCH_RESULTS."""
+    folder = Path(os.environ.get("FLUX_BENCH_RESULTS") or RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     today = datetime.datetime.now(datetime.UTC)
     path = folder / f"{today:%Y-%m-%d}-{short_sha()}{'-quick' if meta.get('quick') else ''}.json"

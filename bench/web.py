@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 
 from bench import floor_app, servers
-from bench.table import Row, paired, row_from_pairs
+from bench.table import Row, paired, pick, row_from_pairs
 from flux.gateway.auth import hash_key, new_api_key
 
 FLUX_TOML = """
@@ -34,8 +34,8 @@ path = "/orders"
 function = "orders"
 auth = "key"
 """
-ORDERS_TS = """// The whole path's function: two reads and one insert (into a tracked table), as bench/floor_app.py's
-// `/orders` does by hand.
+ORDERS_TS = """// The whole path's function: two reads and one insert (into a tracked table), as
+// bench/floor_app.py's `/orders` does by hand.
 export default async (req: any, ctx: any) => {
   const account = (await ctx.db.query({
     select: "bench_accounts", columns: ["id", "email", "name"], where: { id: { eq: req.body.account } },
@@ -52,19 +52,20 @@ export default async (req: any, ctx: any) => {
 };
 """
 SCHEMA_SQL = """
-DROP TABLE IF EXISTS bench_items, bench_orders, bench_events, bench_path_orders, bench_products, bench_accounts
-    CASCADE;
+DROP TABLE IF EXISTS bench_items, bench_orders, bench_events, bench_path_orders, bench_products,
+    bench_accounts CASCADE;
 CREATE TABLE bench_accounts (id int PRIMARY KEY, email text NOT NULL, name text);
 CREATE TABLE bench_products (sku text PRIMARY KEY, title text NOT NULL, price numeric(10,2) NOT NULL);
 CREATE TABLE bench_orders (id serial PRIMARY KEY, account_id int NOT NULL REFERENCES bench_accounts,
                            status text NOT NULL DEFAULT 'open', total numeric(10,2) NOT NULL DEFAULT 0);
-CREATE TABLE bench_items (order_id int REFERENCES bench_orders ON DELETE CASCADE, sku text, quantity int NOT NULL,
-                          PRIMARY KEY (order_id, sku));
+CREATE TABLE bench_items (order_id int REFERENCES bench_orders ON DELETE CASCADE, sku text,
+                          quantity int NOT NULL, PRIMARY KEY (order_id, sku));
 CREATE TABLE bench_events (id bigserial PRIMARY KEY, account_id int NOT NULL, kind text NOT NULL,
                            at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE bench_path_orders (id bigserial PRIMARY KEY, account_id int NOT NULL, sku text NOT NULL,
                                 total numeric(10,2) NOT NULL, at timestamptz NOT NULL DEFAULT now());
-INSERT INTO bench_accounts SELECT i, 'user' || i || '@example.com', 'User ' || i FROM generate_series(1, 1000) i;
+INSERT INTO bench_accounts
+    SELECT i, 'user' || i || '@example.com', 'User ' || i FROM generate_series(1, 1000) i;
 INSERT INTO bench_products SELECT 'sku' || i, 'Product ' || i, 1 + i % 50 FROM generate_series(0, 99) i;
 INSERT INTO bench_orders (account_id, status, total)
     SELECT 1 + i % 1000, (ARRAY['open', 'paid', 'cancelled'])[1 + i % 3], (i % 10000) / 100.0
@@ -101,7 +102,7 @@ def rows(dsn: str, quick: bool) -> list[Row]:
     """The data engine's three rows and the whole path's three, from one Flux server, one floor server and one
     floor server with OpenTelemetry."""
     servers.ensure_wrk()
-    rounds, seconds = (3, 2.0) if quick else (7, 5.0)
+    rounds, seconds = pick(quick, (7, 5.0), (3, 2.0), (2, 1.0))
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-web-"))
     folder.chmod(0o755)
     try:
@@ -119,7 +120,9 @@ def rows(dsn: str, quick: bool) -> list[Row]:
             received = servers.sink_received(sink)
             if not received["exports"]:
                 raise RuntimeError("the OTLP sink received no spans: OpenTelemetry was not measured")
-            found[-2].note += f"; the sink received {received['exports']} exports, {received['bytes']:,} bytes"
+            found[
+                -2
+            ].note += f"; the sink received {received['exports']} exports, {received['bytes']:,} bytes"
         return found
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -132,7 +135,8 @@ def _data_rows(folder: Path, key: str, flux: str, floor: str, rounds: int, secon
     found = []
     for label, name, query, target in (
         ("data engine: select 1 row by key", "pk", floor_app.PK_QUERY, ">= 0.7"),
-        (f"data engine: select {floor_app.NESTED_ROWS} rows + nested", "nested", floor_app.NESTED_QUERY, ">= 0.7"),
+        (f"data engine: select {floor_app.NESTED_ROWS} rows + nested", "nested", floor_app.NESTED_QUERY,
+         ">= 0.7"),
         ("data engine: insert 1 row", "insert", floor_app.INSERT_QUERY, ">= 0.7"),
     ):  # fmt: skip
         script = servers.post_script(folder, name, json.dumps(query), key)
@@ -145,8 +149,8 @@ def _data_rows(folder: Path, key: str, flux: str, floor: str, rounds: int, secon
         )
         found.append(row_from_pairs(
             label, "req/s", "Falcon + psycopg by hand", figures, target=target,
-            note="" if name != "pk" else "POST /db/query (recorded) vs the same SQL by hand, prepared and pipelined,"
-            " 4 connections, 2 sync workers pinned (both)",
+            note="" if name != "pk" else "POST /db/query (recorded) vs the same SQL by hand, prepared and"
+            " pipelined, 4 connections, 2 sync workers pinned (both)",
         ))  # fmt: skip
     return found
 
@@ -169,18 +173,19 @@ def _path_rows(
     against_otel = (flux_ms, otel_ms, [f / o for f, o in zip(flux_ms, otel_ms, strict=True)])
     flux_added = [f - b for f, b in zip(flux_ms, bare_ms, strict=True)]
     otel_added = [o - b for o, b in zip(otel_ms, bare_ms, strict=True)]
-    added = (flux_added, otel_added, [f / o if o > 0 else float("inf") for f, o in zip(flux_added, otel_added,
-                                                                                        strict=True)])  # fmt: skip
+    added_ratios = [f / o if o > 0 else float("inf") for f, o in zip(flux_added, otel_added, strict=True)]
+    added = (flux_added, otel_added, added_ratios)
     return [
         row_from_pairs("whole path: Flux vs by hand, untraced", "ms/req", "Falcon + psycopg, no tracing",
                        against_bare,
-                       note="POST /orders: gateway, TypeScript function, 2 reads, 1 insert into a tracked table"
-                       " (Flux records request, spans, inputs, outputs, mutation); 1 connection, mean ms a request"),
+                       note="POST /orders: gateway, TypeScript function, 2 reads, 1 insert into a tracked"
+                       " table (Flux records request, spans, inputs, outputs, mutation); 1 connection,"
+                       " mean ms a request"),
         row_from_pairs("whole path: Flux vs by hand + OpenTelemetry", "ms/req", "Falcon + psycopg + OTel",
                        against_otel,
                        note="OTel: falcon + psycopg auto-instrumentation, SDK BatchSpanProcessor, OTLP/HTTP"
                        " exporter to a local sink (a request span and a span per statement)"),
         row_from_pairs("whole path: added per request, Flux vs OTel", "ms", "OTel's added", added,
-                       note="each side's ms a request over the untraced app by hand, same round; Flux's includes"
-                       " running the TypeScript function (the app by hand has none)"),
+                       note="each side's ms a request over the untraced app by hand, same round; Flux's"
+                       " includes running the TypeScript function (the app by hand has none)"),
     ]  # fmt: skip
