@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from bench.table import Row, paired, pick, row_from_pairs, timed
+from bench.table import Row, interleaved, paired, pick, row_from_pairs, scaled
 
 # -- runtime -------------------------------------------------------------------------------------------------
 
@@ -74,22 +74,20 @@ def runtime_rows(dsn: str, quick: bool) -> list[Row]:
     return rows
 
 
-def _per_call_us(calls: int, call: Any) -> float:
-    return timed(lambda: [call() for _ in range(calls)]) / calls * 1e6
-
-
 def _wasm_row(runtime: Any, host: Any, limits: Any, wasm: bytes, rounds: int, calls: int) -> Row:
     import wasmtime
 
     loaded = runtime.wasm.load(wasm)
     engine = wasmtime.Engine()
     module = wasmtime.Module(engine, wasm)
+    pre = wasmtime.Linker(engine).instantiate_pre(module)  # linked once, as Flux does
     request = {"path": "/"}
 
     def direct() -> Any:
-        """A fresh instance and the trivial call by hand: the request written in, the answer read out."""
+        """A fresh instance (of the module linked once) and the trivial call by hand: the request written in,
+        the answer read out."""
         store = wasmtime.Store(engine)
-        instance = wasmtime.Instance(store, module, [])
+        instance = pre.instantiate(store)
         exports = instance.exports(store)
         memory, alloc, handle = exports["memory"], exports["flux_alloc"], exports["flux_handle"]
         data = json.dumps(request).encode()
@@ -102,11 +100,12 @@ def _wasm_row(runtime: Any, host: Any, limits: Any, wasm: bytes, rounds: int, ca
     assert flux_call() == direct() == {"ok": True}
     for _ in range(100):
         flux_call(), direct()
-    figures = paired(rounds, lambda: _per_call_us(calls, flux_call), lambda: _per_call_us(calls, direct))
+    figures = scaled(interleaved(rounds, calls, flux_call, direct), 1e6)
     return row_from_pairs("runtime: Wasm fresh instance + trivial call", "us", "wasmtime by hand", figures,
                           target="<= 150", target_of="flux",
-                          note="Flux: epoch deadline, fuel, memory cap, host imports; by hand: Store +"
-                          " Instance + alloc/handle with nothing else")  # fmt: skip
+                          note="Flux: epoch deadline, fuel, memory cap, host imports, and wasmtime's C API"
+                          " called directly (flux/runtime/wasm.py); by hand: wasmtime-py's public API, a Store,"
+                          " InstancePre.instantiate, alloc/handle, nothing else")  # fmt: skip
 
 
 def _deno_row(runtime: Any, host: Any, fn: Any, rounds: int, calls: int) -> Row:
@@ -133,9 +132,7 @@ def _deno_row(runtime: Any, host: Any, fn: Any, rounds: int, calls: int) -> Row:
             flux_call = lambda: runtime.execute(fn, {"path": "/"}, host)  # noqa: E731
             for _ in range(100):
                 flux_call(), echo()
-            figures = paired(
-                rounds, lambda: _per_call_us(calls, flux_call), lambda: _per_call_us(calls, echo)
-            )
+            figures = scaled(interleaved(rounds, calls, flux_call, echo), 1e6)
         finally:
             worker.stop()
     return row_from_pairs("runtime: Deno warm call", "us", "deno JSON-lines echo", figures,
@@ -181,8 +178,7 @@ def _component_row(runtime: Any, host: Any, scratch: Path, source: str, rounds: 
     assert flux_call() == compiled_once() == {"ok": True}
     for _ in range(10):
         flux_call(), compiled_once()
-    figures = paired(rounds, lambda: _per_call_us(calls, flux_call) / 1000,
-                     lambda: _per_call_us(calls, compiled_once) / 1000)  # fmt: skip
+    figures = scaled(interleaved(rounds, calls, flux_call, compiled_once), 1e3)
     return row_from_pairs("runtime: Python component instance + call", "ms", "compiled once, plain store",
                           figures, target="<= 3", target_of="flux",
                           note=f"componentize-py, {len(fn.code) / 1e6:.0f} MB; Flux adds its limits (fuel,"
@@ -286,37 +282,50 @@ BEGIN
     RETURN NULL;  -- an AFTER trigger's answer is not used
 END $$;
 """
+AUDIT_TRIGGER_SQL = (
+    b"CREATE TRIGGER audit_i_u_d AFTER INSERT OR UPDATE OR DELETE ON bench_audited"
+    b" FOR EACH ROW EXECUTE FUNCTION bench_audit.insert_update_delete_trigger()"
+)
 TRACKING_TABLES = ("bench_plain", "bench_tracked", "bench_audited")
 
 
 def tracking_rows(dsn: str, quick: bool) -> list[Row]:
-    from bench.track_overhead import _writes
-
-    rounds, rows_per_round = pick(quick, (7, 1000), (3, 200), (2, 30))
+    rounds, rows_per_round = pick(quick, (15, 300), (5, 150), (2, 20))
     with psycopg.connect(dsn, autocommit=True) as conn:
         for table in TRACKING_TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}".encode())
             conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, email text, balance int)".encode())
         conn.execute("SELECT flux.track('bench_tracked')")
         conn.execute(AUDIT_SQL.encode())
-        conn.execute(
-            b"CREATE TRIGGER audit_i_u_d AFTER INSERT OR UPDATE OR DELETE ON bench_audited"
-            b" FOR EACH ROW EXECUTE FUNCTION bench_audit.insert_update_delete_trigger()"
-        )
+        conn.execute(AUDIT_TRIGGER_SQL)
         try:
-            import bench.track_overhead as overhead
+            keys = iter(range(1 << 30))
 
-            overhead.ROWS = rows_per_round
-            work = {table: _writes(conn, table) for table in TRACKING_TABLES}
-            writes = rows_per_round * 3
+            def writes(table: str) -> Any:
+                """One row's INSERT, UPDATE and DELETE, each a transaction of its own (committed)."""
+                insert = f"INSERT INTO {table} (id, email, balance) VALUES (%s, %s, 10)".encode()
+                update = f"UPDATE {table} SET balance = balance + 1 WHERE id = %s".encode()
+                delete = f"DELETE FROM {table} WHERE id = %s".encode()
 
-            def per_write(table: str) -> float:
-                return timed(work[table]) / writes * 1e6
+                def work() -> None:
+                    key = next(keys)
+                    with conn.transaction():
+                        conn.execute(insert, (key, f"user{key}@example.com"))
+                    with conn.transaction():
+                        conn.execute(update, (key,))
+                    with conn.transaction():
+                        conn.execute(delete, (key,))
 
-            for table in TRACKING_TABLES:
-                per_write(table)  # warm
-            plain = paired(rounds, lambda: per_write("bench_tracked"), lambda: per_write("bench_plain"))
-            audited = paired(rounds, lambda: per_write("bench_tracked"), lambda: per_write("bench_audited"))
+                return work
+
+            work = {table: writes(table) for table in TRACKING_TABLES}
+            for _ in range(20):  # warm: plans, the trigger functions
+                for table in TRACKING_TABLES:
+                    work[table]()
+            per_write = 1e6 / 3  # seconds a row's three transactions to microseconds a write
+            tracked = work["bench_tracked"]
+            plain = scaled(interleaved(rounds, rows_per_round, tracked, work["bench_plain"]), per_write)
+            audited = scaled(interleaved(rounds, rows_per_round, tracked, work["bench_audited"]), per_write)
             counted = conn.execute("SELECT count(*) FROM bench_audit.record_version").fetchone()
             assert counted is not None and counted[0] > 0
         finally:
@@ -324,7 +333,8 @@ def tracking_rows(dsn: str, quick: bool) -> list[Row]:
                 conn.execute(f"DROP TABLE IF EXISTS {table}".encode())
             conn.execute("DROP SCHEMA IF EXISTS bench_audit CASCADE")
             conn.execute("DELETE FROM flux.mutations WHERE table_name = 'bench_tracked'")
-    note = f"{writes} single-row INSERT/UPDATE/DELETE transactions a round, each committed"
+    note = (f"{rows_per_round * 3} single-row INSERT/UPDATE/DELETE transactions a round on each side, each"
+            " committed (synchronous commit on), one of each side in turn")  # fmt: skip
     return [
         row_from_pairs("tracking: tracked vs untracked write", "us", "untracked write", plain,
                        target="<= 1.5", note=note),

@@ -74,6 +74,39 @@ def paired(rounds: int, flux: Callable[[], float], floor: Callable[[], float]) -
     return flux_figures, floor_figures, ratios
 
 
+def interleaved(rounds: int, calls: int, flux: Callable[[], Any], floor: Callable[[], Any]) -> tuple[
+    list[float], list[float], list[float]
+]:  # fmt: skip
+    """Like `paired`, for work measured in single calls: each round alternates one call of each side (which
+    goes first alternating), `calls` times, timing each call on its own, so the two sides share the machine's
+    drift at the scale of a call. Each side's mean seconds a call per round, and each round's ratio."""
+    clock = time.perf_counter
+    flux_figures, floor_figures, ratios = [], [], []
+    for _ in range(rounds):
+        flux_s = floor_s = 0.0
+        for index in range(calls):
+            for side in (0, 1) if index % 2 == 0 else (1, 0):
+                started = clock()
+                (flux if side == 0 else floor)()
+                elapsed = clock() - started
+                if side == 0:
+                    flux_s += elapsed
+                else:
+                    floor_s += elapsed
+        flux_figures.append(flux_s / calls)
+        floor_figures.append(floor_s / calls)
+        ratios.append(flux_s / floor_s)
+    return flux_figures, floor_figures, ratios
+
+
+def scaled(figures: tuple[list[float], list[float], list[float]], factor: float) -> tuple[
+    list[float], list[float], list[float]
+]:  # fmt: skip
+    """The figures in another unit (seconds to microseconds: 1e6); the ratios as they are."""
+    flux_figures, floor_figures, ratios = figures
+    return [f * factor for f in flux_figures], [f * factor for f in floor_figures], ratios
+
+
 def row_from_pairs(
     scenario: str,
     unit: str,

@@ -102,7 +102,7 @@ def rows(dsn: str, quick: bool) -> list[Row]:
     """The data engine's three rows and the whole path's three, from one Flux server, one floor server and one
     floor server with OpenTelemetry."""
     servers.ensure_wrk()
-    rounds, seconds = pick(quick, (7, 5.0), (3, 2.0), (2, 1.0))
+    rounds, seconds = pick(quick, (11, 3.0), (3, 2.0), (2, 1.0))
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-web-"))
     folder.chmod(0o755)
     try:
@@ -116,8 +116,11 @@ def rows(dsn: str, quick: bool) -> list[Row]:
             otel = stack.enter_context(servers.floor_server(dsn, folder, {**env, "BENCH_OTEL": sink}, "otel"))
             found = _data_rows(folder, key, flux, floor, rounds, seconds)
             found += _path_rows(folder, key, flux, floor, otel, rounds, seconds)
-            time.sleep(6)  # the BatchSpanProcessor exports every 5 s
             received = servers.sink_received(sink)
+            deadline = time.monotonic() + 10  # the BatchSpanProcessor exports every 5 s
+            while not received["exports"] and time.monotonic() < deadline:
+                time.sleep(0.5)
+                received = servers.sink_received(sink)
             if not received["exports"]:
                 raise RuntimeError("the OTLP sink received no spans: OpenTelemetry was not measured")
             found[
