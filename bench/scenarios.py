@@ -104,8 +104,8 @@ def _wasm_row(runtime: Any, host: Any, limits: Any, wasm: bytes, rounds: int, ca
     return row_from_pairs("runtime: Wasm fresh instance + trivial call", "us", "wasmtime by hand", figures,
                           target="<= 150", target_of="flux",
                           note="Flux: epoch deadline, fuel, memory cap, host imports, and wasmtime's C API"
-                          " called directly (flux/runtime/wasm.py); by hand: wasmtime-py's public API, a Store,"
-                          " InstancePre.instantiate, alloc/handle, nothing else")  # fmt: skip
+                          " called directly (flux/runtime/wasm.py); by hand: wasmtime-py's public API, a"
+                          " Store, InstancePre.instantiate, alloc/handle, nothing else")  # fmt: skip
 
 
 def _deno_row(runtime: Any, host: Any, fn: Any, rounds: int, calls: int) -> Row:
