@@ -11,7 +11,7 @@ PROJECT ?= examples/quickstart
 .PHONY: help install dev test lint typecheck bench bench-quick schema clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install Flux with its dev tools and the bench's peers
 
