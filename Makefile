@@ -8,17 +8,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROJECT ?= examples/quickstart
 
-.PHONY: help install dev test lint typecheck bench schema clean
+.PHONY: help install dev test lint typecheck bench bench-quick schema clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install Flux with its dev tools
+install: $(STAMP) ## Create .venv and install Flux with its dev tools and the bench's peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 dev: install ## Serve the quickstart project on :4000 with an embedded Postgres (Ctrl-C stops both)
@@ -34,8 +34,11 @@ lint: install ## ruff: lint and format check
 typecheck: install ## mypy --strict on flux/ and cli/
 	$(BIN)/mypy
 
-bench: install ## Benchmarks: ratios against floors, measured side by side
+bench: install ## Benchmarks: one table of ratios against floors and peers, side by side (docs/performance.md)
 	$(BIN)/python -m bench
+
+bench-quick: install ## The same table, smaller and shorter (under 3 minutes)
+	$(BIN)/python -m bench --quick
 
 schema: install ## Rewrite sql/schema.sql from a fresh migrate
 	FLUX_WRITE_SCHEMA=1 $(BIN)/pytest -q tests/test_schema.py

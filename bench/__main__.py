@@ -1,5 +1,7 @@
-"""`make bench`: run every benchmark (or those named: `python -m bench gateway runtime`) against DATABASE_URL,
-or a throwaway embedded Postgres."""
+"""`make bench`: every scenario against its floor or peer, side by side, printed as one table and written to
+bench/results/<date>-<short sha>.json (`python -m bench --quick`: `make bench-quick`, smaller and shorter).
+`python -m bench NAME...` runs the older, more talkative scenarios on their own (`replay`, `bisect`, ...).
+Against DATABASE_URL, or a throwaway embedded Postgres."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench import bisect, data_engine, gateway, inspect, queue, replay, runtime, session_reset, track_overhead
@@ -26,28 +30,41 @@ BENCHES = {
 }
 
 
-def main(names: list[str]) -> None:
-    unknown = set(names) - set(BENCHES)
-    if unknown:
-        sys.exit(f"no benchmark {', '.join(sorted(unknown))}; there are {', '.join(BENCHES)}")
-    chosen = [BENCHES[name] for name in names or BENCHES]
+@contextmanager
+def database() -> Iterator[str]:
+    """DATABASE_URL, or an embedded Postgres of its own (removed after); migrated."""
     dsn = os.environ.get("DATABASE_URL")
     if dsn:
-        _run(dsn, chosen)
+        migrate.migrate(dsn)
+        yield dsn
         return
     folder = Path(tempfile.mkdtemp(prefix="flux-bench-"))
     folder.chmod(0o755)
     try:
         with EmbeddedPostgres(folder / "pg") as embedded_dsn:
-            _run(embedded_dsn, chosen)
+            migrate.migrate(embedded_dsn)
+            yield embedded_dsn
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(dsn: str, benches: list) -> None:
-    migrate.migrate(dsn)
-    for bench in benches:
-        bench.run(dsn)
+def main(arguments: list[str]) -> None:
+    options = [a for a in arguments if a.startswith("--")]
+    names = [a for a in arguments if not a.startswith("--")]
+    if set(options) - {"--quick"}:
+        sys.exit(f"unknown option {' '.join(sorted(set(options) - {'--quick'}))}; there is --quick")
+    if not names:
+        from bench import suite
+
+        with database() as dsn:
+            sys.exit(suite.main(dsn, quick="--quick" in options))
+    unknown = set(names) - set(BENCHES)
+    if unknown:
+        sys.exit(f"no benchmark {', '.join(sorted(unknown))}; there are {', '.join(BENCHES)}")
+    chosen: list[Callable[[str], None]] = [BENCHES[name].run for name in names]
+    with database() as dsn:
+        for run in chosen:
+            run(dsn)
 
 
 main(sys.argv[1:])

@@ -1,6 +1,8 @@
 """The gateway under load (wrk against the real gunicorn servers, side by side in one run): a no-op function
 through Flux (gateway, recording, runtime) against a bare Falcon endpoint, and `POST /db/query` against a
-hand-written Falcon + psycopg endpoint running the same select, for each worker class."""
+hand-written Falcon + psycopg endpoint running the same select, for each worker class. The floor is served by
+Flux's own gunicorn application (bench/floor_server.py). `make bench`'s table measures the data engine over
+HTTP in bench/web.py; this is the longer, talkative look at the gateway."""
 
 from __future__ import annotations
 
@@ -96,11 +98,10 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
     flux_port, floor_port = _free_port(), _free_port()
     flux = subprocess.Popen([sys.executable, "-m", "cli", "server", "--port", str(flux_port)], cwd=folder,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    floor = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, "--threads", str(threads),
-         "-b", f"127.0.0.1:{floor_port}", "bench.floor_app:create()"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    # The floor under Flux's own gunicorn application (bench/floor_server.py): the same worker class, settings
+    # and CPU pinning, from the same FLUX_* variables.
+    floor = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(floor_port)], cwd=folder,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         _wait(f"http://127.0.0.1:{flux_port}/ready")
         _wait(f"http://127.0.0.1:{floor_port}/noop")
