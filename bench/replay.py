@@ -1,7 +1,8 @@
 """What a replay costs, against the request it replays, measured in one run: the quickstart's `add_note`
 (TypeScript, one insert) recorded N times, then replayed in `recorded` mode (throughput, and each replay's
-server time against its original's), one request replayed `as-of` after 1,000 later writes to the row it
-read (against the original's time), and the process's memory over a window of 10,000 replays."""
+server time against its original's), one-row reads replayed `as-of` with nothing, 1,000 later writes to the
+row they read, or 1,000 rows made since to undo (each against its original's time), and the process's memory
+over a window of 10,000 replays."""
 
 from __future__ import annotations
 
@@ -92,37 +93,17 @@ def _check(results: list[ReplayResult]) -> None:
 
 
 def _as_of(conn: Any, executor: Any, catalog: Any, reader: Function) -> None:
-    """The original's time is the median of SAMPLES identical requests (the recorded duration of each), the
-    replay's the median of SAMPLES replays of the last of them, on one request connection as a window's are,
-    after a warm-up (plans cached)."""
-    request = {"method": "POST", "path": "/read", "body": {"id": 1}}
-    invoke(conn, executor, reader, request, catalog=catalog, caller=Caller("anon"))  # warm: not a cold start
-    anon = Caller("anon")
-    outcomes = [invoke(conn, executor, reader, request, catalog=catalog, caller=anon) for _ in range(SAMPLES)]
-    recordings = [recording_of(load_trace(conn, outcome.request_id)) for outcome in outcomes]
-    original = statistics.median(r.request["duration_us"] for r in recordings)
-    recording = recordings[-1]
-    how = Replay(executor, built_code({"read_note": reader}), catalog, mode="as-of")
+    """Each shape of bench/scenarios.py's as-of rows: the replays' and originals' medians, and the median of
+    each replay's ratio to its own original, on one request connection as a window's are."""
+    from bench.scenarios import AS_OF_SHAPES, as_of_ratios
+
     with db.request_connection(conn) as runs_on:  # where the function's SQL runs, as in the server
-        nothing = statistics.median(_as_of_times(conn, runs_on, recording, how))
-        with conn.transaction():  # later writes to the row it read, one mutation each
-            for i in range(UNDONE):
-                conn.execute("UPDATE bench_notes SET body = %s WHERE id = 1", [f"edit {i}"])
-        took = statistics.median(_as_of_times(conn, runs_on, recording, how))
-    print(f"replay: as-of of a one-row read: original p50 {original:.0f} us; replay p50 with nothing to undo"
-          f" {nothing:.0f} us ({nothing / original:.2f}x), with {UNDONE} later writes to undo {took:.0f} us"
-          f" ({took / original:.2f}x)   (target <= 3.00x)")  # fmt: skip
-
-
-def _as_of_times(conn: Any, runs_on: Any, recording: Any, how: Replay) -> list[int]:
-    for _ in range(3):  # warm-up: the rewind's plans
-        replay(conn, recording, how, runs_on)
-    samples = []
-    for _ in range(SAMPLES):
-        result = replay(conn, recording, how, runs_on)
-        _check([result])
-        samples.append(result.server_us)
-    return samples
+        for shape, write in AS_OF_SHAPES.items():
+            measured = as_of_ratios(conn, runs_on, executor, reader, catalog, SAMPLES, write, UNDONE)
+            originals, replayed, ratios = measured
+            print(f"replay: as-of of a one-row read, {shape.format(n=UNDONE)}: original p50"
+                  f" {statistics.median(originals):.0f} us, replay p50 {statistics.median(replayed):.0f} us,"
+                  f" {statistics.median(ratios):.2f}x   (target <= 3.00x)")  # fmt: skip
 
 
 def _memory(conn: Any, how: Replay, recordings: list[Any]) -> None:

@@ -1030,58 +1030,21 @@ $$;
 
 
 --
--- Name: mutations; Type: TABLE; Schema: flux; Owner: -
---
-
-CREATE TABLE flux.mutations (
-    id bigint NOT NULL,
-    request_id uuid,
-    actor text DEFAULT SESSION_USER NOT NULL,
-    tenant_id uuid,
-    table_schema text NOT NULL,
-    table_name text NOT NULL,
-    op text NOT NULL,
-    row_pk jsonb NOT NULL,
-    old jsonb,
-    new jsonb,
-    changed text[],
-    txid bigint DEFAULT txid_current() NOT NULL,
-    at timestamp with time zone DEFAULT now() NOT NULL,
-    span_seq integer,
-    CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
-);
-
-
---
--- Name: TABLE mutations; Type: COMMENT; Schema: flux; Owner: -
---
-
-COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
-
-
---
--- Name: COLUMN mutations.span_seq; Type: COMMENT; Schema: flux; Owner: -
---
-
-COMMENT ON COLUMN flux.mutations.span_seq IS 'The seq of the span (in flux.spans, with request_id) whose database call made this change; NULL for writes made outside a request, or by a statement Flux did not expect to write (a function called by a select).';
-
-
---
 -- Name: mutations_since(timestamp with time zone, bigint, uuid, text[], text[]); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) RETURNS SETOF flux.mutations
+CREATE FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) RETURNS TABLE(id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb, at timestamp with time zone)
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
 BEGIN
     RETURN QUERY EXECUTE $q$
-        SELECT m.* FROM flux.mutations m
+        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
          WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
            AND (m.table_schema, m.table_name) IN (
                    SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
         UNION ALL
-        SELECT m.* FROM flux.mutations m
+        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
          WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
            AND (m.table_schema, m.table_name) IN (
                    SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
@@ -1408,20 +1371,6 @@ BEGIN
         'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
         'triggers_off', triggers_off);
 END
-$$;
-
-
---
--- Name: rewinding(); Type: FUNCTION; Schema: flux; Owner: -
---
-
-CREATE FUNCTION flux.rewinding() RETURNS boolean
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT coalesce(pg_catalog.current_setting('flux.replay_call', true), '') IN ('@undo', '@rewind')
-       AND CURRENT_USER = (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
-                            WHERE n.nspname = 'flux')
 $$;
 
 
@@ -1873,12 +1822,18 @@ BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
       FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
                              || key_columns) AS k;
+    -- Every write is recorded but a replay's rewind putting rows back: flux.undo_mutations sets flux.replay_call
+    -- to `@undo` or `@rewind` around the statements that do, as the role that owns Flux (they are rolled back
+    -- with the replay). A request cannot pass for one: it may not set Flux's settings, and never runs as that
+    -- role; nor can another role, whatever it sets. On any other write, one setting lookup decides.
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
-        -- on any write but a rewind's, one setting lookup decides (flux.rewinding is not called)
         'WHEN (coalesce(pg_catalog.current_setting(''flux.replay_call'', true), '''')'
-        '      NOT IN (''@undo'', ''@rewind'') OR NOT flux.rewinding()) '
-        'EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+        '      NOT IN (''@undo'', ''@rewind'') OR CURRENT_USER <> %L) '
+        'EXECUTE FUNCTION flux.tg_mutations__record(%s)',
+        target,
+        (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n WHERE n.nspname = 'flux'),
+        key_arguments);
     -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
     -- named to fire after the table's own BEFORE triggers. A rewind's rows (`@rewind`) keep theirs.
     EXECUTE pg_catalog.format(
@@ -2048,7 +2003,7 @@ BEGIN
             pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
                       + coalesce(pg_catalog.cardinality(t.deleted), 0);
         END IF;
-        -- Flux's recording trigger leaves the rows put back alone (flux.rewinding), and the pin trigger pins
+        -- Flux's recording trigger leaves the rows put back alone (flux.track), and the pin trigger pins
         -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
         PERFORM pg_catalog.set_config('flux.replay_call', CASE WHEN triggers_on THEN '@undo' ELSE '@rewind' END,
                                       true);
@@ -2594,6 +2549,43 @@ ALTER TABLE flux.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: mutations; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.mutations (
+    id bigint NOT NULL,
+    request_id uuid,
+    actor text DEFAULT SESSION_USER NOT NULL,
+    tenant_id uuid,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    row_pk jsonb NOT NULL,
+    old jsonb,
+    new jsonb,
+    changed text[],
+    txid bigint DEFAULT txid_current() NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    span_seq integer,
+    CONSTRAINT mutations_op_check CHECK ((op = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
+);
+
+
+--
+-- Name: TABLE mutations; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.mutations IS 'Every INSERT, UPDATE and DELETE on a tracked table, with old and new values and the request that made it (request_id is null for writes made outside Flux; actor is the database session user).';
+
+
+--
+-- Name: COLUMN mutations.span_seq; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON COLUMN flux.mutations.span_seq IS 'The seq of the span (in flux.spans, with request_id) whose database call made this change; NULL for writes made outside a request, or by a statement Flux did not expect to write (a function called by a select).';
 
 
 --
@@ -3691,13 +3683,6 @@ REVOKE ALL ON FUNCTION flux.grant_service_defaults() FROM PUBLIC;
 
 
 --
--- Name: TABLE mutations; Type: ACL; Schema: flux; Owner: -
---
-
-GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
-
-
---
 -- Name: FUNCTION mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3908,6 +3893,13 @@ GRANT SELECT ON TABLE flux.job_runs TO flux_authenticator;
 --
 
 GRANT USAGE ON SEQUENCE flux.jobs_id_seq TO flux_recorder;
+
+
+--
+-- Name: TABLE mutations; Type: ACL; Schema: flux; Owner: -
+--
+
+GRANT INSERT ON TABLE flux.mutations TO flux_recorder;
 
 
 --

@@ -133,19 +133,6 @@ BEGIN
 END
 $$;
 
--- Whether the write at hand is a replay's rewind putting rows back (flux.undo_mutations sets flux.replay_call
--- to `@undo` or `@rewind` around the statements that do), run by the role that owns Flux: the recording trigger
--- leaves those alone (they are rolled back with the replay). A request cannot pass for one: it may not set
--- Flux's settings, and never runs as that role.
-CREATE OR REPLACE FUNCTION flux.rewinding() RETURNS boolean
-    LANGUAGE sql STABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(pg_catalog.current_setting('flux.replay_call', true), '') IN ('@undo', '@rewind')
-       AND CURRENT_USER = (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n
-                            WHERE n.nspname = 'flux')
-$$;
-
 -- Start recording every write to a table (again, with its current primary key, if already tracked).
 CREATE OR REPLACE FUNCTION flux.track(target regclass) RETURNS void
     LANGUAGE plpgsql
@@ -171,12 +158,18 @@ BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.quote_literal(k), ', ') INTO key_arguments
       FROM pg_catalog.unnest(ARRAY[(SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = target)]
                              || key_columns) AS k;
+    -- Every write is recorded but a replay's rewind putting rows back: flux.undo_mutations sets flux.replay_call
+    -- to `@undo` or `@rewind` around the statements that do, as the role that owns Flux (they are rolled back
+    -- with the replay). A request cannot pass for one: it may not set Flux's settings, and never runs as that
+    -- role; nor can another role, whatever it sets. On any other write, one setting lookup decides.
     EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER flux_mutations AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
-        -- on any write but a rewind's, one setting lookup decides (flux.rewinding is not called)
         'WHEN (coalesce(pg_catalog.current_setting(''flux.replay_call'', true), '''')'
-        '      NOT IN (''@undo'', ''@rewind'') OR NOT flux.rewinding()) '
-        'EXECUTE FUNCTION flux.tg_mutations__record(%s)', target, key_arguments);
+        '      NOT IN (''@undo'', ''@rewind'') OR CURRENT_USER <> %L) '
+        'EXECUTE FUNCTION flux.tg_mutations__record(%s)',
+        target,
+        (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n WHERE n.nspname = 'flux'),
+        key_arguments);
     -- A replay gives the rows it writes again their recorded generated values (sql/functions/025_replay.sql);
     -- named to fire after the table's own BEFORE triggers. A rewind's rows (`@rewind`) keep theirs.
     EXECUTE pg_catalog.format(

@@ -163,18 +163,19 @@ GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], tex
 -- Planned with the values each time (EXECUTE), so that the planner sees how recent `started` is.
 CREATE OR REPLACE FUNCTION flux.mutations_since(
     started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
-) RETURNS SETOF flux.mutations
+) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
+                 at timestamptz)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN QUERY EXECUTE $q$
-        SELECT m.* FROM flux.mutations m
+        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
          WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
            AND (m.table_schema, m.table_name) IN (
                    SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
         UNION ALL
-        SELECT m.* FROM flux.mutations m
+        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
          WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
            AND (m.table_schema, m.table_name) IN (
                    SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
@@ -293,7 +294,7 @@ $$;
 -- rewind (session_replication_role = replica, which the rewind resets when it ends) where the role may (a
 -- superuser, or a role granted SET on it, Postgres 15+); where it may not, they fire, and the rows get pinned
 -- values. A table with none keeps its triggers on: only Flux's and its foreign keys' fire, and Flux's leave
--- the rows put back alone (flux.rewinding). Turning them off costs a millisecond or more: the session plans
+-- the rows put back alone (flux.track says how). Turning them off costs a millisecond or more: the session plans
 -- each of its statements again.
 DROP FUNCTION IF EXISTS flux.rewind_fires_own_triggers(regclass, integer);
 CREATE OR REPLACE FUNCTION flux.rewind_fires_own_triggers(target regclass) RETURNS boolean
@@ -404,7 +405,7 @@ BEGIN
             pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
                       + coalesce(pg_catalog.cardinality(t.deleted), 0);
         END IF;
-        -- Flux's recording trigger leaves the rows put back alone (flux.rewinding), and the pin trigger pins
+        -- Flux's recording trigger leaves the rows put back alone (flux.track), and the pin trigger pins
         -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
         PERFORM pg_catalog.set_config('flux.replay_call', CASE WHEN triggers_on THEN '@undo' ELSE '@rewind' END,
                                       true);

@@ -826,8 +826,8 @@ def test_as_of_turns_the_tables_triggers_off_only_for_tables_with_triggers_of_th
 def test_the_rows_a_rewind_puts_back_are_not_recorded_and_nothing_else_passes_for_a_rewind(
     conn: psycopg.Connection[Any], run: Any, runs_on: psycopg.Connection[Any]
 ) -> None:
-    """Flux's recording trigger skips a rewind's writes (flux.rewinding: the setting a rewind sets, and the
-    role that owns Flux); a request role's write under that setting is recorded as any other."""
+    """Flux's recording trigger skips a rewind's writes (the setting a rewind sets, and the role that owns
+    Flux); a request role's write under that setting is recorded as any other."""
     outcome = run(LISTING)
     later(conn, "INSERT INTO sessions (who) SELECT 'new' || n FROM generate_series(1, 40) AS n")
     recorded = b"SELECT count(*) FROM flux.mutations"
