@@ -111,28 +111,23 @@ class _Pending:
 
 
 class _Poller:
-    """Readiness of file descriptors: epoll where there is one, with each listener registered exclusive (a
-    connection wakes one idle worker, not every worker of the server); poll elsewhere."""
+    """Readiness of file descriptors: epoll where there is one, else poll.
+
+    A listener is not registered EPOLLEXCLUSIVE (one wakeup a connection, rather than one in every worker):
+    level-triggered, a worker busy serving still counts as woken, so the next connections would wait for it
+    while another worker idles (measured: /db/query served 20 to 30% fewer requests than with both woken)."""
 
     def __init__(self) -> None:
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
         self._poll = select.poll() if self._epoll is None else None
         self._data: dict[int, Any] = {}
 
-    def register(self, fd: int, data: Any, *, exclusive: bool = False) -> None:
-        if self._epoll is None:
+    def register(self, fd: int, data: Any) -> None:
+        if self._epoll is not None:
+            self._epoll.register(fd, select.EPOLLIN)
+        else:
             assert self._poll is not None
             self._poll.register(fd, select.POLLIN)
-        else:
-            events = select.EPOLLIN
-            if exclusive and hasattr(select, "EPOLLEXCLUSIVE"):
-                events |= select.EPOLLEXCLUSIVE
-            try:
-                self._epoll.register(fd, events)
-            except OSError as exc:  # a kernel before Linux 4.5 refuses EPOLLEXCLUSIVE
-                if exc.errno != errno.EINVAL or events == select.EPOLLIN:
-                    raise
-                self._epoll.register(fd, select.EPOLLIN)
         self._data[fd] = data
 
     def unregister(self, fd: int) -> None:
@@ -226,7 +221,7 @@ class FluxSyncWorker(SyncWorker):  # type: ignore[misc]
         for listener in self.sockets:
             if accepting:
                 listener.setblocking(False)
-                self._poller.register(listener.fileno(), listener, exclusive=True)
+                self._poller.register(listener.fileno(), listener)
             else:
                 self._poller.unregister(listener.fileno())
         self._accepting = accepting
