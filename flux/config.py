@@ -35,7 +35,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     workers: int = 2
-    worker_class: str = "sync"  # or "gthread", with `threads` per worker (docs/performance.md compares them)
+    worker_class: str = "sync"  # or "gthread", `threads` per worker (docs/performance-log.md compares them)
     threads: int = 1
     # each worker on one CPU: "on", "off", or "auto" (sync workers, one per CPU; flux/cpus.py)
     pin_workers: PinMode = "auto"
@@ -70,6 +70,10 @@ class Settings:
     # what one JSON query may answer, embedded rows included (over it: FX114 naming the limit)
     max_answer_rows: int = 100_000
     max_answer_bytes: int = 16 * 1024 * 1024
+    # the sync worker answers 408 to a connection whose request head has not arrived this long after it was
+    # accepted, or whose body (up to 1 MiB) has not arrived this long after its head (seconds)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     # [dev] replay_last: after each save `flux dev` replays this many recent requests of the changed functions
     # and prints one line (0: off)
     dev_replay_last: int = DEFAULT_DEV_REPLAY_LAST
@@ -101,6 +105,8 @@ _ENV_NAMES = {
     "max_deploy_bytes": ("FLUX_MAX_DEPLOY_BYTES",),
     "max_answer_rows": ("FLUX_MAX_ANSWER_ROWS",),
     "max_answer_bytes": ("FLUX_MAX_ANSWER_BYTES",),
+    "header_timeout_s": ("FLUX_HEADER_TIMEOUT_S",),
+    "body_timeout_s": ("FLUX_BODY_TIMEOUT_S",),
     "jwt_secret": ("FLUX_JWT_SECRET",),
     "jwks_url": ("FLUX_JWKS_URL",),
     "jwt_audience": ("FLUX_JWT_AUDIENCE",),
@@ -254,6 +260,9 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         )
     pin_workers = _pin_workers(values.get("pin_workers", "auto"))
     deploy_bytes, answer_rows, answer_bytes = (_bound(values, name, low, high) for name, low, high in _BOUNDS)
+    header_timeout_s, body_timeout_s = (
+        _seconds(values, name) for name in ("header_timeout_s", "body_timeout_s")
+    )
     bindir = values.get("pg_bindir")
     return Settings(
         project_dir=project,
@@ -280,6 +289,8 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         max_deploy_bytes=deploy_bytes,
         max_answer_rows=answer_rows,
         max_answer_bytes=answer_bytes,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
     )
 
 
@@ -303,6 +314,27 @@ def _bound(values: dict[str, Any], name: str, low: int, high: int) -> int:
         raise InvalidConfig(f"{name} {value!r} is not a whole number from {low} to {high}",
                             hint=f"e.g. {name} = {default}")  # fmt: skip
     return number
+
+
+# A read deadline (seconds) is from MIN_READ_TIMEOUT_S to MAX_READ_TIMEOUT_S.
+MIN_READ_TIMEOUT_S, MAX_READ_TIMEOUT_S = 0.1, 3600.0
+
+
+def _seconds(values: dict[str, Any], name: str) -> float:
+    """A read deadline in seconds (its default when unset): a number from 0.1 to 3600."""
+    default = next(f.default for f in fields(Settings) if f.name == name)
+    value = values.get(name, default)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = None
+    if isinstance(value, bool) or seconds is None or not MIN_READ_TIMEOUT_S <= seconds <= MAX_READ_TIMEOUT_S:
+        raise InvalidConfig(
+            f"{name} {value!r} is not a number of seconds"
+            f" from {MIN_READ_TIMEOUT_S:g} to {MAX_READ_TIMEOUT_S:g}",
+            hint=f"e.g. {name} = {default:g}",
+        )
+    return seconds
 
 
 def _pin_workers(value: Any) -> PinMode:

@@ -1,6 +1,6 @@
 """Which CPUs gunicorn's workers run on (`pin_workers`, Linux only): each worker pinned to one, spread evenly
 over the CPUs the server may use, and every process a worker starts (Deno) given all of them back. Why, and
-what it was measured to do: docs/performance.md ("each worker pinned to a CPU").
+what it was measured to do: docs/performance-log.md ("each worker pinned to a CPU").
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ recently used are deallocated past `MAX_PREPARED`). Values are dumped and rows l
 adapters, with Flux's JSON on top (`jsontext.adapt`), so a value means the same as through a psycopg cursor.
 
 Why not psycopg's cursors and pipeline: they cost about 40 to 70 µs of Python a statement, which was most of
-what the gateway spent over a hand-written endpoint (docs/performance.md). A connection used here must be in
-no psycopg pipeline, and is used by one thread at a time (its lock is held).
+what the gateway spent over a hand-written endpoint (docs/performance-log.md). A connection used here must be
+in no psycopg pipeline, and is used by one thread at a time (its lock is held).
 """
 
 from __future__ import annotations

@@ -261,17 +261,31 @@ def _start_children(dsn: str, settings: Settings) -> list[subprocess.Popen[bytes
     workers fork from it, and would inherit their connections."""
     env = {**os.environ, "DATABASE_URL": dsn}
     children = []
-    if settings.queue_workers:
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker", str(settings.project_dir), "--concurrency",
-             str(settings.queue_workers)], env=env,
-        ))  # fmt: skip
-    if settings.otlp_endpoint:
-        log.info("sending every trace to %s", settings.otlp_endpoint)
-        children.append(subprocess.Popen(
-            [sys.executable, "-m", "flux.trace.forward", "--endpoint", settings.otlp_endpoint], env=env
-        ))  # fmt: skip
+    with _terminal_interrupt_ignored():
+        if settings.queue_workers:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "cli", "worker", str(settings.project_dir), "--concurrency",
+                 str(settings.queue_workers)], env=env,
+            ))  # fmt: skip
+        if settings.otlp_endpoint:
+            log.info("sending every trace to %s", settings.otlp_endpoint)
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "flux.trace.forward", "--endpoint", settings.otlp_endpoint], env=env
+            ))  # fmt: skip
     return children
+
+
+@contextmanager
+def _terminal_interrupt_ignored() -> Iterator[None]:
+    """SIGINT ignored in the master while it starts its children, which inherit that: Ctrl-C reaches every
+    process of the terminal's group, and one that came while a child was still starting (importing) ended it
+    with a KeyboardInterrupt traceback. The master stops its children with SIGTERM; `flux worker` takes
+    Ctrl-C again (to stop gently) once it runs."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:

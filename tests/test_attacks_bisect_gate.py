@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 import urllib.request
@@ -46,12 +45,12 @@ from flux.runtime import Runtime, project_cache
 from flux.runtime.build import Stamp, sources_sha256
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.git import git, git_state
-from tests.fixtures.processes import FLUX, flux_server, free_port, run_flux, wait_for_http
+from tests.fixtures.processes import flux_server, run_flux
+from tests.fixtures.projects import ADD_NOTE, GET_NOTE, GET_NOTE_CHANGED, flux_dev, wait_for_line
+from tests.fixtures.projects import NOTES_TOML as GATE_TOML
+from tests.fixtures.projects import edit_function as gate_edit
+from tests.fixtures.projects import write_notes_project as gate_project
 from tests.test_bisect import PRICE_C as PRICE_C_OF_BISECT
-from tests.test_deploy_gate import ADD_NOTE, GET_NOTE, GET_NOTE_CHANGED
-from tests.test_deploy_gate import FLUX_TOML as GATE_TOML
-from tests.test_deploy_gate import _edit as gate_edit
-from tests.test_deploy_gate import _project as gate_project
 
 Conn = psycopg.Connection[Any]
 REFACTORED = GET_NOTE.replace("return found", "const rows = found; return rows")  # the same behaviour
@@ -120,17 +119,9 @@ def test_two_different_function_folders_never_share_a_sources_hash(tmp_path: Pat
 
 
 @pytest.fixture
-def project(dsn: str, tmp_path: Path) -> Path:
+def project(notes_project: Path) -> Path:
     """test_deploy_gate's project, deployed as version 1, with three notes added and each read once."""
-    project = gate_project(tmp_path / "project")
-    settings = load_settings(project, env={})
-    deploy(dsn, settings)
-    with gateway_client(settings, dsn) as client:
-        for text in ("a", "b", "c"):
-            assert client.simulate_post("/notes", json={"text": text}).status_code == 201
-        for number in (1, 2, 3):
-            assert client.simulate_get(f"/notes/{number}").json["id"] == number
-    return project
+    return notes_project
 
 
 def _active(conn: Conn) -> int:
@@ -564,23 +555,11 @@ def test_a_worker_forked_after_a_dev_replay_holds_nothing_of_the_replays(
     dsn: str, project_dir: Path, flux_env: dict[str, str]
 ) -> None:
     gate_project(project_dir)
-    port = free_port()
-    process = subprocess.Popen(
-        [*FLUX, "dev", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/ready", timeout=30, process=process)
+    with flux_dev(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (base, process, lines):
         urllib.request.urlopen(f"{base}/notes/1", timeout=10).close()
         gate_edit(project_dir, "get_note", GET_NOTE_CHANGED)
         deadline = time.monotonic() + 30
-        while not any("replayed" in line for line in list(lines)):
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
+        wait_for_line(lines, "replayed", within_s=30)
         before = _children(process.pid)
         replays = set().union(*(_pipes(pid) for pid in before if _comm(pid) == "deno"))
         serving = next(pid for pid in before if _comm(pid) != "deno" and _children(pid))  # it runs a Deno
@@ -590,12 +569,6 @@ def test_a_worker_forked_after_a_dev_replay_holds_nothing_of_the_replays(
             time.sleep(0.1)
         time.sleep(1)
         assert replays and not _pipes(forked[0]) & replays
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_a_stamp_signed_on_another_machine_is_not_trusted(

@@ -83,3 +83,20 @@ def test_pg_fallback_dir_is_an_absolute_folder_or_off(
 def test_a_relative_pg_fallback_dir_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfig, match="pg_fallback_dir 'flux' is not an absolute path"):
         load_settings(tmp_path, env={"FLUX_PG_FALLBACK_DIR": "flux"})
+
+
+def test_read_deadlines_are_seconds_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    defaults = load_settings(tmp_path, env={})
+    assert (defaults.header_timeout_s, defaults.body_timeout_s) == (10.0, 30.0)
+    (tmp_path / "flux.toml").write_text("[server]\nheader_timeout_s = 2\nbody_timeout_s = 0.5\n")
+    settings = load_settings(tmp_path, env={"FLUX_BODY_TIMEOUT_S": "7.5"})
+    assert (settings.header_timeout_s, settings.body_timeout_s) == (2.0, 7.5)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.05", "3601", '"soon"', "true", '"nan"', '"inf"'])
+def test_a_bad_read_deadline_is_refused_naming_it(tmp_path: Path, value: str) -> None:
+    (tmp_path / "flux.toml").write_text(f"[server]\nheader_timeout_s = {value}\n")
+    with pytest.raises(
+        InvalidConfig, match=r"header_timeout_s .* is not a number of seconds from 0\.1 to 3600"
+    ):
+        load_settings(tmp_path, env={})

@@ -18,31 +18,17 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from flux.api.admin import create_admin_key
-from flux.api.deploy import deploy, rollback
+from flux.api.deploy import rollback
 from flux.config import load_settings
 from flux.errors import InvalidConfig, InvalidGateOption, VersionRefusedByGate
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.processes import flux_server, run_flux
+from tests.fixtures.projects import GET_NOTE, GET_NOTE_CHANGED
+from tests.fixtures.projects import NOTES_TOML as FLUX_TOML
+from tests.fixtures.projects import edit_function as _edit
+from tests.fixtures.projects import write_notes_project as _project
 
 Conn = psycopg.Connection[Any]
-FLUX_TOML = """
-[[routes]]
-method = "POST"
-path = "/notes"
-function = "add_note"
-auth = "none"
-
-[[routes]]
-method = "GET"
-path = "/notes/{id}"
-function = "get_note"
-auth = "none"
-"""
-ADD_NOTE = """export default async (req, ctx) => {
-  const values = {body: req.body.text};
-  const note = await ctx.db.query({insert: "notes", values, returning: ["id", "body"]});
-  return {status: 201, body: note.rows[0]};
-}"""
 # The same behaviour, written otherwise: the gate lets it through.
 ADD_NOTE_REFACTORED = """export default async (request, context) => {
   const inserted = await context.db.query({
@@ -51,49 +37,12 @@ ADD_NOTE_REFACTORED = """export default async (request, context) => {
   const [row] = inserted.rows;
   return {status: 201, body: row};
 }"""
-GET_NOTE = """export default async (req, ctx) => {
-  const found = await ctx.db.query({select: "notes", where: {id: {eq: Number(req.params.id)}}});
-  return found.rows[0] ?? null;
-}"""
-# A change of behaviour: the id comes back as text.
-GET_NOTE_CHANGED = """export default async (req, ctx) => {
-  const found = await ctx.db.query({select: "notes", where: {id: {eq: Number(req.params.id)}}});
-  const note = found.rows[0];
-  return note ? {...note, id: String(note.id)} : null;
-}"""
-NOTES = (
-    "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);\n"
-    "GRANT SELECT, INSERT ON notes TO flux_anon;\n"
-)
-
-
-def _project(folder: Path, toml: str = FLUX_TOML) -> Path:
-    folder.mkdir(exist_ok=True)
-    (folder / "flux.toml").write_text(toml)
-    for name, code in (("add_note", ADD_NOTE), ("get_note", GET_NOTE)):
-        (folder / "functions" / name).mkdir(parents=True, exist_ok=True)
-        (folder / "functions" / name / "index.ts").write_text(code)
-    (folder / "migrations").mkdir(exist_ok=True)
-    (folder / "migrations" / "0001_notes.sql").write_text(NOTES)
-    return folder
-
-
-def _edit(project: Path, function: str, code: str) -> None:
-    (project / "functions" / function / "index.ts").write_text(code)
 
 
 @pytest.fixture
-def project(dsn: str, tmp_path: Path) -> Path:
-    """A project deployed as version 1, with three notes added and each read once through the gateway."""
-    project = _project(tmp_path / "project")
-    settings = load_settings(project, env={})
-    deploy(dsn, settings)
-    with gateway_client(settings, dsn) as client:
-        for text in ("a", "b", "c"):
-            assert client.simulate_post("/notes", json={"text": text}).status_code == 201
-        for number in (1, 2, 3):
-            assert client.simulate_get(f"/notes/{number}").json["id"] == number
-    return project
+def project(notes_project: Path) -> Path:
+    """The notes project, deployed as version 1, with three notes added and each read once."""
+    return notes_project
 
 
 def flux(dsn: str, *args: str, catch: bool = False) -> Any:

@@ -4,16 +4,13 @@ serving, and each request is printed as one line."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.fixtures.processes import FLUX, free_port, wait_for_http
+from tests.fixtures.projects import ADD_NOTE_ROUTE, NOTES_SQL, flux_dev, wait_for_line
 
 FLUX_TOML = """
 [[routes]]
@@ -51,23 +48,16 @@ def test_a_save_is_live_within_a_second_and_each_request_is_one_line(
     source = project_dir / "functions" / "greet" / "index.ts"
     source.parent.mkdir(parents=True)
     source.write_text(_greet("v1"))
-    port = free_port()
-    process = subprocess.Popen(
-        [*FLUX, "dev", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/greet"
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=30, process=process)
+    env = {**flux_env, "DATABASE_URL": dsn}
+    with flux_dev(project_dir, env, stop=signal.SIGTERM) as (base, _, lines):
+        url = f"{base}/greet"
         first = _served(url, "v1", within_s=1)
         source.write_text(_greet("v2"))
         _served(url, "v2", within_s=1.0)  # the watcher polls every 0.2 s; here it is live in about 0.25 s
         (project_dir / "flux.toml").write_text(FLUX_TOML.replace('function = "greet"', 'function = "gone"'))
         time.sleep(1)
         assert _get(url)[1] == {"version": "v2"}  # the broken save changed nothing
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+    output = "".join(lines)
     assert re.search(rf"GET /greet 200 \d+ms fn=greet  req={first}", output), output
     assert "deployed version 2" in output
     assert "not deployed, the last version keeps serving: FX601: flux.toml route 1 (GET /greet)" in output
@@ -77,22 +67,7 @@ ADD_NOTE = """export default async (req, ctx) => {
   const note = await ctx.db.query({insert: "notes", values: {body: req.body.text}, returning: ["id"]});
   return {status: 201, body: {id: note.rows[0].id}};
 }"""
-NOTES_TOML = """
-[[routes]]
-method = "POST"
-path = "/notes"
-function = "add_note"
-auth = "none"
-
-[[routes]]
-method = "GET"
-path = "/greet"
-function = "greet"
-auth = "none"
-
-[dev]
-replay_last = 3
-"""
+NOTES_TOML = ADD_NOTE_ROUTE + FLUX_TOML + "\n[dev]\nreplay_last = 3\n"
 
 
 def _post(url: str, body: object) -> int:
@@ -113,39 +88,17 @@ def test_a_save_that_changes_behaviour_prints_what_the_last_requests_would_answe
         (project_dir / "functions" / name).mkdir(parents=True)
         (project_dir / "functions" / name / "index.ts").write_text(code)
     (project_dir / "migrations").mkdir()
-    (project_dir / "migrations" / "0001_notes.sql").write_text(
-        "CREATE TABLE notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);\n"
-        "GRANT SELECT, INSERT ON notes TO flux_anon;\n"
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [*FLUX, "dev", "--port", str(port)], cwd=project_dir, env={**flux_env, "DATABASE_URL": dsn},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
-    reader.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/ready", timeout=30, process=process)
+    (project_dir / "migrations" / "0001_notes.sql").write_text(NOTES_SQL)
+    with flux_dev(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (base, process, lines):  # then Ctrl-C
         for text in ("a", "b", "c", "d"):
             assert _post(f"{base}/notes", {"text": text}) == 201
         _served(f"{base}/greet", "v1", within_s=1)
         source = project_dir / "functions" / "add_note" / "index.ts"
         source.write_text(ADD_NOTE.replace("{id: note.rows[0].id}", "{id: String(note.rows[0].id)}"))
-        deadline = time.monotonic() + 30
-        while not any("replayed" in line for line in list(lines)):  # printed after the deploy, off its path
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
+        wait_for_line(lines, "replayed", within_s=30)  # printed after the deploy, off its path
         assert _post(f"{base}/notes", {"text": "e"}) == 201  # the new version serves meanwhile
-    finally:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
-        process.wait(timeout=30)
-        reader.join(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
     output = "".join(lines)
-    line = next(line.rstrip() for line in lines if "replayed" in line)
+    line = wait_for_line(lines, "replayed", within_s=0).rstrip()
     # the last 3 requests of add_note (b, c, d: ids 2 to 4), oldest first; greet did not change
     assert line.startswith(
         'flux: replayed 3: 3 diverged (POST /notes: body.id 2 → "2"; flux incident replay '

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -47,22 +48,75 @@ def _stop(process: subprocess.Popen[str], sig: signal.Signals, *, group: bool) -
     return output
 
 
+def _read_lines(process: subprocess.Popen[str]) -> tuple[list[tuple[float, str]], threading.Thread]:
+    """Each line `process` prints with when it came (time.monotonic), collected by a thread."""
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), line) for line in process.stdout or []), daemon=True
+    )
+    reader.start()
+    return lines, reader
+
+
+def _finish(process: subprocess.Popen[str], reader: threading.Thread) -> None:
+    process.wait(timeout=30)
+    reader.join(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _came(lines: list[tuple[float, str]], text: str) -> float | None:
+    return next((at for at, line in list(lines) if text in line), None)
+
+
 @pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_dev_serves_health_quickly_and_leaves_no_postgres_behind(
     project_dir: Path, flux_env: dict[str, str], sig: signal.Signals, group: bool
 ) -> None:
+    """A cold `flux dev` (a new embedded cluster) serves /health within 5 s of saying it serves (by then
+    Postgres is up, migrated and the project deployed: what is left is gunicorn and its workers starting), and
+    within 60 s of its start: the new cluster's initdb and first start, bound by the disk, are most of a cold
+    start, which took over 15 s on a loaded machine. Stopped, it exits cleanly and no Postgres is left."""
     port = free_port()
+    started = time.monotonic()
     process = _start(["dev", "--port", str(port)], flux_env, project_dir)
+    lines, reader = _read_lines(process)
     try:
-        took = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=15, process=process)
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=process)
+        answered = time.monotonic()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
             assert json.load(response) == {"status": "ready"}
     finally:
-        output = _stop(process, sig, group=group)
-    assert took < 15
+        if group:
+            os.killpg(process.pid, sig)  # what Ctrl-C does: every process in the foreground group gets it
+        else:
+            process.send_signal(sig)
+        _finish(process, reader)
+    output = "".join(line for _, line in lines)
+    serving = _came(lines, "flux: serving on")
+    assert serving is not None and answered - serving < 5, output
+    assert answered - started < 60
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
     assert processes_mentioning(str(project_dir / ".flux" / "pg")) == []
+
+
+def test_ctrl_c_right_after_the_start_stops_every_process_without_a_traceback(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    """Ctrl-C reaches every process of the terminal's group, the queue process the master started too, which
+    may still be importing: it must not end in a KeyboardInterrupt traceback (the master stops it itself)."""
+    process = _start(["dev", "--port", str(free_port())], {**flux_env, "DATABASE_URL": dsn}, project_dir)
+    lines, reader = _read_lines(process)
+    deadline = time.monotonic() + 60
+    while _came(lines, "Booting worker") is None:  # gunicorn runs; the queue process has just been started
+        assert process.poll() is None and time.monotonic() < deadline, "".join(line for _, line in lines)
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _finish(process, reader)
+    output = "".join(line for _, line in lines)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
 
 
 def test_a_second_start_reuses_the_data_directory(project_dir: Path, flux_env: dict[str, str]) -> None:

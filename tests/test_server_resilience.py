@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from flux.api.admin import create_admin_key
 from flux.httpworker import BUFFERED_BODY_BYTES, request_complete
-from tests.fixtures.processes import FLUX, call_json, flux_server
+from tests.fixtures.processes import FLUX, call_json, flux_server, free_port, run_flux
 
 pytestmark = pytest.mark.slow
 FLUX_TOML = """
@@ -137,6 +138,59 @@ def test_slow_clients_do_not_stall_the_server(server: tuple[str, Any]) -> None:
             conn.close()
 
 
+def test_slow_heads_and_bodies_get_408_at_the_configured_deadlines(
+    dsn: str, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    """`[server] header_timeout_s` and `body_timeout_s`: a connection whose head is still arriving (however
+    steadily it dribbles) is answered 408 once the header deadline has passed since it was accepted, one
+    whose body is still arriving once the body deadline has passed since its head; the server serves on."""
+    (project_dir / "flux.toml").write_text("[server]\nheader_timeout_s = 0.5\nbody_timeout_s = 1\n")
+    with flux_server(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        idle, dribbling, slow_body = (socket.create_connection(("127.0.0.1", port)) for _ in range(3))
+        started = time.monotonic()
+        idle.sendall(b"GET /health HTTP/1.1\r\nhost: localhost\r\n")
+        dribbling.sendall(b"GET /health HTTP/1.1\r\n")
+        slow_body.sendall(b"POST /health HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\nabc")
+        answered: dict[str, float] = {}
+        try:
+            for conn in (idle, dribbling, slow_body):
+                conn.setblocking(False)
+            while len(answered) < 3 and time.monotonic() - started < 10:
+                for name, conn in (("idle", idle), ("dribbling", dribbling), ("body", slow_body)):
+                    if name in answered:
+                        continue
+                    try:
+                        answer = conn.recv(64)
+                    except BlockingIOError:
+                        if name == "dribbling":
+                            conn.sendall(b"x-more: a\r\n")
+                        continue
+                    assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), (name, answer)
+                    answered[name] = time.monotonic() - started
+                _timed_get(f"{base}/health")  # the server serves on meanwhile
+                time.sleep(0.1)
+        finally:
+            for conn in (idle, dribbling, slow_body):
+                conn.close()
+    assert set(answered) == {"idle", "dribbling", "body"}, answered
+    assert 0.45 < answered["idle"] < 2.5 and 0.45 < answered["dribbling"] < 2.5, answered
+    assert 0.95 < answered["body"] < 3.5, answered
+
+
+def test_a_bad_read_deadline_stops_the_start_with_one_clear_line(
+    project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    result = run_flux(["server", "--port", str(free_port())], {**flux_env, "FLUX_BODY_TIMEOUT_S": "0"},
+                      project_dir)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "error FX800: body_timeout_s '0' is not a number of seconds from 0.1 to 3600"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project_dir / ".flux").exists()  # refused before any Postgres started
+
+
 def test_what_counts_as_a_request_that_has_arrived() -> None:
     head = b"GET / HTTP/1.1\r\nhost: x\r\n"
     assert not request_complete(head)
@@ -153,23 +207,33 @@ def test_what_counts_as_a_request_that_has_arrived() -> None:
     assert request_complete(b"GET /" + b"a" * 70_000)  # no end of head in sight: the parser refuses it
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGABRT])
+@pytest.mark.parametrize(
+    ("sig", "path"),
+    [
+        (signal.SIGKILL, "/spin"),
+        (signal.SIGABRT, "/spin"),
+        (signal.SIGKILL, "/flux/api/functions/spin/invoke"),
+    ],
+)
 def test_a_worker_killed_mid_request_leaves_a_lost_record(
     server: tuple[str, subprocess.Popen[str]],
     dsn: str,
     project_dir: Path,
     flux_env: dict[str, str],
     sig: signal.Signals,
+    path: str,
 ) -> None:
     """kill -9 of the worker while its function runs (or SIGABRT, which is how gunicorn ends a worker past its
-    timeout): the client gets no answer (or gunicorn's 500), and the master records the request as lost
-    (FX815), which `flux trace ls` shows."""
+    timeout), called through its route or the management API's invoke: the client gets no answer (or
+    gunicorn's 500), and the master records the request as lost (FX815), which `flux trace ls` shows."""
     base, process = server
     answers: list[Any] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        admin = {"authorization": f"Bearer {create_admin_key(conn, 'tests').key}"}
 
     def call() -> None:
         try:
-            answers.append(call_json(f"{base}/spin", "POST", {"n": 1}))
+            answers.append(call_json(f"{base}{path}", "POST", {"data": {"n": 1}}, headers=admin))
         except Exception as exc:  # the connection died with the worker, or gunicorn answered in HTML
             answers.append(exc)
 
@@ -186,7 +250,8 @@ def test_a_worker_killed_mid_request_leaves_a_lost_record(
         deadline = time.monotonic() + 10
         while (row := conn.execute(
             "SELECT id, kind, status, ok, function, error->>'code', method FROM flux.requests"
-            " WHERE path = '/spin'"
+            " WHERE path = %s",
+            (path,),
         ).fetchone()) is None:  # fmt: skip
             assert time.monotonic() < deadline, "the lost request was not recorded"
             time.sleep(0.1)
@@ -198,7 +263,7 @@ def test_a_worker_killed_mid_request_leaves_a_lost_record(
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     (line,) = [line for line in listed.stdout.splitlines() if str(request_id)[:8] in line]
-    assert "POST /spin" in line and "500" in line and "FX815" in line, listed.stdout
+    assert f"POST {path}"[:30] in line and "500" in line and "FX815" in line, listed.stdout
     assert call_json(f"{base}/hello")[0] == 200  # the master started a new worker
 
 

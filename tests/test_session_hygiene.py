@@ -17,7 +17,7 @@ import pytest
 
 from flux.api.deploy import deploy
 from flux.config import Settings
-from flux.data import Catalog
+from flux.data import Catalog, Limits
 from flux.gateway.auth import new_api_key
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.invoke import Function
@@ -101,6 +101,69 @@ def test_raw_sql_that_would_change_the_session_is_refused_and_the_next_request_r
     assert outcome.response.body == {"code": "FX120"}, outcome.response.body
     assert recorded(conn, outcome)
     next_request_writes(conn, runs_on, runtime, notes)
+
+
+# --- raw SQL may not lift or change a limit on the request's time, not even for its own transaction -------
+
+CHANGES_A_TIME_LIMIT = [
+    "SET LOCAL statement_timeout = 0",
+    "SET LOCAL statement_timeout TO DEFAULT",
+    "SET LOCAL \"Statement_Timeout\" = '1h'",
+    "RESET statement_timeout",
+    "RESET ALL",
+    "SELECT set_config('statement_timeout', '0', true)",
+    "SELECT pg_catalog.set_config('statement_timeout', '0', 'on')",
+    "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+    "WITH s AS (UPDATE pg_catalog.pg_settings SET setting = '0' WHERE name = 'statement_timeout'"
+    " RETURNING name) SELECT * FROM s",
+    "SET LOCAL lock_timeout = 0",
+    "SELECT set_config('lock_timeout', '0', true)",
+    "SET LOCAL idle_in_transaction_session_timeout = 0",
+    "RESET idle_in_transaction_session_timeout",
+    "SET LOCAL transaction_timeout = 0",
+]
+LIFT_THEN_SLEEP = """
+export default async function (req, ctx) {
+  try { await ctx.db.sql(req.body.sql, []); } catch (e) { ctx.log(e.code); }
+  await ctx.db.sql('SELECT pg_sleep(3)', []);
+  return { slept: true };
+}
+"""
+
+
+@pytest.mark.parametrize("sql", CHANGES_A_TIME_LIMIT)
+def test_raw_sql_cannot_lift_the_requests_time_limits(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    notes: Catalog,
+    sql: str,
+) -> None:
+    """Each form is refused (FX120) before it reaches Postgres, and the request's statement_timeout (here
+    0.3 s for the service role) still ends a long statement after it: the request answers FX112 at once."""
+    refused = run(runs_on, runtime, notes, sql_function("setter", sql))
+    assert refused.response.body == {"code": "FX120"}, refused.response.body
+    started = time.monotonic()
+    request = {"method": "POST", "path": "/", "body": {"sql": sql}}
+    limits = Limits(statement_timeouts_ms=(("service", 300),))
+    outcome = invoke(runs_on, runtime, ts("lifter", LIFT_THEN_SLEEP), request, catalog=notes,
+                     caller=Caller(role="service"), limits=limits)  # fmt: skip
+    assert outcome.response.body["code"] == "FX112", outcome.response.body
+    assert time.monotonic() - started < 2.5
+    assert recorded(conn, outcome)
+
+
+def test_raw_sql_may_still_read_the_time_limits_and_set_others_locally(
+    conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime, notes: Catalog
+) -> None:
+    for sql in (
+        "SHOW statement_timeout",
+        "SELECT current_setting('lock_timeout')",
+        "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'",
+        "SET LOCAL work_mem = '8MB'",
+    ):
+        outcome = run(runs_on, runtime, notes, sql_function("reader", sql))
+        assert outcome.response.body == {"code": None}, (sql, outcome.response.body)
 
 
 # What a project's own function may still do (run text, or set the session itself): reset after the request.

@@ -90,6 +90,18 @@ _TRANSACTION_SETTINGS = _TRANSACTION_COMMAND_SETTINGS | frozenset(
         "transaction_deferrable",
     }
 )
+# The limits Flux (or the operator) puts on a request's time: a request may not lift or change them, in its
+# transaction or beyond (SET LOCAL, RESET, set_config(..., true), or a write to pg_settings: set_config too).
+_TIMEOUT_SETTINGS = frozenset(
+    {
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "transaction_timeout",
+        "idle_session_timeout",
+    }
+)
+_PG_SETTINGS = frozenset({"pg_settings", "pg_catalog.pg_settings"})
 _RELATION_OBJECTS = frozenset(
     {
         "OBJECT_TABLE",
@@ -175,16 +187,25 @@ def inspect_raw_sql(sql: str) -> RawStatement:
     (code no check here sees). And what would outlive the request on its pooled connection: a session-wide
     SET (SET LOCAL only), set_config unless its third argument is a literal true, session advisory locks,
     setseed, a cursor WITH HOLD, LISTEN, UNLISTEN and LOAD, and PREPARE, EXECUTE, DEALLOCATE and DISCARD (the
-    session is Flux's). The kind is what the statement says; a function it calls may still write, so the
-    role's grants remain the fence.
+    session is Flux's). Nor may it change a limit on the request's time (statement_timeout, lock_timeout,
+    idle_in_transaction_session_timeout, transaction_timeout, idle_session_timeout) in any form, SET LOCAL,
+    RESET or set_config(..., true) included, nor write pg_settings (set_config in another form). The kind is
+    what the statement says; a function it calls may still write, so the role's grants remain the fence.
     """
     statement = _parse_one(sql)
     node_type, fields = _unwrap(statement)
     _refuse_escapes(node_type, fields)
     tables = _tables(node_type, fields)
+    kind = _kind(node_type, fields)
+    if kind != "read" and not _PG_SETTINGS.isdisjoint(tables):
+        raise InvalidRawSql(
+            "raw SQL may only read pg_settings: a write to it (or a view over it) is set_config, for the"
+            " session; read settings with current_setting()",
+            details={"table": "pg_settings"},
+        )
     verb = _verb(node_type, fields)
     span_name = f"sql:{verb}({tables[0]})" if tables else f"sql:{verb}"
-    return RawStatement(sql=sql, kind=_kind(node_type, fields), span_name=span_name, tables=tables)
+    return RawStatement(sql=sql, kind=kind, span_name=span_name, tables=tables)
 
 
 def _parse_one(sql: str) -> Any:
@@ -335,6 +356,12 @@ def _refuse_setting(name: str) -> None:
     if name in _ROLE_SETTINGS:
         raise InvalidRawSql(
             f"raw SQL may not change the role ({name}); it runs as the request's role",
+            details={"setting": name},
+        )
+    if name in _TIMEOUT_SETTINGS:
+        raise InvalidRawSql(
+            f"raw SQL may not change {name}: it bounds the request's time; make the statement faster, or"
+            " split its work over requests or jobs",
             details={"setting": name},
         )
     if name in _TRANSACTION_SETTINGS:

@@ -188,11 +188,28 @@ class Gateway:
         recorder.finish(span, output={"caller": {"admin_key": admin_key_id, "role": role}})
         request = {"method": "POST", "path": path, "params": {}, "query": {}, "headers": {}, "body": data,
                    "user": None}  # fmt: skip
+        record: dict[str, Json] = {"method": "POST", "path": path}
+        started = (time.time_ns() // 1000, time.perf_counter_ns())
         with self._connections.connection() as conn:
             if name not in self.functions.active.get(conn).functions:
                 raise NotFound(f"no function {name!r} in the active version", hint="`flux deployments ls`")
-            return self._run(conn, self.functions.get(conn, name), request, caller=Caller(role=role),
-                             recorder=recorder, record={"method": "POST", "path": path})  # fmt: skip
+            function = self.functions.get(conn, name)
+            if self.inflight is not None:  # a worker killed while it runs: the master records it as lost
+                self.inflight.begin({
+                    "id": recorder.request_id, "kind": "http", "started_us": started[0], "function": name,
+                    "deployment_id": function.deployment_id, "code_sha": function.sha256, **record,
+                })  # fmt: skip
+            try:
+                outcome = self._run(conn, function, request, caller=Caller(role=role), recorder=recorder,
+                                    record=record, started=started)  # fmt: skip
+            except Exception:
+                if self.inflight is not None:
+                    self.inflight.end()
+                raise
+        # Not on SystemExit: that is gunicorn's timeout ending the worker, and the master records the request.
+        if self.inflight is not None:
+            self.inflight.end()
+        return outcome
 
     def _run(self, conn: Any, function: Function, request: Json, **options: Any) -> Any:
         """One recorded run on this worker's runtime, catalog, secrets and record writer."""

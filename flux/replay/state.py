@@ -118,7 +118,7 @@ def open_state(
             db.reset_session(transaction.conn)
             rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
     except FluxError as exc:
-        db.write_alone(owner, [Statement(_UNGRANT, [secret])], durable=False)
+        db.write_alone(owner, [_ungrant(secret)], durable=False)
         if isinstance(exc, QueryTimedOut):
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to within the statement timeout of"
@@ -159,7 +159,11 @@ def end_run(transaction: db.RequestTransaction) -> None:
 def ungrant_statement(state: State) -> Statement:
     """What deletes the replay's grant on the owner's connection once its transaction has ended (nothing is
     left behind); the engine sends it with the replay's record."""
-    return Statement(_UNGRANT, [state.secret])
+    return _ungrant(state.secret)
+
+
+def _ungrant(secret: bytes) -> Statement:
+    return Statement(_UNGRANT, [secret])
 
 
 def captured_mutations(runner: Any) -> list[Row]:

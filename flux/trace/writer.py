@@ -2,7 +2,7 @@
 request path: a thread of the worker writes whatever has queued up in one statement (and announces it),
 without waiting for the flush to disk. A record waits up to `LINGER_S` for others to share its statement:
 Postgres spends about three times as much on a record written alone as on one of a batch of twenty (measured
-in docs/performance.md).
+in docs/performance-log.md).
 
 DESIGN.md allows it: recording a read must not turn it into a flushed write, and a crash may lose the last
 moments of read traces (here, those still queued in a worker killed with -9), never user data nor the record

@@ -146,7 +146,7 @@ CLASSIFIED = [
     # other
     ("SET LOCAL search_path = shop, public", "other", "sql:set", ()),
     ("SELECT set_config('search_path', 'shop', true)", "read", "sql:select", ()),
-    ("SET LOCAL statement_timeout = '1s'", "other", "sql:set", ()),
+    ("SET LOCAL work_mem = '8MB'", "other", "sql:set", ()),
     ("RESET search_path", "other", "sql:reset", ()),
     ("CALL settle(1)", "other", "sql:call", ()),
     ("NOTIFY orders, 'paid'", "other", "sql:notify", ()),
@@ -500,7 +500,7 @@ def test_their_harmless_relatives_are_not(sql: str) -> None:
     [
         "SELECT set_config('default_transaction_read_only', 'on', false)",
         "SELECT set_config('search_path', 'pg_catalog', false)",
-        "SELECT pg_catalog.set_config('statement_timeout', '0', 'off')",
+        "SELECT pg_catalog.set_config('client_min_messages', 'debug', 'off')",
         "SELECT set_config('work_mem', '1GB', 'f')",
         "SELECT set_config('search_path', 'x', 1 = 1)",  # computed: may be false
         "SELECT set_config('search_path', 'x', $1)",
@@ -546,11 +546,52 @@ def test_set_config_for_the_transaction_is_allowed(sql: str) -> None:
 @pytest.mark.parametrize(
     ("sql", "setting"),
     [
+        ("SET LOCAL statement_timeout = 0", "statement_timeout"),
+        ("SET LOCAL statement_timeout = '10min'", "statement_timeout"),
+        ("SET statement_timeout TO DEFAULT", "statement_timeout"),
+        ("RESET statement_timeout", "statement_timeout"),
+        ("SELECT set_config('statement_timeout', '0', true)", "statement_timeout"),
+        ("SELECT pg_catalog.set_config('STATEMENT_TIMEOUT', '0', 'on')", "statement_timeout"),
+        ("SET LOCAL lock_timeout = 0", "lock_timeout"),
+        ("SET LOCAL idle_in_transaction_session_timeout TO DEFAULT", "idle_in_transaction_session_timeout"),
+        ("SET LOCAL transaction_timeout = 0", "transaction_timeout"),
+        ("RESET idle_session_timeout", "idle_session_timeout"),
+        ("ALTER ROLE flux_service SET statement_timeout = 0", "statement_timeout"),
+    ],
+)
+def test_a_limit_on_the_requests_time_is_never_changed(sql: str, setting: str) -> None:
+    with pytest.raises(
+        InvalidRawSql, match=f"may not change {setting}: it bounds the request's time"
+    ) as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details == {"setting": setting}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+        "WITH s AS (UPDATE pg_catalog.pg_settings SET setting = 'on'"
+        " WHERE name = 'default_transaction_read_only' RETURNING name) SELECT * FROM s",
+        "CREATE VIEW settings AS SELECT * FROM pg_settings",
+        "SELECT * FROM pg_settings FOR UPDATE",
+    ],
+)
+def test_pg_settings_is_only_read(sql: str) -> None:
+    with pytest.raises(InvalidRawSql, match="may only read pg_settings") as caught:
+        inspect_raw_sql(sql)
+    assert caught.value.details == {"table": "pg_settings"}
+    assert inspect_raw_sql("SELECT setting FROM pg_settings WHERE name = 'work_mem'").kind == "read"
+
+
+@pytest.mark.parametrize(
+    ("sql", "setting"),
+    [
         ("SET search_path = pg_catalog", "search_path"),
         ("SET SESSION search_path TO public", "search_path"),
         ("SET default_transaction_read_only = on", "default_transaction_read_only"),
         ("SET TIME ZONE 'UTC'", "timezone"),
-        ("SET statement_timeout TO DEFAULT", "statement_timeout"),
+        ("SET lc_monetary TO DEFAULT", "lc_monetary"),
         ("SET work_mem FROM CURRENT", "work_mem"),
     ],
 )

@@ -11,40 +11,21 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux import jsontext
 from flux.data import Catalog
-from flux.gateway.handler import WithBuiltins
-from flux.replay import Replay, ReplayResult, built_code, replay_request
-from flux.runtime import Caller, Outcome, Runtime, invoke
-from flux.runtime.fetch import FetchPolicy
+from flux.runtime import Caller, Runtime, invoke
 from flux.runtime.invoke import Function
+from tests.fixtures.replays import MOVER, RAW_WRITER, replayed
+from tests.fixtures.replays import served as on
 from tests.fixtures.runtime import planted, ts
 
 pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
 
-LOCAL = FetchPolicy(allow=("127.0.0.1",))
 MODES = ["live", "as-of"]
 
 
-def on(runs_on: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, fn: Function) -> Outcome:
-    """One service-role request on the request connection `runs_on`, as the gateway runs it (committed)."""
-    outcome = invoke(runs_on, runtime, fn, {"method": "POST", "path": "/"}, catalog=catalog,
-                     caller=Caller(role="service"))  # fmt: skip
-    assert outcome.error is None, outcome.error
-    return outcome
-
-
-def replayed(conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime,
-             catalog: Catalog, fn: Function, request_id: str, mode: str) -> ReplayResult:  # fmt: skip
-    how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL)  # fmt: skip
-    result = replay_request(conn, request_id, how, runs_on).result
-    jsontext.dumps(result.to_json())  # the API's answer can be written
-    return result
-
-
 # Ends its own session while it is replayed: the server closes a connection left idle in its transaction
-# longer than the function set, and the function waits that long before it answers.
+# longer than the function set (through a function of the project's: raw SQL may not change the timeout), and
+# the function waits that long before it answers.
 HANGUP = ts(
     "hangup",
     """
@@ -52,7 +33,7 @@ export default async function (req, ctx) {
   await ctx.db.query({ insert: "notes", values: { body: "x" } });
   const { rows: [seen] } = await ctx.db.sql("SELECT current_setting('flux.replay_call', true) AS call", []);
   if (seen.call) {
-    await ctx.db.sql("SET LOCAL idle_in_transaction_session_timeout = 1", []);
+    await ctx.db.sql("SELECT public.run_text('SET LOCAL idle_in_transaction_session_timeout = 1')", []);
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
   return { ok: true };
@@ -123,7 +104,7 @@ export default async function (req, ctx) {
   if (seen.call) {
     await ctx.db.sql("INSERT INTO notes (body) SELECT '\u20ac ' || g FROM generate_series(1, 3000) AS g", []);
     await ctx.db.sql("SET LOCAL client_encoding = 'LATIN1'", []);
-    await ctx.db.sql("SET LOCAL statement_timeout = 1", []);
+    await ctx.db.sql("SELECT public.run_text('SET LOCAL statement_timeout = 1')", []);
   }
   return { ok: true };
 }
@@ -146,17 +127,6 @@ def test_settings_a_replayed_run_changed_do_not_hold_for_reading_its_writes_back
 
 
 # --- the same leftovers from a request the gateway runs (not a replay): its connection serves the next one
-
-MOVER = ts(
-    "mover",
-    """export default async (req, ctx) =>
-  ctx.db.sql("SELECT public.run_text('SET search_path = pg_catalog')", []);""",
-)
-RAW_WRITER = ts(
-    "raw_writer",
-    """export default async (req, ctx) =>
-  ctx.db.sql("INSERT INTO notes (body) VALUES ('raw') RETURNING id", []);""",
-)
 
 
 def test_a_session_wide_setting_a_request_made_does_not_hold_for_the_next_request_on_its_connection(
@@ -205,36 +175,6 @@ FOLDER = ts(
 )
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_replayed_run_that_writes_json_too_deep_to_report_ends_with_a_verdict_that_can_be_written(
-    conn: psycopg.Connection[Any],
-    runs_on: psycopg.Connection[Any],
-    runtime: Runtime,
-    notes: Catalog,
-    mode: str,
-) -> None:
-    conn.execute(BLOBS.encode())
-    outcome = on(runs_on, runtime, notes, FOLDER)
-    result = replayed(conn, runs_on, runtime, notes, FOLDER, outcome.request_id, mode)  # and written
-    assert result.verdict in ("diverged", "error"), (result.error, result.divergences[:2])
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_a_replayed_run_that_writes_json_too_deep_to_read_back_ends_with_a_verdict(
-    conn: psycopg.Connection[Any],
-    runs_on: psycopg.Connection[Any],
-    runtime: Runtime,
-    notes: Catalog,
-    mode: str,
-) -> None:
-    conn.execute(BLOBS.encode())
-    outcome = on(runs_on, runtime, notes, NESTER)
-    result = replayed(conn, runs_on, runtime, notes, NESTER, outcome.request_id, mode)
-    assert result.verdict in ("diverged", "error"), (result.error, result.divergences[:2])
-    assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
-
-
 # A request that wrote JSON deeper than a report holds (orjson writes at most 254 levels) but not too deep to
 # read: its recorded writes are the pins a replay hands to the database.
 DEEP_WRITER = ts(
@@ -245,18 +185,34 @@ DEEP_WRITER = ts(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_request_that_wrote_json_deeper_than_a_report_holds_replays_to_a_verdict(
+@pytest.mark.parametrize(
+    ("fn", "verdicts", "rows"),
+    [
+        (
+            FOLDER,
+            ("diverged", "error"),
+            0,
+        ),  # its replay writes JSON too deep to report: the verdict is written
+        (NESTER, ("diverged", "error"), 0),  # its replay writes JSON too deep to read back
+        (DEEP_WRITER, ("same", "error"), 1),  # it wrote JSON deeper than a report holds
+    ],
+    ids=["too-deep-to-report", "too-deep-to-read-back", "recorded-too-deep-to-report"],
+)
+def test_json_nested_too_deep_for_a_report_or_for_python_ends_each_replay_with_a_verdict(
     conn: psycopg.Connection[Any],
     runs_on: psycopg.Connection[Any],
     runtime: Runtime,
     notes: Catalog,
     mode: str,
+    fn: Function,
+    verdicts: tuple[str, ...],
+    rows: int,
 ) -> None:
     conn.execute(BLOBS.encode())
-    outcome = on(runs_on, runtime, notes, DEEP_WRITER)
-    result = replayed(conn, runs_on, runtime, notes, DEEP_WRITER, outcome.request_id, mode)
-    assert result.verdict in ("same", "error"), (result.error, result.divergences[:2])
-    assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (1,)
+    outcome = on(runs_on, runtime, notes, fn)
+    result = replayed(conn, runs_on, runtime, notes, fn, outcome.request_id, mode)  # and its answer written
+    assert result.verdict in verdicts, (result.error, result.divergences[:2])
+    assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (rows,)
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
 
 

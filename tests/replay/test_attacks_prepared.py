@@ -13,11 +13,9 @@ import pytest
 
 from flux import db
 from flux.data import Catalog
-from flux.gateway.handler import WithBuiltins
-from flux.replay import Replay, ReplayResult, built_code, replay_request
-from flux.runtime import Caller, Outcome, Runtime, invoke
-from flux.runtime.fetch import FetchPolicy
-from flux.runtime.invoke import Function
+from flux.runtime import Caller, Runtime, invoke
+from tests.fixtures.replays import WRITER, replayed
+from tests.fixtures.replays import served as on
 from tests.fixtures.runtime import planted, ts
 
 pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
@@ -50,16 +48,6 @@ END $$`, []);
 """
     ),
 )
-WRITER = ts(
-    "writer",
-    "export default async (req, ctx) => ctx.db.query({ insert: 'notes', values: { body: 'kept' } });",
-)
-
-
-def on(runs_on: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, fn: Function) -> Outcome:
-    outcome = invoke(runs_on, runtime, fn, {"method": "POST", "path": "/"}, catalog=catalog,
-                     caller=Caller(role="service"))  # fmt: skip
-    return outcome
 
 
 def test_a_request_cannot_put_its_own_sql_under_the_name_of_a_statement_flux_prepared(
@@ -73,13 +61,6 @@ def test_a_request_cannot_put_its_own_sql_under_the_name_of_a_statement_flux_pre
         [[hidden.request_id, later.request_id]],
     ).fetchone()
     assert recorded == (2,), hidden
-
-
-def replayed(conn: psycopg.Connection[Any], runs_on: psycopg.Connection[Any], runtime: Runtime,
-             catalog: Catalog, fn: Function, request_id: str) -> ReplayResult:  # fmt: skip
-    how = Replay(WithBuiltins(runtime), built_code({fn.name: fn}), catalog, mode="live",  # type: ignore[arg-type]
-                 fetch_policy=FetchPolicy(allow=("127.0.0.1",)))  # fmt: skip
-    return replay_request(conn, request_id, how, runs_on).result
 
 
 def test_a_replayed_function_leaves_no_statement_of_its_own_under_a_name_flux_prepared(

@@ -12,18 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from flux import jsontext
 from flux.data import Catalog
-from flux.gateway.handler import WithBuiltins
-from flux.replay import Replay, ReplayResult, built_code, replay_request
-from flux.runtime import Caller, Outcome, Runtime, invoke
-from flux.runtime.fetch import FetchPolicy
-from flux.runtime.invoke import Function
+from flux.runtime import Runtime
+from tests.fixtures.replays import MOVER, RAW_WRITER, WRITER, replayed
+from tests.fixtures.replays import served as on
 from tests.fixtures.runtime import planted, ts
 
 pytestmark = pytest.mark.usefixtures("run_text")  # CREATE FUNCTION goes through a project's function
-
-LOCAL = FetchPolicy(allow=("127.0.0.1",))
 
 # Sequences only the owner (owner_only) or flux_recorder (flux.jobs_id_seq) may draw from; a draw is never
 # rolled back, so it shows even from inside a replay's transaction.
@@ -53,18 +48,6 @@ END $$`, []);
 """
     ),
 )
-WRITER = ts(
-    "writer",
-    "export default async (req, ctx) => ctx.db.query({ insert: 'notes', values: { body: 'kept' } });",
-)
-
-
-def on(runs_on: psycopg.Connection[Any], runtime: Runtime, catalog: Catalog, fn: Function) -> Outcome:
-    """One service-role request on the request connection `runs_on`, as the gateway runs it (committed)."""
-    outcome = invoke(runs_on, runtime, fn, {"method": "POST", "path": "/"}, catalog=catalog,
-                     caller=Caller(role="service"))  # fmt: skip
-    assert outcome.error is None, outcome.error
-    return outcome
 
 
 def drawn(conn: psycopg.Connection[Any]) -> dict[str, bool]:
@@ -93,10 +76,7 @@ def test_a_type_an_earlier_request_left_in_pg_temp_runs_nothing_as_the_owner_of_
     conn.execute(OWNER_ONLY)
     written = on(runs_on, runtime, notes, WRITER)
     on(runs_on, runtime, notes, PLANT)
-    how = Replay(WithBuiltins(runtime), built_code({WRITER.name: WRITER}), notes, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL)  # fmt: skip
-    result: ReplayResult = replay_request(conn, written.request_id, how, runs_on).result
-    jsontext.dumps(result.to_json())
+    result = replayed(conn, runs_on, runtime, notes, WRITER, written.request_id, mode)
     assert drawn(conn) == NOTHING
     assert result.verdict == "same", (result.error, result.divergences[:3])
     assert result.state is not None and result.state.undone >= 1
@@ -175,23 +155,9 @@ def test_a_table_an_earlier_request_left_in_pg_temp_is_not_what_a_rewind_reads_f
     on(runs_on, runtime, notes, WRITER)
     edited = on(runs_on, runtime, notes, EDITOR)
     on(runs_on, runtime, notes, SHADOW)
-    how = Replay(WithBuiltins(runtime), built_code({EDITOR.name: EDITOR}), notes, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL)  # fmt: skip
-    result = replay_request(conn, edited.request_id, how, runs_on).result
+    result = replayed(conn, runs_on, runtime, notes, EDITOR, edited.request_id, mode)
     assert conn.execute("SELECT is_called FROM public.owner_only").fetchone() == (False,)
     assert result.verdict == "same", (result.error, result.divergences[:3])
-
-
-RAW_WRITER = ts(
-    "raw_writer",
-    """export default async (req, ctx) =>
-  ctx.db.sql("INSERT INTO notes (body) VALUES ('raw') RETURNING id", []);""",
-)
-MOVER = ts(
-    "mover",
-    """export default async (req, ctx) =>
-  ctx.db.sql("SELECT public.run_text('SET search_path = pg_catalog')", []);""",
-)
 
 
 @pytest.mark.parametrize("mode", ["live", "as-of"])
@@ -206,9 +172,7 @@ def test_a_search_path_an_earlier_request_left_on_its_connection_is_not_the_repl
     connection's own settings, as the recorded request did."""
     written = on(runs_on, runtime, notes, RAW_WRITER)
     on(runs_on, runtime, notes, MOVER)
-    how = Replay(WithBuiltins(runtime), built_code({RAW_WRITER.name: RAW_WRITER}), notes, mode=mode,  # type: ignore[arg-type]
-                 fetch_policy=LOCAL)  # fmt: skip
-    result = replay_request(conn, written.request_id, how, runs_on).result
+    result = replayed(conn, runs_on, runtime, notes, RAW_WRITER, written.request_id, mode)
     assert result.verdict == "same", (result.error, result.divergences[:3])
 
 
