@@ -41,6 +41,16 @@ from flux.errors import (
 )
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasi_command import (
+    Command,
+    CommandFailed,
+    Streams,
+    command_linker,
+    failure,
+    is_command,
+    split_command,
+    start,
+)
 
 Compiled = TypeVar("Compiled", Module, "wasm_component.Component")
 Loaded = TypeVar("Loaded")
@@ -63,6 +73,8 @@ class _Run:
     )
     ended: bool = False  # its last output logged: WASI's callbacks, which outlive it, drop what comes after
     errors: list[str] = field(default_factory=list)  # its first stderr lines, to say why it exited
+    last_error: str | None = None  # its last line on stderr
+    streams: Any = None  # a WASI command's stdin and stdout (wasi_command.Streams)
 
 
 _current = threading.local()
@@ -86,7 +98,7 @@ def limited_store(engine: Engine, limits: FunctionLimits) -> Store:
 
 
 @contextmanager
-def running(host: Host, store: Store) -> Iterator[_Run]:
+def running(host: Host, store: Store, argv: list[str] | None = None) -> Iterator[_Run]:
     """Make `host` this thread's active run while Wasm runs, with WASI's stdout and stderr as its log lines
     (the last, unterminated one is logged at the end); then free the store.
 
@@ -97,6 +109,8 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
     wasi = WasiConfig()
     wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)  # called on wasmtime's threads
     wasi.stderr_custom = lambda data: capture_output(run, "stderr", data)
+    if argv is not None:
+        wasi.argv = argv
     store.set_wasi(wasi)
     try:
         yield run
@@ -146,6 +160,7 @@ class LoadedModule:
     sha256: str
     pre: wasmtime.InstancePre
     reactor: bool = False  # exports `_initialize` (a WASI reactor's constructors: C, Rust with std)
+    command: Command | None = None  # a WASI command's start (wasi_command.py), not the core ABI
 
 
 def new_engine() -> Engine:
@@ -164,6 +179,7 @@ class WasmRuntime:
         self.cache_dir = cache_dir
         self.linker = _make_linker(self.engine)
         self._loaded = CompiledOnce(self._prepare)
+        self._modules = CompiledOnce(self._compile)  # by the module's own sha: interpreters are shared
         self.clock = EpochClock(self.engine)
 
     def load(self, wasm: bytes, sha: str | None = None) -> LoadedModule:
@@ -171,7 +187,16 @@ class WasmRuntime:
         return self._loaded.get(wasm, sha)
 
     def _prepare(self, sha: str, wasm: bytes) -> LoadedModule:
-        module = self._compile(sha, wasm)
+        code, command = split_command(wasm)
+        module = self._modules.get(code, sha if code is wasm else None)
+        if is_command(module, command):
+            try:
+                pre = command_linker(self.engine, module, _define_recorded_wasi).instantiate_pre(module)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidFunctionCode(
+                    f"the WASI command imports what Flux does not give: {exc}"
+                ) from None
+            return LoadedModule(sha, pre, command=command or Command())
         exports = {export.name: export.type for export in module.exports}
         missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
         if missing:
@@ -192,6 +217,8 @@ class WasmRuntime:
         return LoadedModule(sha, pre, reactor="_initialize" in exports)
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
+        """The module compiled, from the machine's cache when it is there (by the sha256 of its bytes)."""
+
         def compile_module() -> Module:
             try:
                 return Module(self.engine, wasm)
@@ -209,12 +236,53 @@ class WasmRuntime:
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
         host.run_deadline = time.monotonic() + limits.timeout_ms / 1000  # a fetch ends by then too
-        with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
-            result = self._call(loaded, request, run, limits)
+        argv = list(loaded.command.args) if loaded.command is not None else None
+        with self.clock.ticking(), running(host, limited_store(self.engine, limits), argv) as run:
+            if loaded.command is not None:
+                result = self._call_command(loaded, loaded.command, request, run, limits)
+            else:
+                result = self._call(loaded, request, run, limits)
         try:
             return jsontext.loads(result)
         except ValueError as exc:
             raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+    def _call_command(
+        self, loaded: LoadedModule, command: Command, request: Any, run: _Run, limits: FunctionLimits
+    ) -> bytes:
+        """Run a WASI command: the request on its stdin, its host calls answered as it reads, its last line
+        on stdout the result (wasi_command.py)."""
+        store = run.store
+        run.streams = Streams(bytearray(jsontext.dumps(request) + b"\n"), limit=limits.memory_bytes)
+        try:
+            try:
+                instance = loaded.pre.instantiate(store)
+            except wasmtime.WasmtimeError as exc:
+                if "memory" in str(exc) and "limit" in str(exc):
+                    raise FunctionOutOfMemory(
+                        f"the command needs more memory than its {limits.memory_mb} MB to start",
+                        hint="raise `memory_mb`",
+                    ) from None
+                raise
+            memory = instance.exports(store).get("memory")
+            run.memory = memory if isinstance(memory, wasmtime.Memory) else None
+            try:
+                start(store, instance, command)
+            except wasmtime.ExitTrap as exit:
+                if exit.code != 0:
+                    raise failure(
+                        _said(run, last=True), f"the command exited with status {exit.code}"
+                    ) from None
+            except CommandFailed as failed:
+                raise failure(_said(run, last=True), str(failed)) from None
+            streams: Streams = run.streams
+            response = streams.perform_calls(run.host, keep_last=True)
+            assert response is not None
+            return response
+        except Trap as trap:
+            raise trap_error(trap, run, limits) from None
+        except wasmtime.WasmtimeError as exc:
+            raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
 
     def _call(self, loaded: LoadedModule, request: Any, run: _Run, limits: FunctionLimits) -> bytes:
         store = run.store
@@ -379,10 +447,12 @@ def exit_error(exit: wasmtime.ExitTrap, run: _Run) -> FluxError:
     return FunctionFailed(said or f"the function exited with status {exit.code} before it answered")
 
 
-def _said(run: _Run) -> str | None:
+def _said(run: _Run, last: bool = False) -> str | None:
     """Why a run that trapped or exited says it stopped: a Go panic's `panic: ...` line, else its first line
-    on stderr."""
+    on stderr (its last, for a WASI command: an interpreter's error comes after what the script logged)."""
     _flush_output(run)
+    if last:
+        return run.last_error
     said = next((line for line in run.errors if line.startswith("panic: ")), None)
     said = said or (run.errors[0] if run.errors else None)
     return said[:1000] if said else None
@@ -417,8 +487,10 @@ def _flush_output(run: _Run) -> None:
 
 def _log_line(run: _Run, stream: str, line: bytes) -> None:
     level = "info" if stream == "stdout" else "error"
-    if stream == "stderr" and len(run.errors) < 20 and line.strip():
-        run.errors.append(line.decode(errors="replace").strip())
+    if stream == "stderr" and line.strip():
+        run.last_error = line.decode(errors="replace").strip()
+        if len(run.errors) < 20:
+            run.errors.append(run.last_error)
     run.host.call("log", {"level": level, "message": line.decode(errors="replace"), "stream": stream})
 
 
@@ -436,6 +508,14 @@ def _make_linker(engine: Engine) -> Linker:
     i32, i64 = ValType.i32(), ValType.i64()
     linker.define_func("flux", "call", FuncType([i32, i32], [i64]), _flux_call, access_caller=True)
     linker.define_func("flux", "log", FuncType([i32, i32], []), _flux_log, access_caller=True)
+    _define_recorded_wasi(linker)
+    return linker
+
+
+def _define_recorded_wasi(linker: Linker) -> None:
+    """WASI's clock and randomness from the host's recorded `now` and `random`, and its sleep bounded by the
+    run's deadline, over what `define_wasi` gave."""
+    i32, i64 = ValType.i32(), ValType.i64()
     wasi = "wasi_snapshot_preview1"
     linker.define_func(
         wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
@@ -444,7 +524,6 @@ def _make_linker(engine: Engine) -> Linker:
     linker.define_func(
         wasi, "poll_oneoff", FuncType([i32, i32, i32, i32], [i32]), _poll_oneoff, access_caller=True
     )
-    return linker
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
