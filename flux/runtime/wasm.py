@@ -461,20 +461,19 @@ def trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
 
 
 def exit_error(exit: wasmtime.ExitTrap, run: _Run) -> FluxError:
-    """A run that called WASI's `proc_exit` before it answered failed: with what it wrote to stderr (a Go
-    panic's `panic: ...` line, an SDK's error), else its exit status."""
-    said = _said(run)
-    return FunctionFailed(said or f"the function exited with status {exit.code} before it answered")
+    """A run that called WASI's `proc_exit` before it answered failed: with a Go panic's `panic: ...` line,
+    else its last line on stderr (an SDK's error, written just before it exits), else its exit status."""
+    said = _said(run) or run.last_error
+    return FunctionFailed(
+        said[:1000] if said else f"the function exited with status {exit.code} before it answered"
+    )
 
 
 def _said(run: _Run, last: bool = False) -> str | None:
-    """Why a run that trapped or exited says it stopped: a Go panic's `panic: ...` line, else its first line
-    on stderr (its last, for a WASI command: an interpreter's error comes after what the script logged)."""
+    """Why a run stopped, by what it wrote on stderr: a Go panic's `panic: ...` line (a module's trap says
+    nothing better), or, for a WASI command (`last`), its last line: an interpreter's error comes last."""
     _flush_output(run)
-    if last:
-        return run.last_error
-    said = next((line for line in run.errors if line.startswith("panic: ")), None)
-    said = said or (run.errors[0] if run.errors else None)
+    said = run.last_error if last else next((line for line in run.errors if line.startswith("panic: ")), None)
     return said[:1000] if said else None
 
 
