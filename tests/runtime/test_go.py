@@ -36,6 +36,7 @@ import (
 )
 
 var hoard [][]byte
+var count int
 
 func handle(req *flux.Request, ctx *flux.Ctx) (any, error) {
 	switch strings.Trim(string(req.Body), `"`) {
@@ -58,6 +59,9 @@ func handle(req *flux.Request, ctx *flux.Ctx) (any, error) {
 		entries, listed := os.ReadDir("/")
 		return map[string]any{"read": read.Error(), "listed": listed != nil, "entries": len(entries),
 			"env": os.Environ(), "args": os.Args, "wd": os.Getenv("PWD")}, nil
+	case "count":
+		count++
+		return count, nil
 	case "nap":
 		started := time.Now()
 		time.Sleep(20 * time.Millisecond)
@@ -117,12 +121,15 @@ def test_a_go_panic_or_error_fails_the_request_with_its_message(
     assert logged == [("the note is empty",)]
 
 
-def test_a_go_function_reads_no_host_file_environment_or_argument(call: Any, hostile: Function) -> None:
+def test_a_go_function_reads_no_host_file_or_environment_and_keeps_nothing(
+    call: Any, hostile: Function
+) -> None:
     outcome = _run(call, hostile, "files")
     assert outcome.error is None, outcome.error
     body = outcome.response.body
     assert body["read"].startswith("open /etc/passwd: "), body  # no preopened directory: no file at all
     assert body["entries"] == 0 and body["env"] == [] and body["wd"] == "", body
+    assert [_run(call, hostile, "count").response.body for _ in range(2)] == [1, 1]  # a fresh instance each
 
 
 def test_a_go_build_error_names_its_file_and_line(tmp_path: Path, hostile: Function) -> None:

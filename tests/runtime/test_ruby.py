@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ end
 def handle(req, ctx)
   case req["body"]
   when "spin" then loop {}
+  when "sleep" then sleep(3600)
   when "grow" then hoard = []; loop { hoard << ("x" * 1_000_000) }
   when "raise" then raise ArgumentError, "the note is empty"
   when "files"
@@ -74,13 +76,15 @@ def test_a_ruby_build_is_the_locked_interpreter_with_its_script(hostile: Functio
     assert command is not None and command.entry == "ruby" and "Flux.run(" in command.script
 
 
-def test_a_ruby_loop_and_an_allocation_without_bound_end_with_their_codes(
+def test_a_ruby_loop_a_sleep_and_an_allocation_without_bound_end_with_their_codes(
     call: Any, hostile: Function
 ) -> None:
     assert _run(call, hostile, "fine").response.body == "fine"
-    for what, code in (("spin", "FX301"), ("grow", "FX302")):
+    for what, code in (("spin", "FX301"), ("sleep", "FX301"), ("grow", "FX302")):
+        started = time.monotonic()
         outcome = _run(call, hostile, what)
         assert outcome.error is not None and outcome.error.code == code, (what, outcome.error)
+        assert time.monotonic() - started < 20, what  # its 3 s limit, not the hour it asked for
     assert _run(call, hostile, "fine").response.body == "fine"
 
 
@@ -94,7 +98,7 @@ def test_a_ruby_error_fails_the_request_with_its_message_and_line(
         "SELECT input->>'message' FROM flux.spans WHERE request_id = %s AND module = 'log' ORDER BY seq",
         (outcome.request_id,),
     )]  # fmt: skip
-    assert any("handler.rb:12:in 'Object#handle'" in line for line in logged), logged
+    assert any("handler.rb:13:in 'Object#handle'" in line for line in logged), logged
 
 
 def test_a_ruby_function_reads_and_writes_no_host_file_and_keeps_nothing(
