@@ -174,3 +174,17 @@ def test_limits_of_a_go_function_are_its_own(call: Any, hostile: Function) -> No
     outcome = _run(call, slower, "sleep")
     assert outcome.error is not None and outcome.error.code == "FX301"
     assert time.monotonic() - started < 3
+
+
+def test_a_go_module_folder_with_its_own_go_mod_builds_with_flux_s_package(
+    tmp_path: Path, call: Any, hostile: Function
+) -> None:
+    folder = tmp_path / "moduled"
+    folder.mkdir()
+    (folder / "go.mod").write_text("module example.com/notes\n\ngo 1.24\n")
+    (folder / "notes.go").write_text(HOSTILE)
+    (folder / "helper.go").write_text('package main\n\nconst greeting = "from a module"\n')
+    (folder / "notes.go").write_text(HOSTILE.replace('return "fine", nil', "return greeting, nil"))
+    fn = build_function(folder, tmp_path / "build")
+    assert (folder / "go.mod").read_text() == "module example.com/notes\n\ngo 1.24\n"  # built from a copy
+    assert _run(call, fn, "fine").response.body == "from a module"
