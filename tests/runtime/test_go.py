@@ -182,7 +182,6 @@ def test_a_go_module_folder_with_its_own_go_mod_builds_with_flux_s_package(
     folder = tmp_path / "moduled"
     folder.mkdir()
     (folder / "go.mod").write_text("module example.com/notes\n\ngo 1.24\n")
-    (folder / "notes.go").write_text(HOSTILE)
     (folder / "helper.go").write_text('package main\n\nconst greeting = "from a module"\n')
     (folder / "notes.go").write_text(HOSTILE.replace('return "fine", nil', "return greeting, nil"))
     fn = build_function(folder, tmp_path / "build")
