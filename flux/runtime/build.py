@@ -349,7 +349,7 @@ def _build_python(folder: Path, output: Path) -> None:
 
 def _build_go(folder: Path, output: Path) -> dict[str, str]:
     """`go build` for wasip1 of a copy of the folder, whose go.mod (written when the folder has none) requires
-    Flux's Go package from the repository (`replace`): offline (no proxy, no toolchain download), with Go's
+    a copy of Flux's Go package (`replace`): offline (no proxy, no toolchain download), with Go's
     caches under the build cache, and `-trimpath` so the same sources give the same bytes from any folder. The
     package's files are the build's dependencies outside the folder."""
     go = _go()
@@ -363,20 +363,31 @@ def _build_go(folder: Path, output: Path) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="flux-go-") as temporary:
         sources = Path(temporary) / folder.name
         shutil.copytree(folder, sources, ignore=shutil.ignore_patterns(*NOT_SOURCES), symlinks=False)
+        # a copy too, so that a build sees one version of it throughout, beside the folder's: Go records the
+        # relative path, the same in every build
+        package = Path(temporary) / ".flux-go-sdk"  # no function is named so
+        shutil.copytree(sdk, package)
         if not (sources / "go.mod").exists():
             module = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name)
             (sources / "go.mod").write_text(f"module {module}\n\ngo {GO_LANGUAGE}\n")
-        edit = [go, "mod", "edit", f"-require={GO_SDK_MODULE}@v0.0.0", f"-replace={GO_SDK_MODULE}={sdk}"]
+        edit = [
+            go,
+            "mod",
+            "edit",
+            f"-require={GO_SDK_MODULE}@v0.0.0",
+            f"-replace={GO_SDK_MODULE}=../{package.name}",
+        ]
         _run(edit, sources, name=folder.name, env=env)
         built = Path(temporary) / "function.wasm"
         command = [go, "build", "-trimpath", "-buildvcs=false", "-buildmode=c-shared", "-o", str(built), "."]
         _run(command, sources, name=folder.name, env=env, relative_to=sources)
         shutil.copyfile(built, output)
-    return {
-        Path(os.path.relpath(path, folder)).as_posix(): _file_sha256(path) or ""
-        for path in sorted(sdk.rglob("*"))
-        if path.is_file()
-    }
+        return {  # the package as this build read it, by where it is
+            Path(os.path.relpath(sdk / path.relative_to(package), folder)).as_posix(): _file_sha256(path)
+            or ""
+            for path in sorted(package.rglob("*"))
+            if path.is_file()
+        }
 
 
 def go_sdk_dir() -> Path:

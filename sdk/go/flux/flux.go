@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime"
 	"unsafe"
 )
 
@@ -69,6 +70,7 @@ func Call(op string, args any) (json.RawMessage, error) {
 		return nil, err
 	}
 	packed := fluxCall(unsafe.Pointer(unsafe.SliceData(message)), uint32(len(message)))
+	runtime.KeepAlive(message) // the host reads it, and calls flux_alloc (which may collect) meanwhile
 	reply := take(uint32(packed>>32), uint32(packed))
 	var answer struct {
 		OK    bool            `json:"ok"`
