@@ -19,6 +19,7 @@ from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.errors import InvalidProject
+from flux.runtime.build import build_function
 from tests.fixtures.gateway import gateway_client
 from tests.fixtures.processes import FLUX, free_port, run_flux, wait_for_http
 
@@ -78,3 +79,23 @@ def test_a_new_projects_code_runs_as_the_service_role_with_no_grant_of_its_own(
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     assert conn.execute("SELECT body FROM notes ORDER BY id").fetchall() == [("hi",), ("x",)]
+
+
+@pytest.mark.parametrize(("lang", "source"), [("go", "main.go"), ("ruby", "handler.rb")])
+def test_a_new_project_in_go_or_ruby_has_an_add_note_that_builds_and_answers(
+    tmp_path: Path, call: Any, lang: str, source: str
+) -> None:
+    """The rest of the project is the one the test above deploys; its add_note runs through the runtime."""
+    folder = tmp_path / "shop"
+    made = CliRunner().invoke(app, ["init", str(folder), "--lang", lang])
+    assert made.exit_code == 0, made.output
+    add_note = folder / "functions" / "add_note"
+    assert (add_note / source).exists() and not (add_note / "index.ts").exists()
+    assert (folder / "functions" / "count_notes" / "app.py").exists()
+    fn = build_function(add_note, folder / ".flux" / "build")
+    added = call(fn, {"method": "POST", "path": "/notes", "body": {"text": "first"}})
+    assert added.error is None, added.error
+    assert (added.response.status, added.response.body) == (201, {"id": 1, "body": "first"})
+    assert call(fn, {"method": "POST", "path": "/notes", "body": {}}).response.status == 400
+    unknown = CliRunner().invoke(app, ["init", str(tmp_path / "other"), "--lang", "cobol"])
+    assert isinstance(unknown.exception, InvalidProject) and "cobol" in unknown.exception.message

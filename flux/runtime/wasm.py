@@ -11,6 +11,7 @@ fuel, time by an epoch deadline, memory by a cap (a grow past it fails).
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -41,6 +42,16 @@ from flux.errors import (
 )
 from flux.runtime.host import Host, not_json
 from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasi_command import (
+    Command,
+    CommandFailed,
+    Streams,
+    command_linker,
+    failure,
+    is_command,
+    split_command,
+    start,
+)
 
 Compiled = TypeVar("Compiled", Module, "wasm_component.Component")
 Loaded = TypeVar("Loaded")
@@ -62,6 +73,9 @@ class _Run:
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
     )
     ended: bool = False  # its last output logged: WASI's callbacks, which outlive it, drop what comes after
+    errors: list[str] = field(default_factory=list)  # its first stderr lines, to say why it exited
+    last_error: str | None = None  # its last line on stderr
+    streams: Any = None  # a WASI command's stdin and stdout (wasi_command.Streams)
 
 
 _current = threading.local()
@@ -85,7 +99,7 @@ def limited_store(engine: Engine, limits: FunctionLimits) -> Store:
 
 
 @contextmanager
-def running(host: Host, store: Store) -> Iterator[_Run]:
+def running(host: Host, store: Store, argv: list[str] | None = None) -> Iterator[_Run]:
     """Make `host` this thread's active run while Wasm runs, with WASI's stdout and stderr as its log lines
     (the last, unterminated one is logged at the end); then free the store.
 
@@ -96,6 +110,8 @@ def running(host: Host, store: Store) -> Iterator[_Run]:
     wasi = WasiConfig()
     wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)  # called on wasmtime's threads
     wasi.stderr_custom = lambda data: capture_output(run, "stderr", data)
+    if argv is not None:
+        wasi.argv = argv
     store.set_wasi(wasi)
     try:
         yield run
@@ -145,6 +161,7 @@ class LoadedModule:
     sha256: str
     pre: wasmtime.InstancePre
     reactor: bool = False  # exports `_initialize` (a WASI reactor's constructors: C, Rust with std)
+    command: Command | None = None  # a WASI command's start (wasi_command.py), not the core ABI
 
 
 def new_engine() -> Engine:
@@ -163,6 +180,7 @@ class WasmRuntime:
         self.cache_dir = cache_dir
         self.linker = _make_linker(self.engine)
         self._loaded = CompiledOnce(self._prepare)
+        self._modules = CompiledOnce(self._compile)  # by the module's own sha: interpreters are shared
         self.clock = EpochClock(self.engine)
 
     def load(self, wasm: bytes, sha: str | None = None) -> LoadedModule:
@@ -170,7 +188,16 @@ class WasmRuntime:
         return self._loaded.get(wasm, sha)
 
     def _prepare(self, sha: str, wasm: bytes) -> LoadedModule:
-        module = self._compile(sha, wasm)
+        code, command = split_command(wasm)
+        module = self._modules.get(code, sha if code is wasm else None)
+        if is_command(module, command):
+            try:
+                pre = command_linker(self.engine, module, _define_recorded_wasi).instantiate_pre(module)
+            except wasmtime.WasmtimeError as exc:
+                raise InvalidFunctionCode(
+                    f"the WASI command imports what Flux does not give: {exc}"
+                ) from None
+            return LoadedModule(sha, pre, command=command or Command())
         exports = {export.name: export.type for export in module.exports}
         missing = [name for name in _REQUIRED_EXPORTS if name not in exports]
         if missing:
@@ -191,29 +218,70 @@ class WasmRuntime:
         return LoadedModule(sha, pre, reactor="_initialize" in exports)
 
     def _compile(self, sha: str, wasm: bytes) -> Module:
-        def compile_module() -> Module:
-            try:
-                return Module(self.engine, wasm)
-            except wasmtime.WasmtimeError as exc:
-                raise InvalidFunctionCode(
-                    f"the function is not valid WebAssembly: {first_line(exc)}"
-                ) from None
+        """The module compiled, from the machine's cache when it is there (by the sha256 of its bytes)."""
+        return compile_module(self.engine, self.cache_dir, sha, wasm)
 
-        return compile_cached(
-            self.cache_dir / f"{sha}.cwasm",
-            lambda path: Module.deserialize_file(self.engine, path),
-            compile_module,
-        )
+    def prepare(self, code: bytes, sha: str) -> None:
+        """Start loading the module on a thread of its own (a deploy reached this worker): a large module
+        (an interpreter) is then compiled, or read from the cache, before its first request."""
+
+        def load() -> None:
+            with contextlib.suppress(FluxError):  # a request reports it
+                self.load(code, sha)
+
+        threading.Thread(target=load, daemon=True, name=f"flux-load-{sha[:12]}").start()
 
     def run(self, loaded: LoadedModule, request: Any, host: Host, limits: FunctionLimits) -> Any:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
         host.run_deadline = time.monotonic() + limits.timeout_ms / 1000  # a fetch ends by then too
-        with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
-            result = self._call(loaded, request, run, limits)
+        argv = list(loaded.command.args) if loaded.command is not None else None
+        with self.clock.ticking(), running(host, limited_store(self.engine, limits), argv) as run:
+            if loaded.command is not None:
+                result = self._call_command(loaded, loaded.command, request, run, limits)
+            else:
+                result = self._call(loaded, request, run, limits)
         try:
             return jsontext.loads(result)
         except ValueError as exc:
             raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+
+    def _call_command(
+        self, loaded: LoadedModule, command: Command, request: Any, run: _Run, limits: FunctionLimits
+    ) -> bytes:
+        """Run a WASI command: the request on its stdin, its host calls answered as it reads, its last line
+        on stdout the result (wasi_command.py)."""
+        store = run.store
+        run.streams = Streams(bytearray(jsontext.dumps(request) + b"\n"), limit=limits.memory_bytes)
+        try:
+            try:
+                instance = loaded.pre.instantiate(store)
+            except wasmtime.WasmtimeError as exc:
+                if "memory" in str(exc) and "limit" in str(exc):
+                    raise FunctionOutOfMemory(
+                        f"the command needs more memory than its {limits.memory_mb} MB to start",
+                        hint="raise `memory_mb`",
+                    ) from None
+                raise
+            memory = instance.exports(store).get("memory")
+            run.memory = memory if isinstance(memory, wasmtime.Memory) else None
+            try:
+                start(store, instance, command)
+            except wasmtime.ExitTrap as exit:
+                if exit.code != 0:
+                    said = _said(run, last=True)
+                    fallback = f"the command exited with status {exit.code}"
+                    raise _out_of_memory(said, run, limits) or failure(said, fallback) from None
+            except CommandFailed as failed:
+                said = _said(run, last=True)
+                raise _out_of_memory(said, run, limits) or failure(said, str(failed)) from None
+            streams: Streams = run.streams
+            response = streams.perform_calls(run.host, keep_last=True)
+            assert response is not None
+            return response
+        except Trap as trap:
+            raise trap_error(trap, run, limits) from None
+        except wasmtime.WasmtimeError as exc:
+            raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
 
     def _call(self, loaded: LoadedModule, request: Any, run: _Run, limits: FunctionLimits) -> bytes:
         store = run.store
@@ -232,6 +300,8 @@ class WasmRuntime:
             return _read(memory, store, packed)
         except Trap as trap:
             raise trap_error(trap, run, limits) from None
+        except wasmtime.ExitTrap as exit:
+            raise exit_error(exit, run) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
 
@@ -284,6 +354,27 @@ def _call(store: Store, export: Any, *args: int) -> int:
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
     return int(values[0].i64)
+
+
+def compile_module(engine: Engine, cache_dir: Path, sha: str, wasm: bytes) -> Module:
+    """`wasm` (whose sha256 is `sha`) compiled, through the cache in `cache_dir` (see `compile_cached`)."""
+
+    def compile_now() -> Module:
+        try:
+            return Module(engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise InvalidFunctionCode(f"the function is not valid WebAssembly: {first_line(exc)}") from None
+
+    return compile_cached(
+        cache_dir / f"{sha}.cwasm", lambda path: Module.deserialize_file(engine, path), compile_now
+    )
+
+
+def compile_ahead_module(engine: Engine, cache_dir: Path, wasm: bytes) -> None:
+    """Compile a module (a WASI command's interpreter without its script) into `cache_dir` unless it is there,
+    as `WasmRuntime(cache_dir)` reads it: what `flux deploy` does, so no request waits for the compile."""
+    code, _ = split_command(wasm)
+    compile_module(engine, cache_dir, hashlib.sha256(code).hexdigest(), code)
 
 
 class CompiledOnce(Generic[Loaded]):
@@ -365,7 +456,36 @@ def trap_error(trap: Trap, run: _Run, limits: FunctionLimits) -> FluxError:
             f"the function trapped with its memory at the {limits.memory_mb} MB limit",
             hint="raise `memory_mb`",
         )
-    return FunctionFailed(f"the function trapped: {first_line(trap)}")
+    said = _said(run)
+    return FunctionFailed(said or f"the function trapped: {first_line(trap)}")
+
+
+def exit_error(exit: wasmtime.ExitTrap, run: _Run) -> FluxError:
+    """A run that called WASI's `proc_exit` before it answered failed: with a Go panic's `panic: ...` line,
+    else its last line on stderr (an SDK's error, written just before it exits), else its exit status."""
+    said = _said(run) or run.last_error
+    return FunctionFailed(
+        said[:1000] if said else f"the function exited with status {exit.code} before it answered"
+    )
+
+
+def _said(run: _Run, last: bool = False) -> str | None:
+    """Why a run stopped, by what it wrote on stderr: a Go panic's `panic: ...` line (a module's trap says
+    nothing better), or, for a WASI command (`last`), its last line: an interpreter's error comes last."""
+    _flush_output(run)
+    said = run.last_error if last else next((line for line in run.errors if line.startswith("panic: ")), None)
+    return said[:1000] if said else None
+
+
+def _out_of_memory(said: str | None, run: _Run, limits: FunctionLimits) -> FluxError | None:
+    """A command that failed because its memory was at the cap (an interpreter's own out-of-memory error,
+    such as Ruby's `NoMemoryError`, raised when a grow failed)."""
+    if (said or "").startswith("NoMemoryError") or _memory_full(run, limits):
+        return FunctionOutOfMemory(
+            f"the function failed with its memory at the {limits.memory_mb} MB limit: {said}",
+            hint="raise `memory_mb`",
+        )
+    return None
 
 
 def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
@@ -397,6 +517,10 @@ def _flush_output(run: _Run) -> None:
 
 def _log_line(run: _Run, stream: str, line: bytes) -> None:
     level = "info" if stream == "stdout" else "error"
+    if stream == "stderr" and line.strip():
+        run.last_error = line.decode(errors="replace").strip()
+        if len(run.errors) < 20:
+            run.errors.append(run.last_error)
     run.host.call("log", {"level": level, "message": line.decode(errors="replace"), "stream": stream})
 
 
@@ -414,12 +538,22 @@ def _make_linker(engine: Engine) -> Linker:
     i32, i64 = ValType.i32(), ValType.i64()
     linker.define_func("flux", "call", FuncType([i32, i32], [i64]), _flux_call, access_caller=True)
     linker.define_func("flux", "log", FuncType([i32, i32], []), _flux_log, access_caller=True)
+    _define_recorded_wasi(linker)
+    return linker
+
+
+def _define_recorded_wasi(linker: Linker) -> None:
+    """WASI's clock and randomness from the host's recorded `now` and `random`, and its sleep bounded by the
+    run's deadline, over what `define_wasi` gave."""
+    i32, i64 = ValType.i32(), ValType.i64()
     wasi = "wasi_snapshot_preview1"
     linker.define_func(
         wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
     )
     linker.define_func(wasi, "random_get", FuncType([i32, i32], [i32]), _random_get, access_caller=True)
-    return linker
+    linker.define_func(
+        wasi, "poll_oneoff", FuncType([i32, i32, i32, i32], [i32]), _poll_oneoff, access_caller=True
+    )
 
 
 def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
@@ -476,4 +610,45 @@ def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:
         chunk = min(length - len(data), 65_536)
         data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
     _memory(caller).write(caller, data, pointer)
+    return _ERRNO_SUCCESS
+
+
+_SUBSCRIPTION, _EVENT = 48, 32  # bytes of a WASI subscription and of an event
+_CLOCK, _ABSTIME = 0, 1  # a subscription's tag for a clock; its flag for an absolute time
+
+
+def _poll_oneoff(caller: wasmtime.Caller, subscriptions: int, events: int, count: int, written: int) -> int:
+    """WASI's sleep (Go's `time.Sleep` and its idle scheduler, C's `nanosleep`): the shortest clock wait, in
+    real time but never past the run's deadline, which ends the run (FX301) however long it asked to sleep: a
+    sleep in the host is not Wasm, which the epoch deadline would interrupt. A wait on a file descriptor is
+    ready at once (reads and writes go to the host's own streams, which never block)."""
+    if count == 0:
+        return _ERRNO_INVAL
+    memory = _memory(caller)
+    raw = bytes(memory.read(caller, subscriptions, subscriptions + count * _SUBSCRIPTION))
+    waits, ready = [], []
+    for index in range(count):
+        entry = raw[index * _SUBSCRIPTION : (index + 1) * _SUBSCRIPTION]
+        if entry[8] == _CLOCK:
+            timeout = int.from_bytes(entry[24:32], "little")
+            if int.from_bytes(entry[40:42], "little") & _ABSTIME:
+                timeout = max(0, timeout - time.time_ns())
+            waits.append((timeout, entry[:8]))
+        else:
+            ready.append((entry[:8], entry[8]))
+    answered: list[bytes] = []
+    if ready:
+        answered = [userdata + bytes([0, 0, tag]) + bytes(5) + bytes(16) for userdata, tag in ready]
+    else:
+        timeout, userdata = min(waits)
+        run = active_run()
+        deadline = run.host.run_deadline
+        seconds = timeout / 1e9
+        if deadline is not None and time.monotonic() + seconds > deadline:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            raise FunctionTimedOut("the function slept past its time limit", hint="raise `timeout_ms`")
+        time.sleep(seconds)
+        answered = [userdata + bytes([0, 0, _CLOCK]) + bytes(5) + bytes(16)]
+    memory.write(caller, b"".join(answered), events)
+    memory.write(caller, len(answered).to_bytes(4, "little"), written)
     return _ERRNO_SUCCESS

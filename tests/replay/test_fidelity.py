@@ -1,8 +1,9 @@
 """The fidelity corpus: requests recorded from every language Flux runs (TypeScript, JavaScript,
-AssemblyScript, WAT, C, Rust, Python), each using time, randomness, a secret, a fetch, database reads and
-writes (inserts into an identity-keyed table whose defaults are now() and gen_random_uuid()), a queue push and
-a log line, plus one that throws and one cut off by its time limit, replay `same` on their own code in every
-database mode, with no ignore rule anywhere. The functions are in tests/replay/corpus/<language>/."""
+AssemblyScript, WAT, C, Rust, Python, Go, Ruby), each using time, randomness, a secret, a fetch, database
+reads and writes (inserts into an identity-keyed table whose defaults are now() and gen_random_uuid()), a
+queue push and a log line, plus one that throws and one cut off by its time limit, replay `same` on their own
+code in every database mode, with no ignore rule anywhere. The functions are in
+tests/replay/corpus/<language>/."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ LANGUAGES = {
     "c": ("c", "user", "c_notes"),
     "rust": ("rust", "user", "rust_notes"),
     "python": ("py", "user", None),
+    "go": ("go", "user", "go_notes"),
+    "ruby": ("rb", "user", "rb_notes"),
 }
 # What each operation's span is named, and the operations each language's request makes (the WAT function
 # keeps its calls as constant data, so it has no URL to fetch; the JavaScript one reads no secret).
@@ -76,7 +79,8 @@ MADE = {language: set(OPERATIONS) for language in LANGUAGES} | {
 MODES = ["recorded", "live", "as-of"]
 KINDS = ["all", "throw!", "timeout~"]  # a run that does everything, one that then throws, one that then spins
 TIMEOUT_MS = 400  # the limit of the run that spins (the others have the default)
-SLOW = {"python"}  # componentize-py builds and compiles for about a minute
+# componentize-py builds and compiles for about a minute; Go and Ruby (its 30 MB interpreter) for half of one
+SLOW = {"python", "go", "ruby"}
 
 
 def _param(language: str, mode: str) -> Any:

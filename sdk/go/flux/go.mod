@@ -1,0 +1,3 @@
+module flux.local/flux
+
+go 1.24
