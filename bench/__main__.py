@@ -13,7 +13,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import bisect, data_engine, gateway, inspect, queue, replay, runtime, session_reset, track_overhead
+from bench import (
+    bisect,
+    data_engine,
+    function_cpu,
+    gateway,
+    inspect,
+    queue,
+    replay,
+    runtime,
+    session_reset,
+    track_overhead,
+)
 from flux import migrate
 from flux.postgres import EmbeddedPostgres
 
@@ -27,6 +38,7 @@ BENCHES = {
     "replay": replay,
     "bisect": bisect,
     "session_reset": session_reset,
+    "function_cpu": function_cpu,
 }
 
 
