@@ -256,17 +256,8 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
         return sock
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+class _HTTPSConnection(_HTTPConnection, urllib3.connection.HTTPSConnection):
     """The TLS kind of `_HTTPConnection` (the deadline shuts down the socket under TLS)."""
-
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self.deadline.watch(sock)
-        return sock
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
