@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 
+from bench.servers import free_port, wait_ready
 from flux.gateway.auth import new_api_key
 
 T = TypeVar("T")
@@ -95,7 +95,7 @@ def _setup(dsn: str, folder: Path) -> str:
 def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) -> None:
     env = {**os.environ, "DATABASE_URL": dsn, "FLUX_WORKERS": "2", "FLUX_WORKER_CLASS": worker_class,
            "FLUX_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
-    flux_port, floor_port = _free_port(), _free_port()
+    flux_port, floor_port = free_port(), free_port()
     flux = subprocess.Popen([sys.executable, "-m", "cli", "server", "--port", str(flux_port)], cwd=folder,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     # The floor under Flux's own gunicorn application (bench/floor_server.py): the same worker class, settings
@@ -103,8 +103,8 @@ def _compare(dsn: str, folder: Path, key: str, worker_class: str, threads: int) 
     floor = subprocess.Popen([sys.executable, "-m", "bench.floor_server", str(floor_port)], cwd=folder,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        _wait(f"http://127.0.0.1:{flux_port}/ready")
-        _wait(f"http://127.0.0.1:{floor_port}/noop")
+        wait_ready(f"http://127.0.0.1:{flux_port}/ready", flux)
+        wait_ready(f"http://127.0.0.1:{floor_port}/noop", floor)
         flux_base, floor_base = f"http://127.0.0.1:{flux_port}", f"http://127.0.0.1:{floor_port}"
         for url in (f"{flux_base}/noop", f"{flux_base}/noop-ts", f"{floor_base}/noop"):
             _wrk(url, duration_s=2)  # warm up: compiled code, Deno workers, caches, prepared statements
@@ -241,23 +241,3 @@ def _in_tree(processes: dict[int, tuple[str, int, float]], pid: int, root: int) 
             return True
         pid = processes[pid][1] if pid in processes else 0
     return False
-
-
-def _wait(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
