@@ -2057,6 +2057,7 @@ CREATE FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) RETURNS text[]
 DECLARE
     m record;
     target regclass;
+    checked regclass[] := '{}';  -- the tables whose own triggers were looked at
     key_match text;
     columns text;
     missing text[] := '{}';
@@ -2068,7 +2069,10 @@ BEGIN
             missing := missing || pg_catalog.format('%I.%I', m.table_schema, m.table_name);
             CONTINUE;
         END IF;
-        PERFORM flux.rewind_fires_own_triggers(target);
+        IF target <> ALL(checked) THEN
+            PERFORM flux.rewind_fires_own_triggers(target);
+            checked := checked || target;
+        END IF;
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
           INTO key_match FROM pg_catalog.jsonb_object_keys(m.row_pk) AS key;
         IF m.op = 'INSERT' THEN
