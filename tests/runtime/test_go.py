@@ -18,6 +18,7 @@ from flux.errors import InvalidFunctionCode
 from flux.runtime import Function, Runtime
 from flux.runtime.build import build_function
 from flux.runtime.limits import FunctionLimits
+from tests.fixtures.runtime import ask, assert_limits_end_runs
 from tests.runtime.test_examples import TOOLCHAINS
 
 Conn = psycopg.Connection[Any]
@@ -88,30 +89,20 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> Funct
     return fn
 
 
-def _run(call: Any, fn: Function, what: str) -> Any:
-    return call(fn, {"method": "POST", "path": "/", "body": what})
-
-
 def test_a_go_loop_a_sleep_and_an_allocation_without_bound_end_with_their_codes(
     call: Any, hostile: Function
 ) -> None:
-    assert _run(call, hostile, "fine").response.body == "fine"
-    for what, code in (("spin", "FX301"), ("sleep", "FX301"), ("grow", "FX302")):
-        started = time.monotonic()
-        outcome = _run(call, hostile, what)
-        assert outcome.error is not None and outcome.error.code == code, (what, outcome.error)
-        assert time.monotonic() - started < 10, what  # the 1 s limit, not the hour it asked for
-    assert _run(call, hostile, "fine").response.body == "fine"  # the limits are whole again
-    assert _run(call, hostile, "nap").response.body == {"slept": True}  # a short sleep sleeps
+    assert_limits_end_runs(call, hostile, within_s=10)  # its 1 s limit, not the hour it asked for
+    assert ask(call, hostile, "nap").response.body == {"slept": True}  # a short sleep sleeps
 
 
 def test_a_go_panic_or_error_fails_the_request_with_its_message(
     conn: Conn, call: Any, hostile: Function
 ) -> None:
-    panicked = _run(call, hostile, "panic")
+    panicked = ask(call, hostile, "panic")
     assert panicked.error is not None and panicked.error.code == "FX300", panicked.error
     assert panicked.error.message.startswith("panic: runtime error: index out of range"), panicked.error
-    failed = _run(call, hostile, "error")
+    failed = ask(call, hostile, "error")
     assert failed.error is not None and failed.error.code == "FX300", failed.error
     assert failed.error.message == "the note is empty"
     logged = conn.execute(
@@ -124,12 +115,12 @@ def test_a_go_panic_or_error_fails_the_request_with_its_message(
 def test_a_go_function_reads_no_host_file_or_environment_and_keeps_nothing(
     call: Any, hostile: Function
 ) -> None:
-    outcome = _run(call, hostile, "files")
+    outcome = ask(call, hostile, "files")
     assert outcome.error is None, outcome.error
     body = outcome.response.body
     assert body["read"].startswith("open /etc/passwd: "), body  # no preopened directory: no file at all
     assert body["entries"] == 0 and body["env"] == [] and body["wd"] == "", body
-    assert [_run(call, hostile, "count").response.body for _ in range(2)] == [1, 1]  # a fresh instance each
+    assert [ask(call, hostile, "count").response.body for _ in range(2)] == [1, 1]  # a fresh instance each
 
 
 def test_a_go_build_error_names_its_file_and_line(tmp_path: Path, hostile: Function) -> None:
@@ -171,7 +162,7 @@ def test_a_missing_go_toolchain_is_fx307_naming_the_package(
 def test_limits_of_a_go_function_are_its_own(call: Any, hostile: Function) -> None:
     slower = replace(hostile, limits=FunctionLimits(timeout_ms=300))
     started = time.monotonic()
-    outcome = _run(call, slower, "sleep")
+    outcome = ask(call, slower, "sleep")
     assert outcome.error is not None and outcome.error.code == "FX301"
     assert time.monotonic() - started < 3
 
@@ -186,4 +177,4 @@ def test_a_go_module_folder_with_its_own_go_mod_builds_with_flux_s_package(
     (folder / "notes.go").write_text(HOSTILE.replace('return "fine", nil', "return greeting, nil"))
     fn = build_function(folder, tmp_path / "build")
     assert (folder / "go.mod").read_text() == "module example.com/notes\n\ngo 1.24\n"  # built from a copy
-    assert _run(call, fn, "fine").response.body == "from a module"
+    assert ask(call, fn, "fine").response.body == "from a module"
