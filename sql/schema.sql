@@ -1036,21 +1036,23 @@ $$;
 CREATE FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) RETURNS TABLE(id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb, at timestamp with time zone)
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    AS $$
 BEGIN
-    RETURN QUERY EXECUTE $q$
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
-         WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
-           AND (m.table_schema, m.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
-        UNION ALL
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
-         WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
-           AND (m.table_schema, m.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
-    $q$ USING started, first_id, request, schemas, names;
+    RETURN QUERY
+        WITH since AS MATERIALIZED (
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+             WHERE m.at >= started
+            UNION ALL
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+             WHERE m.id >= first_id AND m.at < started)
+        SELECT * FROM since AS s
+         WHERE s.request_id IS DISTINCT FROM request
+           AND (s.table_schema, s.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)));
 END
-$_$;
+$$;
 
 
 --
@@ -1140,14 +1142,18 @@ $$;
 --
 
 CREATE FUNCTION flux.replay_captured() RETURNS TABLE(id bigint, span_seq integer, table_schema text, table_name text, op text, row_pk jsonb, old jsonb, new jsonb, changed text[])
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
-    SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
-      FROM flux.replay_grants AS g
-      JOIN flux.mutations AS m ON m.request_id = g.replay_id
-     WHERE g.txid = pg_catalog.txid_current()
-     ORDER BY m.id
+BEGIN
+    RETURN QUERY
+        SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
+          FROM flux.replay_grants AS g
+          JOIN flux.mutations AS m ON m.request_id = g.replay_id
+         WHERE g.txid = pg_catalog.txid_current()
+         ORDER BY m.id;
+END
 $$;
 
 
@@ -1158,6 +1164,7 @@ $$;
 CREATE FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     granted flux.replay_grants;
@@ -1286,6 +1293,7 @@ $$;
 CREATE FUNCTION flux.rewind_tables(request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     touched_schemas text[];
@@ -1959,21 +1967,24 @@ DECLARE
     triggers_on boolean;
     pinned integer := 0;
 BEGIN
-    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
+    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now; the
+    -- mutations are read once (the fence), and their rows' first and last found among them.
     FOR t IN EXECUTE $q$
+        WITH undone AS MATERIALIZED (
+            SELECT m.id, m.table_schema, m.table_name, m.op, m.row_pk, m.old,
+                   m.op = 'UPDATE' AND m.row_pk ?| m.changed AS key_changed
+              FROM flux.mutations m WHERE m.id = ANY($1))
         SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
                pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
                pg_catalog.bool_or(r.key_changed) AS key_changed
-          FROM (SELECT m.table_schema, m.table_name, m.row_pk, pg_catalog.min(m.id) AS first,
-                       pg_catalog.max(m.id) AS last,
-                       pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
-                  FROM flux.mutations m
-                 WHERE m.id = ANY($1)
-                 GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
-          JOIN flux.mutations f ON f.id = r.first
-          JOIN flux.mutations l ON l.id = r.last
+          FROM (SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first,
+                       pg_catalog.max(u.id) AS last, pg_catalog.bool_or(u.key_changed) AS key_changed
+                  FROM undone AS u
+                 GROUP BY u.table_schema, u.table_name, u.row_pk) AS r
+          JOIN undone AS f ON f.id = r.first
+          JOIN undone AS l ON l.id = r.last
          GROUP BY r.table_schema, r.table_name$q$ USING ids
     LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
@@ -3384,7 +3395,7 @@ CREATE INDEX jobs_parent_request_idx ON flux.jobs USING btree (parent_request_id
 -- Name: mutations_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 
-CREATE INDEX mutations_at_idx ON flux.mutations USING brin (at) WITH (autosummarize='on');
+CREATE INDEX mutations_at_idx ON flux.mutations USING brin (at) WITH (autosummarize='on', pages_per_range='8');
 
 
 --

@@ -104,6 +104,7 @@ CREATE OR REPLACE FUNCTION flux.replay_prepare(
 ) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan  -- planned once a session (the plans suit any values)
 AS $$
 DECLARE
     granted flux.replay_grants;
@@ -136,18 +137,24 @@ END
 $$;
 
 -- The mutations the replay that took its grant up in this transaction made (its request id is the replay's),
--- read back before the transaction is rolled back; nothing in any other transaction.
-CREATE OR REPLACE FUNCTION flux.replay_captured()
+-- read back before the transaction is rolled back; nothing in any other transaction. (PL/pgSQL, so that its
+-- plan is made once a session: Postgres plans a SQL function's statement at every call.)
+DROP FUNCTION IF EXISTS flux.replay_captured();
+CREATE FUNCTION flux.replay_captured()
 RETURNS TABLE (id bigint, span_seq integer, table_schema text, table_name text, op text, row_pk jsonb,
                old jsonb, new jsonb, changed text[])
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
-      FROM flux.replay_grants AS g
-      JOIN flux.mutations AS m ON m.request_id = g.replay_id
-     WHERE g.txid = pg_catalog.txid_current()
-     ORDER BY m.id
+BEGIN
+    RETURN QUERY
+        SELECT m.id, m.span_seq, m.table_schema, m.table_name, m.op, m.row_pk, m.old, m.new, m.changed
+          FROM flux.replay_grants AS g
+          JOIN flux.mutations AS m ON m.request_id = g.replay_id
+         WHERE g.txid = pg_catalog.txid_current()
+         ORDER BY m.id;
+END
 $$;
 
 -- Request connections call these two; the grant decides whether they do anything.
@@ -159,27 +166,32 @@ GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], tex
 -- The mutations of others (not `request`'s) to the tables named by `schemas` and `names` (pairwise) made
 -- since a request began: in a transaction that began at or after `started`, or numbered from `first_id` on
 -- (none when it is null). Each part is found through an index, whatever the tables' history before:
--- `mutations_at_idx` (BRIN on `at`, as the rows are appended in about that order) and the primary key.
--- Planned with the values each time (EXECUTE), so that the planner sees how recent `started` is.
+-- `mutations_at_idx` (BRIN on `at`, as the rows are appended in about that order) and the primary key; the
+-- tables are picked from what those find (a fence: `mutations_row_idx` would read each table's whole history,
+-- and the planner, whose statistics on `at` end before the newest rows, takes it for the cheaper way). Planned
+-- once a session, for any values (planning it took ten times as long as running it when little was written
+-- since): those two indexes, whatever share of the table the planner guesses `at >= started` keeps.
 CREATE OR REPLACE FUNCTION flux.mutations_since(
     started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
 ) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
                  at timestamptz)
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan
+    SET enable_seqscan = off
 AS $$
 BEGIN
-    RETURN QUERY EXECUTE $q$
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
-         WHERE m.at >= $1 AND m.request_id IS DISTINCT FROM $3
-           AND (m.table_schema, m.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
-        UNION ALL
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
-         WHERE m.id >= $2 AND m.at < $1 AND m.request_id IS DISTINCT FROM $3
-           AND (m.table_schema, m.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)))
-    $q$ USING started, first_id, request, schemas, names;
+    RETURN QUERY
+        WITH since AS MATERIALIZED (
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+             WHERE m.at >= started
+            UNION ALL
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+             WHERE m.id >= first_id AND m.at < started)
+        SELECT * FROM since AS s
+         WHERE s.request_id IS DISTINCT FROM request
+           AND (s.table_schema, s.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)));
 END
 $$;
 
@@ -202,6 +214,7 @@ CREATE OR REPLACE FUNCTION flux.rewind_tables(
 ) RETURNS jsonb
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan  -- its statements' plans suit any values: made once a session
 AS $$
 DECLARE
     touched_schemas text[];
@@ -361,21 +374,24 @@ DECLARE
     triggers_on boolean;
     pinned integer := 0;
 BEGIN
-    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now.
+    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now; the
+    -- mutations are read once (the fence), and their rows' first and last found among them.
     FOR t IN EXECUTE $q$
+        WITH undone AS MATERIALIZED (
+            SELECT m.id, m.table_schema, m.table_name, m.op, m.row_pk, m.old,
+                   m.op = 'UPDATE' AND m.row_pk ?| m.changed AS key_changed
+              FROM flux.mutations m WHERE m.id = ANY($1))
         SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
                pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
                pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
                pg_catalog.bool_or(r.key_changed) AS key_changed
-          FROM (SELECT m.table_schema, m.table_name, m.row_pk, pg_catalog.min(m.id) AS first,
-                       pg_catalog.max(m.id) AS last,
-                       pg_catalog.bool_or(m.op = 'UPDATE' AND m.row_pk ?| m.changed) AS key_changed
-                  FROM flux.mutations m
-                 WHERE m.id = ANY($1)
-                 GROUP BY m.table_schema, m.table_name, m.row_pk) AS r
-          JOIN flux.mutations f ON f.id = r.first
-          JOIN flux.mutations l ON l.id = r.last
+          FROM (SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first,
+                       pg_catalog.max(u.id) AS last, pg_catalog.bool_or(u.key_changed) AS key_changed
+                  FROM undone AS u
+                 GROUP BY u.table_schema, u.table_name, u.row_pk) AS r
+          JOIN undone AS f ON f.id = r.first
+          JOIN undone AS l ON l.id = r.last
          GROUP BY r.table_schema, r.table_name$q$ USING ids
     LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
