@@ -171,10 +171,11 @@ GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], tex
 -- and the planner, whose statistics on `at` end before the newest rows, takes it for the cheaper way). Planned
 -- once a session, for any values (planning it took ten times as long as running it when little was written
 -- since): those two indexes, whatever share of the table the planner guesses `at >= started` keeps.
-CREATE OR REPLACE FUNCTION flux.mutations_since(
+DROP FUNCTION IF EXISTS flux.mutations_since(timestamptz, bigint, uuid, text[], text[]);
+CREATE FUNCTION flux.mutations_since(
     started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
 ) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
-                 at timestamptz)
+                 at timestamptz, old jsonb, changed text[])
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_generic_plan
@@ -183,10 +184,12 @@ AS $$
 BEGIN
     RETURN QUERY
         WITH since AS MATERIALIZED (
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+              FROM flux.mutations m
              WHERE m.at >= started
             UNION ALL
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at FROM flux.mutations m
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+              FROM flux.mutations m
              WHERE m.id >= first_id AND m.at < started)
         SELECT * FROM since AS s
          WHERE s.request_id IS DISTINCT FROM request
@@ -202,7 +205,7 @@ $$;
 -- `at`, when their transaction began, at or after the request's, or numbered after the request's first
 -- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
 -- beginning by the database's clock).
--- The tables' triggers are off while it does when flux.rewind_triggers_off says so. Answers
+-- The tables' triggers are off while it does when flux.rewind_fires_own_triggers says so. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
 -- that may explain a difference in what the request read (as-of: those among the undone that began before
 -- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back
@@ -223,6 +226,7 @@ DECLARE
     own_last bigint;
     own_began timestamptz;
     ids bigint[];
+    tables flux.rewound_table[];
     drift jsonb;
     not_rewound text[] := '{}';
     replication text := pg_catalog.current_setting('session_replication_role');
@@ -242,19 +246,48 @@ BEGIN
         ended := own_began + (ended - started);
         started := own_began;
     END IF;
+    -- The writes to take back, read once (`live`: the request's own, but on rows others wrote since, which
+    -- stay as they are today; `as-of`: every write to the tables since the request began), with what
+    -- flux.undo_mutations needs of them: each table's rows, by their first and last write (by id: the order
+    -- their transactions committed in), which say what the row was before and is now.
+    WITH undone AS MATERIALIZED (
+        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+          FROM flux.mutations m
+         WHERE m.request_id = request
+           AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
+                                      WHERE (x.table_schema, x.table_name, x.row_pk)
+                                            = (m.table_schema, m.table_name, m.row_pk)
+                                        AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
+        UNION ALL
+        SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+          FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
+         WHERE as_of
+    ), row_span AS (
+        SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first, pg_catalog.max(u.id) AS last,
+               pg_catalog.bool_or(u.op = 'UPDATE' AND u.row_pk ?| u.changed) AS key_changed
+          FROM undone AS u
+         GROUP BY u.table_schema, u.table_name, u.row_pk
+    ), by_table AS (
+        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
+               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(r.key_changed) AS key_changed
+          FROM row_span AS r
+          JOIN undone AS f ON f.id = r.first
+          JOIN undone AS l ON l.id = r.last
+         GROUP BY r.table_schema, r.table_name
+    )
+    SELECT (SELECT coalesce(pg_catalog.array_agg(u.id ORDER BY u.id), '{}') FROM undone AS u),
+           (SELECT pg_catalog.array_agg(t::flux.rewound_table) FROM by_table AS t),
+           (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                       'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
+                       'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
+              FROM (SELECT u.* FROM undone AS u
+                     WHERE as_of AND u.request_id IS DISTINCT FROM request AND u.at < ended
+                     ORDER BY u.id LIMIT 100) AS d)
+      INTO ids, tables, drift;
     IF as_of THEN
-        SELECT coalesce(pg_catalog.array_agg(c.id ORDER BY c.id), '{}'),
-               pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', c.id, 'request_id', c.request_id, 'table_schema', c.table_schema,
-                   'table_name', c.table_name, 'op', c.op, 'row_pk', c.row_pk, 'at', c.at) ORDER BY c.id)
-                   FILTER (WHERE c.request_id IS DISTINCT FROM request AND c.at < ended)
-          INTO ids, drift
-          FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
-                  FROM flux.mutations m WHERE m.request_id = request
-                 UNION ALL
-                SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at
-                  FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
-               ) AS c;
         SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
           INTO not_rewound
           FROM pg_catalog.unnest(named) AS name
@@ -264,14 +297,6 @@ BEGIN
            AND (n.nspname::text, c.relname::text) NOT IN (
                    SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
     ELSE
-        -- its own writes, but on rows written since by others: those stay as they are today
-        SELECT coalesce(pg_catalog.array_agg(m.id ORDER BY m.id), '{}') INTO ids
-          FROM flux.mutations m
-         WHERE m.request_id = request
-           AND NOT EXISTS (SELECT FROM flux.mutations x
-                            WHERE (x.table_schema, x.table_name, x.row_pk)
-                                  = (m.table_schema, m.table_name, m.row_pk)
-                              AND x.id > m.id AND x.request_id IS DISTINCT FROM request);
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
                    'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
@@ -280,16 +305,12 @@ BEGIN
                   FROM flux.mutations_since(started, own_last + 1, request, touched_schemas, touched_names) AS s
                  ORDER BY s.id LIMIT 100) AS l;
     END IF;
-    IF pg_catalog.jsonb_array_length(coalesce(drift, '[]')) > 100 THEN
-        drift := (SELECT pg_catalog.jsonb_agg(e) FROM (SELECT e FROM pg_catalog.jsonb_array_elements(drift) AS e
-                                                         LIMIT 100) AS first);
-    END IF;
     IF pg_catalog.cardinality(ids) > 0 THEN
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
         -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
         PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
         not_rewound := not_rewound || ARRAY(
-            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids)) AS x WHERE x <> ALL(not_rewound));
+            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids, tables)) AS x WHERE x <> ALL(not_rewound));
         PERFORM pg_catalog.set_config('lock_timeout', waited, true);
         triggers_off := pg_catalog.current_setting('session_replication_role') = 'replica';
         IF triggers_off THEN
@@ -332,17 +353,19 @@ BEGIN
 END
 $$;
 
--- Undoes the given mutations, to put tracked tables back as they were before the oldest of them. Set-based:
+-- Undoes the mutations `ids`, to put tracked tables back as they were before the oldest of them. Set-based:
 -- each row's mutations (a row is its table and key; its mutations are numbered in the order their transactions
 -- committed, since a second writer of a row waits for the first to commit) net out to one change, and each
 -- table takes one DELETE (rows made since), one UPDATE (rows changed since: every column gets its value
--- from before the oldest mutation) and one INSERT (rows deleted since). A table where a mutation changed a
+-- from before the oldest mutation) and one INSERT (rows deleted since): `tables` says which, as
+-- flux.rewind_tables reads them from the mutations. A table where a mutation changed a
 -- primary key, or where that order breaks a constraint (a unique value moved between rows, a foreign key
 -- with triggers on), is undone one mutation at a time, newest first. Only a replay calls it, inside a
 -- transaction it rolls back; it turns the tables' triggers off where flux.rewind_fires_own_triggers says
 -- (so that they, and foreign-key checks, leave the old values alone). Returns the tables it could not
 -- rewind because they no longer exist.
-CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[]) RETURNS text[]
+DROP FUNCTION IF EXISTS flux.undo_mutations(bigint[]);
+CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -350,7 +373,7 @@ DECLARE
     missing text[] := '{}';
 BEGIN
     BEGIN
-        missing := flux.undo_mutations_by_table(ids);
+        missing := flux.undo_mutations_by_table(ids, tables);
     EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
         missing := flux.undo_mutations_one_by_one(ids);
     END;
@@ -358,42 +381,25 @@ BEGIN
 END
 $$;
 
--- flux.undo_mutations's set-based undo (see there); a table whose mutations changed a primary key is undone
--- one mutation at a time.
-CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[]) RETURNS text[]
+-- flux.undo_mutations's set-based undo (see there); a table whose mutations changed a primary key
+-- (`key_changed`) has its mutations among `ids` undone one at a time.
+DROP FUNCTION IF EXISTS flux.undo_mutations_by_table(bigint[]);
+CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t record;
+    t flux.rewound_table;
     target regclass;
     key_match text;
+    key_typed text;  -- the key's columns read from a key's JSON by their types, when every one is a scalar's
     columns text;
     missing text[] := '{}';
     -- The table's own triggers fire: what they do to the rows put back is undone (flux.replay_pins, '@undo')
     triggers_on boolean;
     pinned integer := 0;
 BEGIN
-    -- Each row's first and last mutation (by id: their commit order) say what it was before and is now; the
-    -- mutations are read once (the fence), and their rows' first and last found among them.
-    FOR t IN EXECUTE $q$
-        WITH undone AS MATERIALIZED (
-            SELECT m.id, m.table_schema, m.table_name, m.op, m.row_pk, m.old,
-                   m.op = 'UPDATE' AND m.row_pk ?| m.changed AS key_changed
-              FROM flux.mutations m WHERE m.id = ANY($1))
-        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
-               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
-               pg_catalog.bool_or(r.key_changed) AS key_changed
-          FROM (SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first,
-                       pg_catalog.max(u.id) AS last, pg_catalog.bool_or(u.key_changed) AS key_changed
-                  FROM undone AS u
-                 GROUP BY u.table_schema, u.table_name, u.row_pk) AS r
-          JOIN undone AS f ON f.id = r.first
-          JOIN undone AS l ON l.id = r.last
-         GROUP BY r.table_schema, r.table_name$q$ USING ids
-    LOOP
+    FOREACH t IN ARRAY coalesce(tables, '{}') LOOP
         target := pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name));
         IF target IS NULL THEN
             missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
@@ -406,8 +412,17 @@ BEGIN
             CONTINUE;
         END IF;
         triggers_on := flux.rewind_fires_own_triggers(target);
-        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND ')
-          INTO key_match FROM pg_catalog.jsonb_object_keys(t.some_key) AS key;
+        SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND '),
+               CASE WHEN pg_catalog.count(a.attname) = pg_catalog.count(*)
+                         AND pg_catalog.bool_and(y.typcategory NOT IN ('A', 'C'))
+                    THEN pg_catalog.string_agg(pg_catalog.format('(k.k ->> %1$L)::%2$s AS %1$I', key,
+                                               pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ')
+               END
+          INTO key_match, key_typed
+          FROM pg_catalog.jsonb_object_keys(t.some_key) AS key
+          LEFT JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = target AND a.attname = key AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN pg_catalog.pg_type y ON y.oid = a.atttypid;
         IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
             SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
@@ -426,10 +441,13 @@ BEGIN
         PERFORM pg_catalog.set_config('flux.replay_call', CASE WHEN triggers_on THEN '@undo' ELSE '@rewind' END,
                                       true);
         IF t.made IS NOT NULL THEN
+            -- by the keys read as their columns' types (cheaper than a whole row of the table for each key)
             EXECUTE pg_catalog.format(
-                'DELETE FROM %1$s AS t'
-                ' USING pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k WHERE %2$s',
-                target, key_match) USING t.made;
+                'DELETE FROM %1$s AS t USING %3$s AS k WHERE %2$s', target, key_match,
+                coalesce('(SELECT ' || key_typed || ' FROM pg_catalog.unnest($1) AS k (k))',
+                         pg_catalog.format('pg_catalog.jsonb_populate_recordset(NULL::%s, pg_catalog.to_jsonb($1))',
+                                           target)))
+                USING t.made;
         END IF;
         IF t.changed IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
@@ -526,7 +544,8 @@ $$;
 -- whose transaction would commit what it took back.
 REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
     flux.mutations_since(timestamptz, bigint, uuid, text[], text[]),
-    flux.rewind_fires_own_triggers(regclass), flux.undo_mutations(bigint[]), flux.undo_mutations_by_table(bigint[]),
+    flux.rewind_fires_own_triggers(regclass), flux.undo_mutations(bigint[], flux.rewound_table[]),
+    flux.undo_mutations_by_table(bigint[], flux.rewound_table[]),
     flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 

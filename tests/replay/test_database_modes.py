@@ -497,7 +497,7 @@ export default async function (req, ctx) {
 @pytest.mark.parametrize(
     "call",
     [
-        "flux.undo_mutations(ARRAY[1::bigint])",
+        "flux.undo_mutations(ARRAY[1::bigint], '{}')",
         "flux.rewind_tables(gen_random_uuid(), true, '{counters}', '{}', '{}', now(), now())",
         "flux.replay_prepare('secret', '[]', true, '{counters}', '', '{}', '{}', now(), now())",
         "flux.replay_captured()",
@@ -709,6 +709,60 @@ def test_as_of_rewinds_changed_keys_moved_unique_values_and_partitioned_tables(
     assert same(result), why(result)
     assert result.state is not None and result.state.undone == undone
     assert snapshot(conn, but=result.replay_id) == before
+
+
+KEYED = ts(
+    "keyed",
+    """
+export default async function (req, ctx) {
+  const scalar = await ctx.db.query({ select: "keyed_scalar", order: [{ col: "at" }] });
+  const arrays = await ctx.db.query({ select: "keyed_array", order: [{ col: "code" }] });
+  return { scalar: scalar.rows, arrays: arrays.rows };
+}
+""",
+)
+
+
+def test_as_of_takes_back_rows_whatever_the_types_of_their_keys(
+    conn: psycopg.Connection[Any], runtime: Runtime, store: Catalog
+) -> None:
+    """The rows made since are found by their keys read as the key columns' types (bytea, timestamptz and
+    numeric here), or, where a key column is an array (or a composite), as whole rows of the table: either
+    way exactly those rows go, and the rows changed or deleted since come back."""
+    conn.execute(
+        b"""
+        CREATE TABLE keyed_scalar (ref bytea, at timestamptz, amount numeric, note text,
+                                   PRIMARY KEY (ref, at, amount));
+        CREATE TABLE keyed_array (tags int[], code text, note text, PRIMARY KEY (tags, code));
+        GRANT SELECT ON keyed_scalar, keyed_array TO flux_user;
+        SELECT flux.track('keyed_scalar'), flux.track('keyed_array');
+        INSERT INTO keyed_scalar VALUES (decode('00ff', 'hex'), '2026-01-01 10:00+00', 1.50, 'kept'),
+                                        (decode('01', 'hex'), '2026-01-02 10:00+00', 2, 'changed');
+        INSERT INTO keyed_array VALUES ('{1,2}', 'a', 'kept'), ('{3}', 'b', 'deleted');
+        """
+    )
+    catalog = load_catalog(conn)
+    outcome = invoke(conn, runtime, KEYED, {"method": "GET", "path": "/"}, catalog=catalog,
+                     caller=Caller(role="user"))  # fmt: skip
+    assert outcome.error is None, outcome.error
+    original = conn.execute(b"SELECT * FROM keyed_scalar ORDER BY at").fetchall()
+    for write in [
+        "INSERT INTO keyed_scalar VALUES (decode('00ff', 'hex'), '2026-01-01 10:00+00', 1.5001, 'made')",
+        "INSERT INTO keyed_scalar SELECT decode('02', 'hex'), '2026-01-03 10:00+00'::timestamptz + n * interval"
+        " '1 s', n, 'made' FROM generate_series(1, 50) AS n",
+        "UPDATE keyed_scalar SET note = 'changed again' WHERE ref = decode('01', 'hex')",
+        "INSERT INTO keyed_array VALUES ('{1,2,3}', 'a', 'made'), ('{}', 'c', 'made')",
+        "DELETE FROM keyed_array WHERE code = 'b'",
+    ]:
+        later(conn, write)
+    how = Replay(WithBuiltins(runtime), built_code({KEYED.name: KEYED}), catalog, mode="as-of")  # type: ignore[arg-type]
+    before = snapshot(conn)
+    with db.request_connection(conn) as runs_on:
+        result = replay(conn, recording_of(load_trace(conn, outcome.request_id)), how, runs_on)
+    assert same(result), why(result)
+    assert result.state is not None and result.state.undone == 55
+    assert snapshot(conn, but=result.replay_id) == before
+    assert conn.execute(b"SELECT * FROM keyed_scalar ORDER BY at").fetchall() != original  # still today's
 
 
 STAMPED = ts(
