@@ -51,3 +51,12 @@ def test_module_state_is_each_runs_own_with_and_without_top_level_await(call: An
             " return {count, n: (globalThis as any).n}; }",
         )
         assert [call(fn).response.body for _ in range(3)] == [{"count": 1, "n": 1}] * 3
+
+
+def test_a_request_larger_than_the_workers_read_buffer_arrives_whole(call: Any, one_deno: Runtime) -> None:
+    # 300 KB of two- and four-byte characters: the worker's 64 KB reads split lines and characters alike.
+    text = "é😀" * 50_000 + "!"
+    fn = ts("echo", "export default async (req) => ({length: req.body.text.length, text: req.body.text})")
+    body = call(fn, {"method": "POST", "path": "/", "body": {"text": text}}).response.body
+    assert body == {"length": len(text.encode("utf-16-le")) // 2, "text": text}
+    assert call(FINE).response.body == {"fine": True}
