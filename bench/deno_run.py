@@ -3,7 +3,7 @@ from here with no Postgres and no Flux host (a host call is answered at once), s
 side and the bridge. For each scenario: wall time a call (p50), the Deno process's CPU a call by thread (its
 main thread; V8's worker threads, which run the garbage collector and background compiles; the rest), this
 process's CPU a call, and the worker's own account of its main thread (`--phases`: microseconds in each step
-of a run, on average). Scenarios alternate over rounds; medians of the rounds count. CPU comes from /proc in
+of a run, p50). Scenarios alternate over rounds; medians of the rounds count. CPU comes from /proc in
 clock ticks (10 ms), so a figure a call is good to about 10 ms / (calls a round).
 
 Part of `python -m bench function_cpu`; on its own: `python -m bench.deno_run` (DENO_RUN_CALLS=n a round).
@@ -54,7 +54,7 @@ class _Driver:
         self.worker = worker
         self.runs = 0
         self.sent: set[str] = set()
-        self.phases: dict[str, float] = {}
+        self.phases: dict[str, list[float]] = {}  # step -> its microseconds in each run
 
     def ping(self) -> None:
         self.worker.send({"type": "ping"})
@@ -80,7 +80,7 @@ class _Driver:
                 continue
             assert answer["type"] == "done" and answer["ok"], answer
             for name, us in answer.get("phases", {}).items():
-                self.phases[name] = self.phases.get(name, 0.0) + float(us)
+                self.phases.setdefault(name, []).append(float(us))
             return
 
 
@@ -121,7 +121,7 @@ def _measure(driver: _Driver, name: str) -> dict[str, float]:
     figures["Deno all"] = sum(figures[f"Deno {kind}"] for kind in before)
     figures["Python"] = (python_after - python_before - busy) / CALLS * 1e6
     figures["wall p50"] = statistics.median(walls) * 1e6
-    figures.update({f"phase {key}": value / CALLS for key, value in driver.phases.items()})
+    figures.update({f"phase {key}": statistics.median(values) for key, values in driver.phases.items()})
     return figures
 
 
@@ -148,7 +148,7 @@ def report() -> None:
               f" other {median['Deno other']:3.0f}), this driver {median['Python']:4.0f}")  # fmt: skip
         steps = [(key[len("phase ") :], value) for key, value in median.items() if key.startswith("phase ")]
         if steps:
-            print("    main thread by step: " + ", ".join(f"{key} {value:.0f}" for key, value in steps))
+            print("    main thread by step (p50): " + ", ".join(f"{key} {value:.0f}" for key, value in steps))
 
 
 def run(dsn: str) -> None:
