@@ -175,9 +175,12 @@ async function run(message) {
   await drain(thisRun);
   phaseEnd("drain");
   if (ok && thisRun.unhandled.size > 0) send(donePhases({ type: "done", ok: false, error: UNHANDLED }));
-  // The value's JSON text, as the context's own JSON.stringify (kept by the prelude before the function ran)
-  // made it, goes out as it is: parsed here only to be written again, it cost a run twice its size's work.
-  else if (ok) writeLine(`{"type":"done","ok":true,"value":${a}${PHASES ? `,"phases":${JSON.stringify(donePhases({}).phases)}` : ""}}`);
+  else if (ok) {
+    // The value's JSON text, as the context's own JSON.stringify (kept by the prelude before the function ran)
+    // made it, goes out as it is: parsed here only to be written again, it cost a run twice its size's work.
+    const phasesText = PHASES ? `,"phases":${JSON.stringify(donePhases({}).phases)}` : "";
+    writeLine(`{"type":"done","ok":true,"value":${a}${phasesText}}`);
+  }
   else send(donePhases({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } }));
 }
 
