@@ -29,6 +29,15 @@ GAP_S = 0.001  # the other work of a request between two runs (this process busy
 TRIVIAL = "export default async function () { return { ok: true }; }"
 ONE_CALL = 'export default async function (req, ctx) { await ctx.log("hello"); return { ok: true }; }'
 SEED = base64.b64encode(bytes(32)).decode()
+# A function of about 250 KB (2,000 small functions): its module is compiled again in each run's context, from
+# V8's cache of compiled code when the source is one V8 has seen (Deno's SourceTextModule has no cachedData).
+LARGE = (
+    "".join(
+        f"function f{i}(a, b) {{ const x = a * {i} + b; return x > 10 ? [x, a, b].join(',') : String(x); }}\n"
+        for i in range(2000)
+    )
+    + "export default async function () { return { ok: f1999(1, 2) }; }"
+)
 
 
 def _thread_cpu(pid: int) -> dict[str, float]:
@@ -95,6 +104,7 @@ SCENARIOS: dict[str, Callable[[_Driver], None]] = {
     "trivial run, back to back": lambda driver: driver.run(TRIVIAL),
     f"trivial run, {GAP_S * 1000:.0f} ms of other work between runs": lambda driver: driver.run(TRIVIAL),
     "one host call (ctx.log), back to back": lambda driver: driver.run(ONE_CALL),
+    f"a {len(LARGE) // 1000} KB function, back to back": lambda driver: driver.run(LARGE),
 }
 
 
