@@ -63,6 +63,7 @@ class _Driver:
         self.worker = worker
         self.runs = 0
         self.sent: set[str] = set()
+        self.shas: dict[str, str] = {}  # code -> its sha, worked out once
         self.phases: dict[str, list[float]] = {}  # step -> its microseconds in each run
 
     def ping(self) -> None:
@@ -71,7 +72,7 @@ class _Driver:
         assert answer == {"type": "pong"}, answer
 
     def run(self, code: str) -> None:
-        sha = hashlib.sha256(code.encode()).hexdigest()
+        sha = self.shas.get(code) or self.shas.setdefault(code, hashlib.sha256(code.encode()).hexdigest())
         self.runs += 1
         message: dict[str, Any] = {
             "type": "run", "run": self.runs, "sha": sha, "lang": "ts", "request": {"path": "/"},
