@@ -2,7 +2,8 @@
 recorder, data engine, pipeline), of the Postgres backend serving its request connection, and of the Deno
 worker running it, for a function that does nothing, one that selects a row and one that inserts a tracked
 row, called in process (`invoke`, no HTTP) on one request connection and one warm Deno worker. CPU time
-(utime + stime from /proc) holds up on a busy machine where wall time does not. Issue 27 starts here."""
+(utime + stime from /proc) holds up on a busy machine where wall time does not. Issue 27 starts here. Then
+bench/deno_run.py: where the Deno worker's share goes, step by step."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from bench import deno_run
 from flux import db
 from flux.data import load_catalog
 from flux.runtime import Caller, Function, FunctionLimits, Runtime, invoke
@@ -66,6 +68,7 @@ def run(dsn: str) -> None:
         finally:
             runtime.close()
             conn.execute(b"DROP TABLE IF EXISTS bench_cpu_notes")
+    deno_run.report()
 
 
 def _measure(runs_on: Any, runtime: Runtime, function: Function, catalog: Any) -> tuple[float, ...]:

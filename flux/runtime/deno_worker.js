@@ -25,21 +25,47 @@ const pending = new Map(); // call id -> what to do with its reply
 let lastCallId = 0;
 let current = null; // the run in progress, if any
 
+// -- where a run's time goes (only with --phases) -------------------------------------------------------------
+
+const PHASES = Deno.args.includes("--phases");
+let phases = {}; // name -> microseconds, since the last done
+let phaseStarted = 0;
+function phaseStart() {
+  if (PHASES) phaseStarted = performance.now();
+}
+function phaseEnd(name) {
+  if (!PHASES) return;
+  const now = performance.now();
+  phases[name] = (phases[name] ?? 0) + (now - phaseStarted) * 1000;
+  phaseStarted = now;
+}
+function donePhases(message) {
+  if (!PHASES) return message;
+  message.phases = phases;
+  phases = {};
+  return message;
+}
+
 // -- the pipes ----------------------------------------------------------------------------------------------
 
-const stdin = Deno.stdin.readable.pipeThrough(new TextDecoderStream()).getReader();
+const decoder = new TextDecoder();
+const chunk = new Uint8Array(1 << 16);
 let buffered = "";
+let scanned = 0; // how much of `buffered` holds no newline: a long line is read in linear time
 async function readMessage() {
   for (;;) {
-    const newline = buffered.indexOf("\n");
+    const newline = buffered.indexOf("\n", scanned);
     if (newline >= 0) {
       const line = buffered.slice(0, newline);
       buffered = buffered.slice(newline + 1);
+      scanned = 0;
       return JSON.parse(line);
     }
-    const { value, done } = await stdin.read();
-    if (done) Deno.exit(0);
-    buffered += value;
+    scanned = buffered.length;
+    // Straight from the pipe: a web stream (with a TextDecoderStream) costs several promises a chunk.
+    const count = await Deno.stdin.read(chunk);
+    if (count === null) Deno.exit(0);
+    buffered += decoder.decode(chunk.subarray(0, count), { stream: true });
   }
 }
 function send(message) {
@@ -111,8 +137,10 @@ function prepareContext() {
 }
 
 async function run(message) {
+  phaseStart();
   const { context, serving, start, fail } = spareContext ?? prepareContext();
   spareContext = null;
+  phaseEnd("context on the request's path");
   let finish;
   const outcome = new Promise((resolve) => (finish = resolve));
   const thisRun = serving.run = current = {
@@ -126,10 +154,15 @@ async function run(message) {
     }
     const source = sources.get(message.sha);
     const module = new vm.SourceTextModule(source, { context, identifier: `functions/${message.sha}` });
-    await module.link((specifier) => {
-      throw new Error(`import of ${specifier}: a function is one module; bundle its imports first`);
-    });
+    const imports = module.moduleRequests;
+    if (imports.length > 0) {
+      throw new Error(`import of ${imports[0].specifier}: a function is one module; bundle its imports first`);
+    }
+    // Linked and instantiated at once, not through `link`, whose promise settles a turn of the event loop later.
+    module.linkRequests([]);
+    module.instantiate();
     await module.evaluate();
+    phaseEnd("module: compile, link, evaluate");
     const handler = module.namespace.default;
     if (typeof handler !== "function") throw new TypeError("the module has no default export function");
     start(handler, JSON.stringify(message.request));
@@ -138,10 +171,17 @@ async function run(message) {
     fail(error);
   }
   const { ok, a, b, c, d } = await outcome;
+  phaseEnd("handler, host calls included");
   await drain(thisRun);
-  if (ok && thisRun.unhandled.size > 0) send({ type: "done", ok: false, error: UNHANDLED });
-  else if (ok) send({ type: "done", ok: true, value: JSON.parse(a) });
-  else send({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } });
+  phaseEnd("drain");
+  if (ok && thisRun.unhandled.size > 0) send(donePhases({ type: "done", ok: false, error: UNHANDLED }));
+  else if (ok) {
+    // The value's JSON text, as the context's own JSON.stringify (kept by the prelude before the function ran)
+    // made it, goes out as it is: parsed here only to be written again, it cost a run twice its size's work.
+    const phasesText = PHASES ? `,"phases":${JSON.stringify(donePhases({}).phases)}` : "";
+    writeLine(`{"type":"done","ok":true,"value":${a}${phasesText}}`);
+  }
+  else send(donePhases({ type: "done", ok: false, error: { name: a, message: b, stack: c, code: d } }));
 }
 
 const UNHANDLED = {
@@ -460,10 +500,14 @@ for (;;) {
   const message = await readMessage();
   if (message.type === "run") {
     run(message).catch((error) => send({ type: "done", ok: false, error: { name: "Error", message: String(error) } })).finally(() => {
+      phaseStart();
       spareContext ??= prepareContext();
+      phaseEnd("context prepared after the run");
     });
   } else if (message.type === "reply") {
     pending.get(message.id)?.(message);
     pending.delete(message.id);
+  } else if (message.type === "ping") {
+    send({ type: "pong" });
   }
 }
