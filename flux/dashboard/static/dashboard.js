@@ -98,6 +98,8 @@
         let shown = spans;
         let selected = null;
         box.textContent = "";
+        // as tall as its rows, up to 60 % of the window (then it scrolls)
+        box.style.height = Math.min(window.innerHeight * 0.6, spans.length * ROW_PX + 4) + "px";
         const canvas = el("div", "wf-canvas");
         box.appendChild(canvas);
 
