@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,9 +143,19 @@ def sign_in(page: Any, dashboard: Dashboard, key: str | None = None) -> None:
 
 
 def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
+    """Save a screenshot of the page, and note its weight: the bytes of its HTML and of the JSON it fetched
+    (uncompressed: Flux does not compress); the script and stylesheet, the same on every page, come on top."""
     dashboard.shots.mkdir(exist_ok=True)
     path = dashboard.shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    weight = page.evaluate(
+        """() => ({html: performance.getEntriesByType('navigation')[0].decodedBodySize,
+                  json: performance.getEntriesByType('resource').filter((e) => e.initiatorType === 'fetch')
+                        .reduce((sum, e) => sum + e.decodedBodySize, 0)})"""
+    )
+    weights = dashboard.shots / "page_weights.json"
+    known = json.loads(weights.read_text()) if weights.exists() else {}
+    weights.write_text(json.dumps({**known, name: weight}, indent=1))
     return path
 
 
@@ -293,3 +304,13 @@ def test_roll_back_a_deployment(page: Any, dashboard: Dashboard) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     shot(page, dashboard, "deployments")
+
+
+def test_behind_a_tls_proxy_the_cookies_are_secure(dashboard: Dashboard) -> None:
+    """gunicorn takes X-Forwarded-Proto from the proxies it trusts (FORWARDED_ALLOW_IPS, by default this
+    machine) as the request's scheme: the dashboard's cookies are then Secure, and not otherwise."""
+    plain = urllib.request.urlopen(f"{dashboard.url}/flux/signin", timeout=10)
+    assert "Secure" not in plain.headers["set-cookie"] and "HttpOnly" in plain.headers["set-cookie"]
+    request = urllib.request.Request(f"{dashboard.url}/flux/signin", headers={"x-forwarded-proto": "https"})
+    proxied = urllib.request.urlopen(request, timeout=10)
+    assert "Secure" in proxied.headers["set-cookie"] and "SameSite=Strict" in proxied.headers["set-cookie"]
