@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import hashlib
 import secrets
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; char
 PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
            "7d": timedelta(days=7)}  # fmt: skip
 LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
+GZIP_FROM_BYTES = 8192  # trace.json bigger than this goes gzipped
 STATS_SAMPLE = 1000  # the newest requests of the window that a route's error rate and percentiles come from
 
 
@@ -48,11 +50,14 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     """Mount the dashboard on `app`: its pages read on `pool` (the worker's admin connections) and replay on
     the worker's `gateway`; sessions are sealed under a key derived from the project's secret key."""
     templates = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # the templates are the package's: they change with Flux, not while it runs
     )
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
-    pages = Pages(pool, project_dir, gateway, templates, Sealer(load_key(project_dir)))
+    pages = Pages(pool, project_dir, gateway, templates)
     app.add_route("/flux", _Home())
     app.add_route("/flux/", _Home())
     app.add_route("/flux/static/{name}", _Static())
@@ -184,13 +189,20 @@ def _pages_answer_errors(responder: Callable[..., None]) -> Callable[..., None]:
 @falcon.after(_security_headers)
 @falcon.before(_session_first)
 class Pages:
-    def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment,
-                 sealer: Sealer) -> None:  # fmt: skip
+    def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment) -> None:
         self.pool = pool
         self.project_dir = project_dir
         self.gateway = gateway
         self.templates = templates
-        self.sealer = sealer
+        self._sealer: Sealer | None = None
+
+    @property
+    def sealer(self) -> Sealer:
+        """Sessions' sealer, made when the dashboard is first used: a server whose secret key is unusable
+        (FX604) still starts, and its dashboard says why it cannot sign anyone in."""
+        if self._sealer is None:
+            self._sealer = Sealer(load_key(self.project_dir))
+        return self._sealer
 
     @contextlib.contextmanager
     def conn(self) -> Iterator[Any]:
@@ -209,12 +221,14 @@ class Pages:
 
     # -- signing in and out -------------------------------------------------------------------------------
 
+    @_pages_answer_errors
     def on_get_signin(self, req: falcon.Request, resp: falcon.Response) -> None:
         token = secrets.token_urlsafe(24)
         resp.set_cookie(SIGNIN_COOKIE, token, max_age=900, path="/flux/signin", secure=req.scheme == "https",
                         http_only=True, same_site="Strict")  # fmt: skip
         self.render(req, resp, "signin.html", token=token, next=_next(req.get_param("next")), refused=None)
 
+    @_pages_answer_errors
     def on_post_signin(self, req: falcon.Request, resp: falcon.Response) -> None:
         _check_same_origin(req)
         form = _form(req)
@@ -288,10 +302,17 @@ class Pages:
                     modes=replay.MODES)  # fmt: skip
 
     def on_get_trace_json(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        """The trace as the waterfall draws it; gzipped for a browser that takes it (a 10,000-span trace is
+        about 1.4 MB of JSON)."""
         with self.conn() as conn:
             trace = tree.find_trace(conn, request_id)
+        data = jsontext.dumps(trace_data(trace))
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = jsontext.dumps(trace_data(trace))
+        resp.vary = ["accept-encoding"]
+        if len(data) > GZIP_FROM_BYTES and "gzip" in (req.get_header("accept-encoding") or "").lower():
+            data = gzip.compress(data, compresslevel=5)
+            resp.set_header("content-encoding", "gzip")
+        resp.data = data
 
     @_pages_answer_errors
     def on_post_replay(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:

@@ -5,6 +5,7 @@ CSRF on every POST, and every page answering for a signed-in admin."""
 from __future__ import annotations
 
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,8 @@ from flux.api.admin import create_admin_key
 from flux.config import load_settings
 from flux.dashboard._routes import CSP
 from tests.fixtures.gateway import GatewayClient, gateway_client
+from tests.fixtures.processes import call_json
+from tests.fixtures.projects import flux_dev, write_notes_project
 
 PAGES = ("/flux/requests", "/flux/diff", "/flux/rows", "/flux/queue", "/flux/deployments")
 
@@ -103,7 +106,7 @@ def test_a_post_without_this_sessions_csrf_token_or_from_another_site_is_refused
     )
     assert done.status_code == 303 and "version+1+is+active" in done.headers["location"]
     no_token = client.simulate_post("/flux/signin", body="key=x&csrf=y", headers=form)
-    assert no_token.status_code == 403 and no_token.json["code"] == "FX141"
+    assert no_token.status_code == 403 and "FX141" in no_token.text and "flux_session" not in no_token.cookies
 
 
 def test_revoking_the_admin_key_ends_its_sessions(
@@ -135,3 +138,31 @@ def test_a_trace_its_waterfall_data_a_diff_and_a_rows_history(
     assert history.status_code == 200 and "INSERT" in history.text and "add_note" in history.text
     missing = client.simulate_get("/flux/requests/ffffffff", cookies=cookies)
     assert missing.status_code == 404 and "FX503" in missing.text
+
+
+def test_a_big_trace_goes_gzipped_to_a_browser_that_takes_it(
+    client: GatewayClient, conn: psycopg.Connection[Any]
+) -> None:
+    session, _ = sign_in(client, create_admin_key(conn, "dashboard").key)
+    (request_id,) = conn.execute("SELECT id::text FROM flux.requests LIMIT 1").fetchone()  # type: ignore[misc]
+    conn.execute(
+        "INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, module, name, started_at, duration_us)"
+        " SELECT %s, 100 + s, 'x' || s, 0, 'log', 'log:info', r.started_at, 1"
+        " FROM generate_series(1, 200) s, flux.requests r WHERE r.id = %s",
+        (request_id, request_id),
+    )
+    url = f"/flux/requests/{request_id}/trace.json"
+    plain = client.simulate_get(url, cookies={"flux_session": session})
+    zipped = client.simulate_get(url, cookies={"flux_session": session}, headers={"accept-encoding": "gzip"})
+    assert "content-encoding" not in plain.headers and zipped.headers["content-encoding"] == "gzip"
+    assert len(zipped.content) < len(plain.content) / 4 and len(plain.json["spans"]) > 200
+
+
+@pytest.mark.slow
+def test_flux_dev_serves_the_dashboard(dsn: str, tmp_path: Path, flux_env: dict[str, str]) -> None:
+    project = write_notes_project(tmp_path / "project")
+    with flux_dev(project, {**flux_env, "DATABASE_URL": dsn}) as (url, _, _):
+        status, _, refused = call_json(f"{url}/flux/requests/abc/trace.json")
+        assert status == 401 and refused["code"] == "FX140"
+        signin = urllib.request.urlopen(f"{url}/flux/signin", timeout=10)
+        assert signin.status == 200 and signin.headers["content-security-policy"] == CSP
