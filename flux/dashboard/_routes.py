@@ -44,6 +44,7 @@ PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelt
 LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
 GZIP_FROM_BYTES = 8192  # trace.json bigger than this goes gzipped
 STATS_SAMPLE = 1000  # the newest requests of the window that a route's error rate and percentiles come from
+SHOWN_REQUESTS = 100  # the newest of them, listed
 
 
 def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
@@ -266,11 +267,10 @@ class Pages:
         if period not in PERIODS:
             raise InvalidRequest(f"since {period!r} is not one of {', '.join(PERIODS)}", hint="e.g. since=1h")
         with self.conn() as conn:
-            rows = tree.list_requests(conn, **filters, kind=req.get_param("kind") or None,
-                                      since=PERIODS[period], limit=100)  # fmt: skip
             window = tree.list_requests(conn, **filters, kind=req.get_param("kind") or None,
                                         since=PERIODS[period], limit=STATS_SAMPLE)  # fmt: skip
             follower = tree.start_following(conn, inbox=True)
+        rows = window[:SHOWN_REQUESTS]
         live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
         self.render(req, resp, "requests.html", rows=rows, stats=route_stats(window), periods=list(PERIODS),
                     period=period, live=live, given=dict(req.params), sample=STATS_SAMPLE)  # fmt: skip

@@ -149,9 +149,13 @@ def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
     path = dashboard.shots / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     weight = page.evaluate(
-        """() => ({html: performance.getEntriesByType('navigation')[0].decodedBodySize,
-                  json: performance.getEntriesByType('resource').filter((e) => e.initiatorType === 'fetch')
-                        .reduce((sum, e) => sum + e.decodedBodySize, 0)})"""
+        """() => {
+            const fetched = performance.getEntriesByType('resource')
+                .filter((e) => e.initiatorType === 'fetch');
+            return {html: performance.getEntriesByType('navigation')[0].decodedBodySize,
+                    json: fetched.reduce((sum, e) => sum + e.decodedBodySize, 0),
+                    json_sent: fetched.reduce((sum, e) => sum + e.encodedBodySize, 0)};
+        }"""
     )
     weights = dashboard.shots / "page_weights.json"
     known = json.loads(weights.read_text()) if weights.exists() else {}
