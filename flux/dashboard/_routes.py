@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -39,6 +40,7 @@ CSP = (
 )
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".svg": "image/svg+xml"}  # fmt: skip
+_DASHBOARD_PATH = re.compile(r"/flux/[A-Za-z0-9._~/?&=%+-]*")  # no scheme, no host, nothing to break a header
 PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
            "7d": timedelta(days=7)}  # fmt: skip
 LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
@@ -408,7 +410,7 @@ class Pages:
 
 def _next(given: str | None) -> str:
     """Where to go after signing in: a dashboard path of this server, never another site."""
-    if given and given.startswith("/flux/") and not given.startswith("//") and "\\" not in given:
+    if given and _DASHBOARD_PATH.fullmatch(given):
         return given
     return "/flux/requests"
 

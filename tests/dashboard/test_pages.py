@@ -31,13 +31,15 @@ def client(notes_project: Path, dsn: str) -> Any:
         yield client
 
 
-def sign_in(client: GatewayClient, key: str, protocol: str = "http") -> tuple[str, Any]:
+def sign_in(
+    client: GatewayClient, key: str, protocol: str = "http", next_page: str = "/flux/queue"
+) -> tuple[str, Any]:
     """Sign in as a browser does (the form's token and its cookie): the session cookie and the answer."""
     form = client.simulate_get("/flux/signin", protocol=protocol)
     token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
     answer = client.simulate_post(
         "/flux/signin", protocol=protocol, cookies={"flux_signin": form.cookies["flux_signin"].value},
-        body=f"csrf={token}&key={quote(key)}&next=/flux/queue",
+        body=f"csrf={token}&key={quote(key)}&next={quote(next_page)}",
         headers={"content-type": "application/x-www-form-urlencoded"},
     )  # fmt: skip
     return answer.cookies["flux_session"].value if "flux_session" in answer.cookies else "", answer
@@ -77,6 +79,9 @@ def test_signing_in_sets_an_http_only_strict_cookie_secure_over_tls(
     assert not refused and answer.status_code == 401 and "FX606" in answer.text
     session, answer = sign_in(client, key)
     assert answer.status_code == 303 and answer.headers["location"].endswith("/flux/queue")
+    for elsewhere in ("https://evil.example/", "//evil.example/flux/", "/flux/\r\nx: y", "/other"):
+        _, answer = sign_in(client, key, next_page=elsewhere)
+        assert answer.status_code == 303 and answer.headers["location"].endswith("/flux/requests"), elsewhere
     cookie = answer.cookies["flux_session"]
     assert cookie.http_only and cookie.same_site == "Strict" and not cookie.secure and cookie.path == "/flux"
     _, over_tls = sign_in(client, key, protocol="https")
