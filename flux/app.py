@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from flux import db, migrate
+from flux import dashboard, db, migrate
 from flux.api import resources as api
 from flux.config import Settings, load_settings
 from flux.data import CatalogCache, Limits
@@ -119,6 +119,7 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
     api.register(app, pool, settings.project_dir, gateway, max_deploy_bytes=settings.max_deploy_bytes)
+    dashboard.register(app, pool, settings.project_dir, gateway)
     if gateway is not None:
         app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")

@@ -224,6 +224,21 @@ class InvalidValue(FluxError):
     title = "a value does not fit its column's type"
 
 
+# FX140-FX149: the web dashboard under /flux/ (flux/dashboard/).
+
+
+class SignInRequired(FluxError):
+    code = "FX140"
+    http_status = 401
+    title = "a dashboard call came without a session, or with one that ended or whose admin key was revoked"
+
+
+class CsrfRefused(FluxError):
+    code = "FX141"
+    http_status = 403
+    title = "a dashboard form came without this session's CSRF token, or from another site"
+
+
 # -- FX2xx policies -------------------------------------------------------------------------------------
 
 

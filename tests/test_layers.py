@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("cli", frozenset({"cli"})),
     # host every module in one process
     ("process", frozenset({"flux.app", "flux.server", "flux.devloop", "flux.httpworker"})),
+    ("dashboard", frozenset({"flux.dashboard"})),  # the web pages, over the management API's functions
     ("api", frozenset({"flux.api"})),
     ("replay", frozenset({"flux.replay"})),  # runs recorded requests again, as gateway and queue ran them
     ("gateway", frozenset({"flux.gateway"})),

@@ -1,0 +1,438 @@
+"""The dashboard's pages under `/flux/`: sign-in, requests (with a live feed), a trace's waterfall, the diff
+of two traces, a replay, a row's history, the queue and the deployments. Each page checks the session's admin
+key with the management API's own check and reads through the same functions the API and the CLI use."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlencode, urlsplit
+
+import falcon
+import jinja2
+
+from flux import jsontext, replay
+from flux.api import deploy
+from flux.api.admin import check_admin_key
+from flux.dashboard._pages import route_stats, trace_data
+from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
+from flux.errors import AdminKeyRefused, CsrfRefused, FluxError, InvalidRequest, SignInRequired
+from flux.gateway.handler import WithBuiltins
+from flux.queue import cron, jobs
+from flux.runtime.secrets import SealedSecrets, load_key
+from flux.trace import diff, state, tree
+
+HERE = Path(__file__).parent
+SIGNIN_COOKIE = "flux_signin"  # the sign-in form's own CSRF token, before there is a session
+# No inline script or style, nothing from another origin, no framing; the pages' one script and one stylesheet
+# come from /flux/static/.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
+    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".svg": "image/svg+xml"}  # fmt: skip
+_DASHBOARD_PATH = re.compile(r"/flux/[A-Za-z0-9._~/?&=%+-]*")  # no scheme, no host, nothing to break a header
+PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
+           "7d": timedelta(days=7)}  # fmt: skip
+LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
+GZIP_FROM_BYTES = 8192  # trace.json bigger than this goes gzipped
+STATS_SAMPLE = 1000  # the newest requests of the window that a route's error rate and percentiles come from
+SHOWN_REQUESTS = 100  # the newest of them, listed
+
+
+def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
+    """Mount the dashboard on `app`: its pages read on `pool` (the worker's admin connections) and replay on
+    the worker's `gateway`; sessions are sealed under a key derived from the project's secret key."""
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # the templates are the package's: they change with Flux, not while it runs
+    )
+    templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
+    templates.filters["ms"] = _ms
+    pages = Pages(pool, project_dir, gateway, templates)
+    app.add_route("/flux", _Home())
+    app.add_route("/flux/", _Home())
+    app.add_route("/flux/static/{name}", _Static())
+    app.add_route("/flux/signin", pages, suffix="signin")
+    for path, suffix in (
+        ("/flux/signout", "signout"),
+        ("/flux/requests", "requests"), ("/flux/requests/live", "live"),
+        ("/flux/requests/{request_id}", "trace"), ("/flux/requests/{request_id}/trace.json", "trace_json"),
+        ("/flux/requests/{request_id}/replay", "replay"),
+        ("/flux/diff", "diff"), ("/flux/rows", "rows"),
+        ("/flux/queue", "queue"), ("/flux/queue/jobs/{job_id:int}/retry", "retry"),
+        ("/flux/queue/jobs/{job_id:int}/cancel", "cancel"),
+        ("/flux/deployments", "deployments"), ("/flux/deployments/{version:int}/activate", "activate"),
+    ):  # fmt: skip
+        app.add_route(path, pages, suffix=suffix)
+
+
+def _security_headers(req: falcon.Request, resp: falcon.Response, resource: Any) -> None:
+    resp.set_header("content-security-policy", CSP)
+    resp.set_header("x-content-type-options", "nosniff")
+    resp.set_header("referrer-policy", "same-origin")
+    resp.set_header("x-frame-options", "DENY")
+    if not req.path.startswith("/flux/static/"):
+        resp.set_header("cache-control", "no-store")
+
+
+@falcon.after(_security_headers)
+class _Home:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise falcon.HTTPSeeOther("/flux/requests")
+
+
+def _load_static() -> dict[str, tuple[bytes, str, str]]:
+    files = {}
+    for path in sorted((HERE / "static").iterdir()):
+        if path.suffix in STATIC_TYPES:
+            data = path.read_bytes()
+            files[path.name] = (data, STATIC_TYPES[path.suffix], hashlib.sha256(data).hexdigest()[:16])
+    return files
+
+
+@falcon.after(_security_headers)
+class _Static:
+    """The dashboard's script and stylesheet, shipped in the package; served without a session (the sign-in
+    page uses them) and only by name from the package's own list."""
+
+    files = _load_static()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        found = self.files.get(name)
+        if found is None:
+            raise falcon.HTTPNotFound()
+        data, content_type, etag = found
+        resp.etag = etag
+        resp.cache_control = ["no-cache"]  # revalidated by etag: a new Flux serves its new files at once
+        if req.if_none_match and any(tag == etag for tag in req.if_none_match):
+            resp.status = falcon.HTTP_304
+            return
+        resp.data = data
+        resp.content_type = content_type
+
+
+def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
+    """Every page but sign-in needs a session whose admin key is still live (checked as the management API
+    checks it); every POST, its CSRF token and a same-origin Origin. A page asked for without one redirects
+    to sign-in; a feed, a JSON answer or a POST is refused with 401 (FX140)."""
+    if req.path == "/flux/signin":
+        return  # its own token (the sign-in cookie) protects its form
+    pages: Pages = resource
+    session = pages.sealer.open(req.cookies.get(COOKIE))
+    admin_key_id = None
+    if session is not None:
+        with pages.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                admin_key_id = check_admin_key(conn, f"Bearer {session.admin_key}")
+            except AdminKeyRefused:
+                session = None
+    if session is None:
+        wants_page = req.method == "GET" and not req.path.endswith((".json", "/live"))
+        if wants_page:
+            raise falcon.HTTPSeeOther("/flux/signin?" + urlencode({"next": req.relative_uri}))
+        raise SignInRequired("this dashboard call needs a session", hint="sign in at /flux/signin")
+    if req.method == "POST":
+        _check_same_origin(req)
+        if not session.csrf_matches(_form(req).get("csrf") or req.get_header("x-csrf-token")):
+            raise CsrfRefused("the form's CSRF token is missing or not this session's",
+                              hint="reload the page and submit the form again")  # fmt: skip
+    req.context.session = session
+    req.context.admin_key_id = admin_key_id
+
+
+def _check_same_origin(req: falcon.Request) -> None:
+    """A browser names the page a POST came from in Origin: it must be this dashboard's own."""
+    origin = req.get_header("origin")
+    if origin is not None and urlsplit(origin).netloc not in (req.netloc, req.forwarded_host):
+        raise CsrfRefused(f"a form from {origin} may not post here", hint="use the dashboard's own pages")
+
+
+def _form(req: falcon.Request) -> dict[str, str]:
+    """The fields of a URL-encoded form body (read once, kept on the request)."""
+    if "form" not in req.context:
+        media = (req.content_type or "").split(";")[0].strip().lower()
+        form: dict[str, str] = {}
+        if media == "application/x-www-form-urlencoded":
+            raw = req.bounded_stream.read(65_536).decode(errors="replace")
+            form = {key: value for key, value in falcon.uri.parse_query_string(raw).items()
+                    if isinstance(value, str)}  # fmt: skip
+        req.context.form = form
+    return dict(req.context.form)
+
+
+def _pages_answer_errors(responder: Callable[..., None]) -> Callable[..., None]:
+    """A page that fails with a FluxError shows it (code, message, hint) on the page, with its HTTP status."""
+
+    @functools.wraps(responder)
+    def answer(self: Pages, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        try:
+            responder(self, req, resp, **params)
+        except FluxError as error:
+            if error.code == "FX900":
+                raise
+            resp.status = falcon.code_to_http_status(error.http_status)
+            self.render(req, resp, "error.html", error=error)
+
+    return answer
+
+
+@falcon.after(_security_headers)
+@falcon.before(_session_first)
+class Pages:
+    def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment) -> None:
+        self.pool = pool
+        self.project_dir = project_dir
+        self.gateway = gateway
+        self.templates = templates
+        self._sealer: Sealer | None = None
+
+    @property
+    def sealer(self) -> Sealer:
+        """Sessions' sealer, made when the dashboard is first used: a server whose secret key is unusable
+        (FX604) still starts, and its dashboard says why it cannot sign anyone in."""
+        if self._sealer is None:
+            self._sealer = Sealer(load_key(self.project_dir))
+        return self._sealer
+
+    @contextlib.contextmanager
+    def conn(self) -> Iterator[Any]:
+        """An autocommit admin connection (for a caller whose session `_session_first` checked)."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            yield conn
+
+    def render(self, req: falcon.Request, resp: falcon.Response, template: str, **values: Any) -> None:
+        session: Session | None = req.context.get("session")
+        page = self.templates.get_template(template).render(
+            csrf=session.csrf if session else "", signed_in=session is not None, path=req.path, **values
+        )
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = page
+
+    # -- signing in and out -------------------------------------------------------------------------------
+
+    @_pages_answer_errors
+    def on_get_signin(self, req: falcon.Request, resp: falcon.Response) -> None:
+        token = secrets.token_urlsafe(24)
+        resp.set_cookie(SIGNIN_COOKIE, token, max_age=900, path="/flux/signin", secure=req.scheme == "https",
+                        http_only=True, same_site="Strict")  # fmt: skip
+        self.render(req, resp, "signin.html", token=token, next=_next(req.get_param("next")), refused=None)
+
+    @_pages_answer_errors
+    def on_post_signin(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _check_same_origin(req)
+        form = _form(req)
+        expected = req.cookies.get(SIGNIN_COOKIE)
+        given = form.get("csrf")
+        if not expected or not given or not secrets.compare_digest(expected.encode(), given.encode()):
+            raise CsrfRefused("the sign-in form's token is missing or stale",
+                              hint="open /flux/signin again and sign in from there")  # fmt: skip
+        key = form.get("key", "").strip()
+        try:
+            with self.conn() as conn:
+                check_admin_key(conn, f"Bearer {key}")
+        except AdminKeyRefused as refused:
+            resp.status = falcon.HTTP_401
+            self.render(
+                req, resp, "signin.html", token=expected, next=_next(form.get("next")), refused=refused
+            )
+            return
+        _, cookie = self.sealer.new_session(key)
+        resp.set_cookie(COOKIE, cookie, max_age=LIFETIME_S, path="/flux", secure=req.scheme == "https",
+                        http_only=True, same_site="Strict")  # fmt: skip
+        resp.unset_cookie(SIGNIN_COOKIE, path="/flux/signin")
+        raise falcon.HTTPSeeOther(_next(form.get("next")))
+
+    def on_post_signout(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.unset_cookie(COOKIE, path="/flux")
+        raise falcon.HTTPSeeOther("/flux/signin")
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    @_pages_answer_errors
+    def on_get_requests(self, req: falcon.Request, resp: falcon.Response) -> None:
+        filters = _request_filters(req)
+        period = req.get_param("since") or "1h"
+        if period not in PERIODS:
+            raise InvalidRequest(f"since {period!r} is not one of {', '.join(PERIODS)}", hint="e.g. since=1h")
+        with self.conn() as conn:
+            window = tree.list_requests(conn, **filters, kind=req.get_param("kind") or None,
+                                        since=PERIODS[period], limit=STATS_SAMPLE)  # fmt: skip
+            follower = tree.start_following(conn, inbox=True)
+        rows = window[:SHOWN_REQUESTS]
+        live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
+        self.render(req, resp, "requests.html", rows=rows, stats=route_stats(window), periods=list(PERIODS),
+                    period=period, live=live, given=dict(req.params), sample=STATS_SAMPLE)  # fmt: skip
+
+    def on_get_live(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """New requests since the last call, as server-sent events. Each answer holds what was recorded since
+        and ends, and the browser asks again after `retry` ms: a sync worker (Flux's default) serves one
+        request at a time, so an answer that stayed open would take the worker from everyone else."""
+        follower = req.get_param_as_int("follower", required=True)
+        events = []
+        with self.conn() as conn:
+            try:
+                rows = tree.take_followed(conn, follower, **_request_filters(req, live=True))
+                events = [("request", jsontext.dumps_text(row)) for row in rows]
+            except FluxError as error:
+                events = [("gone", error.message)]
+        body = f"retry: {LIVE_RETRY_MS}\n\n" + "".join(
+            f"event: {name}\ndata: {data}\n\n" for name, data in events
+        )
+        resp.content_type = "text/event-stream"
+        resp.text = body
+
+    @_pages_answer_errors
+    def on_get_trace(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        with self.conn() as conn:
+            trace = tree.find_trace(conn, request_id)
+            versions = [d["version"] for d in deploy.list_deployments(conn, 50)]
+        self.render(req, resp, "trace.html", trace=trace, request=trace.request, versions=versions,
+                    modes=replay.MODES)  # fmt: skip
+
+    def on_get_trace_json(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        """The trace as the waterfall draws it; gzipped for a browser that takes it (a 10,000-span trace is
+        about 1.4 MB of JSON)."""
+        with self.conn() as conn:
+            trace = tree.find_trace(conn, request_id)
+        data = jsontext.dumps(trace_data(trace))
+        resp.content_type = falcon.MEDIA_JSON
+        resp.vary = ["accept-encoding"]
+        if len(data) > GZIP_FROM_BYTES and "gzip" in (req.get_header("accept-encoding") or "").lower():
+            data = gzip.compress(data, compresslevel=5)
+            resp.set_header("content-encoding", "gzip")
+        resp.data = data
+
+    @_pages_answer_errors
+    def on_post_replay(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
+        """Replay the request on this server, as `POST /flux/api/requests/{id}/replay` does, and show the
+        verdict and its first divergence."""
+        form = _form(req)
+        mode, code = form.get("db", "recorded"), form.get("code", "active")
+        version = None
+        if code.startswith("version:"):
+            code, number = "active", code.removeprefix("version:")
+            if not number.isdigit():
+                raise InvalidRequest(f"version {number!r} is not a number", hint="pick one from the list")
+            version = int(number)
+        replay.check_options(mode, code, version)
+        if self.gateway is None:
+            raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
+        gateway = self.gateway
+        with self.conn() as conn:
+            how = replay.Replay(
+                WithBuiltins(gateway.executor), replay.stored_code(conn, code, version),
+                gateway.catalogs.get(conn), mode=cast(Any, mode), record=True,
+                secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
+                fetch_policy=gateway.fetch_policy,
+            )  # fmt: skip
+            runner = gateway.pool.connection() if mode != "recorded" else contextlib.nullcontext()
+            with runner as runs_on:
+                result = replay.replay_request(conn, request_id, how, runs_on).result
+        self.render(req, resp, "replay.html", result=result.to_json(), mode=mode, code=code, version=version)
+
+    # -- diff and rows --------------------------------------------------------------------------------------
+
+    @_pages_answer_errors
+    def on_get_diff(self, req: falcon.Request, resp: falcon.Response) -> None:
+        a, b = req.get_param("a"), req.get_param("b")
+        differences = None
+        if a and b:
+            with self.conn() as conn:
+                differences = diff.diff_traces(tree.find_trace(conn, a), tree.find_trace(conn, b))
+        self.render(req, resp, "diff.html", differences=differences, a=a or "", b=b or "",
+                    max_changes=diff.MAX_CHANGES)  # fmt: skip
+
+    @_pages_answer_errors
+    def on_get_rows(self, req: falcon.Request, resp: falcon.Response) -> None:
+        table, key = (req.get_param("table") or "").strip(), (req.get_param("key") or "").strip()
+        history = blame = rows = None
+        with self.conn() as conn:
+            tracked = [row[0] for row in conn.execute(
+                "SELECT table_ref::text FROM flux.tracked_tables ORDER BY 1").fetchall()]  # fmt: skip
+            if table and key:
+                history, blame = state.history(conn, table, key), state.blame(conn, table, key)
+            elif table:
+                rows = state.table_blame(conn, table, 100)
+        self.render(req, resp, "rows.html", table=table, key=key, tracked=tracked, history=history,
+                    blame=blame, rows=rows)  # fmt: skip
+
+    # -- queue and deployments ------------------------------------------------------------------------------
+
+    @_pages_answer_errors
+    def on_get_queue(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self.conn() as conn:
+            counts = jobs.stats(conn)
+            dead = jobs.list_jobs(conn, status="dead", limit=50)
+            failed = jobs.list_jobs(conn, status="failed", limit=50)
+            queued = jobs.list_jobs(conn, status="queued", limit=50)
+            schedules = cron.list_schedules(conn)
+        self.render(req, resp, "queue.html", counts=counts, dead=dead, failed=failed, queued=queued,
+                    schedules=schedules, done=req.get_param("done"))  # fmt: skip
+
+    @_pages_answer_errors
+    def on_post_retry(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self.conn() as conn:
+            jobs.retry(conn, job_id)
+        raise falcon.HTTPSeeOther("/flux/queue?" + urlencode({"done": f"job {job_id} queued to run again"}))
+
+    @_pages_answer_errors
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
+        with self.conn() as conn:
+            jobs.cancel(conn, job_id)
+        raise falcon.HTTPSeeOther("/flux/queue?" + urlencode({"done": f"job {job_id} cancelled"}))
+
+    @_pages_answer_errors
+    def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self.conn() as conn:
+            versions = deploy.list_deployments(conn, 100)
+        self.render(req, resp, "deployments.html", versions=versions, done=req.get_param("done"))
+
+    @_pages_answer_errors
+    def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
+        with self.conn() as conn:
+            deploy.rollback_in(conn, version)
+        raise falcon.HTTPSeeOther("/flux/deployments?" + urlencode({"done": f"version {version} is active"}))
+
+
+def _next(given: str | None) -> str:
+    """Where to go after signing in: a dashboard path of this server, never another site."""
+    if given and _DASHBOARD_PATH.fullmatch(given):
+        return given
+    return "/flux/requests"
+
+
+def _request_filters(req: falcon.Request, *, live: bool = False) -> dict[str, Any]:
+    status = req.get_param("status") or None
+    if status is not None and not status.isdigit():
+        raise InvalidRequest(f"status {status!r} is not an HTTP status", hint="e.g. status=500")
+    slow = req.get_param("slow_ms") or None
+    try:
+        slow_ms = float(slow) if slow is not None else None
+    except ValueError:
+        raise InvalidRequest(f"slow_ms {slow!r} is not a number", hint="e.g. slow_ms=250") from None
+    return {"route": req.get_param("route") or None, "function": req.get_param("function") or None,
+            "status": int(status) if status else None, "errors": req.get_param("errors") == "on",
+            "slow_ms": slow_ms}  # fmt: skip
+
+
+def _live_filters(req: falcon.Request) -> dict[str, str]:
+    return {name: req.get_param(name) or "" for name in ("route", "function", "status", "errors", "slow_ms")
+            if req.get_param(name)}  # fmt: skip
+
+
+def _ms(duration_us: Any) -> str:
+    return "" if duration_us is None else f"{int(duration_us) / 1000:.1f} ms"

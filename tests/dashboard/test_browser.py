@@ -1,0 +1,320 @@
+"""The dashboard in a real browser: Playwright drives Debian's chromium (`.ci/run` installs it; Playwright's
+own browser download is never used) against `flux server` on the notes project. Screenshots are saved under
+the test run's folder; the 10,000-span trace's timings are printed (run with -s to see them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from flux.api.admin import create_admin_key
+from flux.api.deploy import deploy
+from flux.config import load_settings
+from flux.queue import jobs
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.processes import FLUX, call_json, free_port, wait_for_http
+from tests.fixtures.projects import GET_NOTE_CHANGED, edit_function, write_notes_project
+
+pytestmark = pytest.mark.slow
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BIG_TRACE_SPANS = 10_000
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    url: str
+    admin_key: str
+    dsn: str
+    shots: Path
+    big_trace: str
+    dead_job: int
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    pg_server: PostgresServer, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dashboard]:
+    """`flux server` (no queue workers, so jobs stay as the tests leave them) on the notes project: version 1
+    served three notes and three reads, version 2 (get_note answers the id as text) is active; a dead job and
+    a recorded request of 10,000 spans are in its database."""
+    name = f"flux_test_{uuid.uuid4().hex[:12]}"
+    dsn = pg_server.create_database(name, template=template_database)
+    folder = tmp_path_factory.mktemp("dashboard")
+    project = write_notes_project(folder / "project")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "FLUX_DATABASE_URL"}
+    env |= {"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1"}
+    deploy(dsn, load_settings(project, env={}))
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [*FLUX, "server", "--port", str(port), "--queue-workers", "0", "--no-deploy"], cwd=project, env=env,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"{url}/ready", timeout=60, process=server)
+        for text in ("a", "b", "c"):
+            assert call_json(f"{url}/notes", "POST", {"text": text})[0] == 201
+        for number in (1, 2, 3):
+            assert call_json(f"{url}/notes/{number}")[2]["id"] == number
+        edit_function(project, "get_note", GET_NOTE_CHANGED)
+        assert deploy(dsn, load_settings(project, env={})).id == 2
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            admin_key = create_admin_key(conn, "dashboard tests").key
+            big = _record_big_trace(conn, BIG_TRACE_SPANS)
+            (dead,) = jobs.push(conn, [{"function": "add_note", "payload": {"text": "d"}, "max_attempts": 1}])
+            conn.execute("SELECT flux.claim_jobs('tests', NULL, 1, 30)")  # as a worker does, then it fails
+            died = conn.execute(
+                "SELECT flux.fail_job(%s, 'tests', 1, NULL, %s)",
+                (dead["id"], '{"code": "FX300", "message": "it broke"}'),
+            ).fetchone()
+            assert died == ("dead",)
+        yield Dashboard(url, admin_key, dsn, folder / "screenshots", big, int(dead["id"]))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        pg_server.drop_database(name)
+
+
+def _record_big_trace(conn: psycopg.Connection[Any], count: int) -> str:
+    """A request of `count` spans (a function making db calls, each 40 µs after the last), written as Flux
+    writes records."""
+    request_id = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO flux.requests (id, kind, method, path, function, status, ok, duration_us, input, output)"
+        " VALUES (%s, 'http', 'GET', '/big', 'big', 200, true, %s, '{}', '{}')",
+        (request_id, count * 40 + 100),
+    )
+    conn.execute(
+        "INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, module, name, started_at, duration_us,"
+        " ok, input, output)"
+        " SELECT %s, s, lpad(to_hex(s), 16, '0'), CASE WHEN s = 0 THEN NULL ELSE 0 END,"
+        "        CASE WHEN s = 0 THEN 'runtime' ELSE 'data' END,"
+        "        CASE WHEN s = 0 THEN 'function:big' ELSE 'db:select(notes) #' || s END,"
+        "        r.started_at + make_interval(secs => s * 40 / 1e6), CASE WHEN s = 0 THEN %s ELSE 30 END,"
+        "        s %% 997 <> 5, jsonb_build_object('n', s), jsonb_build_object('rows', s)"
+        " FROM generate_series(0, %s - 1) s, flux.requests r WHERE r.id = %s",
+        (request_id, count * 40, count, request_id),
+    )
+    return request_id
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any, dashboard: Dashboard) -> Iterator[Any]:
+    """A signed-in page of a fresh browser context (its own cookies)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    sign_in(page, dashboard)
+    yield page
+    context.close()
+
+
+def sign_in(page: Any, dashboard: Dashboard, key: str | None = None) -> None:
+    page.goto(f"{dashboard.url}/flux/")
+    assert page.url.startswith(f"{dashboard.url}/flux/signin")
+    page.fill("input[name=key]", key or dashboard.admin_key)
+    page.click("button[type=submit]")
+
+
+def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
+    """Save a screenshot of the page, and note its weight: the bytes of its HTML and of the JSON it fetched
+    (uncompressed: Flux does not compress); the script and stylesheet, the same on every page, come on top."""
+    dashboard.shots.mkdir(exist_ok=True)
+    path = dashboard.shots / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    weight = page.evaluate(
+        """() => {
+            const fetched = performance.getEntriesByType('resource')
+                .filter((e) => e.initiatorType === 'fetch');
+            return {html: performance.getEntriesByType('navigation')[0].decodedBodySize,
+                    json: fetched.reduce((sum, e) => sum + e.decodedBodySize, 0),
+                    json_sent: fetched.reduce((sum, e) => sum + e.encodedBodySize, 0)};
+        }"""
+    )
+    weights = dashboard.shots / "page_weights.json"
+    known = json.loads(weights.read_text()) if weights.exists() else {}
+    weights.write_text(json.dumps({**known, name: weight}, indent=1))
+    return path
+
+
+def test_sign_in_and_see_a_new_request_appear_live(page: Any, dashboard: Dashboard) -> None:
+    page.wait_for_url(f"{dashboard.url}/flux/requests")
+    assert page.locator("#requests tbody tr").count() >= 6
+    status, headers, _ = call_json(f"{dashboard.url}/notes", "POST", {"text": "live"})
+    assert status == 201
+    new_id = headers["x-request-id"]
+    page.locator(f'#requests a[href="/flux/requests/{new_id}"]').wait_for(timeout=10_000)
+    assert page.locator("#requests tbody tr").first.locator("a").get_attribute("href").endswith(new_id)
+    shot(page, dashboard, "requests")
+
+
+def test_pages_refuse_without_a_session_and_a_post_without_csrf(browser: Any, dashboard: Dashboard) -> None:
+    context = browser.new_context()
+    stranger = context.new_page()
+    stranger.goto(f"{dashboard.url}/flux/queue")
+    assert stranger.url == f"{dashboard.url}/flux/signin?next=%2Fflux%2Fqueue"
+    assert (
+        stranger.request.get(f"{dashboard.url}/flux/requests/{dashboard.big_trace}/trace.json").status == 401
+    )
+    sign_in(stranger, dashboard, key="flux_admin_wrong")
+    assert "FX606" in stranger.locator("#refused").inner_text()
+    sign_in(stranger, dashboard)
+    stranger.wait_for_url(f"{dashboard.url}/flux/requests")
+    forged = stranger.request.post(
+        f"{dashboard.url}/flux/queue/jobs/{dashboard.dead_job}/retry", form={"x": "1"}
+    )
+    assert forged.status == 403 and forged.json()["code"] == "FX141"
+    context.close()
+
+
+def test_open_a_trace_and_a_spans_input_and_row_changes(page: Any, dashboard: Dashboard) -> None:
+    with psycopg.connect(dashboard.dsn) as conn:
+        (request_id,) = conn.execute(
+            "SELECT id::text FROM flux.requests WHERE path = '/notes' ORDER BY started_at LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+    page.goto(f"{dashboard.url}/flux/requests/{request_id}")
+    page.locator("#waterfall.ready").wait_for()
+    insert = page.locator(".wf-row", has_text="db:insert(notes)")
+    assert insert.locator(".wf-rows").inner_text() == "1 row"
+    insert.click()
+    assert '"insert": "notes"' in page.locator("#span-input").inner_text()
+    assert "INSERT public.notes" in page.locator("#span-mutations").inner_text()
+    assert page.locator(".wf-row.critical").count() >= 2
+    path = shot(page, dashboard, "trace")
+    assert path.stat().st_size > 10_000
+
+
+def test_a_10000_span_trace_opens_and_scrolls(page: Any, dashboard: Dashboard) -> None:
+    started = time.monotonic()
+    page.goto(f"{dashboard.url}/flux/requests/{dashboard.big_trace}")
+    box = page.locator("#waterfall.ready")
+    box.wait_for(timeout=30_000)
+    opened_s = time.monotonic() - started
+    assert box.get_attribute("data-spans") == str(BIG_TRACE_SPANS)
+    assert page.locator(".wf-row").count() < 200  # only the rows in view (and a few more) are in the page
+    scrolled = page.evaluate(
+        """async () => {
+            const box = document.getElementById('waterfall');
+            const began = performance.now();
+            for (let step = 1; step <= 20; step++) {
+                box.scrollTop = box.scrollHeight * step / 20;
+                await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+            }
+            return performance.now() - began;
+        }"""
+    )
+    last = page.locator(f'.wf-row[data-seq="{BIG_TRACE_SPANS - 1}"]')
+    last.wait_for()
+    last.click()
+    assert '"n": 9999' in page.locator("#span-input").inner_text()
+    page.fill("#span-filter", "#4242")
+    page.locator('.wf-row[data-seq="4242"]').wait_for()
+    figures = {"spans": BIG_TRACE_SPANS, "open_s": round(opened_s, 2), "script_ms": float(box.get_attribute(
+        "data-rendered-ms") or 0), "scroll_20_steps_ms": round(scrolled, 1)}  # fmt: skip
+    print("10,000-span trace:", json.dumps(figures))
+    (dashboard.shots.parent / "big_trace_figures.json").write_text(json.dumps(figures))
+    shot(page, dashboard, "big-trace")
+
+
+def test_compare_two_traces(page: Any, dashboard: Dashboard) -> None:
+    with psycopg.connect(dashboard.dsn) as conn:
+        a, b = (row[0] for row in conn.execute(
+            "SELECT id::text FROM flux.requests WHERE path LIKE '/notes/%' ORDER BY started_at LIMIT 2"
+        ).fetchall())  # fmt: skip
+    page.goto(f"{dashboard.url}/flux/requests/{a}")
+    page.fill(".compare input[name=b]", b)
+    page.click(".compare button")
+    assert page.locator("#diff-verdict").inner_text().startswith("They differ")
+    assert page.locator("#span-diff tr.diff-changed").count() >= 1
+    shot(page, dashboard, "diff")
+
+
+def test_replay_a_request_and_see_its_divergence_against_edited_code(page: Any, dashboard: Dashboard) -> None:
+    with psycopg.connect(dashboard.dsn) as conn:
+        (request_id,) = conn.execute(
+            "SELECT id::text FROM flux.requests WHERE path = '/notes/1' AND kind = 'http' ORDER BY started_at"
+            " LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+    page.goto(f"{dashboard.url}/flux/requests/{request_id}")
+    page.select_option(".replay select[name=code]", "version:2")  # get_note answers the id as text there
+    page.click("#replay")
+    assert page.locator("#verdict").inner_text() == "diverged"
+    assert '"1"' in page.locator("#divergence").inner_text()
+    shot(page, dashboard, "replay")
+    page.click("#replay-diff")
+    assert page.locator("#diff-verdict").inner_text().startswith("They differ")
+
+
+def test_open_a_rows_history(page: Any, dashboard: Dashboard) -> None:
+    page.goto(f"{dashboard.url}/flux/rows")
+    page.select_option("select[name=table]", "notes")
+    page.fill("input[name=key]", "2")
+    page.click(".filters button")
+    history = page.locator("#history").inner_text()
+    assert "INSERT" in history and "add_note" in history and '"b"' in history
+    assert "body" in page.locator("#blame").inner_text()
+    shot(page, dashboard, "rows")
+
+
+def test_retry_a_dead_job_then_cancel_it(page: Any, dashboard: Dashboard) -> None:
+    page.goto(f"{dashboard.url}/flux/queue")
+    page.locator(f'#dead-jobs tr[data-job="{dashboard.dead_job}"] button').click()
+    assert page.locator("#done").inner_text() == f"job {dashboard.dead_job} queued to run again"
+    assert page.locator(f'#dead-jobs tr[data-job="{dashboard.dead_job}"]').count() == 0
+    page.locator(f'#queued-jobs tr[data-job="{dashboard.dead_job}"] button').click()
+    assert page.locator("#done").inner_text() == f"job {dashboard.dead_job} cancelled"
+    with psycopg.connect(dashboard.dsn) as conn:
+        (status,) = conn.execute(
+            "SELECT status FROM flux.all_jobs WHERE id = %s", (dashboard.dead_job,)
+        ).fetchone()  # type: ignore[misc]
+    assert status == "cancelled"
+    shot(page, dashboard, "queue")
+
+
+def test_roll_back_a_deployment(page: Any, dashboard: Dashboard) -> None:
+    page.goto(f"{dashboard.url}/flux/deployments")
+    assert page.locator('#deployments tr[data-version="2"]').get_attribute("class") == "active"
+    page.locator('#deployments tr[data-version="1"] button').click()
+    assert page.locator("#done").inner_text() == "version 1 is active"
+    assert page.locator('#deployments tr[data-version="1"]').get_attribute("class") == "active"
+    deadline = time.monotonic() + 10
+    while call_json(f"{dashboard.url}/notes/1")[2]["id"] != 1:  # version 1's get_note answers a number
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    shot(page, dashboard, "deployments")
+
+
+def test_behind_a_tls_proxy_the_cookies_are_secure(dashboard: Dashboard) -> None:
+    """gunicorn takes X-Forwarded-Proto from the proxies it trusts (FORWARDED_ALLOW_IPS, by default this
+    machine) as the request's scheme: the dashboard's cookies are then Secure, and not otherwise."""
+    plain = urllib.request.urlopen(f"{dashboard.url}/flux/signin", timeout=10)
+    assert "Secure" not in plain.headers["set-cookie"] and "HttpOnly" in plain.headers["set-cookie"]
+    request = urllib.request.Request(f"{dashboard.url}/flux/signin", headers={"x-forwarded-proto": "https"})
+    proxied = urllib.request.urlopen(request, timeout=10)
+    assert "Secure" in proxied.headers["set-cookie"] and "SameSite=Strict" in proxied.headers["set-cookie"]
