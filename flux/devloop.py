@@ -227,7 +227,13 @@ def files_signature(project_dir: Path) -> frozenset[tuple[str, int, int]]:
 
 
 class DevAccessLog(Logger):  # type: ignore[misc]
-    """Gunicorn's logger, with each request as `POST /orders 201 12ms fn=create_order  req=<id>`."""
+    """Gunicorn's logger, with each request as `POST /orders 201 12ms fn=create_order  req=<id>`; Flux's own
+    pages and API (`/flux/...`: an open dashboard asks for new requests every second) are not the project's
+    requests, and are not printed."""
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not str(environ.get("PATH_INFO", "")).startswith("/flux/"):
+            super().access(resp, req, environ, request_time)
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)

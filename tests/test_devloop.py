@@ -52,6 +52,8 @@ def test_a_save_is_live_within_a_second_and_each_request_is_one_line(
     with flux_dev(project_dir, env, stop=signal.SIGTERM) as (base, _, lines):
         url = f"{base}/greet"
         first = _served(url, "v1", within_s=1)
+        with urllib.request.urlopen(f"{base}/flux/signin", timeout=10) as page:  # the dashboard's sign-in
+            assert page.status == 200
         source.write_text(_greet("v2"))
         _served(url, "v2", within_s=1.0)  # the watcher polls every 0.2 s; here it is live in about 0.25 s
         (project_dir / "flux.toml").write_text(FLUX_TOML.replace('function = "greet"', 'function = "gone"'))
@@ -59,6 +61,7 @@ def test_a_save_is_live_within_a_second_and_each_request_is_one_line(
         assert _get(url)[1] == {"version": "v2"}  # the broken save changed nothing
     output = "".join(lines)
     assert re.search(rf"GET /greet 200 \d+ms fn=greet  req={first}", output), output
+    assert "GET /flux/" not in output  # Flux's own pages are not the project's requests
     assert "deployed version 2" in output
     assert "not deployed, the last version keeps serving: FX601: flux.toml route 1 (GET /greet)" in output
 
