@@ -14,9 +14,12 @@ import psycopg
 import pytest
 import wasmtime
 
+from flux.api.deploy import deploy
+from flux.config import load_settings
 from flux.errors import FluxError
 from flux.runtime import Function, FunctionLimits
 from flux.runtime.wasm import WasmRuntime
+from tests.fixtures.processes import call_json, flux_server
 from tests.fixtures.runtime import function
 
 Conn = psycopg.Connection[Any]
@@ -284,16 +287,24 @@ def test_a_command_s_count_or_buffer_outside_its_memory_fails_fx300(
 DEEP = 200_000  # levels of [
 
 
+def _deep_line() -> str:
+    """WAT that writes a line of DEEP `[` on stdout (from 16384: 8 pages of memory hold it)."""
+    return f"""(memory.fill (i32.const 16384) (i32.const 91) (i32.const {DEEP}))
+      (i32.store8 (i32.const {16384 + DEEP}) (i32.const 10))
+      (call $iovec (i32.const 0) (i32.const 16384) (i32.const {DEEP + 1}))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"""
+
+
 def test_a_host_call_nested_deeper_than_a_record_holds_is_answered_not_json(conn: Conn, call: Any) -> None:
     # Python's parser ran out of stack (RecursionError: FX900, a Flux bug) on a line orjson refused (past
     # 1024 levels); now such a call is answered as not JSON, FX305, and the run goes on.
-    body = f"""(memory.fill (i32.const 16384) (i32.const 91) (i32.const {DEEP}))
-      (i32.store8 (i32.const {16384 + DEEP}) (i32.const 10))
-      (call $iovec (i32.const 0) (i32.const 16384) (i32.const {DEEP + 1}))
-      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    body = (
+        _deep_line()
+        + """
       (call $iovec (i32.const 0) (i32.const 8192) (i32.const 8192))
       (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
       (local.set $n (i32.eq (i32.load8_u (i32.const 8192)) (i32.const 123)))"""
+    )
     outcome = call(command("deep_call", body, pages=8))
     assert outcome.error is None and outcome.response.body == [1], outcome.error
     answered = conn.execute(
@@ -303,21 +314,16 @@ def test_a_host_call_nested_deeper_than_a_record_holds_is_answered_not_json(conn
 
 
 def test_a_response_nested_too_deeply_to_read_is_fx303(call: Any) -> None:
-    body = f"""(memory.fill (i32.const 16384) (i32.const 91) (i32.const {DEEP}))
-      (i32.store8 (i32.const {16384 + DEEP}) (i32.const 10))
-      (call $iovec (i32.const 0) (i32.const 16384) (i32.const {DEEP + 1}))
-      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-      (return)"""
+    body = _deep_line() + "(return)"
     outcome = call(command("deep_response", body, pages=8))
     assert outcome.error is not None and outcome.error.code == "FX303", outcome.error
     assert "nested too deeply" in outcome.error.message
 
 
-def test_a_storm_of_host_calls_written_at_once_ends_at_the_deadline(conn: Conn, call: Any) -> None:
-    # 4 MB of {"op":"now"} lines in one write, then the command exits: the host performed all 300 000 calls
-    # after the program ended, in host code no epoch interrupts (seconds past a 300 ms limit), and answered
-    # with the last line. It now stops at the deadline with FX301, and the record keeps what ran.
-    body = """(local.set $i (i32.const 16384))
+def _storm() -> str:
+    """WAT that writes 4 MB of {"op":"now"} lines on stdout, in as many calls as its short writes take (64
+    pages of memory hold them)."""
+    return """(local.set $i (i32.const 16384))
       (loop $more (memory.copy (local.get $i) (i32.const 120) (i32.const 13))
         (local.set $i (i32.add (local.get $i) (i32.const 13)))
         (br_if $more (i32.lt_u (local.get $i) (i32.const 4000000))))
@@ -325,8 +331,14 @@ def test_a_storm_of_host_calls_written_at_once_ends_at_the_deadline(conn: Conn, 
       (loop $all (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
         (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0)) (i32.load (i32.const 8))))
         (i32.store (i32.const 4) (i32.sub (i32.load (i32.const 4)) (i32.load (i32.const 8))))
-        (br_if $all (i32.load (i32.const 4))))
-      (return)"""
+        (br_if $all (i32.load (i32.const 4))))"""
+
+
+def test_a_storm_of_host_calls_written_at_once_ends_at_the_deadline(conn: Conn, call: Any) -> None:
+    # 4 MB of {"op":"now"} lines in one write, then the command exits: the host performed all 300 000 calls
+    # after the program ended, in host code no epoch interrupts (seconds past a 300 ms limit), and answered
+    # with the last line. It now stops at the deadline with FX301, and the record keeps what ran.
+    body = _storm() + "(return)"
     started = time.monotonic()
     outcome = call(command("storm", body, pages=64, timeout_ms=300))
     took = time.monotonic() - started
@@ -371,3 +383,41 @@ def test_a_command_finds_no_environment_arguments_or_preopened_directory(call: A
     text = (COMMAND % (1, WASI_COUNTS)).replace("\n  (memory (export", WASI_STATE, 1)
     outcome = call(function("bare", "wat", text))
     assert outcome.error is None and outcome.response.body == [0], outcome.error
+
+
+# -- through the real server --------------------------------------------------------------------------------
+
+SERVED = {  # name: (code, its answer's HTTP status, WAT)
+    "wild": ("FX300", 500, HOSTILE % ("(i32.const 1024)", OUTSIDE["clock_time_get a time"])),
+    "deep": ("FX303", 502, COMMAND % (8, _deep_line() + "(return)")),
+    "storm": ("FX301", 504, COMMAND % (64, _storm() + "(return)")),
+}
+
+
+@pytest.mark.slow
+def test_the_real_server_answers_hostile_wasm_with_its_fx_code_and_records_it(
+    dsn: str, conn: Conn, project_dir: Path, flux_env: dict[str, str]
+) -> None:
+    # Each hostile run is answered with its code and request id as JSON (no 5xx page, no traceback), and its
+    # request is recorded with its function's span; the server then still answers.
+    toml = 'name = "hostile"\n'
+    for name, (_, _, text) in SERVED.items():
+        folder = project_dir / "functions" / name
+        folder.mkdir(parents=True)
+        (folder / "index.wat").write_text(text)
+        toml += f'\n[[routes]]\nmethod = "POST"\npath = "/{name}"\nfunction = "{name}"\nauth = "none"\n'
+    toml += "\n[functions.storm]\ntimeout_ms = 300\n"
+    (project_dir / "flux.toml").write_text(toml)
+    deploy(dsn, load_settings(project_dir, env={}))
+    with flux_server(project_dir, {**flux_env, "DATABASE_URL": dsn}) as (url, _):
+        for name, (code, status, _) in SERVED.items():
+            got, headers, body = call_json(f"{url}/{name}", "POST", {})
+            assert (got, body.get("code")) == (status, code), (name, body)
+            assert body["request_id"] == headers["x-request-id"] and "Traceback" not in str(body)
+            recorded = conn.execute(
+                "SELECT r.error->>'code', s.error->>'code' FROM flux.requests r"
+                " JOIN flux.spans s ON s.request_id = r.id AND s.name = %s WHERE r.id = %s",
+                (f"function:{name}", body["request_id"]),
+            ).fetchall()
+            assert recorded == [(code, code)], name
+        assert call_json(f"{url}/wild", "POST", {})[0] == 500  # the worker still serves
