@@ -421,3 +421,32 @@ def test_the_real_server_answers_hostile_wasm_with_its_fx_code_and_records_it(
             ).fetchall()
             assert recorded == [(code, code)], name
         assert call_json(f"{url}/wild", "POST", {})[0] == 500  # the worker still serves
+
+
+# -- not fixed here: a request's record has no bound ------------------------------------------------
+
+LOGGER = """(module
+  (import "flux" "log" (func $log (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "flux_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "flux_handle") (param i32 i32) (result i64)
+    (memory.fill (i32.const 0) (i32.const 97) (i32.const 4096))
+    (loop $more (call $log (i32.const 0) (i32.const 4096)) (br $more))
+    (i64.const 0)))"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="a request's spans have no budget (host.py, recorder.py): its own issue"
+)
+def test_a_function_that_logs_as_fast_as_it_can_has_a_bounded_record(conn: Conn, call: Any) -> None:
+    # Every host call is a span, and nothing bounds how many a request makes or how large they are. Logging
+    # 4 KiB lines: for 300 ms, 12 919 spans and 53 MB of record (1.9 s); for 500 ms, a record over jsonb's
+    # 256 MB limit, so FX900 and the record lost, after 58 s; the default limit is 30 s. Any runtime can
+    # (TypeScript's console.log too). Whatever the budget, a request's record should stay well under this.
+    outcome = call(function("logger", "wat", LOGGER, timeout_ms=300))
+    assert outcome.error is not None and outcome.error.code != "FX900", outcome.error
+    recorded = conn.execute(
+        "SELECT sum(length(input::text)) FROM flux.spans WHERE request_id = %s", (outcome.request_id,)
+    ).fetchone()
+    assert recorded is not None and recorded[0] < 16_000_000, recorded
