@@ -76,6 +76,7 @@ class _Run:
     errors: list[str] = field(default_factory=list)  # its first stderr lines, to say why it exited
     last_error: str | None = None  # its last line on stderr
     streams: Any = None  # a WASI command's stdin and stdout (wasi_command.Streams)
+    late: bool = False  # it wrote output past its deadline, which was dropped: it ends with FX301
 
 
 _current = threading.local()
@@ -261,6 +262,10 @@ class WasmRuntime:
                 result = self._call_command(loaded, loaded.command, request, run, limits)
             else:
                 result = self._call(loaded, request, run, limits)
+            if run.late:
+                raise FunctionTimedOut(
+                    f"the function wrote output past its {limits.timeout_ms} ms", hint="raise `timeout_ms`"
+                )
         try:
             return jsontext.loads(result)
         except ValueError as exc:
@@ -574,16 +579,20 @@ def capture_output(run: _Run, stream: str, data: bytes) -> None:
     if run.ended:
         return
     buffer = run.output[stream]
-    *lines, rest = data.split(b"\n")
-    if lines:
-        lines[0] = bytes(buffer) + lines[0]
-        buffer.clear()
     deadline = getattr(run.host, "run_deadline", None)
-    for line in lines:
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:  # one line at a time: a write may hold millions
         if deadline is not None and time.monotonic() > deadline:
+            buffer.clear()
+            run.late = True
             return
+        line = data[start:end]
+        if buffer:
+            line = bytes(buffer) + line
+            buffer.clear()
         _log_line(run, stream, line)
-    buffer.extend(rest)
+        start = end + 1
+    buffer.extend(data[start:])
     while len(buffer) >= MAX_LINE:
         _log_line(run, stream, bytes(buffer[:MAX_LINE]))
         del buffer[:MAX_LINE]

@@ -199,6 +199,31 @@ def test_a_module_declaring_more_memories_or_tables_than_one_cap_allows_does_not
     assert outcome.error is not None and outcome.error.code == code, outcome.error
 
 
+NEWLINES = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 16)
+  (func (export "flux_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "flux_handle") (param i32 i32) (result i64)
+    (memory.fill (i32.const 16) (i32.const 10) (i32.const 1048560))
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 1048560))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i64.const 0)))"""
+
+
+def test_a_million_lines_in_one_write_end_at_the_deadline(conn: Conn, call: Any) -> None:
+    # WASI's stdout (wasmtime's own fd_write, for modules) hands the host the whole write: a million newlines
+    # were split by copying the rest of the buffer once a line (quadratic), then each logged, in host code no
+    # epoch interrupts. Now lines are taken one at a time, and none is logged past the deadline.
+    started = time.monotonic()
+    outcome = call(function("newlines", "wat", NEWLINES, timeout_ms=300))
+    assert outcome.error is not None and outcome.error.code == "FX301", outcome.error
+    assert time.monotonic() - started < 3
+    logged = conn.execute(
+        "SELECT count(*) FROM flux.spans WHERE request_id = %s AND module = 'log'", (outcome.request_id,)
+    ).fetchone()
+    assert logged is not None and 0 < logged[0] < 1048560
+
+
 # -- WASI commands ----------------------------------------------------------------------------------------
 
 # A command: reads the request (its first line) into 8192, runs `$body` with $n (a result) and answers
