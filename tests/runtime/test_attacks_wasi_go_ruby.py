@@ -165,6 +165,25 @@ def test_an_answer_flux_alloc_puts_outside_memory_fails_fx300(call: Any) -> None
     assert "flux_alloc's pointer for a host call's answer outside its memory" in outcome.error.message
 
 
+@pytest.mark.parametrize(
+    ("alloc", "code"),
+    [
+        ("(loop $forever (br $forever)) (i32.const 0)", "FX301"),  # out of fuel or time inside the host call
+        ("unreachable", "FX300"),
+    ],
+)
+def test_flux_alloc_failing_inside_a_host_call_fails_the_run_with_its_own_code(
+    call: Any, alloc: str, code: str
+) -> None:
+    # The host calls flux_alloc for the answer while the module's flux.call is in progress: what stops it
+    # there comes back through the host function, and ends the run as it would anywhere else.
+    then = f"(if (result i32) (i32.load (i32.const 8)) (then {alloc})"
+    then += " (else (i32.store (i32.const 8) (i32.const 1)) (i32.const 1024)))"
+    call_now = "(i32.wrap_i64 (call $call (i32.const 32) (i32.const 12)))"
+    outcome = call(hostile("alloc_fails", call_now, then, timeout_ms=300))
+    assert outcome.error is not None and outcome.error.code == code, outcome.error
+
+
 @pytest.mark.parametrize("count", [0, -1, 0x7FFF_FFFF])
 def test_poll_oneoff_with_no_or_endless_subscriptions_answers_einval(call: Any, count: int) -> None:
     poll = f"(call $poll (i32.const 0) (i32.const 100) (i32.const {count}) (i32.const 200))"
@@ -336,6 +355,23 @@ def test_a_host_call_nested_deeper_than_a_record_holds_is_answered_not_json(conn
         "SELECT count(*) FROM flux.spans WHERE request_id = %s", (outcome.request_id,)
     ).fetchone()
     assert answered == (1,)  # the function's span: a line that is not JSON calls nothing
+
+
+def test_a_host_call_or_response_that_is_not_utf_8_is_answered_not_json_or_fx303(call: Any) -> None:
+    # Bytes 0xff 0xfe before a call: answered {"ok": false, FX305}, whose first byte ({) the command reports.
+    bad = """(i32.store16 (i32.const 118) (i32.const 0xfeff))
+      (call $iovec (i32.const 0) (i32.const 118) (i32.const 15))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"""
+    answered = (
+        bad
+        + """(call $iovec (i32.const 0) (i32.const 8192) (i32.const 8192))
+      (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $n (i32.eq (i32.load8_u (i32.const 8198)) (i32.const 102)))"""
+    )  # {"ok":false: f at 6
+    outcome = call(command("not_utf8_call", answered))
+    assert outcome.error is None and outcome.response.body == [1], outcome.error
+    outcome = call(command("not_utf8_response", bad + "(return)"))
+    assert outcome.error is not None and outcome.error.code == "FX303", outcome.error
 
 
 def test_a_response_nested_too_deeply_to_read_is_fx303(call: Any) -> None:
