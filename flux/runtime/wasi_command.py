@@ -16,6 +16,7 @@ without the section, so functions that share an interpreter share its compile.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +24,13 @@ import wasmtime
 from wasmtime import Engine, FuncType, Linker, Module, Store, ValType
 
 from flux import jsontext
-from flux.errors import FluxError, FunctionFailed, InvalidFunctionCode, InvalidFunctionResponse
+from flux.errors import (
+    FluxError,
+    FunctionFailed,
+    FunctionTimedOut,
+    InvalidFunctionCode,
+    InvalidFunctionResponse,
+)
 from flux.runtime.host import not_json
 
 SECTION = "flux.command"
@@ -97,18 +104,21 @@ def command_linker(engine: Engine, module: Module, base: Any) -> Linker:
     """A linker for one command module: WASI, with Flux's clock, randomness and sleep (`base` defines them)
     and its own stdin and stdout; an interpreter's other imports (CRuby's JavaScript bridge, which no Flux
     function can use) trap when called, but for the handle table of its WIT bindings, which is an identity."""
+    from flux.runtime.wasm import define_host
+
     linker = Linker(engine)
     linker.define_wasi()
     linker.allow_shadowing = True
     base(linker)
     i32 = ValType.i32()
     io = FuncType([i32, i32, i32, i32], [i32])
-    linker.define_func(_WASI, "fd_write", io, _fd_write, access_caller=True)
-    linker.define_func(_WASI, "fd_read", io, _fd_read, access_caller=True)
+    define_host(linker, _WASI, "fd_write", io, _fd_write, access_caller=True)
+    define_host(linker, _WASI, "fd_read", io, _fd_read, access_caller=True)
     for item in module.imports:
         if item.module in (_WASI, "flux") or not isinstance(item.type, FuncType) or item.name is None:
             continue
-        linker.define_func(item.module, item.name, item.type, _stub(item.module, item.name, item.type))
+        stub = _stub(item.module, item.name, item.type)
+        define_host(linker, item.module, item.name, item.type, stub, access_caller=False)
     return linker
 
 
@@ -154,6 +164,12 @@ class Streams:
             self.stdout[:] = rest
             calls, response = [line for line in complete.split(b"\n") if line.strip()], None
         for line in calls:
+            deadline = getattr(host, "run_deadline", None)
+            if deadline is not None and time.monotonic() > deadline:  # host code: no epoch ends it
+                raise FunctionTimedOut(
+                    f"the function ran past its time limit with {len(calls)} host calls written at once",
+                    hint="raise `timeout_ms`, or make fewer host calls",
+                )
             self.stdin.extend(_answer(host, line) + b"\n")
         return response
 
@@ -168,7 +184,7 @@ class Streams:
 
 def _answer(host: Any, line: bytes) -> bytes:
     try:
-        message = jsontext.loads(line)
+        message = jsontext.loads_bounded(line)
     except ValueError as exc:
         answer = not_json(exc)
     else:
@@ -200,22 +216,27 @@ def start(store: Store, instance: wasmtime.Instance, command: Command) -> None:
     assert isinstance(initialize, wasmtime.Func) and isinstance(init, wasmtime.Func)
     assert isinstance(loadpath, wasmtime.Func) and isinstance(evaluate, wasmtime.Func)
 
+    from flux.runtime.wasm import guest_bytes, guest_write
+
     def string(text: str) -> tuple[int, int]:
         data = text.encode()
-        pointer = int(realloc(store, 0, 0, 1, max(len(data), 1)))
-        memory.write(store, data, pointer)
+        pointer = int(realloc(store, 0, 0, 1, max(len(data), 1))) & 0xFFFF_FFFF
+        guest_write(memory, store, data, pointer, "cabi_realloc's pointer")
         return pointer, len(data)
 
     initialize(store)
-    array = int(realloc(store, 0, 0, 4, 8 * len(command.args)))
+    array = int(realloc(store, 0, 0, 4, 8 * len(command.args))) & 0xFFFF_FFFF
     for index, arg in enumerate(command.args):
         pointer, length = string(arg + "\0")  # ruby-init hands them to C as they are
-        memory.write(store, pointer.to_bytes(4, "little") + length.to_bytes(4, "little"), array + 8 * index)
+        pair = pointer.to_bytes(4, "little") + length.to_bytes(4, "little")
+        guest_write(memory, store, pair, array + 8 * index, "cabi_realloc's pointer")
     init(store, array, len(command.args))
     loadpath(store)
     pointer, length = string(command.script)
     result = int(evaluate(store, pointer, length))
-    state = int.from_bytes(bytes(memory.read(store, result + 4, result + 8)), "little")
+    state = int.from_bytes(
+        guest_bytes(memory, store, result + 4, 4, "rb-eval-string-protect's result"), "little"
+    )
     if state != 0:
         raise CommandFailed(f"the Ruby script raised an error it did not rescue (state {state})")
 
@@ -232,22 +253,38 @@ def failure(said: str | None, fallback: str) -> FluxError:
 # -- host functions: fds 0, 1 and 2 ----------------------------------------------------------------------
 
 
+IOV_MAX = 1024  # iovecs in one call, as Linux allows
+IO_MAX = (
+    1 << 20
+)  # bytes one fd_write takes: the program writes the rest in its next call, as after any short write
+
+
 def _iovecs(memory: wasmtime.Memory, caller: wasmtime.Caller, iovs: int, count: int) -> list[tuple[int, int]]:
-    raw = bytes(memory.read(caller, iovs, iovs + 8 * count))
-    return [
-        (
-            int.from_bytes(raw[i * 8 : i * 8 + 4], "little"),
-            int.from_bytes(raw[i * 8 + 4 : i * 8 + 8], "little"),
-        )
-        for i in range(count)
-    ]
+    """The call's buffers, each within the memory, up to IO_MAX bytes in all (the last one shortened): however
+    many times a program names its whole memory, the host copies at most that much."""
+    from flux.runtime.wasm import guest_bytes, outside_memory
+
+    raw = guest_bytes(memory, caller, iovs, 8 * (count & 0xFFFF_FFFF), "an iovec list")
+    size, buffers, total = memory.data_len(caller), [], 0
+    for i in range(0, len(raw), 8):
+        at, length = int.from_bytes(raw[i : i + 4], "little"), int.from_bytes(raw[i + 4 : i + 8], "little")
+        if at + length > size:
+            raise outside_memory("an iovec", at, length)
+        length = min(length, IO_MAX - total)
+        buffers.append((at, length))
+        total += length
+        if total == IO_MAX:
+            break
+    return buffers
 
 
 def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, written: int) -> int:
-    from flux.runtime.wasm import _memory, active_run, capture_output
+    from flux.runtime.wasm import _memory, active_run, capture_output, guest_write
 
     if fd not in (1, 2):
         return _ERRNO_BADF
+    if not 0 <= count <= IOV_MAX:
+        return _ERRNO_INVAL
     run, memory = active_run(), _memory(caller)
     data = b"".join(
         bytes(memory.read(caller, at, at + size)) for at, size in _iovecs(memory, caller, iovs, count)
@@ -256,30 +293,33 @@ def _fd_write(caller: wasmtime.Caller, fd: int, iovs: int, count: int, written: 
         run.streams.write(data)
     else:
         capture_output(run, "stdout" if fd == 1 else "stderr", data)
-    memory.write(caller, len(data).to_bytes(4, "little"), written)
+    guest_write(memory, caller, len(data).to_bytes(4, "little"), written, "fd_write a count")
     return _ERRNO_SUCCESS
 
 
 def _fd_read(caller: wasmtime.Caller, fd: int, iovs: int, count: int, read: int) -> int:
-    from flux.runtime.wasm import _memory, active_run
+    from flux.runtime.wasm import _memory, active_run, guest_write
 
     run, memory = active_run(), _memory(caller)
     if fd != 0 or run.streams is None:
         return _ERRNO_BADF
+    if not 0 <= count <= IOV_MAX:
+        return _ERRNO_INVAL
     streams: Streams = run.streams
+    buffers = _iovecs(memory, caller, iovs, count)
     if not streams.stdin:
         streams.perform_calls(run.host, keep_last=False)
     total = 0
-    for at, size in _iovecs(memory, caller, iovs, count):
+    for at, size in buffers:
         piece = bytes(streams.stdin[:size])
         if not piece:
             break
-        memory.write(caller, piece, at)
+        guest_write(memory, caller, piece, at, "fd_read a buffer")
         del streams.stdin[: len(piece)]
         total += len(piece)
         if len(piece) < size:
             break
-    memory.write(caller, total.to_bytes(4, "little"), read)
+    guest_write(memory, caller, total.to_bytes(4, "little"), read, "fd_read a count")
     return _ERRNO_SUCCESS
 
 

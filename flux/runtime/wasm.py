@@ -28,7 +28,7 @@ import wasmtime
 from wasmtime import Config, Engine, FuncType, Linker, Module, Store, Trap, TrapCode, ValType, WasiConfig
 from wasmtime import _ffi as wasm_ffi  # the unchecked call path (see `_call`)
 from wasmtime import component as wasm_component
-from wasmtime._func import enter_wasm as wasm_enter
+from wasmtime._slab import Slab
 
 from flux import jsontext
 from flux.errors import (
@@ -76,6 +76,7 @@ class _Run:
     errors: list[str] = field(default_factory=list)  # its first stderr lines, to say why it exited
     last_error: str | None = None  # its last line on stderr
     streams: Any = None  # a WASI command's stdin and stdout (wasi_command.Streams)
+    late: bool = False  # it wrote output past its deadline, which was dropped: it ends with FX301
 
 
 _current = threading.local()
@@ -89,12 +90,30 @@ def active_run() -> _Run:
     return run
 
 
+MAX_TABLES = 4
+TABLE_ELEMENT_BYTES = 8  # what wasmtime keeps for a funcref
+
+
 def limited_store(engine: Engine, limits: FunctionLimits) -> Store:
     """A store for one call: its fuel, its deadline (in epoch ticks) and its memory cap."""
     store = Store(engine)
     store.set_fuel(limits.fuel)
     store.set_epoch_deadline(max(1, int(limits.timeout_ms / 1000 / EPOCH_TICK_S)))
     store.set_limits(memory_size=limits.memory_bytes)
+    return store
+
+
+def limit_to_one_module(store: Store, limits: FunctionLimits) -> Store:
+    """`store` (a `limited_store`) for one instance of a core module. Wasmtime caps each memory and each
+    table, not their sum: the store holds one memory (a module declaring twenty would have twenty caps) and
+    a few tables, each of at most 1/16 of the memory cap (a funcref takes 8 bytes)."""
+    store.set_limits(
+        memory_size=limits.memory_bytes,
+        table_elements=limits.memory_bytes // 16 // TABLE_ELEMENT_BYTES,
+        instances=1,
+        tables=MAX_TABLES,
+        memories=1,
+    )
     return store
 
 
@@ -107,6 +126,7 @@ def running(host: Host, store: Store, argv: list[str] | None = None) -> Iterator
     reservation (4 GiB of address space), and wasmtime-py keeps WASI's output callbacks, which refer to the
     run and so to the store, in a global table until the store is freed: left alone, no store ever was."""
     run = _current.run = _Run(host, store)
+    _current.raised = None
     wasi = WasiConfig()
     wasi.stdout_custom = lambda data: capture_output(run, "stdout", data)  # called on wasmtime's threads
     wasi.stderr_custom = lambda data: capture_output(run, "stderr", data)
@@ -121,6 +141,7 @@ def running(host: Host, store: Store, argv: list[str] | None = None) -> Iterator
         finally:
             run.ended = True
             _current.run = None
+            _current.raised = None
             run.memory = None
             store.close()
 
@@ -235,15 +256,24 @@ class WasmRuntime:
         """Call the function with `request` (JSON) in a fresh instance; its JSON result, or a FluxError."""
         host.run_deadline = time.monotonic() + limits.timeout_ms / 1000  # a fetch ends by then too
         argv = list(loaded.command.args) if loaded.command is not None else None
-        with self.clock.ticking(), running(host, limited_store(self.engine, limits), argv) as run:
+        store = limit_to_one_module(limited_store(self.engine, limits), limits)
+        with self.clock.ticking(), running(host, store, argv) as run:
             if loaded.command is not None:
                 result = self._call_command(loaded, loaded.command, request, run, limits)
             else:
                 result = self._call(loaded, request, run, limits)
+            if run.late:
+                raise FunctionTimedOut(
+                    f"the function wrote output past its {limits.timeout_ms} ms", hint="raise `timeout_ms`"
+                )
         try:
             return jsontext.loads(result)
         except ValueError as exc:
             raise InvalidFunctionResponse(f"the function returned invalid JSON: {exc}") from None
+        except RecursionError:  # past orjson's 1024 levels, Python's parser runs out of stack
+            raise InvalidFunctionResponse(
+                "the function returned JSON nested too deeply to read", hint="return JSON that nests less"
+            ) from None
 
     def _call_command(
         self, loaded: LoadedModule, command: Command, request: Any, run: _Run, limits: FunctionLimits
@@ -253,19 +283,13 @@ class WasmRuntime:
         store = run.store
         run.streams = Streams(bytearray(jsontext.dumps(request) + b"\n"), limit=limits.memory_bytes)
         try:
-            try:
-                instance = loaded.pre.instantiate(store)
-            except wasmtime.WasmtimeError as exc:
-                if "memory" in str(exc) and "limit" in str(exc):
-                    raise FunctionOutOfMemory(
-                        f"the command needs more memory than its {limits.memory_mb} MB to start",
-                        hint="raise `memory_mb`",
-                    ) from None
-                raise
+            with host_errors():
+                instance = _instantiate(loaded, store, limits)
             memory = instance.exports(store).get("memory")
             run.memory = memory if isinstance(memory, wasmtime.Memory) else None
             try:
-                start(store, instance, command)
+                with host_errors():
+                    start(store, instance, command)
             except wasmtime.ExitTrap as exit:
                 if exit.code != 0:
                     said = _said(run, last=True)
@@ -286,24 +310,44 @@ class WasmRuntime:
     def _call(self, loaded: LoadedModule, request: Any, run: _Run, limits: FunctionLimits) -> bytes:
         store = run.store
         try:
-            instance = loaded.pre.instantiate(store)
-            memory = wasmtime.Memory._from_raw(_export(store, instance, b"memory").of.memory)
-            run.memory = memory
-            if loaded.reactor:
-                _call(store, _export(store, instance, b"_initialize"))
-            payload = jsontext.dumps(request)
-            pointer = _call(store, _export(store, instance, b"flux_alloc"), len(payload)) & 0xFFFF_FFFF
-            if pointer == 0 and payload:
-                raise FunctionFailed(f"flux_alloc({len(payload)}) returned 0, not a pointer")
-            memory.write(store, payload, pointer)
-            packed = _call(store, _export(store, instance, b"flux_handle"), pointer, len(payload))
-            return _read(memory, store, packed)
+            with host_errors():
+                instance = _instantiate(loaded, store, limits)
+                memory = wasmtime.Memory._from_raw(_export(store, instance, b"memory").of.memory)
+                run.memory = memory
+                if loaded.reactor:
+                    _call(store, _export(store, instance, b"_initialize"))
+                payload = jsontext.dumps(request)
+                pointer = _call(store, _export(store, instance, b"flux_alloc"), len(payload)) & 0xFFFF_FFFF
+                if pointer == 0 and payload:
+                    raise FunctionFailed(f"flux_alloc({len(payload)}) returned 0, not a pointer")
+                guest_write(memory, store, payload, pointer, "flux_alloc's pointer")
+                packed = _call(store, _export(store, instance, b"flux_handle"), pointer, len(payload))
+                return _read(memory, store, packed)
         except Trap as trap:
             raise trap_error(trap, run, limits) from None
         except wasmtime.ExitTrap as exit:
             raise exit_error(exit, run) from None
         except wasmtime.WasmtimeError as exc:
             raise FunctionCrashed(f"the Wasm function failed: {first_line(exc)}") from None
+
+
+def _instantiate(loaded: LoadedModule, store: Store, limits: FunctionLimits) -> wasmtime.Instance:
+    """A fresh instance of the module in `store`, or why the store's limits refuse it."""
+    try:
+        return loaded.pre.instantiate(store)
+    except wasmtime.WasmtimeError as exc:
+        text = str(exc)
+        if "count too high" in text:  # memories, tables or instances (limit_to_one_module)
+            raise InvalidFunctionCode(
+                f"the module declares more than a Flux function may have: {first_line(exc)}",
+                hint=f"a Flux function has one memory and at most {MAX_TABLES} tables",
+            ) from None
+        if ("memory" in text or "table" in text) and "limit" in text:
+            raise FunctionOutOfMemory(
+                f"the function needs more memory than its {limits.memory_mb} MB to start",
+                hint="raise `memory_mb`",
+            ) from None
+        raise
 
 
 # -- calls into an instance ------------------------------------------------------------------------------
@@ -342,17 +386,19 @@ def _export(store: Store, instance: wasmtime.Instance, name: bytes) -> Any:
 
 def _call(store: Store, export: Any, *args: int) -> int:
     """Call an exported function whose type `_ABI_TYPES` checked (i32 arguments, one i32 or i64 result or
-    none); its result as a signed 64-bit integer (0 without one). Traps and host errors raise as with
-    Func.__call__."""
+    none); its result as a signed 64-bit integer (0 without one). A trap raises Trap, another error
+    WasmtimeError (an exit ExitTrap); what a host function raised is for `host_errors` to raise instead."""
     values = (wasm_ffi.wasmtime_val_raw_t * max(len(args), 1))()
     for index, arg in enumerate(args):
         values[index].i32 = arg
-    with wasm_enter(store) as trap:
-        error = wasm_ffi.wasmtime_func_call_unchecked(
-            store._context(), ctypes.byref(export.of.func), values, len(values), trap
-        )
-        if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+    trap = ctypes.POINTER(wasm_ffi.wasm_trap_t)()
+    error = wasm_ffi.wasmtime_func_call_unchecked(
+        store._context(), ctypes.byref(export.of.func), values, len(values), ctypes.byref(trap)
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+    if trap:
+        raise Trap._from_ptr(trap)
     return int(values[0].i64)
 
 
@@ -437,6 +483,33 @@ def compile_wat(text: str) -> bytes:
         raise ValueError(str(exc).strip()) from None
 
 
+def guest_bytes(memory: wasmtime.Memory, store: Any, pointer: int, length: int, what: str) -> bytes:
+    """`length` bytes of the guest's memory at `pointer` (both unsigned 32-bit, as Wasm means them; Python
+    sees a negative i32, which `Memory.read` would take from the end), or the run fails (FX300) if any lies
+    outside it: never a clamped read, never an IndexError."""
+    pointer, length = pointer & 0xFFFF_FFFF, length & 0xFFFF_FFFF
+    if pointer + length > memory.data_len(store):
+        raise outside_memory(what, pointer, length)
+    return bytes(memory.read(store, pointer, pointer + length)) if length else b""
+
+
+def guest_write(memory: wasmtime.Memory, store: Any, data: bytes, pointer: int, what: str) -> None:
+    """`data` written into the guest's memory at `pointer` (unsigned 32-bit), or the run fails (FX300) if
+    it does not fit there."""
+    pointer &= 0xFFFF_FFFF
+    if pointer + len(data) > memory.data_len(store):
+        raise outside_memory(what, pointer, len(data))
+    if data:
+        memory.write(store, data, pointer)
+
+
+def outside_memory(what: str, pointer: int, length: int) -> FunctionFailed:
+    return FunctionFailed(
+        f"the function gave the host {what} outside its memory ({length} bytes at {pointer})",
+        hint="pass pointers and lengths within the module's exported memory",
+    )
+
+
 def _read(memory: wasmtime.Memory, store: Any, packed: int) -> bytes:
     packed &= 0xFFFF_FFFF_FFFF_FFFF
     pointer, length = packed >> 32, packed & 0xFFFF_FFFF
@@ -495,17 +568,34 @@ def _memory_full(run: _Run, limits: FunctionLimits) -> bool:
     return run.memory is not None and run.memory.data_len(run.store) + margin > limits.memory_bytes
 
 
+MAX_LINE = 65_536  # bytes of WASI output kept waiting for a newline: a longer line is logged in pieces
+
+
 def capture_output(run: _Run, stream: str, data: bytes) -> None:
     """WASI output of `run`, logged a line at a time on its own host; none once the run has ended (wasmtime
-    may write from a thread of its own until the store is freed, and the run's record is being written)."""
+    may write from a thread of its own until the store is freed, and the run's record is being written), nor
+    after its deadline (a write of a million newlines is host code, which no epoch interrupts: the run ends
+    with FX301 as soon as it is back in Wasm). A line is kept until its newline up to MAX_LINE bytes."""
     if run.ended:
         return
     buffer = run.output[stream]
-    buffer.extend(data)
-    while b"\n" in buffer:
-        line, _, rest = bytes(buffer).partition(b"\n")
-        buffer[:] = rest
+    deadline = getattr(run.host, "run_deadline", None)
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:  # one line at a time: a write may hold millions
+        if deadline is not None and time.monotonic() > deadline:
+            buffer.clear()
+            run.late = True
+            return
+        line = data[start:end]
+        if buffer:
+            line = bytes(buffer) + line
+            buffer.clear()
         _log_line(run, stream, line)
+        start = end + 1
+    buffer.extend(data[start:])
+    while len(buffer) >= MAX_LINE:
+        _log_line(run, stream, bytes(buffer[:MAX_LINE]))
+        del buffer[:MAX_LINE]
 
 
 def _flush_output(run: _Run) -> None:
@@ -529,6 +619,74 @@ def first_line(exc: BaseException) -> str:
 
 
 # -- host functions ---------------------------------------------------------------------------------------
+# wasmtime-py's own trampoline keeps what a host function raised in one global for the whole process
+# (`wasmtime._func.LAST_EXCEPTION`) until the thread that entered Wasm reads it back: with requests on two
+# threads (a worker's, the queue's), one request's error could end the other (its trap, or even its clean
+# exit, raising it) and the first then saw a bare trap. Flux defines its host functions through a trampoline
+# of its own, which keeps what one raised on the thread that ran it (a run is on one thread): `host_errors`.
+
+_HOST_FUNCTIONS: Slab[tuple[Callable[..., Any], list[ValType], bool]] = Slab()
+
+
+@wasm_ffi.wasmtime_func_callback_t  # type: ignore[untyped-decorator]
+def _host_trampoline(index: Any, caller_ptr: Any, params: Any, count: int, results: Any, wanted: int) -> Any:
+    caller = wasmtime.Caller(caller_ptr)
+    try:
+        function, result_types, access_caller = _HOST_FUNCTIONS.get(index or 0)
+        args: list[Any] = [caller] if access_caller else []
+        args.extend(wasmtime.Val._from_raw(caller, params[i], owned=False).value for i in range(count))
+        value = function(*args)
+        values = [] if wanted == 0 else [value] if wanted == 1 else list(value)
+        for i, item in enumerate(values):
+            results[i] = wasmtime.Val._convert_to_raw(caller, result_types[i], item)
+        return 0
+    except BaseException as exc:
+        if getattr(_current, "raised", None) is None:  # the first: a nested call's trap follows from it
+            _current.raised = exc
+        return ctypes.cast(Trap("a Flux host function failed")._consume(), ctypes.c_void_p).value
+    finally:
+        caller._invalidate()
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
+def _host_finalize(index: Any) -> None:
+    _HOST_FUNCTIONS.deallocate(index or 0)
+
+
+def define_host(
+    linker: Linker, module: str, name: str, kind: FuncType, function: Callable[..., Any], access_caller: bool
+) -> None:
+    """`linker.define_func`, but what `function` raises stays on its thread (see `host_errors`)."""
+    module_bytes, name_bytes = module.encode(), name.encode()
+    index = _HOST_FUNCTIONS.allocate((function, list(kind.results), access_caller))
+    error = wasm_ffi.wasmtime_linker_define_func(
+        linker.ptr(),
+        ctypes.create_string_buffer(module_bytes),
+        len(module_bytes),
+        ctypes.create_string_buffer(name_bytes),
+        len(name_bytes),
+        kind.ptr(),
+        _host_trampoline,
+        index,
+        _host_finalize,
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+@contextmanager
+def host_errors() -> Iterator[None]:
+    """Around code that enters Wasm: a trap or error that a host function of this thread's run caused
+    raises what that function raised (a FluxError with its code), not the bare trap."""
+    _current.raised = None
+    try:
+        yield
+    except (Trap, wasmtime.WasmtimeError):
+        raised: BaseException | None = getattr(_current, "raised", None)
+        _current.raised = None
+        if raised is not None:
+            raise raised from None
+        raise
 
 
 def _make_linker(engine: Engine) -> Linker:
@@ -536,8 +694,8 @@ def _make_linker(engine: Engine) -> Linker:
     linker.define_wasi()
     linker.allow_shadowing = True
     i32, i64 = ValType.i32(), ValType.i64()
-    linker.define_func("flux", "call", FuncType([i32, i32], [i64]), _flux_call, access_caller=True)
-    linker.define_func("flux", "log", FuncType([i32, i32], []), _flux_log, access_caller=True)
+    define_host(linker, "flux", "call", FuncType([i32, i32], [i64]), _flux_call, access_caller=True)
+    define_host(linker, "flux", "log", FuncType([i32, i32], []), _flux_log, access_caller=True)
     _define_recorded_wasi(linker)
     return linker
 
@@ -547,12 +705,12 @@ def _define_recorded_wasi(linker: Linker) -> None:
     run's deadline, over what `define_wasi` gave."""
     i32, i64 = ValType.i32(), ValType.i64()
     wasi = "wasi_snapshot_preview1"
-    linker.define_func(
-        wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
+    define_host(
+        linker, wasi, "clock_time_get", FuncType([i32, i64, i32], [i32]), _clock_time_get, access_caller=True
     )
-    linker.define_func(wasi, "random_get", FuncType([i32, i32], [i32]), _random_get, access_caller=True)
-    linker.define_func(
-        wasi, "poll_oneoff", FuncType([i32, i32, i32, i32], [i32]), _poll_oneoff, access_caller=True
+    define_host(linker, wasi, "random_get", FuncType([i32, i32], [i32]), _random_get, access_caller=True)
+    define_host(
+        linker, wasi, "poll_oneoff", FuncType([i32, i32, i32, i32], [i32]), _poll_oneoff, access_caller=True
     )
 
 
@@ -567,7 +725,7 @@ def _flux_call(caller: wasmtime.Caller, pointer: int, length: int) -> int:
     run = active_run()
     memory = _memory(caller)
     try:
-        message = jsontext.loads(bytes(memory.read(caller, pointer, pointer + length)))
+        message = jsontext.loads_bounded(guest_bytes(memory, caller, pointer, length, "a host call"))
     except ValueError as exc:
         answer = not_json(exc)
     else:
@@ -577,13 +735,13 @@ def _flux_call(caller: wasmtime.Caller, pointer: int, length: int) -> int:
     reply = jsontext.dumps(answer)
     alloc = caller.get("flux_alloc")
     assert isinstance(alloc, wasmtime.Func)
-    target = int(alloc(caller, len(reply)))
-    memory.write(caller, reply, target)
+    target = int(alloc(caller, len(reply))) & 0xFFFF_FFFF
+    guest_write(memory, caller, reply, target, "flux_alloc's pointer for a host call's answer")
     return (target << 32) | len(reply)
 
 
 def _flux_log(caller: wasmtime.Caller, pointer: int, length: int) -> None:
-    message = _memory(caller).read(caller, pointer, pointer + length).decode(errors="replace")
+    message = guest_bytes(_memory(caller), caller, pointer, length, "a log line").decode(errors="replace")
     active_run().host.answer("log", {"level": "info", "message": message})
 
 
@@ -593,7 +751,7 @@ def _clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out:
     if clock_id not in (0, 1, 2, 3):
         return _ERRNO_INVAL
     nanoseconds = clock_ns(active_run().host.call("now", None))
-    _memory(caller).write(caller, nanoseconds.to_bytes(8, "little"), out)
+    guest_write(_memory(caller), caller, nanoseconds.to_bytes(8, "little"), out, "clock_time_get a time")
     return _ERRNO_SUCCESS
 
 
@@ -604,16 +762,22 @@ def clock_ns(milliseconds: Any) -> int:
 
 
 def _random_get(caller: wasmtime.Caller, pointer: int, length: int) -> int:
-    """WASI's random bytes come from the host's recorded `random`."""
-    data = b""
-    while len(data) < length:
-        chunk = min(length - len(data), 65_536)
-        data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
-    _memory(caller).write(caller, data, pointer)
+    """WASI's random bytes come from the host's recorded `random` (the place checked first: a length of
+    gigabytes is refused at once, not drawn)."""
+    memory = _memory(caller)
+    length &= 0xFFFF_FFFF
+    if (pointer & 0xFFFF_FFFF) + length > memory.data_len(caller):
+        raise outside_memory("random_get a buffer", pointer & 0xFFFF_FFFF, length)
+    chunks = []
+    for offset in range(0, length, 65_536):
+        chunk = min(length - offset, 65_536)
+        chunks.append(base64.b64decode(active_run().host.call("random", {"bytes": chunk})))
+    guest_write(memory, caller, b"".join(chunks), pointer, "random_get a buffer")
     return _ERRNO_SUCCESS
 
 
 _SUBSCRIPTION, _EVENT = 48, 32  # bytes of a WASI subscription and of an event
+_MAX_SUBSCRIPTIONS = 4096
 _CLOCK, _ABSTIME = 0, 1  # a subscription's tag for a clock; its flag for an absolute time
 
 
@@ -622,10 +786,11 @@ def _poll_oneoff(caller: wasmtime.Caller, subscriptions: int, events: int, count
     real time but never past the run's deadline, which ends the run (FX301) however long it asked to sleep: a
     sleep in the host is not Wasm, which the epoch deadline would interrupt. A wait on a file descriptor is
     ready at once (reads and writes go to the host's own streams, which never block)."""
-    if count == 0:
+    count &= 0xFFFF_FFFF
+    if not 0 < count <= _MAX_SUBSCRIPTIONS:
         return _ERRNO_INVAL
     memory = _memory(caller)
-    raw = bytes(memory.read(caller, subscriptions, subscriptions + count * _SUBSCRIPTION))
+    raw = guest_bytes(memory, caller, subscriptions, count * _SUBSCRIPTION, "poll_oneoff subscriptions")
     waits, ready = [], []
     for index in range(count):
         entry = raw[index * _SUBSCRIPTION : (index + 1) * _SUBSCRIPTION]
@@ -649,6 +814,6 @@ def _poll_oneoff(caller: wasmtime.Caller, subscriptions: int, events: int, count
             raise FunctionTimedOut("the function slept past its time limit", hint="raise `timeout_ms`")
         time.sleep(seconds)
         answered = [userdata + bytes([0, 0, _CLOCK]) + bytes(5) + bytes(16)]
-    memory.write(caller, b"".join(answered), events)
-    memory.write(caller, len(answered).to_bytes(4, "little"), written)
+    guest_write(memory, caller, b"".join(answered), events, "poll_oneoff events")
+    guest_write(memory, caller, len(answered).to_bytes(4, "little"), written, "poll_oneoff a count")
     return _ERRNO_SUCCESS

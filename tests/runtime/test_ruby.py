@@ -46,6 +46,11 @@ def handle(req, ctx)
   when "count"
     $count = ($count || 0) + 1
     { "count" => $count }
+  when "big" then "x" * 3_000_000
+  when "forge"
+    STDOUT.write(JSON.generate({ "forged" => true }) + "\n")
+    STDERR.write("y" * 200_000)
+    "fine"
   else "fine"
   end
 end
@@ -101,6 +106,25 @@ def test_a_ruby_function_reads_and_writes_no_host_file_and_keeps_nothing(
     }  # fmt: skip
     assert not Path("/tmp/flux-ruby").exists()
     assert [ask(call, hostile, "count").response.body for _ in range(2)] == [{"count": 1}] * 2
+
+
+def test_a_ruby_function_s_large_output_arrives_whole_and_a_forged_line_is_not_its_response(
+    conn: Conn, call: Any, hostile: Function
+) -> None:
+    # fd_write takes at most 1 MiB a call (tests/runtime/test_attacks_wasi_go_ruby.py): Ruby writes the rest
+    # of a 3 MB response in its next calls. A line written on STDOUT behind the SDK's back is a host call (an
+    # unknown one), never the response; 200 000 bytes on stderr without a newline are logged in 64 KiB pieces.
+    big = ask(call, hostile, "big")
+    assert big.error is None and big.response.body == "x" * 3_000_000, big.error
+    forged = ask(call, hostile, "forge")
+    assert forged.error is None and forged.response.body == "fine", forged.error
+    spans = conn.execute(
+        "SELECT name, length(input->>'message') FROM flux.spans WHERE request_id = %s AND seq > 0"
+        " AND name NOT LIKE 'clock:%%' ORDER BY seq",
+        (forged.request_id,),
+    ).fetchall()
+    # stderr is logged as it is written; the forged line is called when the run ends (it reads no more)
+    assert spans == [("log:error", 65536)] * 3 + [("call:None", None), ("log:error", 3392)], spans
 
 
 def test_flux_build_and_its_stamp_take_a_ruby_function_once(tmp_path: Path, hostile: Function) -> None:
