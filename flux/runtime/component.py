@@ -50,6 +50,8 @@ from flux.runtime.wasm import (
     clock_ns,
     compile_cached,
     first_line,
+    host_errors,
+    kept_on_this_thread,
     limited_store,
     running,
     trap_error,
@@ -127,17 +129,17 @@ class ComponentRuntime:
         imports = check_world(self.engine, component)
         with linker.root() as root:
             with root.add_instance(HOST_INTERFACE) as host:
-                host.add_func("call", _host_call)
-                host.add_func("log", _host_log)
+                host.add_func("call", kept_on_this_thread(_host_call))
+                host.add_func("log", kept_on_this_thread(_host_log))
             for name in imports:
                 if name.startswith("wasi:clocks/wall-clock@"):
                     with root.add_instance(name) as clock:
-                        clock.add_func("now", _wall_clock_now)
-                        clock.add_func("resolution", _wall_clock_resolution)
+                        clock.add_func("now", kept_on_this_thread(_wall_clock_now))
+                        clock.add_func("resolution", kept_on_this_thread(_wall_clock_resolution))
                 elif name.startswith("wasi:random/random@"):
                     with root.add_instance(name) as random:
-                        random.add_func("get-random-bytes", _random_bytes)
-                        random.add_func("get-random-u64", _random_u64)
+                        random.add_func("get-random-bytes", kept_on_this_thread(_random_bytes))
+                        random.add_func("get-random-u64", kept_on_this_thread(_random_u64))
         return linker
 
     def load_and_run(self, code: bytes, sha: str, request: Any, host: Host, limits: FunctionLimits) -> Any:
@@ -155,12 +157,15 @@ class ComponentRuntime:
         with self.clock.ticking(), running(host, limited_store(self.engine, limits)) as run:
             store = run.store
             try:
-                instance = loaded.linker.instantiate(store, loaded.component)
-                handle = instance.get_func(store, "handle")
-                if handle is None:
-                    raise InvalidFunctionCode("the component does not export handle", hint="see wit/flux.wit")
-                result = handle(store, jsontext.dumps_text(request))
-                handle.post_return(store)
+                with host_errors():  # what a host function raised, not the bare error it became
+                    instance = loaded.linker.instantiate(store, loaded.component)
+                    handle = instance.get_func(store, "handle")
+                    if handle is None:
+                        raise InvalidFunctionCode(
+                            "the component does not export handle", hint="see wit/flux.wit"
+                        )
+                    result = handle(store, jsontext.dumps_text(request))
+                    handle.post_return(store)
             except Trap as trap:
                 raise trap_error(trap, run, limits) from None
             except wasmtime.WasmtimeError as exc:
@@ -247,8 +252,8 @@ def _component_error(exc: wasmtime.WasmtimeError, limits: FunctionLimits) -> Flu
 def _host_call(store: Any, op: str, args: str) -> str:
     host = active_run().host
     try:
-        answer = host.answer(op, jsontext.loads(args))
-    except ValueError as exc:
+        answer = host.answer(op, jsontext.loads_bounded(args))
+    except ValueError as exc:  # not JSON, or nested deeper than jsontext.MAX_DEPTH
         answer = not_json(exc)
     return jsontext.dumps_text(answer)
 
@@ -272,12 +277,22 @@ def _wall_clock_resolution(store: Any) -> wasm_component.Record:
     return _datetime(0.001)  # the host's clock counts microseconds
 
 
+MAX_RANDOM_BYTES = 16 << 20  # what one get-random-bytes may ask for (a component's whole memory is less)
+
+
 def _random_bytes(store: Any, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = min(count - len(data), 65_536)
-        data += base64.b64decode(active_run().host.call("random", {"bytes": chunk}))
-    return data
+    """WASI's random bytes from the host's recorded `random`: a count past MAX_RANDOM_BYTES is refused at
+    once, not drawn."""
+    if count > MAX_RANDOM_BYTES:
+        raise FunctionFailed(
+            f"the function asked for {count} random bytes at once",
+            hint=f"ask for at most {MAX_RANDOM_BYTES} at a time",
+        )
+    chunks = [
+        base64.b64decode(active_run().host.call("random", {"bytes": min(count - offset, 65_536)}))
+        for offset in range(0, count, 65_536)
+    ]
+    return b"".join(chunks)
 
 
 def _random_u64(store: Any) -> int:

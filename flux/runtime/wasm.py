@@ -674,6 +674,25 @@ def define_host(
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
+def kept_on_this_thread(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A component's host function (wasmtime-py's component linker has no trampoline of Flux's), whose
+    exceptions stay on its thread for `host_errors` to raise: it raises a bare WasmtimeError in their place,
+    which wasmtime-py hands back as the call's error, where any other exception would go through a variable
+    of the whole process and end another thread's run."""
+
+    def host(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except wasmtime.WasmtimeError:
+            raise
+        except BaseException as exc:
+            if getattr(_current, "raised", None) is None:  # the first: a nested call's error follows from it
+                _current.raised = exc
+            raise wasmtime.WasmtimeError("a Flux host function failed") from None
+
+    return host
+
+
 @contextmanager
 def host_errors() -> Iterator[None]:
     """Around code that enters Wasm: a trap or error that a host function of this thread's run caused

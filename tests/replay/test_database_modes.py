@@ -748,8 +748,8 @@ def test_as_of_takes_back_rows_whatever_the_types_of_their_keys(
     original = conn.execute(b"SELECT * FROM keyed_scalar ORDER BY at").fetchall()
     for write in [
         "INSERT INTO keyed_scalar VALUES (decode('00ff', 'hex'), '2026-01-01 10:00+00', 1.5001, 'made')",
-        "INSERT INTO keyed_scalar SELECT decode('02', 'hex'), '2026-01-03 10:00+00'::timestamptz + n * interval"
-        " '1 s', n, 'made' FROM generate_series(1, 50) AS n",
+        "INSERT INTO keyed_scalar SELECT decode('02', 'hex'), '2026-01-03 10:00+00'::timestamptz"
+        " + n * interval '1 s', n, 'made' FROM generate_series(1, 50) AS n",
         "UPDATE keyed_scalar SET note = 'changed again' WHERE ref = decode('01', 'hex')",
         "INSERT INTO keyed_array VALUES ('{1,2,3}', 'a', 'made'), ('{}', 'c', 'made')",
         "DELETE FROM keyed_array WHERE code = 'b'",
@@ -942,7 +942,7 @@ def test_a_rewind_reads_the_writes_since_the_request_not_the_tables_whole_histor
               FROM generate_series(1, 100000) AS n"""
     )
     if statistics == "analyzed":
-        conn.execute(b"VACUUM ANALYZE flux.mutations")  # as autovacuum would have: statistics, BRIN summarized
+        conn.execute(b"VACUUM ANALYZE flux.mutations")  # as autovacuum would: statistics, BRIN summarized
     else:
         conn.execute(b"SELECT brin_summarize_new_values('flux.mutations_at_idx')")
     outcome = run(fn)

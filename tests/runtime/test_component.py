@@ -3,11 +3,13 @@ each run starts from the component's snapshot and acts for its own request only.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 
 from flux.runtime import Caller, Function
 from flux.runtime.build import build_function
@@ -56,6 +58,8 @@ class WitWorld(wit_world.WitWorld):
             return "{not json"
         if do == "unknown_op":
             return host.call("no.such.op", "{}")
+        if do == "deep":  # past what Python's parser reads (a RecursionError, no ValueError)
+            return host.call("log", "[" * 200_000 + "]" * 200_000)
         return json.dumps({"fine": True})
 """
 
@@ -85,6 +89,42 @@ def test_component_limits_and_bad_results(call: Any, misbehaving: Function) -> N
         assert call(misbehaving, {"do": "nothing"}).response.body == {"fine": True}
     unknown = call(misbehaving, {"do": "unknown_op"})
     assert unknown.response.body["ok"] is False and unknown.response.body["error"]["code"] == "FX304"
+    deep = call(misbehaving, {"do": "deep"})  # answered as not JSON, as the other ABIs answer it
+    assert deep.error is None and deep.response.body["ok"] is False, deep.error
+    assert deep.response.body["error"]["code"] == "FX305"
+
+
+def test_a_components_host_error_stays_on_its_thread() -> None:
+    """wasmtime-py hands what a component's host function raised to whichever thread next comes back from Wasm
+    with an error (one variable for the process); Flux's host functions raise a bare WasmtimeError in its
+    place, and keep theirs for their own thread's run (`host_errors`)."""
+    from wasmtime.component import _enter
+
+    from flux.errors import FunctionTimedOut
+    from flux.runtime.wasm import host_errors, kept_on_this_thread
+
+    def late(store: Any) -> None:
+        raise FunctionTimedOut("this thread's run is late")
+
+    host = kept_on_this_thread(late)
+    other: list[BaseException] = []
+
+    def another_thread() -> None:  # its own error, after this thread's host function failed
+        try:
+            with host_errors():
+                raise wasmtime.WasmtimeError("its own trap")
+        except BaseException as exc:
+            other.append(exc)
+
+    with pytest.raises(FunctionTimedOut, match="late"), host_errors():
+        with pytest.raises(wasmtime.WasmtimeError):
+            host(None)
+        assert _enter.LAST_EXCEPTION is None
+        thread = threading.Thread(target=another_thread)
+        thread.start()
+        thread.join()
+        raise wasmtime.WasmtimeError("the call's error")
+    assert len(other) == 1 and str(other[0]) == "its own trap"
 
 
 FRESH = {"count": 1, "kept": 1, "env": None, "global": None, "argv": [], "file": "FileNotFoundError"}
