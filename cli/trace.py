@@ -130,13 +130,16 @@ def ls(
     since: Annotated[str | None, typer.Option(help="Only this recent, e.g. 15m, 2h, 1d.")] = None,
     slow: SlowFilter = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    replay_of: Annotated[
+        str | None, typer.Option(help="Only the replays of this request (its id, or a prefix only it has).")
+    ] = None,
     project: ProjectDir = Path("."),
 ) -> None:
     """Recent requests, newest first: when, id, method and path, status, duration, function."""
     from cli.backends import backend
 
     filters = {"route": route, "function": function, "status": status, "kind": kind, "errors": errors,
-               "since": _period(since), "slow_ms": slow, "limit": limit}  # fmt: skip
+               "since": _period(since), "slow_ms": slow, "limit": limit, "replay_of": replay_of}  # fmt: skip
     with backend(project, reads_only=True) as records:
         rows = records.requests(filters)
     for row in rows:

@@ -3477,6 +3477,13 @@ CREATE INDEX requests_parent_request_id_idx ON flux.requests USING btree (parent
 
 
 --
+-- Name: requests_replay_of_idx; Type: INDEX; Schema: flux; Owner: -
+--
+
+CREATE INDEX requests_replay_of_idx ON flux.requests USING btree (replay_of) WHERE (replay_of IS NOT NULL);
+
+
+--
 -- Name: requests_started_at_idx; Type: INDEX; Schema: flux; Owner: -
 --
 

@@ -157,6 +157,12 @@ def test_unchanged_code_replays_same_exit_0_and_the_replay_is_recorded(
     assert replay_id not in "".join(originals) and len(originals) == len(recorded)
     bad_kind = flux(settings, dsn, "trace", "ls", "--kind", "nope", catch=True)
     assert bad_kind.exit_code != 0 and "FX607" in str(bad_kind.exception)
+    replays_of = flux(settings, dsn, "trace", "ls", "--replay-of", original[:8])  # a prefix only it has
+    assert [line.split()[2] for line in replays_of.output.splitlines()] == [replay_id], replays_of.output
+    other = next(request for request in recorded.values() if request != original)
+    assert flux(settings, dsn, "trace", "ls", "--replay-of", other).output == ""
+    not_one = flux(settings, dsn, "trace", "ls", "--replay-of", "nope", catch=True)
+    assert not_one.exit_code != 0 and "FX503" in str(not_one.exception)
 
     diff = flux(settings, dsn, "trace", "diff", original, replay_id)
     assert diff.exit_code == 0, diff.output
@@ -364,6 +370,10 @@ def test_replay_through_flux_url(
         assert "  FX503: no request has an id starting 00000000" in odd.stdout
         listed = run_flux(["trace", "ls", "--kind", "replay"], remote, project_dir)
         assert len(listed.stdout.splitlines()) == 2, listed.stdout  # the two replays above
+        of = run_flux(["trace", "ls", "--replay-of", original], remote, project_dir)
+        assert sorted(line.split()[2] for line in of.stdout.splitlines()) == sorted(
+            line.split()[2] for line in listed.stdout.splitlines()
+        ), of.stdout
         later = [_post_note(url, text) for text in ("a", "b", "c")]
         monkeypatch.setattr(incident, "API_PAGE", 2)  # pages of two, as of 500 for a larger window
         via_api = incident._ViaApi(

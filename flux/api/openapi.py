@@ -276,7 +276,7 @@ def document() -> dict[str, Any]:
                         _param("errors", "boolean"), _param("since_s", "integer"),
                         _param("until_s", "integer"), {**_param("since"), "schema": _WHEN},
                         {**_param("until"), "schema": _WHEN}, _param("slow_ms", "number"),
-                        _param("replayable", "boolean")])},
+                        _param("replayable", "boolean"), _param("replay_of")])},
             "/flux/api/requests/followers": {"post": _call(
                 "Follow new requests (flux tail): their ids wait for the follower's next call", _FOLLOWING,
                 "201", links={name: ("/flux/api/requests/followers/{follower}", method,

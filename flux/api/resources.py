@@ -308,7 +308,7 @@ class _Api:
                 status=_int_param(req, "status"), kind=req.get_param("kind"),
                 errors=req.get_param_as_bool("errors") or False, since=_moment(req, "since"),
                 until=_moment(req, "until"), slow_ms=slow_ms, limit=_limit(req),
-                replayable=req.get_param_as_bool("replayable") or False,
+                replayable=req.get_param_as_bool("replayable") or False, replay_of=req.get_param("replay_of"),
             )  # fmt: skip
         _answer(resp, {"items": items, "next": None})
 

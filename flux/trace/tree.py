@@ -112,19 +112,24 @@ def list_requests(
     conn: Any, *, route: str | None = None, function: str | None = None, status: int | None = None,
     kind: str | None = None, errors: bool = False, since: Moment | None = None, until: Moment | None = None,
     slow_ms: float | None = None, limit: int = 20, ids: list[str] | None = None, replayable: bool = False,
+    replay_of: str | None = None,
 ) -> list[Row]:  # fmt: skip
     """Recent requests (or those of `ids`), newest first, with the filters given. `since` and `until` are a
     period ago or a moment; `replayable` keeps the requests that ran code of their own (no replays, no
-    refusals of the gateway, no explains)."""
+    refusals of the gateway, no explains); `replay_of`, the replays of that request (its id, or a prefix only
+    it has)."""
     if not 1 <= limit <= 10_000:
         raise InvalidRequest(f"--limit {limit} is outside 1-10000", hint="e.g. --limit 50")
     if kind is not None and kind not in KINDS:
         raise InvalidRequest(f"--kind {kind!r} is not a kind of request", hint=f"one of {', '.join(KINDS)}")
     where, params = ["true"], []
+    if replay_of is not None:
+        replay_of = resolve_request_id(conn, replay_of)
     for clause, value in (
         ("r.id = ANY(%s::uuid[])", ids), ("r.path = %s", route), ("r.function = %s", function),
         ("r.status = %s", status), ("r.kind = %s", kind), (_moment("r.started_at >=", since), since),
         (_moment("r.started_at <=", until), until), ("r.duration_us >= %s * 1000", slow_ms),
+        ("r.replay_of = %s::uuid", replay_of),
     ):  # fmt: skip
         if value is not None:
             where.append(clause)
@@ -138,7 +143,7 @@ def list_requests(
     return db.fetch_dicts(
         conn,
         "SELECT r.id::text, r.started_at, r.kind, r.method, r.path, r.function, r.status, r.ok,"
-        " r.duration_us, r.error->>'code' AS error_code FROM flux.requests r WHERE "
+        " r.duration_us, r.error->>'code' AS error_code, r.replay_of::text FROM flux.requests r WHERE "
         + " AND ".join(where)
         + " ORDER BY r.started_at DESC LIMIT %s",
         [*params, limit],
