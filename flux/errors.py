@@ -239,6 +239,18 @@ class CsrfRefused(FluxError):
     title = "a dashboard form came without this session's CSRF token, or from another site"
 
 
+class DashboardMethodRefused(FluxError):
+    code = "FX142"
+    http_status = 405
+    title = "a dashboard address was asked with a method it does not take (pages are GET, actions POST)"
+
+
+class DashboardPageNotFound(FluxError):
+    code = "FX143"
+    http_status = 404
+    title = "no dashboard page or file at this address"
+
+
 # -- FX2xx policies -------------------------------------------------------------------------------------
 
 
