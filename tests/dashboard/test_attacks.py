@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from flux.api.admin import create_admin_key
@@ -391,3 +393,172 @@ def test_malformed_parameters_answer_an_fx_code_never_a_500(server: Server) -> N
         assert "Traceback" not in answer.text, path
         if answer.status >= 400:
             assert re.fullmatch(r"FX\d{3}", fx_code(answer)), (path, answer.text[:300])
+
+
+# -- 3. XSS: recorded data a hostile function or client controls ---------------------------------------------
+
+MARK = "data-xss"
+PAYLOADS = (
+    f'<img {MARK} src=x onerror="window.__xss=1;alert(1)">',
+    f'"><img {MARK} src=x onerror=alert(1)>',
+    f"'><svg {MARK} onload=alert(1)>",
+    f"</script><script {MARK}>window.__xss=1</script>",
+    "javascript:window.__xss=1//",
+    "\u2028\u2029</textarea><!--",
+)
+HOSTILE = " ".join(PAYLOADS)
+
+
+@dataclass(frozen=True)
+class Hostile:
+    request: str  # a request whose path, spans, error, input and output carry the payloads
+    other: str  # a second one, to diff against
+    table: str  # a tracked table whose name carries markup
+
+
+def _hostile_request(conn: psycopg.Connection[Any], path: str) -> str:
+    """A request as a hostile function would leave it: markup in its path, function, error, span names,
+    inputs, outputs, attributes and row changes (written as Flux writes records; a span's module is one of
+    a fixed few, checked by the table)."""
+    request_id = str(uuid.uuid4())
+    error = {"code": "FX300", "message": HOSTILE, "stack": HOSTILE}
+    conn.execute(
+        "INSERT INTO flux.requests (id, kind, method, path, function, status, ok, duration_us, input, output,"
+        " error) VALUES (%s, 'http', 'GET', %s, %s, 500, false, 900, %s, %s, %s)",
+        (request_id, path, HOSTILE, json.dumps({"body": HOSTILE}), json.dumps({HOSTILE: HOSTILE}),
+         json.dumps(error)),
+    )  # fmt: skip
+    conn.execute(
+        "INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, module, name, started_at, duration_us,"
+        " ok, input, output, error, attributes)"
+        " SELECT %(id)s, s, lpad(to_hex(s), 16, '0'), CASE WHEN s = 0 THEN NULL ELSE 0 END,"
+        "   CASE WHEN s = 0 THEN 'runtime' ELSE 'data' END, %(text)s || s,"
+        "   r.started_at + make_interval(secs => s / 1e5), 100, s <> 2,"
+        "   %(json)s, %(json)s, CASE WHEN s = 2 THEN %(error)s::jsonb END, %(json)s"
+        " FROM generate_series(0, 3) s, flux.requests r WHERE r.id = %(id)s",
+        {
+            "id": request_id,
+            "text": HOSTILE,
+            "json": json.dumps({HOSTILE: [HOSTILE]}),
+            "error": json.dumps(error),
+        },
+    )
+    conn.execute(
+        "INSERT INTO flux.mutations (request_id, span_seq, table_schema, table_name, op, row_pk, old, new,"
+        " changed) VALUES (%s, 1, %s, %s, 'UPDATE', %s, %s, %s, %s)",
+        (request_id, HOSTILE, HOSTILE, json.dumps({HOSTILE: HOSTILE}), json.dumps({HOSTILE: HOSTILE}),
+         json.dumps({HOSTILE: HOSTILE + "!"}), [HOSTILE]),
+    )  # fmt: skip
+    return request_id
+
+
+@pytest.fixture(scope="module")
+def hostile(server: Server) -> Hostile:
+    # through the server, as a client would: a body and a path with markup
+    assert call_json(f"{server.url}/notes", "POST", {"text": HOSTILE})[0] == 201
+    server.ask("GET", "/notes/" + quote(PAYLOADS[0], safe=""))
+    server.ask("GET", "/nowhere/" + quote(HOSTILE, safe="/"))
+    table = f'<img {MARK} src=x onerror="alert(1)">'
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        first = _hostile_request(conn, "/" + HOSTILE)
+        second = _hostile_request(conn, "/" + HOSTILE + "2")
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, v text)").format(
+            psycopg.sql.Identifier(table)))  # fmt: skip
+        conn.execute("SELECT flux.track(%s::regclass)", (psycopg.sql.Identifier(table).as_string(conn),))
+        conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (1, %s)").format(psycopg.sql.Identifier(table)),
+                     (HOSTILE,))  # fmt: skip
+        conn.execute(
+            "INSERT INTO flux.jobs (queue, function, payload, status, attempts, max_attempts, last_error,"
+            " parent_request_id) VALUES ('default', %s, %s, 'dead', 1, 1, %s, %s),"
+            " ('default', %s, 'null', 'queued', 0, 1, NULL, NULL)",
+            (HOSTILE, json.dumps(HOSTILE), json.dumps({"message": HOSTILE}), first, HOSTILE),
+        )
+        conn.execute(
+            "INSERT INTO flux.cron (name, schedule, function, next_run_at) VALUES ('hostile', %s, %s, now())",
+            (HOSTILE, HOSTILE),
+        )
+        conn.execute("UPDATE flux.deployments SET created_by = %s, git_commit = %s", (HOSTILE, HOSTILE))
+    return Hostile(first, second, table)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"]
+        )
+        yield launched
+        launched.close()
+
+
+def _no_injection(page: Any, where: str, events: list[str]) -> None:
+    """Nothing of the payloads became markup (whether or not the CSP would have stopped it), ran, or made a
+    link of a `javascript:` URL."""
+    found = page.evaluate(
+        f"""() => ({{
+            marked: document.querySelectorAll('[{MARK}]').length,
+            scripts: Array.from(document.scripts).filter((s) => s.src.indexOf('/flux/static/') < 0).length,
+            ran: window.__xss === 1,
+            links: Array.from(document.querySelectorAll('[href],[src],[action]'))
+                .map((e) => e.getAttribute('href') || e.getAttribute('src') || e.getAttribute('action'))
+                .filter((u) => !u.startsWith('/flux/')),
+        }})"""
+    )
+    assert found == {"marked": 0, "scripts": 0, "ran": False, "links": []}, (where, found)
+    assert not events, (where, events)
+
+
+def test_recorded_markup_is_shown_as_text_on_every_page(
+    server: Server, hostile: Hostile, browser: Any, tmp_path: Path
+) -> None:
+    """Every page, and the script's waterfall, span panel and live list, show the payloads as text: none
+    becomes an element, runs, or makes a link (checked in chromium; a CSP violation or dialog fails too)."""
+    context = browser.new_context()
+    page = context.new_page()
+    events: list[str] = []
+    page.on("dialog", lambda dialog: (events.append(f"dialog {dialog.message}"), dialog.dismiss()))
+    page.on("console", lambda message: events.append(f"console {message.text}") if message.type == "error"
+            and "Content Security Policy" in message.text else None)  # fmt: skip
+    page.on("pageerror", lambda error: events.append(f"pageerror {error}"))
+    page.goto(f"{server.url}/flux/signin")
+    page.fill("input[name=key]", server.admin_key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/flux/requests")
+    shown = page.locator("#requests tbody").inner_text()
+    assert PAYLOADS[0] in shown and "/nowhere/" in shown
+    _no_injection(page, "requests", events)
+    # the live list: a request recorded now, with markup in its path and body
+    assert call_json(f"{server.url}/notes", "POST", {"text": HOSTILE})[0] == 201
+    server.ask("GET", "/live/" + quote(HOSTILE, safe="/"))
+    page.locator("#requests tbody tr.fresh", has_text="/live/").wait_for(timeout=10_000)
+    _no_injection(page, "live requests", events)
+    page.goto(f"{server.url}/flux/requests/{hostile.request}")
+    page.locator("#waterfall.ready").wait_for(timeout=10_000)
+    assert PAYLOADS[0] in page.locator("#waterfall").inner_text()
+    page.locator(".wf-row").nth(1).click()
+    page.locator("#span-detail").wait_for(state="visible")
+    assert PAYLOADS[3] in page.locator("#span-input").inner_text()
+    assert PAYLOADS[1] in page.locator("#span-mutations").inner_text()
+    page.fill("#span-filter", PAYLOADS[1][:12])
+    _no_injection(page, "trace", events)
+    visits = {
+        "diff": f"/flux/diff?a={hostile.request}&b={hostile.other}",
+        "rows": "/flux/rows?table=" + quote(psycopg.sql.Identifier(hostile.table).as_string(None), safe=""),
+        "row": "/flux/rows?table=notes&key=3",
+        "queue": "/flux/queue",
+        "deployments": "/flux/deployments",
+        "error page": "/flux/requests/" + quote(PAYLOADS[1], safe=""),
+        "untracked table": "/flux/rows?table=" + quote(PAYLOADS[0], safe=""),
+        "filters": "/flux/requests?route=" + quote(HOSTILE, safe="") + "&function=" + quote(PAYLOADS[1]),
+        "sign-in next": "/flux/signin?next=" + quote('/flux/"><img data-xss src=x>', safe=""),
+    }
+    for where, path in visits.items():
+        answer = page.goto(server.url + path)
+        assert answer is not None and answer.status < 500, (where, answer and answer.status)
+        _no_injection(page, where, events)
+    page.goto(server.url + visits["rows"])
+    quoted = psycopg.sql.Identifier(hostile.table).as_string(None)
+    assert quoted in page.locator("select[name=table]").inner_text()
+    page.screenshot(path=str(tmp_path / "hostile-rows.png"), full_page=True)
+    context.close()
