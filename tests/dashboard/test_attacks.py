@@ -27,15 +27,30 @@ import pytest
 
 from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
+from flux.api.secrets import set_secret
 from flux.config import load_settings
 from flux.dashboard._routes import CSP
 from flux.dashboard._session import _PURPOSE, Sealer
 from flux.runtime.secrets import load_key
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.processes import FLUX, call_json, free_port, wait_for_http
-from tests.fixtures.projects import write_notes_project
+from tests.fixtures.projects import NOTES_TOML, edit_function, write_notes_project
 
 pytestmark = pytest.mark.slow
+SECRET_ROUTE = """
+[[routes]]
+method = "GET"
+path = "/secret"
+function = "show_secret"
+auth = "none"
+"""
+# A function that answers its secret (then, edited, the secret and more): the record keeps `[secret:token]`.
+SHOW_SECRET = """export default async (req, ctx) => {
+  const token = await ctx.secrets.get("token");
+  console.log("the token is " + token);
+  return {token: token + "SUFFIX"};
+}"""
+SECRET_VALUE = "tok-" + "7Hq2xZp9Lm4Rv8Ws"
 
 
 @dataclass(frozen=True)
@@ -113,11 +128,14 @@ def server(
     name = f"flux_test_{uuid.uuid4().hex[:12]}"
     dsn = pg_server.create_database(name, template=template_database)
     folder = tmp_path_factory.mktemp("attacks")
-    project = write_notes_project(folder / "project")
+    project = write_notes_project(folder / "project", NOTES_TOML + SECRET_ROUTE)
+    edit_function(project, "show_secret", SHOW_SECRET.replace("SUFFIX", ""))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FLUX_DATABASE_URL"}
     env |= {"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1"}
     deploy(dsn, load_settings(project, env={}))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        set_secret(conn, load_key(project, env=env), "token", SECRET_VALUE)
     log = (folder / "server.log").open("w")
     process = subprocess.Popen(
         [*FLUX, "server", "--port", str(port), "--queue-workers", "0", "--no-deploy"], cwd=project, env=env,
@@ -271,7 +289,14 @@ def test_a_wrong_admin_key_is_refused_the_same_way_whatever_it_is(server: Server
     """No rate limit, but nothing to learn: keys are 192 random bits, looked up by their sha256 (no compare
     of the key itself), and every wrong key gets the same answer."""
     answers = set()
-    for wrong in (server.admin_key[:-1] + "x", server.admin_key[:20], "flux_admin_", "", "x" * 10_000):
+    for wrong in (
+        server.admin_key[:-1] + "x",
+        server.admin_key[:20],
+        "flux_admin_",
+        "",
+        "x" * 10_000,
+        "flux_admin_\x00" + server.admin_key[11:],
+    ):
         form = server.ask("GET", "/flux/signin")
         token = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
         signin = re.search(r"flux_signin=([^;]+)", form.headers["set-cookie"]).group(1)  # type: ignore[union-attr]
@@ -562,3 +587,40 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     assert quoted in page.locator("select[name=table]").inner_text()
     page.screenshot(path=str(tmp_path / "hostile-rows.png"), full_page=True)
     context.close()
+
+
+# -- 5. data exposure ---------------------------------------------------------------------------------------
+
+
+def test_no_page_shows_a_secret_the_admin_key_or_the_session(server: Server) -> None:
+    """A request that read a secret and answered it, its trace, its waterfall data, its diff with a replay
+    against edited code (the replayed side comes from a live run with today's secret) and the replay's page:
+    the secret shows only as `[secret:token]`. No page shows the admin key or the session cookie."""
+    session = server.sign_in()
+    status, headers, answered = call_json(f"{server.url}/secret")
+    assert status == 200 and answered == {"token": SECRET_VALUE}
+    request_id = headers["x-request-id"]
+    edit_function(server.project, "show_secret", SHOW_SECRET.replace("SUFFIX", "!"))
+    deploy(server.dsn, load_settings(server.project, env={}))
+    replayed = server.ask("POST", f"/flux/requests/{request_id}/replay", f"csrf={server.csrf(session)}"
+                          "&db=recorded&code=active", session=session)  # fmt: skip
+    assert replayed.status == 200 and "[secret:token]!" in replayed.text, replayed.text[-2000:]
+    replay_id = re.search(r'href="/flux/requests/([0-9a-f-]{36})">', replayed.text.split("Recorded as")[1])
+    assert replay_id
+    pages = {"replay": replayed}
+    replay = replay_id.group(1)
+    for path in (f"/flux/requests/{request_id}", f"/flux/requests/{request_id}/trace.json",
+                 f"/flux/requests/{replay}/trace.json", f"/flux/diff?a={request_id}&b={replay}",
+                 "/flux/requests", "/flux/queue", "/flux/deployments", "/flux/rows"):  # fmt: skip
+        pages[path] = server.ask("GET", path, session=session)
+    assert "[secret:token]" in pages[f"/flux/requests/{request_id}/trace.json"].text
+    for path, answer in pages.items():
+        assert answer.status == 200, path
+        for leaked in (
+            SECRET_VALUE,
+            SECRET_VALUE[4:12],
+            server.admin_key,
+            server.admin_key[11:25],
+            session[:40],
+        ):
+            assert leaked not in answer.text, (path, leaked)
