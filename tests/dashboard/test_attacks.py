@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -587,6 +588,36 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     assert quoted in page.locator("select[name=table]").inner_text()
     page.screenshot(path=str(tmp_path / "hostile-rows.png"), full_page=True)
     context.close()
+
+
+# -- 4. holding workers -------------------------------------------------------------------------------------
+
+
+def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
+    """The live feed answers at once and ends (the browser asks again); eight connections that never finish
+    their request (as an unauthenticated client can open) leave both sync workers free for a sign-in."""
+    session = server.sign_in()
+    page = server.ask("GET", "/flux/requests", session=session)
+    live = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    began = time.monotonic()
+    for _ in range(5):
+        answer = server.ask("GET", live, session=session)
+        assert answer.status == 200 and answer.text.startswith("retry: ")
+    assert time.monotonic() - began < 2.5
+    idle = []
+    try:
+        for _ in range(8):
+            held = socket.create_connection((server.host, server.port))
+            held.sendall(b"GET /flux/requests/live HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+            idle.append(held)
+        time.sleep(0.3)
+        began = time.monotonic()
+        assert server.ask("GET", "/flux/signin").status == 200
+        assert server.ask("GET", "/flux/queue", session=session).status == 200
+        assert time.monotonic() - began < 2
+    finally:
+        for held in idle:
+            held.close()
 
 
 # -- 5. data exposure ---------------------------------------------------------------------------------------
