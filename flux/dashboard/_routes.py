@@ -429,7 +429,7 @@ class Pages:
             queued = jobs.list_jobs(conn, status="queued", limit=50)
             schedules = cron.list_schedules(conn)
         self.render(req, resp, "queue.html", counts=counts, dead=dead, failed=failed, queued=queued,
-                    schedules=schedules, done=req.get_param("done"))  # fmt: skip
+                    schedules=schedules, done=_done(req, _QUEUE_DONE))  # fmt: skip
 
     @_pages_answer_errors
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
@@ -447,13 +447,24 @@ class Pages:
     def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self.conn() as conn:
             versions = deploy.list_deployments(conn, 100)
-        self.render(req, resp, "deployments.html", versions=versions, done=req.get_param("done"))
+        self.render(req, resp, "deployments.html", versions=versions, done=_done(req, _DEPLOYMENTS_DONE))
 
     @_pages_answer_errors
     def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
         with self.conn() as conn:
             deploy.rollback_in(conn, version)
         raise falcon.HTTPSeeOther("/flux/deployments?" + urlencode({"done": f"version {version} is active"}))
+
+
+# What an action's redirect says it did; a `done` the dashboard did not write (a link someone sent, with a
+# message of their own) is not shown.
+_QUEUE_DONE = re.compile(r"job [0-9]{1,19} (queued to run again|cancelled)")
+_DEPLOYMENTS_DONE = re.compile(r"version [0-9]{1,19} is active")
+
+
+def _done(req: falcon.Request, shape: re.Pattern[str]) -> str | None:
+    given = req.get_param("done")
+    return given if given and shape.fullmatch(given) else None
 
 
 def _next(given: str | None) -> str:

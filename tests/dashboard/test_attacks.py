@@ -590,6 +590,20 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     context.close()
 
 
+def test_a_link_cannot_put_its_own_words_in_the_dashboards_banner(server: Server) -> None:
+    """Before, /flux/queue?done=… showed any text as the dashboard's own confirmation (a phishing line on a
+    trusted page, through sign-in's `next` too); now only what an action's redirect says."""
+    session = server.sign_in()
+    lure = "Your session expired: paste your admin key at evil.example"
+    for page in ("/flux/queue", "/flux/deployments"):
+        shown = server.ask("GET", f"{page}?done={quote(lure)}", session=session)
+        assert shown.status == 200 and "evil.example" not in shown.text and 'id="done"' not in shown.text, (
+            page
+        )
+    kept = server.ask("GET", "/flux/deployments?done=version+1+is+active", session=session)
+    assert '<p class="done" id="done">version 1 is active</p>' in kept.text
+
+
 # -- 4. holding workers -------------------------------------------------------------------------------------
 
 
