@@ -44,7 +44,20 @@ method = "GET"
 path = "/secret"
 function = "show_secret"
 auth = "none"
+
+[[routes]]
+method = "GET"
+path = "/page"
+function = "html_page"
+auth = "none"
 """
+# A page of the project's own (any function may answer HTML), here with the script an XSS in it would run.
+HTML_PAGE = """export default async (req, ctx) => ({
+  status: 200,
+  headers: {"content-type": "text/html"},
+  body: "<title>app</title><script>fetch('/flux/queue').then((r) => r.text()).then((t) => {" +
+        " document.title = /name=.csrf. value=/.test(t) ? 'read the dashboard' : 'refused'; });</script>",
+})"""
 # A function that answers its secret (then, edited, the secret and more): the record keeps `[secret:token]`.
 SHOW_SECRET = """export default async (req, ctx) => {
   const token = await ctx.secrets.get("token");
@@ -131,6 +144,7 @@ def server(
     folder = tmp_path_factory.mktemp("attacks")
     project = write_notes_project(folder / "project", NOTES_TOML + SECRET_ROUTE)
     edit_function(project, "show_secret", SHOW_SECRET.replace("SUFFIX", ""))
+    edit_function(project, "html_page", HTML_PAGE)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FLUX_DATABASE_URL"}
     env |= {"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1"}
@@ -602,6 +616,28 @@ def test_a_link_cannot_put_its_own_words_in_the_dashboards_banner(server: Server
         )
     kept = server.ask("GET", "/flux/deployments?done=version+1+is+active", session=session)
     assert '<p class="done" id="done">version 1 is active</p>' in kept.text
+
+
+SAME_ORIGIN = (
+    "the dashboard shares its origin with the project's routes, and a function may answer HTML: a script in"
+    " it (a hostile function, or an XSS in the app) reads dashboard pages with their CSRF tokens and posts"
+    " their forms; only serving the dashboard from an origin of its own (another port) ends it"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=SAME_ORIGIN)
+def test_a_page_of_the_project_cannot_read_the_dashboard(server: Server, browser: Any) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server.url}/flux/signin")
+    page.fill("input[name=key]", server.admin_key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.url}/flux/requests")
+    page.goto(f"{server.url}/page")
+    page.wait_for_function("document.title !== 'app'", timeout=10_000)
+    title = page.title()
+    context.close()
+    assert title == "refused"
 
 
 # -- 4. holding workers -------------------------------------------------------------------------------------
