@@ -418,7 +418,10 @@ def test_malformed_parameters_answer_an_fx_code_never_a_500(server: Server) -> N
         ("POST", "/flux/queue/jobs/99999999999999999999/retry"), ("POST", "/flux/queue/jobs/7/cancel"),
         ("POST", "/flux/deployments/99999999999999999999/activate"),
         ("GET", "/flux/static/..%2fdashboard.js"),
-        ("GET", "/flux/nope"),
+        ("GET", "/flux/nope"), ("GET", "/flux/requests?route=%FF%FE"),
+        ("GET", "/flux/rows?table=%C0%AF&key=%FF"), ("GET", "/flux/requests/%C0%AF"),
+        ("GET", "/flux/requests/%FF/trace.json"), ("GET", "/flux/diff?a=" + "a" * 2000 + "&b=b"),
+        ("GET", "/flux/requests?route=a&route=b&status=200&status=500"),
     ]  # fmt: skip
     for extra in ("&code=version:%C2%B2", "&code=version:99999999999999999999", "&db=%00", "&db=as-of",
                   "&code=other"):  # fmt: skip
