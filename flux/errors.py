@@ -251,6 +251,12 @@ class DashboardPageNotFound(FluxError):
     title = "no dashboard page or file at this address"
 
 
+class ScriptedRequestRefused(FluxError):
+    code = "FX144"
+    http_status = 403
+    title = "a dashboard page or form was fetched by a script, not opened or submitted by the browser"
+
+
 # -- FX2xx policies -------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from flux.errors import (
     DashboardPageNotFound,
     FluxError,
     InvalidRequest,
+    ScriptedRequestRefused,
     SignInRequired,
 )
 from flux.gateway.handler import WithBuiltins
@@ -171,7 +172,16 @@ class _Static:
 def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
     """Every page but sign-in needs a session whose admin key is still live (checked as the management API
     checks it); every POST, its CSRF token and a same-origin Origin. A page asked for without one redirects
-    to sign-in; a feed, a JSON answer or a POST is refused with 401 (FX140)."""
+    to sign-in; a feed, a JSON answer or a POST is refused with 401 (FX140). A page or a POST that a script
+    fetched rather than the browser opened is refused first (FX144)."""
+    wants_page = req.method == "GET" and not req.path.endswith((".json", "/live"))
+    mode = req.get_header("sec-fetch-mode")
+    if mode is not None and mode != "navigate" and (wants_page or req.method == "POST"):
+        # A page read, or a form posted, by a script: the dashboard's own script only fetches trace.json and
+        # the feed. A script of another page of this origin (a project's function may answer HTML) would
+        # otherwise read a page's CSRF token and post its forms in the background.
+        raise ScriptedRequestRefused(f"{req.path} is opened in the browser, not fetched by a script",
+                                     hint="open the page, or submit its form, yourself")  # fmt: skip
     if req.path == "/flux/signin":
         return  # its own token (the sign-in cookie) protects its form
     pages: Pages = resource
@@ -185,7 +195,6 @@ def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, pa
             except AdminKeyRefused:
                 session = None
     if session is None:
-        wants_page = req.method == "GET" and not req.path.endswith((".json", "/live"))
         if wants_page:
             raise falcon.HTTPSeeOther("/flux/signin?" + urlencode({"next": req.relative_uri}))
         raise SignInRequired("this dashboard call needs a session", hint="sign in at /flux/signin")
