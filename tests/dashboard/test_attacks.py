@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -278,6 +279,21 @@ def test_a_forged_tampered_foreign_or_expired_session_cookie_is_refused(server: 
             assert page.status == 303 and "/flux/signin" in page.headers["location"], (kind, cookie[:40])
             feed = server.ask("GET", "/flux/requests/live?follower=1", session=cookie)
             assert feed.status == 401 and fx_code(feed) == "FX140", kind
+
+
+def test_a_session_ends_with_its_admin_keys_expiry_or_revocation(server: Server) -> None:
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        expiring = create_admin_key(conn, "expiring", expires_in=timedelta(seconds=1))
+        revoked = create_admin_key(conn, "revoked")
+    sessions = {"expired": server.sign_in(expiring.key), "revoked": server.sign_in(revoked.key)}
+    for session in sessions.values():
+        assert server.ask("GET", "/flux/queue", session=session).status == 200
+    server.sql_one("UPDATE flux.admin_keys SET revoked_at = now() WHERE id = %s RETURNING id", (revoked.id,))
+    time.sleep(1.1)
+    for why, session in sessions.items():
+        assert server.ask("GET", "/flux/queue", session=session).status == 303, why
+        post = server.ask("POST", "/flux/signout", "csrf=x", session=session)
+        assert post.status == 401 and fx_code(post) == "FX140", why
 
 
 def test_signing_in_always_makes_a_new_session(server: Server) -> None:
