@@ -248,7 +248,7 @@ class DashboardMethodRefused(FluxError):
 class DashboardPageNotFound(FluxError):
     code = "FX143"
     http_status = 404
-    title = "no dashboard page or file at this address"
+    title = "no dashboard file of that name under /flux/static/"
 
 
 class ScriptedRequestRefused(FluxError):
