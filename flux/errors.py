@@ -239,6 +239,24 @@ class CsrfRefused(FluxError):
     title = "a dashboard form came without this session's CSRF token, or from another site"
 
 
+class DashboardMethodRefused(FluxError):
+    code = "FX142"
+    http_status = 405
+    title = "a dashboard address was asked with a method it does not take (pages are GET, actions POST)"
+
+
+class DashboardPageNotFound(FluxError):
+    code = "FX143"
+    http_status = 404
+    title = "no dashboard file of that name under /flux/static/"
+
+
+class ScriptedRequestRefused(FluxError):
+    code = "FX144"
+    http_status = 403
+    title = "a dashboard page or form was fetched by a script, not opened or submitted by the browser"
+
+
 # -- FX2xx policies -------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -24,7 +25,16 @@ from flux.api import deploy
 from flux.api.admin import check_admin_key
 from flux.dashboard._pages import route_stats, trace_data
 from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
-from flux.errors import AdminKeyRefused, CsrfRefused, FluxError, InvalidRequest, SignInRequired
+from flux.errors import (
+    AdminKeyRefused,
+    CsrfRefused,
+    DashboardMethodRefused,
+    DashboardPageNotFound,
+    FluxError,
+    InvalidRequest,
+    ScriptedRequestRefused,
+    SignInRequired,
+)
 from flux.gateway.handler import WithBuiltins
 from flux.queue import cron, jobs
 from flux.runtime.secrets import SealedSecrets, load_key
@@ -61,6 +71,8 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
     pages = Pages(pool, project_dir, gateway, templates)
+    app.add_middleware(_DashboardAnswers())
+    app.add_error_handler(falcon.HTTPError, _dashboard_http_error)
     app.add_route("/flux", _Home())
     app.add_route("/flux/", _Home())
     app.add_route("/flux/static/{name}", _Static())
@@ -78,16 +90,51 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
         app.add_route(path, pages, suffix=suffix)
 
 
-def _security_headers(req: falcon.Request, resp: falcon.Response, resource: Any) -> None:
-    resp.set_header("content-security-policy", CSP)
-    resp.set_header("x-content-type-options", "nosniff")
-    resp.set_header("referrer-policy", "same-origin")
-    resp.set_header("x-frame-options", "DENY")
-    if not req.path.startswith("/flux/static/"):
-        resp.set_header("cache-control", "no-store")
+class _DashboardAnswers:
+    """Every answer of a dashboard address carries the security headers: pages, but also redirects, refusals
+    (401, 403, 405), errors and JSON, which a hook after the responder would miss (it does not run when the
+    responder or a hook before it raises)."""
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
+    ) -> None:
+        if isinstance(resource, (Pages, _Home, _Static)):
+            req.context.dashboard = True
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        if not req.context.get("dashboard"):
+            return
+        resp.set_header("content-security-policy", CSP)
+        resp.set_header("x-content-type-options", "nosniff")
+        resp.set_header("referrer-policy", "same-origin")
+        resp.set_header("x-frame-options", "DENY")
+        if not isinstance(resource, _Static) or resp.status_code != 200:
+            resp.set_header("cache-control", "no-store")
 
 
-@falcon.after(_security_headers)
+def _dashboard_http_error(req: falcon.Request, resp: falcon.Response, error: Exception, params: Any) -> None:
+    """Falcon's own refusals of a dashboard address (a method it does not take, a missing file, a malformed
+    parameter) as the FX errors a user can look up; any other address's as Falcon makes them."""
+    if not req.context.get("dashboard") or not isinstance(error, falcon.HTTPError):
+        raise error
+    flux_error: FluxError
+    if error.status_code == 405:
+        flux_error = DashboardMethodRefused(
+            f"{req.method} is not how {req.path} is asked",
+            hint="open pages with GET; actions are their buttons",
+        )
+    elif error.status_code == 404:
+        flux_error = DashboardPageNotFound(
+            f"no dashboard page at {req.path}", hint="start from /flux/requests"
+        )
+    else:
+        flux_error = InvalidRequest(error.description or error.title, hint="check the address's parameters")
+    resp.status = falcon.code_to_http_status(flux_error.http_status)
+    resp.media = flux_error.to_dict(None)
+
+
 class _Home:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         raise falcon.HTTPSeeOther("/flux/requests")
@@ -102,7 +149,6 @@ def _load_static() -> dict[str, tuple[bytes, str, str]]:
     return files
 
 
-@falcon.after(_security_headers)
 class _Static:
     """The dashboard's script and stylesheet, shipped in the package; served without a session (the sign-in
     page uses them) and only by name from the package's own list."""
@@ -126,7 +172,16 @@ class _Static:
 def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, params: dict[str, Any]) -> None:
     """Every page but sign-in needs a session whose admin key is still live (checked as the management API
     checks it); every POST, its CSRF token and a same-origin Origin. A page asked for without one redirects
-    to sign-in; a feed, a JSON answer or a POST is refused with 401 (FX140)."""
+    to sign-in; a feed, a JSON answer or a POST is refused with 401 (FX140). A page or a POST that a script
+    fetched rather than the browser opened is refused first (FX144)."""
+    wants_page = req.method == "GET" and not req.path.endswith((".json", "/live"))
+    mode = req.get_header("sec-fetch-mode")
+    if mode is not None and mode != "navigate" and (wants_page or req.method == "POST"):
+        # A page read, or a form posted, by a script: the dashboard's own script only fetches trace.json and
+        # the feed. A script of another page of this origin (a project's function may answer HTML) would
+        # otherwise read a page's CSRF token and post its forms in the background.
+        raise ScriptedRequestRefused(f"{req.path} is opened in the browser, not fetched by a script",
+                                     hint="open the page, or submit its form, yourself")  # fmt: skip
     if req.path == "/flux/signin":
         return  # its own token (the sign-in cookie) protects its form
     pages: Pages = resource
@@ -140,7 +195,6 @@ def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, pa
             except AdminKeyRefused:
                 session = None
     if session is None:
-        wants_page = req.method == "GET" and not req.path.endswith((".json", "/live"))
         if wants_page:
             raise falcon.HTTPSeeOther("/flux/signin?" + urlencode({"next": req.relative_uri}))
         raise SignInRequired("this dashboard call needs a session", hint="sign in at /flux/signin")
@@ -189,7 +243,6 @@ def _pages_answer_errors(responder: Callable[..., None]) -> Callable[..., None]:
     return answer
 
 
-@falcon.after(_security_headers)
 @falcon.before(_session_first)
 class Pages:
     def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment) -> None:
@@ -281,7 +334,11 @@ class Pages:
         """New requests since the last call, as server-sent events. Each answer holds what was recorded since
         and ends, and the browser asks again after `retry` ms: a sync worker (Flux's default) serves one
         request at a time, so an answer that stayed open would take the worker from everyone else."""
-        follower = req.get_param_as_int("follower", required=True)
+        given = req.get_param("follower") or ""
+        if not (given.isascii() and given.isdigit() and len(given) < 19):
+            raise InvalidRequest(f"follower {given!r} is not a follower's number",
+                                 hint="reload /flux/requests to follow again")  # fmt: skip
+        follower = int(given)
         events = []
         with self.conn() as conn:
             try:
@@ -325,7 +382,7 @@ class Pages:
         version = None
         if code.startswith("version:"):
             code, number = "active", code.removeprefix("version:")
-            if not number.isdigit():
+            if not (number.isascii() and number.isdigit() and len(number) < 10):
                 raise InvalidRequest(f"version {number!r} is not a number", hint="pick one from the list")
             version = int(number)
         replay.check_options(mode, code, version)
@@ -381,7 +438,7 @@ class Pages:
             queued = jobs.list_jobs(conn, status="queued", limit=50)
             schedules = cron.list_schedules(conn)
         self.render(req, resp, "queue.html", counts=counts, dead=dead, failed=failed, queued=queued,
-                    schedules=schedules, done=req.get_param("done"))  # fmt: skip
+                    schedules=schedules, done=_done(req, _QUEUE_DONE))  # fmt: skip
 
     @_pages_answer_errors
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, job_id: int) -> None:
@@ -399,13 +456,24 @@ class Pages:
     def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self.conn() as conn:
             versions = deploy.list_deployments(conn, 100)
-        self.render(req, resp, "deployments.html", versions=versions, done=req.get_param("done"))
+        self.render(req, resp, "deployments.html", versions=versions, done=_done(req, _DEPLOYMENTS_DONE))
 
     @_pages_answer_errors
     def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
         with self.conn() as conn:
             deploy.rollback_in(conn, version)
         raise falcon.HTTPSeeOther("/flux/deployments?" + urlencode({"done": f"version {version} is active"}))
+
+
+# What an action's redirect says it did; a `done` the dashboard did not write (a link someone sent, with a
+# message of their own) is not shown.
+_QUEUE_DONE = re.compile(r"job [0-9]{1,19} (queued to run again|cancelled)")
+_DEPLOYMENTS_DONE = re.compile(r"version [0-9]{1,19} is active")
+
+
+def _done(req: falcon.Request, shape: re.Pattern[str]) -> str | None:
+    given = req.get_param("done")
+    return given if given and shape.fullmatch(given) else None
 
 
 def _next(given: str | None) -> str:
@@ -417,13 +485,16 @@ def _next(given: str | None) -> str:
 
 def _request_filters(req: falcon.Request, *, live: bool = False) -> dict[str, Any]:
     status = req.get_param("status") or None
-    if status is not None and not status.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+    if status is not None and not (status.isascii() and status.isdigit() and len(status) == 3):
         raise InvalidRequest(f"status {status!r} is not an HTTP status", hint="e.g. status=500")
     slow = req.get_param("slow_ms") or None
     try:
         slow_ms = float(slow) if slow is not None else None
     except ValueError:
         raise InvalidRequest(f"slow_ms {slow!r} is not a number", hint="e.g. slow_ms=250") from None
+    if slow_ms is not None and not (math.isfinite(slow_ms) and 0 <= slow_ms <= 1e9):
+        raise InvalidRequest(f"slow_ms {slow!r} is not a number of ms", hint="e.g. slow_ms=250")
     return {"route": req.get_param("route") or None, "function": req.get_param("function") or None,
             "status": int(status) if status else None, "errors": req.get_param("errors") == "on",
             "slow_ms": slow_ms}  # fmt: skip
