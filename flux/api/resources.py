@@ -351,21 +351,17 @@ class _Api:
                 if not isinstance(body.get(flag, False), bool):
                     raise InvalidRequest(f"field {flag!r} is true or false", hint=f'e.g. "{flag}": true')
             mode, code, version = body.get("db", "recorded"), body.get("code", "active"), body.get("version")
-            replay.check_options(mode, code, version)
-            if self.gateway is None:
-                raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
-            gateway = self.gateway
-            how = replay.Replay(
-                WithBuiltins(gateway.executor), replay.stored_code(conn, code, version),
-                gateway.catalogs.get(conn), mode=mode, live_fetch=body.get("live_fetch", False),
+            result = replay_served(
+                conn,
+                self.gateway,
+                self.project_dir,
+                request_id,
+                mode,
+                code,
+                version,
+                live_fetch=body.get("live_fetch", False),
                 record=body.get("record", True),
-                secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
-                fetch_policy=gateway.fetch_policy,
-            )  # fmt: skip
-            # live and as-of run the function's SQL on a request connection, as the gateway does
-            runner = gateway.pool.connection() if mode != "recorded" else contextlib.nullcontext()
-            with runner as runs_on:
-                result = replay.replay_request(conn, request_id, how, runs_on).result
+            )
             _answer(resp, result.to_json())
 
     def on_get_history(self, req: falcon.Request, resp: falcon.Response, table: str) -> None:
@@ -529,3 +525,23 @@ def _body(
     if missing:
         raise InvalidRequest(f"field {missing[0]!r} is required", hint=f"fields: {', '.join(fields)}")
     return {name: value for name, value in body.items() if value is not None}
+
+
+def replay_served(
+    conn: Any, gateway: Any, project_dir: Path, request_id: str, mode: str, code: str, version: int | None,
+    *, live_fetch: bool = False, record: bool = True,
+) -> replay.ReplayResult:  # fmt: skip
+    """Replay `request_id` on this server's `gateway` (its runtime, catalogs, fetch policy and request
+    connections), as the management API and the dashboard do; `conn` is the owner's."""
+    replay.check_options(mode, code, version)
+    if gateway is None:
+        raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
+    how = replay.Replay(
+        WithBuiltins(gateway.executor), replay.stored_code(conn, code, version), gateway.catalogs.get(conn),
+        mode=mode, live_fetch=live_fetch, record=record,  # type: ignore[arg-type]
+        secrets=SealedSecrets(conn, lambda: load_key(project_dir)), fetch_policy=gateway.fetch_policy,
+    )  # fmt: skip
+    # live and as-of run the function's SQL on a request connection, as the gateway does
+    runner = gateway.pool.connection() if mode != "recorded" else contextlib.nullcontext()
+    with runner as runs_on:
+        return replay.replay_request(conn, request_id, how, runs_on).result

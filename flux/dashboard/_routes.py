@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import falcon
@@ -23,6 +23,7 @@ import jinja2
 from flux import jsontext, replay
 from flux.api import deploy
 from flux.api.admin import check_admin_key
+from flux.api.resources import replay_served
 from flux.dashboard._pages import route_stats, trace_data
 from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
 from flux.errors import (
@@ -35,9 +36,8 @@ from flux.errors import (
     ScriptedRequestRefused,
     SignInRequired,
 )
-from flux.gateway.handler import WithBuiltins
 from flux.queue import cron, jobs
-from flux.runtime.secrets import SealedSecrets, load_key
+from flux.runtime.secrets import load_key
 from flux.trace import diff, state, tree
 
 HERE = Path(__file__).parent
@@ -357,8 +357,9 @@ class Pages:
         with self.conn() as conn:
             trace = tree.find_trace(conn, request_id)
             versions = [d["version"] for d in deploy.list_deployments(conn, 50)]
+            replays = tree.list_requests(conn, replay_of=str(trace.request["id"]), limit=20)
         self.render(req, resp, "trace.html", trace=trace, request=trace.request, versions=versions,
-                    modes=replay.MODES)  # fmt: skip
+                    modes=replay.MODES, replays=replays)  # fmt: skip
 
     def on_get_trace_json(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
         """The trace as the waterfall draws it; gzipped for a browser that takes it (a 10,000-span trace is
@@ -385,20 +386,8 @@ class Pages:
             if not (number.isascii() and number.isdigit() and len(number) < 10):
                 raise InvalidRequest(f"version {number!r} is not a number", hint="pick one from the list")
             version = int(number)
-        replay.check_options(mode, code, version)
-        if self.gateway is None:
-            raise InvalidRequest("this server runs no functions", hint="use flux server or flux dev")
-        gateway = self.gateway
         with self.conn() as conn:
-            how = replay.Replay(
-                WithBuiltins(gateway.executor), replay.stored_code(conn, code, version),
-                gateway.catalogs.get(conn), mode=cast(Any, mode), record=True,
-                secrets=SealedSecrets(conn, lambda: load_key(self.project_dir)),
-                fetch_policy=gateway.fetch_policy,
-            )  # fmt: skip
-            runner = gateway.pool.connection() if mode != "recorded" else contextlib.nullcontext()
-            with runner as runs_on:
-                result = replay.replay_request(conn, request_id, how, runs_on).result
+            result = replay_served(conn, self.gateway, self.project_dir, request_id, mode, code, version)
         self.render(req, resp, "replay.html", result=result.to_json(), mode=mode, code=code, version=version)
 
     # -- diff and rows --------------------------------------------------------------------------------------

@@ -269,6 +269,13 @@ def test_replay_a_request_and_see_its_divergence_against_edited_code(page: Any, 
     shot(page, dashboard, "replay")
     page.click("#replay-diff")
     assert page.locator("#diff-verdict").inner_text().startswith("They differ")
+    page.goto(f"{dashboard.url}/flux/requests/{request_id}")  # the original lists its replays
+    with psycopg.connect(dashboard.dsn) as conn:
+        replays = [row[0] for row in conn.execute(
+            "SELECT id::text FROM flux.requests WHERE replay_of = %s ORDER BY started_at DESC", (request_id,)
+        )]  # fmt: skip
+    listed = page.locator("ul.replays li a:first-child").all_inner_texts()
+    assert replays and listed == [replay[:8] for replay in replays], (listed, replays)
 
 
 def test_open_a_rows_history(page: Any, dashboard: Dashboard) -> None:
