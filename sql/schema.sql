@@ -2469,6 +2469,23 @@ COMMENT ON TABLE flux.cron IS 'Schedules (5-field cron in a time zone): from flu
 
 
 --
+-- Name: dashboard_signouts; Type: TABLE; Schema: flux; Owner: -
+--
+
+CREATE TABLE flux.dashboard_signouts (
+    session_sha256 bytea NOT NULL,
+    ends_at timestamp with time zone NOT NULL
+);
+
+
+--
+-- Name: TABLE dashboard_signouts; Type: COMMENT; Schema: flux; Owner: -
+--
+
+COMMENT ON TABLE flux.dashboard_signouts IS 'Dashboard sessions that signed out, by the sha256 of their CSRF token, until their cookie would have ended; read on every dashboard request, written by sign-out.';
+
+
+--
 -- Name: deployment_functions; Type: TABLE; Schema: flux; Owner: -
 --
 
@@ -3162,6 +3179,14 @@ ALTER TABLE ONLY flux.column_policy_grants
 
 ALTER TABLE ONLY flux.cron
     ADD CONSTRAINT cron_pkey PRIMARY KEY (name);
+
+
+--
+-- Name: dashboard_signouts dashboard_signouts_pkey; Type: CONSTRAINT; Schema: flux; Owner: -
+--
+
+ALTER TABLE ONLY flux.dashboard_signouts
+    ADD CONSTRAINT dashboard_signouts_pkey PRIMARY KEY (session_sha256);
 
 
 --

@@ -192,6 +192,8 @@ def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, pa
             conn.autocommit = True
             try:
                 admin_key_id = check_admin_key(conn, f"Bearer {session.admin_key}")
+                if conn.execute(_SIGNED_OUT, [session.csrf]).fetchone() is not None:
+                    session = None
             except AdminKeyRefused:
                 session = None
     if session is None:
@@ -205,6 +207,20 @@ def _session_first(req: falcon.Request, resp: falcon.Response, resource: Any, pa
                               hint="reload the page and submit the form again")  # fmt: skip
     req.context.session = session
     req.context.admin_key_id = admin_key_id
+
+
+# A session that signed out (flux.dashboard_signouts, by the sha256 of its own CSRF token) until its cookie
+# ends; signing out also clears the rows of sessions whose cookies have ended.
+_SIGNED_OUT = (
+    "SELECT FROM flux.dashboard_signouts"
+    " WHERE session_sha256 = pg_catalog.sha256(pg_catalog.convert_to(%s, 'UTF8'))"
+)
+_SIGN_OUT = """
+WITH ended AS (DELETE FROM flux.dashboard_signouts WHERE ends_at < pg_catalog.now())
+INSERT INTO flux.dashboard_signouts (session_sha256, ends_at)
+VALUES (pg_catalog.sha256(pg_catalog.convert_to(%s, 'UTF8')), pg_catalog.to_timestamp(%s))
+ON CONFLICT (session_sha256) DO NOTHING
+"""
 
 
 def _check_same_origin(req: falcon.Request) -> None:
@@ -310,6 +326,10 @@ class Pages:
         raise falcon.HTTPSeeOther(_next(form.get("next")))
 
     def on_post_signout(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """End the session everywhere (a copy of its cookie is refused from now on), then in this browser."""
+        session: Session = req.context.session
+        with self.conn() as conn:
+            conn.execute(_SIGN_OUT, [session.csrf, session.expires_at])
         resp.unset_cookie(COOKIE, path="/flux")
         raise falcon.HTTPSeeOther("/flux/signin")
 
