@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from flux.dashboard._routes import CSP
 from flux.dashboard._session import _PURPOSE, Sealer
 from flux.runtime.secrets import load_key
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.processes import FLUX, call_json, free_port, wait_for_http
+from tests.fixtures.processes import call_json, flux_server
 from tests.fixtures.projects import NOTES_TOML, edit_function, write_notes_project
 
 pytestmark = pytest.mark.slow
@@ -151,32 +150,22 @@ def server(
     project = write_notes_project(folder / "project", NOTES_TOML + SECRET_ROUTE)
     edit_function(project, "show_secret", SHOW_SECRET.replace("SUFFIX", ""))
     edit_function(project, "html_page", HTML_PAGE)
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "FLUX_DATABASE_URL"}
     env |= {"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1"}
     deploy(dsn, load_settings(project, env={}))
     with psycopg.connect(dsn, autocommit=True) as conn:
         set_secret(conn, load_key(project, env=env), "token", SECRET_VALUE)
-    log = (folder / "server.log").open("w")
-    process = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port), "--queue-workers", "0", "--no-deploy"], cwd=project, env=env,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ready", timeout=60, process=process)
-        for text in ("a", "b"):
-            assert call_json(f"http://127.0.0.1:{port}/notes", "POST", {"text": text})[0] == 201
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            admin_key = create_admin_key(conn, "attacks").key
-        yield Server("127.0.0.1", port, dsn, admin_key, project, env)
+        with flux_server(project, env, "--queue-workers", "0", "--no-deploy", log=folder / "server.log") as (
+            url,
+            _,
+        ):
+            for text in ("a", "b"):
+                assert call_json(f"{url}/notes", "POST", {"text": text})[0] == 201
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                admin_key = create_admin_key(conn, "attacks").key
+            yield Server("127.0.0.1", int(url.rsplit(":", 1)[1]), dsn, admin_key, project, env)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
         pg_server.drop_database(name)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -24,7 +23,7 @@ from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.queue import jobs
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.processes import FLUX, call_json, free_port, wait_for_http
+from tests.fixtures.processes import call_json, flux_server
 from tests.fixtures.projects import GET_NOTE_CHANGED, edit_function, write_notes_project
 
 pytestmark = pytest.mark.slow
@@ -54,43 +53,35 @@ def dashboard(
     dsn = pg_server.create_database(name, template=template_database)
     folder = tmp_path_factory.mktemp("dashboard")
     project = write_notes_project(folder / "project")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "FLUX_DATABASE_URL"}
     env |= {"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1"}
     deploy(dsn, load_settings(project, env={}))
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(
-        [*FLUX, "server", "--port", str(port), "--queue-workers", "0", "--no-deploy"], cwd=project, env=env,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     try:
-        wait_for_http(f"{url}/ready", timeout=60, process=server)
-        for text in ("a", "b", "c"):
-            assert call_json(f"{url}/notes", "POST", {"text": text})[0] == 201
-        for number in (1, 2, 3):
-            assert call_json(f"{url}/notes/{number}")[2]["id"] == number
-        edit_function(project, "get_note", GET_NOTE_CHANGED)
-        assert deploy(dsn, load_settings(project, env={})).id == 2
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            admin_key = create_admin_key(conn, "dashboard tests").key
-            big = _record_big_trace(conn, BIG_TRACE_SPANS)
-            (dead,) = jobs.push(conn, [{"function": "add_note", "payload": {"text": "d"}, "max_attempts": 1}])
-            conn.execute("SELECT flux.claim_jobs('tests', NULL, 1, 30)")  # as a worker does, then it fails
-            died = conn.execute(
-                "SELECT flux.fail_job(%s, 'tests', 1, NULL, %s)",
-                (dead["id"], '{"code": "FX300", "message": "it broke"}'),
-            ).fetchone()
-            assert died == ("dead",)
-        yield Dashboard(url, admin_key, dsn, folder / "screenshots", big, int(dead["id"]))
+        with flux_server(project, env, "--queue-workers", "0", "--no-deploy", log=folder / "server.log") as (
+            url,
+            _,
+        ):
+            for text in ("a", "b", "c"):
+                assert call_json(f"{url}/notes", "POST", {"text": text})[0] == 201
+            for number in (1, 2, 3):
+                assert call_json(f"{url}/notes/{number}")[2]["id"] == number
+            edit_function(project, "get_note", GET_NOTE_CHANGED)
+            assert deploy(dsn, load_settings(project, env={})).id == 2
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                admin_key = create_admin_key(conn, "dashboard tests").key
+                big = _record_big_trace(conn, BIG_TRACE_SPANS)
+                (dead,) = jobs.push(
+                    conn, [{"function": "add_note", "payload": {"text": "d"}, "max_attempts": 1}]
+                )
+                # as a worker does, then it fails
+                conn.execute("SELECT flux.claim_jobs('tests', NULL, 1, 30)")
+                died = conn.execute(
+                    "SELECT flux.fail_job(%s, 'tests', 1, NULL, %s)",
+                    (dead["id"], '{"code": "FX300", "message": "it broke"}'),
+                ).fetchone()
+                assert died == ("dead",)
+            yield Dashboard(url, admin_key, dsn, folder / "screenshots", big, int(dead["id"]))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
         pg_server.drop_database(name)
 
 
