@@ -641,8 +641,7 @@ def _host_trampoline(index: Any, caller_ptr: Any, params: Any, count: int, resul
             results[i] = wasmtime.Val._convert_to_raw(caller, result_types[i], item)
         return 0
     except BaseException as exc:
-        if getattr(_current, "raised", None) is None:  # the first: a nested call's trap follows from it
-            _current.raised = exc
+        _keep_raised(exc)
         return ctypes.cast(Trap("a Flux host function failed")._consume(), ctypes.c_void_p).value
     finally:
         caller._invalidate()
@@ -686,11 +685,17 @@ def kept_on_this_thread(function: Callable[..., Any]) -> Callable[..., Any]:
         except wasmtime.WasmtimeError:
             raise
         except BaseException as exc:
-            if getattr(_current, "raised", None) is None:  # the first: a nested call's error follows from it
-                _current.raised = exc
+            _keep_raised(exc)
             raise wasmtime.WasmtimeError("a Flux host function failed") from None
 
     return host
+
+
+def _keep_raised(exc: BaseException) -> None:
+    """Keep what a host function raised for this thread's `host_errors`: the first only (a nested call's
+    error follows from it)."""
+    if getattr(_current, "raised", None) is None:
+        _current.raised = exc
 
 
 @contextmanager
