@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -22,7 +21,7 @@ from typing import TypeVar
 
 import psycopg
 
-from bench.servers import free_port, wait_ready
+from bench.servers import free_port, wait_ready, wrk
 from flux.gateway.auth import new_api_key
 
 T = TypeVar("T")
@@ -189,17 +188,8 @@ def _quiesce(dsn: str) -> None:
 def _wrk(
     url: str, script: Path | None = None, duration_s: int = DURATION_S, connections: int = CONNECTIONS
 ) -> tuple[float, float]:
-    """p50 latency (ms) and requests per second."""
-    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
-    if script is not None:
-        command[1:1] = ["-s", str(script)]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", output)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    assert p50 and rate and not non_2xx, output
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50[2]]
-    return float(p50[1]) * scale, float(rate[1])
+    """p50 latency (ms) and requests per second, with this scenario's duration and connections."""
+    return wrk(url, script, duration_s, connections)
 
 
 def _with_cpu(server_pid: int, run: Callable[[], T]) -> tuple[T, tuple[float, float]]:
