@@ -31,28 +31,20 @@ from flux.queue import push
 from flux.queue.worker import QueueWorker, WorkerOptions
 from tests.fixtures.gateway import GatewayClient, gateway_client
 from tests.fixtures.processes import copy_project, flux_server, run_flux
+from tests.fixtures.projects import NOTES_TOML
 
 Conn = psycopg.Connection[Any]
 ROOT = Path(__file__).resolve().parents[1]
-FLUX_TOML = """
-[[routes]]
-method = "POST"
-path = "/notes"
-function = "add_note"
-auth = "none"
-
-[[routes]]
-method = "GET"
-path = "/notes/{id}"
-function = "get_note"
-auth = "none"
-
+FLUX_TOML = (
+    NOTES_TOML
+    + """
 [[routes]]
 method = "GET"
 path = "/secret"
 function = "secret"
 auth = "none"
 """
+)
 ADD_NOTE = """export default async (req, ctx) => {
   if (!req.body?.text) throw new Error("no text");
   const values = {body: req.body.text};
