@@ -31,9 +31,11 @@ CREATE TYPE flux.rewound_table AS (
 	table_name text,
 	some_key jsonb,
 	made jsonb[],
-	changed jsonb[],
-	deleted jsonb[],
-	key_changed boolean
+	restored jsonb[],
+	deleted boolean,
+	key_changed boolean,
+	writes integer,
+	drifted integer
 );
 
 
@@ -1049,26 +1051,19 @@ $$;
 --
 
 CREATE FUNCTION flux.mutations_since(started timestamp with time zone, first_id bigint, request uuid, schemas text[], names text[]) RETURNS TABLE(id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb, at timestamp with time zone, old jsonb, changed text[])
-    LANGUAGE plpgsql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET plan_cache_mode TO 'force_generic_plan'
-    SET enable_seqscan TO 'off'
+    LANGUAGE sql STABLE
     AS $$
-BEGIN
-    RETURN QUERY
-        WITH since AS MATERIALIZED (
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+      FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
               FROM flux.mutations m
              WHERE m.at >= started
             UNION ALL
             SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
               FROM flux.mutations m
-             WHERE m.id >= first_id AND m.at < started)
-        SELECT * FROM since AS s
-         WHERE s.request_id IS DISTINCT FROM request
-           AND (s.table_schema, s.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)));
-END
+             WHERE m.id >= first_id AND m.at < started
+            OFFSET 0) AS s
+     WHERE s.request_id IS DISTINCT FROM request
+       AND s.table_name = ANY (names) AND s.table_schema = ANY (schemas)
 $$;
 
 
@@ -1318,92 +1313,57 @@ DECLARE
     own_first bigint;
     own_last bigint;
     own_began timestamptz;
-    ids bigint[];
     tables flux.rewound_table[];
     drift jsonb;
-    not_rewound text[] := '{}';
+    undone integer;
+    not_rewound text[];
     replication text := pg_catalog.current_setting('session_replication_role');
     waited text := pg_catalog.current_setting('lock_timeout');
     triggers_off boolean := false;
 BEGIN
-    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
-           coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
-      INTO touched_schemas, touched_names
-      FROM flux.tracked_tables t
-     WHERE t.table_ref = ANY (named)
-        OR (t.table_schema::text, t.table_name::text) IN (
-               SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+    -- the tables named or written, and whether Flux tracks each (a named one it does not, as-of cannot rewind)
+    SELECT coalesce(pg_catalog.array_agg(t.nspname::text) FILTER (WHERE t.tracked), '{}'),
+           coalesce(pg_catalog.array_agg(t.relname::text) FILTER (WHERE t.tracked), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format('%I.%I', t.nspname, t.relname))
+                        FILTER (WHERE NOT t.tracked AND t.named AND as_of), '{}')
+      INTO touched_schemas, touched_names, not_rewound
+      FROM (SELECT n.nspname, c.relname, pg_catalog.bool_or(x.named) AS named,
+                   EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                            WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+              FROM (SELECT r.oid, true AS named FROM pg_catalog.unnest(named) AS r (oid)
+                    UNION ALL
+                    SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', w.s, w.n)), false
+                      FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)) AS w (s, n)
+                   ) AS x
+              JOIN pg_catalog.pg_class c ON c.oid = x.oid
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+             GROUP BY c.oid, n.nspname, c.relname) AS t;
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
       FROM flux.mutations m WHERE m.request_id = request;
     IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
         ended := own_began + (ended - started);
         started := own_began;
     END IF;
-    -- The writes to take back, read once (`live`: the request's own, but on rows others wrote since, which
-    -- stay as they are today; `as-of`: every write to the tables since the request began), with what
-    -- flux.undo_mutations needs of them: each table's rows, by their first and last write (by id: the order
-    -- their transactions committed in), which say what the row was before and is now.
-    WITH undone AS MATERIALIZED (
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
-          FROM flux.mutations m
-         WHERE m.request_id = request
-           AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
-                                      WHERE (x.table_schema, x.table_name, x.row_pk)
-                                            = (m.table_schema, m.table_name, m.row_pk)
-                                        AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
-        UNION ALL
-        SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
-          FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
-         WHERE as_of
-    ), row_span AS (
-        SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first, pg_catalog.max(u.id) AS last,
-               pg_catalog.bool_or(u.op = 'UPDATE' AND u.row_pk ?| u.changed) AS key_changed
-          FROM undone AS u
-         GROUP BY u.table_schema, u.table_name, u.row_pk
-    ), by_table AS (
-        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
-               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
-               pg_catalog.bool_or(r.key_changed) AS key_changed
-          FROM row_span AS r
-          JOIN undone AS f ON f.id = r.first
-          JOIN undone AS l ON l.id = r.last
-         GROUP BY r.table_schema, r.table_name
-    )
-    SELECT (SELECT coalesce(pg_catalog.array_agg(u.id ORDER BY u.id), '{}') FROM undone AS u),
-           (SELECT pg_catalog.array_agg(t::flux.rewound_table) FROM by_table AS t),
-           (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                       'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
-                       'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
-              FROM (SELECT u.* FROM undone AS u
-                     WHERE as_of AND u.request_id IS DISTINCT FROM request AND u.at < ended
-                     ORDER BY u.id LIMIT 100) AS d)
-      INTO ids, tables, drift;
-    IF as_of THEN
-        SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
-          INTO not_rewound
-          FROM pg_catalog.unnest(named) AS name
-          JOIN pg_catalog.pg_class c ON c.oid = name
-          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p')
-           AND (n.nspname::text, c.relname::text) NOT IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
-    ELSE
-        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
-                   'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
-          INTO drift
-          FROM (SELECT s.*
-                  FROM flux.mutations_since(started, own_last + 1, request, touched_schemas, touched_names) AS s
-                 ORDER BY s.id LIMIT 100) AS l;
-    END IF;
-    IF pg_catalog.cardinality(ids) > 0 THEN
+    SELECT w.tables, w.drift INTO tables, drift
+      FROM flux.writes_to_rewind(request, as_of, started, ended, own_first, own_last, touched_schemas,
+                                 touched_names) AS w;
+    undone := coalesce((SELECT pg_catalog.sum(t.writes) FROM pg_catalog.unnest(tables) AS t), 0);
+    IF undone > 0 THEN
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
         -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
         PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
-        not_rewound := not_rewound || ARRAY(
-            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids, tables)) AS x WHERE x <> ALL(not_rewound));
+        BEGIN
+            IF EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.key_changed) THEN
+                -- an UPDATE changed a key: a row's writes are not all under one key
+                RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation';
+            END IF;
+            not_rewound := not_rewound || flux.undo_mutations_by_table(tables);
+        EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
+            not_rewound := not_rewound || flux.undo_mutations_one_by_one(flux.rewound_ids(
+                request, as_of, started, own_first, touched_schemas, touched_names));
+        END;
+        not_rewound := ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest(not_rewound) AS x ORDER BY x);
         PERFORM pg_catalog.set_config('lock_timeout', waited, true);
         triggers_off := pg_catalog.current_setting('session_replication_role') = 'replica';
         IF triggers_off THEN
@@ -1411,9 +1371,50 @@ BEGIN
         END IF;
     END IF;
     RETURN pg_catalog.jsonb_build_object(
-        'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
+        'undone', undone, 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
         'triggers_off', triggers_off);
 END
+$$;
+
+
+--
+-- Name: rewound_ids(uuid, boolean, timestamp with time zone, bigint, text[], text[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewound_ids(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]) RETURNS bigint[]
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT w.id FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
+         WHERE w.request_id = request
+            OR (w.table_schema, w.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names))));
+END
+$$;
+
+
+--
+-- Name: rewound_writes(uuid, boolean, timestamp with time zone, bigint, text[], text[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.rewound_writes(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]) RETURNS TABLE(id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb, at timestamp with time zone, old jsonb, changed text[])
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+      FROM flux.mutations m
+     WHERE m.request_id = request
+       AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
+                                  WHERE (x.table_schema, x.table_name, x.row_pk)
+                                        = (m.table_schema, m.table_name, m.row_pk)
+                                    AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
+    UNION ALL
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+      FROM flux.mutations_since(started, own_first, request, schemas, names) AS s
+     WHERE as_of
 $$;
 
 
@@ -1647,24 +1648,22 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
-    IF call_name = '@undo' THEN
-        replay := '00000000-0000-0000-0000-000000000000';
-        IF TG_OP = 'UPDATE' THEN
-            old_row := pg_catalog.to_jsonb(OLD);
-            UPDATE flux.replay_pins AS p SET used = true
-             WHERE (p.replay_id, p.call, p.position) = (
-                   SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
-                    WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                      AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
-                      AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
-                                        FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
-                    LIMIT 1)
-            RETURNING p.new INTO pinned;
-            IF pinned IS NOT NULL THEN
-                NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
-            END IF;
-            RETURN NEW;
+    IF call_name = '@undo' THEN  -- the pin of the row by its key (an UPDATE's old one, an INSERT's new one)
+        old_row := pg_catalog.to_jsonb(CASE WHEN TG_OP = 'UPDATE' THEN OLD ELSE NEW END);
+        UPDATE flux.replay_pins AS p SET used = true
+         WHERE (p.replay_id, p.call, p.position) = (
+               SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                WHERE q.replay_id = '00000000-0000-0000-0000-000000000000' AND q.call = call_name
+                  AND q.table_schema = written_schema AND q.table_name = written_table AND q.op = TG_OP
+                  AND NOT q.used
+                  AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
+                                    FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
+                LIMIT 1)
+        RETURNING p.new INTO pinned;
+        IF pinned IS NOT NULL THEN
+            NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
         END IF;
+        RETURN NEW;
     END IF;
     IF TG_OP = 'INSERT' THEN
         UPDATE flux.replay_pins AS p SET used = true
@@ -1964,31 +1963,10 @@ $$;
 
 
 --
--- Name: undo_mutations(bigint[], flux.rewound_table[]); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: undo_mutations_by_table(flux.rewound_table[]); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.undo_mutations(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-DECLARE
-    missing text[] := '{}';
-BEGIN
-    BEGIN
-        missing := flux.undo_mutations_by_table(ids, tables);
-    EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
-        missing := flux.undo_mutations_one_by_one(ids);
-    END;
-    RETURN missing;
-END
-$$;
-
-
---
--- Name: undo_mutations_by_table(bigint[], flux.rewound_table[]); Type: FUNCTION; Schema: flux; Owner: -
---
-
-CREATE FUNCTION flux.undo_mutations_by_table(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
+CREATE FUNCTION flux.undo_mutations_by_table(tables flux.rewound_table[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $_$
@@ -2009,12 +1987,6 @@ BEGIN
             missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
             CONTINUE;
         END IF;
-        IF t.key_changed THEN  -- an UPDATE changed a key: a row's mutations are not all under one key
-            PERFORM flux.undo_mutations_one_by_one(ARRAY(
-                SELECT m.id FROM flux.mutations m
-                 WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
-            CONTINUE;
-        END IF;
         triggers_on := flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND '),
                CASE WHEN pg_catalog.count(a.attname) = pg_catalog.count(*)
@@ -2027,18 +1999,14 @@ BEGIN
           LEFT JOIN pg_catalog.pg_attribute a
                  ON a.attrelid = target AND a.attname = key AND a.attnum > 0 AND NOT a.attisdropped
           LEFT JOIN pg_catalog.pg_type y ON y.oid = a.atttypid;
-        IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
+        IF triggers_on AND t.restored IS NOT NULL THEN  -- each row put back, by an UPDATE or an INSERT
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
-            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
-                   r.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
-                                     FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
-              FROM (SELECT 'UPDATE' AS op, c.row, c.n
-                      FROM pg_catalog.unnest(t.changed) WITH ORDINALITY AS c (row, n)
-                    UNION ALL
-                    SELECT 'INSERT', d.row, pg_catalog.cardinality(t.changed) + d.n
-                      FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
-            pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
-                      + coalesce(pg_catalog.cardinality(t.deleted), 0);
+            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n * 2 + o.n, t.table_schema,
+                   t.table_name, o.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
+                                                   FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
+              FROM pg_catalog.unnest(t.restored) WITH ORDINALITY AS r (row, n)
+             CROSS JOIN (VALUES ('UPDATE', 0), ('INSERT', 1)) AS o (op, n);
+            pinned := pinned + 2 * pg_catalog.cardinality(t.restored) + 2;
         END IF;
         -- Flux's recording trigger leaves the rows put back alone (flux.track), and the pin trigger pins
         -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
@@ -2053,7 +2021,7 @@ BEGIN
                                            target)))
                 USING t.made;
         END IF;
-        IF t.changed IS NOT NULL THEN
+        IF t.restored IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
             -- what cannot be set (generated columns, GENERATED ALWAYS identities).
             SELECT pg_catalog.string_agg(pg_catalog.format(
@@ -2066,18 +2034,19 @@ BEGIN
                 EXECUTE pg_catalog.format(
                     'UPDATE %1$s AS t SET %2$s FROM pg_catalog.unnest($1) AS j (j)'
                     ' CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, j.j) AS k WHERE %3$s',
-                    target, columns, key_match) USING t.changed;
+                    target, columns, key_match) USING t.restored;
             END IF;
         END IF;
-        IF t.deleted IS NOT NULL THEN
+        IF t.restored IS NOT NULL AND t.deleted THEN  -- rows deleted since, not there today
             SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
               INTO columns
               FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
             EXECUTE pg_catalog.format(
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
-                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
-                target, columns) USING t.deleted;
+                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k'
+                ' WHERE NOT EXISTS (SELECT FROM %1$s AS t WHERE %3$s)',
+                target, columns, key_match) USING t.restored;
         END IF;
         PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     END LOOP;
@@ -2179,6 +2148,58 @@ CREATE FUNCTION flux.user_id() RETURNS text
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
     SELECT flux.claim('sub')
+$$;
+
+
+--
+-- Name: writes_to_rewind(uuid, boolean, timestamp with time zone, timestamp with time zone, bigint, bigint, text[], text[]); Type: FUNCTION; Schema: flux; Owner: -
+--
+
+CREATE FUNCTION flux.writes_to_rewind(request uuid, as_of boolean, started timestamp with time zone, ended timestamp with time zone, own_first bigint, own_last bigint, schemas text[], names text[], OUT tables flux.rewound_table[], OUT drift jsonb) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    AS $$
+BEGIN
+    WITH per_row AS (
+        SELECT w.table_schema, w.table_name, w.row_pk,
+               -- its first write, and whether that made the row (hashed: neither a sort nor a join)
+               pg_catalog.min(w.id) AS first, pg_catalog.min(w.id) FILTER (WHERE w.op = 'INSERT') AS first_made,
+               pg_catalog.count(*) AS writes,
+               pg_catalog.count(*) FILTER (WHERE w.request_id IS DISTINCT FROM request AND w.at < ended) AS drifted,
+               pg_catalog.bool_or(w.request_id = request) AS own,
+               pg_catalog.bool_or(w.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(w.op = 'UPDATE' AND w.row_pk ?| w.changed) AS key_changed
+          FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
+         GROUP BY w.table_schema, w.table_name, w.row_pk
+    )
+    SELECT pg_catalog.array_agg(t::flux.rewound_table) INTO tables
+      FROM (SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+                   pg_catalog.array_agg(r.row_pk) FILTER (WHERE r.first = r.first_made) AS made,
+                   pg_catalog.array_agg((SELECT f.old FROM flux.mutations f WHERE f.id = r.first))
+                       FILTER (WHERE r.first_made IS DISTINCT FROM r.first) AS restored,
+                   pg_catalog.bool_or(r.deleted) AS deleted, pg_catalog.bool_or(r.key_changed) AS key_changed,
+                   pg_catalog.sum(r.writes)::integer AS writes, pg_catalog.sum(r.drifted)::integer AS drifted
+              FROM per_row AS r
+             GROUP BY r.table_schema, r.table_name
+            HAVING pg_catalog.bool_or(r.own) OR (r.table_schema, r.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))) AS t;
+    IF NOT as_of OR EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.drifted > 0) THEN
+        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
+                   'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
+          INTO drift
+          FROM (SELECT s.*
+                  FROM flux.mutations_since(started, CASE WHEN as_of THEN own_first ELSE own_last + 1 END,
+                                            request, schemas, names) AS s
+                 WHERE (NOT as_of OR s.at < ended)
+                   AND (s.table_schema, s.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+                 ORDER BY s.id LIMIT 100) AS d;
+    END IF;
+END
 $$;
 
 
@@ -3819,6 +3840,20 @@ REVOKE ALL ON FUNCTION flux.rewind_tables(request uuid, as_of boolean, named reg
 
 
 --
+-- Name: FUNCTION rewound_ids(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.rewound_ids(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION rewound_writes(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.rewound_writes(request uuid, as_of boolean, started timestamp with time zone, own_first bigint, schemas text[], names text[]) FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION role(); Type: ACL; Schema: flux; Owner: -
 --
 
@@ -3866,17 +3901,10 @@ REVOKE ALL ON FUNCTION flux.tg_mutations__record_truncate() FROM PUBLIC;
 
 
 --
--- Name: FUNCTION undo_mutations(ids bigint[], tables flux.rewound_table[]); Type: ACL; Schema: flux; Owner: -
+-- Name: FUNCTION undo_mutations_by_table(tables flux.rewound_table[]); Type: ACL; Schema: flux; Owner: -
 --
 
-REVOKE ALL ON FUNCTION flux.undo_mutations(ids bigint[], tables flux.rewound_table[]) FROM PUBLIC;
-
-
---
--- Name: FUNCTION undo_mutations_by_table(ids bigint[], tables flux.rewound_table[]); Type: ACL; Schema: flux; Owner: -
---
-
-REVOKE ALL ON FUNCTION flux.undo_mutations_by_table(ids bigint[], tables flux.rewound_table[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION flux.undo_mutations_by_table(tables flux.rewound_table[]) FROM PUBLIC;
 
 
 --
@@ -3893,6 +3921,13 @@ REVOKE ALL ON FUNCTION flux.undo_mutations_one_by_one(ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_anon;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_user;
 GRANT ALL ON FUNCTION flux.user_id() TO flux_service;
+
+
+--
+-- Name: FUNCTION writes_to_rewind(request uuid, as_of boolean, started timestamp with time zone, ended timestamp with time zone, own_first bigint, own_last bigint, schemas text[], names text[], OUT tables flux.rewound_table[], OUT drift jsonb); Type: ACL; Schema: flux; Owner: -
+--
+
+REVOKE ALL ON FUNCTION flux.writes_to_rewind(request uuid, as_of boolean, started timestamp with time zone, ended timestamp with time zone, own_first bigint, own_last bigint, schemas text[], names text[], OUT tables flux.rewound_table[], OUT drift jsonb) FROM PUBLIC;
 
 
 --

@@ -1,5 +1,5 @@
 -- Purpose: what replays need from the database: pinning generated values (flux.tg_mutations__pin_replay) and
--- rewinding tracked tables (flux.undo_mutations).
+-- rewinding tracked tables (flux.rewind_tables).
 
 -- Gives a row that a replay writes again the values the original write got: a BEFORE INSERT OR UPDATE trigger
 -- on every tracked table, installed by flux.track, that fires only while a replay names its current write in
@@ -11,9 +11,9 @@
 -- one names the columns it sets in flux.replay_keep: those keep its values. Named to fire after the table's
 -- own BEFORE triggers (they fire by name), so that a trigger setting updated_at = now() is pinned too.
 -- Arguments: as flux.tg_mutations__record's.
--- While flux.undo_mutations puts rows back with the tables' triggers on (flux.replay_call is '@undo'), a row
--- it puts back gets exactly the values it is put back to, whatever the table's own triggers did to them: an
--- UPDATE those of its key, an INSERT the next ones of its table.
+-- While flux.undo_mutations_by_table puts rows back with the tables' triggers on (flux.replay_call is
+-- '@undo'), a row it puts back gets exactly the values it is put back to, whatever the table's own triggers
+-- did to them: those pinned to its key.
 CREATE OR REPLACE FUNCTION flux.tg_mutations__pin_replay() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -32,24 +32,22 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid = pg_catalog.pg_partition_root(TG_RELID);
     END IF;
-    IF call_name = '@undo' THEN
-        replay := '00000000-0000-0000-0000-000000000000';
-        IF TG_OP = 'UPDATE' THEN
-            old_row := pg_catalog.to_jsonb(OLD);
-            UPDATE flux.replay_pins AS p SET used = true
-             WHERE (p.replay_id, p.call, p.position) = (
-                   SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
-                    WHERE q.replay_id = replay AND q.call = call_name AND q.table_schema = written_schema
-                      AND q.table_name = written_table AND q.op = 'UPDATE' AND NOT q.used
-                      AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
-                                        FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
-                    LIMIT 1)
-            RETURNING p.new INTO pinned;
-            IF pinned IS NOT NULL THEN
-                NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
-            END IF;
-            RETURN NEW;
+    IF call_name = '@undo' THEN  -- the pin of the row by its key (an UPDATE's old one, an INSERT's new one)
+        old_row := pg_catalog.to_jsonb(CASE WHEN TG_OP = 'UPDATE' THEN OLD ELSE NEW END);
+        UPDATE flux.replay_pins AS p SET used = true
+         WHERE (p.replay_id, p.call, p.position) = (
+               SELECT q.replay_id, q.call, q.position FROM flux.replay_pins AS q
+                WHERE q.replay_id = '00000000-0000-0000-0000-000000000000' AND q.call = call_name
+                  AND q.table_schema = written_schema AND q.table_name = written_table AND q.op = TG_OP
+                  AND NOT q.used
+                  AND q.row_pk = (SELECT pg_catalog.jsonb_object_agg(k, old_row -> k)
+                                    FROM pg_catalog.unnest(TG_ARGV[1:]) AS k)
+                LIMIT 1)
+        RETURNING p.new INTO pinned;
+        IF pinned IS NOT NULL THEN
+            NEW := pg_catalog.jsonb_populate_record(NEW, pinned);
         END IF;
+        RETURN NEW;
     END IF;
     IF TG_OP = 'INSERT' THEN
         UPDATE flux.replay_pins AS p SET used = true
@@ -163,38 +161,132 @@ REVOKE EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], te
 GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
     timestamptz), flux.replay_captured() TO flux_authenticator;
 
--- The mutations of others (not `request`'s) to the tables named by `schemas` and `names` (pairwise) made
--- since a request began: in a transaction that began at or after `started`, or numbered from `first_id` on
--- (none when it is null). Each part is found through an index, whatever the tables' history before:
--- `mutations_at_idx` (BRIN on `at`, as the rows are appended in about that order) and the primary key; the
--- tables are picked from what those find (a fence: `mutations_row_idx` would read each table's whole history,
--- and the planner, whose statistics on `at` end before the newest rows, takes it for the cheaper way). Planned
--- once a session, for any values (planning it took ten times as long as running it when little was written
--- since): those two indexes, whatever share of the table the planner guesses `at >= started` keeps.
+-- The mutations of others (not `request`'s) made since a request began, to tables whose schema is one of
+-- `schemas` and whose name is one of `names` (any pairing of the two: a caller naming several tables keeps
+-- the pairs it means): those in a transaction that began at or after `started`, and those numbered from
+-- `first_id` on (none when it is null). Each part is found through an index, whatever the tables' history
+-- before: `mutations_at_idx` (BRIN on `at`, as the rows are appended in about that order) and the primary
+-- key; the tables are picked from what those find (the `OFFSET 0` keeps the planner from taking
+-- `mutations_row_idx`, which holds each table's whole history, for the cheaper way when its statistics end
+-- before the newest rows). A SQL function Postgres inlines into the statement that calls it: that statement
+-- is planned once a session, with sequential scans off (a generic plan would otherwise scan the table).
 DROP FUNCTION IF EXISTS flux.mutations_since(timestamptz, bigint, uuid, text[], text[]);
 CREATE FUNCTION flux.mutations_since(
     started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
 ) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
                  at timestamptz, old jsonb, changed text[])
+    LANGUAGE sql STABLE
+AS $$
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+      FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+              FROM flux.mutations m
+             WHERE m.at >= started
+            UNION ALL
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+              FROM flux.mutations m
+             WHERE m.id >= first_id AND m.at < started
+            OFFSET 0) AS s
+     WHERE s.request_id IS DISTINCT FROM request
+       AND s.table_name = ANY (names) AND s.table_schema = ANY (schemas)
+$$;
+
+-- The writes a rewind takes back (`live`: the request's own, but on rows others wrote since, which stay as
+-- they are today; `as-of`: every write to the tables `schemas`/`names` since the request began, as
+-- flux.mutations_since finds them, and the request's own); inlined as flux.mutations_since is.
+CREATE OR REPLACE FUNCTION flux.rewound_writes(
+    request uuid, as_of boolean, started timestamptz, own_first bigint, schemas text[], names text[]
+) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
+                 at timestamptz, old jsonb, changed text[])
+    LANGUAGE sql STABLE
+AS $$
+    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+      FROM flux.mutations m
+     WHERE m.request_id = request
+       AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
+                                  WHERE (x.table_schema, x.table_name, x.row_pk)
+                                        = (m.table_schema, m.table_name, m.row_pk)
+                                    AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
+    UNION ALL
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+      FROM flux.mutations_since(started, own_first, request, schemas, names) AS s
+     WHERE as_of
+$$;
+
+-- What a rewind takes back, read in one pass over flux.rewound_writes and netted to one change a row (a row
+-- is its table and key; its writes are numbered in the order their transactions committed, since a second
+-- writer of a row waits for the first to commit): its first write since says what it was before (none, when
+-- that was an INSERT). One flux.rewound_table a table: the keys of the rows made since (`made`), the rows as
+-- they were before for the others (`restored`: changed or deleted since), whether any write deleted a row or
+-- changed a key, and how many writes it took back (`writes`) and how many of them others began before the
+-- request `ended` (`drifted`). `drift` lists those writes (as-of; live: every write of others since the
+-- request's last, which may explain a difference in what it read), the first 100. Planned once a session,
+-- with sequential scans off (for flux.mutations_since's sake).
+CREATE OR REPLACE FUNCTION flux.writes_to_rewind(
+    request uuid, as_of boolean, started timestamptz, ended timestamptz, own_first bigint, own_last bigint,
+    schemas text[], names text[], OUT tables flux.rewound_table[], OUT drift jsonb
+)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    SET plan_cache_mode = force_generic_plan
+    SET enable_seqscan = off
+    SET enable_sort = off
+AS $$
+BEGIN
+    WITH per_row AS (
+        SELECT w.table_schema, w.table_name, w.row_pk,
+               -- its first write, and whether that made the row (hashed: neither a sort nor a join)
+               pg_catalog.min(w.id) AS first, pg_catalog.min(w.id) FILTER (WHERE w.op = 'INSERT') AS first_made,
+               pg_catalog.count(*) AS writes,
+               pg_catalog.count(*) FILTER (WHERE w.request_id IS DISTINCT FROM request AND w.at < ended) AS drifted,
+               pg_catalog.bool_or(w.request_id = request) AS own,
+               pg_catalog.bool_or(w.op = 'DELETE') AS deleted,
+               pg_catalog.bool_or(w.op = 'UPDATE' AND w.row_pk ?| w.changed) AS key_changed
+          FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
+         GROUP BY w.table_schema, w.table_name, w.row_pk
+    )
+    SELECT pg_catalog.array_agg(t::flux.rewound_table) INTO tables
+      FROM (SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+                   pg_catalog.array_agg(r.row_pk) FILTER (WHERE r.first = r.first_made) AS made,
+                   pg_catalog.array_agg((SELECT f.old FROM flux.mutations f WHERE f.id = r.first))
+                       FILTER (WHERE r.first_made IS DISTINCT FROM r.first) AS restored,
+                   pg_catalog.bool_or(r.deleted) AS deleted, pg_catalog.bool_or(r.key_changed) AS key_changed,
+                   pg_catalog.sum(r.writes)::integer AS writes, pg_catalog.sum(r.drifted)::integer AS drifted
+              FROM per_row AS r
+             GROUP BY r.table_schema, r.table_name
+            HAVING pg_catalog.bool_or(r.own) OR (r.table_schema, r.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))) AS t;
+    IF NOT as_of OR EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.drifted > 0) THEN
+        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                   'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
+                   'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
+          INTO drift
+          FROM (SELECT s.*
+                  FROM flux.mutations_since(started, CASE WHEN as_of THEN own_first ELSE own_last + 1 END,
+                                            request, schemas, names) AS s
+                 WHERE (NOT as_of OR s.at < ended)
+                   AND (s.table_schema, s.table_name) IN (
+                           SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+                 ORDER BY s.id LIMIT 100) AS d;
+    END IF;
+END
+$$;
+
+-- The ids of flux.rewound_writes (of the tables `schemas`/`names`, pairwise, and the request's own), for
+-- taking them back one at a time (flux.undo_mutations_one_by_one). Sequential scans off, as above.
+CREATE OR REPLACE FUNCTION flux.rewound_ids(
+    request uuid, as_of boolean, started timestamptz, own_first bigint, schemas text[], names text[]
+) RETURNS bigint[]
     LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_generic_plan
     SET enable_seqscan = off
 AS $$
 BEGIN
-    RETURN QUERY
-        WITH since AS MATERIALIZED (
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
-              FROM flux.mutations m
-             WHERE m.at >= started
-            UNION ALL
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
-              FROM flux.mutations m
-             WHERE m.id >= first_id AND m.at < started)
-        SELECT * FROM since AS s
-         WHERE s.request_id IS DISTINCT FROM request
-           AND (s.table_schema, s.table_name) IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)));
+    RETURN ARRAY(
+        SELECT w.id FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
+         WHERE w.request_id = request
+            OR (w.table_schema, w.table_name) IN (
+                   SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names))));
 END
 $$;
 
@@ -204,12 +296,13 @@ $$;
 -- every write to those tables since the request began (its own, and those of later or concurrent writers:
 -- `at`, when their transaction began, at or after the request's, or numbered after the request's first
 -- write; `started` and `ended` are Flux's clock, so the request's own writes, when it made any, give its
--- beginning by the database's clock).
+-- beginning by the database's clock). Set-based (flux.undo_mutations_by_table); one write at a time, newest
+-- first (flux.undo_mutations_one_by_one), where a write changed a primary key, or where putting rows back
+-- table by table breaks a constraint (a unique value moved between rows, a foreign key with triggers on).
 -- The tables' triggers are off while it does when flux.rewind_fires_own_triggers says so. Answers
 -- {"undone": n, "drift": [...], "not_rewound": [...], "triggers_off": bool}: drift is the writes of others
--- that may explain a difference in what the request read (as-of: those among the undone that began before
--- the request `ended`; live: every later one; the first 100), not_rewound the tables as-of cannot take back
--- (schema-qualified).
+-- that may explain a difference in what the request read (flux.writes_to_rewind), not_rewound the tables
+-- as-of cannot take back (schema-qualified: untracked, or gone).
 DROP FUNCTION IF EXISTS flux.rewind_tables(uuid, boolean, text[], text[], text[], timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION flux.rewind_tables(
     request uuid, as_of boolean, named regclass[], written_schemas text[], written_names text[],
@@ -225,92 +318,57 @@ DECLARE
     own_first bigint;
     own_last bigint;
     own_began timestamptz;
-    ids bigint[];
     tables flux.rewound_table[];
     drift jsonb;
-    not_rewound text[] := '{}';
+    undone integer;
+    not_rewound text[];
     replication text := pg_catalog.current_setting('session_replication_role');
     waited text := pg_catalog.current_setting('lock_timeout');
     triggers_off boolean := false;
 BEGIN
-    SELECT coalesce(pg_catalog.array_agg(t.table_schema::text), '{}'),
-           coalesce(pg_catalog.array_agg(t.table_name::text), '{}')
-      INTO touched_schemas, touched_names
-      FROM flux.tracked_tables t
-     WHERE t.table_ref = ANY (named)
-        OR (t.table_schema::text, t.table_name::text) IN (
-               SELECT * FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)));
+    -- the tables named or written, and whether Flux tracks each (a named one it does not, as-of cannot rewind)
+    SELECT coalesce(pg_catalog.array_agg(t.nspname::text) FILTER (WHERE t.tracked), '{}'),
+           coalesce(pg_catalog.array_agg(t.relname::text) FILTER (WHERE t.tracked), '{}'),
+           coalesce(pg_catalog.array_agg(pg_catalog.format('%I.%I', t.nspname, t.relname))
+                        FILTER (WHERE NOT t.tracked AND t.named AND as_of), '{}')
+      INTO touched_schemas, touched_names, not_rewound
+      FROM (SELECT n.nspname, c.relname, pg_catalog.bool_or(x.named) AS named,
+                   EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                            WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+              FROM (SELECT r.oid, true AS named FROM pg_catalog.unnest(named) AS r (oid)
+                    UNION ALL
+                    SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', w.s, w.n)), false
+                      FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)) AS w (s, n)
+                   ) AS x
+              JOIN pg_catalog.pg_class c ON c.oid = x.oid
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p')
+             GROUP BY c.oid, n.nspname, c.relname) AS t;
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
       FROM flux.mutations m WHERE m.request_id = request;
     IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
         ended := own_began + (ended - started);
         started := own_began;
     END IF;
-    -- The writes to take back, read once (`live`: the request's own, but on rows others wrote since, which
-    -- stay as they are today; `as-of`: every write to the tables since the request began), with what
-    -- flux.undo_mutations needs of them: each table's rows, by their first and last write (by id: the order
-    -- their transactions committed in), which say what the row was before and is now.
-    WITH undone AS MATERIALIZED (
-        SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
-          FROM flux.mutations m
-         WHERE m.request_id = request
-           AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
-                                      WHERE (x.table_schema, x.table_name, x.row_pk)
-                                            = (m.table_schema, m.table_name, m.row_pk)
-                                        AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
-        UNION ALL
-        SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
-          FROM flux.mutations_since(started, own_first, request, touched_schemas, touched_names) AS s
-         WHERE as_of
-    ), row_span AS (
-        SELECT u.table_schema, u.table_name, u.row_pk, pg_catalog.min(u.id) AS first, pg_catalog.max(u.id) AS last,
-               pg_catalog.bool_or(u.op = 'UPDATE' AND u.row_pk ?| u.changed) AS key_changed
-          FROM undone AS u
-         GROUP BY u.table_schema, u.table_name, u.row_pk
-    ), by_table AS (
-        SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
-               pg_catalog.array_agg(r.row_pk) FILTER (WHERE f.op = 'INSERT' AND l.op <> 'DELETE') AS made,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op <> 'DELETE') AS changed,
-               pg_catalog.array_agg(f.old) FILTER (WHERE f.op <> 'INSERT' AND l.op = 'DELETE') AS deleted,
-               pg_catalog.bool_or(r.key_changed) AS key_changed
-          FROM row_span AS r
-          JOIN undone AS f ON f.id = r.first
-          JOIN undone AS l ON l.id = r.last
-         GROUP BY r.table_schema, r.table_name
-    )
-    SELECT (SELECT coalesce(pg_catalog.array_agg(u.id ORDER BY u.id), '{}') FROM undone AS u),
-           (SELECT pg_catalog.array_agg(t::flux.rewound_table) FROM by_table AS t),
-           (SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                       'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
-                       'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
-              FROM (SELECT u.* FROM undone AS u
-                     WHERE as_of AND u.request_id IS DISTINCT FROM request AND u.at < ended
-                     ORDER BY u.id LIMIT 100) AS d)
-      INTO ids, tables, drift;
-    IF as_of THEN
-        SELECT coalesce(pg_catalog.array_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, c.relname)), '{}')
-          INTO not_rewound
-          FROM pg_catalog.unnest(named) AS name
-          JOIN pg_catalog.pg_class c ON c.oid = name
-          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p')
-           AND (n.nspname::text, c.relname::text) NOT IN (
-                   SELECT * FROM ROWS FROM (pg_catalog.unnest(touched_schemas), pg_catalog.unnest(touched_names)));
-    ELSE
-        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', l.id, 'request_id', l.request_id, 'table_schema', l.table_schema,
-                   'table_name', l.table_name, 'op', l.op, 'row_pk', l.row_pk, 'at', l.at) ORDER BY l.id)
-          INTO drift
-          FROM (SELECT s.*
-                  FROM flux.mutations_since(started, own_last + 1, request, touched_schemas, touched_names) AS s
-                 ORDER BY s.id LIMIT 100) AS l;
-    END IF;
-    IF pg_catalog.cardinality(ids) > 0 THEN
+    SELECT w.tables, w.drift INTO tables, drift
+      FROM flux.writes_to_rewind(request, as_of, started, ended, own_first, own_last, touched_schemas,
+                                 touched_names) AS w;
+    undone := coalesce((SELECT pg_catalog.sum(t.writes) FROM pg_catalog.unnest(tables) AS t), 0);
+    IF undone > 0 THEN
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
         -- the rows it took back while waiting would hold up that session's next write, or deadlock with it).
         PERFORM pg_catalog.set_config('lock_timeout', '500ms', true);
-        not_rewound := not_rewound || ARRAY(
-            SELECT x FROM pg_catalog.unnest(flux.undo_mutations(ids, tables)) AS x WHERE x <> ALL(not_rewound));
+        BEGIN
+            IF EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.key_changed) THEN
+                -- an UPDATE changed a key: a row's writes are not all under one key
+                RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation';
+            END IF;
+            not_rewound := not_rewound || flux.undo_mutations_by_table(tables);
+        EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
+            not_rewound := not_rewound || flux.undo_mutations_one_by_one(flux.rewound_ids(
+                request, as_of, started, own_first, touched_schemas, touched_names));
+        END;
+        not_rewound := ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest(not_rewound) AS x ORDER BY x);
         PERFORM pg_catalog.set_config('lock_timeout', waited, true);
         triggers_off := pg_catalog.current_setting('session_replication_role') = 'replica';
         IF triggers_off THEN
@@ -318,7 +376,7 @@ BEGIN
         END IF;
     END IF;
     RETURN pg_catalog.jsonb_build_object(
-        'undone', pg_catalog.cardinality(ids), 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
+        'undone', undone, 'drift', coalesce(drift, '[]'), 'not_rewound', not_rewound,
         'triggers_off', triggers_off);
 END
 $$;
@@ -353,38 +411,15 @@ BEGIN
 END
 $$;
 
--- Undoes the mutations `ids`, to put tracked tables back as they were before the oldest of them. Set-based:
--- each row's mutations (a row is its table and key; its mutations are numbered in the order their transactions
--- committed, since a second writer of a row waits for the first to commit) net out to one change, and each
--- table takes one DELETE (rows made since), one UPDATE (rows changed since: every column gets its value
--- from before the oldest mutation) and one INSERT (rows deleted since): `tables` says which, as
--- flux.rewind_tables reads them from the mutations. A table where a mutation changed a
--- primary key, or where that order breaks a constraint (a unique value moved between rows, a foreign key
--- with triggers on), is undone one mutation at a time, newest first. Only a replay calls it, inside a
--- transaction it rolls back; it turns the tables' triggers off where flux.rewind_fires_own_triggers says
--- (so that they, and foreign-key checks, leave the old values alone). Returns the tables it could not
--- rewind because they no longer exist.
-DROP FUNCTION IF EXISTS flux.undo_mutations(bigint[]);
-CREATE OR REPLACE FUNCTION flux.undo_mutations(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    missing text[] := '{}';
-BEGIN
-    BEGIN
-        missing := flux.undo_mutations_by_table(ids, tables);
-    EXCEPTION WHEN integrity_constraint_violation THEN  -- the subtransaction took the partial work back
-        missing := flux.undo_mutations_one_by_one(ids);
-    END;
-    RETURN missing;
-END
-$$;
-
--- flux.undo_mutations's set-based undo (see there); a table whose mutations changed a primary key
--- (`key_changed`) has its mutations among `ids` undone one at a time.
+-- Puts the tables of `tables` (flux.writes_to_rewind's) back as they were before their first write taken back:
+-- each table takes one DELETE (rows made since), one UPDATE (rows changed or deleted since that are there
+-- today: every column gets its value from before) and one INSERT (those that are not, when a write deleted a
+-- row). Only flux.rewind_tables calls it, in a replay's transaction, which is rolled back; it turns a table's
+-- triggers off where flux.rewind_fires_own_triggers says (so that they, and foreign-key checks, leave the
+-- old values alone). Returns the tables it could not rewind because they no longer exist.
+DROP FUNCTION IF EXISTS flux.undo_mutations(bigint[]);  -- before migration 0018 (which made it take tables)
 DROP FUNCTION IF EXISTS flux.undo_mutations_by_table(bigint[]);
-CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(ids bigint[], tables flux.rewound_table[]) RETURNS text[]
+CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(tables flux.rewound_table[]) RETURNS text[]
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
@@ -405,12 +440,6 @@ BEGIN
             missing := missing || pg_catalog.format('%I.%I', t.table_schema, t.table_name);
             CONTINUE;
         END IF;
-        IF t.key_changed THEN  -- an UPDATE changed a key: a row's mutations are not all under one key
-            PERFORM flux.undo_mutations_one_by_one(ARRAY(
-                SELECT m.id FROM flux.mutations m
-                 WHERE m.id = ANY(ids) AND m.table_schema = t.table_schema AND m.table_name = t.table_name));
-            CONTINUE;
-        END IF;
         triggers_on := flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND '),
                CASE WHEN pg_catalog.count(a.attname) = pg_catalog.count(*)
@@ -423,18 +452,14 @@ BEGIN
           LEFT JOIN pg_catalog.pg_attribute a
                  ON a.attrelid = target AND a.attname = key AND a.attnum > 0 AND NOT a.attisdropped
           LEFT JOIN pg_catalog.pg_type y ON y.oid = a.atttypid;
-        IF triggers_on AND (t.changed IS NOT NULL OR t.deleted IS NOT NULL) THEN
+        IF triggers_on AND t.restored IS NOT NULL THEN  -- each row put back, by an UPDATE or an INSERT
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
-            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n, t.table_schema, t.table_name,
-                   r.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
-                                     FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
-              FROM (SELECT 'UPDATE' AS op, c.row, c.n
-                      FROM pg_catalog.unnest(t.changed) WITH ORDINALITY AS c (row, n)
-                    UNION ALL
-                    SELECT 'INSERT', d.row, pg_catalog.cardinality(t.changed) + d.n
-                      FROM pg_catalog.unnest(t.deleted) WITH ORDINALITY AS d (row, n)) AS r;
-            pinned := pinned + coalesce(pg_catalog.cardinality(t.changed), 0)
-                      + coalesce(pg_catalog.cardinality(t.deleted), 0);
+            SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n * 2 + o.n, t.table_schema,
+                   t.table_name, o.op, coalesce((SELECT pg_catalog.jsonb_object_agg(k, r.row -> k)
+                                                   FROM pg_catalog.jsonb_object_keys(t.some_key) AS k), '{}'), r.row
+              FROM pg_catalog.unnest(t.restored) WITH ORDINALITY AS r (row, n)
+             CROSS JOIN (VALUES ('UPDATE', 0), ('INSERT', 1)) AS o (op, n);
+            pinned := pinned + 2 * pg_catalog.cardinality(t.restored) + 2;
         END IF;
         -- Flux's recording trigger leaves the rows put back alone (flux.track), and the pin trigger pins
         -- them only where the table's own triggers fire (`@undo`; `@rewind` otherwise)
@@ -449,7 +474,7 @@ BEGIN
                                            target)))
                 USING t.made;
         END IF;
-        IF t.changed IS NOT NULL THEN
+        IF t.restored IS NOT NULL THEN
             -- Every column there was then (one added since keeps today's value), but the key (it matches) and
             -- what cannot be set (generated columns, GENERATED ALWAYS identities).
             SELECT pg_catalog.string_agg(pg_catalog.format(
@@ -462,18 +487,19 @@ BEGIN
                 EXECUTE pg_catalog.format(
                     'UPDATE %1$s AS t SET %2$s FROM pg_catalog.unnest($1) AS j (j)'
                     ' CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::%1$s, j.j) AS k WHERE %3$s',
-                    target, columns, key_match) USING t.changed;
+                    target, columns, key_match) USING t.restored;
             END IF;
         END IF;
-        IF t.deleted IS NOT NULL THEN
+        IF t.restored IS NOT NULL AND t.deleted THEN  -- rows deleted since, not there today
             SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
               INTO columns
               FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
             EXECUTE pg_catalog.format(
                 'INSERT INTO %1$s (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s'
-                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1))',
-                target, columns) USING t.deleted;
+                ' FROM pg_catalog.jsonb_populate_recordset(NULL::%1$s, pg_catalog.to_jsonb($1)) AS k'
+                ' WHERE NOT EXISTS (SELECT FROM %1$s AS t WHERE %3$s)',
+                target, columns, key_match) USING t.restored;
         END IF;
         PERFORM pg_catalog.set_config('flux.replay_call', '', true);
     END LOOP;
@@ -544,8 +570,10 @@ $$;
 -- whose transaction would commit what it took back.
 REVOKE EXECUTE ON FUNCTION flux.rewind_tables(uuid, boolean, regclass[], text[], text[], timestamptz, timestamptz),
     flux.mutations_since(timestamptz, bigint, uuid, text[], text[]),
-    flux.rewind_fires_own_triggers(regclass), flux.undo_mutations(bigint[], flux.rewound_table[]),
-    flux.undo_mutations_by_table(bigint[], flux.rewound_table[]),
+    flux.rewound_writes(uuid, boolean, timestamptz, bigint, text[], text[]),
+    flux.writes_to_rewind(uuid, boolean, timestamptz, timestamptz, bigint, bigint, text[], text[]),
+    flux.rewound_ids(uuid, boolean, timestamptz, bigint, text[], text[]),
+    flux.rewind_fires_own_triggers(regclass), flux.undo_mutations_by_table(flux.rewound_table[]),
     flux.undo_mutations_one_by_one(bigint[])
     FROM PUBLIC;
 

@@ -497,7 +497,11 @@ export default async function (req, ctx) {
 @pytest.mark.parametrize(
     "call",
     [
-        "flux.undo_mutations(ARRAY[1::bigint], '{}')",
+        "flux.undo_mutations_by_table('{}')",
+        "flux.undo_mutations_one_by_one(ARRAY[1::bigint])",
+        "flux.writes_to_rewind(gen_random_uuid(), true, now(), now(), NULL, NULL, '{public}', '{counters}')",
+        "flux.rewound_ids(gen_random_uuid(), true, now(), NULL, '{public}', '{counters}')",
+        "(SELECT count(*) FROM flux.mutations_since(now(), NULL, NULL, '{public}', '{counters}'))",
         "flux.rewind_tables(gen_random_uuid(), true, '{counters}', '{}', '{}', now(), now())",
         "flux.replay_prepare('secret', '[]', true, '{counters}', '', '{}', '{}', now(), now())",
         "flux.replay_captured()",
