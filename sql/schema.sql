@@ -32,10 +32,8 @@ CREATE TYPE flux.rewound_table AS (
 	some_key jsonb,
 	made jsonb[],
 	restored jsonb[],
-	deleted boolean,
 	key_changed boolean,
-	writes integer,
-	drifted integer
+	writes integer
 );
 
 
@@ -1325,20 +1323,23 @@ BEGIN
     SELECT coalesce(pg_catalog.array_agg(t.nspname::text) FILTER (WHERE t.tracked), '{}'),
            coalesce(pg_catalog.array_agg(t.relname::text) FILTER (WHERE t.tracked), '{}'),
            coalesce(pg_catalog.array_agg(pg_catalog.format('%I.%I', t.nspname, t.relname))
-                        FILTER (WHERE NOT t.tracked AND t.named AND as_of), '{}')
+                        FILTER (WHERE NOT t.tracked AND x.named AND as_of), '{}')
       INTO touched_schemas, touched_names, not_rewound
-      FROM (SELECT n.nspname, c.relname, pg_catalog.bool_or(x.named) AS named,
-                   EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                            WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+      FROM (SELECT x.oid, pg_catalog.bool_or(x.named) AS named
               FROM (SELECT r.oid, true AS named FROM pg_catalog.unnest(named) AS r (oid)
                     UNION ALL
                     SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', w.s, w.n)), false
                       FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)) AS w (s, n)
                    ) AS x
-              JOIN pg_catalog.pg_class c ON c.oid = x.oid
-              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p')
-             GROUP BY c.oid, n.nspname, c.relname) AS t;
+             GROUP BY x.oid) AS x
+     CROSS JOIN LATERAL (  -- each by its oid (an index), not a pass over the catalog (OFFSET 0: not a join)
+           SELECT n.nspname, c.relname,
+                  EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                           WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = x.oid AND c.relkind IN ('r', 'p')
+           OFFSET 0) AS t;
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
       FROM flux.mutations m WHERE m.request_id = request;
     IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
@@ -1386,6 +1387,7 @@ CREATE FUNCTION flux.rewound_ids(request uuid, as_of boolean, started timestamp 
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
     SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 BEGIN
     RETURN ARRAY(
@@ -2037,7 +2039,7 @@ BEGIN
                     target, columns, key_match) USING t.restored;
             END IF;
         END IF;
-        IF t.restored IS NOT NULL AND t.deleted THEN  -- rows deleted since, not there today
+        IF t.restored IS NOT NULL THEN  -- those deleted since (not there today)
             SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
               INTO columns
               FROM pg_catalog.pg_attribute a
@@ -2161,6 +2163,7 @@ CREATE FUNCTION flux.writes_to_rewind(request uuid, as_of boolean, started times
     SET plan_cache_mode TO 'force_generic_plan'
     SET enable_seqscan TO 'off'
     SET enable_sort TO 'off'
+    SET jit TO 'off'
     AS $$
 BEGIN
     WITH per_row AS (
@@ -2168,37 +2171,45 @@ BEGIN
                -- its first write, and whether that made the row (hashed: neither a sort nor a join)
                pg_catalog.min(w.id) AS first, pg_catalog.min(w.id) FILTER (WHERE w.op = 'INSERT') AS first_made,
                pg_catalog.count(*) AS writes,
-               pg_catalog.count(*) FILTER (WHERE w.request_id IS DISTINCT FROM request AND w.at < ended) AS drifted,
-               pg_catalog.bool_or(w.request_id = request) AS own,
-               pg_catalog.bool_or(w.op = 'DELETE') AS deleted,
                pg_catalog.bool_or(w.op = 'UPDATE' AND w.row_pk ?| w.changed) AS key_changed
           FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
          GROUP BY w.table_schema, w.table_name, w.row_pk
     )
     SELECT pg_catalog.array_agg(t::flux.rewound_table) INTO tables
-      FROM (SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+      FROM (SELECT r.table_schema, r.table_name,
+                   (SELECT f.row_pk FROM flux.mutations f WHERE f.id = pg_catalog.min(r.first)) AS some_key,
                    pg_catalog.array_agg(r.row_pk) FILTER (WHERE r.first = r.first_made) AS made,
                    pg_catalog.array_agg((SELECT f.old FROM flux.mutations f WHERE f.id = r.first))
                        FILTER (WHERE r.first_made IS DISTINCT FROM r.first) AS restored,
-                   pg_catalog.bool_or(r.deleted) AS deleted, pg_catalog.bool_or(r.key_changed) AS key_changed,
-                   pg_catalog.sum(r.writes)::integer AS writes, pg_catalog.sum(r.drifted)::integer AS drifted
+                   pg_catalog.bool_or(r.key_changed) AS key_changed, pg_catalog.sum(r.writes)::integer AS writes
               FROM per_row AS r
              GROUP BY r.table_schema, r.table_name
-            HAVING pg_catalog.bool_or(r.own) OR (r.table_schema, r.table_name) IN (
-                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))) AS t;
-    IF NOT as_of OR EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.drifted > 0) THEN
-        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
-                   'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
-          INTO drift
-          FROM (SELECT s.*
-                  FROM flux.mutations_since(started, CASE WHEN as_of THEN own_first ELSE own_last + 1 END,
-                                            request, schemas, names) AS s
-                 WHERE (NOT as_of OR s.at < ended)
-                   AND (s.table_schema, s.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
-                 ORDER BY s.id LIMIT 100) AS d;
-    END IF;
+            HAVING (r.table_schema, r.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+                OR EXISTS (SELECT FROM flux.mutations o  -- a table the request wrote itself
+                            WHERE o.request_id = request
+                              AND (o.table_schema, o.table_name) = (r.table_schema, r.table_name))) AS t;
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
+               'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
+      INTO drift
+      FROM (SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at
+              FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                      FROM flux.mutations m
+                     WHERE as_of AND m.at >= started AND m.at < ended
+                    UNION ALL
+                    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                      FROM flux.mutations m
+                     WHERE as_of AND m.id >= own_first AND m.at < started
+                    UNION ALL
+                    SELECT l.id, l.request_id, l.table_schema, l.table_name, l.op, l.row_pk, l.at
+                      FROM flux.mutations_since(started, own_last + 1, request, schemas, names) AS l
+                     WHERE NOT as_of
+                    OFFSET 0) AS s  -- the tables picked from what the indexes found, as in flux.mutations_since
+             WHERE s.request_id IS DISTINCT FROM request
+               AND (s.table_schema, s.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+             ORDER BY s.id LIMIT 100) AS d;
 END
 $$;
 

@@ -215,12 +215,14 @@ $$;
 -- What a rewind takes back, read in one pass over flux.rewound_writes and netted to one change a row (a row
 -- is its table and key; its writes are numbered in the order their transactions committed, since a second
 -- writer of a row waits for the first to commit): its first write since says what it was before (none, when
--- that was an INSERT). One flux.rewound_table a table: the keys of the rows made since (`made`), the rows as
--- they were before for the others (`restored`: changed or deleted since), whether any write deleted a row or
--- changed a key, and how many writes it took back (`writes`) and how many of them others began before the
--- request `ended` (`drifted`). `drift` lists those writes (as-of; live: every write of others since the
--- request's last, which may explain a difference in what it read), the first 100. Planned once a session,
--- with sequential scans off (for flux.mutations_since's sake).
+-- that was an INSERT). One flux.rewound_table a table (of `schemas`/`names`, or one the request wrote): the
+-- keys of the rows made since (`made`), the rows as they were before for the others (`restored`: changed or
+-- deleted since), whether a write changed a key, and how many writes it takes back.
+-- `drift` lists the writes of others that may explain a difference in what the request read, the first 100:
+-- as-of, those it takes back that began before the request `ended` (found apart, through the BRIN index on
+-- `at`, which keeps that read to the request's own time); live, every write of others since the request's
+-- last. Planned once a session, with sequential scans and sorts off (a generic plan's guesses of how many
+-- rows come back would otherwise scan the table, and sort where hashing does).
 CREATE OR REPLACE FUNCTION flux.writes_to_rewind(
     request uuid, as_of boolean, started timestamptz, ended timestamptz, own_first bigint, own_last bigint,
     schemas text[], names text[], OUT tables flux.rewound_table[], OUT drift jsonb
@@ -230,6 +232,7 @@ CREATE OR REPLACE FUNCTION flux.writes_to_rewind(
     SET plan_cache_mode = force_generic_plan
     SET enable_seqscan = off
     SET enable_sort = off
+    SET jit = off  -- what those make cost past jit_above_cost is no reason to compile it
 AS $$
 BEGIN
     WITH per_row AS (
@@ -237,37 +240,45 @@ BEGIN
                -- its first write, and whether that made the row (hashed: neither a sort nor a join)
                pg_catalog.min(w.id) AS first, pg_catalog.min(w.id) FILTER (WHERE w.op = 'INSERT') AS first_made,
                pg_catalog.count(*) AS writes,
-               pg_catalog.count(*) FILTER (WHERE w.request_id IS DISTINCT FROM request AND w.at < ended) AS drifted,
-               pg_catalog.bool_or(w.request_id = request) AS own,
-               pg_catalog.bool_or(w.op = 'DELETE') AS deleted,
                pg_catalog.bool_or(w.op = 'UPDATE' AND w.row_pk ?| w.changed) AS key_changed
           FROM flux.rewound_writes(request, as_of, started, own_first, schemas, names) AS w
          GROUP BY w.table_schema, w.table_name, w.row_pk
     )
     SELECT pg_catalog.array_agg(t::flux.rewound_table) INTO tables
-      FROM (SELECT r.table_schema, r.table_name, (pg_catalog.array_agg(r.row_pk))[1] AS some_key,
+      FROM (SELECT r.table_schema, r.table_name,
+                   (SELECT f.row_pk FROM flux.mutations f WHERE f.id = pg_catalog.min(r.first)) AS some_key,
                    pg_catalog.array_agg(r.row_pk) FILTER (WHERE r.first = r.first_made) AS made,
                    pg_catalog.array_agg((SELECT f.old FROM flux.mutations f WHERE f.id = r.first))
                        FILTER (WHERE r.first_made IS DISTINCT FROM r.first) AS restored,
-                   pg_catalog.bool_or(r.deleted) AS deleted, pg_catalog.bool_or(r.key_changed) AS key_changed,
-                   pg_catalog.sum(r.writes)::integer AS writes, pg_catalog.sum(r.drifted)::integer AS drifted
+                   pg_catalog.bool_or(r.key_changed) AS key_changed, pg_catalog.sum(r.writes)::integer AS writes
               FROM per_row AS r
              GROUP BY r.table_schema, r.table_name
-            HAVING pg_catalog.bool_or(r.own) OR (r.table_schema, r.table_name) IN (
-                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))) AS t;
-    IF NOT as_of OR EXISTS (SELECT FROM pg_catalog.unnest(tables) AS t WHERE t.drifted > 0) THEN
-        SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
-                   'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
-          INTO drift
-          FROM (SELECT s.*
-                  FROM flux.mutations_since(started, CASE WHEN as_of THEN own_first ELSE own_last + 1 END,
-                                            request, schemas, names) AS s
-                 WHERE (NOT as_of OR s.at < ended)
-                   AND (s.table_schema, s.table_name) IN (
-                           SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
-                 ORDER BY s.id LIMIT 100) AS d;
-    END IF;
+            HAVING (r.table_schema, r.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+                OR EXISTS (SELECT FROM flux.mutations o  -- a table the request wrote itself
+                            WHERE o.request_id = request
+                              AND (o.table_schema, o.table_name) = (r.table_schema, r.table_name))) AS t;
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
+               'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
+      INTO drift
+      FROM (SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at
+              FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                      FROM flux.mutations m
+                     WHERE as_of AND m.at >= started AND m.at < ended
+                    UNION ALL
+                    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at
+                      FROM flux.mutations m
+                     WHERE as_of AND m.id >= own_first AND m.at < started
+                    UNION ALL
+                    SELECT l.id, l.request_id, l.table_schema, l.table_name, l.op, l.row_pk, l.at
+                      FROM flux.mutations_since(started, own_last + 1, request, schemas, names) AS l
+                     WHERE NOT as_of
+                    OFFSET 0) AS s  -- the tables picked from what the indexes found, as in flux.mutations_since
+             WHERE s.request_id IS DISTINCT FROM request
+               AND (s.table_schema, s.table_name) IN (
+                       SELECT * FROM ROWS FROM (pg_catalog.unnest(schemas), pg_catalog.unnest(names)))
+             ORDER BY s.id LIMIT 100) AS d;
 END
 $$;
 
@@ -280,6 +291,7 @@ CREATE OR REPLACE FUNCTION flux.rewound_ids(
     SET search_path = pg_catalog, pg_temp
     SET plan_cache_mode = force_generic_plan
     SET enable_seqscan = off
+    SET jit = off
 AS $$
 BEGIN
     RETURN ARRAY(
@@ -330,20 +342,23 @@ BEGIN
     SELECT coalesce(pg_catalog.array_agg(t.nspname::text) FILTER (WHERE t.tracked), '{}'),
            coalesce(pg_catalog.array_agg(t.relname::text) FILTER (WHERE t.tracked), '{}'),
            coalesce(pg_catalog.array_agg(pg_catalog.format('%I.%I', t.nspname, t.relname))
-                        FILTER (WHERE NOT t.tracked AND t.named AND as_of), '{}')
+                        FILTER (WHERE NOT t.tracked AND x.named AND as_of), '{}')
       INTO touched_schemas, touched_names, not_rewound
-      FROM (SELECT n.nspname, c.relname, pg_catalog.bool_or(x.named) AS named,
-                   EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                            WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+      FROM (SELECT x.oid, pg_catalog.bool_or(x.named) AS named
               FROM (SELECT r.oid, true AS named FROM pg_catalog.unnest(named) AS r (oid)
                     UNION ALL
                     SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', w.s, w.n)), false
                       FROM ROWS FROM (pg_catalog.unnest(written_schemas), pg_catalog.unnest(written_names)) AS w (s, n)
                    ) AS x
-              JOIN pg_catalog.pg_class c ON c.oid = x.oid
-              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind IN ('r', 'p')
-             GROUP BY c.oid, n.nspname, c.relname) AS t;
+             GROUP BY x.oid) AS x
+     CROSS JOIN LATERAL (  -- each by its oid (an index), not a pass over the catalog (OFFSET 0: not a join)
+           SELECT n.nspname, c.relname,
+                  EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                           WHERE g.tgrelid = c.oid AND g.tgname = 'flux_mutations' AND g.tgparentid = 0) AS tracked
+             FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = x.oid AND c.relkind IN ('r', 'p')
+           OFFSET 0) AS t;
     SELECT pg_catalog.min(m.id), pg_catalog.max(m.id), pg_catalog.min(m.at) INTO own_first, own_last, own_began
       FROM flux.mutations m WHERE m.request_id = request;
     IF own_began IS NOT NULL THEN  -- when its transaction began, by the database's clock (Flux's may differ)
@@ -413,10 +428,9 @@ $$;
 
 -- Puts the tables of `tables` (flux.writes_to_rewind's) back as they were before their first write taken back:
 -- each table takes one DELETE (rows made since), one UPDATE (rows changed or deleted since that are there
--- today: every column gets its value from before) and one INSERT (those that are not, when a write deleted a
--- row). Only flux.rewind_tables calls it, in a replay's transaction, which is rolled back; it turns a table's
--- triggers off where flux.rewind_fires_own_triggers says (so that they, and foreign-key checks, leave the
--- old values alone). Returns the tables it could not rewind because they no longer exist.
+-- today: every column gets its value from before) and one INSERT (those that are not). Only flux.rewind_tables
+-- calls it, in a replay's transaction, which is rolled back; it turns a table's triggers off where
+-- flux.rewind_fires_own_triggers says (so that they, and foreign-key checks, leave the old values alone). Returns the tables it could not rewind because they no longer exist.
 DROP FUNCTION IF EXISTS flux.undo_mutations(bigint[]);  -- before migration 0018 (which made it take tables)
 DROP FUNCTION IF EXISTS flux.undo_mutations_by_table(bigint[]);
 CREATE OR REPLACE FUNCTION flux.undo_mutations_by_table(tables flux.rewound_table[]) RETURNS text[]
@@ -490,7 +504,7 @@ BEGIN
                     target, columns, key_match) USING t.restored;
             END IF;
         END IF;
-        IF t.restored IS NOT NULL AND t.deleted THEN  -- rows deleted since, not there today
+        IF t.restored IS NOT NULL THEN  -- those deleted since (not there today)
             SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
               INTO columns
               FROM pg_catalog.pg_attribute a

@@ -17,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import conninfo
 
 from flux import db, migrate
@@ -1005,6 +1007,54 @@ def snapshot(conn: psycopg.Connection[Any], but: str | tuple[str, ...] = ()) -> 
         )
         rows[table] = sorted(row[0] for row in found)
     return rows
+
+
+# --- 7b. any history of writes since, netted -------------------------------------------------------------
+
+# A row's writes since the request, in any order and number: made, changed (its value or its key), deleted,
+# made again under a key it or another row had.
+HISTORY = st.lists(
+    st.tuples(st.sampled_from(["insert", "update", "delete", "move"]), st.integers(1, 4), st.integers(0, 9)),
+    min_size=1,
+    max_size=12,
+)
+HISTORY_SQL = {
+    "insert": "INSERT INTO histories (id, v) VALUES (%(key)s, %(value)s) ON CONFLICT DO NOTHING",
+    "update": "UPDATE histories SET v = %(value)s, note = 'n' || %(value)s WHERE id = %(key)s",
+    "delete": "DELETE FROM histories WHERE id = %(key)s",
+    "move": "UPDATE histories SET id = %(value)s + 1 WHERE id = %(key)s"
+    " AND NOT EXISTS (SELECT FROM histories WHERE id = %(value)s + 1)",
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(initial=st.sets(st.integers(1, 4)), writes=HISTORY)
+def test_as_of_puts_a_table_back_whatever_was_written_since(
+    conn: psycopg.Connection[Any], initial: set[int], writes: list[tuple[str, int, int]]
+) -> None:
+    """flux.rewind_tables nets each row's writes to its first one since (a row that write made is deleted, any
+    other is put back as that write found it, by an UPDATE or, when it is gone today, an INSERT), or takes
+    them back one at a time where a write moved a key: the table is as it was, every time."""
+    conn.execute(b"CREATE TABLE IF NOT EXISTS histories (id int PRIMARY KEY, v int NOT NULL, note text)")
+    conn.execute(b"SELECT flux.track('histories')")
+    conn.execute(b"DELETE FROM histories")
+    for key in sorted(initial):
+        conn.execute(b"INSERT INTO histories (id, v) VALUES (%s, 0)", [key])
+    content = b"SELECT coalesce(jsonb_agg(h ORDER BY h.id), '[]') FROM histories AS h"
+    before = conn.execute(content).fetchone()[0]
+    (started,) = conn.execute(b"SELECT clock_timestamp()").fetchone()
+    for op, key, value in writes:
+        conn.execute(HISTORY_SQL[op].encode(), {"key": key, "value": value})
+    conn.execute(b"BEGIN")
+    try:
+        rewound = conn.execute(
+            b"SELECT flux.rewind_tables(gen_random_uuid(), true, ARRAY['histories'::regclass], '{}', '{}',"
+            b" %s, %s)",
+            [started, started],
+        ).fetchone()[0]
+        assert conn.execute(content).fetchone()[0] == before, (writes, rewound)
+    finally:
+        conn.execute(b"ROLLBACK")
 
 
 # --- 8. as-of with a thousand writes to take back -----------------------------------------------------------
