@@ -503,7 +503,7 @@ def as_of_ratios(
     replay's, each replay's ratio to its own original, the time of the statement that undoes the writes by
     hand (`writes`' second, in a transaction rolled back), and the same read's on today's data, as often."""
     from bench import replay as r
-    from flux.replay import Replay, built_code, recording_of, replay
+    from flux.replay import Replay, built_code, grants_ahead, recording_of, replay
     from flux.runtime import Caller, invoke
     from flux.trace.tree import load_trace
 
@@ -520,15 +520,16 @@ def as_of_ratios(
             for i in range(n):
                 conn.execute(writes[0].encode(), [f"later {i}"])
     how = Replay(executor, built_code({"read_note": reader}), catalog, mode="as-of")
-    for _ in range(3):  # the rewind's plans
-        replay(conn, recordings[-1], how, runs_on)
     originals, replayed, ratios = [], [], []
-    for recording in recordings:
-        result = replay(conn, recording, how, runs_on)
-        r._check([result])
-        originals.append(recording.request["duration_us"])
-        replayed.append(result.server_us)
-        ratios.append(result.server_us / recording.request["duration_us"])
+    with grants_ahead(conn):  # back to back, as a window replays
+        for _ in range(3):  # the rewind's plans
+            replay(conn, recordings[-1], how, runs_on)
+        for recording in recordings:
+            result = replay(conn, recording, how, runs_on)
+            r._check([result])
+            originals.append(recording.request["duration_us"])
+            replayed.append(result.server_us)
+            ratios.append(result.server_us / recording.request["duration_us"])
     by_hand = [
         _rolled_back_us(conn, writes[1] if writes else None, {"body": body, "last": last}) for _ in recordings
     ]

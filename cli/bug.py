@@ -173,7 +173,7 @@ class _Session:
         from flux.data import load_catalog
         from flux.errors import FluxError
         from flux.gateway.handler import WithBuiltins
-        from flux.replay import Replay, built_code, recording_of
+        from flux.replay import Replay, built_code, grants_ahead, recording_of
         from flux.runtime import Runtime, project_cache
         from flux.runtime.fetch import FetchPolicy
         from flux.runtime.secrets import SealedSecrets, load_key
@@ -201,6 +201,8 @@ class _Session:
             self.mode, self.why = self.asked, "--db"
             if self.mode != "recorded":
                 self.runs_on = self.stack.enter_context(db.request_connection(conn))
+        if self.runs_on is not None:  # each replay writes the next one's grant with its record
+            self.stack.enter_context(grants_ahead(conn))
         cache = (
             project_cache(folder)
             if (folder / "flux.toml").is_file()

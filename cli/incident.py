@@ -172,7 +172,7 @@ class _ViaDatabase:
         from flux.config import load_settings
         from flux.data import load_catalog
         from flux.gateway.handler import WithBuiltins
-        from flux.replay import Replay, built_code, stored_code
+        from flux.replay import Replay, built_code, grants_ahead, stored_code
         from flux.runtime import Runtime, project_cache
         from flux.runtime.fetch import FetchPolicy
         from flux.runtime.secrets import SealedSecrets, load_key
@@ -180,6 +180,8 @@ class _ViaDatabase:
         self.conn = conn
         # live and as-of run the function's SQL on a request connection, as the server does
         self.runs_on = stack.enter_context(db.request_connection(conn)) if mode != "recorded" else None
+        if self.runs_on is not None:  # each replay writes the next one's grant with its record
+            stack.enter_context(grants_ahead(conn))
         folder = project.resolve()
         built = code_source(code, folder)  # None for the code the database holds
         code_for = built_code(built) if built is not None else stored_code(conn, code, version)

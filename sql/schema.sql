@@ -1168,10 +1168,10 @@ $$;
 
 
 --
--- Name: replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
+-- Name: replay_prepare(bytea, uuid, jsonb, boolean, text[], text, text[], text[], timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: flux; Owner: -
 --
 
-CREATE FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
+CREATE FUNCTION flux.replay_prepare(secret bytea, request uuid, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET plan_cache_mode TO 'force_generic_plan'
@@ -1202,7 +1202,7 @@ BEGIN
         END;
     END LOOP;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
+    RETURN flux.rewind_tables(request, as_of, tables, written_schemas, written_names, started, ended);
 END
 $$;
 
@@ -2824,7 +2824,6 @@ CREATE UNLOGGED TABLE flux.rate_buckets (
 CREATE UNLOGGED TABLE flux.replay_grants (
     secret_sha256 bytea NOT NULL,
     replay_id uuid NOT NULL,
-    request_id uuid NOT NULL,
     granted_at timestamp with time zone DEFAULT now() NOT NULL,
     txid bigint
 );
@@ -3822,11 +3821,11 @@ GRANT ALL ON FUNCTION flux.replay_captured() TO flux_authenticator;
 
 
 --
--- Name: FUNCTION replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
+-- Name: FUNCTION replay_prepare(secret bytea, request uuid, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone); Type: ACL; Schema: flux; Owner: -
 --
 
-REVOKE ALL ON FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION flux.replay_prepare(secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) TO flux_authenticator;
+REVOKE ALL ON FUNCTION flux.replay_prepare(secret bytea, request uuid, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION flux.replay_prepare(secret bytea, request uuid, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[], written_names text[], started timestamp with time zone, ended timestamp with time zone) TO flux_authenticator;
 
 
 --

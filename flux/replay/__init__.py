@@ -2,6 +2,7 @@
 
 how = Replay(executor, recorded_code(conn), catalog, mode="as-of")
 result = replay(conn, recording_of(load_trace(conn, request_id)), how)   # result.verdict: same, diverged, ...
+with grants_ahead(conn): ...   # replays back to back: each writes the next one's grant with its record
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from flux.replay.divergence import Divergence
 from flux.replay.engine import Replay, ReplayResult, replay
 from flux.replay.recording import Recording, recording_of
 from flux.replay.requests import MODES, STORED_CODE, Replayed, check_options, replay_request, stored_code
+from flux.replay.state import grants_ahead
 
 __all__ = [
     "MODES",
@@ -23,6 +25,7 @@ __all__ = [
     "built_code",
     "check_options",
     "deployed_code",
+    "grants_ahead",
     "recorded_code",
     "recording_of",
     "replay",

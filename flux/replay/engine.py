@@ -17,10 +17,21 @@ from typing import Any, Literal
 from flux import db, randomness
 from flux.data import Catalog, Limits
 from flux.errors import FluxError, InvalidFunctionResponse
+from flux.pipeline import Statement
 from flux.replay.divergence import END, Divergence, changes_between
 from flux.replay.host import Mode, ReplayHost, columns_set
 from flux.replay.recording import Recording
-from flux.replay.state import State, captured_mutations, end_run, open_state, ungrant_statement
+from flux.replay.state import (
+    Grant,
+    State,
+    captured_mutations,
+    end_run,
+    keep_ahead,
+    next_grant,
+    open_state,
+    take_grant,
+    ungrant_statement,
+)
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
 from flux.runtime.limits import FunctionLimits
@@ -96,7 +107,13 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         return ReplayResult(recording.id, None, "error", error=error_record(exc))
     if recording.timed_out:  # it must get as far as the original did, on a machine as busy as may be
         function = dataclasses.replace(function, limits=_more_time(function.limits))
-    replay_id = randomness.uuid4()
+    grant: Grant | None = None
+    if how.mode != "recorded":
+        try:
+            grant = take_grant(conn)
+        except FluxError as exc:
+            return ReplayResult(recording.id, None, "error", error=error_record(exc))
+    replay_id = grant.replay_id if grant is not None else randomness.uuid4()
     caller = recording.caller
     recorder = Recorder(replay_id, caller.tenant_id)
     transaction = db.RequestTransaction(
@@ -121,10 +138,10 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     )
     started_us = time.time_ns() // 1000
     state: State | None = None
-    if how.mode != "recorded":
+    if grant is not None:
         try:
             state = open_state(
-                conn, transaction, recording, replay_id, how.mode, how.limits.timeout_for(caller.role)
+                conn, transaction, recording, grant, how.mode, how.limits.timeout_for(caller.role)
             )
         except FluxError as exc:  # its database could not be set up: it could not run
             transaction.rollback()
@@ -168,11 +185,15 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     verdict = _verdict(divergences, state)
     answered = host.as_recorded(response.to_json())  # secrets as `[secret:NAME]`, as a record keeps them
     duration_us = (time.perf_counter_ns() - clock) // 1000
-    # The grant goes with the record: one round trip (alone when the replay is not recorded).
+    # The grant goes with the record (and the next replay's is written, in grants_ahead): one round trip
+    # (alone when the replay is not recorded).
+    ahead = next_grant(conn) if state is not None else None
     after = [ungrant_statement(state)] if state is not None else []
+    if ahead is not None:
+        after.append(ahead.statement())
     if not how.record:
         if after:
-            db.write_alone(conn, after, durable=False)
+            _write_ahead(conn, after, ahead)
         return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
     row = {
         "kind": "replay",
@@ -195,7 +216,7 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     except InvalidFunctionResponse:  # the run answered JSON nested deeper than a record can hold
         record = None
     if after or record:
-        db.write_alone(conn, [*after, *(record or [])], durable=False)
+        _write_ahead(conn, [*after, *(record or [])], ahead)
     if record is None:
         too_deep = InvalidFunctionResponse(
             "the replay's response or one of its calls nests JSON deeper than 254 levels, which no record can"
@@ -207,6 +228,13 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         judged: Verdict = "diverged" if divergences else "error"
         return ReplayResult(recording.id, None, judged, divergences, error_record(too_deep), state)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
+
+
+def _write_ahead(conn: Any, statements: list[Statement], ahead: Grant | None) -> None:
+    """Write a replay's record (and its grant's end), with the grant of the next replay on `conn`, `ahead`."""
+    db.write_alone(conn, statements, durable=False)
+    if ahead is not None:
+        keep_ahead(conn, ahead)
 
 
 def _more_time(limits: FunctionLimits) -> FunctionLimits:

@@ -19,6 +19,7 @@ from flux.replay.bisect import behaviour_of
 from flux.replay.engine import Replay, ReplayResult
 from flux.replay.host import Mode
 from flux.replay.requests import replay_request
+from flux.replay.state import grants_ahead
 from flux.trace.diff import canonical
 
 Row = dict[str, Any]
@@ -241,18 +242,19 @@ def replay_recent(
     and judged against that replay (`against_reference`)."""
     summary = Summary(functions, how.mode)
     clock = time.perf_counter()
-    for row in reversed(rows):
-        if stop is not None and stop.is_set():
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        replayed = replay_request(conn, row["id"], how, runs_on)
-        result = replayed.result
-        if reference is not None and reference.needed_for(row) and result.verdict in ("same", "diverged"):
-            summary.references += 1
-            judged = replay_request(conn, row["id"], reference.how, runs_on).result
-            result = against_reference(result, judged)
-        summary.results.append((row, result))
+    with grants_ahead(conn):
+        for row in reversed(rows):
+            if stop is not None and stop.is_set():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            replayed = replay_request(conn, row["id"], how, runs_on)
+            result = replayed.result
+            if reference is not None and reference.needed_for(row) and result.verdict in ("same", "diverged"):
+                summary.references += 1
+                judged = replay_request(conn, row["id"], reference.how, runs_on).result
+                result = against_reference(result, judged)
+            summary.results.append((row, result))
     summary.took_ms = (time.perf_counter() - clock) * 1000
     return summary
 

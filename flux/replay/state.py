@@ -15,16 +15,23 @@ The transaction is a request connection's (logged in as flux_authenticator, as t
 function's SQL never runs as the owner, even if it leaves the request's role. The owner's part (rewind, pins,
 reading the replay's mutations back) is done by SECURITY DEFINER functions that work only for a replay the
 owner's connection granted (flux.replay_grants, under a secret only this process knows), in the one
-transaction that took the grant up, and set the database up only once, before the function runs."""
+transaction that took the grant up, and set the database up only once, before the function runs. Replays
+back to back (`grants_ahead`: a window, a bisect, a deploy gate) write the next one's grant with their own
+record, so that they take theirs up without a round trip of their own."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
+import time
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from flux import db, jsontext, pipeline
+from flux import db, jsontext, pipeline, randomness
 from flux.data.raw import inspect_raw_sql
 from flux.data.request import Embed, Problems, parse_request
 from flux.errors import FluxError, InvalidFunctionResponse, QueryTimedOut, RewindFailed
@@ -40,12 +47,11 @@ WITH expired AS (DELETE FROM flux.replay_grants
                   WHERE secret_sha256 IN (SELECT g.secret_sha256 FROM flux.replay_grants AS g
                                            WHERE g.granted_at < pg_catalog.now() - interval '1 minute'
                                              FOR UPDATE SKIP LOCKED))
-INSERT INTO flux.replay_grants (secret_sha256, replay_id, request_id)
-VALUES (pg_catalog.sha256($1::bytea), $2::uuid, $3::uuid)
+INSERT INTO flux.replay_grants (secret_sha256, replay_id) VALUES (pg_catalog.sha256($1::bytea), $2::uuid)
 """
 _PREPARE = (
-    b"SELECT flux.replay_prepare($1::bytea, $2::text::jsonb, $3::boolean, $4::text[],"
-    b" pg_catalog.current_setting('search_path'), $5::text[], $6::text[], $7::timestamptz, $8::timestamptz)"
+    b"SELECT flux.replay_prepare($1::bytea, $2::uuid, $3::text::jsonb, $4::boolean, $5::text[],"
+    b" pg_catalog.current_setting('search_path'), $6::text[], $7::text[], $8::timestamptz, $9::timestamptz)"
 )
 _CAPTURED = Statement(b"SELECT * FROM flux.replay_captured()")
 _UNGRANT = b"DELETE FROM flux.replay_grants WHERE secret_sha256 = pg_catalog.sha256($1::bytea)"
@@ -64,6 +70,90 @@ _NO_ROLE = [
 ]
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What lets a replay set its database up (flux.replay_grants): the secret its row is written under, the
+    replay's id, and when it was written (time.monotonic())."""
+
+    secret: bytes
+    replay_id: str
+    written: float
+
+    @staticmethod
+    def new() -> Grant:
+        return Grant(secrets.token_bytes(32), randomness.uuid4(), time.monotonic())
+
+    def statement(self) -> Statement:
+        return Statement(_GRANT, [self.secret, self.replay_id])
+
+
+@dataclass
+class _Ahead:
+    depth: int = 0  # grants_ahead contexts open on the connection
+    grant: Grant | None = None  # written, for the next replay there
+
+
+# The owner connections whose replays write the next one's grant ahead (grants_ahead). flux.replay_prepare
+# takes a grant up within a minute of its writing; one written ahead more than _AHEAD_FOR_S ago is replaced.
+_AHEAD: weakref.WeakKeyDictionary[Any, _Ahead] = weakref.WeakKeyDictionary()
+_AHEAD_LOCK = threading.Lock()
+_AHEAD_FOR_S = 30.0
+
+
+@contextlib.contextmanager
+def grants_ahead(owner: Any) -> Iterator[None]:
+    """Within it, each live or as-of replay on the owner connection `owner` writes the next one's grant with
+    its own record, so that replays back to back (a window, a bisect, a deploy gate) take theirs up without a
+    round trip of their own; the one left unused is deleted at the end."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.setdefault(owner, _Ahead())
+        ahead.depth += 1
+    try:
+        yield
+    finally:
+        with _AHEAD_LOCK:
+            ahead.depth -= 1
+            left = ahead.grant if ahead.depth == 0 else None
+            if ahead.depth == 0:
+                del _AHEAD[owner]
+        if left is not None and not owner.closed:
+            db.write_alone(owner, [_ungrant(left.secret)], durable=False)
+
+
+def take_grant(owner: Any) -> Grant:
+    """The grant for a live or as-of replay on the owner connection `owner`: the one an earlier replay wrote
+    ahead there, while fresh; else one written now (a round trip, which deletes a stale one)."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.get(owner)
+        written, ahead_grant = (ahead, ahead.grant) if ahead is not None else (None, None)
+        if written is not None:
+            written.grant = None
+    if ahead_grant is not None and time.monotonic() - ahead_grant.written < _AHEAD_FOR_S:
+        return ahead_grant
+    grant = Grant.new()
+    stale = [_ungrant(ahead_grant.secret)] if ahead_grant is not None else []
+    with db.translate_errors():
+        pipeline.run(owner, [*stale, grant.statement()])
+    return grant
+
+
+def next_grant(owner: Any) -> Grant | None:
+    """A grant to write with a replay's record on `owner` for the next replay there, when in grants_ahead;
+    keep_ahead once written."""
+    with _AHEAD_LOCK:
+        return Grant.new() if owner in _AHEAD else None
+
+
+def keep_ahead(owner: Any, grant: Grant) -> None:
+    """Once `grant` (next_grant's) is written on `owner`, the next replay there takes it up (take_grant)."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.get(owner)
+        if ahead is not None:
+            ahead.grant = grant
+            return
+    db.write_alone(owner, [_ungrant(grant.secret)], durable=False)  # grants_ahead ended meanwhile
+
+
 @dataclass
 class State:
     """What the replay did to the database before the run, and the writes of others it could not undo."""
@@ -80,17 +170,18 @@ def open_state(
     owner: Any,
     transaction: db.RequestTransaction,
     recording: Recording,
-    replay_id: str,
+    grant: Grant,
     mode: str,
     timeout_ms: int | None = None,
 ) -> State:
-    """Grant the replay on `owner` (flux.replay_grants), then begin its transaction on the request connection
-    `transaction` runs on (after `db.reset_session`, should an earlier request's raw SQL have left anything
-    in its session) and set its database up for `mode` (live or as-of) there, through flux.replay_prepare:
-    two round trips. Then the transaction runs as the request's role, claims and tenant,
-    under the replay's id (those settings go with its first statement). The rewind has the request role's
-    statement timeout (`timeout_ms`): it holds every row it takes back until the replay ends, so a request
-    with a long history since is not rewound for longer than a request of that role may run a statement."""
+    """Begin the replay's transaction on the request connection `transaction` runs on (after
+    `db.reset_session`, should an earlier request's raw SQL have left anything in its session) and set its
+    database up for `mode` (live or as-of) there, through flux.replay_prepare under `grant` (written on the
+    owner connection `owner`, take_grant): one round trip. Then the transaction runs as the request's role,
+    claims and tenant, under the replay's id (those settings go with its first statement). The rewind has
+    the request role's statement timeout (`timeout_ms`): it holds every row it takes back until the replay
+    ends, so a request with a long history since is not rewound for longer than a request of that role may
+    run a statement."""
     request = recording.request
     written = sorted(recording.tables())
     started = request["started_at"]
@@ -101,15 +192,13 @@ def open_state(
         for position, m in enumerate(call.mutations)
         if m["op"] in ("INSERT", "UPDATE")
     ]
-    secret = secrets.token_bytes(32)
+    secret = grant.secret
     prepare = Statement(
         _PREPARE,
-        [secret, jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
+        [secret, recording.id, jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
          [t[0] for t in written], [t[1] for t in written], started, ended],
     )  # fmt: skip
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
-    with db.translate_errors():
-        pipeline.run(owner, [Statement(_GRANT, [secret, replay_id, recording.id])])
     try:
         with db.translate_errors():
             # What an earlier request's raw SQL left in the session (temporary views named like a table a

@@ -93,12 +93,12 @@ REVOKE EXECUTE ON FUNCTION flux.tg_mutations__pin_replay() FROM PUBLIC;
 -- minute ago): it takes the grant up for this transaction, once (the function the replay runs next cannot
 -- call it again, and no other transaction can take it up while this one holds it). It copies `pins` (the
 -- recorded mutations of the writes the replay runs again: [call, position, schema, table, op, key, old, new])
--- into flux.replay_pins under the replay's id, and rewinds (flux.rewind_tables) the granted request's tables:
--- those it wrote and those its queries `named`, resolved on `caller_path`, the search path the request's
--- queries resolved names on.
+-- into flux.replay_pins under the grant's replay id, and rewinds (flux.rewind_tables) the tables of the
+-- recorded `request`: those it wrote and those its queries `named`, resolved on `caller_path`, the search
+-- path the request's queries resolved names on.
 CREATE OR REPLACE FUNCTION flux.replay_prepare(
-    secret bytea, pins jsonb, as_of boolean, named text[], caller_path text, written_schemas text[],
-    written_names text[], started timestamptz, ended timestamptz
+    secret bytea, request uuid, pins jsonb, as_of boolean, named text[], caller_path text,
+    written_schemas text[], written_names text[], started timestamptz, ended timestamptz
 ) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -130,7 +130,7 @@ BEGIN
         END;
     END LOOP;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    RETURN flux.rewind_tables(granted.request_id, as_of, tables, written_schemas, written_names, started, ended);
+    RETURN flux.rewind_tables(request, as_of, tables, written_schemas, written_names, started, ended);
 END
 $$;
 
@@ -156,10 +156,10 @@ END
 $$;
 
 -- Request connections call these two; the grant decides whether they do anything.
-REVOKE EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
-    timestamptz), flux.replay_captured() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, jsonb, boolean, text[], text, text[], text[], timestamptz,
-    timestamptz), flux.replay_captured() TO flux_authenticator;
+REVOKE EXECUTE ON FUNCTION flux.replay_prepare(bytea, uuid, jsonb, boolean, text[], text, text[], text[],
+    timestamptz, timestamptz), flux.replay_captured() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flux.replay_prepare(bytea, uuid, jsonb, boolean, text[], text, text[], text[],
+    timestamptz, timestamptz), flux.replay_captured() TO flux_authenticator;
 
 -- The mutations of others (not `request`'s) made since a request began, to tables whose schema is one of
 -- `schemas` and whose name is one of `names` (any pairing of the two: a caller naming several tables keeps

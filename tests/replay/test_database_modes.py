@@ -21,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import conninfo
 
-from flux import db, migrate
+from flux import db, migrate, pipeline
 from flux.data import Catalog, load_catalog
 from flux.gateway.handler import WithBuiltins
-from flux.replay import Replay, ReplayResult, built_code, recording_of, replay
+from flux.replay import Replay, ReplayResult, built_code, grants_ahead, recording_of, replay
+from flux.replay import state as replay_state
 from flux.runtime import Caller, Outcome, Runtime, invoke
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Function
@@ -505,7 +506,8 @@ export default async function (req, ctx) {
         "flux.rewound_ids(gen_random_uuid(), true, now(), NULL, '{public}', '{counters}')",
         "(SELECT count(*) FROM flux.mutations_since(now(), NULL, NULL, '{public}', '{counters}'))",
         "flux.rewind_tables(gen_random_uuid(), true, '{counters}', '{}', '{}', now(), now())",
-        "flux.replay_prepare('secret', '[]', true, '{counters}', '', '{}', '{}', now(), now())",
+        "flux.replay_prepare('secret', gen_random_uuid(), '[]', true, '{counters}', '', '{}', '{}', now(),"
+        " now())",
         "flux.replay_captured()",
     ],
 )
@@ -1007,6 +1009,38 @@ def snapshot(conn: psycopg.Connection[Any], but: str | tuple[str, ...] = ()) -> 
         )
         rows[table] = sorted(row[0] for row in found)
     return rows
+
+
+def test_replays_back_to_back_write_the_next_ones_grant_with_their_record_and_leave_none(
+    conn: psycopg.Connection[Any], run: Any, replayed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In grants_ahead (a window, a bisect, a gate), each replay writes the next one's grant with its own
+    record: only the first takes a round trip to be granted; the grant left at the end is deleted, and one
+    written ahead too long ago is not used."""
+    outcome = run(LISTING)
+    alone: list[bytes] = []  # the statements sent on the owner's connection, records aside
+    sent = pipeline.run
+
+    def counted(target: Any, statements: Any, *args: Any, **kwargs: Any) -> Any:
+        if target is conn and not any(b"flux.requests" in s.sql for s in statements):  # not with a record
+            alone.extend(s.sql for s in statements)
+        return sent(target, statements, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run", counted)
+    grants = b"SELECT count(*) FROM flux.replay_grants"
+    with grants_ahead(conn):
+        results = [replayed(outcome.request_id, LISTING, mode) for mode in ("as-of", "live", "as-of")]
+        assert conn.execute(grants).fetchone() == (1,)  # the next one's, written ahead
+    assert all(same(result) for result in results), [why(result) for result in results]
+    assert sum(b"INSERT INTO flux.replay_grants" in sql for sql in alone) == 1
+    alone.clear()
+    assert conn.execute(grants).fetchone() == (0,)
+    monkeypatch.setattr(replay_state, "_AHEAD_FOR_S", 0.0)
+    with grants_ahead(conn):
+        results = [replayed(outcome.request_id, LISTING, "as-of") for _ in range(2)]
+    assert all(same(result) for result in results), [why(result) for result in results]
+    assert sum(b"INSERT INTO flux.replay_grants" in sql for sql in alone) == 2  # a fresh one each time
+    assert conn.execute(grants).fetchone() == (0,)
 
 
 # --- 7b. any history of writes since, netted -------------------------------------------------------------

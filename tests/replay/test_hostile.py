@@ -112,8 +112,8 @@ def test_a_replayed_function_that_leaves_its_role_lands_on_a_login_that_can_do_n
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)  # taken back
 
 
-PREPARE = "SELECT flux.replay_prepare(%s, '[]', true, '{notes}', '', '{}', '{}', now(), now())"
-GRANT = "INSERT INTO flux.replay_grants (secret_sha256, replay_id, request_id) VALUES (sha256(%s), %s, %s)"
+PREPARE = "SELECT flux.replay_prepare(%s, %s, '[]', true, '{notes}', '', '{}', '{}', now(), now())"
+GRANT = "INSERT INTO flux.replay_grants (secret_sha256, replay_id) VALUES (sha256(%s), %s)"
 
 
 def test_the_owners_part_of_a_replay_works_only_with_the_grant_it_wrote_in_one_transaction_once(
@@ -127,24 +127,24 @@ def test_the_owners_part_of_a_replay_works_only_with_the_grant_it_wrote_in_one_t
                                 "values: { body: 'kept' } });"), role="service")  # fmt: skip
     assert outcome.error is None, outcome.error
     secret, stale = b"s" * 32, b"t" * 32
-    conn.execute(GRANT, [stale, outcome.request_id, outcome.request_id])
+    conn.execute(GRANT, [stale, outcome.request_id])
     conn.execute("UPDATE flux.replay_grants SET granted_at = now() - interval '61 seconds'")
-    conn.execute(GRANT, [secret, outcome.request_id, outcome.request_id])
+    conn.execute(GRANT, [secret, outcome.request_id])
     for wrong in (b"x" * 32, stale):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="only a replay sets its database up"):
-            runs_on.execute(PREPARE, [wrong])
+            runs_on.execute(PREPARE, [wrong, outcome.request_id])
     assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (0,)
     with runs_on.transaction():
-        assert runs_on.execute(PREPARE, [secret]).fetchone()[0]["undone"] == 1
+        assert runs_on.execute(PREPARE, [secret, outcome.request_id]).fetchone()[0]["undone"] == 1
         runs_on.execute("SET LOCAL ROLE flux_service")
         assert runs_on.execute("SELECT count(*) FROM notes").fetchone() == (0,)  # rewound
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function"):
             with runs_on.transaction():
-                runs_on.execute(PREPARE, [secret])
+                runs_on.execute(PREPARE, [secret, outcome.request_id])
         runs_on.execute("SET LOCAL ROLE NONE")  # as a function that left its role would
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="once"):
             with runs_on.transaction():
-                runs_on.execute(PREPARE, [secret])
+                runs_on.execute(PREPARE, [secret, outcome.request_id])
         # the mutations of the granted replay id (here the request's own, so 1) in this transaction alone
         assert runs_on.execute("SELECT count(*) FROM flux.replay_captured()").fetchone() == (1,)
         with db.request_connection(conn) as other:
