@@ -174,15 +174,15 @@ DROP FUNCTION IF EXISTS flux.mutations_since(timestamptz, bigint, uuid, text[], 
 CREATE FUNCTION flux.mutations_since(
     started timestamptz, first_id bigint, request uuid, schemas text[], names text[]
 ) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
-                 at timestamptz, old jsonb, changed text[])
+                 at timestamptz, changed text[])
     LANGUAGE sql STABLE
 AS $$
-    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
-      FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.changed
+      FROM (SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.changed
               FROM flux.mutations m
              WHERE m.at >= started
             UNION ALL
-            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+            SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.changed
               FROM flux.mutations m
              WHERE m.id >= first_id AND m.at < started
             OFFSET 0) AS s
@@ -196,10 +196,10 @@ $$;
 CREATE OR REPLACE FUNCTION flux.rewound_writes(
     request uuid, as_of boolean, started timestamptz, own_first bigint, schemas text[], names text[]
 ) RETURNS TABLE (id bigint, request_id uuid, table_schema text, table_name text, op text, row_pk jsonb,
-                 at timestamptz, old jsonb, changed text[])
+                 at timestamptz, changed text[])
     LANGUAGE sql STABLE
 AS $$
-    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.old, m.changed
+    SELECT m.id, m.request_id, m.table_schema, m.table_name, m.op, m.row_pk, m.at, m.changed
       FROM flux.mutations m
      WHERE m.request_id = request
        AND (as_of OR NOT EXISTS (SELECT FROM flux.mutations x
@@ -207,7 +207,7 @@ AS $$
                                         = (m.table_schema, m.table_name, m.row_pk)
                                     AND x.id > m.id AND x.request_id IS DISTINCT FROM request))
     UNION ALL
-    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.old, s.changed
+    SELECT s.id, s.request_id, s.table_schema, s.table_name, s.op, s.row_pk, s.at, s.changed
       FROM flux.mutations_since(started, own_first, request, schemas, names) AS s
      WHERE as_of
 $$;
