@@ -1346,9 +1346,11 @@ BEGIN
         ended := own_began + (ended - started);
         started := own_began;
     END IF;
-    SELECT w.tables, w.drift INTO tables, drift
-      FROM flux.writes_to_rewind(request, as_of, started, ended, own_first, own_last, touched_schemas,
-                                 touched_names) AS w;
+    IF own_first IS NOT NULL OR pg_catalog.cardinality(touched_names) > 0 THEN  -- else nothing to read
+        SELECT w.tables, w.drift INTO tables, drift
+          FROM flux.writes_to_rewind(request, as_of, started, ended, own_first, own_last, touched_schemas,
+                                     touched_names) AS w;
+    END IF;
     undone := coalesce((SELECT pg_catalog.sum(t.writes) FROM pg_catalog.unnest(tables) AS t), 0);
     IF undone > 0 THEN
         -- A row that another session is writing is not waited for long: the replay gives up (a replay holding
@@ -2189,6 +2191,9 @@ BEGIN
                 OR EXISTS (SELECT FROM flux.mutations o  -- a table the request wrote itself
                             WHERE o.request_id = request
                               AND (o.table_schema, o.table_name) = (r.table_schema, r.table_name))) AS t;
+    IF as_of AND tables IS NULL THEN
+        RETURN;  -- nothing to take back: no drift either (as-of's is among what it takes back)
+    END IF;
     SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                'id', d.id, 'request_id', d.request_id, 'table_schema', d.table_schema,
                'table_name', d.table_name, 'op', d.op, 'row_pk', d.row_pk, 'at', d.at) ORDER BY d.id)
