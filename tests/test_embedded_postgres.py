@@ -17,7 +17,7 @@ import pytest
 
 from flux.errors import DataDirectoryNotUsable
 from flux.postgres import EmbeddedPostgres, server_user
-from tests.fixtures.processes import processes_mentioning
+from tests.fixtures.processes import processes_left, processes_mentioning
 
 pytestmark = pytest.mark.slow
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create files owned by another user")
@@ -29,11 +29,11 @@ def test_first_start_initialises_then_a_restart_reuses_the_cluster(project_dir: 
     with embedded as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE kept (id int)")
         assert conn.execute("SHOW listen_addresses").fetchone() == ("",)  # unix socket only
-    assert processes_mentioning(str(data_dir)) == []
+    assert processes_left(str(data_dir)) == []
 
     with EmbeddedPostgres(data_dir) as dsn, psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT to_regclass('kept') IS NOT NULL").fetchone() == (True,)
-    assert processes_mentioning(str(data_dir)) == []
+    assert processes_left(str(data_dir)) == []
 
 
 def test_a_server_left_running_by_a_killed_flux_is_adopted_and_stopped(project_dir: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_server_left_running_by_a_killed_flux_is_adopted_and_stopped(project_d
         assert conn.execute("SELECT 1").fetchone() == (1,)
     adopting.stop()
     assert not adopting.running()
-    assert processes_mentioning(str(data_dir)) == []
+    assert processes_left(str(data_dir)) == []
 
 
 def test_a_second_process_on_the_same_cluster_leaves_it_running_for_the_first(project_dir: Path) -> None:
@@ -61,7 +61,7 @@ def test_a_second_process_on_the_same_cluster_leaves_it_running_for_the_first(pr
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     serving.stop()
-    assert processes_mentioning(str(data_dir)) == []
+    assert processes_left(str(data_dir)) == []
 
 
 def test_a_long_project_path_gets_a_short_socket_folder(project_dir: Path) -> None:
@@ -105,14 +105,14 @@ def test_a_project_the_server_user_cannot_reach_keeps_its_cluster_in_a_folder_of
     assert (home / "project").read_text() == f"{project}\n"
     cluster = (home / "pg").stat()
     assert (cluster.st_uid, stat.S_IMODE(cluster.st_mode)) == (pwd.getpwnam("postgres").pw_uid, 0o700)
-    assert processes_mentioning(str(home)) == []
+    assert processes_left(str(home)) == []
 
     again = EmbeddedPostgres(left, fallback_root=fallback)  # the next start follows the link
     with again as dsn, psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT to_regclass('kept') IS NOT NULL").fetchone() == (True,)
     again.remove()
     assert not left.is_symlink() and not home.exists()
-    assert processes_mentioning(str(home)) == []
+    assert processes_left(str(home)) == []
 
 
 @as_root
@@ -176,7 +176,7 @@ def test_two_processes_starting_the_same_cluster_at_once_both_succeed(project_di
     with psycopg.connect(dsns[0]) as conn:  # the other still uses it
         assert conn.execute("SELECT 1").fetchone() == (1,)
     clusters[1].stop()
-    assert processes_mentioning(str(data_dir)) == []
+    assert processes_left(str(data_dir)) == []
 
 
 @as_root

@@ -14,7 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures.processes import copy_project, free_port, interrupt, processes_mentioning, wait_for_http
+from tests.fixtures.processes import (
+    copy_project,
+    free_port,
+    interrupt,
+    processes_left,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +87,7 @@ def test_make_dev_serves_the_quickstart_and_ctrl_c_stops_everything(
     ], edited.stdout
     assert "flux: applied migrations/0001_notes.sql" in output
     assert "Traceback" not in output
-    assert processes_mentioning(str(quickstart / ".flux" / "pg")) == []
+    assert processes_left(str(quickstart / ".flux" / "pg")) == []
 
 
 def _deployed(socket_dir: Path, version: int, timeout: float = 30) -> bool:

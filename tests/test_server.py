@@ -23,7 +23,7 @@ from tests.fixtures.processes import (
     FLUX,
     copy_project,
     free_port,
-    processes_mentioning,
+    processes_left,
     run_flux,
     wait_for_http,
 )
@@ -98,7 +98,7 @@ def test_dev_serves_health_quickly_and_leaves_no_postgres_behind(
     assert answered - started < 60
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
-    assert processes_mentioning(str(project_dir / ".flux" / "pg")) == []
+    assert processes_left(str(project_dir / ".flux" / "pg")) == []
 
 
 def test_ctrl_c_right_after_the_start_stops_every_process_without_a_traceback(
@@ -183,7 +183,7 @@ def test_a_failing_project_migration_stops_the_start_and_the_embedded_postgres(
     assert result.returncode == 1
     assert "error FX810: migrations/0001_broken.sql failed at line 2" in result.stderr
     assert "Traceback" not in result.stderr
-    assert processes_mentioning(str(project_dir / ".flux" / "pg")) == []
+    assert processes_left(str(project_dir / ".flux" / "pg")) == []
 
 
 def test_server_uses_database_url_and_reports_ready(
@@ -297,7 +297,7 @@ def test_a_project_in_a_folder_only_root_may_enter_serves_migrates_and_is_cleane
     assert (project / ".flux" / "pg").readlink() == home / "pg"
     assert f"the postgres user cannot reach {project}/.flux, so the cluster is in {home}/pg" in output
     assert "flux: applied migrations/0001_notes.sql" in output
-    assert processes_mentioning(str(home)) == []
+    assert processes_left(str(home)) == []
 
     migrated = run_flux(["db", "migrate", "--project", str(project)], env, project_dir)
     assert migrated.stdout == "database is up to date\n", migrated  # the same cluster, reused

@@ -18,7 +18,7 @@ from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.config import load_settings
 from tests.fixtures.gateway import gateway_client
-from tests.fixtures.processes import FLUX, free_port, processes_mentioning, wait_for_http
+from tests.fixtures.processes import FLUX, free_port, processes_left, wait_for_http
 
 Conn = psycopg.Connection[Any]
 FLUX_TOML = """name = "mail"
@@ -175,4 +175,4 @@ def test_flux_server_runs_jobs_and_the_cli_reaches_them_through_its_api(
         "SELECT r.kind, r.output->'body' FROM flux.requests r WHERE r.kind = 'job'"
     ).fetchall()
     assert output == [("job", {"hello": "ada"})]
-    assert processes_mentioning(str(project)) == []  # the queue process stopped with the server
+    assert processes_left(str(project)) == []  # the queue process stopped with the server
