@@ -1994,15 +1994,18 @@ BEGIN
         triggers_on := flux.rewind_fires_own_triggers(target);
         SELECT pg_catalog.string_agg(pg_catalog.format('t.%1$I = k.%1$I', key), ' AND '),
                CASE WHEN pg_catalog.count(a.attname) = pg_catalog.count(*)
-                         AND pg_catalog.bool_and(y.typcategory NOT IN ('A', 'C'))
+                         AND pg_catalog.bool_and(a.typcategory NOT IN ('A', 'C'))
                     THEN pg_catalog.string_agg(pg_catalog.format('(k.k ->> %1$L)::%2$s AS %1$I', key,
                                                pg_catalog.format_type(a.atttypid, a.atttypmod)), ', ')
                END
           INTO key_match, key_typed
           FROM pg_catalog.jsonb_object_keys(t.some_key) AS key
-          LEFT JOIN pg_catalog.pg_attribute a
-                 ON a.attrelid = target AND a.attname = key AND a.attnum > 0 AND NOT a.attisdropped
-          LEFT JOIN pg_catalog.pg_type y ON y.oid = a.atttypid;
+          LEFT JOIN LATERAL (  -- each by its name (an index), not a pass over the catalog (OFFSET 0: not a join)
+                SELECT a.attname, a.atttypid, a.atttypmod, y.typcategory
+                  FROM pg_catalog.pg_attribute a
+                  JOIN pg_catalog.pg_type y ON y.oid = a.atttypid
+                 WHERE a.attrelid = target AND a.attname = key AND a.attnum > 0 AND NOT a.attisdropped
+                OFFSET 0) AS a ON true;
         IF triggers_on AND t.restored IS NOT NULL THEN  -- each row put back, by an UPDATE or an INSERT
             INSERT INTO flux.replay_pins (replay_id, call, position, table_schema, table_name, op, row_pk, new)
             SELECT '00000000-0000-0000-0000-000000000000', '@undo', pinned + r.n * 2 + o.n, t.table_schema,
