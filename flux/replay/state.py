@@ -6,7 +6,8 @@ tables the request touched since it began (its own and those of later or concurr
 the request found them. Both happen in flux.rewind_tables, set-based. Either way the recorded values the
 database generated (serial ids, now() defaults, random uuids) are pinned to the writes run again
 (flux.replay_pins). What this locks: the rows it takes back or writes, until the replay ends (other writers
-of those rows wait; readers never do; no table lock beyond ROW EXCLUSIVE).
+of those rows wait; readers never do; no table lock beyond ROW EXCLUSIVE, but, in as-of, SHARE UPDATE
+EXCLUSIVE on flux.mutations when it is free, to summarize its BRIN index: vacuums of it wait, writes do not).
 
 The writes of others that may explain a difference in what the request read are listed as its `drift`: in
 `as-of`, those that began while the original ran (it may have read them); in `live`, the writes since.

@@ -369,6 +369,17 @@ BEGIN
         started := own_began;
     END IF;
     IF own_first IS NOT NULL OR pg_catalog.cardinality(touched_names) > 0 THEN  -- else nothing to read
+        IF as_of THEN
+            -- The block ranges autovacuum has not summarized yet (up to a minute of writes, and the last,
+            -- filling range) are read whole by the BRIN search: summarize them first, unless a vacuum (or
+            -- another rewind) is at it. What is summarized stays summarized, whatever this transaction does.
+            BEGIN
+                LOCK TABLE flux.mutations IN SHARE UPDATE EXCLUSIVE MODE NOWAIT;
+                PERFORM pg_catalog.brin_summarize_new_values('flux.mutations_at_idx'::regclass);
+            EXCEPTION WHEN lock_not_available THEN
+                NULL;
+            END;
+        END IF;
         SELECT w.tables, w.drift INTO tables, drift
           FROM flux.writes_to_rewind(request, as_of, started, ended, own_first, own_last, touched_schemas,
                                      touched_names) AS w;
