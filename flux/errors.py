@@ -248,13 +248,19 @@ class DashboardMethodRefused(FluxError):
 class DashboardPageNotFound(FluxError):
     code = "FX143"
     http_status = 404
-    title = "no dashboard file of that name under /flux/static/"
+    title = "no dashboard page or file at that address of the dashboard's port"
 
 
 class ScriptedRequestRefused(FluxError):
     code = "FX144"
     http_status = 403
     title = "a dashboard page or form was fetched by a script, not opened or submitted by the browser"
+
+
+class DashboardElsewhere(FluxError):
+    code = "FX145"
+    http_status = 421
+    title = "a dashboard form or call came to the project's port; the dashboard answers on its own port"
 
 
 # -- FX2xx policies -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
 from flux.errors import (
     AdminKeyRefused,
     CsrfRefused,
+    DashboardElsewhere,
     DashboardMethodRefused,
     DashboardPageNotFound,
     FluxError,
@@ -59,9 +60,23 @@ STATS_SAMPLE = 1000  # the newest requests of the window that a route's error ra
 SHOWN_REQUESTS = 100  # the newest of them, listed
 
 
+# The dashboard's addresses: (path, Pages' responder suffix).
+PAGE_ROUTES = (
+    ("/flux/signin", "signin"), ("/flux/signout", "signout"),
+    ("/flux/requests", "requests"), ("/flux/requests/live", "live"),
+    ("/flux/requests/{request_id}", "trace"), ("/flux/requests/{request_id}/trace.json", "trace_json"),
+    ("/flux/requests/{request_id}/replay", "replay"),
+    ("/flux/diff", "diff"), ("/flux/rows", "rows"),
+    ("/flux/queue", "queue"), ("/flux/queue/jobs/{job_id:int}/retry", "retry"),
+    ("/flux/queue/jobs/{job_id:int}/cancel", "cancel"),
+    ("/flux/deployments", "deployments"), ("/flux/deployments/{version:int}/activate", "activate"),
+)  # fmt: skip
+
+
 def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
-    """Mount the dashboard on `app`: its pages read on `pool` (the worker's admin connections) and replay on
-    the worker's `gateway`; sessions are sealed under a key derived from the project's secret key."""
+    """Mount the dashboard on `app`, the dashboard's own (it answers nothing else): its pages read on `pool`
+    (the worker's admin connections) and replay on the worker's `gateway`; sessions are sealed under a key
+    derived from the project's secret key."""
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -76,18 +91,54 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     app.add_route("/flux", _Home())
     app.add_route("/flux/", _Home())
     app.add_route("/flux/static/{name}", _Static())
-    app.add_route("/flux/signin", pages, suffix="signin")
-    for path, suffix in (
-        ("/flux/signout", "signout"),
-        ("/flux/requests", "requests"), ("/flux/requests/live", "live"),
-        ("/flux/requests/{request_id}", "trace"), ("/flux/requests/{request_id}/trace.json", "trace_json"),
-        ("/flux/requests/{request_id}/replay", "replay"),
-        ("/flux/diff", "diff"), ("/flux/rows", "rows"),
-        ("/flux/queue", "queue"), ("/flux/queue/jobs/{job_id:int}/retry", "retry"),
-        ("/flux/queue/jobs/{job_id:int}/cancel", "cancel"),
-        ("/flux/deployments", "deployments"), ("/flux/deployments/{version:int}/activate", "activate"),
-    ):  # fmt: skip
+    for path, suffix in PAGE_ROUTES:
         app.add_route(path, pages, suffix=suffix)
+    app.add_sink(_nothing_else, prefix="/")
+
+
+def _nothing_else(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    raise DashboardPageNotFound(f"no dashboard page at {req.path}", hint="start from /flux/requests")
+
+
+def redirect_to_port(app: falcon.App, port: int) -> None:  # type: ignore[type-arg]
+    """On the project's port, the dashboard's addresses lead to the same address on the dashboard's `port`:
+    a page opened there (a link, a bookmark) comes to the dashboard, in its own origin."""
+    moved = _Moved(port)
+    for path in ("/flux", "/flux/", "/flux/static/{name}", *(path for path, _ in PAGE_ROUTES)):
+        app.add_route(path, moved)
+
+
+class _Moved:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        host = req.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        raise falcon.HTTPFound(f"{req.scheme}://{host}:{self.port}{req.relative_uri}")
+
+    def _elsewhere(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        raise DashboardElsewhere(
+            f"the dashboard answers on port {self.port}, not here", hint="open the dashboard on its own port"
+        )
+
+    on_post = on_head = on_put = on_patch = on_delete = _elsewhere
+
+
+class ByPort:
+    """The worker's WSGI app: a request that came in on the dashboard's port (gunicorn's SERVER_PORT is the
+    port of the listener that accepted it, whatever the Host header says) goes to the dashboard, any other
+    to the project's app."""
+
+    def __init__(self, project: Any, dashboard: Any, dashboard_port: int) -> None:
+        self.project = project
+        self.dashboard = dashboard
+        self.dashboard_port = str(dashboard_port)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        app = self.dashboard if environ.get("SERVER_PORT") == self.dashboard_port else self.project
+        return app(environ, start_response)
 
 
 class _DashboardAnswers:
@@ -95,11 +146,8 @@ class _DashboardAnswers:
     (401, 403, 405), errors and JSON, which a hook after the responder would miss (it does not run when the
     responder or a hook before it raises)."""
 
-    def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
-    ) -> None:
-        if isinstance(resource, (Pages, _Home, _Static)):
-            req.context.dashboard = True
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.dashboard = True
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool

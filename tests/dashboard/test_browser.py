@@ -34,7 +34,8 @@ BIG_TRACE_SPANS = 10_000
 
 @dataclass(frozen=True)
 class Dashboard:
-    url: str
+    url: str  # the dashboard's origin (its own port)
+    app: str  # the project's (its routes)
     admin_key: str
     dsn: str
     shots: Path
@@ -80,7 +81,9 @@ def dashboard(
                     (dead["id"], '{"code": "FX300", "message": "it broke"}'),
                 ).fetchone()
                 assert died == ("dead",)
-            yield Dashboard(url, admin_key, dsn, folder / "screenshots", big, int(dead["id"]))
+            port = int(url.rsplit(":", 1)[1])
+            yield Dashboard(f"http://127.0.0.1:{port + 1}", url, admin_key, dsn, folder / "screenshots", big,
+                            int(dead["id"]))  # fmt: skip
     finally:
         pg_server.drop_database(name)
 
@@ -157,7 +160,7 @@ def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
 def test_sign_in_and_see_a_new_request_appear_live(page: Any, dashboard: Dashboard) -> None:
     page.wait_for_url(f"{dashboard.url}/flux/requests")
     assert page.locator("#requests tbody tr").count() >= 6
-    status, headers, _ = call_json(f"{dashboard.url}/notes", "POST", {"text": "live"})
+    status, headers, _ = call_json(f"{dashboard.app}/notes", "POST", {"text": "live"})
     assert status == 201
     new_id = headers["x-request-id"]
     page.locator(f'#requests a[href="/flux/requests/{new_id}"]').wait_for(timeout=10_000)
@@ -302,7 +305,7 @@ def test_roll_back_a_deployment(page: Any, dashboard: Dashboard) -> None:
     assert page.locator("#done").inner_text() == "version 1 is active"
     assert page.locator('#deployments tr[data-version="1"]').get_attribute("class") == "active"
     deadline = time.monotonic() + 10
-    while call_json(f"{dashboard.url}/notes/1")[2]["id"] != 1:  # version 1's get_note answers a number
+    while call_json(f"{dashboard.app}/notes/1")[2]["id"] != 1:  # version 1's get_note answers a number
         assert time.monotonic() < deadline
         time.sleep(0.2)
     shot(page, dashboard, "deployments")
