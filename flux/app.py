@@ -133,7 +133,8 @@ def create_dashboard_app(settings: Settings, pool: Any, gateway: Gateway | None 
     app = falcon.App()
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
-    dashboard.register(app, pool, settings.project_dir, gateway)
+    # an open live feed holds a sync worker: one worker fewer than there are may be held so
+    dashboard.register(app, pool, settings.project_dir, gateway, live_streams=settings.workers - 1)
     return app
 
 

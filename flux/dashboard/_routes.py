@@ -11,6 +11,9 @@ import hashlib
 import math
 import re
 import secrets
+import select
+import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -54,7 +57,11 @@ STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; char
 _DASHBOARD_PATH = re.compile(r"/flux/[A-Za-z0-9._~/?&=%+-]*")  # no scheme, no host, nothing to break a header
 PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
            "7d": timedelta(days=7)}  # fmt: skip
-LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
+LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again once an answer ended (see on_get_live)
+LIVE_STREAM_S = 8.0  # the longest one answer of the live feed stays open, holding its worker
+LIVE_WAIT_S = 1.0  # within it, how long it waits for an announcement before it looks at the inbox anyway
+# Advisory lock classes (two-int form): one open stream per session, and the server's stream slots.
+_LIVE_SESSIONS, _LIVE_SLOTS = 0x464C5853, 0x464C5854
 GZIP_FROM_BYTES = 8192  # trace.json bigger than this goes gzipped
 STATS_SAMPLE = 1000  # the newest requests of the window that a route's error rate and percentiles come from
 SHOWN_REQUESTS = 100  # the newest of them, listed
@@ -73,10 +80,18 @@ PAGE_ROUTES = (
 )  # fmt: skip
 
 
-def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
+def register(
+    app: falcon.App,  # type: ignore[type-arg]
+    pool: Any,
+    project_dir: Path,
+    gateway: Any = None,
+    *,
+    live_streams: int = 1,
+) -> None:
     """Mount the dashboard on `app`, the dashboard's own (it answers nothing else): its pages read on `pool`
     (the worker's admin connections) and replay on the worker's `gateway`; sessions are sealed under a key
-    derived from the project's secret key."""
+    derived from the project's secret key. At most `live_streams` live feeds stay open at once (each holds a
+    worker up to LIVE_STREAM_S); past that, a feed answers what is waiting and ends."""
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -85,7 +100,7 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     )
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
-    pages = Pages(pool, project_dir, gateway, templates)
+    pages = Pages(pool, project_dir, gateway, templates, live_streams)
     app.add_middleware(_DashboardAnswers())
     app.add_error_handler(falcon.HTTPError, _dashboard_http_error)
     app.add_route("/flux", _Home())
@@ -309,8 +324,11 @@ def _pages_answer_errors(responder: Callable[..., None]) -> Callable[..., None]:
 
 @falcon.before(_session_first)
 class Pages:
-    def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment) -> None:
+    def __init__(
+        self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment, live_streams: int = 1
+    ) -> None:
         self.pool = pool
+        self.live_streams = live_streams
         self.project_dir = project_dir
         self.gateway = gateway
         self.templates = templates
@@ -399,26 +417,66 @@ class Pages:
                     period=period, live=live, given=dict(req.params), sample=STATS_SAMPLE)  # fmt: skip
 
     def on_get_live(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """New requests since the last call, as server-sent events. Each answer holds what was recorded since
-        and ends, and the browser asks again after `retry` ms: a sync worker (Flux's default) serves one
-        request at a time, so an answer that stayed open would take the worker from everyone else."""
+        """New requests as server-sent events: what was recorded since the follower's last answer, then each
+        one as it is recorded, for up to LIVE_STREAM_S; then the answer ends and the browser asks again after
+        `retry` ms. The follower's inbox keeps what no answer has sent yet, so nothing is lost in between.
+        A sync worker (Flux's default) serves one request at a time: an open stream holds its worker, so only
+        one stream per session, and `live_streams` on the server at once (one worker fewer than it has),
+        stay open; any other answers what is waiting and ends at once."""
         given = req.get_param("follower") or ""
         if not (given.isascii() and given.isdigit() and len(given) < 19):
             raise InvalidRequest(f"follower {given!r} is not a follower's number",
                                  hint="reload /flux/requests to follow again")  # fmt: skip
-        follower = int(given)
-        events = []
-        with self.conn() as conn:
-            try:
-                rows = tree.take_followed(conn, follower, **_request_filters(req, live=True))
-                events = [("request", jsontext.dumps_text(row)) for row in rows]
-            except FluxError as error:
-                events = [("gone", error.message)]
-        body = f"retry: {LIVE_RETRY_MS}\n\n" + "".join(
-            f"event: {name}\ndata: {data}\n\n" for name, data in events
-        )
+        filters = _request_filters(req, live=True)
+        session: Session = req.context.session
         resp.content_type = "text/event-stream"
-        resp.text = body
+        resp.stream = self._live(int(given), filters, session.csrf, req.env.get("gunicorn.socket"))
+
+    def _live(
+        self, follower: int, filters: dict[str, Any], session_key: str, client: socket.socket | None
+    ) -> Iterator[bytes]:
+        with self.conn() as conn:
+            held = self._hold_live_slot(conn, session_key)
+            try:
+                if held:
+                    conn.execute(f"LISTEN {tree.CHANNEL}")
+                ends = time.monotonic() + (LIVE_STREAM_S if held else 0.0)
+                yield f"retry: {LIVE_RETRY_MS}\n\n".encode()
+                while True:
+                    try:
+                        rows = tree.take_followed(conn, follower, **filters)
+                    except FluxError as error:
+                        yield _event("gone", error.message)
+                        return
+                    if rows:
+                        yield b"".join(_event("request", jsontext.dumps_text(row)) for row in rows)
+                    left = ends - time.monotonic()
+                    if left <= 0 or not _wait_for_news(conn, client, min(left, LIVE_WAIT_S)):
+                        return
+            finally:
+                if held:  # the connection goes back to the pool as it came
+                    conn.execute("UNLISTEN *")
+                    conn.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+
+    def _hold_live_slot(self, conn: Any, session_key: str) -> bool:
+        """Take this session's stream lock and one of the server's stream slots (advisory locks, released when
+        the stream ends or its connection closes); False, holding neither, when either is taken."""
+        if self.live_streams < 1:
+            return False
+        (mine,) = conn.execute(
+            "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
+            (_LIVE_SESSIONS, session_key),
+        ).fetchone()
+        if not mine:
+            return False
+        for slot in range(self.live_streams):
+            (free,) = conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (_LIVE_SLOTS, slot)
+            ).fetchone()
+            if free:
+                return True
+        conn.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+        return False
 
     @_pages_answer_errors
     def on_get_trace(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
@@ -526,6 +584,33 @@ class Pages:
 # message of their own) is not shown.
 _QUEUE_DONE = re.compile(r"job [0-9]{1,19} (queued to run again|cancelled)")
 _DEPLOYMENTS_DONE = re.compile(r"version [0-9]{1,19} is active")
+
+
+def _wait_for_news(conn: Any, client: socket.socket | None, timeout: float) -> bool:
+    """Wait up to `timeout` for an announcement of new requests on `conn`; False when the browser has closed
+    the feed meanwhile (it left the page): the stream then ends at once rather than at its bound."""
+    if client is None:
+        for _ in conn.notifies(timeout=timeout, stop_after=1):
+            pass
+        return True
+    readable, _, _ = select.select([conn.fileno(), client], [], [], timeout)
+    if client in readable:
+        try:
+            if not client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return False  # closed
+        except BlockingIOError:
+            pass
+        except OSError:
+            return False
+    if conn.fileno() in readable:
+        for _ in conn.notifies(timeout=0.001, stop_after=1):
+            pass
+    return True
+
+
+def _event(name: str, data: str) -> bytes:
+    """One server-sent event (`data` is one line: JSON, or a message)."""
+    return f"event: {name}\ndata: {data}\n\n".encode()
 
 
 def _done(req: falcon.Request, shape: re.Pattern[str]) -> str | None:

@@ -30,7 +30,7 @@ from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.api.secrets import set_secret
 from flux.config import load_settings
-from flux.dashboard._routes import CSP
+from flux.dashboard._routes import CSP, LIVE_STREAM_S
 from flux.dashboard._session import _PURPOSE, Sealer
 from flux.runtime.secrets import load_key
 from tests.fixtures.postgres import PostgresServer
@@ -702,17 +702,84 @@ def test_a_page_of_the_project_cannot_read_the_dashboard_through_a_window(
 # -- 4. holding workers -------------------------------------------------------------------------------------
 
 
-def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
-    """The live feed answers at once and ends (the browser asks again); eight connections that never finish
-    their request (as an unauthenticated client can open) leave both sync workers free for a sign-in."""
-    session = server.sign_in()
+def _open_feed(server: Server, session: str) -> tuple[http.client.HTTPConnection, Any, str]:
+    """A live feed of a fresh requests page, opened: its connection, its answer (being read) and its path."""
     page = server.ask("GET", "/flux/requests", session=session)
     live = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
-    began = time.monotonic()
-    for _ in range(5):
-        answer = server.ask("GET", live, session=session)
-        assert answer.status == 200 and answer.text.startswith("retry: ")
-    assert time.monotonic() - began < 2.5
+    connection = http.client.HTTPConnection(server.host, server.dashboard_port, timeout=30)
+    connection.request("GET", live, headers={"cookie": f"flux_session={session}"})
+    return connection, connection.getresponse(), live
+
+
+def test_the_live_feed_streams_new_requests_within_its_bound(server: Server) -> None:
+    """Before, each answer of the live feed ended at once (the browser polled every second). Now it stays
+    open and sends each request as it is recorded, and ends by LIVE_STREAM_S: a new request arrives on the
+    stream already open, which then ends within its bound."""
+    connection, answer, _ = _open_feed(server, server.sign_in())
+    try:
+        opened = time.monotonic()
+        assert answer.status == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.read1().startswith(b"retry: ")
+        time.sleep(0.5)
+        status, headers, _ = call_json(f"{server.url}/notes", "POST", {"text": "streamed"})
+        assert status == 201
+        received = b""
+        while headers["x-request-id"].encode() not in received:
+            chunk = answer.read1()
+            assert chunk, f"the stream ended without the new request: {received[-300:]!r}"
+            received += chunk
+        arrived = time.monotonic() - opened
+        assert arrived < LIVE_STREAM_S, arrived
+        assert b"event: request" in received
+        assert answer.read() is not None  # to its end
+        lasted = time.monotonic() - opened
+        assert LIVE_STREAM_S - 1 < lasted < LIVE_STREAM_S + 2, lasted
+    finally:
+        connection.close()
+
+
+def test_a_feed_the_browser_left_ends_at_once(server: Server) -> None:
+    """A browser closes the feed when it leaves the page: the stream sees it and ends, its worker and its
+    session's one open stream free at once, not at the bound (the next page's feed stays open)."""
+    session = server.sign_in()
+    left, answer, _ = _open_feed(server, session)
+    assert answer.read1().startswith(b"retry: ")
+    answer.close()  # the socket closes with the last of the two holding it
+    left.close()
+    time.sleep(0.5)
+    connection, answer, _ = _open_feed(server, session)
+    try:
+        opened = time.monotonic()
+        assert answer.read1().startswith(b"retry: ")
+        answer.read()
+        assert time.monotonic() - opened > LIVE_STREAM_S - 1  # held open: the left one had let go
+    finally:
+        connection.close()
+
+
+def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
+    """An open live feed holds its sync worker, so it is bounded: it ends within LIVE_STREAM_S; a session
+    keeps at most one open (its second answers at once and ends), and the server one worker fewer than it
+    has (two here: another session's feed answers at once too). Meanwhile pages answer at once. Eight
+    connections that never finish their request (as an unauthenticated client can open) leave both sync
+    workers free for a sign-in."""
+    session, other = server.sign_in(), server.sign_in()
+    connection, answer, live = _open_feed(server, session)
+    try:
+        opened = time.monotonic()
+        assert answer.read1().startswith(b"retry: ")
+        for who in (session, session, other):
+            began = time.monotonic()
+            quick = server.ask("GET", live, session=who)
+            assert quick.status == 200 and quick.text.startswith("retry: ")
+            assert time.monotonic() - began < 1.5
+        began = time.monotonic()
+        assert server.ask("GET", "/flux/queue", session=session).status == 200
+        assert time.monotonic() - began < 1.5
+        answer.read()
+        assert time.monotonic() - opened < LIVE_STREAM_S + 2
+    finally:
+        connection.close()
     idle = []
     try:
         for _ in range(8):

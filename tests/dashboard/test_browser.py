@@ -158,13 +158,21 @@ def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
 
 
 def test_sign_in_and_see_a_new_request_appear_live(page: Any, dashboard: Dashboard) -> None:
+    """A new request appears at the top without a reload, sent down the live feed's stream, which stays open
+    (one request for it in these seconds, where asking every second would have made three or more)."""
+    feeds: list[str] = []
+    page.on("request", lambda request: feeds.append(request.url) if "/flux/requests/live" in request.url
+            else None)  # fmt: skip
     page.wait_for_url(f"{dashboard.url}/flux/requests")
+    page.goto(f"{dashboard.url}/flux/requests")
     assert page.locator("#requests tbody tr").count() >= 6
+    time.sleep(2.5)
     status, headers, _ = call_json(f"{dashboard.app}/notes", "POST", {"text": "live"})
     assert status == 201
     new_id = headers["x-request-id"]
     page.locator(f'#requests a[href="/flux/requests/{new_id}"]').wait_for(timeout=10_000)
     assert page.locator("#requests tbody tr").first.locator("a").get_attribute("href").endswith(new_id)
+    assert feeds.count(feeds[-1]) == 1, feeds  # this page's feed: asked once, and still open
     shot(page, dashboard, "requests")
 
 

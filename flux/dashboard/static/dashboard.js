@@ -49,7 +49,8 @@
       if (state) state.textContent = "paused: reload the page to follow again";
     });
     source.addEventListener("error", () => {
-      if (state) state.classList.toggle("stalled", source.readyState !== EventSource.OPEN);
+      // each answer of the feed ends within seconds and the browser asks again: only a closed one stalls
+      if (state) state.classList.toggle("stalled", source.readyState === EventSource.CLOSED);
     });
   }
 
