@@ -286,6 +286,10 @@ ON CONFLICT (session_sha256) DO NOTHING
 """
 
 
+# A gate's verdict as kept: its counts and its first divergences (each request with its replay's result).
+_GATES = "SELECT id, gate FROM flux.deployments WHERE gate IS NOT NULL AND id = ANY(%s)"
+
+
 def _check_same_origin(req: falcon.Request) -> None:
     """A browser names the page a POST came from in Origin: it must be this dashboard's own."""
     origin = req.get_header("origin")
@@ -463,12 +467,16 @@ class Pages:
         the stream ends or its connection closes); False, holding neither, when either is taken."""
         if self.live_streams < 1:
             return False
-        (mine,) = conn.execute(
-            "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
-            (_LIVE_SESSIONS, session_key),
-        ).fetchone()
-        if not mine:
-            return False
+        for attempt in range(4):  # the stream of a page the browser just left ends within moments
+            (mine,) = conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
+                (_LIVE_SESSIONS, session_key),
+            ).fetchone()
+            if mine:
+                break
+            if attempt == 3:
+                return False
+            time.sleep(0.1)
         for slot in range(self.live_streams):
             (free,) = conn.execute(
                 "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (_LIVE_SLOTS, slot)
@@ -571,7 +579,9 @@ class Pages:
     def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self.conn() as conn:
             versions = deploy.list_deployments(conn, 100)
-        self.render(req, resp, "deployments.html", versions=versions, done=_done(req, _DEPLOYMENTS_DONE))
+            gates = dict(conn.execute(_GATES, ([d["version"] for d in versions],)).fetchall())
+        self.render(req, resp, "deployments.html", versions=versions, gates=gates,
+                    done=_done(req, _DEPLOYMENTS_DONE))  # fmt: skip
 
     @_pages_answer_errors
     def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
