@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from flux.trace.diff import TraceDiff
 from flux.trace.tree import Trace
 
 Row = dict[str, Any]
@@ -70,3 +71,35 @@ def trace_data(trace: Trace) -> dict[str, Any]:
         },
         "mutations": {str(seq): rows for seq, rows in mutations.items()},
     }
+
+
+def first_divergence(differences: TraceDiff) -> Row | None:
+    """Where two traces first part, as `flux incident replay` reports it first: the first span, in execution
+    order, that was added, is missing or changed (its index in `differences.spans`); else the first row change
+    that differs; else the first difference of the requests' outcome (status, error, output). None when they
+    are the same."""
+    spans = differences.spans
+    for index, span in enumerate(spans):
+        following = spans[index + 1] if index + 1 < len(spans) else None
+        if (
+            span.status == "missing"
+            and following
+            and following.status == "added"
+            and following.depth == span.depth
+        ):
+            # one span in place of another (`GET /notes/1` where the other had `GET /notes/2`)
+            name = f"{span.name} → {following.name}"
+            return {"where": "span", "index": index, "status": "replaced", "name": name,
+                    "seq": (span.a or {}).get("seq"), "change": None}  # fmt: skip
+        if span.status != "same":
+            return {"where": "span", "index": index, "status": span.status, "name": span.name,
+                    "seq": (span.b or span.a or {}).get("seq"),
+                    "change": span.changes[0] if span.changes else None}  # fmt: skip
+    for mutation in differences.mutations:
+        if mutation.status != "same":
+            return {"where": "mutation", "status": mutation.status, "name": f"{mutation.op} {mutation.table}",
+                    "change": mutation.changes[0] if mutation.changes else None}  # fmt: skip
+    if differences.request:
+        return {"where": "request", "status": "changed", "name": "the request's outcome",
+                "change": differences.request[0]}  # fmt: skip
+    return None

@@ -27,7 +27,7 @@ from flux import jsontext, replay
 from flux.api import deploy
 from flux.api.admin import check_admin_key
 from flux.api.resources import replay_served
-from flux.dashboard._pages import route_stats, trace_data
+from flux.dashboard._pages import first_divergence, route_stats, trace_data
 from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
 from flux.errors import (
     AdminKeyRefused,
@@ -529,11 +529,12 @@ class Pages:
     @_pages_answer_errors
     def on_get_diff(self, req: falcon.Request, resp: falcon.Response) -> None:
         a, b = req.get_param("a"), req.get_param("b")
-        differences = None
+        differences = first = None
         if a and b:
             with self.conn() as conn:
                 differences = diff.diff_traces(tree.find_trace(conn, a), tree.find_trace(conn, b))
-        self.render(req, resp, "diff.html", differences=differences, a=a or "", b=b or "",
+            first = first_divergence(differences)
+        self.render(req, resp, "diff.html", differences=differences, first=first, a=a or "", b=b or "",
                     max_changes=diff.MAX_CHANGES)  # fmt: skip
 
     @_pages_answer_errors

@@ -259,6 +259,14 @@ def test_compare_two_traces(page: Any, dashboard: Dashboard) -> None:
     page.click(".compare button")
     assert page.locator("#diff-verdict").inner_text().startswith("They differ")
     assert page.locator("#span-diff tr.diff-changed").count() >= 1
+    # the first divergence, at the top: the first span that differs, in execution order, marked in the table
+    first_row = page.locator("#span-diff tbody tr:not(.diff-same)").first
+    assert "first" in first_row.get_attribute("class").split()
+    name = first_row.locator(".span-name").inner_text().lstrip("· ")
+    top = page.locator("#first-divergence")
+    assert top.locator(".where").inner_text().startswith(name)
+    box = top.bounding_box()
+    assert box is not None and box["y"] < page.locator("#span-diff").bounding_box()["y"]
     shot(page, dashboard, "diff")
 
 
