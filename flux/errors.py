@@ -257,6 +257,12 @@ class ScriptedRequestRefused(FluxError):
     title = "a dashboard page or form was fetched by a script, not opened or submitted by the browser"
 
 
+class InvalidTimeWindow(FluxError):
+    code = "FX146"
+    http_status = 400
+    title = "a dashboard page's from/until is not a date and time, or until comes before from"
+
+
 class DashboardElsewhere(FluxError):
     code = "FX145"
     http_status = 421

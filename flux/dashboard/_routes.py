@@ -15,7 +15,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -37,6 +37,7 @@ from flux.errors import (
     DashboardPageNotFound,
     FluxError,
     InvalidRequest,
+    InvalidTimeWindow,
     ScriptedRequestRefused,
     SignInRequired,
 )
@@ -411,14 +412,25 @@ class Pages:
         period = req.get_param("since") or "1h"
         if period not in PERIODS:
             raise InvalidRequest(f"since {period!r} is not one of {', '.join(PERIODS)}", hint="e.g. since=1h")
+        start, until = _moment_param(req, "from"), _moment_param(req, "until")
+        if start is not None and until is not None and until < start:
+            raise InvalidTimeWindow(
+                f"until ({until:%Y-%m-%d %H:%M:%S%z}) comes before from ({start:%Y-%m-%d %H:%M:%S%z})",
+                hint="give an until after from, or leave one empty",
+            )
         with self.conn() as conn:
             window = tree.list_requests(conn, **filters, kind=req.get_param("kind") or None,
-                                        since=PERIODS[period], limit=STATS_SAMPLE)  # fmt: skip
-            follower = tree.start_following(conn, inbox=True)
+                                        since=start or PERIODS[period], until=until,
+                                        limit=STATS_SAMPLE)  # fmt: skip
+            follower = tree.start_following(conn, inbox=True) if until is None else None
         rows = window[:SHOWN_REQUESTS]
-        live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
+        # a window that has ended gets nothing new: no live feed
+        live = ""
+        if follower is not None:
+            live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
         self.render(req, resp, "requests.html", rows=rows, stats=route_stats(window), periods=list(PERIODS),
-                    period=period, live=live, given=dict(req.params), sample=STATS_SAMPLE)  # fmt: skip
+                    period=period, start=start, until=until, live=live, given=dict(req.params),
+                    sample=STATS_SAMPLE)  # fmt: skip
 
     def on_get_live(self, req: falcon.Request, resp: falcon.Response) -> None:
         """New requests as server-sent events: what was recorded since the follower's last answer, then each
@@ -651,6 +663,23 @@ def _request_filters(req: falcon.Request, *, live: bool = False) -> dict[str, An
     return {"route": req.get_param("route") or None, "function": req.get_param("function") or None,
             "status": int(status) if status else None, "errors": req.get_param("errors") == "on",
             "slow_ms": slow_ms}  # fmt: skip
+
+
+def _moment_param(req: falcon.Request, name: str) -> datetime | None:
+    """The requests page's `from` or `until`: an ISO 8601 date, or date and time (`2026-12-07T19:30`, as a
+    browser's datetime-local field sends it), in UTC unless it names its offset; None when empty."""
+    given = (req.get_param(name) or "").strip()
+    if not given:
+        return None
+    try:
+        if len(given) > 40:
+            raise ValueError(given)
+        moment = datetime.fromisoformat(given)
+    except ValueError:
+        raise InvalidTimeWindow(
+            f"{name} {given[:40]!r} is not a date and time", hint=f"e.g. {name}=2026-12-07T19:30 (UTC)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _live_filters(req: falcon.Request) -> dict[str, str]:

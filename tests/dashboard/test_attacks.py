@@ -452,6 +452,12 @@ def test_malformed_parameters_answer_an_fx_code_never_a_500(server: Server) -> N
         ("GET", "/flux/rows?table=%C0%AF&key=%FF"), ("GET", "/flux/requests/%C0%AF"),
         ("GET", "/flux/requests/%FF/trace.json"), ("GET", "/flux/diff?a=" + "a" * 2000 + "&b=b"),
         ("GET", "/flux/requests?route=a&route=b&status=200&status=500"),
+        ("GET", "/flux/requests?from=%00"), ("GET", "/flux/requests?from=99999-01-01"),
+        ("GET", "/flux/requests?until=0000-01-01"), ("GET", "/flux/requests?from=2026-01-01T00:00%2B99:00"),
+        ("GET", "/flux/requests?from=0001-01-01&until=9999-12-31T23:59:59.999999"),
+        ("GET", "/flux/requests?from=0001-01-01T00:00:00%2B14:00"),
+        ("GET", "/flux/requests?until=" + "1" * 1000),
+        ("GET", "/flux/requests?from=2026-01-02&until=2026-01-01"), ("GET", "/flux/requests?from=%C2%B2"),
     ]  # fmt: skip
     for extra in ("&code=version:%C2%B2", "&code=version:99999999999999999999", "&db=%00", "&db=as-of",
                   "&code=other"):  # fmt: skip

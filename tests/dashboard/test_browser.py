@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,34 @@ def test_sign_in_and_see_a_new_request_appear_live(page: Any, dashboard: Dashboa
     # this page's feed was not asked again in these seconds: the answer that brought the request was open
     assert asked <= 2 and feeds.count(feeds[-1]) == asked, feeds
     shot(page, dashboard, "requests")
+
+
+def test_requests_within_a_window_of_ones_own(page: Any, dashboard: Dashboard) -> None:
+    """From and until (UTC) narrow the list and the routes' figures to that window, with no live feed for a
+    window that has ended; an until before from, or what is not a date, answers FX146 on the page."""
+    with psycopg.connect(dashboard.dsn) as conn:
+        (first,) = conn.execute(
+            "SELECT min(started_at) AT TIME ZONE 'UTC' FROM flux.requests WHERE path = '/notes'"
+        ).fetchone()  # type: ignore[misc]
+    before = (first - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    around = (first - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    page.goto(f"{dashboard.url}/flux/requests")
+    page.fill("input[name=from]", around)
+    page.fill("input[name=until]", before)
+    page.click(".filters button")
+    assert page.locator("#requests tbody tr").count() == 0
+    assert page.locator("#window").inner_text().startswith(f"Routes from {around.replace('T', ' ')} until")
+    assert page.locator("#requests").get_attribute("data-live") is None
+    page.fill("input[name=until]", "")
+    page.click(".filters button")
+    assert page.locator("#requests tbody tr").count() >= 6
+    assert page.locator("#requests").get_attribute("data-live")
+    answer = page.goto(f"{dashboard.url}/flux/requests?from={before}&until={around}")
+    assert answer is not None and answer.status == 400
+    assert page.locator("h1").inner_text() == "FX146"
+    assert "comes before from" in page.locator("#error").inner_text()
+    answer = page.goto(f"{dashboard.url}/flux/requests?from=yesterday")
+    assert answer is not None and answer.status == 400 and page.locator("h1").inner_text() == "FX146"
 
 
 def test_pages_refuse_without_a_session_and_a_post_without_csrf(browser: Any, dashboard: Dashboard) -> None:
