@@ -35,8 +35,8 @@ def _percentile(ordered: list[int], fraction: float) -> int:
 
 def trace_data(trace: Trace) -> dict[str, Any]:
     """The trace as the waterfall draws it: each span as a row (seq, parent, depth, module, name, start and
-    duration in µs from the request's start, ok), its input, output and error by seq, and the mutations each
-    span made."""
+    duration in µs from the request's start, ok), its input, output and error by seq, the mutations each
+    span made, and those no span made (under seq -1; `unattached` says when the first of them came)."""
     columns = ("seq", "parent_seq", "depth", "module", "name", "offset_us", "duration_us", "ok")
     mutations: dict[int, list[Row]] = defaultdict(list)
     for m in trace.mutations:
@@ -51,6 +51,14 @@ def trace_data(trace: Trace) -> dict[str, Any]:
             }
         )
     request = trace.request
+    unattached = None
+    if -1 in mutations:  # row changes of the request that no span made (a deferred trigger's, say)
+        started, duration = request.get("started_at"), int(request.get("duration_us") or 0)
+        times = [m["at"] for m in trace.mutations if m["span_seq"] is None and m.get("at") is not None]
+        offset = 0
+        if started is not None and times:
+            offset = min(max(0, int((min(times) - started).total_seconds() * 1e6)), duration)
+        unattached = {"offset_us": offset, "rows": len(mutations[-1])}
     return {
         "request": {
             "id": request["id"],
@@ -70,6 +78,7 @@ def trace_data(trace: Trace) -> dict[str, Any]:
             for span in trace.spans
         },
         "mutations": {str(seq): rows for seq, rows in mutations.items()},
+        "unattached": unattached,
     }
 
 

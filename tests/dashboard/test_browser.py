@@ -246,6 +246,39 @@ def test_open_a_trace_and_a_spans_input_and_row_changes(page: Any, dashboard: Da
     assert path.stat().st_size > 10_000
 
 
+def test_row_changes_no_span_made_are_drawn_on_the_trace_and_the_rows_page(
+    page: Any, dashboard: Dashboard
+) -> None:
+    """A request's row change that no span made (a deferred trigger's, at commit) is a row of the waterfall of
+    its own, at its time, whose click shows it; a change made outside Flux (psql, as the database owner) is in
+    the row's history and blame with the database user who made it."""
+    with psycopg.connect(dashboard.dsn, autocommit=True) as conn:
+        (request_id, started) = conn.execute(
+            "SELECT id::text, started_at FROM flux.requests WHERE path = '/notes' AND method = 'POST'"
+            " ORDER BY started_at LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(
+            "INSERT INTO flux.mutations (request_id, span_seq, table_schema, table_name, op, row_pk, old,"
+            " new, changed, at) VALUES (%s, NULL, 'public', 'audit_log', 'INSERT', '{\"id\": 7}', NULL,"
+            ' \'{"id": 7, "what": "note added"}\', NULL, %s)',
+            (request_id, started + timedelta(microseconds=500)),
+        )
+        conn.execute("UPDATE notes SET body = 'set in psql' WHERE id = 3")
+        (owner,) = conn.execute("SELECT session_user").fetchone()  # type: ignore[misc]
+    page.goto(f"{dashboard.url}/flux/requests/{request_id}")
+    page.locator("#waterfall.ready").wait_for()
+    lone = page.locator(".wf-row", has_text="row changes outside any span")
+    assert lone.locator(".wf-rows").inner_text() == "1 row"
+    lone.click()
+    assert "INSERT public.audit_log" in page.locator("#span-mutations").inner_text()
+    assert '"note added"' in page.locator("#span-mutations").inner_text()
+    page.goto(f"{dashboard.url}/flux/rows?table=notes&key=3")
+    last = page.locator("#history tbody tr").last
+    assert f"{owner} (outside Flux)" in last.inner_text() and '"set in psql"' in last.inner_text()
+    assert owner in page.locator("#blame tr", has_text="body").inner_text()
+    shot(page, dashboard, "row-outside-flux")
+
+
 def test_a_10000_span_trace_opens_and_scrolls(page: Any, dashboard: Dashboard) -> None:
     started = time.monotonic()
     page.goto(f"{dashboard.url}/flux/requests/{dashboard.big_trace}")
