@@ -132,14 +132,20 @@ class _Moved:
         host = req.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        raise falcon.HTTPFound(f"{req.scheme}://{host}:{self.port}{req.relative_uri}")
+        # the Host header the browser sent, so the dashboard opens on the same host name; never cached, as
+        # it depends on that header
+        raise falcon.HTTPFound(
+            f"{req.scheme}://{host}:{self.port}{req.relative_uri}", headers={"cache-control": "no-store"}
+        )
+
+    on_head = on_get
 
     def _elsewhere(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
         raise DashboardElsewhere(
             f"the dashboard answers on port {self.port}, not here", hint="open the dashboard on its own port"
         )
 
-    on_post = on_head = on_put = on_patch = on_delete = _elsewhere
+    on_post = on_put = on_patch = on_delete = _elsewhere
 
 
 class ByPort:

@@ -128,7 +128,7 @@ class Server:
             data = body.encode() if isinstance(body, str) else body
             if data:
                 sent.setdefault("content-type", "application/x-www-form-urlencoded")
-            connection.putrequest(method, path, skip_accept_encoding=True)
+            connection.putrequest(method, path, skip_host="host" in sent, skip_accept_encoding=True)
             for name, value in {**sent, "content-length": str(len(data))}.items():
                 connection.putheader(name, value)
             connection.endheaders(data or None)
@@ -252,6 +252,15 @@ def test_no_path_trick_or_method_reaches_a_page_without_a_session(server: Server
         assert answer.headers["content-security-policy"] == CSP
         answer = server.ask("GET", path, port=server.port)
         assert answer.status == 404 and fx_code(answer) == "FX004", (path, answer.status, answer.text[:200])
+    # which app answers is the listener's port, whatever the Host header says
+    spoofed = {"host": f"127.0.0.1:{server.dashboard_port}"}
+    for path in ("/flux/queue", "/flux/signin"):
+        answer = server.ask("GET", path, headers=spoofed, port=server.port)
+        assert answer.status == 302 and answer.headers["location"].endswith(f":{server.dashboard_port}{path}")
+    answer = server.ask(
+        "GET", "/notes/1", headers={"host": f"127.0.0.1:{server.port}"}, port=server.dashboard_port
+    )
+    assert answer.status == 404 and fx_code(answer) == "FX143"
     for path in ("/flux/requests/", "/flux/queue?x=1", "/flux/requests/abc"):
         answer = server.ask("GET", path)
         assert answer.status == 303 and answer.headers["location"].startswith("/flux/signin?next="), path

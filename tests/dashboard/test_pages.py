@@ -208,6 +208,7 @@ def test_the_dashboard_answers_only_on_its_own_port_and_the_project_only_on_its(
     moved = client.simulate_get("/flux/queue", params={"done": "x"}, port=project_port, host="example.test")
     assert moved.status_code == 302
     assert moved.headers["location"] == f"http://example.test:{client.dashboard_port}/flux/queue?done=x"
+    assert moved.headers["cache-control"] == "no-store"
     for path in ("/flux", "/flux/", "/flux/static/dashboard.js", "/flux/requests/abc"):
         assert client.simulate_get(path, port=project_port).status_code == 302, path
     posted = client.simulate_post("/flux/queue/jobs/1/retry", body="csrf=x", port=project_port, headers=FORM)
