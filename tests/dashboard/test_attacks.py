@@ -770,6 +770,16 @@ def test_a_feed_the_browser_left_ends_at_once(server: Server) -> None:
         assert time.monotonic() - opened > LIVE_STREAM_S - 1  # held open: the left one had let go
     finally:
         connection.close()
+    # a client that sends more after its request (an EventSource never does) ends its stream at once too
+    _, _, live = _open_feed(server, session)
+    with socket.create_connection((server.host, server.dashboard_port), timeout=30) as raw:
+        raw.sendall(f"GET {live} HTTP/1.1\r\nhost: x\r\ncookie: flux_session={session}\r\n\r\n".encode())
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        raw.sendall(b"more")
+        while raw.recv(65536):
+            pass
+        assert time.monotonic() - began < 2
 
 
 def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
