@@ -1,4 +1,5 @@
-"""`flux server` (production) and `flux dev` (local, with reload): one gunicorn master on port 4000."""
+"""`flux server` (production) and `flux dev` (local, with reload): one gunicorn master on port 4000 (the
+dashboard on 4001)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ Port = Annotated[int | None, typer.Option("--port", "-p", help="Port to listen o
 Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
 Bind = Annotated[
     str | None, typer.Option("--bind", "-b", help="HOST:PORT to listen on, instead of --host and --port.")
+]
+DashboardPort = Annotated[
+    int | None,
+    typer.Option(
+        "--dashboard-port", help="The web dashboard's own port (default: --port + 1; 0: no dashboard)."
+    ),
 ]
 NoDeploy = Annotated[
     bool, typer.Option("--no-deploy", help="Serve the active version as it is; do not deploy the folder.")
@@ -41,26 +48,30 @@ def run_server(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None,
     no_deploy: NoDeploy = False, otlp_endpoint: OtlpEndpoint = None, queue_workers: QueueWorkers = None,
+    dashboard_port: DashboardPort = None,
 ) -> None:  # fmt: skip
     """Deploy the project folder (unless it is the active version already) and serve it in production:
     DATABASE_URL, or the project's embedded Postgres."""
     _serve(project, port, host, bind, workers, reload=False, deploy_project=not no_deploy,
-           otlp_endpoint=otlp_endpoint, queue_workers=queue_workers)  # fmt: skip
+           otlp_endpoint=otlp_endpoint, queue_workers=queue_workers,
+           dashboard_port=dashboard_port)  # fmt: skip
 
 
 def run_dev(
     project: ProjectDir = Path("."), port: Port = None, host: Host = None, bind: Bind = None,
     workers: Workers = None, otlp_endpoint: OtlpEndpoint = None, queue_workers: QueueWorkers = None,
+    dashboard_port: DashboardPort = None,
 ) -> None:  # fmt: skip
     """Serve the project locally: deploy it again on every save, and print each request; starts an embedded
     Postgres when DATABASE_URL is unset."""
     _serve(project, port, host, bind, workers or 1, reload=True, otlp_endpoint=otlp_endpoint,
-           queue_workers=queue_workers)  # fmt: skip
+           queue_workers=queue_workers, dashboard_port=dashboard_port)  # fmt: skip
 
 
 def _serve(
     project: Path, port: int | None, host: str | None, bind: str | None, workers: int | None, *, reload: bool,
     deploy_project: bool = True, otlp_endpoint: str | None = None, queue_workers: int | None = None,
+    dashboard_port: int | None = None,
 ) -> None:  # fmt: skip
     from flux.config import load_settings, split_bind
     from flux.server import serve
@@ -69,5 +80,5 @@ def _serve(
     if bind is not None:
         host, port = split_bind(bind)
     settings = load_settings(project, port=port, host=host, workers=workers, otlp_endpoint=otlp_endpoint,
-                             queue_workers=queue_workers)  # fmt: skip
+                             queue_workers=queue_workers, dashboard_port=dashboard_port)  # fmt: skip
     serve(settings, reload=reload, deploy_project=deploy_project)

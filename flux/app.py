@@ -119,10 +119,22 @@ def create_app(settings: Settings, pool: Any, gateway: Gateway | None = None) ->
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(FluxError, _handle_flux_error)
     api.register(app, pool, settings.project_dir, gateway, max_deploy_bytes=settings.max_deploy_bytes)
-    dashboard.register(app, pool, settings.project_dir, gateway)
+    if settings.dashboard_listen_port:  # its old addresses here lead to its own port
+        dashboard.redirect_to_port(app, settings.dashboard_listen_port)
     if gateway is not None:
         app.add_route("/db/openapi.json", OpenApi())
         app.add_sink(gateway, prefix="/")
+    return app
+
+
+def create_dashboard_app(settings: Settings, pool: Any, gateway: Gateway | None = None) -> WsgiApp:
+    """The dashboard's own app, served on its own port so that it is an origin of its own: a page the project
+    serves (a function may answer HTML) cannot read it. Nothing else answers there."""
+    app = falcon.App()
+    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(FluxError, _handle_flux_error)
+    # an open live feed holds a sync worker: one worker fewer than there are may be held so
+    dashboard.register(app, pool, settings.project_dir, gateway, live_streams=settings.workers - 1)
     return app
 
 
@@ -154,8 +166,9 @@ def create_gateway(settings: Settings, dsn: str, inflight: InFlight | None = Non
 
 def create_wsgi(
     settings: Settings | None = None, dsn: str | None = None, inflight: InFlight | None = None
-) -> WsgiApp:
-    """Gunicorn entry point (`gunicorn 'flux.app:create_wsgi()'`): settings from the environment."""
+) -> Any:
+    """Gunicorn entry point (`gunicorn 'flux.app:create_wsgi()'`): settings from the environment. The
+    project's routes and the management API answer on its port, the dashboard on its own."""
     settings = settings or load_settings()
     dsn = dsn or settings.database_url
     if not dsn:
@@ -166,4 +179,9 @@ def create_wsgi(
     pool = create_pool(dsn, max_size=2)
     pool.open(wait=False)
     MaintenanceLoop(pool).start()
-    return create_app(settings, pool, create_gateway(settings, dsn, inflight))
+    gateway = create_gateway(settings, dsn, inflight)
+    project = create_app(settings, pool, gateway)
+    if not settings.dashboard_listen_port:
+        return project
+    pages = create_dashboard_app(settings, pool, gateway)
+    return dashboard.ByPort(project, pages, settings.dashboard_listen_port)

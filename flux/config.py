@@ -34,6 +34,8 @@ class Settings:
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # the dashboard's own port (an origin of its own, on the same host): None is `port` + 1, 0 serves none
+    dashboard_port: int | None = None
     workers: int = 2
     worker_class: str = "sync"  # or "gthread", `threads` per worker (docs/performance-log.md compares them)
     threads: int = 1
@@ -79,6 +81,13 @@ class Settings:
     dev_replay_last: int = DEFAULT_DEV_REPLAY_LAST
 
     @property
+    def dashboard_listen_port(self) -> int:
+        """The port the dashboard answers on (0: none)."""
+        if self.dashboard_port is None:
+            return self.port + 1 if self.port < 65535 else 0
+        return self.dashboard_port
+
+    @property
     def data_dir(self) -> Path:
         """Where the embedded Postgres keeps its cluster."""
         return self.project_dir / ".flux" / "pg"
@@ -92,6 +101,7 @@ _ENV_NAMES = {
     "database_url": ("FLUX_DATABASE_URL", "DATABASE_URL"),
     "host": ("FLUX_HOST",),
     "port": ("FLUX_PORT",),
+    "dashboard_port": ("FLUX_DASHBOARD_PORT",),
     "workers": ("FLUX_WORKERS",),
     "worker_class": ("FLUX_WORKER_CLASS",),
     "threads": ("FLUX_THREADS",),
@@ -249,6 +259,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         )
     if not 0 < port < 65536:
         raise InvalidConfig(f"port {port} is outside 1-65535", hint="pick a free port such as 4000")
+    dashboard_port = _dashboard_port(values.get("dashboard_port"), port)
     if workers < 1 or not 1 <= threads <= 64:
         raise InvalidConfig(
             f"workers ({workers}) and threads ({threads}) must be 1 or more", hint="e.g. workers = 2"
@@ -269,6 +280,7 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         database_url=values.get("database_url") or None,
         host=str(values.get("host", "127.0.0.1")),
         port=port,
+        dashboard_port=dashboard_port,
         workers=workers,
         worker_class=worker_class,
         threads=threads,
@@ -292,6 +304,24 @@ def _build(project: Path, values: dict[str, Any]) -> Settings:
         header_timeout_s=header_timeout_s,
         body_timeout_s=body_timeout_s,
     )
+
+
+def _dashboard_port(value: Any, port: int) -> int:
+    """The dashboard's port: given (0: no dashboard), or the one after `port`."""
+    if value is None or value == "":
+        return port + 1 if port < 65535 else 0
+    try:
+        dashboard_port = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidConfig(
+            f"dashboard_port {value!r} is not a port", hint="e.g. dashboard_port = 4001"
+        ) from exc
+    if not 0 <= dashboard_port < 65536 or dashboard_port == port:
+        raise InvalidConfig(
+            f"dashboard_port {dashboard_port} must be 1-65535 and not the port ({port})",
+            hint="e.g. dashboard_port = 4001; 0 serves no dashboard",
+        )
+    return dashboard_port
 
 
 # Sizes a setting may take: name, lowest, highest.

@@ -248,13 +248,25 @@ class DashboardMethodRefused(FluxError):
 class DashboardPageNotFound(FluxError):
     code = "FX143"
     http_status = 404
-    title = "no dashboard file of that name under /flux/static/"
+    title = "no dashboard page or file at that address of the dashboard's port"
 
 
 class ScriptedRequestRefused(FluxError):
     code = "FX144"
     http_status = 403
     title = "a dashboard page or form was fetched by a script, not opened or submitted by the browser"
+
+
+class InvalidTimeWindow(FluxError):
+    code = "FX146"
+    http_status = 400
+    title = "a dashboard page's from/until is not a date and time, or until comes before from"
+
+
+class DashboardElsewhere(FluxError):
+    code = "FX145"
+    http_status = 421
+    title = "a dashboard form or call came to the project's port; the dashboard answers on its own port"
 
 
 # -- FX2xx policies -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from flux.trace.inflight import InFlight, record_lost
 log = logging.getLogger("flux.server")
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, flag: str = "--port") -> None:
     """Refuse to start when the host is not an address of this machine or the port is taken."""
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -50,7 +50,7 @@ def check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(
                     f"port {port} on {host} is already in use",
-                    hint="stop the other process or pass another --port",
+                    hint=f"stop the other process or pass another {flag}",
                 ) from exc
             raise InvalidConfig(
                 f"cannot listen on {host} port {port}: {exc.strerror}",
@@ -61,6 +61,14 @@ def check_port_free(host: str, port: int) -> None:
 def bind_address(host: str, port: int) -> str:
     """gunicorn's bind string: IPv6 addresses in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def binds(settings: Settings) -> list[str]:
+    """gunicorn's binds: the project's port, and the dashboard's (an origin of its own) when it has one."""
+    found = [bind_address(settings.host, settings.port)]
+    if settings.dashboard_listen_port:
+        found.append(bind_address(settings.host, settings.dashboard_listen_port))
+    return found
 
 
 @contextmanager
@@ -165,7 +173,7 @@ class FluxApplication(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         config = {
-            "bind": bind_address(self.settings.host, self.settings.port),
+            "bind": binds(self.settings),
             "workers": self.settings.workers,
             "worker_class": WORKER_CLASSES[self.settings.worker_class],
             "threads": self.settings.threads,
@@ -223,6 +231,8 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
     folder is deployed first (a no-op when it is the active version), unless `deploy_project` is False: then
     the active version is served as it is."""
     check_port_free(settings.host, settings.port)
+    if settings.dashboard_listen_port:
+        check_port_free(settings.host, settings.dashboard_listen_port, "--dashboard-port (0: no dashboard)")
     with terminate_on_sigterm(), database(settings) as dsn:
         applied = migrate.migrate(dsn)  # Flux's own; the project's go with its deploy, in one transaction
         for migration in applied:
@@ -246,6 +256,13 @@ def serve(settings: Settings, *, reload: bool = False, deploy_project: bool = Tr
             file=sys.stderr,
             flush=True,
         )
+        if settings.dashboard_listen_port:
+            dashboard_at = bind_address(settings.host, settings.dashboard_listen_port)
+            print(
+                f"flux: dashboard on http://{dashboard_at}/flux/",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             FluxApplication(settings, dsn, reload=reload).run()
         finally:

@@ -4,6 +4,6 @@ the package."""
 
 from __future__ import annotations
 
-from flux.dashboard._routes import register
+from flux.dashboard._routes import ByPort, redirect_to_port, register
 
-__all__ = ["register"]
+__all__ = ["ByPort", "redirect_to_port", "register"]

@@ -11,8 +11,11 @@ import hashlib
 import math
 import re
 import secrets
+import select
+import socket
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -24,15 +27,17 @@ from flux import jsontext, replay
 from flux.api import deploy
 from flux.api.admin import check_admin_key
 from flux.api.resources import replay_served
-from flux.dashboard._pages import route_stats, trace_data
+from flux.dashboard._pages import first_divergence, route_stats, trace_data
 from flux.dashboard._session import COOKIE, LIFETIME_S, Sealer, Session
 from flux.errors import (
     AdminKeyRefused,
     CsrfRefused,
+    DashboardElsewhere,
     DashboardMethodRefused,
     DashboardPageNotFound,
     FluxError,
     InvalidRequest,
+    InvalidTimeWindow,
     ScriptedRequestRefused,
     SignInRequired,
 )
@@ -53,15 +58,41 @@ STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; char
 _DASHBOARD_PATH = re.compile(r"/flux/[A-Za-z0-9._~/?&=%+-]*")  # no scheme, no host, nothing to break a header
 PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
            "7d": timedelta(days=7)}  # fmt: skip
-LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again (see Requests.on_get_live)
+LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again once an answer ended (see on_get_live)
+LIVE_STREAM_S = 8.0  # the longest one answer of the live feed stays open, holding its worker
+LIVE_WAIT_S = 1.0  # within it, how long it waits for an announcement before it looks at the inbox anyway
+# Advisory lock classes (two-int form): one open stream per session, and the server's stream slots.
+_LIVE_SESSIONS, _LIVE_SLOTS = 0x464C5853, 0x464C5854
 GZIP_FROM_BYTES = 8192  # trace.json bigger than this goes gzipped
 STATS_SAMPLE = 1000  # the newest requests of the window that a route's error rate and percentiles come from
 SHOWN_REQUESTS = 100  # the newest of them, listed
 
 
-def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None) -> None:  # type: ignore[type-arg]
-    """Mount the dashboard on `app`: its pages read on `pool` (the worker's admin connections) and replay on
-    the worker's `gateway`; sessions are sealed under a key derived from the project's secret key."""
+# The dashboard's addresses: (path, Pages' responder suffix).
+PAGE_ROUTES = (
+    ("/flux/signin", "signin"), ("/flux/signout", "signout"),
+    ("/flux/requests", "requests"), ("/flux/requests/live", "live"),
+    ("/flux/requests/{request_id}", "trace"), ("/flux/requests/{request_id}/trace.json", "trace_json"),
+    ("/flux/requests/{request_id}/replay", "replay"),
+    ("/flux/diff", "diff"), ("/flux/rows", "rows"),
+    ("/flux/queue", "queue"), ("/flux/queue/jobs/{job_id:int}/retry", "retry"),
+    ("/flux/queue/jobs/{job_id:int}/cancel", "cancel"),
+    ("/flux/deployments", "deployments"), ("/flux/deployments/{version:int}/activate", "activate"),
+)  # fmt: skip
+
+
+def register(
+    app: falcon.App,  # type: ignore[type-arg]
+    pool: Any,
+    project_dir: Path,
+    gateway: Any = None,
+    *,
+    live_streams: int = 1,
+) -> None:
+    """Mount the dashboard on `app`, the dashboard's own (it answers nothing else): its pages read on `pool`
+    (the worker's admin connections) and replay on the worker's `gateway`; sessions are sealed under a key
+    derived from the project's secret key. At most `live_streams` live feeds stay open at once (each holds a
+    worker up to LIVE_STREAM_S); past that, a feed answers what is waiting and ends."""
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -70,24 +101,66 @@ def register(app: falcon.App, pool: Any, project_dir: Path, gateway: Any = None)
     )
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
-    pages = Pages(pool, project_dir, gateway, templates)
+    pages = Pages(pool, project_dir, gateway, templates, live_streams)
     app.add_middleware(_DashboardAnswers())
     app.add_error_handler(falcon.HTTPError, _dashboard_http_error)
     app.add_route("/flux", _Home())
     app.add_route("/flux/", _Home())
     app.add_route("/flux/static/{name}", _Static())
-    app.add_route("/flux/signin", pages, suffix="signin")
-    for path, suffix in (
-        ("/flux/signout", "signout"),
-        ("/flux/requests", "requests"), ("/flux/requests/live", "live"),
-        ("/flux/requests/{request_id}", "trace"), ("/flux/requests/{request_id}/trace.json", "trace_json"),
-        ("/flux/requests/{request_id}/replay", "replay"),
-        ("/flux/diff", "diff"), ("/flux/rows", "rows"),
-        ("/flux/queue", "queue"), ("/flux/queue/jobs/{job_id:int}/retry", "retry"),
-        ("/flux/queue/jobs/{job_id:int}/cancel", "cancel"),
-        ("/flux/deployments", "deployments"), ("/flux/deployments/{version:int}/activate", "activate"),
-    ):  # fmt: skip
+    for path, suffix in PAGE_ROUTES:
         app.add_route(path, pages, suffix=suffix)
+    app.add_sink(_nothing_else, prefix="/")
+
+
+def _nothing_else(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    raise DashboardPageNotFound(f"no dashboard page at {req.path}", hint="start from /flux/requests")
+
+
+def redirect_to_port(app: falcon.App, port: int) -> None:  # type: ignore[type-arg]
+    """On the project's port, the dashboard's addresses lead to the same address on the dashboard's `port`:
+    a page opened there (a link, a bookmark) comes to the dashboard, in its own origin."""
+    moved = _Moved(port)
+    for path in ("/flux", "/flux/", "/flux/static/{name}", *(path for path, _ in PAGE_ROUTES)):
+        app.add_route(path, moved)
+
+
+class _Moved:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        host = req.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        # the Host header the browser sent, so the dashboard opens on the same host name; never cached, as
+        # it depends on that header
+        raise falcon.HTTPFound(
+            f"{req.scheme}://{host}:{self.port}{req.relative_uri}", headers={"cache-control": "no-store"}
+        )
+
+    on_head = on_get
+
+    def _elsewhere(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        raise DashboardElsewhere(
+            f"the dashboard answers on port {self.port}, not here", hint="open the dashboard on its own port"
+        )
+
+    on_post = on_put = on_patch = on_delete = _elsewhere
+
+
+class ByPort:
+    """The worker's WSGI app: a request that came in on the dashboard's port (gunicorn's SERVER_PORT is the
+    port of the listener that accepted it, whatever the Host header says) goes to the dashboard, any other
+    to the project's app."""
+
+    def __init__(self, project: Any, dashboard: Any, dashboard_port: int) -> None:
+        self.project = project
+        self.dashboard = dashboard
+        self.dashboard_port = str(dashboard_port)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        app = self.dashboard if environ.get("SERVER_PORT") == self.dashboard_port else self.project
+        return app(environ, start_response)
 
 
 class _DashboardAnswers:
@@ -95,11 +168,8 @@ class _DashboardAnswers:
     (401, 403, 405), errors and JSON, which a hook after the responder would miss (it does not run when the
     responder or a hook before it raises)."""
 
-    def process_resource(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: Any
-    ) -> None:
-        if isinstance(resource, (Pages, _Home, _Static)):
-            req.context.dashboard = True
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.dashboard = True
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
@@ -223,6 +293,10 @@ ON CONFLICT (session_sha256) DO NOTHING
 """
 
 
+# A gate's verdict as kept: its counts and its first divergences (each request with its replay's result).
+_GATES = "SELECT id, gate FROM flux.deployments WHERE gate IS NOT NULL AND id = ANY(%s)"
+
+
 def _check_same_origin(req: falcon.Request) -> None:
     """A browser names the page a POST came from in Origin: it must be this dashboard's own."""
     origin = req.get_header("origin")
@@ -261,8 +335,11 @@ def _pages_answer_errors(responder: Callable[..., None]) -> Callable[..., None]:
 
 @falcon.before(_session_first)
 class Pages:
-    def __init__(self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment) -> None:
+    def __init__(
+        self, pool: Any, project_dir: Path, gateway: Any, templates: jinja2.Environment, live_streams: int = 1
+    ) -> None:
         self.pool = pool
+        self.live_streams = live_streams
         self.project_dir = project_dir
         self.gateway = gateway
         self.templates = templates
@@ -341,36 +418,91 @@ class Pages:
         period = req.get_param("since") or "1h"
         if period not in PERIODS:
             raise InvalidRequest(f"since {period!r} is not one of {', '.join(PERIODS)}", hint="e.g. since=1h")
+        start, until = _moment_param(req, "from"), _moment_param(req, "until")
+        if start is not None and until is not None and until < start:
+            raise InvalidTimeWindow(
+                f"until ({until:%Y-%m-%d %H:%M:%S%z}) comes before from ({start:%Y-%m-%d %H:%M:%S%z})",
+                hint="give an until after from, or leave one empty",
+            )
         with self.conn() as conn:
             window = tree.list_requests(conn, **filters, kind=req.get_param("kind") or None,
-                                        since=PERIODS[period], limit=STATS_SAMPLE)  # fmt: skip
-            follower = tree.start_following(conn, inbox=True)
+                                        since=start or PERIODS[period], until=until,
+                                        limit=STATS_SAMPLE)  # fmt: skip
+            follower = tree.start_following(conn, inbox=True) if until is None else None
         rows = window[:SHOWN_REQUESTS]
-        live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
+        # a window that has ended gets nothing new: no live feed
+        live = ""
+        if follower is not None:
+            live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
         self.render(req, resp, "requests.html", rows=rows, stats=route_stats(window), periods=list(PERIODS),
-                    period=period, live=live, given=dict(req.params), sample=STATS_SAMPLE)  # fmt: skip
+                    period=period, start=start, until=until, live=live, given=dict(req.params),
+                    sample=STATS_SAMPLE)  # fmt: skip
 
     def on_get_live(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """New requests since the last call, as server-sent events. Each answer holds what was recorded since
-        and ends, and the browser asks again after `retry` ms: a sync worker (Flux's default) serves one
-        request at a time, so an answer that stayed open would take the worker from everyone else."""
+        """New requests as server-sent events: what was recorded since the follower's last answer, then each
+        one as it is recorded, for up to LIVE_STREAM_S; then the answer ends and the browser asks again after
+        `retry` ms. The follower's inbox keeps what no answer has sent yet, so nothing is lost in between.
+        A sync worker (Flux's default) serves one request at a time: an open stream holds its worker, so only
+        one stream per session, and `live_streams` on the server at once (one worker fewer than it has),
+        stay open; any other answers what is waiting and ends at once."""
         given = req.get_param("follower") or ""
         if not (given.isascii() and given.isdigit() and len(given) < 19):
             raise InvalidRequest(f"follower {given!r} is not a follower's number",
                                  hint="reload /flux/requests to follow again")  # fmt: skip
-        follower = int(given)
-        events = []
-        with self.conn() as conn:
-            try:
-                rows = tree.take_followed(conn, follower, **_request_filters(req, live=True))
-                events = [("request", jsontext.dumps_text(row)) for row in rows]
-            except FluxError as error:
-                events = [("gone", error.message)]
-        body = f"retry: {LIVE_RETRY_MS}\n\n" + "".join(
-            f"event: {name}\ndata: {data}\n\n" for name, data in events
-        )
+        filters = _request_filters(req, live=True)
+        session: Session = req.context.session
         resp.content_type = "text/event-stream"
-        resp.text = body
+        resp.stream = self._live(int(given), filters, session.csrf, req.env.get("gunicorn.socket"))
+
+    def _live(
+        self, follower: int, filters: dict[str, Any], session_key: str, client: socket.socket | None
+    ) -> Iterator[bytes]:
+        with self.conn() as conn:
+            held = self._hold_live_slot(conn, session_key)
+            try:
+                if held:
+                    conn.execute(f"LISTEN {tree.CHANNEL}")
+                ends = time.monotonic() + (LIVE_STREAM_S if held else 0.0)
+                yield f"retry: {LIVE_RETRY_MS}\n\n".encode()
+                while True:
+                    try:
+                        rows = tree.take_followed(conn, follower, **filters)
+                    except FluxError as error:
+                        yield _event("gone", error.message)
+                        return
+                    if rows:
+                        yield b"".join(_event("request", jsontext.dumps_text(row)) for row in rows)
+                    left = ends - time.monotonic()
+                    if left <= 0 or not _wait_for_news(conn, client, min(left, LIVE_WAIT_S)):
+                        return
+            finally:
+                if held:  # the connection goes back to the pool as it came
+                    conn.execute("UNLISTEN *")
+                    conn.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+
+    def _hold_live_slot(self, conn: Any, session_key: str) -> bool:
+        """Take this session's stream lock and one of the server's stream slots (advisory locks, released when
+        the stream ends or its connection closes); False, holding neither, when either is taken."""
+        if self.live_streams < 1:
+            return False
+        for attempt in range(4):  # the stream of a page the browser just left ends within moments
+            (mine,) = conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
+                (_LIVE_SESSIONS, session_key),
+            ).fetchone()
+            if mine:
+                break
+            if attempt == 3:
+                return False
+            time.sleep(0.1)
+        for slot in range(self.live_streams):
+            (free,) = conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (_LIVE_SLOTS, slot)
+            ).fetchone()
+            if free:
+                return True
+        conn.execute("SELECT pg_catalog.pg_advisory_unlock_all()")
+        return False
 
     @_pages_answer_errors
     def on_get_trace(self, req: falcon.Request, resp: falcon.Response, request_id: str) -> None:
@@ -415,11 +547,12 @@ class Pages:
     @_pages_answer_errors
     def on_get_diff(self, req: falcon.Request, resp: falcon.Response) -> None:
         a, b = req.get_param("a"), req.get_param("b")
-        differences = None
+        differences = first = None
         if a and b:
             with self.conn() as conn:
                 differences = diff.diff_traces(tree.find_trace(conn, a), tree.find_trace(conn, b))
-        self.render(req, resp, "diff.html", differences=differences, a=a or "", b=b or "",
+            first = first_divergence(differences)
+        self.render(req, resp, "diff.html", differences=differences, first=first, a=a or "", b=b or "",
                     max_changes=diff.MAX_CHANGES)  # fmt: skip
 
     @_pages_answer_errors
@@ -465,7 +598,9 @@ class Pages:
     def on_get_deployments(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self.conn() as conn:
             versions = deploy.list_deployments(conn, 100)
-        self.render(req, resp, "deployments.html", versions=versions, done=_done(req, _DEPLOYMENTS_DONE))
+            gates = dict(conn.execute(_GATES, ([d["version"] for d in versions],)).fetchall())
+        self.render(req, resp, "deployments.html", versions=versions, gates=gates,
+                    done=_done(req, _DEPLOYMENTS_DONE))  # fmt: skip
 
     @_pages_answer_errors
     def on_post_activate(self, req: falcon.Request, resp: falcon.Response, version: int) -> None:
@@ -478,6 +613,29 @@ class Pages:
 # message of their own) is not shown.
 _QUEUE_DONE = re.compile(r"job [0-9]{1,19} (queued to run again|cancelled)")
 _DEPLOYMENTS_DONE = re.compile(r"version [0-9]{1,19} is active")
+
+
+def _wait_for_news(conn: Any, client: socket.socket | None, timeout: float) -> bool:
+    """Wait up to `timeout` for an announcement of new requests on `conn`; False when the browser has closed
+    the feed meanwhile (it left the page): the stream then ends at once rather than at its bound."""
+    if client is None:
+        for _ in conn.notifies(timeout=timeout, stop_after=1):
+            pass
+        return True
+    readable, _, _ = select.select([conn.fileno(), client], [], [], timeout)
+    if client in readable:
+        # an EventSource sends nothing after its request: what comes is its closing (or bytes it has no
+        # reason to send, which would wake this loop at once, again and again)
+        return False
+    if conn.fileno() in readable:
+        for _ in conn.notifies(timeout=0.001, stop_after=1):
+            pass
+    return True
+
+
+def _event(name: str, data: str) -> bytes:
+    """One server-sent event (`data` is one line: JSON, or a message)."""
+    return f"event: {name}\ndata: {data}\n\n".encode()
 
 
 def _done(req: falcon.Request, shape: re.Pattern[str]) -> str | None:
@@ -507,6 +665,23 @@ def _request_filters(req: falcon.Request, *, live: bool = False) -> dict[str, An
     return {"route": req.get_param("route") or None, "function": req.get_param("function") or None,
             "status": int(status) if status else None, "errors": req.get_param("errors") == "on",
             "slow_ms": slow_ms}  # fmt: skip
+
+
+def _moment_param(req: falcon.Request, name: str) -> datetime | None:
+    """The requests page's `from` or `until`: an ISO 8601 date, or date and time (`2026-12-07T19:30`, as a
+    browser's datetime-local field sends it), in UTC unless it names its offset; None when empty."""
+    given = (req.get_param(name) or "").strip()
+    if not given:
+        return None
+    try:
+        if len(given) > 40:
+            raise ValueError(given)
+        moment = datetime.fromisoformat(given)
+    except ValueError:
+        raise InvalidTimeWindow(
+            f"{name} {given[:40]!r} is not a date and time", hint=f"e.g. {name}=2026-12-07T19:30 (UTC)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _live_filters(req: falcon.Request) -> dict[str, str]:

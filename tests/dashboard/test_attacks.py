@@ -30,7 +30,7 @@ from flux.api.admin import create_admin_key
 from flux.api.deploy import deploy
 from flux.api.secrets import set_secret
 from flux.config import load_settings
-from flux.dashboard._routes import CSP
+from flux.dashboard._routes import CSP, LIVE_STREAM_S
 from flux.dashboard._session import _PURPOSE, Sealer
 from flux.runtime.secrets import load_key
 from tests.fixtures.postgres import PostgresServer
@@ -58,9 +58,17 @@ HTML_PAGE = """export default async (req, ctx) => ({
   headers: {"content-type": "text/html"},
   body: "<title>app</title><script>" +
     "const read = (t) => /name=.csrf. value=/.test(t) ? 'read the dashboard' : 'refused';" +
-    "fetch('/flux/queue').then((r) => r.text()).then((t) => { document.title = read(t); });" +
-    "const w = window.open('/flux/queue');" +
-    "w.addEventListener('load', () => { document.body.dataset.popup = read(w.document.body.innerHTML); });" +
+    "fetch('/flux/queue').then((r) => r.text()).then((t) => { document.title = read(t); })" +
+    "  .catch(() => { document.title = 'refused'; });" +
+    "const w = window.open('/flux/queue'); let looks = 0;" +
+    "const look = () => { let seen = '';" +
+    "  try { const body = w.document.body ? w.document.body.innerHTML : '';" +
+    "        if (read(body) !== 'refused') seen = 'read the dashboard'; }" +
+    "  catch (e) { seen = 'refused'; }" +
+    "  if (seen) { document.body.dataset.popup = seen; }" +
+    "  else if (++looks < 100) { setTimeout(look, 100); }" +
+    "  else { document.body.dataset.popup = 'never loaded'; } };" +
+    "look();" +
     "</script>",
 })"""
 # A function that answers its secret (then, edited, the secret and more): the record keeps `[secret:token]`.
@@ -94,12 +102,25 @@ class Server:
 
     @property
     def url(self) -> str:
+        """The project's origin (its routes and the management API)."""
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def dashboard_port(self) -> int:
+        return self.port + 1  # flux server's default: the dashboard on the port after the project's
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's origin: its own port."""
+        return f"http://{self.host}:{self.dashboard_port}"
+
     def ask(self, method: str, path: str, body: bytes | str = b"", headers: dict[str, str] | None = None,
-            session: str | None = None) -> Answer:  # fmt: skip
-        """One raw HTTP request: the path goes on the wire exactly as given."""
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            session: str | None = None, port: int | None = None) -> Answer:  # fmt: skip
+        """One raw HTTP request: the path goes on the wire exactly as given; to the dashboard's port when it
+        starts with /flux (in any case), else to the project's, unless `port` says."""
+        if port is None:
+            port = self.dashboard_port if path.lower().startswith("/flux") else self.port
+        connection = http.client.HTTPConnection(self.host, port, timeout=60)
         try:
             sent = dict(headers or {})
             if session is not None:
@@ -107,7 +128,7 @@ class Server:
             data = body.encode() if isinstance(body, str) else body
             if data:
                 sent.setdefault("content-type", "application/x-www-form-urlencoded")
-            connection.putrequest(method, path, skip_accept_encoding=True)
+            connection.putrequest(method, path, skip_host="host" in sent, skip_accept_encoding=True)
             for name, value in {**sent, "content-length": str(len(data))}.items():
                 connection.putheader(name, value)
             connection.endheaders(data or None)
@@ -221,13 +242,25 @@ def test_every_dashboard_answer_carries_the_security_headers(server: Server) -> 
 
 def test_no_path_trick_or_method_reaches_a_page_without_a_session(server: Server) -> None:
     """Paths that are not the dashboard's own (double slashes, dot segments, encoded slashes, trailing dots,
-    another case) go to the project's routes, which answer FX004 and show nothing of the dashboard; HEAD and
-    other methods are refused with FX142, never served."""
+    another case) answer FX143 on the dashboard's port and show nothing of it; on the project's port they go
+    to the project's routes (FX004). HEAD and other methods are refused with FX142, never served."""
     tricks = ("/flux//requests", "/flux/requests/../queue", "/flux/%2frequests", "/flux/requests.",
               "/FLUX/queue", "/flux/./queue", "/flux/queue%00", "/flux/requests/%2e%2e/queue")  # fmt: skip
     for path in tricks:
         answer = server.ask("GET", path)
+        assert answer.status == 404 and fx_code(answer) == "FX143", (path, answer.status, answer.text[:200])
+        assert answer.headers["content-security-policy"] == CSP
+        answer = server.ask("GET", path, port=server.port)
         assert answer.status == 404 and fx_code(answer) == "FX004", (path, answer.status, answer.text[:200])
+    # which app answers is the listener's port, whatever the Host header says
+    spoofed = {"host": f"127.0.0.1:{server.dashboard_port}"}
+    for path in ("/flux/queue", "/flux/signin"):
+        answer = server.ask("GET", path, headers=spoofed, port=server.port)
+        assert answer.status == 302 and answer.headers["location"].endswith(f":{server.dashboard_port}{path}")
+    answer = server.ask(
+        "GET", "/notes/1", headers={"host": f"127.0.0.1:{server.port}"}, port=server.dashboard_port
+    )
+    assert answer.status == 404 and fx_code(answer) == "FX143"
     for path in ("/flux/requests/", "/flux/queue?x=1", "/flux/requests/abc"):
         answer = server.ask("GET", path)
         assert answer.status == 303 and answer.headers["location"].startswith("/flux/signin?next="), path
@@ -373,7 +406,8 @@ def test_every_action_refuses_a_forged_post(server: Server) -> None:
         for origin in (
             "https://evil.example",
             "null",
-            f"http://127.0.0.1:{server.port + 1}",
+            server.url,  # the project's own origin: same site as the dashboard's
+            f"http://127.0.0.1:{server.dashboard_port + 1}",
             "http://localhost",
         ):
             refusals[f"origin {origin}"] = server.ask("POST", action, f"csrf={token}", session=session,
@@ -427,6 +461,12 @@ def test_malformed_parameters_answer_an_fx_code_never_a_500(server: Server) -> N
         ("GET", "/flux/rows?table=%C0%AF&key=%FF"), ("GET", "/flux/requests/%C0%AF"),
         ("GET", "/flux/requests/%FF/trace.json"), ("GET", "/flux/diff?a=" + "a" * 2000 + "&b=b"),
         ("GET", "/flux/requests?route=a&route=b&status=200&status=500"),
+        ("GET", "/flux/requests?from=%00"), ("GET", "/flux/requests?from=99999-01-01"),
+        ("GET", "/flux/requests?until=0000-01-01"), ("GET", "/flux/requests?from=2026-01-01T00:00%2B99:00"),
+        ("GET", "/flux/requests?from=0001-01-01&until=9999-12-31T23:59:59.999999"),
+        ("GET", "/flux/requests?from=0001-01-01T00:00:00%2B14:00"),
+        ("GET", "/flux/requests?until=" + "1" * 1000),
+        ("GET", "/flux/requests?from=2026-01-02&until=2026-01-01"), ("GET", "/flux/requests?from=%C2%B2"),
     ]  # fmt: skip
     for extra in ("&code=version:%C2%B2", "&code=version:99999999999999999999", "&db=%00", "&db=as-of",
                   "&code=other"):  # fmt: skip
@@ -569,10 +609,10 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     page.on("console", lambda message: events.append(f"console {message.text}") if message.type == "error"
             and "Content Security Policy" in message.text else None)  # fmt: skip
     page.on("pageerror", lambda error: events.append(f"pageerror {error}"))
-    page.goto(f"{server.url}/flux/signin")
+    page.goto(f"{server.dashboard_url}/flux/signin")
     page.fill("input[name=key]", server.admin_key)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/flux/requests")
+    page.wait_for_url(f"{server.dashboard_url}/flux/requests")
     shown = page.locator("#requests tbody").inner_text()
     assert PAYLOADS[0] in shown and "/nowhere/" in shown
     _no_injection(page, "requests", events)
@@ -581,7 +621,7 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     server.ask("GET", "/live/" + quote(HOSTILE, safe="/"))
     page.locator("#requests tbody tr.fresh", has_text="/live/").wait_for(timeout=10_000)
     _no_injection(page, "live requests", events)
-    page.goto(f"{server.url}/flux/requests/{hostile.request}")
+    page.goto(f"{server.dashboard_url}/flux/requests/{hostile.request}")
     page.locator("#waterfall.ready").wait_for(timeout=10_000)
     assert PAYLOADS[0] in page.locator("#waterfall").inner_text()
     page.locator(".wf-row").nth(1).click()
@@ -602,10 +642,10 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
         "sign-in next": "/flux/signin?next=" + quote('/flux/"><img data-xss src=x>', safe=""),
     }
     for where, path in visits.items():
-        answer = page.goto(server.url + path)
+        answer = page.goto(server.dashboard_url + path)
         assert answer is not None and answer.status < 500, (where, answer and answer.status)
         _no_injection(page, where, events)
-    page.goto(server.url + visits["rows"])
+    page.goto(server.dashboard_url + visits["rows"])
     quoted = psycopg.sql.Identifier(hostile.table).as_string(None)
     assert quoted in page.locator("select[name=table]").inner_text()
     page.screenshot(path=str(tmp_path / "hostile-rows.png"), full_page=True)
@@ -626,22 +666,16 @@ def test_a_link_cannot_put_its_own_words_in_the_dashboards_banner(server: Server
     assert '<p class="done" id="done">version 1 is active</p>' in kept.text
 
 
-SAME_ORIGIN = (
-    "the dashboard shares its origin with the project's routes, and a function may answer HTML: a script in"
-    " it (a hostile function, or an XSS in the app) can open a dashboard page in a window, read its CSRF"
-    " token and submit its forms; only serving the dashboard from an origin of its own (another port) ends it"
-)
-
-
 def _app_page_in_a_signed_in_browser(server: Server, browser: Any) -> tuple[str, str | None]:
     """What the project's page read of the dashboard, in a browser signed in to it: by fetch, and through
     the window it opened."""
     context = browser.new_context()
     page = context.new_page()
-    page.goto(f"{server.url}/flux/signin")
+    page.goto(f"{server.url}/flux/signin")  # the project's port leads to the dashboard's
     page.fill("input[name=key]", server.admin_key)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/flux/requests")
+    page.wait_for_url("**/flux/requests")
+    assert page.url == f"{server.dashboard_url}/flux/requests"
     page.goto(f"{server.url}/page")
     page.wait_for_function("document.title !== 'app' && document.body.dataset.popup", timeout=10_000)
     found = page.title(), page.evaluate("document.body.dataset.popup")
@@ -669,10 +703,13 @@ def test_a_script_cannot_fetch_a_dashboard_page_or_post_its_form(server: Server,
     assert server.ask("GET", "/flux/queue", headers=navigate, session=session).status == 200
 
 
-@pytest.mark.xfail(strict=True, reason=SAME_ORIGIN)
 def test_a_page_of_the_project_cannot_read_the_dashboard_through_a_window(
     server: Server, browser: Any
 ) -> None:
+    """Before, the dashboard shared its origin with the project's routes, and a function may answer HTML: a
+    script in it (a hostile function, or an XSS in the app) opened a dashboard page in a window and read its
+    CSRF token. Now the dashboard is an origin of its own (its port): the window the page opened at
+    /flux/queue went to the dashboard's port, and the page can no longer read it."""
     _, popup = _app_page_in_a_signed_in_browser(server, browser)
     assert popup == "refused"
 
@@ -680,21 +717,98 @@ def test_a_page_of_the_project_cannot_read_the_dashboard_through_a_window(
 # -- 4. holding workers -------------------------------------------------------------------------------------
 
 
-def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
-    """The live feed answers at once and ends (the browser asks again); eight connections that never finish
-    their request (as an unauthenticated client can open) leave both sync workers free for a sign-in."""
-    session = server.sign_in()
+def _open_feed(server: Server, session: str) -> tuple[http.client.HTTPConnection, Any, str]:
+    """A live feed of a fresh requests page, opened: its connection, its answer (being read) and its path."""
     page = server.ask("GET", "/flux/requests", session=session)
     live = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
-    began = time.monotonic()
-    for _ in range(5):
-        answer = server.ask("GET", live, session=session)
-        assert answer.status == 200 and answer.text.startswith("retry: ")
-    assert time.monotonic() - began < 2.5
+    connection = http.client.HTTPConnection(server.host, server.dashboard_port, timeout=30)
+    connection.request("GET", live, headers={"cookie": f"flux_session={session}"})
+    return connection, connection.getresponse(), live
+
+
+def test_the_live_feed_streams_new_requests_within_its_bound(server: Server) -> None:
+    """Before, each answer of the live feed ended at once (the browser polled every second). Now it stays
+    open and sends each request as it is recorded, and ends by LIVE_STREAM_S: a new request arrives on the
+    stream already open, which then ends within its bound."""
+    connection, answer, _ = _open_feed(server, server.sign_in())
+    try:
+        opened = time.monotonic()
+        assert answer.status == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.read1().startswith(b"retry: ")
+        time.sleep(0.5)
+        status, headers, _ = call_json(f"{server.url}/notes", "POST", {"text": "streamed"})
+        assert status == 201
+        received = b""
+        while headers["x-request-id"].encode() not in received:
+            chunk = answer.read1()
+            assert chunk, f"the stream ended without the new request: {received[-300:]!r}"
+            received += chunk
+        arrived = time.monotonic() - opened
+        assert arrived < LIVE_STREAM_S, arrived
+        assert b"event: request" in received
+        assert answer.read() is not None  # to its end
+        lasted = time.monotonic() - opened
+        assert LIVE_STREAM_S - 1 < lasted < LIVE_STREAM_S + 2, lasted
+    finally:
+        connection.close()
+
+
+def test_a_feed_the_browser_left_ends_at_once(server: Server) -> None:
+    """A browser closes the feed when it leaves the page: the stream sees it and ends, its worker and its
+    session's one open stream free at once, not at the bound (the next page's feed stays open)."""
+    session = server.sign_in()
+    left, answer, _ = _open_feed(server, session)
+    assert answer.read1().startswith(b"retry: ")
+    answer.close()  # the socket closes with the last of the two holding it
+    left.close()
+    time.sleep(0.5)
+    connection, answer, _ = _open_feed(server, session)
+    try:
+        opened = time.monotonic()
+        assert answer.read1().startswith(b"retry: ")
+        answer.read()
+        assert time.monotonic() - opened > LIVE_STREAM_S - 1  # held open: the left one had let go
+    finally:
+        connection.close()
+    # a client that sends more after its request (an EventSource never does) ends its stream at once too
+    _, _, live = _open_feed(server, session)
+    with socket.create_connection((server.host, server.dashboard_port), timeout=30) as raw:
+        raw.sendall(f"GET {live} HTTP/1.1\r\nhost: x\r\ncookie: flux_session={session}\r\n\r\n".encode())
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200")
+        began = time.monotonic()
+        raw.sendall(b"more")
+        while raw.recv(65536):
+            pass
+        assert time.monotonic() - began < 2
+
+
+def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) -> None:
+    """An open live feed holds its sync worker, so it is bounded: it ends within LIVE_STREAM_S; a session
+    keeps at most one open (its second answers at once and ends), and the server one worker fewer than it
+    has (two here: another session's feed answers at once too). Meanwhile pages answer at once. Eight
+    connections that never finish their request (as an unauthenticated client can open) leave both sync
+    workers free for a sign-in."""
+    session, other = server.sign_in(), server.sign_in()
+    connection, answer, live = _open_feed(server, session)
+    try:
+        opened = time.monotonic()
+        assert answer.read1().startswith(b"retry: ")
+        for who in (session, session, other):
+            began = time.monotonic()
+            quick = server.ask("GET", live, session=who)
+            assert quick.status == 200 and quick.text.startswith("retry: ")
+            assert time.monotonic() - began < 1.5
+        began = time.monotonic()
+        assert server.ask("GET", "/flux/queue", session=session).status == 200
+        assert time.monotonic() - began < 1.5
+        answer.read()
+        assert time.monotonic() - opened < LIVE_STREAM_S + 2
+    finally:
+        connection.close()
     idle = []
     try:
         for _ in range(8):
-            held = socket.create_connection((server.host, server.port))
+            held = socket.create_connection((server.host, server.dashboard_port))
             held.sendall(b"GET /flux/requests/live HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
             idle.append(held)
         time.sleep(0.3)

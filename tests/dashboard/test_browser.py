@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from flux.api.deploy import deploy
 from flux.config import load_settings
 from flux.queue import jobs
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.processes import call_json, flux_server
+from tests.fixtures.processes import call_json, flux_server, run_flux
 from tests.fixtures.projects import GET_NOTE_CHANGED, edit_function, write_notes_project
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,8 @@ BIG_TRACE_SPANS = 10_000
 
 @dataclass(frozen=True)
 class Dashboard:
-    url: str
+    url: str  # the dashboard's origin (its own port)
+    app: str  # the project's (its routes)
     admin_key: str
     dsn: str
     shots: Path
@@ -66,7 +68,9 @@ def dashboard(
             for number in (1, 2, 3):
                 assert call_json(f"{url}/notes/{number}")[2]["id"] == number
             edit_function(project, "get_note", GET_NOTE_CHANGED)
-            assert deploy(dsn, load_settings(project, env={})).id == 2
+            # through the deploy gate: the three reads diverge (the id comes back as text), accepted
+            gated = run_flux(["deploy", "--gate", "--accept-divergence"], env, project, timeout=120)
+            assert "deployed version 2 (divergence accepted)" in gated.stdout, gated.stdout + gated.stderr
             with psycopg.connect(dsn, autocommit=True) as conn:
                 admin_key = create_admin_key(conn, "dashboard tests").key
                 big = _record_big_trace(conn, BIG_TRACE_SPANS)
@@ -80,7 +84,9 @@ def dashboard(
                     (dead["id"], '{"code": "FX300", "message": "it broke"}'),
                 ).fetchone()
                 assert died == ("dead",)
-            yield Dashboard(url, admin_key, dsn, folder / "screenshots", big, int(dead["id"]))
+            port = int(url.rsplit(":", 1)[1])
+            yield Dashboard(f"http://127.0.0.1:{port + 1}", url, admin_key, dsn, folder / "screenshots", big,
+                            int(dead["id"]))  # fmt: skip
     finally:
         pg_server.drop_database(name)
 
@@ -155,14 +161,53 @@ def shot(page: Any, dashboard: Dashboard, name: str) -> Path:
 
 
 def test_sign_in_and_see_a_new_request_appear_live(page: Any, dashboard: Dashboard) -> None:
+    """A new request appears at the top without a reload, sent down the live feed's stream, which stays open
+    (one request for it in these seconds, where asking every second would have made three or more)."""
+    feeds: list[str] = []
+    page.on("request", lambda request: feeds.append(request.url) if "/flux/requests/live" in request.url
+            else None)  # fmt: skip
     page.wait_for_url(f"{dashboard.url}/flux/requests")
+    page.goto(f"{dashboard.url}/flux/requests")
     assert page.locator("#requests tbody tr").count() >= 6
-    status, headers, _ = call_json(f"{dashboard.url}/notes", "POST", {"text": "live"})
+    time.sleep(1.5)
+    asked = feeds.count(feeds[-1])
+    time.sleep(2)
+    status, headers, _ = call_json(f"{dashboard.app}/notes", "POST", {"text": "live"})
     assert status == 201
     new_id = headers["x-request-id"]
     page.locator(f'#requests a[href="/flux/requests/{new_id}"]').wait_for(timeout=10_000)
     assert page.locator("#requests tbody tr").first.locator("a").get_attribute("href").endswith(new_id)
+    # this page's feed was not asked again in these seconds: the answer that brought the request was open
+    assert asked <= 2 and feeds.count(feeds[-1]) == asked, feeds
     shot(page, dashboard, "requests")
+
+
+def test_requests_within_a_window_of_ones_own(page: Any, dashboard: Dashboard) -> None:
+    """From and until (UTC) narrow the list and the routes' figures to that window, with no live feed for a
+    window that has ended; an until before from, or what is not a date, answers FX146 on the page."""
+    with psycopg.connect(dashboard.dsn) as conn:
+        (first,) = conn.execute(
+            "SELECT min(started_at) AT TIME ZONE 'UTC' FROM flux.requests WHERE path = '/notes'"
+        ).fetchone()  # type: ignore[misc]
+    before = (first - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    around = (first - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    page.goto(f"{dashboard.url}/flux/requests")
+    page.fill("input[name=from]", around)
+    page.fill("input[name=until]", before)
+    page.click(".filters button")
+    assert page.locator("#requests tbody tr").count() == 0
+    assert page.locator("#window").inner_text().startswith(f"Routes from {around.replace('T', ' ')} until")
+    assert page.locator("#requests").get_attribute("data-live") is None
+    page.fill("input[name=until]", "")
+    page.click(".filters button")
+    assert page.locator("#requests tbody tr").count() >= 6
+    assert page.locator("#requests").get_attribute("data-live")
+    answer = page.goto(f"{dashboard.url}/flux/requests?from={before}&until={around}")
+    assert answer is not None and answer.status == 400
+    assert page.locator("h1").inner_text() == "FX146"
+    assert "comes before from" in page.locator("#error").inner_text()
+    answer = page.goto(f"{dashboard.url}/flux/requests?from=yesterday")
+    assert answer is not None and answer.status == 400 and page.locator("h1").inner_text() == "FX146"
 
 
 def test_pages_refuse_without_a_session_and_a_post_without_csrf(browser: Any, dashboard: Dashboard) -> None:
@@ -199,6 +244,39 @@ def test_open_a_trace_and_a_spans_input_and_row_changes(page: Any, dashboard: Da
     assert page.locator(".wf-row.critical").count() >= 2
     path = shot(page, dashboard, "trace")
     assert path.stat().st_size > 10_000
+
+
+def test_row_changes_no_span_made_are_drawn_on_the_trace_and_the_rows_page(
+    page: Any, dashboard: Dashboard
+) -> None:
+    """A request's row change that no span made (a deferred trigger's, at commit) is a row of the waterfall of
+    its own, at its time, whose click shows it; a change made outside Flux (psql, as the database owner) is in
+    the row's history and blame with the database user who made it."""
+    with psycopg.connect(dashboard.dsn, autocommit=True) as conn:
+        (request_id, started) = conn.execute(
+            "SELECT id::text, started_at FROM flux.requests WHERE path = '/notes' AND method = 'POST'"
+            " ORDER BY started_at LIMIT 1"
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(
+            "INSERT INTO flux.mutations (request_id, span_seq, table_schema, table_name, op, row_pk, old,"
+            " new, changed, at) VALUES (%s, NULL, 'public', 'audit_log', 'INSERT', '{\"id\": 7}', NULL,"
+            ' \'{"id": 7, "what": "note added"}\', NULL, %s)',
+            (request_id, started + timedelta(microseconds=500)),
+        )
+        conn.execute("UPDATE notes SET body = 'set in psql' WHERE id = 3")
+        (owner,) = conn.execute("SELECT session_user").fetchone()  # type: ignore[misc]
+    page.goto(f"{dashboard.url}/flux/requests/{request_id}")
+    page.locator("#waterfall.ready").wait_for()
+    lone = page.locator(".wf-row", has_text="row changes outside any span")
+    assert lone.locator(".wf-rows").inner_text() == "1 row"
+    lone.click()
+    assert "INSERT public.audit_log" in page.locator("#span-mutations").inner_text()
+    assert '"note added"' in page.locator("#span-mutations").inner_text()
+    page.goto(f"{dashboard.url}/flux/rows?table=notes&key=3")
+    last = page.locator("#history tbody tr").last
+    assert f"{owner} (outside Flux)" in last.inner_text() and '"set in psql"' in last.inner_text()
+    assert owner in page.locator("#blame tr", has_text="body").inner_text()
+    shot(page, dashboard, "row-outside-flux")
 
 
 def test_a_10000_span_trace_opens_and_scrolls(page: Any, dashboard: Dashboard) -> None:
@@ -243,6 +321,14 @@ def test_compare_two_traces(page: Any, dashboard: Dashboard) -> None:
     page.click(".compare button")
     assert page.locator("#diff-verdict").inner_text().startswith("They differ")
     assert page.locator("#span-diff tr.diff-changed").count() >= 1
+    # the first divergence, at the top: the first span that differs, in execution order, marked in the table
+    first_row = page.locator("#span-diff tbody tr:not(.diff-same)").first
+    assert "first" in first_row.get_attribute("class").split()
+    name = first_row.locator(".span-name").inner_text().lstrip("· ")
+    top = page.locator("#first-divergence")
+    assert top.locator(".where").inner_text().startswith(name)
+    box = top.bounding_box()
+    assert box is not None and box["y"] < page.locator("#span-diff").bounding_box()["y"]
     shot(page, dashboard, "diff")
 
 
@@ -302,10 +388,32 @@ def test_roll_back_a_deployment(page: Any, dashboard: Dashboard) -> None:
     assert page.locator("#done").inner_text() == "version 1 is active"
     assert page.locator('#deployments tr[data-version="1"]').get_attribute("class") == "active"
     deadline = time.monotonic() + 10
-    while call_json(f"{dashboard.url}/notes/1")[2]["id"] != 1:  # version 1's get_note answers a number
+    while call_json(f"{dashboard.app}/notes/1")[2]["id"] != 1:  # version 1's get_note answers a number
         assert time.monotonic() < deadline
         time.sleep(0.2)
     shot(page, dashboard, "deployments")
+
+
+def test_a_deploy_gates_diverged_requests_lead_to_their_traces_and_diff(
+    page: Any, dashboard: Dashboard
+) -> None:
+    """Version 2 went through the deploy gate with its divergence accepted: its row lists the requests that
+    diverged, each with its first difference and links to the original, its replay and their diff."""
+    page.goto(f"{dashboard.url}/flux/deployments")
+    gate = page.locator('#deployments tr[data-version="2"] ul.gate-divergences li')
+    assert gate.count() == 3
+    first = gate.first
+    assert "GET /notes/" in first.locator("a.original").inner_text()
+    assert first.locator(".verdict-diverged").inner_text() == "diverged"
+    assert '"1"' in first.locator(".first").inner_text() or '"2"' in first.locator(".first").inner_text()
+    original = first.get_attribute("data-request")
+    first.locator("a.diff").click()
+    assert page.locator("#diff-verdict").inner_text().startswith("They differ")
+    assert original in page.url
+    page.go_back()
+    page.locator('#deployments tr[data-version="2"] ul.gate-divergences li a.replayed').first.click()
+    assert "replay" in page.locator("main").inner_text().lower()
+    shot(page, dashboard, "gate-replay")
 
 
 def test_behind_a_tls_proxy_the_cookies_are_secure(dashboard: Dashboard) -> None:

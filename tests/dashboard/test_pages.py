@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import re
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,20 +16,52 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from flux import db
 from flux.api.admin import create_admin_key
-from flux.config import load_settings
+from flux.app import create_app, create_dashboard_app, create_gateway
+from flux.config import Settings, load_settings
+from flux.dashboard import ByPort
 from flux.dashboard import _routes as dashboard_routes
 from flux.dashboard._routes import CSP
-from tests.fixtures.gateway import GatewayClient, gateway_client
+from flux.errors import InvalidConfig
+from flux.server import binds
+from tests.fixtures.gateway import GatewayClient
 from tests.fixtures.processes import call_json
 from tests.fixtures.projects import flux_dev, write_notes_project
 
 PAGES = ("/flux/requests", "/flux/diff", "/flux/rows", "/flux/queue", "/flux/deployments")
 
 
+class WorkerClient(GatewayClient):
+    """A worker's WSGI app as gunicorn serves it (project and dashboard, told apart by the listener's port):
+    requests go to the dashboard's port unless `port` says otherwise."""
+
+    def __init__(self, app: Any, gateway: Any, dashboard_port: int) -> None:
+        super().__init__(app, gateway)
+        self.dashboard_port = dashboard_port
+
+    def simulate_request(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("port", self.dashboard_port)
+        return super().simulate_request(*args, **kwargs)
+
+
+@contextmanager
+def worker_client(settings: Settings, dsn: str) -> Iterator[WorkerClient]:
+    gateway = create_gateway(settings, dsn)
+    admin = db.create_pool(dsn, max_size=2)
+    admin.open()
+    try:
+        pages = create_dashboard_app(settings, admin, gateway)
+        app = ByPort(create_app(settings, admin, gateway), pages, settings.dashboard_listen_port)
+        yield WorkerClient(app, gateway, settings.dashboard_listen_port)
+    finally:
+        gateway.close()
+        admin.close()
+
+
 @pytest.fixture
 def client(notes_project: Path, dsn: str) -> Any:
-    with gateway_client(load_settings(notes_project, env={}), dsn) as client:
+    with worker_client(load_settings(notes_project, env={}), dsn) as client:
         yield client
 
 
@@ -165,14 +199,57 @@ def test_a_big_trace_goes_gzipped_to_a_browser_that_takes_it(
     assert len(zipped.content) < len(plain.content) / 4 and len(plain.json["spans"]) > 200
 
 
+def test_the_dashboard_answers_only_on_its_own_port_and_the_project_only_on_its(
+    client: WorkerClient,
+) -> None:
+    """The dashboard is an origin of its own (its port): on the project's port its addresses lead there
+    (GET) or are refused (FX145); on its port nothing but the dashboard answers (FX143)."""
+    project_port = client.dashboard_port - 1
+    moved = client.simulate_get("/flux/queue", params={"done": "x"}, port=project_port, host="example.test")
+    assert moved.status_code == 302
+    assert moved.headers["location"] == f"http://example.test:{client.dashboard_port}/flux/queue?done=x"
+    assert moved.headers["cache-control"] == "no-store"
+    for path in ("/flux", "/flux/", "/flux/static/dashboard.js", "/flux/requests/abc"):
+        assert client.simulate_get(path, port=project_port).status_code == 302, path
+    posted = client.simulate_post("/flux/queue/jobs/1/retry", body="csrf=x", port=project_port, headers=FORM)
+    assert posted.status_code == 421 and posted.json["code"] == "FX145"
+    assert client.simulate_get("/notes/1", port=project_port).json["id"] == 1
+    assert client.simulate_get("/flux/api/deployments", port=project_port).json["code"] == "FX606"
+    for path in ("/notes/1", "/flux/api/deployments", "/health", "/db/openapi.json", "/flux/nothing"):
+        answer = client.simulate_get(path)
+        assert answer.status_code == 404 and answer.json["code"] == "FX143", path
+        assert answer.headers["content-security-policy"] == CSP
+    assert client.simulate_get("/flux/").status_code == 303
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def test_the_dashboards_port_is_the_projects_plus_one_unless_set(tmp_path: Path) -> None:
+    assert load_settings(tmp_path, env={}).dashboard_listen_port == 4001
+    assert load_settings(tmp_path, env={}, port=5000).dashboard_listen_port == 5001
+    assert load_settings(tmp_path, env={"FLUX_DASHBOARD_PORT": "0"}).dashboard_listen_port == 0
+    (tmp_path / "flux.toml").write_text("[server]\nport = 4100\ndashboard_port = 9000\n")
+    assert load_settings(tmp_path, env={}).dashboard_listen_port == 9000
+    assert binds(load_settings(tmp_path, env={})) == ["127.0.0.1:4100", "127.0.0.1:9000"]
+    assert binds(load_settings(tmp_path, env={}, dashboard_port=0)) == ["127.0.0.1:4100"]
+    for wrong in ("4100", "x", "70000", "-1"):
+        with pytest.raises(InvalidConfig, match="dashboard_port"):
+            load_settings(tmp_path, env={"FLUX_DASHBOARD_PORT": wrong})
+
+
 @pytest.mark.slow
 def test_flux_dev_serves_the_dashboard(dsn: str, tmp_path: Path, flux_env: dict[str, str]) -> None:
     project = write_notes_project(tmp_path / "project")
     with flux_dev(project, {**flux_env, "DATABASE_URL": dsn}) as (url, _, _):
-        status, _, refused = call_json(f"{url}/flux/requests/abc/trace.json")
+        port = int(url.rsplit(":", 1)[1])
+        dashboard = f"http://127.0.0.1:{port + 1}"
+        status, _, refused = call_json(f"{dashboard}/flux/requests/abc/trace.json")
         assert status == 401 and refused["code"] == "FX140"
-        signin = urllib.request.urlopen(f"{url}/flux/signin", timeout=10)
+        signin = urllib.request.urlopen(f"{dashboard}/flux/signin", timeout=10)
         assert signin.status == 200 and signin.headers["content-security-policy"] == CSP
+        moved = urllib.request.urlopen(f"{url}/flux/", timeout=10)  # followed to the dashboard's port
+        assert moved.url == f"{dashboard}/flux/signin?next=%2Fflux%2Frequests"
 
 
 def test_the_pages_have_no_inline_script_or_style_and_the_script_is_small() -> None:

@@ -49,7 +49,8 @@
       if (state) state.textContent = "paused: reload the page to follow again";
     });
     source.addEventListener("error", () => {
-      if (state) state.classList.toggle("stalled", source.readyState !== EventSource.OPEN);
+      // each answer of the feed ends within seconds and the browser asks again: only a closed one stalls
+      if (state) state.classList.toggle("stalled", source.readyState === EventSource.CLOSED);
     });
   }
 
@@ -91,10 +92,22 @@
       .then((data) => {
         const col = {};
         data.columns.forEach((name, i) => { col[name] = i; });
-        const spans = data.spans;
+        let spans = data.spans;
+        if (data.unattached) {
+          // row changes no span made: one row of their own, at the time they came, clicked like a span's
+          const lone = data.columns.map(() => null);
+          lone[col.seq] = -1;
+          lone[col.depth] = 0;
+          lone[col.module] = "data";
+          lone[col.name] = "row changes outside any span";
+          lone[col.offset_us] = data.unattached.offset_us;
+          lone[col.duration_us] = 0;
+          lone[col.ok] = true;
+          spans = spans.concat([lone]);
+        }
         const total = Math.max(1, Number(data.request.duration_us || 0),
           ...spans.slice(0, 20000).map((s) => Number(s[col.offset_us] || 0) + Number(s[col.duration_us] || 0)));
-        const critical = criticalPath(spans, col);
+        const critical = criticalPath(data.spans, col);
         let shown = spans;
         let selected = null;
         box.textContent = "";
@@ -167,7 +180,7 @@
         });
 
         render();
-        box.dataset.spans = String(spans.length);
+        box.dataset.spans = String(data.spans.length);
         box.dataset.renderedMs = (performance.now() - began).toFixed(1);
         box.classList.add("ready");
       })
