@@ -49,7 +49,8 @@ def instrument(sink: str) -> None:
 
 
 def main(port: int) -> None:
-    settings = load_settings(port=port)  # the project folder's flux.toml and FLUX_*, as `flux server`
+    # the project folder's flux.toml and FLUX_*, as `flux server`; no dashboard (the bench's Flux has none)
+    settings = load_settings(port=port, dashboard_port=0)
     FloorApplication(settings, os.environ["DATABASE_URL"], reload=False).run()
 
 

@@ -101,6 +101,7 @@ def flux_server(dsn: str, project: Path) -> Iterator[str]:
     """`flux server` for `project` (deployed at start); its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "cli", "server", str(project), "--port", str(port)]
+    command += ["--dashboard-port", "0"]  # the app's path alone, as the floor's
     with _process(command, _env(dsn), project, project / "flux-server.log") as process:
         wait_ready(f"http://127.0.0.1:{port}/ready", process)
         yield f"http://127.0.0.1:{port}"
