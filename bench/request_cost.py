@@ -84,8 +84,8 @@ def scratch_cluster() -> Iterator[str]:
 
 
 class _Clocks:
-    """Round trips and statements sent through flux.pipeline by thread, and the request thread's wall time in
-    them (inside host calls and outside), in host calls, and in Deno runs (the host calls they made included)."""
+    """Round trips and statements sent through flux.pipeline by thread, and the request thread's wall time
+    in them (inside host calls and outside), in host calls, and in Deno runs (their host calls included)."""
 
     def __init__(self) -> None:
         self.trips: dict[str, int] = defaultdict(int)
@@ -183,7 +183,8 @@ def measure(dsn: str) -> None:
                     request = {"method": "POST", "path": f"/{name}", "body": body}
                     caller = Caller(role)
 
-                    def call(function: Function = function, request: Any = request, caller: Any = caller) -> Any:
+                    def call(function: Function = function, request: Any = request, caller: Any = caller,
+                             ) -> Any:  # fmt: skip
                         outcome = invoke(conn, runtime, function, request, catalog=catalog, caller=caller,
                                          records=records)  # fmt: skip
                         assert outcome.error is None, outcome.error
@@ -213,7 +214,8 @@ def measure(dsn: str) -> None:
                         "  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
                         "  WHERE datname = current_database()) AND query NOT LIKE '%%pg_stat_statements%%'"
                     ).fetchall()
-                    _report(name, wall_ns, thread_cpu, process_cpu, used, len(writers), clocks, statements)  # fmt: skip
+                    _report(name, wall_ns, thread_cpu, process_cpu, used, len(writers), clocks,
+                            statements)  # fmt: skip
         finally:
             records.close()
             pool.close()
@@ -238,10 +240,12 @@ def _report(
         print(f"    round trips a request, {label}: {clocks.trips[thread] / CALLS:.2f}"
               f" ({clocks.statements[thread] / CALLS:.1f} statements)")  # fmt: skip
     print(f"    wall: waiting on Postgres {us(clocks.wait_in_host_ns):.0f} us in host calls +"
-          f" {us(clocks.wait_outside_ns):.0f} us outside (BEGIN, COMMIT, record); Deno and its pipes {deno:.0f} us;"
+          f" {us(clocks.wait_outside_ns):.0f} us outside (BEGIN, COMMIT, record);"
+          f" Deno and its pipes {deno:.0f} us;"
           f" Python {host_python:.0f} us in host calls + {outside:.0f} us around the run")  # fmt: skip
     postgres, writer_pg, deno_cpu = used[0], sum(used[1 : 1 + writers]), sum(used[1 + writers :])
-    print(f"    CPU: Python {process_cpu / CALLS * 1e6:.0f} us (request thread {thread_cpu / CALLS * 1e6:.0f}),"
+    print(f"    CPU: Python {process_cpu / CALLS * 1e6:.0f} us"
+          f" (request thread {thread_cpu / CALLS * 1e6:.0f}),"
           f" request backend {postgres:.0f} us, record writer's backends {writer_pg:.0f} us,"
           f" Deno {deno_cpu:.0f} us")  # fmt: skip
     grouped: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -256,7 +260,9 @@ def _report(
         grouped[kind][1] += spent
         lines.append((spent, calls / CALLS, kind, text))
     total = sum(spent for _, spent in grouped.values())
-    print(f"    Postgres execution + planning (pg_stat_statements) {total:.0f} us a request:"
-          + ",".join(f" {kind} {spent:.0f} us ({n:.1f})" for kind, (n, spent) in sorted(grouped.items())))
+    print(
+        f"    Postgres execution + planning (pg_stat_statements) {total:.0f} us a request:"
+        + ",".join(f" {kind} {spent:.0f} us ({n:.1f})" for kind, (n, spent) in sorted(grouped.items()))
+    )
     for spent, calls, kind, text in sorted(lines, reverse=True)[:10]:
         print(f"      {spent:6.1f} us  {calls:4.2f}/req  {kind:14s} {text[:100]}")

@@ -556,6 +556,7 @@ $$;
 CREATE FUNCTION flux.claim_jobs(worker text, queues text[], batch integer, lease_s double precision) RETURNS SETOF flux.jobs
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_bitmapscan TO 'off'
     AS $$
 BEGIN
     RETURN QUERY
@@ -760,6 +761,23 @@ DECLARE
     parent uuid := nullif(pg_catalog.current_setting('flux.request_id', true), '')::uuid;
     active bigint;
 BEGIN
+    -- One job without a key, what most pushes are: flux.enqueue's one insert, not the statements below (which
+    -- cost a push of one job 1 to 1.5 ms, counted in how long it waits to start: bench/queue.py).
+    IF pg_catalog.jsonb_typeof(jobs) = 'array' AND pg_catalog.jsonb_array_length(jobs) = 1
+       AND pg_catalog.jsonb_typeof(jobs -> 0) = 'object' AND (jobs -> 0 ->> 'idempotency_key') IS NULL
+    THEN
+        RETURN QUERY
+        SELECT 0::bigint,
+               (flux.enqueue(j.function, coalesce(j.payload, 'null'),
+                             coalesce(j.run_at, pg_catalog.now()
+                                                + pg_catalog.make_interval(secs => coalesce(j.delay_ms, 0) / 1000.0)),
+                             j.priority, j.queue, NULL, j.max_attempts) ->> 'id')::bigint,
+               true
+          FROM pg_catalog.jsonb_to_record(jobs -> 0)
+               AS j(function text, payload jsonb, run_at timestamptz, delay_ms bigint, priority integer, queue text,
+                    max_attempts integer);
+        RETURN;
+    END IF;
     IF pg_catalog.jsonb_typeof(jobs) IS DISTINCT FROM 'array'
        OR EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(jobs) AS e WHERE pg_catalog.jsonb_typeof(e) <> 'object')
     THEN
