@@ -6,7 +6,7 @@ process (`invoke`, as the gateway calls it, its record writer included) on one r
   writer's;
 - each statement's calls and Postgres execution time a request (pg_stat_statements with `track = all`, so the
   mutation trigger's insert shows on its own), grouped by what it is for: the request's settings, its own
-  queries, the record, the mutation row;
+  queries (less the trigger's insert, which their time includes), the record, the mutation row;
 - CPU a request by process: Flux's Python (the request's thread and the record writer's), the request
   connection's backend, the record writer's backends, the Deno worker;
 - the request thread's wall time split: waiting on Postgres, waiting on Deno, and Python (the host's, the
@@ -259,6 +259,8 @@ def _report(
         grouped[kind][0] += calls / CALLS
         grouped[kind][1] += spent
         lines.append((spent, calls / CALLS, kind, text))
+    # A statement's time includes the statements nested in it: the function's insert holds its trigger's.
+    grouped["function's own"][1] -= grouped["mutation row"][1] if "mutation row" in grouped else 0.0
     total = sum(spent for _, spent in grouped.values())
     print(
         f"    Postgres execution + planning (pg_stat_statements) {total:.0f} us a request:"
