@@ -21,6 +21,7 @@ from bench import (
     inspect,
     queue,
     replay,
+    request_cost,
     runtime,
     session_reset,
     track_overhead,
@@ -39,6 +40,7 @@ BENCHES = {
     "bisect": bisect,
     "session_reset": session_reset,
     "function_cpu": function_cpu,
+    "request_cost": request_cost,
 }
 
 

@@ -188,3 +188,18 @@ def test_a_short_secret_is_scrubbed_from_values_but_never_from_ids(conn: psycopg
         "SELECT output FROM flux.spans WHERE request_id = %s", (recorder.request_id,)
     ).fetchall()
     assert spans == [({"value": "[secret:pin]"},)]
+
+
+def test_a_record_is_written_and_announced_by_one_statement(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    from flux.trace.recorder import records_statements
+
+    records = [_record(), _record()]
+    statements = records_statements(records)
+    assert len(statements) == 1  # the announcement was a second statement, about 20 µs of Postgres a record
+    conn.execute("INSERT INTO flux.request_followers (expires_at) VALUES (now() + interval '1 minute')")
+    with psycopg.connect(dsn, autocommit=True) as follower, db.request_connection(conn) as writer:
+        follower.execute("LISTEN flux_requests")
+        db.write_alone(writer, statements)
+        announced = [note.payload for note in follower.notifies(timeout=5, stop_after=1)]
+    assert announced == [",".join(record.request["id"] for record in records)]
+    assert [count for _, count in _written(conn, records)] == [1, 1]

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flux import db, jsontext, randomness
+from flux import db, jsontext, pipeline, randomness
 from flux.config import Settings
 from flux.data import CatalogCache
 from flux.errors import FluxError
@@ -44,6 +44,15 @@ from flux.trace.writer import RecordWriter
 log = logging.getLogger("flux.queue")
 Json = Any
 NOTIFY_CHANNEL = "flux_jobs"
+# A claim (in the implicit transaction of one round trip with this setting) does not wait for the flush to
+# disk: a claim a crash loses only leaves its job queued (to run again, as a lost lease would), and a job's
+# own durable commit flushes the claim before it. Waiting for it was part of every job's wait to start.
+_CLAIM_WITHOUT_FLUSH = Statement(b"SELECT pg_catalog.set_config('synchronous_commit', 'off', true)")
+_CLAIM = (
+    b"SELECT id, attempts, function, queue, payload, role, claims, tenant_id, parent_request_id, cron_name"
+    b" FROM flux.claim_jobs($1::pg_catalog.text, $2::pg_catalog.text[], $3::pg_catalog.int4,"
+    b" $4::pg_catalog.float8)"
+)
 
 
 @dataclass(frozen=True)
@@ -182,35 +191,19 @@ class QueueWorker:
 
     def _claim(self, conn: Any, count: int) -> list[Claimed]:
         try:
-            rows = db.fetch_dicts(
-                conn,
-                "SELECT id, attempts, function, queue, payload, role, claims, tenant_id, parent_request_id,"
-                " cron_name FROM flux.claim_jobs(%s, %s, %s, %s)",
-                (
-                    self.name,
-                    list(self.options.queues) if self.options.queues else None,
-                    count,
+            with db.translate_errors():
+                rows = pipeline.run(conn, [_CLAIM_WITHOUT_FLUSH, Statement(_CLAIM, [
+                    self.name, list(self.options.queues) if self.options.queues else None, count,
                     self.options.lease_s,
-                ),
-            )
+                ])]).rows  # fmt: skip
         except FluxError as exc:
             log.error("claiming jobs failed: %s", exc)
             return []  # the dispatcher waits before it tries again
         claimed = [
-            Claimed(
-                r["id"],
-                r["attempts"],
-                r["function"],
-                r["queue"],
-                r["payload"],
-                r["role"],
-                r["claims"],
-                _text(r["tenant_id"]),
-                _text(r["parent_request_id"]),
-                r["cron_name"],
-            )
-            for r in rows
-        ]
+            Claimed(job_id, attempts, function, queue, payload, role, claims, _text(tenant_id), _text(parent),
+                    cron_name)
+            for job_id, attempts, function, queue, payload, role, claims, tenant_id, parent, cron_name in rows
+        ]  # fmt: skip
         with self._held_lock:
             self._held.update((job.id, job.attempt) for job in claimed)
         return claimed

@@ -25,8 +25,12 @@ from flux.pipeline import Statement
 
 Json = Any
 
-# One statement for request rows and all their spans, each set bound as one JSON array of rows, each row an
-# array of its values by position (Postgres parses no keys: a tenth of its work on a record when they were
+# One statement for request rows and all their spans, and their announcement to followers
+# (flux.announce_requests: a statement trigger did that before, at the cost of keeping every inserted row in a
+# transition table; a statement of its own after this one cost a record about 20 µs more of Postgres,
+# bench/request_cost.py). Postgres runs each data-modifying WITH to its end, read or not; a follower reads the
+# ids announced once the transaction commits. Each set of rows is bound as one JSON array, each row an array
+# of its values by position (Postgres parses no keys: a tenth of its work on a record when they were
 # objects). It is prepared once per connection, and no value is ever in its text. `started_us` (µs since the
 # epoch) becomes `started_at`. A value that is never null is cast from jsonb directly, with no text between.
 # Every type is named with its schema: a request may leave a type named `uuid` in pg_temp, found first.
@@ -47,18 +51,18 @@ WITH request AS (
            (r->>12)::pg_catalog.int8, NULLIF(r->13, 'null'), NULLIF(r->14, 'null'), NULLIF(r->15, 'null'),
            r->>16, (r->>17)::pg_catalog.uuid, (r->>18)::pg_catalog.uuid
       FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) AS r
+), span AS (
+    INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
+                            duration_us, ok, attributes, input, output, error)
+    SELECT (s->>0)::pg_catalog.uuid, (s->1)::pg_catalog.int4, s->>2, (s->>3)::pg_catalog.int4,
+           (s->>4)::pg_catalog.uuid, s->>5, s->>6,
+           'epoch'::pg_catalog.timestamptz + (s->7)::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval,
+           (s->>8)::pg_catalog.int8, (s->9)::pg_catalog.bool,
+           NULLIF(s->10, 'null'), NULLIF(s->11, 'null'), NULLIF(s->12, 'null'), NULLIF(s->13, 'null')
+      FROM pg_catalog.jsonb_array_elements($2::pg_catalog.jsonb) AS s
 )
-INSERT INTO flux.spans (request_id, seq, span_id, parent_seq, tenant_id, module, name, started_at,
-                        duration_us, ok, attributes, input, output, error)
-SELECT (s->>0)::pg_catalog.uuid, (s->1)::pg_catalog.int4, s->>2, (s->>3)::pg_catalog.int4,
-       (s->>4)::pg_catalog.uuid, s->>5, s->>6,
-       'epoch'::pg_catalog.timestamptz + (s->7)::pg_catalog.int8 * '1 microsecond'::pg_catalog.interval,
-       (s->>8)::pg_catalog.int8, (s->9)::pg_catalog.bool,
-       NULLIF(s->10, 'null'), NULLIF(s->11, 'null'), NULLIF(s->12, 'null'), NULLIF(s->13, 'null')
-  FROM pg_catalog.jsonb_array_elements($2::pg_catalog.jsonb) AS s
+SELECT flux.announce_requests($3::pg_catalog.uuid[])
 """
-# A statement trigger did this before, at the cost of keeping every inserted row in a transition table.
-_ANNOUNCE = b"SELECT flux.announce_requests($1::pg_catalog.uuid[])"
 # What a request row's text may hold that a secret could be in (its ids, codes and numbers are Flux's own).
 _SCRUBBED_COLUMNS = ("method", "path", "function", "input", "output", "error")
 
@@ -75,14 +79,12 @@ class Record:
 
 
 def records_statements(records: list[Record]) -> list[Statement]:
-    """The statement that inserts every request row and span of `records`, then the one that announces their
-    ids to whoever follows new requests (`flux tail`). Both run as the connecting role, not the request's."""
+    """The statement that inserts every request row and span of `records` and announces their ids to whoever
+    follows new requests (`flux tail`); it runs as the connecting role, not the request's."""
     requests = [[record.request.get(name) for name in _REQUEST_COLUMNS] for record in records]
     spans = [span for record in records for span in record.spans]
-    return [
-        Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans)]),
-        Statement(_ANNOUNCE, [[record.request["id"] for record in records]]),
-    ]
+    ids = [record.request["id"] for record in records]
+    return [Statement(_WRITE_RECORDS, [_jsonb_text(requests), _jsonb_text(spans), ids])]
 
 
 @dataclass(slots=True)

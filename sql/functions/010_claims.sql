@@ -33,7 +33,10 @@ CREATE OR REPLACE FUNCTION flux.tenant_id() RETURNS uuid
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''), flux.claim('tenant_id'));
+    -- flux.claim('tenant_id'), read here directly: a call of it (SQL functions that cannot be inlined) is
+    -- planned anew at each statement that calls this function, a row trigger's or a policy's.
+    raw text := coalesce(nullif(pg_catalog.current_setting('flux.tenant_id', true), ''),
+                         nullif(pg_catalog.current_setting('flux.claims', true), '')::jsonb ->> 'tenant_id');
 BEGIN
     IF raw IS NOT NULL
        AND raw !~* '^\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?$' THEN

@@ -245,3 +245,46 @@ def test_a_push_wakes_workers_listening_on_flux_jobs(dsn: str, conn: Conn) -> No
         )
         notes = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
     assert notes == ["mail"]  # one per statement and queue with a job due now
+
+
+def test_one_job_pushed_alone_is_the_job_a_batch_makes_of_it(conn: Conn) -> None:
+    job = {"function": "f", "payload": {"n": [1, None]}, "delay_ms": 60_000, "priority": 3, "queue": "mail",
+           "max_attempts": 2}  # fmt: skip
+    with conn.transaction():  # one transaction: the same now() and request settings for both
+        conn.execute("SET LOCAL track_functions = 'all'")
+        db.set_request_context(conn, request_id="7b0e0d54-1f0c-4f4b-9d60-9f1f5d1c2a10",
+                               claims_json='{"sub": "u"}', tenant_id="1c5a6b1e-0f57-4c64-9a57-3a8e1f2b9d11",
+                               role="user")  # fmt: skip
+        (alone,) = jobs.push(conn, [job])
+        # one job without a key takes flux.enqueue's one insert: no flux.job_inputs, no batch statements
+        inputs = conn.execute(
+            "SELECT pg_stat_get_xact_function_calls('flux.job_inputs(jsonb)'::regprocedure)"
+        )
+        assert inputs.fetchone() == (None,)
+        batch = jobs.push(conn, [job, {"function": "g"}])
+    columns = ("queue, function, payload, priority, run_at, max_attempts, status, attempts, tenant_id, role,"
+               " claims, parent_request_id, idempotency_key")  # fmt: skip
+    rows = conn.execute(f"SELECT {columns} FROM flux.jobs WHERE id = ANY (%s) ORDER BY id",
+                        ([alone["id"], batch[0]["id"]],)).fetchall()  # fmt: skip
+    assert alone["created"] and rows[0] == rows[1]
+    assert rows[0][:4] == ("mail", "f", {"n": [1, None]}, 3) and rows[0][9:11] == ("user", {"sub": "u"})
+
+
+def test_a_claim_skips_the_dead_entries_earlier_claims_passed(conn: Conn) -> None:
+    # Each job leaves a dead entry in jobs_due_idx; a bitmap scan visited them all at every claim until a
+    # vacuum.
+    conn.execute("ALTER TABLE flux.jobs SET (autovacuum_enabled = false)")
+    jobs.push(conn, [{"function": "f"} for _ in range(5000)])
+    conn.execute("DELETE FROM flux.jobs")
+    jobs.push(conn, [{"function": "f"}])
+    assert len(_claim(conn, "w1")) == 1  # this claim passes the dead entries, and marks them
+
+    def buffers_of_a_claim() -> int:
+        jobs.push(conn, [{"function": "f"}])
+        plan = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM flux.claim_jobs('w', NULL, 8, 30)"
+        )
+        return int(plan.fetchone()[0][0]["Plan"]["Shared Hit Blocks"])  # type: ignore[index]
+
+    buffers_of_a_claim()
+    assert buffers_of_a_claim() < 50  # 110 with a bitmap scan
