@@ -698,7 +698,9 @@ def test_a_script_cannot_fetch_a_dashboard_page_or_post_its_form(server: Server,
                                ("POST", "/flux/signout", f"csrf={token}")):  # fmt: skip
         answer = server.ask(method, path, body, headers=script, session=session)
         assert answer.status == 403 and fx_code(answer) == "FX144", path
-    assert server.ask("GET", "/flux/requests/live?follower=1", headers=script, session=session).status == 200
+    page = server.ask("GET", "/flux/requests", session=session)
+    live = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert server.ask("GET", live, headers=script, session=session).status == 200
     navigate = {"sec-fetch-mode": "navigate", "sec-fetch-site": "same-origin", "sec-fetch-dest": "document"}
     assert server.ask("GET", "/flux/queue", headers=navigate, session=session).status == 200
 
