@@ -110,6 +110,7 @@ def register(
     )
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
+    templates.filters["moment"] = _moment_shown
     pages = Pages(pool, project_dir, gateway, templates, live_streams)
     app.add_middleware(_DashboardAnswers())
     app.add_error_handler(falcon.HTTPError, _dashboard_http_error)
@@ -712,6 +713,15 @@ def _moment_param(req: falcon.Request, name: str) -> datetime | None:
             f"{name} {given[:40]!r} is not a date and time", hint=f"e.g. {name}=2026-12-07T19:30 (UTC)"
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _moment_shown(moment: datetime) -> str:
+    """A window's end in UTC (`2025-12-31 10:00:00` for `2026-01-01T00:00+14:00`), or with the offset it was
+    given where UTC is past datetime's range (year 1 east of Greenwich, 9999 west)."""
+    try:
+        return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+    except OverflowError:
+        return moment.isoformat(sep=" ", timespec="seconds")
 
 
 def _live_filters(req: falcon.Request) -> dict[str, str]:

@@ -9,13 +9,24 @@ import re
 import socket
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from flux.dashboard._routes import LIVE_STREAM_S
-from tests.dashboard.test_attacks import Server, fx_code, server  # noqa: F401  (server: a fixture)
+from tests.dashboard.test_attacks import (  # noqa: F401  (browser, hostile, server: fixtures)
+    HOSTILE,
+    PAYLOADS,
+    Hostile,
+    Server,
+    _no_injection,
+    browser,
+    fx_code,
+    hostile,
+    server,
+)
 from tests.fixtures.processes import call_json
 
 pytestmark = pytest.mark.slow
@@ -198,7 +209,8 @@ def test_a_client_killed_mid_stream_leaves_no_lock_and_no_stream_outlives_its_bo
 def test_hostile_windows_answer_fx146_or_a_bounded_page(server: Server) -> None:  # noqa: F811
     """Held: years 1 and 9999 at ±14:00 (past datetime's range in UTC), week dates, unicode digits, NaN-like
     words, 10 KB values and an until a moment before from answer a page or FX146, never a 5xx; each within
-    a few seconds (the page reads at most its sample)."""
+    a few seconds (the page reads at most its sample). Fixed: the window's heading showed a moment given with
+    an offset as its local time, labelled UTC (`+14:00` read 14 hours off); it now says it in UTC."""
     session = server.sign_in()
     windows = ["from=0001-01-01T00:00%2B14:00&until=0001-01-01T00:01-14:00",
                "from=9999-12-31T23:59-14:00", "until=9999-12-31T23:59:59.999999-14:00",
@@ -214,8 +226,82 @@ def test_hostile_windows_answer_fx146_or_a_bounded_page(server: Server) -> None:
         if answer.status == 400:
             assert fx_code(answer) == "FX146", window[:80]
         assert time.monotonic() - began < 5, window[:80]
+    # the window's heading says the moment in UTC (before: the time as given, with its offset dropped and
+    # "UTC" after it)
+    given = {"from=2026-01-01T00:00%2B14:00": "from 2025-12-31 10:00:00 until now UTC",
+             "until=2026-01-01T05:30-05:30": "from the start until 2026-01-01 11:00:00 UTC",
+             "from=0001-01-01T00:00%2B14:00": "from 0001-01-01 00:00:00+14:00 until now UTC"}  # fmt: skip
+    for window, shown in given.items():
+        answer = server.ask("GET", f"/flux/requests?{window}", session=session)
+        heading = re.search(r'<h2 id="window">Routes ([^<]*)</h2>', answer.text)
+        assert heading is not None and heading.group(1) == shown, window
     # 10 KB: gunicorn refuses the request line (4 KB at most) before Flux sees it
     assert server.ask("GET", "/flux/requests?from=" + "9" * 10_000, session=session).status == 414
+
+
+# -- 4. recorded values on the newest pages, in chromium -------------------------------------------------
+
+
+def test_gate_divergences_and_first_divergences_show_recorded_markup_as_text(
+    server: Server,  # noqa: F811
+    hostile: Hostile,  # noqa: F811
+    browser: Any,  # noqa: F811
+) -> None:
+    """Held: a deploy gate's divergences whose request (id, method, path, function), verdict, first change
+    (path, both sides, as JSON keys and values) and message carry markup, and diffs whose first divergence is
+    a span, a row change (table, op) or the outcome, all show it as text in chromium (nothing becomes an
+    element, runs, or makes a link; no CSP violation)."""
+    change = {"path": HOSTILE, "recorded": {HOSTILE: [HOSTILE]}, "replayed": HOSTILE}
+    divergence = {"at": HOSTILE, "message": HOSTILE, "changes": [change]}
+    items = [
+        {"request": {"id": PAYLOADS[1], "method": HOSTILE, "kind": HOSTILE, "path": HOSTILE,
+                     "function": HOSTILE},
+         "result": {"verdict": PAYLOADS[1], "divergence": divergence, "replay_id": PAYLOADS[2]}},
+        {"request": {"id": hostile.request, "method": None, "kind": HOSTILE, "path": None,
+                     "function": HOSTILE},
+         "result": {"verdict": "diverged", "divergence": {**divergence, "changes": []},
+                    "replay_id": hostile.other}},
+    ]  # fmt: skip
+    gate = {"verdict": "passed", "db": HOSTILE, "replayed": 2, "took_ms": 1,
+            "summary": {"same": 0, "diverged": 2, "drift": 0, "error": 0}, "divergences": items}  # fmt: skip
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE flux.deployments SET gate = %s", (json.dumps(gate),))
+        # a row change only one of the two has (the diff's first divergence, when no span differs)
+        conn.execute(
+            "INSERT INTO flux.mutations (request_id, span_seq, table_schema, table_name, op, row_pk, old,"
+            " new, changed) VALUES (%s, NULL, %s, %s, 'INSERT', %s, NULL, %s, %s)",
+            (hostile.other, HOSTILE, HOSTILE, json.dumps({HOSTILE: 1}), json.dumps({HOSTILE: HOSTILE}),
+             [HOSTILE]),
+        )  # fmt: skip
+    context = browser.new_context()
+    page = context.new_page()
+    events: list[str] = []
+    page.on("dialog", lambda dialog: (events.append(f"dialog {dialog.message}"), dialog.dismiss()))
+    page.on("console", lambda message: events.append(f"console {message.text}") if message.type == "error"
+            and "Content Security Policy" in message.text else None)  # fmt: skip
+    page.on("pageerror", lambda error: events.append(f"pageerror {error}"))
+    page.goto(f"{server.dashboard_url}/flux/signin")
+    page.fill("input[name=key]", server.admin_key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{server.dashboard_url}/flux/requests")
+    answer = page.goto(f"{server.dashboard_url}/flux/deployments")
+    assert answer is not None and answer.status == 200
+    shown = page.locator(".gate-divergences").first.inner_text()
+    assert PAYLOADS[0] in shown and PAYLOADS[3] in shown
+    _no_injection(page, "gate divergences", events)
+    for a, b in ((hostile.request, hostile.other), (hostile.other, hostile.request)):
+        answer = page.goto(f"{server.dashboard_url}/flux/diff?a={a}&b={b}")
+        assert answer is not None and answer.status == 200
+        assert PAYLOADS[0] in page.locator("#first-divergence").inner_text()
+        _no_injection(page, "first divergence", events)
+    # the trace of a request whose row change no span made: its own waterfall row, and its panel
+    page.goto(f"{server.dashboard_url}/flux/requests/{hostile.other}")
+    page.locator("#waterfall.ready").wait_for(timeout=10_000)
+    page.locator(".wf-row", has_text="outside any span").click()
+    page.locator("#span-detail").wait_for(state="visible")
+    assert PAYLOADS[1] in page.locator("#span-mutations").inner_text()
+    _no_injection(page, "row changes outside any span", events)
+    context.close()
 
 
 # -- 5. row changes outside any span ------------------------------------------------------------------------
