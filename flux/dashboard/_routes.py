@@ -473,7 +473,8 @@ class Pages:
         filters = _request_filters(req, live=True)
         session: Session = req.context.session
         # A follower's inbox is taken by whoever asks: only the session whose page started it may.
-        if not hmac.compare_digest(req.get_param("proof") or "", _follower_proof(session, int(given))):
+        given_proof = (req.get_param("proof") or "").encode()  # bytes: compare_digest refuses non-ASCII str
+        if not hmac.compare_digest(given_proof, _follower_proof(session, int(given)).encode()):
             raise LiveFeedNotYours(f"follower {given} is not this session's",
                                    hint="reload /flux/requests to follow again")  # fmt: skip
         resp.content_type = "text/event-stream"

@@ -792,12 +792,14 @@ def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) ->
     workers free for a sign-in."""
     session, other = server.sign_in(), server.sign_in()
     connection, answer, live = _open_feed(server, session)
+    page = server.ask("GET", "/flux/requests", session=other)  # its own feed: a feed is its session's
+    others = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
     try:
         opened = time.monotonic()
         assert answer.read1().startswith(b"retry: ")
-        for who in (session, session, other):
+        for who, feed in ((session, live), (session, live), (other, others)):
             began = time.monotonic()
-            quick = server.ask("GET", live, session=who)
+            quick = server.ask("GET", feed, session=who)
             assert quick.status == 200 and quick.text.startswith("retry: ")
             assert time.monotonic() - began < 1.5
         began = time.monotonic()

@@ -127,7 +127,8 @@ def test_a_session_cannot_take_another_sessions_live_feed(server: Server) -> Non
     assert status == 201
     follower = re.search(r"follower=(\d+)", live).group(1)  # type: ignore[union-attr]
     for stolen in (live, f"/flux/requests/live?follower={follower}",
-                   f"/flux/requests/live?follower={follower}&proof=" + "0" * 32):  # fmt: skip
+                   f"/flux/requests/live?follower={follower}&proof=" + "0" * 32,
+                   f"/flux/requests/live?follower={follower}&proof=%C3%A9"):  # fmt: skip
         answer = server.ask("GET", stolen, session=thief)
         assert answer.status == 403 and fx_code(answer) == "FX148", (stolen, answer.status, answer.text[:200])
         assert headers["x-request-id"] not in answer.text
