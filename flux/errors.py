@@ -269,6 +269,18 @@ class DashboardElsewhere(FluxError):
     title = "a dashboard form or call came to the project's port; the dashboard answers on its own port"
 
 
+class DashboardHostRefused(FluxError):
+    code = "FX147"
+    http_status = 400
+    title = "a dashboard address on the project's port came with a Host header that is not a host name"
+
+
+class LiveFeedNotYours(FluxError):
+    code = "FX148"
+    http_status = 403
+    title = "a dashboard live feed was asked for a follower that is not this session's"
+
+
 # -- FX2xx policies -------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import hmac
 import math
 import re
 import secrets
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import falcon
 import jinja2
@@ -33,11 +34,13 @@ from flux.errors import (
     AdminKeyRefused,
     CsrfRefused,
     DashboardElsewhere,
+    DashboardHostRefused,
     DashboardMethodRefused,
     DashboardPageNotFound,
     FluxError,
     InvalidRequest,
     InvalidTimeWindow,
+    LiveFeedNotYours,
     ScriptedRequestRefused,
     SignInRequired,
 )
@@ -56,6 +59,12 @@ CSP = (
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".svg": "image/svg+xml"}  # fmt: skip
 _DASHBOARD_PATH = re.compile(r"/flux/[A-Za-z0-9._~/?&=%+-]*")  # no scheme, no host, nothing to break a header
+# A Host header the project's port may send a browser on to: a name or IPv4 address, or an IPv6 one in
+# brackets, and an optional port; nothing that could end the authority (`/`, `?`, `#`, `@`) or a header.
+_HOST_HEADER = re.compile(
+    r"(?P<name>[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+_URI_SAFE = "/!$&'()*+,;=:@-._~"  # what stays as it is when the redirect puts a decoded path back in a URI
 PERIODS = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": timedelta(days=1),
            "7d": timedelta(days=7)}  # fmt: skip
 LIVE_RETRY_MS = 1000  # how soon the browser asks the live feed again once an answer ended (see on_get_live)
@@ -101,6 +110,7 @@ def register(
     )
     templates.filters["json"] = lambda value: jsontext.display(value, indent=2)
     templates.filters["ms"] = _ms
+    templates.filters["moment"] = _moment_shown
     pages = Pages(pool, project_dir, gateway, templates, live_streams)
     app.add_middleware(_DashboardAnswers())
     app.add_error_handler(falcon.HTTPError, _dashboard_http_error)
@@ -129,14 +139,23 @@ class _Moved:
         self.port = port
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
-        host = req.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        # the Host header the browser sent, so the dashboard opens on the same host name; never cached, as
-        # it depends on that header
-        raise falcon.HTTPFound(
-            f"{req.scheme}://{host}:{self.port}{req.relative_uri}", headers={"cache-control": "no-store"}
-        )
+        given = req.get_header("host")
+        if given is None:  # HTTP/1.0 without one: the listener's address
+            given = req.env.get("SERVER_NAME", "")
+            given = f"[{given}]" if ":" in given else given
+        found = _HOST_HEADER.fullmatch(given)
+        if found is None:
+            raise DashboardHostRefused(
+                f"the Host header {given[:100]!r} is not a host name", hint="open the dashboard by its name"
+            )
+        # The Host header the browser sent, so the dashboard opens on the same host name (never cached, as
+        # it depends on that header); the path's bytes as they were sent (Falcon's path is decoded: a %0d%0a
+        # in it would end the header), and the query string as it came.
+        path = (req.env.get("SCRIPT_NAME", "") + req.env.get("PATH_INFO", "")).encode("latin-1")  # PEP 3333
+        location = f"{req.scheme}://{found.group('name')}:{self.port}{quote(path, safe=_URI_SAFE)}"
+        if req.query_string:
+            location += "?" + quote(req.query_string, safe=_URI_SAFE + "?%")
+        raise falcon.HTTPFound(location, headers={"cache-control": "no-store"})
 
     on_head = on_get
 
@@ -433,7 +452,9 @@ class Pages:
         # a window that has ended gets nothing new: no live feed
         live = ""
         if follower is not None:
-            live = "/flux/requests/live?" + urlencode({"follower": follower, **_live_filters(req)})
+            proof = _follower_proof(req.context.session, follower)
+            live = "/flux/requests/live?" + urlencode({"follower": follower, "proof": proof,
+                                                       **_live_filters(req)})  # fmt: skip
         self.render(req, resp, "requests.html", rows=rows, stats=route_stats(window), periods=list(PERIODS),
                     period=period, start=start, until=until, live=live, given=dict(req.params),
                     sample=STATS_SAMPLE)  # fmt: skip
@@ -451,6 +472,11 @@ class Pages:
                                  hint="reload /flux/requests to follow again")  # fmt: skip
         filters = _request_filters(req, live=True)
         session: Session = req.context.session
+        # A follower's inbox is taken by whoever asks: only the session whose page started it may.
+        given_proof = (req.get_param("proof") or "").encode()  # bytes: compare_digest refuses non-ASCII str
+        if not hmac.compare_digest(given_proof, _follower_proof(session, int(given)).encode()):
+            raise LiveFeedNotYours(f"follower {given} is not this session's",
+                                   hint="reload /flux/requests to follow again")  # fmt: skip
         resp.content_type = "text/event-stream"
         resp.stream = self._live(int(given), filters, session.csrf, req.env.get("gunicorn.socket"))
 
@@ -485,16 +511,15 @@ class Pages:
         the stream ends or its connection closes); False, holding neither, when either is taken."""
         if self.live_streams < 1:
             return False
-        for attempt in range(4):  # the stream of a page the browser just left ends within moments
-            (mine,) = conn.execute(
-                "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
-                (_LIVE_SESSIONS, session_key),
-            ).fetchone()
-            if mine:
-                break
-            if attempt == 3:
-                return False
-            time.sleep(0.1)
+        # Tried once, never waited for: a feed refused here holds the one worker kept for everything else,
+        # so a session's storm of feeds (tabs, a script) would hold it for as long as each waited. The
+        # browser asks again a second later (`retry`), by when the stream of a page it left has ended.
+        (mine,) = conn.execute(
+            "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))",
+            (_LIVE_SESSIONS, session_key),
+        ).fetchone()
+        if not mine:
+            return False
         for slot in range(self.live_streams):
             (free,) = conn.execute(
                 "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (_LIVE_SLOTS, slot)
@@ -633,6 +658,13 @@ def _wait_for_news(conn: Any, client: socket.socket | None, timeout: float) -> b
     return True
 
 
+def _follower_proof(session: Session, follower: int) -> str:
+    """What the live feed's address carries to show its follower is the session's own: a MAC of the follower's
+    number under the session's secret CSRF token."""
+    mac = hmac.new(session.csrf.encode(), f"live-follower:{follower}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
 def _event(name: str, data: str) -> bytes:
     """One server-sent event (`data` is one line: JSON, or a message)."""
     return f"event: {name}\ndata: {data}\n\n".encode()
@@ -682,6 +714,15 @@ def _moment_param(req: falcon.Request, name: str) -> datetime | None:
             f"{name} {given[:40]!r} is not a date and time", hint=f"e.g. {name}=2026-12-07T19:30 (UTC)"
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _moment_shown(moment: datetime) -> str:
+    """A window's end in UTC (`2025-12-31 10:00:00` for `2026-01-01T00:00+14:00`), or with the offset it was
+    given where UTC is past datetime's range (year 1 east of Greenwich, 9999 west)."""
+    try:
+        return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+    except OverflowError:
+        return moment.isoformat(sep=" ", timespec="seconds")
 
 
 def _live_filters(req: falcon.Request) -> dict[str, str]:

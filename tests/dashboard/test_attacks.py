@@ -698,7 +698,9 @@ def test_a_script_cannot_fetch_a_dashboard_page_or_post_its_form(server: Server,
                                ("POST", "/flux/signout", f"csrf={token}")):  # fmt: skip
         answer = server.ask(method, path, body, headers=script, session=session)
         assert answer.status == 403 and fx_code(answer) == "FX144", path
-    assert server.ask("GET", "/flux/requests/live?follower=1", headers=script, session=session).status == 200
+    page = server.ask("GET", "/flux/requests", session=session)
+    live = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert server.ask("GET", live, headers=script, session=session).status == 200
     navigate = {"sec-fetch-mode": "navigate", "sec-fetch-site": "same-origin", "sec-fetch-dest": "document"}
     assert server.ask("GET", "/flux/queue", headers=navigate, session=session).status == 200
 
@@ -790,12 +792,14 @@ def test_neither_the_live_feed_nor_idle_clients_hold_a_worker(server: Server) ->
     workers free for a sign-in."""
     session, other = server.sign_in(), server.sign_in()
     connection, answer, live = _open_feed(server, session)
+    page = server.ask("GET", "/flux/requests", session=other)  # its own feed: a feed is its session's
+    others = re.search(r'data-live="([^"]+)"', page.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
     try:
         opened = time.monotonic()
         assert answer.read1().startswith(b"retry: ")
-        for who in (session, session, other):
+        for who, feed in ((session, live), (session, live), (other, others)):
             began = time.monotonic()
-            quick = server.ask("GET", live, session=who)
+            quick = server.ask("GET", feed, session=who)
             assert quick.status == 200 and quick.text.startswith("retry: ")
             assert time.monotonic() - began < 1.5
         began = time.monotonic()
