@@ -137,6 +137,14 @@ def test_a_session_cannot_take_another_sessions_live_feed(server: Server) -> Non
     assert connection.status == 200 and headers["x-request-id"] in connection.text
 
 
+def _no_locks_within(server: Server, seconds: float) -> bool:  # noqa: F811
+    """Whether the feeds' advisory locks are all gone, waiting for them at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _advisory_locks(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _advisory_locks(server) == 0
+
+
 def _advisory_locks(server: Server) -> int:  # noqa: F811
     return int(server.sql_one(
         "SELECT count(*) FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a USING (pid)"
@@ -151,7 +159,7 @@ def test_a_client_killed_mid_stream_leaves_no_lock_and_no_stream_outlives_its_bo
     are recorded all free their stream's advisory locks within the bound, and the project's routes answer
     meanwhile; a reconnect storm of one session answers at once and leaves no lock."""
     session = server.sign_in()
-    assert _advisory_locks(server) == 0
+    assert _no_locks_within(server, LIVE_STREAM_S + 3)  # an earlier test's stream ends within its bound
     live = _live_url(server, session)
     request = f"GET {live} HTTP/1.1\r\nhost: x\r\ncookie: flux_session={session}\r\n\r\n".encode()
     # reset mid-stream
@@ -161,10 +169,7 @@ def test_a_client_killed_mid_stream_leaves_no_lock_and_no_stream_outlives_its_bo
     assert _advisory_locks(server) == 2  # the session's and a server slot
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     raw.close()
-    deadline = time.monotonic() + 3
-    while _advisory_locks(server) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _advisory_locks(server) == 0
+    assert _no_locks_within(server, 3)
     # half-closed, and a reader that never reads while requests are recorded
     for half_close in (True, False):
         raw = socket.create_connection((server.host, server.dashboard_port), timeout=10)
@@ -176,10 +181,7 @@ def test_a_client_killed_mid_stream_leaves_no_lock_and_no_stream_outlives_its_bo
         for _ in range(20):
             assert call_json(f"{server.url}/notes", "POST", {"text": "x" * 2000})[0] == 201
         assert time.monotonic() - began < LIVE_STREAM_S
-        deadline = began + LIVE_STREAM_S + 3
-        while _advisory_locks(server) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _advisory_locks(server) == 0, half_close
+        assert _no_locks_within(server, began + LIVE_STREAM_S + 3 - time.monotonic()), half_close
         raw.close()
     # a storm: 30 feeds of one session at once; one may stay open, every other answers at once, and the
     # project's routes answer meanwhile
@@ -200,8 +202,7 @@ def test_a_client_killed_mid_stream_leaves_no_lock_and_no_stream_outlives_its_bo
         thread.join()
     assert len(ended) == 30 and sum(1 for lasted in ended if lasted > 3) <= 1, sorted(ended)
     assert max(ended) < LIVE_STREAM_S + 3
-    time.sleep(0.5)
-    assert _advisory_locks(server) == 0
+    assert _no_locks_within(server, 3)
 
 
 # -- 3. the requests window ---------------------------------------------------------------------------------
