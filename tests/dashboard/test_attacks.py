@@ -597,11 +597,9 @@ def _no_injection(page: Any, where: str, events: list[str]) -> None:
     assert not events, (where, events)
 
 
-def test_recorded_markup_is_shown_as_text_on_every_page(
-    server: Server, hostile: Hostile, browser: Any, tmp_path: Path
-) -> None:
-    """Every page, and the script's waterfall, span panel and live list, show the payloads as text: none
-    becomes an element, runs, or makes a link (checked in chromium; a CSP violation or dialog fails too)."""
+def watched_page(browser: Any, server: Server) -> tuple[Any, list[str]]:
+    """A signed-in page in a new browser context, and what it reports that markup should never cause: a
+    dialog, a Content-Security-Policy violation, an uncaught error."""
     context = browser.new_context()
     page = context.new_page()
     events: list[str] = []
@@ -613,6 +611,15 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     page.fill("input[name=key]", server.admin_key)
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.dashboard_url}/flux/requests")
+    return page, events
+
+
+def test_recorded_markup_is_shown_as_text_on_every_page(
+    server: Server, hostile: Hostile, browser: Any, tmp_path: Path
+) -> None:
+    """Every page, and the script's waterfall, span panel and live list, show the payloads as text: none
+    becomes an element, runs, or makes a link (checked in chromium; a CSP violation or dialog fails too)."""
+    page, events = watched_page(browser, server)
     shown = page.locator("#requests tbody").inner_text()
     assert PAYLOADS[0] in shown and "/nowhere/" in shown
     _no_injection(page, "requests", events)
@@ -649,7 +656,7 @@ def test_recorded_markup_is_shown_as_text_on_every_page(
     quoted = psycopg.sql.Identifier(hostile.table).as_string(None)
     assert quoted in page.locator("select[name=table]").inner_text()
     page.screenshot(path=str(tmp_path / "hostile-rows.png"), full_page=True)
-    context.close()
+    page.context.close()
 
 
 def test_a_link_cannot_put_its_own_words_in_the_dashboards_banner(server: Server) -> None:

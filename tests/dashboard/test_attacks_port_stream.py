@@ -26,6 +26,7 @@ from tests.dashboard.test_attacks import (  # noqa: F401  (browser, hostile, ser
     fx_code,
     hostile,
     server,
+    watched_page,
 )
 from tests.fixtures.processes import call_json
 
@@ -275,17 +276,7 @@ def test_gate_divergences_and_first_divergences_show_recorded_markup_as_text(
             (hostile.other, HOSTILE, HOSTILE, json.dumps({HOSTILE: 1}), json.dumps({HOSTILE: HOSTILE}),
              [HOSTILE]),
         )  # fmt: skip
-    context = browser.new_context()
-    page = context.new_page()
-    events: list[str] = []
-    page.on("dialog", lambda dialog: (events.append(f"dialog {dialog.message}"), dialog.dismiss()))
-    page.on("console", lambda message: events.append(f"console {message.text}") if message.type == "error"
-            and "Content Security Policy" in message.text else None)  # fmt: skip
-    page.on("pageerror", lambda error: events.append(f"pageerror {error}"))
-    page.goto(f"{server.dashboard_url}/flux/signin")
-    page.fill("input[name=key]", server.admin_key)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.dashboard_url}/flux/requests")
+    page, events = watched_page(browser, server)
     answer = page.goto(f"{server.dashboard_url}/flux/deployments")
     assert answer is not None and answer.status == 200
     shown = page.locator(".gate-divergences").first.inner_text()
@@ -303,7 +294,7 @@ def test_gate_divergences_and_first_divergences_show_recorded_markup_as_text(
     page.locator("#span-detail").wait_for(state="visible")
     assert PAYLOADS[1] in page.locator("#span-mutations").inner_text()
     _no_injection(page, "row changes outside any span", events)
-    context.close()
+    page.context.close()
 
 
 # -- 5. row changes outside any span ------------------------------------------------------------------------
