@@ -30,7 +30,6 @@ from flux.replay.state import (
     next_grant,
     open_state,
     take_grant,
-    ungrant_statement,
 )
 from flux.runtime.fetch import FetchPolicy
 from flux.runtime.invoke import Executor, Function, run_attributes
@@ -187,8 +186,8 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
     duration_us = (time.perf_counter_ns() - clock) // 1000
     # The grant goes with the record (and the next replay's is written, in grants_ahead): one round trip
     # (alone when the replay is not recorded).
-    ahead = next_grant(conn) if state is not None else None
-    after = [ungrant_statement(state)] if state is not None else []
+    ahead = next_grant(conn) if grant is not None else None
+    after = [grant.end()] if grant is not None else []
     if ahead is not None:
         after.append(ahead.statement())
     if not how.record:

@@ -85,7 +85,13 @@ class Grant:
         return Grant(secrets.token_bytes(32), randomness.uuid4(), time.monotonic())
 
     def statement(self) -> Statement:
+        """What writes the grant, on the owner's connection."""
         return Statement(_GRANT, [self.secret, self.replay_id])
+
+    def end(self) -> Statement:
+        """What deletes it once its replay's transaction has ended (nothing is left behind); the engine sends
+        it with the replay's record."""
+        return Statement(_UNGRANT, [self.secret])
 
 
 @dataclass
@@ -118,7 +124,7 @@ def grants_ahead(owner: Any) -> Iterator[None]:
             if ahead.depth == 0:
                 del _AHEAD[owner]
         if left is not None and not owner.closed:
-            db.write_alone(owner, [_ungrant(left.secret)], durable=False)
+            db.write_alone(owner, [left.end()], durable=False)
 
 
 def take_grant(owner: Any) -> Grant:
@@ -126,13 +132,13 @@ def take_grant(owner: Any) -> Grant:
     ahead there, while fresh; else one written now (a round trip, which deletes a stale one)."""
     with _AHEAD_LOCK:
         ahead = _AHEAD.get(owner)
-        written, ahead_grant = (ahead, ahead.grant) if ahead is not None else (None, None)
-        if written is not None:
-            written.grant = None
-    if ahead_grant is not None and time.monotonic() - ahead_grant.written < _AHEAD_FOR_S:
-        return ahead_grant
+        kept = ahead.grant if ahead is not None else None
+        if ahead is not None:
+            ahead.grant = None  # taken
+    if kept is not None and time.monotonic() - kept.written < _AHEAD_FOR_S:
+        return kept
     grant = Grant.new()
-    stale = [_ungrant(ahead_grant.secret)] if ahead_grant is not None else []
+    stale = [kept.end()] if kept is not None else []
     with db.translate_errors():
         pipeline.run(owner, [*stale, grant.statement()])
     return grant
@@ -152,7 +158,7 @@ def keep_ahead(owner: Any, grant: Grant) -> None:
         if ahead is not None:
             ahead.grant = grant
             return
-    db.write_alone(owner, [_ungrant(grant.secret)], durable=False)  # grants_ahead ended meanwhile
+    db.write_alone(owner, [grant.end()], durable=False)  # grants_ahead ended meanwhile
 
 
 @dataclass
@@ -164,7 +170,6 @@ class State:
     drift: list[Row] = field(default_factory=list)  # other requests' writes that may explain a difference
     not_rewound: list[str] = field(default_factory=list)  # tables as-of could not take back (gone, untracked)
     triggers_off: bool = False  # whether the tables' own triggers were off while it took writes back
-    secret: bytes = b""  # the replay's grant's (flux.replay_grants)
 
 
 def open_state(
@@ -193,11 +198,10 @@ def open_state(
         for position, m in enumerate(call.mutations)
         if m["op"] in ("INSERT", "UPDATE")
     ]
-    secret = grant.secret
     prepare = Statement(
         _PREPARE,
-        [secret, recording.id, jsontext.dumps_text(pins), mode == "as-of", sorted(_named_tables(recording)),
-         [t[0] for t in written], [t[1] for t in written], started, ended],
+        [grant.secret, recording.id, jsontext.dumps_text(pins), mode == "as-of",
+         sorted(_named_tables(recording)), [t[0] for t in written], [t[1] for t in written], started, ended],
     )  # fmt: skip
     limit = [Statement(_TIMEOUT, [str(timeout_ms)])] if timeout_ms is not None else []
     try:
@@ -208,7 +212,7 @@ def open_state(
             db.reset_session(transaction.conn)
             rewound = pipeline.run(transaction.conn, [pipeline.BEGIN, *limit, prepare]).rows[0][0]
     except FluxError as exc:
-        db.write_alone(owner, [_ungrant(secret)], durable=False)
+        db.write_alone(owner, [grant.end()], durable=False)
         if isinstance(exc, QueryTimedOut):
             raise RewindFailed(
                 f"{mode} could not take back the writes it had to within the statement timeout of"
@@ -227,9 +231,7 @@ def open_state(
         ) from exc
     transaction.apply(with_next=True)
     transaction.begun = True
-    return State(
-        mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"], secret
-    )
+    return State(mode, rewound["undone"], rewound["drift"], rewound["not_rewound"], rewound["triggers_off"])
 
 
 def end_run(transaction: db.RequestTransaction) -> None:
@@ -244,16 +246,6 @@ def end_run(transaction: db.RequestTransaction) -> None:
         if not transaction.conn.closed:
             raise
     db.reset_session(transaction.conn)  # never raises: a connection it cannot reset is closed
-
-
-def ungrant_statement(state: State) -> Statement:
-    """What deletes the replay's grant on the owner's connection once its transaction has ended (nothing is
-    left behind); the engine sends it with the replay's record."""
-    return _ungrant(state.secret)
-
-
-def _ungrant(secret: bytes) -> Statement:
-    return Statement(_UNGRANT, [secret])
 
 
 def captured_mutations(runner: Any) -> list[Row]:
