@@ -299,6 +299,10 @@ class WithBuiltins(Executor):
     def prepare(self, function: Function) -> None:
         self.executor.prepare(function)
 
+    def runs_apart(self, function: Function) -> bool:
+        builtin = any(function is b for b in BUILTINS.values())
+        return not builtin and self.executor.runs_apart(function)
+
 
 def _headers(env: Mapping[str, Any]) -> dict[str, str]:
     """The request's headers by lowercase name (what falcon's `headers_lower` gives, in one pass)."""

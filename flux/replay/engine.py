@@ -136,15 +136,18 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         live_fetch=how.live_fetch,
     )
     started_us = time.time_ns() // 1000
-    state: State | None = None
+    opened: list[State] = []
     if grant is not None:
-        try:
-            state = open_state(
-                conn, transaction, recording, grant, how.mode, how.limits.timeout_for(caller.role)
-            )
-        except FluxError as exc:  # its database could not be set up: it could not run
-            transaction.rollback()
-            return ReplayResult(recording.id, None, "error", error=error_record(exc))
+        # The database is set up while the run starts in a process of its own (Deno's: the rewind and Deno's
+        # start overlap); otherwise before the run, so that the run's time is its own.
+        timeout_ms = how.limits.timeout_for(caller.role)
+        host.setup = lambda: opened.append(
+            open_state(conn, transaction, recording, grant, how.mode, timeout_ms)
+        )
+        if not how.executor.runs_apart(function):
+            host.set_up()
+        if host.setup_error is not None:
+            return _could_not_set_up(recording, transaction, host.setup_error)
     mutations: list[Row] = []
     span = (
         None
@@ -165,6 +168,10 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         error = db.as_flux_error(exc)
     if host.cut_off is not None:  # cut off where the original was: it ends as the original did
         error = host.cut_off
+    host.set_up()  # a run that ended before it started (a worker that failed to start), if it did not
+    if host.setup_error is not None:
+        return _could_not_set_up(recording, transaction, host.setup_error)
+    state = opened[0] if opened else None
     try:
         if state is not None:
             mutations = captured_mutations(transaction.conn)
@@ -227,6 +234,14 @@ def replay(conn: Any, recording: Recording, how: Replay, runs_on: Any = None) ->
         judged: Verdict = "diverged" if divergences else "error"
         return ReplayResult(recording.id, None, judged, divergences, error_record(too_deep), state)
     return ReplayResult(recording.id, replay_id, verdict, divergences, None, state, duration_us, answered)
+
+
+def _could_not_set_up(
+    recording: Recording, transaction: db.RequestTransaction, error: FluxError
+) -> ReplayResult:
+    """The replay whose database could not be set up (`open_state` failed): it could not run."""
+    transaction.rollback()
+    return ReplayResult(recording.id, None, "error", error=error_record(error))
 
 
 def _write_ahead(conn: Any, statements: list[Statement], ahead: Grant | None) -> None:

@@ -7,10 +7,11 @@ with the recorded generated values pinned to the rows they write again."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flux import jsontext
+from flux import db, jsontext
 from flux.errors import FluxError, NotInRecording, error_for_code
 from flux.replay.divergence import Divergence, changes_between
 from flux.replay.recording import RecordedCall, Recording
@@ -33,13 +34,38 @@ class ReplayHost(Host):
     divergences: list[Divergence] = field(default_factory=list)
     matched: dict[int, str] = field(default_factory=dict)  # replay span seq -> recorded call key
     cut_off: FluxError | None = None  # the recorded time limit, met where the original met it (`_unrecorded`)
+    # Sets the replay's database up (live, as-of; `set_up`), and what stopped it
+    setup: Callable[[], None] | None = None
+    setup_error: FluxError | None = None
     _counts: dict[str, int] = field(default_factory=dict)
     _clock_ms: Json = None
+
+    def run_started(self) -> None:
+        """The run starts in its own process: the database is set up meanwhile."""
+        self.set_up()
+
+    def set_up(self) -> None:
+        """Set the replay's database up (`setup`), once: when the run has started in a process of its own,
+        else before it starts, and at the latest before its first database call. What stops it is kept
+        (`setup_error`): the run's database calls fail with it, and the replay could not run."""
+        setup, self.setup = self.setup, None
+        if setup is None:
+            return
+        try:
+            setup()
+        except FluxError as exc:
+            self.setup_error = exc
+        except Exception as exc:  # a bug in Flux: FX900, as the engine reports any
+            self.setup_error = db.as_flux_error(exc)
 
     def perform(self, op: str, args: Json) -> Json:
         assert self.recording is not None
         if self.cut_off is not None:  # the run is over, as the original's was: whatever it calls now fails
             raise self.cut_off
+        if op in _DATABASE_OPS and self.mode != "recorded":
+            self.set_up()
+            if self.setup_error is not None:
+                raise self.setup_error
         number = self._counts[op] = self._counts.get(op, -1) + 1
         key = f"{op}#{number}"
         recorded = self.recording.by_key.get(key)

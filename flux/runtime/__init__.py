@@ -70,6 +70,9 @@ class Runtime(Executor):
         lang = "ts" if function.runtime == "typescript" else "js"
         return self.deno.run(function.code, function.sha256, lang, request, host, function.limits)
 
+    def runs_apart(self, function: Function) -> bool:
+        return function.runtime not in ("wasm", "component")  # Deno's processes
+
     def prepare(self, function: Function) -> None:
         if function.runtime == "component":
             self.components.prepare(function.code, function.sha256)

@@ -150,6 +150,11 @@ class DenoPool:
             worker.between_runs = False
             worker.send(message)
             worker.shas.add(sha)
+            handed_over = time.monotonic()
+            host.run_started()
+            # The run's time is its own: what the host did meanwhile (a replay's set-up, which the run's first
+            # call may have waited for) is added to it.
+            deadline = host.run_deadline = deadline + (time.monotonic() - handed_over)
             return self._serve(worker, run_id, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
             self._discard(worker)

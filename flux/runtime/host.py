@@ -89,6 +89,11 @@ class Host:
         self.recorder.finish(span, output=_output_of(op, args, value))
         return value
 
+    def run_started(self) -> None:
+        """Called by an executor whose runs go on in a process of their own (`Executor.runs_apart`) once it
+        has handed the run over, before it serves the run's calls: the host may do work of its own meanwhile
+        (a replay sets its database up). Nothing here."""
+
     def perform(self, op: str, args: Json) -> Json:
         """Run the known operation `op` and answer its value (a replay's host answers from the recording)."""
         return _OPS[op](self, args)

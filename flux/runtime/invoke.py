@@ -54,6 +54,11 @@ class Executor:
         """Start getting `function` ready to run (compiling it, in the background), so that its first request
         does not wait for that; returns at once."""
 
+    def runs_apart(self, function: Function) -> bool:
+        """Whether `function` runs in a process of its own, so that the host is free while it starts: such an
+        executor calls `Host.run_started` once the run is handed over."""
+        return False
+
 
 @dataclass(frozen=True)
 class Caller:

@@ -6,6 +6,7 @@ tables are named; and a replay leaves nothing behind, nor shows anything to anot
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import threading
@@ -554,6 +555,65 @@ def test_a_rewind_does_not_wait_long_for_a_row_another_session_is_writing(
     assert result.error["code"] == "FX520" and "another session" in result.error["message"]
     assert waited < 5
     assert same(replayed(outcome.request_id, READER, "as-of"))  # once it is done
+
+
+class _Watching(WithBuiltins):
+    """The runtime, noting whether each run's database was set up when the run was handed over (`apart`: the
+    executor says whether its runs go on in a process of their own)."""
+
+    def __init__(self, runtime: Runtime, apart: bool) -> None:
+        super().__init__(runtime)
+        self.apart = apart
+        self.set_up_first: list[bool] = []
+
+    def runs_apart(self, function: Function) -> bool:
+        return self.apart and super().runs_apart(function)
+
+    def execute(self, function: Function, request: Any, host: Any) -> Any:
+        self.set_up_first.append(host.setup is None)
+        return super().execute(function, request, host)
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["deno-apart", "in-process"])
+def test_a_replay_sets_its_database_up_while_a_run_apart_starts_and_before_any_other(
+    conn: psycopg.Connection[Any],
+    runs_on: psycopg.Connection[Any],
+    runtime: Runtime,
+    store: Catalog,
+    run: Any,
+    apart: bool,
+) -> None:
+    """Deno runs in its own process: its run is handed over first and the rewind is made while it starts (the
+    two overlap; Deno then calls `Host.run_started`). An executor running in this process (Wasm) gets its
+    database set up before the run, whose time is then its own."""
+    outcome = run(READER)
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    executor = _Watching(runtime, apart)
+    how = Replay(executor, built_code({READER.name: READER}), store, mode="as-of")
+    result = replay(conn, recording_of(load_trace(conn, outcome.request_id)), how, runs_on)
+    assert same(result) and result.state is not None and result.state.undone == 1, why(result)
+    assert executor.set_up_first == [not apart]
+
+
+def test_the_time_a_rewind_waits_is_not_the_runs_own(
+    conn: psycopg.Connection[Any], dsn: str, run: Any, replayed: Any
+) -> None:
+    """The rewind waits for a row another session holds (up to half a second) while Deno starts the run, whose
+    first query waits for the rewind: that wait does not count against the run's time limit (here shorter
+    than the wait), so the replay is `same`, not cut off."""
+    quick = dataclasses.replace(READER, limits=dataclasses.replace(READER.limits, timeout_ms=150))
+    outcome = run(quick)
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # holds the row for 0.3 s
+        releases = threading.Timer(0.3, writer.rollback)
+        releases.start()
+        clock = time.perf_counter()
+        result = replayed(outcome.request_id, quick, "as-of")
+        waited = time.perf_counter() - clock
+        releases.join()
+    assert waited > 0.25  # it did wait for the row
+    assert same(result), why(result)
 
 
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
