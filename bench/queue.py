@@ -37,20 +37,21 @@ POLL_S = 0.05
 TIMEOUT_S = 300
 PEER_DATABASE = "bench_procrastinate"
 FAILURE_WORDS = ("Traceback", "ERROR", "Error:", "failed")
-# Start latency, from the enqueue transaction's start (both clocks are the server's): Flux's start is when the
-# function started (the request's started_at, after the claim and the hand-off to a thread); procrastinate's
-# is the start of the transaction that fetched the job (its `started` event), before either.
+# Start latency, from the start of the transaction that enqueued the job (the server's clock) to the start of
+# what runs it, on both sides the same step: Flux's function (its request's started_at, taken as `invoke`
+# starts the run, after the claim and the hand-off to a thread) and procrastinate's task (the time its
+# coroutine is entered, after the fetch and its dispatch; each is appended to a file, a write a job).
 FLUX_LATENCY = """
 SELECT extract(epoch FROM r.started_at - h.created_at) * 1000
   FROM flux.job_history AS h JOIN flux.requests AS r ON r.id = h.last_request_id
  WHERE h.id = ANY (%s)"""
-PEER_LATENCY = """
-SELECT extract(epoch FROM started.at - deferred.at) * 1000
-  FROM procrastinate_events AS deferred
-  JOIN procrastinate_events AS started ON started.job_id = deferred.job_id AND started.type = 'started'
- WHERE deferred.type = 'deferred' AND deferred.job_id = ANY (%s)"""
+PEER_DEFERRED = """
+SELECT job_id, extract(epoch FROM at)::float8 FROM procrastinate_events
+ WHERE type = 'deferred' AND job_id = ANY (%s)"""
+_PEER_STARTS_FILE: list[int] = []  # in procrastinate's worker: the descriptor each task start is appended to
 
 Push = Callable[[psycopg.Connection[Any], int], list[int]]
+Latencies = Callable[[psycopg.Connection[Any], list[int]], list[float]]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Side:
     push: Push  # enqueue this many jobs, a batch a statement, on this connection; their ids
     unfinished: str  # jobs waiting or running
     spoilt: str  # jobs from id %s on that did not succeed (for Flux: or have no request recorded)
-    latency: str  # each job's start latency in ms, of the ids %s
+    latency: Latencies  # each job's start latency in ms, of these ids (run)
     delete: str
 
 
@@ -88,7 +89,7 @@ def run(dsn: str) -> None:
         _deploy_noop(dsn, folder)
         _create_peer_database(dsn, peer_dsn)
         flux = _measure(_flux_side(dsn, folder), dsn, folder / "flux-worker.log")
-        peer = _measure(_peer_side(peer_dsn), dsn, folder / "procrastinate-worker.log")
+        peer = _measure(_peer_side(peer_dsn, folder), dsn, folder / "procrastinate-worker.log")
         _report(flux, peer, _server(dsn), time.monotonic() - started)
     finally:
         _clean_up(dsn, folder)
@@ -134,13 +135,18 @@ def _flux_side(dsn: str, folder: Path) -> Side:
         unfinished="SELECT count(*) FROM flux.jobs",
         spoilt="SELECT count(*) FROM flux.job_history AS h WHERE h.id >= %s AND (h.status <> 'done'"
         " OR NOT EXISTS (SELECT FROM flux.requests AS r WHERE r.id = h.last_request_id))",
-        latency=FLUX_LATENCY,
+        latency=lambda conn, ids: [float(row[0]) for row in conn.execute(FLUX_LATENCY, (ids,))],
         delete="DELETE FROM flux.jobs",
     )
 
 
-def _peer_side(peer_dsn: str) -> Side:
+def _peer_side(peer_dsn: str, folder: Path) -> Side:
     task = _peer_app(peer_dsn).tasks["noop"]
+    starts = folder / "procrastinate-starts.json"
+
+    def latency(conn: psycopg.Connection[Any], ids: list[int]) -> list[float]:
+        started = {int(job_id): float(at) for job_id, at in map(str.split, starts.read_text().splitlines())}
+        return [(started[job_id] - at) * 1000 for job_id, at in conn.execute(PEER_DEFERRED, (ids,))]
 
     def push(conn: psycopg.Connection[Any], count: int) -> list[int]:
         deferrer = task.configure(connection=conn)
@@ -149,11 +155,11 @@ def _peer_side(peer_dsn: str) -> Side:
     return Side(
         name="procrastinate",
         dsn=peer_dsn,
-        worker=[sys.executable, "-m", "bench.queue", peer_dsn],  # runs _run_peer_worker
+        worker=[sys.executable, "-m", "bench.queue", peer_dsn, str(starts)],  # runs _run_peer_worker
         push=push,
         unfinished="SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')",
         spoilt="SELECT count(*) FROM procrastinate_jobs WHERE id >= %s AND status <> 'succeeded'",
-        latency=PEER_LATENCY,
+        latency=latency,
         delete="DELETE FROM procrastinate_jobs",
     )
 
@@ -167,16 +173,19 @@ def _peer_app(peer_dsn: str) -> Any:
         conninfo=peer_dsn, min_size=CONCURRENCY + 2, max_size=CONCURRENCY + 2
     )
     app = procrastinate.App(connector=connector)
-    app.task(name="noop")(_peer_noop)
+    app.task(name="noop", pass_context=True)(_peer_noop)
     return app
 
 
-async def _peer_noop() -> None:
-    """procrastinate's counterpart of the no-op function: an async task, its cheapest kind."""
+async def _peer_noop(context: Any) -> None:
+    """procrastinate's counterpart of the no-op function: an async task, its cheapest kind (it notes when it
+    started)."""
+    os.write(_PEER_STARTS_FILE[0], b"%d %.6f\n" % (context.job.id, time.time()))
 
 
-def _run_peer_worker(peer_dsn: str) -> None:
+def _run_peer_worker(peer_dsn: str, starts: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="procrastinate: %(levelname)s %(message)s")
+    _PEER_STARTS_FILE.append(os.open(starts, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     _peer_app(peer_dsn).run_worker(concurrency=CONCURRENCY)
 
 
@@ -265,7 +274,7 @@ def _start_latencies(conn: psycopg.Connection[Any], side: Side, worker: WorkerPr
         ids += side.push(conn, 1)
         time.sleep(LATENCY_GAP_S)
     _wait_until_finished(conn, side, worker)
-    latencies = [float(row[0]) for row in conn.execute(side.latency, (ids,))]
+    latencies = side.latency(conn, ids)
     assert len(latencies) == LATENCY_JOBS, f"{side.name}: {len(latencies)} start times of {LATENCY_JOBS}"
     return latencies
 
@@ -316,4 +325,4 @@ def _percentile(values: list[float], percent: int) -> float:
 
 
 if __name__ == "__main__":
-    _run_peer_worker(sys.argv[1])
+    _run_peer_worker(sys.argv[1], sys.argv[2])

@@ -203,7 +203,7 @@ def queue_rows(dsn: str, quick: bool) -> list[Row]:
     try:
         q._deploy_noop(dsn, folder)
         q._create_peer_database(dsn, peer_dsn)
-        sides = [q._flux_side(dsn, folder), q._peer_side(peer_dsn)]
+        sides = [q._flux_side(dsn, folder), q._peer_side(peer_dsn, folder)]
         with (
             psycopg.connect(dsn, autocommit=True) as flux_conn,
             psycopg.connect(peer_dsn, autocommit=True) as peer_conn,
@@ -223,14 +223,14 @@ def queue_rows(dsn: str, quick: bool) -> list[Row]:
                 q._wait_until_finished(conn, side, worker)
                 return jobs / (time.perf_counter() - clock)
 
-            def latency(side: Any) -> float:
+            def latency(side: q.Side) -> float:
                 conn, worker = on[side.name]
                 ids: list[int] = []
                 for _ in range(latency_jobs):
                     ids += side.push(conn, 1)
                     time.sleep(q.LATENCY_GAP_S)
                 q._wait_until_finished(conn, side, worker)
-                return statistics.median(float(row[0]) for row in conn.execute(side.latency, (ids,)))
+                return statistics.median(side.latency(conn, ids))
 
             rate = paired(rounds, lambda: processed(sides[0]), lambda: processed(sides[1]))
             start = paired(rounds, lambda: latency(sides[0]), lambda: latency(sides[1]))
