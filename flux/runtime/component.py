@@ -56,6 +56,9 @@ from flux.runtime.wasm import (
     running,
     trap_error,
 )
+from flux.runtime.wasmtime_bytes import lower_bytes_at_once
+
+lower_bytes_at_once()  # WASI's random bytes, handed over in one copy (see its module)
 
 HOST_INTERFACE = "flux:function/host@0.1.0"
 

@@ -3,6 +3,8 @@ each run starts from the component's snapshot and acts for its own request only.
 
 from __future__ import annotations
 
+import base64
+import ctypes
 import threading
 import uuid
 from pathlib import Path
@@ -10,10 +12,13 @@ from typing import Any
 
 import pytest
 import wasmtime
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flux.runtime import Caller, Function
 from flux.runtime.build import build_function
 from flux.runtime.limits import FunctionLimits
+from flux.runtime.wasmtime_bytes import lower_bytes_at_once
 
 # One function, several misbehaviours, chosen by the request (one build and compile serve every case).
 MISBEHAVING = """
@@ -54,6 +59,8 @@ class WitWorld(wit_world.WitWorld):
             hoard = []
             while True:
                 hoard.append(bytearray(1 << 20))
+        if do == "urandom":  # WASI's random bytes, several host calls' worth
+            return json.dumps({"bytes": os.urandom(700).hex()})
         if do == "not_json":
             return "{not json"
         if do == "unknown_op":
@@ -92,6 +99,49 @@ def test_component_limits_and_bad_results(call: Any, misbehaving: Function) -> N
     deep = call(misbehaving, {"do": "deep"})  # answered as not JSON, as the other ABIs answer it
     assert deep.error is None and deep.response.body["ok"] is False, deep.error
     assert deep.response.body["error"]["code"] == "FX305"
+
+
+def test_a_component_gets_exactly_the_random_bytes_the_host_recorded(
+    conn: Any, call: Any, misbehaving: Function
+) -> None:
+    """WASI's `get-random-bytes` is the host's recorded `random` (so a replay gives them again), lowered into
+    the component in one copy (flux/runtime/wasmtime_bytes.py): the bytes the function read are the last ones
+    recorded, in order."""
+    outcome = call(misbehaving, {"do": "urandom"})
+    assert outcome.error is None, outcome.error
+    recorded = b"".join(
+        base64.b64decode(output)
+        for (output,) in conn.execute(
+            "SELECT output FROM flux.spans WHERE request_id = %s AND name = 'clock:random' ORDER BY seq",
+            [outcome.request_id],
+        )
+    )
+    read = bytes.fromhex(outcome.response.body["bytes"])
+    assert len(read) == 700 and recorded.endswith(read), (len(recorded), read[:8], recorded[-8:])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=3000))
+def test_bytes_lowered_at_once_are_what_wasmtime_py_lowers_a_byte_at_a_time(value: bytes) -> None:
+    from wasmtime import _ffi as ffi
+    from wasmtime.component import _types
+
+    assert lower_bytes_at_once()
+
+    class BytesList(_types.ListType):  # list<u8>, with no type of the C API behind it
+        element = _types.U8()
+
+    def lowered(convert: Any) -> list[tuple[int, int]]:
+        val = ffi.wasmtime_component_val_t()
+        convert(BytesList.__new__(BytesList), None, value, ctypes.pointer(val))
+        assert val.kind == ffi.WASMTIME_COMPONENT_LIST.value and val.of.list.size == len(value)
+        laid = [(val.of.list.data[i].kind, val.of.list.data[i].of.u8) for i in range(len(value))]
+        ffi.wasmtime_component_vallist_delete(ctypes.byref(val.of.list))
+        return laid
+
+    at_once = lowered(_types.ListType.convert_to_c)
+    by_the_byte = lowered(_types.ListType.convert_to_c.by_the_byte)
+    assert at_once == by_the_byte == [(ffi.WASMTIME_COMPONENT_U8.value, b) for b in value]
 
 
 def test_a_components_host_error_stays_on_its_thread() -> None:
