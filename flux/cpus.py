@@ -53,6 +53,12 @@ def pin_to_assigned_cpu(server: Any, worker: Any) -> None:
     log.info("worker %d runs on CPU %d", os.getpid(), worker.flux_cpu)
 
 
+def for_children() -> set[int] | None:
+    """The CPUs a process started here must be given back (`unpin_child`): in a pinned worker, every CPU the
+    server may use; None elsewhere (a child keeps this process's)."""
+    return _server_cpus
+
+
 def unpin_child() -> None:
     """In a process a pinned worker starts, before its program runs: every CPU the server may use (left as it
     is if that fails: the child then shares its worker's CPU)."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -113,3 +118,44 @@ def test_a_worker_killed_mid_call_is_fx306_and_replaced(call: Any, runtime: Runt
         timer.cancel()
     assert outcome.error is not None and outcome.error.code == "FX306", outcome.error
     assert call(ts("after", "export default async () => ({fine: true})")).response.body == {"fine": True}
+
+
+STARTS_ONE = """
+import sys, time
+from pathlib import Path
+from flux.runtime.deno import DenoPool
+worker = DenoPool(1, Path(sys.argv[1]))._start(128)
+worker.send({"type": "run", "run": 1, "sha": "spin", "lang": "js", "code": "export default () => { for (;;) {} }",
+             "request": {}, "now": 0, "seed": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+print(worker.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_deno_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """kill -9 of the Flux worker (a gunicorn worker, a queue worker) takes its Deno processes with it: a
+    function stuck in a loop (which reads no more of its pipe, so never sees it close) never outlives the
+    process that ran it."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTS_ONE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert starter.stdout is not None
+    deno = int(starter.stdout.readline())
+    time.sleep(0.3)  # spinning
+    assert _alive(deno)
+    starter.kill()
+    starter.wait()
+    starter.stdout.close()
+    deadline = time.monotonic() + 5
+    while _alive(deno):
+        assert time.monotonic() < deadline, "Deno outlived the process that started it"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended (its parent, here init, reaps it)
