@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -32,6 +33,12 @@ FLUX_TOML = """
 method = "POST"
 path = "/orders"
 function = "orders"
+auth = "key"
+
+[[routes]]
+method = "POST"
+path = "/orders-wasm"
+function = "orders_wasm"
 auth = "key"
 """
 ORDERS_TS = """// The whole path's function: two reads and one insert (into a tracked table), as
@@ -50,6 +57,75 @@ export default async (req: any, ctx: any) => {
   });
   return { order: order.rows[0].id, email: account.email, total: String(product.price) };
 };
+"""
+ORDERS_C = r"""// The whole path's function in C (Wasm): two reads and one insert into a tracked table, as the
+// TypeScript `orders` and bench/floor_app.py's `/orders` do. It reads JSON by looking for keys (Flux's).
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((import_module("flux"), import_name("call")))
+uint64_t flux_call(const char *json, uint32_t len);
+
+__attribute__((export_name("flux_alloc"))) void *flux_alloc(uint32_t len) { return malloc(len ? len : 1); }
+
+static const char *call(const char *json, uint32_t *len) {
+    uint64_t packed = flux_call(json, (uint32_t)strlen(json));
+    *len = (uint32_t)packed;
+    return (const char *)(uintptr_t)(packed >> 32);
+}
+
+// The raw JSON value of the first "key" in `json` (a number, or a string's characters without quotes).
+static int field(const char *json, uint32_t len, const char *key, char *out, size_t size) {
+    char pattern[64];
+    int n = snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    for (const char *at = json; at + n <= json + len; at++) {
+        if (memcmp(at, pattern, (size_t)n) != 0) continue;
+        const char *start = at + n, *end = start;
+        if (*start == '"') {
+            end = memchr(++start, '"', (size_t)(json + len - start));
+        } else {
+            while (end < json + len && *end != ',' && *end != '}' && *end != ']') end++;
+        }
+        if (!end || (size_t)(end - start) >= size) return 0;
+        memcpy(out, start, (size_t)(end - start));
+        out[end - start] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static char out[512];
+
+static uint64_t answer(const char *text) {
+    return ((uint64_t)(uintptr_t)text << 32) | (uint32_t)strlen(text);
+}
+
+__attribute__((export_name("flux_handle"))) uint64_t flux_handle(const char *request, uint32_t len) {
+    char account[32], sku[64], id[32], email[128], price[32], query[512], order[32];
+    uint32_t got;
+    const char *reply;
+    if (!field(request, len, "account", account, sizeof account)
+        || !field(request, len, "sku", sku, sizeof sku))
+        return answer("{\"status\":400,\"body\":{}}");
+    snprintf(query, sizeof query, "{\"op\":\"db.query\",\"args\":{\"select\":\"bench_accounts\",\"columns\":"
+             "[\"id\",\"email\",\"name\"],\"where\":{\"id\":{\"eq\":%s}}}}", account);
+    reply = call(query, &got);
+    if (!field(reply, got, "id", id, sizeof id) || !field(reply, got, "email", email, sizeof email))
+        return answer("{\"status\":404,\"body\":{}}");
+    snprintf(query, sizeof query, "{\"op\":\"db.query\",\"args\":{\"select\":\"bench_products\",\"columns\":"
+             "[\"sku\",\"price\"],\"where\":{\"sku\":{\"eq\":\"%s\"}}}}", sku);
+    reply = call(query, &got);
+    if (!field(reply, got, "price", price, sizeof price)) return answer("{\"status\":404,\"body\":{}}");
+    snprintf(query, sizeof query, "{\"op\":\"db.query\",\"args\":{\"insert\":\"bench_path_orders\","
+             "\"values\":{\"account_id\":%s,\"sku\":\"%s\",\"total\":%s},\"returning\":[\"id\"]}}",
+             id, sku, price);
+    reply = call(query, &got);
+    if (!field(reply, got, "id", order, sizeof order)) return answer("{\"status\":500,\"body\":{}}");
+    snprintf(out, sizeof out, "{\"order\":%s,\"email\":\"%s\",\"total\":\"%s\"}", order, email, price);
+    return answer(out);
+}
 """
 SCHEMA_SQL = """
 DROP TABLE IF EXISTS bench_items, bench_orders, bench_events, bench_path_orders, bench_products,
@@ -83,6 +159,7 @@ CLEAN_SQL = (
     " bench_accounts CASCADE"
 )
 PATH_BODY = {"account": 42, "sku": "sku7"}
+OTEL_ROW = "whole path: Flux vs by hand + OpenTelemetry"
 
 
 def setup(dsn: str, folder: Path) -> str:
@@ -90,6 +167,8 @@ def setup(dsn: str, folder: Path) -> str:
     (folder / "flux.toml").write_text(FLUX_TOML)
     (folder / "functions" / "orders").mkdir(parents=True)
     (folder / "functions" / "orders" / "index.ts").write_text(ORDERS_TS)
+    (folder / "functions" / "orders_wasm").mkdir()
+    (folder / "functions" / "orders_wasm" / "index.c").write_text(ORDERS_C)
     made = new_api_key()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.encode())
@@ -123,9 +202,8 @@ def rows(dsn: str, quick: bool) -> list[Row]:
                 received = servers.sink_received(sink)
             if not received["exports"]:
                 raise RuntimeError("the OTLP sink received no spans: OpenTelemetry was not measured")
-            found[
-                -2
-            ].note += f"; the sink received {received['exports']} exports, {received['bytes']:,} bytes"
+            otel_row = next(row for row in found if row.scenario == OTEL_ROW)
+            otel_row.note += f"; the sink received {received['exports']} exports, {received['bytes']:,} bytes"
         return found
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -162,33 +240,56 @@ def _path_rows(
     folder: Path, key: str, flux: str, floor: str, otel: str, rounds: int, seconds: float
 ) -> list[Row]:
     script = servers.post_script(folder, "orders", json.dumps(PATH_BODY), key)
-    urls = {"flux": f"{flux}/orders", "bare": f"{floor}/orders", "otel": f"{otel}/orders"}
-    for url in urls.values():
+    urls = {
+        "flux": f"{flux}/orders",
+        "wasm": f"{flux}/orders-wasm",
+        "bare": f"{floor}/orders",
+        "otel": f"{otel}/orders",
+    }
+    for name, url in urls.items():
+        _check_order(name, url, key)
         servers.wrk(url, script, duration_s=1)
     per_request: dict[str, list[float]] = {name: [] for name in urls}
     order = list(urls)
     for index in range(rounds):
-        for name in order[index % 3 :] + order[: index % 3]:  # each goes first in turn
+        for name in order[index % 4 :] + order[: index % 4]:  # each goes first in turn
             rate = servers.wrk(urls[name], script, seconds, connections=1)[1]
             per_request[name].append(1000 / rate)
     flux_ms, bare_ms, otel_ms = per_request["flux"], per_request["bare"], per_request["otel"]
     against_bare = (flux_ms, bare_ms, [f / b for f, b in zip(flux_ms, bare_ms, strict=True)])
     against_otel = (flux_ms, otel_ms, [f / o for f, o in zip(flux_ms, otel_ms, strict=True)])
-    flux_added = [f - b for f, b in zip(flux_ms, bare_ms, strict=True)]
     otel_added = [o - b for o, b in zip(otel_ms, bare_ms, strict=True)]
-    added_ratios = [f / o if o > 0 else float("inf") for f, o in zip(flux_added, otel_added, strict=True)]
-    added = (flux_added, otel_added, added_ratios)
+
+    def added(ms: list[float]) -> tuple[list[float], list[float], list[float]]:
+        """Flux's ms a request over the app by hand, OTel's, and their ratios, round by round."""
+        flux_added = [f - b for f, b in zip(ms, bare_ms, strict=True)]
+        ratios = [f / o if o > 0 else float("inf") for f, o in zip(flux_added, otel_added, strict=True)]
+        return flux_added, otel_added, ratios
+
     return [
         row_from_pairs("whole path: Flux vs by hand, untraced", "ms/req", "Falcon + psycopg, no tracing",
                        against_bare,
                        note="POST /orders: gateway, TypeScript function, 2 reads, 1 insert into a tracked"
                        " table (Flux records request, spans, inputs, outputs, mutation); 1 connection,"
                        " mean ms a request"),
-        row_from_pairs("whole path: Flux vs by hand + OpenTelemetry", "ms/req", "Falcon + psycopg + OTel",
+        row_from_pairs(OTEL_ROW, "ms/req", "Falcon + psycopg + OTel",
                        against_otel,
                        note="OTel: falcon + psycopg auto-instrumentation, SDK BatchSpanProcessor, OTLP/HTTP"
                        " exporter to a local sink (a request span and a span per statement)"),
-        row_from_pairs("whole path: added per request, Flux vs OTel", "ms", "OTel's added", added,
+        row_from_pairs("whole path: added per request, Flux vs OTel", "ms", "OTel's added", added(flux_ms),
                        note="each side's ms a request over the untraced app by hand, same round; Flux's"
                        " includes running the TypeScript function (the app by hand has none)"),
+        row_from_pairs("whole path: added per request, Flux Wasm vs OTel", "ms", "OTel's added",
+                       added(per_request["wasm"]),
+                       note="the same, the function in C built to Wasm (bench/web.py's ORDERS_C)"),
     ]  # fmt: skip
+
+
+def _check_order(name: str, url: str, key: str) -> None:
+    """One `/orders` request answered as it should be (an order made), before its rate counts."""
+    request = urllib.request.Request(url, json.dumps(PATH_BODY).encode(), method="POST", headers={
+        "content-type": "application/json", "authorization": f"Bearer {key}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = json.loads(response.read())
+    if not (isinstance(body, dict) and body.get("order") and body.get("email") == "user42@example.com"):
+        raise RuntimeError(f"{name}'s /orders answered {body!r}")
