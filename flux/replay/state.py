@@ -16,7 +16,8 @@ The transaction is a request connection's (logged in as flux_authenticator, as t
 function's SQL never runs as the owner, even if it leaves the request's role. The owner's part (rewind, pins,
 reading the replay's mutations back) is done by SECURITY DEFINER functions that work only for a replay the
 owner's connection granted (flux.replay_grants, under a secret only this process knows), in the one
-transaction that took the grant up, and set the database up only once, before the function runs. Replays
+transaction that took the grant up, and set the database up only once, before the run's first database call
+(the engine has it made while Deno starts the run, or before the run in the other runtimes). Replays
 back to back (`grants_ahead`: a window, a bisect, a deploy gate) write the next one's grant with their own
 record, so that they take theirs up without a round trip of their own."""
 
