@@ -98,6 +98,10 @@ class _Worker:
         self.scanned = 0
         return jsontext.loads(line)
 
+    def has_written(self) -> bool:
+        """Whether the process has written something not read yet (a host call, the run's end)."""
+        return bool(self.pending) or bool(self.selector.select(0))
+
     def stop(self) -> str:
         """Kill the process; what it wrote to stderr (why it died, if it did)."""
         self.process.kill()
@@ -155,9 +159,13 @@ class DenoPool:
             worker.shas.add(sha)
             handed_over = time.monotonic()
             host.run_started()
-            # The run's time is its own: what the host did meanwhile (a replay's set-up, which the run's first
-            # call may have waited for) is added to it.
-            deadline = host.run_deadline = deadline + (time.monotonic() - handed_over)
+            # The run's time is its own: when it called the host while the host did work of its own (a
+            # replay's set-up), it waited for that work, which is added to its time. A run that made no call
+            # meanwhile waited for nothing: it gets its limit and no more (else code that only spins would get
+            # the set-up's time on top).
+            busy = time.monotonic() - handed_over
+            if worker.has_written():
+                deadline = host.run_deadline = deadline + busy
             return self._serve(worker, run_id, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
             self._discard(worker)

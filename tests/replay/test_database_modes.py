@@ -616,6 +616,30 @@ def test_the_time_a_rewind_waits_is_not_the_runs_own(
     assert same(result), why(result)
 
 
+def test_a_run_that_calls_nothing_while_the_rewind_waits_gets_no_more_than_its_own_time(
+    conn: psycopg.Connection[Any], dsn: str, run: Any, replayed: Any
+) -> None:
+    """The time the rewind takes is given back only to a run that waited for it (a call made meanwhile): code
+    that blocks on its own past its time limit while the rewind waits is cut off at its limit, as it would be
+    in production, and the replay shows it (the deploy gate refuses a version that would time out)."""
+    quick = dataclasses.replace(READER, limits=dataclasses.replace(READER.limits, timeout_ms=200))
+    outcome = run(quick)
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    slower = READER.code.decode().replace(
+        "{\n", "{\n  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 450);\n", 1
+    )
+    assert "Atomics.wait" in slower
+    candidate = dataclasses.replace(ts("reader", slower), limits=quick.limits)
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # holds the row for 0.35 s
+        releases = threading.Timer(0.35, writer.rollback)
+        releases.start()
+        result = replayed(outcome.request_id, candidate, "as-of")
+        releases.join()
+    assert result.verdict == "diverged", why(result)
+    assert result.response is not None and result.response["body"]["code"] == "FX301", result.response
+
+
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
 
 WRITER = """
