@@ -640,6 +640,33 @@ def test_a_run_that_calls_nothing_while_the_rewind_waits_gets_no_more_than_its_o
     assert result.response is not None and result.response["body"]["code"] == "FX301", result.response
 
 
+def test_a_run_whose_rewind_fails_while_it_runs_sends_nothing_out_and_leaves_nothing(
+    conn: psycopg.Connection[Any], dsn: str, runs_on: psycopg.Connection[Any], run: Any, replayed: Any,
+    peer: Peer,
+) -> None:  # fmt: skip
+    """The rewind fails (a row another session holds) while Deno already runs the function: the replay could
+    not run (FX520), so none of the run's calls goes out, not even a fetch `live_fetch` would send, and the
+    database, its grants and the request connection are as they were."""
+    outcome = run(READER, {"url": peer.url})
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    fetched: list[str] = []
+    peer.action = lambda: fetched.append("fetched")
+    fetching = ts(
+        "reader", READER.code.decode().replace("{\n", "{\n  await ctx.fetch(req.body.url + '/out');\n", 1)
+    )
+    before = snapshot(conn)
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # held past the rewind's wait
+        result = replayed(outcome.request_id, fetching, "as-of", live_fetch=True)
+        writer.rollback()
+    assert result.verdict == "error" and result.error is not None, why(result)
+    assert result.error["code"] == "FX520" and "another session" in result.error["message"], result.error
+    assert fetched == []
+    assert snapshot(conn) == before
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
+    assert runs_on.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------
 
 WRITER = """
