@@ -49,7 +49,7 @@ def lower_bytes_at_once() -> bool:
         raw = ffi.wasmtime_component_vallist_t()
         ffi.wasmtime_component_vallist_new_uninit(raw, count)
         if count:
-            into = ctypes.cast(raw.data, ctypes.c_void_p).value
+            into: int = ctypes.cast(raw.data, ctypes.c_void_p).value or 0  # count > 0: never null
             try:
                 source = (ctypes.c_char * len(laid_out)).from_buffer(laid_out)
                 with memoryview(val) as each:
