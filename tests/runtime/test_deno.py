@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from flux.runtime import Runtime
 from tests.fixtures.runtime import example, function
@@ -121,29 +122,52 @@ def test_a_worker_killed_mid_call_is_fx306_and_replaced(call: Any, runtime: Runt
 
 
 STARTS_ONE = """
-import sys, time
+import os, sys, time
 from pathlib import Path
+from flux import cpus
+from flux.runtime import deno
 from flux.runtime.deno import DenoPool
+pinned, setpriv, taskset = (word == "yes" for word in sys.argv[2:5])
+if pinned:  # as a pinned gunicorn worker is (flux.cpus.pin_to_assigned_cpu)
+    cpus._server_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus._server_cpus)})
+if not setpriv:
+    deno._SETPRIV = None
+if not taskset:
+    deno._TASKSET = None
 worker = DenoPool(1, Path(sys.argv[1]))._start(128)
-worker.send({"type": "run", "run": 1, "sha": "spin", "lang": "js", "code": "export default () => { for (;;) {} }",
-             "request": {}, "now": 0, "seed": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+worker.send({"type": "run", "run": 1, "sha": "spin", "lang": "js", "request": {}, "now": 0,
+             "code": "export default () => { for (;;) {} }", "seed": "A" * 43 + "="})
 print(worker.process.pid, flush=True)
 time.sleep(60)
 """
 
 
-def test_a_deno_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pinned", "setpriv", "taskset"),
+    [("no", "yes", "yes"), ("yes", "yes", "yes"), ("no", "no", "yes"), ("yes", "yes", "no"),
+     ("yes", "no", "no")],
+    ids=["setpriv", "pinned-taskset-setpriv", "no-setpriv", "pinned-no-taskset", "pinned-neither"],
+)  # fmt: skip
+def test_a_deno_worker_dies_with_the_process_that_started_it(
+    tmp_path: Path, pinned: str, setpriv: str, taskset: str
+) -> None:
     """kill -9 of the Flux worker (a gunicorn worker, a queue worker) takes its Deno processes with it: a
     function stuck in a loop (which reads no more of its pipe, so never sees it close) never outlives the
-    process that ran it."""
+    process that ran it; whether Deno starts through util-linux's setpriv (and taskset) or, where they are
+    missing, a function in the forked child. From a pinned worker, Deno gets every CPU back."""
+    every_cpu = os.sched_getaffinity(0)
+    if pinned == "yes" and len(every_cpu) < 2:
+        pytest.skip("one CPU: nothing to pin")
     starter = subprocess.Popen(
-        [sys.executable, "-c", STARTS_ONE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-c", STARTS_ONE, str(tmp_path), pinned, setpriv, taskset], stdout=subprocess.PIPE,
+        text=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert starter.stdout is not None
     deno = int(starter.stdout.readline())
     time.sleep(0.3)  # spinning
     assert _alive(deno)
+    assert os.sched_getaffinity(deno) == every_cpu
     starter.kill()
     starter.wait()
     starter.stdout.close()
