@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,34 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has ended (its parent, here init, reaps it)
+
+
+@pytest.mark.parametrize("refusing", ["taskset", "setpriv"])
+def test_deno_starts_when_setpriv_or_taskset_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusing: str
+) -> None:
+    """util-linux's taskset refuses CPUs the server no longer has (its cpuset changed since the worker was
+    pinned), and a setpriv older than 2.33 (or BusyBox's) has no --pdeathsig: Deno starts as where they are
+    missing (as it did before they were used), and from then on without them."""
+    from flux import cpus
+    from flux.runtime import deno
+
+    monkeypatch.setattr(deno, "_REFUSED", threading.Event(), raising=False)
+    if refusing == "taskset":
+        monkeypatch.setattr(deno, "_TASKSET", shutil.which("taskset"))
+        monkeypatch.setattr(cpus, "_server_cpus", {max(os.sched_getaffinity(0)) + 1})  # none of this one's
+        if deno._TASKSET is None or deno._SETPRIV is None:
+            pytest.skip("no taskset or setpriv here")
+    else:
+        old = tmp_path / "setpriv"
+        old.write_text("#!/bin/sh\necho \"setpriv: unrecognized option '--pdeathsig'\" >&2\nexit 1\n")
+        old.chmod(0o755)
+        monkeypatch.setattr(deno, "_SETPRIV", str(old))
+    pool = deno.DenoPool(1, tmp_path / "cache")
+    worker = pool._start(128)
+    try:
+        assert worker.process.poll() is None
+        assert deno._REFUSED.is_set()
+        assert deno._spawned(["deno"]) == (["deno"], deno._before_exec)
+    finally:
+        worker.stop()
