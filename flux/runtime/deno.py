@@ -165,9 +165,9 @@ class DenoPool:
             # The run's time is its own: when it called the host while the host did work of its own (a
             # replay's set-up), it waited for that work, which is added to its time. A run that made no call
             # meanwhile waited for nothing: it gets its limit and no more (else code that only spins would get
-            # the set-up's time on top).
+            # the set-up's time on top). A host with nothing to do (a request's) costs no look at the pipe.
             busy = time.monotonic() - handed_over
-            if worker.has_written():
+            if busy > 0.001 and worker.has_written():
                 deadline = host.run_deadline = deadline + busy
             return self._serve(worker, run_id, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
