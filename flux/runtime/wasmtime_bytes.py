@@ -29,6 +29,10 @@ def lower_bytes_at_once() -> bool:
     list_kind = getattr(ffi, "WASMTIME_COMPONENT_LIST", None)
     if value is None or union is None or u8_kind is None or list_kind is None:
         return False
+    needed = (hasattr(lists, "_is_bytes"), hasattr(ffi, "wasmtime_component_vallist_new_uninit"),
+              hasattr(ffi, "wasmtime_component_vallist_delete"))  # fmt: skip
+    if not all(needed):  # a wasmtime-py that lowers lists otherwise
+        return False
     fields = dict(value._fields_)
     if fields.get("kind") is not ctypes.c_uint8 or dict(union._fields_).get("u8") is not ctypes.c_uint8:
         return False  # another layout than the one laid out below

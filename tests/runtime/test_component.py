@@ -170,6 +170,19 @@ def test_bytes_lowered_at_once_past_one_chunk_are_every_byte_in_order(extra: int
         ffi.wasmtime_component_vallist_delete(ctypes.byref(val.of.list))
 
 
+def test_a_wasmtime_py_that_lowers_lists_otherwise_keeps_its_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-copy lowering relies on wasmtime-py's `ListType._is_bytes` (and its C API's list functions):
+    a version without them (Flux asks for wasmtime >= 50) keeps its own lowering, rather than failing each
+    component run that gets bytes."""
+    from wasmtime.component import _types
+
+    assert lower_bytes_at_once()
+    monkeypatch.setattr(_types.ListType, "convert_to_c", _types.ListType.convert_to_c.by_the_byte)
+    monkeypatch.delattr(_types.ListType, "_is_bytes")
+    assert not lower_bytes_at_once()
+    assert not getattr(_types.ListType.convert_to_c, "flux_at_once", False)
+
+
 def test_bytes_lowered_at_once_take_no_copy_of_the_c_array_in_python() -> None:
     """The C API's array holds 32 bytes a byte (512 MiB for the 16 MiB get-random-bytes may hand over): the
     bytes are written into it, with no Python copy of its size beside it (which doubled the peak)."""
