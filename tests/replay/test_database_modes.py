@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from psycopg import conninfo
 
 from flux import db, migrate, pipeline
-from flux.data import Catalog, load_catalog
+from flux.data import Catalog, Limits, load_catalog
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, grants_ahead, recording_of, replay
 from flux.replay import state as replay_state
@@ -640,27 +640,30 @@ def test_a_run_that_calls_nothing_while_the_rewind_waits_gets_no_more_than_its_o
     assert result.response is not None and result.response["body"]["code"] == "FX301", result.response
 
 
+@pytest.mark.parametrize("stopped_by", ["lock_timeout", "statement_timeout"])
 def test_a_run_whose_rewind_fails_while_it_runs_sends_nothing_out_and_leaves_nothing(
     conn: psycopg.Connection[Any], dsn: str, runs_on: psycopg.Connection[Any], run: Any, replayed: Any,
-    peer: Peer,
+    peer: Peer, stopped_by: str,
 ) -> None:  # fmt: skip
-    """The rewind fails (a row another session holds) while Deno already runs the function: the replay could
-    not run (FX520), so none of the run's calls goes out, not even a fetch `live_fetch` would send, and the
-    database, its grants and the request connection are as they were."""
+    """The rewind fails (a row another session holds past its lock wait, or past the role's statement timeout)
+    while Deno already runs the function: the replay could not run (FX520), so none of the run's calls goes
+    out, not even a fetch `live_fetch` would send, and the database, its grants and the request connection
+    are as they were."""
     outcome = run(READER, {"url": peer.url})
     later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
     fetched: list[str] = []
     peer.action = lambda: fetched.append("fetched")
-    fetching = ts(
-        "reader", READER.code.decode().replace("{\n", "{\n  await ctx.fetch(req.body.url + '/out');\n", 1)
-    )
+    fetching = READER.code.decode().replace("{\n", "{\n  await ctx.fetch(req.body.url + '/out');\n", 1)
+    limits = Limits(statement_timeouts_ms=(("user", 100),)) if stopped_by == "statement_timeout" else Limits()
     before = snapshot(conn)
     with psycopg.connect(dsn) as writer:
         writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # held past the rewind's wait
-        result = replayed(outcome.request_id, fetching, "as-of", live_fetch=True)
+        result = replayed(outcome.request_id, ts("reader", fetching), "as-of", live_fetch=True, limits=limits)
         writer.rollback()
     assert result.verdict == "error" and result.error is not None, why(result)
-    assert result.error["code"] == "FX520" and "another session" in result.error["message"], result.error
+    assert result.error["code"] == "FX520", result.error
+    words = "another session" if stopped_by == "lock_timeout" else "within the statement timeout of 100 ms"
+    assert words in result.error["message"], result.error
     assert fetched == []
     assert snapshot(conn) == before
     assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
