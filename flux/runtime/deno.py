@@ -247,9 +247,13 @@ class DenoPool:
         worker, reason = self._launch(command, before_exec, env, memory_mb)
         if worker is None and command is not deno and reason.lstrip().startswith(_WRAPPERS):
             # util-linux's setpriv or taskset refused (a setpriv without --pdeathsig, CPUs the server no
-            # longer has): Deno starts, from now on, as where they are missing
-            _REFUSED.set()
-            worker, reason = self._launch(deno, _before_exec, env, memory_mb)
+            # longer has)? Deno starts as where they are missing, and so from now on if that works.
+            try:
+                worker, _ = self._launch(deno, _before_exec, env, memory_mb)
+            except OSError:  # no Deno to run (what setpriv said too)
+                worker = None
+            if worker is not None:
+                _REFUSED.set()
         if worker is None:
             raise FunctionCrashed(f"Deno did not start: {_last_line(reason)}")
         return worker

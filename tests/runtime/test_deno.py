@@ -216,3 +216,19 @@ def test_deno_starts_when_setpriv_or_taskset_refuses(
         assert deno._spawned(["deno"]) == (["deno"], deno._before_exec)
     finally:
         worker.stop()
+
+
+def test_a_deno_that_cannot_run_is_fx306_and_setpriv_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deno missing is Deno's failure, not setpriv's: FX306 with why, and setpriv stays in use."""
+    from flux.errors import FunctionCrashed
+    from flux.runtime import deno
+
+    if deno._SETPRIV is None:
+        pytest.skip("no setpriv here")
+    monkeypatch.setattr(deno, "_REFUSED", threading.Event())
+    monkeypatch.setattr(deno, "deno_binary", lambda: str(tmp_path / "no-deno"))
+    with pytest.raises(FunctionCrashed, match="Deno did not start: setpriv: failed to execute"):
+        deno.DenoPool(1, tmp_path / "cache")._start(128)
+    assert not deno._REFUSED.is_set()
