@@ -47,7 +47,7 @@ class ReplayHost(Host):
     def set_up(self) -> None:
         """Set the replay's database up (`setup`), once: when the run has started in a process of its own,
         else before it starts, and at the latest before its first database call. What stops it is kept
-        (`setup_error`): the run's database calls fail with it, and the replay could not run."""
+        (`setup_error`): the run's calls from then on fail with it, and the replay could not run."""
         setup, self.setup = self.setup, None
         if setup is None:
             return
@@ -62,6 +62,8 @@ class ReplayHost(Host):
         assert self.recording is not None
         if self.cut_off is not None:  # the run is over, as the original's was: whatever it calls now fails
             raise self.cut_off
+        if self.setup_error is not None:  # the replay could not run: nothing more goes out (a live fetch)
+            raise self.setup_error
         if op in _DATABASE_OPS and self.mode != "recorded":
             self.set_up()
             if self.setup_error is not None:

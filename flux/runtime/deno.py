@@ -15,6 +15,7 @@ import selectors
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from flux.runtime.limits import FunctionLimits
 
 WORKER_SCRIPT = Path(__file__).with_name("deno_worker.js")
 _SETPRIV, _TASKSET = shutil.which("setpriv"), shutil.which("taskset")  # util-linux's (see `_spawned`)
+_WRAPPERS = ("setpriv:", "taskset:")  # how their errors begin
+_REFUSED = threading.Event()  # set once they failed to start Deno: it starts without them from then on
 START_TIMEOUT_S = 10.0
 MAX_LINE_BYTES = 64 * 1024 * 1024
 _USER_ERRORS = {"SyntaxError": InvalidFunctionCode, "InvalidResponse": InvalidFunctionResponse}
@@ -98,6 +101,10 @@ class _Worker:
         self.scanned = 0
         return jsontext.loads(line)
 
+    def has_written(self) -> bool:
+        """Whether the process has written something not read yet (a host call, the run's end)."""
+        return bool(self.pending) or bool(self.selector.select(0))
+
     def stop(self) -> str:
         """Kill the process; what it wrote to stderr (why it died, if it did)."""
         self.process.kill()
@@ -155,9 +162,13 @@ class DenoPool:
             worker.shas.add(sha)
             handed_over = time.monotonic()
             host.run_started()
-            # The run's time is its own: what the host did meanwhile (a replay's set-up, which the run's first
-            # call may have waited for) is added to it.
-            deadline = host.run_deadline = deadline + (time.monotonic() - handed_over)
+            # The run's time is its own: when it called the host while the host did work of its own (a
+            # replay's set-up), it waited for that work, which is added to its time. A run that made no call
+            # meanwhile waited for nothing: it gets its limit and no more (else code that only spins would get
+            # the set-up's time on top). A host with nothing to do (a request's) costs no look at the pipe.
+            busy = time.monotonic() - handed_over
+            if busy > 0.001 and worker.has_written():
+                deadline = host.run_deadline = deadline + busy
             return self._serve(worker, run_id, host, deadline, limits)
         except (OSError, EOFError, ValueError) as exc:
             self._discard(worker)
@@ -230,10 +241,27 @@ class DenoPool:
         # cap lets V8 collect them in fewer, larger batches (bench/deno_run.py: about 60 us of CPU a run less,
         # for about 16 MB more resident at 128 MB).
         v8_flags = f"--max-old-space-size={memory_mb},--initial-old-space-size={max(1, memory_mb // 4)}"
-        command, before_exec = _spawned(
-            [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
-             f"--v8-flags={v8_flags}", str(WORKER_SCRIPT), *self.worker_args]
-        )  # fmt: skip
+        deno = [deno_binary(), "run", "--no-prompt", "--no-config", "--no-lock", "--quiet",
+                f"--v8-flags={v8_flags}", str(WORKER_SCRIPT), *self.worker_args]  # fmt: skip
+        command, before_exec = _spawned(deno)
+        worker, reason = self._launch(command, before_exec, env, memory_mb)
+        if worker is None and command is not deno and reason.lstrip().startswith(_WRAPPERS):
+            # util-linux's setpriv or taskset refused (a setpriv without --pdeathsig, CPUs the server no
+            # longer has)? Deno starts as where they are missing, and so from now on if that works.
+            try:
+                worker, _ = self._launch(deno, _before_exec, env, memory_mb)
+            except OSError:  # no Deno to run (what setpriv said too)
+                worker = None
+            if worker is not None:
+                _REFUSED.set()
+        if worker is None:
+            raise FunctionCrashed(f"Deno did not start: {_last_line(reason)}")
+        return worker
+
+    def _launch(
+        self, command: list[str], before_exec: Callable[[], None] | None, env: dict[str, str], memory_mb: int
+    ) -> tuple[_Worker | None, str]:
+        """The worker `command` starts, once ready; else None and why (what it wrote to stderr)."""
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             preexec_fn=before_exec,
@@ -244,9 +272,8 @@ class DenoPool:
         except EOFError:
             ready = None
         if not isinstance(ready, dict) or ready.get("type") != "ready":
-            reason = worker.stop()
-            raise FunctionCrashed(f"Deno did not start: {_last_line(reason)}")
-        return worker
+            return None, worker.stop()
+        return worker, ""
 
     def descriptors(self) -> list[int]:
         """The file descriptors of the pool's Deno processes (their pipes and selectors), idle or running a
@@ -278,9 +305,12 @@ def _spawned(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """How to start `command` so that it dies with the Flux worker (and, from a pinned worker, runs on every
     CPU): through util-linux's `setpriv --pdeathsig` (and `taskset`), which Python starts without running any
     of its own code in the child (vfork and exec: about 4 ms quicker a Deno start than a fork, more in a
-    large worker), or, where they are missing, with `_before_exec` in the forked child."""
+    large worker), or, where they are missing or refused (`_REFUSED`), with `_before_exec` in the forked
+    child."""
     if sys.platform != "linux":
         return command, None
+    if _REFUSED.is_set():
+        return command, _before_exec
     dying = [_SETPRIV, "--pdeathsig", "KILL", "--", *command] if _SETPRIV is not None else None
     every_cpu = cpus.for_children()
     if dying is not None and every_cpu is None:

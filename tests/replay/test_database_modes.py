@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from psycopg import conninfo
 
 from flux import db, migrate, pipeline
-from flux.data import Catalog, load_catalog
+from flux.data import Catalog, Limits, load_catalog
 from flux.gateway.handler import WithBuiltins
 from flux.replay import Replay, ReplayResult, built_code, grants_ahead, recording_of, replay
 from flux.replay import state as replay_state
@@ -614,6 +614,60 @@ def test_the_time_a_rewind_waits_is_not_the_runs_own(
         releases.join()
     assert waited > 0.25  # it did wait for the row
     assert same(result), why(result)
+
+
+def test_a_run_that_calls_nothing_while_the_rewind_waits_gets_no_more_than_its_own_time(
+    conn: psycopg.Connection[Any], dsn: str, run: Any, replayed: Any
+) -> None:
+    """The time the rewind takes is given back only to a run that waited for it (a call made meanwhile): code
+    that blocks on its own past its time limit while the rewind waits is cut off at its limit, as it would be
+    in production, and the replay shows it (the deploy gate refuses a version that would time out)."""
+    quick = dataclasses.replace(READER, limits=dataclasses.replace(READER.limits, timeout_ms=200))
+    outcome = run(quick)
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    slower = READER.code.decode().replace(
+        "{\n", "{\n  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 450);\n", 1
+    )
+    assert "Atomics.wait" in slower
+    candidate = dataclasses.replace(ts("reader", slower), limits=quick.limits)
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # holds the row for 0.35 s
+        releases = threading.Timer(0.35, writer.rollback)
+        releases.start()
+        result = replayed(outcome.request_id, candidate, "as-of")
+        releases.join()
+    assert result.verdict == "diverged", why(result)
+    assert result.response is not None and result.response["body"]["code"] == "FX301", result.response
+
+
+@pytest.mark.parametrize("stopped_by", ["lock_timeout", "statement_timeout"])
+def test_a_run_whose_rewind_fails_while_it_runs_sends_nothing_out_and_leaves_nothing(
+    conn: psycopg.Connection[Any], dsn: str, runs_on: psycopg.Connection[Any], run: Any, replayed: Any,
+    peer: Peer, stopped_by: str,
+) -> None:  # fmt: skip
+    """The rewind fails (a row another session holds past its lock wait, or past the role's statement timeout)
+    while Deno already runs the function: the replay could not run (FX520), so none of the run's calls goes
+    out, not even a fetch `live_fetch` would send, and the database, its grants and the request connection
+    are as they were."""
+    outcome = run(READER, {"url": peer.url})
+    later(conn, "UPDATE counters SET hits = 9 WHERE name = 'home'")
+    fetched: list[str] = []
+    peer.action = lambda: fetched.append("fetched")
+    fetching = READER.code.decode().replace("{\n", "{\n  await ctx.fetch(req.body.url + '/out');\n", 1)
+    limits = Limits(statement_timeouts_ms=(("user", 100),)) if stopped_by == "statement_timeout" else Limits()
+    before = snapshot(conn)
+    with psycopg.connect(dsn) as writer:
+        writer.execute("UPDATE counters SET hits = 10 WHERE name = 'home'")  # held past the rewind's wait
+        result = replayed(outcome.request_id, ts("reader", fetching), "as-of", live_fetch=True, limits=limits)
+        writer.rollback()
+    assert result.verdict == "error" and result.error is not None, why(result)
+    assert result.error["code"] == "FX520", result.error
+    words = "another session" if stopped_by == "lock_timeout" else "within the statement timeout of 100 ms"
+    assert words in result.error["message"], result.error
+    assert fetched == []
+    assert snapshot(conn) == before
+    assert conn.execute("SELECT count(*) FROM flux.replay_grants").fetchone() == (0,)
+    assert runs_on.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 # --- 7. isolation: nothing a replay does is seen, nor left -------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import random
 import threading
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from flux.runtime import Caller, Function
 from flux.runtime.build import build_function
 from flux.runtime.limits import FunctionLimits
-from flux.runtime.wasmtime_bytes import lower_bytes_at_once
+from flux.runtime.wasmtime_bytes import CHUNK, lower_bytes_at_once
 
 # One function, several misbehaviours, chosen by the request (one build and compile serve every case).
 MISBEHAVING = """
@@ -142,6 +143,76 @@ def test_bytes_lowered_at_once_are_what_wasmtime_py_lowers_a_byte_at_a_time(valu
     at_once = lowered(_types.ListType.convert_to_c)
     by_the_byte = lowered(_types.ListType.convert_to_c.by_the_byte)
     assert at_once == by_the_byte == [(ffi.WASMTIME_COMPONENT_U8.value, b) for b in value]
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, CHUNK + 5])
+def test_bytes_lowered_at_once_past_one_chunk_are_every_byte_in_order(extra: int) -> None:
+    from wasmtime import _ffi as ffi
+    from wasmtime.component import _types
+
+    assert lower_bytes_at_once()
+
+    class BytesList(_types.ListType):
+        element = _types.U8()
+
+    value = bytes(random.Random(extra).randbytes(CHUNK + extra))
+    val = ffi.wasmtime_component_val_t()
+    _types.ListType.convert_to_c(BytesList.__new__(BytesList), None, value, ctypes.pointer(val))
+    try:
+        size = ctypes.sizeof(ffi.wasmtime_component_val_t)
+        assert val.kind == ffi.WASMTIME_COMPONENT_LIST.value and val.of.list.size == len(value)
+        laid = ctypes.string_at(ctypes.cast(val.of.list.data, ctypes.c_void_p).value, len(value) * size)
+        kind_at = ffi.wasmtime_component_val_t.kind.offset
+        u8_at = ffi.wasmtime_component_val_t.of.offset + ffi.wasmtime_component_valunion_t.u8.offset
+        assert laid[kind_at::size] == bytes((ffi.WASMTIME_COMPONENT_U8.value,)) * len(value)
+        assert laid[u8_at::size] == value
+    finally:
+        ffi.wasmtime_component_vallist_delete(ctypes.byref(val.of.list))
+
+
+def test_a_wasmtime_py_that_lowers_lists_otherwise_keeps_its_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-copy lowering relies on wasmtime-py's `ListType._is_bytes` (and its C API's list functions):
+    a version without them (Flux asks for wasmtime >= 50) keeps its own lowering, rather than failing each
+    component run that gets bytes."""
+    from wasmtime.component import _types
+
+    assert lower_bytes_at_once()
+    monkeypatch.setattr(_types.ListType, "convert_to_c", _types.ListType.convert_to_c.by_the_byte)
+    monkeypatch.delattr(_types.ListType, "_is_bytes")
+    assert not lower_bytes_at_once()
+    assert not getattr(_types.ListType.convert_to_c, "flux_at_once", False)
+
+
+def test_bytes_lowered_at_once_take_no_copy_of_the_c_array_in_python() -> None:
+    """The C API's array holds 32 bytes a byte (512 MiB for the 16 MiB get-random-bytes may hand over): the
+    bytes are written into it, with no Python copy of its size beside it (which doubled the peak)."""
+    import tracemalloc
+
+    from wasmtime import _ffi as ffi
+    from wasmtime.component import _types
+
+    assert lower_bytes_at_once()
+
+    class BytesList(_types.ListType):
+        element = _types.U8()
+
+    value = bytes(range(256)) * 4096  # 1 MiB
+    val = ffi.wasmtime_component_val_t()
+    tracemalloc.start()
+    try:
+        _types.ListType.convert_to_c(BytesList.__new__(BytesList), None, value, ctypes.pointer(val))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        data = val.of.list.data
+        assert val.of.list.size == len(value)
+        assert [(data[i].kind, data[i].of.u8) for i in (0, 1, 255, 256, len(value) - 1)] == [
+            (ffi.WASMTIME_COMPONENT_U8.value, b) for b in (0, 1, 255, 0, 255)
+        ]
+    finally:
+        ffi.wasmtime_component_vallist_delete(ctypes.byref(val.of.list))
+    assert peak < 3 * len(value), peak
 
 
 def test_a_components_host_error_stays_on_its_thread() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from flux.runtime import Runtime
 from tests.fixtures.runtime import example, function
@@ -121,29 +124,52 @@ def test_a_worker_killed_mid_call_is_fx306_and_replaced(call: Any, runtime: Runt
 
 
 STARTS_ONE = """
-import sys, time
+import os, sys, time
 from pathlib import Path
+from flux import cpus
+from flux.runtime import deno
 from flux.runtime.deno import DenoPool
+pinned, setpriv, taskset = (word == "yes" for word in sys.argv[2:5])
+if pinned:  # as a pinned gunicorn worker is (flux.cpus.pin_to_assigned_cpu)
+    cpus._server_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus._server_cpus)})
+if not setpriv:
+    deno._SETPRIV = None
+if not taskset:
+    deno._TASKSET = None
 worker = DenoPool(1, Path(sys.argv[1]))._start(128)
-worker.send({"type": "run", "run": 1, "sha": "spin", "lang": "js", "code": "export default () => { for (;;) {} }",
-             "request": {}, "now": 0, "seed": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+worker.send({"type": "run", "run": 1, "sha": "spin", "lang": "js", "request": {}, "now": 0,
+             "code": "export default () => { for (;;) {} }", "seed": "A" * 43 + "="})
 print(worker.process.pid, flush=True)
 time.sleep(60)
 """
 
 
-def test_a_deno_worker_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pinned", "setpriv", "taskset"),
+    [("no", "yes", "yes"), ("yes", "yes", "yes"), ("no", "no", "yes"), ("yes", "yes", "no"),
+     ("yes", "no", "no")],
+    ids=["setpriv", "pinned-taskset-setpriv", "no-setpriv", "pinned-no-taskset", "pinned-neither"],
+)  # fmt: skip
+def test_a_deno_worker_dies_with_the_process_that_started_it(
+    tmp_path: Path, pinned: str, setpriv: str, taskset: str
+) -> None:
     """kill -9 of the Flux worker (a gunicorn worker, a queue worker) takes its Deno processes with it: a
     function stuck in a loop (which reads no more of its pipe, so never sees it close) never outlives the
-    process that ran it."""
+    process that ran it; whether Deno starts through util-linux's setpriv (and taskset) or, where they are
+    missing, a function in the forked child. From a pinned worker, Deno gets every CPU back."""
+    every_cpu = os.sched_getaffinity(0)
+    if pinned == "yes" and len(every_cpu) < 2:
+        pytest.skip("one CPU: nothing to pin")
     starter = subprocess.Popen(
-        [sys.executable, "-c", STARTS_ONE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-c", STARTS_ONE, str(tmp_path), pinned, setpriv, taskset], stdout=subprocess.PIPE,
+        text=True, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert starter.stdout is not None
     deno = int(starter.stdout.readline())
     time.sleep(0.3)  # spinning
     assert _alive(deno)
+    assert os.sched_getaffinity(deno) == every_cpu
     starter.kill()
     starter.wait()
     starter.stdout.close()
@@ -159,3 +185,50 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has ended (its parent, here init, reaps it)
+
+
+@pytest.mark.parametrize("refusing", ["taskset", "setpriv"])
+def test_deno_starts_when_setpriv_or_taskset_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusing: str
+) -> None:
+    """util-linux's taskset refuses CPUs the server no longer has (its cpuset changed since the worker was
+    pinned), and a setpriv older than 2.33 (or BusyBox's) has no --pdeathsig: Deno starts as where they are
+    missing (as it did before they were used), and from then on without them."""
+    from flux import cpus
+    from flux.runtime import deno
+
+    monkeypatch.setattr(deno, "_REFUSED", threading.Event(), raising=False)
+    if refusing == "taskset":
+        monkeypatch.setattr(deno, "_TASKSET", shutil.which("taskset"))
+        monkeypatch.setattr(cpus, "_server_cpus", {max(os.sched_getaffinity(0)) + 1})  # none of this one's
+        if deno._TASKSET is None or deno._SETPRIV is None:
+            pytest.skip("no taskset or setpriv here")
+    else:
+        old = tmp_path / "setpriv"
+        old.write_text("#!/bin/sh\necho \"setpriv: unrecognized option '--pdeathsig'\" >&2\nexit 1\n")
+        old.chmod(0o755)
+        monkeypatch.setattr(deno, "_SETPRIV", str(old))
+    pool = deno.DenoPool(1, tmp_path / "cache")
+    worker = pool._start(128)
+    try:
+        assert worker.process.poll() is None
+        assert deno._REFUSED.is_set()
+        assert deno._spawned(["deno"]) == (["deno"], deno._before_exec)
+    finally:
+        worker.stop()
+
+
+def test_a_deno_that_cannot_run_is_fx306_and_setpriv_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deno missing is Deno's failure, not setpriv's: FX306 with why, and setpriv stays in use."""
+    from flux.errors import FunctionCrashed
+    from flux.runtime import deno
+
+    if deno._SETPRIV is None:
+        pytest.skip("no setpriv here")
+    monkeypatch.setattr(deno, "_REFUSED", threading.Event())
+    monkeypatch.setattr(deno, "deno_binary", lambda: str(tmp_path / "no-deno"))
+    with pytest.raises(FunctionCrashed, match="Deno did not start: setpriv: failed to execute"):
+        deno.DenoPool(1, tmp_path / "cache")._start(128)
+    assert not deno._REFUSED.is_set()
