@@ -58,7 +58,7 @@ from flux.runtime.wasm import (
 )
 from flux.runtime.wasmtime_bytes import lower_bytes_at_once
 
-lower_bytes_at_once()  # WASI's random bytes, handed over in one copy (see its module)
+lower_bytes_at_once()  # WASI's random bytes, handed over a chunk at a time (see its module)
 
 HOST_INTERFACE = "flux:function/host@0.1.0"
 

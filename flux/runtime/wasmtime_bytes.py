@@ -1,9 +1,9 @@
-"""Bytes handed to a component in one copy. wasmtime-py lowers a `list<u8>` that a host function returns one
-byte at a time, through ctypes (each byte a value struct of the C API, about 0.6 us apiece); WASI's
-`get-random-bytes` answers a Python component 2,496 bytes each time it starts (its `random` module's seed),
-which took 1.5 ms of a 3 ms run. `lower_bytes_at_once` lays a `bytes` value out as the C API's value array
-in Python (CHUNK values at a time) and copies it in; anything else, and any wasmtime-py whose value struct is
-not the one this knows, goes the library's way."""
+"""Bytes handed to a component a chunk at a time, not a byte at a time. wasmtime-py lowers a `list<u8>`
+that a host function returns one byte at a time, through ctypes (each byte a value struct of the C API,
+about 0.6 us apiece); WASI's `get-random-bytes` answers a Python component 2,496 bytes each time it starts
+(its `random` module's seed), which took 1.5 ms of a 3 ms run. `lower_bytes_at_once` lays a `bytes` value
+out as the C API's value array in Python (CHUNK values at a time) and copies it in; anything else, and any
+wasmtime-py whose value struct is not the one this knows, goes the library's way."""
 
 from __future__ import annotations
 
