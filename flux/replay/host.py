@@ -62,12 +62,10 @@ class ReplayHost(Host):
         assert self.recording is not None
         if self.cut_off is not None:  # the run is over, as the original's was: whatever it calls now fails
             raise self.cut_off
-        if self.setup_error is not None:  # the replay could not run: nothing more goes out (a live fetch)
-            raise self.setup_error
         if op in _DATABASE_OPS and self.mode != "recorded":
             self.set_up()
-            if self.setup_error is not None:
-                raise self.setup_error
+        if self.setup_error is not None:  # the replay could not run: nothing more goes out (a live fetch)
+            raise self.setup_error
         number = self._counts[op] = self._counts.get(op, -1) + 1
         key = f"{op}#{number}"
         recorded = self.recording.by_key.get(key)

@@ -19,7 +19,7 @@ CHUNK = 1 << 16
 
 
 def lower_bytes_at_once() -> bool:
-    """Give wasmtime-py's `ListType` the one-copy lowering of `bytes` (once); whether it has it."""
+    """Give wasmtime-py's `ListType` this lowering of `bytes`, a chunk at a time (once); whether it has it."""
     lists: Any = _types.ListType
     if getattr(lists.convert_to_c, "flux_at_once", False):
         return True
